@@ -1,0 +1,112 @@
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  randomBytes,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
+
+/**
+ * The primitives the handshake and record layer need, all from node:crypto (OpenSSL).
+ * The protocol layer receives them as an interface so tests can inject fixed randoms and
+ * ephemeral keys and replay the documented test vectors byte for byte.
+ */
+export const X25519_KEY_LEN = 32;
+export const AEAD_KEY_LEN = 32;
+export const AEAD_IV_LEN = 12;
+export const AEAD_TAG_LEN = 16;
+
+const X25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
+const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
+
+export interface EphemeralKey {
+  readonly privateKey: KeyObject;
+  /** Raw 32-byte X25519 public value. */
+  readonly publicRaw: Buffer;
+}
+
+export interface HandshakeRandomness {
+  random32(): Buffer;
+  ephemeral(): EphemeralKey;
+}
+
+export const systemRandomness: HandshakeRandomness = {
+  random32: () => randomBytes(32),
+  ephemeral: () => {
+    const { privateKey, publicKey } = generateKeyPairSync('x25519');
+    return { privateKey, publicRaw: publicKey.export({ type: 'spki', format: 'der' }).subarray(X25519_SPKI_PREFIX.length) };
+  },
+};
+
+/** Builds an ephemeral key from fixed private bytes (test vectors only). */
+export function ephemeralFromPrivate(raw: Uint8Array): EphemeralKey {
+  const privateKey = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, raw]), format: 'der', type: 'pkcs8' });
+  const publicRaw = createPublicKey(privateKey).export({ type: 'spki', format: 'der' }).subarray(X25519_SPKI_PREFIX.length);
+  return { privateKey, publicRaw };
+}
+
+/**
+ * X25519 with the peer's raw public value. Returns undefined for a low-order peer value
+ * (all-zero shared secret), which would make the session key predictable.
+ */
+export function x25519(own: EphemeralKey, peerRaw: Uint8Array): Buffer | undefined {
+  let secret: Buffer;
+  try {
+    const publicKey = createPublicKey({ key: Buffer.concat([X25519_SPKI_PREFIX, peerRaw]), format: 'der', type: 'spki' });
+    secret = diffieHellman({ privateKey: own.privateKey, publicKey });
+  } catch {
+    return undefined;
+  }
+  let acc = 0;
+  for (const b of secret) acc |= b;
+  return acc === 0 ? undefined : secret;
+}
+
+export function sha256(...parts: Uint8Array[]): Buffer {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest();
+}
+
+export function hmacSha256(key: Uint8Array, data: Uint8Array): Buffer {
+  return createHmac('sha256', key).update(data).digest();
+}
+
+/** HKDF-SHA256 (RFC 5869), extract and expand in one step. */
+export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: string, length: number): Buffer {
+  return Buffer.from(hkdfSync('sha256', ikm, salt, Buffer.from(info, 'ascii'), length));
+}
+
+export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+export function aesGcmSeal(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): Buffer {
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  c.setAAD(aad);
+  const body = c.update(plaintext);
+  c.final();
+  return Buffer.concat([body, c.getAuthTag()]);
+}
+
+/** Returns undefined when the tag does not verify; never throws for bad input. */
+export function aesGcmOpen(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Buffer | undefined {
+  if (sealed.length < AEAD_TAG_LEN) return undefined;
+  const d = createDecipheriv('aes-256-gcm', key, nonce);
+  d.setAAD(aad);
+  d.setAuthTag(sealed.subarray(sealed.length - AEAD_TAG_LEN));
+  const body = d.update(sealed.subarray(0, sealed.length - AEAD_TAG_LEN));
+  try {
+    d.final();
+  } catch {
+    return undefined;
+  }
+  return body;
+}

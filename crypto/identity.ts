@@ -1,0 +1,164 @@
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  sign,
+  verify,
+  constants,
+  type KeyObject,
+} from 'node:crypto';
+import { lstatSync, mkdirSync, openSync, writeSync, fsyncSync, closeSync, renameSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+/**
+ * The server's long-term identity: an RSA-2048 key that signs every handshake transcript.
+ * Clients pin the SHA-256 fingerprint of its SubjectPublicKeyInfo (DER).
+ */
+export const IDENTITY_MODULUS_BITS = 2048;
+/** RSA-2048 SubjectPublicKeyInfo in DER is always this long (e = 65537). */
+export const IDENTITY_SPKI_LEN = 294;
+export const IDENTITY_SIGNATURE_LEN = 256;
+export const PSS_SALT_LEN = 32;
+
+export class IdentityKeyError extends Error {
+  constructor(
+    readonly code: 'KEY_FILE_MISSING' | 'KEY_FILE_UNSAFE' | 'KEY_FILE_INVALID' | 'KEY_FILE_EXISTS',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'IdentityKeyError';
+  }
+}
+
+export interface IdentityKey {
+  readonly privateKey: KeyObject;
+  readonly publicKey: KeyObject;
+  /** SubjectPublicKeyInfo, DER, exactly IDENTITY_SPKI_LEN bytes. */
+  readonly spki: Buffer;
+  /** Lower-case hex SHA-256 of spki. */
+  readonly fingerprint: string;
+}
+
+export function fingerprintOf(spki: Uint8Array): string {
+  return createHash('sha256').update(spki).digest('hex');
+}
+
+/**
+ * Accepts the forms people paste: hex with or without colons, any case, an optional
+ * "sha256:" prefix. Returns canonical lower-case hex or undefined when it is not a SHA-256.
+ */
+export function normalizeFingerprint(input: string): string | undefined {
+  const hex = input.trim().replace(/^sha256:/i, '').replace(/:/g, '').toLowerCase();
+  return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
+}
+
+export function identityFromPrivateKey(privateKey: KeyObject): IdentityKey {
+  if (privateKey.asymmetricKeyType !== 'rsa' || privateKey.asymmetricKeyDetails?.modulusLength !== IDENTITY_MODULUS_BITS) {
+    throw new IdentityKeyError('KEY_FILE_INVALID', 'identity key must be an RSA-2048 private key');
+  }
+  const publicKey = createPublicKey(privateKey);
+  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  if (spki.length !== IDENTITY_SPKI_LEN) {
+    throw new IdentityKeyError('KEY_FILE_INVALID', 'identity key must use the public exponent 65537');
+  }
+  return { privateKey, publicKey, spki, fingerprint: fingerprintOf(spki) };
+}
+
+export function generateIdentity(): IdentityKey {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: IDENTITY_MODULUS_BITS, publicExponent: 65537 });
+  return identityFromPrivateKey(privateKey);
+}
+
+export function identityFromPem(pem: string): IdentityKey {
+  let key: KeyObject;
+  try {
+    key = createPrivateKey({ key: pem, format: 'pem' });
+  } catch {
+    throw new IdentityKeyError('KEY_FILE_INVALID', 'identity key file is not a PEM private key');
+  }
+  return identityFromPrivateKey(key);
+}
+
+export function signTranscript(identity: IdentityKey, message: Uint8Array): Buffer {
+  return sign('sha256', message, {
+    key: identity.privateKey,
+    padding: constants.RSA_PKCS1_PSS_PADDING,
+    saltLength: PSS_SALT_LEN,
+  });
+}
+
+export function verifyTranscript(spki: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
+  try {
+    const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
+    if (key.asymmetricKeyType !== 'rsa' || key.asymmetricKeyDetails?.modulusLength !== IDENTITY_MODULUS_BITS) return false;
+    return verify('sha256', message, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: PSS_SALT_LEN }, signature);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Refuses a key file that anyone but its owner could read or replace: a symlink, not a
+ * regular file, group/other permission bits, or an owner other than this process.
+ */
+export function assertPrivateFile(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    throw new IdentityKeyError('KEY_FILE_MISSING', `key file ${path} does not exist; create it with "commusicctl keys init"`);
+  }
+  if (st.isSymbolicLink()) {
+    throw new IdentityKeyError('KEY_FILE_UNSAFE', `key file ${path} is a symbolic link; replace it with the real file`);
+  }
+  if (!st.isFile()) {
+    throw new IdentityKeyError('KEY_FILE_UNSAFE', `key file ${path} is not a regular file`);
+  }
+  if ((st.mode & 0o077) !== 0) {
+    const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+    throw new IdentityKeyError(
+      'KEY_FILE_UNSAFE',
+      `key file ${path} is accessible by group or others (mode ${mode}); run: chmod 600 ${path}`,
+    );
+  }
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid) {
+    throw new IdentityKeyError(
+      'KEY_FILE_UNSAFE',
+      `key file ${path} is owned by uid ${st.uid}, not by the daemon's uid ${uid}; run: chown ${uid} ${path}`,
+    );
+  }
+}
+
+export function loadIdentity(path: string): IdentityKey {
+  assertPrivateFile(path);
+  return identityFromPem(readFileSync(path, 'utf8'));
+}
+
+/** Writes atomically with mode 0600 (temporary file, fsync, rename); never overwrites. */
+export function saveIdentity(path: string, identity: IdentityKey): void {
+  try {
+    lstatSync(path);
+    throw new IdentityKeyError('KEY_FILE_EXISTS', `key file ${path} already exists; refusing to overwrite it`);
+  } catch (e) {
+    if (e instanceof IdentityKeyError) throw e;
+  }
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const pem = identity.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeSync(fd, pem);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dirFd = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dirFd);
+  } finally {
+    closeSync(dirFd);
+  }
+}

@@ -1,0 +1,64 @@
+import { ProtocolError } from './errors.js';
+
+/**
+ * Walks a CBOR item's headers without decoding it, iteratively, and refuses what our messages
+ * never contain: nesting deeper than maxDepth, indefinite lengths, tags, reserved encodings,
+ * lengths past the end of the input, and trailing bytes. Run before the decoder so that no
+ * input can exhaust its recursion or make it allocate.
+ */
+export function checkCborShape(b: Uint8Array, maxDepth: number): void {
+  const bad = (why: string): never => {
+    throw new ProtocolError('BAD_MESSAGE', `malformed CBOR: ${why}`);
+  };
+  let pos = 0;
+  // remaining[i]: items still to read in the container at depth i; the root counts as one item.
+  const remaining: number[] = [1];
+  while (remaining.length > 0) {
+    if (remaining[remaining.length - 1] === 0) {
+      remaining.pop();
+      continue;
+    }
+    remaining[remaining.length - 1]!--;
+    if (pos >= b.length) bad('truncated');
+    const ib = b[pos++]!;
+    const major = ib >> 5;
+    const ai = ib & 31;
+    let value = 0;
+    if (ai < 24) value = ai;
+    else if (ai === 24 || ai === 25 || ai === 26 || ai === 27) {
+      const n = 1 << (ai - 24);
+      if (pos + n > b.length) bad('truncated header');
+      for (let i = 0; i < n; i++) {
+        value = value * 256 + b[pos + i]!;
+      }
+      pos += n;
+    } else if (ai === 31) bad('indefinite length');
+    else bad('reserved additional information');
+    switch (major) {
+      case 0:
+      case 1:
+        break;
+      case 2:
+      case 3:
+        if (value > b.length - pos) bad('string past the end');
+        pos += value;
+        break;
+      case 4:
+      case 5: {
+        const items = major === 4 ? value : value * 2;
+        if (items > b.length - pos) bad('container larger than the input');
+        if (remaining.length > maxDepth) bad('nested too deeply');
+        remaining.push(items);
+        break;
+      }
+      case 6:
+        bad('tags are not used');
+        break;
+      case 7:
+        // 20..22 false/true/null, 25..27 floats (already skipped above); no undefined or simple values.
+        if (!(ai === 20 || ai === 21 || ai === 22 || ai === 25 || ai === 26 || ai === 27)) bad('unsupported simple value');
+        break;
+    }
+  }
+  if (pos !== b.length) bad('trailing bytes');
+}

@@ -1,0 +1,228 @@
+import { constantTimeEqual, systemRandomness, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { fingerprintOf, verifyTranscript } from '../crypto/identity.js';
+import {
+  CLOSE_BODY_LEN,
+  FINISHED_LEN,
+  HS_HEADER_LEN,
+  HS_REJECT,
+  HS_SERVER_HELLO,
+  PROTOCOL_VERSION_1,
+  RECORD_CLOSE,
+  RECORD_DATA,
+  RECORD_FINISHED,
+  REJECT_LEN,
+  SERVER_HELLO_LEN,
+  SUPPORTED_VERSIONS,
+} from './constants.js';
+import { internalError, ProtocolError } from './errors.js';
+import { encodeClientHello, parseReject, parseServerHello } from './handshake-messages.js';
+import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
+import { decodeMessage, encodeMessage, type Message } from './messages.js';
+import { RecordReader, RecordSealer } from './record-layer.js';
+
+/**
+ * The client's side, sans I/O, mirroring ServerSession.
+ *
+ *   START --start()--> AWAIT_SERVER_HELLO --ServerHello--> AWAIT_SERVER_FINISHED
+ *   AWAIT_SERVER_FINISHED --Finished--> ESTABLISHED (our Finished goes out here)
+ *   ESTABLISHED --DATA--> ESTABLISHED, --CLOSE--> CLOSED; any other input --> FAILED
+ */
+export type ClientState = 'START' | 'AWAIT_SERVER_HELLO' | 'AWAIT_SERVER_FINISHED' | 'ESTABLISHED' | 'CLOSED' | 'FAILED';
+
+type Input = 'start' | 'server-hello' | 'finished' | 'data' | 'close';
+
+export const CLIENT_TRANSITIONS: Readonly<Record<ClientState, Partial<Record<Input, ClientState>>>> = {
+  START: { start: 'AWAIT_SERVER_HELLO' },
+  AWAIT_SERVER_HELLO: { 'server-hello': 'AWAIT_SERVER_FINISHED' },
+  AWAIT_SERVER_FINISHED: { finished: 'ESTABLISHED' },
+  ESTABLISHED: { data: 'ESTABLISHED', close: 'CLOSED' },
+  CLOSED: {},
+  FAILED: {},
+};
+
+export type ClientEvent =
+  | { type: 'need-data' }
+  | { type: 'established'; fingerprint: string; version: number }
+  | { type: 'message'; message: Message }
+  | { type: 'closed'; code: number }
+  | { type: 'error'; error: ProtocolError; fingerprint?: string; rejectCode?: number };
+
+export interface ClientSessionOptions {
+  /**
+   * Decides whether the server key with this SHA-256 fingerprint (lower-case hex) is the one
+   * we mean to talk to. Pinning compares with the expected value in constant time.
+   */
+  acceptServerKey: (fingerprint: string) => boolean;
+  randomness?: HandshakeRandomness;
+  minVersion?: number;
+  maxVersion?: number;
+  rekeyAfterRecords?: number;
+}
+
+const RECORD_TYPE_INPUT: Record<number, Input> = { [RECORD_FINISHED]: 'finished', [RECORD_DATA]: 'data', [RECORD_CLOSE]: 'close' };
+
+export function pinFingerprint(expected: string): (fp: string) => boolean {
+  const want = Buffer.from(expected, 'hex');
+  return (fp) => constantTimeEqual(Buffer.from(fp, 'hex'), want);
+}
+
+export class ClientSession {
+  private stateValue: ClientState = 'START';
+  private hsBuf: Buffer[] = [];
+  private hsLen = 0;
+  private clientHello: Buffer | undefined;
+  private eph: EphemeralKey | undefined;
+  private reader: RecordReader | undefined;
+  private sealer: RecordSealer | undefined;
+  private expectedServerFinished: Buffer | undefined;
+  private clientFinished: Buffer | undefined;
+  private fingerprint: string | undefined;
+  private version = 0;
+  private output: Buffer[] = [];
+  private terminal: ClientEvent | undefined;
+  private rejectCode: number | undefined;
+
+  constructor(private readonly opts: ClientSessionOptions) {}
+
+  get state(): ClientState {
+    return this.stateValue;
+  }
+
+  start(): void {
+    this.transition('start');
+    const rnd = this.opts.randomness ?? systemRandomness;
+    this.eph = rnd.ephemeral();
+    this.clientHello = encodeClientHello({
+      minVersion: this.opts.minVersion ?? PROTOCOL_VERSION_1,
+      maxVersion: this.opts.maxVersion ?? Math.max(...SUPPORTED_VERSIONS),
+      random: rnd.random32(),
+      share: this.eph.publicRaw,
+    });
+    this.output.push(this.clientHello);
+  }
+
+  receive(data: Buffer): void {
+    if (this.terminal) return;
+    if (this.reader) this.reader.push(data);
+    else {
+      this.hsBuf.push(data);
+      this.hsLen += data.length;
+    }
+  }
+
+  nextEvent(): ClientEvent {
+    if (this.terminal) return this.terminal;
+    try {
+      return this.step();
+    } catch (e) {
+      const error = e instanceof ProtocolError ? e : internalError(e);
+      this.stateValue = 'FAILED';
+      this.terminal = { type: 'error', error, ...(this.fingerprint ? { fingerprint: this.fingerprint } : {}), ...(this.rejectCode !== undefined ? { rejectCode: this.rejectCode } : {}) };
+      this.wipe();
+      return this.terminal;
+    }
+  }
+
+  sendMessage(message: Message): void {
+    if (this.stateValue !== 'ESTABLISHED' || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
+    this.sealer.seal(RECORD_DATA, encodeMessage(message), this.output);
+  }
+
+  close(code: number): void {
+    if (this.sealer && this.stateValue === 'ESTABLISHED') {
+      const body = Buffer.alloc(CLOSE_BODY_LEN);
+      body.writeUInt16BE(code);
+      this.sealer.seal(RECORD_CLOSE, body, this.output);
+    }
+    this.stateValue = 'CLOSED';
+    this.terminal ??= { type: 'closed', code };
+    this.wipe();
+  }
+
+  takeOutput(): Buffer[] {
+    const out = this.output;
+    this.output = [];
+    return out;
+  }
+
+  wipe(): void {
+    this.reader?.wipe();
+    this.sealer?.wipe();
+    this.expectedServerFinished?.fill(0);
+    this.clientFinished?.fill(0);
+  }
+
+  private transition(input: Input): void {
+    const next = CLIENT_TRANSITIONS[this.stateValue][input];
+    if (!next) throw new ProtocolError('UNEXPECTED_RECORD', `${input} not allowed in ${this.stateValue}`);
+    this.stateValue = next;
+  }
+
+  private step(): ClientEvent {
+    if (this.stateValue === 'START') throw new ProtocolError('NOT_CONNECTED', 'start() first');
+    if (this.stateValue === 'AWAIT_SERVER_HELLO') return this.stepHello();
+    const rec = this.reader!.next();
+    if (!rec) return { type: 'need-data' };
+    const input = RECORD_TYPE_INPUT[rec.type];
+    if (!input) throw new ProtocolError('UNEXPECTED_RECORD', `record type ${rec.type} not allowed from a server`);
+    this.transition(input);
+    switch (input) {
+      case 'finished': {
+        const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedServerFinished!);
+        if (!ok) throw new ProtocolError('BAD_FINISHED', 'server key confirmation failed');
+        this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output);
+        return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
+      }
+      case 'data':
+        return { type: 'message', message: decodeMessage(rec.plaintext) };
+      case 'close': {
+        const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
+        this.terminal = { type: 'closed', code };
+        this.wipe();
+        return this.terminal;
+      }
+      default:
+        throw new ProtocolError('UNEXPECTED_RECORD', 'unexpected handshake input');
+    }
+  }
+
+  private stepHello(): ClientEvent {
+    if (this.hsLen < HS_HEADER_LEN) return { type: 'need-data' };
+    const buf = this.hsBuf.length === 1 ? this.hsBuf[0]! : Buffer.concat(this.hsBuf);
+    this.hsBuf = [buf];
+    if (buf[0] === HS_REJECT) {
+      if (buf.length < REJECT_LEN) return { type: 'need-data' };
+      this.rejectCode = parseReject(buf.subarray(0, REJECT_LEN));
+      throw new ProtocolError('HANDSHAKE_REJECTED', `server rejected the handshake (code ${this.rejectCode})`);
+    }
+    if (buf[0] !== HS_SERVER_HELLO) throw new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'expected a ServerHello');
+    if (buf.length < SERVER_HELLO_LEN) return { type: 'need-data' };
+    const sh = parseServerHello(buf.subarray(0, SERVER_HELLO_LEN));
+    const min = this.opts.minVersion ?? PROTOCOL_VERSION_1;
+    const max = this.opts.maxVersion ?? Math.max(...SUPPORTED_VERSIONS);
+    if (sh.version < min || sh.version > max) throw new ProtocolError('VERSION_UNSUPPORTED', `server chose version ${sh.version}`);
+    this.fingerprint = fingerprintOf(sh.spki);
+    if (!this.opts.acceptServerKey(this.fingerprint)) {
+      throw new ProtocolError('SERVER_KEY_MISMATCH', 'the server key does not match the expected fingerprint');
+    }
+    const th = transcriptHash(this.clientHello!, sh.signed);
+    if (!verifyTranscript(sh.spki, signatureInput(th), sh.signature)) {
+      throw new ProtocolError('BAD_SIGNATURE', 'the server signature over the handshake does not verify');
+    }
+    const shared = x25519(this.eph!, sh.share);
+    if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
+    const secrets = deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
+    shared.fill(0);
+    this.version = sh.version;
+    this.expectedServerFinished = secrets.serverFinished;
+    this.clientFinished = secrets.clientFinished;
+    this.reader = new RecordReader(secrets.serverToClient, this.opts.rekeyAfterRecords);
+    this.sealer = new RecordSealer(secrets.clientToServer, this.opts.rekeyAfterRecords);
+    const rest = buf.subarray(SERVER_HELLO_LEN);
+    this.hsBuf = [];
+    this.hsLen = 0;
+    if (rest.length > 0) this.reader.push(Buffer.from(rest));
+    this.transition('server-hello');
+    return this.step();
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Every number on the wire, named once, as docs/PROTOCOL.md names it.
+ */
+import { IDENTITY_SIGNATURE_LEN, IDENTITY_SPKI_LEN } from '../crypto/identity.js';
+
+/** "CMSP": the first four bytes a client sends. */
+export const MAGIC = Buffer.from([0x43, 0x4d, 0x53, 0x50]);
+export const MAGIC_LEN = 4;
+
+export const PROTOCOL_VERSION_1 = 1;
+export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION_1];
+
+/** Handshake message: type u8, body length u16 BE, body. */
+export const HS_HEADER_LEN = 3;
+export const HS_CLIENT_HELLO = 0x01;
+export const HS_SERVER_HELLO = 0x02;
+export const HS_REJECT = 0x7f;
+
+export const RANDOM_LEN = 32;
+export const X25519_PUBLIC_LEN = 32;
+
+/** min version u16, max version u16, client random, client X25519 share. */
+export const CLIENT_HELLO_BODY_LEN = 2 + 2 + RANDOM_LEN + X25519_PUBLIC_LEN; // 68
+export const CLIENT_HELLO_LEN = MAGIC_LEN + HS_HEADER_LEN + CLIENT_HELLO_BODY_LEN; // 75
+
+export const SERVER_SPKI_LEN = IDENTITY_SPKI_LEN; // 294
+export const SERVER_SIGNATURE_LEN = IDENTITY_SIGNATURE_LEN; // 256
+/** version u16, server random, server X25519 share, identity SPKI, signature. */
+export const SERVER_HELLO_BODY_LEN = 2 + RANDOM_LEN + X25519_PUBLIC_LEN + SERVER_SPKI_LEN + SERVER_SIGNATURE_LEN; // 616
+export const SERVER_HELLO_LEN = HS_HEADER_LEN + SERVER_HELLO_BODY_LEN; // 619
+/** The part of the ServerHello covered by the transcript hash that the signature signs. */
+export const SERVER_HELLO_SIGNED_LEN = SERVER_HELLO_LEN - SERVER_SIGNATURE_LEN; // 363
+
+/** reject code u16. */
+export const REJECT_BODY_LEN = 2;
+export const REJECT_LEN = HS_HEADER_LEN + REJECT_BODY_LEN;
+export const REJECT_VERSION = 1;
+export const REJECT_HANDSHAKE_FAILED = 2;
+export const REJECT_BUSY = 3;
+
+/** Domain separation for the identity key's signature. */
+export const SIGNATURE_CONTEXT = Buffer.from('CMSP v1 server signature\0', 'ascii');
+
+/** Record: type u8, length u32 BE of the sealed body (ciphertext + tag), sealed body. */
+export const RECORD_HEADER_LEN = 5;
+export const RECORD_FINISHED = 0x01;
+export const RECORD_DATA = 0x02;
+export const RECORD_KEY_UPDATE = 0x03;
+export const RECORD_CLOSE = 0x04;
+export const TAG_LEN = 16;
+export const MAX_RECORD_PLAINTEXT = 65536;
+export const MAX_RECORD_SEALED = MAX_RECORD_PLAINTEXT + TAG_LEN;
+export const FINISHED_LEN = 32;
+export const CLOSE_BODY_LEN = 2;
+
+/**
+ * At most this many records are sealed under one key; the record with sequence number
+ * REKEY_AFTER_RECORDS - 1 must be a KEY_UPDATE. 2^20 records of at most 64 KiB keep each key
+ * below 2^32 AES blocks, far inside AES-GCM's confidentiality bound (about 2^34 blocks for a
+ * 2^-60 advantage, as RFC 8446 section 5.5 computes it).
+ */
+export const REKEY_AFTER_RECORDS = 2 ** 20;
+
+/** Close codes carried in a CLOSE record. */
+export const CLOSE_NORMAL = 0;
+export const CLOSE_SHUTDOWN = 1;
+export const CLOSE_IDLE = 2;
+export const CLOSE_PROTOCOL_ERROR = 3;
+export const CLOSE_POLICY = 4;
+
+/** Message layer (CBOR arrays inside DATA records). */
+export const MSG_REQUEST = 0;
+export const MSG_RESPONSE = 1;
+export const MSG_ERROR = 2;
+export const MSG_CHUNK = 3;
+export const MSG_END = 4;
+export const MSG_CREDIT = 5;
+export const MSG_CANCEL = 6;
+export const MSG_NOTICE = 7;
+
+export const MAX_REQUEST_ID = 0xffffffff;
+export const MAX_COMMAND_LEN = 64;
+export const MAX_CBOR_DEPTH = 16;
+/** Bytes of a CHUNK message's data; leaves room for the CBOR envelope inside one record. */
+export const MAX_CHUNK_LEN = 65024;
+/** Initial per-stream flow-control window, in chunk data bytes, for each direction. */
+export const INITIAL_STREAM_WINDOW = 262144;
+export const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
+export const MAX_INFLIGHT_REQUESTS = 64;

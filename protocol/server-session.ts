@@ -1,0 +1,217 @@
+import { constantTimeEqual, systemRandomness, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { signTranscript, type IdentityKey } from '../crypto/identity.js';
+import { classifyFirstBytes } from './classify.js';
+import {
+  CLIENT_HELLO_LEN,
+  CLOSE_BODY_LEN,
+  FINISHED_LEN,
+  RECORD_CLOSE,
+  RECORD_DATA,
+  RECORD_FINISHED,
+  REJECT_HANDSHAKE_FAILED,
+  REJECT_VERSION,
+  SUPPORTED_VERSIONS,
+} from './constants.js';
+import { internalError, ProtocolError } from './errors.js';
+import { encodeReject, encodeServerHelloSigned, parseClientHello } from './handshake-messages.js';
+import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
+import { decodeMessage, encodeMessage, type Message } from './messages.js';
+import { RecordReader, RecordSealer } from './record-layer.js';
+
+/**
+ * The server's side of a connection, sans I/O: feed it bytes with receive(), pull events with
+ * nextEvent(), collect bytes to send with takeOutput(). No sockets, timers or clocks here.
+ *
+ *   AWAIT_CLIENT_HELLO --ClientHello--> AWAIT_CLIENT_FINISHED --Finished--> ESTABLISHED
+ *   ESTABLISHED --DATA--> ESTABLISHED, --CLOSE--> CLOSED; any other input --> FAILED
+ */
+export type ServerState = 'AWAIT_CLIENT_HELLO' | 'AWAIT_CLIENT_FINISHED' | 'ESTABLISHED' | 'CLOSED' | 'FAILED';
+
+type Input = 'client-hello' | 'finished' | 'data' | 'close';
+
+export const SERVER_TRANSITIONS: Readonly<Record<ServerState, Partial<Record<Input, ServerState>>>> = {
+  AWAIT_CLIENT_HELLO: { 'client-hello': 'AWAIT_CLIENT_FINISHED' },
+  AWAIT_CLIENT_FINISHED: { finished: 'ESTABLISHED' },
+  ESTABLISHED: { data: 'ESTABLISHED', close: 'CLOSED' },
+  CLOSED: {},
+  FAILED: {},
+};
+
+export type ServerEvent =
+  | { type: 'need-data' }
+  | { type: 'hello' } // a valid ClientHello was answered: the signature has been computed
+  | { type: 'established' }
+  | { type: 'message'; message: Message }
+  | { type: 'closed'; code: number }
+  | { type: 'error'; error: ProtocolError };
+
+export interface ServerSessionOptions {
+  identity: IdentityKey;
+  randomness?: HandshakeRandomness;
+  versions?: readonly number[];
+  rekeyAfterRecords?: number;
+}
+
+const RECORD_TYPE_INPUT: Record<number, Input> = { [RECORD_FINISHED]: 'finished', [RECORD_DATA]: 'data', [RECORD_CLOSE]: 'close' };
+
+export class ServerSession {
+  private stateValue: ServerState = 'AWAIT_CLIENT_HELLO';
+  private helloBuf: Buffer[] = [];
+  private helloLen = 0;
+  private reader: RecordReader | undefined;
+  private sealer: RecordSealer | undefined;
+  private expectedFinished: Buffer | undefined;
+  private output: Buffer[] = [];
+  private terminal: ServerEvent | undefined;
+  private version = 0;
+
+  constructor(private readonly opts: ServerSessionOptions) {}
+
+  get state(): ServerState {
+    return this.stateValue;
+  }
+
+  get negotiatedVersion(): number {
+    return this.version;
+  }
+
+  /** Buffers bytes; all work happens in nextEvent(). */
+  receive(data: Buffer): void {
+    if (this.terminal) return;
+    if (this.reader) this.reader.push(data);
+    else {
+      this.helloBuf.push(data);
+      this.helloLen += data.length;
+    }
+  }
+
+  /** Bytes not yet processed (for the daemon's back-pressure decision). */
+  get bufferedBytes(): number {
+    return this.reader ? this.reader.bufferedBytes : this.helloLen;
+  }
+
+  nextEvent(): ServerEvent {
+    if (this.terminal) return this.terminal;
+    try {
+      return this.step();
+    } catch (e) {
+      const error = e instanceof ProtocolError ? e : internalError(e);
+      return this.fail(error);
+    }
+  }
+
+  sendMessage(message: Message): void {
+    if (this.stateValue !== 'ESTABLISHED' || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
+    this.sealer.seal(RECORD_DATA, encodeMessage(message), this.output);
+  }
+
+  /** Sends CLOSE (when established) and moves to CLOSED. */
+  close(code: number): void {
+    if (this.sealer && this.stateValue === 'ESTABLISHED') {
+      const body = Buffer.alloc(CLOSE_BODY_LEN);
+      body.writeUInt16BE(code);
+      this.sealer.seal(RECORD_CLOSE, body, this.output);
+    }
+    this.stateValue = 'CLOSED';
+    this.terminal ??= { type: 'closed', code };
+    this.wipe();
+  }
+
+  takeOutput(): Buffer[] {
+    const out = this.output;
+    this.output = [];
+    return out;
+  }
+
+  wipe(): void {
+    this.reader?.wipe();
+    this.sealer?.wipe();
+    this.expectedFinished?.fill(0);
+  }
+
+  private transition(input: Input): void {
+    const next = SERVER_TRANSITIONS[this.stateValue][input];
+    if (!next) throw new ProtocolError('UNEXPECTED_RECORD', `${input} not allowed in ${this.stateValue}`);
+    this.stateValue = next;
+  }
+
+  private fail(error: ProtocolError): ServerEvent {
+    this.stateValue = 'FAILED';
+    this.terminal = { type: 'error', error };
+    this.wipe();
+    return this.terminal;
+  }
+
+  private step(): ServerEvent {
+    if (this.stateValue === 'AWAIT_CLIENT_HELLO') return this.stepHello();
+    const rec = this.reader!.next();
+    if (!rec) return { type: 'need-data' };
+    const input = RECORD_TYPE_INPUT[rec.type];
+    if (!input) throw new ProtocolError('UNEXPECTED_RECORD', `record type ${rec.type} not allowed from a client`);
+    this.transition(input);
+    switch (input) {
+      case 'finished': {
+        const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedFinished!);
+        if (!ok) throw new ProtocolError('BAD_FINISHED', 'client key confirmation failed');
+        return { type: 'established' };
+      }
+      case 'data':
+        return { type: 'message', message: decodeMessage(rec.plaintext) };
+      case 'close': {
+        const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
+        this.terminal = { type: 'closed', code };
+        this.wipe();
+        return this.terminal;
+      }
+      default:
+        throw new ProtocolError('UNEXPECTED_RECORD', 'client-hello after the handshake');
+    }
+  }
+
+  private stepHello(): ServerEvent {
+    const head = this.helloBuf.length === 1 ? this.helloBuf[0]! : Buffer.concat(this.helloBuf);
+    this.helloBuf = [head];
+    const verdict = classifyFirstBytes(head);
+    if (verdict === 'need-data') return { type: 'need-data' };
+    if (verdict !== 'client') {
+      const code = ({ http: 'NOT_CLIENT_HTTP', tls: 'NOT_CLIENT_TLS', ssh: 'NOT_CLIENT_SSH', garbage: 'NOT_CLIENT_GARBAGE' } as const)[verdict];
+      throw new ProtocolError(code, `first bytes look like ${verdict}`);
+    }
+    if (head.length < CLIENT_HELLO_LEN) return { type: 'need-data' };
+    const helloBytes = head.subarray(0, CLIENT_HELLO_LEN);
+    const hello = parseClientHello(helloBytes);
+    const versions = this.opts.versions ?? SUPPORTED_VERSIONS;
+    const common = versions.filter((v) => v >= hello.minVersion && v <= hello.maxVersion);
+    if (common.length === 0) {
+      this.output.push(encodeReject(REJECT_VERSION));
+      throw new ProtocolError('VERSION_UNSUPPORTED', `client offers versions ${hello.minVersion}..${hello.maxVersion}`);
+    }
+    this.version = Math.max(...common);
+    const rnd = this.opts.randomness ?? systemRandomness;
+    const eph = rnd.ephemeral();
+    const shared = x25519(eph, hello.share);
+    if (!shared) {
+      this.output.push(encodeReject(REJECT_HANDSHAKE_FAILED));
+      throw new ProtocolError('BAD_KEY_SHARE', 'client key share is invalid or of low order');
+    }
+    const signed = encodeServerHelloSigned({ version: this.version, random: rnd.random32(), share: eph.publicRaw, spki: this.opts.identity.spki });
+    const signature = signTranscript(this.opts.identity, signatureInput(transcriptHash(helloBytes, signed)));
+    const secrets = deriveSessionSecrets(shared, helloBytes, signed, signature);
+    shared.fill(0);
+    this.output.push(signed, signature);
+    this.expectedFinished = secrets.clientFinished;
+    this.reader = new RecordReader(secrets.clientToServer, this.opts.rekeyAfterRecords);
+    this.sealer = new RecordSealer(secrets.serverToClient, this.opts.rekeyAfterRecords);
+    const rest = head.subarray(CLIENT_HELLO_LEN);
+    this.helloBuf = [];
+    this.helloLen = 0;
+    if (rest.length > 0) this.reader.push(Buffer.from(rest));
+    this.transition('client-hello');
+    // Confirm our side at once: the server Finished goes out right after the hello, so the
+    // client can verify key possession without waiting for us to read its Finished.
+    this.sealer.seal(RECORD_FINISHED, secrets.serverFinished, this.output);
+    secrets.serverFinished.fill(0);
+    return { type: 'hello' };
+  }
+}
+

@@ -1,0 +1,22 @@
+/**
+ * Shared by the three programs: one-line errors on stderr and a non-zero exit, never a stack.
+ */
+export function fail(message: string, code = 1): never {
+  process.stderr.write(`error: ${message}\n`);
+  process.exit(code);
+}
+
+export async function runMain(main: () => Promise<void>): Promise<void> {
+  try {
+    await main();
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    fail(err.code ? `${err.message} [${err.code}]` : (err.message ?? String(e)));
+  }
+}
+
+export function parseHostPort(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s.trim());
+  if (!m || Number(m[3]) > 65535) fail(`"${s}" is not HOST:PORT`);
+  return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
+}

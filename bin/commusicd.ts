@@ -1,0 +1,20 @@
+#!/usr/bin/env node
+import { Command } from 'commander';
+import { runDaemon } from '../daemon/main.js';
+import { runMain } from './cli-util.js';
+
+const program = new Command('commusicd')
+  .description('ComMusic secure server daemon')
+  .option('--data <dir>', 'data folder (default ./data, env COMMUSIC_DATA)')
+  .option('--listen <host:port>', 'client protocol address (default 127.0.0.1:7443, env COMMUSIC_LISTEN)')
+  .option('--config <file>', 'JSON configuration file')
+  .option('--log-level <level>', 'error, warn, info or debug')
+  .action(async (o: { data?: string; listen?: string; config?: string; logLevel?: string }) => {
+    await runDaemon({
+      ...(o.config ? { file: o.config } : {}),
+      env: process.env,
+      flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) },
+    });
+  });
+
+void runMain(() => program.parseAsync().then(() => undefined));

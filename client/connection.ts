@@ -1,0 +1,293 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import { normalizeFingerprint } from '../crypto/identity.js';
+import { ClientSession, pinFingerprint } from '../protocol/client-session.js';
+import { CLOSE_NORMAL, MAX_CHUNK_LEN, MAX_REQUEST_ID } from '../protocol/constants.js';
+import { InboundStream, OutboundCredit } from '../protocol/flow.js';
+import type { Message } from '../protocol/messages.js';
+import { ClientError, RemoteError } from './errors.js';
+import { lookupKnownServer, rememberServer } from './known-servers.js';
+
+/**
+ * The client SDK: one authenticated, encrypted connection; request/response with promises,
+ * many requests in flight, upload and download streams with flow control.
+ */
+export interface ConnectOptions {
+  host: string;
+  port: number;
+  /** Expected SHA-256 fingerprint of the server key (hex, colons allowed). */
+  fingerprint?: string;
+  /** Trust on first use: record the key in this file, refuse a different one later. */
+  knownServersFile?: string;
+  connectTimeoutMs?: number;
+  requestTimeoutMs?: number;
+  /** Local address to connect from (tests use 127.0.0.x). */
+  localAddress?: string;
+  rekeyAfterRecords?: number;
+}
+
+export interface RequestOptions {
+  timeoutMs?: number;
+  /** Data to upload as a stream after the request. */
+  upload?: AsyncIterable<Uint8Array> | Uint8Array;
+}
+
+export interface Response {
+  payload: unknown;
+  /** Present when the server answered with a download stream. */
+  download?: AsyncIterable<Uint8Array>;
+}
+
+interface Pending {
+  resolve(r: Response): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout | undefined;
+  download?: InboundStream;
+  credit?: OutboundCredit;
+}
+
+export class Connection {
+  readonly fingerprint: string;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private closedError: Error | undefined;
+  private readonly closedPromise: Promise<void>;
+
+  private constructor(
+    private readonly socket: Socket,
+    private readonly session: ClientSession,
+    fingerprint: string,
+    private readonly requestTimeoutMs: number,
+  ) {
+    this.fingerprint = fingerprint;
+    this.closedPromise = new Promise((r) => socket.once('close', () => r()));
+  }
+
+  static async open(opts: ConnectOptions): Promise<Connection> {
+    const server = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`;
+    let accept: (fp: string) => boolean;
+    let tofu: { file: string; known: string | undefined } | undefined;
+    if (opts.fingerprint) {
+      const fp = normalizeFingerprint(opts.fingerprint);
+      if (!fp) throw new ClientError('SERVER_KEY_MISMATCH', 'the expected fingerprint is not a SHA-256 hex value');
+      accept = pinFingerprint(fp);
+    } else if (opts.knownServersFile) {
+      const known = lookupKnownServer(opts.knownServersFile, server);
+      tofu = { file: opts.knownServersFile, known };
+      accept = known ? pinFingerprint(known) : () => true;
+    } else {
+      throw new ClientError('SERVER_KEY_MISMATCH', 'give the server fingerprint, or a known-servers file for trust on first use');
+    }
+    const session = new ClientSession({ acceptServerKey: accept, ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}) });
+    const socket = netConnect({ host: opts.host, port: opts.port, noDelay: true, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+    const timeoutMs = opts.connectTimeoutMs ?? 10_000;
+    const fingerprint = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => fail(new ClientError('CONNECT_TIMEOUT', `no handshake with ${server} within ${timeoutMs} ms`)), timeoutMs);
+      const fail = (e: Error) => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(e);
+      };
+      socket.once('error', (e: NodeJS.ErrnoException) => fail(new ClientError('CONNECT_FAILED', `cannot connect to ${server}: ${e.code ?? e.message}`)));
+      socket.once('close', () => fail(new ClientError('HANDSHAKE_FAILED', `${server} closed the connection during the handshake`)));
+      socket.once('connect', () => {
+        session.start();
+        socket.write(Buffer.concat(session.takeOutput()));
+      });
+      const onData = (d: Buffer) => {
+        session.receive(d);
+        const ev = session.nextEvent();
+        if (ev.type === 'need-data') return;
+        socket.off('data', onData);
+        if (ev.type === 'established') {
+          clearTimeout(timer);
+          socket.removeAllListeners('error').removeAllListeners('close');
+          socket.write(Buffer.concat(session.takeOutput()));
+          return resolve(ev.fingerprint);
+        }
+        if (ev.type === 'error' && ev.error.code === 'SERVER_KEY_MISMATCH') {
+          const msg = tofu?.known
+            ? `WARNING: the key of ${server} has CHANGED (now ${ev.fingerprint}, recorded ${tofu.known} in ${tofu.file}). Someone may be intercepting the connection; refusing to connect.`
+            : `the key of ${server} (${ev.fingerprint}) does not match the expected fingerprint; refusing to connect`;
+          return fail(new ClientError(tofu?.known ? 'SERVER_KEY_CHANGED' : 'SERVER_KEY_MISMATCH', msg));
+        }
+        fail(new ClientError('HANDSHAKE_FAILED', `handshake with ${server} failed: ${ev.type === 'error' ? ev.error.code : ev.type}`));
+      };
+      socket.on('data', onData);
+    });
+    if (tofu && !tofu.known) rememberServer(tofu.file, server, fingerprint);
+    const conn = new Connection(socket, session, fingerprint, opts.requestTimeoutMs ?? 60_000);
+    conn.attach();
+    return conn;
+  }
+
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
+  /** Sends a request; resolves with the payload (and a download stream when there is one). */
+  request(command: string, payload: unknown = {}, opts: RequestOptions = {}): Promise<Response> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.allocateId();
+    const upload = opts.upload;
+    return new Promise<Response>((resolve, reject) => {
+      const timeoutMs = opts.timeoutMs ?? this.requestTimeoutMs;
+      const p: Pending = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.finish(id, new ClientError('TIMEOUT', `${command} got no answer within ${timeoutMs} ms`));
+          this.send({ kind: 'cancel', id });
+        }, timeoutMs),
+      };
+      if (upload) p.credit = new OutboundCredit();
+      this.pending.set(id, p);
+      this.send({ kind: 'request', id, command, payload, stream: upload !== undefined });
+      if (upload) void this.pumpUpload(id, p.credit!, upload);
+    });
+  }
+
+  /** Round-trip time of one ping, in milliseconds. */
+  async ping(data?: Uint8Array): Promise<number> {
+    const t0 = process.hrtime.bigint();
+    await this.request('ping', data ? { data } : {});
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  }
+
+  async close(): Promise<void> {
+    if (!this.closedError) {
+      this.session.close(CLOSE_NORMAL);
+      this.flush();
+      this.socket.end();
+      this.shutdown(new ClientError('CONNECTION_CLOSED', 'connection closed'));
+    }
+    const t = setTimeout(() => this.socket.destroy(), 2000);
+    await this.closedPromise;
+    clearTimeout(t);
+  }
+
+  private attach(): void {
+    this.socket.on('data', (d: Buffer) => {
+      this.session.receive(d);
+      this.pump();
+    });
+    this.socket.on('error', () => this.shutdown(new ClientError('CONNECTION_CLOSED', 'connection lost')));
+    this.socket.on('close', () => this.shutdown(new ClientError('CONNECTION_CLOSED', 'the server closed the connection')));
+    this.pump(); // records that arrived together with the handshake
+  }
+
+  private pump(): void {
+    for (;;) {
+      const ev = this.session.nextEvent();
+      if (ev.type === 'need-data') return;
+      if (ev.type === 'message') {
+        this.onMessage(ev.message);
+        continue;
+      }
+      if (ev.type === 'closed') {
+        this.shutdown(new ClientError('CONNECTION_CLOSED', `the server closed the session (code ${ev.code})`));
+        this.socket.end();
+        return;
+      }
+      if (ev.type === 'error') {
+        this.shutdown(new ClientError('PROTOCOL_ERROR', `protocol error: ${ev.error.code}`));
+        this.socket.destroy();
+        return;
+      }
+    }
+  }
+
+  private onMessage(m: Message): void {
+    switch (m.kind) {
+      case 'response': {
+        const p = this.pending.get(m.id);
+        if (!p) return;
+        if (!m.stream) return this.finish(m.id, undefined, { payload: m.payload });
+        p.download = new InboundStream((bytes) => this.send({ kind: 'credit', id: m.id, bytes }));
+        p.resolve({ payload: m.payload, download: p.download });
+        return;
+      }
+      case 'error':
+        return this.finish(m.id, new RemoteError(m.code, m.message));
+      case 'chunk':
+        this.pending.get(m.id)?.download?.push(m.data);
+        return;
+      case 'end': {
+        const p = this.pending.get(m.id);
+        p?.download?.end();
+        if (p?.download) this.finish(m.id);
+        return;
+      }
+      case 'credit':
+        this.pending.get(m.id)?.credit?.add(m.bytes);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private async pumpUpload(id: number, credit: OutboundCredit, upload: AsyncIterable<Uint8Array> | Uint8Array): Promise<void> {
+    const source: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = upload instanceof Uint8Array ? [upload] : upload;
+    try {
+      for await (const piece of source) {
+        for (let off = 0; off < piece.length; off += MAX_CHUNK_LEN) {
+          const data = piece.subarray(off, Math.min(piece.length, off + MAX_CHUNK_LEN));
+          await credit.take(data.length);
+          if (!this.pending.has(id)) return;
+          await this.writable();
+          this.send({ kind: 'chunk', id, data });
+        }
+      }
+      this.send({ kind: 'end', id });
+    } catch {
+      // The request failed or the connection closed; its promise already carries the reason.
+    }
+  }
+
+  private async writable(): Promise<void> {
+    while (!this.closedError && this.socket.writableLength > 1024 * 1024) {
+      await new Promise<void>((r) => this.socket.once('drain', r).once('close', r));
+    }
+  }
+
+  private finish(id: number, error?: Error, response?: Response): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    p.credit?.abort(error ?? new ClientError('CONNECTION_CLOSED', 'request finished'));
+    if (error) {
+      p.download?.abort(error);
+      p.reject(error);
+    } else if (response) p.resolve(response);
+  }
+
+  private shutdown(error: Error): void {
+    if (this.closedError) return;
+    this.closedError = error;
+    for (const id of [...this.pending.keys()]) this.finish(id, error);
+    this.session.wipe();
+  }
+
+  private allocateId(): number {
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = this.nextId >= MAX_REQUEST_ID ? 1 : this.nextId + 1;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  private send(m: Message): void {
+    if (this.closedError) return;
+    this.session.sendMessage(m);
+    this.flush();
+  }
+
+  private flush(): void {
+    const out = this.session.takeOutput();
+    if (out.length > 0 && !this.socket.destroyed) this.socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
+  }
+}
+
+export function connect(opts: ConnectOptions): Promise<Connection> {
+  return Connection.open(opts);
+}

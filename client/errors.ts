@@ -1,0 +1,33 @@
+/**
+ * Errors the SDK raises. Local failures have their own codes; an ERROR message from the server
+ * becomes a RemoteError carrying the server's code unchanged.
+ */
+export type ClientErrorCode =
+  | 'CONNECT_FAILED'
+  | 'CONNECT_TIMEOUT'
+  | 'SERVER_KEY_MISMATCH'
+  | 'SERVER_KEY_CHANGED'
+  | 'HANDSHAKE_FAILED'
+  | 'CONNECTION_CLOSED'
+  | 'TIMEOUT'
+  | 'PROTOCOL_ERROR';
+
+export class ClientError extends Error {
+  override readonly name = 'ClientError';
+  constructor(
+    readonly code: ClientErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class RemoteError extends Error {
+  override readonly name = 'RemoteError';
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,116 @@
+import { readFileSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import { z } from 'zod';
+
+/**
+ * Daemon configuration: defaults, then a JSON file, then COMMUSIC_* environment variables,
+ * then command-line flags, each overriding the one before. Everything is validated with one
+ * schema, and an invalid value stops the daemon with the path and reason.
+ */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly code = 'CONFIG_INVALID';
+}
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'expected HOST:PORT (IPv6 in brackets)')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port above 65535');
+
+const limitsSchema = z
+  .object({
+    maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+    maxPendingHandshakes: z.number().int().min(1).max(100_000).default(512),
+    maxPendingHandshakesPerIp: z.number().int().min(1).max(10_000).default(16),
+    handshakeTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    idleTimeoutMs: z.number().int().min(1_000).max(86_400_000).default(300_000),
+    requestTimeoutMs: z.number().int().min(100).max(3_600_000).default(120_000),
+    shutdownGraceMs: z.number().int().min(0).max(600_000).default(10_000),
+    /** Pause reading a connection while this many bytes wait to be written to it. */
+    writeHighWaterBytes: z.number().int().min(65_536).max(64 * 1024 * 1024).default(1024 * 1024),
+  })
+  .strict();
+
+export const configSchema = z
+  .object({
+    dataDir: z.string().min(1).default('./data'),
+    listen: hostPort.default('127.0.0.1:7443'),
+    logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+    logFile: z.string().optional(),
+    limits: limitsSchema.default({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type Limits = Config['limits'];
+
+export interface ConfigSources {
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  flags?: Partial<{ dataDir: string; listen: string; logLevel: string }>;
+}
+
+const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
+  COMMUSIC_DATA: (v) => [['dataDir'], v],
+  COMMUSIC_LISTEN: (v) => [['listen'], v],
+  COMMUSIC_LOG_LEVEL: (v) => [['logLevel'], v],
+  COMMUSIC_LOG_FILE: (v) => [['logFile'], v],
+};
+
+function setPath(obj: Record<string, unknown>, path: string[], value: unknown): void {
+  let o = obj;
+  for (const k of path.slice(0, -1)) {
+    o[k] = typeof o[k] === 'object' && o[k] !== null ? o[k] : {};
+    o = o[k] as Record<string, unknown>;
+  }
+  o[path[path.length - 1]!] = value;
+}
+
+export function loadConfig(sources: ConfigSources = {}): Config {
+  let raw: Record<string, unknown> = {};
+  if (sources.file) {
+    let text: string;
+    try {
+      text = readFileSync(sources.file, 'utf8');
+    } catch {
+      throw new ConfigError(`cannot read config file ${sources.file}`);
+    }
+    try {
+      raw = JSON.parse(text) as Record<string, unknown>;
+    } catch {
+      throw new ConfigError(`config file ${sources.file} is not valid JSON`);
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError(`config file ${sources.file} must hold a JSON object`);
+  }
+  for (const [name, map] of Object.entries(ENV_MAP)) {
+    const v = sources.env?.[name];
+    if (v !== undefined && v !== '') {
+      const [path, value] = map(v);
+      setPath(raw, path, value);
+    }
+  }
+  for (const [k, v] of Object.entries(sources.flags ?? {})) if (v !== undefined) raw[k] = v;
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) {
+    const first = parsed.error.issues[0]!;
+    throw new ConfigError(`invalid configuration at ${first.path.join('.') || '(root)'}: ${first.message}`);
+  }
+  const cfg = parsed.data;
+  cfg.dataDir = isAbsolute(cfg.dataDir) ? cfg.dataDir : resolve(cfg.dataDir);
+  return cfg;
+}
+
+export function splitHostPort(s: string): { host: string; port: number } {
+  const i = s.lastIndexOf(':');
+  let host = s.slice(0, i);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port: Number(s.slice(i + 1)) };
+}
+
+/** Where things live inside the data folder. */
+export function dataPaths(dataDir: string) {
+  return {
+    identityKey: join(dataDir, 'keys', 'identity.pem'),
+    controlSocket: join(dataDir, 'control.sock'),
+  };
+}

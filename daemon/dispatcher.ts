@@ -1,0 +1,62 @@
+import type { z } from 'zod';
+import { CommandError } from './command-errors.js';
+
+/**
+ * The command registry. Each command declares its payload schema, whether it takes an upload
+ * stream, and a handler. Unknown commands, payloads that fail the schema, and streams where
+ * none is expected are refused here, before any handler runs.
+ */
+export interface ConnectionInfo {
+  readonly id: number;
+  readonly ip: string;
+  readonly port: number;
+}
+
+export interface CommandContext {
+  readonly conn: ConnectionInfo;
+  readonly signal: AbortSignal;
+  /** Present when the command declared `upload: true`: the client's chunks, with flow control. */
+  readonly upload?: AsyncIterable<Uint8Array>;
+  /** Mutable per-connection state (the authenticated user, later). */
+  readonly session: Map<string, unknown>;
+}
+
+export interface CommandResult {
+  payload: unknown;
+  /** A download stream sent after the response, pulled only as the client grants credit. */
+  download?: AsyncIterable<Uint8Array>;
+}
+
+export interface CommandSpec<S extends z.ZodTypeAny = z.ZodTypeAny> {
+  readonly name: string;
+  readonly schema: S;
+  readonly upload?: boolean;
+  handler(payload: z.infer<S>, ctx: CommandContext): Promise<CommandResult>;
+}
+
+export class Dispatcher {
+  private readonly commands = new Map<string, CommandSpec>();
+
+  register<S extends z.ZodTypeAny>(spec: CommandSpec<S>): void {
+    if (this.commands.has(spec.name)) throw new Error(`command ${spec.name} registered twice`);
+    this.commands.set(spec.name, spec as unknown as CommandSpec);
+  }
+
+  names(): string[] {
+    return [...this.commands.keys()].sort();
+  }
+
+  /** Looks up and validates; throws CommandError for the client. */
+  prepare(command: string, payload: unknown, hasUpload: boolean): { spec: CommandSpec; payload: unknown } {
+    const spec = this.commands.get(command);
+    if (!spec) throw new CommandError('UNKNOWN_COMMAND', `unknown command "${command.slice(0, 64)}"`);
+    if (hasUpload && !spec.upload) throw new CommandError('UNEXPECTED_STREAM', `${command} takes no upload stream`);
+    if (!hasUpload && spec.upload) throw new CommandError('STREAM_REQUIRED', `${command} needs an upload stream`);
+    const parsed = spec.schema.safeParse(payload);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]!;
+      throw new CommandError('BAD_REQUEST', `invalid payload at ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+    }
+    return { spec, payload: parsed.data };
+  }
+}

@@ -1,0 +1,164 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import type { IdentityKey } from '../crypto/identity.js';
+import { PROTOCOL_VERSION_1 } from '../protocol/constants.js';
+import { ServerSession } from '../protocol/server-session.js';
+import { splitHostPort, type Config } from './config.js';
+import { Connection, normalizeIp } from './connection.js';
+import { registerCoreCommands } from './core-commands.js';
+import { Dispatcher } from './dispatcher.js';
+import { nullLogger, type Logger } from './log.js';
+import { ViolationBus, type ViolationKind } from './violations.js';
+
+/**
+ * The TCP listener: admission (ban check, connection and pending-handshake limits) happens on
+ * accept, before any crypto work; then each socket becomes a Connection.
+ */
+export interface DaemonOptions {
+  config: Config;
+  identity: IdentityKey;
+  logger?: Logger;
+  violations?: ViolationBus;
+  /** Ban check at accept time; returning false closes the socket before the handshake. */
+  admit?: (ip: string) => boolean;
+  dispatcher?: Dispatcher;
+  /** Test hook: lower the per-key record limit to exercise KEY_UPDATE. */
+  rekeyAfterRecords?: number;
+}
+
+export interface DaemonStats {
+  accepted: number;
+  refusedBanned: number;
+  refusedLimit: number;
+  hellos: number;
+  established: number;
+  requests: Map<string, number>;
+  violations: Map<ViolationKind, number>;
+}
+
+export const VERSION = '0.1.0';
+
+export class Daemon {
+  readonly violations: ViolationBus;
+  readonly dispatcher: Dispatcher;
+  readonly log: Logger;
+  readonly stats: DaemonStats = { accepted: 0, refusedBanned: 0, refusedLimit: 0, hellos: 0, established: 0, requests: new Map(), violations: new Map() };
+  readonly startedAt = Date.now();
+  private readonly server: Server;
+  private readonly connections = new Set<Connection>();
+  private readonly pendingPerIp = new Map<string, number>();
+  private pendingTotal = 0;
+  private nextId = 1;
+  private stopping: Promise<void> | undefined;
+
+  private constructor(private readonly opts: DaemonOptions) {
+    this.log = opts.logger ?? nullLogger();
+    this.violations = opts.violations ?? new ViolationBus();
+    this.dispatcher = opts.dispatcher ?? new Dispatcher();
+    registerCoreCommands(this.dispatcher, () => ({
+      name: 'commusic-server',
+      version: VERSION,
+      protocolVersion: PROTOCOL_VERSION_1,
+      fingerprint: opts.identity.fingerprint,
+    }));
+    this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => this.onSocket(s));
+    this.server.maxConnections = opts.config.limits.maxConnections;
+  }
+
+  static async start(opts: DaemonOptions): Promise<Daemon> {
+    const d = new Daemon(opts);
+    const { host, port } = splitHostPort(opts.config.listen);
+    await new Promise<void>((resolve, reject) => {
+      d.server.once('error', reject);
+      d.server.listen({ host, port, backlog: 4096 }, () => {
+        d.server.off('error', reject);
+        resolve();
+      });
+    });
+    const a = d.address();
+    d.log.info('listening', { host: a.host, port: a.port, fingerprint: opts.identity.fingerprint });
+    return d;
+  }
+
+  address(): { host: string; port: number } {
+    const a = this.server.address();
+    if (!a || typeof a === 'string') throw new Error('not listening');
+    return { host: a.address, port: a.port };
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  get pendingHandshakes(): number {
+    return this.pendingTotal;
+  }
+
+  /** Stop accepting, let in-flight requests finish within the grace period, then close all. */
+  stop(graceMs = this.opts.config.limits.shutdownGraceMs): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info('shutting down', { connections: this.connections.size, graceMs });
+      const closed = new Promise<void>((r) => this.server.close(() => r()));
+      for (const c of this.connections) c.drain();
+      const deadline = Date.now() + graceMs;
+      while (this.connections.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      for (const c of this.connections) c.destroy();
+      await closed;
+      this.log.info('stopped');
+    })();
+    return this.stopping;
+  }
+
+  private onSocket(socket: Socket): void {
+    const ip = normalizeIp(socket.remoteAddress ?? '');
+    if (this.stopping || (this.opts.admit && !this.opts.admit(ip))) {
+      if (!this.stopping) this.stats.refusedBanned++;
+      socket.destroy();
+      return;
+    }
+    const limits = this.opts.config.limits;
+    const perIp = this.pendingPerIp.get(ip) ?? 0;
+    if (this.pendingTotal >= limits.maxPendingHandshakes || perIp >= limits.maxPendingHandshakesPerIp) {
+      this.stats.refusedLimit++;
+      this.log.warn('pending handshake limit', { ip, perIp, total: this.pendingTotal });
+      socket.destroy();
+      return;
+    }
+    this.stats.accepted++;
+    this.pendingTotal++;
+    this.pendingPerIp.set(ip, perIp + 1);
+    let pendingReleased = false;
+    const releasePending = () => {
+      if (pendingReleased) return;
+      pendingReleased = true;
+      this.pendingTotal--;
+      const n = (this.pendingPerIp.get(ip) ?? 1) - 1;
+      if (n <= 0) this.pendingPerIp.delete(ip);
+      else this.pendingPerIp.set(ip, n);
+    };
+    const session = new ServerSession({
+      identity: this.opts.identity,
+      ...(this.opts.rekeyAfterRecords ? { rekeyAfterRecords: this.opts.rekeyAfterRecords } : {}),
+    });
+    const conn: Connection = new Connection(socket, session, this.dispatcher, limits, this.log, {
+      violation: (kind, detail) => {
+        this.stats.violations.set(kind, (this.stats.violations.get(kind) ?? 0) + 1);
+        this.log.warn('violation', { ip, kind, detail });
+        this.violations.report({ ip, kind, detail, time: Date.now() });
+      },
+      handshakeDone: () => releasePending(),
+      closed: () => {
+        releasePending();
+        this.connections.delete(conn);
+      },
+      counted: (what, command, result) => {
+        if (what === 'hello') this.stats.hellos++;
+        else if (what === 'established') this.stats.established++;
+        else {
+          const key = `${command}:${result}`;
+          this.stats.requests.set(key, (this.stats.requests.get(key) ?? 0) + 1);
+        }
+      },
+    }, this.nextId++);
+    this.connections.add(conn);
+  }
+}

@@ -1,0 +1,137 @@
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { OperationError, type OperationRegistry } from './operations.js';
+import type { Logger } from './log.js';
+
+/**
+ * The operator's channel to the running daemon: a Unix domain socket in the data folder, mode
+ * 0600 (the data folder itself is 0700), speaking newline-delimited JSON:
+ *   request  {"id": 1, "op": "bans.list", "args": {...}}
+ *   response {"id": 1, "ok": true, "result": ...} | {"id": 1, "ok": false, "error": {"code", "message"}}
+ * Lines are capped; a peer that exceeds the cap or sends invalid JSON is disconnected.
+ */
+export const MAX_CONTROL_LINE = 1024 * 1024;
+
+export class ControlServer {
+  private constructor(private readonly server: Server, private readonly path: string) {}
+
+  static async listen<C>(path: string, registry: OperationRegistry<C>, ctx: C, log: Logger): Promise<ControlServer> {
+    await removeStaleSocket(path);
+    const server = createServer((s) => serve(s, registry, ctx, log));
+    const oldMask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(path, () => resolve());
+      });
+    } finally {
+      process.umask(oldMask);
+    }
+    chmodSync(path, 0o600);
+    return new ControlServer(server, path);
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((r) => this.server.close(() => r()));
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function serve<C>(socket: Socket, registry: OperationRegistry<C>, ctx: C, log: Logger): void {
+  let buf = '';
+  socket.setEncoding('utf8');
+  socket.on('error', () => socket.destroy());
+  socket.on('data', (chunk: string) => {
+    buf += chunk;
+    if (buf.length > MAX_CONTROL_LINE && !buf.includes('\n')) {
+      socket.destroy();
+      return;
+    }
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      let req: { id?: unknown; op?: unknown; args?: unknown };
+      try {
+        req = JSON.parse(line) as typeof req;
+      } catch {
+        socket.destroy();
+        return;
+      }
+      const id = req.id;
+      registry
+        .run(ctx, String(req.op), req.args)
+        .then((result) => reply(socket, { id, ok: true, result: result ?? null }))
+        .catch((e: unknown) => {
+          const code = (e as { code?: unknown }).code;
+          const known = e instanceof OperationError || typeof code === 'string';
+          if (!known) log.error('control operation failed', { op: String(req.op), error: (e as Error)?.name });
+          reply(socket, {
+            id,
+            ok: false,
+            error: known ? { code: String(code), message: (e as Error).message } : { code: 'INTERNAL', message: 'internal error; see the daemon log' },
+          });
+        });
+    }
+  });
+}
+
+function reply(socket: Socket, body: unknown): void {
+  if (!socket.destroyed) socket.write(`${JSON.stringify(body)}\n`);
+}
+
+/** A socket file left by a killed daemon is removed; a live one means another daemon runs. */
+async function removeStaleSocket(path: string): Promise<void> {
+  try {
+    if (!lstatSync(path).isSocket()) throw new OperationError('CONTROL_PATH_BUSY', `${path} exists and is not a socket`);
+  } catch (e) {
+    if (e instanceof OperationError) throw e;
+    return;
+  }
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = createConnection(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (alive) throw new OperationError('DAEMON_RUNNING', `another daemon is serving ${path}`);
+  unlinkSync(path);
+}
+
+/**
+ * Client side, for commusicctl. Resolves undefined when no daemon listens (so the caller runs
+ * the operation offline); rejects with the daemon's error otherwise.
+ */
+export async function callControl(path: string, op: string, args: unknown, timeoutMs = 30_000): Promise<{ result: unknown } | undefined> {
+  return new Promise((resolve, reject) => {
+    const c = createConnection(path);
+    let buf = '';
+    const timer = setTimeout(() => {
+      c.destroy();
+      reject(new OperationError('CONTROL_TIMEOUT', `the daemon did not answer ${op} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    c.setEncoding('utf8');
+    c.once('error', (e: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') resolve(undefined);
+      else reject(new OperationError('CONTROL_FAILED', `cannot reach the daemon at ${path}: ${e.code ?? e.message}`));
+    });
+    c.once('connect', () => c.write(`${JSON.stringify({ id: 1, op, args })}\n`));
+    c.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      clearTimeout(timer);
+      c.end();
+      const res = JSON.parse(buf.slice(0, nl)) as { ok: boolean; result?: unknown; error?: { code: string; message: string } };
+      if (res.ok) resolve({ result: res.result });
+      else reject(new OperationError(res.error?.code ?? 'INTERNAL', res.error?.message ?? 'operation failed'));
+    });
+  });
+}

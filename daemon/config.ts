@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
+import IPCIDR from 'ip-cidr';
 
 /**
  * Daemon configuration: defaults, then a JSON file, then COMMUSIC_* environment variables,
@@ -31,6 +32,26 @@ const limitsSchema = z
   })
   .strict();
 
+/** The HTTPS health/metrics endpoint (daemon/health-server.ts). Reloadable on SIGHUP except `listen`. */
+const healthSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    listen: hostPort.default('127.0.0.1:7444'),
+    /** Operator's PEM certificate and key; without them a self-signed one lives in <data>/tls/. */
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+    /** Who may read /metrics without a token. */
+    allowCidrs: z
+      .array(z.string().refine((s) => IPCIDR.isValidCIDR(s) || IPCIDR.isValidAddress(s), 'expected an IP address or CIDR range'))
+      .default(['127.0.0.1/32', '::1/128']),
+    /** Bearer token that opens /metrics from anywhere (prefer tokenFile). */
+    bearerToken: z.string().min(16, 'use at least 16 characters').optional(),
+    tokenFile: z.string().min(1).optional(),
+  })
+  .strict()
+  .refine((h) => !h.certFile === !h.keyFile, { message: 'certFile and keyFile go together', path: ['certFile'] })
+  .refine((h) => !(h.bearerToken && h.tokenFile), { message: 'give bearerToken or tokenFile, not both', path: ['tokenFile'] });
+
 export const configSchema = z
   .object({
     dataDir: z.string().min(1).default('./data'),
@@ -38,6 +59,7 @@ export const configSchema = z
     logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     logFile: z.string().optional(),
     limits: limitsSchema.default({}),
+    health: healthSchema.default({}),
   })
   .strict();
 
@@ -47,7 +69,7 @@ export type Limits = Config['limits'];
 export interface ConfigSources {
   file?: string;
   env?: NodeJS.ProcessEnv;
-  flags?: Partial<{ dataDir: string; listen: string; logLevel: string }>;
+  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; healthListen: string }>;
 }
 
 const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
@@ -55,6 +77,7 @@ const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
   COMMUSIC_LISTEN: (v) => [['listen'], v],
   COMMUSIC_LOG_LEVEL: (v) => [['logLevel'], v],
   COMMUSIC_LOG_FILE: (v) => [['logFile'], v],
+  COMMUSIC_HEALTH_LISTEN: (v) => [['health', 'listen'], v],
 };
 
 function setPath(obj: Record<string, unknown>, path: string[], value: unknown): void {
@@ -89,7 +112,11 @@ export function loadConfig(sources: ConfigSources = {}): Config {
       setPath(raw, path, value);
     }
   }
-  for (const [k, v] of Object.entries(sources.flags ?? {})) if (v !== undefined) raw[k] = v;
+  for (const [k, v] of Object.entries(sources.flags ?? {})) {
+    if (v === undefined) continue;
+    if (k === 'healthListen') setPath(raw, ['health', 'listen'], v);
+    else raw[k] = v;
+  }
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) {
     const first = parsed.error.issues[0]!;

@@ -2,6 +2,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { normalizeFingerprint } from '../crypto/identity.js';
 import { ClientSession, pinFingerprint } from '../protocol/client-session.js';
 import { CLOSE_NORMAL, MAX_CHUNK_LEN, MAX_REQUEST_ID } from '../protocol/constants.js';
+import { ProtocolError } from '../protocol/errors.js';
 import { InboundStream, OutboundCredit } from '../protocol/flow.js';
 import type { Message } from '../protocol/messages.js';
 import { ClientError, RemoteError } from './errors.js';
@@ -141,7 +142,14 @@ export class Connection {
       };
       if (upload) p.credit = new OutboundCredit();
       this.pending.set(id, p);
-      this.send({ kind: 'request', id, command, payload, stream: upload !== undefined });
+      try {
+        this.send({ kind: 'request', id, command, payload, stream: upload !== undefined });
+      } catch (e) {
+        // Nothing was sent: a request too large for one record must not reach the server,
+        // which would take it for an attack on the record layer.
+        const tooLarge = e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE';
+        return this.finish(id, tooLarge ? new ClientError('REQUEST_TOO_LARGE', `${command} request does not fit in one record; send large data as an upload`) : (e as Error));
+      }
       if (upload) void this.pumpUpload(id, p.credit!, upload);
     });
   }

@@ -10,6 +10,7 @@ export type ClientErrorCode =
   | 'HANDSHAKE_FAILED'
   | 'CONNECTION_CLOSED'
   | 'TIMEOUT'
+  | 'REQUEST_TOO_LARGE'
   | 'PROTOCOL_ERROR';
 
 export class ClientError extends Error {

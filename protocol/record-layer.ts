@@ -6,6 +6,7 @@ import {
   RECORD_FINISHED,
   RECORD_HEADER_LEN,
   RECORD_KEY_UPDATE,
+  MAX_RECORD_PLAINTEXT,
   REKEY_AFTER_RECORDS,
   TAG_LEN,
 } from './constants.js';
@@ -48,6 +49,8 @@ export class RecordSealer {
 
   /** Seals one record, preceded by a KEY_UPDATE when the current key is used up. */
   seal(type: number, plaintext: Uint8Array, out: Buffer[]): void {
+    // The peer's reader refuses such a record as an attack; never put one on the wire.
+    if (plaintext.length > MAX_RECORD_PLAINTEXT) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal ${plaintext.length} bytes`);
     if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) this.keyUpdate(out);
     const h = header(type, plaintext.length + TAG_LEN);
     out.push(h, aesGcmSeal(this.keys.key, nonceFor(this.keys.iv, this.seq), h, plaintext));

@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity.js';
 import { dataPaths } from '../daemon/config.js';
+import { registerBanCommands } from './ctl-bans.js';
 import { fail, runMain } from './cli-util.js';
 
 const program = new Command('commusicctl')
@@ -39,5 +40,7 @@ keys
     if (o.json) process.stdout.write(`${JSON.stringify({ path, algorithm: 'RSA-2048', fingerprint: identity.fingerprint })}\n`);
     else process.stdout.write(`${identity.fingerprint}\n`);
   });
+
+registerBanCommands(program, dataDir);
 
 void runMain(() => program.parseAsync().then(() => undefined));

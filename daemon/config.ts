@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import IPCIDR from 'ip-cidr';
+import { BanPolicySchema } from './ban-policy.js';
+import { MailerConfigSchema } from './mailer.js';
 
 /**
  * Daemon configuration: defaults, then a JSON file, then COMMUSIC_* environment variables,
@@ -60,6 +62,10 @@ export const configSchema = z
     logFile: z.string().optional(),
     limits: limitsSchema.default({}),
     health: healthSchema.default({}),
+    /** Ban policy per violation kind (daemon/ban-policy.ts). */
+    bans: BanPolicySchema.default({}),
+    /** Alert mail to the service team; without smtp, mails go to DATA/outbox/sent-local/ (daemon/mailer.ts). */
+    mail: MailerConfigSchema.default({}),
   })
   .strict();
 

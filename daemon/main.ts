@@ -1,13 +1,19 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
+import type { BanTable } from '../storage/ban-store.js';
+import { openBanSystem, type BanSystem } from './ban-system.js';
 import { dataPaths, loadConfig, type Config, type ConfigSources } from './config.js';
+import { ControlServer } from './control-socket.js';
 import { createLogger, type Logger } from './log.js';
+import { buildOperations, type OpsContext } from './ops.js';
 import { Daemon } from './server.js';
+import { ViolationBus } from './violations.js';
 
 /**
  * What `commusicd` does: configuration, data folder, identity key (created on the very first
- * start, the embedded default), the listener, and signal handling. bin/commusicd.ts only
- * parses flags and calls runDaemon().
+ * start, the embedded default), the ban system and mailer, the listener, the control socket,
+ * and signal handling. bin/commusicd.ts only parses flags and calls runDaemon(); tests call
+ * startServer() to get the same stack in-process.
  */
 export interface RunOptions extends ConfigSources {
   /** Create the identity key when the data folder has none (the embedded default). */
@@ -21,30 +27,81 @@ export function ensureIdentity(config: Config, create: boolean, print: (l: strin
     const identity = generateIdentity();
     saveIdentity(path, identity);
     print(`created identity key ${path}`);
-    print(`server fingerprint: ${identity.fingerprint}`);
     return identity;
   }
   return loadIdentity(path);
 }
 
-export async function runDaemon(opts: RunOptions): Promise<{ daemon: Daemon; logger: Logger }> {
+/** The live objects operations reach on the running daemon. */
+export interface OnlineContext extends OpsContext {
+  readonly daemon: Daemon;
+  readonly banSystem: BanSystem;
+}
+
+export interface RunningServer {
+  readonly config: Config;
+  readonly identity: IdentityKey;
+  readonly daemon: Daemon;
+  readonly banSystem: BanSystem;
+  readonly control: ControlServer;
+  readonly logger: Logger;
+  stop(): Promise<void>;
+}
+
+export async function startServer(config: Config, opts: { logger: Logger; print?: (l: string) => void; createKeyIfMissing?: boolean }): Promise<RunningServer> {
+  const print = opts.print ?? (() => {});
+  const logger = opts.logger;
+  // Everything the daemon creates (stores, WAL files, outbox, sockets) is for its user alone.
+  process.umask(0o077);
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
+  const bus = new ViolationBus();
+  const banSystem = await openBanSystem({ dataDir: config.dataDir, bus, policy: config.bans, mail: config.mail, logger });
+  const table: BanTable = banSystem.table;
+  let daemon: Daemon;
+  try {
+    daemon = await Daemon.start({ config, identity, logger, violations: bus, admit: (ip) => table.check(ip, Date.now()) === undefined });
+  } catch (e) {
+    await banSystem.close();
+    throw e;
+  }
+  const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, bans: () => table };
+  const control = await ControlServer.listen(dataPaths(config.dataDir).controlSocket, buildOperations<OnlineContext>(), ctx, logger);
+  let stopped: Promise<void> | undefined;
+  return {
+    config,
+    identity,
+    daemon,
+    banSystem,
+    control,
+    logger,
+    stop() {
+      stopped ??= (async () => {
+        await control.close();
+        await daemon.stop();
+        await banSystem.close();
+      })();
+      return stopped;
+    },
+  };
+}
+
+export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   const print = opts.print ?? ((l: string) => process.stdout.write(`${l}\n`));
   const config = loadConfig(opts);
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const logger = createLogger({ level: config.logLevel, ...(config.logFile ? { file: config.logFile } : {}) });
-  const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
-  const daemon = await Daemon.start({ config, identity, logger });
-  const a = daemon.address();
+  const server = await startServer(config, { logger, print, createKeyIfMissing: opts.createKeyIfMissing ?? true });
+  const a = server.daemon.address();
   print(`commusicd listening on ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`);
-  print(`server fingerprint: ${identity.fingerprint}`);
+  print(`server fingerprint: ${server.identity.fingerprint}`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info('signal', { signal });
-    void daemon.stop().then(() => process.exit(0));
+    void server.stop().then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  return { daemon, logger };
+  return server;
 }

@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity.js';
 import { dataPaths } from '../daemon/config.js';
 import { registerBanCommands } from './ctl-bans.js';
+import { registerMonitorCommands } from './ctl-monitor.js';
 import { fail, runMain } from './cli-util.js';
 
 const program = new Command('commusicctl')
@@ -42,5 +43,6 @@ keys
   });
 
 registerBanCommands(program, dataDir);
+registerMonitorCommands(program, dataDir);
 
 void runMain(() => program.parseAsync().then(() => undefined));

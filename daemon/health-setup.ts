@@ -85,3 +85,24 @@ export async function startHealthEndpoint(opts: HealthEndpointOptions): Promise<
   });
   return { server, metrics };
 }
+
+/**
+ * For runDaemon: start the endpoint if enabled. A certificate or token problem is the operator's
+ * to fix and stops the start; an address already in use does not: the client service matters
+ * more than its health endpoint, so the daemon runs on, logs the error and shows it in status.
+ */
+export async function startHealthIfEnabled(opts: HealthEndpointOptions & { print?: (l: string) => void }): Promise<HealthEndpoint | undefined> {
+  if (!opts.config.health.enabled) return undefined;
+  try {
+    const ep = await startHealthEndpoint(opts);
+    const a = ep.server.address();
+    opts.print?.(`health endpoint https://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port} (certificate ${ep.server.certificate.fingerprint256})`);
+    return ep;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL' && code !== 'EACCES') throw e;
+    opts.logger.error('health endpoint not started', { event: 'health-listen', listen: opts.config.health.listen, code });
+    opts.print?.(`WARNING: health endpoint not started on ${opts.config.health.listen} (${code})`);
+    return undefined;
+  }
+}

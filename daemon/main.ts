@@ -6,7 +6,10 @@ import { dataPaths, loadConfig, type Config, type ConfigSources } from './config
 import { ControlServer } from './control-socket.js';
 import { createLogger, type Logger } from './log.js';
 import { buildOperations, type OpsContext } from './ops.js';
-import { Daemon } from './server.js';
+import { Daemon, VERSION } from './server.js';
+import { startHealthIfEnabled, type HealthEndpoint } from './health-setup.js';
+import { Reloader } from './reload.js';
+import { registerStatusOps, type StatusContext } from './status-ops.js';
 import { ViolationBus } from './violations.js';
 
 /**
@@ -45,6 +48,8 @@ export interface RunningServer {
   readonly banSystem: BanSystem;
   readonly control: ControlServer;
   readonly logger: Logger;
+  /** The HTTPS health/metrics endpoint; undefined when disabled or its address was busy. */
+  readonly health: HealthEndpoint | undefined;
   stop(): Promise<void>;
 }
 
@@ -66,7 +71,28 @@ export async function startServer(config: Config, opts: { logger: Logger; print?
     throw e;
   }
   const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, bans: () => table };
-  const control = await ControlServer.listen(dataPaths(config.dataDir).controlSocket, buildOperations<OnlineContext>(), ctx, logger);
+  // Monitoring: one set of providers feeds `status` and /metrics.
+  let health: HealthEndpoint | undefined;
+  const status: StatusContext = {
+    daemon,
+    version: VERSION,
+    fingerprint: identity.fingerprint,
+    listen: () => `${daemon.address().host}:${daemon.address().port}`,
+    activeBans: () => banSystem.table.size,
+    outboxLength: () => banSystem.mailer.outboxLength,
+    health: () => health && { listen: `${health.server.address().host}:${health.server.address().port}`, certFingerprint: health.server.certificate.fingerprint256 },
+  };
+  const registry = buildOperations<OnlineContext>();
+  registerStatusOps(registry, () => status);
+  const control = await ControlServer.listen(dataPaths(config.dataDir).controlSocket, registry, ctx, logger);
+  try {
+    health = await startHealthIfEnabled({ config, sources: status, logger, print, listenerUp: () => daemon.address().port > 0 });
+  } catch (e) {
+    await control.close();
+    await daemon.stop(0);
+    await banSystem.close();
+    throw e;
+  }
   let stopped: Promise<void> | undefined;
   return {
     config,
@@ -75,8 +101,10 @@ export async function startServer(config: Config, opts: { logger: Logger; print?
     banSystem,
     control,
     logger,
+    health,
     stop() {
       stopped ??= (async () => {
+        await health?.server.close();
         await control.close();
         await daemon.stop();
         await banSystem.close();
@@ -103,5 +131,6 @@ export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  new Reloader({ sources: opts, config, logger, health: server.health?.server }).installSignal();
   return server;
 }

@@ -1,0 +1,480 @@
+/**
+ * Club provisioning and key rotation: plain async functions over an open Storage (see
+ * storage/storage.ts), used by the running daemon (control socket) and offline by commusicctl
+ * alike. Inputs and results are JSON-serialisable.
+ *
+ * Usage (offline; the daemon keeps one Storage open and passes it instead):
+ *
+ *   const st = await openStorage({ dataDir, passphrase });        // or { create: true } to init
+ *   const { id, oneTimePassword } = await createClub(st, { name: 'MV Beispiel', adminUser: 'anna', plan: 'premium' });
+ *   listClubs(st); showClub(st, id); suspendClub(st, id); resumeClub(st, id);
+ *   await deleteClub(st, id);                                      // crypto-shreds first
+ *   await rotateMaster(st);  await rotateClub(st, id);             // resumable after kill -9
+ *   await resumeInterruptedRotations(st);                          // finish whatever was cut off
+ *   st.close();
+ *
+ * `commusicctl club create NAME --admin USER [--plan P] [--password-stdin]` maps to createClub
+ * (adminPassword from stdin, otherwise a one-time password is returned and printed once);
+ * `club list|show|suspend|resume|delete` and `keys rotate-master|rotate-club ID` map 1:1.
+ * Offline use requires the daemon to be stopped (one process owns a data folder).
+ *
+ * `hooks.onStep(step)` is called at each durable step of the multi-step operations (names in
+ * ROTATE_MASTER_STEPS, ROTATE_CLUB_STEPS, DELETE_CLUB_STEPS); tests kill the process there.
+ */
+import { existsSync, renameSync, rmSync, unlinkSync, statSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fsyncDir } from '../crypto/atomic-file.js';
+import { createMasterKey, loadMasterKey, masterKeyFromBytes, type MasterKey } from '../crypto/master-key.js';
+import { generateOneTimePassword, hashPassword } from '../crypto/password.js';
+import { newDataKey, unwrapKey, wrapKey } from '../crypto/wrap.js';
+import { clubDbPath, clubDir, CLUB_DB_FILE } from './club-store.js';
+import { StorageError } from './errors.js';
+import { PLANS, ServerDb, serverDbKey, serverDbPath, type ClubRow, type ClubStatus, type Plan } from './server-db.js';
+import { keyPragma, openEncrypted, type Db } from './sqlcipher.js';
+import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
+
+export interface StepHooks {
+  onStep?: (step: string) => void;
+}
+
+export const ROTATE_MASTER_STEPS = ['next-key-written', 'server-copied', 'server-rekeyed', 'keys-rewrapped', 'server-swapped', 'key-swapped'] as const;
+export const ROTATE_CLUB_STEPS = ['pending-key-stored', 'store-copied', 'store-rekeyed', 'documents-rewrapped', 'store-swapped', 'key-promoted'] as const;
+export const DELETE_CLUB_STEPS = ['keys-destroyed', 'files-removed'] as const;
+
+export interface ClubSummary {
+  id: string;
+  name: string;
+  plan: Plan;
+  status: ClubStatus;
+  created: string;
+  keyVersion: number;
+  rotationPending: boolean;
+  storeCreated: boolean;
+}
+
+export interface ClubDetails extends ClubSummary {
+  settings: Record<string, unknown>;
+  admins: string[];
+  users: number;
+  persons: number;
+  documents: number;
+  storeBytes: number;
+  documentBytes: number;
+}
+
+export interface CreateClubInput {
+  name: string;
+  adminUser: string;
+  plan?: Plan;
+  /** Given: stored hashed, nothing returned. Absent: a one-time password is generated and returned once. */
+  adminPassword?: string;
+  settings?: Record<string, unknown>;
+  /** Create the store file now (default true). Bulk provisioning passes false: created on first open. */
+  materialize?: boolean;
+}
+
+export interface CreateClubResult {
+  id: string;
+  name: string;
+  plan: Plan;
+  adminUser: string;
+  oneTimePassword?: string;
+}
+
+const USERNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+
+function summary(r: ClubRow): ClubSummary {
+  return {
+    id: r.id,
+    name: r.name,
+    plan: r.plan,
+    status: r.status,
+    created: r.created,
+    keyVersion: r.keyVersion,
+    rotationPending: r.pendingWrappedKey !== null,
+    storeCreated: r.storeState === 'created',
+  };
+}
+
+function newClubId(): string {
+  return 'c' + randomBytes(8).toString('hex');
+}
+
+function checkCreateInput(i: CreateClubInput): { name: string; plan: Plan } {
+  const name = String(i.name ?? '').trim();
+  if (name.length < 1 || name.length > 200) throw new StorageError('INVALID_ARGUMENT', 'club name must be 1..200 characters');
+  if (!USERNAME_RE.test(String(i.adminUser ?? ''))) throw new StorageError('INVALID_ARGUMENT', 'admin user name must be 1..64 characters of letters, digits, . _ @ -, starting with a letter or digit');
+  const plan = i.plan ?? 'basic';
+  if (!PLANS.includes(plan)) throw new StorageError('INVALID_ARGUMENT', `plan must be one of ${PLANS.join(', ')}`);
+  if (i.adminPassword !== undefined && (i.adminPassword.length < 12 || i.adminPassword.length > 1024)) {
+    throw new StorageError('INVALID_ARGUMENT', 'admin password must be 12..1024 characters');
+  }
+  return { name, plan };
+}
+
+function newClubRow(st: Storage, id: string, name: string, plan: Plan, admin: ClubRow['pendingAdmin'], settings: Record<string, unknown>): ClubRow {
+  const dataKey = newDataKey();
+  const wrapped = wrapKey(st.master.key, dataKey, { purpose: 'club-data-key', clubId: id, keyVersion: 1 });
+  dataKey.fill(0);
+  return {
+    id,
+    name,
+    plan,
+    status: 'active',
+    created: new Date().toISOString(),
+    settings,
+    wrappedKey: wrapped,
+    keyVersion: 1,
+    pendingWrappedKey: null,
+    pendingKeyVersion: null,
+    storeState: 'pending',
+    pendingAdmin: admin,
+  };
+}
+
+/** `club create`: a new club with its data key and its administrator (the contract's named person). */
+export async function createClub(st: Storage, input: CreateClubInput): Promise<CreateClubResult> {
+  const { name, plan } = checkCreateInput(input);
+  const otp = input.adminPassword === undefined ? generateOneTimePassword() : undefined;
+  const passwordHash = await hashPassword(input.adminPassword ?? otp!);
+  const id = newClubId();
+  st.server.insertClub(newClubRow(st, id, name, plan, { username: input.adminUser, passwordHash, mustChangePassword: otp !== undefined }, input.settings ?? {}));
+  if (input.materialize !== false) st.openClub(id);
+  return { id, name, plan, adminUser: input.adminUser, ...(otp !== undefined ? { oneTimePassword: otp } : {}) };
+}
+
+/**
+ * Bulk provisioning (migrations from another system, load tests): one transaction for all rows,
+ * stores created lazily on first open. Each spec carries a ready password hash.
+ */
+export function createClubsBulk(st: Storage, specs: Array<{ name: string; adminUser: string; plan?: Plan; passwordHash: string }>): string[] {
+  const rows = specs.map((s) => {
+    const { name, plan } = checkCreateInput({ name: s.name, adminUser: s.adminUser, ...(s.plan ? { plan: s.plan } : {}) });
+    return newClubRow(st, newClubId(), name, plan, { username: s.adminUser, passwordHash: s.passwordHash, mustChangePassword: true }, {});
+  });
+  st.server.insertClubs(rows);
+  return rows.map((r) => r.id);
+}
+
+export function listClubs(st: Storage): ClubSummary[] {
+  return st.server.listClubs().map(summary);
+}
+
+function fileSize(p: string): number {
+  try {
+    return statSync(p).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** `club show`: the server-side facts plus counts from the store (opens it, even when suspended). */
+export function showClub(st: Storage, id: string): ClubDetails {
+  const row = st.server.mustGetClub(id);
+  const base: ClubDetails = { ...summary(row), settings: row.settings, admins: [], users: 0, persons: 0, documents: 0, storeBytes: 0, documentBytes: 0 };
+  if (row.status === 'deleting') return base;
+  const store = st.openClub(id, { allowSuspended: true });
+  const count = (t: string) => (store.db.prepare(`SELECT count(*) AS n FROM ${t}`).get() as { n: number }).n;
+  base.admins = (store.db.prepare('SELECT username FROM users WHERE isAdmin = 1 ORDER BY username').all() as Array<{ username: string }>).map((r) => r.username);
+  base.users = count('users');
+  base.persons = count('persons');
+  base.documents = count('documents');
+  base.documentBytes = (store.db.prepare('SELECT coalesce(sum(size), 0) AS n FROM documents').get() as { n: number }).n;
+  const p = clubDbPath(st.dataDir, id);
+  base.storeBytes = fileSize(p) + fileSize(p + '-wal');
+  return base;
+}
+
+export function suspendClub(st: Storage, id: string): ClubSummary {
+  const row = st.server.mustGetClub(id);
+  if (row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${id} is being deleted`);
+  st.server.setStatus(id, 'suspended');
+  st.cache.evict(id);
+  return summary(st.server.mustGetClub(id));
+}
+
+export function resumeClub(st: Storage, id: string): ClubSummary {
+  const row = st.server.mustGetClub(id);
+  if (row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${id} is being deleted`);
+  st.server.setStatus(id, 'active');
+  return summary(st.server.mustGetClub(id));
+}
+
+/**
+ * `club delete`: crypto-shredding. 1) the wrapped data keys are removed from the server database
+ * (durable before anything else happens, so from then on nothing can decrypt the club's files);
+ * 2) the club's folder is removed; 3) its row is removed. Interrupted, the club stays listed with
+ * status `deleting` and a second `club delete` finishes.
+ */
+export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {}): Promise<{ id: string; deleted: true }> {
+  st.server.mustGetClub(id);
+  const release = st.cache.lock(id);
+  try {
+    st.server.destroyKeys(id);
+    hooks.onStep?.('keys-destroyed');
+    const dir = clubDir(st.dataDir, id);
+    rmSync(dir, { recursive: true, force: true });
+    fsyncDir(dirname(dir));
+    hooks.onStep?.('files-removed');
+    st.server.deleteClubRow(id);
+    return { id, deleted: true };
+  } finally {
+    release();
+  }
+}
+
+// ---- rotation -------------------------------------------------------------------------------
+
+function removeSqliteFiles(path: string): void {
+  for (const suffix of ['', '-wal', '-shm', '-journal']) {
+    try {
+      unlinkSync(path + suffix);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+}
+
+function fsyncFile(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function sqlPath(p: string): string {
+  return "'" + p.replace(/'/g, "''") + "'";
+}
+
+/** Does `key` open the encrypted database at `path`? (A wrong key writes nothing.) */
+function opensWith(path: string, key: Buffer): boolean {
+  try {
+    openEncrypted(path, key, { journalMode: 'keep' }).close();
+    return true;
+  } catch (e) {
+    if (e instanceof StorageError && e.code === 'WRONG_DATA_KEY') return false;
+    throw e;
+  }
+}
+
+/**
+ * Copy the database open on `src` into `dst` and re-encrypt the copy under `newKey`:
+ * `src` leaves WAL (journal_mode=DELETE checkpoints and removes its WAL, so the file alone is the
+ * whole database), `VACUUM INTO` writes a compact copy under the old key, and `PRAGMA rekey`
+ * re-encrypts the copy, which is in rollback-journal mode, where SQLite3MultipleCiphers 2.3.5
+ * supports rekey. `edit` runs in one transaction on the re-keyed copy. The copy is switched
+ * back to WAL and fsynced; the caller swaps it in with rename().
+ */
+function reencryptCopy(src: Db, dst: string, oldKey: Buffer, newKey: Buffer, hooks: StepHooks, steps: { copied: string; rekeyed: string }, edit: (db: Db) => void): void {
+  removeSqliteFiles(dst);
+  src.pragma('journal_mode=DELETE');
+  src.exec(`VACUUM INTO ${sqlPath(dst)}`);
+  hooks.onStep?.(steps.copied);
+  const copy = openEncrypted(dst, oldKey, { journalMode: 'DELETE' });
+  try {
+    copy.pragma(keyPragma(newKey).replace(/^key=/, 'rekey='));
+    hooks.onStep?.(steps.rekeyed);
+    copy.transaction(() => edit(copy))();
+    copy.pragma('journal_mode=WAL');
+  } finally {
+    copy.close();
+  }
+  fsyncFile(dst);
+  if (!opensWith(dst, newKey)) throw new StorageError('STORE_CORRUPT', `re-encrypted copy ${dst} does not open with the new key; nothing was swapped`);
+}
+
+export interface RotateMasterOptions extends StepHooks {
+  /** Passphrase for the new key file. Default: the current passphrase (if any). */
+  newPassphrase?: string | Buffer;
+  /** Current passphrase (needed to re-read a half-written next key file on resume). */
+  passphrase?: string | Buffer;
+  scryptLog2N?: number;
+}
+
+/**
+ * `keys rotate-master`: a new master key; every club's data key is re-wrapped and the server
+ * database re-encrypted; club stores and documents are not touched.
+ *
+ * Steps (each durable before the next; see docs/STORAGE.md):
+ *  1. write keys/master.key.next (new key; a resumed run reuses it);
+ *  2. build server.db.next: copy of server.db re-encrypted under the new key, every wrapped
+ *     club key re-wrapped, in one transaction;
+ *  3. rename server.db.next -> server.db   (commit point: from here the new key is the key);
+ *  4. rename master.key.next -> master.key.
+ * Killed before 3: server.db and master.key are the old ones, the daemon runs as before, and the
+ * next run redoes 2 from the kept next key. Killed between 3 and 4: openStorage (and the next
+ * run) sees that only master.key.next opens server.db and finishes step 4.
+ */
+export async function rotateMaster(st: Storage, o: RotateMasterOptions = {}): Promise<{ oldKeyId: string; newKeyId: string; clubs: number }> {
+  const keyPath = st.keyFilePath;
+  const nextPath = nextKeyPath(keyPath);
+  const passOpts = (p: string | Buffer | undefined) => (p !== undefined ? { passphrase: p } : {});
+  const newPass = o.newPassphrase ?? o.passphrase;
+  if (st.master.passphraseProtected && newPass === undefined) {
+    throw new StorageError('INVALID_ARGUMENT', 'the master key is passphrase-protected; give the passphrase (and optionally a new one) to rotate it');
+  }
+  let next: MasterKey;
+  if (existsSync(nextPath)) {
+    next = await loadMasterKey(nextPath, passOpts(newPass));
+  } else {
+    next = await createMasterKey(nextPath, { ...passOpts(newPass), ...(o.scryptLog2N !== undefined ? { scryptLog2N: o.scryptLog2N } : {}) });
+  }
+  o.onStep?.('next-key-written');
+  const oldKeyId = st.master.id;
+  const dbPath = serverDbPath(st.dataDir);
+  const dbNext = dbPath + '.next';
+  const oldDbKey = serverDbKey(st.master.key);
+  const newDbKey = serverDbKey(next.key);
+  let clubs = 0;
+  try {
+    const old = st.master;
+    reencryptCopy(st.server.db, dbNext, oldDbKey, newDbKey, o, { copied: 'server-copied', rekeyed: 'server-rekeyed' }, (db) => {
+      const rows = db.prepare('SELECT id, wrapped_key, key_version, pending_wrapped_key, pending_key_version FROM clubs').all() as Array<{
+        id: string; wrapped_key: Buffer | null; key_version: number; pending_wrapped_key: Buffer | null; pending_key_version: number | null;
+      }>;
+      const upd = db.prepare('UPDATE clubs SET wrapped_key = ?, pending_wrapped_key = ? WHERE id = ?');
+      for (const r of rows) {
+        const rewrap = (w: Buffer | null, v: number | null): Buffer | null => {
+          if (!w || v === null) return null;
+          const k = unwrapClubKey(old, r.id, w, v);
+          const out = wrapKey(next.key, k, { purpose: 'club-data-key', clubId: r.id, keyVersion: v });
+          k.fill(0);
+          return out;
+        };
+        upd.run(rewrap(r.wrapped_key, r.key_version), rewrap(r.pending_wrapped_key, r.pending_key_version), r.id);
+        clubs++;
+      }
+      db.prepare(`INSERT INTO meta (k, v) VALUES ('masterRotated', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v`).run(new Date().toISOString());
+    });
+    o.onStep?.('keys-rewrapped');
+    st.server.close();
+    renameSync(dbNext, dbPath);
+    fsyncDir(st.dataDir);
+    o.onStep?.('server-swapped');
+    renameSync(nextPath, keyPath);
+    fsyncDir(dirname(keyPath));
+    o.onStep?.('key-swapped');
+    st.server = ServerDb.open(dbPath, next.key);
+    st.master = masterKeyFromBytes(Buffer.from(next.key), keyPath, next.passphraseProtected);
+    st.masterRotationPending = false;
+    old.destroy();
+  } catch (e) {
+    // Before the commit point the old server db is still valid: reopen it so the daemon carries on.
+    if (!st.server.db.open) {
+      try {
+        st.server = ServerDb.open(dbPath, st.master.key);
+      } catch {
+        st.server = ServerDb.open(dbPath, next.key);
+      }
+    }
+    throw e;
+  } finally {
+    oldDbKey.fill(0);
+    newDbKey.fill(0);
+    next.destroy();
+  }
+  return { oldKeyId, newKeyId: st.master.id, clubs };
+}
+
+/**
+ * `keys rotate-club ID`: a new data key for one club; its store is re-encrypted into a new file
+ * and every document key re-wrapped, then the new file is swapped in atomically.
+ *
+ * Steps (see docs/STORAGE.md):
+ *  1. the new key is stored wrapped as the club's *pending* key (server db);
+ *  2. club.db leaves WAL, is copied with VACUUM INTO to club.db.rotating, the copy is re-keyed to
+ *     the new key and its document keys re-wrapped (one transaction), back to WAL, fsync;
+ *  3. rename club.db.rotating -> club.db   (commit point);
+ *  4. the pending key becomes the current key; the old wrapped key is gone.
+ * The store opens at every point: the cache tries the current, then the pending key. Resumed
+ * after a kill: if the old key still opens club.db, step 2 is redone; otherwise only step 4.
+ */
+export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {}): Promise<{ id: string; keyVersion: number; documents: number }> {
+  const release = st.cache.lock(id);
+  let documents = 0;
+  try {
+    let row = st.server.mustGetClub(id);
+    if (row.status === 'deleting' || !row.wrappedKey) throw new StorageError('CLUB_DELETED', `club ${id} is being deleted`);
+    if (!row.pendingWrappedKey) {
+      const k = newDataKey();
+      st.server.setPendingKey(id, wrapKey(st.master.key, k, { purpose: 'club-data-key', clubId: id, keyVersion: row.keyVersion + 1 }), row.keyVersion + 1);
+      k.fill(0);
+      row = st.server.mustGetClub(id);
+    }
+    hooks.onStep?.('pending-key-stored');
+    const oldKey = unwrapClubKey(st.master, id, row.wrappedKey!, row.keyVersion);
+    const newKey = unwrapClubKey(st.master, id, row.pendingWrappedKey!, row.pendingKeyVersion!);
+    try {
+      const path = clubDbPath(st.dataDir, id);
+      const tmp = join(clubDir(st.dataDir, id), CLUB_DB_FILE + '.rotating');
+      if (row.storeState === 'created' && existsSync(path) && opensWith(path, oldKey)) {
+        const src = openEncrypted(path, oldKey);
+        try {
+          reencryptCopy(src, tmp, oldKey, newKey, hooks, { copied: 'store-copied', rekeyed: 'store-rekeyed' }, (db) => {
+            const docs = db.prepare('SELECT id, file, wrappedKey FROM documents').all() as Array<{ id: number; file: string; wrappedKey: Buffer }>;
+            const upd = db.prepare('UPDATE documents SET wrappedKey = ? WHERE id = ?');
+            for (const d of docs) {
+              const ctx = { purpose: 'document-key' as const, clubId: id, docFile: d.file };
+              const dk = unwrapKey(oldKey, d.wrappedKey, ctx);
+              upd.run(wrapKey(newKey, dk, ctx), d.id);
+              dk.fill(0);
+              documents++;
+            }
+          });
+        } finally {
+          src.close();
+        }
+        hooks.onStep?.('documents-rewrapped');
+        // club.db left WAL in reencryptCopy and is closed, so a -wal/-shm here is empty residue;
+        // it must not survive next to the new file (SQLite would replay it onto the new file).
+        for (const suffix of ['-wal', '-shm']) {
+          try {
+            unlinkSync(path + suffix);
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          }
+        }
+        renameSync(tmp, path);
+        fsyncDir(dirname(path));
+        hooks.onStep?.('store-swapped');
+      } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newKey)) {
+        throw new StorageError('WRONG_DATA_KEY', `neither the current nor the pending data key opens ${path}; restore the store from a backup`);
+      } else {
+        removeSqliteFiles(tmp);
+      }
+      st.server.promotePendingKey(id);
+      hooks.onStep?.('key-promoted');
+      return { id, keyVersion: row.pendingKeyVersion!, documents };
+    } finally {
+      oldKey.fill(0);
+      newKey.fill(0);
+    }
+  } finally {
+    release();
+  }
+}
+
+/** Finish every interrupted rotation and deletion (daemon start, or `keys resume`). */
+export async function resumeInterruptedRotations(st: Storage, o: RotateMasterOptions = {}): Promise<{ master: boolean; clubs: string[]; deleted: string[] }> {
+  let master = false;
+  if (st.masterRotationPending) {
+    await rotateMaster(st, o);
+    master = true;
+  }
+  const clubs: string[] = [];
+  const deleted: string[] = [];
+  for (const r of st.server.listClubs()) {
+    if (r.status === 'deleting') {
+      await deleteClub(st, r.id);
+      deleted.push(r.id);
+    } else if (r.pendingWrappedKey) {
+      await rotateClub(st, r.id);
+      clubs.push(r.id);
+    }
+  }
+  return { master, clubs, deleted };
+}
+

@@ -1,0 +1,223 @@
+/**
+ * The server database `<data>/server.db`: which clubs exist, their plan, status and settings,
+ * and each club's data key wrapped by the master key. It is itself page-encrypted (sqlcipher)
+ * under HKDF-SHA256(master key, info "commusic/server-db/v1"), so the master key opens it and
+ * nothing else does. WAL + synchronous=FULL: an acknowledged change survives a crash.
+ *
+ * Key rotation state lives here too (see docs/STORAGE.md): `pendingWrappedKey` and
+ * `pendingKeyVersion` hold the next data key of a club while `rotateClub` runs, so a rotation
+ * killed at any point can be resumed and the store stays openable with one of the two keys.
+ */
+import { join } from 'node:path';
+import { deriveSubkey } from '../crypto/wrap.js';
+import { StorageError } from './errors.js';
+import { openEncrypted, migrate, type Db } from './sqlcipher.js';
+
+export const SERVER_DB_FILE = 'server.db';
+export const SERVER_DB_KEY_INFO = 'commusic/server-db/v1';
+
+export const PLANS = ['basic', 'premium', 'federation'] as const;
+export type Plan = (typeof PLANS)[number];
+export const CLUB_STATUSES = ['active', 'suspended', 'deleting'] as const;
+export type ClubStatus = (typeof CLUB_STATUSES)[number];
+
+export interface ClubRow {
+  id: string;
+  name: string;
+  plan: Plan;
+  status: ClubStatus;
+  created: string;
+  settings: Record<string, unknown>;
+  wrappedKey: Buffer | null;
+  keyVersion: number;
+  pendingWrappedKey: Buffer | null;
+  pendingKeyVersion: number | null;
+  /** 'pending' until the store file is first created (lazy creation), then 'created'. */
+  storeState: 'pending' | 'created';
+  /** JSON of the administrator to insert when the store is created: {username, passwordHash}. */
+  pendingAdmin: { username: string; passwordHash: string; mustChangePassword: boolean } | null;
+}
+
+const SERVER_MIGRATIONS = [
+  {
+    version: 1,
+    statements: [
+      `CREATE TABLE clubs (
+        id TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 64),
+        name TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 200),
+        plan TEXT NOT NULL CHECK (plan IN ('basic','premium','federation')),
+        status TEXT NOT NULL CHECK (status IN ('active','suspended','deleting')),
+        created TEXT NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}',
+        wrapped_key BLOB,
+        key_version INTEGER NOT NULL,
+        pending_wrapped_key BLOB,
+        pending_key_version INTEGER,
+        store_state TEXT NOT NULL CHECK (store_state IN ('pending','created')),
+        pending_admin TEXT
+      ) STRICT`,
+      `CREATE INDEX clubs_name_idx ON clubs(name)`,
+      `CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) STRICT`,
+    ],
+  },
+];
+
+interface RawClub {
+  id: string;
+  name: string;
+  plan: string;
+  status: string;
+  created: string;
+  settings: string;
+  wrapped_key: Buffer | null;
+  key_version: number;
+  pending_wrapped_key: Buffer | null;
+  pending_key_version: number | null;
+  store_state: string;
+  pending_admin: string | null;
+}
+
+function toClub(r: RawClub): ClubRow {
+  return {
+    id: r.id,
+    name: r.name,
+    plan: r.plan as Plan,
+    status: r.status as ClubStatus,
+    created: r.created,
+    settings: JSON.parse(r.settings) as Record<string, unknown>,
+    wrappedKey: r.wrapped_key,
+    keyVersion: r.key_version,
+    pendingWrappedKey: r.pending_wrapped_key,
+    pendingKeyVersion: r.pending_key_version,
+    storeState: r.store_state as 'pending' | 'created',
+    pendingAdmin: r.pending_admin ? (JSON.parse(r.pending_admin) as ClubRow['pendingAdmin']) : null,
+  };
+}
+
+export function serverDbPath(dataDir: string): string {
+  return join(dataDir, SERVER_DB_FILE);
+}
+
+export function serverDbKey(masterKey: Buffer): Buffer {
+  return deriveSubkey(masterKey, SERVER_DB_KEY_INFO);
+}
+
+export class ServerDb {
+  readonly path: string;
+  readonly db: Db;
+
+  private constructor(path: string, db: Db) {
+    this.path = path;
+    this.db = db;
+  }
+
+  /**
+   * Open (or with `create`, create) the server database under the master key. A master key that
+   * does not open an existing server.db gives WRONG_MASTER_KEY and writes nothing.
+   */
+  static open(path: string, masterKey: Buffer, opts: { create?: boolean } = {}): ServerDb {
+    const key = serverDbKey(masterKey);
+    let db: Db;
+    try {
+      db = openEncrypted(path, key, { create: opts.create ?? false });
+    } catch (e) {
+      if (e instanceof StorageError && e.code === 'WRONG_DATA_KEY') {
+        throw new StorageError('WRONG_MASTER_KEY', `the master key does not open the server database ${path}; nothing was changed. Use the key file that belongs to this data folder (restore it from the key backup)`, { cause: e });
+      }
+      if (e instanceof StorageError && e.code === 'STORE_NOT_FOUND') {
+        throw new StorageError('STORE_NOT_FOUND', `server database ${path} does not exist; initialise the data folder first (start commusicd once, or run commusicctl with --init)`, { cause: e });
+      }
+      throw e;
+    } finally {
+      key.fill(0);
+    }
+    migrate(db, SERVER_MIGRATIONS, `server database ${path}`);
+    return new ServerDb(path, db);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  getClub(id: string): ClubRow | undefined {
+    const r = this.db.prepare('SELECT * FROM clubs WHERE id = ?').get(id) as RawClub | undefined;
+    return r ? toClub(r) : undefined;
+  }
+
+  mustGetClub(id: string): ClubRow {
+    const c = this.getClub(id);
+    if (!c) throw new StorageError('CLUB_NOT_FOUND', `no club with id ${id}; list them with commusicctl club list`);
+    return c;
+  }
+
+  listClubs(): ClubRow[] {
+    return (this.db.prepare('SELECT * FROM clubs ORDER BY created, id').all() as RawClub[]).map(toClub);
+  }
+
+  countClubs(): number {
+    return (this.db.prepare('SELECT count(*) AS n FROM clubs').get() as { n: number }).n;
+  }
+
+  insertClub(c: ClubRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO clubs (id, name, plan, status, created, settings, wrapped_key, key_version, pending_wrapped_key, pending_key_version, store_state, pending_admin)
+         VALUES (@id, @name, @plan, @status, @created, @settings, @wrappedKey, @keyVersion, @pendingWrappedKey, @pendingKeyVersion, @storeState, @pendingAdmin)`,
+      )
+      .run({
+        ...c,
+        settings: JSON.stringify(c.settings),
+        pendingAdmin: c.pendingAdmin ? JSON.stringify(c.pendingAdmin) : null,
+      });
+  }
+
+  insertClubs(cs: ClubRow[]): void {
+    this.db.transaction(() => {
+      for (const c of cs) this.insertClub(c);
+    })();
+  }
+
+  setStatus(id: string, status: ClubStatus): void {
+    this.db.prepare('UPDATE clubs SET status = ? WHERE id = ?').run(status, id);
+  }
+
+  /** Crypto-shredding step 1: forget every wrapped key of the club (durable on return). */
+  destroyKeys(id: string): void {
+    this.db.prepare(`UPDATE clubs SET status = 'deleting', wrapped_key = NULL, pending_wrapped_key = NULL, pending_key_version = NULL WHERE id = ?`).run(id);
+  }
+
+  deleteClubRow(id: string): void {
+    this.db.prepare('DELETE FROM clubs WHERE id = ?').run(id);
+  }
+
+  markStoreCreated(id: string): void {
+    this.db.prepare(`UPDATE clubs SET store_state = 'created', pending_admin = NULL WHERE id = ?`).run(id);
+  }
+
+  setPendingKey(id: string, wrapped: Buffer, version: number): void {
+    this.db.prepare('UPDATE clubs SET pending_wrapped_key = ?, pending_key_version = ? WHERE id = ?').run(wrapped, version, id);
+  }
+
+  /** Rotation's last step: the pending key becomes the current key. */
+  promotePendingKey(id: string): void {
+    this.db
+      .prepare('UPDATE clubs SET wrapped_key = pending_wrapped_key, key_version = pending_key_version, pending_wrapped_key = NULL, pending_key_version = NULL WHERE id = ? AND pending_wrapped_key IS NOT NULL')
+      .run(id);
+  }
+
+  clearPendingKey(id: string): void {
+    this.db.prepare('UPDATE clubs SET pending_wrapped_key = NULL, pending_key_version = NULL WHERE id = ?').run(id);
+  }
+
+  setSettings(id: string, settings: Record<string, unknown>): void {
+    this.db.prepare('UPDATE clubs SET settings = ? WHERE id = ?').run(JSON.stringify(settings), id);
+  }
+
+  getMeta(k: string): string | undefined {
+    return (this.db.prepare('SELECT v FROM meta WHERE k = ?').get(k) as { v: string } | undefined)?.v;
+  }
+
+  setMeta(k: string, v: string): void {
+    this.db.prepare('INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v').run(k, v);
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * The storage context: a data folder opened with its master key. One object holds the master
+ * key, the server database and the club store cache; the daemon opens it once at start, the
+ * offline `commusicctl` opens it per command. Every operation in storage/provisioning.ts takes it.
+ *
+ * Data folder layout (modes: folders 0700, files 0600):
+ *   <data>/keys/master.key            master key file (crypto/master-key.ts)
+ *   <data>/keys/master.key.next       only while `keys rotate-master` runs
+ *   <data>/server.db                  server database, encrypted under HKDF(master key)
+ *   <data>/clubs/<id>/club.db         a club's store, encrypted under the club data key
+ *   <data>/clubs/<id>/docs/<f>.cmdoc  a club's encrypted documents
+ */
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { CryptoError } from '../crypto/errors.js';
+import { createMasterKey, defaultMasterKeyPath, loadMasterKey, type MasterKey } from '../crypto/master-key.js';
+import { unwrapKey } from '../crypto/wrap.js';
+import { ClubStoreCache, type ClubOpenInfo, type ClubStore } from './club-store.js';
+import { StorageError, silentLogger, type StorageLogger } from './errors.js';
+import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
+import { fsyncDir } from '../crypto/atomic-file.js';
+import { renameSync } from 'node:fs';
+
+export const DEFAULT_MAX_OPEN_STORES = 256;
+
+export interface OpenStorageOptions {
+  dataDir: string;
+  /** Operator passphrase for a passphrase-protected key file (from an fd or a prompt). */
+  passphrase?: string | Buffer;
+  /** Initialise an empty data folder (new master key, empty server db). Never replaces a key. */
+  create?: boolean;
+  /** scrypt cost of a newly created passphrase key file (tests lower it). */
+  scryptLog2N?: number;
+  maxOpenStores?: number;
+  logger?: StorageLogger;
+}
+
+export class Storage {
+  readonly dataDir: string;
+  readonly logger: StorageLogger;
+  readonly cache: ClubStoreCache;
+  /** Replaced by rotateMaster. */
+  master: MasterKey;
+  server: ServerDb;
+  /** A master rotation was interrupted before its commit point; `rotateMaster` will finish it. */
+  masterRotationPending: boolean;
+
+  constructor(dataDir: string, master: MasterKey, server: ServerDb, o: { maxOpenStores: number; logger: StorageLogger; masterRotationPending: boolean }) {
+    this.dataDir = dataDir;
+    this.master = master;
+    this.server = server;
+    this.logger = o.logger;
+    this.masterRotationPending = o.masterRotationPending;
+    this.cache = new ClubStoreCache({ dataDir, maxOpen: o.maxOpenStores, resolve: (id) => this.#resolve(id), logger: o.logger });
+  }
+
+  get keyFilePath(): string {
+    return defaultMasterKeyPath(this.dataDir);
+  }
+
+  /** The club's candidate data keys: current first, then a rotation's pending key. */
+  clubKeys(row: ClubRow): Array<{ key: Buffer; version: number }> {
+    if (!row.wrappedKey) throw new StorageError('CLUB_DELETED', `club ${row.id} is being deleted; its data key is destroyed`);
+    const keys = [{ key: unwrapClubKey(this.master, row.id, row.wrappedKey, row.keyVersion), version: row.keyVersion }];
+    if (row.pendingWrappedKey && row.pendingKeyVersion !== null) {
+      keys.push({ key: unwrapClubKey(this.master, row.id, row.pendingWrappedKey, row.pendingKeyVersion), version: row.pendingKeyVersion });
+    }
+    return keys;
+  }
+
+  #resolve(clubId: string): ClubOpenInfo {
+    const row = this.server.mustGetClub(clubId);
+    const info: ClubOpenInfo = { keys: this.clubKeys(row), create: row.storeState === 'pending' };
+    if (info.create) {
+      info.afterCreate = (store) => {
+        const admin = row.pendingAdmin;
+        if (admin) {
+          store.db
+            .prepare(`INSERT INTO users (username, passwordHash, mustChangePassword, isAdmin, disabled) VALUES (?, ?, ?, 1, 0) ON CONFLICT (username) DO NOTHING`)
+            .run(admin.username, admin.passwordHash, admin.mustChangePassword ? 1 : 0);
+        }
+        this.server.markStoreCreated(clubId);
+      };
+    }
+    return info;
+  }
+
+  /**
+   * The club's store, opened (and on first use created) on demand. Refuses suspended clubs unless
+   * `allowSuspended` (operator tools), and clubs being deleted.
+   */
+  openClub(clubId: string, opts: { allowSuspended?: boolean } = {}): ClubStore {
+    if (!this.cache.isOpen(clubId)) {
+      const row = this.server.mustGetClub(clubId);
+      if (row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${clubId} is being deleted; finish with commusicctl club delete ${clubId}`);
+      if (row.status === 'suspended' && !opts.allowSuspended) throw new StorageError('CLUB_SUSPENDED', `club ${clubId} is suspended; resume it with commusicctl club resume ${clubId}`);
+    } else if (!opts.allowSuspended && this.server.getClub(clubId)?.status === 'suspended') {
+      throw new StorageError('CLUB_SUSPENDED', `club ${clubId} is suspended; resume it with commusicctl club resume ${clubId}`);
+    }
+    return this.cache.get(clubId);
+  }
+
+  close(): void {
+    this.cache.closeAll();
+    this.server.close();
+    this.master.destroy();
+  }
+}
+
+export function unwrapClubKey(master: MasterKey, clubId: string, wrapped: Buffer, keyVersion: number): Buffer {
+  try {
+    return unwrapKey(master.key, wrapped, { purpose: 'club-data-key', clubId, keyVersion });
+  } catch (e) {
+    if (e instanceof CryptoError) {
+      throw new StorageError('WRONG_MASTER_KEY', `the master key (id ${master.id}) does not unwrap the data key of club ${clubId}: ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+}
+
+export function nextKeyPath(keyPath: string): string {
+  return keyPath + '.next';
+}
+
+/**
+ * Load the master key, finishing an interrupted master rotation if it got past its commit point
+ * (server.db already re-encrypted under the next key). Writes nothing unless that is the case.
+ */
+async function loadMasterWithRecovery(dataDir: string, o: OpenStorageOptions): Promise<{ master: MasterKey; server: ServerDb; pending: boolean }> {
+  const keyPath = defaultMasterKeyPath(dataDir);
+  const next = nextKeyPath(keyPath);
+  const dbPath = serverDbPath(dataDir);
+  const master = await loadMasterKey(keyPath, o.passphrase !== undefined ? { passphrase: o.passphrase } : {});
+  try {
+    const server = ServerDb.open(dbPath, master.key);
+    return { master, server, pending: existsSync(next) };
+  } catch (e) {
+    if (!(e instanceof StorageError && e.code === 'WRONG_MASTER_KEY' && existsSync(next))) {
+      master.destroy();
+      throw e;
+    }
+  }
+  // server.db did not open with master.key but a next key exists: rotation passed its commit point.
+  const m2 = await loadMasterKey(next, o.passphrase !== undefined ? { passphrase: o.passphrase } : {});
+  let server: ServerDb;
+  try {
+    server = ServerDb.open(dbPath, m2.key);
+  } catch (e) {
+    master.destroy();
+    m2.destroy();
+    throw e;
+  }
+  renameSync(next, keyPath);
+  fsyncDir(join(dataDir, 'keys'));
+  master.destroy();
+  (o.logger ?? silentLogger).warn('finished an interrupted master key rotation', { keyId: m2.id });
+  return { master: { ...m2, path: keyPath }, server, pending: false };
+}
+
+/** Open a data folder (see OpenStorageOptions). */
+export async function openStorage(o: OpenStorageOptions): Promise<Storage> {
+  const dataDir = o.dataDir;
+  const keyPath = defaultMasterKeyPath(dataDir);
+  const dbPath = serverDbPath(dataDir);
+  const logger = o.logger ?? silentLogger;
+  const maxOpenStores = o.maxOpenStores ?? DEFAULT_MAX_OPEN_STORES;
+  if (o.create && !existsSync(keyPath)) {
+    if (existsSync(dbPath) || (existsSync(join(dataDir, 'clubs')) && readdirSync(join(dataDir, 'clubs')).length > 0)) {
+      throw new CryptoError('KEY_FILE_MISSING', `key file ${keyPath} is missing but ${dataDir} holds data; restore the key file from the key backup (a new key would not open the data)`);
+    }
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    mkdirSync(join(dataDir, 'clubs'), { recursive: true, mode: 0o700 });
+    const master = await createMasterKey(keyPath, {
+      ...(o.passphrase !== undefined ? { passphrase: o.passphrase } : {}),
+      ...(o.scryptLog2N !== undefined ? { scryptLog2N: o.scryptLog2N } : {}),
+    });
+    const server = ServerDb.open(dbPath, master.key, { create: true });
+    server.setMeta('created', new Date().toISOString());
+    logger.info('initialised data folder', { dataDir, keyId: master.id });
+    return new Storage(dataDir, master, server, { maxOpenStores, logger, masterRotationPending: false });
+  }
+  const { master, server, pending } = await loadMasterWithRecovery(dataDir, o);
+  mkdirSync(join(dataDir, 'clubs'), { recursive: true, mode: 0o700 });
+  if (pending) logger.warn('an interrupted master key rotation was found; run commusicctl keys rotate-master to finish it', { keyId: master.id });
+  return new Storage(dataDir, master, server, { maxOpenStores, logger, masterRotationPending: pending });
+}

@@ -71,7 +71,9 @@ export function parsePrometheus(text: string): Map<string, number> {
   const labelName = '[a-zA-Z_][a-zA-Z0-9_]*';
   const labelValue = '"(?:[^"\\\\\\n]|\\\\[\\\\"n])*"';
   const sampleRe = new RegExp(`^(${name})(\\{(?:${labelName}=${labelValue}(?:,${labelName}=${labelValue})*,?)?\\})? (\\S+)(?: (-?\\d+))?$`);
-  const value = /^(?:[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|[+-]Inf|NaN)$/;
+  // Prometheus parses values with Go's strconv.ParseFloat, which takes Inf and NaN in any case
+  // (prom-client prints "Nan" for an event-loop statistic before its first sample).
+  const value = /^(?:[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|[+-]inf|nan)$/i;
   if (!text.endsWith('\n')) throw new Error('exposition must end with a newline');
   const lines = text.slice(0, -1).split('\n');
   lines.forEach((line, i) => {
@@ -97,7 +99,7 @@ export function parsePrometheus(text: string): Map<string, number> {
     if (!value.test(m[3]!)) throw new Error(`bad value, ${where}`);
     const key = `${metric}${m[2] ?? ''}`;
     if (samples.has(key)) throw new Error(`duplicate sample, ${where}`);
-    samples.set(key, Number(m[3]!.replace('Inf', 'Infinity')));
+    samples.set(key, /nan/i.test(m[3]!) ? NaN : Number(m[3]!.replace(/inf$/i, 'Infinity')));
   });
   return samples;
 }

@@ -15,7 +15,7 @@
  *   offset len  field
  *   0      4    magic "CMEF"
  *   4      1    version = 1
- *   5      1    log2(chunk size), 12..24 (default 16: 64 KiB)
+ *   5      1    log2(chunk size), 12..24 (default 18: 256 KiB)
  *   6      2    reserved, 0
  *   8      8    key id of the file key (public: keyIdOf(key)); tells "wrong key" from "damaged"
  *   16     32   random salt
@@ -35,10 +35,12 @@ export const STREAM_MAGIC = Buffer.from('CMEF', 'ascii');
 export const STREAM_VERSION = 1;
 export const STREAM_HEADER_LEN = 48;
 export const STREAM_TAG_LEN = 16;
-export const DEFAULT_CHUNK_LOG2 = 16;
+export const DEFAULT_CHUNK_LOG2 = 18;
 export const MIN_CHUNK_LOG2 = 12;
 export const MAX_CHUNK_LOG2 = 24;
 const MAX_CHUNKS = 2 ** 32 - 1;
+/** Stream buffer (both sides of the transforms): a few chunks, so a 64 KiB chunk never stalls. */
+const STREAM_BUFFER = 1 << 20;
 
 interface Derived {
   key: Buffer;
@@ -106,15 +108,16 @@ export function createEncryptStream(key: Buffer, opts: EncryptOptions = {}): Tra
   const q = new ByteQueue();
   let index = 0;
   let headerSent = false;
-  const seal = (pt: Buffer, final: boolean): Buffer => {
+  const seal = (pt: Buffer, final: boolean): [Buffer, Buffer] => {
     if (index > MAX_CHUNKS) throw new CryptoError('STREAM_CORRUPT', 'stream too long for one key');
     const c = createCipheriv('aes-256-gcm', d.key, nonceFor(d.prefix, index++, final));
     c.setAAD(header);
     const ct = c.update(pt);
     c.final();
-    return Buffer.concat([ct, c.getAuthTag()]);
+    return [ct, c.getAuthTag()];
   };
   return new Transform({
+    highWaterMark: STREAM_BUFFER,
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
       try {
         if (!headerSent) {
@@ -123,7 +126,7 @@ export function createEncryptStream(key: Buffer, opts: EncryptOptions = {}): Tra
         }
         q.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
         // Only seal a chunk as non-final when we know more bytes follow it.
-        while (q.length > chunkSize) this.push(seal(q.take(chunkSize), false));
+        while (q.length > chunkSize) for (const b of seal(q.take(chunkSize), false)) this.push(b);
         cb();
       } catch (e) {
         cb(e as Error);
@@ -132,7 +135,7 @@ export function createEncryptStream(key: Buffer, opts: EncryptOptions = {}): Tra
     flush(cb: TransformCallback) {
       try {
         if (!headerSent) this.push(header);
-        this.push(seal(q.take(q.length), true));
+        for (const b of seal(q.take(q.length), true)) this.push(b);
         d.key.fill(0);
         cb();
       } catch (e) {
@@ -186,6 +189,7 @@ export function createDecryptStream(fileKey: Buffer): Transform {
     }
   };
   return new Transform({
+    highWaterMark: STREAM_BUFFER,
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
       try {
         q.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));

@@ -7,13 +7,14 @@ const program = new Command('commusicd')
   .description('ComMusic secure server daemon')
   .option('--data <dir>', 'data folder (default ./data, env COMMUSIC_DATA)')
   .option('--listen <host:port>', 'client protocol address (default 127.0.0.1:7443, env COMMUSIC_LISTEN)')
+  .option('--health-listen <host:port>', 'HTTPS health and metrics endpoint (default 127.0.0.1:7444, env COMMUSIC_HEALTH_LISTEN)')
   .option('--config <file>', 'JSON configuration file')
   .option('--log-level <level>', 'error, warn, info or debug')
-  .action(async (o: { data?: string; listen?: string; config?: string; logLevel?: string }) => {
+  .action(async (o: { data?: string; listen?: string; healthListen?: string; config?: string; logLevel?: string }) => {
     await runDaemon({
       ...(o.config ? { file: o.config } : {}),
       env: process.env,
-      flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) },
+      flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.healthListen ? { healthListen: o.healthListen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) },
     });
   });
 

@@ -32,7 +32,7 @@ function sendRaw(port: number, localAddress: string, bytes: string): Promise<voi
 
 async function start(dataDir: string, smtpPort: number): Promise<RunningServer> {
   const file = join(dataDir, '..', `${dataDir.split('/').pop()}.json`);
-  writeFileSync(file, JSON.stringify({ mail: { to: ['service@commusic.test'], smtp: { host: '127.0.0.1', port: smtpPort, secure: false, requireTLS: false }, groupInterval: '1s' } }));
+  writeFileSync(file, JSON.stringify({ health: { enabled: false }, mail: { to: ['service@commusic.test'], smtp: { host: '127.0.0.1', port: smtpPort, secure: false, requireTLS: false }, groupInterval: '1s' } }));
   return startServer(loadConfig({ file, flags: { dataDir, listen: '127.0.0.1:0' } }), { logger: nullLogger() });
 }
 

@@ -30,7 +30,7 @@
  * A wrong passphrase fails the GCM tag: WRONG_PASSPHRASE, and nothing is written.
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, statSync, existsSync } from 'node:fs';
+import { chmodSync, closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readSync, statSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { CryptoError } from './errors.js';
 import { atomicWriteFileSync } from './atomic-file.js';
@@ -248,6 +248,8 @@ export async function loadMasterKey(path: string, opts: KeyFileOptions = {}): Pr
 /** Make `<dir>` with mode 0700 (and tighten it if it exists and is ours). */
 export function ensurePrivateDir(dir: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const st = statSync(dir);
+  if ((st.mode & 0o077) !== 0 && st.uid === process.getuid?.()) chmodSync(dir, 0o700);
 }
 
 /**

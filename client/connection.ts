@@ -188,7 +188,15 @@ export class Connection {
       const ev = this.session.nextEvent();
       if (ev.type === 'need-data') return;
       if (ev.type === 'message') {
-        this.onMessage(ev.message);
+        try {
+          this.onMessage(ev.message);
+        } catch (e) {
+          // A stream message past the granted credit (or a credit past the window) from the
+          // server: end the connection instead of throwing out of the socket handler.
+          this.shutdown(new ClientError('PROTOCOL_ERROR', `protocol error: ${e instanceof ProtocolError ? e.code : 'BAD_MESSAGE'}`));
+          this.socket.destroy();
+          return;
+        }
         continue;
       }
       if (ev.type === 'closed') {

@@ -1,0 +1,169 @@
+/**
+ * The server under test for bench/channel.ts, run in its own process (forked with --expose-gc)
+ * so that it and the load generator each get a core. `node dist/bench/server-child.js ours|tls`:
+ * - ours: the Daemon on 127.0.0.1:0 with a fresh RSA-2048 identity and limits raised for the bench;
+ * - tls:  Node's TLS 1.3 server with a self-signed RSA-2048 certificate (node-forge), echoing
+ *         length-prefixed messages (u32 BE length, body) back to the sender.
+ * It talks to the parent over IPC: `ready` once listening, then answers `cpu`, `count`, `mem`
+ * requests and exits on `exit` or when the parent goes away.
+ */
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import forge from 'node-forge';
+import { generateIdentity } from '../crypto/identity.js';
+import { loadConfig } from '../daemon/config.js';
+import { Daemon } from '../daemon/server.js';
+
+export type ChildKind = 'ours' | 'tls';
+
+export type ToChild = { type: 'cpu' | 'count' | 'mem' | 'exit'; seq: number };
+
+export interface MemReport {
+  rss: number;
+  heapUsed: number;
+  external: number;
+  arrayBuffers: number;
+}
+
+export type FromChild =
+  | { type: 'ready'; port: number; fingerprint?: string; certPem?: string }
+  | { type: 'reply'; seq: number; cpuMicros?: number; count?: number; mem?: MemReport };
+
+/** A self-signed RSA-2048 certificate for 127.0.0.1; the key pair comes from OpenSSL, forge only builds the X.509. */
+export function selfSignedRsa2048(): { keyPem: string; certPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    publicExponent: 65537,
+    privateKeyEncoding: { type: 'pkcs1', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.publicKeyFromPem(publicKey);
+  cert.serialNumber = '01';
+  const now = new Date();
+  cert.validity.notBefore = new Date(now.getTime() - 60_000);
+  cert.validity.notAfter = new Date(now.getTime() + 86_400_000);
+  const attrs = [{ name: 'commonName', value: 'commusic-bench' }];
+  cert.setSubject(attrs);
+  cert.setIssuer(attrs);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true },
+    { name: 'keyUsage', digitalSignature: true, keyCertSign: true },
+    { name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }] },
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(privateKey), forge.md.sha256.create());
+  return { keyPem: privateKey, certPem: forge.pki.certificateToPem(cert) };
+}
+
+/**
+ * Echo of length-prefixed messages. The server tracks frame boundaries (a 4-byte header, then
+ * the body) and writes what it received back once per read, so pipelined messages cost one TLS
+ * record per read, and a 1 MiB body is streamed back as it arrives instead of being buffered.
+ */
+function framedEcho(socket: TLSSocket): void {
+  let headerBytes = 0;
+  let header = 0;
+  let bodyLeft = 0;
+  socket.setNoDelay(true);
+  socket.on('data', (d: Buffer) => {
+    let i = 0;
+    while (i < d.length) {
+      if (bodyLeft > 0) {
+        const take = Math.min(bodyLeft, d.length - i);
+        bodyLeft -= take;
+        i += take;
+        continue;
+      }
+      header = ((header << 8) | d[i]!) >>> 0;
+      headerBytes++;
+      i++;
+      if (headerBytes === 4) {
+        bodyLeft = header;
+        header = 0;
+        headerBytes = 0;
+      }
+    }
+    socket.write(d);
+  });
+  socket.on('end', () => socket.end());
+  socket.on('error', () => socket.destroy());
+}
+
+async function main(): Promise<void> {
+  const kind = process.argv[2] as ChildKind;
+  const send = (m: FromChild) => process.send!(m);
+  let established: () => number;
+  let stop: () => Promise<void>;
+  let cleanup = () => {};
+
+  if (kind === 'ours') {
+    const dataDir = mkdtempSync(join(tmpdir(), 'commusic-bench-'));
+    cleanup = () => rmSync(dataDir, { recursive: true, force: true });
+    const config = loadConfig({ flags: { dataDir, listen: '127.0.0.1:0' }, env: {} });
+    config.limits.maxConnections = 100_000;
+    config.limits.maxPendingHandshakes = 100_000;
+    config.limits.maxPendingHandshakesPerIp = 10_000;
+    const identity = generateIdentity();
+    const daemon = await Daemon.start({ config, identity });
+    established = () => daemon.connectionCount - daemon.pendingHandshakes;
+    stop = () => daemon.stop(0);
+    send({ type: 'ready', port: daemon.address().port, fingerprint: identity.fingerprint });
+  } else if (kind === 'tls') {
+    const { keyPem, certPem } = selfSignedRsa2048();
+    const live = new Set<TLSSocket>();
+    const server: TlsServer = createTlsServer({ key: keyPem, cert: certPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }, (s) => {
+      live.add(s);
+      s.once('close', () => live.delete(s));
+      framedEcho(s);
+    });
+    server.on('tlsClientError', () => {});
+    await new Promise<void>((r) => server.listen({ host: '127.0.0.1', port: 0, backlog: 4096 }, () => r()));
+    established = () => live.size;
+    stop = () =>
+      new Promise<void>((r) => {
+        for (const s of live) s.destroy();
+        server.close(() => r());
+      });
+    const a = server.address();
+    send({ type: 'ready', port: typeof a === 'object' && a ? a.port : 0, certPem });
+  } else {
+    throw new Error(`unknown server kind ${String(kind)}`);
+  }
+
+  const gc = (globalThis as { gc?: () => void }).gc;
+  process.on('message', (m: ToChild) => {
+    switch (m.type) {
+      case 'cpu': {
+        const u = process.cpuUsage();
+        return send({ type: 'reply', seq: m.seq, cpuMicros: u.user + u.system });
+      }
+      case 'count':
+        return send({ type: 'reply', seq: m.seq, count: established() });
+      case 'mem': {
+        for (let k = 0; k < 3; k++) gc?.();
+        const u = process.memoryUsage();
+        return send({ type: 'reply', seq: m.seq, mem: { rss: u.rss, heapUsed: u.heapUsed, external: u.external, arrayBuffers: u.arrayBuffers } });
+      }
+      case 'exit':
+        void stop().finally(() => {
+          cleanup();
+          send({ type: 'reply', seq: m.seq });
+          process.exit(0);
+        });
+        return;
+    }
+  });
+  // The parent died or closed the channel: do not linger.
+  process.on('disconnect', () => {
+    cleanup();
+    process.exit(0);
+  });
+}
+
+main().catch((e: unknown) => {
+  console.error('bench server child failed:', e);
+  process.exit(1);
+});

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /**
  * Shared by the three programs: one-line errors on stderr and a non-zero exit, never a stack.
  */
@@ -19,4 +21,17 @@ export function parseHostPort(s: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s.trim());
   if (!m || Number(m[3]) > 65535) fail(`"${s}" is not HOST:PORT`);
   return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
+}
+
+/** Reads a secret (passphrase, password) from a file descriptor until EOF; one trailing newline is dropped. */
+export function readSecretFromFd(fd: number): string {
+  let text: string;
+  try {
+    text = readFileSync(fd, 'utf8');
+  } catch {
+    fail(`cannot read from file descriptor ${fd}`);
+  }
+  const secret = text.replace(/\r?\n$/, '');
+  if (secret.length === 0) fail(`file descriptor ${fd} gave an empty secret`);
+  return secret;
 }

@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { runDaemon } from '../daemon/main.js';
 import { runMain } from './cli-util.js';
+import { passphraseOption } from './ctl-clubs.js';
 
 const program = new Command('commusicd')
   .description('ComMusic secure server daemon')
@@ -9,9 +10,11 @@ const program = new Command('commusicd')
   .option('--listen <host:port>', 'client protocol address (default 127.0.0.1:7443, env COMMUSIC_LISTEN)')
   .option('--health-listen <host:port>', 'HTTPS health and metrics endpoint (default 127.0.0.1:7444, env COMMUSIC_HEALTH_LISTEN)')
   .option('--config <file>', 'JSON configuration file')
+  .option('--passphrase-fd <n>', 'read the master key passphrase from this file descriptor')
   .option('--log-level <level>', 'error, warn, info or debug')
-  .action(async (o: { data?: string; listen?: string; healthListen?: string; config?: string; logLevel?: string }) => {
+  .action(async (o: { data?: string; listen?: string; healthListen?: string; config?: string; logLevel?: string; passphraseFd?: string }) => {
     await runDaemon({
+      ...passphraseOption(o.passphraseFd),
       ...(o.config ? { file: o.config } : {}),
       env: process.env,
       flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.healthListen ? { healthListen: o.healthListen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) },

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { runOperation } from '../daemon/offline.js';
+import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 
 interface BanRow {
   address: string;
@@ -14,14 +14,15 @@ function print(result: unknown, json: boolean | undefined, text: () => string): 
 }
 
 /** `commusicctl bans ...`: on the running daemon (effective at once) or on the data folder. */
-export function registerBanCommands(program: Command, dataDir: () => string): void {
+export function registerBanCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
+  const run = (op: string, args: unknown) => runOperation(dataDir(), op, args, offline());
   const bans = program.command('bans').description('IP bans: list, add, remove, exemptions');
   bans
     .command('list')
     .description('active bans with expiry, reason and the violations behind them')
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
-      const { result } = await runOperation(dataDir(), 'bans.list', {});
+      const { result } = await run('bans.list', {});
       const rows = result as BanRow[];
       print(rows, o.json, () =>
         rows.length === 0 ? 'no active bans' : rows.map((b) => `${b.address}\tuntil ${b.expires}\t${b.source}\t${b.violationCount} violations\t${b.reason}`).join('\n'),
@@ -34,7 +35,7 @@ export function registerBanCommands(program: Command, dataDir: () => string): vo
     .requiredOption('--reason <text>', 'why (shown in bans list)')
     .option('--json', 'print JSON')
     .action(async (address: string, o: { for: string; reason: string; json?: boolean }) => {
-      const { result, via } = await runOperation(dataDir(), 'bans.add', { address, duration: o.for, reason: o.reason });
+      const { result, via } = await run('bans.add', { address, duration: o.for, reason: o.reason });
       const b = result as BanRow;
       print(result, o.json, () => `banned ${b.address} until ${b.expires} (${via})`);
     });
@@ -43,7 +44,7 @@ export function registerBanCommands(program: Command, dataDir: () => string): vo
     .description('lift the ban on exactly this address or range')
     .option('--json', 'print JSON')
     .action(async (address: string, o: { json?: boolean }) => {
-      const { result } = await runOperation(dataDir(), 'bans.remove', { address });
+      const { result } = await run('bans.remove', { address });
       const r = result as { address: string; removed: boolean };
       if (!r.removed && !o.json) throw Object.assign(new Error(`no ban on ${r.address}`), { code: 'BAN_NOT_FOUND' });
       print(result, o.json, () => `removed the ban on ${r.address}`);
@@ -53,7 +54,7 @@ export function registerBanCommands(program: Command, dataDir: () => string): vo
     .command('list')
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
-      const { result } = await runOperation(dataDir(), 'bans.exempt.list', {});
+      const { result } = await run('bans.exempt.list', {});
       const rows = result as { address: string; note: string }[];
       print(rows, o.json, () => (rows.length === 0 ? 'no exemptions' : rows.map((e) => `${e.address}\t${e.note}`).join('\n')));
     });
@@ -62,14 +63,14 @@ export function registerBanCommands(program: Command, dataDir: () => string): vo
     .option('--note <text>', 'why this range is exempt')
     .option('--json', 'print JSON')
     .action(async (address: string, o: { note?: string; json?: boolean }) => {
-      const { result } = await runOperation(dataDir(), 'bans.exempt.add', { address, ...(o.note ? { note: o.note } : {}) });
+      const { result } = await run('bans.exempt.add', { address, ...(o.note ? { note: o.note } : {}) });
       print(result, o.json, () => `exempted ${(result as { address: string }).address}`);
     });
   exempt
     .command('remove <address>')
     .option('--json', 'print JSON')
     .action(async (address: string, o: { json?: boolean }) => {
-      const { result } = await runOperation(dataDir(), 'bans.exempt.remove', { address });
+      const { result } = await run('bans.exempt.remove', { address });
       print(result, o.json, () => `removed the exemption of ${(result as { address: string }).address}`);
     });
 }

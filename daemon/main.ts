@@ -11,6 +11,9 @@ import { startHealthIfEnabled, type HealthEndpoint } from './health-setup.js';
 import { Reloader } from './reload.js';
 import { registerStatusOps, type StatusContext } from './status-ops.js';
 import { ViolationBus } from './violations.js';
+import { openStorage, type Storage } from '../storage/storage.js';
+import { resumeInterruptedRotations } from '../storage/provisioning.js';
+import { bansDbKey, watchKeyFiles, type KeyWatcher } from './key-security.js';
 
 /**
  * What `commusicd` does: configuration, data folder, identity key (created on the very first
@@ -22,6 +25,8 @@ export interface RunOptions extends ConfigSources {
   /** Create the identity key when the data folder has none (the embedded default). */
   createKeyIfMissing?: boolean;
   print?: (line: string) => void;
+  /** Operator passphrase of a passphrase-protected master key file. */
+  passphrase?: string | Buffer;
 }
 
 export function ensureIdentity(config: Config, create: boolean, print: (l: string) => void): IdentityKey {
@@ -39,11 +44,13 @@ export function ensureIdentity(config: Config, create: boolean, print: (l: strin
 export interface OnlineContext extends OpsContext {
   readonly daemon: Daemon;
   readonly banSystem: BanSystem;
+  readonly keyWatch: KeyWatcher;
 }
 
 export interface RunningServer {
   readonly config: Config;
   readonly identity: IdentityKey;
+  readonly storage: Storage;
   readonly daemon: Daemon;
   readonly banSystem: BanSystem;
   readonly control: ControlServer;
@@ -53,72 +60,106 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-export async function startServer(config: Config, opts: { logger: Logger; print?: (l: string) => void; createKeyIfMissing?: boolean }): Promise<RunningServer> {
+export interface StartOptions {
+  logger: Logger;
+  print?: (l: string) => void;
+  createKeyIfMissing?: boolean;
+  /** Operator passphrase of a passphrase-protected master key file. */
+  passphrase?: string | Buffer;
+  /** Key-file poll interval (tests shorten it). */
+  keyWatchPollMs?: number;
+}
+
+/**
+ * Opens everything in dependency order and, if any step fails, closes what was opened in
+ * reverse order, so a failed start leaves no socket, watcher or open store behind.
+ */
+export async function startServer(config: Config, opts: StartOptions): Promise<RunningServer> {
   const print = opts.print ?? (() => {});
   const logger = opts.logger;
-  // Everything the daemon creates (stores, WAL files, outbox, sockets) is for its user alone.
-  process.umask(0o077);
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
-  const bus = new ViolationBus();
-  const banSystem = await openBanSystem({ dataDir: config.dataDir, bus, policy: config.bans, mail: config.mail, logger });
-  const table: BanTable = banSystem.table;
-  let daemon: Daemon;
-  try {
-    daemon = await Daemon.start({ config, identity, logger, violations: bus, admit: (ip) => table.check(ip, Date.now()) === undefined });
-  } catch (e) {
-    await banSystem.close();
-    throw e;
-  }
-  const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, bans: () => table };
-  // Monitoring: one set of providers feeds `status` and /metrics.
-  let health: HealthEndpoint | undefined;
-  const status: StatusContext = {
-    daemon,
-    version: VERSION,
-    fingerprint: identity.fingerprint,
-    listen: () => `${daemon.address().host}:${daemon.address().port}`,
-    activeBans: () => banSystem.table.size,
-    outboxLength: () => banSystem.mailer.outboxLength,
-    health: () => health && { listen: `${health.server.address().host}:${health.server.address().port}`, certFingerprint: health.server.certificate.fingerprint256 },
+  const closers: Array<() => Promise<void> | void> = [];
+  const closeAll = async () => {
+    for (const c of closers.splice(0).reverse()) {
+      try {
+        await c();
+      } catch (e) {
+        logger.error('close failed', { error: (e as Error)?.name });
+      }
+    }
   };
-  const registry = buildOperations<OnlineContext>();
-  registerStatusOps(registry, () => status);
-  const control = await ControlServer.listen(dataPaths(config.dataDir).controlSocket, registry, ctx, logger);
   try {
+    // Everything the daemon creates (stores, WAL files, outbox, sockets) is for its user alone.
+    process.umask(0o077);
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
+    const storage = await openStorage({
+      dataDir: config.dataDir,
+      create: opts.createKeyIfMissing ?? true,
+      logger,
+      ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
+    });
+    closers.push(() => storage.close());
+    const resumed = await resumeInterruptedRotations(storage);
+    if (resumed.master || resumed.clubs.length > 0 || resumed.deleted.length > 0) logger.warn('finished interrupted key operations', resumed);
+    const bus = new ViolationBus();
+    const banSystem = await openBanSystem({ dataDir: config.dataDir, key: bansDbKey(storage), bus, policy: config.bans, mail: config.mail, logger });
+    closers.push(() => banSystem.close());
+    const keyWatch = watchKeyFiles(storage, dataPaths(config.dataDir).identityKey, banSystem, logger, opts.keyWatchPollMs);
+    closers.push(() => keyWatch.close());
+    const table: BanTable = banSystem.table;
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, admit: (ip) => table.check(ip, Date.now()) === undefined });
+    closers.push(() => daemon.stop());
+    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, expectKeyChange: (fn) => keyWatch.expectChange(fn) };
+    // Monitoring: one set of providers feeds `status` and /metrics.
+    let health: HealthEndpoint | undefined;
+    const status: StatusContext = {
+      daemon,
+      version: VERSION,
+      fingerprint: identity.fingerprint,
+      listen: () => `${daemon.address().host}:${daemon.address().port}`,
+      activeBans: () => banSystem.table.size,
+      outboxLength: () => banSystem.mailer.outboxLength,
+      openStores: () => storage.cache.size,
+      keyWatchState: () => keyWatch.state,
+      health: () => health && { listen: `${health.server.address().host}:${health.server.address().port}`, certFingerprint: health.server.certificate.fingerprint256 },
+    };
+    const registry = buildOperations<OnlineContext>();
+    registerStatusOps(registry, () => status);
+    const control = await ControlServer.listen(dataPaths(config.dataDir).controlSocket, registry, ctx, logger);
+    closers.push(() => control.close());
     health = await startHealthIfEnabled({ config, sources: status, logger, print, listenerUp: () => daemon.address().port > 0 });
+    closers.push(() => health?.server.close());
+    let stopped: Promise<void> | undefined;
+    return {
+      config,
+      identity,
+      storage,
+      daemon,
+      banSystem,
+      control,
+      logger,
+      health,
+      stop() {
+        stopped ??= closeAll();
+        return stopped;
+      },
+    };
   } catch (e) {
-    await control.close();
-    await daemon.stop(0);
-    await banSystem.close();
+    await closeAll();
     throw e;
   }
-  let stopped: Promise<void> | undefined;
-  return {
-    config,
-    identity,
-    daemon,
-    banSystem,
-    control,
-    logger,
-    health,
-    stop() {
-      stopped ??= (async () => {
-        await health?.server.close();
-        await control.close();
-        await daemon.stop();
-        await banSystem.close();
-      })();
-      return stopped;
-    },
-  };
 }
 
 export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   const print = opts.print ?? ((l: string) => process.stdout.write(`${l}\n`));
   const config = loadConfig(opts);
   const logger = createLogger({ level: config.logLevel, ...(config.logFile ? { file: config.logFile } : {}) });
-  const server = await startServer(config, { logger, print, createKeyIfMissing: opts.createKeyIfMissing ?? true });
+  const server = await startServer(config, {
+    logger,
+    print,
+    createKeyIfMissing: opts.createKeyIfMissing ?? true,
+    ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
+  });
   const a = server.daemon.address();
   print(`commusicd listening on ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`);
   print(`server fingerprint: ${server.identity.fingerprint}`);

@@ -1,7 +1,9 @@
 import { z } from 'zod';
 import type { BanTable } from '../storage/ban-store.js';
+import type { Storage } from '../storage/storage.js';
 import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exemptRemove } from './ban-ops.js';
-import { OperationRegistry } from './operations.js';
+import { OperationError, OperationRegistry } from './operations.js';
+import { createClub, deleteClub, listClubs, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
 
 /**
  * Every operator operation, registered once. The context gives access to what an operation
@@ -10,27 +12,61 @@ import { OperationRegistry } from './operations.js';
  */
 export interface OpsContext {
   readonly dataDir: string;
-  bans(): BanTable;
+  bans(): Promise<BanTable>;
+  storage(): Promise<Storage>;
+  /** Online: runs the daemon's own key change without tripping the key-file watch. */
+  expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 const address = z.string().min(1).max(64);
+const clubId = z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/, 'not a club id');
+const clubName = z.string().trim().min(1).max(200);
+const userName = z.string().trim().min(1).max(64).regex(/^[\p{L}\p{N}._@-]+$/u, 'letters, digits and . _ @ - only');
 
 export function buildOperations<C extends OpsContext>(registry = new OperationRegistry<C>()): OperationRegistry<C> {
   registry
-    .register({ name: 'bans.list', schema: z.object({}).strict(), run: (c) => bansList({ table: c.bans() }) })
+    .register({ name: 'bans.list', schema: z.object({}).strict(), run: async (c) => bansList({ table: await c.bans() }) })
     .register({
       name: 'bans.add',
       schema: z.object({ address, duration: z.string().min(1).max(16), reason: z.string().min(1).max(200) }).strict(),
-      run: (c, a) => bansAdd({ table: c.bans() }, a),
+      run: async (c, a) => bansAdd({ table: await c.bans() }, a),
     })
-    .register({ name: 'bans.remove', schema: z.object({ address }).strict(), run: (c, a) => bansRemove({ table: c.bans() }, a) })
-    .register({ name: 'bans.check', schema: z.object({ address }).strict(), run: (c, a) => bansCheck({ table: c.bans() }, a) })
-    .register({ name: 'bans.exempt.list', schema: z.object({}).strict(), run: (c) => exemptList({ table: c.bans() }) })
+    .register({ name: 'bans.remove', schema: z.object({ address }).strict(), run: async (c, a) => bansRemove({ table: await c.bans() }, a) })
+    .register({ name: 'bans.check', schema: z.object({ address }).strict(), run: async (c, a) => bansCheck({ table: await c.bans() }, a) })
+    .register({ name: 'bans.exempt.list', schema: z.object({}).strict(), run: async (c) => exemptList({ table: await c.bans() }) })
     .register({
       name: 'bans.exempt.add',
       schema: z.object({ address, note: z.string().max(200).optional() }).strict(),
-      run: (c, a) => exemptAdd({ table: c.bans() }, a),
+      run: async (c, a) => exemptAdd({ table: await c.bans() }, a),
     })
-    .register({ name: 'bans.exempt.remove', schema: z.object({ address }).strict(), run: (c, a) => exemptRemove({ table: c.bans() }, a) });
+    .register({ name: 'bans.exempt.remove', schema: z.object({ address }).strict(), run: async (c, a) => exemptRemove({ table: await c.bans() }, a) });
+  registry
+    .register({
+      name: 'club.create',
+      schema: z
+        .object({ name: clubName, admin: userName, plan: z.enum(['basic', 'premium', 'federation']).default('basic'), password: z.string().min(12).max(1024).optional() })
+        .strict(),
+      run: async (c, a) => createClub(await c.storage(), { name: a.name, adminUser: a.admin, plan: a.plan, ...(a.password ? { adminPassword: a.password } : {}) }),
+    })
+    .register({ name: 'club.list', schema: z.object({}).strict(), run: async (c) => listClubs(await c.storage()) })
+    .register({ name: 'club.show', schema: z.object({ id: clubId }).strict(), run: async (c, a) => showClub(await c.storage(), a.id) })
+    .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => suspendClub(await c.storage(), a.id) })
+    .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => resumeClub(await c.storage(), a.id) })
+    .register({ name: 'club.delete', schema: z.object({ id: clubId }).strict(), run: async (c, a) => deleteClub(await c.storage(), a.id) })
+    .register({
+      name: 'keys.rotate-master',
+      schema: z.object({ passphrase: z.string().min(1).max(1024).optional() }).strict(),
+      run: async (c, a) => {
+        const st = await c.storage();
+        const rotate = () => rotateMaster(st, st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {});
+        return c.expectKeyChange ? c.expectKeyChange(rotate) : rotate();
+      },
+    })
+    .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) });
   return registry;
+}
+
+function requirePassphrase(p: string | undefined): string {
+  if (p === undefined) throw new OperationError('PASSPHRASE_REQUIRED', 'the master key is passphrase-protected; give the passphrase with --passphrase-fd');
+  return p;
 }

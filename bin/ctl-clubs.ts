@@ -1,0 +1,94 @@
+import type { Command } from 'commander';
+import { runOperation, type OfflineOptions } from '../daemon/offline.js';
+import { fail, readSecretFromFd } from './cli-util.js';
+
+interface ClubRow {
+  id: string;
+  name: string;
+  plan: string;
+  status: string;
+  created: string;
+}
+
+function out(result: unknown, json: boolean | undefined, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${text()}\n`);
+}
+
+/** `commusicctl club ...` and `keys rotate-*`: on the running daemon or on the data folder. */
+export function registerClubCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
+  const run = (op: string, args: unknown) => runOperation(dataDir(), op, args, offline());
+  const club = program.command('club').description('clubs: create, list, show, suspend, resume, delete');
+  club
+    .command('create <name>')
+    .description("create a club's encrypted store and its administrator (the person named in the contract)")
+    .requiredOption('--admin <user>', "the administrator's user name")
+    .option('--plan <plan>', 'basic, premium or federation', 'basic')
+    .option('--password-stdin', "read the administrator's password from stdin (else a one-time password is printed once)")
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { admin: string; plan: string; passwordStdin?: boolean; json?: boolean }) => {
+      const password = o.passwordStdin ? readSecretFromFd(0) : undefined;
+      const { result } = await run('club.create', { name, admin: o.admin, plan: o.plan, ...(password ? { password } : {}) });
+      const r = result as { id: string; oneTimePassword?: string };
+      out(result, o.json, () =>
+        [`created club ${r.id} (${name}, plan ${o.plan}) with administrator ${o.admin}`, ...(r.oneTimePassword ? [`one-time password (shown once): ${r.oneTimePassword}`] : [])].join('\n'),
+      );
+    });
+  club
+    .command('list')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const rows = (await run('club.list', {})).result as ClubRow[];
+      out(rows, o.json, () => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
+    });
+  for (const [cmd, op, verb] of [
+    ['show', 'club.show', 'details of a club'],
+    ['suspend', 'club.suspend', 'refuse all logins and commands for the club'],
+    ['resume', 'club.resume', 'lift a suspension'],
+  ] as const) {
+    club
+      .command(`${cmd} <id>`)
+      .description(verb)
+      .option('--json', 'print JSON')
+      .action(async (id: string, o: { json?: boolean }) => {
+        const { result } = await run(op, { id });
+        out(result, o.json, () => (cmd === 'show' ? JSON.stringify(result, null, 2) : `club ${id} is now ${(result as ClubRow).status}`));
+      });
+  }
+  club
+    .command('delete <id>')
+    .description("crypto-shred a club: destroy its data key first, then its files")
+    .requiredOption('--yes', 'confirm: the data cannot be recovered afterwards (backups aside)')
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: { json?: boolean }) => {
+      const { result } = await run('club.delete', { id });
+      out(result, o.json, () => `deleted club ${id}`);
+    });
+}
+
+export function registerKeyRotation(keys: Command, dataDir: () => string, offline: () => OfflineOptions): void {
+  keys
+    .command('rotate-master')
+    .description('new master key; rewraps every club key without touching club data (resumable)')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const pass = offline().passphrase;
+      const { result } = await runOperation(dataDir(), 'keys.rotate-master', pass !== undefined ? { passphrase: String(pass) } : {}, offline());
+      const r = result as { oldKeyId: string; newKeyId: string; clubs: number };
+      out(result, o.json, () => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
+    });
+  keys
+    .command('rotate-club <id>')
+    .description("re-encrypt a club's store and document keys under a new data key (resumable)")
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'keys.rotate-club', { id }, offline());
+      out(result, o.json, () => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
+    });
+}
+
+export function passphraseOption(fd: string | undefined): OfflineOptions {
+  if (fd === undefined) return {};
+  const n = Number(fd);
+  if (!Number.isInteger(n) || n < 0) fail('--passphrase-fd needs a file descriptor number');
+  return { passphrase: readSecretFromFd(n) };
+}

@@ -55,7 +55,8 @@ test('commusicctl status --json and text: connections, sessions, requests, bans,
     assert.equal(r.listen, `127.0.0.1:${port}`);
     assert.ok(r.uptimeSeconds >= 0 && r.uptimeSeconds < 60);
     assert.equal(r.health?.certFingerprint, server.health?.server.certificate.fingerprint256);
-    assert.equal(r.openStores, null, 'no store provider wired in this build of the stack');
+    assert.equal(r.openStores, 0, 'no club store has been opened yet');
+    assert.equal(r.keyFileWatch, 'ok');
 
     const text = (await execFileP(process.execPath, [CTL, '--data', dataDir, 'status'])).stdout;
     assert.match(text, /^connections: +2 \(2 sessions, 0 handshaking\)$/m);

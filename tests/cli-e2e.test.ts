@@ -109,7 +109,7 @@ test('first start with the embedded default: keys created 0600, fingerprint prin
       appendFileSync(known, `127.0.0.1:${other.port} ${printed}\n`);
       const changed = await cli('commusic', ['--server', `127.0.0.1:${other.port}`, '--tofu', '--known-servers', known, 'ping']);
       assert.notEqual(changed.code, 0);
-      assert.match(changed.stderr, /WARNING: the key of 127\.0\.0\.1:\d+ has CHANGED .*refusing to connect \[SERVER_KEY_CHANGED\]/);
+      assert.match(changed.stderr, /WARNING: the key of 127\.0\.0\.1:\d+ has CHANGED .*refusing to connect\. \[SERVER_KEY_CHANGED\]/);
     } finally {
       await stopDaemon(other);
     }

@@ -88,9 +88,31 @@ export function signTranscript(identity: IdentityKey, message: Uint8Array): Buff
   });
 }
 
+/**
+ * An RSA-2048 SubjectPublicKeyInfo with e = 65537 is this prefix, the 256-byte modulus and this
+ * suffix. Such a key is imported as JWK (about 4 µs) instead of through OpenSSL's DER decoder
+ * (about 100 µs, on every client handshake); anything else takes the DER path.
+ */
+const RSA2048_SPKI_PREFIX = Buffer.from('30820122300d06092a864886f70d01010105000382010f003082010a0282010100', 'hex');
+const RSA_E65537_SUFFIX = Buffer.from('0203010001', 'hex');
+
+function importRsaSpki(spki: Uint8Array): KeyObject {
+  const b = Buffer.from(spki);
+  const p = RSA2048_SPKI_PREFIX.length;
+  if (
+    b.length === IDENTITY_SPKI_LEN &&
+    b.subarray(0, p).equals(RSA2048_SPKI_PREFIX) &&
+    b.subarray(b.length - RSA_E65537_SUFFIX.length).equals(RSA_E65537_SUFFIX) &&
+    (b[p]! & 0x80) !== 0
+  ) {
+    return createPublicKey({ key: { kty: 'RSA', n: b.subarray(p, p + 256).toString('base64url'), e: 'AQAB' }, format: 'jwk' });
+  }
+  return createPublicKey({ key: b, format: 'der', type: 'spki' });
+}
+
 export function verifyTranscript(spki: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
   try {
-    const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
+    const key = importRsaSpki(spki);
     if (key.asymmetricKeyType !== 'rsa' || key.asymmetricKeyDetails?.modulusLength !== IDENTITY_MODULUS_BITS) return false;
     return verify('sha256', message, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: PSS_SALT_LEN }, signature);
   } catch {

@@ -222,7 +222,15 @@ export class Connection {
       this.send({ kind: 'end', id });
       this.events.counted('request', command, 'ok');
     } catch (e) {
-      const err = e instanceof CommandError ? e : e instanceof ProtocolError ? new CommandError('BAD_REQUEST', 'stream aborted') : undefined;
+      const err =
+        e instanceof CommandError
+          ? e
+          : e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE'
+            ? new CommandError('TOO_LARGE', 'the response does not fit in one record')
+            : e instanceof ProtocolError
+              ? new CommandError('BAD_REQUEST', 'stream aborted')
+              : undefined;
+      if (e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE') this.log.error('response too large for one record', { conn: this.info.id, command });
       if (!err) this.log.error('command failed', { conn: this.info.id, command, error: (e as Error)?.name });
       const wire = err ?? new CommandError('INTERNAL', 'internal error');
       this.events.counted('request', command, wire.code);

@@ -35,3 +35,25 @@ export function readSecretFromFd(fd: number): string {
   if (secret.length === 0) fail(`file descriptor ${fd} gave an empty secret`);
   return secret;
 }
+
+/** Asks for a secret on the terminal without echoing it. */
+export async function promptSecret(question: string): Promise<string> {
+  const { createInterface } = await import('node:readline');
+  const { Writable } = await import('node:stream');
+  let muted = false;
+  const output = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      if (!muted) process.stderr.write(chunk);
+      cb();
+    },
+  });
+  const rl = createInterface({ input: process.stdin, output, terminal: true });
+  return new Promise((resolve) => {
+    rl.question(question, (answer) => {
+      rl.close();
+      process.stderr.write('\n');
+      resolve(answer);
+    });
+    muted = true;
+  });
+}

@@ -31,9 +31,12 @@ interface Daemon {
 }
 
 /** Starts commusicd on port 0 and waits for its "listening" line. */
-function startDaemon(dataDir: string): Promise<Daemon> {
+function startDaemon(dataDir: string, passphrase?: string): Promise<Daemon> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin('commusicd'), '--data', dataDir, '--listen', '127.0.0.1:0', '--health-listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const args = [bin('commusicd'), '--data', dataDir, '--listen', '127.0.0.1:0', '--health-listen', '127.0.0.1:0', ...(passphrase !== undefined ? ['--passphrase-fd', '3'] : [])];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+    if (passphrase !== undefined) (child.stdio[3] as NodeJS.WritableStream).end(`${passphrase}\n`);
+    else (child.stdio[3] as NodeJS.WritableStream).end();
     const d: Daemon = { child, port: 0, stdout: [], stderr: [] };
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -163,6 +166,29 @@ test('changing the master key file while the daemon runs raises a security alert
     chmodSync(join(dir, 'keys', 'master.key'), 0o600);
   } finally {
     await stopDaemon(d);
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('a passphrase-protected master key: the daemon refuses to start without it, starts with it from a descriptor', { timeout: 60_000 }, async () => {
+  const root = mkdtempSync(join(tmpdir(), 'commusic-cli-pass-'));
+  const dir = join(root, 'data');
+  try {
+    const init = await new Promise<{ code: number | null; stdout: string }>((resolve) => {
+      const child = spawn(process.execPath, [bin('commusicctl'), '--data', dir, '--passphrase-fd', '3', 'keys', 'init', '--json'], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+      (child.stdio[3] as NodeJS.WritableStream).end('correct horse battery staple\n');
+      let stdout = '';
+      child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+      child.on('exit', (code) => resolve({ code, stdout }));
+    });
+    assert.equal(init.code, 0);
+    assert.equal((JSON.parse(init.stdout) as { passphraseProtected: boolean }).passphraseProtected, true);
+    await assert.rejects(startDaemon(dir), (e: Error & { stderr?: string }) => /PASSPHRASE_REQUIRED/.test(e.stderr ?? ''));
+    await assert.rejects(startDaemon(dir, 'wrong passphrase'), (e: Error & { stderr?: string }) => /WRONG_PASSPHRASE/.test(e.stderr ?? ''));
+    const d = await startDaemon(dir, 'correct horse battery staple');
+    assert.ok(d.port > 0);
+    assert.equal(await stopDaemon(d), 0);
+  } finally {
     rmSync(root, { recursive: true, force: true });
   }
 });

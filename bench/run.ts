@@ -1,0 +1,124 @@
+/**
+ * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
+ * Groups: channel (bench/channel.ts), store (bench/store.ts) and bans (bench/bans.ts), the last
+ * two when their compiled modules exist. Options: `--only channel[,store,bans]`, `--quick`.
+ */
+import os from 'node:os';
+import { runChannelBench } from './channel.js';
+import { normalizeRow, ratioOf, type LegacyRow, type Row } from './row.js';
+
+interface Group {
+  name: string;
+  run(quick: boolean): Promise<LegacyRow[]>;
+}
+
+/** Imports an optional bench module; undefined when it is not there (not written or not built). */
+async function optional<T>(file: string, exportName: string): Promise<T | undefined> {
+  try {
+    const mod = (await import(file)) as Record<string, unknown>;
+    return mod[exportName] as T | undefined;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && String((e as Error).message).includes(file.replace('./', ''))) return undefined;
+    throw e;
+  }
+}
+
+const GROUPS: Group[] = [
+  { name: 'channel', run: (quick) => runChannelBench({ quick }) },
+  {
+    name: 'store',
+    run: async () => {
+      const fn = await optional<() => Promise<LegacyRow[]>>('./store.js', 'runStoreBench');
+      if (!fn) throw new MissingGroup();
+      return fn();
+    },
+  },
+  {
+    name: 'bans',
+    run: async () => {
+      const fn = await optional<() => Promise<LegacyRow[]>>('./bans.js', 'runBanBench');
+      if (!fn) throw new MissingGroup();
+      return fn();
+    },
+  },
+];
+
+class MissingGroup extends Error {}
+
+function fmt(n: number): string {
+  if (!Number.isFinite(n)) return String(n);
+  const a = Math.abs(n);
+  const digits = a >= 100 ? 0 : a >= 10 ? 1 : 2;
+  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+function machine(): string {
+  const cpus = os.cpus();
+  return [
+    `node ${process.version} (${process.platform} ${os.release()} ${process.arch})`,
+    `cpu ${cpus[0]?.model ?? 'unknown'}, nproc ${os.availableParallelism()}`,
+    `memory ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB`,
+  ].join('; ');
+}
+
+export function formatTable(rows: Row[]): string {
+  const header = ['group', 'figure', 'ours', 'baseline', 'ratio', 'target', 'met'];
+  const lines = rows.map((r) => {
+    const ratio = ratioOf(r);
+    return [
+      r.group,
+      r.name,
+      `${fmt(r.value)} ${r.unit}`,
+      `${fmt(r.baseline)} ${r.unit} (${r.baselineName})`,
+      Number.isFinite(ratio) ? `${ratio.toFixed(2)}x ${r.higherIsBetter ? '(o/b)' : '(b/o)'}` : 'n/a',
+      r.target ?? '',
+      r.met === undefined ? '' : r.met ? 'yes' : 'NO',
+    ];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...lines.map(line)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const quick = args.includes('--quick');
+  const i = args.indexOf('--only');
+  const only = i >= 0 ? (args[i + 1] ?? '').split(',').filter(Boolean) : undefined;
+  const unknown = only?.filter((o) => !GROUPS.some((g) => g.name === o)) ?? [];
+  if (i >= 0 && (!only || only.length === 0 || unknown.length > 0)) {
+    console.error(`--only takes a comma-separated list of ${GROUPS.map((g) => g.name).join(', ')}${unknown.length ? `; unknown: ${unknown.join(', ')}` : ''}`);
+    process.exit(2);
+  }
+  const started = Date.now();
+  const rows: Row[] = [];
+  const skipped: string[] = [];
+  for (const g of GROUPS) {
+    if (only && !only.includes(g.name)) continue;
+    process.stderr.write(`bench ${g.name}${quick ? ' (quick)' : ''} ...\n`);
+    try {
+      rows.push(...(await g.run(quick)).map((r) => normalizeRow(r, g.name)));
+    } catch (e) {
+      if (e instanceof MissingGroup) {
+        skipped.push(g.name);
+        continue;
+      }
+      throw e;
+    }
+  }
+  console.log(`ComMusic benchmarks, ${new Date().toISOString()}${quick ? ' (--quick)' : ''}`);
+  console.log(machine());
+  console.log('');
+  console.log(formatTable(rows));
+  console.log('');
+  console.log('ratio: (o/b) = ours / baseline where higher is better; (b/o) = baseline / ours where lower is better. Above 1 means ours is better.');
+  const notes = rows.filter((r) => r.note).map((r) => `- ${r.group} / ${r.name}: ${r.note}`);
+  if (notes.length) console.log(['notes:', ...notes].join('\n'));
+  if (skipped.length) console.log(`skipped (module not present): ${skipped.join(', ')}`);
+  console.log(`total ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+main().catch((e: unknown) => {
+  console.error('bench failed:', e);
+  process.exit(1);
+});

@@ -1,0 +1,787 @@
+/**
+ * The club commands: logins, users and rights, the data commands of every entity of the model,
+ * documents, the change log, federation reporting and exports.
+ *
+ * Every handler: resolves the session to a Principal (daemon/auth.ts; UNAUTHENTICATED without),
+ * refuses a payload that names another club, checks the right (area x action, deny by default)
+ * and turns its scope into a row scope the store applies in SQL. A refusal for lack of rights,
+ * a guessed id outside the caller's scope and any attempt at another club's data are reported as
+ * 'rights' violations {ip, user, club, command, right} (the ban engine bans at once).
+ * Payloads are validated by zod before a handler runs (strict: unknown fields are errors); data
+ * fields against the entity's declaration in storage/model.ts.
+ */
+import { z, type ZodTypeAny } from 'zod';
+import { Readable } from 'node:stream';
+import { join } from 'node:path';
+import { unlinkSync } from 'node:fs';
+import { generateOneTimePassword, hashPassword, verifyPassword } from '../crypto/password.js';
+import { parseLegacySha512 } from '../crypto/legacy-password.js';
+import { queryAuditLog, MAX_QUERY_LIMIT, type AuditEntry } from '../storage/audit-log.js';
+import {
+  DataError,
+  FILTER_OPS,
+  MAX_EXPORT_ROWS,
+  MAX_LIST_LIMIT,
+  createRecord,
+  deleteRecord,
+  getRecord,
+  listRecords,
+  recordExists,
+  rowInScope,
+  updateRecord,
+  visibleFields,
+  type Filter,
+  type RowScope,
+} from '../storage/club-data.js';
+import { putDocument, readDocument, DOCUMENT_KINDS } from '../storage/documents.js';
+import { StorageError } from '../storage/errors.js';
+import { MODEL, validatorFor, type EntityName } from '../storage/model.js';
+import {
+  countActiveAdmins,
+  deleteUser,
+  getUserById,
+  insertUser,
+  listUsers,
+  setDisabled,
+  setGrants,
+  setPasswordHash,
+  updateUserProfile,
+  userView,
+  type UserRecord,
+} from '../storage/users.js';
+import { fsyncDir } from '../crypto/atomic-file.js';
+import { appendAudit, login, logout, refreshCredVersion, requirePrincipal, grantsOf, type ClubServices, type Principal } from './auth.js';
+import { CommandError } from './command-errors.js';
+import { DOCUMENT_KIND_AREA, ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
+import type { CommandContext, Dispatcher } from './dispatcher.js';
+import { ACTIONS, AREAS, ROLES, effectiveScope, grantSchema, roleTemplate, type Action, type Area, type Effective, type Grant } from './rights.js';
+
+export type { ClubServices } from './auth.js';
+
+export const DATA_COMMAND_ENTITIES = Object.keys(ENTITY_AREA) as DataEntity[];
+
+const clubField = z.string().min(1).max(64).optional();
+const id = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+const fieldName = z.string().min(1).max(64);
+const fieldsList = z.array(fieldName).min(1).max(64).optional();
+const filterSchema = z.object({ field: fieldName, op: z.enum(FILTER_OPS), value: z.unknown().optional() }).strict();
+const listSchema = {
+  filters: z.array(filterSchema).max(20).optional(),
+  sort: z.array(z.object({ field: fieldName, dir: z.enum(['asc', 'desc']).optional() }).strict()).max(3).optional(),
+  fields: fieldsList,
+  club: clubField,
+};
+const usernameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/, 'user names are 1..64 letters, digits, . _ @ -');
+const passwordSchema = z.string().min(12, 'passwords have at least 12 characters').max(1024);
+
+// ---- helpers --------------------------------------------------------------------------------
+
+class Guard {
+  constructor(
+    readonly services: ClubServices,
+    readonly ctx: CommandContext,
+    readonly command: string,
+    readonly p: Principal,
+  ) {}
+
+  deny(right: string, detail = 'missing right'): never {
+    this.services.violations.report({
+      ip: this.ctx.conn.ip,
+      kind: 'rights',
+      detail,
+      time: Date.now(),
+      club: this.p.clubId,
+      user: this.p.user.username,
+      command: this.command,
+      right,
+    });
+    throw new CommandError('FORBIDDEN', `you lack the right ${right}`);
+  }
+
+  /** Report a guessed id outside the caller's scope, answer as if it did not exist. */
+  hidden(right: string, what: string): never {
+    this.services.violations.report({ ip: this.ctx.conn.ip, kind: 'rights', detail: 'record outside scope', time: Date.now(), club: this.p.clubId, user: this.p.user.username, command: this.command, right });
+    throw new CommandError('NOT_FOUND', `${what} does not exist`);
+  }
+
+  need(area: Area, action: Action): Effective {
+    const e = effectiveScope(this.p.grants, area, action);
+    if (!e) this.deny(`${area}:${action}`);
+    return e;
+  }
+
+  /** Club-wide right (users, change log, exports): a narrower scope does not count. */
+  needClub(area: Area, action: Action): void {
+    const e = this.need(area, action);
+    if (e.kind !== 'club') this.deny(`${area}:${action}`, 'club-wide right needed');
+  }
+
+  has(area: Area, action: Action): Effective | undefined {
+    return effectiveScope(this.p.grants, area, action);
+  }
+
+  rowScope(e: Effective, entity: EntityName): RowScope {
+    if (e.kind === 'club') return { kind: 'all' };
+    if (MODEL[entity].registerScope.kind === 'none') return { kind: 'none' };
+    if (e.kind === 'registers') return { kind: 'registers', registers: [...e.registers] };
+    return { kind: 'person', personId: this.p.user.personId };
+  }
+}
+
+async function guard(services: ClubServices, ctx: CommandContext, command: string, payload: { club?: string | undefined }, o: { allowMustChange?: boolean } = {}): Promise<Guard> {
+  const p = requirePrincipal(services, ctx, o);
+  const g = new Guard(services, ctx, command, p);
+  if (payload.club !== undefined && payload.club !== p.clubId) g.deny(`club:${payload.club.slice(0, 64)}`, 'request for another club');
+  return g;
+}
+
+function dataError(g: Guard, e: unknown, right: string): never {
+  if (e instanceof DataError) {
+    if (e.code === 'OUT_OF_SCOPE') g.deny(right, e.message);
+    if (e.code === 'NOT_FOUND') throw new CommandError('NOT_FOUND', e.message);
+    if (e.code === 'CONFLICT') throw new CommandError('CONFLICT', e.message);
+    throw new CommandError('BAD_REQUEST', e.message);
+  }
+  if (e instanceof StorageError) {
+    if (e.code === 'VALIDATION_FAILED' || e.code === 'INVALID_ARGUMENT') throw new CommandError('BAD_REQUEST', e.message);
+    if (e.code === 'DOC_NOT_FOUND') throw new CommandError('NOT_FOUND', 'the document does not exist');
+    if (e.code === 'DOC_TOO_LARGE') throw new CommandError('TOO_LARGE', e.message);
+    if (e.code === 'CLUB_EXISTS') throw new CommandError('CONFLICT', e.message);
+  }
+  throw e;
+}
+
+/** Strip fields whose own area the caller lacks for this row; refuse explicitly requested ones. */
+function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], action: 'read' | 'export', requested?: readonly string[]): Record<string, unknown>[] {
+  const visible = new Set(['id', 'createdAt', 'updatedAt', ...visibleFields(entity)]);
+  if (requested) for (const f of requested) if (!visible.has(f)) throw new CommandError('BAD_REQUEST', `${entity} has no field ${f}`);
+  const areas = FIELD_AREA[entity] ?? {};
+  const scopes = new Map<Area, RowScope | undefined>();
+  for (const a of new Set(Object.values(areas))) {
+    const e = g.has(a, action);
+    scopes.set(a, e && g.rowScope(e, entity));
+  }
+  if (requested) for (const f of requested) {
+    const a = areas[f];
+    if (a && !scopes.get(a)) g.deny(`${a}:${action}`);
+  }
+  return rows.map((r) => {
+    const out: Record<string, unknown> = {};
+    const rowOk = new Map<Area, boolean>();
+    for (const k of requested ? ['id', ...requested] : Object.keys(r)) {
+      if (!(k in r)) continue;
+      const a = areas[k];
+      if (a) {
+        let ok = rowOk.get(a);
+        if (ok === undefined) {
+          const s = scopes.get(a);
+          ok = !!s && (s.kind === 'all' || rowInScope(g.p.db, entity, r.id as number, s));
+          rowOk.set(a, ok);
+        }
+        if (!ok) continue;
+      }
+      out[k] = r[k];
+    }
+    return out;
+  });
+}
+
+/** Filters and sort keys on fields with their own area need read on that area. */
+function checkFilterFields(g: Guard, entity: DataEntity, fields: Iterable<string>, action: 'read' | 'export'): void {
+  for (const f of fields) {
+    const a = fieldArea(entity, f);
+    if (a && !g.has(a, action)) g.deny(`${a}:${action}`, 'filter on a field without the right');
+  }
+}
+
+/** Writing fields with their own area: create/update on it; setting null (erasing) needs delete. */
+function checkWriteFields(g: Guard, entity: DataEntity, values: Record<string, unknown>, action: 'create' | 'update'): void {
+  for (const [k, v] of Object.entries(values)) {
+    const a = fieldArea(entity, k);
+    if (!a) continue;
+    g.need(a, v === null && action === 'update' ? 'delete' : action);
+  }
+}
+
+function refVisible(g: Guard): (entity: EntityName, refId: number) => boolean {
+  return (entity, refId) => {
+    if (MODEL[entity].system) return false;
+    const area = ENTITY_AREA[entity as DataEntity];
+    if (area === 'documents') return recordExists(g.p.db, entity, refId);
+    const e = g.has(area, 'read');
+    // A reference needs the referenced record to exist and, where the caller can read that
+    // area, to be visible; references into an area the caller cannot read are checked for
+    // existence only (a treasurer may attach a fee to a person without seeing memberships).
+    if (!e) return recordExists(g.p.db, entity, refId);
+    return rowInScope(g.p.db, entity, refId, g.rowScope(e, entity));
+  };
+}
+
+function strictObject(shape: Record<string, ZodTypeAny>): z.ZodObject<Record<string, ZodTypeAny>, 'strict'> {
+  return z.object(shape).strict();
+}
+
+function register(d: Dispatcher, name: string, schema: ZodTypeAny, handler: (p: any, ctx: CommandContext) => Promise<{ payload: unknown; download?: AsyncIterable<Uint8Array> }>, upload = false): void {
+  d.register({ name, schema, ...(upload ? { upload: true } : {}), handler });
+}
+
+function exportAudit(g: Guard, entity: string | null, detail: Record<string, unknown>): void {
+  appendAudit(g.services, g.p.store, { ...g.p.actor, action: 'export', entity, recordId: null, changes: detail });
+}
+
+// ---- entity commands ------------------------------------------------------------------------
+
+function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntity): void {
+  const area = ENTITY_AREA[entity] as Area;
+  const right = (a: Action) => `${area}:${a}`;
+  const createShape = (validatorFor(entity, 'create') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
+  const updateShape = (validatorFor(entity, 'update') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
+
+  register(d, `${entity}.get`, strictObject({ id, fields: fieldsList, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, `${entity}.get`, p);
+    const scope = g.rowScope(g.need(area, 'read'), entity);
+    const r = getRecord(g.p.db, entity, p.id, scope);
+    if (!r) {
+      if (recordExists(g.p.db, entity, p.id)) g.hidden(right('read'), `${entity} ${p.id}`);
+      throw new CommandError('NOT_FOUND', `${entity} ${p.id} does not exist`);
+    }
+    return { payload: { record: project(g, entity, [r], 'read', p.fields)[0] } };
+  });
+
+  register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() }), async (p, ctx) => {
+    const g = await guard(services, ctx, `${entity}.list`, p);
+    const scope = g.rowScope(g.need(area, 'read'), entity);
+    checkFilterFields(g, entity, [...(p.filters ?? []).map((f: Filter) => f.field), ...(p.sort ?? []).map((s: { field: string }) => s.field)], 'read');
+    try {
+      const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: p.limit ?? 100, offset: p.offset ?? 0, scope });
+      return { payload: { items: project(g, entity, r.items, 'read', p.fields), nextOffset: r.nextOffset } };
+    } catch (e) {
+      dataError(g, e, right('read'));
+    }
+  });
+
+  register(d, `${entity}.export`, strictObject(listSchema), async (p, ctx) => {
+    const g = await guard(services, ctx, `${entity}.export`, p);
+    const scope = g.rowScope(g.need(area, 'export'), entity);
+    checkFilterFields(g, entity, [...(p.filters ?? []).map((f: Filter) => f.field), ...(p.sort ?? []).map((s: { field: string }) => s.field)], 'export');
+    try {
+      const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, offset: 0, scope });
+      const items = project(g, entity, r.items, 'export', p.fields);
+      exportAudit(g, entity, { count: items.length, filters: p.filters ?? [], fields: p.fields ?? null, truncated: r.nextOffset !== null });
+      return { payload: { items, count: items.length, truncated: r.nextOffset !== null } };
+    } catch (e) {
+      dataError(g, e, right('export'));
+    }
+  });
+
+  register(d, `${entity}.create`, strictObject({ ...createShape, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, `${entity}.create`, p);
+    const scope = g.rowScope(g.need(area, 'create'), entity);
+    const { club: _c, ...values } = p;
+    checkWriteFields(g, entity, values, 'create');
+    try {
+      const record = createRecord(g.p.db, entity, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
+      return { payload: { record: project(g, entity, [record], 'read')[0] } };
+    } catch (e) {
+      dataError(g, e, right('create'));
+    }
+  });
+
+  register(d, `${entity}.update`, strictObject({ ...updateShape, id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, `${entity}.update`, p);
+    const scope = g.rowScope(g.need(area, 'update'), entity);
+    const { club: _c, id: rid, ...values } = p;
+    checkWriteFields(g, entity, values, 'update');
+    try {
+      const r = updateRecord(g.p.db, entity, rid, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
+      return { payload: { record: project(g, entity, [r.record], 'read')[0], changed: Object.keys(r.changes) } };
+    } catch (e) {
+      if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, rid) && !getRecord(g.p.db, entity, rid, scope)) g.hidden(right('update'), `${entity} ${rid}`);
+      dataError(g, e, right('update'));
+    }
+  });
+
+  register(d, `${entity}.delete`, strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, `${entity}.delete`, p);
+    const scope = g.rowScope(g.need(area, 'delete'), entity);
+    try {
+      deleteRecord(g.p.db, entity, p.id, { scope, audit: g.p.audit, actor: g.p.actor });
+      return { payload: { deleted: true, id: p.id } };
+    } catch (e) {
+      if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, p.id)) g.hidden(right('delete'), `${entity} ${p.id}`);
+      dataError(g, e, right('delete'));
+    }
+  });
+}
+
+// ---- documents ------------------------------------------------------------------------------
+
+function docArea(kind: unknown): Area {
+  const a = DOCUMENT_KIND_AREA[String(kind)];
+  if (!a) throw new CommandError('BAD_REQUEST', 'unknown document kind');
+  return a;
+}
+
+function registerDocuments(d: Dispatcher, services: ClubServices): void {
+  const kinds = [...DOCUMENT_KINDS] as [string, ...string[]];
+  const docRow = (g: Guard, docId: number, action: Action): Record<string, unknown> => {
+    const r = getRecord(g.p.db, 'documents', docId, { kind: 'all' });
+    if (!r) throw new CommandError('NOT_FOUND', `documents ${docId} does not exist`);
+    const a = docArea(r.kind);
+    const e = g.need(a, action);
+    if (e.kind !== 'club') g.hidden(`${a}:${action}`, `documents ${docId}`);
+    return r;
+  };
+  const readableKinds = (g: Guard, action: Action): string[] => kinds.filter((k) => g.has(docArea(k), action)?.kind === 'club');
+
+  // documents.get / list / export: like the generic ones, restricted to the kinds the caller may read.
+  register(d, 'documents.get', strictObject({ id, fields: fieldsList, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'documents.get', p);
+    const r = docRow(g, p.id, 'read');
+    return { payload: { record: project(g, 'documents', [r], 'read', p.fields)[0] } };
+  });
+  for (const action of ['read', 'export'] as const) {
+    const name = action === 'read' ? 'documents.list' : 'documents.export';
+    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() } : {};
+    register(d, name, strictObject({ ...listSchema, ...extra }), async (p, ctx) => {
+      const g = await guard(services, ctx, name, p);
+      const allowed = readableKinds(g, action);
+      if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
+      const asked = (p.filters ?? []).filter((f: Filter) => f.field === 'kind' && f.op === 'eq').map((f: Filter) => String(f.value));
+      for (const k of asked) if (!allowed.includes(k)) g.deny(`${docArea(k)}:${action}`);
+      try {
+        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all' } });
+        const items = project(g, 'documents', r.items, action, p.fields);
+        if (action === 'export') {
+          exportAudit(g, 'documents', { count: items.length, kinds: allowed });
+          return { payload: { items, count: items.length, truncated: r.nextOffset !== null } };
+        }
+        return { payload: { items, nextOffset: r.nextOffset } };
+      } catch (e) {
+        dataError(g, e, `documents:${action}`);
+      }
+    });
+  }
+
+  register(
+    d,
+    'documents.upload',
+    strictObject({ kind: z.enum(kinds), name: z.string().trim().min(1).max(255), mediaType: z.string().max(100).optional(), personId: id.optional(), club: clubField }),
+    async (p, ctx) => {
+      const g = await guard(services, ctx, 'documents.upload', p);
+      const e = g.need(docArea(p.kind), 'create');
+      if (e.kind !== 'club') g.deny(`${docArea(p.kind)}:create`, 'club-wide right needed');
+      if (p.personId !== undefined && !refVisible(g)('persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
+      const clubId = g.p.clubId;
+      const actor = g.p.actor;
+      let db = g.p.db;
+      try {
+        const info = await putDocument(services.storage, clubId, ctx.upload!, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
+          onStep: (step) => {
+            // 'renamed' and 'recorded' run in the same tick around the row insert: one transaction
+            // holds the row and its change-log entry.
+            if (step === 'renamed') {
+              db = services.storage.openClub(clubId).db;
+              db.exec('BEGIN IMMEDIATE');
+            } else if (step === 'recorded') {
+              const row = db.prepare('SELECT id, kind, name, mediaType, personId, size, sha256 FROM documents ORDER BY id DESC LIMIT 1').get() as Record<string, unknown>;
+              const changes: Record<string, { old: unknown; new: unknown }> = {};
+              for (const [k, v] of Object.entries(row)) if (k !== 'id' && v !== null) changes[k] = { old: null, new: v };
+              const store = services.storage.openClub(clubId);
+              g.p.audit.append({ ...actor, action: 'create', entity: 'documents', recordId: row.id as number, changes });
+              void store;
+              db.exec('COMMIT');
+            }
+          },
+        });
+        return { payload: { document: info } };
+      } catch (err) {
+        if (db.inTransaction) db.exec('ROLLBACK');
+        dataError(g, err, `${docArea(p.kind)}:create`);
+      }
+    },
+    true,
+  );
+
+  register(d, 'documents.download', strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'documents.download', p);
+    docRow(g, p.id, 'read');
+    try {
+      const { info, stream } = readDocument(services.storage, g.p.clubId, p.id);
+      return { payload: { document: info }, download: stream as Readable };
+    } catch (e) {
+      dataError(g, e, 'documents:read');
+    }
+  });
+
+  register(d, 'documents.update', strictObject({ id, name: z.string().trim().min(1).max(255).optional(), mediaType: z.string().max(100).nullable().optional(), personId: id.nullable().optional(), club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'documents.update', p);
+    const r = docRow(g, p.id, 'update');
+    const { club: _c, id: rid, ...values } = p;
+    try {
+      const u = updateRecord(g.p.db, 'documents', rid, values, { scope: { kind: 'all' }, audit: g.p.audit, actor: g.p.actor, writable: ['name', 'mediaType', 'personId'], refVisible: refVisible(g) });
+      return { payload: { record: project(g, 'documents', [u.record], 'read')[0], changed: Object.keys(u.changes) } };
+    } catch (e) {
+      dataError(g, e, `${docArea(r.kind)}:update`);
+    }
+  });
+
+  register(d, 'documents.delete', strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'documents.delete', p);
+    const r = docRow(g, p.id, 'delete');
+    const db = g.p.db;
+    const file = (db.prepare('SELECT file FROM documents WHERE id = ?').get(p.id) as { file: string } | undefined)?.file;
+    try {
+      deleteRecord(db, 'documents', p.id, { scope: { kind: 'all' }, audit: g.p.audit, actor: g.p.actor });
+    } catch (e) {
+      dataError(g, e, `${docArea(r.kind)}:delete`);
+    }
+    // The row (and the wrapped document key with it) is gone: the file is unreadable now; remove it.
+    if (file) {
+      try {
+        unlinkSync(join(g.p.store.docsDir, file));
+        fsyncDir(g.p.store.docsDir);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') services.logger?.warn('document file not removed', { club: g.p.clubId });
+      }
+    }
+    return { payload: { deleted: true, id: p.id } };
+  });
+}
+
+// ---- users and rights -----------------------------------------------------------------------
+
+const roleSchema = z.enum(ROLES);
+const registersSchema = z.array(id).max(200).optional();
+
+interface RightsInput {
+  role?: (typeof ROLES)[number] | undefined;
+  registers?: number[] | undefined;
+  grants?: Grant[] | undefined;
+  admin?: boolean | undefined;
+}
+
+function resolveGrants(i: RightsInput): { role: string | null; grants: Grant[] } {
+  if (i.grants !== undefined) return { role: i.role ?? null, grants: i.grants };
+  if (i.role !== undefined) return { role: i.role, grants: roleTemplate(i.role, i.registers ?? []) };
+  return { role: null, grants: [] };
+}
+
+/** Nobody hands out rights they do not hold club-wide themselves; only administrators make administrators. */
+function checkGrantable(g: Guard, grants: readonly Grant[], admin: boolean | undefined): void {
+  if (g.p.user.isAdmin) return;
+  if (admin) g.deny('users:admin', 'only administrators appoint administrators');
+  for (const gr of grants) for (const a of gr.actions) {
+    if (g.has(gr.area, a)?.kind !== 'club') g.deny(`${gr.area}:${a}`, 'granting a right one does not hold');
+  }
+}
+
+function targetUser(g: Guard, userId: number, mayBeSelf: boolean): UserRecord {
+  const u = getUserById(g.p.db, userId);
+  if (!u) throw new CommandError('NOT_FOUND', `user ${userId} does not exist`);
+  if (!mayBeSelf && u.id === g.p.user.id) throw new CommandError('CONFLICT', 'use users.changeOwnPassword for yourself; your own rights and status are changed by another administrator');
+  if (u.isAdmin && !g.p.user.isAdmin) g.deny('users:admin', 'only administrators change administrators');
+  return u;
+}
+
+function publicUser(u: UserRecord): Record<string, unknown> {
+  return { ...userView(u), role: u.role };
+}
+
+function registerUsers(d: Dispatcher, services: ClubServices): void {
+  const cost = services.passwordLog2N;
+  register(d, 'users.list', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.list', p);
+    g.needClub('users', 'read');
+    return { payload: { items: listUsers(g.p.db).map(publicUser) } };
+  });
+  register(d, 'users.get', strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.get', p);
+    g.needClub('users', 'read');
+    const u = getUserById(g.p.db, p.id);
+    if (!u) throw new CommandError('NOT_FOUND', `user ${p.id} does not exist`);
+    return { payload: { user: publicUser(u) } };
+  });
+  register(d, 'users.export', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.export', p);
+    g.needClub('users', 'export');
+    const items = listUsers(g.p.db).map((u) => ({ ...publicUser(u), grants: grantsOf(u) }));
+    exportAudit(g, 'users', { count: items.length });
+    return { payload: { items, count: items.length } };
+  });
+  register(
+    d,
+    'users.create',
+    strictObject({ username: usernameSchema, password: passwordSchema.optional(), displayName: z.string().max(200).optional(), personId: id.optional(), role: roleSchema.optional(), registers: registersSchema, grants: z.array(grantSchema).max(500).optional(), admin: z.boolean().optional(), club: clubField }),
+    async (p, ctx) => {
+      const g = await guard(services, ctx, 'users.create', p);
+      g.needClub('users', 'create');
+      const r = resolveGrants(p);
+      checkGrantable(g, r.grants, p.admin);
+      if (p.personId !== undefined && !recordExists(g.p.db, 'persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
+      const otp = p.password === undefined ? generateOneTimePassword() : undefined;
+      const hash = await hashPassword(p.password ?? otp!, cost);
+      const g2 = await guard(services, ctx, 'users.create', p);
+      const db = g2.p.db;
+      let newId = 0;
+      try {
+        db.transaction(() => {
+          newId = insertUser(db, { username: p.username, displayName: p.displayName ?? null, personId: p.personId ?? null, passwordHash: hash, mustChangePassword: otp !== undefined, isAdmin: p.admin ?? false, role: r.role, grants: r.grants });
+          g2.p.audit.append({ ...g2.p.actor, action: 'create', entity: 'users', recordId: newId, changes: { username: { old: null, new: p.username }, displayName: { old: null, new: p.displayName ?? null }, personId: { old: null, new: p.personId ?? null }, role: { old: null, new: r.role }, admin: { old: null, new: p.admin ?? false }, grants: { old: null, new: r.grants } } });
+        }).immediate();
+      } catch (e) {
+        dataError(g2, e, 'users:create');
+      }
+      return { payload: { user: publicUser(getUserById(db, newId)!), ...(otp ? { oneTimePassword: otp } : {}) } };
+    },
+  );
+  register(
+    d,
+    'users.import',
+    strictObject({
+      users: z.array(z.object({ username: usernameSchema, legacyHash: z.string().max(300), displayName: z.string().max(200).optional(), personId: id.optional(), role: roleSchema.optional(), registers: registersSchema }).strict()).min(1).max(1000),
+      club: clubField,
+    }),
+    async (p, ctx) => {
+      const g = await guard(services, ctx, 'users.import', p);
+      g.needClub('users', 'create');
+      const prepared = p.users.map((u: { username: string; legacyHash: string; displayName?: string; personId?: number; role?: (typeof ROLES)[number]; registers?: number[] }) => {
+        const h = parseLegacySha512(u.legacyHash);
+        if (!h) throw new CommandError('BAD_REQUEST', `user ${u.username}: legacy hash is not sha512$<salt hex>$<128 hex digits>`);
+        const r = resolveGrants({ role: u.role, registers: u.registers });
+        checkGrantable(g, r.grants, false);
+        return { ...u, hash: h, ...r };
+      });
+      const db = g.p.db;
+      const ids: number[] = [];
+      try {
+        db.transaction(() => {
+          for (const u of prepared) {
+            const nid = insertUser(db, { username: u.username, displayName: u.displayName ?? null, personId: u.personId ?? null, passwordHash: u.hash, mustChangePassword: false, role: u.role, grants: u.grants });
+            ids.push(nid);
+            g.p.audit.append({ ...g.p.actor, action: 'create', entity: 'users', recordId: nid, changes: { username: { old: null, new: u.username }, imported: { old: null, new: 'legacy sha512 hash' }, role: { old: null, new: u.role } } });
+          }
+        }).immediate();
+      } catch (e) {
+        dataError(g, e, 'users:create');
+      }
+      return { payload: { imported: ids.length, ids } };
+    },
+  );
+  register(d, 'users.update', strictObject({ id, displayName: z.string().max(200).nullable().optional(), personId: id.nullable().optional(), club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.update', p);
+    g.needClub('users', 'update');
+    const u = targetUser(g, p.id, true);
+    if (p.personId !== undefined && p.personId !== null && !recordExists(g.p.db, 'persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
+    const changes: Record<string, { old: unknown; new: unknown }> = {};
+    if (p.displayName !== undefined && p.displayName !== u.displayName) changes.displayName = { old: u.displayName, new: p.displayName };
+    if (p.personId !== undefined && p.personId !== u.personId) changes.personId = { old: u.personId, new: p.personId };
+    if (Object.keys(changes).length) {
+      g.p.db.transaction(() => {
+        updateUserProfile(g.p.db, u.id, { ...(changes.displayName ? { displayName: p.displayName } : {}), ...(changes.personId ? { personId: p.personId } : {}) });
+        g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes });
+      }).immediate();
+    }
+    return { payload: { user: publicUser(getUserById(g.p.db, u.id)!), changed: Object.keys(changes) } };
+  });
+  for (const [name, disabled] of [['users.disable', true], ['users.enable', false]] as const) {
+    register(d, name, strictObject({ id, club: clubField }), async (p, ctx) => {
+      const g = await guard(services, ctx, name, p);
+      g.needClub('users', 'update');
+      const u = targetUser(g, p.id, false);
+      if (u.disabled !== disabled) {
+        if (disabled && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be disabled');
+        g.p.db.transaction(() => {
+          setDisabled(g.p.db, u.id, disabled);
+          g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { disabled: { old: u.disabled, new: disabled } } });
+        }).immediate();
+      }
+      return { payload: { user: publicUser(getUserById(g.p.db, u.id)!) } };
+    });
+  }
+  register(d, 'users.delete', strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.delete', p);
+    g.needClub('users', 'delete');
+    const u = targetUser(g, p.id, false);
+    if (u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be deleted');
+    g.p.db.transaction(() => {
+      deleteUser(g.p.db, u.id);
+      g.p.audit.append({ ...g.p.actor, action: 'delete', entity: 'users', recordId: u.id, changes: { username: { old: u.username, new: null }, role: { old: u.role, new: null } } });
+    }).immediate();
+    return { payload: { deleted: true, id: u.id } };
+  });
+  register(d, 'users.resetPassword', strictObject({ id, password: passwordSchema.optional(), club: clubField }), async (p, ctx) => {
+    let g = await guard(services, ctx, 'users.resetPassword', p);
+    g.needClub('users', 'update');
+    targetUser(g, p.id, false);
+    const otp = p.password === undefined ? generateOneTimePassword() : undefined;
+    const hash = await hashPassword(p.password ?? otp!, cost);
+    g = await guard(services, ctx, 'users.resetPassword', p);
+    const u = targetUser(g, p.id, false);
+    g.p.db.transaction(() => {
+      setPasswordHash(g.p.db, u.id, hash, true, true);
+      g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { passwordHash: { old: '[redacted]', new: '[redacted]' }, mustChangePassword: { old: u.mustChangePassword, new: true } } });
+    }).immediate();
+    return { payload: { id: u.id, mustChangePassword: true, ...(otp ? { oneTimePassword: otp } : {}) } };
+  });
+  register(d, 'users.changeOwnPassword', strictObject({ oldPassword: z.string().max(1024), newPassword: passwordSchema, club: clubField }), async (p, ctx) => {
+    let g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
+    let ok = false;
+    try {
+      ok = await verifyPassword(p.oldPassword, g.p.user.passwordHash);
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'wrong current password', time: Date.now(), club: g.p.clubId, user: g.p.user.username, command: 'users.changeOwnPassword' });
+      appendAudit(services, g.p.store, { ...g.p.actor, action: 'login.failed', entity: 'users', recordId: g.p.user.id, changes: { reason: 'wrong current password at password change' } });
+      throw new CommandError('UNAUTHENTICATED', 'the current password is wrong');
+    }
+    if (p.oldPassword === p.newPassword) throw new CommandError('BAD_REQUEST', 'the new password must differ from the old one');
+    const hash = await hashPassword(p.newPassword, cost);
+    g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
+    const uid = g.p.user.id;
+    g.p.db.transaction(() => {
+      setPasswordHash(g.p.db, uid, hash, false, true);
+      g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: uid, changes: { passwordHash: { old: '[redacted]', new: '[redacted]' }, mustChangePassword: { old: g.p.user.mustChangePassword, new: false } } });
+    }).immediate();
+    refreshCredVersion(ctx, getUserById(g.p.db, uid)!.credVersion);
+    return { payload: { changed: true } };
+  });
+
+  register(d, 'rights.roles', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'rights.roles', p);
+    g.needClub('users', 'read');
+    return { payload: { areas: [...AREAS], actions: [...ACTIONS], roles: ROLES.map((r) => ({ role: r, grants: roleTemplate(r, [1]) })) } };
+  });
+  register(d, 'rights.get', strictObject({ userId: id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'rights.get', p);
+    if (p.userId !== g.p.user.id) g.needClub('users', 'read');
+    const u = getUserById(g.p.db, p.userId);
+    if (!u) throw new CommandError('NOT_FOUND', `user ${p.userId} does not exist`);
+    return { payload: { userId: u.id, admin: u.isAdmin, role: u.role, grants: grantsOf(u) } };
+  });
+  register(d, 'rights.set', strictObject({ userId: id, role: roleSchema.optional(), registers: registersSchema, grants: z.array(grantSchema).max(500).optional(), admin: z.boolean().optional(), club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'rights.set', p);
+    g.needClub('users', 'update');
+    const u = targetUser(g, p.userId, false);
+    if (p.role === undefined && p.grants === undefined && p.admin === undefined) throw new CommandError('BAD_REQUEST', 'give role (with registers), grants, or admin');
+    const r = p.role === undefined && p.grants === undefined ? { role: u.role, grants: grantsOf({ ...u, isAdmin: false }) } : resolveGrants(p);
+    checkGrantable(g, r.grants, p.admin);
+    if (p.admin === false && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be demoted');
+    const before = { role: u.role, admin: u.isAdmin, grants: grantsOf({ ...u, isAdmin: false }) };
+    g.p.db.transaction(() => {
+      setGrants(g.p.db, u.id, r.role, r.grants, p.admin);
+      g.p.audit.append({ ...g.p.actor, action: 'rights.set', entity: 'users', recordId: u.id, changes: { role: { old: before.role, new: r.role }, admin: { old: before.admin, new: p.admin ?? before.admin }, grants: { old: before.grants, new: r.grants } } });
+    }).immediate();
+    const after = getUserById(g.p.db, u.id)!;
+    return { payload: { userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) } };
+  });
+}
+
+// ---- change log, federation reporting, exports ---------------------------------------------
+
+const logQuerySchema = {
+  from: z.string().datetime({ offset: true }).optional(),
+  to: z.string().datetime({ offset: true }).optional(),
+  user: z.string().max(64).optional(),
+  action: z.string().max(40).optional(),
+  entity: z.string().max(40).optional(),
+  recordId: id.optional(),
+  afterSeq: z.number().int().min(0).optional(),
+  limit: z.number().int().min(1).max(MAX_QUERY_LIMIT).optional(),
+  descending: z.boolean().optional(),
+  club: clubField,
+};
+
+function logView(e: AuditEntry): Record<string, unknown> {
+  return { seq: e.seq, time: e.time, user: e.user, ip: e.ip, session: e.session, action: e.action, entity: e.entity, recordId: e.recordId, changes: e.changes };
+}
+
+function registerLog(d: Dispatcher, services: ClubServices): void {
+  register(d, 'log.query', strictObject(logQuerySchema), async (p, ctx) => {
+    const g = await guard(services, ctx, 'log.query', p);
+    g.needClub('changeLog', 'read');
+    const { club: _c, ...q } = p;
+    const r = queryAuditLog(g.p.db, q);
+    return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
+  });
+  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'log.export', p);
+    g.needClub('changeLog', 'export');
+    const entries: Record<string, unknown>[] = [];
+    let after: number | undefined;
+    for (;;) {
+      const r = queryAuditLog(g.p.db, { ...(p.from ? { from: p.from } : {}), ...(p.to ? { to: p.to } : {}), ...(after !== undefined ? { afterSeq: after } : {}), limit: MAX_QUERY_LIMIT });
+      entries.push(...r.entries.map(logView));
+      if (r.nextAfterSeq === null || entries.length >= MAX_EXPORT_ROWS) break;
+      after = r.nextAfterSeq;
+    }
+    exportAudit(g, 'auditLog', { count: entries.length, from: p.from ?? null, to: p.to ?? null });
+    return { payload: { entries, count: entries.length } };
+  });
+
+  const federation = (g: Guard) => {
+    const persons = g.p.db.prepare(`SELECT p.id, p.firstName, p.lastName, p.birthDate FROM persons p WHERE EXISTS (SELECT 1 FROM memberships m WHERE m.personId = p.id) ORDER BY p.lastName, p.firstName, p.id`).all() as Array<Record<string, unknown>>;
+    const years = g.p.db.prepare(`SELECT "from", "to" FROM memberships WHERE personId = ? AND kind = 'active'`);
+    const honours = g.p.db.prepare(`SELECT level, years, status, date FROM honours WHERE personId = ? ORDER BY id`);
+    const now = Date.now();
+    return persons.map((pr) => {
+      let days = 0;
+      for (const m of years.all(pr.id) as Array<{ from: string; to: string | null }>) days += Math.max(0, ((m.to ? Date.parse(m.to) : now) - Date.parse(m.from)) / 86_400_000);
+      return { personId: pr.id, firstName: pr.firstName, lastName: pr.lastName, birthYear: typeof pr.birthDate === 'string' ? Number(pr.birthDate.slice(0, 4)) : null, activeYears: Math.floor(days / 365.25), honours: honours.all(pr.id) };
+    });
+  };
+  register(d, 'federation.report', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'federation.report', p);
+    g.needClub('federationReporting', 'read');
+    return { payload: { members: federation(g) } };
+  });
+  register(d, 'federation.export', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'federation.export', p);
+    g.needClub('federationReporting', 'export');
+    const members = federation(g);
+    exportAudit(g, 'federation', { count: members.length });
+    return { payload: { members, count: members.length } };
+  });
+
+  register(d, 'exports.list', strictObject({ afterSeq: z.number().int().min(0).optional(), limit: z.number().int().min(1).max(MAX_QUERY_LIMIT).optional(), club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'exports.list', p);
+    g.needClub('exports', 'read');
+    const r = queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 });
+    return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
+  });
+  register(d, 'exports.club', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'exports.club', p);
+    g.needClub('exports', 'export');
+    const out: Record<string, unknown[]> = {};
+    for (const entity of DATA_COMMAND_ENTITIES) {
+      if (entity === 'documents') {
+        const kinds = [...DOCUMENT_KINDS].filter((k) => g.has(docArea(k), 'export')?.kind === 'club');
+        if (kinds.length) out.documents = project(g, entity, listRecords(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope: { kind: 'all' } }).items, 'export');
+        continue;
+      }
+      const e = g.has(ENTITY_AREA[entity] as Area, 'export');
+      if (!e) continue;
+      out[entity] = project(g, entity, listRecords(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope: g.rowScope(e, entity) }).items, 'export');
+    }
+    exportAudit(g, null, { entities: Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.length])) });
+    return { payload: { data: out } };
+  });
+}
+
+// ---- entry point ----------------------------------------------------------------------------
+
+/** Register every club command. startServer calls this once storage is open. */
+export function registerClubCommands(d: Dispatcher, services: ClubServices): void {
+  register(d, 'auth.login', strictObject({ club: z.string().min(1).max(64), user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }), async (p, ctx) => ({ payload: await login(services, ctx, p) }));
+  register(d, 'auth.logout', strictObject({}).default({}), async (_p, ctx) => ({ payload: logout(services, ctx) }));
+  register(d, 'auth.whoami', strictObject({}).default({}), async (_p, ctx) => {
+    const pr = requirePrincipal(services, ctx, { allowMustChange: true });
+    return { payload: { club: pr.clubId, user: publicUser(pr.user), admin: pr.user.isAdmin, grants: pr.grants } };
+  });
+  for (const e of DATA_COMMAND_ENTITIES) if (e !== 'documents') registerEntity(d, services, e);
+  registerDocuments(d, services);
+  registerUsers(d, services);
+  registerLog(d, services);
+}

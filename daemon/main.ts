@@ -7,6 +7,8 @@ import { ControlServer } from './control-socket.js';
 import { createLogger, type Logger } from './log.js';
 import { buildOperations, type OpsContext } from './ops.js';
 import { Daemon, VERSION } from './server.js';
+import { Dispatcher } from './dispatcher.js';
+import { registerClubCommands } from './club-commands.js';
 import { startHealthIfEnabled, type HealthEndpoint } from './health-setup.js';
 import { Reloader } from './reload.js';
 import { registerStatusOps, type StatusContext } from './status-ops.js';
@@ -107,7 +109,9 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const keyWatch = watchKeyFiles(storage, dataPaths(config.dataDir).identityKey, banSystem, logger, opts.keyWatchPollMs);
     closers.push(() => keyWatch.close());
     const table: BanTable = banSystem.table;
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, admit: (ip) => table.check(ip, Date.now()) === undefined });
+    const dispatcher = new Dispatcher();
+    registerClubCommands(dispatcher, { storage, violations: bus, identity, logger, idleTimeoutMs: config.limits.idleTimeoutMs });
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, admit: (ip) => table.check(ip, Date.now()) === undefined });
     closers.push(() => daemon.stop());
     const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, expectKeyChange: (fn) => keyWatch.expectChange(fn) };
     // Monitoring: one set of providers feeds `status` and /metrics.

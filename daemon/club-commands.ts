@@ -98,9 +98,13 @@ class Guard {
     throw new CommandError('FORBIDDEN', `you lack the right ${right}`);
   }
 
+  report(right: string, detail: string): void {
+    this.services.violations.report({ ip: this.ctx.conn.ip, kind: 'rights', detail, time: Date.now(), club: this.p.clubId, user: this.p.user.username, command: this.command, right });
+  }
+
   /** Report a guessed id outside the caller's scope, answer as if it did not exist. */
   hidden(right: string, what: string): never {
-    this.services.violations.report({ ip: this.ctx.conn.ip, kind: 'rights', detail: 'record outside scope', time: Date.now(), club: this.p.clubId, user: this.p.user.username, command: this.command, right });
+    this.report(right, 'record outside scope');
     throw new CommandError('NOT_FOUND', `${what} does not exist`);
   }
 
@@ -213,7 +217,9 @@ function refVisible(g: Guard): (entity: EntityName, refId: number) => boolean {
     // area, to be visible; references into an area the caller cannot read are checked for
     // existence only (a treasurer may attach a fee to a person without seeing memberships).
     if (!e) return recordExists(g.p.db, entity, refId);
-    return rowInScope(g.p.db, entity, refId, g.rowScope(e, entity));
+    if (rowInScope(g.p.db, entity, refId, g.rowScope(e, entity))) return true;
+    if (recordExists(g.p.db, entity, refId)) g.report(`${area}:read`, 'reference to a record outside scope');
+    return false;
   };
 }
 

@@ -8,7 +8,8 @@ import {
   constants,
   type KeyObject,
 } from 'node:crypto';
-import { lstatSync, mkdirSync, openSync, writeSync, fsyncSync, closeSync, renameSync, readFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readFileSync } from 'node:fs';
+import { atomicWriteFileSync } from './atomic-file.js';
 import { dirname } from 'node:path';
 
 /**
@@ -167,20 +168,5 @@ export function saveIdentity(path: string, identity: IdentityKey): void {
     if (e instanceof IdentityKeyError) throw e;
   }
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-  const pem = identity.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'wx', 0o600);
-  try {
-    writeSync(fd, pem);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
-  const dirFd = openSync(dirname(path), 'r');
-  try {
-    fsyncSync(dirFd);
-  } finally {
-    closeSync(dirFd);
-  }
+  atomicWriteFileSync(path, Buffer.from(identity.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string), 0o600);
 }

@@ -1,5 +1,6 @@
+import { atomicWriteFileSync } from '../crypto/atomic-file.js';
 import { generateKeyPairSync, randomBytes, X509Certificate, createPrivateKey } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { isIP } from 'node:net';
@@ -69,8 +70,8 @@ export function loadTlsMaterial(opts: TlsCertOptions): TlsMaterial {
   }
   const { cert, key } = createSelfSigned(opts.altNames ?? [], now);
   mkdirSync(dirname(certFile), { recursive: true, mode: 0o700 });
-  writeAtomic(keyFile, key, 0o600);
-  writeAtomic(certFile, cert, 0o644);
+  atomicWriteFileSync(keyFile, Buffer.from(key), 0o600);
+  atomicWriteFileSync(certFile, Buffer.from(cert), 0o644);
   return readPair(certFile, keyFile, true, true, 0o077);
 }
 
@@ -148,20 +149,3 @@ export function createSelfSigned(extraNames: readonly string[], now = Date.now()
   return { cert: forge.pki.certificateToPem(c), key: privateKey };
 }
 
-function writeAtomic(path: string, data: string, mode: number): void {
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const fd = openSync(tmp, 'wx', mode);
-  try {
-    writeSync(fd, data);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
-  const dirFd = openSync(dirname(path), 'r');
-  try {
-    fsyncSync(dirFd);
-  } finally {
-    closeSync(dirFd);
-  }
-}

@@ -1,0 +1,885 @@
+/**
+ * Backup archives: one file per club and moment (docs/BACKUPS.md has the format).
+ *
+ *   header  "CMBK" | version 1 | kind (1 server, 2 club) | uint16be n | n bytes of JSON
+ *   body    crypto/chunked-aead.ts stream (AES-256-GCM, chunk index + final flag in the nonce)
+ *           of a plain ustar file: manifest.json, club.sqlite, documents/<id>
+ *
+ * The stream key is HKDF-SHA256(ikm, salt = SHA-256(header bytes), "commusic/backup/v1/stream"),
+ * so the header is authenticated too: change one byte of it and the body no longer opens.
+ *   - server archives (nightly, to the destinations): ikm = the server archive key, a random
+ *     256-bit key kept in server.db (which is page-encrypted under the master key; master
+ *     rotation carries it along). The header names it by key id.
+ *   - club archives (mailed, downloaded): ikm = X25519(ephemeral, club public key). The club's
+ *     key pair is derived from its backup passphrase with scrypt; the server stores only the
+ *     public key and the scrypt salt/parameters, which is how it encrypts nightly without knowing
+ *     the passphrase, and how it checks a passphrase (derive, compare public keys).
+ *
+ * The body holds plaintext (club.sqlite is a plain SQLite image, documents are decrypted), so an
+ * archive restores on any server: restore re-encrypts everything under the target's club key.
+ * Nothing plaintext touches the disk while an archive is written: the snapshot is an in-memory
+ * image (sqlite3_serialize, one read transaction) and the documents stream from their encrypted
+ * files through decryption straight into the archive encryption.
+ */
+import { createHash, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes, scrypt as scryptCb, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { createReadStream, createWriteStream, existsSync, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, renameSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import Database from 'better-sqlite3-multiple-ciphers';
+import { createDecryptStream, createEncryptStream } from '../crypto/chunked-aead.js';
+import { CryptoError } from '../crypto/errors.js';
+import { fsyncDir } from '../crypto/atomic-file.js';
+import { keyIdOf } from '../crypto/master-key.js';
+import { newDataKey, wrapKey } from '../crypto/wrap.js';
+import { AuditLog, verifyAuditLog } from './audit-log.js';
+import { BackupError } from './backup-errors.js';
+import { ByteReader, TAR_END, readTarHeader, skipPadding, tarHeader, tarPadding } from './backup-tar.js';
+import { CLUB_DB_FILE, DOCS_DIR, clubDir } from './club-store.js';
+import { DOC_SUFFIX } from './documents.js';
+import { StorageError } from './errors.js';
+import { PLANS, type Plan } from './server-db.js';
+import { openEncrypted, type Db } from './sqlcipher.js';
+import { unwrapClubKey, type Storage } from './storage.js';
+
+export { BackupError } from './backup-errors.js';
+
+export const ARCHIVE_MAGIC = Buffer.from('CMBK', 'ascii');
+export const ARCHIVE_VERSION = 1;
+export const ARCHIVE_SUFFIX = '.cmbk';
+export const MANIFEST_FORMAT = 'commusic-club-backup';
+const KIND_SERVER = 1;
+const KIND_CLUB = 2;
+const STREAM_INFO = 'commusic/backup/v1/stream';
+const SERVER_KEY_META = 'backup.archiveKey.v1';
+const MAX_HEADER_JSON = 4096;
+/** Never in the data fingerprint: they change on logins and key rotations, not with the data. */
+const VOLATILE: Readonly<Record<string, readonly string[]>> = { users: ['lastLogin'], documents: ['file', 'wrappedKey'] };
+const VOLATILE_TABLES = new Set(['audit_log', 'audit_heads']);
+
+// ---- keys ----------------------------------------------------------------------------------
+
+/** The server archive key (created on first use), from server.db. */
+export function serverArchiveKey(st: Storage): Buffer {
+  let hex = st.server.getMeta(SERVER_KEY_META);
+  if (!hex) {
+    hex = randomBytes(32).toString('hex');
+    st.server.setMeta(SERVER_KEY_META, hex);
+  }
+  return Buffer.from(hex, 'hex');
+}
+
+/** What the server keeps of a club's backup passphrase: public key and KDF parameters only. */
+export interface ClubBackupKeyRecord {
+  v: 1;
+  /** Raw X25519 public key, base64url. */
+  publicKey: string;
+  salt: string;
+  log2N: number;
+  r: number;
+  p: number;
+  setAt: string;
+}
+
+export const PASSPHRASE_LOG2N = 17;
+export const PASSPHRASE_R = 8;
+export const PASSPHRASE_P = 1;
+export const MIN_PASSPHRASE_LENGTH = 12;
+const X25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
+
+function scryptAsync(pw: Buffer, salt: Buffer, log2N: number, r: number, p: number): Promise<Buffer> {
+  const N = 2 ** log2N;
+  return new Promise((resolve, reject) => scryptCb(pw, salt, 32, { N, r, p, maxmem: 128 * N * r * 2 + (1 << 20) }, (e, k) => (e ? reject(e) : resolve(k))));
+}
+
+async function passphraseKeyPair(passphrase: string, kdf: { salt: string; log2N: number; r: number; p: number }): Promise<{ privateKey: KeyObject; publicRaw: Buffer }> {
+  if (!(kdf.log2N >= 10 && kdf.log2N <= 22 && kdf.r >= 1 && kdf.r <= 32 && kdf.p >= 1 && kdf.p <= 16)) throw new BackupError('ARCHIVE_INVALID', 'passphrase KDF parameters out of range');
+  const seed = await scryptAsync(Buffer.from(passphrase.normalize('NFC'), 'utf8'), Buffer.from(kdf.salt, 'base64url'), kdf.log2N, kdf.r, kdf.p);
+  try {
+    const privateKey = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+    const publicRaw = Buffer.from(createPublicKey(privateKey).export({ format: 'jwk' }).x!, 'base64url');
+    return { privateKey, publicRaw };
+  } finally {
+    seed.fill(0);
+  }
+}
+
+function checkPassphraseShape(passphrase: string): void {
+  if (typeof passphrase !== 'string' || [...passphrase].length < MIN_PASSPHRASE_LENGTH) throw new BackupError('PASSPHRASE_WEAK', `a backup passphrase needs at least ${MIN_PASSPHRASE_LENGTH} characters`);
+  if (Buffer.byteLength(passphrase, 'utf8') > 1024) throw new BackupError('PASSPHRASE_WEAK', 'a backup passphrase is limited to 1024 bytes');
+}
+
+/** A new key record for a passphrase (fresh salt). Keep the record, never the passphrase. */
+export async function newClubBackupKey(passphrase: string, o: { log2N?: number; now?: Date } = {}): Promise<ClubBackupKeyRecord> {
+  checkPassphraseShape(passphrase);
+  const kdf = { salt: randomBytes(16).toString('base64url'), log2N: o.log2N ?? PASSPHRASE_LOG2N, r: PASSPHRASE_R, p: PASSPHRASE_P };
+  const { publicRaw } = await passphraseKeyPair(passphrase, kdf);
+  return { v: 1, publicKey: publicRaw.toString('base64url'), ...kdf, setAt: (o.now ?? new Date()).toISOString() };
+}
+
+/** True when `passphrase` is the one behind the record (constant-time compare). */
+export async function checkClubPassphrase(rec: ClubBackupKeyRecord, passphrase: string): Promise<boolean> {
+  const { publicRaw } = await passphraseKeyPair(passphrase, rec);
+  const want = Buffer.from(rec.publicKey, 'base64url');
+  return want.length === publicRaw.length && timingSafeEqual(want, publicRaw);
+}
+
+export interface ClubBackupSettings {
+  passphrase?: ClubBackupKeyRecord;
+  /** Where the nightly mail goes (premium and federation plans). */
+  emails?: string[];
+}
+
+export function clubBackupSettings(st: Storage, clubId: string): ClubBackupSettings {
+  const s = st.server.mustGetClub(clubId).settings['backup'];
+  return s && typeof s === 'object' ? (s as ClubBackupSettings) : {};
+}
+
+export function setClubBackupSettings(st: Storage, clubId: string, patch: Partial<ClubBackupSettings>): ClubBackupSettings {
+  const row = st.server.mustGetClub(clubId);
+  const next = { ...clubBackupSettings(st, clubId), ...patch };
+  st.server.setSettings(clubId, { ...row.settings, backup: next });
+  return next;
+}
+
+/** How an archive is sealed. */
+export type SealKey = { kind: 'server'; key: Buffer } | { kind: 'club'; record: ClubBackupKeyRecord };
+/** What may open one: the server key, the club's passphrase, or both (the right one is used). */
+export interface OpenKey {
+  serverKey?: Buffer;
+  passphrase?: string;
+}
+
+export interface ArchiveHeader {
+  v: 1;
+  kind: 'server' | 'club';
+  clubId: string;
+  createdAt: string;
+  salt: string;
+  keyId?: string;
+  clubPublicKey?: string;
+  ephemeralPublicKey?: string;
+  kdf?: { salt: string; log2N: number; r: number; p: number };
+}
+
+function encodeHeader(h: ArchiveHeader): Buffer {
+  const json = Buffer.from(JSON.stringify(h), 'utf8');
+  const pre = Buffer.alloc(8);
+  ARCHIVE_MAGIC.copy(pre, 0);
+  pre[4] = ARCHIVE_VERSION;
+  pre[5] = h.kind === 'server' ? KIND_SERVER : KIND_CLUB;
+  pre.writeUInt16BE(json.length, 6);
+  return Buffer.concat([pre, json]);
+}
+
+function streamKey(ikm: Buffer, header: Buffer): Buffer {
+  return Buffer.from(hkdfSync('sha256', ikm, createHash('sha256').update(header).digest(), STREAM_INFO, 32));
+}
+
+function sealHeader(clubId: string, key: SealKey, now: Date): { header: Buffer; key: Buffer; info: ArchiveHeader } {
+  const base = { v: 1 as const, clubId, createdAt: now.toISOString(), salt: randomBytes(16).toString('base64url') };
+  if (key.kind === 'server') {
+    const info: ArchiveHeader = { ...base, kind: 'server', keyId: keyIdOf(key.key).toString('hex') };
+    const header = encodeHeader(info);
+    return { header, key: streamKey(key.key, header), info };
+  }
+  const eph = generateKeyPairSync('x25519');
+  const clubPub = createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: key.record.publicKey }, format: 'jwk' });
+  const info: ArchiveHeader = {
+    ...base,
+    kind: 'club',
+    clubPublicKey: key.record.publicKey,
+    ephemeralPublicKey: eph.publicKey.export({ format: 'jwk' }).x!,
+    kdf: { salt: key.record.salt, log2N: key.record.log2N, r: key.record.r, p: key.record.p },
+  };
+  const header = encodeHeader(info);
+  const shared = diffieHellman({ privateKey: eph.privateKey, publicKey: clubPub });
+  try {
+    return { header, key: streamKey(shared, header), info };
+  } finally {
+    shared.fill(0);
+  }
+}
+
+async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveHeader; key: Buffer }> {
+  const pre = await r.read(8);
+  if (pre.length < 8 || !pre.subarray(0, 4).equals(ARCHIVE_MAGIC)) throw new BackupError('NOT_AN_ARCHIVE', 'not a ComMusic backup archive (bad magic)');
+  if (pre[4] !== ARCHIVE_VERSION) throw new BackupError('ARCHIVE_VERSION', `backup archive version ${pre[4]} is not supported by this server (it reads version ${ARCHIVE_VERSION})`);
+  const n = pre.readUInt16BE(6);
+  if (n > MAX_HEADER_JSON) throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (length)');
+  const json = await r.read(n);
+  if (json.length < n) throw new BackupError('ARCHIVE_TRUNCATED', 'backup archive is truncated inside its header');
+  let info: ArchiveHeader;
+  try {
+    info = JSON.parse(json.toString('utf8')) as ArchiveHeader;
+  } catch {
+    throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (not JSON)');
+  }
+  const header = Buffer.concat([pre, json]);
+  const kind = pre[5] === KIND_SERVER ? 'server' : pre[5] === KIND_CLUB ? 'club' : undefined;
+  if (!kind || info.kind !== kind || info.v !== 1 || typeof info.clubId !== 'string') throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (kind)');
+  if (kind === 'server') {
+    if (!key.serverKey) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} is a server archive; only the server that holds its archive key (id ${info.keyId}) opens it`);
+    if (keyIdOf(key.serverKey).toString('hex') !== info.keyId) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} was written under archive key ${info.keyId}, this server has ${keyIdOf(key.serverKey).toString('hex')} (an archive of another server, or its header was altered)`);
+    return { info, key: streamKey(key.serverKey, header) };
+  }
+  if (key.passphrase === undefined) throw new BackupError('WRONG_PASSPHRASE', `archive of club ${info.clubId} is encrypted with the club's backup passphrase; give the passphrase (--passphrase-stdin)`);
+  if (!info.kdf || !info.clubPublicKey || !info.ephemeralPublicKey) throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (key fields)');
+  const { privateKey, publicRaw } = await passphraseKeyPair(key.passphrase, info.kdf);
+  if (publicRaw.toString('base64url') !== info.clubPublicKey) throw new BackupError('WRONG_PASSPHRASE', `the passphrase does not open this archive of club ${info.clubId} (wrong passphrase)`);
+  let shared: Buffer;
+  try {
+    shared = diffieHellman({ privateKey, publicKey: createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: info.ephemeralPublicKey }, format: 'jwk' }) });
+  } catch {
+    throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (ephemeral key)');
+  }
+  try {
+    return { info, key: streamKey(shared, header) };
+  } finally {
+    shared.fill(0);
+  }
+}
+
+// ---- snapshot ------------------------------------------------------------------------------
+
+export interface ManifestDocument {
+  id: number;
+  kind: string;
+  name: string;
+  size: number;
+  sha256: string;
+}
+
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT;
+  version: 1;
+  clubId: string;
+  club: { name: string; plan: Plan; settings: Record<string, unknown> };
+  createdAt: string;
+  schemaVersion: number;
+  sqlite: { bytes: number; sha256: string };
+  tables: Record<string, number>;
+  documents: ManifestDocument[];
+  auditHead: { seq: number; hash: string } | null;
+  /** SHA-256 over every row except log/login/key-wrapping columns; equal = the data did not change. */
+  dataFingerprint: string;
+}
+
+interface SnapDoc extends ManifestDocument {
+  path: string;
+  key: Buffer;
+}
+
+export interface ClubSnapshot {
+  readonly clubId: string;
+  readonly manifest: Manifest;
+  readonly image: Buffer;
+  readonly docs: SnapDoc[];
+  readonly staging: string;
+  /** Forget keys and remove the staging links (idempotent). */
+  release(): void;
+}
+
+/** Open an in-memory image (rollback-journal header, so no -wal is needed). */
+export function openImage(image: Buffer): Db {
+  const copy = Buffer.from(image);
+  copy[18] = 1;
+  copy[19] = 1;
+  return new Database(copy);
+}
+
+function quote(ident: string): string {
+  return '"' + ident.replace(/"/g, '""') + '"';
+}
+
+function userTables(db: Db): string[] {
+  return (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").all() as Array<{ name: string }>).map((r) => r.name);
+}
+
+function hashValue(h: ReturnType<typeof createHash>, v: unknown): void {
+  if (v === null || v === undefined) h.update('n;');
+  else if (typeof v === 'bigint') h.update(`i${v};`);
+  else if (typeof v === 'number') h.update(`f${v};`);
+  else if (typeof v === 'string') h.update(`s${Buffer.byteLength(v)}:`).update(v);
+  else if (Buffer.isBuffer(v)) h.update(`b${v.length}:`).update(v);
+  else h.update(`?${String(v)};`);
+}
+
+/** Row counts, schema version, audit head and data fingerprint of an image. */
+export function inspectImage(db: Db): Pick<Manifest, 'schemaVersion' | 'tables' | 'auditHead' | 'dataFingerprint'> {
+  const tables: Record<string, number> = {};
+  const fp = createHash('sha256');
+  for (const t of userTables(db)) {
+    tables[t] = (db.prepare(`SELECT count(*) AS n FROM ${quote(t)}`).get() as { n: number }).n;
+    if (VOLATILE_TABLES.has(t)) continue;
+    const cols = (db.pragma(`table_info(${quote(t)})`) as Array<{ name: string }>).map((c) => c.name).filter((c) => !(VOLATILE[t] ?? []).includes(c));
+    fp.update(`t${t};`);
+    const stmt = db.prepare(`SELECT ${cols.map(quote).join(', ')} FROM ${quote(t)} ORDER BY rowid`).raw(true).safeIntegers(true);
+    for (const row of stmt.iterate() as IterableIterator<unknown[]>) {
+      fp.update('r');
+      for (const v of row) hashValue(fp, v);
+    }
+  }
+  const schemaVersion = db.pragma('user_version', { simple: true }) as number;
+  let auditHead: Manifest['auditHead'] = null;
+  if (tables['audit_log'] !== undefined) {
+    const h = db.prepare('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1').get() as { seq: number; hash: string } | undefined;
+    if (h) auditHead = { seq: h.seq, hash: h.hash };
+  }
+  return { schemaVersion, tables, auditHead, dataFingerprint: fp.digest('hex') };
+}
+
+/**
+ * Snapshot a club: in one synchronous step (no other statement of this process runs in
+ * between, and a read transaction covers both reads) the store image, the document rows, hard
+ * links to the documents' encrypted files (so a deletion after this moment cannot take them
+ * away), and the documents' keys. Everything after works on the snapshot.
+ */
+export function takeClubSnapshot(st: Storage, clubId: string, now: Date = new Date()): ClubSnapshot {
+  const row = st.server.mustGetClub(clubId);
+  const store = st.openClub(clubId, { allowSuspended: true });
+  const staging = join(store.dir, `.backup-${randomBytes(6).toString('hex')}`);
+  const docs: SnapDoc[] = [];
+  let image!: Buffer;
+  mkdirSync(staging, { mode: 0o700 });
+  try {
+    store.db.transaction(() => {
+      image = store.db.serialize();
+      const rows = store.db.prepare('SELECT id, kind, name, size, sha256, file, wrappedKey FROM documents ORDER BY id').all() as Array<ManifestDocument & { file: string; wrappedKey: Buffer }>;
+      for (const d of rows) {
+        const link = join(staging, d.file);
+        try {
+          linkSync(join(store.docsDir, d.file), link);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StorageError('DOC_NOT_FOUND', `file of document ${d.id} of club ${clubId} is missing; the backup of this club stops here`, { cause: e });
+          throw e;
+        }
+        docs.push({ id: d.id, kind: d.kind, name: d.name, size: d.size, sha256: d.sha256, path: link, key: store.unwrapDocumentKey(d.wrappedKey, d.file) });
+      }
+    })();
+  } catch (e) {
+    for (const d of docs) d.key.fill(0);
+    rmSync(staging, { recursive: true, force: true });
+    throw e;
+  }
+  image[18] = 1;
+  image[19] = 1;
+  const mem = openImage(image);
+  let facts: ReturnType<typeof inspectImage>;
+  try {
+    facts = inspectImage(mem);
+  } finally {
+    mem.close();
+  }
+  const docFp = createHash('sha256').update(facts.dataFingerprint);
+  for (const d of docs) docFp.update(`${d.id}:${d.sha256};`);
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    version: 1,
+    clubId,
+    club: { name: row.name, plan: row.plan, settings: row.settings },
+    createdAt: now.toISOString(),
+    schemaVersion: facts.schemaVersion,
+    sqlite: { bytes: image.length, sha256: createHash('sha256').update(image).digest('hex') },
+    tables: facts.tables,
+    documents: docs.map(({ id, kind, name, size, sha256 }) => ({ id, kind, name, size, sha256 })),
+    auditHead: facts.auditHead,
+    dataFingerprint: docFp.digest('hex'),
+  };
+  let released = false;
+  return {
+    clubId,
+    manifest,
+    image,
+    docs,
+    staging,
+    release() {
+      if (released) return;
+      released = true;
+      for (const d of docs) d.key.fill(0);
+      rmSync(staging, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Remove staging folders a crash left behind (called before a backup run). */
+export function sweepBackupStaging(st: Storage, clubId: string, olderThanMs = 3_600_000): void {
+  let dir: string;
+  try {
+    dir = clubDir(st.dataDir, clubId);
+    for (const n of readdirSync(dir)) {
+      if (!n.startsWith('.backup-') && !n.startsWith(CLUB_DB_FILE + '.restoring')) continue;
+      const p = join(dir, n);
+      if (Date.now() - statSync(p).mtimeMs >= olderThanMs) rmSync(p, { recursive: true, force: true });
+    }
+  } catch {
+    /* no folder yet */
+  }
+}
+
+// ---- writing -------------------------------------------------------------------------------
+
+function docEntryName(id: number): string {
+  return `documents/${id}`;
+}
+
+async function* plaintextTar(snap: ClubSnapshot): AsyncGenerator<Buffer> {
+  const mtime = Date.parse(snap.manifest.createdAt) / 1000;
+  const manifest = Buffer.from(JSON.stringify(snap.manifest, null, 2) + '\n', 'utf8');
+  yield tarHeader('manifest.json', manifest.length, mtime);
+  yield manifest;
+  yield tarPadding(manifest.length);
+  yield tarHeader('club.sqlite', snap.image.length, mtime);
+  yield snap.image;
+  yield tarPadding(snap.image.length);
+  for (const d of snap.docs) {
+    yield tarHeader(docEntryName(d.id), d.size, mtime);
+    const h = createHash('sha256');
+    let n = 0;
+    const dec = createDecryptStream(d.key);
+    const rs = createReadStream(d.path, { highWaterMark: 1 << 20 });
+    rs.on('error', (e) => dec.destroy(e));
+    rs.pipe(dec);
+    try {
+      for await (const c of dec as AsyncIterable<Buffer>) {
+        n += c.length;
+        if (n > d.size) throw new StorageError('DOC_CORRUPT', `document ${d.id} of club ${snap.clubId} is longer than recorded`);
+        h.update(c);
+        yield c;
+      }
+    } catch (e) {
+      if (e instanceof CryptoError) throw new StorageError('DOC_CORRUPT', `document ${d.id} of club ${snap.clubId} is damaged (${e.message}); the backup of this club stops here`, { cause: e });
+      throw e;
+    } finally {
+      rs.destroy();
+    }
+    if (n !== d.size || h.digest('hex') !== d.sha256) throw new StorageError('DOC_CORRUPT', `document ${d.id} of club ${snap.clubId} does not match its recorded size/SHA-256; the backup of this club stops here`);
+    yield tarPadding(d.size);
+  }
+  yield TAR_END;
+}
+
+/**
+ * The encrypted archive of a snapshot as a stream. The snapshot is released (keys zeroed,
+ * staging links removed) when the stream ends, fails or is destroyed.
+ */
+export function archiveStream(snap: ClubSnapshot, key: SealKey, o: { now?: Date; chunkLog2?: number } = {}): Readable {
+  const sealed = sealHeader(snap.clubId, key, o.now ?? new Date(snap.manifest.createdAt));
+  const enc = createEncryptStream(sealed.key, o.chunkLog2 !== undefined ? { chunkLog2: o.chunkLog2 } : {});
+  sealed.key.fill(0);
+  const src = Readable.from(plaintextTar(snap), { objectMode: false, highWaterMark: 1 << 20 });
+  src.on('error', (e) => enc.destroy(e));
+  src.pipe(enc);
+  async function* out(): AsyncGenerator<Buffer> {
+    try {
+      yield sealed.header;
+      for await (const c of enc as AsyncIterable<Buffer>) yield c;
+    } finally {
+      src.destroy();
+      enc.destroy();
+      snap.release();
+    }
+  }
+  return Readable.from(out(), { objectMode: false, highWaterMark: 1 << 20 });
+}
+
+/** Snapshot a club and give its encrypted archive stream. */
+export function createClubArchive(st: Storage, clubId: string, key: SealKey, o: { now?: Date } = {}): { manifest: Manifest; stream: Readable } {
+  const snap = takeClubSnapshot(st, clubId, o.now);
+  return { manifest: snap.manifest, stream: archiveStream(snap, key, o) };
+}
+
+/** Write a stream to `path` atomically (temp file, fsync, rename, fsync folder). */
+export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: string): Promise<{ size: number; sha256: string }> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${randomBytes(6).toString('hex')}`);
+  const h = createHash('sha256');
+  let size = 0;
+  const tap = new Transform({
+    highWaterMark: 1 << 20,
+    transform(c: Buffer, _e, cb: TransformCallback) {
+      size += c.length;
+      h.update(c);
+      cb(null, c);
+    },
+  });
+  try {
+    await pipeline(stream, tap, createWriteStream(tmp, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }));
+    const fh = await open(tmp, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    renameSync(tmp, path);
+    fsyncDir(dirname(path));
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* not created */
+    }
+    throw e;
+  }
+  return { size, sha256: h.digest('hex') };
+}
+
+// ---- reading -------------------------------------------------------------------------------
+
+export interface ArchiveVisitor {
+  /** The store image (already checked against the manifest's SHA-256). */
+  image?(manifest: Manifest, image: Buffer): void | Promise<void>;
+  /** A document's plaintext; the walker checks size and SHA-256 after the visitor consumed it. */
+  document?(doc: ManifestDocument, data: AsyncIterable<Buffer>): void | Promise<void>;
+}
+
+function mapCryptoError(e: unknown): unknown {
+  if (e instanceof CryptoError) {
+    if (e.code === 'STREAM_TRUNCATED') return new BackupError('ARCHIVE_TRUNCATED', `backup archive is truncated: ${e.message}`, { cause: e });
+    if (e.code === 'WRONG_KEY') return new BackupError('ARCHIVE_CORRUPT', 'backup archive header was altered (the body does not belong to this header)', { cause: e });
+    return new BackupError('ARCHIVE_CORRUPT', `backup archive is damaged or was tampered with: ${e.message}`, { cause: e });
+  }
+  return e;
+}
+
+async function* drain(src: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+  for await (const c of src) yield Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+}
+
+/**
+ * Read an archive from end to end: header and key, authenticated body, tar structure, manifest,
+ * image hash, document hashes. Throws a BackupError naming what is wrong; a visitor's work is
+ * valid only when this resolves.
+ */
+export async function walkArchive(source: AsyncIterable<Uint8Array>, key: OpenKey, visitor: ArchiveVisitor = {}, tap?: (plain: Buffer) => Promise<void>): Promise<{ header: ArchiveHeader; manifest: Manifest }> {
+  const raw = new ByteReader(source);
+  const { info, key: sk } = await openHeader(raw, key);
+  const dec = createDecryptStream(sk);
+  sk.fill(0);
+  // The rest of the raw source is the encrypted body.
+  async function* rawRest(): AsyncGenerator<Buffer> {
+    for (;;) {
+      const b = await raw.read(1 << 20);
+      if (b.length === 0) return;
+      yield b;
+    }
+  }
+  const feed = Readable.from(rawRest(), { objectMode: false });
+  feed.on('error', (e) => dec.destroy(e));
+  feed.pipe(dec);
+  async function* plain(): AsyncGenerator<Buffer> {
+    for await (const c of drain(dec)) {
+      if (tap) await tap(c);
+      yield c;
+    }
+  }
+  const r = new ByteReader(plain());
+  try {
+    const m = await readTarHeader(r);
+    if (!m || m.name !== 'manifest.json' || m.size > 64 * 1024 * 1024) throw new BackupError('ARCHIVE_INVALID', 'backup archive does not start with its manifest');
+    const mbuf = await r.read(m.size);
+    if (mbuf.length < m.size) throw new BackupError('ARCHIVE_TRUNCATED', 'backup archive ends inside its manifest');
+    await skipPadding(r, m.size);
+    let manifest: Manifest;
+    try {
+      manifest = JSON.parse(mbuf.toString('utf8')) as Manifest;
+    } catch {
+      throw new BackupError('ARCHIVE_INVALID', 'backup archive manifest is not JSON');
+    }
+    if (manifest.format !== MANIFEST_FORMAT || manifest.version !== 1 || manifest.clubId !== info.clubId || !Array.isArray(manifest.documents)) {
+      throw new BackupError('ARCHIVE_INVALID', 'backup archive manifest is not a version 1 club manifest for the club named in the header');
+    }
+    const s = await readTarHeader(r);
+    if (!s || s.name !== 'club.sqlite' || s.size !== manifest.sqlite.bytes) throw new BackupError('ARCHIVE_INVALID', 'backup archive has no store image where the manifest says');
+    const image = Buffer.allocUnsafe(s.size);
+    let off = 0;
+    for await (const p of r.pieces(s.size)) {
+      p.copy(image, off);
+      off += p.length;
+    }
+    await skipPadding(r, s.size);
+    if (createHash('sha256').update(image).digest('hex') !== manifest.sqlite.sha256) throw new BackupError('ARCHIVE_INVALID', 'store image does not match the SHA-256 in the manifest');
+    await visitor.image?.(manifest, image);
+    for (const d of manifest.documents) {
+      const e = await readTarHeader(r);
+      if (!e || e.name !== docEntryName(d.id) || e.size !== d.size) throw new BackupError('ARCHIVE_INVALID', `backup archive lacks document ${d.id} listed in its manifest`);
+      const h = createHash('sha256');
+      let n = 0;
+      const pieces = r.pieces(e.size);
+      async function* counted(): AsyncGenerator<Buffer> {
+        for await (const p of pieces) {
+          n += p.length;
+          h.update(p);
+          yield p;
+        }
+      }
+      const it = counted();
+      if (visitor.document) await visitor.document(d, it);
+      for await (const _ of it) {
+        /* drain what the visitor left */
+      }
+      await skipPadding(r, e.size);
+      if (n !== d.size || h.digest('hex') !== d.sha256) throw new BackupError('ARCHIVE_INVALID', `document ${d.id} in the archive does not match its SHA-256 in the manifest`);
+    }
+    const end = await readTarHeader(r);
+    if (end) throw new BackupError('ARCHIVE_INVALID', `backup archive holds an entry (${end.name}) its manifest does not list`);
+    return { header: info, manifest };
+  } catch (e) {
+    dec.destroy();
+    feed.destroy();
+    throw mapCryptoError(e);
+  }
+}
+
+export function fileSource(path: string): Readable {
+  return createReadStream(path, { highWaterMark: 1 << 20 });
+}
+
+export interface VerifyReport {
+  ok: true;
+  clubId: string;
+  kind: 'server' | 'club';
+  createdAt: string;
+  schemaVersion: number;
+  tables: Record<string, number>;
+  documents: number;
+  documentBytes: number;
+  sqliteBytes: number;
+  integrity: 'ok';
+  auditChain: { entries: number; intact: boolean; note?: string } | null;
+  dataFingerprint: string;
+}
+
+/** Check an archive completely: authentication, structure, hashes, SQLite integrity, row counts, audit chain. */
+export async function verifyArchive(source: AsyncIterable<Uint8Array>, key: OpenKey): Promise<VerifyReport> {
+  let integrity: VerifyReport['integrity'] | undefined;
+  let audit: VerifyReport['auditChain'] = null;
+  const { header, manifest } = await walkArchive(source, key, {
+    image(m, image) {
+      let db: Db;
+      try {
+        db = openImage(image);
+      } catch (e) {
+        throw new BackupError('VERIFY_FAILED', `store image does not open as SQLite: ${(e as Error).message}`);
+      }
+      try {
+        const ic = db.pragma('integrity_check', { simple: true });
+        if (ic !== 'ok') throw new BackupError('VERIFY_FAILED', `store image fails SQLite's integrity check: ${String(ic)}`);
+        integrity = 'ok';
+        const facts = inspectImage(db);
+        for (const [t, n] of Object.entries(m.tables)) {
+          if (facts.tables[t] !== n) throw new BackupError('VERIFY_FAILED', `table ${t} has ${facts.tables[t]} rows, the manifest says ${n}`);
+        }
+        if (facts.schemaVersion !== m.schemaVersion) throw new BackupError('VERIFY_FAILED', 'store image schema version differs from the manifest');
+        if (m.tables['audit_log'] !== undefined) {
+          const v = verifyAuditLog(db, m.clubId, undefined);
+          const onlySignatures = !v.ok && v.firstBad?.reason === 'no verifier given';
+          audit = { entries: v.entries, intact: v.ok || onlySignatures, ...(onlySignatures ? { note: 'hash chain intact; head signatures not checked' } : v.firstBad ? { note: v.firstBad.reason } : {}) };
+          if (!audit.intact) throw new BackupError('VERIFY_FAILED', `change log in the archive does not verify: ${v.firstBad?.reason}`);
+        }
+      } finally {
+        db.close();
+      }
+    },
+  });
+  return {
+    ok: true,
+    clubId: header.clubId,
+    kind: header.kind,
+    createdAt: header.createdAt,
+    schemaVersion: manifest.schemaVersion,
+    tables: manifest.tables,
+    documents: manifest.documents.length,
+    documentBytes: manifest.documents.reduce((a, d) => a + d.size, 0),
+    sqliteBytes: manifest.sqlite.bytes,
+    integrity: integrity ?? 'ok',
+    auditChain: audit,
+    dataFingerprint: manifest.dataFingerprint,
+  };
+}
+
+/** Decrypt an archive into a plain tar file (what a club does with its mailed backup). */
+export async function decryptArchiveToFile(source: AsyncIterable<Uint8Array>, key: OpenKey, outPath: string): Promise<{ clubId: string; createdAt: string; documents: number }> {
+  const tmp = join(dirname(outPath), `.${basename(outPath)}.tmp-${randomBytes(6).toString('hex')}`);
+  const fh = await open(tmp, 'wx', 0o600);
+  try {
+    const { header, manifest } = await walkArchive(source, key, {}, async (c) => {
+      await fh.write(c);
+    });
+    await fh.sync();
+    await fh.close();
+    renameSync(tmp, outPath);
+    return { clubId: header.clubId, createdAt: header.createdAt, documents: manifest.documents.length };
+  } catch (e) {
+    await fh.close().catch(() => undefined);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+// ---- restore -------------------------------------------------------------------------------
+
+/** Copy every table, row, index and trigger of an image into an empty database. */
+function copyImageInto(src: Db, dst: Db): void {
+  dst.pragma('foreign_keys=OFF');
+  const objs = src.prepare("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid").all() as Array<{ type: string; name: string; sql: string }>;
+  dst.transaction(() => {
+    for (const o of objs) if (o.type === 'table') dst.exec(o.sql);
+    for (const o of objs) {
+      if (o.type !== 'table') continue;
+      const cols = (src.pragma(`table_info(${quote(o.name)})`) as Array<{ name: string }>).map((c) => quote(c.name));
+      const sel = src.prepare(`SELECT ${cols.join(', ')} FROM ${quote(o.name)} ORDER BY rowid`).raw(true).safeIntegers(true);
+      const ins = dst.prepare(`INSERT INTO ${quote(o.name)} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`);
+      for (const row of sel.iterate() as IterableIterator<unknown[]>) ins.run(...row);
+    }
+    const hasSeq = src.prepare("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").get();
+    if (hasSeq) {
+      dst.exec('DELETE FROM sqlite_sequence');
+      const ins = dst.prepare('INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)');
+      for (const r of src.prepare('SELECT name, seq FROM sqlite_sequence').raw(true).safeIntegers(true).iterate() as IterableIterator<unknown[]>) ins.run(...r);
+    }
+    for (const o of objs) if (o.type !== 'table') dst.exec(o.sql);
+    dst.pragma(`user_version=${src.pragma('user_version', { simple: true }) as number}`);
+  })();
+  dst.pragma('foreign_keys=ON');
+}
+
+export interface RestoreOptions {
+  /** Who asked (operator name or client user), for the change-log entry. */
+  actor?: string;
+  /** Where the archive came from, for the change-log entry. */
+  source?: string;
+  now?: () => Date;
+}
+
+export interface RestoreReport {
+  clubId: string;
+  createdAt: string;
+  documents: number;
+  tables: Record<string, number>;
+  createdClub: boolean;
+}
+
+/**
+ * Restore a club from an archive into a fresh store, swapped in atomically: the new store is
+ * built next to the live one (club.db.restoring, documents under new names and new keys), and
+ * only when the whole archive has been read and checked does one rename replace club.db. A club
+ * missing on this server is created from the manifest (name, plan, settings) with a new data key.
+ */
+export async function restoreClubArchive(st: Storage, clubId: string, source: AsyncIterable<Uint8Array>, key: OpenKey, o: RestoreOptions = {}): Promise<RestoreReport> {
+  let createdClub = false;
+  const dir = clubDir(st.dataDir, clubId);
+  const tmpDb = join(dir, `${CLUB_DB_FILE}.restoring`);
+  const newFiles: string[] = [];
+  const docMap = new Map<number, { file: string; wrapped: Buffer }>();
+  let dataKey: Buffer | undefined;
+  let target: Db | undefined;
+  const ensureClub = (m: Manifest): void => {
+    let row = st.server.getClub(clubId);
+    if (!row) {
+      const plan: Plan = (PLANS as readonly string[]).includes(m.club.plan) ? m.club.plan : 'basic';
+      const k = newDataKey();
+      st.server.insertClub({
+        id: clubId,
+        name: m.club.name,
+        plan,
+        status: 'active',
+        created: new Date().toISOString(),
+        settings: m.club.settings ?? {},
+        wrappedKey: wrapKey(st.master.key, k, { purpose: 'club-data-key', clubId, keyVersion: 1 }),
+        keyVersion: 1,
+        pendingWrappedKey: null,
+        pendingKeyVersion: null,
+        storeState: 'pending',
+        pendingAdmin: null,
+      });
+      k.fill(0);
+      createdClub = true;
+      row = st.server.mustGetClub(clubId);
+    }
+    if (row.status === 'deleting' || !row.wrappedKey) throw new StorageError('CLUB_DELETED', `club ${clubId} is being deleted; finish the deletion first`);
+    if (row.pendingWrappedKey) throw new StorageError('ROTATION_IN_PROGRESS', `club ${clubId} has an unfinished key rotation; finish it (commusicctl keys rotate-club ${clubId}) before restoring`);
+    dataKey = unwrapClubKey(st.master, clubId, row.wrappedKey, row.keyVersion);
+  };
+  try {
+    const { header, manifest } = await walkArchive(source, key, {
+      image(m, image) {
+        if (m.clubId !== clubId) throw new BackupError('CLUB_MISMATCH', `the archive belongs to club ${m.clubId}, not ${clubId}`);
+        ensureClub(m);
+        mkdirSync(join(dir, DOCS_DIR), { recursive: true, mode: 0o700 });
+        for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });
+        const mem = openImage(image);
+        try {
+          target = openEncrypted(tmpDb, dataKey!, { create: true, journalMode: 'DELETE' });
+          copyImageInto(mem, target);
+        } finally {
+          mem.close();
+        }
+      },
+      async document(d, data) {
+        const file = randomBytes(16).toString('hex') + DOC_SUFFIX;
+        const docKey = randomBytes(32);
+        const path = join(dir, DOCS_DIR, file);
+        newFiles.push(path);
+        try {
+          await pipeline(Readable.from(data, { objectMode: false }), createEncryptStream(docKey), createWriteStream(path, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }));
+          const fh = await open(path, 'r');
+          try {
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+          docMap.set(d.id, { file, wrapped: wrapKey(dataKey!, docKey, { purpose: 'document-key', clubId, docFile: file }) });
+        } finally {
+          docKey.fill(0);
+        }
+      },
+    });
+    if (!target) throw new BackupError('ARCHIVE_INVALID', 'backup archive has no store image');
+    const db: Db = target;
+    fsyncDir(join(dir, DOCS_DIR));
+    db.transaction(() => {
+      const upd = db.prepare('UPDATE documents SET file = ?, wrappedKey = ? WHERE id = ?');
+      for (const [id, v] of docMap) upd.run(v.file, v.wrapped, id);
+      if (manifest.tables['audit_log'] !== undefined) {
+        new AuditLog(db, clubId, o.now ? { now: o.now } : {}).append({
+          user: o.actor ?? 'operator',
+          ip: null,
+          session: null,
+          action: 'backup.restore',
+          entity: null,
+          recordId: null,
+          changes: { archiveCreatedAt: header.createdAt, archiveKind: header.kind, source: o.source ?? null, documents: manifest.documents.length },
+        });
+      }
+    })();
+    db.close();
+    target = undefined;
+    // Commit point: one rename, with the live store closed and held.
+    const release = st.cache.lock(clubId);
+    let oldFiles: string[] = [];
+    try {
+      const live = join(dir, CLUB_DB_FILE);
+      for (const s of ['-wal', '-shm']) rmSync(live + s, { force: true });
+      renameSync(tmpDb, live);
+      fsyncDir(dir);
+      st.server.markStoreCreated(clubId);
+      const keep = new Set([...docMap.values()].map((v) => v.file));
+      oldFiles = readdirSync(join(dir, DOCS_DIR)).filter((n) => n.endsWith(DOC_SUFFIX) && !keep.has(n));
+    } finally {
+      release();
+    }
+    for (const f of oldFiles) rmSync(join(dir, DOCS_DIR, f), { force: true });
+    if (oldFiles.length) fsyncDir(join(dir, DOCS_DIR));
+    return { clubId, createdAt: header.createdAt, documents: manifest.documents.length, tables: manifest.tables, createdClub };
+  } catch (e) {
+    (target as Db | undefined)?.close();
+    for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });
+    for (const f of newFiles) rmSync(f, { force: true });
+    if (createdClub && !existsSync(join(dir, CLUB_DB_FILE))) st.server.deleteClubRow(clubId);
+    throw e;
+  } finally {
+    dataKey?.fill(0);
+  }
+}

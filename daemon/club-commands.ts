@@ -198,11 +198,16 @@ function checkFilterFields(g: Guard, entity: DataEntity, fields: Iterable<string
   }
 }
 
-/** Writing fields with their own area: create/update on it; setting null (erasing) needs delete. */
+/**
+ * Writing fields with their own area: create/update on it; setting null (erasing) needs delete.
+ * On create, null or false records nothing (no consent is the safe default), so it needs no
+ * right on the field's area: a board member may create a person without seeing sensitive data.
+ */
 function checkWriteFields(g: Guard, entity: DataEntity, values: Record<string, unknown>, action: 'create' | 'update'): void {
   for (const [k, v] of Object.entries(values)) {
     const a = fieldArea(entity, k);
     if (!a) continue;
+    if (action === 'create' && (v === null || v === false)) continue;
     g.need(a, v === null && action === 'update' ? 'delete' : action);
   }
 }
@@ -352,9 +357,9 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
     register(d, name, strictObject({ ...listSchema, ...extra }), async (p, ctx) => {
       const g = await guard(services, ctx, name, p);
       const allowed = readableKinds(g, action);
-      if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
       const asked = (p.filters ?? []).filter((f: Filter) => f.field === 'kind' && f.op === 'eq').map((f: Filter) => String(f.value));
       for (const k of asked) if (!allowed.includes(k)) g.deny(`${docArea(k)}:${action}`);
+      if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
       try {
         const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all' } });
         const items = project(g, 'documents', r.items, action, p.fields);

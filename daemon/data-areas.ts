@@ -8,6 +8,8 @@
  *   e-mails) -> contact; birth date and photo consent -> sensitive. Reading such a field needs
  *   read on its area too (otherwise it is left out of the answer; asking for it explicitly is
  *   refused); writing needs create/update on it, and erasing it (setting null) needs delete.
+ * - Creating a person with such a field null or false (photoConsent: false) needs no right on
+ *   its area: it records nothing.
  * - Documents are guarded per kind: documents.honour, documents.federationRegistration, ...
  */
 import type { EntityName } from '../storage/model.js';

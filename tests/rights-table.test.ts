@@ -1,0 +1,268 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { clubEnv, ADMIN_PASSWORD, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
+import { ACTIONS, AREAS, ROLES, effectiveScope, roleTemplate, type Action, type Area, type Role } from '../daemon/rights.js';
+import { CommandError } from '../daemon/command-errors.js';
+import { RemoteError } from '../client/errors.js';
+
+/**
+ * Point 1: every role template x area x action. Each probe is the command that exercises the
+ * right, aimed at a record inside the user's scope (their register, their own person), and
+ * states the rights it needs; the expected outcome is computed from the role template. Some
+ * rights have no command in this issue and are listed in NO_COMMAND.
+ */
+type Need = [Area, Action, 'club'?];
+interface Probe {
+  cmd: string;
+  payload: unknown;
+  needs: Need[];
+  upload?: Uint8Array;
+}
+
+export const NO_COMMAND: ReadonlyArray<`${Area}:${Action}`> = [
+  'backups:read', 'backups:create', 'backups:update', 'backups:delete', 'backups:export', // the backup issue
+  'federationReporting:create', 'federationReporting:update', 'federationReporting:delete', // a report is derived, not edited
+  'exports:create', 'exports:update', 'exports:delete', // an export is an event in the change log
+  'changeLog:create', 'changeLog:update', 'changeLog:delete', // the change log is append-only
+];
+
+interface Fixture {
+  r1: number;
+  person: number;
+  event: number;
+  other: number;
+  docs: Record<string, number>;
+  byEntity: Record<string, number>;
+}
+
+let seq = 0;
+const uniq = (p: string) => `${p}${++seq}`;
+const personValues = () => ({ firstName: 'Neu', lastName: uniq('Person'), photoConsent: false, blocked: false });
+
+async function fixture(admin: InProcessSession): Promise<Fixture> {
+  const id = async (cmd: string, v: unknown) => (await admin.call(cmd, v)).payload.record.id as number;
+  const r1 = await id('registers.create', { name: 'Register 1' });
+  const person = await id('persons.create', { firstName: 'Eigen', lastName: 'Person', city: 'Graz', birthDate: '2000-01-01', photoConsent: true, blocked: false });
+  await id('registerAssignments.create', { personId: person, registerId: r1, from: '2020-01-01', leader: false });
+  const event = await id('events.create', { kind: 'rehearsal', title: 'Probe', start: '2030-01-01T19:00', registerId: r1 });
+  const other = (await admin.call('users.create', { username: 'other', password: 'other-password-1', role: 'member' })).payload.user.id;
+  const byEntity: Record<string, number> = {
+    fees: await id('fees.create', { personId: person, description: 'Beitrag', amountCents: 3000 }),
+    memberships: await id('memberships.create', { personId: person, kind: 'active', from: '2015-01-01', insured: true }),
+    offices: await id('offices.create', { personId: person, office: 'Kassier', from: '2020-01-01' }),
+    inventoryItems: await id('inventoryItems.create', { kind: 'instrument', name: 'Tuba' }),
+    sheetMusic: await id('sheetMusic.create', { title: 'Marsch' }),
+  };
+  const docs: Record<string, number> = {};
+  for (const kind of ['honour', 'federation-registration', 'reporter', 'other']) {
+    docs[kind] = (await admin.call('documents.upload', { kind, name: `${kind}.pdf` }, (async function* () { yield Buffer.from('%PDF-1.4 ' + kind); })())).payload.document.id;
+  }
+  return { r1, person, event, other, docs, byEntity };
+}
+
+/** Records a destructive probe consumes, made by the administrator right before it. */
+async function prepDelete(admin: InProcessSession, f: Fixture, entity: string): Promise<number> {
+  const id = async (cmd: string, v: unknown) => (await admin.call(cmd, v)).payload.record.id as number;
+  switch (entity) {
+    // (no register assignment: a person still referenced is not deleted, CONFLICT)
+    case 'persons': return id('persons.create', personValues());
+    case 'fees': return id('fees.create', { personId: f.person, description: 'x', amountCents: 1 });
+    case 'memberships': return id('memberships.create', { personId: f.person, kind: 'passive', from: '2001-01-01', insured: false });
+    case 'offices': return id('offices.create', { personId: f.person, office: 'Beirat', from: '2020-01-01' });
+    case 'registers': return id('registers.create', { name: uniq('Reg') });
+    case 'events': return id('events.create', { kind: 'meeting', title: 'x', start: '2030-05-01T19:00', registerId: f.r1 });
+    case 'inventoryItems': return id('inventoryItems.create', { kind: 'uniform', name: 'Jacke' });
+    case 'sheetMusic': return id('sheetMusic.create', { title: uniq('Stück') });
+    case 'users': return (await admin.call('users.create', { username: uniq('tmp'), password: 'tmp-password-123' })).payload.user.id;
+    default: {
+      const kind = entity.slice('doc:'.length);
+      return (await admin.call('documents.upload', { kind, name: 'weg.pdf' }, (async function* () { yield Buffer.from('x'); })())).payload.document.id;
+    }
+  }
+}
+
+const ENTITY_OF: Partial<Record<Area, { entity: string; create: () => Record<string, unknown>; update: Record<string, unknown>; target: (f: Fixture) => number }>> = {
+  bank: { entity: 'fees', create: () => ({ description: 'Spende', amountCents: 500 }), update: { description: 'Beitrag 2' }, target: (f) => f.byEntity.fees! },
+  memberships: { entity: 'memberships', create: () => ({ kind: 'training', from: '2024-01-01', insured: false }), update: { insured: false }, target: (f) => f.byEntity.memberships! },
+  offices: { entity: 'offices', create: () => ({ office: 'Schriftführer', from: '2024-01-01' }), update: { office: 'Kassier-Stv.' }, target: (f) => f.byEntity.offices! },
+  inventory: { entity: 'inventoryItems', create: () => ({ kind: 'equipment', name: 'Pult' }), update: { condition: 'gut' }, target: (f) => f.byEntity.inventoryItems! },
+  sheetMusic: { entity: 'sheetMusic', create: () => ({ title: uniq('Polka') }), update: { composer: 'Mozart' }, target: (f) => f.byEntity.sheetMusic! },
+};
+const PERSON_REF = new Set(['fees', 'memberships', 'offices']);
+
+async function probe(area: Area, action: Action, f: Fixture, admin: InProcessSession): Promise<Probe | undefined> {
+  if (NO_COMMAND.includes(`${area}:${action}`)) return undefined;
+  const simple = ENTITY_OF[area];
+  if (simple) {
+    const e = simple.entity;
+    const withPerson = (v: Record<string, unknown>) => (PERSON_REF.has(e) ? { ...v, personId: f.person } : v);
+    switch (action) {
+      case 'read': return { cmd: `${e}.get`, payload: { id: simple.target(f) }, needs: [[area, 'read']] };
+      case 'create': return { cmd: `${e}.create`, payload: withPerson(simple.create()), needs: [[area, 'create']] };
+      case 'update': return { cmd: `${e}.update`, payload: { id: simple.target(f), ...simple.update }, needs: [[area, 'update']] };
+      case 'delete': return { cmd: `${e}.delete`, payload: { id: await prepDelete(admin, f, e) }, needs: [[area, 'delete']] };
+      case 'export': return { cmd: `${e}.export`, payload: {}, needs: [[area, 'export']] };
+    }
+  }
+  if (area === 'persons') {
+    switch (action) {
+      case 'read': return { cmd: 'persons.get', payload: { id: f.person }, needs: [['persons', 'read']] };
+      // A new person belongs to no register yet: only a club-wide right creates one.
+      case 'create': return { cmd: 'persons.create', payload: personValues(), needs: [['persons', 'create', 'club']] };
+      case 'update': return { cmd: 'persons.update', payload: { id: f.person, notes: uniq('n') }, needs: [['persons', 'update']] };
+      case 'delete': return { cmd: 'persons.delete', payload: { id: await prepDelete(admin, f, 'persons') }, needs: [['persons', 'delete']] };
+      case 'export': return { cmd: 'persons.export', payload: { fields: ['id', 'lastName'] }, needs: [['persons', 'export']] };
+    }
+  }
+  if (area === 'contact' || area === 'sensitive') {
+    const field = area === 'contact' ? 'city' : 'birthDate';
+    const value = area === 'contact' ? uniq('Stadt') : '1999-12-31';
+    switch (action) {
+      case 'read': return { cmd: 'persons.get', payload: { id: f.person, fields: [field] }, needs: [['persons', 'read'], [area, 'read']] };
+      case 'create': return { cmd: 'persons.create', payload: { ...personValues(), [field]: value }, needs: [['persons', 'create', 'club'], [area, 'create']] };
+      case 'update': return { cmd: 'persons.update', payload: { id: f.person, [field]: value }, needs: [['persons', 'update'], [area, 'update']] };
+      case 'delete': return { cmd: 'persons.update', payload: { id: f.person, [field]: null }, needs: [['persons', 'update'], [area, 'delete']] };
+      case 'export': return { cmd: 'persons.export', payload: { fields: ['id', field] }, needs: [['persons', 'export'], [area, 'export']] };
+    }
+  }
+  if (area === 'registers') {
+    switch (action) {
+      case 'read': return { cmd: 'registers.get', payload: { id: f.r1 }, needs: [['registers', 'read']] };
+      case 'create': return { cmd: 'registers.create', payload: { name: uniq('R') }, needs: [['registers', 'create', 'club']] };
+      case 'update': return { cmd: 'registers.update', payload: { id: f.r1, description: uniq('d') }, needs: [['registers', 'update']] };
+      case 'delete': return { cmd: 'registers.delete', payload: { id: await prepDelete(admin, f, 'registers') }, needs: [['registers', 'delete', 'club']] };
+      case 'export': return { cmd: 'registers.export', payload: {}, needs: [['registers', 'export']] };
+    }
+  }
+  if (area === 'events') {
+    switch (action) {
+      case 'read': return { cmd: 'events.get', payload: { id: f.event }, needs: [['events', 'read']] };
+      case 'create': return { cmd: 'events.create', payload: { kind: 'rehearsal', title: 'Neu', start: '2030-06-01T19:00', registerId: f.r1 }, needs: [['events', 'create']] };
+      case 'update': return { cmd: 'events.update', payload: { id: f.event, location: uniq('Saal') }, needs: [['events', 'update']] };
+      case 'delete': return { cmd: 'events.delete', payload: { id: await prepDelete(admin, f, 'events') }, needs: [['events', 'delete']] };
+      case 'export': return { cmd: 'events.export', payload: {}, needs: [['events', 'export']] };
+    }
+  }
+  if (area.startsWith('documents.')) {
+    const kind = { 'documents.honour': 'honour', 'documents.federationRegistration': 'federation-registration', 'documents.reporter': 'reporter', 'documents.other': 'other' }[area as string]!;
+    switch (action) {
+      case 'read': return { cmd: 'documents.get', payload: { id: f.docs[kind] }, needs: [[area, 'read', 'club']] };
+      case 'create': return { cmd: 'documents.upload', payload: { kind, name: 'neu.pdf' }, upload: Buffer.from('neu'), needs: [[area, 'create', 'club']] };
+      case 'update': return { cmd: 'documents.update', payload: { id: f.docs[kind], name: uniq('doc') }, needs: [[area, 'update', 'club']] };
+      case 'delete': return { cmd: 'documents.delete', payload: { id: await prepDelete(admin, f, `doc:${kind}`) }, needs: [[area, 'delete', 'club']] };
+      case 'export': return { cmd: 'documents.export', payload: { filters: [{ field: 'kind', op: 'eq', value: kind }] }, needs: [[area, 'export', 'club']] };
+    }
+  }
+  if (area === 'federationReporting') return { cmd: action === 'read' ? 'federation.report' : 'federation.export', payload: {}, needs: [[area, action, 'club']] };
+  if (area === 'exports') return { cmd: action === 'read' ? 'exports.list' : 'exports.club', payload: {}, needs: [[area, action, 'club']] };
+  if (area === 'changeLog') return { cmd: action === 'read' ? 'log.query' : 'log.export', payload: {}, needs: [[area, action, 'club']] };
+  if (area === 'users') {
+    switch (action) {
+      case 'read': return { cmd: 'users.list', payload: {}, needs: [['users', 'read', 'club']] };
+      case 'create': return { cmd: 'users.create', payload: { username: uniq('neu'), password: 'neu-password-123' }, needs: [['users', 'create', 'club']] };
+      case 'update': return { cmd: 'users.update', payload: { id: f.other, displayName: uniq('Name') }, needs: [['users', 'update', 'club']] };
+      case 'delete': return { cmd: 'users.delete', payload: { id: await prepDelete(admin, f, 'users') }, needs: [['users', 'delete', 'club']] };
+      case 'export': return { cmd: 'users.export', payload: {}, needs: [['users', 'export', 'club']] };
+    }
+  }
+  throw new Error(`no probe for ${area}:${action}`);
+}
+
+type Caller = (cmd: string, payload: unknown, upload?: Uint8Array) => Promise<string>;
+
+async function runRole(env: ClubTestEnv, admin: InProcessSession, f: Fixture, club: string, role: Role, caller: (user: string, password: string) => Promise<Caller>): Promise<number> {
+  const username = `u-${role}`;
+  const password = `pw-${role}-123456`;
+  await admin.call('users.create', { username, password, role, registers: [f.r1], personId: f.person });
+  const call = await caller(username, password);
+  const grants = roleTemplate(role, [f.r1]);
+  let checked = 0;
+  for (const area of AREAS) {
+    for (const action of ACTIONS) {
+      const p = await probe(area, action, f, admin);
+      if (!p) continue;
+      const missing = p.needs.find(([a, act, club]) => {
+        const e = effectiveScope(grants, a, act);
+        return !e || (club === 'club' && e.kind !== 'club');
+      });
+      const v0 = env.violations.length;
+      const code = await call(p.cmd, p.payload, p.upload);
+      const label = `${role} ${area}:${action} via ${p.cmd}`;
+      if (!missing) {
+        assert.equal(code, 'ok', `${label} should be allowed`);
+        assert.equal(env.violations.length, v0, `${label}: no violation`);
+      } else {
+        assert.equal(code, 'FORBIDDEN', `${label} should be refused (missing ${missing[0]}:${missing[1]})`);
+        const v = env.violations.slice(v0).filter((x) => x.kind === 'rights');
+        assert.equal(v.length, 1, `${label}: one rights violation`);
+        assert.equal(v[0]!.user, username);
+        assert.equal(v[0]!.club, club);
+        assert.equal(v[0]!.command, p.cmd);
+        assert.ok(p.needs.some(([a, act]) => v[0]!.right === `${a}:${act}`), `${label}: violation names ${v[0]!.right}`);
+      }
+      checked++;
+    }
+  }
+  return checked;
+}
+
+test('every role template x area x action: allowed calls succeed, others are refused with FORBIDDEN and a rights violation (point 1)', async () => {
+  const env = await clubEnv();
+  try {
+    const club = await env.newClub();
+    const admin = env.session();
+    await admin.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+    const f = await fixture(admin);
+    let total = 0;
+    for (const role of ROLES) {
+      total += await runRole(env, admin, f, club, role, async (user, password) => {
+        const s = env.session('127.0.0.77');
+        await s.call('auth.login', { club, user, password });
+        return async (cmd, payload, upload) => {
+          try {
+            await s.call(cmd, payload, upload ? (async function* () { yield upload; })() : undefined);
+            return 'ok';
+          } catch (e) {
+            if (e instanceof CommandError) return e.code;
+            throw e;
+          }
+        };
+      });
+    }
+    assert.equal(total, ROLES.length * (AREAS.length * ACTIONS.length - NO_COMMAND.length));
+  } finally {
+    await env.close();
+  }
+});
+
+test('the same table over real TCP connections for a representative subset of roles (point 1)', async () => {
+  const env = await clubEnv();
+  try {
+    const club = await env.newClub();
+    const admin = env.session();
+    await admin.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+    const f = await fixture(admin);
+    const { connect } = await env.listen();
+    for (const role of ['treasurer', 'registerLeader', 'member'] as const) {
+      const conn = await connect();
+      try {
+        await runRole(env, admin, f, club, role, async (user, password) => {
+          await conn.request('auth.login', { club, user, password });
+          return async (cmd, payload, upload) => {
+            try {
+              await conn.request(cmd, payload, upload ? { upload } : {});
+              return 'ok';
+            } catch (e) {
+              if (e instanceof RemoteError) return e.code;
+              throw e;
+            }
+          };
+        });
+      } finally {
+        await conn.close();
+      }
+    }
+  } finally {
+    await env.close();
+  }
+});

@@ -209,6 +209,36 @@ export class AlertMailer {
     this.scheduleDigest(a.group, cur);
   }
 
+  /**
+   * Queue a mail to arbitrary recipients (e.g. a club's nightly backup), with optional file
+   * attachments copied into the outbox first. Resolves once mail and attachments are durably on
+   * disk; delivery, retries and the exactly-once-in-the-normal-case rule are the alerts' own.
+   */
+  async send(m: { group: string; to: readonly string[]; subject: string; text: string; attachments?: ReadonlyArray<{ filename: string; path: string; contentType?: string }> }): Promise<string> {
+    if (this.closed) throw new Error('alert mailer is closed');
+    const now = this.now();
+    const id = newOutboxId(now);
+    const attachments = [];
+    for (const [i, a] of (m.attachments ?? []).entries()) {
+      const file = await this.outbox.stageAttachment(a.path, `${id}-${i}`);
+      attachments.push({ filename: a.filename, file, contentType: a.contentType ?? 'application/octet-stream' });
+    }
+    await this.outbox.enqueue({
+      id,
+      createdAt: now,
+      group: m.group,
+      from: this.settings.from,
+      to: [...m.to],
+      subject: m.subject,
+      text: m.text.endsWith('\n') ? m.text : `${m.text}\n`,
+      messageId: `<${id}.${m.group.replace(/[^A-Za-z0-9-]/g, '')}@commusic.mail>`,
+      attempts: 0,
+      ...(attachments.length ? { attachments } : {}),
+    });
+    this.kick();
+    return id;
+  }
+
   /** Mail all gathered digests now and try to deliver everything queued, ignoring backoff. */
   async flush(): Promise<void> {
     await Promise.allSettled([...this.inflight]);
@@ -396,6 +426,9 @@ export class AlertMailer {
       messageId: msg.messageId,
       date: new Date(msg.createdAt),
       headers: { 'X-ComMusic-Alert-Group': msg.group },
+      ...(msg.attachments?.length
+        ? { attachments: msg.attachments.map((a) => ({ filename: a.filename, path: this.outbox.attachmentPath(a.file), contentType: a.contentType })) }
+        : {}),
     };
     try {
       const info = (await this.transport.sendMail(mail)) as { message?: Buffer; accepted?: unknown[] };

@@ -9,11 +9,19 @@ import path from 'node:path';
  *   queue/<id>.json   a composed mail waiting for delivery (and its attempt count)
  *   gather/<id>.json  an alert held for the next digest of its group
  *   sent-local/<id>.eml  mails "delivered" without SMTP (the embedded default)
+ *   attachments/<id>-<n>  files attached to a queued mail (removed with it)
  *   tmp/              half-written files; emptied on open
  *
  * Every file is written to tmp/, fsynced, renamed into place and the directory fsynced, so after
  * a crash a file is either wholly there or not at all. Ids sort by creation time.
  */
+export interface OutboxAttachment {
+  readonly filename: string;
+  /** File name under attachments/. */
+  readonly file: string;
+  readonly contentType: string;
+}
+
 export interface OutboxMessage {
   readonly id: string;
   readonly createdAt: number;
@@ -27,6 +35,7 @@ export interface OutboxMessage {
   readonly attempts: number;
   readonly lastError?: string;
   readonly lastAttemptAt?: number;
+  readonly attachments?: readonly OutboxAttachment[];
 }
 
 export interface GatheredFile<T> {
@@ -40,6 +49,7 @@ const QUEUE = 'queue';
 const GATHER = 'gather';
 const SENT_LOCAL = 'sent-local';
 const TMP = 'tmp';
+const ATTACH = 'attachments';
 
 export function newOutboxId(now: number): string {
   return `${now.toString(36).padStart(9, '0')}-${randomBytes(6).toString('hex')}`;
@@ -64,7 +74,7 @@ export class Outbox {
 
   /** Open `<dir>`, creating its folders, dropping half-written files and loading the queue. */
   static async open(dir: string): Promise<Outbox> {
-    for (const sub of [QUEUE, GATHER, SENT_LOCAL, TMP]) {
+    for (const sub of [QUEUE, GATHER, SENT_LOCAL, TMP, ATTACH]) {
       await fsp.mkdir(path.join(dir, sub), { recursive: true, mode: 0o700 });
     }
     for (const f of await fsp.readdir(path.join(dir, TMP))) {
@@ -72,6 +82,11 @@ export class Outbox {
     }
     const box = new Outbox(dir);
     for (const m of await box.readAll<OutboxMessage>(QUEUE)) box.queued.set(m.id, m);
+    // Attachments staged for a mail that never got queued (crash in between): drop them.
+    const used = new Set([...box.queued.values()].flatMap((m) => (m.attachments ?? []).map((a) => a.file)));
+    for (const f of await fsp.readdir(path.join(dir, ATTACH))) {
+      if (!used.has(f)) await fsp.rm(path.join(dir, ATTACH, f), { force: true });
+    }
     return box;
   }
 
@@ -103,11 +118,32 @@ export class Outbox {
     this.queued.set(id, next);
   }
 
-  /** The message was accepted: forget it (durably). */
+  /** The message was accepted: forget it (durably), and its attachments. */
   async remove(id: string): Promise<void> {
+    const m = this.queued.get(id);
     this.queued.delete(id);
     await fsp.rm(path.join(this.dir, QUEUE, `${id}.json`), { force: true });
     await fsyncDir(path.join(this.dir, QUEUE));
+    for (const a of m?.attachments ?? []) await fsp.rm(path.join(this.dir, ATTACH, a.file), { force: true });
+  }
+
+  /** Copy a file into attachments/ durably (before the mail naming it is queued); returns its name there. */
+  async stageAttachment(src: string, file: string): Promise<string> {
+    const tmp = path.join(this.dir, TMP, `${file}.${randomBytes(4).toString('hex')}`);
+    await fsp.copyFile(src, tmp, fs.constants.COPYFILE_EXCL);
+    const h = await fsp.open(tmp, 'r');
+    try {
+      await h.sync();
+    } finally {
+      await h.close();
+    }
+    await fsp.rename(tmp, path.join(this.dir, ATTACH, file));
+    await fsyncDir(path.join(this.dir, ATTACH));
+    return file;
+  }
+
+  attachmentPath(file: string): string {
+    return path.join(this.dir, ATTACH, file);
   }
 
   /** Keep a copy of a locally "delivered" mail as an .eml file; returns its path. */

@@ -1,0 +1,72 @@
+import type { Command } from 'commander';
+import { runOperation, type OfflineOptions } from '../daemon/offline.js';
+import type { AuditEntry, VerifyResult } from '../storage/audit-log.js';
+
+/**
+ * `commusicctl log show --club ID [--since T] [--until T] [--user U] [--action A] [--entity E] [--json]`
+ * and `commusicctl log verify --club ID [--json]` (exit 1 when the chain is broken, naming the
+ * first bad entry). Through the running daemon when one answers, else on the data folder.
+ */
+function changesText(c: unknown): string {
+  if (c === null || c === undefined) return '';
+  if (typeof c !== 'object') return String(c);
+  return Object.entries(c as Record<string, unknown>)
+    .map(([k, v]) => (v && typeof v === 'object' && 'old' in v && 'new' in v ? `${k}: ${JSON.stringify((v as { old: unknown }).old)} -> ${JSON.stringify((v as { new: unknown }).new)}` : `${k}: ${JSON.stringify(v)}`))
+    .join('; ');
+}
+
+export function registerLogCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
+  const log = program.command('log').description("a club's change log: show and verify");
+  log
+    .command('show')
+    .description('entries (oldest first) with time, user, address, action, record and changes')
+    .requiredOption('--club <id>', 'club id')
+    .option('--since <time>', 'from this date or ISO time')
+    .option('--until <time>', 'before this date or ISO time')
+    .option('--user <name>', 'only this user')
+    .option('--action <action>', 'only this action (login, login.failed, logout, create, update, delete, rights.set, export, ...)')
+    .option('--entity <entity>', 'only this entity (persons, users, ...)')
+    .option('--limit <n>', 'at most this many entries per page', '1000')
+    .option('--after <seq>', 'entries after this sequence number (next page)')
+    .option('--json', 'print JSON')
+    .action(async (o: { club: string; since?: string; until?: string; user?: string; action?: string; entity?: string; limit: string; after?: string; json?: boolean }) => {
+      const { result } = await runOperation(
+        dataDir(),
+        'log.show',
+        {
+          club: o.club,
+          ...(o.since ? { since: o.since } : {}),
+          ...(o.until ? { until: o.until } : {}),
+          ...(o.user ? { user: o.user } : {}),
+          ...(o.action ? { action: o.action } : {}),
+          ...(o.entity ? { entity: o.entity } : {}),
+          ...(o.after ? { afterSeq: Number(o.after) } : {}),
+          limit: Number(o.limit),
+        },
+        offline(),
+      );
+      const r = result as { entries: AuditEntry[]; nextAfterSeq: number | null };
+      if (o.json) {
+        process.stdout.write(`${JSON.stringify(r)}\n`);
+        return;
+      }
+      for (const e of r.entries) {
+        const rec = e.entity ? ` ${e.entity}${e.recordId !== null ? ' ' + e.recordId : ''}` : '';
+        process.stdout.write(`${e.seq}\t${e.time}\t${e.user ?? '-'}\t${e.ip ?? '-'}\t${e.action}${rec}\t${changesText(e.changes)}\n`);
+      }
+      if (r.nextAfterSeq !== null) process.stdout.write(`more: --after ${r.nextAfterSeq}\n`);
+    });
+  log
+    .command('verify')
+    .description('check the hash chain and the signed heads; names the first bad entry')
+    .requiredOption('--club <id>', 'club id')
+    .option('--json', 'print JSON')
+    .action(async (o: { club: string; json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'log.verify', { club: o.club }, offline());
+      const r = result as VerifyResult & { club: string };
+      if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
+      else if (r.ok) process.stdout.write(`change log of ${r.club}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head\n`);
+      else process.stderr.write(`change log of ${r.club}: BROKEN at entry ${r.firstBad!.seq}: ${r.firstBad!.reason}\n`);
+      if (!r.ok) process.exitCode = 1;
+    });
+}

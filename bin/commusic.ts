@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
 import { fail, parseHostPort, runMain } from './cli-util.js';
+import { registerCallCommand } from './client-call.js';
 
 interface Globals {
   server?: string;
@@ -66,5 +67,7 @@ program
       await conn.close();
     }
   });
+
+registerCallCommand(program, open);
 
 void runMain(() => program.parseAsync().then(() => undefined));

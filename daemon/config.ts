@@ -4,6 +4,7 @@ import { z } from 'zod';
 import IPCIDR from 'ip-cidr';
 import { BanPolicySchema } from './ban-policy.js';
 import { MailerConfigSchema } from './mailer.js';
+import { BackupConfigSchema } from './backup-service.js';
 
 /**
  * Daemon configuration: defaults, then a JSON file, then COMMUSIC_* environment variables,
@@ -66,6 +67,8 @@ export const configSchema = z
     bans: BanPolicySchema.default({}),
     /** Alert mail to the service team; without smtp, mails go to DATA/outbox/sent-local/ (daemon/mailer.ts). */
     mail: MailerConfigSchema.default({}),
+    /** Nightly backups: destinations, time, retention, parallelism, mail size limit (daemon/backup-service.ts). */
+    backups: BackupConfigSchema.default({}),
   })
   .strict();
 

@@ -1,0 +1,147 @@
+/**
+ * Operator operations for backups (`commusicctl backup ...`), online on the daemon's control
+ * socket or offline on the data folder. Online, the daemon's own BackupService (with its
+ * destinations and mailer) runs them; offline a service is built from the configuration file
+ * (`configFile`, else COMMUSIC_CONFIG, else the embedded default) for the one call.
+ *
+ * Archive references (`from`): a file path, or `DESTINATION:NAME` as `backup list` prints it,
+ * or `DESTINATION:latest` (with the club id) for the newest archive of the club there.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { z } from 'zod';
+import { clubBackupSettings, fileSource, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
+import { BackupError } from '../storage/backup-errors.js';
+import type { Storage } from '../storage/storage.js';
+import { BackupService } from './backup-service.js';
+import { loadConfig } from './config.js';
+import { AlertMailer } from './mailer.js';
+import type { OperationRegistry } from './operations.js';
+import type { OpsContext } from './ops.js';
+
+export interface BackupOpsContext extends OpsContext {
+  /** Online: the daemon's running backup service. */
+  backups?(): Promise<BackupService>;
+}
+
+const clubId = z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'not a club id');
+const configFile = z.string().min(1).max(4096).optional();
+const passphrase = z.string().min(1).max(1024).optional();
+
+async function withService<T>(c: OpsContext, cfgFile: string | undefined, fn: (svc: BackupService, st: Storage) => Promise<T>): Promise<T> {
+  const st = await c.storage();
+  const online = (c as BackupOpsContext).backups;
+  if (online) return fn(await online(), st);
+  const file = cfgFile ?? process.env['COMMUSIC_CONFIG'];
+  const cfg = loadConfig({ ...(file ? { file } : {}), flags: { dataDir: c.dataDir } });
+  const mailer = await AlertMailer.open({ dataDir: c.dataDir, config: cfg.mail });
+  const svc = new BackupService({ storage: st, config: cfg.backups, mailer });
+  try {
+    return await fn(svc, st);
+  } finally {
+    await svc.close();
+    await mailer.flush().catch(() => undefined);
+    await mailer.close();
+  }
+}
+
+/** Resolve `from` to a readable source. */
+async function openSource(svc: BackupService, from: string, club?: string): Promise<{ source: Readable; label: string }> {
+  const m = /^([A-Za-z0-9_.-]{1,40}):(.+)$/.exec(from);
+  if (m && svc.destinations.some((d) => d.name === m[1])) {
+    const d = svc.destination(m[1]!);
+    let name = m[2]!;
+    if (name === 'latest') {
+      if (!club) throw new BackupError('NOT_FOUND', `${from}: "latest" needs --club`);
+      const list = await d.list(club);
+      if (!list.length) throw new BackupError('NOT_FOUND', `destination ${d.name} has no archive of club ${club}`);
+      name = list[list.length - 1]!.name;
+    }
+    return { source: await d.get(name), label: `${d.name}:${name}` };
+  }
+  const p = path.resolve(from);
+  if (!existsSync(p)) throw new BackupError('NOT_FOUND', `no archive file ${p} and no destination named "${from.split(':')[0]}"`);
+  return { source: fileSource(p), label: p };
+}
+
+function openKey(st: Storage, pass: string | undefined): OpenKey {
+  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}) };
+}
+
+export function registerBackupOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {
+  return registry
+    .register({
+      name: 'backup.clubs',
+      schema: z.object({}).strict(),
+      run: async (c) => (await c.storage()).server.listClubs().filter((r) => r.status !== 'deleting').map((r) => r.id),
+    })
+    .register({
+      name: 'backup.run',
+      schema: z.object({ clubs: z.array(clubId).max(100_000).optional(), finish: z.boolean().default(false), configFile }).strict(),
+      run: async (c, a) =>
+        withService(c, a.configFile, async (svc) => {
+          if (a.finish) {
+            // After a per-club run of all clubs: retention everywhere and the club mails.
+            const retention = await svc.applyRetention();
+            const mail = await svc.mailClubBackups();
+            return { retention, mail };
+          }
+          return svc.runNightly({ ...(a.clubs ? { clubs: a.clubs } : {}), ...(a.clubs ? { mail: false, retention: false } : {}) });
+        }),
+    })
+    .register({
+      name: 'backup.list',
+      schema: z.object({ club: clubId.optional(), destination: z.string().max(40).optional(), configFile }).strict(),
+      run: async (c, a) =>
+        withService(c, a.configFile, async (svc) => {
+          const out: Array<{ destination: string; name?: string; clubId?: string; time?: string; size?: number; error?: string }> = [];
+          for (const d of svc.destinations) {
+            if (a.destination && d.name !== a.destination) continue;
+            try {
+              for (const e of await d.list(a.club)) out.push({ destination: d.name, name: e.name, clubId: e.clubId, time: e.time.toISOString(), size: e.size });
+            } catch (e) {
+              out.push({ destination: d.name, error: (e as Error).message });
+            }
+          }
+          return { archives: out, lastBackups: Object.fromEntries(svc.lastBackups().map(([d, t]) => [d, new Date(t).toISOString()])), gaps: svc.gaps() };
+        }),
+    })
+    .register({
+      name: 'backup.verify',
+      schema: z.object({ from: z.string().min(1).max(4096), club: clubId.optional(), passphrase, configFile }).strict(),
+      run: async (c, a) =>
+        withService(c, a.configFile, async (svc, st) => {
+          const { source, label } = await openSource(svc, a.from, a.club);
+          return { archive: label, ...(await verifyArchive(source, openKey(st, a.passphrase))) };
+        }),
+    })
+    .register({
+      name: 'backup.restore',
+      schema: z.object({ club: clubId, from: z.string().min(1).max(4096), passphrase, actor: z.string().max(64).optional(), configFile }).strict(),
+      run: async (c, a) =>
+        withService(c, a.configFile, async (svc, st) => {
+          const { source, label } = await openSource(svc, a.from, a.club);
+          return { archive: label, ...(await restoreClubArchive(st, a.club, source, openKey(st, a.passphrase), { actor: a.actor ?? 'operator', source: label })) };
+        }),
+    })
+    .register({
+      name: 'backup.set-mail',
+      schema: z.object({ club: clubId, emails: z.array(z.string().email()).max(20) }).strict(),
+      run: async (c, a) => {
+        const st = await c.storage();
+        const s = setClubBackupSettings(st, a.club, { emails: a.emails });
+        return { club: a.club, emails: s.emails ?? [], passphraseSet: Boolean(s.passphrase) };
+      },
+    })
+    .register({
+      name: 'backup.show',
+      schema: z.object({ club: clubId }).strict(),
+      run: async (c, a) => {
+        const st = await c.storage();
+        const row = st.server.mustGetClub(a.club);
+        const s = clubBackupSettings(st, a.club);
+        return { club: a.club, plan: row.plan, emails: s.emails ?? [], passphraseSet: Boolean(s.passphrase), passphraseSetAt: s.passphrase?.setAt ?? null, lastMailed: st.server.getMeta(`backup.mailed.${a.club}`) ? 'yes' : 'never' };
+      },
+    });
+}

@@ -3,6 +3,7 @@ import type { BanTable } from '../storage/ban-store.js';
 import type { Storage } from '../storage/storage.js';
 import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exemptRemove } from './ban-ops.js';
 import { OperationError, OperationRegistry } from './operations.js';
+import { registerBackupOps } from './backup-ops.js';
 import { registerLogOps } from './log-ops.js';
 import { createClub, deleteClub, listClubs, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
 
@@ -65,6 +66,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     })
     .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) });
   registerLogOps(registry);
+  registerBackupOps(registry);
   return registry;
 }
 

@@ -1,0 +1,53 @@
+/**
+ * The data server under test for bench/data.ts, in its own process: a fresh data folder with one
+ * club, its administrator and 8 persons, and the daemon with the club commands on 127.0.0.1:0.
+ * Sends {type: 'ready', port, fingerprint, club, persons} over IPC; removes the folder and exits
+ * when the parent disconnects. (The TLS echo baseline is bench/server-child.ts `tls`.)
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateIdentity } from '../crypto/identity.js';
+import { registerClubCommands } from '../daemon/club-commands.js';
+import { loadConfig } from '../daemon/config.js';
+import { Dispatcher } from '../daemon/dispatcher.js';
+import { nullLogger } from '../daemon/log.js';
+import { Daemon } from '../daemon/server.js';
+import { ViolationBus } from '../daemon/violations.js';
+import { createClub } from '../storage/provisioning.js';
+import { openStorage } from '../storage/storage.js';
+
+export const BENCH_ADMIN = { user: 'bench', password: 'bench-password-123' };
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'commusic-bench-data-'));
+  const storage = await openStorage({ dataDir: join(dir, 'data'), create: true, scryptLog2N: 10 });
+  const { id: club } = await createClub(storage, { name: 'MV Bench', adminUser: BENCH_ADMIN.user, adminPassword: BENCH_ADMIN.password });
+  const db = storage.openClub(club).db;
+  const ins = db.prepare('INSERT INTO persons (firstName, lastName, city, photoConsent, blocked) VALUES (?, ?, ?, 0, 0) RETURNING id');
+  const persons = Array.from({ length: 8 }, (_, i) => (ins.get(`Vorname${i}`, `Nachname${i}`, 'Graz') as { id: number }).id);
+  const identity = generateIdentity();
+  const dispatcher = new Dispatcher();
+  const bus = new ViolationBus();
+  registerClubCommands(dispatcher, { storage, violations: bus, identity });
+  const config = loadConfig({ flags: { dataDir: join(dir, 'data'), listen: '127.0.0.1:0' } });
+  const daemon = await Daemon.start({ config, identity, logger: nullLogger(), violations: bus, dispatcher });
+  const stop = async () => {
+    await daemon.stop(0);
+    storage.close();
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(0);
+  };
+  process.on('disconnect', () => void stop());
+  process.on('message', (m: { type: string }) => {
+    if (m.type === 'exit') void stop();
+    if (m.type === 'cpu') {
+      const u = process.cpuUsage();
+      process.send!({ type: 'cpu', micros: u.user + u.system });
+    }
+  });
+  process.send!({ type: 'ready', port: daemon.address().port, fingerprint: identity.fingerprint, club, persons });
+}
+
+// Only as a forked child (bench/data.ts imports BENCH_ADMIN from here).
+if (process.send) void main();

@@ -34,6 +34,14 @@ const GROUPS: Group[] = [
     },
   },
   {
+    name: 'data',
+    run: async (quick) => {
+      const fn = await optional<(o: { quick?: boolean }) => Promise<LegacyRow[]>>('./data.js', 'runDataBench');
+      if (!fn) throw new MissingGroup();
+      return fn({ quick });
+    },
+  },
+  {
     name: 'bans',
     run: async () => {
       const fn = await optional<() => Promise<LegacyRow[]>>('./bans.js', 'runBanBench');

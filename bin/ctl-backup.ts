@@ -1,0 +1,153 @@
+import type { Command } from 'commander';
+import { SingleBar, Presets } from 'cli-progress';
+import { resolve } from 'node:path';
+import { dataPaths } from '../daemon/config.js';
+import { callControl } from '../daemon/control-socket.js';
+import { offlineContext, runOperation, type OfflineOptions } from '../daemon/offline.js';
+import { buildOperations } from '../daemon/ops.js';
+import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
+import { fail, readSecretFromFd } from './cli-util.js';
+
+function print(result: unknown, json: boolean | undefined, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${text()}\n`);
+}
+
+/** Run many operations on one connection target: the daemon if it answers, else the data folder. */
+async function session(dataDir: string, offline: OfflineOptions): Promise<{ run(op: string, args: unknown): Promise<unknown>; via: string; close(): Promise<void> }> {
+  const sock = dataPaths(dataDir).controlSocket;
+  const probe = await callControl(sock, 'backup.clubs', {});
+  if (probe) return { via: 'daemon', run: async (op, args) => (await callControl(sock, op, args, 3_600_000))?.result, close: async () => {} };
+  const ctx = offlineContext(dataDir, offline);
+  const reg = buildOperations();
+  return { via: 'data-folder', run: (op, args) => reg.run(ctx, op, args), close: () => ctx.close() };
+}
+
+interface ClubRun {
+  clubs: number;
+  ok: number;
+  failedClubs: Array<{ clubId: string; error: string }>;
+  destinations: Record<string, { stored: number; failed: number; down?: string }>;
+}
+
+/** `commusicctl backup ...`. */
+export function registerBackupCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
+  const backup = program.command('backup').description('encrypted club backups: run, list, verify, restore, decrypt');
+  const cfg = (o: { config?: string }) => (o.config ? { configFile: resolve(o.config) } : {});
+  backup
+    .command('run')
+    .description('back up clubs now to every destination (progress bar); --all also applies retention and sends the club mails')
+    .option('--club <id>', 'one club')
+    .option('--all', 'every club')
+    .option('--config <file>', 'daemon configuration (destinations) when no daemon runs; else COMMUSIC_CONFIG')
+    .option('--json', 'print JSON')
+    .action(async (o: { club?: string; all?: boolean; config?: string; json?: boolean }) => {
+      if (!o.club === !o.all) fail('give --club ID or --all');
+      const s = await session(dataDir(), offline());
+      try {
+        const clubs = o.club ? [o.club] : ((await s.run('backup.clubs', {})) as string[]);
+        const bar = !o.json && process.stderr.isTTY ? new SingleBar({ format: 'backup [{bar}] {value}/{total} clubs | {club}', stream: process.stderr }, Presets.shades_classic) : undefined;
+        bar?.start(clubs.length, 0, { club: '' });
+        const total: ClubRun = { clubs: 0, ok: 0, failedClubs: [], destinations: {} };
+        for (const c of clubs) {
+          const r = (await s.run('backup.run', { clubs: [c], ...cfg(o) })) as ClubRun;
+          total.clubs += r.clubs;
+          total.ok += r.ok;
+          total.failedClubs.push(...r.failedClubs);
+          for (const [d, v] of Object.entries(r.destinations)) {
+            const t = (total.destinations[d] ??= { stored: 0, failed: 0 });
+            t.stored += v.stored;
+            t.failed += v.failed;
+            if (v.down) t.down = v.down;
+          }
+          bar?.increment(1, { club: c });
+        }
+        bar?.stop();
+        const finish = o.all ? await s.run('backup.run', { finish: true, ...cfg(o) }) : undefined;
+        const result = { via: s.via, ...total, ...(finish ? { finish } : {}) };
+        print(result, o.json, () =>
+          [
+            `backed up ${total.ok} of ${total.clubs} clubs (via ${s.via})`,
+            ...Object.entries(total.destinations).map(([d, v]) => `  ${d}: ${v.stored} stored${v.failed ? `, ${v.failed} missing${v.down ? ` (${v.down})` : ''}` : ''}`),
+            ...total.failedClubs.map((f) => `  failed ${f.clubId}: ${f.error}`),
+          ].join('\n'),
+        );
+        if (total.failedClubs.length || Object.values(total.destinations).some((v) => v.failed)) process.exitCode = 2;
+      } finally {
+        await s.close();
+      }
+    });
+  backup
+    .command('list')
+    .description('archives on every destination, last success per destination, missing copies')
+    .option('--club <id>', 'only this club')
+    .option('--destination <name>', 'only this destination')
+    .option('--config <file>', 'daemon configuration when no daemon runs')
+    .option('--json', 'print JSON')
+    .action(async (o: { club?: string; destination?: string; config?: string; json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'backup.list', { ...(o.club ? { club: o.club } : {}), ...(o.destination ? { destination: o.destination } : {}), ...cfg(o) }, offline());
+      const r = result as { archives: Array<{ destination: string; name?: string; time?: string; size?: number; error?: string }>; lastBackups: Record<string, string>; gaps: unknown[] };
+      print(r, o.json, () =>
+        [
+          ...(r.archives.length ? r.archives.map((a) => (a.error ? `${a.destination}\tERROR ${a.error}` : `${a.destination}:${a.name}\t${a.time}\t${a.size} bytes`)) : ['no archives']),
+          ...Object.entries(r.lastBackups).map(([d, t]) => `last success ${d}: ${t}`),
+          ...(r.gaps.length ? [`${r.gaps.length} copies missing (retried automatically)`] : []),
+        ].join('\n'),
+      );
+    });
+  backup
+    .command('verify <archive>')
+    .description('check an archive completely (FILE or DESTINATION:NAME): authentication, structure, hashes, SQLite integrity, change log')
+    .option('--club <id>', 'with DESTINATION:latest')
+    .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--config <file>', 'daemon configuration when no daemon runs')
+    .option('--json', 'print JSON')
+    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; config?: string; json?: boolean }) => {
+      const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
+      const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
+      const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...cfg(o) }, offline());
+      const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; auditChain: { entries: number; note?: string } | null };
+      print(r, o.json, () =>
+        `OK ${r.archive}: club ${r.clubId} of ${r.createdAt}, ${Object.values(r.tables).reduce((a, b) => a + b, 0)} rows in ${Object.keys(r.tables).length} tables, ${r.documents} documents${r.auditChain ? `, change log ${r.auditChain.entries} entries intact${r.auditChain.note ? ` (${r.auditChain.note})` : ''}` : ''}`,
+      );
+    });
+  backup
+    .command('restore')
+    .description("replace a club's data with an archive (into a fresh store, swapped in atomically, logged in the club's change log)")
+    .requiredOption('--club <id>', 'the club')
+    .requiredOption('--from <archive>', 'FILE, DESTINATION:NAME or DESTINATION:latest')
+    .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--config <file>', 'daemon configuration when no daemon runs')
+    .option('--json', 'print JSON')
+    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; config?: string; json?: boolean }) => {
+      const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
+      const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(o.from) ? o.from : resolve(o.from);
+      const { result } = await runOperation(dataDir(), 'backup.restore', { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), actor: `operator:${process.env['USER'] ?? 'unknown'}`.slice(0, 64), ...cfg(o) }, offline());
+      const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean };
+      print(r, o.json, () => `restored club ${o.club} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}`);
+    });
+  backup
+    .command('set-mail')
+    .description('addresses that receive the nightly backup mail (premium and federation plans)')
+    .requiredOption('--club <id>', 'the club')
+    .requiredOption('--to <addresses>', 'comma-separated e-mail addresses ("" for none)')
+    .option('--json', 'print JSON')
+    .action(async (o: { club: string; to: string; json?: boolean }) => {
+      const emails = o.to.split(',').map((s) => s.trim()).filter(Boolean);
+      const { result } = await runOperation(dataDir(), 'backup.set-mail', { club: o.club, emails }, offline());
+      const r = result as { emails: string[]; passphraseSet: boolean };
+      print(r, o.json, () => `club ${o.club}: nightly backup mail to ${r.emails.join(', ') || 'nobody'}${r.passphraseSet ? '' : ' (no backup passphrase set yet: the club administrator sets it in the application)'}`);
+    });
+  backup
+    .command('decrypt')
+    .description('open a club archive (e.g. the mailed one) with the club passphrase: writes a plain tar (manifest.json, club.sqlite, documents/)')
+    .requiredOption('--in <file>', 'the .cmbk archive')
+    .requiredOption('--out <file>', 'the tar file to write')
+    .option('--passphrase-stdin', "read the club's backup passphrase from stdin (required)")
+    .option('--json', 'print JSON')
+    .action(async (o: { in: string; out: string; passphraseStdin?: boolean; json?: boolean }) => {
+      if (!o.passphraseStdin) fail('give the passphrase on stdin with --passphrase-stdin');
+      const passphrase = readSecretFromFd(0);
+      const r = await decryptArchiveToFile(fileSource(resolve(o.in)), { passphrase }, resolve(o.out));
+      print(r, o.json, () => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
+    });
+}

@@ -9,6 +9,7 @@ import { registerBanCommands } from './ctl-bans.js';
 import { passphraseOption, registerClubCommands, registerKeyRotation } from './ctl-clubs.js';
 import type { OfflineOptions } from '../daemon/offline.js';
 import { registerMonitorCommands } from './ctl-monitor.js';
+import { registerBackupCommands } from './ctl-backup.js';
 import { registerLogCommands } from './ctl-log.js';
 import { fail, runMain } from './cli-util.js';
 
@@ -63,6 +64,7 @@ registerBanCommands(program, dataDir, offline);
 registerClubCommands(program, dataDir, offline);
 registerKeyRotation(keys, dataDir, offline);
 registerMonitorCommands(program, dataDir);
+registerBackupCommands(program, dataDir, offline);
 registerLogCommands(program, dataDir, offline);
 
 void runMain(() => program.parseAsync().then(() => undefined));

@@ -164,18 +164,22 @@ export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
     createKeyIfMissing: opts.createKeyIfMissing ?? true,
     ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
   });
-  const a = server.daemon.address();
-  print(`commusicd listening on ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`);
-  print(`server fingerprint: ${server.identity.fingerprint}`);
+  // Signal handlers go in before the "listening" line: whoever reads it may signal at once.
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info('signal', { signal });
-    void server.stop().then(() => process.exit(0));
+    void server.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   new Reloader({ sources: opts, config, logger, health: server.health?.server }).installSignal();
+  const a = server.daemon.address();
+  print(`server fingerprint: ${server.identity.fingerprint}`);
+  print(`commusicd listening on ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`);
   return server;
 }

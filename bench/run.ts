@@ -1,10 +1,14 @@
 /**
  * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
- * Groups: channel (bench/channel.ts), store (bench/store.ts) and bans (bench/bans.ts), the last
- * two when their compiled modules exist. Options: `--only channel[,store,bans]`, `--quick`.
+ * Groups: channel, store, data, bans, backup (bench/<group>.ts).
+ * Options: `--only channel[,store,data,bans,backup]`, `--quick`.
  */
 import os from 'node:os';
+import { runBackupBench } from './backup.js';
+import { runBanBench } from './bans.js';
 import { runChannelBench } from './channel.js';
+import { runDataBench } from './data.js';
+import { runStoreBench } from './store.js';
 import { normalizeRow, ratioOf, type LegacyRow, type Row } from './row.js';
 
 interface Group {
@@ -12,46 +16,13 @@ interface Group {
   run(quick: boolean): Promise<LegacyRow[]>;
 }
 
-/** Imports an optional bench module; undefined when it is not there (not written or not built). */
-async function optional<T>(file: string, exportName: string): Promise<T | undefined> {
-  try {
-    const mod = (await import(file)) as Record<string, unknown>;
-    return mod[exportName] as T | undefined;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && String((e as Error).message).includes(file.replace('./', ''))) return undefined;
-    throw e;
-  }
-}
-
 const GROUPS: Group[] = [
   { name: 'channel', run: (quick) => runChannelBench({ quick }) },
-  {
-    name: 'store',
-    run: async () => {
-      const fn = await optional<() => Promise<LegacyRow[]>>('./store.js', 'runStoreBench');
-      if (!fn) throw new MissingGroup();
-      return fn();
-    },
-  },
-  {
-    name: 'data',
-    run: async (quick) => {
-      const fn = await optional<(o: { quick?: boolean }) => Promise<LegacyRow[]>>('./data.js', 'runDataBench');
-      if (!fn) throw new MissingGroup();
-      return fn({ quick });
-    },
-  },
-  {
-    name: 'bans',
-    run: async () => {
-      const fn = await optional<() => Promise<LegacyRow[]>>('./bans.js', 'runBanBench');
-      if (!fn) throw new MissingGroup();
-      return fn();
-    },
-  },
+  { name: 'store', run: () => runStoreBench() },
+  { name: 'data', run: (quick) => runDataBench({ quick }) },
+  { name: 'bans', run: () => runBanBench() },
+  { name: 'backup', run: (quick) => runBackupBench({ quick }) },
 ];
-
-class MissingGroup extends Error {}
 
 function fmt(n: number): string {
   if (!Number.isFinite(n)) return String(n);
@@ -100,19 +71,10 @@ async function main(): Promise<void> {
   }
   const started = Date.now();
   const rows: Row[] = [];
-  const skipped: string[] = [];
   for (const g of GROUPS) {
     if (only && !only.includes(g.name)) continue;
     process.stderr.write(`bench ${g.name}${quick ? ' (quick)' : ''} ...\n`);
-    try {
-      rows.push(...(await g.run(quick)).map((r) => normalizeRow(r, g.name)));
-    } catch (e) {
-      if (e instanceof MissingGroup) {
-        skipped.push(g.name);
-        continue;
-      }
-      throw e;
-    }
+    rows.push(...(await g.run(quick)).map((r) => normalizeRow(r, g.name)));
   }
   console.log(`ComMusic benchmarks, ${new Date().toISOString()}${quick ? ' (--quick)' : ''}`);
   console.log(machine());
@@ -122,7 +84,6 @@ async function main(): Promise<void> {
   console.log('ratio: (o/b) = ours / baseline where higher is better; (b/o) = baseline / ours where lower is better. Above 1 means ours is better.');
   const notes = rows.filter((r) => r.note).map((r) => `- ${r.group} / ${r.name}: ${r.note}`);
   if (notes.length) console.log(['notes:', ...notes].join('\n'));
-  if (skipped.length) console.log(`skipped (module not present): ${skipped.join(', ')}`);
   console.log(`total ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 

@@ -5,10 +5,13 @@ import { openBanSystem, type BanSystem } from './ban-system.js';
 import { dataPaths, loadConfig, type Config, type ConfigSources } from './config.js';
 import { ControlServer } from './control-socket.js';
 import { createLogger, type Logger } from './log.js';
-import { buildOperations, type OpsContext } from './ops.js';
+import { buildOperations } from './ops.js';
 import { Daemon, VERSION } from './server.js';
 import { Dispatcher } from './dispatcher.js';
 import { registerClubCommands } from './club-commands.js';
+import { BackupService } from './backup-service.js';
+import { registerBackupCommands } from './backup-commands.js';
+import type { BackupOpsContext } from './backup-ops.js';
 import { startHealthIfEnabled, type HealthEndpoint } from './health-setup.js';
 import { Reloader } from './reload.js';
 import { registerStatusOps, type StatusContext } from './status-ops.js';
@@ -43,7 +46,7 @@ export function ensureIdentity(config: Config, create: boolean, print: (l: strin
 }
 
 /** The live objects operations reach on the running daemon. */
-export interface OnlineContext extends OpsContext {
+export interface OnlineContext extends BackupOpsContext {
   readonly daemon: Daemon;
   readonly banSystem: BanSystem;
   readonly keyWatch: KeyWatcher;
@@ -109,11 +112,15 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const keyWatch = watchKeyFiles(storage, dataPaths(config.dataDir).identityKey, banSystem, logger, opts.keyWatchPollMs);
     closers.push(() => keyWatch.close());
     const table: BanTable = banSystem.table;
+    const backups = new BackupService({ storage, config: config.backups, mailer: banSystem.mailer, logger });
+    closers.push(() => backups.close());
     const dispatcher = new Dispatcher();
-    registerClubCommands(dispatcher, { storage, violations: bus, identity, logger, idleTimeoutMs: config.limits.idleTimeoutMs });
+    const clubServices = { storage, violations: bus, identity, logger, idleTimeoutMs: config.limits.idleTimeoutMs };
+    registerClubCommands(dispatcher, clubServices);
+    registerBackupCommands(dispatcher, clubServices);
     const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, admit: (ip) => table.check(ip, Date.now()) === undefined });
     closers.push(() => daemon.stop());
-    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, expectKeyChange: (fn) => keyWatch.expectChange(fn) };
+    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn) };
     // Monitoring: one set of providers feeds `status` and /metrics.
     let health: HealthEndpoint | undefined;
     const status: StatusContext = {
@@ -125,6 +132,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       outboxLength: () => banSystem.mailer.outboxLength,
       openStores: () => storage.cache.size,
       keyWatchState: () => keyWatch.state,
+      lastBackups: () => backups.lastBackups(),
       health: () => health && { listen: `${health.server.address().host}:${health.server.address().port}`, certFingerprint: health.server.certificate.fingerprint256 },
     };
     const registry = buildOperations<OnlineContext>();
@@ -133,6 +141,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     closers.push(() => control.close());
     health = await startHealthIfEnabled({ config, sources: status, logger, print, listenerUp: () => daemon.address().port > 0 });
     closers.push(() => health?.server.close());
+    // The nightly schedule starts last, once clients can be served (it catches up missed nights).
+    backups.start();
     let stopped: Promise<void> | undefined;
     return {
       config,

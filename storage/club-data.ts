@@ -19,6 +19,7 @@ import { MODEL, sensitiveFields, validatorFor, type EntityName, type FieldDef } 
 import { fromRow, isBoolean, q, toRow } from './schema.js';
 import type { Db } from './sqlcipher.js';
 import type { AuditLog } from './audit-log.js';
+import { cachedStatement } from './statements.js';
 
 export type RowScope =
   | { kind: 'all' }
@@ -81,22 +82,7 @@ export function scopeCondition(entity: EntityName, scope: RowScope): { sql: stri
   return { sql: `${col} IN (SELECT "registerId" FROM register_assignments WHERE "personId" = ? AND ${active})`, args: [scope.personId, today()] };
 }
 
-interface Stmt {
-  get(...args: unknown[]): unknown;
-  all(...args: unknown[]): unknown[];
-  run(...args: unknown[]): unknown;
-}
-const stmtCache = new WeakMap<Db, Map<string, Stmt>>();
-function stmt(db: Db, sql: string): Stmt {
-  let m = stmtCache.get(db);
-  if (!m) stmtCache.set(db, (m = new Map()));
-  let s = m.get(sql);
-  if (!s) {
-    if (m.size > 2000) m.clear();
-    m.set(sql, (s = db.prepare(sql) as unknown as Stmt));
-  }
-  return s;
-}
+const stmt = cachedStatement;
 
 function selectList(entity: EntityName): string {
   return [...META_COLUMNS, ...visibleFields(entity)].map(q).join(', ');

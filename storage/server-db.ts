@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { deriveSubkey } from '../crypto/wrap.js';
 import { StorageError } from './errors.js';
 import { openEncrypted, migrate, type Db } from './sqlcipher.js';
+import { cachedStatement } from './statements.js';
 
 export const SERVER_DB_FILE = 'server.db';
 export const SERVER_DB_KEY_INFO = 'commusic/server-db/v1';
@@ -140,7 +141,7 @@ export class ServerDb {
   }
 
   getClub(id: string): ClubRow | undefined {
-    const r = this.db.prepare('SELECT * FROM clubs WHERE id = ?').get(id) as RawClub | undefined;
+    const r = cachedStatement(this.db, 'SELECT * FROM clubs WHERE id = ?').get(id) as RawClub | undefined;
     return r ? toClub(r) : undefined;
   }
 

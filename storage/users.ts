@@ -12,6 +12,7 @@
  */
 import type { Db } from './sqlcipher.js';
 import { StorageError } from './errors.js';
+import { cachedStatement } from './statements.js';
 
 export interface UserRecord {
   id: number;
@@ -97,19 +98,7 @@ export function userView(u: UserRecord): UserView {
   return v;
 }
 
-interface Stmt {
-  get(...args: unknown[]): unknown;
-  all(...args: unknown[]): unknown[];
-  run(...args: unknown[]): unknown;
-}
-const stmtCache = new WeakMap<Db, Map<string, Stmt>>();
-function stmt(db: Db, sql: string): Stmt {
-  let m = stmtCache.get(db);
-  if (!m) stmtCache.set(db, (m = new Map()));
-  let s = m.get(sql);
-  if (!s) m.set(sql, (s = db.prepare(sql) as unknown as Stmt));
-  return s;
-}
+const stmt = cachedStatement;
 
 export function getUserByName(db: Db, username: string): UserRecord | undefined {
   ensureUserTablesOnce(db);

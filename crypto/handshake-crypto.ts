@@ -116,6 +116,21 @@ export function aesGcmSeal(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, 
   return Buffer.concat([body, c.getAuthTag()]);
 }
 
+/**
+ * Seals `head` followed by `tail` (when given) as one AES-256-GCM plaintext and pushes the
+ * ciphertext pieces and the tag onto `out`, without joining them: the caller writes them in
+ * one go. The cipher copies key and nonce, so both may be reused buffers.
+ */
+export function aesGcmSealTo(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[]): void {
+  const c = createCipheriv('aes-256-gcm', key, nonce);
+  c.setAAD(aad);
+  const a = c.update(head);
+  if (a.length > 0) out.push(a);
+  if (tail && tail.length > 0) out.push(c.update(tail));
+  c.final();
+  out.push(c.getAuthTag());
+}
+
 /** Returns undefined when the tag does not verify; never throws for bad input. */
 export function aesGcmOpen(key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Buffer | undefined {
   if (sealed.length < AEAD_TAG_LEN) return undefined;

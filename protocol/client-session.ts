@@ -17,7 +17,7 @@ import {
 import { internalError, ProtocolError } from './errors.js';
 import { encodeClientHello, parseReject, parseServerHello } from './handshake-messages.js';
 import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
-import { decodeMessage, encodeMessage, type Message } from './messages.js';
+import { decodeMessage, encodeMessageTransient, type Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
 
 /**
@@ -79,6 +79,8 @@ export class ClientSession {
   private fingerprint: string | undefined;
   private version = 0;
   private output: Buffer[] = [];
+  /** Index ranges in `output` of record bodies sealed as several buffers (see sealParts). */
+  private runs: number[] = [];
   private terminal: ClientEvent | undefined;
   private rejectCode: number | undefined;
 
@@ -125,7 +127,8 @@ export class ClientSession {
 
   sendMessage(message: Message): void {
     if (this.stateValue !== 'ESTABLISHED' || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
-    this.sealer.seal(RECORD_DATA, encodeMessage(message), this.output);
+    const enc = encodeMessageTransient(message);
+    this.sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.output, this.runs);
   }
 
   close(code: number): void {
@@ -139,10 +142,33 @@ export class ClientSession {
     this.wipe();
   }
 
+  /** The bytes to send, as buffers in order (each record as its header and its body). */
   takeOutput(): Buffer[] {
     const out = this.output;
+    const runs = this.runs;
     this.output = [];
-    return out;
+    if (runs.length === 0) return out;
+    this.runs = [];
+    const paired: Buffer[] = [];
+    let i = 0;
+    for (let r = 0; r < runs.length; r += 2) {
+      const start = runs[r]!;
+      const end = runs[r + 1]!;
+      while (i < start) paired.push(out[i++]!);
+      paired.push(Buffer.concat(out.slice(start, end)));
+      i = end;
+    }
+    while (i < out.length) paired.push(out[i++]!);
+    return paired;
+  }
+
+  /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
+  takeOutputBytes(): Buffer | undefined {
+    const out = this.output;
+    if (out.length === 0) return undefined;
+    this.output = [];
+    if (this.runs.length > 0) this.runs = [];
+    return out.length === 1 ? out[0]! : Buffer.concat(out);
   }
 
   wipe(): void {

@@ -60,7 +60,240 @@ function toWire(m: Message): unknown[] {
 }
 
 export function encodeMessage(m: Message): Uint8Array {
-  return encode(toWire(m));
+  const n = fastEncode(toWire(m));
+  return n < 0 ? encode(toWire(m)) : Uint8Array.prototype.slice.call(scratch, 0, n);
+}
+
+/**
+ * Encodes a message for immediate sealing. The result may be a view of a shared scratch
+ * buffer, valid only until the next call: the caller must consume it synchronously (the
+ * record sealer copies it into the ciphertext). A CHUNK message comes back as its envelope
+ * and, separately, its data, so the data is not copied before encryption. The bytes are
+ * exactly those of encodeMessage.
+ */
+export function encodeMessageTransient(m: Message): { head: Uint8Array; tail: Uint8Array | undefined } {
+  if (m.kind === 'chunk' && m.data instanceof Uint8Array) {
+    // [3, id, bytes(n)] followed by the n data bytes.
+    pos = 0;
+    scratch[pos++] = 0x83;
+    writeHead(0, MSG_CHUNK);
+    if (!writeUint(0, m.id)) return { head: encode(toWire(m)), tail: undefined };
+    writeHead(2, m.data.length);
+    return { head: scratch.subarray(0, pos), tail: m.data };
+  }
+  const n = fastEncode(toWire(m));
+  return { head: n < 0 ? encode(toWire(m)) : scratch.subarray(0, n), tail: undefined };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A direct CBOR encoder for the values messages usually carry: non-negative and negative safe
+// integers, ASCII text, byte strings, arrays, plain objects with ASCII keys, booleans and null.
+// It writes exactly the bytes cborg's encode() writes for them (minimal lengths; map keys sorted
+// by encoded length, then bytewise). Anything else (floats, non-ASCII text, Maps, undefined,
+// class instances, output beyond one record) makes it give up, and cborg encodes the message.
+
+const SCRATCH_LEN = 65536 + 64;
+const scratch = Buffer.allocUnsafe(SCRATCH_LEN);
+let pos = 0;
+const MAX_FAST_DEPTH = 32;
+const TWO_32 = 4294967296;
+
+/** Writes a major type with a length/value argument (value a safe non-negative integer). */
+function writeHead(major: number, v: number): void {
+  const mt = major << 5;
+  if (v < 24) scratch[pos++] = mt | v;
+  else if (v < 0x100) {
+    scratch[pos++] = mt | 24;
+    scratch[pos++] = v;
+  } else if (v < 0x10000) {
+    scratch[pos++] = mt | 25;
+    scratch[pos++] = v >>> 8;
+    scratch[pos++] = v & 0xff;
+  } else if (v < TWO_32) {
+    scratch[pos++] = mt | 26;
+    scratch.writeUInt32BE(v, pos);
+    pos += 4;
+  } else {
+    scratch[pos++] = mt | 27;
+    scratch.writeUInt32BE(Math.floor(v / TWO_32), pos);
+    scratch.writeUInt32BE(v >>> 0, pos + 4);
+    pos += 8;
+  }
+}
+
+function writeUint(major: number, v: number): boolean {
+  if (!Number.isSafeInteger(v) || v < 0) return false;
+  writeHead(major, v);
+  return true;
+}
+
+function isAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
+  return true;
+}
+
+/** cborg's default map order for text keys: shorter encoding first, then bytewise. */
+function keyOrder(a: string, b: string): number {
+  if (a.length !== b.length) return a.length - b.length;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function fastValue(v: unknown, depth: number): boolean {
+  if (SCRATCH_LEN - pos < 9) return false;
+  switch (typeof v) {
+    case 'number':
+      if (!Number.isSafeInteger(v) || Object.is(v, -0)) return false;
+      if ((v as number) >= 0) writeHead(0, v as number);
+      else writeHead(1, -1 - (v as number));
+      return true;
+    case 'string': {
+      const s = v as string;
+      if (!isAscii(s) || SCRATCH_LEN - pos < s.length + 9) return false;
+      writeHead(3, s.length);
+      pos += scratch.write(s, pos, 'latin1');
+      return true;
+    }
+    case 'boolean':
+      scratch[pos++] = v ? 0xf5 : 0xf4;
+      return true;
+    case 'object': {
+      if (v === null) {
+        scratch[pos++] = 0xf6;
+        return true;
+      }
+      if (depth >= MAX_FAST_DEPTH) return false;
+      if (v instanceof Uint8Array) {
+        if (SCRATCH_LEN - pos < v.length + 9) return false;
+        writeHead(2, v.length);
+        scratch.set(v, pos);
+        pos += v.length;
+        return true;
+      }
+      if (Array.isArray(v)) {
+        writeHead(4, v.length);
+        for (let i = 0; i < v.length; i++) if (!fastValue(v[i], depth + 1)) return false;
+        return true;
+      }
+      if (Object.getPrototypeOf(v) !== Object.prototype) return false;
+      const o = v as Record<string, unknown>;
+      const keys = Object.keys(o);
+      if (keys.length > 1) keys.sort(keyOrder);
+      writeHead(5, keys.length);
+      for (const k of keys) {
+        const val = o[k];
+        if (val === undefined || !fastValue(k, depth + 1) || !fastValue(val, depth + 1)) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
+/** Encodes into `scratch`; returns the length, or -1 when cborg must do it. */
+function fastEncode(v: unknown): number {
+  pos = 0;
+  return fastValue(v, 0) ? pos : -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A direct decoder for the same subset, run after checkCborShape has vetted the structure. It
+// builds plain objects at once. It accepts only what it is certain cborg (strict, no duplicate
+// keys) plus toPlain would turn into the same value: minimal integer and length encodings,
+// safe integers, ASCII text, byte strings (copied, as cborg copies them), arrays, maps with
+// distinct ASCII text keys other than "__proto__", booleans and null. Anything else, including
+// every malformed input, goes to cborg, so errors are reported exactly as before.
+
+const GIVE_UP = Symbol('give-up');
+let dpos = 0;
+
+function readArg(b: Uint8Array, ai: number): number {
+  if (ai < 24) return ai;
+  if (ai === 24) {
+    const v = b[dpos++]!;
+    return v < 24 ? -1 : v;
+  }
+  if (ai === 25) {
+    const v = (b[dpos]! << 8) | b[dpos + 1]!;
+    dpos += 2;
+    return v < 0x100 ? -1 : v;
+  }
+  if (ai === 26) {
+    const v = ((b[dpos]! << 24) | (b[dpos + 1]! << 16) | (b[dpos + 2]! << 8) | b[dpos + 3]!) >>> 0;
+    dpos += 4;
+    return v < 0x10000 ? -1 : v;
+  }
+  // ai === 27 (checkCborShape refused everything else)
+  const hi = ((b[dpos]! << 24) | (b[dpos + 1]! << 16) | (b[dpos + 2]! << 8) | b[dpos + 3]!) >>> 0;
+  const lo = ((b[dpos + 4]! << 24) | (b[dpos + 5]! << 16) | (b[dpos + 6]! << 8) | b[dpos + 7]!) >>> 0;
+  dpos += 8;
+  if (hi === 0 || hi > 0x1fffff) return -1; // non-minimal, or beyond 2^53 - 1
+  const v = hi * TWO_32 + lo;
+  return Number.isSafeInteger(v) ? v : -1;
+}
+
+function asciiText(b: Uint8Array, len: number): string | typeof GIVE_UP {
+  const end = dpos + len;
+  for (let i = dpos; i < end; i++) if (b[i]! > 0x7f) return GIVE_UP;
+  let s = '';
+  if (len <= 32) for (let i = dpos; i < end; i++) s += String.fromCharCode(b[i]!);
+  else s = Buffer.from(b.buffer, b.byteOffset + dpos, len).toString('latin1');
+  dpos = end;
+  return s;
+}
+
+function fastItem(b: Uint8Array): unknown {
+  const ib = b[dpos++]!;
+  const major = ib >> 5;
+  const ai = ib & 31;
+  if (major === 7) {
+    if (ai === 20) return false;
+    if (ai === 21) return true;
+    if (ai === 22) return null;
+    return GIVE_UP;
+  }
+  const arg = readArg(b, ai);
+  if (arg < 0) return GIVE_UP;
+  switch (major) {
+    case 0:
+      return arg;
+    case 1:
+      return arg === Number.MAX_SAFE_INTEGER ? GIVE_UP : -1 - arg;
+    case 2: {
+      const out = new Uint8Array(arg);
+      out.set(b.subarray(dpos, dpos + arg));
+      dpos += arg;
+      return out;
+    }
+    case 3:
+      return asciiText(b, arg);
+    case 4: {
+      const a: unknown[] = new Array(arg);
+      for (let i = 0; i < arg; i++) {
+        const v = fastItem(b);
+        if (v === GIVE_UP) return GIVE_UP;
+        a[i] = v;
+      }
+      return a;
+    }
+    case 5: {
+      const o: Record<string, unknown> = {};
+      for (let i = 0; i < arg; i++) {
+        const kb = b[dpos++]!;
+        if (kb >> 5 !== 3) return GIVE_UP;
+        const klen = readArg(b, kb & 31);
+        if (klen < 0) return GIVE_UP;
+        const k = asciiText(b, klen);
+        if (k === GIVE_UP || k === '__proto__' || Object.prototype.hasOwnProperty.call(o, k)) return GIVE_UP;
+        const v = fastItem(b);
+        if (v === GIVE_UP) return GIVE_UP;
+        o[k] = v;
+      }
+      return o;
+    }
+    default:
+      return GIVE_UP;
+  }
 }
 
 const bad = (why: string): never => {
@@ -100,6 +333,15 @@ function toPlain(v: unknown): unknown {
 
 export function decodeMessage(bytes: Uint8Array): Message {
   checkCborShape(bytes, MAX_CBOR_DEPTH);
+  dpos = 0;
+  const fast = fastItem(bytes);
+  if (fast !== GIVE_UP && dpos === bytes.length) return decodeEnvelope(fast, identity);
+  return decodeEnvelope(slowDecode(bytes), toPlain);
+}
+
+const identity = (v: unknown): unknown => v;
+
+function slowDecode(bytes: Uint8Array): unknown {
   let raw: unknown;
   try {
     raw = decode(bytes, {
@@ -115,6 +357,10 @@ export function decodeMessage(bytes: Uint8Array): Message {
   } catch {
     bad('malformed CBOR');
   }
+  return raw;
+}
+
+function decodeEnvelope(raw: unknown, toPlain: (v: unknown) => unknown): Message {
   if (!Array.isArray(raw) || raw.length < 2) return bad('a message is an array with a kind');
   const a = raw as unknown[];
   switch (a[0]) {

@@ -1,4 +1,4 @@
-import { aesGcmOpen, aesGcmSeal } from '../crypto/handshake-crypto.js';
+import { aesGcmOpen, aesGcmSealTo } from '../crypto/handshake-crypto.js';
 import {
   MAX_RECORD_SEALED,
   RECORD_CLOSE,
@@ -24,11 +24,17 @@ export interface OpenedRecord {
   readonly plaintext: Buffer;
 }
 
-function nonceFor(iv: Buffer, seq: number): Buffer {
-  const n = Buffer.from(iv);
+/**
+ * The nonce of record `seq`, written into `into`: one scratch buffer shared by all sessions
+ * (node:crypto copies the IV when a cipher is created, so it is free again at once).
+ */
+const NONCE = Buffer.alloc(12);
+
+function nonceFor(into: Buffer, iv: Buffer, seq: number): Buffer {
+  iv.copy(into, 0, 0, 8);
   // seq < 2^20 by construction; the upper 32 bits of the counter are zero.
-  n.writeUInt32BE((n.readUInt32BE(8) ^ seq) >>> 0, 8);
-  return n;
+  into.writeUInt32BE((iv.readUInt32BE(8) ^ seq) >>> 0, 8);
+  return into;
 }
 
 function header(type: number, sealedLen: number): Buffer {
@@ -38,7 +44,11 @@ function header(type: number, sealedLen: number): Buffer {
   return h;
 }
 
-const VALID_TYPES = new Set([RECORD_FINISHED, RECORD_DATA, RECORD_KEY_UPDATE, RECORD_CLOSE]);
+function validType(t: number): boolean {
+  return t === RECORD_FINISHED || t === RECORD_DATA || t === RECORD_KEY_UPDATE || t === RECORD_CLOSE;
+}
+
+const EMPTY = Buffer.alloc(0);
 
 export class RecordSealer {
   private seq = 0;
@@ -47,25 +57,59 @@ export class RecordSealer {
     private readonly rekeyAfter: number = REKEY_AFTER_RECORDS,
   ) {}
 
-  /** Seals one record, preceded by a KEY_UPDATE when the current key is used up. */
+  /**
+   * Seals one record, preceded by a KEY_UPDATE when the current key is used up. Pushes two
+   * buffers per record onto `out`: the header and the sealed body.
+   */
   seal(type: number, plaintext: Uint8Array, out: Buffer[]): void {
-    // The peer's reader refuses such a record as an attack; never put one on the wire.
-    if (plaintext.length > MAX_RECORD_PLAINTEXT) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal ${plaintext.length} bytes`);
-    if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) this.keyUpdate(out);
-    const h = header(type, plaintext.length + TAG_LEN);
-    out.push(h, aesGcmSeal(this.keys.key, nonceFor(this.keys.iv, this.seq), h, plaintext));
-    this.seq++;
+    this.sealRecord(type, plaintext, undefined, out, undefined);
+  }
+
+  /**
+   * The same record as seal() with `head` followed by `tail` as its plaintext, but the
+   * ciphertext pieces and the tag are pushed onto `out` unjoined (their concatenation, in
+   * order, is the record), so that the caller joins everything once, in its write. When a
+   * record's body takes more than one buffer, its index range [start, end) in `out` is
+   * appended to `runs`, so the caller can still rebuild header/body pairs.
+   */
+  sealParts(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[]): void {
+    this.sealRecord(type, head, tail, out, runs);
   }
 
   keyUpdate(out: Buffer[]): void {
-    const h = header(RECORD_KEY_UPDATE, TAG_LEN);
-    out.push(h, aesGcmSeal(this.keys.key, nonceFor(this.keys.iv, this.seq), h, Buffer.alloc(0)));
+    this.sealOne(RECORD_KEY_UPDATE, EMPTY, undefined, out, undefined);
     this.keys = nextDirectionKeys(this.keys);
     this.seq = 0;
   }
 
   wipe(): void {
     wipeDirection(this.keys);
+  }
+
+  /** `runs` undefined: join each body into one buffer. */
+  private sealRecord(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[] | undefined): void {
+    const len = head.length + (tail ? tail.length : 0);
+    // The peer's reader refuses such a record as an attack; never put one on the wire.
+    if (len > MAX_RECORD_PLAINTEXT) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal ${len} bytes`);
+    if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) this.keyUpdate(out);
+    this.sealOne(type, head, tail, out, runs);
+  }
+
+  private sealOne(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[] | undefined): void {
+    const len = head.length + (tail ? tail.length : 0);
+    const h = header(type, len + TAG_LEN);
+    out.push(h);
+    const nonce = nonceFor(NONCE, this.keys.iv, this.seq);
+    if (!runs) {
+      const body: Buffer[] = [];
+      aesGcmSealTo(this.keys.key, nonce, h, head, tail, body);
+      out.push(body.length === 1 ? body[0]! : Buffer.concat(body));
+    } else {
+      const start = out.length;
+      aesGcmSealTo(this.keys.key, nonce, h, head, tail, out);
+      if (out.length - start > 1) runs.push(start, out.length);
+    }
+    this.seq++;
   }
 }
 
@@ -101,7 +145,7 @@ export class RecordReader {
       const head = this.peek(RECORD_HEADER_LEN);
       const type = head[0]!;
       const len = head.readUInt32BE(1);
-      if (!VALID_TYPES.has(type)) throw new ProtocolError('BAD_RECORD_TYPE', `unknown record type ${type}`);
+      if (!validType(type)) throw new ProtocolError('BAD_RECORD_TYPE', `unknown record type ${type}`);
       if (len > MAX_RECORD_SEALED) throw new ProtocolError('RECORD_TOO_LARGE', `record of ${len} bytes exceeds the limit`);
       if (len < TAG_LEN) throw new ProtocolError('RECORD_TOO_SHORT', 'record shorter than its tag');
       if (this.buffered < RECORD_HEADER_LEN + len) return undefined;
@@ -110,7 +154,7 @@ export class RecordReader {
       if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
         throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
       }
-      const plaintext = aesGcmOpen(this.keys.key, nonceFor(this.keys.iv, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
+      const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys.iv, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
       if (!plaintext) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
       this.seq++;
       if (type === RECORD_KEY_UPDATE) {

@@ -22,20 +22,90 @@ export interface ConnectionEvents {
   counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
 }
 
-interface InFlight {
-  readonly abort: AbortController;
-  upload?: InboundStream;
-  credit?: OutboundCredit;
+/** Where a request stands: waiting for its handler, streaming its download, or answered. */
+const WAITING = 0;
+const STREAMING = 1;
+const DONE = 2;
+
+class InFlight {
+  phase = WAITING;
+  /** The first reason it was aborted for (cancel, timeout, connection closed). */
+  reason: CommandError | undefined;
+  /** Created only when a handler reads ctx.signal. */
+  controller: AbortController | undefined;
+  upload: InboundStream | undefined;
+  credit: OutboundCredit | undefined;
+  constructor(
+    readonly id: number,
+    readonly command: string,
+    readonly deadline: number,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.reason) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+}
+
+/** What a handler sees; the abort signal and the session map are created on first use. */
+class RequestContext implements CommandContext {
+  readonly conn: ConnectionInfo;
+  readonly upload?: AsyncIterable<Uint8Array>;
+  constructor(
+    private readonly owner: Connection,
+    private readonly f: InFlight,
+  ) {
+    this.conn = owner.info;
+    if (f.upload) this.upload = f.upload;
+  }
+
+  get signal(): AbortSignal {
+    return this.f.signal;
+  }
+
+  get session(): Map<string, unknown> {
+    return this.owner.sessionMap();
+  }
 }
 
 /** Twice the soft limit: past it requests are refused, below it reading merely pauses. */
 const HARD_INFLIGHT = MAX_INFLIGHT_REQUESTS * 2;
 
+const CONN = Symbol('connection');
+type OwnedSocket = Socket & { [CONN]: Connection };
+
+// One set of listener functions for all sockets (instead of six closures per connection).
+function onSocketData(this: OwnedSocket, d: Buffer): void {
+  this[CONN].onData(d);
+}
+function onSocketEnd(this: OwnedSocket): void {
+  this[CONN].onEnd();
+}
+function onSocketError(this: OwnedSocket): void {
+  this[CONN].destroy();
+}
+function onSocketClose(this: OwnedSocket): void {
+  this[CONN].onSocketClose();
+}
+function onSocketDrain(this: OwnedSocket): void {
+  this[CONN].onDrain();
+}
+function onSocketTimeout(this: OwnedSocket): void {
+  this[CONN].onIdle();
+}
+
 export class Connection {
   readonly info: ConnectionInfo;
-  private readonly inflight = new Map<number, InFlight>();
-  private readonly sessionState = new Map<string, unknown>();
+  /** Requests in flight, in arrival order (which is also deadline order). */
+  private inflight: Map<number, InFlight> | undefined;
+  private sessionState: Map<string, unknown> | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  /** One timer per connection, due at the earliest deadline of a request in flight. */
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private flushQueued = false;
   private handshakeOpen = true;
   private draining = false;
   private closed = false;
@@ -53,13 +123,23 @@ export class Connection {
   ) {
     this.info = { id, ip: normalizeIp(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
     socket.setNoDelay(true);
-    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), limits.handshakeTimeoutMs);
-    socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('end', () => this.onEnd());
-    socket.on('error', () => this.destroy());
-    socket.on('close', () => this.onSocketClose());
-    socket.on('drain', () => this.onDrain());
-    socket.on('timeout', () => this.onIdle());
+    this.handshakeTimer = setTimeout(onHandshakeTimer, limits.handshakeTimeoutMs, this);
+    (socket as OwnedSocket)[CONN] = this;
+    socket.on('data', onSocketData);
+    socket.on('end', onSocketEnd);
+    socket.on('error', onSocketError);
+    socket.on('close', onSocketClose);
+    socket.on('drain', onSocketDrain);
+    socket.on('timeout', onSocketTimeout);
+  }
+
+  /** The per-connection state handlers share (ctx.session), created on first use. */
+  sessionMap(): Map<string, unknown> {
+    return (this.sessionState ??= new Map());
+  }
+
+  private get inflightCount(): number {
+    return this.inflight ? this.inflight.size : 0;
   }
 
   get isEstablished(): boolean {
@@ -70,20 +150,25 @@ export class Connection {
   drain(): void {
     this.draining = true;
     if (!this.isEstablished) return this.destroy();
-    if (this.inflight.size === 0) this.closeWith(CLOSE_SHUTDOWN);
+    if (this.inflightCount === 0) this.closeWith(CLOSE_SHUTDOWN);
   }
 
   destroy(): void {
     if (this.closed) return;
     this.closed = true;
     this.finishHandshake(false);
-    for (const f of this.inflight.values()) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
-    this.inflight.clear();
+    clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
+    if (this.inflight) {
+      for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
+      this.inflight.clear();
+    }
     this.session.wipe();
     this.socket.destroy();
   }
 
-  private onData(data: Buffer): void {
+  /** @internal socket listener */
+  onData(data: Buffer): void {
     if (this.closed) return;
     this.bytesIn += data.length;
     this.session.receive(data);
@@ -140,7 +225,7 @@ export class Connection {
       case 'request':
         return this.onRequest(m.id, m.command, m.payload, m.stream);
       case 'chunk': {
-        const f = this.inflight.get(m.id);
+        const f = this.inflight?.get(m.id);
         if (!f?.upload) return; // a race with completion or cancel; the data is dropped
         try {
           f.upload.push(m.data);
@@ -150,18 +235,18 @@ export class Connection {
         return;
       }
       case 'end':
-        this.inflight.get(m.id)?.upload?.end();
+        this.inflight?.get(m.id)?.upload?.end();
         return;
       case 'credit': {
         try {
-          this.inflight.get(m.id)?.credit?.add(m.bytes);
+          this.inflight?.get(m.id)?.credit?.add(m.bytes);
         } catch (e) {
           return this.protocolFailure(e as ProtocolError);
         }
         return;
       }
       case 'cancel': {
-        const f = this.inflight.get(m.id);
+        const f = this.inflight?.get(m.id);
         if (f) this.abortInFlight(f, new CommandError('CANCELLED', 'cancelled by the client'));
         return;
       }
@@ -172,8 +257,8 @@ export class Connection {
 
   private onRequest(id: number, command: string, payload: unknown, stream: boolean): void {
     if (this.draining) return this.sendError(id, new CommandError('SHUTTING_DOWN', 'the server is shutting down'));
-    if (this.inflight.has(id)) return this.sendError(id, new CommandError('DUPLICATE_ID', `request id ${id} is already in use`), false);
-    if (this.inflight.size >= HARD_INFLIGHT) return this.sendError(id, new CommandError('BUSY', 'too many requests in flight'));
+    if (this.inflight?.has(id)) return this.sendError(id, new CommandError('DUPLICATE_ID', `request id ${id} is already in use`), false);
+    if (this.inflightCount >= HARD_INFLIGHT) return this.sendError(id, new CommandError('BUSY', 'too many requests in flight'));
     let prepared;
     try {
       prepared = this.dispatcher.prepare(command, payload, stream);
@@ -182,85 +267,129 @@ export class Connection {
       // An upload that was refused still occupies the id until the client sees the error.
       return this.sendError(id, e as CommandError);
     }
-    const f: InFlight = { abort: new AbortController() };
+    const f = new InFlight(id, command, Date.now() + this.limits.requestTimeoutMs);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
-    this.inflight.set(id, f);
-    if (this.inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
-    const timer = setTimeout(() => this.abortInFlight(f, new CommandError('TIMEOUT', 'the request took too long')), this.limits.requestTimeoutMs);
-    const ctx: CommandContext = {
-      conn: this.info,
-      signal: f.abort.signal,
-      session: this.sessionState,
-      ...(f.upload ? { upload: f.upload } : {}),
-    };
-    void this.run(id, command, prepared.spec.handler(prepared.payload, ctx), f).finally(() => {
-      clearTimeout(timer);
-      this.inflight.delete(id);
-      this.afterRequest();
-    });
+    const inflight = (this.inflight ??= new Map());
+    inflight.set(id, f);
+    if (inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
+    this.sweepTimer ??= setTimeout(onSweepTimer, this.limits.requestTimeoutMs, this).unref();
+    const pending: unknown = prepared.spec.handler(prepared.payload, new RequestContext(this, f));
+    (pending instanceof Promise ? pending : Promise.resolve(pending)).then(
+      (result) => this.onResult(f, result),
+      (e: unknown) => {
+        if (f.phase === WAITING) this.finishRequest(f, e);
+      },
+    );
   }
 
-  private async run(id: number, command: string, pending: Promise<{ payload: unknown; download?: AsyncIterable<Uint8Array> }>, f: InFlight): Promise<void> {
+  private onResult(f: InFlight, result: { payload: unknown; download?: AsyncIterable<Uint8Array> }): void {
+    if (f.phase !== WAITING) return; // already answered: aborted (timeout, cancel, closed)
+    if (this.closed) return this.retire(f);
     try {
-      const result = await Promise.race([pending, aborted(f.abort.signal)]);
-      if (this.closed) return;
       if (!result.download) {
-        this.send({ kind: 'response', id, payload: result.payload ?? null, stream: false });
-        this.events.counted('request', command, 'ok');
-        return;
+        this.send({ kind: 'response', id: f.id, payload: result.payload ?? null, stream: false });
+        this.events.counted('request', f.command, 'ok');
+        return this.retire(f);
       }
-      f.credit = new OutboundCredit();
-      this.send({ kind: 'response', id, payload: result.payload ?? null, stream: true });
-      for await (const piece of result.download) {
+    } catch (e) {
+      return this.finishRequest(f, e);
+    }
+    f.phase = STREAMING;
+    void this.streamDownload(f, result.payload, result.download);
+  }
+
+  private async streamDownload(f: InFlight, payload: unknown, download: AsyncIterable<Uint8Array>): Promise<void> {
+    const id = f.id;
+    try {
+      const credit = (f.credit = new OutboundCredit());
+      if (f.reason) credit.abort(f.reason);
+      this.send({ kind: 'response', id, payload: payload ?? null, stream: true });
+      for await (const piece of download) {
         for (let off = 0; off < piece.length; off += MAX_CHUNK_LEN) {
           const data = piece.subarray(off, Math.min(piece.length, off + MAX_CHUNK_LEN));
-          await f.credit.take(data.length);
-          await this.writable(f.abort.signal);
+          await credit.take(data.length);
+          await this.writable(f);
           this.send({ kind: 'chunk', id, data });
         }
       }
       this.send({ kind: 'end', id });
-      this.events.counted('request', command, 'ok');
+      this.events.counted('request', f.command, 'ok');
+      this.retire(f);
     } catch (e) {
-      const err =
-        e instanceof CommandError
-          ? e
-          : e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE'
-            ? new CommandError('TOO_LARGE', 'the response does not fit in one record')
-            : e instanceof ProtocolError
-              ? new CommandError('BAD_REQUEST', 'stream aborted')
-              : undefined;
-      if (e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE') this.log.error('response too large for one record', { conn: this.info.id, command });
-      if (!err) this.log.error('command failed', { conn: this.info.id, command, error: (e as Error)?.name });
-      const wire = err ?? new CommandError('INTERNAL', 'internal error');
-      this.events.counted('request', command, wire.code);
-      if (!this.closed) this.sendError(id, wire);
+      this.finishRequest(f, e);
+    }
+  }
+
+  /** Answers a request that failed or was aborted with its typed error, once. */
+  private finishRequest(f: InFlight, e: unknown): void {
+    if (f.phase === DONE) return;
+    const err =
+      e instanceof CommandError
+        ? e
+        : e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE'
+          ? new CommandError('TOO_LARGE', 'the response does not fit in one record')
+          : e instanceof ProtocolError
+            ? new CommandError('BAD_REQUEST', 'stream aborted')
+            : undefined;
+    if (e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE') this.log.error('response too large for one record', { conn: this.info.id, command: f.command });
+    if (!err) this.log.error('command failed', { conn: this.info.id, command: f.command, error: (e as Error)?.name });
+    const wire = err ?? new CommandError('INTERNAL', 'internal error');
+    this.events.counted('request', f.command, wire.code);
+    if (!this.closed) this.sendError(f.id, wire);
+    this.retire(f);
+  }
+
+  /** The request is over: free its id and maybe resume reading or finish a drain. */
+  private retire(f: InFlight): void {
+    if (f.phase === DONE) return;
+    f.phase = DONE;
+    const inflight = this.inflight!;
+    if (inflight.get(f.id) === f) inflight.delete(f.id);
+    // The sweep timer stays armed (unref'd) when nothing is in flight: re-arming it for every
+    // request would cost a timer per request again. It finds nothing to do and lapses.
+    this.afterRequest();
+  }
+
+  /** @internal Times out the requests past their deadline; re-arms for the next one. */
+  sweep(): void {
+    this.sweepTimer = undefined;
+    if (this.closed || !this.inflight) return;
+    const now = Date.now();
+    for (const f of [...this.inflight.values()]) {
+      if (f.deadline > now) {
+        this.sweepTimer = setTimeout(onSweepTimer, f.deadline - now, this).unref();
+        return;
+      }
+      this.abortInFlight(f, new CommandError('TIMEOUT', 'the request took too long'));
     }
   }
 
   /** Resolves when the socket's write buffer is below the high-water mark. */
-  private async writable(signal: AbortSignal): Promise<void> {
+  private async writable(f: InFlight): Promise<void> {
     while (!this.closed && this.socket.writableLength > this.limits.writeHighWaterBytes) {
-      if (signal.aborted) throw signal.reason;
+      if (f.reason) throw f.reason;
       await new Promise<void>((r) => this.socket.once('drain', r).once('close', r));
     }
     if (this.closed) throw new CommandError('CANCELLED', 'connection closed');
   }
 
   private abortInFlight(f: InFlight, err: CommandError): void {
-    if (!f.abort.signal.aborted) f.abort.abort(err);
+    f.reason ??= err;
+    if (f.controller && !f.controller.signal.aborted) f.controller.abort(f.reason);
     f.upload?.abort(err);
     f.credit?.abort(err);
+    // A handler still working is answered at once; its late result is ignored.
+    if (f.phase === WAITING) this.finishRequest(f, f.reason);
   }
 
   private afterRequest(): void {
     if (this.closed) return;
-    if (this.draining && this.inflight.size === 0) return this.closeWith(CLOSE_SHUTDOWN);
+    if (this.draining && this.inflightCount === 0) return this.closeWith(CLOSE_SHUTDOWN);
     this.maybeResume();
   }
 
   private maybeResume(): void {
-    if (this.inflight.size < MAX_INFLIGHT_REQUESTS && !this.pausedForOutput && this.socket.isPaused()) this.socket.resume();
+    if (this.inflightCount < MAX_INFLIGHT_REQUESTS && !this.pausedForOutput && this.socket.isPaused()) this.socket.resume();
   }
 
   private sendError(id: number, e: CommandError, count = true): void {
@@ -268,23 +397,34 @@ export class Connection {
     this.send({ kind: 'error', id, code: e.code, message: e.message });
   }
 
+  /**
+   * Seals the message now and writes it with everything else produced in this turn: a flush
+   * is queued as a microtask, so the answers to all requests of one read leave in one write.
+   */
   private send(m: Message): void {
     if (this.closed || !this.isEstablished) return;
     this.session.sendMessage(m);
-    this.flush();
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(() => {
+        this.flushQueued = false;
+        this.flush();
+      });
+    }
   }
 
   private flush(): void {
-    const out = this.session.takeOutput();
-    if (out.length === 0 || this.socket.destroyed) return;
-    this.socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
+    const out = this.session.takeOutputBytes();
+    if (!out || this.socket.destroyed) return;
+    this.socket.write(out);
     if (this.socket.writableLength > this.limits.writeHighWaterBytes && !this.pausedForOutput) {
       this.pausedForOutput = true;
       this.socket.pause();
     }
   }
 
-  private onDrain(): void {
+  /** @internal socket listener */
+  onDrain(): void {
     if (!this.pausedForOutput) return;
     this.pausedForOutput = false;
     this.maybeResume();
@@ -306,7 +446,8 @@ export class Connection {
     this.events.handshakeDone(established);
   }
 
-  private onHandshakeTimeout(): void {
+  /** @internal */
+  onHandshakeTimeout(): void {
     if (!this.handshakeOpen || this.closed) return;
     const silent = this.bytesIn === 0;
     this.log.warn('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
@@ -314,13 +455,15 @@ export class Connection {
     this.destroy();
   }
 
-  private onIdle(): void {
-    if (this.inflight.size > 0) return;
+  /** @internal socket listener */
+  onIdle(): void {
+    if (this.inflightCount > 0) return;
     this.log.info('idle timeout', { conn: this.info.id });
     this.closeWith(CLOSE_IDLE);
   }
 
-  private onEnd(): void {
+  /** @internal socket listener */
+  onEnd(): void {
     if (this.closed) return;
     if (this.session.bufferedBytes > 0) {
       this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
@@ -333,17 +476,19 @@ export class Connection {
     this.closeWith(this.isEstablished ? CLOSE_NORMAL : CLOSE_PROTOCOL_ERROR);
   }
 
-  private onSocketClose(): void {
+  /** @internal socket listener */
+  onSocketClose(): void {
     this.destroy();
     this.events.closed();
   }
 }
 
-function aborted(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    if (signal.aborted) reject(signal.reason);
-    signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-  });
+function onHandshakeTimer(c: Connection): void {
+  c.onHandshakeTimeout();
+}
+
+function onSweepTimer(c: Connection): void {
+  c.sweep();
 }
 
 /** IPv4 peers on a dual-stack socket appear as ::ffff:a.b.c.d; report them as IPv4. */

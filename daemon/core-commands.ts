@@ -14,20 +14,39 @@ export interface ServerInfo {
   fingerprint: string;
 }
 
+/** A plain object whose own enumerable keys are all in `allowed` (checked without allocating). */
+function onlyKeys(p: unknown, allowed: string): p is Record<string, unknown> {
+  if (typeof p !== 'object' || p === null || Object.getPrototypeOf(p) !== Object.prototype) return false;
+  for (const k in p) if (k !== allowed) return false;
+  return true;
+}
+
+/** What `z.object({}).strict().default({})` returns for `{}`, without going through zod. */
+const emptyPayload = (p: unknown): { data: Record<string, never> } | undefined => (onlyKeys(p, '') && Object.keys(p).length === 0 ? { data: {} } : undefined);
+
 export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now: () => number = Date.now): void {
   d.register({
     name: 'ping',
     schema: z.object({ data: z.instanceof(Uint8Array).refine((b) => b.length <= MAX_CHUNK_LEN, 'data too large').optional() }).strict().default({}),
+    // The schema's result for the payloads clients send: {} or { data: bytes within the limit }.
+    quickParse: (p) => {
+      if (!onlyKeys(p, 'data')) return undefined;
+      if (!('data' in p)) return { data: {} };
+      const d = p.data;
+      return d instanceof Uint8Array && d.length <= MAX_CHUNK_LEN ? { data: { data: d as Uint8Array<ArrayBuffer> } } : undefined;
+    },
     handler: async (p) => ({ payload: p.data ? { time: now(), data: p.data } : { time: now() } }),
   });
   d.register({
     name: 'server.info',
     schema: z.object({}).strict().default({}),
+    quickParse: emptyPayload,
     handler: async () => ({ payload: { ...info(), commands: d.names() } }),
   });
   d.register({
     name: 'diag.echoStream',
     schema: z.object({}).strict().default({}),
+    quickParse: emptyPayload,
     upload: true,
     handler: async (_p, ctx) => ({ payload: {}, download: ctx.upload! }),
   });

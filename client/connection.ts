@@ -41,7 +41,10 @@ export interface Response {
 interface Pending {
   resolve(r: Response): void;
   reject(e: Error): void;
-  timer: NodeJS.Timeout | undefined;
+  /** When it times out (Date.now() milliseconds), and the text of that error. */
+  deadline: number;
+  command: string;
+  timeoutMs: number;
   download?: InboundStream;
   credit?: OutboundCredit;
 }
@@ -50,6 +53,10 @@ export class Connection {
   readonly fingerprint: string;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  /** One timer for all requests, due at the earliest deadline (sweepAt). */
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweepAt = Infinity;
+  private flushQueued = false;
   private closedError: Error | undefined;
   private readonly closedPromise: Promise<void>;
 
@@ -132,16 +139,11 @@ export class Connection {
     const upload = opts.upload;
     return new Promise<Response>((resolve, reject) => {
       const timeoutMs = opts.timeoutMs ?? this.requestTimeoutMs;
-      const p: Pending = {
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          this.finish(id, new ClientError('TIMEOUT', `${command} got no answer within ${timeoutMs} ms`));
-          this.send({ kind: 'cancel', id });
-        }, timeoutMs),
-      };
+      const deadline = Date.now() + timeoutMs;
+      const p: Pending = { resolve, reject, deadline, command, timeoutMs };
       if (upload) p.credit = new OutboundCredit();
       this.pending.set(id, p);
+      if (deadline < this.sweepAt) this.armSweep(deadline);
       try {
         this.send({ kind: 'request', id, command, payload, stream: upload !== undefined });
       } catch (e) {
@@ -265,11 +267,31 @@ export class Connection {
     }
   }
 
+  private armSweep(at: number): void {
+    clearTimeout(this.sweepTimer);
+    this.sweepAt = at;
+    this.sweepTimer = setTimeout(() => this.sweep(), Math.max(0, at - Date.now())).unref();
+  }
+
+  /** Times out the requests past their deadline (cancelling them at the server); re-arms. */
+  private sweep(): void {
+    this.sweepTimer = undefined;
+    this.sweepAt = Infinity;
+    const now = Date.now();
+    let next = Infinity;
+    for (const [id, p] of [...this.pending]) {
+      if (p.deadline <= now) {
+        this.finish(id, new ClientError('TIMEOUT', `${p.command} got no answer within ${p.timeoutMs} ms`));
+        this.send({ kind: 'cancel', id });
+      } else if (p.deadline < next) next = p.deadline;
+    }
+    if (next < Infinity && !this.closedError) this.armSweep(next);
+  }
+
   private finish(id: number, error?: Error, response?: Response): void {
     const p = this.pending.get(id);
     if (!p) return;
     this.pending.delete(id);
-    clearTimeout(p.timer);
     p.credit?.abort(error ?? new ClientError('CONNECTION_CLOSED', 'request finished'));
     if (error) {
       p.download?.abort(error);
@@ -280,6 +302,9 @@ export class Connection {
   private shutdown(error: Error): void {
     if (this.closedError) return;
     this.closedError = error;
+    clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
+    this.sweepAt = -Infinity;
     for (const id of [...this.pending.keys()]) this.finish(id, error);
     this.session.wipe();
   }
@@ -292,15 +317,25 @@ export class Connection {
     }
   }
 
+  /**
+   * Seals the message now; everything sealed in this turn leaves in one write, from a
+   * microtask (so many requests issued together cost one write, not one each).
+   */
   private send(m: Message): void {
     if (this.closedError) return;
     this.session.sendMessage(m);
-    this.flush();
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(() => {
+        this.flushQueued = false;
+        this.flush();
+      });
+    }
   }
 
   private flush(): void {
-    const out = this.session.takeOutput();
-    if (out.length > 0 && !this.socket.destroyed) this.socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
+    const out = this.session.takeOutputBytes();
+    if (out && !this.socket.destroyed) this.socket.write(out);
   }
 }
 

@@ -57,3 +57,8 @@ export async function promptSecret(question: string): Promise<string> {
     muted = true;
   });
 }
+
+/** Prints an operation's result: JSON with --json, else the human text. */
+export function printResult(result: unknown, json: boolean | undefined, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${text()}\n`);
+}

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { printResult } from './cli-util.js';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 
 interface BanRow {
@@ -9,9 +10,6 @@ interface BanRow {
   violationCount: number;
 }
 
-function print(result: unknown, json: boolean | undefined, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${text()}\n`);
-}
 
 /** `commusicctl bans ...`: on the running daemon (effective at once) or on the data folder. */
 export function registerBanCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
@@ -24,7 +22,7 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
     .action(async (o: { json?: boolean }) => {
       const { result } = await run('bans.list', {});
       const rows = result as BanRow[];
-      print(rows, o.json, () =>
+      printResult(rows, o.json, () =>
         rows.length === 0 ? 'no active bans' : rows.map((b) => `${b.address}\tuntil ${b.expires}\t${b.source}\t${b.violationCount} violations\t${b.reason}`).join('\n'),
       );
     });
@@ -37,7 +35,7 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
     .action(async (address: string, o: { for: string; reason: string; json?: boolean }) => {
       const { result, via } = await run('bans.add', { address, duration: o.for, reason: o.reason });
       const b = result as BanRow;
-      print(result, o.json, () => `banned ${b.address} until ${b.expires} (${via})`);
+      printResult(result, o.json, () => `banned ${b.address} until ${b.expires} (${via})`);
     });
   bans
     .command('remove <address>')
@@ -47,7 +45,7 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
       const { result } = await run('bans.remove', { address });
       const r = result as { address: string; removed: boolean };
       if (!r.removed && !o.json) throw Object.assign(new Error(`no ban on ${r.address}`), { code: 'BAN_NOT_FOUND' });
-      print(result, o.json, () => `removed the ban on ${r.address}`);
+      printResult(result, o.json, () => `removed the ban on ${r.address}`);
     });
   const exempt = bans.command('exempt').description('addresses and ranges that are never banned (still logged)');
   exempt
@@ -56,7 +54,7 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
     .action(async (o: { json?: boolean }) => {
       const { result } = await run('bans.exempt.list', {});
       const rows = result as { address: string; note: string }[];
-      print(rows, o.json, () => (rows.length === 0 ? 'no exemptions' : rows.map((e) => `${e.address}\t${e.note}`).join('\n')));
+      printResult(rows, o.json, () => (rows.length === 0 ? 'no exemptions' : rows.map((e) => `${e.address}\t${e.note}`).join('\n')));
     });
   exempt
     .command('add <address>')
@@ -64,13 +62,13 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
     .option('--json', 'print JSON')
     .action(async (address: string, o: { note?: string; json?: boolean }) => {
       const { result } = await run('bans.exempt.add', { address, ...(o.note ? { note: o.note } : {}) });
-      print(result, o.json, () => `exempted ${(result as { address: string }).address}`);
+      printResult(result, o.json, () => `exempted ${(result as { address: string }).address}`);
     });
   exempt
     .command('remove <address>')
     .option('--json', 'print JSON')
     .action(async (address: string, o: { json?: boolean }) => {
       const { result } = await run('bans.exempt.remove', { address });
-      print(result, o.json, () => `removed the exemption of ${(result as { address: string }).address}`);
+      printResult(result, o.json, () => `removed the exemption of ${(result as { address: string }).address}`);
     });
 }

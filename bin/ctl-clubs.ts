@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
-import { fail, readSecretFromFd } from './cli-util.js';
+import { fail, readSecretFromFd, printResult } from './cli-util.js';
 
 interface ClubRow {
   id: string;
@@ -10,9 +10,6 @@ interface ClubRow {
   created: string;
 }
 
-function out(result: unknown, json: boolean | undefined, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${text()}\n`);
-}
 
 /** `commusicctl club ...` and `keys rotate-*`: on the running daemon or on the data folder. */
 export function registerClubCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
@@ -29,7 +26,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       const password = o.passwordStdin ? readSecretFromFd(0) : undefined;
       const { result } = await run('club.create', { name, admin: o.admin, plan: o.plan, ...(password ? { password } : {}) });
       const r = result as { id: string; oneTimePassword?: string };
-      out(result, o.json, () =>
+      printResult(result, o.json, () =>
         [`created club ${r.id} (${name}, plan ${o.plan}) with administrator ${o.admin}`, ...(r.oneTimePassword ? [`one-time password (shown once): ${r.oneTimePassword}`] : [])].join('\n'),
       );
     });
@@ -38,7 +35,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
       const rows = (await run('club.list', {})).result as ClubRow[];
-      out(rows, o.json, () => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
+      printResult(rows, o.json, () => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
     });
   for (const [cmd, op, verb] of [
     ['show', 'club.show', 'details of a club'],
@@ -51,7 +48,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       .option('--json', 'print JSON')
       .action(async (id: string, o: { json?: boolean }) => {
         const { result } = await run(op, { id });
-        out(result, o.json, () => (cmd === 'show' ? JSON.stringify(result, null, 2) : `club ${id} is now ${(result as ClubRow).status}`));
+        printResult(result, o.json, () => (cmd === 'show' ? JSON.stringify(result, null, 2) : `club ${id} is now ${(result as ClubRow).status}`));
       });
   }
   club
@@ -61,7 +58,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await run('club.delete', { id });
-      out(result, o.json, () => `deleted club ${id}`);
+      printResult(result, o.json, () => `deleted club ${id}`);
     });
 }
 
@@ -74,7 +71,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
       const pass = offline().passphrase;
       const { result } = await runOperation(dataDir(), 'keys.rotate-master', pass !== undefined ? { passphrase: String(pass) } : {}, offline());
       const r = result as { oldKeyId: string; newKeyId: string; clubs: number };
-      out(result, o.json, () => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
+      printResult(result, o.json, () => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
     });
   keys
     .command('rotate-club <id>')
@@ -82,7 +79,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'keys.rotate-club', { id }, offline());
-      out(result, o.json, () => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
+      printResult(result, o.json, () => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
     });
 }
 

@@ -334,9 +334,29 @@ export class Connection {
   }
 
   private flush(): void {
-    const out = this.session.takeOutputBytes();
-    if (out && !this.socket.destroyed) this.socket.write(out);
+    const out = this.session.takeOutputPieces();
+    if (out.length > 0 && !this.socket.destroyed) writePieces(this.socket, out);
   }
+}
+
+/**
+ * Writes a session's output: small output joined into one buffer; output holding large
+ * pieces (stream chunks) as one vectored write, so a 64 KiB record is not copied again.
+ */
+function writePieces(socket: Socket, out: Buffer[]): void {
+  if (out.length === 1) {
+    socket.write(out[0]!);
+    return;
+  }
+  let large = false;
+  for (const b of out) if (b.length >= 16384) large = true;
+  if (!large) {
+    socket.write(Buffer.concat(out));
+    return;
+  }
+  socket.cork();
+  for (const b of out) socket.write(b);
+  socket.uncork();
 }
 
 export function connect(opts: ConnectOptions): Promise<Connection> {

@@ -414,9 +414,9 @@ export class Connection {
   }
 
   private flush(): void {
-    const out = this.session.takeOutputBytes();
-    if (!out || this.socket.destroyed) return;
-    this.socket.write(out);
+    const out = this.session.takeOutputPieces();
+    if (out.length === 0 || this.socket.destroyed) return;
+    writePieces(this.socket, out);
     if (this.socket.writableLength > this.limits.writeHighWaterBytes && !this.pausedForOutput) {
       this.pausedForOutput = true;
       this.socket.pause();
@@ -479,8 +479,31 @@ export class Connection {
   /** @internal socket listener */
   onSocketClose(): void {
     this.destroy();
+    // A connection closed in an orderly way (closed already set) skips destroy's cleanup.
+    clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
     this.events.closed();
   }
+}
+
+/**
+ * Writes a session's output: small output joined into one buffer; output holding large
+ * pieces (stream chunks) as one vectored write, so a 64 KiB record is not copied again.
+ */
+function writePieces(socket: Socket, out: Buffer[]): void {
+  if (out.length === 1) {
+    socket.write(out[0]!);
+    return;
+  }
+  let large = false;
+  for (const b of out) if (b.length >= 16384) large = true;
+  if (!large) {
+    socket.write(Buffer.concat(out));
+    return;
+  }
+  socket.cork();
+  for (const b of out) socket.write(b);
+  socket.uncork();
 }
 
 function onHandshakeTimer(c: Connection): void {

@@ -206,6 +206,9 @@ function fastEncode(v: unknown): number {
 
 const GIVE_UP = Symbol('give-up');
 let dpos = 0;
+/** Byte strings at least this long are returned as views (owned input only). */
+const VIEW_MIN = 4096;
+let viewFrom = Infinity;
 
 function readArg(b: Uint8Array, ai: number): number {
   if (ai < 24) return ai;
@@ -260,6 +263,11 @@ function fastItem(b: Uint8Array): unknown {
     case 1:
       return arg === Number.MAX_SAFE_INTEGER ? GIVE_UP : -1 - arg;
     case 2: {
+      if (arg >= viewFrom) {
+        const view = new Uint8Array(b.buffer, b.byteOffset + dpos, arg);
+        dpos += arg;
+        return view;
+      }
       const out = new Uint8Array(arg);
       out.set(b.subarray(dpos, dpos + arg));
       dpos += arg;
@@ -331,9 +339,14 @@ function toPlain(v: unknown): unknown {
   return v;
 }
 
-export function decodeMessage(bytes: Uint8Array): Message {
+/**
+ * `owned`: the caller hands over `bytes` (a record's freshly decrypted plaintext that nothing
+ * else references), so large byte strings may be returned as views of it instead of copies.
+ */
+export function decodeMessage(bytes: Uint8Array, owned = false): Message {
   checkCborShape(bytes, MAX_CBOR_DEPTH);
   dpos = 0;
+  viewFrom = owned ? VIEW_MIN : Infinity;
   const fast = fastItem(bytes);
   if (fast !== GIVE_UP && dpos === bytes.length) return decodeEnvelope(fast, identity);
   return decodeEnvelope(slowDecode(bytes), toPlain);

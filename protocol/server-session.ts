@@ -140,6 +140,14 @@ export class ServerSession {
     return paired;
   }
 
+  /** The bytes to send as unjoined pieces, in order (for a vectored write). */
+  takeOutputPieces(): Buffer[] {
+    const out = this.output;
+    this.output = [];
+    if (this.runs.length > 0) this.runs = [];
+    return out;
+  }
+
   /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
   takeOutputBytes(): Buffer | undefined {
     const out = this.output;
@@ -182,7 +190,7 @@ export class ServerSession {
         return { type: 'established' };
       }
       case 'data':
-        return { type: 'message', message: decodeMessage(rec.plaintext) };
+        return { type: 'message', message: decodeMessage(rec.plaintext, true) };
       case 'close': {
         const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
         this.terminal = { type: 'closed', code };

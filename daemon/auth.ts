@@ -23,7 +23,7 @@ import type { Db } from '../storage/sqlcipher.js';
 import type { Storage } from '../storage/storage.js';
 import { getUserById, getUserByName, setLastLogin, setPasswordHash, type UserRecord } from '../storage/users.js';
 import { CommandError } from './command-errors.js';
-import type { CommandContext } from './dispatcher.js';
+import type { CommandContext, ConnectionInfo } from './dispatcher.js';
 import { roleTemplate, rightsSchema, type Grant } from './rights.js';
 import type { ViolationSink } from './violations.js';
 
@@ -122,7 +122,7 @@ export function currentClub(ctx: CommandContext): string | undefined {
 }
 
 /** End the session and log it (explicit logout, idle timeout, disabled user). */
-function endSession(services: ClubServices, ctx: CommandContext, s: SessionState, reason: string | null): void {
+function endSession(services: ClubServices, ctx: Pick<CommandContext, 'conn' | 'session'>, s: SessionState, reason: string | null): void {
   ctx.session.delete(SESSION_KEY);
   try {
     const store = services.storage.openClub(s.clubId);
@@ -131,6 +131,12 @@ function endSession(services: ClubServices, ctx: CommandContext, s: SessionState
   } catch (e) {
     services.logger?.warn('logout not logged', { club: s.clubId, error: (e as Error).name });
   }
+}
+
+/** A connection that ends with a session still open logs that session's logout. */
+export function endSessionOnClose(services: ClubServices, conn: ConnectionInfo, session: Map<string, unknown>): void {
+  const s = session.get(SESSION_KEY) as SessionState | undefined;
+  if (s) endSession(services, { conn, session }, s, 'connection closed');
 }
 
 /**

@@ -50,7 +50,7 @@ import {
   type UserRecord,
 } from '../storage/users.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
-import { appendAudit, login, logout, refreshCredVersion, requirePrincipal, grantsOf, type ClubServices, type Principal } from './auth.js';
+import { appendAudit, endSessionOnClose, login, logout, refreshCredVersion, requirePrincipal, grantsOf, type ClubServices, type Principal } from './auth.js';
 import { CommandError } from './command-errors.js';
 import { DOCUMENT_KIND_AREA, ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { CommandContext, Dispatcher } from './dispatcher.js';
@@ -785,6 +785,7 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
 
 /** Register every club command. startServer calls this once storage is open. */
 export function registerClubCommands(d: Dispatcher, services: ClubServices): void {
+  d.onConnectionClosed((conn, session) => endSessionOnClose(services, conn, session));
   register(d, 'auth.login', strictObject({ club: z.string().min(1).max(64), user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }), async (p, ctx) => ({ payload: await login(services, ctx, p) }));
   register(d, 'auth.logout', strictObject({}).default({}), async (_p, ctx) => ({ payload: logout(services, ctx) }));
   register(d, 'auth.whoami', strictObject({}).default({}), async (_p, ctx) => {

@@ -108,7 +108,10 @@ export class Connection {
   private flushQueued = false;
   private handshakeOpen = true;
   private draining = false;
+  /** No more protocol activity (CLOSE sent or received, or failed). */
   private closed = false;
+  /** Resources freed and socket destroyed (see destroy()). */
+  private released = false;
   private pausedForOutput = false;
   private bytesIn = 0;
 
@@ -153,8 +156,14 @@ export class Connection {
     if (this.inflightCount === 0) this.closeWith(CLOSE_SHUTDOWN);
   }
 
+  /**
+   * Frees everything, once: in-flight requests, keys, per-connection state, the socket. An
+   * orderly close (CLOSE sent, socket ended) only sets `closed`; this still runs when the socket
+   * closes, or when shutdown's deadline destroys a peer that never closed its end.
+   */
   destroy(): void {
-    if (this.closed) return;
+    if (this.released) return;
+    this.released = true;
     this.closed = true;
     this.finishHandshake(false);
     clearTimeout(this.sweepTimer);
@@ -164,6 +173,7 @@ export class Connection {
       this.inflight.clear();
     }
     this.session.wipe();
+    if (this.sessionState) this.dispatcher.connectionClosed(this.info, this.sessionState);
     this.socket.destroy();
   }
 
@@ -479,9 +489,6 @@ export class Connection {
   /** @internal socket listener */
   onSocketClose(): void {
     this.destroy();
-    // A connection closed in an orderly way (closed already set) skips destroy's cleanup.
-    clearTimeout(this.sweepTimer);
-    this.sweepTimer = undefined;
     this.events.closed();
   }
 }

@@ -40,8 +40,28 @@ export interface CommandSpec<S extends z.ZodTypeAny = z.ZodTypeAny> {
   handler(payload: z.infer<S>, ctx: CommandContext): Promise<CommandResult>;
 }
 
+/** Called once when a connection ends, with its per-connection session state. */
+export type CloseListener = (conn: ConnectionInfo, session: Map<string, unknown>) => void;
+
 export class Dispatcher {
   private readonly commands = new Map<string, CommandSpec>();
+  private readonly closeListeners: CloseListener[] = [];
+
+  /** Lets a command module clean up per-connection state (e.g. log the logout of a session). */
+  onConnectionClosed(listener: CloseListener): void {
+    this.closeListeners.push(listener);
+  }
+
+  connectionClosed(conn: ConnectionInfo, session: Map<string, unknown>): void {
+    if (session.size === 0) return;
+    for (const l of this.closeListeners) {
+      try {
+        l(conn, session);
+      } catch {
+        // One module's failure must not keep the others from cleaning up.
+      }
+    }
+  }
 
   register<S extends z.ZodTypeAny>(spec: CommandSpec<S>): void {
     if (this.commands.has(spec.name)) throw new Error(`command ${spec.name} registered twice`);

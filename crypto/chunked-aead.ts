@@ -73,6 +73,14 @@ class ByteQueue {
     }
   }
   take(n: number): Buffer {
+    const first = this.#bufs[0];
+    if (first && first.length >= n) {
+      // The common case (source chunks larger than a cipher chunk): a view, no copy.
+      this.#bufs[0] = first.subarray(n);
+      if (this.#bufs[0].length === 0) this.#bufs.shift();
+      this.length -= n;
+      return first.subarray(0, n);
+    }
     const out = Buffer.allocUnsafe(n);
     let off = 0;
     while (off < n) {

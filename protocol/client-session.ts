@@ -17,8 +17,9 @@ import {
 import { internalError, ProtocolError } from './errors.js';
 import { encodeClientHello, parseReject, parseServerHello } from './handshake-messages.js';
 import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
-import { decodeMessage, encodeMessageTransient, type Message } from './messages.js';
+import { decodeMessage, type Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
+import { OutputQueue } from './output-queue.js';
 
 /**
  * The client's side, sans I/O, mirroring ServerSession.
@@ -78,9 +79,7 @@ export class ClientSession {
   private clientFinished: Buffer | undefined;
   private fingerprint: string | undefined;
   private version = 0;
-  private output: Buffer[] = [];
-  /** Index ranges in `output` of record bodies sealed as several buffers (see sealParts). */
-  private runs: number[] = [];
+  private readonly output = new OutputQueue();
   private terminal: ClientEvent | undefined;
   private rejectCode: number | undefined;
 
@@ -127,16 +126,11 @@ export class ClientSession {
 
   sendMessage(message: Message): void {
     if (this.stateValue !== 'ESTABLISHED' || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
-    const enc = encodeMessageTransient(message);
-    this.sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.output, this.runs);
+    this.output.sealMessage(this.sealer, message);
   }
 
   close(code: number): void {
-    if (this.sealer && this.stateValue === 'ESTABLISHED') {
-      const body = Buffer.alloc(CLOSE_BODY_LEN);
-      body.writeUInt16BE(code);
-      this.sealer.seal(RECORD_CLOSE, body, this.output);
-    }
+    if (this.sealer && this.stateValue === 'ESTABLISHED') this.output.sealClose(this.sealer, code);
     this.stateValue = 'CLOSED';
     this.terminal ??= { type: 'closed', code };
     this.wipe();
@@ -144,39 +138,17 @@ export class ClientSession {
 
   /** The bytes to send, as buffers in order (each record as its header and its body). */
   takeOutput(): Buffer[] {
-    const out = this.output;
-    const runs = this.runs;
-    this.output = [];
-    if (runs.length === 0) return out;
-    this.runs = [];
-    const paired: Buffer[] = [];
-    let i = 0;
-    for (let r = 0; r < runs.length; r += 2) {
-      const start = runs[r]!;
-      const end = runs[r + 1]!;
-      while (i < start) paired.push(out[i++]!);
-      paired.push(Buffer.concat(out.slice(start, end)));
-      i = end;
-    }
-    while (i < out.length) paired.push(out[i++]!);
-    return paired;
+    return this.output.take();
   }
 
   /** The bytes to send as unjoined pieces, in order (for a vectored write). */
   takeOutputPieces(): Buffer[] {
-    const out = this.output;
-    this.output = [];
-    if (this.runs.length > 0) this.runs = [];
-    return out;
+    return this.output.takePieces();
   }
 
   /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
   takeOutputBytes(): Buffer | undefined {
-    const out = this.output;
-    if (out.length === 0) return undefined;
-    this.output = [];
-    if (this.runs.length > 0) this.runs = [];
-    return out.length === 1 ? out[0]! : Buffer.concat(out);
+    return this.output.takeBytes();
   }
 
   wipe(): void {
@@ -204,7 +176,7 @@ export class ClientSession {
       case 'finished': {
         const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedServerFinished!);
         if (!ok) throw new ProtocolError('BAD_FINISHED', 'server key confirmation failed');
-        this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output);
+        this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output.parts);
         return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
       }
       case 'data':

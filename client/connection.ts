@@ -7,6 +7,7 @@ import { InboundStream, OutboundCredit } from '../protocol/flow.js';
 import type { Message } from '../protocol/messages.js';
 import { ClientError, RemoteError } from './errors.js';
 import { lookupKnownServer, rememberServer } from './known-servers.js';
+import { writePieces } from './socket-write.js';
 
 /**
  * The client SDK: one authenticated, encrypted connection; request/response with promises,
@@ -337,26 +338,6 @@ export class Connection {
     const out = this.session.takeOutputPieces();
     if (out.length > 0 && !this.socket.destroyed) writePieces(this.socket, out);
   }
-}
-
-/**
- * Writes a session's output: small output joined into one buffer; output holding large
- * pieces (stream chunks) as one vectored write, so a 64 KiB record is not copied again.
- */
-function writePieces(socket: Socket, out: Buffer[]): void {
-  if (out.length === 1) {
-    socket.write(out[0]!);
-    return;
-  }
-  let large = false;
-  for (const b of out) if (b.length >= 16384) large = true;
-  if (!large) {
-    socket.write(Buffer.concat(out));
-    return;
-  }
-  socket.cork();
-  for (const b of out) socket.write(b);
-  socket.uncork();
 }
 
 export function connect(opts: ConnectOptions): Promise<Connection> {

@@ -9,6 +9,7 @@ import type { CommandContext, ConnectionInfo, Dispatcher } from './dispatcher.js
 import type { Limits } from './config.js';
 import type { Logger } from './log.js';
 import type { ViolationKind } from './violations.js';
+import { writePieces } from '../client/socket-write.js';
 
 /**
  * Wires one socket to one ServerSession: bytes in, events out, commands dispatched, bytes
@@ -491,26 +492,6 @@ export class Connection {
     this.destroy();
     this.events.closed();
   }
-}
-
-/**
- * Writes a session's output: small output joined into one buffer; output holding large
- * pieces (stream chunks) as one vectored write, so a 64 KiB record is not copied again.
- */
-function writePieces(socket: Socket, out: Buffer[]): void {
-  if (out.length === 1) {
-    socket.write(out[0]!);
-    return;
-  }
-  let large = false;
-  for (const b of out) if (b.length >= 16384) large = true;
-  if (!large) {
-    socket.write(Buffer.concat(out));
-    return;
-  }
-  socket.cork();
-  for (const b of out) socket.write(b);
-  socket.uncork();
 }
 
 function onHandshakeTimer(c: Connection): void {

@@ -150,6 +150,15 @@ export class Connection {
     return this.session.state === 'ESTABLISHED';
   }
 
+  /** Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban). */
+  terminate(code: number): void {
+    if (!this.closed && this.isEstablished) {
+      this.session.close(code);
+      this.flush();
+    }
+    this.destroy();
+  }
+
   /** Graceful shutdown: refuse new requests, close once the in-flight ones are answered. */
   drain(): void {
     this.draining = true;

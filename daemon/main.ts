@@ -118,9 +118,13 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const clubServices = { storage, violations: bus, identity, logger, idleTimeoutMs: config.limits.idleTimeoutMs };
     registerClubCommands(dispatcher, clubServices);
     registerBackupCommands(dispatcher, clubServices);
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, admit: (ip) => table.check(ip, Date.now()) === undefined });
+    const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, admit: (ip) => !isBanned(ip) });
     closers.push(() => daemon.stop());
-    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn) };
+    // A ban also ends the sessions its source already has open.
+    const stopKicking = banSystem.engine.onBan(() => daemon.disconnectBanned(isBanned));
+    closers.push(() => stopKicking());
+    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned) };
     // Monitoring: one set of providers feeds `status` and /metrics.
     let health: HealthEndpoint | undefined;
     const status: StatusContext = {

@@ -16,6 +16,8 @@ export interface OpsContext {
   readonly dataDir: string;
   bans(): Promise<BanTable>;
   storage(): Promise<Storage>;
+  /** Online: a manual ban was added; close the sessions its sources have open. */
+  bansChanged?(): void;
   /** Online: runs the daemon's own key change without tripping the key-file watch. */
   expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
 }
@@ -31,7 +33,11 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     .register({
       name: 'bans.add',
       schema: z.object({ address, duration: z.string().min(1).max(16), reason: z.string().min(1).max(200) }).strict(),
-      run: async (c, a) => bansAdd({ table: await c.bans() }, a),
+      run: async (c, a) => {
+        const ban = bansAdd({ table: await c.bans() }, a);
+        c.bansChanged?.();
+        return ban;
+      },
     })
     .register({ name: 'bans.remove', schema: z.object({ address }).strict(), run: async (c, a) => bansRemove({ table: await c.bans() }, a) })
     .register({ name: 'bans.check', schema: z.object({ address }).strict(), run: async (c, a) => bansCheck({ table: await c.bans() }, a) })

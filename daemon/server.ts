@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../crypto/identity.js';
-import { PROTOCOL_VERSION_1 } from '../protocol/constants.js';
+import { CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../protocol/constants.js';
 import { ServerSession } from '../protocol/server-session.js';
 import { splitHostPort, type Config } from './config.js';
 import { Connection, normalizeIp } from './connection.js';
@@ -91,6 +91,22 @@ export class Daemon {
 
   get pendingHandshakes(): number {
     return this.pendingTotal;
+  }
+
+  /**
+   * Closes every connection whose source `banned` says is banned now: a ban applies to sessions
+   * already open, not only to new connections. Returns how many were closed.
+   */
+  disconnectBanned(banned: (ip: string) => boolean): number {
+    let n = 0;
+    for (const c of this.connections) {
+      if (banned(c.info.ip)) {
+        c.terminate(CLOSE_POLICY);
+        n++;
+      }
+    }
+    if (n > 0) this.log.warn('closed connections of banned sources', { connections: n });
+    return n;
   }
 
   /** Stop accepting, let in-flight requests finish within the grace period, then close all. */

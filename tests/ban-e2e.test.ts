@@ -11,6 +11,7 @@ import { loadConfig } from '../daemon/config.js';
 import { nullLogger } from '../daemon/log.js';
 import { startServer, type RunningServer } from '../daemon/main.js';
 import { startSmtpSink } from './helpers/smtp-sink.js';
+import { createClub } from '../storage/provisioning.js';
 
 const run = promisify(execFile);
 const CTL = new URL('../bin/commusicctl.js', import.meta.url).pathname;
@@ -93,6 +94,37 @@ test('commusicctl bans add/list/remove act at once on the running daemon, and wo
     await assert.rejects(
       connect({ host: '127.0.0.1', port: server.daemon.address().port, fingerprint: fp, localAddress: '127.0.0.50', connectTimeoutMs: 5000 }),
     );
+  } finally {
+    await server.stop();
+    await smtp.close();
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(`${dir}.json`, { force: true });
+  }
+});
+
+test('a ban ends the sessions its source already has open: a rights violation, and a manual ban', { timeout: 60_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'commusic-ban-kick-'));
+  const smtp = await startSmtpSink();
+  const server = await start(dir, smtp.port);
+  try {
+    const { port } = server.daemon.address();
+    const fp = server.identity.fingerprint;
+    const { id: club } = await createClub(server.storage, { name: 'MV Kick', adminUser: 'admin', adminPassword: 'Admin-Password-123' });
+    const admin = await connect({ host: '127.0.0.1', port, fingerprint: fp, localAddress: '127.0.0.80' });
+    await admin.request('auth.login', { club, user: 'admin', password: 'Admin-Password-123' });
+    await admin.request('users.create', { username: 'mia', password: 'Member-Password-123', role: 'member' });
+
+    // A member reaching for the user list: refused, banned, and the open session is closed.
+    const member = await connect({ host: '127.0.0.1', port, fingerprint: fp, localAddress: '127.0.0.81' });
+    await member.request('auth.login', { club, user: 'mia', password: 'Member-Password-123' });
+    await assert.rejects(member.request('users.list', {}));
+    await assert.rejects(member.ping(), (e: Error & { code?: string }) => e.code === 'CONNECTION_CLOSED');
+    await assert.rejects(connect({ host: '127.0.0.1', port, fingerprint: fp, localAddress: '127.0.0.81', connectTimeoutMs: 5000 }));
+
+    // A manual ban through commusicctl closes the administrator's open session at once.
+    assert.ok((await admin.ping()) >= 0);
+    await ctl(dir, 'bans', 'add', '127.0.0.80', '--for', '1h', '--reason', 'test');
+    await assert.rejects(admin.ping(), (e: Error & { code?: string }) => e.code === 'CONNECTION_CLOSED');
   } finally {
     await server.stop();
     await smtp.close();

@@ -88,17 +88,24 @@ export class Storage {
   /**
    * The club's store, opened (and on first use created) on demand. Refuses suspended clubs unless
    * `allowSuspended` (operator tools), and clubs being deleted.
+   *
+   * The status is checked when the store is opened. Every status change (suspend, resume,
+   * delete) evicts the store from the cache, so an open store belongs to an active club, or was
+   * opened with `allowSuspended`; only such a store is reused without a server-db lookup.
    */
   openClub(clubId: string, opts: { allowSuspended?: boolean } = {}): ClubStore {
-    if (!this.cache.isOpen(clubId)) {
+    if (!this.cache.isOpen(clubId) || (!opts.allowSuspended && this.#openedSuspended.has(clubId))) {
       const row = this.server.mustGetClub(clubId);
       if (row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${clubId} is being deleted; finish with commusicctl club delete ${clubId}`);
       if (row.status === 'suspended' && !opts.allowSuspended) throw new StorageError('CLUB_SUSPENDED', `club ${clubId} is suspended; resume it with commusicctl club resume ${clubId}`);
-    } else if (!opts.allowSuspended && this.server.getClub(clubId)?.status === 'suspended') {
-      throw new StorageError('CLUB_SUSPENDED', `club ${clubId} is suspended; resume it with commusicctl club resume ${clubId}`);
+      if (row.status === 'suspended') this.#openedSuspended.add(clubId);
+      else this.#openedSuspended.delete(clubId);
     }
     return this.cache.get(clubId);
   }
+
+  /** Clubs whose open store was opened for an operator tool while suspended. */
+  readonly #openedSuspended = new Set<string>();
 
   close(): void {
     this.cache.closeAll();

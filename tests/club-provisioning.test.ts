@@ -36,6 +36,8 @@ test('create, list, show, suspend, resume, delete', async (t) => {
   assert.equal(suspendClub(st, b.id).status, 'suspended');
   assert.throws(() => st.openClub(b.id), (e: Coded) => e.code === 'CLUB_SUSPENDED' && /commusicctl club resume/.test(e.message));
   assert.equal(showClub(st, b.id).status, 'suspended');
+  st.openClub(b.id, { allowSuspended: true }); // an operator tool opens it anyway ...
+  assert.throws(() => st.openClub(b.id), (e: Coded) => e.code === 'CLUB_SUSPENDED', '... which does not let a member in');
   resumeClub(st, b.id);
   st.openClub(b.id);
   await deleteClub(st, b.id);

@@ -203,7 +203,7 @@ export class Connection {
         continue;
       }
       if (ev.type === 'closed') {
-        this.shutdown(new ClientError('CONNECTION_CLOSED', `the server closed the session (code ${ev.code})`));
+        this.shutdown(new ClientError('CONNECTION_CLOSED', `the server closed the session: ${CLOSE_REASONS[ev.code] ?? `code ${ev.code}`}`));
         this.socket.end();
         return;
       }
@@ -339,6 +339,15 @@ export class Connection {
     if (out.length > 0 && !this.socket.destroyed) writePieces(this.socket, out);
   }
 }
+
+/** docs/PROTOCOL.md section 5.2, in words for error messages. */
+const CLOSE_REASONS: Record<number, string> = {
+  0: 'normal close',
+  1: 'the server is shutting down',
+  2: 'idle timeout',
+  3: 'protocol error',
+  4: 'refused by policy (this address was banned)',
+};
 
 export function connect(opts: ConnectOptions): Promise<Connection> {
   return Connection.open(opts);

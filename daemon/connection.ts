@@ -72,6 +72,9 @@ class RequestContext implements CommandContext {
   }
 }
 
+/** How long a terminated connection may take to read its CLOSE before it is destroyed. */
+const TERMINATE_GRACE_MS = 1000;
+
 /** Twice the soft limit: past it requests are refused, below it reading merely pauses. */
 const HARD_INFLIGHT = MAX_INFLIGHT_REQUESTS * 2;
 
@@ -150,13 +153,22 @@ export class Connection {
     return this.session.state === 'ESTABLISHED';
   }
 
-  /** Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban). */
-  terminate(code: number): void {
-    if (!this.closed && this.isEstablished) {
+  /**
+   * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
+   * Nothing more is read or answered; the socket is ended (FIN after the CLOSE record, so the
+   * peer reads the reason rather than a reset) and destroyed once the peer closes, or after a
+   * second at the latest. Returns false when the connection was already closing.
+   */
+  terminate(code: number): boolean {
+    if (this.closed) return false; // already closing
+    if (this.isEstablished) {
       this.session.close(code);
       this.flush();
     }
-    this.destroy();
+    this.closed = true;
+    this.socket.end();
+    setTimeout(() => this.destroy(), TERMINATE_GRACE_MS).unref();
+    return true;
   }
 
   /** Graceful shutdown: refuse new requests, close once the in-flight ones are answered. */

@@ -100,10 +100,7 @@ export class Daemon {
   disconnectBanned(banned: (ip: string) => boolean): number {
     let n = 0;
     for (const c of this.connections) {
-      if (banned(c.info.ip)) {
-        c.terminate(CLOSE_POLICY);
-        n++;
-      }
+      if (banned(c.info.ip) && c.terminate(CLOSE_POLICY)) n++;
     }
     if (n > 0) this.log.warn('closed connections of banned sources', { connections: n });
     return n;

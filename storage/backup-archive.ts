@@ -42,6 +42,7 @@ import { StorageError } from './errors.js';
 import { PLANS, type Plan } from './server-db.js';
 import { openEncrypted, type Db } from './sqlcipher.js';
 import { unwrapClubKey, type Storage } from './storage.js';
+import { hashTap } from './hash-tap.js';
 
 export { BackupError } from './backup-errors.js';
 
@@ -494,16 +495,7 @@ export function createClubArchive(st: Storage, clubId: string, key: SealKey, o: 
 export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: string): Promise<{ size: number; sha256: string }> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${randomBytes(6).toString('hex')}`);
-  const h = createHash('sha256');
-  let size = 0;
-  const tap = new Transform({
-    highWaterMark: 1 << 20,
-    transform(c: Buffer, _e, cb: TransformCallback) {
-      size += c.length;
-      h.update(c);
-      cb(null, c);
-    },
-  });
+  const tap = hashTap();
   try {
     await pipeline(stream, tap, createWriteStream(tmp, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }));
     const fh = await open(tmp, 'r');
@@ -522,7 +514,7 @@ export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: s
     }
     throw e;
   }
-  return { size, sha256: h.digest('hex') };
+  return tap.digest();
 }
 
 // ---- reading -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import { fsyncDir } from '../crypto/atomic-file.js';
 import { StorageError } from './errors.js';
 import { MODEL } from './model.js';
 import type { Storage } from './storage.js';
+import { hashTap } from './hash-tap.js';
 
 export const DOC_SUFFIX = '.cmdoc';
 export const DEFAULT_MAX_DOCUMENT_BYTES = 1024 ** 3;
@@ -54,21 +55,6 @@ export interface PutDocumentOptions {
 
 const INFO_COLS = 'id, kind, name, mediaType, personId, size, sha256, createdAt';
 
-function hashTap(maxBytes: number): Transform & { digest(): { size: number; sha256: string } } {
-  const h = createHash('sha256');
-  let size = 0;
-  const t = new Transform({
-    highWaterMark: 1 << 20,
-    transform(chunk: Buffer, _e, cb: TransformCallback) {
-      size += chunk.length;
-      if (size > maxBytes) return cb(new StorageError('DOC_TOO_LARGE', `document exceeds the limit of ${maxBytes} bytes`));
-      h.update(chunk);
-      cb(null, chunk);
-    },
-  }) as Transform & { digest(): { size: number; sha256: string } };
-  t.digest = () => ({ size, sha256: h.digest('hex') });
-  return t;
-}
 
 /** Store a document: streamed in, encrypted, written atomically, recorded. */
 export async function putDocument(st: Storage, clubId: string, source: Readable | AsyncIterable<Uint8Array>, meta: DocumentMeta, opts: PutDocumentOptions = {}): Promise<DocumentInfo> {
@@ -85,7 +71,8 @@ export async function putDocument(st: Storage, clubId: string, source: Readable 
   const wrapped = store.wrapDocumentKey(docKey, file);
   const finalPath = join(docsDir, file);
   const tmp = join(docsDir, `.${file}.tmp`);
-  const tap = hashTap(opts.maxBytes ?? DEFAULT_MAX_DOCUMENT_BYTES);
+  const maxBytes = opts.maxBytes ?? DEFAULT_MAX_DOCUMENT_BYTES;
+  const tap = hashTap({ maxBytes, tooLarge: () => new StorageError('DOC_TOO_LARGE', `document exceeds the limit of ${maxBytes} bytes`) });
   let renamed = false;
   try {
     try {

@@ -60,7 +60,16 @@ export class Daemon {
       protocolVersion: PROTOCOL_VERSION_1,
       fingerprint: opts.identity.fingerprint,
     }));
-    this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => this.onSocket(s));
+    this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => {
+      // The accept path is guarded like each connection's (Connection.fault): a failure here
+      // loses this socket, never the listener.
+      try {
+        this.onSocket(s);
+      } catch (e) {
+        this.log.error('accepting a connection failed', { ip: normalizeIp(s.remoteAddress ?? ''), error: (e as Error)?.name });
+        s.destroy();
+      }
+    });
     this.server.maxConnections = opts.config.limits.maxConnections;
   }
 

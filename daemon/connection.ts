@@ -377,9 +377,11 @@ export class Connection {
     try {
       prepared = this.dispatcher.prepare(command, payload, stream);
     } catch (e) {
-      this.events.counted('request', command, (e as CommandError).code);
+      // Validation refuses with CommandError; anything else is a fault (the guard takes it).
+      if (!(e instanceof CommandError)) throw e;
+      this.events.counted('request', command, e.code);
       // An upload that was refused still occupies the id until the client sees the error.
-      return this.sendError(id, e as CommandError);
+      return this.sendError(id, e);
     }
     const f = new InFlight(id, command, Date.now() + this.limits.requestTimeoutMs);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));

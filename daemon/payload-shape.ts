@@ -28,7 +28,8 @@ const MAX_WALK_DEPTH = 32;
  */
 export function findMapConfusion(schema: ZodTypeAny, value: unknown, path: (string | number)[] = [], depth = 0): string | undefined {
   if (depth > MAX_WALK_DEPTH || value === undefined) return undefined;
-  const def = (schema as { _def: { typeName?: string } & Record<string, unknown> })._def;
+  const def = (schema as { _def?: { typeName?: string } & Record<string, unknown> } | undefined)?._def;
+  if (!def) return undefined;
   const at = (): string => path.join('.') || '(root)';
   switch (def.typeName) {
     case 'ZodObject': {
@@ -36,8 +37,9 @@ export function findMapConfusion(schema: ZodTypeAny, value: unknown, path: (stri
       if (!isCborMap(value)) return at();
       const shape = (schema as unknown as { shape: Record<string, ZodTypeAny> }).shape;
       for (const k of Object.keys(value)) {
-        const sub = shape[k];
-        if (!sub) continue;
+        // Own keys only: "constructor" or "toString" in a payload are not fields of the shape.
+        if (!Object.prototype.hasOwnProperty.call(shape, k)) continue;
+        const sub = shape[k]!;
         const hit = findMapConfusion(sub, value[k], [...path, k], depth + 1);
         if (hit !== undefined) return hit;
       }

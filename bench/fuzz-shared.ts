@@ -9,6 +9,10 @@ export interface TargetStats {
   refusedBanned: number;
   established: number;
   bans: number;
+  /** Requests by result (ok or an error code). */
+  results: Record<string, number>;
+  /** Violations by kind and detail. */
+  details: Record<string, number>;
 }
 
 export type FromTarget =

@@ -34,6 +34,11 @@ async function main(): Promise<void> {
   const logger = createLogger({ level: 'error' });
   const server = await startServer(loadConfig({ file, flags: { dataDir, listen: '127.0.0.1:0' } }), { logger, print: () => undefined });
   const club = (await createClub(server.storage, { name: 'MV Fuzz', adminUser: FUZZ_ADMIN, adminPassword: FUZZ_PASSWORD })).id;
+  const details: Record<string, number> = {};
+  server.daemon.violations.subscribe((e) => {
+    const k = `${e.kind}:${e.detail.slice(0, 40)}`;
+    details[k] = (details[k] ?? 0) + 1;
+  });
   const cleanup = (): void => {
     rmSync(dir, { recursive: true, force: true });
   };
@@ -60,7 +65,9 @@ async function main(): Promise<void> {
         return;
       case 'stats': {
         const s = server.daemon.stats;
-        reply({ stats: { violations: Object.fromEntries(s.violations), refusedBanned: s.refusedBanned, established: s.established, bans: server.banSystem.table.size } });
+        const results: Record<string, number> = {};
+        for (const [k, n] of s.requests) results[k.slice(k.lastIndexOf(':') + 1)] = (results[k.slice(k.lastIndexOf(':') + 1)] ?? 0) + n;
+        reply({ stats: { violations: Object.fromEntries(s.violations), refusedBanned: s.refusedBanned, established: s.established, bans: server.banSystem.table.size, results, details } });
         return;
       }
       case 'exit':

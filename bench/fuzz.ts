@@ -1,5 +1,5 @@
 /**
- * `npm run fuzz [-- --frames N] [-- --seed S] [-- --concurrency C]`: the long fuzz run of
+ * `npm run fuzz [-- --frames N] [-- --seed S] [-- --concurrency C] [-- --only hello,message,...]`: the long fuzz run of
  * issue 18 against a daemon in a child process (bench/fuzz-engine.ts). Defaults: 1,000,000
  * frames, a random seed. Prints the seed first (rerun with --seed to get the same inputs),
  * every failing input as hex as it is found, and at the end the daemon's RSS at the start, its
@@ -34,7 +34,8 @@ async function main(): Promise<void> {
   const concurrency = intArg('concurrency', 16);
   const log = (l: string): void => void process.stdout.write(`${l}\n`);
   log(`fuzz: seed ${seed}, ${frames} frames, ${concurrency} connections at once`);
-  const r = await runFuzz({ frames, seed, concurrency, log, progressEvery: Math.max(1000, Math.floor(frames / 50)) });
+  const only = arg('only')?.split(',').filter((k) => k.length > 0);
+  const r = await runFuzz({ frames, seed, concurrency, log, progressEvery: Math.max(1000, Math.floor(frames / 50)), ...(only ? { only } : {}) });
   log('');
   log(`seed ${r.seed}: ${r.frames} frames in ${r.cases} cases, ${(r.elapsedMs / 1000).toFixed(1)} s`);
   log(`frames by kind: ${JSON.stringify(r.byKind)}`);

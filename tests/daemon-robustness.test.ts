@@ -10,7 +10,7 @@ import { grantSchema } from '../daemon/rights.js';
 import type { ClientEvent } from '../protocol/client-session.js';
 import { CLIENT_HELLO_BODY_LEN, CLIENT_HELLO_LEN, HS_CLIENT_HELLO, MAGIC, RECORD_DATA, RECORD_FINISHED } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { decodeMessage, type Message } from '../protocol/messages.js';
+import { decodeMessage, encodeMessage, type Message } from '../protocol/messages.js';
 import { rawHandshake, RawSocket, startDaemon, waitUntil, type RawSession, type TestDaemon } from './helpers/daemon.js';
 
 /**
@@ -249,4 +249,22 @@ test('a handler that throws cannot stop the daemon: the guard logs the address, 
   }
   await pingWorks(td, '127.0.0.29');
   assert.equal(calls, 4);
+});
+
+test('found by the fuzzer: payload keys named like Object.prototype members are unknown fields, not a fault', () => {
+  const d = new Dispatcher();
+  d.register({ name: 'test.obj', schema: z.object({ a: z.object({}).strict().optional() }).strict(), handler: async () => ({ payload: {} }) });
+  for (const key of ['constructor', 'toString', 'hasOwnProperty', 'valueOf']) {
+    assert.throws(
+      () => d.prepare('test.obj', { [key]: {} }, false),
+      (e: unknown) => e instanceof CommandError && e.code === 'BAD_REQUEST' && e.message.includes(`"${key}"`),
+      key,
+    );
+    assert.equal(findMapConfusion(z.object({ a: z.object({}) }), { [key]: new Uint8Array(1) }), undefined);
+  }
+});
+
+test('found by the fuzzer: an undefined value in an answer is never put on the wire (the peer would refuse the message)', () => {
+  const wire = encodeMessage({ kind: 'response', id: 3, payload: { items: [], nextOffset: undefined, list: [1, undefined] }, stream: false });
+  assert.deepEqual(decodeMessage(wire), { kind: 'response', id: 3, payload: { items: [], list: [1, null] }, stream: false });
 });

@@ -17,6 +17,10 @@ interface Probe {
   payload: unknown;
   needs: Need[];
   upload?: Uint8Array;
+  /** The answer when refused: FORBIDDEN, or NOT_FOUND where a refusal must not reveal that the record exists. */
+  refused?: 'NOT_FOUND';
+  /** ... except without this right at all, which is refused plainly (FORBIDDEN). */
+  forbiddenWithout?: Need;
 }
 
 export const NO_COMMAND: ReadonlyArray<`${Area}:${Action}`> = [
@@ -24,6 +28,8 @@ export const NO_COMMAND: ReadonlyArray<`${Area}:${Action}`> = [
   'federationReporting:create', 'federationReporting:update', 'federationReporting:delete', // a report is derived, not edited
   'exports:create', 'exports:update', 'exports:delete', // an export is an event in the change log
   'changeLog:create', 'changeLog:update', 'changeLog:delete', // the change log is append-only
+  // blocking is persons:update, lifting a block is for administrators, exports never hold blocked persons
+  'blockedPersons:create', 'blockedPersons:update', 'blockedPersons:delete', 'blockedPersons:export',
 ];
 
 interface Fixture {
@@ -31,6 +37,7 @@ interface Fixture {
   person: number;
   event: number;
   other: number;
+  blocked: number;
   docs: Record<string, number>;
   byEntity: Record<string, number>;
 }
@@ -44,6 +51,9 @@ async function fixture(admin: InProcessSession): Promise<Fixture> {
   const r1 = await id('registers.create', { name: 'Register 1' });
   const person = await id('persons.create', { firstName: 'Eigen', lastName: 'Person', city: 'Graz', birthDate: '2000-01-01', photoConsent: true, blocked: false });
   await id('registerAssignments.create', { personId: person, registerId: r1, from: '2020-01-01', leader: false });
+  const blocked = await id('persons.create', { firstName: 'Gesperrt', lastName: 'Person', photoConsent: false, blocked: false });
+  await id('registerAssignments.create', { personId: blocked, registerId: r1, from: '2020-01-01', leader: false });
+  await admin.call('persons.update', { id: blocked, blocked: true });
   const event = await id('events.create', { kind: 'rehearsal', title: 'Probe', start: '2030-01-01T19:00', registerId: r1 });
   const other = (await admin.call('users.create', { username: 'other', password: 'other-password-1', role: 'member' })).payload.user.id;
   const byEntity: Record<string, number> = {
@@ -57,7 +67,7 @@ async function fixture(admin: InProcessSession): Promise<Fixture> {
   for (const kind of ['honour', 'federation-registration', 'reporter', 'other']) {
     docs[kind] = (await admin.call('documents.upload', { kind, name: `${kind}.pdf` }, (async function* () { yield Buffer.from('%PDF-1.4 ' + kind); })())).payload.document.id;
   }
-  return { r1, person, event, other, docs, byEntity };
+  return { r1, person, event, other, blocked, docs, byEntity };
 }
 
 /** Records a destructive probe consumes, made by the administrator right before it. */
@@ -146,13 +156,16 @@ async function probe(area: Area, action: Action, f: Fixture, admin: InProcessSes
   if (area.startsWith('documents.')) {
     const kind = { 'documents.honour': 'honour', 'documents.federationRegistration': 'federation-registration', 'documents.reporter': 'reporter', 'documents.other': 'other' }[area as string]!;
     switch (action) {
-      case 'read': return { cmd: 'documents.get', payload: { id: f.docs[kind] }, needs: [[area, 'read', 'club']] };
+      case 'read': return { cmd: 'documents.get', payload: { id: f.docs[kind] }, needs: [[area, 'read', 'club']], refused: 'NOT_FOUND' };
       case 'create': return { cmd: 'documents.upload', payload: { kind, name: 'neu.pdf' }, upload: Buffer.from('neu'), needs: [[area, 'create', 'club']] };
-      case 'update': return { cmd: 'documents.update', payload: { id: f.docs[kind], name: uniq('doc') }, needs: [[area, 'update', 'club']] };
-      case 'delete': return { cmd: 'documents.delete', payload: { id: await prepDelete(admin, f, `doc:${kind}`) }, needs: [[area, 'delete', 'club']] };
+      case 'update': return { cmd: 'documents.update', payload: { id: f.docs[kind], name: uniq('doc') }, needs: [[area, 'update', 'club']], refused: 'NOT_FOUND' };
+      case 'delete': return { cmd: 'documents.delete', payload: { id: await prepDelete(admin, f, `doc:${kind}`) }, needs: [[area, 'delete', 'club']], refused: 'NOT_FOUND' };
       case 'export': return { cmd: 'documents.export', payload: { filters: [{ field: 'kind', op: 'eq', value: kind }] }, needs: [[area, 'export', 'club']] };
     }
   }
+  // A blocked person (GDPR Art. 18) of the user's register: readable only with the dedicated
+  // right; without it the person does not exist.
+  if (area === 'blockedPersons') return { cmd: 'persons.get', payload: { id: f.blocked }, needs: [['persons', 'read'], ['blockedPersons', 'read', 'club']], refused: 'NOT_FOUND', forbiddenWithout: ['persons', 'read'] };
   if (area === 'federationReporting') return { cmd: action === 'read' ? 'federation.report' : 'federation.export', payload: {}, needs: [[area, action, 'club']] };
   if (area === 'exports') return { cmd: action === 'read' ? 'exports.list' : 'exports.club', payload: {}, needs: [[area, action, 'club']] };
   if (area === 'changeLog') return { cmd: action === 'read' ? 'log.query' : 'log.export', payload: {}, needs: [[area, action, 'club']] };
@@ -192,7 +205,8 @@ async function runRole(env: ClubTestEnv, admin: InProcessSession, f: Fixture, cl
         assert.equal(code, 'ok', `${label} should be allowed`);
         assert.equal(env.violations.length, v0, `${label}: no violation`);
       } else {
-        assert.equal(code, 'FORBIDDEN', `${label} should be refused (missing ${missing[0]}:${missing[1]})`);
+        const refused = p.refused && (!p.forbiddenWithout || effectiveScope(grants, p.forbiddenWithout[0], p.forbiddenWithout[1])) ? p.refused : 'FORBIDDEN';
+        assert.equal(code, refused, `${label} should be refused (missing ${missing[0]}:${missing[1]})`);
         const v = env.violations.slice(v0).filter((x) => x.kind === 'rights');
         assert.equal(v.length, 1, `${label}: one rights violation`);
         assert.equal(v[0]!.user, username);

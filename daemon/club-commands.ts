@@ -297,7 +297,9 @@ function checkScopeDefining(g: Guard, entity: DataEntity, action: Action, person
 /**
  * Writes to rows of a blocked person (GDPR Art. 18): refused for everyone, except an
  * administrator lifting the block (`persons.update {id, blocked: false}` alone). A caller who
- * may read blocked persons is refused with FORBIDDEN; for everyone else the row does not exist.
+ * may read blocked persons sees the block and is answered CONFLICT (no violation: nothing was
+ * tried that they could not see), or FORBIDDEN with a violation when a non-administrator tries
+ * to lift it; for everyone else the row does not exist (NOT_FOUND, reported like a guessed id).
  * Returns the scope to use for the write.
  */
 function blockedWrite(g: Guard, entity: DataEntity, id: number, scope: RowScope, values: Record<string, unknown>): RowScope {
@@ -307,7 +309,10 @@ function blockedWrite(g: Guard, entity: DataEntity, id: number, scope: RowScope,
   const lifting = entity === 'persons' && Object.keys(values).length === 1 && values.blocked === false;
   if (lifting && g.p.user.isAdmin) return { ...scope, hideBlocked: false };
   const read = g.entityRowScope(entity, 'read', 'read');
-  if (g.readsBlocked() && read && rowInScope(g.p.db, entity, id, read)) g.deny('blockedPersons:update', lifting ? 'only an administrator lifts a block' : 'processing of a blocked person is restricted');
+  if (g.readsBlocked() && read && rowInScope(g.p.db, entity, id, read)) {
+    if (lifting) g.deny('blockedPersons:update', 'only an administrator lifts a block');
+    throw new CommandError('CONFLICT', 'the person is blocked (processing restricted, GDPR Art. 18); an administrator lifts the block first');
+  }
   return scope;
 }
 
@@ -336,6 +341,10 @@ function refVisible(g: Guard): (entity: EntityName, refId: number) => boolean {
     // existence only (a treasurer may attach a fee to a person without seeing memberships).
     if (!e) return recordExists(g.p.db, entity, refId) && !rowOfBlockedPerson(g.p.db, entity, refId);
     if (rowInScope(g.p.db, entity, refId, g.rowScope(e, entity))) return true;
+    // A new reference to a blocked person is a new processing of their data (GDPR Art. 18).
+    if (g.readsBlocked() && rowOfBlockedPerson(g.p.db, entity, refId) && rowInScope(g.p.db, entity, refId, g.rowScope(e, entity, 'read'))) {
+      throw new CommandError('CONFLICT', `${entity} ${refId} is blocked (processing restricted)`);
+    }
     if (recordExists(g.p.db, entity, refId)) g.report(`${area}:read`, 'reference to a record outside scope');
     return false;
   };
@@ -756,7 +765,9 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
         g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes });
       }).immediate();
     }
-    return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!), changed: Object.keys(changes) } };
+    // Without users:read, whether a given value changed would tell the old one: name them all.
+    const given = (['displayName', 'personId'] as const).filter((k) => p[k] !== undefined);
+    return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!), changed: g.has('users', 'read')?.kind === 'club' ? Object.keys(changes) : given } };
   });
   for (const [name, disabled] of [['users.disable', true], ['users.enable', false]] as const) {
     register(d, name, strictObject({ id, club: clubField }), async (p, ctx) => {
@@ -932,8 +943,21 @@ function logProjector(g: Guard): (e: AuditEntry) => Record<string, unknown> {
     }
     return v;
   };
+  // An export entry records the filters it ran with; a filter value on a field the reader may
+  // not read club-wide (or on an entity whose area they cannot read) can be someone's data.
+  const filterValueReadable = (entity: string | null, field: string): boolean => {
+    if (entity === null || !(entity in ENTITY_AREA)) return false;
+    const ea = ENTITY_AREA[entity as DataEntity];
+    if (ea !== 'documents' && !g.has(ea, 'read')) return false;
+    const a = fieldArea(entity as DataEntity, field);
+    return !a || g.has(a, 'read')?.kind === 'club';
+  };
   return (e) => {
     const v = logView(e);
+    if (e.action === 'export' && e.changes && Array.isArray((e.changes as { filters?: unknown }).filters)) {
+      const filters = ((e.changes as { filters: Array<Record<string, unknown>> }).filters).map((f) => ('value' in f && !filterValueReadable(e.entity, String(f.field)) ? { ...f, value: HIDDEN } : f));
+      return { ...v, changes: { ...(e.changes as Record<string, unknown>), filters } };
+    }
     if (e.entity === null || e.recordId === null || e.changes === null || typeof e.changes !== 'object') return v;
     const entity = e.entity;
     const id = e.recordId;
@@ -1006,7 +1030,7 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     const g = await guard(services, ctx, 'exports.list', p);
     g.needClub('exports', 'read');
     const r = queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 });
-    return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
+    return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
   });
   register(d, 'exports.club', strictObject({ club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'exports.club', p);

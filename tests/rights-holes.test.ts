@@ -217,14 +217,19 @@ test('point 4: blocked persons are hidden from lists, exports, memberships and r
     const log = (await admin.call('log.query', { action: 'read.blocked' })).payload.entries as Array<{ user: string; changes: { ids: number[] } }>;
     assert.equal(log.length, 2);
     assert.ok(log.every((e) => e.user === 'dora' && e.changes.ids.includes(pb)));
-    // no edits, not even by the right holder; lifting the block: administrators only
+    // no edits, not even by the right holder (who sees the block: CONFLICT); lifting the block:
+    // administrators only (FORBIDDEN and a violation for anyone else)
     const v1 = c.env.violations.length;
-    assert.equal(await dpo.s.code('persons.update', { id: pb, notes: 'x' }), 'FORBIDDEN');
+    assert.equal(await dpo.s.code('persons.update', { id: pb, notes: 'x' }), 'CONFLICT');
     assert.equal(await dpo.s.code('persons.update', { id: pb, blocked: false }), 'FORBIDDEN');
-    assert.deepEqual(c.rightsViolations(v1).map((v) => v.right), ['blockedPersons:update', 'blockedPersons:update']);
-    assert.equal(await admin.code('persons.update', { id: pb, firstName: 'Bertha' }), 'FORBIDDEN');
-    assert.equal(await admin.code('persons.delete', { id: pb }), 'FORBIDDEN');
-    assert.equal(await admin.code('fees.create', { personId: pb, description: 'Beitrag', amountCents: 100 }), 'NOT_FOUND');
+    assert.deepEqual(c.rightsViolations(v1).map((v) => v.right), ['blockedPersons:update']);
+    const v2 = c.env.violations.length;
+    assert.equal(await admin.code('persons.update', { id: pb, firstName: 'Bertha' }), 'CONFLICT');
+    assert.equal(await admin.code('persons.delete', { id: pb }), 'CONFLICT');
+    assert.equal(await admin.code('fees.create', { personId: pb, description: 'Beitrag', amountCents: 100 }), 'CONFLICT');
+    const ms = (await admin.call('memberships.list')).payload.items as Array<{ id: number; personId: number }>;
+    assert.equal(await admin.code('memberships.update', { id: ms.find((m) => m.personId === pb)!.id, insured: false }), 'CONFLICT');
+    assert.equal(c.env.violations.length, v2, 'refusals the caller could foresee are no violations');
     assert.equal(await admin.code('persons.update', { id: pb, blocked: false }), 'ok');
     assert.deepEqual((await ids(lea.s, 'persons.list')).sort(), [pa, pb].sort());
   } finally {
@@ -249,6 +254,8 @@ test('point 5: the change log shows each entry only as far as the reader may see
     const doc = (await c.admin.call('documents.upload', { kind: 'honour', name: 'Ehrung Berta.pdf', personId: other }, (async function* () { yield Buffer.from('%PDF'); })())).payload.document.id as number;
     await c.admin.call('users.create', { username: 'kim', password: 'kim-password-123', role: 'treasurer' });
     await c.admin.call('persons.update', { id: other, city: 'Steyr', birthDate: '1975-05-06' });
+    // an export entry records its filters: a filter value is data too
+    await c.admin.call('persons.export', { filters: [{ field: 'city', op: 'eq', value: 'Wels' }, { field: 'lastName', op: 'eq', value: 'B' }] });
     const reg = { kind: 'registers' as const, registers: [r1] };
     const reader = await c.user('rita', { grants: [
       { area: 'changeLog', actions: ['read', 'export'], scope: clubScope },
@@ -268,6 +275,8 @@ test('point 5: the change log shows each entry only as far as the reader may see
     assert.equal(m.changes!.city!.new, 'Linz');
     assert.deepEqual(m.changes!.birthDate, { old: '[hidden]', new: '[hidden]' });
     assert.equal(m.changes!.notes!.new, 'mine');
+    const exp = entries.find((e) => e.action === 'export' && e.entity === 'persons')!;
+    assert.deepEqual((exp.changes as unknown as { filters: unknown[] }).filters, [{ field: 'city', op: 'eq', value: '[hidden]' }, { field: 'lastName', op: 'eq', value: 'B' }]);
     // the export gives the same
     const exported = (await reader.s.call('log.export')).payload.entries as LogEntry[];
     assert.ok(exported.filter((e) => e.entity === 'persons' && e.recordId === other).every((e) => e.changes === null));

@@ -279,19 +279,38 @@ function writeAnswer(g: Guard, entity: DataEntity, record: Record<string, unknow
   return { record: visible, changed: Object.keys(given).filter((k) => (k in visible ? changes !== undefined && k in changes : true)) };
 }
 
-/** Entities whose rows of one's own person define one's own scope (own-record grants on register-scoped areas). */
+/** Entities whose rows define which persons register-scoped and own-record grants reach. */
 const SCOPE_DEFINING = new Set<DataEntity>(['registerAssignments']);
 
 /**
- * Point 1 of issue 19: data that defines the caller's own scope is guarded at least as strongly
- * as the rights it confers. A non-administrator may not create, change or delete register
- * assignments of the person linked to their own user (they decide which registers an own-record
- * grant reaches).
+ * Point 1 of issue 19: data that defines a scope is guarded at least as strongly as the rights
+ * it confers. Register assignments decide which persons a register grant reaches and which
+ * registers an own-record grant reaches, so for a non-administrator:
+ * - no create, change or delete of assignments of the person linked to their own user;
+ * - an assignment that puts a person into a register (create, or an update's resulting
+ *   register) is refused when one of the caller's register grants on that register would reach
+ *   the person only through this assignment: the caller must already reach the person with
+ *   every such right (a leader with contact data for register 1 cannot assign someone of
+ *   register 2 to register 1 and then read their address).
+ * Refusals are FORBIDDEN with a rights violation.
  */
-function checkScopeDefining(g: Guard, entity: DataEntity, action: Action, personIds: readonly unknown[]): void {
+function checkScopeDefining(g: Guard, entity: DataEntity, action: Action, before: Record<string, unknown> | undefined, values: Record<string, unknown>): void {
   if (!SCOPE_DEFINING.has(entity) || g.p.user.isAdmin) return;
   const own = g.p.user.personId;
-  if (own !== null && personIds.includes(own)) g.deny(`${ENTITY_AREA[entity]}:${action}`, 'changing data that defines one\'s own scope');
+  const personId = values.personId ?? before?.personId;
+  if (own !== null && (personId === own || before?.personId === own)) g.deny(`${ENTITY_AREA[entity]}:${action}`, 'changing data that defines one\'s own scope');
+  if (action === 'delete' || typeof personId !== 'number') return;
+  const registerId = values.registerId ?? before?.registerId;
+  // A person the caller cannot see at all is the reference check's business (NOT_FOUND).
+  const pr = g.has('persons', 'read');
+  if (pr && !rowInScope(g.p.db, 'persons', personId, g.rowScope(pr, 'persons'))) return;
+  for (const gr of g.p.grants) {
+    if (gr.scope.kind !== 'registers' || !gr.scope.registers.includes(registerId as number) || gr.area === 'registers') continue;
+    for (const a of gr.actions) {
+      const e = g.has(gr.area, a)!;
+      if (!rowInScope(g.p.db, 'persons', personId, g.rowScope(e, 'persons', 'read'))) g.deny(`${gr.area}:${a}`, 'an assignment that widens one\'s own reach');
+    }
+  }
 }
 
 /**
@@ -417,7 +436,7 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
     const { club: _c, ...values } = p;
     if (entity === 'persons' && values.blocked === true) scope = { ...scope, hideBlocked: false };
     checkWriteFields(g, entity, values, 'create');
-    checkScopeDefining(g, entity, 'create', [values.personId]);
+    checkScopeDefining(g, entity, 'create', undefined, values);
     try {
       const record = createRecord(g.p.db, entity, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
       return { payload: writeAnswer(g, entity, record) };
@@ -432,7 +451,7 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
     const { club: _c, id: rid, ...values } = p;
     checkWriteFields(g, entity, values, 'update');
     scope = blockedWrite(g, entity, rid, scope, values);
-    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'update', [values.personId, getRecord(g.p.db, entity, rid, scope)?.personId]);
+    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'update', getRecord(g.p.db, entity, rid, scope), values);
     try {
       const r = updateRecord(g.p.db, entity, rid, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
       return { payload: writeAnswer(g, entity, r.record, values, r.changes) };
@@ -446,7 +465,7 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
     const g = await guard(services, ctx, `${entity}.delete`, p);
     let { scope } = g.needEntity(entity, 'delete', 'write');
     scope = blockedWrite(g, entity, p.id, scope, {});
-    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'delete', [getRecord(g.p.db, entity, p.id, scope)?.personId]);
+    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'delete', getRecord(g.p.db, entity, p.id, scope), {});
     try {
       deleteRecord(g.p.db, entity, p.id, { scope, audit: g.p.audit, actor: g.p.actor });
       return { payload: { deleted: true, id: p.id } };

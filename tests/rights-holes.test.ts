@@ -93,6 +93,24 @@ test('point 1: a user manager cannot re-link their own user to another person; o
     const asMe = await c.mk('registerAssignments.create', { personId: me, registerId: r2, from: '2020-01-01', leader: false });
     assert.equal(await s.code('registerAssignments.update', { id: asMe, leader: true }), 'FORBIDDEN');
     assert.equal(await s.code('registerAssignments.delete', { id: asMe }), 'FORBIDDEN');
+    // Assignments decide whom a register grant reaches: a leader with contact data for register 1
+    // cannot assign someone else to register 1 to read their address.
+    const r1 = await c.mk('registers.create', { name: 'Blech' });
+    const stranger = await c.mk('persons.create', { firstName: 'Sara', lastName: 'Fremd', street: 'Geheimgasse 3', photoConsent: false, blocked: false });
+    await c.mk('registerAssignments.create', { personId: stranger, registerId: r2, from: '2020-01-01', leader: false });
+    const lea = await c.user('lea', { grants: [
+      { area: 'persons', actions: ['read'], scope: clubScope },
+      { area: 'contact', actions: ['read'], scope: { kind: 'registers', registers: [r1] } },
+      { area: 'registers', actions: ['read', 'create', 'update'], scope: clubScope },
+    ] });
+    const v2 = c.env.violations.length;
+    assert.equal(await lea.s.code('registerAssignments.create', { personId: stranger, registerId: r1, from: '2024-01-01', leader: false }), 'FORBIDDEN');
+    const asStranger = (await c.admin.call('registerAssignments.list', { filters: [{ field: 'personId', op: 'eq', value: stranger }] })).payload.items[0].id as number;
+    assert.equal(await lea.s.code('registerAssignments.update', { id: asStranger, registerId: r1 }), 'FORBIDDEN');
+    assert.deepEqual(c.rightsViolations(v2).map((v) => v.right), ['contact:read', 'contact:read']);
+    assert.equal((await lea.s.call('persons.get', { id: stranger })).payload.record.street, undefined);
+    // into a register where the caller's grants reach no further: allowed
+    assert.equal(await lea.s.code('registerAssignments.create', { personId: stranger, registerId: r2, from: '2024-01-01', to: '2024-12-31', leader: false }), 'ok');
     // and an administrator re-links users, themselves included
     assert.equal(await c.admin.code('users.update', { id, personId: treasurer }), 'ok');
   } finally {

@@ -547,7 +547,10 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
       const actor = g.p.actor;
       let db = g.p.db;
       try {
-        const info = await putDocument(services.storage, clubId, ctx.upload!, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
+        // An upload, like a download, stops when the user is disabled or loses the right.
+        const area = docArea(p.kind);
+        const upload = revocable(services, ctx, ctx.upload!, (grants) => effectiveScope(grants, area, 'create')?.kind === 'club');
+        const info = await putDocument(services.storage, clubId, upload, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
           onStep: (step) => {
             // 'renamed' and 'recorded' run in the same tick around the row insert: one transaction
             // holds the row and its change-log entry.

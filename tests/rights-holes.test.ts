@@ -392,6 +392,20 @@ test('point 7: disabling a user or withdrawing the right ends their document and
       await c.admin.call('users.disable', { id: u.id });
     });
     assert.equal((b.error as { code?: string })?.code, 'UNAUTHENTICATED');
+    // an upload in flight stops too, and leaves no document behind
+    await c.admin.call('users.enable', { id: u.id });
+    await c.admin.call('rights.set', { userId: u.id, grants: [{ area: 'documents.other', actions: ['read', 'create'], scope: clubScope }] });
+    const up = c.env.session('127.0.3.2');
+    await up.call('auth.login', { club: c.club, user: 'dana', password: 'dana-password-1' });
+    const before = ((await c.admin.call('documents.list')).payload.items as unknown[]).length;
+    const chunks = (async function* () {
+      yield big.subarray(0, 1 << 20);
+      await c.admin.call('users.disable', { id: u.id });
+      yield big.subarray(1 << 20, 2 << 20);
+      yield big.subarray(2 << 20);
+    })();
+    await assert.rejects(up.call('documents.upload', { kind: 'other', name: 'spät.bin' }, chunks), (e: { code?: string }) => e.code === 'UNAUTHENTICATED');
+    assert.equal(((await c.admin.call('documents.list')).payload.items as unknown[]).length, before);
     // an unrevoked download runs to the end
     let n = 0;
     for await (const piece of (await c.admin.call('documents.download', { id: doc })).download!) n += piece.length;

@@ -968,7 +968,7 @@ function logProjector(g: Guard): (e: AuditEntry) => Record<string, unknown> {
   // An export entry records the filters it ran with; a filter value on a field the reader may
   // not read club-wide (or on an entity whose area they cannot read) can be someone's data.
   const filterValueReadable = (entity: string | null, field: string): boolean => {
-    if (entity === null || !(entity in ENTITY_AREA)) return false;
+    if (entity === null || !Object.hasOwn(ENTITY_AREA, entity)) return false;
     const ea = ENTITY_AREA[entity as DataEntity];
     if (ea !== 'documents' && !g.has(ea, 'read')) return false;
     const a = fieldArea(entity as DataEntity, field);
@@ -986,7 +986,7 @@ function logProjector(g: Guard): (e: AuditEntry) => Record<string, unknown> {
     const changes = e.changes as Record<string, unknown>;
     let ok: boolean;
     if (entity === 'users' || entity === 'userRights') ok = usersRead;
-    else if (entity in ENTITY_AREA) ok = cached(`${entity}:${id}`, () => recordReadable(entity as DataEntity, id, changes));
+    else if (Object.hasOwn(ENTITY_AREA, entity)) ok = cached(`${entity}:${id}`, () => recordReadable(entity as DataEntity, id, changes));
     else ok = false;
     if (!ok) return { ...v, changes: null, hidden: true };
     const areas = FIELD_AREA[entity as DataEntity];

@@ -406,6 +406,21 @@ test('point 7: disabling a user or withdrawing the right ends their document and
     })();
     await assert.rejects(up.call('documents.upload', { kind: 'other', name: 'spät.bin' }, chunks), (e: { code?: string }) => e.code === 'UNAUTHENTICATED');
     assert.equal(((await c.admin.call('documents.list')).payload.items as unknown[]).length, before);
+    // the same over a real connection: the stream ends with the typed error, the connection lives on
+    await c.admin.call('users.enable', { id: u.id });
+    await c.admin.call('rights.set', { userId: u.id, grants });
+    const { connect } = await c.env.listen();
+    const conn = await connect('127.0.3.3');
+    try {
+      await conn.request('auth.login', { club: c.club, user: 'dana', password: 'dana-password-1' });
+      const tcp = await firstChunkThen((await conn.request('documents.download', { id: doc })).download!, async () => {
+        await c.admin.call('users.disable', { id: u.id });
+      });
+      assert.equal((tcp.error as { code?: string })?.code, 'UNAUTHENTICATED');
+      assert.equal(await conn.request('auth.whoami', {}).then(() => 'ok', (e: { code?: string }) => e.code), 'UNAUTHENTICATED');
+    } finally {
+      await conn.close();
+    }
     // an unrevoked download runs to the end
     let n = 0;
     for await (const piece of (await c.admin.call('documents.download', { id: doc })).download!) n += piece.length;

@@ -222,7 +222,7 @@ async function runRole(env: ClubTestEnv, admin: InProcessSession, f: Fixture, cl
   return checked;
 }
 
-test('every role template x area x action: allowed calls succeed, others are refused with FORBIDDEN and a rights violation (point 1)', async () => {
+test('every role template x area x action: allowed calls succeed, others are refused with FORBIDDEN (NOT_FOUND where the refusal must not reveal the record) and a rights violation (point 1)', async () => {
   const env = await clubEnv();
   try {
     const club = await env.newClub();

@@ -606,8 +606,12 @@ export class Connection {
 
   /** @internal socket listener */
   onSocketClose(): void {
-    this.destroy();
-    this.events.closed();
+    try {
+      this.destroy();
+    } finally {
+      // Even when freeing failed: the daemon must forget the connection and its pending slot.
+      this.events.closed();
+    }
   }
 }
 

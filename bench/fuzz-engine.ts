@@ -656,8 +656,10 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
   };
   report.rss.start = (await askTarget({ type: 'mem', seq: 0, gc: true })).rss ?? 0;
   report.rss.peak = report.rss.start;
+  let currentRss = report.rss.start;
   const sampler = setInterval(() => {
     void askTarget({ type: 'mem', seq: 0 }).then((r) => {
+      if (r.rss) currentRss = r.rss;
       if (r.rss && r.rss > report.rss.peak) report.rss.peak = r.rss;
     });
   }, 500);
@@ -748,7 +750,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
       }
       if (progressEvery > 0 && report.frames - lastProgress >= progressEvery) {
         lastProgress = report.frames;
-        log(`${report.frames} frames, ${report.cases} cases, ${report.failures.length} failures, peak RSS ${(report.rss.peak / 1048576).toFixed(1)} MiB`);
+        log(`${report.frames} frames, ${report.cases} cases, ${report.failures.length} failures, daemon RSS ${(currentRss / 1048576).toFixed(1)} MiB (peak ${(report.rss.peak / 1048576).toFixed(1)} MiB)`);
       }
     }
   };

@@ -59,6 +59,8 @@ export interface FuzzReport {
   refusedAtAccept: number;
   /** Daemon RSS in bytes: idle at the start, after the warm-up (a tenth of the frames, at most 20,000), the peak, and at the end after a GC. */
   rss: { start: number; warm: number; peak: number; end: number };
+  /** The daemon's JS heap in use and external (Buffer) memory at the start and at the end, both after a GC. */
+  heap: { startUsed: number; startExternal: number; endUsed: number; endExternal: number };
   elapsedMs: number;
   daemonStats?: TargetStats;
 }
@@ -652,9 +654,13 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
     bansMissed: 0,
     refusedAtAccept: 0,
     rss: { start: 0, warm: 0, peak: 0, end: 0 },
+    heap: { startUsed: 0, startExternal: 0, endUsed: 0, endExternal: 0 },
     elapsedMs: 0,
   };
-  report.rss.start = (await askTarget({ type: 'mem', seq: 0, gc: true })).rss ?? 0;
+  const m0 = await askTarget({ type: 'mem', seq: 0, gc: true });
+  report.rss.start = m0.rss ?? 0;
+  report.heap.startUsed = m0.heapUsed ?? 0;
+  report.heap.startExternal = m0.external ?? 0;
   report.rss.peak = report.rss.start;
   let currentRss = report.rss.start;
   const sampler = setInterval(() => {
@@ -764,7 +770,10 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
     log('FAILURE: the daemon process exited');
   } else {
     report.daemonStats = (await askTarget({ type: 'stats', seq: 0 })).stats;
-    report.rss.end = (await askTarget({ type: 'mem', seq: 0, gc: true })).rss ?? 0;
+    const m1 = await askTarget({ type: 'mem', seq: 0, gc: true });
+    report.rss.end = m1.rss ?? 0;
+    report.heap.endUsed = m1.heapUsed ?? 0;
+    report.heap.endExternal = m1.external ?? 0;
     child.send({ type: 'exit', seq: 0 } satisfies ToTarget);
     await exitPromise;
   }

@@ -17,4 +17,4 @@ export interface TargetStats {
 
 export type FromTarget =
   | { type: 'ready'; port: number; fingerprint: string; club: string }
-  | { type: 'reply'; seq: number; rss?: number; banned?: boolean; stats?: TargetStats };
+  | { type: 'reply'; seq: number; rss?: number; heapUsed?: number; external?: number; banned?: boolean; stats?: TargetStats };

@@ -57,7 +57,8 @@ async function main(): Promise<void> {
       case 'mem': {
         const gc = (globalThis as { gc?: () => void }).gc;
         if (m.gc && gc) gc();
-        reply({ rss: process.memoryUsage.rss() });
+        const mu = process.memoryUsage();
+        reply({ rss: mu.rss, heapUsed: mu.heapUsed, external: mu.external });
         return;
       }
       case 'banned':

@@ -43,6 +43,7 @@ async function main(): Promise<void> {
   log(`ban checks: ${r.banChecks}, missed: ${r.bansMissed}; connections refused at accept: ${r.refusedAtAccept}`);
   if (r.daemonStats) log(`daemon: ${JSON.stringify(r.daemonStats)}`);
   log(`daemon RSS: start ${mib(r.rss.start)}, after warm-up ${mib(r.rss.warm)}, peak ${mib(r.rss.peak)}, end ${mib(r.rss.end)} (after GC)`);
+  log(`daemon JS heap in use: start ${mib(r.heap.startUsed)}, end ${mib(r.heap.endUsed)}; external (buffers): start ${mib(r.heap.startExternal)}, end ${mib(r.heap.endExternal)} (after GC)`);
   log(`daemon exited: ${r.daemonExited ? 'YES' : 'no'}; INTERNAL answers: ${r.errorCodes.INTERNAL ?? 0}; failures: ${r.failures.length}`);
   process.exitCode = r.failures.length > 0 ? 1 : 0;
 }

@@ -1,8 +1,8 @@
-import IPCIDR from 'ip-cidr';
 import { z } from 'zod';
 import {
   formatPrefix,
   parseAddress,
+  parsePrefix,
   prefixOf,
   type ParsedAddress,
   type ParsedPrefix,
@@ -81,12 +81,17 @@ export const DurationSchema = z.union([
   }),
 ]);
 
-/** An address or CIDR range, validated with ip-cidr. */
-export const CidrSchema = z
-  .string()
-  .refine((s) => IPCIDR.isValidCIDR(s) || IPCIDR.isValidAddress(s), {
-    message: 'not an IP address or CIDR range',
-  });
+/**
+ * An address or CIDR range, validated by the product's one address parser
+ * (storage/ban-address.ts): a range with host bits set (`10.0.0.1/8`) is refused.
+ */
+export const CidrSchema = z.string().superRefine((s, ctx) => {
+  try {
+    parsePrefix(s);
+  } catch (e) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message });
+  }
+});
 
 export const KindRuleSchema = z.object({
   /** Violations within findTime that trigger a ban; 1 = ban at once. */

@@ -1,8 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
-import IPCIDR from 'ip-cidr';
-import { BanPolicySchema } from './ban-policy.js';
+import { BanPolicySchema, CidrSchema } from './ban-policy.js';
 import { MailerConfigSchema } from './mailer.js';
 import { BackupConfigSchema } from './backup-service.js';
 
@@ -45,7 +44,7 @@ const healthSchema = z
     keyFile: z.string().min(1).optional(),
     /** Who may read /metrics without a token. */
     allowCidrs: z
-      .array(z.string().refine((s) => IPCIDR.isValidCIDR(s) || IPCIDR.isValidAddress(s), 'expected an IP address or CIDR range'))
+      .array(CidrSchema)
       .default(['127.0.0.1/32', '::1/128']),
     /** Bearer token that opens /metrics from anywhere (prefer tokenFile). */
     bearerToken: z.string().min(16, 'use at least 16 characters').optional(),

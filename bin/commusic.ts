@@ -4,6 +4,7 @@ import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
 import { fail, parseHostPort, runMain } from './cli-util.js';
 import { registerCallCommand } from './client-call.js';
+import { safeJson } from '../daemon/neutralise.js';
 
 interface Globals {
   server?: string;
@@ -62,7 +63,7 @@ program
     const conn = await open();
     try {
       const r = await conn.request('server.info', {});
-      process.stdout.write(`${JSON.stringify(r.payload, null, 2)}\n`);
+      process.stdout.write(`${safeJson(r.payload, undefined, 2)}\n`);
     } finally {
       await conn.close();
     }

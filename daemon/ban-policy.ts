@@ -30,16 +30,21 @@ const UNITS: Record<string, number> = {
 
 export class DurationError extends Error {
   readonly code = 'BAN_BAD_DURATION';
-  constructor(input: string) {
-    super(`not a duration (use e.g. 90s, 15m, 2h, 7d): ${JSON.stringify(input.slice(0, 40))}`);
+  constructor(input: string, message?: string) {
+    super(message ?? `not a duration (use e.g. 90s, 15m, 2h, 7d): ${JSON.stringify(input.slice(0, 40))}`);
     this.name = 'DurationError';
   }
 }
 
-/** "90s", "15m", "2h", "7d", "1w", "500ms", "1h30m" or a bare number of seconds, to milliseconds. */
+/**
+ * "90s", "15m", "2h", "7d", "1w", "500ms", "1h30m" to milliseconds. A unit is required: a bare
+ * number ("2") is refused, since an operator may mean hours as easily as seconds.
+ */
 export function parseDuration(text: string): number {
   const s = text.trim().toLowerCase();
-  if (/^\d+$/.test(s)) return Number(s) * 1000;
+  if (/^\d+(?:\.\d+)?$/.test(s)) {
+    throw new DurationError(text, `"${s.slice(0, 20)}" has no unit: write e.g. ${s.slice(0, 20)}s, ${s.slice(0, 20)}m, ${s.slice(0, 20)}h or ${s.slice(0, 20)}d`);
+  }
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/gy;
   let total = 0;
   let pos = 0;

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { safeJson } from '../daemon/neutralise.js';
 
 interface ClubRow {
   id: string;
@@ -48,7 +49,8 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       .option('--json', 'print JSON')
       .action(async (id: string, o: { json?: boolean }) => {
         const { result } = await run(op, { id });
-        printResult(result, o.json, (result) => (cmd === 'show' ? JSON.stringify(result, null, 2) : `club ${id} is now ${(result as ClubRow).status}`));
+        // `show` prints JSON in either mode: safeJson escapes what JSON.stringify leaves raw.
+        printResult(result, o.json, (safe) => (cmd === 'show' ? safeJson(result, undefined, 2) : `club ${id} is now ${(safe as ClubRow).status}`));
       });
   }
   club

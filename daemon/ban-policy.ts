@@ -118,6 +118,7 @@ export const VIOLATION_KINDS: readonly ViolationKind[] = [
   'handshake',
   'protocol',
   'login',
+  'command',
   'rights',
 ];
 
@@ -132,6 +133,8 @@ const KindsSchema = z
     rights: KindRuleSchema.default(IMMEDIATE),
     handshake: KindRuleSchema.default({ maxRetry: 3, findTime: '10m' }),
     login: KindRuleSchema.default({ maxRetry: 5, findTime: '10m' }),
+    /** Unknown command names: a client of another version may send a few, a prober many. */
+    command: KindRuleSchema.default({ maxRetry: 20, findTime: '10m' }),
   })
   .strict()
   .default({});

@@ -149,6 +149,11 @@ export class Connection {
     return this.inflight ? this.inflight.size : 0;
   }
 
+  /** Bytes received so far (0: the peer has sent nothing). */
+  get receivedBytes(): number {
+    return this.bytesIn;
+  }
+
   get isEstablished(): boolean {
     return this.session.state === 'ESTABLISHED';
   }
@@ -240,13 +245,15 @@ export class Connection {
 
   private protocolFailure(error: ProtocolError): void {
     const cause = (error as { cause?: unknown }).cause;
-    this.log.warn('connection refused', {
+    // The violation (with this code) is logged by the ban engine; this line adds the state.
+    this.log.debug('connection refused', {
       conn: this.info.id,
       ip: this.info.ip,
       code: error.code,
       state: this.session.state,
       ...(cause instanceof Error ? { cause: cause.name } : {}),
     });
+    this.closed = true; // see onHandshakeTimeout
     this.events.violation(error.violationKind, error.code);
     this.flush(); // a Reject, if the session produced one
     this.destroy();
@@ -296,6 +303,8 @@ export class Connection {
       prepared = this.dispatcher.prepare(command, payload, stream);
     } catch (e) {
       this.events.counted('request', command, (e as CommandError).code);
+      // Probing for commands is counted against the source; the name itself is never kept.
+      if ((e as CommandError).code === 'UNKNOWN_COMMAND') this.events.violation('command', 'unknown command');
       // An upload that was refused still occupies the id until the client sees the error.
       return this.sendError(id, e as CommandError);
     }
@@ -482,7 +491,9 @@ export class Connection {
   onHandshakeTimeout(): void {
     if (!this.handshakeOpen || this.closed) return;
     const silent = this.bytesIn === 0;
-    this.log.warn('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    // Closed first: the ban this violation may trigger must not terminate (and count) it again.
+    this.closed = true;
     this.events.violation(silent ? 'silent' : 'handshake', silent ? 'sent nothing' : 'handshake not completed in time');
     this.destroy();
   }

@@ -68,6 +68,11 @@ export class Dispatcher {
     this.commands.set(spec.name, spec as unknown as CommandSpec);
   }
 
+  /** Whether a command of this name is registered. */
+  has(name: string): boolean {
+    return this.commands.has(name);
+  }
+
   names(): string[] {
     return [...this.commands.keys()].sort();
   }

@@ -25,13 +25,22 @@ export interface DaemonOptions {
   rekeyAfterRecords?: number;
 }
 
+/** The label under which requests for unknown commands are counted (never the name sent). */
+export const UNKNOWN_COMMAND_LABEL = '(unknown)';
+
 export interface DaemonStats {
   accepted: number;
   refusedBanned: number;
   refusedLimit: number;
   hellos: number;
   established: number;
+  /**
+   * Requests by "command:result". Keys are bounded: a command is one of the dispatcher's names or
+   * UNKNOWN_COMMAND_LABEL, a result one of the CommandError codes or "ok"; a client-chosen string
+   * never becomes a key (or a /metrics label).
+   */
   requests: Map<string, number>;
+  /** Every violation event on the bus, by kind (each event once, whoever reported it). */
   violations: Map<ViolationKind, number>;
 }
 
@@ -54,6 +63,11 @@ export class Daemon {
     this.log = opts.logger ?? nullLogger();
     this.violations = opts.violations ?? new ViolationBus();
     this.dispatcher = opts.dispatcher ?? new Dispatcher();
+    // Count every violation event once, wherever it was recognised (listener, connection,
+    // command handlers): `status` and /metrics show events, not banned sources.
+    this.violations.subscribe((e) => {
+      this.stats.violations.set(e.kind, (this.stats.violations.get(e.kind) ?? 0) + 1);
+    });
     registerCoreCommands(this.dispatcher, () => ({
       name: 'commusic-server',
       version: VERSION,
@@ -99,10 +113,19 @@ export class Daemon {
    */
   disconnectBanned(banned: (ip: string) => boolean): number {
     let n = 0;
+    const silent: string[] = [];
     for (const c of this.connections) {
-      if (banned(c.info.ip) && c.terminate(CLOSE_POLICY)) n++;
+      if (!banned(c.info.ip)) continue;
+      const wasSilent = !c.isEstablished && c.receivedBytes === 0;
+      if (!c.terminate(CLOSE_POLICY)) continue;
+      n++;
+      if (wasSilent) silent.push(c.info.ip);
     }
     if (n > 0) this.log.warn('closed connections of banned sources', { connections: n });
+    // A silent connection cut short by its source's ban is still one silent connection: each
+    // is counted as the event it is (status shows events, not banned sources).
+    const time = Date.now();
+    for (const ip of silent) this.violations.report({ ip, kind: 'silent', detail: 'sent nothing before its source was banned', time });
     return n;
   }
 
@@ -153,11 +176,8 @@ export class Daemon {
       ...(this.opts.rekeyAfterRecords ? { rekeyAfterRecords: this.opts.rekeyAfterRecords } : {}),
     });
     const conn: Connection = new Connection(socket, session, this.dispatcher, limits, this.log, {
-      violation: (kind, detail) => {
-        this.stats.violations.set(kind, (this.stats.violations.get(kind) ?? 0) + 1);
-        this.log.warn('violation', { ip, kind, detail });
-        this.violations.report({ ip, kind, detail, time: Date.now() });
-      },
+      // Logged once, by the ban engine (with the source, the count and the outcome).
+      violation: (kind, detail) => this.violations.report({ ip, kind, detail, time: Date.now() }),
       handshakeDone: () => releasePending(),
       closed: () => {
         releasePending();
@@ -167,7 +187,8 @@ export class Daemon {
         if (what === 'hello') this.stats.hellos++;
         else if (what === 'established') this.stats.established++;
         else {
-          const key = `${command}:${result}`;
+          const name = command !== undefined && this.dispatcher.has(command) ? command : UNKNOWN_COMMAND_LABEL;
+          const key = `${name}:${result}`;
           this.stats.requests.set(key, (this.stats.requests.get(key) ?? 0) + 1);
         }
       },

@@ -15,6 +15,8 @@ export interface StatusContext extends MetricsSources {
   readonly listen?: () => string;
   /** Health endpoint address and certificate fingerprint, when it runs. */
   readonly health?: () => { listen: string; certFingerprint: string } | undefined;
+  /** When the health endpoint is not running: why (disabled, address in use, ...). */
+  readonly healthOff?: () => string | undefined;
   readonly now?: () => number;
 }
 
@@ -37,6 +39,8 @@ export interface StatusReport {
   keyFileWatch: string | null;
   lastBackups: Record<string, string>;
   health: { listen: string; certFingerprint: string } | null;
+  /** Why the health endpoint is off (null when it runs or nobody said). */
+  healthOff: string | null;
 }
 
 export function statusReport(ctx: StatusContext): StatusReport {
@@ -65,6 +69,7 @@ export function statusReport(ctx: StatusContext): StatusReport {
     keyFileWatch: ctx.keyWatchState?.() ?? null,
     lastBackups,
     health: ctx.health?.() ?? null,
+    healthOff: ctx.health?.() ? null : (ctx.healthOff?.() ?? null),
   };
 }
 
@@ -108,7 +113,7 @@ export function formatStatus(r: StatusReport): string {
     `key-file watch:   ${na(r.keyFileWatch)}`,
     `last backups:     ${Object.keys(r.lastBackups).length ? '' : 'none recorded'}`,
     ...Object.entries(r.lastBackups).map(([d, t]) => `  ${d}: ${t}`),
-    `health endpoint:  ${r.health ? `https://${r.health.listen} (certificate ${r.health.certFingerprint})` : 'off'}`,
+    `health endpoint:  ${r.health ? `https://${r.health.listen} (certificate ${r.health.certFingerprint})` : `off${r.healthOff ? `: ${r.healthOff}` : ''}`}`,
   ];
   return `${lines.join('\n')}\n`;
 }

@@ -119,6 +119,8 @@ export const VIOLATION_KINDS: readonly ViolationKind[] = [
   'protocol',
   'login',
   'command',
+  'limit',
+  'slow',
   'rights',
 ];
 
@@ -135,6 +137,10 @@ const KindsSchema = z
     login: KindRuleSchema.default({ maxRetry: 5, findTime: '10m' }),
     /** Unknown command names: a client of another version may send a few, a prober many. */
     command: KindRuleSchema.default({ maxRetry: 20, findTime: '10m' }),
+    /** Refused at a connection limit: a club behind one address rarely, a flood at once. */
+    limit: KindRuleSchema.default({ maxRetry: 3, findTime: '10m' }),
+    /** A record dripped past its deadline: a bad network now and then, a slowloris always. */
+    slow: KindRuleSchema.default({ maxRetry: 3, findTime: '10m' }),
   })
   .strict()
   .default({});

@@ -21,6 +21,8 @@ export interface ConnectionEvents {
   handshakeDone(established: boolean): void;
   closed(): void;
   counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
+  /** A user logged in on this connection (it leaves the pre-login stage). */
+  loggedIn?(): void;
 }
 
 /** Where a request stands: waiting for its handler, streaming its download, or answered. */
@@ -70,6 +72,10 @@ class RequestContext implements CommandContext {
   get session(): Map<string, unknown> {
     return this.owner.sessionMap();
   }
+
+  authenticated(): void {
+    this.owner.markAuthenticated();
+  }
 }
 
 /** How long a terminated connection may take to read its CLOSE before it is destroyed. */
@@ -100,13 +106,26 @@ function onSocketDrain(this: OwnedSocket): void {
 function onSocketTimeout(this: OwnedSocket): void {
   this[CONN].onIdle();
 }
+function onRecordTimer(c: Connection): void {
+  c.onRecordTimeout();
+}
+function onLoginTimer(c: Connection): void {
+  c.onLoginTimeout();
+}
 
 export class Connection {
   readonly info: ConnectionInfo;
+  /** When the socket was accepted, ms since the epoch. */
+  readonly acceptedAt = Date.now();
   /** Requests in flight, in arrival order (which is also deadline order). */
   private inflight: Map<number, InFlight> | undefined;
   private sessionState: Map<string, unknown> | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  /** Armed while a record is partly received: its whole deadline (a drip does not extend it). */
+  private recordTimer: NodeJS.Timeout | undefined;
+  /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
+  private loginTimer: NodeJS.Timeout | undefined;
+  private loggedIn = false;
   /** One timer per connection, due at the earliest deadline of a request in flight. */
   private sweepTimer: NodeJS.Timeout | undefined;
   private flushQueued = false;
@@ -195,6 +214,8 @@ export class Connection {
     this.finishHandshake(false);
     clearTimeout(this.sweepTimer);
     this.sweepTimer = undefined;
+    clearTimeout(this.recordTimer);
+    clearTimeout(this.loginTimer);
     if (this.inflight) {
       for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
       this.inflight.clear();
@@ -210,6 +231,51 @@ export class Connection {
     this.bytesIn += data.length;
     this.session.receive(data);
     this.pump();
+    this.watchRecord();
+  }
+
+  /**
+   * A record started must be finished within recordTimeoutMs of its first byte, however the
+   * bytes trickle in (nginx client_body_timeout is a deadline for the whole read in the same
+   * way); the handshake has its own whole deadline.
+   */
+  private watchRecord(): void {
+    if (this.closed || this.handshakeOpen) return;
+    if (this.session.bufferedBytes === 0) {
+      if (this.recordTimer) {
+        clearTimeout(this.recordTimer);
+        this.recordTimer = undefined;
+      }
+    } else {
+      this.recordTimer ??= setTimeout(onRecordTimer, this.limits.recordTimeoutMs, this);
+    }
+  }
+
+  /** @internal */
+  onRecordTimeout(): void {
+    this.recordTimer = undefined;
+    if (this.closed || this.session.bufferedBytes === 0) return;
+    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.session.bufferedBytes });
+    this.closed = true; // see onHandshakeTimeout
+    this.events.violation('slow', 'record not completed in time');
+    this.destroy();
+  }
+
+  /** @internal A handler logged a user in on this connection. */
+  markAuthenticated(): void {
+    if (this.loggedIn) return;
+    this.loggedIn = true;
+    clearTimeout(this.loginTimer);
+    this.loginTimer = undefined;
+    this.events.loggedIn?.();
+  }
+
+  /** @internal */
+  onLoginTimeout(): void {
+    this.loginTimer = undefined;
+    if (this.closed || this.loggedIn) return;
+    this.log.info('login deadline', { conn: this.info.id, ip: this.info.ip });
+    this.closeWith(CLOSE_IDLE);
   }
 
   private pump(): void {
@@ -227,6 +293,7 @@ export class Connection {
           this.finishHandshake(true);
           this.events.counted('established');
           this.socket.setTimeout(this.limits.idleTimeoutMs);
+          if (!this.closed && !this.loggedIn) this.loginTimer = setTimeout(onLoginTimer, this.limits.loginTimeoutMs, this);
           continue;
         case 'message':
           this.onMessage(ev.message);
@@ -508,12 +575,14 @@ export class Connection {
   /** @internal socket listener */
   onEnd(): void {
     if (this.closed) return;
-    if (this.session.bufferedBytes > 0) {
-      this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
-      return;
-    }
+    // Classified by the stage reached (PROTOCOL.md): a ClientHello cut short ("CM", 40 of 75
+    // bytes) is a broken handshake, counted, not a record-layer attack banned at once.
     if (this.handshakeOpen && this.bytesIn > 0) {
       this.protocolFailure(new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'connection ended inside the handshake'));
+      return;
+    }
+    if (this.session.bufferedBytes > 0) {
+      this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
       return;
     }
     this.closeWith(this.isEstablished ? CLOSE_NORMAL : CLOSE_PROTOCOL_ERROR);

@@ -19,6 +19,8 @@ export interface CommandContext {
   readonly upload?: AsyncIterable<Uint8Array>;
   /** Mutable per-connection state (the authenticated user, later). */
   readonly session: Map<string, unknown>;
+  /** Tell the edge a user logged in: the connection leaves the pre-login limits and deadline. */
+  authenticated?(): void;
 }
 
 export interface CommandResult {

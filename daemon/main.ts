@@ -128,7 +128,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     registerClubCommands(dispatcher, clubServices);
     registerBackupCommands(dispatcher, clubServices);
     const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, admit: (ip) => !isBanned(ip) });
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires });
     closers.push(() => daemon.stop());
     // A ban also ends the sessions its source already has open.
     const stopKicking = banSystem.engine.onBan(() => daemon.disconnectBanned(isBanned));

@@ -1,6 +1,8 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../crypto/identity.js';
 import { CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../protocol/constants.js';
+import { encodeRefusal, type Refusal } from '../protocol/refusal.js';
+import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
 import { ServerSession } from '../protocol/server-session.js';
 import { splitHostPort, type Config } from './config.js';
 import { Connection, normalizeIp } from './connection.js';
@@ -20,6 +22,13 @@ export interface DaemonOptions {
   violations?: ViolationBus;
   /** Ban check at accept time; returning false closes the socket before the handshake. */
   admit?: (ip: string) => boolean;
+  /**
+   * Ban check at accept time with the ban's end (ms since the epoch), or undefined: a banned
+   * source gets the plaintext refusal BANNED with that time, then the close, and no crypto.
+   */
+  bannedUntil?: (ip: string) => number | undefined;
+  /** Random source for the early drop (tests fix it). */
+  random?: () => number;
   dispatcher?: Dispatcher;
   /** Test hook: lower the per-key record limit to exercise KEY_UPDATE. */
   rekeyAfterRecords?: number;
@@ -32,6 +41,8 @@ export interface DaemonStats {
   accepted: number;
   refusedBanned: number;
   refusedLimit: number;
+  /** Slots taken from the heaviest source for a lighter newcomer (pending or pre-login). */
+  evicted: number;
   hellos: number;
   established: number;
   /**
@@ -46,16 +57,18 @@ export interface DaemonStats {
 
 export const VERSION = '0.1.0';
 
+/** An evicted pending handshake this old that has sent nothing counts as silent. */
+const SILENT_EVICTION_MS = 1000;
+
 export class Daemon {
   readonly violations: ViolationBus;
   readonly dispatcher: Dispatcher;
   readonly log: Logger;
-  readonly stats: DaemonStats = { accepted: 0, refusedBanned: 0, refusedLimit: 0, hellos: 0, established: 0, requests: new Map(), violations: new Map() };
+  readonly stats: DaemonStats = { accepted: 0, refusedBanned: 0, refusedLimit: 0, evicted: 0, hellos: 0, established: 0, requests: new Map(), violations: new Map() };
   readonly startedAt = Date.now();
   private readonly server: Server;
   private readonly connections = new Set<Connection>();
-  private readonly pendingPerIp = new Map<string, number>();
-  private pendingTotal = 0;
+  readonly admission: Admission;
   private nextId = 1;
   private stopping: Promise<void> | undefined;
 
@@ -74,6 +87,7 @@ export class Daemon {
       protocolVersion: PROTOCOL_VERSION_1,
       fingerprint: opts.identity.fingerprint,
     }));
+    this.admission = new Admission(opts.config.limits, opts.random);
     this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => this.onSocket(s));
     this.server.maxConnections = opts.config.limits.maxConnections;
   }
@@ -104,7 +118,12 @@ export class Daemon {
   }
 
   get pendingHandshakes(): number {
-    return this.pendingTotal;
+    return this.admission.count('pending');
+  }
+
+  /** Established sessions that have not logged in yet. */
+  get preLoginSessions(): number {
+    return this.admission.count('prelogin');
   }
 
   /**
@@ -144,33 +163,48 @@ export class Daemon {
     return this.stopping;
   }
 
+  /**
+   * A refusal before the handshake: the plaintext line (no crypto), then the close. The socket
+   * is destroyed after a second at the latest, whatever the peer does.
+   */
+  private refuse(socket: Socket, refusal: Refusal): void {
+    socket.on('error', () => socket.destroy());
+    socket.resume(); // read and drop what the peer sends, so the close is not a reset
+    socket.end(encodeRefusal(refusal));
+    setTimeout(() => socket.destroy(), 1000).unref();
+  }
+
+  private reportLimit(ip: string, stage: Stage, reason: RefusalReason): void {
+    this.stats.refusedLimit++;
+    this.violations.report({ ip, kind: 'limit', detail: `refused before login: ${stage} ${reason}`, time: Date.now() });
+  }
+
   private onSocket(socket: Socket): void {
     const ip = normalizeIp(socket.remoteAddress ?? '');
-    if (this.stopping || (this.opts.admit && !this.opts.admit(ip))) {
-      if (!this.stopping) this.stats.refusedBanned++;
+    if (this.stopping) {
       socket.destroy();
       return;
     }
-    const limits = this.opts.config.limits;
-    const perIp = this.pendingPerIp.get(ip) ?? 0;
-    if (this.pendingTotal >= limits.maxPendingHandshakes || perIp >= limits.maxPendingHandshakesPerIp) {
-      this.stats.refusedLimit++;
-      this.log.warn('pending handshake limit', { ip, perIp, total: this.pendingTotal });
-      socket.destroy();
+    const until = this.opts.bannedUntil?.(ip);
+    if (until !== undefined || (this.opts.admit && !this.opts.admit(ip))) {
+      this.stats.refusedBanned++;
+      this.refuse(socket, until !== undefined ? { code: 'BANNED', until } : { code: 'BANNED' });
+      return;
+    }
+    // The slot holder learns its connection below; an eviction closes it.
+    const holder: { conn?: Connection; evict(stage: Stage): void } = {
+      evict: (stage) => this.evicted(holder.conn, stage),
+    };
+    const now = Date.now();
+    const pending = this.admission.admit('pending', ip, holder, now);
+    if (!pending.ok) {
+      this.reportLimit(ip, 'pending', pending.reason);
+      this.refuse(socket, { code: 'BUSY' });
       return;
     }
     this.stats.accepted++;
-    this.pendingTotal++;
-    this.pendingPerIp.set(ip, perIp + 1);
-    let pendingReleased = false;
-    const releasePending = () => {
-      if (pendingReleased) return;
-      pendingReleased = true;
-      this.pendingTotal--;
-      const n = (this.pendingPerIp.get(ip) ?? 1) - 1;
-      if (n <= 0) this.pendingPerIp.delete(ip);
-      else this.pendingPerIp.set(ip, n);
-    };
+    let slot: Slot | undefined = pending.slot;
+    const limits = this.opts.config.limits;
     const session = new ServerSession({
       identity: this.opts.identity,
       ...(this.opts.rekeyAfterRecords ? { rekeyAfterRecords: this.opts.rekeyAfterRecords } : {}),
@@ -178,9 +212,28 @@ export class Daemon {
     const conn: Connection = new Connection(socket, session, this.dispatcher, limits, this.log, {
       // Logged once, by the ban engine (with the source, the count and the outcome).
       violation: (kind, detail) => this.violations.report({ ip, kind, detail, time: Date.now() }),
-      handshakeDone: () => releasePending(),
+      handshakeDone: (established) => {
+        if (slot) this.admission.release(slot);
+        slot = undefined;
+        if (!established) return;
+        const pre = this.admission.admit('prelogin', ip, holder, Date.now());
+        if (pre.ok) {
+          slot = pre.slot;
+          return;
+        }
+        // Called from inside the connection's event loop: close once it has settled.
+        queueMicrotask(() => {
+          this.reportLimit(ip, 'prelogin', pre.reason);
+          conn.terminate(CLOSE_POLICY);
+        });
+      },
+      loggedIn: () => {
+        if (slot) this.admission.release(slot);
+        slot = undefined;
+      },
       closed: () => {
-        releasePending();
+        if (slot) this.admission.release(slot);
+        slot = undefined;
         this.connections.delete(conn);
       },
       counted: (what, command, result) => {
@@ -193,6 +246,21 @@ export class Daemon {
         }
       },
     }, this.nextId++);
+    holder.conn = conn;
     this.connections.add(conn);
+  }
+
+  /**
+   * The pool gave this connection's slot to a lighter source. A pending handshake that has sent
+   * nothing for a second or more is a silent connection and counted as one; anything else is
+   * closed without blame (a slow but honest client may retry).
+   */
+  private evicted(conn: Connection | undefined, stage: Stage): void {
+    if (!conn) return;
+    this.stats.evicted++;
+    const silent = stage === 'pending' && !conn.isEstablished && conn.receivedBytes === 0 && Date.now() - conn.acceptedAt >= SILENT_EVICTION_MS;
+    if (stage === 'pending') conn.destroy();
+    else conn.terminate(CLOSE_POLICY);
+    if (silent) this.violations.report({ ip: conn.info.ip, kind: 'silent', detail: 'sent nothing while the handshake pool was full', time: Date.now() });
   }
 }

@@ -11,6 +11,7 @@ interface Globals {
   fingerprint?: string;
   tofu?: boolean;
   knownServers?: string;
+  bind?: string;
   timeout: string;
 }
 
@@ -20,6 +21,7 @@ const program = new Command('commusic')
   .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
   .option('--tofu', 'trust the server key on first use and remember it in the known-servers file')
   .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
+  .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
   .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000');
 
 async function open(): Promise<Connection> {
@@ -36,6 +38,7 @@ async function open(): Promise<Connection> {
     ...(fingerprint ? { fingerprint } : { knownServersFile: g.knownServers! }),
     connectTimeoutMs: timeout,
     requestTimeoutMs: timeout,
+    ...(g.bind ? { localAddress: g.bind } : {}),
   });
 }
 

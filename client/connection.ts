@@ -103,7 +103,7 @@ export class Connection {
         session.start();
         socket.write(Buffer.concat(session.takeOutput()));
       });
-      // The server's first bytes may be a plaintext refusal (PROTOCOL.md 3.1) instead of a
+      // The server's first bytes may be a plaintext refusal (PROTOCOL.md 3.4) instead of a
       // ServerHello: held back until it is clear which.
       let first: Buffer | undefined = Buffer.alloc(0);
       const onData = (chunk: Buffer) => {

@@ -1,5 +1,5 @@
 /**
- * The plaintext refusal (docs/PROTOCOL.md section 3.1): what the server sends, instead of
+ * The plaintext refusal (docs/PROTOCOL.md section 3.4): what the server sends, instead of
  * waiting for a ClientHello, to a source it will not serve, before it closes the connection.
  * It costs no crypto and no state, and lets a member's client say why it cannot connect.
  *

@@ -57,7 +57,11 @@ export function neutraliseDeep<T>(value: T): T {
  * (C1 controls, bidi overrides, separators) as \uXXXX escapes.
  */
 export function safeJson(value: unknown, replacer?: (key: string, value: unknown) => unknown, space?: number): string {
-  const text = JSON.stringify(value, replacer as never, space) ?? 'null';
+  return safeJsonText(JSON.stringify(value, replacer as never, space) ?? 'null');
+}
+
+/** JSON text (e.g. a log line) with the unsafe characters JSON.stringify leaves raw as \uXXXX. */
+export function safeJsonText(text: string): string {
   // LF and TAB outside strings are indentation; inside strings JSON.stringify escaped them.
   return text.replace(UNSAFE, (c) => (c === '\n' || c === '\t' ? c : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
 }

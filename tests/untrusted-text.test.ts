@@ -8,6 +8,7 @@ import { wireBanAlerts } from '../daemon/ban-alerts.js';
 import { BanEngine } from '../daemon/ban-engine.js';
 import { AlertMailer } from '../daemon/mailer.js';
 import { neutralise, safeJson } from '../daemon/neutralise.js';
+import { createLogger } from '../daemon/log.js';
 import { ViolationBus } from '../daemon/violations.js';
 import { BanStore } from '../storage/ban-store.js';
 import { createClub } from '../storage/provisioning.js';
@@ -103,4 +104,24 @@ test('untrusted names and reasons appear escaped in every commusicctl text outpu
   } finally {
     await env.close();
   }
+});
+
+test('a log line carries a peer-chosen name escaped: no raw control or bidi character', async () => {
+  const seen: string[] = [];
+  const write = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array) => {
+    seen.push(String(chunk));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    createLogger().warn('violation', { kind: 'login', user: EVIL });
+    const deadline = Date.now() + 5000;
+    while (!seen.some((l) => l.includes('"violation"')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  } finally {
+    process.stderr.write = write;
+  }
+  const line = seen.find((l) => l.includes('"violation"'));
+  assert.ok(line, 'the line was written');
+  assert.doesNotMatch(line.trimEnd(), RAW);
+  assert.equal((JSON.parse(line) as { user: string }).user, EVIL, 'still JSON with the same value');
 });

@@ -121,7 +121,11 @@ export class Connection {
   private inflight: Map<number, InFlight> | undefined;
   private sessionState: Map<string, unknown> | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
-  /** Armed while a record is partly received: its whole deadline (a drip does not extend it). */
+  /**
+   * The record deadline: when the record now partly received started (0: none), and one timer
+   * per connection that checks it (re-armed for the rest, never per byte or per record).
+   */
+  private recordStart = 0;
   private recordTimer: NodeJS.Timeout | undefined;
   /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
   private loginTimer: NodeJS.Timeout | undefined;
@@ -242,11 +246,9 @@ export class Connection {
   private watchRecord(): void {
     if (this.closed || this.handshakeOpen) return;
     if (this.session.bufferedBytes === 0) {
-      if (this.recordTimer) {
-        clearTimeout(this.recordTimer);
-        this.recordTimer = undefined;
-      }
-    } else {
+      this.recordStart = 0;
+    } else if (this.recordStart === 0) {
+      this.recordStart = Date.now();
       this.recordTimer ??= setTimeout(onRecordTimer, this.limits.recordTimeoutMs, this);
     }
   }
@@ -254,7 +256,13 @@ export class Connection {
   /** @internal */
   onRecordTimeout(): void {
     this.recordTimer = undefined;
-    if (this.closed || this.session.bufferedBytes === 0) return;
+    if (this.closed || this.recordStart === 0) return;
+    const left = this.recordStart + this.limits.recordTimeoutMs - Date.now();
+    if (left > 0) {
+      // An earlier record finished in time; this one has the rest of its own deadline.
+      this.recordTimer = setTimeout(onRecordTimer, left, this);
+      return;
+    }
     this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.session.bufferedBytes });
     this.closed = true; // see onHandshakeTimeout
     this.events.violation('slow', 'record not completed in time');

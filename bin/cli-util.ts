@@ -68,8 +68,3 @@ export async function promptSecret(question: string): Promise<string> {
 export function printResult<T>(result: T, json: boolean | undefined, text: (safe: T) => string): void {
   process.stdout.write(json ? `${safeJson(result)}\n` : `${neutraliseBlock(text(neutraliseDeep(result)))}\n`);
 }
-
-/** Writes CLI text whose untrusted fields went through neutralise(): the rest is escaped too. */
-export function writeText(text: string): void {
-  process.stdout.write(neutraliseBlock(text));
-}

@@ -52,37 +52,40 @@ interface StageLimits {
 
 class Pool {
   total = 0;
-  /** Slots per address, oldest first (a Set keeps insertion order). */
-  readonly byIp = new Map<string, Set<Slot>>();
-  readonly perPrefix = new Map<string, number>();
+  readonly perIp = new Map<string, number>();
+  /** Slots per prefix, oldest first (a Set keeps insertion order). */
+  readonly byPrefix = new Map<string, Set<Slot>>();
 
   constructor(readonly limits: StageLimits) {}
 
   add(slot: Slot): void {
-    let set = this.byIp.get(slot.ip);
-    if (!set) this.byIp.set(slot.ip, (set = new Set()));
+    let set = this.byPrefix.get(slot.prefix);
+    if (!set) this.byPrefix.set(slot.prefix, (set = new Set()));
     set.add(slot);
-    this.perPrefix.set(slot.prefix, (this.perPrefix.get(slot.prefix) ?? 0) + 1);
+    this.perIp.set(slot.ip, (this.perIp.get(slot.ip) ?? 0) + 1);
     this.total++;
   }
 
   remove(slot: Slot): void {
-    const set = this.byIp.get(slot.ip);
+    const set = this.byPrefix.get(slot.prefix);
     if (!set?.delete(slot)) return;
-    if (set.size === 0) this.byIp.delete(slot.ip);
-    const n = (this.perPrefix.get(slot.prefix) ?? 1) - 1;
-    if (n <= 0) this.perPrefix.delete(slot.prefix);
-    else this.perPrefix.set(slot.prefix, n);
+    if (set.size === 0) this.byPrefix.delete(slot.prefix);
+    const n = (this.perIp.get(slot.ip) ?? 1) - 1;
+    if (n <= 0) this.perIp.delete(slot.ip);
+    else this.perIp.set(slot.ip, n);
     this.total--;
   }
 
-  /** The address holding the most slots (ties: the one whose oldest slot is oldest). */
-  heaviest(): { ip: string; count: number; oldest: Slot } | undefined {
-    let best: { ip: string; count: number; oldest: Slot } | undefined;
-    for (const [ip, set] of this.byIp) {
+  /**
+   * The source holding the most slots, counted per prefix (so 64 addresses of one /64 weigh as
+   * one source); ties: the one whose oldest slot is oldest.
+   */
+  heaviest(): { prefix: string; count: number; oldest: Slot } | undefined {
+    let best: { prefix: string; count: number; oldest: Slot } | undefined;
+    for (const [prefix, set] of this.byPrefix) {
       const oldest = set.values().next().value as Slot;
       if (!best || set.size > best.count || (set.size === best.count && oldest.since < best.oldest.since)) {
-        best = { ip, count: set.size, oldest };
+        best = { prefix, count: set.size, oldest };
       }
     }
     return best;
@@ -121,13 +124,14 @@ export class Admission {
     return formatPrefix(prefixOf(a, a.family === 4 ? this.limits.limitPrefixV4 : this.limits.limitPrefixV6));
   }
 
+  /** Slots held at a stage in all. */
   count(stage: Stage): number {
     return this.pools[stage].total;
   }
 
   /** Slots an address holds at a stage. */
   countFor(stage: Stage, ip: string): number {
-    return this.pools[stage].byIp.get(ip)?.size ?? 0;
+    return this.pools[stage].perIp.get(ip) ?? 0;
   }
 
   /**
@@ -139,16 +143,16 @@ export class Admission {
     const pool = this.pools[stage];
     const { limits } = pool;
     const prefix = this.prefixOf(ip);
-    const mine = pool.byIp.get(ip)?.size ?? 0;
-    if (mine >= limits.perIp) return { ok: false, reason: 'per-address' };
-    if ((pool.perPrefix.get(prefix) ?? 0) >= limits.perPrefix) return { ok: false, reason: 'per-prefix' };
+    if ((pool.perIp.get(ip) ?? 0) >= limits.perIp) return { ok: false, reason: 'per-address' };
+    const mine = pool.byPrefix.get(prefix)?.size ?? 0;
+    if (mine >= limits.perPrefix) return { ok: false, reason: 'per-prefix' };
     let evicted: Slot | undefined;
     if (pool.total >= limits.start || pool.total >= limits.full) {
       const full = pool.total >= limits.full;
       const span = Math.max(1, limits.full - limits.start);
       const p = full ? 1 : limits.rate + (1 - limits.rate) * ((pool.total - limits.start) / span);
       const heavy = pool.heaviest();
-      if (heavy && heavy.ip !== ip && heavy.count > mine + 1) {
+      if (heavy && heavy.prefix !== prefix && heavy.count > mine + 1) {
         // A lighter newcomer: the heaviest source gives way (its oldest slot).
         if (full || this.random() < p) {
           evicted = heavy.oldest;

@@ -186,8 +186,9 @@ export function bansCheck(ctx: BanOpsContext, args: { address: string }): CheckJ
   };
 }
 
+/** `bans exempt list`: the table's exemptions and the configuration's (note "configuration"). */
 export function exemptList(ctx: BanOpsContext): ExemptJson[] {
-  return ctx.table.exemptList().map(exemptJson);
+  return ctx.table.exemptAll().map(exemptJson);
 }
 
 export function exemptAdd(ctx: BanOpsContext, args: { address: string; note?: string }): ExemptJson {

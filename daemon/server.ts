@@ -12,8 +12,11 @@ import { nullLogger, type Logger } from './log.js';
 import { ViolationBus, type ViolationKind } from './violations.js';
 
 /**
- * The TCP listener: admission (ban check, connection and pending-handshake limits) happens on
- * accept, before any crypto work; then each socket becomes a Connection.
+ * The TCP listener: admission happens on accept, before any crypto work: the ban check (a banned
+ * source gets the plaintext refusal BANNED), then a pending-handshake slot (daemon/admission.ts:
+ * per address, per prefix, early drop, eviction of the heaviest source; refused: BUSY); then each
+ * socket becomes a Connection, which takes a pre-login slot when its handshake completes and
+ * gives it back when a user logs in.
  */
 export interface DaemonOptions {
   config: Config;

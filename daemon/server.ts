@@ -93,6 +93,11 @@ export class Daemon {
     this.admission = new Admission(opts.config.limits, opts.random);
     this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => this.onSocket(s));
     this.server.maxConnections = opts.config.limits.maxConnections;
+    // Past maxConnections Node closes the socket itself; that refusal counts like the others.
+    this.server.on('drop', (data?: { remoteAddress?: string }) => {
+      if (this.stopping || !data?.remoteAddress) return;
+      this.reportLimit(normalizeIp(data.remoteAddress), 'pending', 'pool-full');
+    });
   }
 
   static async start(opts: DaemonOptions): Promise<Daemon> {

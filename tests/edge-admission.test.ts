@@ -215,3 +215,19 @@ test('a banned client reads BANNED and the end of the ban, in the SDK and the co
     await rm(dataDir, { recursive: true, force: true });
   }
 });
+
+test('a connection Node drops past maxConnections is a limit refusal too', { timeout: 30_000 }, async () => {
+  const td = await startDaemon({ limits: { maxConnections: 2 } });
+  const held = [await RawSocket.open(td.port, '127.0.52.1'), await RawSocket.open(td.port, '127.0.52.2')];
+  try {
+    await waitUntil(() => td.daemon.connectionCount === 2, 5000, 'two connections');
+    const extra = await RawSocket.open(td.port, '127.0.52.3');
+    const v = await td.waitForViolation((e) => e.ip === '127.0.52.3');
+    assert.equal(v.kind, 'limit');
+    assert.equal(td.daemon.stats.refusedLimit, 1);
+    extra.destroy();
+  } finally {
+    for (const s of held) s.destroy();
+    await td.stop();
+  }
+});

@@ -203,6 +203,7 @@ export function randomMap(rng: Rng, depth = 0): Record<string, unknown> {
 // ---- one protocol connection ----------------------------------------------------------------
 
 const HTTP_PROBE = Buffer.from('GET / HTTP/1.1\r\nHost: fuzz\r\n\r\n');
+const REFUSED_BANNED = Buffer.from('CMSP-REFUSED BANNED');
 
 interface Outcome {
   /** Server closed the connection (or refused it at accept). */
@@ -576,9 +577,14 @@ async function caseBan(ctx: Ctx, ip: string): Promise<CaseResult> {
   client.start();
   again.write(Buffer.concat(client.takeOutput()));
   while (!again.closed && Date.now() < deadline) await again.wait(1000);
-  const answered = again.take().length > 0;
+  // Refused at accept: the plaintext refusal line (PROTOCOL.md 3.4) and the close, no ServerHello.
+  const reply = again.take();
   again.destroy();
-  if (!banned || answered) out.failures.push({ kind: 'not-banned', caseKind: 'ban', note: `${ip} sent HTTP and was ${banned ? 'banned but still served a handshake' : 'not banned'}`, inputs: [HTTP_PROBE.toString('hex')] });
+  const refused = reply.subarray(0, REFUSED_BANNED.length).equals(REFUSED_BANNED);
+  if (!banned || !refused) {
+    const why = !banned ? 'not banned' : `banned but answered ${JSON.stringify(reply.subarray(0, 64).toString('latin1'))}`;
+    out.failures.push({ kind: 'not-banned', caseKind: 'ban', note: `${ip} sent HTTP and was ${why}`, inputs: [HTTP_PROBE.toString('hex')] });
+  }
   return out;
 }
 

@@ -78,9 +78,6 @@ class RequestContext implements CommandContext {
   }
 }
 
-/** The command name under which requests for unregistered commands are counted. */
-export const UNKNOWN_COMMAND_LABEL = '(unknown)';
-
 /** How long a terminated connection may take to read its CLOSE before it is destroyed. */
 const TERMINATE_GRACE_MS = 1000;
 
@@ -472,9 +469,7 @@ export class Connection {
     } catch (e) {
       // Validation refuses with CommandError; anything else is a fault (the guard takes it).
       if (!(e instanceof CommandError)) throw e;
-      // Counted per command name only for registered commands: the client chooses the name, and
-      // one counter per unknown name would grow the daemon's memory (and /metrics) without bound.
-      this.events.counted('request', e.code === 'UNKNOWN_COMMAND' ? UNKNOWN_COMMAND_LABEL : command, e.code);
+      this.events.counted('request', command, e.code);
       // Probing for commands is counted against the source; the name itself is never kept.
       if (e.code === 'UNKNOWN_COMMAND') this.events.violation('command', 'unknown command');
       // An upload that was refused still occupies the id until the client sees the error.

@@ -16,7 +16,10 @@ import os from 'node:os';
 export const STORE_FDS = 3;
 /** Memory one open store holds, measured with 1,000 stores open (issue 22): about 0.4 MiB. */
 export const STORE_MEMORY_BYTES = Math.round(0.4 * 1024 * 1024);
-/** Descriptors kept for everything else: server.db, bans db, logs, listeners, backups, documents. */
+/**
+ * Descriptors kept for everything else: server.db, bans db, logs, listeners, backups, documents,
+ * and the evicted stores waiting for their deferred close (at most 64, storage/club-store.ts).
+ */
 export const FD_RESERVE = 256;
 /** At most this share of the open-file limit is set aside for client connections in `auto`. */
 export const CONNECTION_FD_SHARE = 0.5;
@@ -75,7 +78,7 @@ export function planStoreCache(i: SizingInput): SizingResult {
         ok: false,
         message:
           `store cache: ${i.clubs} clubs are hosted but only ${Math.max(0, cap)} stores can be open at once ` +
-          `(${STORE_FDS} open files and ${mib(STORE_MEMORY_BYTES)} each). To hold them all, ${parts.join(' and ')}; ` +
+          `(${STORE_FDS} open files and about ${(STORE_MEMORY_BYTES / MiB).toFixed(1)} MiB each). To hold them all, ${parts.join(' and ')}; ` +
           `or set storeCache.maxOpen to the number of clubs active at once (at most ${Math.max(1, cap)}), accepting a store reopen (about 1-5 ms CPU) for each request past it`,
       };
     }

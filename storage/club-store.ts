@@ -198,6 +198,14 @@ export function sketchSample(maxOpen: number): number {
   return Math.max(10 * maxOpen, 4096);
 }
 
+/**
+ * Most evicted stores waiting for their deferred close: a quarter of the cache, at most 64
+ * (their descriptors, 3 each, fit in the daemon's FD_RESERVE of 256, daemon/store-sizing.ts).
+ */
+export function closingCap(maxOpen: number): number {
+  return Math.min(64, Math.max(1, Math.ceil(maxOpen / 4)));
+}
+
 /** Share of the cache given to the admission window, as in W-TinyLFU (Caffeine's default 1%). */
 export const WINDOW_SHARE = 0.01;
 
@@ -353,6 +361,13 @@ export class ClubStoreCache {
     const earlier = this.#closing.get(clubId);
     if (earlier && earlier !== store) this.#closeQuietly(clubId, earlier);
     this.#closing.set(clubId, store);
+    // Bounded: past the cap the oldest waiting store is closed now, so open files stay within
+    // maxOpen + closingCap(maxOpen) stores however many misses one synchronous run has.
+    while (this.#closing.size > closingCap(this.#maxOpen)) {
+      const [oldId, old] = this.#closing.entries().next().value as [string, ClubStore];
+      this.#closing.delete(oldId);
+      this.#closeQuietly(oldId, old);
+    }
     if (!this.#flushScheduled) {
       this.#flushScheduled = true;
       this.#defer(() => this.flushClosing());

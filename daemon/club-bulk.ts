@@ -34,12 +34,12 @@ export interface BulkLineError {
 
 export const bulkClubSchema = z
   .object({
-    name: z.string().trim().min(1, 'name is empty').max(200, 'name is longer than 200 characters'),
+    name: z.string().trim().min(1, 'empty').max(200, 'longer than 200 characters'),
     admin: z
       .string()
-      .min(1, 'admin is empty')
-      .max(64, 'admin is longer than 64 characters')
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._@-]*$/, 'admin must be letters, digits and . _ @ -, starting with a letter or digit'),
+      .min(1, 'empty')
+      .max(64, 'longer than 64 characters')
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._@-]*$/, 'letters, digits and . _ @ - only, starting with a letter or digit'),
     plan: z.enum(['basic', 'premium', 'federation']).default('basic'),
   })
   .strict();

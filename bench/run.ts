@@ -1,13 +1,14 @@
 /**
  * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
- * Groups: channel, store, data, bans, backup, clubs (bench/<group>.ts).
- * Options: `--only channel[,store,data,bans,backup,clubs]`, `--quick`.
+ * Groups: channel, store, data, bans, backup, flood, clubs (bench/<group>.ts).
+ * Options: `--only channel[,store,data,bans,backup,flood,clubs]`, `--quick`.
  */
 import os from 'node:os';
 import { runBackupBench } from './backup.js';
 import { runBanBench } from './bans.js';
 import { runChannelBench } from './channel.js';
 import { runDataBench } from './data.js';
+import { runFloodBench } from './flood.js';
 import { runClubsBench } from './clubs.js';
 import { runStoreBench } from './store.js';
 import { normalizeRow, ratioOf, type LegacyRow, type Row } from './row.js';
@@ -23,6 +24,7 @@ const GROUPS: Group[] = [
   { name: 'data', run: (quick) => runDataBench({ quick }) },
   { name: 'bans', run: () => runBanBench() },
   { name: 'backup', run: (quick) => runBackupBench({ quick }) },
+  { name: 'flood', run: (quick) => runFloodBench({ quick }) },
   { name: 'clubs', run: (quick) => runClubsBench({ quick }) },
 ];
 

@@ -17,6 +17,8 @@ import { createClubsBulk } from '../storage/provisioning.js';
 import { openStorage, type Storage } from '../storage/storage.js';
 import { httpsGet, parsePrometheus } from './helpers/health.js';
 import { tmpDir } from './store-helpers.js';
+import { Reloader } from '../daemon/reload.js';
+import { writeFileSync } from 'node:fs';
 
 const HASH = 'scrypt$1$10$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=';
 const MiB = 1024 * 1024;
@@ -193,4 +195,18 @@ test('opens, evictions and hit rate in /metrics and commusicctl status', { timeo
     await server.stop();
     await rm(dataDir, { recursive: true, force: true });
   }
+});
+
+test('a changed storeCache setting is reported as needing a restart on SIGHUP', async (t) => {
+  const d = tmpDir('commusic-cache-reload-');
+  t.after(d.cleanup);
+  const file = join(d.dir, 'config.json');
+  writeFileSync(file, JSON.stringify({ dataDir: d.dir, storeCache: { maxOpen: 100 } }));
+  const config = loadConfig({ file, env: {} });
+  const reloader = new Reloader({ sources: { file, env: {} }, config, logger: nullLogger() });
+  writeFileSync(file, JSON.stringify({ dataDir: d.dir, storeCache: { maxOpen: 200 } }));
+  const r = await reloader.reload();
+  assert.ok(r.ok);
+  assert.deepEqual(r.restartNeeded, ['storeCache']);
+  assert.equal(reloader.config.storeCache.maxOpen, 100, 'the running value stays until a restart');
 });

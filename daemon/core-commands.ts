@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { MAX_CHUNK_LEN } from '../protocol/constants.js';
 import type { Dispatcher } from './dispatcher.js';
+import { describeApi, type ApiSchema } from './api-schema.js';
 
 /**
  * Commands every connection may use once the handshake is confirmed, before any login:
@@ -42,6 +43,22 @@ export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now:
     schema: z.object({}).strict().default({}),
     quickParse: emptyPayload,
     handler: async () => ({ payload: { ...info(), commands: d.names() } }),
+  });
+  // The API description (docs/API.md as data) is larger than one record: it travels as a
+  // download stream of UTF-8 JSON. It is the same for every caller: built once, on first use.
+  let schema: Buffer | undefined;
+  d.register({
+    name: 'server.schema',
+    schema: z.object({}).strict().default({}),
+    quickParse: emptyPayload,
+    handler: async () => {
+      schema ??= Buffer.from(JSON.stringify(describeApi(d) satisfies ApiSchema), 'utf8');
+      const body = schema;
+      async function* chunks(): AsyncIterable<Uint8Array> {
+        for (let i = 0; i < body.length; i += MAX_CHUNK_LEN) yield body.subarray(i, i + MAX_CHUNK_LEN);
+      }
+      return { payload: { mediaType: 'application/json', size: body.length }, download: chunks() };
+    },
   });
   d.register({
     name: 'diag.echoStream',

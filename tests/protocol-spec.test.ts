@@ -1,9 +1,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { DEFAULT_BAN_POLICY, VIOLATION_KINDS, formatDuration } from '../daemon/ban-policy.js';
 import { connect } from '../client/connection.js';
 import { RemoteError } from '../client/errors.js';
-import { CLIENT_HELLO_LEN, INITIAL_STREAM_WINDOW, MAX_CHUNK_LEN, MAX_CBOR_DEPTH, MAX_INFLIGHT_REQUESTS, MAX_STREAM_WINDOW } from '../protocol/constants.js';
+import { CLIENT_HELLO_LEN, RECORD_DATA, INITIAL_STREAM_WINDOW, MAX_CHUNK_LEN, MAX_CBOR_DEPTH, MAX_INFLIGHT_REQUESTS, MAX_STREAM_WINDOW } from '../protocol/constants.js';
 import { ClientSession } from '../protocol/client-session.js';
 import type { Message } from '../protocol/messages.js';
 import { rawHandshake, RawSocket, startDaemon, waitUntil, type RawSession, type TestDaemon } from './helpers/daemon.js';
@@ -184,4 +186,37 @@ test('min_version 0 gets Reject code 1, like a range without a common version', 
   await raw.write(hello);
   await raw.closedWithin(5000);
   assert.deepEqual([...raw.take()], [0x7f, 0x00, 0x02, 0x00, 0x01]);
+});
+
+test('a whole-number float where an integer is expected is accepted (request id 3.0 as a CBOR float)', { timeout: 30000 }, async () => {
+  const ip = '127.0.1.9';
+  const s = await rawHandshake(td.port, td.fingerprint, { localAddress: ip });
+  // The forge sealer starts at the Finished's sequence number: one discarded record moves it to 1.
+  s.forge.seal(RECORD_DATA, new Uint8Array([0x80]), []);
+  const out: Buffer[] = [];
+  // [0, 3.0 (half float 0xf9 0x4200), "ping", {}]
+  s.forge.seal(RECORD_DATA, new Uint8Array([0x84, 0x00, 0xf9, 0x42, 0x00, 0x64, ...Buffer.from('ping'), 0xa0]), out);
+  await s.raw.write(Buffer.concat(out));
+  const all = await readUntil(s, (a) => a.some((m) => m.kind === 'response'));
+  assert.ok(all.some((m) => m.kind === 'response' && m.id === 3));
+  s.raw.socket.destroy();
+  assert.deepEqual(violationsFrom(ip), []);
+});
+
+test('PROTOCOL.md section 11 states every violation kind with the default maxRetry and findTime of the code', () => {
+  const text = readFileSync(new URL('../../docs/PROTOCOL.md', import.meta.url), 'utf8');
+  const section = text.slice(text.indexOf('## 11. What gets an address banned'));
+  const documented = new Map<string, string>();
+  for (const line of section.split('\n')) {
+    const m = /^\| ((?:`[a-z]+`(?:, )?)+) \| (\d+) \/ (\w+) \|/.exec(line);
+    if (!m) continue;
+    for (const k of m[1]!.match(/[a-z]+/g)!) documented.set(k, `${m[2]} / ${m[3]}`);
+  }
+  for (const kind of VIOLATION_KINDS) {
+    const rule = DEFAULT_BAN_POLICY.kinds[kind as keyof typeof DEFAULT_BAN_POLICY.kinds];
+    assert.equal(documented.get(kind), `${rule.maxRetry} / ${formatDuration(rule.findTime)}`, `kind ${kind}`);
+  }
+  assert.equal(documented.size, VIOLATION_KINDS.length);
+  assert.match(section, new RegExp(`\\(${formatDuration(DEFAULT_BAN_POLICY.banTime)}\\)`));
+  assert.match(section, new RegExp(`\\(${formatDuration(DEFAULT_BAN_POLICY.maxBanTime)}\\)`));
 });

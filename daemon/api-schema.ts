@@ -102,6 +102,8 @@ export function describeType(t: ZodTypeAny): TypeDoc {
         else if (c.kind === 'length') out.rules.push(`exactly ${c.value} characters`);
         else if (c.kind === 'trim') out.rules.push('surrounding white space removed');
         else if (c.kind === 'email') out.rules.push('format: e-mail address');
+        else if (c.kind === 'datetime') out.rules.push(`format: ISO 8601 date-time with date and time (e.g. 2026-11-30T07:00:00Z)${c.offset ? ', zone Z or ±hh:mm' : ', zone Z'}${c.local ? ' or none' : ''}; a date alone is refused`);
+        else if (c.kind === 'date') out.rules.push('format: date YYYY-MM-DD');
         else if (c.kind === 'regex') out.rules.push(`format: ${c.message ?? 'matches'} (/${(c.regex as RegExp).source}/)`);
         else out.rules.push(c.kind);
       }

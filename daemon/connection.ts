@@ -514,9 +514,11 @@ export class Connection {
       if (f.reason) credit.abort(f.reason);
       this.send({ kind: 'response', id, payload: payload ?? null, stream: true });
       for await (const piece of download) {
-        for (let off = 0; off < piece.length; off += MAX_CHUNK_LEN) {
-          const data = piece.subarray(off, Math.min(piece.length, off + MAX_CHUNK_LEN));
-          await credit.take(data.length);
+        // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
+        for (let off = 0; off < piece.length; ) {
+          const n = await credit.takeUpTo(Math.min(MAX_CHUNK_LEN, piece.length - off));
+          const data = piece.subarray(off, off + n);
+          off += n;
           await this.writable(f);
           this.send({ kind: 'chunk', id, data });
         }

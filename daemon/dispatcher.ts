@@ -76,6 +76,11 @@ export class Dispatcher {
     return this.commands.has(name);
   }
 
+  /** The registered declaration of a command (for the API description), or undefined. */
+  spec(name: string): CommandSpec | undefined {
+    return this.commands.get(name);
+  }
+
   names(): string[] {
     return [...this.commands.keys()].sort();
   }

@@ -212,7 +212,14 @@ export class ServerSession {
     }
     if (head.length < CLIENT_HELLO_LEN) return { type: 'need-data' };
     const helloBytes = head.subarray(0, CLIENT_HELLO_LEN);
-    const hello = parseClientHello(helloBytes);
+    let hello: ReturnType<typeof parseClientHello>;
+    try {
+      hello = parseClientHello(helloBytes);
+    } catch (e) {
+      // min_version 0 or min > max: no version in common, so the same Reject as below.
+      if (e instanceof ProtocolError && e.code === 'VERSION_UNSUPPORTED') this.output.push(encodeReject(REJECT_VERSION));
+      throw e;
+    }
     const versions = this.opts.versions ?? SUPPORTED_VERSIONS;
     const common = versions.filter((v) => v >= hello.minVersion && v <= hello.maxVersion);
     if (common.length === 0) {

@@ -25,7 +25,9 @@ import {
   createRecord,
   deleteRecord,
   getRecord,
+  idsInScope,
   listRecords,
+  MAX_CURSOR_LENGTH,
   blockedPersonIds,
   recordExists,
   rowInScope,
@@ -213,19 +215,18 @@ function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], 
     const a = areas[f];
     if (a && !scopes.get(a)) g.deny(`${a}:${action}`);
   }
+  // Which rows each field area reaches: one query per page and area (issue 21), not one per row.
+  const inScope = new Map<Area, Set<number> | 'all' | 'none'>();
+  const ids = rows.map((r) => r.id as number);
+  for (const [a, s] of scopes) inScope.set(a, !s ? 'none' : s.kind === 'all' ? 'all' : idsInScope(g.p.db, entity, ids, s));
   return rows.map((r) => {
     const out: Record<string, unknown> = {};
-    const rowOk = new Map<Area, boolean>();
     for (const k of requested ? ['id', ...requested] : Object.keys(r)) {
       if (!(k in r)) continue;
       const a = areas[k];
       if (a) {
-        let ok = rowOk.get(a);
-        if (ok === undefined) {
-          const s = scopes.get(a);
-          ok = !!s && (s.kind === 'all' || rowInScope(g.p.db, entity, r.id as number, s));
-          rowOk.set(a, ok);
-        }
+        const s = inScope.get(a);
+        const ok = s === 'all' || (s instanceof Set && s.has(r.id as number));
         if (!ok) continue;
       }
       out[k] = r[k];
@@ -383,6 +384,9 @@ function exportAudit(g: Guard, entity: string | null, detail: Record<string, unk
 
 // ---- entity commands ------------------------------------------------------------------------
 
+/** Keyset pagination (issue 21): a previous page's opaque `nextCursor`, with the same filters and sort. */
+const cursorField = z.string().min(1).max(MAX_CURSOR_LENGTH).regex(/^[A-Za-z0-9_-]+$/).optional().describe('opaque nextCursor of the previous page (same filters and sort); excludes offset');
+
 function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntity): void {
   const area = ENTITY_AREA[entity] as Area;
   const right = (a: Action) => `${area}:${a}`;
@@ -402,15 +406,15 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
     return { payload: { record } };
   });
 
-  register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() }), async (p, ctx) => {
+  register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.list`, p);
     const { scope, effective } = g.needEntity(entity, 'read', 'read');
     checkFilterFields(g, entity, effective, filterFields(p), 'read');
     try {
-      const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: p.limit ?? 100, offset: p.offset ?? 0, scope });
+      const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: p.limit ?? 100, offset: p.offset ?? 0, ...(p.cursor !== undefined ? { cursor: p.cursor } : {}), scope });
       const items = project(g, entity, r.items, 'read', p.fields);
       logBlockedReads(g, entity, r.items);
-      return { payload: { items, nextOffset: r.nextOffset } };
+      return { payload: { items, nextOffset: r.nextOffset, nextCursor: r.nextCursor } };
     } catch (e) {
       dataError(g, e, right('read'));
     }
@@ -942,6 +946,8 @@ function logProjector(g: Guard): (e: AuditEntry) => Record<string, unknown> {
     }
     const scope = g.entityRowScope(entity, 'read', 'read');
     if (!scope) return false;
+    // Club-wide, blocked persons included: every record, present or deleted, is readable.
+    if (scope.kind === 'all' && !scope.hideBlocked) return true;
     if (recordExists(db, entity, id)) return rowInScope(db, entity, id, scope);
     // Deleted: judge by what the entry names.
     const personId = changeSide(changes, 'personId');

@@ -19,6 +19,7 @@
  * Appending is synchronous and meant to run inside the caller's transaction, so a change and its
  * entry commit together (the stores run synchronous=FULL: durable on return).
  */
+import { cachedStatement } from './statements.js';
 import { createHash } from 'node:crypto';
 import type { Db } from './sqlcipher.js';
 import { StorageError } from './errors.js';
@@ -209,13 +210,14 @@ export function queryAuditLog(db: Db, q: AuditQuery): { entries: AuditEntry[]; n
   if (q.from !== undefined) where.push('time >= ?'), args.push(new Date(q.from).toISOString());
   if (q.to !== undefined) where.push('time < ?'), args.push(new Date(q.to).toISOString());
   if (q.user !== undefined) where.push('"user" = ?'), args.push(q.user);
-  if (q.action !== undefined) where.push('(action = ? OR action LIKE ? ESCAPE \'\\\')'), args.push(q.action, q.action.replace(/[\\%_]/g, (c) => '\\' + c) + '.%');
+  // `action` names itself or its family ("export" also finds "export.x"): an index range on action.
+  if (q.action !== undefined) where.push('(action = ? OR (action >= ? AND action < ?))'), args.push(q.action, q.action + '.', q.action + '/');
   if (q.entity !== undefined) where.push('entity = ?'), args.push(q.entity);
   if (q.recordId !== undefined) where.push('recordId = ?'), args.push(q.recordId);
   if (q.afterSeq !== undefined) where.push(q.descending ? 'seq < ?' : 'seq > ?'), args.push(q.afterSeq);
   const limit = Math.min(Math.max(1, q.limit ?? 100), MAX_QUERY_LIMIT);
   const sql = `SELECT ${COLS} FROM audit_log ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY seq ${q.descending ? 'DESC' : 'ASC'} LIMIT ?`;
-  const rows = db.prepare(sql).all(...args, limit + 1) as RawRow[];
+  const rows = cachedStatement(db, sql).all(...args, limit + 1) as RawRow[];
   const more = rows.length > limit;
   const entries = rows.slice(0, limit).map(toEntry);
   return { entries, nextAfterSeq: more ? entries[entries.length - 1]!.seq : null };

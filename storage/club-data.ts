@@ -70,54 +70,68 @@ function today(): string {
 
 /** The SQL condition (over the entity's own table, unaliased) that selects the rows in scope. */
 export function scopeCondition(entity: EntityName, scope: RowScope): { sql: string; args: unknown[] } {
-  const base = baseCondition(entity, scope);
+  const base = baseCondition(entity, scope, today());
   if (!scope.hideBlocked) return base;
   const b = blockedCondition(entity);
   if (!b) return base;
   return { sql: `(${base.sql}) AND ${b}`, args: base.args };
 }
 
-/** Rows that are not, and do not refer to, a blocked person (undefined: the entity has no person). */
+/**
+ * Rows that are not, and do not refer to, a blocked person (undefined: the entity has no person).
+ * A correlated NOT EXISTS: one primary-key probe of `persons` per row considered (issue 21).
+ */
 export function blockedCondition(entity: EntityName): string | undefined {
-  if (entity === 'persons') return `"blocked" = 0`;
+  if (entity === 'persons') return `"persons"."blocked" = 0`;
   const fd = MODEL[entity].fields.personId;
   if (fd?.ref !== 'persons') return undefined;
-  return `("personId" IS NULL OR "personId" NOT IN (SELECT "id" FROM persons WHERE "blocked" = 1))`;
+  return `NOT EXISTS (SELECT 1 FROM persons bp WHERE bp."id" = ${q(MODEL[entity].table)}."personId" AND bp."blocked" = 1)`;
 }
 
-function baseCondition(entity: EntityName, scope: RowScope): { sql: string; args: unknown[] } {
+/**
+ * The scope conditions over the register assignments (issue 21: one index probe per row
+ * considered, never a list rebuilt per execution):
+ * - rows of persons playing in a set of registers: a correlated EXISTS on the covering index
+ *   register_assignments(personId, registerId, to);
+ * - rows of the registers one person plays in: that person's few active assignments, read by the
+ *   same index.
+ * `today` is fixed once per call, so the condition's text (and its prepared statement) depends
+ * only on the number of registers.
+ */
+function baseCondition(entity: EntityName, scope: RowScope, today: string): { sql: string; args: unknown[] } {
   if (scope.kind === 'all') return { sql: '1', args: [] };
   if (scope.kind === 'none') return { sql: '0', args: [] };
   if (scope.kind === 'both') {
-    const a = baseCondition(entity, scope.a);
-    const b = baseCondition(entity, scope.b);
+    const a = baseCondition(entity, scope.a, today);
+    const b = baseCondition(entity, scope.b, today);
     return { sql: `(${a.sql}) AND (${b.sql})`, args: [...a.args, ...b.args] };
   }
   if (scope.kind === 'registers' && scope.personId !== undefined && scope.personId !== null) {
-    const r = baseCondition(entity, { kind: 'registers', registers: scope.registers });
-    const o = baseCondition(entity, { kind: 'person', personId: scope.personId });
+    const r = baseCondition(entity, { kind: 'registers', registers: scope.registers }, today);
+    const o = baseCondition(entity, { kind: 'person', personId: scope.personId }, today);
     return { sql: `(${r.sql}) OR (${o.sql})`, args: [...r.args, ...o.args] };
   }
   const e = MODEL[entity];
   const rs = e.registerScope;
   if (rs.kind === 'none') return { sql: '0', args: [] };
-  const active = `("to" IS NULL OR "to" >= ?)`;
+  const active = `(ra."to" IS NULL OR ra."to" >= ?)`;
+  const table = q(e.table);
   if (rs.kind === 'person') {
-    const col = entity === 'persons' ? q('id') : q(rs.field);
+    const col = `${table}.${entity === 'persons' ? q('id') : q(rs.field)}`;
     if (scope.kind === 'person') return scope.personId === null ? { sql: '0', args: [] } : { sql: `${col} = ?`, args: [scope.personId] };
     if (scope.registers.length === 0) return { sql: '0', args: [] };
     return {
-      sql: `${col} IN (SELECT "personId" FROM register_assignments WHERE "registerId" IN (${scope.registers.map(() => '?').join(', ')}) AND ${active})`,
-      args: [...scope.registers, today()],
+      sql: `EXISTS (SELECT 1 FROM register_assignments ra WHERE ra."personId" = ${col} AND ra."registerId" IN (${scope.registers.map(() => '?').join(', ')}) AND ${active})`,
+      args: [...scope.registers, today],
     };
   }
-  const col = q(rs.field);
+  const col = `${table}.${q(rs.field)}`;
   if (scope.kind === 'registers') {
     if (scope.registers.length === 0) return { sql: '0', args: [] };
     return { sql: `${col} IN (${scope.registers.map(() => '?').join(', ')})`, args: [...scope.registers] };
   }
   if (scope.personId === null) return { sql: '0', args: [] };
-  return { sql: `${col} IN (SELECT "registerId" FROM register_assignments WHERE "personId" = ? AND ${active})`, args: [scope.personId, today()] };
+  return { sql: `${col} IN (SELECT ra."registerId" FROM register_assignments ra WHERE ra."personId" = ? AND ${active})`, args: [scope.personId, today] };
 }
 
 /** Whether the row is a blocked person or refers to one (`personId`). */
@@ -176,6 +190,8 @@ export interface ListOptions {
   sort?: ReadonlyArray<{ field: string; dir?: 'asc' | 'desc' }>;
   limit?: number;
   offset?: number;
+  /** A previous page's `nextCursor` (keyset pagination); excludes `offset`. */
+  cursor?: string;
   scope: RowScope;
 }
 
@@ -220,6 +236,21 @@ function likeEscape(s: string): string {
   return s.replace(/[\\%_]/g, (c) => '\\' + c);
 }
 
+/**
+ * The least string greater than every string starting with `prefix`, in SQLite's BINARY order
+ * (UTF-8 bytes, which is code point order): the last code point raised by one (surrogates
+ * skipped), dropping code points already at U+10FFFF. Undefined: no upper bound exists.
+ */
+export function prefixSuccessor(prefix: string): string | undefined {
+  const cps = Array.from(prefix, (c) => c.codePointAt(0)!);
+  while (cps.length > 0) {
+    let last = cps.pop()! + 1;
+    if (last >= 0xd800 && last <= 0xdfff) last = 0xe000;
+    if (last <= 0x10ffff) return String.fromCodePoint(...cps, last);
+  }
+  return undefined;
+}
+
 function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScope): { sql: string; args: unknown[] } {
   const c = scopeCondition(entity, scope);
   const parts = [`(${c.sql})`];
@@ -244,8 +275,16 @@ function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScop
       case 'startsWith': {
         if (typeof f.value !== 'string' || f.value.length > 200) throw new DataError('INVALID', `${f.op} needs text of at most 200 characters`);
         if (fd && fd.sql !== 'TEXT') throw new DataError('INVALID', `${f.op} applies to text fields only`);
-        parts.push(`${col} LIKE ? ESCAPE '\\'`);
-        args.push(f.op === 'contains' ? `%${likeEscape(f.value)}%` : `${likeEscape(f.value)}%`);
+        if (f.op === 'contains') {
+          parts.push(`${col} LIKE ? ESCAPE '\\'`);
+          args.push(`%${likeEscape(f.value)}%`);
+          break;
+        }
+        // A prefix is an index range (issue 21): >= prefix AND < its successor (case-sensitive).
+        const upper = prefixSuccessor(f.value);
+        if (f.value === '') parts.push(`${col} IS NOT NULL`);
+        else if (upper === undefined) parts.push(`${col} >= ?`), args.push(f.value);
+        else parts.push(`${col} >= ? AND ${col} < ?`), args.push(f.value, upper);
         break;
       }
       default: {
@@ -262,20 +301,123 @@ function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScop
   return { sql: parts.join(' AND '), args };
 }
 
-export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items: Record<string, unknown>[]; nextOffset: number | null } {
+/** Longest cursor a request may carry (characters). */
+export const MAX_CURSOR_LENGTH = 2048;
+
+type CursorValue = string | number | null;
+
+/** Opaque to clients: base64url of JSON `{ v: [sort values...], id }`. */
+function encodeCursor(values: CursorValue[], id: number): string {
+  return Buffer.from(JSON.stringify({ v: values, id }), 'utf8').toString('base64url');
+}
+
+function decodeCursor(cursor: string, keys: number): { v: CursorValue[]; id: number } {
+  const bad = () => new DataError('INVALID', 'cursor is not one this list handed out (same sort needed)');
+  if (typeof cursor !== 'string' || cursor.length > MAX_CURSOR_LENGTH || !/^[A-Za-z0-9_-]*$/.test(cursor)) throw bad();
+  let o: unknown;
+  try {
+    o = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    throw bad();
+  }
+  const c = o as { v?: unknown; id?: unknown };
+  if (!c || typeof c !== 'object' || !Array.isArray(c.v) || c.v.length !== keys || !Number.isSafeInteger(c.id) || (c.id as number) < 0) throw bad();
+  for (const x of c.v) if (!(x === null || typeof x === 'string' || (typeof x === 'number' && Number.isFinite(x)))) throw bad();
+  return { v: c.v as CursorValue[], id: c.id as number };
+}
+
+/**
+ * The keyset condition "after this row" for ORDER BY keys..., id ASC (issue 21): rows whose
+ * sort tuple follows the cursor's, with SQLite's NULL order (NULL first ascending, last
+ * descending). An ascending first key with a value also bounds that key from below, so the
+ * walk starts inside the key's index instead of at its beginning.
+ */
+function keysetCondition(keys: ReadonlyArray<{ col: string; desc: boolean }>, idCol: string, c: { v: CursorValue[]; id: number }): { sql: string; args: unknown[] } {
+  const ors: string[] = [];
+  const args: unknown[] = [];
+  const eqs: string[] = [];
+  const eqArgs: unknown[] = [];
+  for (let i = 0; i <= keys.length; i++) {
+    let after: string;
+    const afterArgs: unknown[] = [];
+    if (i === keys.length) {
+      after = `${idCol} > ?`;
+      afterArgs.push(c.id);
+    } else {
+      const { col, desc } = keys[i]!;
+      const v = c.v[i]!;
+      if (v === null) after = desc ? '0' : `${col} IS NOT NULL`;
+      else (after = desc ? `(${col} < ? OR ${col} IS NULL)` : `${col} > ?`), afterArgs.push(v);
+    }
+    ors.push(`(${[...eqs, after].join(' AND ')})`);
+    args.push(...eqArgs, ...afterArgs);
+    if (i < keys.length) {
+      const { col } = keys[i]!;
+      const v = c.v[i]!;
+      if (v === null) eqs.push(`${col} IS NULL`);
+      else eqs.push(`${col} = ?`), eqArgs.push(v);
+    }
+  }
+  let sql = `(${ors.join(' OR ')})`;
+  const first = keys[0];
+  if (first && !first.desc && c.v[0] !== null) {
+    sql = `${first.col} >= ? AND ${sql}`;
+    args.unshift(c.v[0]);
+  }
+  return { sql, args };
+}
+
+/**
+ * A page of an entity's rows in scope: filters, sort (then id ascending), and either an offset
+ * or a keyset `cursor` (from a previous page's `nextCursor`, same filters and sort; issue 21):
+ * a cursor page costs the same at any depth, an offset page grows with the offset.
+ * Errors: DataError INVALID (unknown field, bad filter value, foreign cursor).
+ */
+export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items: Record<string, unknown>[]; nextOffset: number | null; nextCursor: string | null } {
   const e = MODEL[entity];
   const w = whereFor(entity, o.filters ?? [], o.scope);
   const order: string[] = [];
+  const keys: Array<{ field: string; col: string; desc: boolean }> = [];
   for (const s of o.sort ?? []) {
     if (!filterableField(entity, s.field)) throw new DataError('INVALID', `${entity} has no field ${s.field} to sort on`);
     order.push(`${q(s.field)} ${s.dir === 'desc' ? 'DESC' : 'ASC'}`);
+    keys.push({ field: s.field, col: q(s.field), desc: s.dir === 'desc' });
   }
   order.push(`${q(e.idColumn)} ASC`);
   const limit = Math.min(Math.max(1, o.limit ?? 100), MAX_EXPORT_ROWS);
-  const offset = Math.max(0, o.offset ?? 0);
-  const rows = stmt(db, `SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${w.sql} ORDER BY ${order.join(', ')} LIMIT ? OFFSET ?`).all(...w.args, limit + 1, offset) as Record<string, unknown>[];
+  let where = w.sql;
+  const args = [...w.args];
+  let offset = Math.max(0, o.offset ?? 0);
+  if (o.cursor !== undefined) {
+    if (offset !== 0) throw new DataError('INVALID', 'cursor and offset exclude each other');
+    const k = keysetCondition(keys, q(e.idColumn), decodeCursor(o.cursor, keys.length));
+    where = `${where} AND ${k.sql}`;
+    args.push(...k.args);
+    offset = 0;
+  }
+  const rows = stmt(db, `SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${where} ORDER BY ${order.join(', ')} LIMIT ? OFFSET ?`).all(...args, limit + 1, offset) as Record<string, unknown>[];
   const more = rows.length > limit;
-  return { items: rows.slice(0, limit).map((r) => fromRow(entity, r)), nextOffset: more ? offset + limit : null };
+  const page = rows.slice(0, limit);
+  const last = page[page.length - 1];
+  const nextCursor = more && last ? encodeCursor(keys.map((k) => last[k.field] as CursorValue), last[e.idColumn] as number) : null;
+  return { items: page.map((r) => fromRow(entity, r)), nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor };
+}
+
+/**
+ * Of these row ids, those in scope: one query per 500 ids (issue 21: a field-visibility check
+ * over a page costs one probe per page, not one per row).
+ */
+export function idsInScope(db: Db, entity: EntityName, ids: readonly number[], scope: RowScope): Set<number> {
+  const e = MODEL[entity];
+  const out = new Set<number>();
+  if (scope.kind === 'none') return out;
+  const c = scopeCondition(entity, scope);
+  for (let i = 0; i < ids.length; i += 500) {
+    const chunk = ids.slice(i, i + 500);
+    const rows = stmt(db, `SELECT ${q(e.idColumn)} AS id FROM ${q(e.table)} WHERE ${q(e.idColumn)} IN (${chunk.map(() => '?').join(', ')}) AND (${c.sql})`).all(...chunk, ...c.args) as Array<{ id: number }>;
+    for (const r of rows) out.add(r.id);
+  }
+  return out;
 }
 
 // ---- mutations ------------------------------------------------------------------------------

@@ -60,6 +60,11 @@ export interface EntityDef {
   readonly idColumn: string;
   readonly fields: Readonly<Record<string, FieldDef>>;
   readonly description: string;
+  /**
+   * Composite indexes beyond the one per filterable field that storage/schema.ts derives by
+   * itself (issue 21): the columns in order, and the schema version that introduced it.
+   */
+  readonly indexes?: ReadonlyArray<{ readonly columns: readonly string[]; readonly since: number }>;
 }
 
 // ---- field builders ------------------------------------------------------------------------
@@ -140,8 +145,9 @@ export type EntityName = (typeof ENTITY_NAMES)[number];
 const none: RegisterScope = { kind: 'none' };
 const viaPerson: RegisterScope = { kind: 'person', field: 'personId' };
 
-function entity(name: EntityName, area: Area, registerScope: RegisterScope, description: string, fields: Record<string, FieldDef>, opts: { system?: boolean; since?: number; table?: string; idColumn?: string } = {}): EntityDef {
+function entity(name: EntityName, area: Area, registerScope: RegisterScope, description: string, fields: Record<string, FieldDef>, opts: { system?: boolean; since?: number; table?: string; idColumn?: string; indexes?: EntityDef['indexes'] } = {}): EntityDef {
   return {
+    ...(opts.indexes ? { indexes: opts.indexes } : {}),
     name,
     table: opts.table ?? toSnake(name),
     area,
@@ -198,6 +204,13 @@ export const MODEL: Readonly<Record<EntityName, EntityDef>> = {
     from: f.date(),
     to: f.date(opt()),
     leader: f.bool({ description: 'leads the register' }),
+  }, {
+    // The register scope (storage/club-data.ts) probes these: a person's active assignments in
+    // a set of registers, and a register's active members; both covering (issue 21).
+    indexes: [
+      { columns: ['personId', 'registerId', 'to'], since: 2 },
+      { columns: ['registerId', 'personId', 'to'], since: 2 },
+    ],
   }),
   offices: entity('offices', 'offices', viaPerson, 'An office held (board, treasurer, conductor, ...)', {
     personId: f.ref('persons'),
@@ -312,8 +325,26 @@ export const MODEL: Readonly<Record<EntityName, EntityDef>> = {
     changes: f.json(1_000_000, opt()),
     prevHash: f.sha256(opt()),
     hash: f.sha256(),
-  }, { system: true, table: 'audit_log', idColumn: 'seq' }),
+  }, {
+    system: true,
+    table: 'audit_log',
+    idColumn: 'seq',
+    // Every filter of log.query (storage/audit-log.ts), each ending in the sequence (the rowid)
+    // so the ORDER BY seq needs no sort (issue 21).
+    indexes: [
+      { columns: ['entity', 'recordId'], since: 2 },
+      { columns: ['user'], since: 2 },
+      { columns: ['action'], since: 2 },
+      { columns: ['time'], since: 2 },
+    ],
+  }),
 };
+
+/**
+ * Schema version from which every filterable field of a data entity has its own index (issue 21:
+ * every filter and sort a command offers is an index search, not a table scan).
+ */
+export const INDEX_VERSION = 2;
 
 export const ENTITIES: readonly EntityDef[] = ENTITY_NAMES.map((n) => MODEL[n]);
 
@@ -323,8 +354,9 @@ export function modelVersion(model: Readonly<Record<string, EntityDef>> = MODEL)
   for (const e of Object.values(model)) {
     v = Math.max(v, e.since);
     for (const fd of Object.values(e.fields)) v = Math.max(v, fd.since);
+    for (const ix of e.indexes ?? []) v = Math.max(v, ix.since);
   }
-  return v;
+  return Math.max(v, INDEX_VERSION);
 }
 
 /**

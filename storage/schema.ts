@@ -14,7 +14,7 @@
  * - hand-written steps (data moves, renames) go in EXTRA_MIGRATIONS and run after the derived
  *   statements of the same version.
  */
-import { MODEL, type EntityDef, type FieldDef, type EntityName, modelVersion } from './model.js';
+import { INDEX_VERSION, MODEL, type EntityDef, type FieldDef, type EntityName, modelVersion } from './model.js';
 import { StorageError } from './errors.js';
 
 export interface Migration {
@@ -69,14 +69,47 @@ export function createTableSql(e: EntityDef, uptoVersion: number, model: Readonl
   cols.push(`"createdAt" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))`);
   cols.push(`"updatedAt" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))`);
   const out = [`CREATE TABLE ${q(e.table)} (\n  ${cols.join(',\n  ')}\n) STRICT`];
-  for (const [name, fd] of Object.entries(e.fields)) {
-    if (fd.since <= uptoVersion && (fd.index || fd.ref) && !fd.unique) out.push(indexSql(e, name));
-  }
+  for (const ix of indexesOf(e)) if (ix.since <= uptoVersion) out.push(ix.sql);
   return out;
 }
 
-function indexSql(e: EntityDef, field: string): string {
-  return `CREATE INDEX ${q(`${e.table}_${field}_idx`)} ON ${q(e.table)}(${q(field)})`;
+export interface IndexDef {
+  readonly name: string;
+  readonly columns: readonly string[];
+  readonly since: number;
+  readonly sql: string;
+}
+
+/** Whether a client may filter or sort on this declared field (storage/club-data.ts filterableField). */
+function clientFilterable(fd: FieldDef): boolean {
+  return fd.sensitivity !== 'secret' && !fd.serverOnly && fd.sql !== 'BLOB' && !jsonish(fd);
+}
+
+/**
+ * Every index of an entity, derived from its declaration (issue 21), so a new entity or field
+ * gets its indexes by being declared:
+ * - a field marked `index` or a reference: its own index (since the field's version);
+ * - of a data (non-system) entity, every other field a client may filter or sort on, and the
+ *   `createdAt`/`updatedAt` meta columns: their own index from INDEX_VERSION on (unique fields
+ *   have theirs already);
+ * - the entity's declared composite `indexes` (scope probes, change-log filters).
+ * SQLite appends the rowid to every index, so a filter on one column followed by ORDER BY id,
+ * and a keyset cursor on (column, id), are both one index range.
+ */
+export function indexesOf(e: EntityDef): IndexDef[] {
+  const out: IndexDef[] = [];
+  const add = (columns: readonly string[], since: number) => {
+    const name = `${e.table}_${columns.join('_')}_idx`;
+    out.push({ name, columns, since, sql: `CREATE INDEX IF NOT EXISTS ${q(name)} ON ${q(e.table)}(${columns.map(q).join(', ')})` });
+  };
+  for (const [name, fd] of Object.entries(e.fields)) {
+    if (fd.unique) continue;
+    if (fd.index || fd.ref) add([name], fd.since);
+    else if (!e.system && clientFilterable(fd)) add([name], Math.max(fd.since, INDEX_VERSION));
+  }
+  if (!e.system) for (const m of ['createdAt', 'updatedAt']) add([m], Math.max(e.since, INDEX_VERSION));
+  for (const ix of e.indexes ?? []) add(ix.columns, Math.max(ix.since, e.since));
+  return out;
 }
 
 /** All migrations from version 1 to the model's version, derived from the declarations. */
@@ -92,8 +125,8 @@ export function deriveMigrations(model: Readonly<Record<string, EntityDef>> = MO
           if (fd.since !== v) continue;
           if (fd.required) throw new Error(`model: ${e.name}.${name} is added in version ${v} to an existing table, so it must be optional`);
           statements.push(`ALTER TABLE ${q(e.table)} ADD COLUMN ${columnSql(name, fd, model)}`);
-          if (fd.index || fd.ref) statements.push(indexSql(e, name));
         }
+        for (const ix of indexesOf(e)) if (ix.since === v) statements.push(ix.sql);
       }
     }
     statements.push(...(extra[v] ?? []));

@@ -71,17 +71,19 @@ test('schema is derived from the model; the database enforces it', () => {
 });
 
 test('a later model version migrates existing stores with ALTER TABLE; newer stores are refused', () => {
-  const v2: Record<string, EntityDef> = { ...MODEL, persons: { ...MODEL.persons, fields: { ...MODEL.persons.fields, nickname: f.text(50, { optional: true, since: 2 }) } } };
+  const next = SCHEMA_VERSION + 1;
+  const v2: Record<string, EntityDef> = { ...MODEL, persons: { ...MODEL.persons, fields: { ...MODEL.persons.fields, nickname: f.text(50, { optional: true, since: next }) } } };
   const m2 = deriveMigrations(v2);
-  assert.equal(m2.length, 2);
-  assert.ok(m2[1]!.statements.some((s) => /ALTER TABLE "persons" ADD COLUMN "nickname"/.test(s)));
+  assert.equal(m2.length, next);
+  assert.ok(m2[next - 1]!.statements.some((s) => /ALTER TABLE "persons" ADD COLUMN "nickname"/.test(s)));
+  assert.ok(m2[next - 1]!.statements.some((s) => /CREATE INDEX IF NOT EXISTS "persons_nickname_idx"/.test(s)), 'a new filterable field gets its index by the same declaration');
   const db = new Database(':memory:');
   migrate(db, MIGRATIONS, 'test');
   db.prepare(`INSERT INTO persons ("firstName", "lastName", "photoConsent", blocked) VALUES ('A', 'B', 0, 0)`).run();
-  assert.deepEqual(migrate(db, m2, 'test'), { from: 1, to: 2 });
+  assert.deepEqual(migrate(db, m2, 'test'), { from: SCHEMA_VERSION, to: next });
   assert.equal((db.prepare('SELECT nickname FROM persons').get() as { nickname: null }).nickname, null);
   assert.throws(() => migrate(db, MIGRATIONS, 'store of club x'), (e: Coded) => e.code === 'SCHEMA_TOO_NEW' && /upgrade the server/.test(e.message));
-  const bad: Record<string, EntityDef> = { ...MODEL, persons: { ...MODEL.persons, fields: { ...MODEL.persons.fields, nick: { ...f.text(5), since: 2 } } } };
+  const bad: Record<string, EntityDef> = { ...MODEL, persons: { ...MODEL.persons, fields: { ...MODEL.persons.fields, nick: { ...f.text(5), since: next } } } };
   assert.throws(() => deriveMigrations(bad), /must be optional/);
   db.close();
 });

@@ -71,7 +71,7 @@ function today(): string {
 /** The SQL condition (over the entity's own table, unaliased) that selects the rows in scope. */
 export function scopeCondition(entity: EntityName, scope: RowScope): { sql: string; args: unknown[] } {
   const base = baseCondition(entity, scope, today());
-  if (!scope.hideBlocked) return base;
+  if (!scope.hideBlocked || base.sql === '0') return base;
   const b = blockedCondition(entity);
   if (!b) return base;
   return { sql: `(${base.sql}) AND ${b}`, args: base.args };
@@ -82,7 +82,8 @@ export function scopeCondition(entity: EntityName, scope: RowScope): { sql: stri
  * A correlated NOT EXISTS: one primary-key probe of `persons` per row considered (issue 21).
  */
 export function blockedCondition(entity: EntityName): string | undefined {
-  if (entity === 'persons') return `"persons"."blocked" = 0`;
+  // Unary plus: never pick the (nearly all-zero) blocked index for this; it is a residual check.
+  if (entity === 'persons') return `+"persons"."blocked" = 0`;
   const fd = MODEL[entity].fields.personId;
   if (fd?.ref !== 'persons') return undefined;
   return `NOT EXISTS (SELECT 1 FROM persons bp WHERE bp."id" = ${q(MODEL[entity].table)}."personId" AND bp."blocked" = 1)`;
@@ -98,17 +99,23 @@ export function blockedCondition(entity: EntityName): string | undefined {
  * `today` is fixed once per call, so the condition's text (and its prepared statement) depends
  * only on the number of registers.
  */
+/** The condition no row meets; callers skip the query for it. */
+const NEVER: { sql: string; args: unknown[] } = { sql: '0', args: [] };
+
 function baseCondition(entity: EntityName, scope: RowScope, today: string): { sql: string; args: unknown[] } {
   if (scope.kind === 'all') return { sql: '1', args: [] };
   if (scope.kind === 'none') return { sql: '0', args: [] };
   if (scope.kind === 'both') {
     const a = baseCondition(entity, scope.a, today);
     const b = baseCondition(entity, scope.b, today);
+    if (a.sql === '0' || b.sql === '0') return NEVER;
     return { sql: `(${a.sql}) AND (${b.sql})`, args: [...a.args, ...b.args] };
   }
   if (scope.kind === 'registers' && scope.personId !== undefined && scope.personId !== null) {
     const r = baseCondition(entity, { kind: 'registers', registers: scope.registers }, today);
     const o = baseCondition(entity, { kind: 'person', personId: scope.personId }, today);
+    if (r.sql === '0') return o;
+    if (o.sql === '0') return r;
     return { sql: `(${r.sql}) OR (${o.sql})`, args: [...r.args, ...o.args] };
   }
   const e = MODEL[entity];
@@ -160,6 +167,7 @@ function selectList(entity: EntityName): string {
 function readRow(db: Db, entity: EntityName, id: number, scope: RowScope): Record<string, unknown> | undefined {
   const e = MODEL[entity];
   const c = scopeCondition(entity, scope);
+  if (c.sql === '0') return undefined;
   const r = stmt(db, `SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND (${c.sql})`).get(id, ...c.args) as Record<string, unknown> | undefined;
   return r && fromRow(entity, r);
 }
@@ -251,7 +259,8 @@ export function prefixSuccessor(prefix: string): string | undefined {
   return undefined;
 }
 
-function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScope): { sql: string; args: unknown[] } {
+/** The WHERE of a list; `never`: a part is constantly false (out-of-reach scope, IS NULL on a NOT NULL column). */
+function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScope): { sql: string; args: unknown[]; never: boolean } {
   const c = scopeCondition(entity, scope);
   const parts = [`(${c.sql})`];
   const args: unknown[] = [...c.args];
@@ -263,7 +272,9 @@ function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScop
     switch (f.op) {
       case 'isNull':
         if (typeof f.value !== 'boolean') throw new DataError('INVALID', 'isNull needs true or false');
-        parts.push(`${col} IS ${f.value ? '' : 'NOT '}NULL`);
+        // A column that is never NULL: the answer is known without reading a row.
+        if ((META_COLUMNS as readonly string[]).includes(f.field) || fd?.required) parts.push(f.value ? '0' : '1');
+        else parts.push(`${col} IS ${f.value ? '' : 'NOT '}NULL`);
         break;
       case 'in': {
         if (!Array.isArray(f.value) || f.value.length < 1 || f.value.length > 100) throw new DataError('INVALID', 'in needs 1..100 values');
@@ -298,8 +309,11 @@ function whereFor(entity: EntityName, filters: readonly Filter[], scope: RowScop
       }
     }
   }
-  return { sql: parts.join(' AND '), args };
+  return { sql: parts.join(' AND '), args, never: parts.some((p) => p === '0' || p === '(0)') };
 }
+
+/** Filter operators an index range serves (`contains` and `ne` are residual checks). */
+const INDEX_SERVED_OPS: ReadonlySet<FilterOp> = new Set(['eq', 'lt', 'lte', 'gt', 'gte', 'in', 'isNull', 'startsWith']);
 
 /** Longest cursor a request may carry (characters). */
 export const MAX_CURSOR_LENGTH = 2048;
@@ -383,8 +397,13 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
     order.push(`${q(s.field)} ${s.dir === 'desc' ? 'DESC' : 'ASC'}`);
     keys.push({ field: s.field, col: q(s.field), desc: s.dir === 'desc' });
   }
-  order.push(`${q(e.idColumn)} ASC`);
+  // Without a sort, a filter an index serves decides the plan: `+id` keeps SQLite from walking
+  // the whole table in id order instead of the filter's index range (issue 21).
+  const served = keys.length === 0 && (o.filters ?? []).some((f) => f.field !== e.idColumn && INDEX_SERVED_OPS.has(f.op) && !(f.op === 'isNull' && f.value === false) && f.value !== null);
+  order.push(`${served ? '+' : ''}${q(e.idColumn)} ASC`);
   const limit = Math.min(Math.max(1, o.limit ?? 100), MAX_EXPORT_ROWS);
+  if (o.cursor !== undefined) decodeCursor(o.cursor, keys.length);
+  if (w.never) return { items: [], nextOffset: null, nextCursor: null };
   let where = w.sql;
   const args = [...w.args];
   let offset = Math.max(0, o.offset ?? 0);
@@ -410,8 +429,8 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
 export function idsInScope(db: Db, entity: EntityName, ids: readonly number[], scope: RowScope): Set<number> {
   const e = MODEL[entity];
   const out = new Set<number>();
-  if (scope.kind === 'none') return out;
   const c = scopeCondition(entity, scope);
+  if (c.sql === '0') return out;
   for (let i = 0; i < ids.length; i += 500) {
     const chunk = ids.slice(i, i + 500);
     const rows = stmt(db, `SELECT ${q(e.idColumn)} AS id FROM ${q(e.table)} WHERE ${q(e.idColumn)} IN (${chunk.map(() => '?').join(', ')}) AND (${c.sql})`).all(...chunk, ...c.args) as Array<{ id: number }>;
@@ -486,6 +505,7 @@ function sqlError(e: unknown): never {
 export function rowInScope(db: Db, entity: EntityName, id: number, scope: RowScope): boolean {
   const e = MODEL[entity];
   const c = scopeCondition(entity, scope);
+  if (c.sql === '0') return false;
   return stmt(db, `SELECT 1 FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND (${c.sql})`).get(id, ...c.args) !== undefined;
 }
 

@@ -82,7 +82,7 @@ export interface IndexDef {
 
 /** Whether a client may filter or sort on this declared field (storage/club-data.ts filterableField). */
 function clientFilterable(fd: FieldDef): boolean {
-  return fd.sensitivity !== 'secret' && !fd.serverOnly && fd.sql !== 'BLOB' && !jsonish(fd);
+  return fd.sensitivity !== 'secret' && !fd.serverOnly && fd.sql !== 'BLOB';
 }
 
 /**

@@ -216,7 +216,7 @@ export const COMMAND_DOCS: Readonly<Record<string, Declared>> = {
   'auth.logout': { summary: 'End the login; the connection stays open.', right: LOGIN, response: '{ loggedOut: boolean }' },
   'auth.whoami': { summary: 'The logged-in user and their rights.', right: LOGIN, response: '{ club: text, user: map (the user record, as in users.get), admin: boolean, grants: array of grant }', errors: ['UNAUTHENTICATED'] },
   'documents.get': { summary: 'One document\'s metadata.', right: 'documents.<kind>:read (club-wide) for the document\'s kind', response: '{ record: document }', errors: [...CLUB, 'NOT_FOUND'] },
-  'documents.list': { summary: 'Document metadata of the kinds the caller may read.', right: 'documents.<kind>:read (club-wide) for at least one kind', response: '{ items: array of document, nextOffset: integer or null }', errors: CLUB },
+  'documents.list': { summary: 'Document metadata of the kinds the caller may read.', right: 'documents.<kind>:read (club-wide) for at least one kind', response: '{ items: array of document, nextOffset: integer or null, nextCursor: string or null }', errors: CLUB },
   'documents.export': { summary: 'All document metadata of the kinds the caller may export.', right: 'documents.<kind>:export (club-wide)', response: '{ items: array of document, count: integer, truncated: boolean }', errors: CLUB },
   'documents.upload': { summary: 'Store a document; its content is the upload stream.', right: 'documents.<kind>:create (club-wide)', response: '{ document: document }', errors: [...CLUB, 'NOT_FOUND', 'TOO_LARGE'] },
   'documents.download': { summary: 'A document\'s content as a download stream.', right: 'documents.<kind>:read (club-wide)', response: '{ document: document } then a download stream with the content', errors: [...CLUB, 'NOT_FOUND'] },
@@ -249,7 +249,7 @@ export const COMMAND_DOCS: Readonly<Record<string, Declared>> = {
 
 const ENTITY_RESPONSE: Record<string, (e: string) => string> = {
   get: (e) => `{ record: ${e} record }`,
-  list: (e) => `{ items: array of ${e} record, nextOffset: integer or null (pass as offset for the next page) }`,
+  list: (e) => `{ items: array of ${e} record, nextOffset: integer or null (pass as offset for the next page; null on a cursor page), nextCursor: string or null (pass as cursor for the next page: keyset, same cost at any depth) }`,
   export: (e) => `{ items: array of ${e} record, count: integer, truncated: boolean }`,
   create: (e) => `{ record: ${e} record }`,
   update: (e) => `{ record: ${e} record, changed: array of text }`,

@@ -515,7 +515,7 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
   });
   for (const action of ['read', 'export'] as const) {
     const name = action === 'read' ? 'documents.list' : 'documents.export';
-    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() } : {};
+    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField } : {};
     register(d, name, strictObject({ ...listSchema, ...extra }), async (p, ctx) => {
       const g = await guard(services, ctx, name, p);
       const allowed = readableKinds(g, action);
@@ -524,14 +524,14 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
       if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
       try {
         const hideBlocked = action !== 'read' || !g.readsBlocked();
-        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) } });
+        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, ...(p.cursor !== undefined ? { cursor: p.cursor as string } : {}), scope: { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) } });
         const items = project(g, 'documents', r.items, action, p.fields);
         if (action === 'read') logBlockedReads(g, 'documents', r.items);
         if (action === 'export') {
           exportAudit(g, 'documents', { count: items.length, kinds: allowed });
           return { payload: { items, count: items.length, truncated: r.nextOffset !== null } };
         }
-        return { payload: { items, nextOffset: r.nextOffset } };
+        return { payload: { items, nextOffset: r.nextOffset, nextCursor: r.nextCursor } };
       } catch (e) {
         dataError(g, e, `documents:${action}`);
       }

@@ -11,7 +11,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
-import { clubBackupSettings, fileSource, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
+import { archiveTrust, clubBackupSettings, fileSource, planClubRestore, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
+import { parseTrustKeys } from '../storage/archive-origin.js';
 import { BackupError } from '../storage/backup-errors.js';
 import type { Storage } from '../storage/storage.js';
 import { BackupService } from './backup-service.js';
@@ -65,8 +66,22 @@ async function openSource(svc: BackupService, from: string, club?: string): Prom
   return { source: fileSource(p), label: p };
 }
 
-function openKey(st: Storage, pass: string | undefined): OpenKey {
-  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}) };
+/** Keys that open an archive here, and whose origin is accepted: this server's own, plus the keys the operator named. */
+function openKey(st: Storage, pass: string | undefined, trustKeys: readonly string[] = []): OpenKey {
+  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}), trust: archiveTrust(st, parseTrustKeys(trustKeys)) };
+}
+
+const trustKeys = z.array(z.string().min(1).max(4096)).max(16).optional();
+/** Who ran the command, as commusicctl reports it (OS account, and the account behind sudo). */
+const operator = z
+  .object({ user: z.string().min(1).max(64).regex(/^[\p{L}\p{N}._@$-]+$/u), sudoUser: z.string().min(1).max(64).regex(/^[\p{L}\p{N}._@$-]+$/u).optional(), uid: z.number().int().min(0).optional() })
+  .strict()
+  .optional();
+
+/** The restore entry's user: "operator:alice" or "operator:root (sudo by alice)". */
+export function operatorName(o: { user: string; sudoUser?: string | undefined } | undefined): string {
+  if (!o) return 'operator:unnamed';
+  return `operator:${o.user}${o.sudoUser && o.sudoUser !== o.user ? ` (sudo by ${o.sudoUser})` : ''}`.slice(0, 160);
 }
 
 export function registerBackupOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {
@@ -109,20 +124,27 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
     })
     .register({
       name: 'backup.verify',
-      schema: z.object({ from: z.string().min(1).max(4096), club: clubId.optional(), passphrase, configFile }).strict(),
+      schema: z.object({ from: z.string().min(1).max(4096), club: clubId.optional(), passphrase, trustKeys, configFile }).strict(),
       run: async (c, a) =>
         withService(c, a.configFile, async (svc, st) => {
+          const key = openKey(st, a.passphrase, a.trustKeys);
           const { source, label } = await openSource(svc, a.from, a.club);
-          return { archive: label, ...(await verifyArchive(source, openKey(st, a.passphrase))) };
+          return { archive: label, ...(await verifyArchive(source, key)) };
         }),
     })
     .register({
       name: 'backup.restore',
-      schema: z.object({ club: clubId, from: z.string().min(1).max(4096), passphrase, actor: z.string().max(64).optional(), configFile }).strict(),
+      schema: z.object({ club: clubId, from: z.string().min(1).max(4096), passphrase, trustKeys, operator, dryRun: z.boolean().default(false), yes: z.boolean().default(false), configFile }).strict(),
       run: async (c, a) =>
         withService(c, a.configFile, async (svc, st) => {
+          const key = openKey(st, a.passphrase, a.trustKeys);
           const { source, label } = await openSource(svc, a.from, a.club);
-          return { archive: label, ...(await restoreClubArchive(st, a.club, source, openKey(st, a.passphrase), { actor: a.actor ?? 'operator', source: label })) };
+          if (a.dryRun) return { archive: label, ...(await planClubRestore(st, a.club, source, key)) };
+          try {
+            return { archive: label, ...(await restoreClubArchive(st, a.club, source, key, { actor: operatorName(a.operator), source: label, yes: a.yes })) };
+          } finally {
+            source.destroy();
+          }
         }),
     })
     .register({

@@ -35,6 +35,7 @@ import {
 } from '../storage/club-data.js';
 import { putDocument, readDocument, DOCUMENT_KINDS } from '../storage/documents.js';
 import { StorageError } from '../storage/errors.js';
+import { isOutOfMemory } from '../storage/sqlcipher.js';
 import { MODEL, validatorFor, type EntityName } from '../storage/model.js';
 import {
   countActiveAdmins,
@@ -152,6 +153,8 @@ function dataError(g: Guard, e: unknown, right: string): never {
     if (e.code === 'DOC_TOO_LARGE') throw new CommandError('TOO_LARGE', e.message);
     if (e.code === 'CLUB_EXISTS') throw new CommandError('CONFLICT', e.message);
   }
+  // A sort or temporary table past SQLite's bounded in-memory temporary storage (storage/sqlcipher.ts).
+  if (isOutOfMemory(e)) throw new CommandError('TOO_LARGE', 'the query needs more working memory than the server allows; narrow it with filters or fewer fields');
   throw e;
 }
 

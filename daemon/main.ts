@@ -104,6 +104,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
     });
     closers.push(() => storage.close());
+    // Archives and restore entries are signed with the key that signs the change-log heads.
+    storage.identity = identity;
     const resumed = await resumeInterruptedRotations(storage);
     if (resumed.master || resumed.clubs.length > 0 || resumed.deleted.length > 0) logger.warn('finished interrupted key operations', resumed);
     const bus = new ViolationBus();

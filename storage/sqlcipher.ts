@@ -11,10 +11,14 @@
  * restore and rotation copies) goes through `openDatabase` here, which sets
  * `temp_store=MEMORY`: the engine's temporary tables, sort spill files, statement journals and
  * VACUUM work stay in memory and never reach an unencrypted `etilqs_*` file (the SQLite build
- * defaults to SQLITE_TEMP_STORE=1, i.e. temporary *files*). The memory this may take is bounded
- * process-wide by `hard_heap_limit` (SQLITE_HEAP_LIMIT_BYTES); a sort or temporary table that
- * would pass it fails with SQLITE_NOMEM, which `isOutOfMemory` recognises and callers turn into
- * a typed RESULT_TOO_LARGE error, never a spill to disk.
+ * defaults to SQLITE_TEMP_STORE=1, i.e. temporary *files*). With temporary storage in memory
+ * the sorter never flushes to a file, so the memory a sort takes is the size of what it sorts.
+ * That is bounded by the queries, not by SQLite: every query our code runs on club data has a
+ * LIMIT of at most MAX_EXPORT_ROWS (100,000) rows over fields with model length limits
+ * (docs/STORAGE.md "Temporary storage"). SQLite's own heap limits (hard_heap_limit) are not
+ * used: this build has SQLITE_DEFAULT_MEMSTATUS=0, under which they are not enforced. When an
+ * allocation fails anyway, SQLite answers SQLITE_NOMEM, `isOutOfMemory` recognises it, and the
+ * command layer answers TOO_LARGE; nothing is spilled to disk.
  */
 import Database from 'better-sqlite3-multiple-ciphers';
 import { StorageError } from './errors.js';
@@ -22,32 +26,16 @@ import { StorageError } from './errors.js';
 export type Db = Database.Database;
 
 /**
- * Process-wide bound on the memory SQLite may allocate (page caches, in-memory images, and the
- * in-memory temporary storage that `temp_store=MEMORY` puts sorts and temporary tables in):
- * 1 GiB. Past it an allocation fails with SQLITE_NOMEM (sqlite3_hard_heap_limit64).
- */
-export const SQLITE_HEAP_LIMIT_BYTES = 1024 * 1024 * 1024;
-let heapLimit = SQLITE_HEAP_LIMIT_BYTES;
-
-/** Change the process-wide SQLite heap bound (bytes, >= 16 MiB); applies to every connection at once. Tests lower it. */
-export function setSqliteHeapLimit(bytes: number, db?: Db): void {
-  if (!Number.isSafeInteger(bytes) || bytes < 1 << 24) throw new StorageError('INVALID_ARGUMENT', 'the SQLite heap limit is at least 16 MiB');
-  heapLimit = bytes;
-  if (db) db.pragma(`hard_heap_limit=${heapLimit}`);
-}
-
-/**
  * The one place a SQLite connection is made (file path or in-memory image). Sets, before any
- * statement: temp_store=MEMORY (no plaintext temporary files), trusted_schema=OFF (schema
- * objects such as views and triggers inside a file cannot call functions with side effects),
- * and the process-wide hard heap limit. Throws what better-sqlite3 throws.
+ * statement: temp_store=MEMORY (no plaintext temporary files) and trusted_schema=OFF (schema
+ * objects such as views and triggers inside a file cannot call functions with side effects).
+ * Throws what better-sqlite3 throws.
  */
 export function openDatabase(source: string | Buffer, opts: { fileMustExist?: boolean; readonly?: boolean } = {}): Db {
   const db = typeof source === 'string' ? new Database(source, { fileMustExist: opts.fileMustExist ?? false, readonly: opts.readonly ?? false }) : new Database(source);
   try {
     db.pragma('temp_store=MEMORY');
     db.pragma('trusted_schema=OFF');
-    db.pragma(`hard_heap_limit=${heapLimit}`);
   } catch (e) {
     db.close();
     throw e;
@@ -55,7 +43,7 @@ export function openDatabase(source: string | Buffer, opts: { fileMustExist?: bo
   return db;
 }
 
-/** True when `err` is SQLite running out of its bounded memory (SQLITE_NOMEM), e.g. a sort past the heap limit. */
+/** True when `err` is SQLite failing to allocate memory (SQLITE_NOMEM), e.g. a sort larger than the process can hold. */
 export function isOutOfMemory(err: unknown): boolean {
   const code = (err as { code?: string } | null)?.code;
   return code === 'SQLITE_NOMEM' || /out of memory/i.test(String((err as Error | null)?.message ?? ''));

@@ -36,9 +36,9 @@ async function main(): Promise<void> {
   if (ex.items.length !== N) throw new Error(`export gave ${ex.items.length}`);
   const it = store.db.prepare('SELECT notes FROM persons ORDER BY lastName DESC, notes').iterate();
   it.next();
+  it.return?.(undefined);
   store.db.exec('CREATE TEMP TABLE scratch AS SELECT * FROM persons ORDER BY notes');
   store.db.exec('CREATE INDEX temp.scratch_notes ON scratch(notes)');
-  it.return?.(undefined);
   store.db.exec('DROP TABLE temp.scratch');
   store.db.pragma('cache_size=-2000');
   // Documents.

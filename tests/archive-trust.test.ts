@@ -34,7 +34,18 @@ import {
 import { operatorName } from '../daemon/backup-ops.js';
 import { newDataKey, wrapKey } from '../crypto/wrap.js';
 import { addPerson, makeClubs, newStorage } from './backup-helpers.js';
-import { tmpDir, treeDigest } from './store-helpers.js';
+import { tmpDir, walk } from './store-helpers.js';
+import { lstatSync, readFileSync } from 'node:fs';
+
+/** Names, modes and contents of every file except SQLite's -shm (a shared-memory index whose read marks change on reads). */
+function treeDigest(dir: string): string {
+  const h = createHash('sha256');
+  for (const f of walk(dir)) {
+    if (f.endsWith('-shm')) continue;
+    h.update(`${f}\0${lstatSync(f).mode}\0`).update(readFileSync(f));
+  }
+  return h.digest('hex');
+}
 
 const tmp = tmpDir('commusic-trust-');
 after(() => tmp.cleanup());

@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync } from 'node:fs';
+import { assertSafeDataDir } from './folder-safety.js';
 import { generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
 import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
@@ -96,6 +97,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     // Everything the daemon creates (stores, WAL files, outbox, sockets) is for its user alone.
     process.umask(0o077);
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    // StrictModes: refuse a data folder (and control.sock's folder) others could write to.
+    assertSafeDataDir(config.dataDir);
     const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
     const storage = await openStorage({
       dataDir: config.dataDir,

@@ -32,10 +32,12 @@ import {
   visibleFields,
   type Filter,
   type RowScope,
+  listIds,
+  recordsByIds,
 } from '../storage/club-data.js';
 import { putDocument, readDocument, DOCUMENT_KINDS } from '../storage/documents.js';
 import { StorageError } from '../storage/errors.js';
-import { isOutOfMemory } from '../storage/sqlcipher.js';
+import { isOutOfMemory, type Db } from '../storage/sqlcipher.js';
 import { MODEL, validatorFor, type EntityName } from '../storage/model.js';
 import {
   countActiveAdmins,
@@ -153,13 +155,30 @@ function dataError(g: Guard, e: unknown, right: string): never {
     if (e.code === 'DOC_TOO_LARGE') throw new CommandError('TOO_LARGE', e.message);
     if (e.code === 'CLUB_EXISTS') throw new CommandError('CONFLICT', e.message);
   }
-  // A sort or temporary table past SQLite's bounded in-memory temporary storage (storage/sqlcipher.ts).
+  // A sort or temporary table SQLite could not hold in memory (temporary storage is in memory: storage/sqlcipher.ts).
   if (isOutOfMemory(e)) throw new CommandError('TOO_LARGE', 'the query needs more working memory than the server allows; narrow it with filters or fewer fields');
   throw e;
 }
 
+/** Rows per page of a streamed export: one page of records is all the server holds at a time. */
+export const EXPORT_PAGE_ROWS = 500;
+
+/**
+ * A streamed export's body: NDJSON, one record per line, read page by page (EXPORT_PAGE_ROWS
+ * ids at a time) from the club store as the client grants credit, each page projected with the
+ * caller's field rights. The store is looked up again for every page (it may have been closed
+ * between pages); rows deleted since the ids were read are skipped.
+ */
+async function* exportRows(services: ClubServices, g: Guard, entity: DataEntity, ids: number[], scope: RowScope, fields?: readonly string[]): AsyncGenerator<Buffer> {
+  for (let i = 0; i < ids.length; i += EXPORT_PAGE_ROWS) {
+    const db = services.storage.openClub(g.p.clubId).db;
+    const rows = project(g, entity, recordsByIds(db, entity, ids.slice(i, i + EXPORT_PAGE_ROWS), scope), 'export', fields, db);
+    yield Buffer.from(rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''), 'utf8');
+  }
+}
+
 /** Strip fields whose own area the caller lacks for this row; refuse explicitly requested ones. */
-function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], action: 'read' | 'export', requested?: readonly string[]): Record<string, unknown>[] {
+function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], action: 'read' | 'export', requested?: readonly string[], db: Db = g.p.db): Record<string, unknown>[] {
   const visible = new Set(['id', 'createdAt', 'updatedAt', ...visibleFields(entity)]);
   if (requested) for (const f of requested) if (!visible.has(f)) throw new CommandError('BAD_REQUEST', `${entity} has no field ${f}`);
   const areas = FIELD_AREA[entity] ?? {};
@@ -182,7 +201,7 @@ function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], 
         let ok = rowOk.get(a);
         if (ok === undefined) {
           const s = scopes.get(a);
-          ok = !!s && (s.kind === 'all' || rowInScope(g.p.db, entity, r.id as number, s));
+          ok = !!s && (s.kind === 'all' || rowInScope(db, entity, r.id as number, s));
           rowOk.set(a, ok);
         }
         if (!ok) continue;
@@ -274,10 +293,21 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
     }
   });
 
-  register(d, `${entity}.export`, strictObject(listSchema), async (p, ctx) => {
+  register(d, `${entity}.export`, strictObject({ ...listSchema, stream: z.boolean().optional() }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.export`, p);
     const scope = g.rowScope(g.need(area, 'export'), entity);
     checkFilterFields(g, entity, [...(p.filters ?? []).map((f: Filter) => f.field), ...(p.sort ?? []).map((s: { field: string }) => s.field)], 'export');
+    if (p.stream) {
+      try {
+        // Field rights are checked now, before anything is sent (project refuses unreadable requested fields).
+        project(g, entity, [], 'export', p.fields);
+        const { ids, truncated } = listIds(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, scope });
+        exportAudit(g, entity, { count: ids.length, filters: p.filters ?? [], fields: p.fields ?? null, truncated, streamed: true });
+        return { payload: { count: ids.length, truncated, format: 'ndjson' }, download: exportRows(services, g, entity, ids, scope, p.fields) };
+      } catch (e) {
+        dataError(g, e, right('export'));
+      }
+    }
     try {
       const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, offset: 0, scope });
       const items = project(g, entity, r.items, 'export', p.fields);

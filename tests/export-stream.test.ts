@@ -1,0 +1,71 @@
+// Issue 10, must-show 4: persons.export of 10,000 persons (2,000-character notes, sorted by the
+// notes) works over the protocol as a stream, NDJSON one record per line, pulled page by page
+// only as the client grants credit: the server never runs more than a few pages ahead of what
+// the client has read. Without `stream` the one-record answer is still refused as TOO_LARGE.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv } from './helpers/club-server.js';
+import { EXPORT_PAGE_ROWS } from '../daemon/club-commands.js';
+import { RemoteError } from '../client/errors.js';
+
+const N = 10_000;
+let env: ClubTestEnv;
+before(async () => {
+  env = await clubEnv();
+});
+after(async () => env.close());
+
+describe('streamed export', { timeout: 180_000 }, () => {
+  it('persons.export of 10,000 persons streams over TCP with bounded server memory', async () => {
+    const club = await env.newClub();
+    const db = env.storage.openClub(club).db;
+    const ins = db.prepare('INSERT INTO persons (firstName, lastName, notes, photoConsent, blocked) VALUES (?, ?, ?, 0, 0)');
+    db.transaction(() => {
+      for (let i = 0; i < N; i++) ins.run(`Vorname${i}`, `Nachname${i}`, `${String(i).padStart(5, '0')} ${'Notiz '.repeat(400)}`.slice(0, 2000));
+    })();
+    // Count the pages the server reads from the store (each page opens the store once).
+    let pages = 0;
+    const open = env.storage.openClub.bind(env.storage);
+    env.storage.openClub = ((id: string, o?: { allowSuspended?: boolean }) => {
+      if (new Error().stack?.includes('exportRows')) pages++;
+      return open(id, o);
+    }) as typeof env.storage.openClub;
+    const { connect } = await env.listen();
+    const conn = await connect();
+    try {
+      await conn.request('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+      // The one-record answer cannot carry this.
+      await assert.rejects(conn.request('persons.export', { sort: [{ field: 'notes', dir: 'desc' }] }), (e: RemoteError & { code?: string }) => e.code === 'TOO_LARGE');
+      const r = await conn.request('persons.export', { stream: true, sort: [{ field: 'notes', dir: 'desc' }], fields: ['id', 'lastName', 'notes'] }, { timeoutMs: 120_000 });
+      assert.deepEqual(r.payload, { count: N, truncated: false, format: 'ndjson' });
+      assert.ok(r.download);
+      let lines = 0;
+      let rest = '';
+      let prev: string | undefined;
+      let maxAhead = 0;
+      for await (const c of r.download!) {
+        rest += Buffer.from(c).toString('utf8');
+        const parts = rest.split('\n');
+        rest = parts.pop()!;
+        for (const l of parts) {
+          const rec = JSON.parse(l) as { id: number; lastName: string; notes: string };
+          assert.deepEqual(Object.keys(rec), ['id', 'lastName', 'notes']);
+          if (prev !== undefined) assert.ok(rec.notes <= prev, 'sorted by notes, descending');
+          prev = rec.notes;
+          lines++;
+        }
+        // Pages the server has read beyond what the client has received.
+        maxAhead = Math.max(maxAhead, pages - Math.floor(lines / EXPORT_PAGE_ROWS));
+      }
+      assert.equal(rest, '');
+      assert.equal(lines, N);
+      assert.equal(pages, N / EXPORT_PAGE_ROWS);
+      assert.ok(maxAhead <= 3, `the server ran at most 3 pages ahead of the client (was ${maxAhead})`);
+      const log = db.prepare("SELECT changes FROM audit_log WHERE action = 'export' ORDER BY seq DESC LIMIT 1").get() as { changes: string };
+      assert.equal((JSON.parse(log.changes) as { count: number }).count, N);
+    } finally {
+      env.storage.openClub = open;
+      await conn.close();
+    }
+  });
+});

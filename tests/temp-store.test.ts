@@ -68,7 +68,7 @@ test('no plaintext temporary files: sorts, exports, documents, backup, restore, 
   // Control: with temp_store=FILE on the club connection, the probe finds the spill.
   const ctlTemp = join(dir, 'control-temp');
   mkdirSync(ctlTemp, { mode: 0o700 });
-  await runChild(join(dir, 'control-data'), ctlTemp, shim, 'file-temp', 10_000);
+  await runChild(join(dir, 'control-data'), ctlTemp, shim, 'file-temp', 3_000);
   assert.ok(readdirSync(ctlTemp).some((n) => n.includes('etilqs')), 'the shim kept the engine temporary files of the control run');
   assert.ok(findPlaintext(ctlTemp, needles).length > 0, 'the control run spilled plaintext to a temporary file (probe works)');
 

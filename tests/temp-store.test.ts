@@ -7,43 +7,15 @@
 // A control run with temp_store=FILE on one connection proves the probe catches a spill.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findPlaintext, needleVariants, tmpDir, walk } from './store-helpers.js';
+import { buildShim, hasCc } from './helpers/keep-temp-shim.js';
 import { openDatabase } from '../storage/sqlcipher.js';
 
-const SHIM = `
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <string.h>
-#include <fcntl.h>
-/* Keep SQLite's temporary files: unlink() of a path containing "etilqs" does nothing. */
-int unlink(const char *path) {
-  static int (*real)(const char *) = 0;
-  if (!real) real = (int (*)(const char *))dlsym(RTLD_NEXT, "unlink");
-  if (path && strstr(path, "etilqs")) return 0;
-  return real(path);
-}
-int unlinkat(int dirfd, const char *path, int flags) {
-  static int (*real)(int, const char *, int) = 0;
-  if (!real) real = (int (*)(int, const char *, int))dlsym(RTLD_NEXT, "unlinkat");
-  if (path && strstr(path, "etilqs")) return 0;
-  return real(dirfd, path, flags);
-}
-`;
-
 const MARK = 'Geheimnotiz-Zwiebelkuchen';
-const hasCc = spawnSync('cc', ['--version']).status === 0;
-
-function buildShim(dir: string): string {
-  writeFileSync(join(dir, 'keep-temp.c'), SHIM);
-  const so = join(dir, 'keep-temp.so');
-  const r = spawnSync('cc', ['-shared', '-fPIC', '-O1', '-o', so, join(dir, 'keep-temp.c'), '-ldl'], { encoding: 'utf8' });
-  assert.equal(r.status, 0, `cc failed: ${r.stderr}`);
-  return so;
-}
 
 async function runChild(dataDir: string, tempDir: string, shim: string, mode: string, persons: number): Promise<void> {
   const child = spawn(process.execPath, [fileURLToPath(new URL('./temp-store-child.js', import.meta.url)), dataDir, mode], {

@@ -174,12 +174,13 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .option('--trust-key <fp|file>', "also accept archives signed by this server key (SHA-256 fingerprint or PEM file); repeatable", collect, [])
     .option('--dry-run', 'check the archive and say what would change (rows per entity, documents, change-log range); change nothing')
     .option('--yes', 'replace the live club without asking (an automatic archive of it is taken first)')
+    .option('--target <dir>', 'restore into this separate data folder (created with its own keys) instead of the live one')
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; trustKey: string[]; dryRun?: boolean; yes?: boolean; config?: string; json?: boolean }) => {
+    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; trustKey: string[]; dryRun?: boolean; yes?: boolean; target?: string; config?: string; json?: boolean }) => {
       const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(o.from) ? o.from : resolve(o.from);
-      const base = { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), operator: operatorIdentity(), ...cfg(o) };
+      const base = { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), operator: operatorIdentity(), ...(o.target ? { target: resolve(o.target) } : {}), ...cfg(o) };
       const plan = async (): Promise<RestorePlanView> => (await runOperation(dataDir(), 'backup.restore', { ...base, dryRun: true }, offline())).result as RestorePlanView;
       if (o.dryRun) {
         const p = await plan();
@@ -195,9 +196,9 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         if (!yes) fail('restore cancelled; nothing was changed');
       }
       const { result } = await runOperation(dataDir(), 'backup.restore', { ...base, yes }, offline());
-      const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean; preRestoreArchive: string | null; logEntriesAfterArchive: number };
+      const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean; preRestoreArchive: string | null; logEntriesAfterArchive: number; target?: string };
       printResult(r, o.json, () =>
-        `restored club ${o.club} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}${r.preRestoreArchive ? `\nthe replaced state is archived in ${r.preRestoreArchive}` : ''}${r.logEntriesAfterArchive ? `\n${r.logEntriesAfterArchive} change-log entries written after the archive were kept` : ''}`,
+        `restored club ${o.club}${r.target ? ` into the data folder ${r.target} (the live club is untouched)` : ''} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}${r.preRestoreArchive ? `\nthe replaced state is archived in ${r.preRestoreArchive}` : ''}${r.logEntriesAfterArchive ? `\n${r.logEntriesAfterArchive} change-log entries written after the archive were kept` : ''}`,
       );
     });
   backup

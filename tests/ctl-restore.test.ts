@@ -5,7 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { walk } from './store-helpers.js';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { openStorage } from '../storage/storage.js';
@@ -14,6 +16,12 @@ import { createClubArchive, serverArchiveKey, writeFileAtomic } from '../storage
 import { addPerson } from './backup-helpers.js';
 import { AuditLog } from '../storage/audit-log.js';
 import { loadIdentity, signTranscript } from '../crypto/identity.js';
+
+function digestWithoutShm(dir: string): string {
+  const h = createHash('sha256');
+  for (const f of walk(dir)) if (!f.endsWith('-shm')) h.update(f).update(readFileSync(f));
+  return h.digest('hex');
+}
 
 const bin = (name: string) => new URL(`../bin/${name}.js`, import.meta.url).pathname;
 
@@ -57,6 +65,20 @@ test('commusicctl backup restore: --yes needed, --dry-run changes nothing, the o
   assert.equal(r.code, 0, r.stderr);
   const plan = JSON.parse(r.stdout) as { inArchive: { tables: Record<string, number> }; live: { tables: Record<string, number> }; logEntriesAfterArchive: number };
   assert.deepEqual([plan.inArchive.tables['persons'], plan.live.tables['persons'], plan.logEntriesAfterArchive], [4, 7, 3]);
+
+  // Into a separate folder: the live club is not touched.
+  const target = join(root, 'scratch');
+  const liveBefore = digestWithoutShm(data);
+  r = await ctl(['--data', data, 'backup', 'restore', '--club', club, '--from', archive, '--target', target]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /into the data folder .*scratch \(the live club is untouched\)/);
+  assert.equal(digestWithoutShm(data), liveBefore, 'the live data folder is unchanged');
+  const tst = await openStorage({ dataDir: target });
+  try {
+    assert.equal((tst.openClub(club).db.prepare('SELECT count(*) AS n FROM persons').get() as { n: number }).n, 4);
+  } finally {
+    tst.close();
+  }
 
   r = await ctl(['--data', data, 'backup', 'restore', '--club', club, '--from', archive, '--yes'], { SUDO_USER: 'alice' });
   assert.equal(r.code, 0, r.stderr);

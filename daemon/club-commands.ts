@@ -164,16 +164,17 @@ function dataError(g: Guard, e: unknown, right: string): never {
 export const EXPORT_PAGE_ROWS = 500;
 
 /**
- * A streamed export's body: NDJSON, one record per line, read page by page (EXPORT_PAGE_ROWS
+ * A streamed export's body: NDJSON, one record per line (with `tag`: {"entity", "record"}), read page by page (EXPORT_PAGE_ROWS
  * ids at a time) from the club store as the client grants credit, each page projected with the
  * caller's field rights. The store is looked up again for every page (it may have been closed
  * between pages); rows deleted since the ids were read are skipped.
  */
-async function* exportRows(services: ClubServices, g: Guard, entity: DataEntity, ids: number[], scope: RowScope, fields?: readonly string[]): AsyncGenerator<Buffer> {
+async function* exportRows(services: ClubServices, g: Guard, entity: DataEntity, ids: number[], scope: RowScope, fields?: readonly string[], tag?: string): AsyncGenerator<Buffer> {
   for (let i = 0; i < ids.length; i += EXPORT_PAGE_ROWS) {
     const db = services.storage.openClub(g.p.clubId).db;
     const rows = project(g, entity, recordsByIds(db, entity, ids.slice(i, i + EXPORT_PAGE_ROWS), scope), 'export', fields, db);
-    yield Buffer.from(rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''), 'utf8');
+    if (!rows.length) continue;
+    yield Buffer.from(rows.map((r) => JSON.stringify(tag ? { entity: tag, record: r } : r)).join('\n') + '\n', 'utf8');
   }
 }
 
@@ -386,7 +387,7 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
   });
   for (const action of ['read', 'export'] as const) {
     const name = action === 'read' ? 'documents.list' : 'documents.export';
-    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() } : {};
+    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() } : { stream: z.boolean().optional() };
     register(d, name, strictObject({ ...listSchema, ...extra }), async (p, ctx) => {
       const g = await guard(services, ctx, name, p);
       const allowed = readableKinds(g, action);
@@ -394,6 +395,12 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
       for (const k of asked) if (!allowed.includes(k)) g.deny(`${docArea(k)}:${action}`);
       if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
       try {
+        if (action === 'export' && p.stream) {
+          project(g, 'documents', [], 'export', p.fields);
+          const { ids, truncated } = listIds(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: MAX_EXPORT_ROWS, scope: { kind: 'all' } });
+          exportAudit(g, 'documents', { count: ids.length, kinds: allowed, streamed: true });
+          return { payload: { count: ids.length, truncated, format: 'ndjson' }, download: exportRows(services, g, 'documents', ids, { kind: 'all' }, p.fields) };
+        }
         const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all' } });
         const items = project(g, 'documents', r.items, action, p.fields);
         if (action === 'export') {
@@ -750,9 +757,38 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     const r = queryAuditLog(g.p.db, q);
     return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
   });
-  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, club: clubField }), async (p, ctx) => {
+  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, stream: z.boolean().optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'log.export', p);
     g.needClub('changeLog', 'export');
+    const range = { ...(p.from ? { from: p.from } : {}), ...(p.to ? { to: p.to } : {}) };
+    if (p.stream) {
+      // First pass counts (for the audit entry, written before anything is sent) and fixes the
+      // last entry; the stream then pages up to it. The log is append-only, so both see the same entries.
+      let count = 0;
+      let last: number | undefined;
+      let after: number | undefined;
+      for (;;) {
+        const r = queryAuditLog(g.p.db, { ...range, ...(after !== undefined ? { afterSeq: after } : {}), limit: MAX_QUERY_LIMIT });
+        const take = r.entries.slice(0, MAX_EXPORT_ROWS - count);
+        count += take.length;
+        if (take.length) last = take[take.length - 1]!.seq;
+        if (r.nextAfterSeq === null || count >= MAX_EXPORT_ROWS) break;
+        after = r.nextAfterSeq;
+      }
+      exportAudit(g, 'auditLog', { count, from: p.from ?? null, to: p.to ?? null, streamed: true });
+      const clubId = g.p.clubId;
+      async function* lines(): AsyncGenerator<Buffer> {
+        let cursor: number | undefined;
+        while (last !== undefined) {
+          const r = queryAuditLog(services.storage.openClub(clubId).db, { ...range, ...(cursor !== undefined ? { afterSeq: cursor } : {}), limit: MAX_QUERY_LIMIT });
+          const page = r.entries.filter((e) => e.seq <= last!);
+          if (page.length) yield Buffer.from(page.map((e) => JSON.stringify(logView(e))).join('\n') + '\n', 'utf8');
+          if (!page.length || page[page.length - 1]!.seq >= last || r.nextAfterSeq === null) return;
+          cursor = r.nextAfterSeq;
+        }
+      }
+      return { payload: { count, format: 'ndjson' }, download: lines() };
+    }
     const entries: Record<string, unknown>[] = [];
     let after: number | undefined;
     for (;;) {
@@ -795,9 +831,32 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     const r = queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 });
     return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
   });
-  register(d, 'exports.club', strictObject({ club: clubField }), async (p, ctx) => {
+  register(d, 'exports.club', strictObject({ stream: z.boolean().optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'exports.club', p);
     g.needClub('exports', 'export');
+    if (p.stream) {
+      // Every entity's ids first (8 bytes a row), then the rows page by page: one line per record, {"entity", "record"}.
+      const parts: Array<{ entity: DataEntity; ids: number[]; scope: RowScope }> = [];
+      for (const entity of DATA_COMMAND_ENTITIES) {
+        if (entity === 'documents') {
+          const kinds = [...DOCUMENT_KINDS].filter((k) => g.has(docArea(k), 'export')?.kind === 'club');
+          if (kinds.length) parts.push({ entity, ids: listIds(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope: { kind: 'all' } }).ids, scope: { kind: 'all' } });
+          continue;
+        }
+        const e = g.has(ENTITY_AREA[entity] as Area, 'export');
+        if (!e) continue;
+        const scope = g.rowScope(e, entity);
+        parts.push({ entity, ids: listIds(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope }).ids, scope });
+      }
+      const counts = Object.fromEntries(parts.map((x) => [x.entity, x.ids.length]));
+      exportAudit(g, null, { entities: counts, streamed: true });
+      async function* lines(): AsyncGenerator<Buffer> {
+        for (const x of parts) {
+          for await (const chunk of exportRows(services, g, x.entity, x.ids, x.scope, undefined, x.entity)) yield chunk;
+        }
+      }
+      return { payload: { counts, format: 'ndjson' }, download: lines() };
+    }
     const out: Record<string, unknown[]> = {};
     for (const entity of DATA_COMMAND_ENTITIES) {
       if (entity === 'documents') {

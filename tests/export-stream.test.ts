@@ -1,4 +1,4 @@
-// Issue 10, must-show 4: persons.export of 10,000 persons (2,000-character notes, sorted by the
+// Issue 10, must-show 4 (and the rest of its kind: documents.export, exports.club, log.export): persons.export of 10,000 persons (2,000-character notes, sorted by the
 // notes) works over the protocol as a stream, NDJSON one record per line, pulled page by page
 // only as the client grants credit: the server never runs more than a few pages ahead of what
 // the client has read. Without `stream` the one-record answer is still refused as TOO_LARGE.
@@ -7,8 +7,18 @@ import assert from 'node:assert/strict';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv } from './helpers/club-server.js';
 import { EXPORT_PAGE_ROWS } from '../daemon/club-commands.js';
 import { RemoteError } from '../client/errors.js';
+import { Readable } from 'node:stream';
+import { putDocument } from '../storage/documents.js';
 
 const N = 10_000;
+
+async function ndjson(it: AsyncIterable<Uint8Array>): Promise<Array<Record<string, unknown>>> {
+  const parts: Buffer[] = [];
+  for await (const c of it) parts.push(Buffer.from(c));
+  const text = Buffer.concat(parts).toString('utf8');
+  assert.ok(text === '' || text.endsWith('\n'));
+  return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
 let env: ClubTestEnv;
 before(async () => {
   env = await clubEnv();
@@ -63,6 +73,24 @@ describe('streamed export', { timeout: 180_000 }, () => {
       assert.ok(maxAhead <= 3, `the server ran at most 3 pages ahead of the client (was ${maxAhead})`);
       const log = db.prepare("SELECT changes FROM audit_log WHERE action = 'export' ORDER BY seq DESC LIMIT 1").get() as { changes: string };
       assert.equal((JSON.parse(log.changes) as { count: number }).count, N);
+
+      // The other exports of the kind stream the same way.
+      await putDocument(env.storage, club, Readable.from([Buffer.from('Urkunde 1')]), { kind: 'honour', name: 'a.pdf' });
+      await putDocument(env.storage, club, Readable.from([Buffer.from('Urkunde 2')]), { kind: 'other', name: 'b.pdf' });
+      const docs = await conn.request('documents.export', { stream: true });
+      assert.deepEqual(docs.payload, { count: 2, truncated: false, format: 'ndjson' });
+      assert.deepEqual((await ndjson(docs.download!)).map((d) => d['name']), ['a.pdf', 'b.pdf']);
+      const all = await conn.request('exports.club', { stream: true }, { timeoutMs: 120_000 });
+      const counts = (all.payload as { counts: Record<string, number> }).counts;
+      assert.equal(counts['persons'], N);
+      const perEntity: Record<string, number> = {};
+      for (const l of await ndjson(all.download!)) perEntity[l['entity'] as string] = (perEntity[l['entity'] as string] ?? 0) + 1;
+      assert.deepEqual(perEntity, Object.fromEntries(Object.entries(counts).filter(([, n]) => n > 0)));
+      await assert.rejects(conn.request('exports.club', {}), (e: RemoteError & { code?: string }) => e.code === 'TOO_LARGE');
+      const lg = await conn.request('log.export', { stream: true });
+      const entries = await ndjson(lg.download!);
+      assert.equal(entries.length, (lg.payload as { count: number }).count);
+      assert.ok(entries.length >= 3 && entries.every((e, i) => i === 0 || (e['seq'] as number) > (entries[i - 1]!['seq'] as number)));
     } finally {
       env.storage.openClub = open;
       await conn.close();

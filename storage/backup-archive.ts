@@ -30,7 +30,7 @@ import { createHash, createPrivateKey, createPublicKey, diffieHellman, generateK
 import { createReadStream, createWriteStream, existsSync, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, renameSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecryptStream, createEncryptStream } from '../crypto/chunked-aead.js';
 import { CryptoError } from '../crypto/errors.js';

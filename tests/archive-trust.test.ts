@@ -121,6 +121,33 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     st.close();
   });
 
+  it("the change log's signed heads inside an archive are checked: a bad head signature is refused", async () => {
+    const st = await newStorage(join(tmp.dir, 'heads'));
+    const id = generateIdentity();
+    st.identity = id;
+    const [club] = await makeClubs(st, 1);
+    for (let i = 0; i < 3; i++) addPerson(st, club!, i);
+    new AuditLog(st.openClub(club!).db, club!, { signer: { sign: (b: Uint8Array) => require_sign(id, b), fingerprint: id.fingerprint } }).signHead();
+    const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+    const good = join(tmp.dir, 'heads-good.cmbk');
+    await writeFileAtomic(createClubArchive(st, club!, { kind: 'server', key: key.serverKey }).stream, good);
+    const rep = await verifyArchive(fileSource(good), key);
+    assert.deepEqual([rep.auditChain?.signedHeads, rep.auditChain?.unsignedTail], [1, 0]);
+    for (const [what, sql] of [
+      ['a head signature replaced', "UPDATE audit_heads SET signature = zeroblob(256)"],
+      ['a head signed by an unknown key', `UPDATE audit_heads SET fingerprint = '${'ab'.repeat(32)}'`],
+    ] as const) {
+      const snap = takeClubSnapshot(st, club!);
+      const image = viaSql(snap.image, sql);
+      const evil: ClubSnapshot = { ...snap, image, manifest: { ...snap.manifest, sqlite: { bytes: image.length, sha256: createHash('sha256').update(image).digest('hex') } }, release: () => snap.release() };
+      const file = join(tmp.dir, 'heads-bad.cmbk');
+      await writeFileAtomic(archiveStream(evil, { kind: 'server', key: key.serverKey }, { signer: archiveSigner(st) }), file);
+      await assert.rejects(verifyArchive(fileSource(file), key), (e: Error & { code?: string }) => e.code === 'VERIFY_FAILED' && /signature of the head/.test(e.message), what);
+      await assert.rejects(restoreClubArchive(st, club!, fileSource(file), key, { yes: true }), { code: 'VERIFY_FAILED' }, what);
+    }
+    st.close();
+  });
+
   it("another server's archive is refused unless its key is named", async () => {
     const a = await newStorage(join(tmp.dir, 'server-a'));
     a.identity = generateIdentity();

@@ -96,4 +96,36 @@ describe('streamed export', { timeout: 180_000 }, () => {
       await conn.close();
     }
   });
+
+  it('a streamed export stops when the session ends or the export right is withdrawn mid-stream', async () => {
+    const club = await env.newClub();
+    const db = env.storage.openClub(club).db;
+    const ins = db.prepare('INSERT INTO persons (firstName, lastName, photoConsent, blocked) VALUES (?, ?, 0, 0)');
+    db.transaction(() => {
+      for (let i = 0; i < 4 * EXPORT_PAGE_ROWS; i++) ins.run(`V${i}`, `N${i}`);
+    })();
+    const admin = env.session();
+    await admin.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+    const grants = [{ area: 'persons', actions: ['read', 'export'], scope: { kind: 'club' } }];
+    const uid = (await admin.call('users.create', { username: 'exporter', password: 'exporter-password-1', grants })).payload.user.id as number;
+    const run = async (withdraw: () => Promise<unknown>): Promise<{ lines: number; code?: string }> => {
+      const s = env.session('127.0.4.1');
+      await s.call('auth.login', { club, user: 'exporter', password: 'exporter-password-1' });
+      const it = (await s.call('persons.export', { stream: true })).download![Symbol.asyncIterator]();
+      const first = await it.next();
+      const lines = Buffer.from(first.value as Uint8Array).toString('utf8').split('\n').filter(Boolean).length;
+      await withdraw();
+      try {
+        await it.next();
+        return { lines };
+      } catch (e) {
+        return { lines, code: (e as { code?: string }).code };
+      }
+    };
+    const r1 = await run(() => admin.call('rights.set', { userId: uid, grants: [{ area: 'persons', actions: ['read'], scope: { kind: 'club' } }] }));
+    assert.deepEqual(r1, { lines: EXPORT_PAGE_ROWS, code: 'FORBIDDEN' });
+    await admin.call('rights.set', { userId: uid, grants });
+    const r2 = await run(() => admin.call('users.disable', { id: uid }));
+    assert.deepEqual(r2, { lines: EXPORT_PAGE_ROWS, code: 'UNAUTHENTICATED' });
+  });
 });

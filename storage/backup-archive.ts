@@ -231,6 +231,7 @@ function sealHeader(clubId: string, key: SealKey, now: Date): { header: Buffer; 
 async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveHeader; key: Buffer; header: Buffer }> {
   const pre = await r.read(8);
   if (pre.length < 8 || !pre.subarray(0, 4).equals(ARCHIVE_MAGIC)) throw new BackupError('NOT_AN_ARCHIVE', 'not a ComMusic backup archive (bad magic)');
+  if (pre[4] === 1) throw new BackupError('ORIGIN_UNVERIFIED', 'backup archive format 1 carries no proof of who made it (anyone holding a club header could seal one), so it is refused; take a new backup with this server');
   if (pre[4] !== ARCHIVE_VERSION) throw new BackupError('ARCHIVE_VERSION', `backup archive version ${pre[4]} is not supported by this server (it reads version ${ARCHIVE_VERSION})`);
   const n = pre.readUInt16BE(6);
   if (n > MAX_HEADER_JSON) throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (length)');

@@ -36,6 +36,7 @@ import { newDataKey, wrapKey } from '../crypto/wrap.js';
 import { addPerson, makeClubs, newStorage } from './backup-helpers.js';
 import { tmpDir, walk } from './store-helpers.js';
 import { lstatSync, readFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
 
 /** Names, modes and contents of every file except SQLite's -shm (a shared-memory index whose read marks change on reads). */
 function treeDigest(dir: string): string {
@@ -83,6 +84,10 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     const rep = await verifyArchive(fileSource(good), key);
     assert.equal(rep.origin.trustedAs, 'this-server');
     assert.equal(rep.origin.fingerprint, st.identity.fingerprint);
+    // An archive of format 1 (no origin proof) is refused as such.
+    const v1 = readFileSync(good);
+    v1[4] = 1;
+    await assert.rejects(verifyArchive(Readable.from([v1]), key), (e: Error & { code?: string }) => e.code === 'ORIGIN_UNVERIFIED' && /format 1/.test(e.message));
     st.close();
   });
 

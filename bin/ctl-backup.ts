@@ -10,6 +10,7 @@ import { offlineContext, runOperation, type OfflineOptions } from '../daemon/off
 import { buildOperations } from '../daemon/ops.js';
 import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
 import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { neutraliseBlock, neutraliseDeep } from '../daemon/neutralise.js';
 
 
 /** Run many operations on one connection target: the daemon if it answers, else the data folder. */
@@ -118,9 +119,9 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         bar?.stop();
         const finish = o.all ? await s.run('backup.run', { finish: true, ...cfg(o) }) : undefined;
         const result = { via: s.via, ...total, ...(finish ? { finish } : {}) };
-        printResult(result, o.json, () =>
+        printResult(result, o.json, (total) =>
           [
-            `backed up ${total.ok} of ${total.clubs} clubs (via ${s.via})`,
+            `backed up ${total.ok} of ${total.clubs} clubs (via ${total.via})`,
             ...Object.entries(total.destinations).map(([d, v]) => `  ${d}: ${v.stored} stored${v.failed ? `, ${v.failed} missing${v.down ? ` (${v.down})` : ''}` : ''}`),
             ...total.failedClubs.map((f) => `  failed ${f.clubId}: ${f.error}`),
           ].join('\n'),
@@ -140,7 +141,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .action(async (o: { club?: string; destination?: string; config?: string; json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'backup.list', { ...(o.club ? { club: o.club } : {}), ...(o.destination ? { destination: o.destination } : {}), ...cfg(o) }, offline());
       const r = result as { archives: Array<{ destination: string; name?: string; time?: string; size?: number; error?: string }>; lastBackups: Record<string, string>; gaps: unknown[] };
-      printResult(r, o.json, () =>
+      printResult(r, o.json, (r) =>
         [
           ...(r.archives.length ? r.archives.map((a) => (a.error ? `${a.destination}\tERROR ${a.error}` : `${a.destination}:${a.name}\t${a.time}\t${a.size} bytes`)) : ['no archives']),
           ...Object.entries(r.lastBackups).map(([d, t]) => `last success ${d}: ${t}`),
@@ -161,7 +162,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
       const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), ...cfg(o) }, offline());
       const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; origin: { alg: string; fingerprint?: string; trustedAs: string }; auditChain: { entries: number; signedHeads: number; unsignedTail: number } | null };
-      printResult(r, o.json, () =>
+      printResult(r, o.json, (r) =>
         `OK ${r.archive}: club ${r.clubId} of ${r.createdAt}, made by ${r.origin.fingerprint ? `server key ${r.origin.fingerprint}` : 'this server'} (${r.origin.trustedAs}), ${Object.values(r.tables).reduce((a, b) => a + b, 0)} rows in ${Object.keys(r.tables).length} tables, ${r.documents} documents${r.auditChain ? `, change log ${r.auditChain.entries} entries intact, ${r.auditChain.signedHeads} signed heads verified${r.auditChain.unsignedTail ? `, last ${r.auditChain.unsignedTail} entries not yet under a signed head` : ''}` : ''}`,
       );
     });
@@ -184,20 +185,20 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const plan = async (): Promise<RestorePlanView> => (await runOperation(dataDir(), 'backup.restore', { ...base, dryRun: true }, offline())).result as RestorePlanView;
       if (o.dryRun) {
         const p = await plan();
-        printResult(p, o.json, () => describePlan(p));
+        printResult(p, o.json, (p) => describePlan(p));
         return;
       }
       let yes = Boolean(o.yes);
       if (!yes && !passphrase && process.stdin.isTTY && process.stderr.isTTY) {
         const p = await plan();
-        process.stderr.write(describePlan(p) + '\n');
+        process.stderr.write(neutraliseBlock(describePlan(neutraliseDeep(p))) + '\n');
         if (!p.live) yes = true;
         else yes = (await ask(`type the club id (${o.club}) to replace its live data: `)) === o.club;
         if (!yes) fail('restore cancelled; nothing was changed');
       }
       const { result } = await runOperation(dataDir(), 'backup.restore', { ...base, yes }, offline());
       const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean; preRestoreArchive: string | null; logEntriesAfterArchive: number; target?: string };
-      printResult(r, o.json, () =>
+      printResult(r, o.json, (r) =>
         `restored club ${o.club}${r.target ? ` into the data folder ${r.target} (the live club is untouched)` : ''} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}${r.preRestoreArchive ? `\nthe replaced state is archived in ${r.preRestoreArchive}` : ''}${r.logEntriesAfterArchive ? `\n${r.logEntriesAfterArchive} change-log entries written after the archive were kept` : ''}`,
       );
     });
@@ -211,7 +212,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const emails = o.to.split(',').map((s) => s.trim()).filter(Boolean);
       const { result } = await runOperation(dataDir(), 'backup.set-mail', { club: o.club, emails }, offline());
       const r = result as { emails: string[]; passphraseSet: boolean };
-      printResult(r, o.json, () => `club ${o.club}: nightly backup mail to ${r.emails.join(', ') || 'nobody'}${r.passphraseSet ? '' : ' (no backup passphrase set yet: the club administrator sets it in the application)'}`);
+      printResult(r, o.json, (r) => `club ${o.club}: nightly backup mail to ${r.emails.join(', ') || 'nobody'}${r.passphraseSet ? '' : ' (no backup passphrase set yet: the club administrator sets it in the application)'}`);
     });
   backup
     .command('decrypt')
@@ -224,6 +225,6 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       if (!o.passphraseStdin) fail('give the passphrase on stdin with --passphrase-stdin');
       const passphrase = readSecretFromFd(0);
       const r = await decryptArchiveToFile(fileSource(resolve(o.in)), { passphrase }, resolve(o.out));
-      printResult(r, o.json, () => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
+      printResult(r, o.json, (r) => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
     });
 }

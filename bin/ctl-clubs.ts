@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { safeJson } from '../daemon/neutralise.js';
 
 interface ClubRow {
   id: string;
@@ -26,7 +27,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       const password = o.passwordStdin ? readSecretFromFd(0) : undefined;
       const { result } = await run('club.create', { name, admin: o.admin, plan: o.plan, ...(password ? { password } : {}) });
       const r = result as { id: string; oneTimePassword?: string };
-      printResult(result, o.json, () =>
+      printResult(r, o.json, (r) =>
         [`created club ${r.id} (${name}, plan ${o.plan}) with administrator ${o.admin}`, ...(r.oneTimePassword ? [`one-time password (shown once): ${r.oneTimePassword}`] : [])].join('\n'),
       );
     });
@@ -35,7 +36,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
       const rows = (await run('club.list', {})).result as ClubRow[];
-      printResult(rows, o.json, () => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
+      printResult(rows, o.json, (rows) => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
     });
   for (const [cmd, op, verb] of [
     ['show', 'club.show', 'details of a club'],
@@ -48,7 +49,8 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       .option('--json', 'print JSON')
       .action(async (id: string, o: { json?: boolean }) => {
         const { result } = await run(op, { id });
-        printResult(result, o.json, () => (cmd === 'show' ? JSON.stringify(result, null, 2) : `club ${id} is now ${(result as ClubRow).status}`));
+        // `show` prints JSON in either mode: safeJson escapes what JSON.stringify leaves raw.
+        printResult(result, o.json, (safe) => (cmd === 'show' ? safeJson(result, undefined, 2) : `club ${id} is now ${(safe as ClubRow).status}`));
       });
   }
   club
@@ -58,7 +60,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await run('club.delete', { id });
-      printResult(result, o.json, () => `deleted club ${id}`);
+      printResult(result, o.json, () => `deleted club ${id}`); // only our own text
     });
 }
 
@@ -71,7 +73,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
       const pass = offline().passphrase;
       const { result } = await runOperation(dataDir(), 'keys.rotate-master', pass !== undefined ? { passphrase: String(pass) } : {}, offline());
       const r = result as { oldKeyId: string; newKeyId: string; clubs: number };
-      printResult(result, o.json, () => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
+      printResult(r, o.json, (r) => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
     });
   keys
     .command('rotate-club <id>')
@@ -79,7 +81,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'keys.rotate-club', { id }, offline());
-      printResult(result, o.json, () => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
+      printResult(result, o.json, (result) => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
     });
 }
 

@@ -4,7 +4,8 @@
  * three change-log entries per person (hash-chained through the real AuditLog), seeded directly
  * through the storage layer for speed; then the daemon with the club commands on 127.0.0.1:0.
  * IPC: sends `ready` {port, fingerprint, club, persons (sample ids), registers, maxPersonId};
- * answers `cpu` with the process's CPU time (user + system, microseconds) and RSS (bytes).
+ * answers `cpu` with the process's CPU time (user + system, microseconds) and RSS (bytes), after a
+ * full garbage collection when asked (`gc: true`; the parent starts it with --expose-gc).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,6 +66,7 @@ async function main(): Promise<void> {
   process.on('disconnect', () => void stop());
   process.on('message', (m: { type: string }) => {
     if (m.type === 'cpu') {
+      if ((m as { gc?: boolean }).gc && typeof globalThis.gc === 'function') globalThis.gc();
       const u = process.cpuUsage();
       process.send!({ type: 'cpu', micros: u.user + u.system, rss: process.memoryUsage().rss });
     }

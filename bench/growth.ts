@@ -32,7 +32,7 @@ class Child {
     });
   }
   static start(size: number): Promise<Child> {
-    const proc = fork(fileURLToPath(new URL('./growth-child.js', import.meta.url)), [String(size)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const proc = fork(fileURLToPath(new URL('./growth-child.js', import.meta.url)), [String(size)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: ['--expose-gc'] });
     return new Promise((resolve, reject) => {
       proc.once('exit', (code) => reject(new Error(`growth-child exited with code ${code} before it was ready`)));
       proc.on('message', (m: { type: string } & Ready) => {
@@ -43,10 +43,10 @@ class Child {
       });
     });
   }
-  cpu(): Promise<{ micros: number; rss: number }> {
+  cpu(gc = false): Promise<{ micros: number; rss: number }> {
     return new Promise((r) => {
       this.waiting.push(r);
-      this.proc.send({ type: 'cpu' });
+      this.proc.send({ type: 'cpu', gc });
     });
   }
   stop(): Promise<void> {
@@ -63,7 +63,40 @@ type Op = (i: number) => Promise<unknown>;
 const cursorAt = (id: number) => Buffer.from(JSON.stringify({ v: [], id })).toString('base64url');
 
 /** Server CPU microseconds per request of each figure at one size. */
-async function measure(size: number, reps: number, log: (s: string) => void): Promise<Map<string, number>> {
+interface ExportFigures {
+  rows: number;
+  baseline: number;
+  peak: number;
+  after: number;
+  ms: number;
+}
+
+/**
+ * A streamed `persons.export` of the whole club (issue 10's `stream: true`), with the server's
+ * RSS sampled every 50 ms during it: baseline and after are taken after a full GC.
+ */
+async function exportMemory(child: Child, admin: Connection): Promise<ExportFigures> {
+  const baseline = (await child.cpu(true)).rss;
+  let peak = baseline;
+  let done = false;
+  const sampler = (async () => {
+    while (!done) {
+      peak = Math.max(peak, (await child.cpu()).rss);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  const t0 = Date.now();
+  const r = await admin.request('persons.export', { stream: true }, { timeoutMs: 300_000 });
+  let rows = 0;
+  for await (const c of r.download!) for (const b of Buffer.from(c)) if (b === 0x0a) rows++;
+  const ms = Date.now() - t0;
+  done = true;
+  await sampler;
+  const after = (await child.cpu(true)).rss;
+  return { rows, baseline, peak, after, ms };
+}
+
+async function measure(size: number, reps: number, log: (s: string) => void): Promise<{ cpu: Map<string, number>; exp: ExportFigures }> {
   const t0 = Date.now();
   const child = await Child.start(size);
   log(`growth: ${size} persons seeded and serving in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
@@ -99,7 +132,9 @@ async function measure(size: number, reps: number, log: (s: string) => void): Pr
       const b = await child.cpu();
       out.set(name, (b.micros - a.micros) / reps);
     }
-    return out;
+    const exp = await exportMemory(child, admin);
+    log(`growth: persons.export of ${exp.rows} rows in ${exp.ms} ms; RSS ${(exp.baseline / 2 ** 20).toFixed(1)} -> peak ${(exp.peak / 2 ** 20).toFixed(1)} -> after ${(exp.after / 2 ** 20).toFixed(1)} MiB`);
+    return { cpu: out, exp };
   } finally {
     for (const c of conns) await c.close().catch(() => undefined);
     await child.stop();
@@ -111,8 +146,8 @@ export async function runGrowthBench(opts: { quick?: boolean; log?: (s: string) 
   const reps = opts.quick ? 100 : 400;
   const small = 1000;
   const large = opts.quick ? 10_000 : 50_000;
-  const a = await measure(small, reps, log);
-  const b = await measure(large, reps, log);
+  const { cpu: a, exp: ea } = await measure(small, reps, log);
+  const { cpu: b, exp: eb } = await measure(large, reps, log);
   const rows: Row[] = [];
   for (const [name, base] of a) {
     const v = b.get(name)!;
@@ -128,6 +163,31 @@ export async function runGrowthBench(opts: { quick?: boolean; log?: (s: string) 
       ...(noTarget ? {} : { target: '<= 3x growth', met: v <= 3 * base }),
     });
   }
+  const mib = (x: number) => Math.round((x / 2 ** 20) * 10) / 10;
+  const growth = eb.peak - eb.baseline;
+  rows.push({
+    group: 'growth',
+    name: `persons.export stream of ${eb.rows.toLocaleString('en-US')} persons: server RSS growth during it`,
+    value: mib(growth),
+    unit: 'MiB',
+    baseline: mib(ea.peak - ea.baseline),
+    baselineName: `${ea.rows.toLocaleString('en-US')} persons`,
+    higherIsBetter: false,
+    target: '<= 64 MiB',
+    met: growth <= 64 * 2 ** 20 && eb.rows === large,
+    note: `export took ${eb.ms} ms (${ea.ms} ms at ${ea.rows} rows); RSS ${mib(eb.baseline)} MiB before, ${mib(eb.peak)} peak, ${mib(eb.after)} after (baseline and after measured after a full GC)`,
+  });
+  rows.push({
+    group: 'growth',
+    name: `RSS after the ${eb.rows.toLocaleString('en-US')}-person export vs before`,
+    value: mib(eb.after),
+    unit: 'MiB',
+    baseline: mib(eb.baseline),
+    baselineName: 'RSS before the export',
+    higherIsBetter: false,
+    target: 'within 10 %',
+    met: Math.abs(eb.after - eb.baseline) <= 0.1 * eb.baseline,
+  });
   return rows;
 }
 

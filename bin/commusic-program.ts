@@ -134,7 +134,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     if (/^#\d+$/.test(name)) return Number(name.slice(1));
     const items = ((await call('users.list', {})) as { items: { id: number; username: string }[] }).items;
     const u = items.find((x) => x.username === name);
-    if (!u) fail(`no user "${name}" in this club ("commusic users list" shows them)`, 1, 'NOT_FOUND');
+    if (!u) throw Object.assign(new Error(`no user "${name}" in this club ("commusic users list" shows them)`), { code: 'NOT_FOUND' });
     return u.id;
   }
 
@@ -143,7 +143,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     const items = ((await call('registers.list', { limit: 500 })) as { items: { id: number; name: string }[] }).items;
     return names.map((n) => {
       const r = items.find((x) => x.name === n) ?? (/^\d+$/.test(n) ? items.find((x) => x.id === Number(n)) : undefined);
-      if (!r) fail(`no register "${n}" (known: ${items.map((x) => x.name).join(', ') || 'none'})`, 1, 'NOT_FOUND');
+      if (!r) throw Object.assign(new Error(`no register "${n}" (known: ${items.map((x) => x.name).join(', ') || 'none'})`), { code: 'NOT_FOUND' });
       return r.id;
     });
   }

@@ -218,3 +218,11 @@ export function nextStdinRest(): string {
   stdinLines = [];
   return rest;
 }
+
+/** "key: value" lines for a record (nested objects as one-line JSON); for `show`-style text output. */
+export function keyValues(r: Record<string, unknown>): string {
+  const width = Math.max(0, ...Object.keys(r).map((k) => k.length));
+  return Object.entries(r)
+    .map(([k, v]) => `${`${k}:`.padEnd(width + 1)} ${v === null || v === undefined ? '-' : typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+    .join('\n');
+}

@@ -12,7 +12,7 @@ import { defaultKnownServersFile } from '../client/known-servers.js';
 import { ROLES } from '../daemon/rights.js';
 import { parseDuration } from '../daemon/ban-policy.js';
 import { safeJson } from '../daemon/neutralise.js';
-import { fail, getSecret, newProgram, printResult, table, usage } from './cli-util.js';
+import { fail, getSecret, keyValues, newProgram, printResult, table, usage } from './cli-util.js';
 import { registerCallCommand } from './client-call.js';
 import { registerBatchCommand } from './client-batch.js';
 
@@ -85,12 +85,12 @@ export function buildProgram(holder: SessionHolder = {}): Command {
    * through the change on a terminal; a script is told to run `commusic passwd`.
    */
   async function session(o: { forPasswd?: boolean } = {}): Promise<{ conn: Connection; password?: string }> {
-    const conn = await open();
-    if (holder.loggedIn) return { conn };
+    if (holder.loggedIn && holder.conn) return { conn: holder.conn };
     const club = g().club ?? process.env['COMMUSIC_CLUB'];
     const user = g().user ?? process.env['COMMUSIC_USER'];
     if (!club || !user) usage('this command needs a login: give --club and --user (env COMMUSIC_CLUB, COMMUSIC_USER)');
     const password = (await getSecret('password', 'password', { stdin: g().passwordStdin, file: g().passwordFile }))!;
+    const conn = await open();
     const r = await conn.request('auth.login', { club, user, password });
     holder.loggedIn = true;
     const must = (r.payload as { mustChangePassword?: boolean }).mustChangePassword === true;
@@ -176,11 +176,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       act(async (o: { json?: boolean }) => {
         const conn = await open();
         const r = (await conn.request('server.info', {})).payload as Record<string, unknown>;
-        printResult(r, o.json, (s) =>
-          Object.entries(s)
-            .map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(' ') : typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`)
-            .join('\n'),
-        );
+        printResult(r, o.json, (s) => keyValues(Object.fromEntries(Object.entries(s).map(([k, v]) => [k, Array.isArray(v) ? v.join(' ') : v]))));
       }),
     );
 
@@ -352,7 +348,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     .action(
       act(async (o: { json?: boolean }) => {
         const r = (await call('backup.status', {})) as Record<string, unknown>;
-        printResult(r, o.json, (s) => Object.entries(s).map(([k, v]) => `${k}: ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`).join('\n'));
+        printResult(r, o.json, (s) => keyValues(s));
       }),
     );
   backup

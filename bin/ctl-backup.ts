@@ -6,7 +6,7 @@ import { callControl } from '../daemon/control-socket.js';
 import { offlineContext, runOperation, type OfflineOptions } from '../daemon/offline.js';
 import { buildOperations } from '../daemon/ops.js';
 import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
-import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { getSecret, printResult, usage } from './cli-util.js';
 
 
 /** Run many operations on one connection target: the daemon if it answers, else the data folder. */
@@ -38,7 +38,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .option('--config <file>', 'daemon configuration (destinations) when no daemon runs; else COMMUSIC_CONFIG')
     .option('--json', 'print JSON')
     .action(async (o: { club?: string; all?: boolean; config?: string; json?: boolean }) => {
-      if (!o.club === !o.all) fail('give --club ID or --all');
+      if (!o.club === !o.all) usage('give --club ID or --all');
       const s = await session(dataDir(), offline());
       try {
         const clubs = o.club ? [o.club] : ((await s.run('backup.clubs', {})) as string[]);
@@ -68,7 +68,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
             ...total.failedClubs.map((f) => `  failed ${f.clubId}: ${f.error}`),
           ].join('\n'),
         );
-        if (total.failedClubs.length || Object.values(total.destinations).some((v) => v.failed)) process.exitCode = 2;
+        if (total.failedClubs.length || Object.values(total.destinations).some((v) => v.failed)) process.exitCode = 1;
       } finally {
         await s.close();
       }
@@ -96,10 +96,12 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .description('check an archive completely (FILE or DESTINATION:NAME): authentication, structure, hashes, SQLite integrity, change log')
     .option('--club <id>', 'with DESTINATION:latest')
     .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--passphrase-file <file>', "a club archive: read the club's backup passphrase from this file")
+    .option('--ask-passphrase', "a club archive: ask for the club's backup passphrase on the terminal")
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; config?: string; json?: boolean }) => {
-      const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
+    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; passphraseFile?: string; askPassphrase?: boolean; config?: string; json?: boolean }) => {
+      const passphrase = await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { optional: !o.askPassphrase });
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
       const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...cfg(o) }, offline());
       const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; auditChain: { entries: number; note?: string } | null };
@@ -113,10 +115,12 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .requiredOption('--club <id>', 'the club')
     .requiredOption('--from <archive>', 'FILE, DESTINATION:NAME or DESTINATION:latest')
     .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--passphrase-file <file>', "a club archive: read the club's backup passphrase from this file")
+    .option('--ask-passphrase', "a club archive: ask for the club's backup passphrase on the terminal")
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; config?: string; json?: boolean }) => {
-      const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
+    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; passphraseFile?: string; askPassphrase?: boolean; config?: string; json?: boolean }) => {
+      const passphrase = await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { optional: !o.askPassphrase });
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(o.from) ? o.from : resolve(o.from);
       const { result } = await runOperation(dataDir(), 'backup.restore', { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), actor: `operator:${process.env['USER'] ?? 'unknown'}`.slice(0, 64), ...cfg(o) }, offline());
       const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean };
@@ -139,11 +143,11 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .description('open a club archive (e.g. the mailed one) with the club passphrase: writes a plain tar (manifest.json, club.sqlite, documents/)')
     .requiredOption('--in <file>', 'the .cmbk archive')
     .requiredOption('--out <file>', 'the tar file to write')
-    .option('--passphrase-stdin', "read the club's backup passphrase from stdin (required)")
+    .option('--passphrase-stdin', "read the club's backup passphrase from stdin")
+    .option('--passphrase-file <file>', "read the club's backup passphrase from this file (else asked on the terminal)")
     .option('--json', 'print JSON')
-    .action(async (o: { in: string; out: string; passphraseStdin?: boolean; json?: boolean }) => {
-      if (!o.passphraseStdin) fail('give the passphrase on stdin with --passphrase-stdin');
-      const passphrase = readSecretFromFd(0);
+    .action(async (o: { in: string; out: string; passphraseStdin?: boolean; passphraseFile?: string; json?: boolean }) => {
+      const passphrase = (await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }))!;
       const r = await decryptArchiveToFile(fileSource(resolve(o.in)), { passphrase }, resolve(o.out));
       printResult(r, o.json, (r) => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
     });

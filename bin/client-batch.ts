@@ -59,6 +59,7 @@ export function registerBatchCommand(
   program
     .command('batch [file]')
     .description('run commusic subcommands, one per line (# comments), over one login; "-" or no file reads standard input after any secret lines')
+    .option('--json', 'errors as JSON on stderr (each line chooses its own output with --json)')
     .action(async (file: string | undefined) => {
       let text: string;
       if (file === undefined || file === '-') text = nextStdinRest();

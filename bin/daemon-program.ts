@@ -1,6 +1,7 @@
 /** The `commusicd` command tree, built at import; bin/commusicd.ts runs it. Tests walk it. */
 import { runDaemon } from '../daemon/main.js';
-import { newProgram, promptSecret, readSecretFile, usage } from './cli-util.js';
+import { newProgram, printResult, promptSecret, readSecretFile, usage } from './cli-util.js';
+import { loadConfig } from '../daemon/config.js';
 import { passphraseOption } from './ctl-clubs.js';
 import type { OfflineOptions } from '../daemon/offline.js';
 
@@ -12,7 +13,15 @@ export const program = newProgram('commusicd', 'ComMusic secure server daemon')
   .option('--passphrase-fd <n>', 'read the master key passphrase from this file descriptor')
   .option('--passphrase-file <file>', 'read the master key passphrase from this file (first line; e.g. a systemd credential)')
   .option('--log-level <level>', 'error, warn, info or debug')
-  .action(async (o: { data?: string; listen?: string; healthListen?: string; config?: string; logLevel?: string; passphraseFd?: string; passphraseFile?: string }) => {
+  .option('--check-config', 'read and validate the configuration (file, environment, flags), print the result and exit: 0 valid, 1 not')
+  .option('--json', 'with --check-config: print the result (or the error on stderr) as JSON')
+  .action(async (o: { data?: string; listen?: string; healthListen?: string; config?: string; logLevel?: string; passphraseFd?: string; passphraseFile?: string; checkConfig?: boolean; json?: boolean }) => {
+    if (o.checkConfig) {
+      const file = o.config ?? process.env['COMMUSIC_CONFIG'];
+      const cfg = loadConfig({ ...(file ? { file } : {}), env: process.env, flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.healthListen ? { healthListen: o.healthListen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) } });
+      printResult({ ok: true, file: file ?? null, dataDir: cfg.dataDir, listen: cfg.listen, healthListen: cfg.health.enabled ? cfg.health.listen : null }, o.json, (r) => `configuration OK${r.file ? ` (${r.file})` : ' (embedded default)'}: data ${r.dataDir}, listening on ${r.listen}${r.healthListen ? `, health on ${r.healthListen}` : ''}`);
+      return;
+    }
     if (o.passphraseFd !== undefined && o.passphraseFile !== undefined) usage('give either --passphrase-fd or --passphrase-file, not both');
     const start = (passphrase: OfflineOptions) =>
       runDaemon({

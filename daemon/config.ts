@@ -92,6 +92,8 @@ export const configSchema = z
     listen: hostPort.default('127.0.0.1:7443'),
     logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     logFile: z.string().optional(),
+    /** json: one JSON object a line; text: "TIME LEVEL message key=value" (journald, people). */
+    logFormat: z.enum(['json', 'text']).default('json'),
     limits: limitsSchema.default({}),
     health: healthSchema.default({}),
     /** Ban policy per violation kind (daemon/ban-policy.ts). */
@@ -111,7 +113,7 @@ export type Limits = Config['limits'];
 export interface ConfigSources {
   file?: string;
   env?: NodeJS.ProcessEnv;
-  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; healthListen: string }>;
+  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; logFormat: string; healthListen: string }>;
 }
 
 const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
@@ -119,6 +121,7 @@ const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
   COMMUSIC_LISTEN: (v) => [['listen'], v],
   COMMUSIC_LOG_LEVEL: (v) => [['logLevel'], v],
   COMMUSIC_LOG_FILE: (v) => [['logFile'], v],
+  COMMUSIC_LOG_FORMAT: (v) => [['logFormat'], v],
   COMMUSIC_HEALTH_LISTEN: (v) => [['health', 'listen'], v],
   COMMUSIC_STORE_CACHE_MAX_OPEN: (v) => [['storeCache', 'maxOpen'], v === 'auto' ? v : /^\d+$/.test(v) ? Number(v) : v],
 };

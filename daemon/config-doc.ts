@@ -137,6 +137,7 @@ export const MEANINGS: Record<string, string> = {
   'backups.retryAfter': 'Retry a destination that was down after this long.',
   'backups.mail.maxBytes': 'Archives above this size are not mailed: the club gets a notice, the operator an alert.',
   'storeCache.maxOpen': 'Club stores open at once; auto takes what open files and memory allow (env COMMUSIC_STORE_CACHE_MAX_OPEN). Restart to change.',
+  'diag.echoStream': 'Offer the diag.echoStream command (echoes an upload back; benchmarks and tests). Off on production servers.',
   'storeCache.memoryBudgetMiB': 'Memory the open stores may take (about 0.4 MiB each); default a quarter of the memory limit.',
 };
 

@@ -104,6 +104,14 @@ export const configSchema = z
     backups: BackupConfigSchema.default({}),
     /** How many club stores stay open at once, checked at start against open files and memory. */
     storeCache: storeCacheSchema.default({}),
+    /** Diagnostic commands, off unless an operator turns them on (issue 16: none on a production server by default). */
+    diag: z
+      .object({
+        /** `diag.echoStream`: echoes an upload stream back (benchmarks, flow-control tests). */
+        echoStream: z.boolean().default(false),
+      })
+      .strict()
+      .default({}),
   })
   .strict();
 

@@ -45,8 +45,23 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         const bar = !o.json && process.stderr.isTTY ? new SingleBar({ format: 'backup [{bar}] {value}/{total} clubs | {club}', stream: process.stderr }, Presets.shades_classic) : undefined;
         bar?.start(clubs.length, 0, { club: '' });
         const total: ClubRun = { clubs: 0, ok: 0, failedClubs: [], destinations: {} };
+        // Ctrl-C: the terminal is restored (progress bar stopped) and the operator is told what
+        // goes on: through the daemon the club being archived finishes there; no further club starts.
+        let current: string | undefined;
+        const onInterrupt = () => {
+          bar?.stop();
+          const left = clubs.length - total.clubs - (current ? 1 : 0);
+          process.stderr.write(
+            `interrupted: ${current ? (s.via === 'daemon' ? `the backup of club ${current} continues in the daemon and finishes there; ` : `the backup of club ${current} was stopped; `) : ''}${left} club(s) not started. ` +
+              `"commusicctl backup list" shows what was stored; "commusicctl backup run --club ID" or "--all" runs again.\n`,
+          );
+          process.exit(130);
+        };
+        process.once('SIGINT', onInterrupt);
         for (const c of clubs) {
+          current = c;
           const r = (await s.run('backup.run', { clubs: [c], ...cfg(o) })) as ClubRun;
+          current = undefined;
           total.clubs += r.clubs;
           total.ok += r.ok;
           total.failedClubs.push(...r.failedClubs);
@@ -59,6 +74,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
           bar?.increment(1, { club: c });
         }
         bar?.stop();
+        process.removeListener('SIGINT', onInterrupt);
         const finish = o.all ? await s.run('backup.run', { finish: true, ...cfg(o) }) : undefined;
         const result = { via: s.via, ...total, ...(finish ? { finish } : {}) };
         printResult(result, o.json, (total) =>

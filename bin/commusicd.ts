@@ -10,16 +10,17 @@ const program = new Command('commusicd')
   .option('--data <dir>', 'data folder (default ./data, env COMMUSIC_DATA)')
   .option('--listen <host:port>', 'client protocol address (default 127.0.0.1:7443, env COMMUSIC_LISTEN)')
   .option('--health-listen <host:port>', 'HTTPS health and metrics endpoint (default 127.0.0.1:7444, env COMMUSIC_HEALTH_LISTEN)')
+  .option('--web-listen <host:port>', 'HTTPS web application for club members (off unless given, env COMMUSIC_WEB_LISTEN)')
   .option('--config <file>', 'JSON configuration file')
   .option('--passphrase-fd <n>', 'read the master key passphrase from this file descriptor')
   .option('--log-level <level>', 'error, warn, info or debug')
-  .action(async (o: { data?: string; listen?: string; healthListen?: string; config?: string; logLevel?: string; passphraseFd?: string }) => {
+  .action(async (o: { data?: string; listen?: string; healthListen?: string; webListen?: string; config?: string; logLevel?: string; passphraseFd?: string }) => {
     const start = (passphrase: OfflineOptions) =>
       runDaemon({
         ...passphrase,
         ...(o.config ? { file: o.config } : {}),
         env: process.env,
-        flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.healthListen ? { healthListen: o.healthListen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) },
+        flags: { ...(o.data ? { dataDir: o.data } : {}), ...(o.listen ? { listen: o.listen } : {}), ...(o.healthListen ? { healthListen: o.healthListen } : {}), ...(o.webListen ? { webListen: o.webListen } : {}), ...(o.logLevel ? { logLevel: o.logLevel } : {}) },
       });
     try {
       await start(passphraseOption(o.passphraseFd));

@@ -274,3 +274,17 @@ test('every web mutation writes exactly one change-log entry', { timeout: 90_000
   await w.get('/me');
   await step('logout', 'logout', () => w.post('/logout'));
 });
+
+test('a web session that times out is logged out in the change log with its reason and source web', { timeout: 60_000 }, async () => {
+  const w = new WebClient(env, '127.0.0.71');
+  assert.equal((await w.login(club, 'leo', LEO_PW)).status, 303);
+  assert.equal((await w.get('/me')).status, 200);
+  // The store's timeout path (the unit tests drive it with a clock): end every session as idle.
+  env.server.web!.sessions.endAll('idle timeout');
+  const r = await w.get('/me');
+  assert.equal(r.status, 303);
+  assert.equal(r.headers.location, '/login');
+  const out = lastEntries(5).find((e) => e.action === 'logout' && e.user === 'leo');
+  assert.deepEqual(out?.changes, { reason: 'idle timeout', source: 'web' });
+  assert.equal(out?.ip, '127.0.0.71');
+});

@@ -197,7 +197,7 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
     absoluteTimeoutMs: deps.absoluteTimeoutMs,
     maxSessions: deps.maxSessions,
     ...(deps.now ? { now: deps.now } : {}),
-    onEnd: (s, reason) => endSessionOnClose(deps.services, { id: s.connId, ip: 'web', port: 0, source: 'web' }, s.commands, reason),
+    onEnd: (s, reason) => endSessionOnClose(deps.services, { id: s.connId, ip: s.ip, port: 0, source: 'web' }, s.commands, reason),
   });
   const app = Fastify({
     https: { key: deps.tls.key, cert: deps.tls.cert, minVersion: WEB_MIN_TLS },
@@ -253,6 +253,7 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
     }
     req.lang = pickLang(req.headers['accept-language']);
     req.webSession = sessions.get(req.cookies[SESSION_COOKIE]);
+    if (req.webSession) req.webSession.ip = req.clientIp;
     // A form sent from another site is refused before it reaches a route (Fetch Metadata,
     // OWASP CSRF Prevention "Fetch Metadata headers"); the token check follows in the route.
     if (req.method === 'POST' && req.headers['sec-fetch-site'] === 'cross-site') return runtime.csrfRefused(req, reply);

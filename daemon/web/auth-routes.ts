@@ -65,7 +65,7 @@ export async function authRoutes(app: FastifyInstance): Promise<void> {
       if (e instanceof CommandError && (e.code === 'BUSY' || e.code === 'FORBIDDEN')) return loginPage(req, reply, t(req.lang, 'tryLater'), 503);
       throw e;
     }
-    const { id } = web.sessions.create({ club: r.club, user: r.user, commands, mustChangePassword: r.mustChangePassword });
+    const { id } = web.sessions.create({ club: r.club, user: r.user, ip: req.clientIp, commands, mustChangePassword: r.mustChangePassword });
     void reply.clearCookie(PRE_COOKIE, COOKIE_OPTIONS);
     void reply.setCookie(SESSION_COOKIE, id, COOKIE_OPTIONS);
     return reply.redirect(r.mustChangePassword ? '/password' : '/persons', 303);

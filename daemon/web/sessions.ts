@@ -29,6 +29,8 @@ export interface WebSession {
   readonly club: string;
   readonly user: string;
   mustChangePassword: boolean;
+  /** The address of the session's latest request (the logout entry of a timeout names it). */
+  ip: string;
 }
 
 export type EndReason = 'idle timeout' | 'absolute timeout' | 'session table full' | 'server stopped';
@@ -68,7 +70,7 @@ export class SessionStore {
   }
 
   /** A new session after a successful login; returns the cookie value (shown to nobody else). */
-  create(init: { club: string; user: string; commands: Map<string, unknown>; mustChangePassword: boolean }): { id: string; session: WebSession } {
+  create(init: { club: string; user: string; ip: string; commands: Map<string, unknown>; mustChangePassword: boolean }): { id: string; session: WebSession } {
     this.sweep();
     if (this.table.size >= this.opts.maxSessions) {
       let oldest: WebSession | undefined;
@@ -77,7 +79,7 @@ export class SessionStore {
     }
     const id = randomBytes(ID_BYTES).toString('base64url');
     const now = this.now();
-    const session: WebSession = { key: digest(id), csrf: randomBytes(ID_BYTES).toString('base64url'), created: now, lastSeen: now, connId: this.nextConn++, commands: init.commands, club: init.club, user: init.user, mustChangePassword: init.mustChangePassword };
+    const session: WebSession = { key: digest(id), csrf: randomBytes(ID_BYTES).toString('base64url'), created: now, lastSeen: now, connId: this.nextConn++, commands: init.commands, club: init.club, user: init.user, ip: init.ip, mustChangePassword: init.mustChangePassword };
     this.table.set(session.key, session);
     return { id, session };
   }

@@ -111,7 +111,7 @@ export async function authRoutes(app: FastifyInstance): Promise<void> {
           clearSessionCookie(reply);
           return reply.redirect('/login', 303);
         }
-        return passwordPage(req, reply, { kind: 'error', text: e.code === 'UNAUTHENTICATED' ? t(req.lang, 'loginFailed') : t(req.lang, 'badRequest') }, 400);
+        return passwordPage(req, reply, { kind: 'error', text: e.code === 'UNAUTHENTICATED' ? t(req.lang, 'wrongCurrent') : t(req.lang, 'badRequest') }, 400);
       }
       throw e;
     }

@@ -19,6 +19,7 @@ const TEXTS = {
   newPassword: ['Neues Passwort (mindestens 12 Zeichen)', 'New password (at least 12 characters)'],
   repeatPassword: ['Neues Passwort wiederholen', 'Repeat the new password'],
   passwordsDiffer: ['Die beiden neuen Passwörter stimmen nicht überein.', 'The two new passwords differ.'],
+  wrongCurrent: ['Das bisherige Passwort ist falsch.', 'The current password is wrong.'],
   passwordChanged: ['Das Passwort wurde geändert.', 'The password was changed.'],
   persons: ['Personen', 'Persons'],
   person: ['Person', 'Person'],

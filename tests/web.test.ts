@@ -265,6 +265,13 @@ test('every web mutation writes exactly one change-log entry', { timeout: 90_000
   await w.get('/admin/users');
   await step('rights set', 'rights.set', () => w.post('/admin/rights', { userId: String(ids.eva), role: 'registerLeader', registers: String(ids.holz) }));
   assert.match(w.lastBody, /Die Rechte wurden gesetzt/);
+  await w.get('/admin/backup');
+  await step('backup passphrase and addresses', 'backup.setPassphrase', () => w.post('/admin/backup', { passphrase: 'Backup-Passphrase-1', repeat: 'Backup-Passphrase-1', emails: 'kassier@mv-web.test, vorstand@mv-web.test' }));
+  assert.match(w.lastBody, /Passphrase und Adressen wurden gespeichert/);
+  assert.match(w.lastBody, /kassier@mv-web.test, vorstand@mv-web.test/);
+  await w.get('/admin/backup');
+  const refused = await w.post('/admin/backup', { currentPassphrase: 'not-the-passphrase', passphrase: 'Backup-Passphrase-2', repeat: 'Backup-Passphrase-2', emails: '' });
+  assert.equal(refused.status, 400, 'replacing the passphrase needs the current one');
   await w.get('/me');
   await step('GDPR export', 'export', async () => {
     const r = await w.post('/me/export');

@@ -6,7 +6,8 @@
  * (daemon/club-commands.ts via the Dispatcher), so rights, register scope, violations and
  * change-log entries are exactly the protocol's. The feature plug-ins register their routes:
  * auth-routes.ts (login, password change, logout), persons-routes.ts, log-routes.ts,
- * self-routes.ts (own record, GDPR Art. 15 export), admin-routes.ts (users and rights).
+ * self-routes.ts (own record, GDPR Art. 15 export), admin-routes.ts (users and rights),
+ * backup-routes.ts (backup passphrase and mailed-backup addresses).
  *
  * Security measures (docs/WEB.md "Security"): TLS 1.2+ only and HSTS; `__Host-` session cookie,
  * Secure, HttpOnly, SameSite=Strict; CSRF tokens on every form; a CSP without any script;
@@ -36,6 +37,7 @@ import { personsRoutes } from './persons-routes.js';
 import { logRoutes } from './log-routes.js';
 import { selfRoutes } from './self-routes.js';
 import { adminRoutes } from './admin-routes.js';
+import { backupRoutes } from './backup-routes.js';
 
 export const WEB_MIN_TLS = 'TLSv1.2' as const;
 /** Form bodies are small; anything larger is refused before parsing (bytes). */
@@ -136,6 +138,7 @@ export class WebRuntime {
       persons: effectiveScope(who.grants, 'persons', 'read') !== undefined,
       changeLog: club('changeLog'),
       users: club('users'),
+      backup: who.admin && club('backups'),
       mustChange: s.mustChangePassword,
     };
     return { session: s, grants: who.grants, admin: who.admin, user: who.user, nav };
@@ -278,6 +281,7 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
   await app.register(logRoutes);
   await app.register(selfRoutes);
   await app.register(adminRoutes);
+  await app.register(backupRoutes);
 
   await app.listen({ host: listen.host, port: listen.port });
   const sweep = setInterval(() => sessions.sweep(), 60_000);

@@ -12,6 +12,8 @@ export interface Nav {
   readonly persons: boolean;
   readonly changeLog: boolean;
   readonly users: boolean;
+  /** Club administrators: the backup passphrase and addresses page. */
+  readonly backup: boolean;
   /** While a password change is due, only that page and logout are offered. */
   readonly mustChange: boolean;
 }
@@ -23,6 +25,7 @@ ${nav.mustChange ? html`<li><a href="/password">${t(lang, 'changePassword')}</a>
 ${nav.changeLog ? html`<li><a href="/log">${t(lang, 'changeLog')}</a></li>` : ''}
 <li><a href="/me">${t(lang, 'myRecord')}</a></li>
 ${nav.users ? html`<li><a href="/admin/users">${t(lang, 'users')}</a></li>` : ''}
+${nav.backup ? html`<li><a href="/admin/backup">${t(lang, 'backupPassphrase')}</a></li>` : ''}
 <li><a href="/password">${t(lang, 'changePassword')}</a></li>`}
 </ul>
 <p class="who">${t(lang, 'loggedIn')} <strong>${nav.user}</strong> (${nav.club})</p>

@@ -138,9 +138,15 @@ test('in chromium: log in, change the first password, list persons, open one, fi
     assert.equal(exported.person.firstName, 'Clara');
     assert.equal(exported.user.username, 'chef');
 
+    await page.goto(`${base}/admin/users`);
+    assert.match(await page.$eval('#users', (e) => e.textContent ?? ''), /leo/);
+    await shot('08-admin-users');
+    await page.goto(`${base}/admin/backup`);
+    await shot('09-admin-backup');
+
     await submit('#logout');
     assert.match(page.url(), /\/login$/);
-    await shot('07-logged-out');
+    await shot('10-logged-out');
     await page.goto(`${base}/persons`);
     assert.match(page.url(), /\/login$/, 'the session is gone after logout');
     const last = queryAuditLog(env.server.storage.openClub(club).db, { user: 'chef', action: 'logout', limit: 10 }).entries;
@@ -159,6 +165,15 @@ test('a register leader sees only their register; another register\'s person is 
   assert.match(list.body, /Müller/);
   assert.doesNotMatch(list.body, /Schmidt|Chef/);
   assert.equal((await w.get(`/persons/${ids.mueller}`)).status, 200);
+  const me = await w.get('/me');
+  assert.equal(me.status, 200);
+  assert.doesNotMatch(me.body, /href="\/log"|href="\/admin/, 'the navigation offers only what the rights allow');
+  // A page the rights do not cover is refused without asking the handlers: no violation.
+  const seen = env.server.banSystem.table.size;
+  assert.equal((await w.get('/log')).status, 403);
+  assert.equal((await w.get('/admin/users')).status, 403);
+  assert.equal(env.server.banSystem.table.check('127.0.0.21', Date.now()), undefined);
+  assert.equal(env.server.banSystem.table.size, seen);
   const before = env.server.banSystem.table.size;
   const guessed = await w.get(`/persons/${ids.schmidt}`);
   assert.equal(guessed.status, 404);

@@ -83,8 +83,11 @@ const webSchema = z
     listen: hostPort.optional(),
     certFile: z.string().min(1).optional(),
     keyFile: z.string().min(1).optional(),
-    /** A session unused this long ends (milliseconds). */
-    idleTimeoutMs: z.number().int().min(10_000).max(86_400_000).default(900_000),
+    /**
+     * A session unused this long ends (milliseconds). The club commands' own idle limit
+     * (limits.idleTimeoutMs) applies to the login behind it too: the shorter one wins.
+     */
+    idleTimeoutMs: z.number().int().min(10_000).max(86_400_000).default(300_000),
     /** A session ends this long after its login, used or not (milliseconds). */
     absoluteTimeoutMs: z.number().int().min(60_000).max(7 * 86_400_000).default(8 * 3_600_000),
     /** Logged-in sessions kept at most; the oldest idle one makes room. */

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { html, escapeHtml } from '../daemon/web/html.js';
+import { loadConfig } from '../daemon/config.js';
 import { pickLang } from '../daemon/web/i18n.js';
 import { SessionStore, type EndReason, type WebSession } from '../daemon/web/sessions.js';
 
@@ -78,4 +79,11 @@ test('German first, English when the browser asks for it first', () => {
   assert.equal(pickLang('fr-FR,en;q=0.8'), 'de');
   assert.equal(pickLang('de-AT,en;q=0.5'), 'de');
   assert.equal(pickLang('en-GB,de;q=0.5'), 'en');
+});
+
+test('the web listener is off unless configured: flag, environment and file', () => {
+  assert.equal(loadConfig({}).web.listen, undefined);
+  assert.equal(loadConfig({ flags: { webListen: '127.0.0.1:7445' } }).web.listen, '127.0.0.1:7445');
+  assert.equal(loadConfig({ env: { COMMUSIC_WEB_LISTEN: '[::1]:8443' } }).web.listen, '[::1]:8443');
+  assert.throws(() => loadConfig({ flags: { webListen: 'nohost' } }), /web\.listen/);
 });

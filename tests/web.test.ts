@@ -217,6 +217,8 @@ test('cookie flags, CSP, HSTS, no-store, and CSRF refusal', { timeout: 60_000 },
   assert.equal((await w.request('POST', '/logout', { _csrf: 'x'.repeat(43) })).status, 403);
   assert.equal((await w.request('POST', '/me/export', { _csrf: 'x'.repeat(43) })).status, 403);
   assert.equal((await w.request('POST', '/logout', { _csrf: token }, { 'sec-fetch-site': 'cross-site' })).status, 403);
+  const json = await w.request('POST', '/logout', undefined, { 'content-type': 'application/json' }, JSON.stringify({ _csrf: token }));
+  assert.equal(json.status, 415, 'only form bodies are parsed');
   assert.equal(logEntries(), entries, 'refused forms change nothing');
   assert.equal((await w.get('/me')).status, 200, 'the session is still alive');
   assert.equal((await w.post('/logout')).status, 303);

@@ -246,6 +246,8 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
     crossOriginOpenerPolicy: { policy: 'same-origin' },
   });
   await app.register(cookie);
+  // Forms only: no JSON or text bodies (anything else is 415 before a route runs).
+  app.removeAllContentTypeParsers();
   await app.register(formbody, { bodyLimit: WEB_BODY_LIMIT });
 
   app.addHook('onRequest', async (req, reply) => {

@@ -60,8 +60,9 @@ export class WebClient {
     readonly localAddress = '127.0.0.1',
   ) {}
 
-  request(method: 'GET' | 'POST', path: string, form?: Record<string, string>, headers: Record<string, string> = {}): Promise<WebResponse> {
-    const body = form ? new URLSearchParams(form).toString() : undefined;
+  /** `raw` sends that body as it is (give its content-type in `headers`). */
+  request(method: 'GET' | 'POST', path: string, form?: Record<string, string>, headers: Record<string, string> = {}, raw?: string): Promise<WebResponse> {
+    const body = raw ?? (form ? new URLSearchParams(form).toString() : undefined);
     const cookie = [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
     return new Promise((resolve, reject) => {
       const req = request(

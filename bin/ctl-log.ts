@@ -65,7 +65,7 @@ export function registerLogCommands(program: Command, dataDir: () => string, off
       const { result } = await runOperation(dataDir(), 'log.verify', { club: o.club }, offline());
       const r = result as VerifyResult & { club: string };
       if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-      else if (r.ok) process.stdout.write(`change log of ${r.club}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head\n`);
+      else if (r.ok) process.stdout.write(`change log of ${r.club}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head; anchored outside the store up to entry ${r.anchoredUpTo} (${r.anchors} anchors), ${r.unanchoredTail} entries after the last anchor\n`);
       else process.stderr.write(`change log of ${r.club}: BROKEN at entry ${r.firstBad!.seq}: ${r.firstBad!.reason}\n`);
       if (!r.ok) process.exitCode = 1;
     });

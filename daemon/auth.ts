@@ -71,7 +71,11 @@ export function auditFor(services: ClubServices, store: ClubStore): AuditLog {
   let a = audits.get(store.db);
   if (!a) {
     const id = services.identity;
-    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint } } : {});
+    const anchors = {
+      anchors: services.storage,
+      onAnchorError: (e: unknown) => services.logger?.warn('change-log anchor not written; the next signed head is anchored again', { club: store.clubId, error: (e as Error).name }),
+    };
+    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint }, ...anchors } : {});
     audits.set(store.db, a);
   }
   return a;

@@ -1,5 +1,5 @@
 import { existsSync, mkdirSync } from 'node:fs';
-import { generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
+import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
 import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
 import { dataPaths, loadConfig, type Config, type ConfigSources } from './config.js';
@@ -42,7 +42,9 @@ export function ensureIdentity(config: Config, create: boolean, print: (l: strin
     print(`created identity key ${path}`);
     return identity;
   }
-  return loadIdentity(path);
+  const identity = loadIdentity(path);
+  ensurePublicKeyFile(path, identity);
+  return identity;
 }
 
 /** The live objects operations reach on the running daemon. */

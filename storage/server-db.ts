@@ -10,6 +10,7 @@
  */
 import { join } from 'node:path';
 import { deriveSubkey } from '../crypto/wrap.js';
+import type { AnchorStore, HeadAnchor } from './audit-log.js';
 import { StorageError } from './errors.js';
 import { openEncrypted, migrate, type Db } from './sqlcipher.js';
 import { cachedStatement } from './statements.js';
@@ -61,6 +62,24 @@ const SERVER_MIGRATIONS = [
       `CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) STRICT`,
     ],
   },
+  {
+    // Change-log anchors (storage/audit-log.ts): signed heads of each club's log, kept outside
+    // the club store they protect. Rows are only inserted; deleting the club removes them.
+    version: 2,
+    statements: [
+      `CREATE TABLE audit_anchors (
+        club_id TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq >= 1),
+        hash TEXT NOT NULL CHECK (length(hash) = 64),
+        from_seq INTEGER NOT NULL CHECK (from_seq BETWEEN 1 AND seq),
+        digests BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        time TEXT NOT NULL,
+        PRIMARY KEY (club_id, seq)
+      ) STRICT`,
+    ],
+  },
 ];
 
 interface RawClub {
@@ -103,7 +122,7 @@ export function serverDbKey(masterKey: Buffer): Buffer {
   return deriveSubkey(masterKey, SERVER_DB_KEY_INFO);
 }
 
-export class ServerDb {
+export class ServerDb implements AnchorStore {
   readonly path: string;
   readonly db: Db;
 
@@ -212,6 +231,29 @@ export class ServerDb {
 
   setSettings(id: string, settings: Record<string, unknown>): void {
     this.db.prepare('UPDATE clubs SET settings = ? WHERE id = ?').run(JSON.stringify(settings), id);
+  }
+
+  /** Record a change-log anchor (an existing anchor at the same seq is kept, never replaced). */
+  insertAnchor(a: HeadAnchor): void {
+    cachedStatement(this.db, 'INSERT INTO audit_anchors (club_id, seq, hash, from_seq, digests, signature, fingerprint, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING').run(
+      a.clubId, a.seq, a.hash, a.fromSeq, a.digests, a.signature, a.fingerprint, a.time,
+    );
+  }
+
+  lastAnchor(clubId: string): { seq: number; hash: string } | undefined {
+    return cachedStatement(this.db, 'SELECT seq, hash FROM audit_anchors WHERE club_id = ? ORDER BY seq DESC LIMIT 1').get(clubId) as { seq: number; hash: string } | undefined;
+  }
+
+  listAnchors(clubId: string): HeadAnchor[] {
+    const rows = this.db.prepare('SELECT seq, hash, from_seq, digests, signature, fingerprint, time FROM audit_anchors WHERE club_id = ? ORDER BY seq').all(clubId) as Array<{
+      seq: number; hash: string; from_seq: number; digests: Buffer; signature: Buffer; fingerprint: string; time: string;
+    }>;
+    return rows.map((r) => ({ clubId, seq: r.seq, hash: r.hash, fromSeq: r.from_seq, digests: r.digests, signature: r.signature, fingerprint: r.fingerprint, time: r.time }));
+  }
+
+  /** Forget a club's anchors (club deletion; a restore that replaces the log starts anew). */
+  deleteAnchors(clubId: string): number {
+    return this.db.prepare('DELETE FROM audit_anchors WHERE club_id = ?').run(clubId).changes;
   }
 
   getMeta(k: string): string | undefined {

@@ -18,6 +18,7 @@ import { unwrapKey } from '../crypto/wrap.js';
 import { ClubStoreCache, type ClubOpenInfo, type ClubStore } from './club-store.js';
 import { StorageError, silentLogger, type StorageLogger } from './errors.js';
 import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
+import type { AnchorStore, HeadAnchor } from './audit-log.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { renameSync } from 'node:fs';
 
@@ -35,7 +36,7 @@ export interface OpenStorageOptions {
   logger?: StorageLogger;
 }
 
-export class Storage {
+export class Storage implements AnchorStore {
   readonly dataDir: string;
   readonly logger: StorageLogger;
   readonly cache: ClubStoreCache;
@@ -106,6 +107,19 @@ export class Storage {
 
   /** Clubs whose open store was opened for an operator tool while suspended. */
   readonly #openedSuspended = new Set<string>();
+
+  // Change-log anchors live in server.db (replaced by rotateMaster, hence the indirection).
+  insertAnchor(a: HeadAnchor): void {
+    this.server.insertAnchor(a);
+  }
+
+  lastAnchor(clubId: string): { seq: number; hash: string } | undefined {
+    return this.server.lastAnchor(clubId);
+  }
+
+  listAnchors(clubId: string): HeadAnchor[] {
+    return this.server.listAnchors(clubId);
+  }
 
   close(): void {
     this.cache.closeAll();

@@ -32,7 +32,7 @@ import { createDecryptStream, createEncryptStream } from '../crypto/chunked-aead
 import { CryptoError } from '../crypto/errors.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { keyIdOf } from '../crypto/master-key.js';
-import { newDataKey, wrapKey } from '../crypto/wrap.js';
+import { clubPageKey, newDataKey, wrapKey } from '../crypto/wrap.js';
 import { AuditLog, verifyAuditLog } from './audit-log.js';
 import { BackupError } from './backup-errors.js';
 import { ByteReader, TAR_END, readTarHeader, skipPadding, tarHeader, tarPadding } from './backup-tar.js';
@@ -803,7 +803,7 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
         for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });
         const mem = openImage(image);
         try {
-          target = openEncrypted(tmpDb, dataKey!, { create: true, journalMode: 'DELETE' });
+          target = openEncrypted(tmpDb, clubPageKey(dataKey!), { create: true, journalMode: 'DELETE' });
           copyImageInto(mem, target);
         } finally {
           mem.close();

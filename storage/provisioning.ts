@@ -27,11 +27,12 @@ import { randomBytes } from 'node:crypto';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { createMasterKey, loadMasterKey, masterKeyFromBytes, type MasterKey } from '../crypto/master-key.js';
 import { generateOneTimePassword, hashPassword } from '../crypto/password.js';
-import { newDataKey, unwrapKey, wrapKey } from '../crypto/wrap.js';
-import { clubDbPath, clubDir, CLUB_DB_FILE } from './club-store.js';
+import { clubPageKey, newDataKey, unwrapKey, wrapKey } from '../crypto/wrap.js';
+import { clubDbPath, clubDir, openClubStore, CLUB_DB_FILE } from './club-store.js';
 import { StorageError } from './errors.js';
 import { PLANS, ServerDb, serverDbKey, serverDbPath, type ClubRow, type ClubStatus, type Plan } from './server-db.js';
-import { keyPragma, openEncrypted, type Db } from './sqlcipher.js';
+import { openEncrypted, type Db } from './sqlcipher.js';
+import { opensWith, reencryptCopy, removeSqliteFiles } from './rekey.js';
 import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
 
 export interface StepHooks {
@@ -226,66 +227,6 @@ export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {})
 
 // ---- rotation -------------------------------------------------------------------------------
 
-function removeSqliteFiles(path: string): void {
-  for (const suffix of ['', '-wal', '-shm', '-journal']) {
-    try {
-      unlinkSync(path + suffix);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
-}
-
-function fsyncFile(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function sqlPath(p: string): string {
-  return "'" + p.replace(/'/g, "''") + "'";
-}
-
-/** Does `key` open the encrypted database at `path`? (A wrong key writes nothing.) */
-function opensWith(path: string, key: Buffer): boolean {
-  try {
-    openEncrypted(path, key, { journalMode: 'keep' }).close();
-    return true;
-  } catch (e) {
-    if (e instanceof StorageError && e.code === 'WRONG_DATA_KEY') return false;
-    throw e;
-  }
-}
-
-/**
- * Copy the database open on `src` into `dst` and re-encrypt the copy under `newKey`:
- * `src` leaves WAL (journal_mode=DELETE checkpoints and removes its WAL, so the file alone is the
- * whole database), `VACUUM INTO` writes a compact copy under the old key, and `PRAGMA rekey`
- * re-encrypts the copy, which is in rollback-journal mode, where SQLite3MultipleCiphers 2.3.5
- * supports rekey. `edit` runs in one transaction on the re-keyed copy. The copy is switched
- * back to WAL and fsynced; the caller swaps it in with rename().
- */
-function reencryptCopy(src: Db, dst: string, oldKey: Buffer, newKey: Buffer, hooks: StepHooks, steps: { copied: string; rekeyed: string }, edit: (db: Db) => void): void {
-  removeSqliteFiles(dst);
-  src.pragma('journal_mode=DELETE');
-  src.exec(`VACUUM INTO ${sqlPath(dst)}`);
-  hooks.onStep?.(steps.copied);
-  const copy = openEncrypted(dst, oldKey, { journalMode: 'DELETE' });
-  try {
-    copy.pragma(keyPragma(newKey).replace(/^key=/, 'rekey='));
-    hooks.onStep?.(steps.rekeyed);
-    copy.transaction(() => edit(copy))();
-    copy.pragma('journal_mode=WAL');
-  } finally {
-    copy.close();
-  }
-  fsyncFile(dst);
-  if (!opensWith(dst, newKey)) throw new StorageError('STORE_CORRUPT', `re-encrypted copy ${dst} does not open with the new key; nothing was swapped`);
-}
-
 export interface RotateMasterOptions extends StepHooks {
   /** Passphrase for the new key file. Default: the current passphrase (if any). */
   newPassphrase?: string | Buffer;
@@ -407,13 +348,19 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
     hooks.onStep?.('pending-key-stored');
     const oldKey = unwrapClubKey(st.master, id, row.wrappedKey!, row.keyVersion);
     const newKey = unwrapClubKey(st.master, id, row.pendingWrappedKey!, row.pendingKeyVersion!);
+    const oldPage = clubPageKey(oldKey);
+    const newPage = clubPageKey(newKey);
     try {
       const path = clubDbPath(st.dataDir, id);
       const tmp = join(clubDir(st.dataDir, id), CLUB_DB_FILE + '.rotating');
-      if (row.storeState === 'created' && existsSync(path) && opensWith(path, oldKey)) {
-        const src = openEncrypted(path, oldKey);
+      // A store still in the legacy layout (pages under the data key itself) is migrated first.
+      if (row.storeState === 'created' && existsSync(path) && !opensWith(path, oldPage) && opensWith(path, oldKey)) {
+        openClubStore({ dataDir: st.dataDir, clubId: id, keys: [{ key: oldKey, version: row.keyVersion }], create: false }).close();
+      }
+      if (row.storeState === 'created' && existsSync(path) && opensWith(path, oldPage)) {
+        const src = openEncrypted(path, oldPage);
         try {
-          reencryptCopy(src, tmp, oldKey, newKey, hooks, { copied: 'store-copied', rekeyed: 'store-rekeyed' }, (db) => {
+          reencryptCopy(src, tmp, oldPage, newPage, hooks, { copied: 'store-copied', rekeyed: 'store-rekeyed' }, (db) => {
             const docs = db.prepare('SELECT id, file, wrappedKey FROM documents').all() as Array<{ id: number; file: string; wrappedKey: Buffer }>;
             const upd = db.prepare('UPDATE documents SET wrappedKey = ? WHERE id = ?');
             for (const d of docs) {
@@ -440,7 +387,7 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
         renameSync(tmp, path);
         fsyncDir(dirname(path));
         hooks.onStep?.('store-swapped');
-      } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newKey)) {
+      } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newPage)) {
         throw new StorageError('WRONG_DATA_KEY', `neither the current nor the pending data key opens ${path}; restore the store from a backup`);
       } else {
         removeSqliteFiles(tmp);
@@ -451,6 +398,8 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
     } finally {
       oldKey.fill(0);
       newKey.fill(0);
+      oldPage.fill(0);
+      newPage.fill(0);
     }
   } finally {
     release();

@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CryptoError } from '../crypto/errors.js';
 import { createMasterKey, defaultMasterKeyPath, loadMasterKey, type MasterKey } from '../crypto/master-key.js';
-import { unwrapKey } from '../crypto/wrap.js';
+import { unwrapKey, wrapKey, wrappedVersion, WRAP_VERSION } from '../crypto/wrap.js';
 import { ClubStoreCache, type ClubOpenInfo, type ClubStore } from './club-store.js';
 import { StorageError, silentLogger, type StorageLogger } from './errors.js';
 import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
@@ -139,6 +139,31 @@ export function unwrapClubKey(master: MasterKey, clubId: string, wrapped: Buffer
   }
 }
 
+/**
+ * Migration to per-purpose sub-keys: club data keys wrapped directly under the master key
+ * (wrap version 1) are re-wrapped under its wrapping sub-key (crypto/wrap.ts), in one
+ * transaction. Returns how many clubs changed (0 once migrated: nothing is written then).
+ */
+export function rewrapLegacyClubKeys(server: ServerDb, master: MasterKey): number {
+  const rows = server.listClubs().filter((r) => (r.wrappedKey && wrappedVersion(r.wrappedKey) !== WRAP_VERSION) || (r.pendingWrappedKey && wrappedVersion(r.pendingWrappedKey) !== WRAP_VERSION));
+  if (rows.length === 0) return 0;
+  const upd = server.db.prepare('UPDATE clubs SET wrapped_key = ?, pending_wrapped_key = ? WHERE id = ?');
+  server.db.transaction(() => {
+    for (const r of rows) {
+      const rewrap = (w: Buffer | null, v: number | null): Buffer | null => {
+        if (!w || v === null) return null;
+        if (wrappedVersion(w) === WRAP_VERSION) return w;
+        const k = unwrapClubKey(master, r.id, w, v);
+        const out = wrapKey(master.key, k, { purpose: 'club-data-key', clubId: r.id, keyVersion: v });
+        k.fill(0);
+        return out;
+      };
+      upd.run(rewrap(r.wrappedKey, r.keyVersion), rewrap(r.pendingWrappedKey, r.pendingKeyVersion), r.id);
+    }
+  })();
+  return rows.length;
+}
+
 export function nextKeyPath(keyPath: string): string {
   return keyPath + '.next';
 }
@@ -202,6 +227,8 @@ export async function openStorage(o: OpenStorageOptions): Promise<Storage> {
   }
   const { master, server, pending } = await loadMasterWithRecovery(dataDir, o);
   mkdirSync(join(dataDir, 'clubs'), { recursive: true, mode: 0o700 });
+  const rewrapped = rewrapLegacyClubKeys(server, master);
+  if (rewrapped > 0) logger.info('club data keys re-wrapped under the master key wrapping sub-key', { clubs: rewrapped });
   if (pending) logger.warn('an interrupted master key rotation was found; run commusicctl keys rotate-master to finish it', { keyId: master.id });
   return new Storage(dataDir, master, server, { maxOpenStores, logger, masterRotationPending: pending });
 }

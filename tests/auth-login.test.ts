@@ -83,7 +83,7 @@ test('unknown user, unknown club and wrong password: same error, similar time (p
   }
 });
 
-test('a legacy salted SHA-512 user logs in once with the old password and is then stored with scrypt (point 5)', async () => {
+test('a legacy salted SHA-512 user is stored wrapped in scrypt (nothing fast written), logs in with the old password and is then stored with plain scrypt (point 5; issue 20 point 5)', async () => {
   const env = await clubEnv();
   try {
     const club = await env.newClub();
@@ -93,9 +93,11 @@ test('a legacy salted SHA-512 user logs in once with the old password and is the
     assert.equal((await s.call('users.import', { users: [{ username: 'old', legacyHash: legacy, role: 'member' }] })).payload.imported, 1);
     assert.equal((await err(s.call('users.import', { users: [{ username: 'old2', legacyHash: 'md5$abc' }] }))).code, 'BAD_REQUEST');
     const db = () => env.storage.openClub(club).db;
-    assert.match(getUserByName(db(), 'old')!.passwordHash, /^sha512\$/);
+    const stored = getUserByName(db(), 'old')!.passwordHash;
+    assert.match(stored, /^sha512-scrypt\$[0-9a-f]{32}\$scrypt\$1\$/, 'the import stores a memory-hard hash over the legacy value');
+    assert.ok(!stored.includes(legacy.split('$')[2]!), 'the fast SHA-512 value itself is never written');
     assert.equal((await err(env.session().call('auth.login', { club, user: 'old', password: 'wrong' }))).code, 'UNAUTHENTICATED');
-    assert.match(getUserByName(db(), 'old')!.passwordHash, /^sha512\$/, 'a failed login does not rehash');
+    assert.equal(getUserByName(db(), 'old')!.passwordHash, stored, 'a failed login does not rehash');
     const u = env.session();
     await u.call('auth.login', { club, user: 'old', password: 'alte-Passwort-42' });
     const h = getUserByName(db(), 'old')!.passwordHash;

@@ -65,13 +65,29 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
 export function registerKeyRotation(keys: Command, dataDir: () => string, offline: () => OfflineOptions): void {
   keys
     .command('rotate-master')
-    .description('new master key; rewraps every club key without touching club data (resumable)')
+    .description('new master key; rewraps every club key without touching club data (resumable). With --rekey-clubs (the master key leaked): also new club keys, re-encrypted stores and documents, a new archive key')
+    .option('--rekey-clubs', 'the master key leaked: re-encrypt every club under a new data key, new archive key, then new master key')
     .option('--json', 'print JSON')
-    .action(async (o: { json?: boolean }) => {
+    .action(async (o: { json?: boolean; rekeyClubs?: boolean }) => {
       const pass = offline().passphrase;
-      const { result } = await runOperation(dataDir(), 'keys.rotate-master', pass !== undefined ? { passphrase: String(pass) } : {}, offline());
+      const { result } = await runOperation(dataDir(), 'keys.rotate-master', { ...(pass !== undefined ? { passphrase: String(pass) } : {}), ...(o.rekeyClubs ? { rekeyClubs: true } : {}) }, offline());
+      if (o.rekeyClubs) {
+        const r = result as { clubs: Array<{ id: string; documents: number }>; archiveKey: { newKeyId: string }; master: { oldKeyId: string; newKeyId: string } };
+        printResult(result, o.json, () =>
+          `${r.clubs.length} clubs re-encrypted under new data keys (${r.clubs.reduce((n, c) => n + c.documents, 0)} documents re-encrypted)\nnew archive key ${r.archiveKey.newKeyId} (old one kept for reading old archives)\nmaster key ${r.master.oldKeyId} replaced by ${r.master.newKeyId}`);
+        return;
+      }
       const r = result as { oldKeyId: string; newKeyId: string; clubs: number };
       printResult(result, o.json, () => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
+    });
+  keys
+    .command('rotate-archive')
+    .description('new server archive key for new archives; the old one is kept for reading old archives only')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'keys.rotate-archive', {}, offline());
+      const r = result as { oldKeyId: string; newKeyId: string; retired: number };
+      printResult(result, o.json, () => `archive key ${r.oldKeyId} retired (kept for reading); new archives use ${r.newKeyId}`);
     });
   keys
     .command('rotate-club <id>')

@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
+import { archiveKeyById } from '../storage/archive-keys.js';
 import { clubBackupSettings, fileSource, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
 import { BackupError } from '../storage/backup-errors.js';
 import type { Storage } from '../storage/storage.js';
@@ -66,7 +67,7 @@ async function openSource(svc: BackupService, from: string, club?: string): Prom
 }
 
 function openKey(st: Storage, pass: string | undefined): OpenKey {
-  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}) };
+  return { serverKey: serverArchiveKey(st), serverKeyring: (id) => archiveKeyById(st, id), ...(pass !== undefined ? { passphrase: pass } : {}) };
 }
 
 export function registerBackupOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {

@@ -43,6 +43,7 @@ import { PLANS, type Plan } from './server-db.js';
 import { openEncrypted, type Db } from './sqlcipher.js';
 import { unwrapClubKey, type Storage } from './storage.js';
 import { hashTap } from './hash-tap.js';
+import { currentArchiveKey } from './archive-keys.js';
 
 export { BackupError } from './backup-errors.js';
 
@@ -53,7 +54,6 @@ export const MANIFEST_FORMAT = 'commusic-club-backup';
 const KIND_SERVER = 1;
 const KIND_CLUB = 2;
 const STREAM_INFO = 'commusic/backup/v1/stream';
-const SERVER_KEY_META = 'backup.archiveKey.v1';
 const MAX_HEADER_JSON = 4096;
 /** Never in the data fingerprint: they change on logins and key rotations, not with the data. */
 const VOLATILE: Readonly<Record<string, readonly string[]>> = { users: ['lastLogin'], documents: ['file', 'wrappedKey'] };
@@ -61,14 +61,9 @@ const VOLATILE_TABLES = new Set(['audit_log', 'audit_heads']);
 
 // ---- keys ----------------------------------------------------------------------------------
 
-/** The server archive key (created on first use), from server.db. */
+/** The current server archive key (created on first use), from server.db (storage/archive-keys.ts). */
 export function serverArchiveKey(st: Storage): Buffer {
-  let hex = st.server.getMeta(SERVER_KEY_META);
-  if (!hex) {
-    hex = randomBytes(32).toString('hex');
-    st.server.setMeta(SERVER_KEY_META, hex);
-  }
-  return Buffer.from(hex, 'hex');
+  return currentArchiveKey(st);
 }
 
 /** What the server keeps of a club's backup passphrase: public key and KDF parameters only. */
@@ -149,6 +144,8 @@ export type SealKey = { kind: 'server'; key: Buffer } | { kind: 'club'; record: 
 /** What may open one: the server key, the club's passphrase, or both (the right one is used). */
 export interface OpenKey {
   serverKey?: Buffer;
+  /** Looks up an archive key by id (current or retired, storage/archive-keys.ts); tried before serverKey. */
+  serverKeyring?: (keyId: string) => Buffer | undefined;
   passphrase?: string;
 }
 
@@ -221,6 +218,8 @@ async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveH
   const kind = pre[5] === KIND_SERVER ? 'server' : pre[5] === KIND_CLUB ? 'club' : undefined;
   if (!kind || info.kind !== kind || info.v !== 1 || typeof info.clubId !== 'string') throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (kind)');
   if (kind === 'server') {
+    const byId = typeof info.keyId === 'string' ? key.serverKeyring?.(info.keyId) : undefined;
+    if (byId) key = { ...key, serverKey: byId };
     if (!key.serverKey) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} is a server archive; only the server that holds its archive key (id ${info.keyId}) opens it`);
     if (keyIdOf(key.serverKey).toString('hex') !== info.keyId) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} was written under archive key ${info.keyId}, this server has ${keyIdOf(key.serverKey).toString('hex')} (an archive of another server, or its header was altered)`);
     return { info, key: streamKey(key.serverKey, header) };

@@ -33,6 +33,8 @@ import { StorageError } from './errors.js';
 import { PLANS, ServerDb, serverDbKey, serverDbPath, type ClubRow, type ClubStatus, type Plan } from './server-db.js';
 import { openEncrypted, type Db } from './sqlcipher.js';
 import { opensWith, reencryptCopy, removeSqliteFiles } from './rekey.js';
+import { rotateArchiveKey } from './archive-keys.js';
+import { reencryptDocuments } from './documents.js';
 import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
 
 export interface StepHooks {
@@ -404,6 +406,38 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
   } finally {
     release();
   }
+}
+
+export interface LeakRecoveryResult {
+  clubs: Array<{ id: string; keyVersion: number; documents: number }>;
+  archiveKey: { oldKeyId: string; newKeyId: string };
+  master: { oldKeyId: string; newKeyId: string };
+}
+
+/**
+ * `keys rotate-master --rekey-clubs`: the procedure for "the master key (or server.db with it)
+ * leaked". Afterwards the old master key, the old club data keys and the old archive key open
+ * nothing current:
+ *  1. every club (not being deleted) gets a new data key: its store is re-encrypted (rotateClub)
+ *     and every document re-encrypted under a new document key and file (reencryptDocuments),
+ *     so an old club key unwraps no current document key and opens no current page;
+ *  2. a new server archive key; the old one is kept for reading old archives only;
+ *  3. a new master key, which re-encrypts server.db (rotateMaster).
+ * Each step is resumable like the operation it reuses; running the command again after a kill
+ * repeats whatever did not finish (a club rotated twice is merely rotated twice).
+ */
+export async function recoverFromMasterLeak(st: Storage, o: RotateMasterOptions & { now?: Date; wrapMaster?: <T>(fn: () => Promise<T>) => Promise<T> } = {}): Promise<LeakRecoveryResult> {
+  const clubs: LeakRecoveryResult['clubs'] = [];
+  for (const r of st.server.listClubs()) {
+    if (r.status === 'deleting') continue;
+    const rot = await rotateClub(st, r.id);
+    const documents = r.storeState === 'created' ? await reencryptDocuments(st, r.id) : 0;
+    clubs.push({ id: r.id, keyVersion: rot.keyVersion, documents });
+  }
+  const a = rotateArchiveKey(st, o.now);
+  const doMaster = () => rotateMaster(st, o);
+  const m = await (o.wrapMaster ? o.wrapMaster(doMaster) : doMaster());
+  return { clubs, archiveKey: { oldKeyId: a.oldKeyId, newKeyId: a.newKeyId }, master: { oldKeyId: m.oldKeyId, newKeyId: m.newKeyId } };
 }
 
 /** Finish every interrupted rotation and deletion (daemon start, or `keys resume`). */

@@ -58,7 +58,13 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await run('club.delete', { id });
-      printResult(result, o.json, () => `deleted club ${id}`);
+      const r = result as { archives: { removed: number; destinations: string[]; failed: Array<{ destination: string; error: string }> } };
+      printResult(result, o.json, () =>
+        [
+          `deleted club ${id}: data key and archive key destroyed, files removed`,
+          `archives removed: ${r.archives.removed}${r.archives.destinations.length ? ` (at ${r.archives.destinations.join(', ')})` : ''}`,
+          ...r.archives.failed.map((f) => `destination ${f.destination} not reached (${f.error}); its archives of the club open nowhere and retention removes them`),
+        ].join('\n'));
     });
 }
 

@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
-import { archiveKeyById } from '../storage/archive-keys.js';
+import { archiveKeyFor } from '../storage/archive-keys.js';
 import { clubBackupSettings, fileSource, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
 import { BackupError } from '../storage/backup-errors.js';
 import type { Storage } from '../storage/storage.js';
@@ -67,7 +67,19 @@ async function openSource(svc: BackupService, from: string, club?: string): Prom
 }
 
 function openKey(st: Storage, pass: string | undefined): OpenKey {
-  return { serverKey: serverArchiveKey(st), serverKeyring: (id) => archiveKeyById(st, id), ...(pass !== undefined ? { passphrase: pass } : {}) };
+  return { serverKey: serverArchiveKey(st), serverKeyring: (id, club) => archiveKeyFor(st, id, club), ...(pass !== undefined ? { passphrase: pass } : {}) };
+}
+
+/**
+ * After `club delete`: remove the club's archives at every destination (online through the
+ * daemon's service, offline through one built from the configuration). Best effort: the club's
+ * archive key is already destroyed, so what a down destination keeps opens nowhere.
+ */
+export async function purgeDeletedClubArchives(c: OpsContext, clubId: string, cfgFile?: string): Promise<{ removed: number; destinations: string[]; failed: Array<{ destination: string; error: string }> }> {
+  return withService(c, cfgFile, async (svc) => {
+    const r = await svc.purgeClubArchives(clubId);
+    return { removed: r.removed.length, destinations: [...new Set(r.removed.map((x) => x.destination))], failed: r.failed };
+  });
 }
 
 export function registerBackupOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {
@@ -105,7 +117,10 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
               out.push({ destination: d.name, error: (e as Error).message });
             }
           }
-          return { archives: out, lastBackups: Object.fromEntries(svc.lastBackups().map(([d, t]) => [d, new Date(t).toISOString()])), gaps: svc.gaps() };
+          const deletedClubs = (c.storage ? (await c.storage()).server.listDeletions() : [])
+            .filter((x) => !a.club || x.clubId === a.club)
+            .map((x) => ({ clubId: x.clubId, deletedAt: x.deletedAt, archiveKey: 'destroyed', archivesRemoved: x.archivesRemoved, ...x.report }));
+          return { archives: out, deletedClubs, lastBackups: Object.fromEntries(svc.lastBackups().map(([d, t]) => [d, new Date(t).toISOString()])), gaps: svc.gaps() };
         }),
     })
     .register({

@@ -3,7 +3,7 @@ import type { BanTable } from '../storage/ban-store.js';
 import type { Storage } from '../storage/storage.js';
 import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exemptRemove } from './ban-ops.js';
 import { OperationError, OperationRegistry } from './operations.js';
-import { registerBackupOps } from './backup-ops.js';
+import { purgeDeletedClubArchives, registerBackupOps } from './backup-ops.js';
 import { registerLogOps } from './log-ops.js';
 import { createClub, deleteClub, listClubs, recoverFromMasterLeak, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
 import { archiveKeyIds, rotateArchiveKey } from '../storage/archive-keys.js';
@@ -61,7 +61,14 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     .register({ name: 'club.show', schema: z.object({ id: clubId }).strict(), run: async (c, a) => showClub(await c.storage(), a.id) })
     .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => suspendClub(await c.storage(), a.id) })
     .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => resumeClub(await c.storage(), a.id) })
-    .register({ name: 'club.delete', schema: z.object({ id: clubId }).strict(), run: async (c, a) => deleteClub(await c.storage(), a.id) })
+    .register({
+      name: 'club.delete',
+      schema: z.object({ id: clubId, configFile: z.string().min(1).max(4096).optional() }).strict(),
+      run: async (c, a) => {
+        const r = await deleteClub(await c.storage(), a.id);
+        return { ...r, archives: await purgeDeletedClubArchives(c, a.id, a.configFile) };
+      },
+    })
     .register({
       name: 'keys.rotate-master',
       schema: z.object({ passphrase: z.string().min(1).max(1024).optional(), rekeyClubs: z.boolean().optional() }).strict(),

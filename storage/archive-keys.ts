@@ -10,9 +10,18 @@
  *
  * `forgetRetiredArchiveKeys` drops retired keys (after a leak, once the archives written under
  * them have been re-written or are no longer wanted): their archives then open nowhere.
+ *
+ * Per-club archive keys: a server archive of club C is sealed under
+ *   HKDF-SHA256(server archive key, salt = C's archive key, info "commusic/backup/v2/club/" + C)
+ * where C's archive key is a random 256-bit key in C's row of server.db (clubs.archive_key).
+ * Deleting the club destroys it together with the data key, so every server archive of the
+ * club, at every destination, reachable or not, opens nowhere afterwards. Archives written
+ * before per-club keys (sealed under the server key itself) still open by the server key's id.
  */
 import { randomBytes } from 'node:crypto';
 import { keyIdOf } from '../crypto/master-key.js';
+import { deriveSubkey } from '../crypto/wrap.js';
+import { StorageError } from './errors.js';
 import type { Storage } from './storage.js';
 
 export const ARCHIVE_KEY_META = 'backup.archiveKey.v1';
@@ -43,7 +52,7 @@ export function currentArchiveKey(st: Storage): Buffer {
   return Buffer.from(hex, 'hex');
 }
 
-/** The archive key with this id (current or retired), or undefined: for reading archives only. */
+/** The server archive key with this id (current or retired), or undefined: for reading archives only. */
 export function archiveKeyById(st: Storage, keyId: string): Buffer | undefined {
   const cur = currentArchiveKey(st);
   if (keyIdOf(cur).toString('hex') === keyId) return cur;
@@ -88,4 +97,64 @@ export function forgetRetiredArchiveKeys(st: Storage): { forgotten: string[] } {
   const ids = retired(st).map((r) => r.id);
   st.server.setMeta(RETIRED_ARCHIVE_KEYS_META, '[]');
   return { forgotten: ids };
+}
+
+function clubKeyRaw(st: Storage, clubId: string): Buffer | null {
+  return st.server.getArchiveKey(clubId);
+}
+
+function deriveClubSealKey(serverKey: Buffer, clubKey: Buffer, clubId: string): Buffer {
+  return deriveSubkey(serverKey, `commusic/backup/v2/club/${clubId}`, clubKey);
+}
+
+/**
+ * The key that seals new server archives of `clubId`: derived from the current server archive
+ * key and the club's archive key (created on first use). CLUB_DELETED when the club is gone or
+ * being deleted.
+ */
+export function clubSealingKey(st: Storage, clubId: string): Buffer {
+  const row = st.server.getClub(clubId);
+  if (!row || row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${clubId} does not exist or is being deleted; nothing is archived for it`);
+  let ck = clubKeyRaw(st, clubId);
+  if (!ck) {
+    const fresh = randomBytes(32);
+    ck = st.server.initArchiveKey(clubId, fresh);
+    fresh.fill(0);
+    if (!ck) throw new StorageError('CLUB_DELETED', `club ${clubId} is being deleted; nothing is archived for it`);
+  }
+  const server = currentArchiveKey(st);
+  try {
+    return deriveClubSealKey(server, ck, clubId);
+  } finally {
+    server.fill(0);
+    ck.fill(0);
+  }
+}
+
+/**
+ * For reading: the key with id `keyId` that opens a server archive of `clubId`: the club's
+ * sealing key under the current or a retired server key, or (archives from before per-club keys)
+ * a server key itself. Undefined when none matches: another server's archive, or the club was
+ * deleted and its archive key destroyed.
+ */
+export function archiveKeyFor(st: Storage, keyId: string, clubId: string): Buffer | undefined {
+  const serverKeys = [currentArchiveKey(st), ...retired(st).map((r) => Buffer.from(r.key, 'hex'))];
+  const ck = clubKeyRaw(st, clubId);
+  let found: Buffer | undefined;
+  for (const sk of serverKeys) {
+    if (!found && ck) {
+      const d = deriveClubSealKey(sk, ck, clubId);
+      if (keyIdOf(d).toString('hex') === keyId) found = d;
+      else d.fill(0);
+    }
+    if (!found && keyIdOf(sk).toString('hex') === keyId) found = Buffer.from(sk);
+    sk.fill(0);
+  }
+  ck?.fill(0);
+  return found;
+}
+
+/** What opens this server's archives: the current server key and the keyring (current, retired, per club). */
+export function serverOpenKey(st: Storage): { serverKey: Buffer; serverKeyring: (keyId: string, clubId: string) => Buffer | undefined } {
+  return { serverKey: currentArchiveKey(st), serverKeyring: (keyId, clubId) => archiveKeyFor(st, keyId, clubId) };
 }

@@ -144,8 +144,8 @@ export type SealKey = { kind: 'server'; key: Buffer } | { kind: 'club'; record: 
 /** What may open one: the server key, the club's passphrase, or both (the right one is used). */
 export interface OpenKey {
   serverKey?: Buffer;
-  /** Looks up an archive key by id (current or retired, storage/archive-keys.ts); tried before serverKey. */
-  serverKeyring?: (keyId: string) => Buffer | undefined;
+  /** Looks up the key of a server archive by key id and club (storage/archive-keys.ts archiveKeyFor); tried before serverKey. */
+  serverKeyring?: (keyId: string, clubId: string) => Buffer | undefined;
   passphrase?: string;
 }
 
@@ -218,7 +218,7 @@ async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveH
   const kind = pre[5] === KIND_SERVER ? 'server' : pre[5] === KIND_CLUB ? 'club' : undefined;
   if (!kind || info.kind !== kind || info.v !== 1 || typeof info.clubId !== 'string') throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (kind)');
   if (kind === 'server') {
-    const byId = typeof info.keyId === 'string' ? key.serverKeyring?.(info.keyId) : undefined;
+    const byId = typeof info.keyId === 'string' ? key.serverKeyring?.(info.keyId, info.clubId) : undefined;
     if (byId) key = { ...key, serverKey: byId };
     if (!key.serverKey) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} is a server archive; only the server that holds its archive key (id ${info.keyId}) opens it`);
     if (keyIdOf(key.serverKey).toString('hex') !== info.keyId) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} was written under archive key ${info.keyId}, this server has ${keyIdOf(key.serverKey).toString('hex')} (an archive of another server, or its header was altered)`);

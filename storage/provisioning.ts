@@ -205,10 +205,15 @@ export function resumeClub(st: Storage, id: string): ClubSummary {
 }
 
 /**
- * `club delete`: crypto-shredding. 1) the wrapped data keys are removed from the server database
- * (durable before anything else happens, so from then on nothing can decrypt the club's files);
- * 2) the club's folder is removed; 3) its row is removed. Interrupted, the club stays listed with
- * status `deleting` and a second `club delete` finishes.
+ * `club delete`: crypto-shredding. 1) every key of the club is removed from the server database:
+ * the wrapped data keys and the club's archive key (durable before anything else happens; the
+ * server.db WAL is then checkpointed and truncated, and deleted rows are overwritten, so no
+ * frame or free page keeps them); from then on nothing decrypts the club's files, nor any server
+ * archive of the club at any destination; 2) the club's folder is removed; 3) its anchors and
+ * row are removed and the deletion is recorded (`club_deletions`, shown by `backup list`), WAL
+ * truncated again. Interrupted, the club stays listed with status `deleting` and a second
+ * `club delete` finishes. Removing the club's archives at the destinations is the daemon's part
+ * (daemon/backup-ops.ts purgeDeletedClubArchives), after this.
  */
 export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {}): Promise<{ id: string; deleted: true }> {
   st.server.mustGetClub(id);
@@ -220,7 +225,12 @@ export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {})
     rmSync(dir, { recursive: true, force: true });
     fsyncDir(dirname(dir));
     hooks.onStep?.('files-removed');
-    st.server.deleteClubRow(id);
+    st.server.db.transaction(() => {
+      st.server.deleteAnchors(id);
+      st.server.deleteClubRow(id);
+      st.server.recordDeletion(id, new Date().toISOString());
+    })();
+    st.server.checkpointTruncate();
     return { id, deleted: true };
   } finally {
     release();

@@ -80,6 +80,20 @@ const SERVER_MIGRATIONS = [
       ) STRICT`,
     ],
   },
+  {
+    // Per-club archive keys (storage/archive-keys.ts), destroyed with the club's data key; and
+    // what each club deletion removed (shown by `backup list`). No personal data: ids and counts.
+    version: 3,
+    statements: [
+      `ALTER TABLE clubs ADD COLUMN archive_key BLOB CHECK (archive_key IS NULL OR length(archive_key) = 32)`,
+      `CREATE TABLE club_deletions (
+        club_id TEXT PRIMARY KEY,
+        deleted_at TEXT NOT NULL,
+        archives_removed INTEGER NOT NULL DEFAULT 0,
+        report TEXT NOT NULL DEFAULT '{}'
+      ) STRICT`,
+    ],
+  },
 ];
 
 interface RawClub {
@@ -151,6 +165,7 @@ export class ServerDb implements AnchorStore {
     } finally {
       key.fill(0);
     }
+    db.pragma('secure_delete=ON');
     migrate(db, SERVER_MIGRATIONS, `server database ${path}`);
     return new ServerDb(path, db);
   }
@@ -201,9 +216,51 @@ export class ServerDb implements AnchorStore {
     this.db.prepare('UPDATE clubs SET status = ? WHERE id = ?').run(status, id);
   }
 
-  /** Crypto-shredding step 1: forget every wrapped key of the club (durable on return). */
+  /**
+   * Crypto-shredding step 1: forget every key of the club (wrapped data keys and its archive key),
+   * durable on return, then checkpoint the WAL and truncate it so no frame keeps the old rows
+   * (pages are overwritten on delete: SQLite3MultipleCiphers builds with secure_delete on, and it
+   * is set on every connection anyway).
+   */
   destroyKeys(id: string): void {
-    this.db.prepare(`UPDATE clubs SET status = 'deleting', wrapped_key = NULL, pending_wrapped_key = NULL, pending_key_version = NULL WHERE id = ?`).run(id);
+    this.db.prepare(`UPDATE clubs SET status = 'deleting', wrapped_key = NULL, pending_wrapped_key = NULL, pending_key_version = NULL, archive_key = NULL WHERE id = ?`).run(id);
+    this.checkpointTruncate();
+  }
+
+  /** Move every WAL frame into server.db and truncate server.db-wal to zero bytes. */
+  checkpointTruncate(): void {
+    const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number; log: number; checkpointed: number }>;
+    if (r[0] && r[0].busy !== 0) throw new StorageError('STORE_BUSY', `server database ${this.path}: the WAL could not be checkpointed (a reader is active); retry`);
+  }
+
+  /** The club's archive key (32 bytes) or null (deleted, or not created yet). */
+  getArchiveKey(id: string): Buffer | null {
+    const r = this.db.prepare('SELECT archive_key FROM clubs WHERE id = ?').get(id) as { archive_key: Buffer | null } | undefined;
+    return r?.archive_key ?? null;
+  }
+
+  /** Set the archive key only where none is set and the club is not being deleted; returns the key now stored. */
+  initArchiveKey(id: string, key: Buffer): Buffer | null {
+    this.db.prepare(`UPDATE clubs SET archive_key = ? WHERE id = ? AND archive_key IS NULL AND status != 'deleting'`).run(key, id);
+    return this.getArchiveKey(id);
+  }
+
+  recordDeletion(id: string, at: string): void {
+    this.db.prepare(`INSERT INTO club_deletions (club_id, deleted_at) VALUES (?, ?) ON CONFLICT (club_id) DO UPDATE SET deleted_at = excluded.deleted_at`).run(id, at);
+  }
+
+  /** Add what a purge removed to the club's deletion record. */
+  recordArchivePurge(id: string, removed: number, report: Record<string, unknown>): void {
+    this.db.prepare(`UPDATE club_deletions SET archives_removed = archives_removed + ?, report = ? WHERE club_id = ?`).run(removed, JSON.stringify(report), id);
+  }
+
+  listDeletions(): Array<{ clubId: string; deletedAt: string; archivesRemoved: number; report: Record<string, unknown> }> {
+    return (this.db.prepare('SELECT club_id, deleted_at, archives_removed, report FROM club_deletions ORDER BY deleted_at').all() as Array<{ club_id: string; deleted_at: string; archives_removed: number; report: string }>).map((r) => ({
+      clubId: r.club_id,
+      deletedAt: r.deleted_at,
+      archivesRemoved: r.archives_removed,
+      report: JSON.parse(r.report) as Record<string, unknown>,
+    }));
   }
 
   deleteClubRow(id: string): void {

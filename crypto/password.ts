@@ -56,7 +56,9 @@ function parse(encoded: string): { log2N: number; r: number; p: number; salt: Bu
   const parts = encoded.split('$');
   if (parts.length !== 7 || parts[0] !== 'scrypt' || parts[1] !== '1') throw new CryptoError('PASSWORD_HASH_INVALID', 'unknown password hash format');
   const [log2N, r, p] = [Number(parts[2]), Number(parts[3]), Number(parts[4])];
-  if (!(log2N >= 10 && log2N <= 20 && r >= 1 && r <= 32 && p >= 1 && p <= 16)) throw new CryptoError('PASSWORD_HASH_INVALID', 'password hash parameters out of range');
+  // Only parameter sets this server writes or wrote (r=8; p=1, or p=3 of the former N=2^15 set;
+  // N up to 2^17): a hash restored from an archive cannot make a login cost gigabytes.
+  if (!(Number.isInteger(log2N) && log2N >= 10 && log2N <= PASSWORD_LOG2N && r === PASSWORD_R && (p === 1 || p === 3))) throw new CryptoError('PASSWORD_HASH_INVALID', 'password hash parameters out of range');
   return { log2N, r, p, salt: Buffer.from(parts[5]!, 'base64'), hash: Buffer.from(parts[6]!, 'base64') };
 }
 

@@ -89,8 +89,32 @@ function scryptAsync(pw: Buffer, salt: Buffer, log2N: number, r: number, p: numb
   return new Promise((resolve, reject) => scryptCb(pw, salt, 32, { N, r, p, maxmem: 128 * N * r * 2 + (1 << 20) }, (e, k) => (e ? reject(e) : resolve(k))));
 }
 
+/** Lowest scrypt cost a club key record may carry (tests lower the cost; the server writes 17). */
+export const PASSPHRASE_MIN_LOG2N = 10;
+
+/**
+ * Accept only the KDF parameter sets this server writes: r = 8, p = 1, log2(N) from
+ * PASSPHRASE_MIN_LOG2N up to PASSPHRASE_LOG2N, and a 16-byte salt. An archive header is read
+ * before anything in it is authenticated, so anything else (e.g. N = 2^22, r = 32, p = 16: 16 GiB
+ * and 2048x the work) is refused here, before any derivation runs. Throws ARCHIVE_INVALID.
+ */
+export function checkPassphraseKdf(kdf: unknown): asserts kdf is { salt: string; log2N: number; r: number; p: number } {
+  const k = kdf as { salt?: unknown; log2N?: unknown; r?: unknown; p?: unknown } | null;
+  const ok =
+    !!k &&
+    typeof k === 'object' &&
+    Number.isInteger(k.log2N) &&
+    (k.log2N as number) >= PASSPHRASE_MIN_LOG2N &&
+    (k.log2N as number) <= PASSPHRASE_LOG2N &&
+    k.r === PASSPHRASE_R &&
+    k.p === PASSPHRASE_P &&
+    typeof k.salt === 'string' &&
+    /^[A-Za-z0-9_-]{22}$/.test(k.salt);
+  if (!ok) throw new BackupError('ARCHIVE_INVALID', `passphrase KDF parameters are not ones this server writes (scrypt r=${PASSPHRASE_R}, p=${PASSPHRASE_P}, log2 N ${PASSPHRASE_MIN_LOG2N}..${PASSPHRASE_LOG2N}, 16-byte salt); refused before any derivation`);
+}
+
 async function passphraseKeyPair(passphrase: string, kdf: { salt: string; log2N: number; r: number; p: number }): Promise<{ privateKey: KeyObject; publicRaw: Buffer }> {
-  if (!(kdf.log2N >= 10 && kdf.log2N <= 22 && kdf.r >= 1 && kdf.r <= 32 && kdf.p >= 1 && kdf.p <= 16)) throw new BackupError('ARCHIVE_INVALID', 'passphrase KDF parameters out of range');
+  checkPassphraseKdf(kdf);
   const seed = await scryptAsync(Buffer.from(passphrase.normalize('NFC'), 'utf8'), Buffer.from(kdf.salt, 'base64url'), kdf.log2N, kdf.r, kdf.p);
   try {
     const privateKey = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });

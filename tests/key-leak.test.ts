@@ -120,3 +120,35 @@ test('keys rotate-archive: new archives use the new key, old archives still veri
     st.close();
   }
 });
+
+test('commusicctl keys rotate-master --rekey-clubs runs the procedure offline; the old master key then opens nothing (issue 20 point 3)', { timeout: 120_000 }, async (t) => {
+  const { execFile } = await import('node:child_process');
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const st = await openStorage({ dataDir: dir, create: true });
+  const [club] = await makeClubs(st, 2);
+  addPerson(st, club!, 1);
+  const DOC = Buffer.from('Registrierung beim Verband');
+  const docId = await addDocument(st, club!, DOC);
+  const oldMaster = Buffer.from(st.master.key);
+  st.close();
+  const r = await new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    const child = execFile(process.execPath, [new URL('../bin/commusicctl.js', import.meta.url).pathname, '--data', dir, 'keys', 'rotate-master', '--rekey-clubs', '--json'], { timeout: 60_000 }, (err, stdout, stderr) =>
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+    );
+    child.stdin!.end('');
+  });
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.equal(out.clubs.length, 2);
+  assert.notEqual(out.master.newKeyId, out.master.oldKeyId);
+  assert.throws(() => ServerDb.open(serverDbPath(dir), oldMaster), code('WRONG_MASTER_KEY'));
+  const st2 = await openStorage({ dataDir: dir });
+  try {
+    assert.equal(st2.master.id, out.master.newKeyId);
+    assert.deepEqual(await readDocumentBuffer(st2, club!, docId), DOC);
+    assert.equal(st2.server.mustGetClub(club!).keyVersion, 2);
+  } finally {
+    st2.close();
+  }
+});

@@ -187,6 +187,52 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
   };
 }
 
+/**
+ * A download that revocation reaches (point 7 of issue 19): before each chunk it re-reads the
+ * user of the session the download was started in. The stream ends with UNAUTHENTICATED when
+ * that session ended (logout, new login on the connection), the user was deleted or disabled,
+ * or their password was reset; and with FORBIDDEN when their rights changed and `allowed`
+ * (given the new grants) says no. Bytes already handed to the socket are gone; nothing more is
+ * sent. The re-read is one indexed row per chunk (chunks are up to 64 KiB).
+ */
+export function revocable(services: ClubServices, ctx: CommandContext, source: AsyncIterable<Uint8Array>, allowed: (grants: readonly Grant[], user: UserRecord) => boolean): AsyncIterable<Uint8Array> {
+  const s = getSession(ctx);
+  if (!s) throw new CommandError('UNAUTHENTICATED', 'log in first (auth.login)');
+  const { clubId, userId, sessionId, credVersion } = s;
+  let rightsSeen: { version: number; isAdmin: boolean } | undefined;
+  const check = (): void => {
+    const now = getSession(ctx);
+    if (!now || now.sessionId !== sessionId) throw new CommandError('UNAUTHENTICATED', 'the session has ended');
+    let u: UserRecord | undefined;
+    try {
+      u = getUserById(services.storage.openClub(clubId).db, userId);
+    } catch {
+      u = undefined;
+    }
+    if (!u || u.disabled || u.credVersion !== credVersion) throw new CommandError('UNAUTHENTICATED', 'the session has ended; log in again');
+    if (!rightsSeen || rightsSeen.version !== u.rightsVersion || rightsSeen.isAdmin !== u.isAdmin) {
+      if (!allowed(effectiveGrants(u), u)) throw new CommandError('FORBIDDEN', 'the right to this download was withdrawn');
+      rightsSeen = { version: u.rightsVersion, isAdmin: u.isAdmin };
+    }
+  };
+  return {
+    async *[Symbol.asyncIterator]() {
+      const it = source[Symbol.asyncIterator]();
+      try {
+        for (;;) {
+          check();
+          const r = await it.next();
+          if (r.done) return;
+          check();
+          yield r.value;
+        }
+      } finally {
+        await it.return?.();
+      }
+    },
+  };
+}
+
 /** Update the session after the user changed their own password (it stays valid). */
 export function refreshCredVersion(ctx: CommandContext, credVersion: number): void {
   const s = getSession(ctx);

@@ -11,7 +11,7 @@
 import { z } from 'zod';
 import { checkClubPassphrase, clubBackupSettings, createClubArchive, newClubBackupKey, setClubBackupSettings } from '../storage/backup-archive.js';
 import { BackupError } from '../storage/backup-errors.js';
-import { appendAudit, requirePrincipal, type ClubServices, type Principal } from './auth.js';
+import { appendAudit, requirePrincipal, revocable, type ClubServices, type Principal } from './auth.js';
 import { CommandError } from './command-errors.js';
 import type { CommandContext, Dispatcher } from './dispatcher.js';
 import { effectiveScope, type Action } from './rights.js';
@@ -86,7 +86,8 @@ export function registerBackupCommands(d: Dispatcher, services: ClubServices, o:
       const m = archive.manifest;
       return {
         payload: { clubId: m.clubId, createdAt: m.createdAt, documents: m.documents.length, records: Object.values(m.tables).reduce((x, y) => x + y, 0), filename: `${m.clubId}-${m.createdAt.replace(/[-:.]/g, '').slice(0, 15)}.cmbk` },
-        download: archive.stream,
+        // Disabling the user or withdrawing backups:export ends the download (issue 19 point 7).
+        download: revocable(services, ctx, archive.stream, (grants) => effectiveScope(grants, 'backups', 'export')?.kind === 'club'),
       };
     },
   });

@@ -26,8 +26,10 @@ import {
   deleteRecord,
   getRecord,
   listRecords,
+  blockedPersonIds,
   recordExists,
   rowInScope,
+  rowOfBlockedPerson,
   updateRecord,
   visibleFields,
   type Filter,
@@ -50,11 +52,11 @@ import {
   type UserRecord,
 } from '../storage/users.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
-import { appendAudit, endSessionOnClose, login, logout, refreshCredVersion, requirePrincipal, grantsOf, type ClubServices, type Principal } from './auth.js';
+import { appendAudit, endSessionOnClose, login, logout, refreshCredVersion, requirePrincipal, grantsOf, revocable, type ClubServices, type Principal } from './auth.js';
 import { CommandError } from './command-errors.js';
 import { DOCUMENT_KIND_AREA, ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { CommandContext, Dispatcher } from './dispatcher.js';
-import { ACTIONS, AREAS, ROLES, effectiveScope, grantSchema, roleTemplate, type Action, type Area, type Effective, type Grant } from './rights.js';
+import { ACTIONS, AREAS, ROLES, effectiveScope, grantSchema, roleTemplate, scopeCovers, type Action, type Area, type Effective, type Grant } from './rights.js';
 
 export type { ClubServices } from './auth.js';
 
@@ -124,11 +126,53 @@ class Guard {
     return effectiveScope(this.p.grants, area, action);
   }
 
-  rowScope(e: Effective, entity: EntityName): RowScope {
-    if (e.kind === 'club') return { kind: 'all' };
-    if (MODEL[entity].registerScope.kind === 'none') return { kind: 'none' };
-    if (e.kind === 'registers') return { kind: 'registers', registers: [...e.registers] };
-    return { kind: 'person', personId: this.p.user.personId };
+  /** Whether the caller holds the dedicated right to read blocked persons (GDPR Art. 18). */
+  readsBlocked(): boolean {
+    return this.has('blockedPersons', 'read')?.kind === 'club';
+  }
+
+  /**
+   * The rows an effective scope reaches. Blocked persons and the rows referring to them are
+   * left out of writes and exports always, and of reads unless the caller holds
+   * blockedPersons:read.
+   */
+  rowScope(e: Effective, entity: EntityName, mode: 'read' | 'write' | 'export' = 'write'): RowScope {
+    const hideBlocked = mode !== 'read' || !this.readsBlocked();
+    let s: RowScope;
+    if (e.kind === 'club') s = { kind: 'all' };
+    else if (MODEL[entity].registerScope.kind === 'none') s = { kind: 'none' };
+    else if (e.kind === 'registers') s = { kind: 'registers', registers: [...e.registers], ...(e.own ? { personId: this.p.user.personId } : {}) };
+    else s = { kind: 'person', personId: this.p.user.personId };
+    return hideBlocked ? { ...s, hideBlocked: true } : s;
+  }
+
+  /**
+   * The effective scopes that bound an entity's rows for an action: the entity's area, and for
+   * attendance also persons:read (whether someone came is that person's data).
+   * Undefined when a needed right is missing.
+   */
+  entityScopes(entity: DataEntity, action: Action): Effective[] | undefined {
+    const e = this.has(ENTITY_AREA[entity] as Area, action);
+    if (!e) return undefined;
+    if (entity !== 'attendance') return [e];
+    const pe = this.has('persons', 'read');
+    return pe ? [e, pe] : undefined;
+  }
+
+  /** The row scope of an entity for an action, or undefined without the rights. */
+  entityRowScope(entity: DataEntity, action: Action, mode: 'read' | 'write' | 'export'): RowScope | undefined {
+    const es = this.entityScopes(entity, action);
+    if (!es) return undefined;
+    const [a, b] = es.map((e) => this.rowScope(e, entity, mode));
+    return b ? { kind: 'both', a: a!, b, ...(a!.hideBlocked ? { hideBlocked: true } : {}) } : a;
+  }
+
+  /** Like entityRowScope, refusing (FORBIDDEN + violation) without the rights. */
+  needEntity(entity: DataEntity, action: Action, mode: 'read' | 'write' | 'export'): { scope: RowScope; effective: Effective[] } {
+    const area = ENTITY_AREA[entity] as Area;
+    this.need(area, action);
+    if (entity === 'attendance') this.need('persons', 'read');
+    return { scope: this.entityRowScope(entity, action, mode)!, effective: this.entityScopes(entity, action)! };
   }
 }
 
@@ -163,7 +207,7 @@ function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], 
   const scopes = new Map<Area, RowScope | undefined>();
   for (const a of new Set(Object.values(areas))) {
     const e = g.has(a, action);
-    scopes.set(a, e && g.rowScope(e, entity));
+    scopes.set(a, e && g.rowScope(e, entity, 'read'));
   }
   if (requested) for (const f of requested) {
     const a = areas[f];
@@ -190,12 +234,105 @@ function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], 
   });
 }
 
-/** Filters and sort keys on fields with their own area need read on that area. */
-function checkFilterFields(g: Guard, entity: DataEntity, fields: Iterable<string>, action: 'read' | 'export'): void {
+/**
+ * Filters and sort keys on fields with their own area (point 3 of issue 19): the field must be
+ * readable on every row the list ranges over, i.e. the field's scope must cover the row scope.
+ * Otherwise the filter is an oracle (binary search with `lt`, `startsWith`, the sort order) for
+ * values the caller may not read, and it is refused (FORBIDDEN + rights violation) rather than
+ * applied to fewer rows: the stricter of the two choices, so a probe is never silently answered.
+ */
+function checkFilterFields(g: Guard, entity: DataEntity, rowScopes: readonly Effective[], fields: Iterable<string>, action: 'read' | 'export'): void {
   for (const f of fields) {
     const a = fieldArea(entity, f);
-    if (a && !g.has(a, action)) g.deny(`${a}:${action}`, 'filter on a field without the right');
+    if (!a) continue;
+    const fe = g.has(a, action);
+    if (!fe) g.deny(`${a}:${action}`, 'filter or sort on a field without the right');
+    if (!rowScopes.some((r) => scopeCovers(fe, r))) g.deny(`${a}:${action}`, 'filter or sort on a field readable on fewer rows than the list covers');
   }
+}
+
+function filterFields(p: { filters?: Filter[]; sort?: Array<{ field: string }> }): string[] {
+  return [...(p.filters ?? []).map((f) => f.field), ...(p.sort ?? []).map((s) => s.field)];
+}
+
+/** Change-log entry for reading blocked persons (or rows of them): every access is logged. */
+function logBlockedReads(g: Guard, entity: DataEntity, rows: readonly Record<string, unknown>[]): void {
+  if (!g.readsBlocked() || rows.length === 0) return;
+  const ids =
+    entity === 'persons'
+      ? rows.filter((r) => r.blocked === true || r.blocked === 1).map((r) => r.id as number)
+      : blockedPersonIds(g.p.db, rows.map((r) => r.personId).filter((x): x is number => typeof x === 'number'));
+  if (ids.length === 0) return;
+  appendAudit(g.services, g.p.store, { ...g.p.actor, action: 'read.blocked', entity, recordId: null, changes: entity === 'persons' ? { ids } : { personIds: ids, records: rows.length } });
+}
+
+/**
+ * The record a write answers with, only as far as the caller may read it (point 6 of issue 19):
+ * without read on the row, only its id. `changed` names the fields whose value changed among
+ * those the caller may read, and every given field it may not read (whether such a value
+ * changed would tell whether it equalled the old one).
+ */
+function writeAnswer(g: Guard, entity: DataEntity, record: Record<string, unknown>, given?: Record<string, unknown>, changes?: Record<string, unknown>): { record: Record<string, unknown>; changed?: string[] } {
+  const scope = g.entityRowScope(entity, 'read', 'read');
+  const visible = scope && rowInScope(g.p.db, entity, record.id as number, scope) ? project(g, entity, [record], 'read')[0]! : { id: record.id };
+  if (!given) return { record: visible };
+  return { record: visible, changed: Object.keys(given).filter((k) => (k in visible ? changes !== undefined && k in changes : true)) };
+}
+
+/** Entities whose rows define which persons register-scoped and own-record grants reach. */
+const SCOPE_DEFINING = new Set<DataEntity>(['registerAssignments']);
+
+/**
+ * Point 1 of issue 19: data that defines a scope is guarded at least as strongly as the rights
+ * it confers. Register assignments decide which persons a register grant reaches and which
+ * registers an own-record grant reaches, so for a non-administrator:
+ * - no create, change or delete of assignments of the person linked to their own user;
+ * - an assignment that puts a person into a register (create, or an update's resulting
+ *   register) is refused when one of the caller's register grants on that register would reach
+ *   the person only through this assignment: the caller must already reach the person with
+ *   every such right (a leader with contact data for register 1 cannot assign someone of
+ *   register 2 to register 1 and then read their address).
+ * Refusals are FORBIDDEN with a rights violation.
+ */
+function checkScopeDefining(g: Guard, entity: DataEntity, action: Action, before: Record<string, unknown> | undefined, values: Record<string, unknown>): void {
+  if (!SCOPE_DEFINING.has(entity) || g.p.user.isAdmin) return;
+  const own = g.p.user.personId;
+  const personId = values.personId ?? before?.personId;
+  if (own !== null && (personId === own || before?.personId === own)) g.deny(`${ENTITY_AREA[entity]}:${action}`, 'changing data that defines one\'s own scope');
+  if (action === 'delete' || typeof personId !== 'number') return;
+  const registerId = values.registerId ?? before?.registerId;
+  // A person the caller cannot see at all is the reference check's business (NOT_FOUND).
+  const pr = g.has('persons', 'read');
+  if (pr && !rowInScope(g.p.db, 'persons', personId, g.rowScope(pr, 'persons'))) return;
+  for (const gr of g.p.grants) {
+    if (gr.scope.kind !== 'registers' || !gr.scope.registers.includes(registerId as number) || gr.area === 'registers') continue;
+    for (const a of gr.actions) {
+      const e = g.has(gr.area, a)!;
+      if (!rowInScope(g.p.db, 'persons', personId, g.rowScope(e, 'persons', 'read'))) g.deny(`${gr.area}:${a}`, 'an assignment that widens one\'s own reach');
+    }
+  }
+}
+
+/**
+ * Writes to rows of a blocked person (GDPR Art. 18): refused for everyone, except an
+ * administrator lifting the block (`persons.update {id, blocked: false}` alone). A caller who
+ * may read blocked persons sees the block and is answered CONFLICT (no violation: nothing was
+ * tried that they could not see), or FORBIDDEN with a violation when a non-administrator tries
+ * to lift it; for everyone else the row does not exist (NOT_FOUND, reported like a guessed id).
+ * Returns the scope to use for the write.
+ */
+function blockedWrite(g: Guard, entity: DataEntity, id: number, scope: RowScope, values: Record<string, unknown>): RowScope {
+  // Blocking a person is an ordinary update; the row is then blocked, which the check after the
+  // write must not take for a move out of the scope.
+  if (!rowOfBlockedPerson(g.p.db, entity, id)) return entity === 'persons' && values.blocked === true ? { ...scope, hideBlocked: false } : scope;
+  const lifting = entity === 'persons' && Object.keys(values).length === 1 && values.blocked === false;
+  if (lifting && g.p.user.isAdmin) return { ...scope, hideBlocked: false };
+  const read = g.entityRowScope(entity, 'read', 'read');
+  if (g.readsBlocked() && read && rowInScope(g.p.db, entity, id, read)) {
+    if (lifting) g.deny('blockedPersons:update', 'only an administrator lifts a block');
+    throw new CommandError('CONFLICT', 'the person is blocked (processing restricted, GDPR Art. 18); an administrator lifts the block first');
+  }
+  return scope;
 }
 
 /**
@@ -221,8 +358,12 @@ function refVisible(g: Guard): (entity: EntityName, refId: number) => boolean {
     // A reference needs the referenced record to exist and, where the caller can read that
     // area, to be visible; references into an area the caller cannot read are checked for
     // existence only (a treasurer may attach a fee to a person without seeing memberships).
-    if (!e) return recordExists(g.p.db, entity, refId);
+    if (!e) return recordExists(g.p.db, entity, refId) && !rowOfBlockedPerson(g.p.db, entity, refId);
     if (rowInScope(g.p.db, entity, refId, g.rowScope(e, entity))) return true;
+    // A new reference to a blocked person is a new processing of their data (GDPR Art. 18).
+    if (g.readsBlocked() && rowOfBlockedPerson(g.p.db, entity, refId) && rowInScope(g.p.db, entity, refId, g.rowScope(e, entity, 'read'))) {
+      throw new CommandError('CONFLICT', `${entity} ${refId} is blocked (processing restricted)`);
+    }
     if (recordExists(g.p.db, entity, refId)) g.report(`${area}:read`, 'reference to a record outside scope');
     return false;
   };
@@ -250,22 +391,26 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
 
   register(d, `${entity}.get`, strictObject({ id, fields: fieldsList, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.get`, p);
-    const scope = g.rowScope(g.need(area, 'read'), entity);
+    const { scope } = g.needEntity(entity, 'read', 'read');
     const r = getRecord(g.p.db, entity, p.id, scope);
     if (!r) {
       if (recordExists(g.p.db, entity, p.id)) g.hidden(right('read'), `${entity} ${p.id}`);
       throw new CommandError('NOT_FOUND', `${entity} ${p.id} does not exist`);
     }
-    return { payload: { record: project(g, entity, [r], 'read', p.fields)[0] } };
+    const record = project(g, entity, [r], 'read', p.fields)[0];
+    logBlockedReads(g, entity, [r]);
+    return { payload: { record } };
   });
 
   register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.list`, p);
-    const scope = g.rowScope(g.need(area, 'read'), entity);
-    checkFilterFields(g, entity, [...(p.filters ?? []).map((f: Filter) => f.field), ...(p.sort ?? []).map((s: { field: string }) => s.field)], 'read');
+    const { scope, effective } = g.needEntity(entity, 'read', 'read');
+    checkFilterFields(g, entity, effective, filterFields(p), 'read');
     try {
       const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: p.limit ?? 100, offset: p.offset ?? 0, scope });
-      return { payload: { items: project(g, entity, r.items, 'read', p.fields), nextOffset: r.nextOffset } };
+      const items = project(g, entity, r.items, 'read', p.fields);
+      logBlockedReads(g, entity, r.items);
+      return { payload: { items, nextOffset: r.nextOffset } };
     } catch (e) {
       dataError(g, e, right('read'));
     }
@@ -273,8 +418,8 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
 
   register(d, `${entity}.export`, strictObject(listSchema), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.export`, p);
-    const scope = g.rowScope(g.need(area, 'export'), entity);
-    checkFilterFields(g, entity, [...(p.filters ?? []).map((f: Filter) => f.field), ...(p.sort ?? []).map((s: { field: string }) => s.field)], 'export');
+    const { scope, effective } = g.needEntity(entity, 'export', 'export');
+    checkFilterFields(g, entity, effective, filterFields(p), 'export');
     try {
       const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, offset: 0, scope });
       const items = project(g, entity, r.items, 'export', p.fields);
@@ -287,12 +432,14 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
 
   register(d, `${entity}.create`, strictObject({ ...createShape, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.create`, p);
-    const scope = g.rowScope(g.need(area, 'create'), entity);
+    let { scope } = g.needEntity(entity, 'create', 'write');
     const { club: _c, ...values } = p;
+    if (entity === 'persons' && values.blocked === true) scope = { ...scope, hideBlocked: false };
     checkWriteFields(g, entity, values, 'create');
+    checkScopeDefining(g, entity, 'create', undefined, values);
     try {
       const record = createRecord(g.p.db, entity, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
-      return { payload: { record: project(g, entity, [record], 'read')[0] } };
+      return { payload: writeAnswer(g, entity, record) };
     } catch (e) {
       dataError(g, e, right('create'));
     }
@@ -300,12 +447,14 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
 
   register(d, `${entity}.update`, strictObject({ ...updateShape, id, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.update`, p);
-    const scope = g.rowScope(g.need(area, 'update'), entity);
+    let { scope } = g.needEntity(entity, 'update', 'write');
     const { club: _c, id: rid, ...values } = p;
     checkWriteFields(g, entity, values, 'update');
+    scope = blockedWrite(g, entity, rid, scope, values);
+    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'update', getRecord(g.p.db, entity, rid, scope), values);
     try {
       const r = updateRecord(g.p.db, entity, rid, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
-      return { payload: { record: project(g, entity, [r.record], 'read')[0], changed: Object.keys(r.changes) } };
+      return { payload: writeAnswer(g, entity, r.record, values, r.changes) };
     } catch (e) {
       if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, rid) && !getRecord(g.p.db, entity, rid, scope)) g.hidden(right('update'), `${entity} ${rid}`);
       dataError(g, e, right('update'));
@@ -314,7 +463,9 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
 
   register(d, `${entity}.delete`, strictObject({ id, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.delete`, p);
-    const scope = g.rowScope(g.need(area, 'delete'), entity);
+    let { scope } = g.needEntity(entity, 'delete', 'write');
+    scope = blockedWrite(g, entity, p.id, scope, {});
+    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'delete', getRecord(g.p.db, entity, p.id, scope), {});
     try {
       deleteRecord(g.p.db, entity, p.id, { scope, audit: g.p.audit, actor: g.p.actor });
       return { payload: { deleted: true, id: p.id } };
@@ -335,12 +486,17 @@ function docArea(kind: unknown): Area {
 
 function registerDocuments(d: Dispatcher, services: ClubServices): void {
   const kinds = [...DOCUMENT_KINDS] as [string, ...string[]];
+  // A document of a kind the caller may not use answers exactly like a missing one
+  // (NOT_FOUND, same message), and is reported as a guessed id (point 9 of issue 19).
   const docRow = (g: Guard, docId: number, action: Action): Record<string, unknown> => {
-    const r = getRecord(g.p.db, 'documents', docId, { kind: 'all' });
-    if (!r) throw new CommandError('NOT_FOUND', `documents ${docId} does not exist`);
+    const hideBlocked = action !== 'read' || !g.readsBlocked();
+    const r = getRecord(g.p.db, 'documents', docId, { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) });
+    if (!r) {
+      if (recordExists(g.p.db, 'documents', docId)) g.hidden(`blockedPersons:${action}`, `documents ${docId}`);
+      throw new CommandError('NOT_FOUND', `documents ${docId} does not exist`);
+    }
     const a = docArea(r.kind);
-    const e = g.need(a, action);
-    if (e.kind !== 'club') g.hidden(`${a}:${action}`, `documents ${docId}`);
+    if (g.has(a, action)?.kind !== 'club') g.hidden(`${a}:${action}`, `documents ${docId}`);
     return r;
   };
   const readableKinds = (g: Guard, action: Action): string[] => kinds.filter((k) => g.has(docArea(k), action)?.kind === 'club');
@@ -349,7 +505,9 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
   register(d, 'documents.get', strictObject({ id, fields: fieldsList, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'documents.get', p);
     const r = docRow(g, p.id, 'read');
-    return { payload: { record: project(g, 'documents', [r], 'read', p.fields)[0] } };
+    const record = project(g, 'documents', [r], 'read', p.fields)[0];
+    logBlockedReads(g, 'documents', [r]);
+    return { payload: { record } };
   });
   for (const action of ['read', 'export'] as const) {
     const name = action === 'read' ? 'documents.list' : 'documents.export';
@@ -361,8 +519,10 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
       for (const k of asked) if (!allowed.includes(k)) g.deny(`${docArea(k)}:${action}`);
       if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
       try {
-        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all' } });
+        const hideBlocked = action !== 'read' || !g.readsBlocked();
+        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) } });
         const items = project(g, 'documents', r.items, action, p.fields);
+        if (action === 'read') logBlockedReads(g, 'documents', r.items);
         if (action === 'export') {
           exportAudit(g, 'documents', { count: items.length, kinds: allowed });
           return { payload: { items, count: items.length, truncated: r.nextOffset !== null } };
@@ -387,7 +547,10 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
       const actor = g.p.actor;
       let db = g.p.db;
       try {
-        const info = await putDocument(services.storage, clubId, ctx.upload!, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
+        // An upload, like a download, stops when the user is disabled or loses the right.
+        const area = docArea(p.kind);
+        const upload = revocable(services, ctx, ctx.upload!, (grants) => effectiveScope(grants, area, 'create')?.kind === 'club');
+        const info = await putDocument(services.storage, clubId, upload, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
           onStep: (step) => {
             // 'renamed' and 'recorded' run in the same tick around the row insert: one transaction
             // holds the row and its change-log entry.
@@ -416,10 +579,14 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
 
   register(d, 'documents.download', strictObject({ id, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'documents.download', p);
-    docRow(g, p.id, 'read');
+    const row = docRow(g, p.id, 'read');
+    logBlockedReads(g, 'documents', [row]);
+    const area = docArea(row.kind);
     try {
       const { info, stream } = readDocument(services.storage, g.p.clubId, p.id);
-      return { payload: { document: info }, download: stream as Readable };
+      // Revocation reaches the stream: every chunk re-checks the session and, after a change of
+      // rights, the right to read this kind (point 7 of issue 19).
+      return { payload: { document: info }, download: revocable(services, ctx, stream as Readable, (grants) => effectiveScope(grants, area, 'read')?.kind === 'club') };
     } catch (e) {
       dataError(g, e, 'documents:read');
     }
@@ -430,8 +597,11 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
     const r = docRow(g, p.id, 'update');
     const { club: _c, id: rid, ...values } = p;
     try {
-      const u = updateRecord(g.p.db, 'documents', rid, values, { scope: { kind: 'all' }, audit: g.p.audit, actor: g.p.actor, writable: ['name', 'mediaType', 'personId'], refVisible: refVisible(g) });
-      return { payload: { record: project(g, 'documents', [u.record], 'read')[0], changed: Object.keys(u.changes) } };
+      const u = updateRecord(g.p.db, 'documents', rid, values, { scope: { kind: 'all', hideBlocked: true }, audit: g.p.audit, actor: g.p.actor, writable: ['name', 'mediaType', 'personId'], refVisible: refVisible(g) });
+      // The answer, like any read, only with read on the kind (point 6 of issue 19).
+      const readable = g.has(docArea(r.kind), 'read')?.kind === 'club';
+      const changed = Object.keys(values).filter((k) => !readable || k in u.changes);
+      return { payload: { record: readable ? project(g, 'documents', [u.record], 'read')[0] : { id: rid }, changed } };
     } catch (e) {
       dataError(g, e, `${docArea(r.kind)}:update`);
     }
@@ -443,7 +613,7 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
     const db = g.p.db;
     const file = (db.prepare('SELECT file FROM documents WHERE id = ?').get(p.id) as { file: string } | undefined)?.file;
     try {
-      deleteRecord(db, 'documents', p.id, { scope: { kind: 'all' }, audit: g.p.audit, actor: g.p.actor });
+      deleteRecord(db, 'documents', p.id, { scope: { kind: 'all', hideBlocked: true }, audit: g.p.audit, actor: g.p.actor });
     } catch (e) {
       dataError(g, e, `${docArea(r.kind)}:delete`);
     }
@@ -487,16 +657,36 @@ function checkGrantable(g: Guard, grants: readonly Grant[], admin: boolean | und
   }
 }
 
+/**
+ * The account an account action (reset password, disable, enable, re-link, delete, rights)
+ * aims at. Acting on another account is allowed only where the caller could grant everything
+ * that account holds (point 2 of issue 19, generalising the rule of rights.set): otherwise a
+ * user manager resets a stronger account's password and logs in as it. Only administrators act
+ * on administrators.
+ */
 function targetUser(g: Guard, userId: number, mayBeSelf: boolean): UserRecord {
   const u = getUserById(g.p.db, userId);
   if (!u) throw new CommandError('NOT_FOUND', `user ${userId} does not exist`);
-  if (!mayBeSelf && u.id === g.p.user.id) throw new CommandError('CONFLICT', 'use users.changeOwnPassword for yourself; your own rights and status are changed by another administrator');
+  if (u.id === g.p.user.id) {
+    if (!mayBeSelf) throw new CommandError('CONFLICT', 'use users.changeOwnPassword for yourself; your own rights and status are changed by another administrator');
+    return u;
+  }
   if (u.isAdmin && !g.p.user.isAdmin) g.deny('users:admin', 'only administrators change administrators');
+  if (!g.p.user.isAdmin) {
+    for (const gr of grantsOf(u)) for (const a of gr.actions) {
+      if (g.has(gr.area, a)?.kind !== 'club') g.deny(`${gr.area}:${a}`, 'acting on an account that holds a right one could not grant');
+    }
+  }
   return u;
 }
 
 function publicUser(u: UserRecord): Record<string, unknown> {
   return { ...userView(u), role: u.role };
+}
+
+/** A user in the answer to a write: in full only with users:read club-wide (point 6 of issue 19). */
+function userAnswer(g: Guard, u: UserRecord): Record<string, unknown> {
+  return g.has('users', 'read')?.kind === 'club' ? publicUser(u) : { id: u.id };
 }
 
 function registerUsers(d: Dispatcher, services: ClubServices): void {
@@ -543,7 +733,7 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
       } catch (e) {
         dataError(g2, e, 'users:create');
       }
-      return { payload: { user: publicUser(getUserById(db, newId)!), ...(otp ? { oneTimePassword: otp } : {}) } };
+      return { payload: { user: userAnswer(g2, getUserById(db, newId)!), ...(otp ? { oneTimePassword: otp } : {}) } };
     },
   );
   register(
@@ -588,6 +778,10 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
     const g = await guard(services, ctx, 'users.update', p);
     g.needClub('users', 'update');
     const u = targetUser(g, p.id, true);
+    // The person linked to a user is what its own-record grants reach: re-linking oneself would
+    // turn "own bank data" into anyone's (point 1 of issue 19). Administrators reach everything
+    // anyway.
+    if (u.id === g.p.user.id && p.personId !== undefined && p.personId !== u.personId && !g.p.user.isAdmin) g.deny('users:update', 'changing the person linked to one\'s own user');
     if (p.personId !== undefined && p.personId !== null && !recordExists(g.p.db, 'persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
     const changes: Record<string, { old: unknown; new: unknown }> = {};
     if (p.displayName !== undefined && p.displayName !== u.displayName) changes.displayName = { old: u.displayName, new: p.displayName };
@@ -598,7 +792,9 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
         g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes });
       }).immediate();
     }
-    return { payload: { user: publicUser(getUserById(g.p.db, u.id)!), changed: Object.keys(changes) } };
+    // Without users:read, whether a given value changed would tell the old one: name them all.
+    const given = (['displayName', 'personId'] as const).filter((k) => p[k] !== undefined);
+    return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!), changed: g.has('users', 'read')?.kind === 'club' ? Object.keys(changes) : given } };
   });
   for (const [name, disabled] of [['users.disable', true], ['users.enable', false]] as const) {
     register(d, name, strictObject({ id, club: clubField }), async (p, ctx) => {
@@ -612,7 +808,7 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
           g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { disabled: { old: u.disabled, new: disabled } } });
         }).immediate();
       }
-      return { payload: { user: publicUser(getUserById(g.p.db, u.id)!) } };
+      return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!) } };
     });
   }
   register(d, 'users.delete', strictObject({ id, club: clubField }), async (p, ctx) => {
@@ -691,6 +887,7 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
       g.p.audit.append({ ...g.p.actor, action: 'rights.set', entity: 'users', recordId: u.id, changes: { role: { old: before.role, new: r.role }, admin: { old: before.admin, new: p.admin ?? before.admin }, grants: { old: before.grants, new: r.grants } } });
     }).immediate();
     const after = getUserById(g.p.db, u.id)!;
+    if (g.has('users', 'read')?.kind !== 'club') return { payload: { userId: u.id } };
     return { payload: { userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) } };
   });
 }
@@ -714,22 +911,117 @@ function logView(e: AuditEntry): Record<string, unknown> {
   return { seq: e.seq, time: e.time, user: e.user, ip: e.ip, session: e.session, action: e.action, entity: e.entity, recordId: e.recordId, changes: e.changes };
 }
 
+const HIDDEN = '[hidden]';
+
+function changeSide(changes: Record<string, unknown>, field: string): unknown {
+  const c = changes[field] as { old?: unknown; new?: unknown } | undefined;
+  return c && typeof c === 'object' ? (c.new ?? c.old) : undefined;
+}
+
+/**
+ * The change log as the reader may see it (point 5 of issue 19): an entry about a record is
+ * projected with the same area, field and scope rules as the record itself.
+ * - A record the reader could not read now (its area, its register scope, its document kind,
+ *   a blocked person without blockedPersons:read; users and rights without users:read
+ *   club-wide) shows as the entry without values: `changes: null, hidden: true`.
+ * - A deleted record counts as readable only with a club-wide right, or for rows of a person,
+ *   when that person is readable (the person named in the entry).
+ * - Within a readable record, fields with their own area (contact, birth date, reasons of
+ *   absence) show `[hidden]` unless that area is readable on the record.
+ * Entries about no record (logins, logouts, exports) are shown as they are. Bank, secret and
+ * special-category values are never in the log in the first place (storage/club-data.ts).
+ */
+function logProjector(g: Guard): (e: AuditEntry) => Record<string, unknown> {
+  const readsBlocked = g.readsBlocked();
+  const cache = new Map<string, boolean>();
+  const usersRead = g.has('users', 'read')?.kind === 'club';
+  const recordReadable = (entity: DataEntity, id: number, changes: Record<string, unknown>): boolean => {
+    const db = g.p.db;
+    if (entity === 'documents') {
+      const row = getRecord(db, 'documents', id, { kind: 'all' });
+      const kind = row?.kind ?? changeSide(changes, 'kind');
+      const a = DOCUMENT_KIND_AREA[String(kind)];
+      if (!a || g.has(a, 'read')?.kind !== 'club') return false;
+      const personId = row ? row.personId : changeSide(changes, 'personId');
+      return readsBlocked || typeof personId !== 'number' || blockedPersonIds(db, [personId]).length === 0;
+    }
+    const scope = g.entityRowScope(entity, 'read', 'read');
+    if (!scope) return false;
+    if (recordExists(db, entity, id)) return rowInScope(db, entity, id, scope);
+    // Deleted: judge by what the entry names.
+    const personId = changeSide(changes, 'personId');
+    if (!readsBlocked && typeof personId === 'number' && blockedPersonIds(db, [personId]).length > 0) return false;
+    if (g.entityScopes(entity, 'read')!.every((e) => e.kind === 'club')) return true;
+    if (entity === 'persons' || MODEL[entity].registerScope.kind !== 'person' || typeof personId !== 'number') return false;
+    const ps = g.entityRowScope('persons', 'read', 'read');
+    return !!ps && rowInScope(db, 'persons', personId, ps);
+  };
+  const fieldReadable = (entity: DataEntity, id: number, a: Area): boolean => {
+    const fe = g.has(a, 'read');
+    if (!fe) return false;
+    if (fe.kind === 'club') return true;
+    return recordExists(g.p.db, entity, id) && rowInScope(g.p.db, entity, id, g.rowScope(fe, entity, 'read'));
+  };
+  const cached = (key: string, f: () => boolean): boolean => {
+    let v = cache.get(key);
+    if (v === undefined) {
+      v = f();
+      cache.set(key, v);
+    }
+    return v;
+  };
+  // An export entry records the filters it ran with; a filter value on a field the reader may
+  // not read club-wide (or on an entity whose area they cannot read) can be someone's data.
+  const filterValueReadable = (entity: string | null, field: string): boolean => {
+    if (entity === null || !Object.hasOwn(ENTITY_AREA, entity)) return false;
+    const ea = ENTITY_AREA[entity as DataEntity];
+    if (ea !== 'documents' && !g.has(ea, 'read')) return false;
+    const a = fieldArea(entity as DataEntity, field);
+    return !a || g.has(a, 'read')?.kind === 'club';
+  };
+  return (e) => {
+    const v = logView(e);
+    if (e.action === 'export' && e.changes && Array.isArray((e.changes as { filters?: unknown }).filters)) {
+      const filters = ((e.changes as { filters: Array<Record<string, unknown>> }).filters).map((f) => ('value' in f && !filterValueReadable(e.entity, String(f.field)) ? { ...f, value: HIDDEN } : f));
+      return { ...v, changes: { ...(e.changes as Record<string, unknown>), filters } };
+    }
+    if (e.entity === null || e.recordId === null || e.changes === null || typeof e.changes !== 'object') return v;
+    const entity = e.entity;
+    const id = e.recordId;
+    const changes = e.changes as Record<string, unknown>;
+    let ok: boolean;
+    if (entity === 'users' || entity === 'userRights') ok = usersRead;
+    else if (Object.hasOwn(ENTITY_AREA, entity)) ok = cached(`${entity}:${id}`, () => recordReadable(entity as DataEntity, id, changes));
+    else ok = false;
+    if (!ok) return { ...v, changes: null, hidden: true };
+    const areas = FIELD_AREA[entity as DataEntity];
+    if (!areas) return v;
+    const out: Record<string, unknown> = {};
+    for (const [k, c] of Object.entries(changes)) {
+      const a = areas[k];
+      out[k] = a && !cached(`${entity}:${id}:${a}`, () => fieldReadable(entity as DataEntity, id, a)) ? { old: HIDDEN, new: HIDDEN } : c;
+    }
+    return { ...v, changes: out };
+  };
+}
+
 function registerLog(d: Dispatcher, services: ClubServices): void {
   register(d, 'log.query', strictObject(logQuerySchema), async (p, ctx) => {
     const g = await guard(services, ctx, 'log.query', p);
     g.needClub('changeLog', 'read');
     const { club: _c, ...q } = p;
     const r = queryAuditLog(g.p.db, q);
-    return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
+    return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
   });
   register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'log.export', p);
     g.needClub('changeLog', 'export');
     const entries: Record<string, unknown>[] = [];
+    const view = logProjector(g);
     let after: number | undefined;
     for (;;) {
       const r = queryAuditLog(g.p.db, { ...(p.from ? { from: p.from } : {}), ...(p.to ? { to: p.to } : {}), ...(after !== undefined ? { afterSeq: after } : {}), limit: MAX_QUERY_LIMIT });
-      entries.push(...r.entries.map(logView));
+      entries.push(...r.entries.map(view));
       if (r.nextAfterSeq === null || entries.length >= MAX_EXPORT_ROWS) break;
       after = r.nextAfterSeq;
     }
@@ -738,7 +1030,7 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
   });
 
   const federation = (g: Guard) => {
-    const persons = g.p.db.prepare(`SELECT p.id, p.firstName, p.lastName, p.birthDate FROM persons p WHERE EXISTS (SELECT 1 FROM memberships m WHERE m.personId = p.id) ORDER BY p.lastName, p.firstName, p.id`).all() as Array<Record<string, unknown>>;
+    const persons = g.p.db.prepare(`SELECT p.id, p.firstName, p.lastName, p.birthDate FROM persons p WHERE p.blocked = 0 AND EXISTS (SELECT 1 FROM memberships m WHERE m.personId = p.id) ORDER BY p.lastName, p.firstName, p.id`).all() as Array<Record<string, unknown>>;
     const years = g.p.db.prepare(`SELECT "from", "to" FROM memberships WHERE personId = ? AND kind = 'active'`);
     const honours = g.p.db.prepare(`SELECT level, years, status, date FROM honours WHERE personId = ? ORDER BY id`);
     const now = Date.now();
@@ -765,7 +1057,7 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     const g = await guard(services, ctx, 'exports.list', p);
     g.needClub('exports', 'read');
     const r = queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 });
-    return { payload: { entries: r.entries.map(logView), nextAfterSeq: r.nextAfterSeq } };
+    return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
   });
   register(d, 'exports.club', strictObject({ club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'exports.club', p);
@@ -774,12 +1066,12 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     for (const entity of DATA_COMMAND_ENTITIES) {
       if (entity === 'documents') {
         const kinds = [...DOCUMENT_KINDS].filter((k) => g.has(docArea(k), 'export')?.kind === 'club');
-        if (kinds.length) out.documents = project(g, entity, listRecords(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope: { kind: 'all' } }).items, 'export');
+        if (kinds.length) out.documents = project(g, entity, listRecords(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope: { kind: 'all', hideBlocked: true } }).items, 'export');
         continue;
       }
-      const e = g.has(ENTITY_AREA[entity] as Area, 'export');
-      if (!e) continue;
-      out[entity] = project(g, entity, listRecords(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope: g.rowScope(e, entity) }).items, 'export');
+      const scope = g.entityRowScope(entity, 'export', 'export');
+      if (!scope) continue;
+      out[entity] = project(g, entity, listRecords(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope }).items, 'export');
     }
     exportAudit(g, null, { entities: Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.length])) });
     return { payload: { data: out } };

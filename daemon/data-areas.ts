@@ -10,6 +10,9 @@
  *   refused); writing needs create/update on it, and erasing it (setting null) needs delete.
  * - Creating a person with such a field null or false (photoConsent: false) needs no right on
  *   its area: it records nothing.
+ * - attendance.reason (a reason of absence, often health data) -> sensitive.
+ * - Attendance rows need read on persons too: whether someone came is personal data of that
+ *   person, so the rows are those in both the events scope and the persons scope.
  * - Documents are guarded per kind: documents.honour, documents.federationRegistration, ...
  */
 import type { EntityName } from '../storage/model.js';
@@ -45,6 +48,11 @@ export const FIELD_AREA: Readonly<Partial<Record<DataEntity, Readonly<Record<str
     emails: 'contact',
     birthDate: 'sensitive',
     photoConsent: 'sensitive',
+  },
+  // A reason of absence is often health data (GDPR Art. 9): readable like a birth date, not
+  // like the event (the member template shows it for the own record only).
+  attendance: {
+    reason: 'sensitive',
   },
 };
 

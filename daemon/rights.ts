@@ -3,7 +3,11 @@ import { z } from 'zod';
 /**
  * Rights: area x action x scope, deny by default. A user's rights are a list of grants; a
  * request is allowed when some grant covers its area and action, and then only within the
- * union of the scopes of the grants that cover it.
+ * union of the scopes of the grants that cover it (a register leader who also holds the member
+ * template reads their register and their own record). docs/SECURITY.md "Rights model".
+ *
+ * `blockedPersons` is the dedicated right to read persons whose processing is restricted
+ * (GDPR Art. 18, `persons.blocked`); only its `read` action has a meaning.
  */
 export const AREAS = [
   'persons',
@@ -25,6 +29,7 @@ export const AREAS = [
   'users',
   'changeLog',
   'backups',
+  'blockedPersons',
 ] as const;
 export type Area = (typeof AREAS)[number];
 
@@ -48,8 +53,11 @@ export const grantSchema = z
 export type Grant = z.infer<typeof grantSchema>;
 export const rightsSchema = z.array(grantSchema).max(500);
 
-/** The effective scope of an allowed request; undefined means denied. */
-export type Effective = { kind: 'club' } | { kind: 'registers'; registers: Set<number> } | { kind: 'own' };
+/**
+ * The effective scope of an allowed request; undefined means denied. `registers` with
+ * `own: true` is the union of register grants and an own-record grant.
+ */
+export type Effective = { kind: 'club' } | { kind: 'registers'; registers: Set<number>; own: boolean } | { kind: 'own' };
 
 export function effectiveScope(grants: readonly Grant[], area: Area, action: Action): Effective | undefined {
   let registers: Set<number> | undefined;
@@ -62,7 +70,7 @@ export function effectiveScope(grants: readonly Grant[], area: Area, action: Act
       for (const r of g.scope.registers) registers.add(r);
     } else own = true;
   }
-  if (registers) return { kind: 'registers', registers };
+  if (registers) return { kind: 'registers', registers, own };
   if (own) return { kind: 'own' };
   return undefined;
 }
@@ -131,3 +139,22 @@ export function roleTemplate(role: Role, registers: number[] = []): Grant[] {
       return [...grants(['persons', 'contact', 'sensitive', 'bank', 'memberships'], R, own), ...grants(['events'], R, club), ...grants(['registers'], R, club)];
   }
 }
+
+/**
+ * Whether every row reachable with scope `row` is also covered by scope `field`, judged from
+ * the scopes alone (not from the data): club covers everything; a register set covers the
+ * same or fewer registers; an own-record grant covers only an own-record grant. Used to allow a
+ * filter or sort on a field only where the field is readable on every row it ranges over.
+ */
+export function scopeCovers(field: Effective | undefined, row: Effective): boolean {
+  if (!field) return false;
+  if (field.kind === 'club') return true;
+  if (row.kind === 'club') return false;
+  const fieldOwn = field.kind === 'own' || field.own;
+  if (row.kind === 'own') return fieldOwn;
+  if (row.own && !fieldOwn) return false;
+  if (field.kind === 'own') return row.registers.size === 0;
+  for (const r of row.registers) if (!field.registers.has(r)) return false;
+  return true;
+}
+

@@ -21,11 +21,23 @@ import type { Db } from './sqlcipher.js';
 import type { AuditLog } from './audit-log.js';
 import { cachedStatement } from './statements.js';
 
-export type RowScope =
+/**
+ * Which rows a caller reaches:
+ * - `all`, `none`;
+ * - `registers`: rows of these registers, and with `personId` also the rows of that person
+ *   (the union of register grants and an own-record grant);
+ * - `person`: the rows of one person (own record; null: nothing);
+ * - `both`: rows in both scopes (attendance: the events scope and the persons scope).
+ * `hideBlocked` also leaves out persons whose processing is restricted (`persons.blocked`,
+ * GDPR Art. 18) and every row that refers to such a person through `personId`.
+ */
+export type RowScope = (
   | { kind: 'all' }
-  | { kind: 'registers'; registers: readonly number[] }
+  | { kind: 'registers'; registers: readonly number[]; personId?: number | null }
   | { kind: 'person'; personId: number | null }
-  | { kind: 'none' };
+  | { kind: 'both'; a: RowScope; b: RowScope }
+  | { kind: 'none' }
+) & { readonly hideBlocked?: boolean };
 
 export type DataErrorCode = 'NOT_FOUND' | 'CONFLICT' | 'INVALID' | 'OUT_OF_SCOPE';
 
@@ -58,8 +70,34 @@ function today(): string {
 
 /** The SQL condition (over the entity's own table, unaliased) that selects the rows in scope. */
 export function scopeCondition(entity: EntityName, scope: RowScope): { sql: string; args: unknown[] } {
+  const base = baseCondition(entity, scope);
+  if (!scope.hideBlocked) return base;
+  const b = blockedCondition(entity);
+  if (!b) return base;
+  return { sql: `(${base.sql}) AND ${b}`, args: base.args };
+}
+
+/** Rows that are not, and do not refer to, a blocked person (undefined: the entity has no person). */
+export function blockedCondition(entity: EntityName): string | undefined {
+  if (entity === 'persons') return `"blocked" = 0`;
+  const fd = MODEL[entity].fields.personId;
+  if (fd?.ref !== 'persons') return undefined;
+  return `("personId" IS NULL OR "personId" NOT IN (SELECT "id" FROM persons WHERE "blocked" = 1))`;
+}
+
+function baseCondition(entity: EntityName, scope: RowScope): { sql: string; args: unknown[] } {
   if (scope.kind === 'all') return { sql: '1', args: [] };
   if (scope.kind === 'none') return { sql: '0', args: [] };
+  if (scope.kind === 'both') {
+    const a = baseCondition(entity, scope.a);
+    const b = baseCondition(entity, scope.b);
+    return { sql: `(${a.sql}) AND (${b.sql})`, args: [...a.args, ...b.args] };
+  }
+  if (scope.kind === 'registers' && scope.personId !== undefined && scope.personId !== null) {
+    const r = baseCondition(entity, { kind: 'registers', registers: scope.registers });
+    const o = baseCondition(entity, { kind: 'person', personId: scope.personId });
+    return { sql: `(${r.sql}) OR (${o.sql})`, args: [...r.args, ...o.args] };
+  }
   const e = MODEL[entity];
   const rs = e.registerScope;
   if (rs.kind === 'none') return { sql: '0', args: [] };
@@ -80,6 +118,23 @@ export function scopeCondition(entity: EntityName, scope: RowScope): { sql: stri
   }
   if (scope.personId === null) return { sql: '0', args: [] };
   return { sql: `${col} IN (SELECT "registerId" FROM register_assignments WHERE "personId" = ? AND ${active})`, args: [scope.personId, today()] };
+}
+
+/** Whether the row is a blocked person or refers to one (`personId`). */
+export function rowOfBlockedPerson(db: Db, entity: EntityName, id: number): boolean {
+  const b = blockedCondition(entity);
+  if (!b) return false;
+  const e = MODEL[entity];
+  const r = stmt(db, `SELECT 1 FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND NOT (${b})`).get(id);
+  return r !== undefined;
+}
+
+/** Of these person ids, the blocked ones. */
+export function blockedPersonIds(db: Db, ids: readonly number[]): number[] {
+  const out: number[] = [];
+  const s = stmt(db, `SELECT 1 FROM persons WHERE "id" = ? AND "blocked" = 1`);
+  for (const id of new Set(ids)) if (s.get(id) !== undefined) out.push(id);
+  return out;
 }
 
 const stmt = cachedStatement;

@@ -268,7 +268,7 @@ export const MODEL: Readonly<Record<EntityName, EntityDef>> = {
     eventId: f.ref('events'),
     personId: f.ref('persons'),
     status: f.enumOf(['present', 'excused', 'absent', 'late']),
-    reason: f.text(300, opt(personal)),
+    reason: f.text(300, opt({ sensitivity: 'special', description: 'reason of absence: often health data (GDPR Art. 9), never logged in clear' })),
   }),
   documents: entity('documents', 'documents', none, 'An encrypted document (honour file, federation registration, reporter document)', {
     kind: f.enumOf(['honour', 'federation-registration', 'reporter', 'other']),

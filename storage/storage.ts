@@ -18,6 +18,7 @@ import { unwrapKey, wrapKey, wrappedVersion, WRAP_VERSION } from '../crypto/wrap
 import { ClubStoreCache, type ClubOpenInfo, type ClubStore } from './club-store.js';
 import { StorageError, silentLogger, type StorageLogger } from './errors.js';
 import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
+import { wrapBareLegacyHashes } from './users.js';
 import type { AnchorStore, HeadAnchor } from './audit-log.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { renameSync } from 'node:fs';
@@ -102,8 +103,34 @@ export class Storage implements AnchorStore {
       if (row.status === 'suspended') this.#openedSuspended.add(clubId);
       else this.#openedSuspended.delete(clubId);
     }
-    return this.cache.get(clubId);
+    const fresh = !this.cache.isOpen(clubId);
+    const store = this.cache.get(clubId);
+    if (fresh && !this.#legacyChecked.has(clubId)) {
+      this.#legacyChecked.add(clubId);
+      this.#wrapLegacyHashes(clubId);
+    }
+    return store;
   }
+
+  /** Clubs whose users were checked for bare legacy hashes in this process. */
+  readonly #legacyChecked = new Set<string>();
+
+  /** Background: wrap bare `sha512$` hashes of older imports in scrypt (storage/users.ts). */
+  #wrapLegacyHashes(clubId: string): void {
+    let has: unknown;
+    try {
+      has = this.cache.get(clubId).db.prepare(`SELECT 1 FROM users WHERE passwordHash LIKE 'sha512$%' LIMIT 1`).get();
+    } catch {
+      return; // a store without a users table yet has nothing to wrap
+    }
+    if (!has) return;
+    void wrapBareLegacyHashes(() => this.cache.get(clubId).db, this.legacyHashLog2N)
+      .then((n) => this.logger.info('legacy SHA-512 hashes wrapped in scrypt', { clubId, users: n }))
+      .catch((e: unknown) => this.logger.warn('legacy SHA-512 hashes not wrapped yet (retried on the next start)', { clubId, error: (e as Error).name }));
+  }
+
+  /** scrypt cost for wrapping legacy hashes in the background (tests lower it). */
+  legacyHashLog2N: number | undefined;
 
   /** Clubs whose open store was opened for an operator tool while suspended. */
   readonly #openedSuspended = new Set<string>();

@@ -24,3 +24,30 @@ test('a wrapped legacy hash verifies in two layers and holds no fast value', asy
   assert.equal(await verifyWrappedLegacySha512('alte-Passwort-43', w), false);
   assert.equal(await verifyWrappedLegacySha512('alte-Passwort-42', w.replace(/\$scrypt\$1\$10\$/, '$scrypt$1$31$')), false, 'out-of-range inner parameters are refused, not run');
 });
+
+test('bare sha512 hashes imported by older versions are wrapped in scrypt in the background when the store opens', { timeout: 60_000 }, async (t) => {
+  const { openStorage } = await import('../storage/storage.js');
+  const { createClub } = await import('../storage/provisioning.js');
+  const { getUserByName, insertUser } = await import('../storage/users.js');
+  const { tmpDir } = await import('./store-helpers.js');
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const st = await openStorage({ dataDir: dir, create: true });
+  const { id } = await createClub(st, { name: 'MV Alt', adminUser: 'admin', adminPassword: 'admin-password-123' });
+  const bare = legacySha512('alte-Passwort-42', randomBytes(4));
+  insertUser(st.openClub(id).db, { username: 'old', displayName: null, personId: null, passwordHash: bare, mustChangePassword: false, role: 'member', grants: [] } as never);
+  st.close();
+  const st2 = await openStorage({ dataDir: dir });
+  t.after(() => st2.close());
+  st2.legacyHashLog2N = 10;
+  const db = () => st2.openClub(id).db;
+  const deadline = Date.now() + 30_000;
+  while (getUserByName(db(), 'old')!.passwordHash === bare) {
+    assert.ok(Date.now() < deadline, 'the bare hash was wrapped');
+    await new Promise((r) => setImmediate(r));
+  }
+  const h = getUserByName(db(), 'old')!.passwordHash;
+  assert.match(h, /^sha512-scrypt\$/);
+  assert.ok(!h.includes(bare.split('$')[2]!));
+  assert.equal(await verifyWrappedLegacySha512('alte-Passwort-42', h), true);
+});

@@ -21,7 +21,7 @@
  * `hooks.onStep(step)` is called at each durable step of the multi-step operations (names in
  * ROTATE_MASTER_STEPS, ROTATE_CLUB_STEPS, DELETE_CLUB_STEPS); tests kill the process there.
  */
-import { existsSync, renameSync, rmSync, unlinkSync, statSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { existsSync, renameSync, rmSync, unlinkSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDir } from '../crypto/atomic-file.js';
@@ -31,7 +31,7 @@ import { clubPageKey, newDataKey, unwrapKey, wrapKey } from '../crypto/wrap.js';
 import { clubDbPath, clubDir, openClubStore, CLUB_DB_FILE } from './club-store.js';
 import { StorageError } from './errors.js';
 import { PLANS, ServerDb, serverDbKey, serverDbPath, type ClubRow, type ClubStatus, type Plan } from './server-db.js';
-import { openEncrypted, type Db } from './sqlcipher.js';
+import { openEncrypted } from './sqlcipher.js';
 import { opensWith, reencryptCopy, removeSqliteFiles } from './rekey.js';
 import { rotateArchiveKey } from './archive-keys.js';
 import { reencryptDocuments } from './documents.js';

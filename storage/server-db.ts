@@ -245,6 +245,7 @@ export class ServerDb implements AnchorStore {
     return this.getArchiveKey(id);
   }
 
+  /** Record that club `id` was deleted at ISO time `at` (ids and counts only; no personal data). */
   recordDeletion(id: string, at: string): void {
     this.db.prepare(`INSERT INTO club_deletions (club_id, deleted_at) VALUES (?, ?) ON CONFLICT (club_id) DO UPDATE SET deleted_at = excluded.deleted_at`).run(id, at);
   }
@@ -254,6 +255,7 @@ export class ServerDb implements AnchorStore {
     this.db.prepare(`UPDATE club_deletions SET archives_removed = archives_removed + ?, report = ? WHERE club_id = ?`).run(removed, JSON.stringify(report), id);
   }
 
+  /** Every deletion record, oldest first (`backup list`, retention). */
   listDeletions(): Array<{ clubId: string; deletedAt: string; archivesRemoved: number; report: Record<string, unknown> }> {
     return (this.db.prepare('SELECT club_id, deleted_at, archives_removed, report FROM club_deletions ORDER BY deleted_at').all() as Array<{ club_id: string; deleted_at: string; archives_removed: number; report: string }>).map((r) => ({
       clubId: r.club_id,
@@ -297,10 +299,12 @@ export class ServerDb implements AnchorStore {
     );
   }
 
+  /** The club's highest anchored head (seq, hash), or undefined when none is anchored. */
   lastAnchor(clubId: string): { seq: number; hash: string } | undefined {
     return cachedStatement(this.db, 'SELECT seq, hash FROM audit_anchors WHERE club_id = ? ORDER BY seq DESC LIMIT 1').get(clubId) as { seq: number; hash: string } | undefined;
   }
 
+  /** Every anchor of the club, oldest first (what `log verify` checks the store against). */
   listAnchors(clubId: string): HeadAnchor[] {
     const rows = this.db.prepare('SELECT seq, hash, from_seq, digests, signature, fingerprint, time FROM audit_anchors WHERE club_id = ? ORDER BY seq').all(clubId) as Array<{
       seq: number; hash: string; from_seq: number; digests: Buffer; signature: Buffer; fingerprint: string; time: string;

@@ -96,6 +96,15 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
       printResult(result, o.json, () => `archive key ${r.oldKeyId} retired (kept for reading); new archives use ${r.newKeyId}`);
     });
   keys
+    .command('archive-keys')
+    .description('ids of the current server archive key and of the retired ones (kept for reading old archives)')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'keys.archive-keys', {}, offline());
+      const r = result as { current: string; retired: Array<{ id: string; retiredAt: string }> };
+      printResult(result, o.json, () => [`current: ${r.current}`, ...r.retired.map((x) => `retired: ${x.id} (${x.retiredAt})`)].join('\n'));
+    });
+  keys
     .command('rotate-club <id>')
     .description("re-encrypt a club's store and document keys under a new data key (resumable)")
     .option('--json', 'print JSON')

@@ -71,7 +71,8 @@ export async function runBanBench(): Promise<Row[]> {
     }
     for (let i = 0; i < CIDR_BANS; i++) {
       const len = 16 + (i % 15); // /16 .. /30
-      const net = ((172 << 24) | Math.floor(r() * 2 ** 24)) >>> 0;
+      const mask = (0xffffffff << (32 - len)) >>> 0;
+      const net = (((172 << 24) | Math.floor(r() * 2 ** 24)) & mask) >>> 0; // a range without host bits
       store.add({ address: `${formatIPv4(net)}/${len}`, expires, reason: 'bench', source: 'manual' }, now);
     }
 

@@ -1,13 +1,14 @@
 /**
  * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
- * Groups: channel, store, data, bans, backup (bench/<group>.ts).
- * Options: `--only channel[,store,data,bans,backup]`, `--quick`.
+ * Groups: channel, store, data, bans, backup, flood (bench/<group>.ts).
+ * Options: `--only channel[,store,data,bans,backup,flood]`, `--quick`.
  */
 import os from 'node:os';
 import { runBackupBench } from './backup.js';
 import { runBanBench } from './bans.js';
 import { runChannelBench } from './channel.js';
 import { runDataBench } from './data.js';
+import { runFloodBench } from './flood.js';
 import { runStoreBench } from './store.js';
 import { normalizeRow, ratioOf, type LegacyRow, type Row } from './row.js';
 
@@ -22,6 +23,7 @@ const GROUPS: Group[] = [
   { name: 'data', run: (quick) => runDataBench({ quick }) },
   { name: 'bans', run: () => runBanBench() },
   { name: 'backup', run: (quick) => runBackupBench({ quick }) },
+  { name: 'flood', run: (quick) => runFloodBench({ quick }) },
 ];
 
 function fmt(n: number): string {

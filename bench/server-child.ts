@@ -106,6 +106,14 @@ async function main(): Promise<void> {
     config.limits.maxConnections = 100_000;
     config.limits.maxPendingHandshakes = 100_000;
     config.limits.maxPendingHandshakesPerIp = 10_000;
+    // One load generator on one address: the per-source and pre-login limits (issue 11) would
+    // otherwise cap the concurrency and the idle connections this bench measures.
+    config.limits.maxPendingHandshakesPerPrefix = 100_000;
+    config.limits.earlyDropStart = 100_000;
+    config.limits.maxPreLogin = 100_000;
+    config.limits.maxPreLoginPerIp = 100_000;
+    config.limits.maxPreLoginPerPrefix = 100_000;
+    config.limits.loginTimeoutMs = 3_600_000;
     const identity = generateIdentity();
     const daemon = await Daemon.start({ config, identity });
     established = () => daemon.connectionCount - daemon.pendingHandshakes;

@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
+import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/neutralise.js';
 
 /**
  * Shared by the three programs: one-line errors on stderr and a non-zero exit, never a stack.
  */
 export function fail(message: string, code = 1): never {
-  process.stderr.write(`error: ${message}\n`);
+  process.stderr.write(`error: ${neutraliseBlock(message)}\n`);
   process.exit(code);
 }
 
@@ -58,7 +59,12 @@ export async function promptSecret(question: string): Promise<string> {
   });
 }
 
-/** Prints an operation's result: JSON with --json, else the human text. */
-export function printResult(result: unknown, json: boolean | undefined, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(result)}\n` : `${text()}\n`);
+/**
+ * Prints an operation's result: JSON with --json (control characters and bidi overrides as
+ * \uXXXX escapes), else the human text. The text callback gets a copy of the result whose every
+ * string went through neutralise() (untrusted names, reasons and details cannot forge lines or
+ * reach the terminal raw); it must build the text from that copy.
+ */
+export function printResult<T>(result: T, json: boolean | undefined, text: (safe: T) => string): void {
+  process.stdout.write(json ? `${safeJson(result)}\n` : `${neutraliseBlock(text(neutraliseDeep(result)))}\n`);
 }

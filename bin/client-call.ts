@@ -4,6 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import type { Connection } from '../client/connection.js';
 import { ClientError, RemoteError } from '../client/errors.js';
+import { safeJson } from '../daemon/neutralise.js';
 
 /**
  * `commusic --server HOST:PORT --fingerprint FP --club ID --user USER --password-stdin call COMMAND [--json PAYLOAD]`
@@ -19,7 +20,7 @@ async function readStdin(): Promise<string> {
 
 function printError(e: unknown): void {
   const err = e instanceof RemoteError || e instanceof ClientError ? { code: e.code, message: e.message } : { code: 'CLIENT', message: (e as Error).message ?? String(e) };
-  process.stdout.write(`${JSON.stringify({ error: err })}\n`);
+  process.stdout.write(`${safeJson({ error: err })}\n`);
   process.exitCode = 1;
 }
 
@@ -68,12 +69,12 @@ export function registerCallCommand(program: Command, open: () => Promise<Connec
         if (r.download) {
           if (o.out) {
             await pipeline(Readable.from(r.download), createWriteStream(o.out, { mode: 0o600 }));
-            process.stdout.write(`${JSON.stringify(r.payload)}\n`);
+            process.stdout.write(`${safeJson(r.payload)}\n`);
           } else {
             for await (const c of r.download) process.stdout.write(c);
           }
         } else {
-          process.stdout.write(`${JSON.stringify(r.payload, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v))}\n`);
+          process.stdout.write(`${safeJson(r.payload, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v))}\n`);
         }
       } catch (e) {
         printError(e);

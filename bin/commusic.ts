@@ -4,12 +4,14 @@ import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
 import { fail, parseHostPort, runMain } from './cli-util.js';
 import { registerCallCommand } from './client-call.js';
+import { safeJson } from '../daemon/neutralise.js';
 
 interface Globals {
   server?: string;
   fingerprint?: string;
   tofu?: boolean;
   knownServers?: string;
+  bind?: string;
   timeout: string;
 }
 
@@ -19,6 +21,7 @@ const program = new Command('commusic')
   .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
   .option('--tofu', 'trust the server key on first use and remember it in the known-servers file')
   .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
+  .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
   .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000');
 
 async function open(): Promise<Connection> {
@@ -35,6 +38,7 @@ async function open(): Promise<Connection> {
     ...(fingerprint ? { fingerprint } : { knownServersFile: g.knownServers! }),
     connectTimeoutMs: timeout,
     requestTimeoutMs: timeout,
+    ...(g.bind ? { localAddress: g.bind } : {}),
   });
 }
 
@@ -62,7 +66,7 @@ program
     const conn = await open();
     try {
       const r = await conn.request('server.info', {});
-      process.stdout.write(`${JSON.stringify(r.payload, null, 2)}\n`);
+      process.stdout.write(`${safeJson(r.payload, undefined, 2)}\n`);
     } finally {
       await conn.close();
     }

@@ -61,9 +61,9 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         bar?.stop();
         const finish = o.all ? await s.run('backup.run', { finish: true, ...cfg(o) }) : undefined;
         const result = { via: s.via, ...total, ...(finish ? { finish } : {}) };
-        printResult(result, o.json, () =>
+        printResult(result, o.json, (total) =>
           [
-            `backed up ${total.ok} of ${total.clubs} clubs (via ${s.via})`,
+            `backed up ${total.ok} of ${total.clubs} clubs (via ${total.via})`,
             ...Object.entries(total.destinations).map(([d, v]) => `  ${d}: ${v.stored} stored${v.failed ? `, ${v.failed} missing${v.down ? ` (${v.down})` : ''}` : ''}`),
             ...total.failedClubs.map((f) => `  failed ${f.clubId}: ${f.error}`),
           ].join('\n'),
@@ -88,7 +88,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         lastBackups: Record<string, string>;
         gaps: unknown[];
       };
-      printResult(r, o.json, () =>
+      printResult(r, o.json, (r) =>
         [
           ...(r.archives.length ? r.archives.map((a) => (a.error ? `${a.destination}\tERROR ${a.error}` : `${a.destination}:${a.name}\t${a.time}\t${a.size} bytes`)) : ['no archives']),
           ...(r.deletedClubs ?? []).map(
@@ -112,7 +112,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
       const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...cfg(o) }, offline());
       const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; auditChain: { entries: number; note?: string } | null };
-      printResult(r, o.json, () =>
+      printResult(r, o.json, (r) =>
         `OK ${r.archive}: club ${r.clubId} of ${r.createdAt}, ${Object.values(r.tables).reduce((a, b) => a + b, 0)} rows in ${Object.keys(r.tables).length} tables, ${r.documents} documents${r.auditChain ? `, change log ${r.auditChain.entries} entries intact${r.auditChain.note ? ` (${r.auditChain.note})` : ''}` : ''}`,
       );
     });
@@ -129,7 +129,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(o.from) ? o.from : resolve(o.from);
       const { result } = await runOperation(dataDir(), 'backup.restore', { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), actor: `operator:${process.env['USER'] ?? 'unknown'}`.slice(0, 64), ...cfg(o) }, offline());
       const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean };
-      printResult(r, o.json, () => `restored club ${o.club} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}`);
+      printResult(r, o.json, (r) => `restored club ${o.club} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}`);
     });
   backup
     .command('set-mail')
@@ -141,7 +141,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const emails = o.to.split(',').map((s) => s.trim()).filter(Boolean);
       const { result } = await runOperation(dataDir(), 'backup.set-mail', { club: o.club, emails }, offline());
       const r = result as { emails: string[]; passphraseSet: boolean };
-      printResult(r, o.json, () => `club ${o.club}: nightly backup mail to ${r.emails.join(', ') || 'nobody'}${r.passphraseSet ? '' : ' (no backup passphrase set yet: the club administrator sets it in the application)'}`);
+      printResult(r, o.json, (r) => `club ${o.club}: nightly backup mail to ${r.emails.join(', ') || 'nobody'}${r.passphraseSet ? '' : ' (no backup passphrase set yet: the club administrator sets it in the application)'}`);
     });
   backup
     .command('decrypt')
@@ -154,6 +154,6 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       if (!o.passphraseStdin) fail('give the passphrase on stdin with --passphrase-stdin');
       const passphrase = readSecretFromFd(0);
       const r = await decryptArchiveToFile(fileSource(resolve(o.in)), { passphrase }, resolve(o.out));
-      printResult(r, o.json, () => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
+      printResult(r, o.json, (r) => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
     });
 }

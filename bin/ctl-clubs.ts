@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { safeJson } from '../daemon/neutralise.js';
 
 interface ClubRow {
   id: string;
@@ -26,7 +27,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       const password = o.passwordStdin ? readSecretFromFd(0) : undefined;
       const { result } = await run('club.create', { name, admin: o.admin, plan: o.plan, ...(password ? { password } : {}) });
       const r = result as { id: string; oneTimePassword?: string };
-      printResult(result, o.json, () =>
+      printResult(r, o.json, (r) =>
         [`created club ${r.id} (${name}, plan ${o.plan}) with administrator ${o.admin}`, ...(r.oneTimePassword ? [`one-time password (shown once): ${r.oneTimePassword}`] : [])].join('\n'),
       );
     });
@@ -35,7 +36,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
       const rows = (await run('club.list', {})).result as ClubRow[];
-      printResult(rows, o.json, () => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
+      printResult(rows, o.json, (rows) => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
     });
   for (const [cmd, op, verb] of [
     ['show', 'club.show', 'details of a club'],
@@ -48,7 +49,8 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       .option('--json', 'print JSON')
       .action(async (id: string, o: { json?: boolean }) => {
         const { result } = await run(op, { id });
-        printResult(result, o.json, () => (cmd === 'show' ? JSON.stringify(result, null, 2) : `club ${id} is now ${(result as ClubRow).status}`));
+        // `show` prints JSON in either mode: safeJson escapes what JSON.stringify leaves raw.
+        printResult(result, o.json, (safe) => (cmd === 'show' ? safeJson(result, undefined, 2) : `club ${id} is now ${(safe as ClubRow).status}`));
       });
   }
   club
@@ -59,7 +61,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await run('club.delete', { id });
       const r = result as { archives: { removed: number; destinations: string[]; failed: Array<{ destination: string; error: string }> } };
-      printResult(result, o.json, () =>
+      printResult(r, o.json, (r) =>
         [
           `deleted club ${id}: data key and archive key destroyed, files removed`,
           `archives removed: ${r.archives.removed}${r.archives.destinations.length ? ` (at ${r.archives.destinations.join(', ')})` : ''}`,
@@ -79,12 +81,12 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
       const { result } = await runOperation(dataDir(), 'keys.rotate-master', { ...(pass !== undefined ? { passphrase: String(pass) } : {}), ...(o.rekeyClubs ? { rekeyClubs: true } : {}) }, offline());
       if (o.rekeyClubs) {
         const r = result as { clubs: Array<{ id: string; documents: number }>; archiveKey: { newKeyId: string }; master: { oldKeyId: string; newKeyId: string } };
-        printResult(result, o.json, () =>
+        printResult(r, o.json, (r) =>
           `${r.clubs.length} clubs re-encrypted under new data keys (${r.clubs.reduce((n, c) => n + c.documents, 0)} documents re-encrypted)\nnew archive key ${r.archiveKey.newKeyId} (old one kept for reading old archives)\nmaster key ${r.master.oldKeyId} replaced by ${r.master.newKeyId}`);
         return;
       }
       const r = result as { oldKeyId: string; newKeyId: string; clubs: number };
-      printResult(result, o.json, () => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
+      printResult(r, o.json, (r) => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
     });
   keys
     .command('rotate-archive')
@@ -93,7 +95,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
     .action(async (o: { json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'keys.rotate-archive', {}, offline());
       const r = result as { oldKeyId: string; newKeyId: string; retired: number };
-      printResult(result, o.json, () => `archive key ${r.oldKeyId} retired (kept for reading); new archives use ${r.newKeyId}`);
+      printResult(r, o.json, (r) => `archive key ${r.oldKeyId} retired (kept for reading); new archives use ${r.newKeyId}`);
     });
   keys
     .command('archive-keys')
@@ -102,7 +104,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
     .action(async (o: { json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'keys.archive-keys', {}, offline());
       const r = result as { current: string; retired: Array<{ id: string; retiredAt: string }> };
-      printResult(result, o.json, () => [`current: ${r.current}`, ...r.retired.map((x) => `retired: ${x.id} (${x.retiredAt})`)].join('\n'));
+      printResult(r, o.json, (r) => [`current: ${r.current}`, ...r.retired.map((x) => `retired: ${x.id} (${x.retiredAt})`)].join('\n'));
     });
   keys
     .command('rotate-club <id>')
@@ -110,7 +112,7 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'keys.rotate-club', { id }, offline());
-      printResult(result, o.json, () => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
+      printResult(result, o.json, (result) => `club ${id} now uses data key version ${(result as { keyVersion: number }).keyVersion}`);
     });
 }
 

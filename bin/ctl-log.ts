@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 import type { AuditEntry, VerifyResult } from '../storage/audit-log.js';
+import { neutralise, neutraliseBlock, safeJson } from '../daemon/neutralise.js';
 
 /**
  * `commusicctl log show --club ID [--since T] [--until T] [--user U] [--action A] [--entity E] [--json]`
@@ -47,12 +48,13 @@ export function registerLogCommands(program: Command, dataDir: () => string, off
       );
       const r = result as { entries: AuditEntry[]; nextAfterSeq: number | null };
       if (o.json) {
-        process.stdout.write(`${JSON.stringify(r)}\n`);
+        process.stdout.write(`${safeJson(r)}\n`);
         return;
       }
       for (const e of r.entries) {
-        const rec = e.entity ? ` ${e.entity}${e.recordId !== null ? ' ' + e.recordId : ''}` : '';
-        process.stdout.write(`${e.seq}\t${e.time}\t${e.user ?? '-'}\t${e.ip ?? '-'}\t${e.action}${rec}\t${changesText(e.changes)}\n`);
+        const rec = e.entity ? ` ${neutralise(e.entity)}${e.recordId !== null ? ' ' + neutralise(String(e.recordId)) : ''}` : '';
+        const fields = [String(e.seq), e.time, e.user ?? '-', e.ip ?? '-', `${e.action}`].map((f) => neutralise(String(f)));
+        process.stdout.write(`${fields.join('\t')}${rec}\t${neutralise(changesText(e.changes))}\n`);
       }
       if (r.nextAfterSeq !== null) process.stdout.write(`more: --after ${r.nextAfterSeq}\n`);
     });
@@ -64,9 +66,9 @@ export function registerLogCommands(program: Command, dataDir: () => string, off
     .action(async (o: { club: string; json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'log.verify', { club: o.club }, offline());
       const r = result as VerifyResult & { club: string };
-      if (o.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-      else if (r.ok) process.stdout.write(`change log of ${r.club}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head; anchored outside the store up to entry ${r.anchoredUpTo} (${r.anchors} anchors), ${r.unanchoredTail} entries after the last anchor\n`);
-      else process.stderr.write(`change log of ${r.club}: BROKEN at entry ${r.firstBad!.seq}: ${r.firstBad!.reason}\n`);
+      if (o.json) process.stdout.write(`${safeJson(r)}\n`);
+      else if (r.ok) process.stdout.write(`change log of ${neutralise(r.club)}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head; anchored outside the store up to entry ${r.anchoredUpTo} (${r.anchors} anchors), ${r.unanchoredTail} entries after the last anchor\n`);
+      else process.stderr.write(neutraliseBlock(`change log of ${neutralise(r.club)}: BROKEN at entry ${r.firstBad!.seq}: ${neutralise(r.firstBad!.reason)}\n`));
       if (!r.ok) process.exitCode = 1;
     });
 }

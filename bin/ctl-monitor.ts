@@ -10,6 +10,7 @@ import { Monitor, formatMs, parseTargets, type MonitorEvent } from '../daemon/mo
 import { parseDuration } from '../daemon/ban-policy.js';
 import { formatStatus, type StatusReport } from '../daemon/status-ops.js';
 import { fail } from './cli-util.js';
+import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/neutralise.js';
 
 /**
  * `commusicctl monitor` (the availability probe, meant to run at two sites) and
@@ -108,8 +109,8 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
       const print = (e: MonitorEvent) => {
         if (o.quiet && !e.transition) return;
         if (o.json) {
-          process.stdout.write(`${JSON.stringify({ time: new Date(e.time).toISOString(), target: e.target.label, ok: e.result.ok, ...(e.result.ok ? { rttMs: e.result.rttMs } : { error: e.result.error }), status: e.state.status, failures: e.state.failures, transition: e.transition?.kind ?? null })}\n`);
-        } else process.stdout.write(`${describe(e)}\n`);
+          process.stdout.write(`${safeJson({ time: new Date(e.time).toISOString(), target: e.target.label, ok: e.result.ok, ...(e.result.ok ? { rttMs: e.result.rttMs } : { error: e.result.error }), status: e.state.status, failures: e.state.failures, transition: e.transition?.kind ?? null })}\n`);
+        } else process.stdout.write(`${neutraliseBlock(describe(e))}\n`);
       };
       if (o.once) {
         const m = new Monitor({ targets, intervalMs, failures: 1, site, sink: { alert: () => undefined }, onProbe: (e) => print({ ...e, transition: undefined } as MonitorEvent), ...(timeoutMs ? { timeoutMs } : {}) });
@@ -120,7 +121,7 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
       const logger = createLogger({ level: 'warn' });
       const mailer = await AlertMailer.open({ dataDir: resolve(o.spool), config: mailerConfig(o), logger });
       const monitor = new Monitor({ targets, intervalMs, failures, site, sink: mailer, logger, onProbe: print, ...(timeoutMs ? { timeoutMs } : {}) });
-      process.stdout.write(`monitoring ${targets.map((t) => t.label).join(', ')} every ${formatMs(intervalMs)} from ${site}; outage mail after ${failures} failed probes\n`);
+      process.stdout.write(neutraliseBlock(`monitoring ${targets.map((t) => t.label).join(', ')} every ${formatMs(intervalMs)} from ${site}; outage mail after ${failures} failed probes\n`));
       monitor.start();
       await new Promise<void>((done) => {
         const stop = () => {
@@ -149,6 +150,6 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
         process.exit(3);
       }
       const report = res.result as StatusReport;
-      process.stdout.write(o.json ? `${JSON.stringify(report)}\n` : formatStatus(report));
+      process.stdout.write(o.json ? `${safeJson(report)}\n` : neutraliseBlock(formatStatus(neutraliseDeep(report))));
     });
 }

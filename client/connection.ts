@@ -1,3 +1,4 @@
+import { decodeRefusal, type Refusal } from '../protocol/refusal.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { normalizeFingerprint } from '../crypto/identity.js';
 import { ClientSession, pinFingerprint } from '../protocol/client-session.js';
@@ -102,7 +103,19 @@ export class Connection {
         session.start();
         socket.write(Buffer.concat(session.takeOutput()));
       });
-      const onData = (d: Buffer) => {
+      // The server's first bytes may be a plaintext refusal (PROTOCOL.md 3.4) instead of a
+      // ServerHello: held back until it is clear which.
+      let first: Buffer | undefined = Buffer.alloc(0);
+      const onData = (chunk: Buffer) => {
+        let d = chunk;
+        if (first !== undefined) {
+          first = Buffer.concat([first, chunk]);
+          const refusal = decodeRefusal(first);
+          if (refusal === 'need-data') return;
+          if (refusal) return fail(refusalError(refusal, server));
+          d = first;
+          first = undefined;
+        }
         session.receive(d);
         const ev = session.nextEvent();
         if (ev.type === 'need-data') return;
@@ -346,8 +359,17 @@ const CLOSE_REASONS: Record<number, string> = {
   1: 'the server is shutting down',
   2: 'idle timeout',
   3: 'protocol error',
-  4: 'refused by policy (this address was banned)',
+  4: 'refused by policy (this address was banned, or holds too many connections)',
 };
+
+/** What a member reads when the server refused the connection before the handshake. */
+function refusalError(r: Refusal, server: string): ClientError {
+  if (r.code === 'BANNED') {
+    const until = r.until !== undefined ? new Date(r.until).toISOString() : 'further notice';
+    return new ClientError('BANNED', `${server} refused the connection: this address is banned until ${until}; ask your club's operator`, r.until);
+  }
+  return new ClientError('BUSY', `${server} refused the connection: too many connections from this address or network right now; try again in a minute`);
+}
 
 export function connect(opts: ConnectOptions): Promise<Connection> {
   return Connection.open(opts);

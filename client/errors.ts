@@ -8,6 +8,8 @@ export type ClientErrorCode =
   | 'SERVER_KEY_MISMATCH'
   | 'SERVER_KEY_CHANGED'
   | 'HANDSHAKE_FAILED'
+  | 'BANNED'
+  | 'BUSY'
   | 'CONNECTION_CLOSED'
   | 'TIMEOUT'
   | 'REQUEST_TOO_LARGE'
@@ -18,6 +20,8 @@ export class ClientError extends Error {
   constructor(
     readonly code: ClientErrorCode,
     message: string,
+    /** BANNED: when the ban ends, ms since the epoch (as the server said). */
+    readonly until?: number,
   ) {
     super(message);
   }

@@ -313,6 +313,7 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
     audit.append({ user: u.username, ip: ctx.conn.ip, session: sessionId, action: 'login', entity: null, recordId: null, changes: rehashed ? { passwordHash: { old: '[redacted]', new: '[redacted]' }, rehashed: legacy ? 'legacy sha512 -> scrypt' : 'scrypt parameters raised' } : null });
   }).immediate();
   const after = getUserById(db, u.id)!;
+  ctx.authenticated?.();
   ctx.session.set(SESSION_KEY, { clubId: p.club, userId: u.id, username: u.username, sessionId, credVersion: after.credVersion, lastActive: now.getTime() } satisfies SessionState);
   return { club: p.club, user: u.username, userId: u.id, session: sessionId, mustChangePassword: after.mustChangePassword, idleTimeoutMs: services.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS };
 }

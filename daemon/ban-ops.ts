@@ -1,4 +1,4 @@
-import { canonicalPrefix } from '../storage/ban-address.js';
+import { BanAddressError, formatAddress, formatPrefix, parseAddress, parsePrefix, prefixContains, prefixesOverlap, prefixHostBits } from '../storage/ban-address.js';
 import type { BanRecord, BanTable, BanViolation, ExemptEntry } from '../storage/ban-store.js';
 import { parseDuration } from './ban-policy.js';
 
@@ -68,44 +68,135 @@ export function bansList(ctx: BanOpsContext): BanJson[] {
   return ctx.table.list(now).map(banJson);
 }
 
-/** `bans add IP|CIDR --for DURATION --reason TEXT`: a manual ban, replacing any on the same range. */
+/** A refused operator ban: BAN_EXEMPT (overlaps an exemption), BAN_WIDE_RANGE (needs --yes). */
+export class BanOpError extends Error {
+  constructor(
+    readonly code: 'BAN_EXEMPT' | 'BAN_WIDE_RANGE' | 'BAN_NOT_AN_ADDRESS',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'BanOpError';
+  }
+}
+
+/**
+ * Ranges wider than these need `--yes`: an IPv4 range shorter than /16 (more than 65,536
+ * addresses; 0.0.0.0/0 is every IPv4 client), an IPv6 range shorter than /32 (a whole regional
+ * registry's allocation unit).
+ */
+export const WIDE_RANGE_MIN_LENGTH = { 4: 16, 6: 32 } as const;
+
+function canonical(text: string): string {
+  return formatPrefix(parsePrefix(text));
+}
+
+/**
+ * `bans add IP|CIDR --for DURATION --reason TEXT [--force] [--yes]`: a manual ban, replacing any
+ * on the same range. Refused (typed errors, nothing stored): a range with host bits set
+ * (BAN_HOST_BITS), a duration without a unit (BAN_BAD_DURATION), a range wider than /16 (IPv4)
+ * or /32 (IPv6) without `yes` (BAN_WIDE_RANGE), an address or range inside an exemption
+ * (BAN_EXEMPT: exemptions win, remove the exemption first), and a range that contains exempt
+ * addresses without `force` (BAN_EXEMPT; with `force` the ban is stored and the exempt
+ * addresses inside it stay admitted).
+ */
 export function bansAdd(
   ctx: BanOpsContext,
-  args: { address: string; duration: string | number; reason?: string },
-): BanJson {
+  args: { address: string; duration: string | number; reason?: string; force?: boolean; yes?: boolean },
+): BanJson & { exemptInside: string[] } {
   const now = (ctx.now ?? Date.now)();
   const ms = typeof args.duration === 'number' ? args.duration : parseDuration(args.duration);
-  const address = canonicalPrefix(args.address);
+  const prefix = parsePrefix(args.address);
+  const address = formatPrefix(prefix);
+  const minLength = WIDE_RANGE_MIN_LENGTH[prefix.family];
+  if (prefix.length < minLength && !args.yes) {
+    const bits = prefixHostBits(prefix);
+    const all = prefix.length === 0 ? ` (every IPv${prefix.family} client)` : '';
+    throw new BanOpError(
+      'BAN_WIDE_RANGE',
+      `${address} covers 2^${bits} addresses${all}, wider than /${minLength}; if you mean it, repeat with --yes`,
+    );
+  }
+  const inside: string[] = [];
+  for (const e of ctx.table.exemptAll()) {
+    const ex = parsePrefix(e.address);
+    if (!prefixesOverlap(ex, prefix)) continue;
+    if (prefixContains(ex, prefix)) {
+      throw new BanOpError('BAN_EXEMPT', `${address} is exempt (${e.address}${e.note ? `: ${e.note}` : ''}); exemptions win over bans, so remove the exemption first`);
+    }
+    inside.push(e.address);
+  }
+  if (inside.length > 0 && !args.force) {
+    throw new BanOpError('BAN_EXEMPT', `${address} contains exempt ${inside.join(', ')}, which would stay admitted; repeat with --force to ban the rest of the range`);
+  }
   const reason = args.reason?.trim() || 'manual ban';
   ctx.table.add({ address, expires: now + ms, reason, source: 'manual', level: 0 }, now);
   const rec = ctx.table.list(now).find((b) => b.address === address);
   if (!rec) throw new Error('ban vanished right after it was added');
-  return banJson(rec);
+  return { ...banJson(rec), exemptInside: inside };
 }
 
-/** `bans remove IP|CIDR`: lifts the ban on exactly that address or range. */
-export function bansRemove(ctx: BanOpsContext, args: { address: string }): { address: string; removed: boolean } {
-  const address = canonicalPrefix(args.address);
-  return { address, removed: ctx.table.remove(address) };
+export interface RemoveJson {
+  address: string;
+  removed: boolean;
+  /** When nothing was removed: the active bans whose range contains the given address or range. */
+  coveredBy: { address: string; expires: string; reason: string }[];
 }
 
-/** `bans check IP`: which ban, if any, a connection from this address would hit. */
-export function bansCheck(ctx: BanOpsContext, args: { address: string }): { address: string; ban: string | null; expires: string | null } {
+/**
+ * `bans remove IP|CIDR`: lifts the ban on exactly that address or range. When there is none but
+ * a banned range contains it, `coveredBy` names that range (lifting it is the operator's call:
+ * it unbans every address in it).
+ */
+export function bansRemove(ctx: BanOpsContext, args: { address: string }): RemoveJson {
   const now = (ctx.now ?? Date.now)();
-  const b = ctx.table.check(args.address, now);
-  return { address: args.address, ban: b?.address ?? null, expires: b ? iso(b.expires) : null };
+  const prefix = parsePrefix(args.address);
+  const address = formatPrefix(prefix);
+  if (ctx.table.remove(address)) return { address, removed: true, coveredBy: [] };
+  const coveredBy = ctx.table
+    .list(now)
+    .filter((b) => b.address !== address && prefixContains(parsePrefix(b.address), prefix))
+    .map((b) => ({ address: b.address, expires: iso(b.expires), reason: b.reason }));
+  return { address, removed: false, coveredBy };
 }
 
+export interface CheckJson {
+  address: string;
+  /** What a connection from this address meets now. */
+  verdict: 'banned' | 'exempt' | 'admitted';
+  /** The most specific active ban covering the address (also when an exemption overrides it). */
+  ban: { address: string; expires: string; reason: string; source: 'auto' | 'manual' } | null;
+  exempt: { address: string; note: string } | null;
+}
+
+/** `bans check IP`: which ban or exemption applies to this address, and until when. */
+export function bansCheck(ctx: BanOpsContext, args: { address: string }): CheckJson {
+  const now = (ctx.now ?? Date.now)();
+  const a = parseAddress(args.address);
+  if (!a) {
+    if (args.address.includes('/')) throw new BanOpError('BAN_NOT_AN_ADDRESS', 'bans check takes one address, not a range');
+    throw new BanAddressError(args.address);
+  }
+  const b = ctx.table.banCovering(args.address, now);
+  const e = ctx.table.exemptMatch(args.address);
+  return {
+    address: formatAddress(a),
+    verdict: e ? 'exempt' : b ? 'banned' : 'admitted',
+    ban: b ? { address: b.address, expires: iso(b.expires), reason: b.reason, source: b.source } : null,
+    exempt: e ? { address: e.address, note: e.note } : null,
+  };
+}
+
+/** `bans exempt list`: the table's exemptions and the configuration's (note "configuration"). */
 export function exemptList(ctx: BanOpsContext): ExemptJson[] {
-  return ctx.table.exemptList().map(exemptJson);
+  return ctx.table.exemptAll().map(exemptJson);
 }
 
 export function exemptAdd(ctx: BanOpsContext, args: { address: string; note?: string }): ExemptJson {
   const now = (ctx.now ?? Date.now)();
-  return exemptJson(ctx.table.exemptAdd(canonicalPrefix(args.address), args.note?.trim() ?? '', now));
+  return exemptJson(ctx.table.exemptAdd(canonical(args.address), args.note?.trim() ?? '', now));
 }
 
 export function exemptRemove(ctx: BanOpsContext, args: { address: string }): { address: string; removed: boolean } {
-  const address = canonicalPrefix(args.address);
+  const address = canonical(args.address);
   return { address, removed: ctx.table.exemptRemove(address) };
 }

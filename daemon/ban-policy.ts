@@ -1,8 +1,8 @@
-import IPCIDR from 'ip-cidr';
 import { z } from 'zod';
 import {
   formatPrefix,
   parseAddress,
+  parsePrefix,
   prefixOf,
   type ParsedAddress,
   type ParsedPrefix,
@@ -30,16 +30,21 @@ const UNITS: Record<string, number> = {
 
 export class DurationError extends Error {
   readonly code = 'BAN_BAD_DURATION';
-  constructor(input: string) {
-    super(`not a duration (use e.g. 90s, 15m, 2h, 7d): ${JSON.stringify(input.slice(0, 40))}`);
+  constructor(input: string, message?: string) {
+    super(message ?? `not a duration (use e.g. 90s, 15m, 2h, 7d): ${JSON.stringify(input.slice(0, 40))}`);
     this.name = 'DurationError';
   }
 }
 
-/** "90s", "15m", "2h", "7d", "1w", "500ms", "1h30m" or a bare number of seconds, to milliseconds. */
+/**
+ * "90s", "15m", "2h", "7d", "1w", "500ms", "1h30m" to milliseconds. A unit is required: a bare
+ * number ("2") is refused, since an operator may mean hours as easily as seconds.
+ */
 export function parseDuration(text: string): number {
   const s = text.trim().toLowerCase();
-  if (/^\d+$/.test(s)) return Number(s) * 1000;
+  if (/^\d+(?:\.\d+)?$/.test(s)) {
+    throw new DurationError(text, `"${s.slice(0, 20)}" has no unit: write e.g. ${s.slice(0, 20)}s, ${s.slice(0, 20)}m, ${s.slice(0, 20)}h or ${s.slice(0, 20)}d`);
+  }
   const re = /(\d+(?:\.\d+)?)(ms|s|m|h|d|w)/gy;
   let total = 0;
   let pos = 0;
@@ -81,12 +86,17 @@ export const DurationSchema = z.union([
   }),
 ]);
 
-/** An address or CIDR range, validated with ip-cidr. */
-export const CidrSchema = z
-  .string()
-  .refine((s) => IPCIDR.isValidCIDR(s) || IPCIDR.isValidAddress(s), {
-    message: 'not an IP address or CIDR range',
-  });
+/**
+ * An address or CIDR range, validated by the product's one address parser
+ * (storage/ban-address.ts): a range with host bits set (`10.0.0.1/8`) is refused.
+ */
+export const CidrSchema = z.string().superRefine((s, ctx) => {
+  try {
+    parsePrefix(s);
+  } catch (e) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: (e as Error).message });
+  }
+});
 
 export const KindRuleSchema = z.object({
   /** Violations within findTime that trigger a ban; 1 = ban at once. */
@@ -108,6 +118,9 @@ export const VIOLATION_KINDS: readonly ViolationKind[] = [
   'handshake',
   'protocol',
   'login',
+  'command',
+  'limit',
+  'slow',
   'rights',
 ];
 
@@ -122,6 +135,12 @@ const KindsSchema = z
     rights: KindRuleSchema.default(IMMEDIATE),
     handshake: KindRuleSchema.default({ maxRetry: 3, findTime: '10m' }),
     login: KindRuleSchema.default({ maxRetry: 5, findTime: '10m' }),
+    /** Unknown command names: a client of another version may send a few, a prober many. */
+    command: KindRuleSchema.default({ maxRetry: 20, findTime: '10m' }),
+    /** Refused at a connection limit: a club behind one address rarely, a flood at once. */
+    limit: KindRuleSchema.default({ maxRetry: 3, findTime: '10m' }),
+    /** A record dripped past its deadline: a bad network now and then, a slowloris always. */
+    slow: KindRuleSchema.default({ maxRetry: 3, findTime: '10m' }),
   })
   .strict()
   .default({});

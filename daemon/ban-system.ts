@@ -42,6 +42,8 @@ export async function openBanSystem(opts: BanSystemOptions): Promise<BanSystem> 
     throw err;
   }
   const engine = new BanEngine({ table, bus: opts.bus, policy: opts.policy ?? {}, logger });
+  // Configured exemptions win over manual bans too: the table checks them at accept time.
+  table.setConfigExempt(engine.policy.exempt);
   const unwire = wireBanAlerts(engine, mailer, logger);
   return {
     table,

@@ -1,8 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
-import IPCIDR from 'ip-cidr';
-import { BanPolicySchema } from './ban-policy.js';
+import { BanPolicySchema, CidrSchema } from './ban-policy.js';
 import { MailerConfigSchema } from './mailer.js';
 import { BackupConfigSchema } from './backup-service.js';
 
@@ -24,9 +23,27 @@ const hostPort = z
 const limitsSchema = z
   .object({
     maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+    /** The pending-handshake pool (OpenSSH MaxStartups "full"). */
     maxPendingHandshakes: z.number().int().min(1).max(100_000).default(512),
+    /** Random early drop starts at this many pending handshakes (MaxStartups "start"). */
+    earlyDropStart: z.number().int().min(1).max(100_000).default(256),
+    /** Drop probability at earlyDropStart, rising linearly to 1 at the full pool (MaxStartups "rate"). */
+    earlyDropRate: z.number().min(0).max(1).default(0.3),
     maxPendingHandshakesPerIp: z.number().int().min(1).max(10_000).default(16),
+    /** Pending handshakes per IPv4 /24 or IPv6 /64 (limitPrefixV4, limitPrefixV6). */
+    maxPendingHandshakesPerPrefix: z.number().int().min(1).max(100_000).default(64),
+    /** Established sessions that have not logged in yet: in all, per address, per prefix. */
+    maxPreLogin: z.number().int().min(1).max(1_000_000).default(2048),
+    maxPreLoginPerIp: z.number().int().min(1).max(10_000).default(16),
+    maxPreLoginPerPrefix: z.number().int().min(1).max(100_000).default(64),
+    limitPrefixV4: z.number().int().min(8).max(32).default(24),
+    limitPrefixV6: z.number().int().min(16).max(128).default(64),
+    /** Whole deadline for the handshake, from accept; bytes do not extend it. */
     handshakeTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    /** Whole deadline for a record, from its first byte to its last; bytes do not extend it. */
+    recordTimeoutMs: z.number().int().min(100).max(600_000).default(30_000),
+    /** Whole deadline for logging in, from the end of the handshake. */
+    loginTimeoutMs: z.number().int().min(100).max(3_600_000).default(60_000),
     idleTimeoutMs: z.number().int().min(1_000).max(86_400_000).default(300_000),
     requestTimeoutMs: z.number().int().min(100).max(3_600_000).default(120_000),
     shutdownGraceMs: z.number().int().min(0).max(600_000).default(10_000),
@@ -45,7 +62,7 @@ const healthSchema = z
     keyFile: z.string().min(1).optional(),
     /** Who may read /metrics without a token. */
     allowCidrs: z
-      .array(z.string().refine((s) => IPCIDR.isValidCIDR(s) || IPCIDR.isValidAddress(s), 'expected an IP address or CIDR range'))
+      .array(CidrSchema)
       .default(['127.0.0.1/32', '::1/128']),
     /** Bearer token that opens /metrics from anywhere (prefer tokenFile). */
     bearerToken: z.string().min(16, 'use at least 16 characters').optional(),

@@ -21,6 +21,8 @@ export interface ConnectionEvents {
   handshakeDone(established: boolean): void;
   closed(): void;
   counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
+  /** A user logged in on this connection (it leaves the pre-login stage). */
+  loggedIn?(): void;
 }
 
 /** Where a request stands: waiting for its handler, streaming its download, or answered. */
@@ -70,6 +72,10 @@ class RequestContext implements CommandContext {
   get session(): Map<string, unknown> {
     return this.owner.sessionMap();
   }
+
+  authenticated(): void {
+    this.owner.markAuthenticated();
+  }
 }
 
 /** How long a terminated connection may take to read its CLOSE before it is destroyed. */
@@ -100,13 +106,30 @@ function onSocketDrain(this: OwnedSocket): void {
 function onSocketTimeout(this: OwnedSocket): void {
   this[CONN].onIdle();
 }
+function onRecordTimer(c: Connection): void {
+  c.onRecordTimeout();
+}
+function onLoginTimer(c: Connection): void {
+  c.onLoginTimeout();
+}
 
 export class Connection {
   readonly info: ConnectionInfo;
+  /** When the socket was accepted, ms since the epoch. */
+  readonly acceptedAt = Date.now();
   /** Requests in flight, in arrival order (which is also deadline order). */
   private inflight: Map<number, InFlight> | undefined;
   private sessionState: Map<string, unknown> | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
+  /**
+   * The record deadline: when the record now partly received started (0: none), and one timer
+   * per connection that checks it (re-armed for the rest, never per byte or per record).
+   */
+  private recordStart = 0;
+  private recordTimer: NodeJS.Timeout | undefined;
+  /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
+  private loginTimer: NodeJS.Timeout | undefined;
+  private loggedIn = false;
   /** One timer per connection, due at the earliest deadline of a request in flight. */
   private sweepTimer: NodeJS.Timeout | undefined;
   private flushQueued = false;
@@ -147,6 +170,11 @@ export class Connection {
 
   private get inflightCount(): number {
     return this.inflight ? this.inflight.size : 0;
+  }
+
+  /** Bytes received so far (0: the peer has sent nothing). */
+  get receivedBytes(): number {
+    return this.bytesIn;
   }
 
   get isEstablished(): boolean {
@@ -190,6 +218,8 @@ export class Connection {
     this.finishHandshake(false);
     clearTimeout(this.sweepTimer);
     this.sweepTimer = undefined;
+    clearTimeout(this.recordTimer);
+    clearTimeout(this.loginTimer);
     if (this.inflight) {
       for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
       this.inflight.clear();
@@ -205,6 +235,55 @@ export class Connection {
     this.bytesIn += data.length;
     this.session.receive(data);
     this.pump();
+    this.watchRecord();
+  }
+
+  /**
+   * A record started must be finished within recordTimeoutMs of its first byte, however the
+   * bytes trickle in (nginx client_body_timeout is a deadline for the whole read in the same
+   * way); the handshake has its own whole deadline.
+   */
+  private watchRecord(): void {
+    if (this.closed || this.handshakeOpen) return;
+    if (this.session.bufferedBytes === 0) {
+      this.recordStart = 0;
+    } else if (this.recordStart === 0) {
+      this.recordStart = Date.now();
+      this.recordTimer ??= setTimeout(onRecordTimer, this.limits.recordTimeoutMs, this);
+    }
+  }
+
+  /** @internal */
+  onRecordTimeout(): void {
+    this.recordTimer = undefined;
+    if (this.closed || this.recordStart === 0) return;
+    const left = this.recordStart + this.limits.recordTimeoutMs - Date.now();
+    if (left > 0) {
+      // An earlier record finished in time; this one has the rest of its own deadline.
+      this.recordTimer = setTimeout(onRecordTimer, left, this);
+      return;
+    }
+    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.session.bufferedBytes });
+    this.closed = true; // see onHandshakeTimeout
+    this.events.violation('slow', 'record not completed in time');
+    this.destroy();
+  }
+
+  /** @internal A handler logged a user in on this connection. */
+  markAuthenticated(): void {
+    if (this.loggedIn) return;
+    this.loggedIn = true;
+    clearTimeout(this.loginTimer);
+    this.loginTimer = undefined;
+    this.events.loggedIn?.();
+  }
+
+  /** @internal */
+  onLoginTimeout(): void {
+    this.loginTimer = undefined;
+    if (this.closed || this.loggedIn) return;
+    this.log.info('login deadline', { conn: this.info.id, ip: this.info.ip });
+    this.closeWith(CLOSE_IDLE);
   }
 
   private pump(): void {
@@ -222,6 +301,7 @@ export class Connection {
           this.finishHandshake(true);
           this.events.counted('established');
           this.socket.setTimeout(this.limits.idleTimeoutMs);
+          if (!this.closed && !this.loggedIn) this.loginTimer = setTimeout(onLoginTimer, this.limits.loginTimeoutMs, this);
           continue;
         case 'message':
           this.onMessage(ev.message);
@@ -240,13 +320,15 @@ export class Connection {
 
   private protocolFailure(error: ProtocolError): void {
     const cause = (error as { cause?: unknown }).cause;
-    this.log.warn('connection refused', {
+    // The violation (with this code) is logged by the ban engine; this line adds the state.
+    this.log.debug('connection refused', {
       conn: this.info.id,
       ip: this.info.ip,
       code: error.code,
       state: this.session.state,
       ...(cause instanceof Error ? { cause: cause.name } : {}),
     });
+    this.closed = true; // see onHandshakeTimeout
     this.events.violation(error.violationKind, error.code);
     this.flush(); // a Reject, if the session produced one
     this.destroy();
@@ -296,6 +378,8 @@ export class Connection {
       prepared = this.dispatcher.prepare(command, payload, stream);
     } catch (e) {
       this.events.counted('request', command, (e as CommandError).code);
+      // Probing for commands is counted against the source; the name itself is never kept.
+      if ((e as CommandError).code === 'UNKNOWN_COMMAND') this.events.violation('command', 'unknown command');
       // An upload that was refused still occupies the id until the client sees the error.
       return this.sendError(id, e as CommandError);
     }
@@ -482,7 +566,9 @@ export class Connection {
   onHandshakeTimeout(): void {
     if (!this.handshakeOpen || this.closed) return;
     const silent = this.bytesIn === 0;
-    this.log.warn('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    // Closed first: the ban this violation may trigger must not terminate (and count) it again.
+    this.closed = true;
     this.events.violation(silent ? 'silent' : 'handshake', silent ? 'sent nothing' : 'handshake not completed in time');
     this.destroy();
   }
@@ -497,12 +583,14 @@ export class Connection {
   /** @internal socket listener */
   onEnd(): void {
     if (this.closed) return;
-    if (this.session.bufferedBytes > 0) {
-      this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
-      return;
-    }
+    // Classified by the stage reached (PROTOCOL.md): a ClientHello cut short ("CM", 40 of 75
+    // bytes) is a broken handshake, counted, not a record-layer attack banned at once.
     if (this.handshakeOpen && this.bytesIn > 0) {
       this.protocolFailure(new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'connection ended inside the handshake'));
+      return;
+    }
+    if (this.session.bufferedBytes > 0) {
+      this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
       return;
     }
     this.closeWith(this.isEstablished ? CLOSE_NORMAL : CLOSE_PROTOCOL_ERROR);

@@ -12,12 +12,24 @@ import type { Logger } from './log.js';
  */
 export const MAX_CONTROL_LINE = 1024 * 1024;
 
+interface Handler {
+  run(op: string, args: unknown): Promise<unknown>;
+}
+
 export class ControlServer {
+  private handler: Handler | undefined;
   private constructor(private readonly server: Server, private readonly path: string) {}
 
-  static async listen<C>(path: string, registry: OperationRegistry<C>, ctx: C, log: Logger): Promise<ControlServer> {
+  /**
+   * Bind the socket now and answer operations once `attach()` gave them a context. The daemon
+   * binds it first thing: a live socket is the data folder's lock (a second daemon on the same
+   * folder fails here, before it binds a port or touches a file), and until the daemon is up
+   * every operation is answered with the code STARTING.
+   */
+  static async bind(path: string, log: Logger): Promise<ControlServer> {
     await removeStaleSocket(path);
-    const server = createServer((s) => serve(s, registry, ctx, log));
+    let self: ControlServer | undefined;
+    const server = createServer((s) => serve(s, () => self?.handler, log));
     const oldMask = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -28,7 +40,20 @@ export class ControlServer {
       process.umask(oldMask);
     }
     chmodSync(path, 0o600);
-    return new ControlServer(server, path);
+    self = new ControlServer(server, path);
+    return self;
+  }
+
+  /** Start answering operations from this registry with this context. */
+  attach<C>(registry: OperationRegistry<C>, ctx: C): void {
+    this.handler = { run: (op, args) => registry.run(ctx, op, args) };
+  }
+
+  /** bind() and attach() in one step. */
+  static async listen<C>(path: string, registry: OperationRegistry<C>, ctx: C, log: Logger): Promise<ControlServer> {
+    const c = await ControlServer.bind(path, log);
+    c.attach(registry, ctx);
+    return c;
   }
 
   async close(): Promise<void> {
@@ -41,7 +66,7 @@ export class ControlServer {
   }
 }
 
-function serve<C>(socket: Socket, registry: OperationRegistry<C>, ctx: C, log: Logger): void {
+function serve(socket: Socket, handler: () => Handler | undefined, log: Logger): void {
   let buf = '';
   socket.setEncoding('utf8');
   socket.on('error', () => socket.destroy());
@@ -63,8 +88,9 @@ function serve<C>(socket: Socket, registry: OperationRegistry<C>, ctx: C, log: L
         return;
       }
       const id = req.id;
-      registry
-        .run(ctx, String(req.op), req.args)
+      const h = handler();
+      const pending = h ? h.run(String(req.op), req.args) : Promise.reject(new OperationError('STARTING', 'the daemon is starting; try again in a moment'));
+      pending
         .then((result) => reply(socket, { id, ok: true, result: result ?? null }))
         .catch((e: unknown) => {
           const code = (e as { code?: unknown }).code;

@@ -19,6 +19,8 @@ export interface CommandContext {
   readonly upload?: AsyncIterable<Uint8Array>;
   /** Mutable per-connection state (the authenticated user, later). */
   readonly session: Map<string, unknown>;
+  /** Tell the edge a user logged in: the connection leaves the pre-login limits and deadline. */
+  authenticated?(): void;
 }
 
 export interface CommandResult {
@@ -66,6 +68,11 @@ export class Dispatcher {
   register<S extends z.ZodTypeAny>(spec: CommandSpec<S>): void {
     if (this.commands.has(spec.name)) throw new Error(`command ${spec.name} registered twice`);
     this.commands.set(spec.name, spec as unknown as CommandSpec);
+  }
+
+  /** Whether a command of this name is registered. */
+  has(name: string): boolean {
+    return this.commands.has(name);
   }
 
   names(): string[] {

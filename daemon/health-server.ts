@@ -2,9 +2,8 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, unlinkSync, writeSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { isIP } from 'node:net';
 import { join } from 'node:path';
-import IPCIDR from 'ip-cidr';
+import { PrefixMap, parseAddress, parsePrefix } from '../storage/ban-address.js';
 import { splitHostPort } from './config.js';
 import { normalizeIp } from './connection.js';
 import { nullLogger, type Logger } from './log.js';
@@ -46,7 +45,7 @@ export const MIN_TLS_VERSION = 'TLSv1.2' as const;
 
 export class HealthServer {
   private tls: TlsMaterial;
-  private allow: { cidr: string; range: IPCIDR }[] = [];
+  private allow = new PrefixMap<string>();
   private tokenDigest: Buffer | undefined;
   private readonly log: Logger;
 
@@ -127,14 +126,17 @@ export class HealthServer {
   }
 
   private setAccess(access: HealthAccess): void {
-    this.allow = access.allowCidrs.map((c) => ({ cidr: c, range: new IPCIDR(toCidr(c)) }));
+    const allow = new PrefixMap<string>();
+    for (const c of access.allowCidrs) allow.set(parsePrefix(c), c);
+    this.allow = allow;
     this.tokenDigest = access.token ? digest(access.token) : undefined;
   }
 
   /** Whether this peer may read /metrics. */
   private authorised(req: IncomingMessage): 'ok' | 'no-token' | 'bad-token' {
     const ip = normalizeIp(req.socket.remoteAddress ?? '');
-    if (ip && this.allow.some((a) => inRange(a.range, ip))) return 'ok';
+    const parsed = ip ? parseAddress(ip) : undefined;
+    if (parsed && this.allow.match(parsed) !== undefined) return 'ok';
     const h = req.headers.authorization;
     if (!this.tokenDigest || typeof h !== 'string') return 'no-token';
     const m = /^Bearer\s+(\S+)\s*$/i.exec(h);
@@ -210,21 +212,6 @@ function send(res: ServerResponse, status: number, body: string, contentType = '
 
 function digest(s: string): Buffer {
   return createHash('sha256').update(s, 'utf8').digest();
-}
-
-function toCidr(s: string): string {
-  if (s.includes('/')) return s;
-  return isIP(s) === 6 ? `${s}/128` : `${s}/32`;
-}
-
-function inRange(range: IPCIDR, ip: string): boolean {
-  const rangeV6 = range.cidr.includes(':');
-  if (rangeV6 !== (isIP(ip) === 6)) return false;
-  try {
-    return range.contains(ip);
-  } catch {
-    return false;
-  }
 }
 
 /** Readiness: the data folder accepts a small durable write. */

@@ -86,13 +86,25 @@ export async function startHealthEndpoint(opts: HealthEndpointOptions): Promise<
   return { server, metrics };
 }
 
+/** Why the endpoint is off, for `status`: the address, the error and what to do. */
+export function healthOffReason(listen: string, code: string): string {
+  if (code === 'EADDRINUSE') return `${listen} is in use (EADDRINUSE): another daemon on this host has it? give each daemon its own health.listen`;
+  if (code === 'EACCES') return `${listen} is not permitted (EACCES): a port below 1024 needs privileges`;
+  return `${listen} is not available on this host (${code})`;
+}
+
 /**
  * For runDaemon: start the endpoint if enabled. A certificate or token problem is the operator's
  * to fix and stops the start; an address already in use does not: the client service matters
  * more than its health endpoint, so the daemon runs on, logs the error and shows it in status.
  */
-export async function startHealthIfEnabled(opts: HealthEndpointOptions & { print?: (l: string) => void }): Promise<HealthEndpoint | undefined> {
-  if (!opts.config.health.enabled) return undefined;
+export async function startHealthIfEnabled(
+  opts: HealthEndpointOptions & { print?: (l: string) => void; onOff?: (reason: string) => void },
+): Promise<HealthEndpoint | undefined> {
+  if (!opts.config.health.enabled) {
+    opts.onOff?.('disabled in the configuration (health.enabled: false)');
+    return undefined;
+  }
   try {
     const ep = await startHealthEndpoint(opts);
     const a = ep.server.address();
@@ -103,6 +115,7 @@ export async function startHealthIfEnabled(opts: HealthEndpointOptions & { print
     if (code !== 'EADDRINUSE' && code !== 'EADDRNOTAVAIL' && code !== 'EACCES') throw e;
     opts.logger.error('health endpoint not started', { event: 'health-listen', listen: opts.config.health.listen, code });
     opts.print?.(`WARNING: health endpoint not started on ${opts.config.health.listen} (${code})`);
+    opts.onOff?.(healthOffReason(opts.config.health.listen, code ?? 'ERR'));
     return undefined;
   }
 }

@@ -1,4 +1,5 @@
 import winston from 'winston';
+import { safeJsonText } from './neutralise.js';
 
 export type Logger = winston.Logger;
 
@@ -23,6 +24,14 @@ const redact = winston.format((info) => {
   return info;
 });
 
+/** The finished JSON line: bidi overrides and C1 controls a peer put in a field, escaped too. */
+const MESSAGE = Symbol.for('message');
+const safeLine = winston.format((info) => {
+  const line = (info as Record<symbol, unknown>)[MESSAGE];
+  if (typeof line === 'string') (info as Record<symbol, unknown>)[MESSAGE] = safeJsonText(line);
+  return info;
+});
+
 export function createLogger(opts: LogOptions = {}): Logger {
   const transports: winston.transport[] = [
     new winston.transports.Stream({ stream: process.stderr }),
@@ -31,7 +40,7 @@ export function createLogger(opts: LogOptions = {}): Logger {
   return winston.createLogger({
     level: opts.level ?? 'info',
     silent: opts.silent ?? false,
-    format: winston.format.combine(redact(), winston.format.timestamp(), winston.format.json()),
+    format: winston.format.combine(redact(), winston.format.timestamp(), winston.format.json(), safeLine()),
     transports,
   });
 }

@@ -4,6 +4,7 @@ import nodemailer from 'nodemailer';
 import { z } from 'zod';
 import { DurationSchema } from './ban-policy.js';
 import { nullLogger, type Logger } from './log.js';
+import { neutralise } from './neutralise.js';
 import { Outbox, newOutboxId, type OutboxMessage } from './outbox.js';
 
 /**
@@ -115,6 +116,8 @@ export class AlertMailer {
   private readonly now: () => number;
   private readonly random: () => number;
   private readonly transport: nodemailer.Transporter;
+  /** "host:port" of the SMTP server, named in every mail-retry log line. */
+  private readonly smtpTarget: string;
   private readonly local: boolean;
   private readonly server: string;
   private readonly groups = new Map<string, GroupState>();
@@ -136,6 +139,7 @@ export class AlertMailer {
     this.server = settings.serverName ?? os.hostname();
     const smtp = settings.smtp;
     this.local = !smtp;
+    this.smtpTarget = smtp ? `${smtp.host.includes(':') ? `[${smtp.host}]` : smtp.host}:${smtp.port}` : 'local outbox';
     this.transport = smtp
       ? nodemailer.createTransport({
           host: smtp.host,
@@ -308,6 +312,7 @@ export class AlertMailer {
 
   /** One alert: a mail of its own. Several: a digest naming every source. */
   private compose(group: string, alerts: readonly (Alert & { time: number })[], now: number): OutboxMessage {
+    group = neutralise(group);
     const id = newOutboxId(now);
     const severity = alerts.reduce<Severity>(
       (s, a) => (SEVERITY_RANK[a.severity] > SEVERITY_RANK[s] ? a.severity : s),
@@ -321,6 +326,13 @@ export class AlertMailer {
     }
     const tag = `[ComMusic ${this.server}] ${severity.toUpperCase()}`;
     const body: string[] = [];
+    // Subjects, lines and sources carry untrusted text (user names, details): each becomes one
+    // line with its control characters and bidi overrides escaped, so none can forge lines.
+    alerts = alerts.map((a) => ({ ...a, subject: neutralise(a.subject), lines: a.lines.map(neutralise), ...(a.sources ? { sources: a.sources.map(neutralise) } : {}) }));
+    for (const s of [...sources]) {
+      sources.delete(s);
+      sources.add(neutralise(s));
+    }
     let subject: string;
     if (alerts.length === 1) {
       const a = alerts[0]!;
@@ -462,6 +474,7 @@ export class AlertMailer {
       this.blockedUntil = at + delay;
       this.log.error('alert mail not delivered; will retry', {
         event: 'mail-retry',
+        smtp: this.smtpTarget,
         code,
         responseCode,
         messageId: msg.messageId,

@@ -1,8 +1,9 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
 import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
-import { dataPaths, loadConfig, type Config, type ConfigSources } from './config.js';
+import { dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
 import { ControlServer } from './control-socket.js';
 import { createLogger, type Logger } from './log.js';
 import { buildOperations } from './ops.js';
@@ -94,10 +95,18 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       }
     }
   };
+  // A data folder this start created is removed again if the start fails before filling it.
+  const newFolder = !existsSync(config.dataDir);
   try {
     // Everything the daemon creates (stores, WAL files, outbox, sockets) is for its user alone.
     process.umask(0o077);
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    // Start-up order: (1) the data folder's lock (the control socket), so a second daemon on
+    // the same folder stops before it binds or writes anything; (2) the client port, so a port
+    // in use is found before (3) a new data folder is initialised (keys, stores).
+    const control = await ControlServer.bind(dataPaths(config.dataDir).controlSocket, logger);
+    closers.push(() => control.close());
+    await checkPortFree(config.listen);
     const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
     const storage = await openStorage({
       dataDir: config.dataDir,
@@ -121,7 +130,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     registerClubCommands(dispatcher, clubServices);
     registerBackupCommands(dispatcher, clubServices);
     const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, admit: (ip) => !isBanned(ip) });
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires });
     closers.push(() => daemon.stop());
     // A ban also ends the sessions its source already has open.
     const stopKicking = banSystem.engine.onBan(() => daemon.disconnectBanned(isBanned));
@@ -129,6 +138,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned) };
     // Monitoring: one set of providers feeds `status` and /metrics.
     let health: HealthEndpoint | undefined;
+    let healthOff = config.health.enabled ? 'not started yet' : 'disabled in the configuration (health.enabled: false)';
     const status: StatusContext = {
       daemon,
       version: VERSION,
@@ -140,12 +150,12 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       keyWatchState: () => keyWatch.state,
       lastBackups: () => backups.lastBackups(),
       health: () => health && { listen: `${health.server.address().host}:${health.server.address().port}`, certFingerprint: health.server.certificate.fingerprint256 },
+      healthOff: () => (health ? undefined : healthOff),
     };
     const registry = buildOperations<OnlineContext>();
     registerStatusOps(registry, () => status);
-    const control = await ControlServer.listen(dataPaths(config.dataDir).controlSocket, registry, ctx, logger);
-    closers.push(() => control.close());
-    health = await startHealthIfEnabled({ config, sources: status, logger, print, listenerUp: () => daemon.address().port > 0 });
+    control.attach(registry, ctx);
+    health = await startHealthIfEnabled({ config, sources: status, logger, print, listenerUp: () => daemon.address().port > 0, onOff: (why) => (healthOff = why) });
     closers.push(() => health?.server.close());
     // The nightly schedule starts last, once clients can be served (it catches up missed nights).
     backups.start();
@@ -166,8 +176,40 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     };
   } catch (e) {
     await closeAll();
+    if (newFolder) removeIfEmpty(config.dataDir);
     throw e;
   }
+}
+
+function removeIfEmpty(dir: string): void {
+  try {
+    if (readdirSync(dir).length === 0) rmdirSync(dir);
+  } catch {
+    // Not ours to clean any further.
+  }
+}
+
+/** Port already in use: the start stops before a new data folder is initialised. */
+export class ListenError extends Error {
+  override readonly name = 'ListenError';
+  constructor(
+    readonly code: string,
+    readonly listen: string,
+  ) {
+    super(`cannot listen on ${listen}: ${code}${code === 'EADDRINUSE' ? ' (another daemon or program has this port)' : ''}`);
+  }
+}
+
+/** Binds the client address once and lets it go: in use or not permitted throws ListenError. */
+async function checkPortFree(listen: string): Promise<void> {
+  const { host, port } = splitHostPort(listen);
+  if (port === 0) return;
+  const probe = createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (e: NodeJS.ErrnoException) => reject(new ListenError(e.code ?? 'ERR', listen)));
+    probe.listen({ host, port, exclusive: true }, () => resolve());
+  });
+  await new Promise<void>((r) => probe.close(() => r()));
 }
 
 export async function runDaemon(opts: RunOptions): Promise<RunningServer> {

@@ -16,6 +16,7 @@ export interface MetricsSources {
     readonly stats: DaemonStats;
     readonly connectionCount: number;
     readonly pendingHandshakes: number;
+    readonly preLoginSessions?: number;
     readonly startedAt: number;
   };
   readonly activeBans?: () => number;
@@ -72,6 +73,22 @@ export function createDaemonMetrics(src: MetricsSources, opts: { defaultMetrics?
     registers,
     collect() {
       this.set(Math.max(0, d.connectionCount - d.pendingHandshakes));
+    },
+  });
+  new Gauge({
+    name: `${p}prelogin_sessions`,
+    help: 'Established sessions in which nobody has logged in yet.',
+    registers,
+    collect() {
+      this.set(d.preLoginSessions ?? 0);
+    },
+  });
+  new Counter({
+    name: `${p}connections_evicted_total`,
+    help: 'Slots (pending handshake or pre-login session) taken from the source holding the most for a lighter newcomer.',
+    registers,
+    collect() {
+      setCounter(this, d.stats.evicted);
     },
   });
   new Counter({

@@ -33,7 +33,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     .register({ name: 'bans.list', schema: z.object({}).strict(), run: async (c) => bansList({ table: await c.bans() }) })
     .register({
       name: 'bans.add',
-      schema: z.object({ address, duration: z.string().min(1).max(16), reason: z.string().min(1).max(200) }).strict(),
+      schema: z.object({ address, duration: z.string().min(1).max(16), reason: z.string().min(1).max(200), force: z.boolean().optional(), yes: z.boolean().optional() }).strict(),
       run: async (c, a) => {
         const ban = bansAdd({ table: await c.bans() }, a);
         c.bansChanged?.();

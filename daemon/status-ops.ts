@@ -15,6 +15,8 @@ export interface StatusContext extends MetricsSources {
   readonly listen?: () => string;
   /** Health endpoint address and certificate fingerprint, when it runs. */
   readonly health?: () => { listen: string; certFingerprint: string } | undefined;
+  /** When the health endpoint is not running: why (disabled, address in use, ...). */
+  readonly healthOff?: () => string | undefined;
   readonly now?: () => number;
 }
 
@@ -26,9 +28,10 @@ export interface StatusReport {
   uptimeSeconds: number;
   connections: number;
   pendingHandshakes: number;
+  preLoginSessions: number;
   sessions: number;
   handshakes: { hello: number; established: number };
-  refused: { banned: number; limit: number };
+  refused: { banned: number; limit: number; evicted: number };
   requests: number;
   violations: Record<string, number>;
   openStores: number | null;
@@ -37,6 +40,8 @@ export interface StatusReport {
   keyFileWatch: string | null;
   lastBackups: Record<string, string>;
   health: { listen: string; certFingerprint: string } | null;
+  /** Why the health endpoint is off (null when it runs or nobody said). */
+  healthOff: string | null;
 }
 
 export function statusReport(ctx: StatusContext): StatusReport {
@@ -54,9 +59,10 @@ export function statusReport(ctx: StatusContext): StatusReport {
     uptimeSeconds: Math.max(0, Math.floor((now - d.startedAt) / 1000)),
     connections: d.connectionCount,
     pendingHandshakes: d.pendingHandshakes,
+    preLoginSessions: d.preLoginSessions ?? 0,
     sessions: Math.max(0, d.connectionCount - d.pendingHandshakes),
     handshakes: { hello: d.stats.hellos, established: d.stats.established },
-    refused: { banned: d.stats.refusedBanned, limit: d.stats.refusedLimit },
+    refused: { banned: d.stats.refusedBanned, limit: d.stats.refusedLimit, evicted: d.stats.evicted },
     requests,
     violations: Object.fromEntries([...d.stats.violations].sort()),
     openStores: ctx.openStores?.() ?? null,
@@ -65,6 +71,7 @@ export function statusReport(ctx: StatusContext): StatusReport {
     keyFileWatch: ctx.keyWatchState?.() ?? null,
     lastBackups,
     health: ctx.health?.() ?? null,
+    healthOff: ctx.health?.() ? null : (ctx.healthOff?.() ?? null),
   };
 }
 
@@ -97,9 +104,9 @@ export function formatStatus(r: StatusReport): string {
     `commusicd ${na(r.version)}, up ${duration(r.uptimeSeconds)} (since ${r.startedAt})`,
     `listen:           ${na(r.listen)}`,
     `fingerprint:      ${na(r.fingerprint)}`,
-    `connections:      ${r.connections} (${r.sessions} sessions, ${r.pendingHandshakes} handshaking)`,
+    `connections:      ${r.connections} (${r.sessions} sessions of which ${r.preLoginSessions} not logged in, ${r.pendingHandshakes} handshaking)`,
     `handshakes:       ${r.handshakes.established} established of ${r.handshakes.hello} started`,
-    `refused:          ${r.refused.banned} banned, ${r.refused.limit} over limits`,
+    `refused:          ${r.refused.banned} banned, ${r.refused.limit} over limits, ${r.refused.evicted} evicted`,
     `requests:         ${r.requests}`,
     `violations:       ${Object.keys(r.violations).length ? Object.entries(r.violations).map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}`,
     `open club stores: ${na(r.openStores)}`,
@@ -108,7 +115,7 @@ export function formatStatus(r: StatusReport): string {
     `key-file watch:   ${na(r.keyFileWatch)}`,
     `last backups:     ${Object.keys(r.lastBackups).length ? '' : 'none recorded'}`,
     ...Object.entries(r.lastBackups).map(([d, t]) => `  ${d}: ${t}`),
-    `health endpoint:  ${r.health ? `https://${r.health.listen} (certificate ${r.health.certFingerprint})` : 'off'}`,
+    `health endpoint:  ${r.health ? `https://${r.health.listen} (certificate ${r.health.certFingerprint})` : `off${r.healthOff ? `: ${r.healthOff}` : ''}`}`,
   ];
   return `${lines.join('\n')}\n`;
 }

@@ -13,6 +13,9 @@ export type ViolationKind =
   | 'handshake' // started our handshake but broke it (bad message, bad key confirmation)
   | 'protocol' // broke the record layer after the handshake (bad tag, replay, oversize)
   | 'login' // failed login (counted, not banned at once)
+  | 'command' // a request naming a command the server does not have (counted: probing)
+  | 'limit' // refused at a per-source or pool limit before login (counted: flooding)
+  | 'slow' // a record not finished within its deadline (counted: slow drip)
   | 'rights'; // a command refused for lack of rights, or reaching another club's data
 
 export interface ViolationEvent {

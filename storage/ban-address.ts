@@ -1,10 +1,17 @@
-import { isIPv6 } from 'node:net';
+import ipaddr from 'ipaddr.js';
 
 /**
- * Addresses and prefixes for the ban table, in a form that makes `check()` at accept time cheap:
- * an IPv4 address is one unsigned 32-bit number, an IPv6 address one bigint, and an IPv4-mapped
- * IPv6 address (`::ffff:1.2.3.4`, what a dual-stack socket reports) is the IPv4 address, so a ban
- * on 1.2.3.4 holds whichever way the peer arrives.
+ * Addresses and prefixes for the ban table, the exempt lists and the health endpoint's allow
+ * list: the one place in the product where address text is parsed, and the parsing itself is
+ * done by ipaddr.js (a well-kept library), so no two parsers can disagree about what an address
+ * or a range is. The parsed form makes `check()` at accept time cheap: an IPv4 address is one
+ * unsigned 32-bit number, an IPv6 address one bigint, and an IPv4-mapped IPv6 address
+ * (`::ffff:1.2.3.4`, what a dual-stack socket reports) is the IPv4 address, so a ban on 1.2.3.4
+ * holds whichever way the peer arrives.
+ *
+ * Accepted text: IPv4 only as four decimal octets without leading zeros (no `127.1`, `0x7f.0.0.1`
+ * or `010.0.0.1`, which other parsers read differently); IPv6 in any RFC 4291 form, an interface
+ * zone (`%eth0`) dropped for socket addresses; `[...]` brackets around a socket address.
  */
 export type ParsedAddress =
   | { readonly family: 4; readonly value: number }
@@ -17,13 +24,18 @@ export type ParsedPrefix =
 
 export const IPV4_BITS = 32;
 export const IPV6_BITS = 128;
-const MAPPED_V4_PREFIX = 0xffffn; // ::ffff:0:0/96
 const MAPPED_V4_LENGTH = 96;
 
+export type BanAddressErrorCode = 'BAN_BAD_ADDRESS' | 'BAN_HOST_BITS';
+
+/** Bad address text. `BAN_HOST_BITS`: a range written with host bits set (`10.0.0.1/8`). */
 export class BanAddressError extends Error {
-  readonly code = 'BAN_BAD_ADDRESS';
-  constructor(readonly input: string) {
-    super(`not an IP address or CIDR range: ${JSON.stringify(input.slice(0, 60))}`);
+  constructor(
+    readonly input: string,
+    readonly code: BanAddressErrorCode = 'BAN_BAD_ADDRESS',
+    message?: string,
+  ) {
+    super(message ?? `not an IP address or CIDR range: ${JSON.stringify(input.slice(0, 60))}`);
     this.name = 'BanAddressError';
   }
 }
@@ -36,76 +48,44 @@ const V6_MASKS: bigint[] = Array.from({ length: IPV6_BITS + 1 }, (_, len) =>
   len === 0 ? 0n : (V6_ALL << BigInt(IPV6_BITS - len)) & V6_ALL,
 );
 
-/** Dotted quad to an unsigned 32-bit number, or -1. Strict: four decimal octets, no leading zeros. */
-export function parseIPv4(s: string): number {
-  let value = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46 /* . */) {
-      if (digits === 0 || dots === 3) return -1;
-      value = value * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && octet === 0) return -1; // leading zero: octal ambiguity
-      octet = octet * 10 + (c - 48);
-      if (octet > 255) return -1;
-      digits++;
-    } else {
-      return -1;
-    }
-  }
-  if (dots !== 3 || digits === 0) return -1;
-  return value * 256 + octet;
+function v4Value(a: ipaddr.IPv4): number {
+  const o = a.octets;
+  return ((o[0]! << 24) | (o[1]! << 16) | (o[2]! << 8) | o[3]!) >>> 0;
 }
 
-function parseIPv6(input: string): bigint | undefined {
-  let s = input;
-  const zone = s.indexOf('%');
-  if (zone >= 0) s = s.slice(0, zone);
-  if (!isIPv6(s)) return undefined;
-  const lastColon = s.lastIndexOf(':');
-  const last = s.slice(lastColon + 1);
-  if (last.includes('.')) {
-    const v4 = parseIPv4(last);
-    if (v4 < 0) return undefined;
-    s = `${s.slice(0, lastColon + 1)}${(v4 >>> 16).toString(16)}:${(v4 & 0xffff).toString(16)}`;
-  }
-  let groups: string[];
-  const dbl = s.indexOf('::');
-  if (dbl >= 0) {
-    const head = dbl > 0 ? s.slice(0, dbl).split(':') : [];
-    const tail = dbl + 2 < s.length ? s.slice(dbl + 2).split(':') : [];
-    const fill = 8 - head.length - tail.length;
-    if (fill < 0) return undefined;
-    groups = [...head, ...Array<string>(fill).fill('0'), ...tail];
-  } else {
-    groups = s.split(':');
-  }
-  if (groups.length !== 8) return undefined;
-  let value = 0n;
-  for (const g of groups) {
-    const n = Number.parseInt(g, 16);
-    if (!(n >= 0 && n <= 0xffff)) return undefined;
-    value = (value << 16n) | BigInt(n);
-  }
-  return value;
+function v6Value(a: ipaddr.IPv6): bigint {
+  let v = 0n;
+  for (const p of a.parts) v = (v << 16n) | BigInt(p);
+  return v;
+}
+
+/** The library's address, or undefined; IPv4 only in strict four-part decimal form. */
+function parseLib(text: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
+  if (text.length === 0 || text.length > 64) return undefined;
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) return ipaddr.IPv4.parse(text);
+  if (!text.includes(':') || !ipaddr.IPv6.isValid(text)) return undefined;
+  const a = ipaddr.IPv6.parse(text);
+  // An embedded IPv4 tail must be strict too (no "::ffff:127.1").
+  const tail = text.slice(text.lastIndexOf(':') + 1).split('%')[0]!;
+  if (tail.includes('.') && !ipaddr.IPv4.isValidFourPartDecimal(tail)) return undefined;
+  return a;
+}
+
+/** Dotted quad to an unsigned 32-bit number, or -1 (strict four-part decimal). */
+export function parseIPv4(s: string): number {
+  return ipaddr.IPv4.isValidFourPartDecimal(s) ? v4Value(ipaddr.IPv4.parse(s)) : -1;
 }
 
 /** Parse a socket address. IPv4-mapped IPv6 becomes IPv4. Undefined for anything else. */
 export function parseAddress(text: string): ParsedAddress | undefined {
   let s = text;
   if (s.startsWith('[') && s.endsWith(']')) s = s.slice(1, -1);
-  const v4 = parseIPv4(s);
-  if (v4 >= 0) return { family: 4, value: v4 };
-  const v6 = parseIPv6(s);
-  if (v6 === undefined) return undefined;
-  if (v6 >> 32n === MAPPED_V4_PREFIX) return { family: 4, value: Number(v6 & 0xffffffffn) };
-  return { family: 6, value: v6 };
+  const a = parseLib(s);
+  if (!a) return undefined;
+  if (a.kind() === 'ipv4') return { family: 4, value: v4Value(a as ipaddr.IPv4) };
+  const v6 = a as ipaddr.IPv6;
+  if (v6.isIPv4MappedAddress()) return { family: 4, value: v4Value(v6.toIPv4Address()) };
+  return { family: 6, value: v6Value(v6) };
 }
 
 /** The prefix of the given length that contains the address. */
@@ -118,12 +98,20 @@ export function prefixOf(addr: ParsedAddress, length: number): ParsedPrefix {
   return { family: 6, value: addr.value & V6_MASKS[len]!, length: len };
 }
 
+export interface ParsePrefixOptions {
+  /**
+   * Refuse a range written with host bits set (`10.0.0.1/8`) with BAN_HOST_BITS, instead of
+   * clearing them. Default true: an operator who typed `10.0.0.1/8` may have meant the address.
+   */
+  readonly strict?: boolean;
+}
+
 /**
- * Parse "1.2.3.4", "10.0.0.0/8", "2001:db8::1", "2001:db8::/32" (host bits are cleared, so
- * "10.1.2.3/8" means 10.0.0.0/8). An IPv4-mapped IPv6 range of length >= 96 becomes the IPv4
- * range. Throws BanAddressError on anything else.
+ * Parse "1.2.3.4", "10.0.0.0/8", "2001:db8::1", "2001:db8::/32". An IPv4-mapped IPv6 range of
+ * length >= 96 becomes the IPv4 range. Throws BanAddressError on anything else, and (unless
+ * `strict: false`) with code BAN_HOST_BITS on a range whose host bits are set.
  */
-export function parsePrefix(text: string): ParsedPrefix {
+export function parsePrefix(text: string, opts: ParsePrefixOptions = {}): ParsedPrefix {
   const s = text.trim();
   const slash = s.indexOf('/');
   const addrText = slash >= 0 ? s.slice(0, slash) : s;
@@ -133,50 +121,63 @@ export function parsePrefix(text: string): ParsedPrefix {
     if (!/^\d{1,3}$/.test(lenText)) throw new BanAddressError(text);
     len = Number(lenText);
   }
-  const v4 = parseIPv4(addrText);
-  if (v4 >= 0) {
-    const l = len ?? IPV4_BITS;
+  if (addrText.includes('%')) throw new BanAddressError(text);
+  const a = parseLib(addrText);
+  if (!a) throw new BanAddressError(text);
+  let addr: ParsedAddress;
+  let l: number;
+  if (a.kind() === 'ipv4') {
+    addr = { family: 4, value: v4Value(a as ipaddr.IPv4) };
+    l = len ?? IPV4_BITS;
     if (l > IPV4_BITS) throw new BanAddressError(text);
-    return prefixOf({ family: 4, value: v4 }, l);
+  } else {
+    const v6 = a as ipaddr.IPv6;
+    l = len ?? IPV6_BITS;
+    if (l > IPV6_BITS) throw new BanAddressError(text);
+    if (v6.isIPv4MappedAddress() && l >= MAPPED_V4_LENGTH) {
+      addr = { family: 4, value: v4Value(v6.toIPv4Address()) };
+      l -= MAPPED_V4_LENGTH;
+    } else {
+      addr = { family: 6, value: v6Value(v6) };
+    }
   }
-  const v6 = addrText.includes('%') ? undefined : parseIPv6(addrText);
-  if (v6 === undefined) throw new BanAddressError(text);
-  const l = len ?? IPV6_BITS;
-  if (l > IPV6_BITS) throw new BanAddressError(text);
-  if (v6 >> 32n === MAPPED_V4_PREFIX && l >= MAPPED_V4_LENGTH) {
-    return prefixOf({ family: 4, value: Number(v6 & 0xffffffffn) }, l - MAPPED_V4_LENGTH);
+  const p = prefixOf(addr, l);
+  if ((opts.strict ?? true) && p.value !== addr.value) {
+    const net = formatPrefix(p);
+    throw new BanAddressError(
+      text,
+      'BAN_HOST_BITS',
+      `${text.trim()} has host bits set: the range is ${net}; to mean one address, give it without "/${l}"`,
+    );
   }
-  return prefixOf({ family: 6, value: v6 }, l);
+  return p;
+}
+
+/** Number of addresses a prefix covers, as a power of two: 2^(bits - length). */
+export function prefixHostBits(p: ParsedPrefix): number {
+  return (p.family === 4 ? IPV4_BITS : IPV6_BITS) - p.length;
+}
+
+/** True when `outer` contains every address of `inner` (same family, shorter or equal length). */
+export function prefixContains(outer: ParsedPrefix, inner: ParsedPrefix): boolean {
+  if (outer.family !== inner.family || outer.length > inner.length) return false;
+  return prefixOf({ family: inner.family, value: inner.value } as ParsedAddress, outer.length).value === outer.value;
+}
+
+/** True when the two prefixes share at least one address. */
+export function prefixesOverlap(a: ParsedPrefix, b: ParsedPrefix): boolean {
+  return prefixContains(a, b) || prefixContains(b, a);
 }
 
 export function formatIPv4(v: number): string {
   return `${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
 }
 
-/** RFC 5952 text: lower case, longest run of two or more zero groups as "::". */
+/** RFC 5952 text (lower case, longest run of two or more zero groups as "::"), by ipaddr.js. */
 export function formatIPv6(v: bigint): string {
-  const groups: number[] = [];
-  for (let i = 7; i >= 0; i--) groups.push(Number((v >> BigInt(i * 16)) & 0xffffn));
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  const head = hex.slice(0, bestStart).join(':');
-  const tail = hex.slice(bestStart + bestLen).join(':');
-  return `${head}::${tail}`;
+  const parts: number[] = [];
+  for (let i = 7; i >= 0; i--) parts.push(Number((v >> BigInt(i * 16)) & 0xffffn));
+  return new ipaddr.IPv6(parts).toRFC5952String();
 }
 
 /** Canonical text: a single address without "/32" or "/128", a range as "net/len". */

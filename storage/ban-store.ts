@@ -73,8 +73,13 @@ export interface OffenderRecord {
  * store; writes go through to the shared store and come back as updates.
  */
 export interface BanTable {
-  /** The active ban covering this socket address, if any. Never throws. */
+  /**
+   * The active ban covering this socket address, if any; undefined for an exempt address (an
+   * exemption wins over every ban, automatic or manual). Never throws.
+   */
   check(ip: string, now: number): BanEntry | undefined;
+  /** The active ban covering this address whether or not it is exempt (for `bans check`). */
+  banCovering(ip: string, now: number): BanEntry | undefined;
   /** Create or replace the ban on this address or range. Throws BanAddressError on bad input. */
   add(req: BanRequest, now: number): BanEntry;
   /** Lift the ban on exactly this address or range. False if there was none. */
@@ -88,8 +93,12 @@ export interface BanTable {
   exemptAdd(address: string, note: string, now: number): ExemptEntry;
   exemptRemove(address: string): boolean;
   exemptList(): ExemptEntry[];
-  /** The exempt range covering this socket address, if any. */
+  /** The exempt range covering this socket address, if any (table or configuration). */
   exemptMatch(ip: string): ExemptEntry | undefined;
+  /** Every exemption: the table's and the configuration's (note "configuration"). */
+  exemptAll(): ExemptEntry[];
+  /** Replace the exemptions that come from the configuration (`bans.exempt`). */
+  setConfigExempt(cidrs: readonly string[]): void;
   /** Drop expired bans (and their violations). Returns how many went. */
   purgeExpired(now: number): number;
   close(): void;
@@ -194,6 +203,7 @@ export class BanStore implements BanTable {
   private readonly db: Database.Database;
   private readonly bans = new PrefixMap<Live>();
   private readonly exempts = new PrefixMap<ExemptEntry>();
+  private configExempts = new PrefixMap<ExemptEntry>();
   private readonly maxViolations: number;
   private closed = false;
 
@@ -310,12 +320,24 @@ export class BanStore implements BanTable {
   check(ip: string, now: number): BanEntry | undefined {
     const a = parseAddress(ip);
     if (!a) return undefined;
-    return this.bans.match(a, (l) => l.entry.expires > now)?.entry;
+    return this.checkParsed(a, now);
   }
 
   /** Like check() for an already parsed address (the engine parses once per event). */
   checkParsed(a: ParsedAddress, now: number): BanEntry | undefined {
-    return this.bans.match(a, (l) => l.entry.expires > now)?.entry;
+    const ban = this.bans.match(a, (l) => l.entry.expires > now)?.entry;
+    // Exempt lookups only for banned addresses: the common case stays one probe per length.
+    if (ban && (this.exempts.size > 0 || this.configExempts.size > 0) && this.exemptParsed(a)) return undefined;
+    return ban;
+  }
+
+  banCovering(ip: string, now: number): BanEntry | undefined {
+    const a = parseAddress(ip);
+    return a ? this.bans.match(a, (l) => l.entry.expires > now)?.entry : undefined;
+  }
+
+  private exemptParsed(a: ParsedAddress): ExemptEntry | undefined {
+    return this.exempts.match(a) ?? this.configExempts.match(a);
   }
 
   add(req: BanRequest, now: number): BanEntry {
@@ -427,7 +449,20 @@ export class BanStore implements BanTable {
 
   exemptMatch(ip: string): ExemptEntry | undefined {
     const a = parseAddress(ip);
-    return a ? this.exempts.match(a) : undefined;
+    return a ? this.exemptParsed(a) : undefined;
+  }
+
+  exemptAll(): ExemptEntry[] {
+    return [...this.exempts.values(), ...this.configExempts.values()].sort((a, b) => a.address.localeCompare(b.address));
+  }
+
+  setConfigExempt(cidrs: readonly string[]): void {
+    const m = new PrefixMap<ExemptEntry>();
+    for (const c of cidrs) {
+      const p = parsePrefix(c);
+      m.set(p, Object.freeze({ address: formatPrefix(p), note: 'configuration', created: 0 }));
+    }
+    this.configExempts = m;
   }
 
   purgeExpired(now: number): number {

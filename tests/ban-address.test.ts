@@ -18,15 +18,18 @@ test('IPv4, IPv6 and IPv4-mapped IPv6 parse to one canonical form', () => {
   assert.equal(formatAddress(parseAddress('fe80::1%eth0')!), 'fe80::1');
   assert.equal(formatAddress(parseAddress('::')!), '::');
   assert.equal(formatAddress(parseAddress('[::1]')!), '::1');
-  for (const bad of ['', '1.2.3', '1.2.3.4.5', '256.1.1.1', '01.2.3.4', 'example.org', '1::2::3', ':::']) {
+  for (const bad of ['', '1', '127.1', '1.2.3', '1.2.3.4.5', '256.1.1.1', '01.2.3.4', '0x7f.0.0.1', '::ffff:127.1', 'example.org', '1::2::3', ':::']) {
     assert.equal(parseAddress(bad), undefined, bad);
   }
 });
 
-test('prefixes clear host bits and print canonically', () => {
-  assert.equal(canonicalPrefix('10.1.2.3/8'), '10.0.0.0/8');
+test('prefixes print canonically; host bits are refused unless asked to clear them', () => {
+  assert.throws(() => canonicalPrefix('10.0.0.1/8'), { code: 'BAN_HOST_BITS', message: /the range is 10\.0\.0\.0\/8/ });
+  assert.throws(() => parsePrefix('2001:db8::1/64'), { code: 'BAN_HOST_BITS' });
+  assert.deepEqual(parsePrefix('10.1.2.3/8', { strict: false }), parsePrefix('10.0.0.0/8'));
+  assert.equal(canonicalPrefix('10.0.0.0/8'), '10.0.0.0/8');
   assert.equal(canonicalPrefix('10.1.2.3/32'), '10.1.2.3');
-  assert.equal(canonicalPrefix('2001:db8:1:2:3:4:5:6/64'), '2001:db8:1:2::/64');
+  assert.equal(canonicalPrefix('2001:db8:1:2:0:0:0:0/64'), '2001:db8:1:2::/64');
   assert.equal(canonicalPrefix('::ffff:10.0.0.0/104'), '10.0.0.0/8');
   assert.equal(canonicalPrefix('0.0.0.0/0'), '0.0.0.0/0');
   for (const bad of ['10.0.0.0/33', '::/129', '10.0.0.0/', '10.0.0.0/x', 'fe80::1%eth0/64', 'nope']) {
@@ -66,4 +69,33 @@ test('PrefixMap finds the most specific accepted entry', () => {
   assert.ok(m.delete(parsePrefix('10.1.0.0/16')));
   assert.equal(m.match(parseAddress('10.1.2.3')!), 'wide');
   assert.equal(m.size, 2);
+});
+
+test('one address parser: the ban table, the ban policy and the health allow list agree', async () => {
+  const { CidrSchema } = await import('../daemon/ban-policy.js');
+  const { loadConfig } = await import('../daemon/config.js');
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(join(tmpdir(), 'cm-parse-'));
+  const file = join(dir, 'config.json');
+  const samples = ['10.0.0.0/8', '10.0.0.1/8', '127.1', '0x7f.0.0.1', '2001:db8::/32', '2001:db8::1/32', '::ffff:10.0.0.0/104', '192.0.2.7', 'fe80::1%eth0', '1.2.3.4/33'];
+  for (const s of samples) {
+    let table = true;
+    try {
+      parsePrefix(s);
+    } catch {
+      table = false;
+    }
+    assert.equal(CidrSchema.safeParse(s).success, table, `ban policy vs table on ${s}`);
+    let health = true;
+    try {
+      writeFileSync(file, JSON.stringify({ health: { allowCidrs: [s] } }));
+      loadConfig({ file, env: {} });
+    } catch {
+      health = false;
+    }
+    assert.equal(health, table, `health allow list vs table on ${s}`);
+  }
+  rmSync(dir, { recursive: true, force: true });
 });

@@ -43,8 +43,7 @@ test('durations parse', () => {
   assert.equal(parseDuration('2h'), 2 * HOUR);
   assert.equal(parseDuration('7d'), 7 * 24 * HOUR);
   assert.equal(parseDuration('1h30m'), 90 * MIN);
-  assert.equal(parseDuration('30'), 30_000);
-  for (const bad of ['', 'h', '5x', '-5m', '5m junk', '0s']) assert.throws(() => parseDuration(bad), DurationError, bad);
+  for (const bad of ['', 'h', '5x', '-5m', '5m junk', '0s', '30', '2']) assert.throws(() => parseDuration(bad), DurationError, bad);
   assert.throws(() => parseBanPolicy({ banTime: 'soon' }));
   assert.throws(() => parseBanPolicy({ exempt: ['10.0.0.0/99'] }));
   assert.throws(() => parseBanPolicy({ kinds: { nosuch: { maxRetry: 1, findTime: '1m' } } }));

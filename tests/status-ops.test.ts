@@ -59,7 +59,7 @@ test('commusicctl status --json and text: connections, sessions, requests, bans,
     assert.equal(r.keyFileWatch, 'ok');
 
     const text = (await execFileP(process.execPath, [CTL, '--data', dataDir, 'status'])).stdout;
-    assert.match(text, /^connections: +2 \(2 sessions, 0 handshaking\)$/m);
+    assert.match(text, /^connections: +2 \(2 sessions of which 2 not logged in, 0 handshaking\)$/m);
     assert.match(text, /^active bans: +1$/m);
     assert.match(text, /^health endpoint: +https:\/\/127\.0\.0\.1:\d+ /m);
   } finally {
@@ -81,7 +81,7 @@ test('commusicctl status without a running daemon says so and exits 3', { timeou
 });
 
 test('status operation: optional providers (open stores, last backups, key watch) are reported', async () => {
-  const stats = { accepted: 5, refusedBanned: 1, refusedLimit: 0, hellos: 4, established: 3, requests: new Map([['ping:ok', 7], ['x:DENIED', 1]]), violations: new Map([['http', 2]] as const) };
+  const stats = { accepted: 5, refusedBanned: 1, refusedLimit: 0, evicted: 0, hellos: 4, established: 3, requests: new Map([['ping:ok', 7], ['x:DENIED', 1]]), violations: new Map([['http', 2]] as const) };
   const ctx: StatusContext = {
     daemon: { stats, connectionCount: 3, pendingHandshakes: 1, startedAt: 1_000_000 },
     openStores: () => 12,

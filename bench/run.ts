@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
- * Groups: channel, store, data, bans, backup, flood (bench/<group>.ts).
- * Options: `--only channel[,store,data,bans,backup,flood]`, `--quick`.
+ * Groups: channel, store, data, bans, backup, flood, clubs (bench/<group>.ts).
+ * Options: `--only channel[,store,data,bans,backup,flood,clubs]`, `--quick`.
  */
 import os from 'node:os';
 import { runBackupBench } from './backup.js';
@@ -9,6 +9,7 @@ import { runBanBench } from './bans.js';
 import { runChannelBench } from './channel.js';
 import { runDataBench } from './data.js';
 import { runFloodBench } from './flood.js';
+import { runClubsBench } from './clubs.js';
 import { runStoreBench } from './store.js';
 import { normalizeRow, ratioOf, type LegacyRow, type Row } from './row.js';
 
@@ -24,6 +25,7 @@ const GROUPS: Group[] = [
   { name: 'bans', run: () => runBanBench() },
   { name: 'backup', run: (quick) => runBackupBench({ quick }) },
   { name: 'flood', run: (quick) => runFloodBench({ quick }) },
+  { name: 'clubs', run: (quick) => runClubsBench({ quick }) },
 ];
 
 function fmt(n: number): string {

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
-import { runOperation, type OfflineOptions } from '../daemon/offline.js';
+import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { runOperation, runOperations, type OfflineOptions } from '../daemon/offline.js';
+import { BULK_BATCH, MAX_BULK_BYTES, formatPasswordFile, parseClubList } from '../daemon/club-bulk.js';
 import { fail, readSecretFromFd, printResult } from './cli-util.js';
 import { safeJson } from '../daemon/neutralise.js';
 
@@ -30,6 +32,59 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       printResult(r, o.json, (r) =>
         [`created club ${r.id} (${name}, plan ${o.plan}) with administrator ${o.admin}`, ...(r.oneTimePassword ? [`one-time password (shown once): ${r.oneTimePassword}`] : [])].join('\n'),
       );
+    });
+  club
+    .command('create-bulk <file>')
+    .description('create many clubs from a file (CSV with a header name,admin[,plan], or JSON lines); every administrator gets a one-time password')
+    .option('--out <file>', 'write the one-time passwords to this new file (mode 0600; an existing file is not overwritten)')
+    .option('--print', 'print the one-time passwords instead')
+    .option('--json', 'print JSON (with --print)')
+    .action(async (file: string, o: { out?: string; print?: boolean; json?: boolean }) => {
+      if (!o.out === !o.print) fail('give --out FILE (one-time passwords written to a new 0600 file) or --print');
+      let text: string;
+      try {
+        if (statSync(file).size > MAX_BULK_BYTES) fail(`${file} is larger than ${MAX_BULK_BYTES} bytes`);
+        text = readFileSync(file, 'utf8');
+      } catch (e) {
+        fail(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+      const { clubs, errors } = parseClubList(text);
+      if (errors.length) {
+        process.stderr.write(errors.map((e) => `${file}:${e.line}: ${e.message}`).join('\n') + '\n');
+        fail(`${errors.length} error${errors.length === 1 ? '' : 's'} in ${file}; nothing was created`);
+      }
+      let fd: number | undefined;
+      if (o.out) {
+        try {
+          fd = openSync(o.out, 'wx', 0o600);
+        } catch (e) {
+          fail(`cannot create ${o.out}: ${(e as NodeJS.ErrnoException).code === 'EEXIST' ? 'it exists (choose a new file name)' : ((e as NodeJS.ErrnoException).code ?? (e as Error).message)}`);
+        }
+      }
+      const batches: unknown[] = [];
+      for (let i = 0; i < clubs.length; i += BULK_BATCH) batches.push({ clubs: clubs.slice(i, i + BULK_BATCH).map((c) => ({ name: c.name, admin: c.admin, plan: c.plan })) });
+      let created = 0;
+      const all: unknown[] = [];
+      try {
+        await runOperations(dataDir(), 'club.create-bulk', batches, offline(), (result) => {
+          const rows = result as Array<{ id: string; name: string; adminUser: string; plan: string; oneTimePassword?: string }>;
+          // Written (and synced) batch by batch: a later failure leaves the passwords of the clubs already created.
+          const textOut = formatPasswordFile(rows);
+          if (fd !== undefined) {
+            writeSync(fd, created === 0 ? textOut : textOut.slice(textOut.indexOf('\n') + 1));
+            fsyncSync(fd);
+          } else if (o.json) all.push(...rows);
+          else process.stdout.write(created === 0 ? textOut : textOut.slice(textOut.indexOf('\n') + 1));
+          created += rows.length;
+        });
+      } catch (e) {
+        if (fd !== undefined) closeSync(fd);
+        const err = e as { code?: string; message?: string };
+        fail(`${err.message ?? String(e)}${err.code ? ` [${err.code}]` : ''}; ${created} of ${clubs.length} clubs were created before the error${o.out && created ? ` (their passwords are in ${o.out})` : ''}`);
+      }
+      if (fd !== undefined) closeSync(fd);
+      if (o.json) process.stdout.write(`${JSON.stringify(o.print ? all : { created, file: o.out })}\n`);
+      else process.stderr.write(`created ${created} clubs${o.out ? `; one-time passwords in ${o.out} (mode 0600)` : ''}\n`);
     });
   club
     .command('list')

@@ -72,6 +72,19 @@ const healthSchema = z
   .refine((h) => !h.certFile === !h.keyFile, { message: 'certFile and keyFile go together', path: ['certFile'] })
   .refine((h) => !(h.bearerToken && h.tokenFile), { message: 'give bearerToken or tokenFile, not both', path: ['tokenFile'] });
 
+/**
+ * The club store cache (storage/club-store.ts, sizing in daemon/store-sizing.ts). `maxOpen`:
+ * how many club stores stay open at once; `auto` takes what the open-file limit and the memory
+ * budget allow and refuses to start when that is fewer than the clubs hosted. Restart to change.
+ */
+const storeCacheSchema = z
+  .object({
+    maxOpen: z.union([z.literal('auto'), z.number().int().min(1).max(1_000_000)]).default('auto'),
+    /** Memory the open stores may take (about 0.4 MiB each); default a quarter of the memory limit. */
+    memoryBudgetMiB: z.number().int().min(1).max(16 * 1024 * 1024).optional(),
+  })
+  .strict();
+
 export const configSchema = z
   .object({
     dataDir: z.string().min(1).default('./data'),
@@ -86,6 +99,8 @@ export const configSchema = z
     mail: MailerConfigSchema.default({}),
     /** Nightly backups: destinations, time, retention, parallelism, mail size limit (daemon/backup-service.ts). */
     backups: BackupConfigSchema.default({}),
+    /** How many club stores stay open at once, checked at start against open files and memory. */
+    storeCache: storeCacheSchema.default({}),
   })
   .strict();
 
@@ -104,6 +119,7 @@ const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
   COMMUSIC_LOG_LEVEL: (v) => [['logLevel'], v],
   COMMUSIC_LOG_FILE: (v) => [['logFile'], v],
   COMMUSIC_HEALTH_LISTEN: (v) => [['health', 'listen'], v],
+  COMMUSIC_STORE_CACHE_MAX_OPEN: (v) => [['storeCache', 'maxOpen'], v === 'auto' ? v : /^\d+$/.test(v) ? Number(v) : v],
 };
 
 function setPath(obj: Record<string, unknown>, path: string[], value: unknown): void {

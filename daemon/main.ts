@@ -3,7 +3,7 @@ import { createServer } from 'node:net';
 import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
 import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
-import { dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
+import { ConfigError, dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
 import { ControlServer } from './control-socket.js';
 import { createLogger, type Logger } from './log.js';
 import { buildOperations } from './ops.js';
@@ -18,6 +18,7 @@ import { Reloader } from './reload.js';
 import { registerStatusOps, type StatusContext } from './status-ops.js';
 import { ViolationBus } from './violations.js';
 import { openStorage, type Storage } from '../storage/storage.js';
+import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from './store-sizing.js';
 import { resumeInterruptedRotations } from '../storage/provisioning.js';
 import { bansDbKey, watchKeyFiles, type KeyWatcher } from './key-security.js';
 
@@ -115,6 +116,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
     });
     closers.push(() => storage.close());
+    sizeStoreCache(config, storage, logger);
     const resumed = await resumeInterruptedRotations(storage);
     if (resumed.master || resumed.clubs.length > 0 || resumed.deleted.length > 0) logger.warn('finished interrupted key operations', resumed);
     const bus = new ViolationBus();
@@ -147,6 +149,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       activeBans: () => banSystem.table.size,
       outboxLength: () => banSystem.mailer.outboxLength,
       openStores: () => storage.cache.size,
+      storeCache: () => ({ open: storage.cache.size, limit: storage.cache.maxOpen, ...storage.cache.stats }),
       keyWatchState: () => keyWatch.state,
       lastBackups: () => backups.lastBackups(),
       health: () => health && { listen: `${health.server.address().host}:${health.server.address().port}`, certFingerprint: health.server.certificate.fingerprint256 },
@@ -179,6 +182,24 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     if (newFolder) removeIfEmpty(config.dataDir);
     throw e;
   }
+}
+
+/**
+ * Apply `storeCache` (daemon/store-sizing.ts): size the cache for the clubs hosted, refuse to start
+ * (ConfigError with what to set) when the open-file limit or the memory budget cannot hold it.
+ */
+function sizeStoreCache(config: Config, storage: Storage, logger: Logger): void {
+  const plan = planStoreCache({
+    setting: config.storeCache.maxOpen,
+    clubs: storage.server.countClubs(),
+    maxConnections: config.limits.maxConnections,
+    openFileLimit: processOpenFileLimit(),
+    memoryBudgetBytes: storeMemoryBudget(config.storeCache.memoryBudgetMiB),
+  });
+  if (!plan.ok) throw new ConfigError(plan.message);
+  storage.cache.setMaxOpen(plan.maxOpen);
+  for (const w of plan.warnings) logger.warn(`store cache: ${w}`, { event: 'store-cache' });
+  logger.info('store cache sized', { event: 'store-cache', setting: config.storeCache.maxOpen, maxOpen: plan.maxOpen, fds: plan.fdsNeeded, memoryMiB: Math.ceil(plan.memoryBytes / 2 ** 20) });
 }
 
 function removeIfEmpty(dir: string): void {

@@ -21,10 +21,24 @@ export interface MetricsSources {
   };
   readonly activeBans?: () => number;
   readonly openStores?: () => number;
+  /** Club store cache figures (storage/club-store.ts ClubStoreCache). */
+  readonly storeCache?: () => StoreCacheFigures;
   readonly outboxLength?: () => number;
   readonly keyWatchState?: () => KeyWatchState;
   /** Last successful backup per destination, ms since the epoch. */
   readonly lastBackups?: () => Iterable<[destination: string, time: number]>;
+}
+
+/** The store cache's limit and counters since start, as /metrics and `status` show them. */
+export interface StoreCacheFigures {
+  readonly open: number;
+  readonly limit: number;
+  readonly hits: number;
+  readonly misses: number;
+  readonly opens: number;
+  readonly evictions: number;
+  /** Of the evictions: newcomers the admission filter closed again (used less than the victim). */
+  readonly rejected: number;
 }
 
 export interface DaemonMetrics {
@@ -151,6 +165,44 @@ export function createDaemonMetrics(src: MetricsSources, opts: { defaultMetrics?
   if (src.openStores) {
     const f = src.openStores;
     new Gauge({ name: `${p}open_club_stores`, help: 'Club stores open (decrypted in memory) now.', registers, collect() { this.set(f()); } });
+  }
+  if (src.storeCache) {
+    const f = src.storeCache;
+    new Gauge({ name: `${p}store_cache_limit`, help: 'Most club stores kept open at once (storeCache.maxOpen, or what auto chose).', registers, collect() { this.set(f().limit); } });
+    new Counter({
+      name: `${p}store_cache_lookups_total`,
+      help: 'Club store lookups: "hit" found the store open, "miss" had to open it.',
+      labelNames: ['result'] as const,
+      registers,
+      collect() {
+        const c = f();
+        this.reset();
+        this.inc({ result: 'hit' }, c.hits);
+        this.inc({ result: 'miss' }, c.misses);
+      },
+    });
+    new Gauge({
+      name: `${p}store_cache_hit_ratio`,
+      help: 'Share of club store lookups that found the store open, since start (0..1; 1 before the first lookup).',
+      registers,
+      collect() {
+        const c = f();
+        this.set(c.hits + c.misses === 0 ? 1 : c.hits / (c.hits + c.misses));
+      },
+    });
+    new Counter({ name: `${p}store_opens_total`, help: 'Club stores opened (each costs about 1-5 ms CPU).', registers, collect() { setCounter(this, f().opens); } });
+    new Counter({
+      name: `${p}store_evictions_total`,
+      help: 'Club stores closed to make room, by reason: "victim" (least recently used of the cache) or "refused" (a newcomer used less often than the victim, closed again).',
+      labelNames: ['reason'] as const,
+      registers,
+      collect() {
+        const c = f();
+        this.reset();
+        this.inc({ reason: 'victim' }, c.evictions - c.rejected);
+        this.inc({ reason: 'refused' }, c.rejected);
+      },
+    });
   }
   if (src.outboxLength) {
     const f = src.outboxLength;

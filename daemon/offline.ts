@@ -50,3 +50,37 @@ export async function runOperation(
     await ctx.close();
   }
 }
+
+/**
+ * Run one operation several times (batches of a bulk command): all through the daemon when it
+ * answers the first call, otherwise all on the data folder opened once. Stops at the first error;
+ * `done` tells how many calls finished before it.
+ */
+export async function runOperations(
+  dataDir: string,
+  op: string,
+  argsList: readonly unknown[],
+  opts: OfflineOptions = {},
+  onResult: (result: unknown, index: number) => void = () => {},
+): Promise<{ via: 'daemon' | 'data-folder'; done: number }> {
+  if (argsList.length === 0) return { via: 'data-folder', done: 0 };
+  const socket = dataPaths(dataDir).controlSocket;
+  const first = await callControl(socket, op, argsList[0]);
+  if (first) {
+    onResult(first.result, 0);
+    for (let i = 1; i < argsList.length; i++) {
+      const r = await callControl(socket, op, argsList[i]);
+      if (!r) throw new Error(`the daemon stopped answering after ${i} of ${argsList.length} batches`);
+      onResult(r.result, i);
+    }
+    return { via: 'daemon', done: argsList.length };
+  }
+  const ctx = offlineContext(dataDir, opts);
+  const registry = buildOperations<OfflineContext>();
+  try {
+    for (let i = 0; i < argsList.length; i++) onResult(await registry.run(ctx, op, argsList[i]), i);
+    return { via: 'data-folder', done: argsList.length };
+  } finally {
+    await ctx.close();
+  }
+}

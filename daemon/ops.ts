@@ -5,7 +5,8 @@ import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exempt
 import { OperationError, OperationRegistry } from './operations.js';
 import { purgeDeletedClubArchives, registerBackupOps } from './backup-ops.js';
 import { registerLogOps } from './log-ops.js';
-import { createClub, deleteClub, listClubs, recoverFromMasterLeak, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
+import { BULK_BATCH } from './club-bulk.js';
+import { createClub, createClubsWithPasswords, deleteClub, listClubs, recoverFromMasterLeak, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
 import { archiveKeyIds, rotateArchiveKey } from '../storage/archive-keys.js';
 
 /**
@@ -56,6 +57,18 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
         .object({ name: clubName, admin: userName, plan: z.enum(['basic', 'premium', 'federation']).default('basic'), password: z.string().min(12).max(1024).optional() })
         .strict(),
       run: async (c, a) => createClub(await c.storage(), { name: a.name, adminUser: a.admin, plan: a.plan, ...(a.password ? { adminPassword: a.password } : {}) }),
+    })
+    .register({
+      name: 'club.create-bulk',
+      schema: z
+        .object({
+          clubs: z
+            .array(z.object({ name: clubName, admin: userName, plan: z.enum(['basic', 'premium', 'federation']).default('basic') }).strict())
+            .min(1)
+            .max(BULK_BATCH),
+        })
+        .strict(),
+      run: async (c, a) => createClubsWithPasswords(await c.storage(), a.clubs.map((x) => ({ name: x.name, adminUser: x.admin, plan: x.plan }))),
     })
     .register({ name: 'club.list', schema: z.object({}).strict(), run: async (c) => listClubs(await c.storage()) })
     .register({ name: 'club.show', schema: z.object({ id: clubId }).strict(), run: async (c, a) => showClub(await c.storage(), a.id) })

@@ -11,7 +11,7 @@ import type { Logger } from './log.js';
  *   - the health endpoint's certificate (re-read from certFile/keyFile, or the self-signed one),
  *     its CIDR allow-list and its token
  *   - whatever later code registers with addHook() (the ban policy, ...)
- * Settings that need a restart (listen, dataDir, logFile, limits, health.listen, health.enabled)
+ * Settings that need a restart (listen, dataDir, logFile, limits, storeCache, health.listen, health.enabled)
  * are reported in the log and left as they are. A configuration that does not validate, or a
  * certificate that does not load, changes nothing: the daemon keeps running on the old one.
  */
@@ -33,7 +33,7 @@ export interface ReloaderOptions {
   readonly health?: HealthServer | undefined;
 }
 
-const RESTART_KEYS = ['dataDir', 'listen', 'logFile', 'limits'] as const;
+const RESTART_KEYS = ['dataDir', 'listen', 'logFile', 'limits', 'storeCache'] as const;
 
 export class Reloader {
   private current: Config;

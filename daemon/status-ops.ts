@@ -35,6 +35,7 @@ export interface StatusReport {
   requests: number;
   violations: Record<string, number>;
   openStores: number | null;
+  storeCache: { open: number; limit: number; hitRatio: number | null; hits: number; misses: number; opens: number; evictions: number; rejected: number } | null;
   activeBans: number | null;
   outboxLength: number | null;
   keyFileWatch: string | null;
@@ -66,6 +67,7 @@ export function statusReport(ctx: StatusContext): StatusReport {
     requests,
     violations: Object.fromEntries([...d.stats.violations].sort()),
     openStores: ctx.openStores?.() ?? null,
+    storeCache: storeCacheReport(ctx),
     activeBans: ctx.activeBans?.() ?? null,
     outboxLength: ctx.outboxLength?.() ?? null,
     keyFileWatch: ctx.keyWatchState?.() ?? null,
@@ -73,6 +75,20 @@ export function statusReport(ctx: StatusContext): StatusReport {
     health: ctx.health?.() ?? null,
     healthOff: ctx.health?.() ? null : (ctx.healthOff?.() ?? null),
   };
+}
+
+function storeCacheReport(ctx: StatusContext): StatusReport['storeCache'] {
+  const c = ctx.storeCache?.();
+  if (!c) return null;
+  const n = c.hits + c.misses;
+  return { open: c.open, limit: c.limit, hitRatio: n === 0 ? null : c.hits / n, hits: c.hits, misses: c.misses, opens: c.opens, evictions: c.evictions, rejected: c.rejected };
+}
+
+/** The store cache line of `status`, e.g. "12 open of 3248, hit rate 99.2% (5021 hits, 40 opens, 0 evictions)". */
+export function formatStoreCache(s: StatusReport['storeCache']): string {
+  if (!s) return 'n/a';
+  const rate = s.hitRatio === null ? 'no lookups yet' : `hit rate ${(100 * s.hitRatio).toFixed(1)}%`;
+  return `${s.open} open of ${s.limit}, ${rate} (${s.hits} hits, ${s.opens} opens, ${s.evictions} evictions)`;
 }
 
 /**
@@ -110,6 +126,7 @@ export function formatStatus(r: StatusReport): string {
     `requests:         ${r.requests}`,
     `violations:       ${Object.keys(r.violations).length ? Object.entries(r.violations).map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}`,
     `open club stores: ${na(r.openStores)}`,
+    `store cache:      ${formatStoreCache(r.storeCache)}`,
     `active bans:      ${na(r.activeBans)}`,
     `mail outbox:      ${na(r.outboxLength)}`,
     `key-file watch:   ${na(r.keyFileWatch)}`,

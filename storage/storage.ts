@@ -107,7 +107,7 @@ export class Storage implements AnchorStore {
     const store = this.cache.get(clubId);
     if (fresh && !this.#legacyChecked.has(clubId)) {
       this.#legacyChecked.add(clubId);
-      this.#wrapLegacyHashes(clubId);
+      this.#wrapLegacyHashes(clubId, store);
     }
     return store;
   }
@@ -116,10 +116,10 @@ export class Storage implements AnchorStore {
   readonly #legacyChecked = new Set<string>();
 
   /** Background: wrap bare `sha512$` hashes of older imports in scrypt (storage/users.ts). */
-  #wrapLegacyHashes(clubId: string): void {
+  #wrapLegacyHashes(clubId: string, store: ClubStore): void {
     let has: unknown;
     try {
-      has = this.cache.get(clubId).db.prepare(`SELECT 1 FROM users WHERE passwordHash LIKE 'sha512$%' LIMIT 1`).get();
+      has = store.db.prepare(`SELECT 1 FROM users WHERE passwordHash LIKE 'sha512$%' LIMIT 1`).get();
     } catch {
       return; // a store without a users table yet has nothing to wrap
     }

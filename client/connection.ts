@@ -261,9 +261,11 @@ export class Connection {
     const source: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = upload instanceof Uint8Array ? [upload] : upload;
     try {
       for await (const piece of source) {
-        for (let off = 0; off < piece.length; off += MAX_CHUNK_LEN) {
-          const data = piece.subarray(off, Math.min(piece.length, off + MAX_CHUNK_LEN));
-          await credit.take(data.length);
+        // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
+        for (let off = 0; off < piece.length; ) {
+          const n = await credit.takeUpTo(Math.min(MAX_CHUNK_LEN, piece.length - off));
+          const data = piece.subarray(off, off + n);
+          off += n;
           if (!this.pending.has(id)) return;
           await this.writable();
           this.send({ kind: 'chunk', id, data });

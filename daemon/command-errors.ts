@@ -28,3 +28,21 @@ export class CommandError extends Error {
     super(message);
   }
 }
+
+/** Longest ERROR message text the server sends (the wire allows 512; PROTOCOL.md 6.2). */
+export const MAX_WIRE_ERROR_TEXT = 256;
+
+/**
+ * `s` made safe to send and to show: control characters (C0, DEL, C1, and the bidi overrides a
+ * display could be tricked with) become "?", and the text is cut to `max` characters with an
+ * ellipsis. Every ERROR message passes through it, whatever built the text.
+ */
+export function boundedText(s: string, max = MAX_WIRE_ERROR_TEXT): string {
+  const clean = s.replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, '?');
+  if (clean.length <= max) return clean;
+  // Never cut a surrogate pair in half: the result must stay valid UTF-8 on the wire.
+  let cut = max - 1;
+  const c = clean.charCodeAt(cut - 1);
+  if (c >= 0xd800 && c <= 0xdbff) cut--;
+  return `${clean.slice(0, cut)}…`;
+}

@@ -4,7 +4,7 @@ import { ProtocolError } from '../protocol/errors.js';
 import { InboundStream, OutboundCredit } from '../protocol/flow.js';
 import type { Message } from '../protocol/messages.js';
 import type { ServerSession } from '../protocol/server-session.js';
-import { CommandError } from './command-errors.js';
+import { boundedText, CommandError } from './command-errors.js';
 import type { CommandContext, ConnectionInfo, Dispatcher } from './dispatcher.js';
 import type { Limits } from './config.js';
 import type { Logger } from './log.js';
@@ -88,29 +88,69 @@ const CONN = Symbol('connection');
 type OwnedSocket = Socket & { [CONN]: Connection };
 
 // One set of listener functions for all sockets (instead of six closures per connection).
+// Each is an entry point from the event loop into one connection's code, so each runs inside
+// the connection's guard: whatever it throws ends this connection, never the process.
 function onSocketData(this: OwnedSocket, d: Buffer): void {
-  this[CONN].onData(d);
+  const c = this[CONN];
+  try {
+    c.onData(d);
+  } catch (e) {
+    c.fault('data', e);
+  }
 }
 function onSocketEnd(this: OwnedSocket): void {
-  this[CONN].onEnd();
+  const c = this[CONN];
+  try {
+    c.onEnd();
+  } catch (e) {
+    c.fault('end', e);
+  }
 }
 function onSocketError(this: OwnedSocket): void {
-  this[CONN].destroy();
+  const c = this[CONN];
+  try {
+    c.destroy();
+  } catch (e) {
+    c.fault('error', e);
+  }
 }
 function onSocketClose(this: OwnedSocket): void {
-  this[CONN].onSocketClose();
+  const c = this[CONN];
+  try {
+    c.onSocketClose();
+  } catch (e) {
+    c.fault('close', e);
+  }
 }
 function onSocketDrain(this: OwnedSocket): void {
-  this[CONN].onDrain();
+  const c = this[CONN];
+  try {
+    c.onDrain();
+  } catch (e) {
+    c.fault('drain', e);
+  }
 }
 function onSocketTimeout(this: OwnedSocket): void {
-  this[CONN].onIdle();
+  const c = this[CONN];
+  try {
+    c.onIdle();
+  } catch (e) {
+    c.fault('idle', e);
+  }
 }
 function onRecordTimer(c: Connection): void {
-  c.onRecordTimeout();
+  try {
+    c.onRecordTimeout();
+  } catch (e) {
+    c.fault('record timer', e);
+  }
 }
 function onLoginTimer(c: Connection): void {
-  c.onLoginTimeout();
+  try {
+    c.onLoginTimeout();
+  } catch (e) {
+    c.fault('login timer', e);
+  }
 }
 
 export class Connection {
@@ -141,6 +181,7 @@ export class Connection {
   private released = false;
   private pausedForOutput = false;
   private bytesIn = 0;
+  private faulted = false;
 
   constructor(
     private readonly socket: Socket,
@@ -195,8 +236,57 @@ export class Connection {
     }
     this.closed = true;
     this.socket.end();
-    setTimeout(() => this.destroy(), TERMINATE_GRACE_MS).unref();
+    setTimeout(onTerminateTimer, TERMINATE_GRACE_MS, this).unref();
     return true;
+  }
+
+  /**
+   * The per-connection guard (issue 18): an exception that escaped this connection's code (a
+   * socket event, a timer, a handler's promise callback, a download) is logged with the peer's
+   * address, reported as a `protocol` violation, and ends this connection (CLOSE 3 when
+   * established, then the socket). The process keeps serving everyone else. Never throws.
+   */
+  fault(where: string, e: unknown): void {
+    const first = !this.faulted;
+    this.faulted = true;
+    try {
+      if (first) {
+        const err = e as { name?: unknown; code?: unknown } | undefined;
+        // The error's name and code only: a message may quote peer input or secrets.
+        this.log.error('connection handler failed', {
+          conn: this.info.id,
+          ip: this.info.ip,
+          port: this.info.port,
+          where,
+          error: typeof err?.name === 'string' ? err.name : typeof e,
+          ...(typeof err?.code === 'string' ? { code: err.code } : {}),
+        });
+        this.events.violation('protocol', `server fault while handling this connection (${where})`);
+      }
+    } catch {
+      // Logging or reporting failed too; closing the connection still matters most.
+    }
+    try {
+      if (!(this.isEstablished && this.terminate(CLOSE_PROTOCOL_ERROR))) this.destroy();
+    } catch {
+      // Freeing failed half-way; the socket at least goes.
+    }
+    if (this.released && !this.socket.destroyed) {
+      try {
+        this.socket.destroy();
+      } catch {
+        // Nothing more can be done for this socket.
+      }
+    }
+  }
+
+  /** Runs `fn` inside the guard (for promise callbacks and microtasks). */
+  private guarded(where: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.fault(where, e);
+    }
   }
 
   /** Graceful shutdown: refuse new requests, close once the in-flight ones are answered. */
@@ -377,11 +467,13 @@ export class Connection {
     try {
       prepared = this.dispatcher.prepare(command, payload, stream);
     } catch (e) {
-      this.events.counted('request', command, (e as CommandError).code);
+      // Validation refuses with CommandError; anything else is a fault (the guard takes it).
+      if (!(e instanceof CommandError)) throw e;
+      this.events.counted('request', command, e.code);
       // Probing for commands is counted against the source; the name itself is never kept.
-      if ((e as CommandError).code === 'UNKNOWN_COMMAND') this.events.violation('command', 'unknown command');
+      if (e.code === 'UNKNOWN_COMMAND') this.events.violation('command', 'unknown command');
       // An upload that was refused still occupies the id until the client sees the error.
-      return this.sendError(id, e as CommandError);
+      return this.sendError(id, e);
     }
     const f = new InFlight(id, command, Date.now() + this.limits.requestTimeoutMs);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
@@ -389,11 +481,12 @@ export class Connection {
     inflight.set(id, f);
     if (inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
     this.sweepTimer ??= setTimeout(onSweepTimer, this.limits.requestTimeoutMs, this).unref();
+    // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
     const pending: unknown = prepared.spec.handler(prepared.payload, new RequestContext(this, f));
     (pending instanceof Promise ? pending : Promise.resolve(pending)).then(
-      (result) => this.onResult(f, result),
+      (result) => this.guarded('result', () => this.onResult(f, result)),
       (e: unknown) => {
-        if (f.phase === WAITING) this.finishRequest(f, e);
+        if (f.phase === WAITING) this.guarded('result', () => this.finishRequest(f, e));
       },
     );
   }
@@ -411,7 +504,7 @@ export class Connection {
       return this.finishRequest(f, e);
     }
     f.phase = STREAMING;
-    void this.streamDownload(f, result.payload, result.download);
+    this.streamDownload(f, result.payload, result.download).catch((e: unknown) => this.fault('download', e));
   }
 
   private async streamDownload(f: InFlight, payload: unknown, download: AsyncIterable<Uint8Array>): Promise<void> {
@@ -421,9 +514,11 @@ export class Connection {
       if (f.reason) credit.abort(f.reason);
       this.send({ kind: 'response', id, payload: payload ?? null, stream: true });
       for await (const piece of download) {
-        for (let off = 0; off < piece.length; off += MAX_CHUNK_LEN) {
-          const data = piece.subarray(off, Math.min(piece.length, off + MAX_CHUNK_LEN));
-          await credit.take(data.length);
+        // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
+        for (let off = 0; off < piece.length; ) {
+          const n = await credit.takeUpTo(Math.min(MAX_CHUNK_LEN, piece.length - off));
+          const data = piece.subarray(off, off + n);
+          off += n;
           await this.writable(f);
           this.send({ kind: 'chunk', id, data });
         }
@@ -508,9 +603,13 @@ export class Connection {
     if (this.inflightCount < MAX_INFLIGHT_REQUESTS && !this.pausedForOutput && this.socket.isPaused()) this.socket.resume();
   }
 
+  /**
+   * Sends an ERROR. Its text is bounded (boundedText: at most MAX_WIRE_ERROR_TEXT characters,
+   * control characters replaced), so the message always fits one record whoever built it.
+   */
   private sendError(id: number, e: CommandError, count = true): void {
     if (count) this.log.debug('request refused', { conn: this.info.id, code: e.code });
-    this.send({ kind: 'error', id, code: e.code, message: e.message });
+    this.send({ kind: 'error', id, code: e.code, message: boundedText(e.message) });
   }
 
   /**
@@ -519,12 +618,14 @@ export class Connection {
    */
   private send(m: Message): void {
     if (this.closed || !this.isEstablished) return;
+    // Throws RECORD_TOO_LARGE before sealing anything when `m` does not fit one record; the
+    // callers turn that into TOO_LARGE (responses) or cannot meet it (bounded errors, credit).
     this.session.sendMessage(m);
     if (!this.flushQueued) {
       this.flushQueued = true;
       queueMicrotask(() => {
         this.flushQueued = false;
-        this.flush();
+        this.guarded('flush', () => this.flush());
       });
     }
   }
@@ -598,17 +699,37 @@ export class Connection {
 
   /** @internal socket listener */
   onSocketClose(): void {
-    this.destroy();
-    this.events.closed();
+    try {
+      this.destroy();
+    } finally {
+      // Even when freeing failed: the daemon must forget the connection and its pending slot.
+      this.events.closed();
+    }
   }
 }
 
 function onHandshakeTimer(c: Connection): void {
-  c.onHandshakeTimeout();
+  try {
+    c.onHandshakeTimeout();
+  } catch (e) {
+    c.fault('handshake timer', e);
+  }
 }
 
 function onSweepTimer(c: Connection): void {
-  c.sweep();
+  try {
+    c.sweep();
+  } catch (e) {
+    c.fault('request timer', e);
+  }
+}
+
+function onTerminateTimer(c: Connection): void {
+  try {
+    c.destroy();
+  } catch (e) {
+    c.fault('terminate timer', e);
+  }
 }
 
 /** IPv4 peers on a dual-stack socket appear as ::ffff:a.b.c.d; report them as IPv4. */

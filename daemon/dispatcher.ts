@@ -1,5 +1,6 @@
 import type { z } from 'zod';
-import { CommandError } from './command-errors.js';
+import { boundedText, CommandError } from './command-errors.js';
+import { findMapConfusion, isCborMap } from './payload-shape.js';
 
 /**
  * The command registry. Each command declares its payload schema, whether it takes an upload
@@ -75,23 +76,49 @@ export class Dispatcher {
     return this.commands.has(name);
   }
 
+  /** The registered declaration of a command (for the API description), or undefined. */
+  spec(name: string): CommandSpec | undefined {
+    return this.commands.get(name);
+  }
+
   names(): string[] {
     return [...this.commands.keys()].sort();
   }
 
-  /** Looks up and validates; throws CommandError for the client. */
+  /**
+   * Looks up and validates; throws CommandError for the client. Every command's payload is a
+   * CBOR map (PROTOCOL.md section 7), checked before any schema runs, and so is every value
+   * the schema wants as a map (findMapConfusion). BAD_REQUEST texts are short: one issue, at
+   * most MAX_LISTED_KEYS unknown keys, clipped (boundedText).
+   */
   prepare(command: string, payload: unknown, hasUpload: boolean): { spec: CommandSpec; payload: unknown } {
     const spec = this.commands.get(command);
-    if (!spec) throw new CommandError('UNKNOWN_COMMAND', `unknown command "${command.slice(0, 64)}"`);
+    if (!spec) throw new CommandError('UNKNOWN_COMMAND', `unknown command "${boundedText(command, MAX_COMMAND_IN_TEXT)}"`);
     if (hasUpload && !spec.upload) throw new CommandError('UNEXPECTED_STREAM', `${command} takes no upload stream`);
     if (!hasUpload && spec.upload) throw new CommandError('STREAM_REQUIRED', `${command} needs an upload stream`);
+    if (!isCborMap(payload)) throw new CommandError('BAD_REQUEST', 'invalid payload: the payload must be a map');
     const quick = spec.quickParse?.(payload);
     if (quick) return { spec, payload: quick.data };
+    const confused = findMapConfusion(spec.schema, payload);
+    if (confused !== undefined) throw new CommandError('BAD_REQUEST', boundedText(`invalid payload at ${confused}: expected a map`));
     const parsed = spec.schema.safeParse(payload);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0]!;
-      throw new CommandError('BAD_REQUEST', `invalid payload at ${issue.path.join('.') || '(root)'}: ${issue.message}`);
-    }
+    if (!parsed.success) throw new CommandError('BAD_REQUEST', describeIssue(parsed.error.issues[0]!));
     return { spec, payload: parsed.data };
   }
+}
+
+const MAX_COMMAND_IN_TEXT = 64;
+const MAX_LISTED_KEYS = 3;
+const MAX_KEY_IN_TEXT = 32;
+const MAX_PATH_IN_TEXT = 80;
+
+/** One zod issue as a short sentence: the path, then the message; unknown keys listed briefly. */
+export function describeIssue(issue: z.ZodIssue): string {
+  const path = boundedText(issue.path.join('.') || '(root)', MAX_PATH_IN_TEXT);
+  if (issue.code === 'unrecognized_keys') {
+    const keys = issue.keys.slice(0, MAX_LISTED_KEYS).map((k) => JSON.stringify(boundedText(k, MAX_KEY_IN_TEXT)));
+    const more = issue.keys.length > MAX_LISTED_KEYS ? ` and ${issue.keys.length - MAX_LISTED_KEYS} more` : '';
+    return boundedText(`invalid payload at ${path}: unknown field${issue.keys.length > 1 ? 's' : ''} ${keys.join(', ')}${more}`);
+  }
+  return boundedText(`invalid payload at ${path}: ${issue.message}`);
 }

@@ -135,7 +135,11 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires });
     closers.push(() => daemon.stop());
     // A ban also ends the sessions its source already has open.
-    const stopKicking = banSystem.engine.onBan(() => daemon.disconnectBanned(isBanned));
+    // Deferred past the current turn so that the answer to the request that caused the ban (a
+    // FORBIDDEN) is queued first and goes out before CLOSE 4 (PROTOCOL.md 11).
+    const stopKicking = banSystem.engine.onBan(() => {
+      setImmediate(() => daemon.disconnectBanned(isBanned));
+    });
     closers.push(() => stopKicking());
     const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned) };
     // Monitoring: one set of providers feeds `status` and /metrics.

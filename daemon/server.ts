@@ -91,7 +91,16 @@ export class Daemon {
       fingerprint: opts.identity.fingerprint,
     }));
     this.admission = new Admission(opts.config.limits, opts.random);
-    this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => this.onSocket(s));
+    this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => {
+      // The accept path is guarded like each connection's (Connection.fault): a failure here
+      // loses this socket, never the listener.
+      try {
+        this.onSocket(s);
+      } catch (e) {
+        this.log.error('accepting a connection failed', { ip: normalizeIp(s.remoteAddress ?? ''), error: (e as Error)?.name });
+        s.destroy();
+      }
+    });
     this.server.maxConnections = opts.config.limits.maxConnections;
     // Past maxConnections Node closes the socket itself; that refusal counts like the others.
     this.server.on('drop', (data?: { remoteAddress?: string }) => {

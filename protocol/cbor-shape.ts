@@ -1,10 +1,13 @@
+import { isUtf8 } from 'node:buffer';
 import { ProtocolError } from './errors.js';
 
 /**
  * Walks a CBOR item's headers without decoding it, iteratively, and refuses what our messages
  * never contain: nesting deeper than maxDepth, indefinite lengths, tags, reserved encodings,
- * lengths past the end of the input, and trailing bytes. Run before the decoder so that no
- * input can exhaust its recursion or make it allocate.
+ * lengths past the end of the input, text strings that are not well-formed UTF-8 (RFC 8949
+ * section 3.1 requires UTF-8; a decoder that substitutes U+FFFD would hand handlers text the
+ * client never sent), and trailing bytes. Run before the decoder so that no input can exhaust
+ * its recursion or make it allocate.
  */
 export function checkCborShape(b: Uint8Array, maxDepth: number): void {
   const bad = (why: string): never => {
@@ -41,6 +44,7 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
       case 2:
       case 3:
         if (value > b.length - pos) bad('string past the end');
+        if (major === 3 && value > 0 && !isUtf8(b.subarray(pos, pos + value))) bad('text is not valid UTF-8');
         pos += value;
         break;
       case 4:

@@ -10,6 +10,7 @@ import {
   RECORD_CLOSE,
   RECORD_DATA,
   RECORD_FINISHED,
+  RECORD_KEY_UPDATE,
   REJECT_LEN,
   SERVER_HELLO_LEN,
   SUPPORTED_VERSIONS,
@@ -26,17 +27,21 @@ import { OutputQueue } from './output-queue.js';
  *
  *   START --start()--> AWAIT_SERVER_HELLO --ServerHello--> AWAIT_SERVER_FINISHED
  *   AWAIT_SERVER_FINISHED --Finished--> ESTABLISHED (our Finished goes out here)
- *   ESTABLISHED --DATA--> ESTABLISHED, --CLOSE--> CLOSED; any other input --> FAILED
+ *   ESTABLISHED --DATA, KEY_UPDATE--> ESTABLISHED, --CLOSE--> CLOSED; any other input --> FAILED
+ *
+ * Every record type is an input of the table: a KEY_UPDATE, DATA or CLOSE before the server's
+ * FINISHED fails the session.
  */
 export type ClientState = 'START' | 'AWAIT_SERVER_HELLO' | 'AWAIT_SERVER_FINISHED' | 'ESTABLISHED' | 'CLOSED' | 'FAILED';
 
-type Input = 'start' | 'server-hello' | 'finished' | 'data' | 'close';
+export type ClientInput = 'start' | 'server-hello' | 'finished' | 'data' | 'key-update' | 'close';
+type Input = ClientInput;
 
 export const CLIENT_TRANSITIONS: Readonly<Record<ClientState, Partial<Record<Input, ClientState>>>> = {
   START: { start: 'AWAIT_SERVER_HELLO' },
   AWAIT_SERVER_HELLO: { 'server-hello': 'AWAIT_SERVER_FINISHED' },
   AWAIT_SERVER_FINISHED: { finished: 'ESTABLISHED' },
-  ESTABLISHED: { data: 'ESTABLISHED', close: 'CLOSED' },
+  ESTABLISHED: { data: 'ESTABLISHED', 'key-update': 'ESTABLISHED', close: 'CLOSED' },
   CLOSED: {},
   FAILED: {},
 };
@@ -60,7 +65,13 @@ export interface ClientSessionOptions {
   rekeyAfterRecords?: number;
 }
 
-const RECORD_TYPE_INPUT: Record<number, Input> = { [RECORD_FINISHED]: 'finished', [RECORD_DATA]: 'data', [RECORD_CLOSE]: 'close' };
+/** Record type -> table input, for every record type the record layer knows. */
+export const CLIENT_RECORD_INPUT: Readonly<Record<number, Input>> = {
+  [RECORD_FINISHED]: 'finished',
+  [RECORD_DATA]: 'data',
+  [RECORD_KEY_UPDATE]: 'key-update',
+  [RECORD_CLOSE]: 'close',
+};
 
 export function pinFingerprint(expected: string): (fp: string) => boolean {
   const want = Buffer.from(expected, 'hex');
@@ -167,28 +178,33 @@ export class ClientSession {
   private step(): ClientEvent {
     if (this.stateValue === 'START') throw new ProtocolError('NOT_CONNECTED', 'start() first');
     if (this.stateValue === 'AWAIT_SERVER_HELLO') return this.stepHello();
-    const rec = this.reader!.next();
-    if (!rec) return { type: 'need-data' };
-    const input = RECORD_TYPE_INPUT[rec.type];
-    if (!input) throw new ProtocolError('UNEXPECTED_RECORD', `record type ${rec.type} not allowed from a server`);
-    this.transition(input);
-    switch (input) {
-      case 'finished': {
-        const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedServerFinished!);
-        if (!ok) throw new ProtocolError('BAD_FINISHED', 'server key confirmation failed');
-        this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output.parts);
-        return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
+    // A loop, not recursion: a run of KEY_UPDATE records produces no event.
+    for (;;) {
+      const rec = this.reader!.next();
+      if (!rec) return { type: 'need-data' };
+      const input = CLIENT_RECORD_INPUT[rec.type];
+      if (!input) throw new ProtocolError('UNEXPECTED_RECORD', `record type ${rec.type} not allowed from a server`);
+      this.transition(input);
+      switch (input) {
+        case 'key-update':
+          continue;
+        case 'finished': {
+          const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedServerFinished!);
+          if (!ok) throw new ProtocolError('BAD_FINISHED', 'server key confirmation failed');
+          this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output.parts);
+          return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
+        }
+        case 'data':
+          return { type: 'message', message: decodeMessage(rec.plaintext, true) };
+        case 'close': {
+          const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
+          this.terminal = { type: 'closed', code };
+          this.wipe();
+          return this.terminal;
+        }
+        default:
+          throw new ProtocolError('UNEXPECTED_RECORD', 'unexpected handshake input');
       }
-      case 'data':
-        return { type: 'message', message: decodeMessage(rec.plaintext, true) };
-      case 'close': {
-        const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
-        this.terminal = { type: 'closed', code };
-        this.wipe();
-        return this.terminal;
-      }
-      default:
-        throw new ProtocolError('UNEXPECTED_RECORD', 'unexpected handshake input');
     }
   }
 

@@ -76,11 +76,16 @@ export class InboundStream implements AsyncIterable<Uint8Array> {
 export class OutboundCredit {
   private credit = INITIAL_STREAM_WINDOW;
   private waiter: { need: number; resolve: () => void; reject: (e: Error) => void } | undefined;
+
   private failure: Error | undefined;
 
+  /**
+   * A CREDIT from the peer. The credit held is capped at MAX_STREAM_WINDOW: a grant beyond the
+   * cap is cut to it, not refused, so a peer that grants the largest documented CREDIT value at
+   * any moment breaks nothing (PROTOCOL.md 6.1).
+   */
   add(bytes: number): void {
-    if (this.credit + bytes > MAX_STREAM_WINDOW) throw new ProtocolError('FLOW_CONTROL', 'credit beyond the maximum window');
-    this.credit += bytes;
+    this.credit = Math.min(MAX_STREAM_WINDOW, this.credit + bytes);
     if (this.waiter && this.credit >= this.waiter.need) {
       const w = this.waiter;
       this.waiter = undefined;
@@ -88,13 +93,19 @@ export class OutboundCredit {
     }
   }
 
-  /** Resolves once `bytes` may be sent, and takes them from the credit. */
-  async take(bytes: number): Promise<void> {
+  /**
+   * Resolves once any credit is held, and takes `min(credit, max)` bytes of it, returning that
+   * number: a sender cuts its next CHUNK to what the peer granted, so a grant of any size moves
+   * the stream on (PROTOCOL.md 6.1: a sender never waits while it holds credit).
+   */
+  async takeUpTo(max: number): Promise<number> {
     if (this.failure) throw this.failure;
-    if (this.credit < bytes) {
-      await new Promise<void>((resolve, reject) => (this.waiter = { need: bytes, resolve, reject }));
+    if (this.credit < 1) {
+      await new Promise<void>((resolve, reject) => (this.waiter = { need: 1, resolve, reject }));
     }
-    this.credit -= bytes;
+    const n = Math.min(this.credit, max);
+    this.credit -= n;
+    return n;
   }
 
   abort(error: Error): void {

@@ -66,7 +66,8 @@ export function parseClientHello(bytes: Uint8Array): ClientHello {
   const minVersion = b.readUInt16BE(o);
   const maxVersion = b.readUInt16BE(o + 2);
   if (minVersion === 0 || minVersion > maxVersion) {
-    throw new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'ClientHello has an empty version range');
+    // Answered like a range without a common version: Reject code 1 (PROTOCOL.md 3.3, 8).
+    throw new ProtocolError('VERSION_UNSUPPORTED', 'ClientHello has an empty version range or min_version 0');
   }
   return {
     minVersion,

@@ -1,4 +1,4 @@
-import { decode, encode } from 'cborg';
+import { decode, encode, Token, Type, type EncodeOptions } from 'cborg';
 import {
   MAX_CBOR_DEPTH,
   MAX_CHUNK_LEN,
@@ -59,9 +59,23 @@ function toWire(m: Message): unknown[] {
   }
 }
 
+/**
+ * CBOR has `undefined`, but our decoders refuse it (section 6), so the encoder never writes it:
+ * a map entry whose value is undefined is left out (as JSON does), an undefined array element
+ * becomes null. Without this a handler's `{ next: undefined }` became a message the peer refuses.
+ */
+const ENCODE_OPTIONS: EncodeOptions = {
+  ignoreUndefinedProperties: true,
+  typeEncoders: { undefined: () => new Token(Type.null, null) },
+};
+
+function slowEncode(m: Message): Uint8Array {
+  return encode(toWire(m), ENCODE_OPTIONS);
+}
+
 export function encodeMessage(m: Message): Uint8Array {
   const n = fastEncode(toWire(m));
-  return n < 0 ? encode(toWire(m)) : Uint8Array.prototype.slice.call(scratch, 0, n);
+  return n < 0 ? slowEncode(m) : Uint8Array.prototype.slice.call(scratch, 0, n);
 }
 
 /**
@@ -77,12 +91,12 @@ export function encodeMessageTransient(m: Message): { head: Uint8Array; tail: Ui
     pos = 0;
     scratch[pos++] = 0x83;
     writeHead(0, MSG_CHUNK);
-    if (!writeUint(0, m.id)) return { head: encode(toWire(m)), tail: undefined };
+    if (!writeUint(0, m.id)) return { head: slowEncode(m), tail: undefined };
     writeHead(2, m.data.length);
     return { head: scratch.subarray(0, pos), tail: m.data };
   }
   const n = fastEncode(toWire(m));
-  return { head: n < 0 ? encode(toWire(m)) : scratch.subarray(0, n), tail: undefined };
+  return { head: n < 0 ? slowEncode(m) : scratch.subarray(0, n), tail: undefined };
 }
 
 // ---------------------------------------------------------------------------------------------

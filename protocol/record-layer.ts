@@ -117,11 +117,17 @@ export class RecordSealer {
  * Buffers incoming bytes and yields whole, authenticated records. It checks a declared length
  * against MAX_RECORD_SEALED before buffering the body, so a peer cannot make it allocate more
  * than one maximal record.
+ *
+ * A KEY_UPDATE is returned like any other record, so that the session checks it against its
+ * state table (PROTOCOL.md 5.1: a KEY_UPDATE before the client's FINISHED closes the
+ * connection). The new key is derived only when next() is called again, that is only when the
+ * session accepted the KEY_UPDATE; a session that refuses it fails and never calls next().
  */
 export class RecordReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private seq = 0;
+  private rekeyPending = false;
 
   constructor(
     private keys: DirectionKeys,
@@ -140,31 +146,32 @@ export class RecordReader {
 
   /** The next record, or undefined when more bytes are needed. Throws ProtocolError. */
   next(): OpenedRecord | undefined {
-    for (;;) {
-      if (this.buffered < RECORD_HEADER_LEN) return undefined;
-      const head = this.peek(RECORD_HEADER_LEN);
-      const type = head[0]!;
-      const len = head.readUInt32BE(1);
-      if (!validType(type)) throw new ProtocolError('BAD_RECORD_TYPE', `unknown record type ${type}`);
-      if (len > MAX_RECORD_SEALED) throw new ProtocolError('RECORD_TOO_LARGE', `record of ${len} bytes exceeds the limit`);
-      if (len < TAG_LEN) throw new ProtocolError('RECORD_TOO_SHORT', 'record shorter than its tag');
-      if (this.buffered < RECORD_HEADER_LEN + len) return undefined;
-      const whole = this.take(RECORD_HEADER_LEN + len);
-      const aad = whole.subarray(0, RECORD_HEADER_LEN);
-      if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
-        throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
-      }
-      const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys.iv, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
-      if (!plaintext) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
-      this.seq++;
-      if (type === RECORD_KEY_UPDATE) {
-        if (plaintext.length !== 0) throw new ProtocolError('BAD_RECORD_TYPE', 'KEY_UPDATE carries no data');
-        this.keys = nextDirectionKeys(this.keys);
-        this.seq = 0;
-        continue;
-      }
-      return { type, plaintext };
+    if (this.rekeyPending) {
+      this.rekeyPending = false;
+      this.keys = nextDirectionKeys(this.keys);
+      this.seq = 0;
     }
+    if (this.buffered < RECORD_HEADER_LEN) return undefined;
+    const head = this.peek(RECORD_HEADER_LEN);
+    const type = head[0]!;
+    const len = head.readUInt32BE(1);
+    if (!validType(type)) throw new ProtocolError('BAD_RECORD_TYPE', `unknown record type ${type}`);
+    if (len > MAX_RECORD_SEALED) throw new ProtocolError('RECORD_TOO_LARGE', `record of ${len} bytes exceeds the limit`);
+    if (len < TAG_LEN) throw new ProtocolError('RECORD_TOO_SHORT', 'record shorter than its tag');
+    if (this.buffered < RECORD_HEADER_LEN + len) return undefined;
+    const whole = this.take(RECORD_HEADER_LEN + len);
+    const aad = whole.subarray(0, RECORD_HEADER_LEN);
+    if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
+      throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
+    }
+    const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys.iv, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
+    if (!plaintext) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
+    this.seq++;
+    if (type === RECORD_KEY_UPDATE) {
+      if (plaintext.length !== 0) throw new ProtocolError('BAD_RECORD_TYPE', 'KEY_UPDATE carries no data');
+      this.rekeyPending = true;
+    }
+    return { type, plaintext };
   }
 
   wipe(): void {

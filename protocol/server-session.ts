@@ -2,12 +2,17 @@ import { constantTimeEqual, systemRandomness, x25519, type HandshakeRandomness }
 import { signTranscript, type IdentityKey } from '../crypto/identity.js';
 import { classifyFirstBytes } from './classify.js';
 import {
+  CLIENT_HELLO_BODY_LEN,
   CLIENT_HELLO_LEN,
   CLOSE_BODY_LEN,
   FINISHED_LEN,
+  HS_CLIENT_HELLO,
+  HS_HEADER_LEN,
+  MAGIC_LEN,
   RECORD_CLOSE,
   RECORD_DATA,
   RECORD_FINISHED,
+  RECORD_KEY_UPDATE,
   REJECT_HANDSHAKE_FAILED,
   REJECT_VERSION,
   SUPPORTED_VERSIONS,
@@ -24,16 +29,20 @@ import { OutputQueue } from './output-queue.js';
  * nextEvent(), collect bytes to send with takeOutput(). No sockets, timers or clocks here.
  *
  *   AWAIT_CLIENT_HELLO --ClientHello--> AWAIT_CLIENT_FINISHED --Finished--> ESTABLISHED
- *   ESTABLISHED --DATA--> ESTABLISHED, --CLOSE--> CLOSED; any other input --> FAILED
+ *   ESTABLISHED --DATA, KEY_UPDATE--> ESTABLISHED, --CLOSE--> CLOSED; any other input --> FAILED
+ *
+ * Every record type is an input of the table (docs/PROTOCOL.md 5.1): a KEY_UPDATE, DATA or
+ * CLOSE before the client's FINISHED fails the session like any other missing edge.
  */
 export type ServerState = 'AWAIT_CLIENT_HELLO' | 'AWAIT_CLIENT_FINISHED' | 'ESTABLISHED' | 'CLOSED' | 'FAILED';
 
-type Input = 'client-hello' | 'finished' | 'data' | 'close';
+export type ServerInput = 'client-hello' | 'finished' | 'data' | 'key-update' | 'close';
+type Input = ServerInput;
 
 export const SERVER_TRANSITIONS: Readonly<Record<ServerState, Partial<Record<Input, ServerState>>>> = {
   AWAIT_CLIENT_HELLO: { 'client-hello': 'AWAIT_CLIENT_FINISHED' },
   AWAIT_CLIENT_FINISHED: { finished: 'ESTABLISHED' },
-  ESTABLISHED: { data: 'ESTABLISHED', close: 'CLOSED' },
+  ESTABLISHED: { data: 'ESTABLISHED', 'key-update': 'ESTABLISHED', close: 'CLOSED' },
   CLOSED: {},
   FAILED: {},
 };
@@ -53,7 +62,13 @@ export interface ServerSessionOptions {
   rekeyAfterRecords?: number;
 }
 
-const RECORD_TYPE_INPUT: Record<number, Input> = { [RECORD_FINISHED]: 'finished', [RECORD_DATA]: 'data', [RECORD_CLOSE]: 'close' };
+/** Record type -> table input, for every record type the record layer knows (section 5). */
+export const SERVER_RECORD_INPUT: Readonly<Record<number, Input>> = {
+  [RECORD_FINISHED]: 'finished',
+  [RECORD_DATA]: 'data',
+  [RECORD_KEY_UPDATE]: 'key-update',
+  [RECORD_CLOSE]: 'close',
+};
 
 export class ServerSession {
   private stateValue: ServerState = 'AWAIT_CLIENT_HELLO';
@@ -150,27 +165,32 @@ export class ServerSession {
 
   private step(): ServerEvent {
     if (this.stateValue === 'AWAIT_CLIENT_HELLO') return this.stepHello();
-    const rec = this.reader!.next();
-    if (!rec) return { type: 'need-data' };
-    const input = RECORD_TYPE_INPUT[rec.type];
-    if (!input) throw new ProtocolError('UNEXPECTED_RECORD', `record type ${rec.type} not allowed from a client`);
-    this.transition(input);
-    switch (input) {
-      case 'finished': {
-        const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedFinished!);
-        if (!ok) throw new ProtocolError('BAD_FINISHED', 'client key confirmation failed');
-        return { type: 'established' };
+    // A loop, not recursion: a run of KEY_UPDATE records produces no event.
+    for (;;) {
+      const rec = this.reader!.next();
+      if (!rec) return { type: 'need-data' };
+      const input = SERVER_RECORD_INPUT[rec.type];
+      if (!input) throw new ProtocolError('UNEXPECTED_RECORD', `record type ${rec.type} not allowed from a client`);
+      this.transition(input);
+      switch (input) {
+        case 'key-update':
+          continue; // the reader derives the next key before it opens the next record
+        case 'finished': {
+          const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedFinished!);
+          if (!ok) throw new ProtocolError('BAD_FINISHED', 'client key confirmation failed');
+          return { type: 'established' };
+        }
+        case 'data':
+          return { type: 'message', message: decodeMessage(rec.plaintext, true) };
+        case 'close': {
+          const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
+          this.terminal = { type: 'closed', code };
+          this.wipe();
+          return this.terminal;
+        }
+        default:
+          throw new ProtocolError('UNEXPECTED_RECORD', 'client-hello after the handshake');
       }
-      case 'data':
-        return { type: 'message', message: decodeMessage(rec.plaintext, true) };
-      case 'close': {
-        const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
-        this.terminal = { type: 'closed', code };
-        this.wipe();
-        return this.terminal;
-      }
-      default:
-        throw new ProtocolError('UNEXPECTED_RECORD', 'client-hello after the handshake');
     }
   }
 
@@ -183,9 +203,23 @@ export class ServerSession {
       const code = ({ http: 'NOT_CLIENT_HTTP', tls: 'NOT_CLIENT_TLS', ssh: 'NOT_CLIENT_SSH', garbage: 'NOT_CLIENT_GARBAGE' } as const)[verdict];
       throw new ProtocolError(code, `first bytes look like ${verdict}`);
     }
+    // The header is checked as soon as its 3 bytes are in (section 3), not when the body is.
+    if (head.length >= MAGIC_LEN + 1 && head[MAGIC_LEN] !== HS_CLIENT_HELLO) {
+      throw new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'expected a ClientHello');
+    }
+    if (head.length >= MAGIC_LEN + HS_HEADER_LEN && head.readUInt16BE(MAGIC_LEN + 1) !== CLIENT_HELLO_BODY_LEN) {
+      throw new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'ClientHello has the wrong body length');
+    }
     if (head.length < CLIENT_HELLO_LEN) return { type: 'need-data' };
     const helloBytes = head.subarray(0, CLIENT_HELLO_LEN);
-    const hello = parseClientHello(helloBytes);
+    let hello: ReturnType<typeof parseClientHello>;
+    try {
+      hello = parseClientHello(helloBytes);
+    } catch (e) {
+      // min_version 0 or min > max: no version in common, so the same Reject as below.
+      if (e instanceof ProtocolError && e.code === 'VERSION_UNSUPPORTED') this.output.push(encodeReject(REJECT_VERSION));
+      throw e;
+    }
     const versions = this.opts.versions ?? SUPPORTED_VERSIONS;
     const common = versions.filter((v) => v >= hello.minVersion && v <= hello.maxVersion);
     if (common.length === 0) {

@@ -60,7 +60,7 @@ export const META_COLUMNS = ['id', 'createdAt', 'updatedAt'] as const;
 /** Fields a client ever sees: everything but `secret` ones (hashes, wrapped keys). */
 export function visibleFields(entity: EntityName): string[] {
   return Object.entries(MODEL[entity].fields)
-    .filter(([, fd]) => fd.sensitivity !== 'secret')
+    .filter(([, fd]) => fd.sensitivity !== 'secret' && !fd.serverOnly)
     .map(([k]) => k);
 }
 
@@ -197,7 +197,7 @@ function isJsonish(fd: FieldDef): boolean {
 export function filterableField(entity: EntityName, field: string): boolean {
   if ((META_COLUMNS as readonly string[]).includes(field)) return true;
   const fd = MODEL[entity].fields[field];
-  return !!fd && fd.sensitivity !== 'secret' && fd.sql !== 'BLOB';
+  return !!fd && fd.sensitivity !== 'secret' && !fd.serverOnly && fd.sql !== 'BLOB';
 }
 
 function filterValue(entity: EntityName, field: string, v: unknown): unknown {

@@ -34,6 +34,10 @@ export interface FieldDef {
   /** Schema version that added this field (migrations add the column). */
   readonly since: number;
   readonly description?: string;
+  /** Kept by the server for itself (a file name): never in a response, not filterable, not writable by a client. */
+  readonly serverOnly?: boolean;
+  /** Value a create takes when the field is left out (the column stays NOT NULL). */
+  readonly default?: unknown;
 }
 
 /**
@@ -95,7 +99,8 @@ export const f = {
   dateTime: (o: Opt = {}) => base(z.string().regex(ISO_TIME, 'expected an ISO 8601 date-time'), 'TEXT', o, { maxLength: 40 }),
   int: (min: number, max: number, o: Opt = {}) => base(z.number().int().min(min).max(max), 'INTEGER', o),
   money: (o: Opt = {}) => base(z.number().int().min(-1e12).max(1e12).describe('cents'), 'INTEGER', o),
-  bool: (o: Opt = {}) => base(z.boolean(), 'INTEGER', o),
+  /** A yes/no flag; left out on create it is `false` unless the declaration names another default. */
+  bool: (o: Opt & { default?: boolean } = {}) => base(z.boolean().default(o.default ?? false), 'INTEGER', o, { default: o.default ?? false }),
   ref: (entity: EntityName, o: Opt = {}) => base(z.number().int().positive(), 'INTEGER', { index: true, ...o }, { ref: entity }),
   /** A JSON array of strings, e.g. several phone numbers. */
   list: (maxItems: number, maxLen: number, o: Opt = {}) => base(z.array(z.string().max(maxLen)).max(maxItems), 'TEXT', o, { maxLength: maxItems * (maxLen + 3) + 2 }),
@@ -107,7 +112,7 @@ export const f = {
       { sensitivity: 'bank', ...o },
       { maxLength: 34 },
     ),
-  sha256: (o: Opt = {}) => base(z.string().regex(/^[0-9a-f]{64}$/), 'TEXT', o, { maxLength: 64 }),
+  sha256: (o: Opt = {}) => base(z.string().regex(/^[0-9a-f]{64}$/, 'lower-case hex, 64 characters'), 'TEXT', o, { maxLength: 64 }),
   blob: (maxLength: number, o: Opt = {}) => base(z.instanceof(Uint8Array), 'BLOB', o, { maxLength }),
   json: (max: number, o: Opt = {}) => base(z.unknown(), 'TEXT', o, { maxLength: max }),
 };
@@ -277,7 +282,7 @@ export const MODEL: Readonly<Record<EntityName, EntityDef>> = {
     size: f.int(0, Number.MAX_SAFE_INTEGER),
     sha256: f.sha256(),
     personId: f.ref('persons', opt()),
-    file: f.text(64, { unique: true, description: 'file name under docs/' }),
+    file: { ...f.text(64, { unique: true, description: 'file name under docs/' }), serverOnly: true },
     wrappedKey: f.blob(69, { sensitivity: 'secret', description: 'document key wrapped by the club data key' }),
   }),
   users: entity('users', 'admin', none, 'A login of the club (the administrator is named in the contract)', {

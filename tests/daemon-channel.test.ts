@@ -295,7 +295,7 @@ test('malformed payloads and unknown commands get typed errors and the connectio
     assert.equal(await code(c.request('ping', { data: 'not bytes' })), 'BAD_REQUEST');
     assert.equal(await code(c.request('ping', { extra: 1 })), 'BAD_REQUEST');
     assert.equal(await code(c.request('ping', 42)), 'BAD_REQUEST');
-    assert.equal(await code(c.request('ping', { data: new Uint8Array(65025) })), 'BAD_REQUEST');
+    assert.equal(await code(c.request('ping', { data: new Uint8Array(65025) })), 'TOO_LARGE', 'a size limit (PROTOCOL.md 6.2), issue 15');
     assert.equal(await code(c.request('no.such.command', {})), 'UNKNOWN_COMMAND');
     assert.equal(await code(c.request('ping', {}, { upload: new Uint8Array([1]) })), 'UNEXPECTED_STREAM');
     assert.equal(await code(c.request('diag.echoStream', {})), 'STREAM_REQUIRED');

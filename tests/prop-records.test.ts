@@ -62,7 +62,9 @@ function drainReader(r: RecordReader, chunks: Buffer[]): { records: OpenedRecord
         return { records, error: e };
       }
       if (!rec) break;
-      records.push(rec);
+      // KEY_UPDATE records come out of the reader for the session's state table; the stream's
+      // content is everything else.
+      if (rec.type !== RECORD_KEY_UPDATE) records.push(rec);
     }
     assert.ok(r.bufferedBytes < BUFFER_BOUND, `reader holds ${r.bufferedBytes} bytes while waiting`);
   }

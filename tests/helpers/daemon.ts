@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { systemRandomness, x25519, type EphemeralKey } from '../../crypto/handshake-crypto.js';
 import { configSchema, type Limits } from '../../daemon/config.js';
-import { nullLogger } from '../../daemon/log.js';
+import { nullLogger, type Logger } from '../../daemon/log.js';
 import { Daemon } from '../../daemon/server.js';
 import { ViolationBus, type ViolationEvent } from '../../daemon/violations.js';
 import { ClientSession, pinFingerprint, type ClientEvent } from '../../protocol/client-session.js';
@@ -33,6 +33,8 @@ export interface TestDaemon {
 export interface TestDaemonOptions {
   limits?: Partial<Limits>;
   rekeyAfterRecords?: number;
+  /** Defaults to a silent logger. */
+  logger?: Logger;
 }
 
 export async function startDaemon(opts: TestDaemonOptions = {}): Promise<TestDaemon> {
@@ -54,7 +56,7 @@ export async function startDaemon(opts: TestDaemonOptions = {}): Promise<TestDae
   const daemon = await Daemon.start({
     config,
     identity,
-    logger: nullLogger(),
+    logger: opts.logger ?? nullLogger(),
     violations: bus,
     ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
   });
@@ -198,6 +200,8 @@ export interface RawSession {
   readonly finishedRecord: Buffer;
   /** A sealer for the client-to-server direction positioned where the Finished was sealed. */
   readonly forge: RecordSealer;
+  /** The client Finished value (the FINISHED record's plaintext), for records forged with `forge`. */
+  readonly clientFinished: Buffer;
   /** Seals one message with the session and returns the record bytes without sending them. */
   seal(m: Message): Buffer;
   /** Every byte the server sent after the handshake, as fed to the session. */
@@ -251,6 +255,7 @@ export async function rawHandshake(
     session,
     finishedRecord,
     forge,
+    clientFinished: secrets.clientFinished,
     wire,
     seal(m) {
       session.sendMessage(m);

@@ -224,6 +224,9 @@ export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {})
     const dir = clubDir(st.dataDir, id);
     rmSync(dir, { recursive: true, force: true });
     fsyncDir(dirname(dir));
+    // Archives taken before restores (storage/backup-archive.ts preRestoreDir): sealed with the
+    // club's archive key, which is gone; the files go too.
+    rmSync(join(st.dataDir, 'pre-restore', id), { recursive: true, force: true });
     hooks.onStep?.('files-removed');
     st.server.db.transaction(() => {
       st.server.deleteAnchors(id);

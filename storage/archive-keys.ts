@@ -61,6 +61,11 @@ export function archiveKeyById(st: Storage, keyId: string): Buffer | undefined {
   return r ? Buffer.from(r.key, 'hex') : undefined;
 }
 
+/** The retired server archive keys (for reading only: opening and origin MACs of old archives). */
+export function retiredArchiveKeys(st: Storage): Buffer[] {
+  return retired(st).map((r) => Buffer.from(r.key, 'hex'));
+}
+
 /** Ids of the current key and of every retired key (public; for `keys show-archive`). */
 export function archiveKeyIds(st: Storage): { current: string; retired: Array<{ id: string; retiredAt: string }> } {
   const cur = currentArchiveKey(st);

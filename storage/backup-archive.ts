@@ -49,7 +49,7 @@ import { PLANS, type Plan } from './server-db.js';
 import { openDatabase, openEncrypted, type Db } from './sqlcipher.js';
 import { unwrapClubKey, type Storage } from './storage.js';
 import { hashTap } from './hash-tap.js';
-import { clubSealingKey, currentArchiveKey } from './archive-keys.js';
+import { clubSealingKey, currentArchiveKey, retiredArchiveKeys } from './archive-keys.js';
 import { ORIGIN_ENTRY, loadDataDirIdentity, originMacKey, signOrigin, verifyOrigin, type OriginSigner, type OriginTrust, type VerifiedOrigin } from './archive-origin.js';
 
 export { BackupError } from './backup-errors.js';
@@ -195,7 +195,7 @@ export function archiveSigner(st: Storage): OriginSigner {
  */
 export function archiveTrust(st: Storage, fingerprints: readonly string[] = []): OriginTrust {
   const identity = st.identity ?? loadDataDirIdentity(st.dataDir);
-  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)) };
+  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)), retiredMacKeys: retiredArchiveKeys(st).map(originMacKey) };
 }
 
 export interface ArchiveHeader {

@@ -5,17 +5,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { checkPassphraseKdf, newClubBackupKey, verifyArchive, PASSPHRASE_LOG2N } from '../storage/backup-archive.js';
+import { checkPassphraseKdf, newClubBackupKey, verifyArchive, ARCHIVE_VERSION, PASSPHRASE_LOG2N } from '../storage/backup-archive.js';
 import { checkClubPassphrase } from '../storage/backup-archive.js';
 
 /** A club archive header ("CMBK" | 1 | kind 2 | len | JSON) with the given kdf, and some body bytes. */
 function forged(kdf: unknown): Buffer {
   const json = Buffer.from(
-    JSON.stringify({ v: 1, kind: 'club', clubId: 'c0123456789abcdef', createdAt: new Date().toISOString(), salt: randomBytes(16).toString('base64url'), clubPublicKey: randomBytes(32).toString('base64url'), ephemeralPublicKey: randomBytes(32).toString('base64url'), kdf }),
+    JSON.stringify({ v: ARCHIVE_VERSION, kind: 'club', clubId: 'c0123456789abcdef', createdAt: new Date().toISOString(), salt: randomBytes(16).toString('base64url'), clubPublicKey: randomBytes(32).toString('base64url'), ephemeralPublicKey: randomBytes(32).toString('base64url'), kdf }),
   );
   const pre = Buffer.alloc(8);
   pre.write('CMBK', 0, 'ascii');
-  pre[4] = 1;
+  pre[4] = ARCHIVE_VERSION;
   pre[5] = 2;
   pre.writeUInt16BE(json.length, 6);
   return Buffer.concat([pre, json, randomBytes(4096)]);

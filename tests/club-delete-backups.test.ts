@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import { loadMasterKey } from '../crypto/master-key.js';
 import { BackupService } from '../daemon/backup-service.js';
 import { archiveKeyFor } from '../storage/archive-keys.js';
-import { restoreClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
+import { archiveTrust, restoreClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
 import { serverDbKey, serverDbPath } from '../storage/server-db.js';
 import { openEncrypted } from '../storage/sqlcipher.js';
 import { openStorage } from '../storage/storage.js';
@@ -97,9 +97,9 @@ test('club delete --yes: no archive anywhere restores the club, no file holds it
   const st2 = await openStorage({ dataDir });
   try {
     // The off-site copy restores nothing and does not even verify: its key is destroyed.
-    const key = { serverKey: serverArchiveKey(st2), serverKeyring: (id: string, club: string) => archiveKeyFor(st2, id, club) };
+    const key = { serverKey: serverArchiveKey(st2), serverKeyring: (id: string, club: string) => archiveKeyFor(st2, id, club), trust: archiveTrust(st2) };
     await assert.rejects(verifyArchive(Readable.from([readFileSync(offsite)]), key), (e: Error & { code?: string }) => e.code === 'WRONG_BACKUP_KEY');
-    await assert.rejects(restoreClubArchive(st2, gone!, Readable.from([readFileSync(offsite)]), key), (e: Error & { code?: string }) => e.code === 'WRONG_BACKUP_KEY');
+    await assert.rejects(restoreClubArchive(st2, gone!, Readable.from([readFileSync(offsite)]), key, { yes: true }), (e: Error & { code?: string }) => e.code === 'WRONG_BACKUP_KEY');
     assert.equal(st2.server.getClub(gone!), undefined);
     // The kept club's archives still verify.
     const keptName = archivesIn(dests.a).find((n) => n.includes(kept!))!;

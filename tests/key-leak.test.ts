@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createDecryptStream } from '../crypto/chunked-aead.js';
 import { clubPageKey, unwrapKey } from '../crypto/wrap.js';
-import { archiveKeyById, archiveKeyIds, rotateArchiveKey } from '../storage/archive-keys.js';
-import { createClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
+import { archiveKeyById, archiveKeyIds, rotateArchiveKey, serverOpenKey } from '../storage/archive-keys.js';
+import { archiveTrust, createClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
 import { clubDbPath, clubDir, DOCS_DIR } from '../storage/club-store.js';
 import { readDocumentBuffer } from '../storage/documents.js';
 import { recoverFromMasterLeak } from '../storage/provisioning.js';
@@ -77,9 +77,9 @@ test('after the leaked-master-key procedure the old master key, old club keys an
     assert.deepEqual(await collect(Readable.from([oldDocBytes]).pipe(createDecryptStream(oldDocKey))), DOC, 'control: the old key did open the old file');
     // Old archive key: new archives are written under the new key, which the old one does not open.
     const newArchive = await archiveBytes(st, club!, serverArchiveKey(st));
-    await assert.rejects(verifyArchive(Readable.from([newArchive]), { serverKey: oldArchiveKey }), code('WRONG_BACKUP_KEY'));
+    await assert.rejects(verifyArchive(Readable.from([newArchive]), { serverKey: oldArchiveKey, trust: archiveTrust(st) }), code('WRONG_BACKUP_KEY'));
     // The server still reads the old archive (retired key kept for reading only).
-    const rep = await verifyArchive(Readable.from([oldArchive]), { serverKey: serverArchiveKey(st), serverKeyring: (id) => archiveKeyById(st, id) });
+    const rep = await verifyArchive(Readable.from([oldArchive]), { ...serverOpenKey(st), trust: archiveTrust(st) });
     assert.equal(rep.clubId, club);
   } finally {
     st.close();
@@ -103,10 +103,10 @@ test('keys rotate-archive: new archives use the new key, old archives still veri
     assert.deepEqual(ids.retired.map((x) => x.id), [r.oldKeyId]);
     const after = serverArchiveKey(st);
     assert.ok(!after.equals(before));
-    const keyring = { serverKey: after, serverKeyring: (id: string) => archiveKeyById(st, id) };
+    const keyring = { ...serverOpenKey(st), trust: archiveTrust(st) };
     assert.equal((await verifyArchive(Readable.from([oldArchive]), keyring)).clubId, club);
     // Without the keyring the current key alone does not open the old archive.
-    await assert.rejects(verifyArchive(Readable.from([oldArchive]), { serverKey: after }), code('WRONG_BACKUP_KEY'));
+    await assert.rejects(verifyArchive(Readable.from([oldArchive]), { serverKey: after, trust: archiveTrust(st) }), code('WRONG_BACKUP_KEY'));
     // Survives a reopen (kept in server.db).
     st.close();
     const st2 = await openStorage({ dataDir: dir });

@@ -1,12 +1,16 @@
 import type { Command } from 'commander';
 import { SingleBar, Presets } from 'cli-progress';
 import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import { createInterface } from 'node:readline/promises';
 import { dataPaths } from '../daemon/config.js';
 import { callControl } from '../daemon/control-socket.js';
 import { offlineContext, runOperation, type OfflineOptions } from '../daemon/offline.js';
 import { buildOperations } from '../daemon/ops.js';
 import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
 import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { neutraliseBlock, neutraliseDeep } from '../daemon/neutralise.js';
 
 
 /** Run many operations on one connection target: the daemon if it answers, else the data folder. */
@@ -24,6 +28,60 @@ interface ClubRun {
   ok: number;
   failedClubs: Array<{ clubId: string; error: string }>;
   destinations: Record<string, { stored: number; failed: number; down?: string }>;
+}
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+function trustArgs(keys: string[] | undefined): { trustKeys?: string[] } {
+  return keys && keys.length ? { trustKeys: keys.map((k) => (existsSync(k) ? resolve(k) : k)) } : {};
+}
+
+/**
+ * Who runs this command, for the restore entry in the club's change log: the OS account of
+ * this process and, under sudo, the account that called sudo (SUDO_USER). Both are what the
+ * local system says; see docs/SECURITY.md for how far that can be trusted.
+ */
+export function operatorIdentity(): { user: string; sudoUser?: string; uid?: number } {
+  let user = 'uid-unknown';
+  try {
+    user = userInfo().username || `uid-${process.getuid?.() ?? 'unknown'}`;
+  } catch {
+    user = `uid-${process.getuid?.() ?? 'unknown'}`;
+  }
+  const sudo = process.env['SUDO_USER'];
+  const clean = (s: string) => s.replace(/[^\p{L}\p{N}._@$-]/gu, '_').slice(0, 64);
+  return { user: clean(user), ...(sudo ? { sudoUser: clean(sudo) } : {}), ...(process.getuid ? { uid: process.getuid() } : {}) };
+}
+
+interface RestorePlanView {
+  clubId: string;
+  createdAt: string;
+  origin: { fingerprint?: string; trustedAs: string };
+  inArchive: { tables: Record<string, number>; documents: number; log: { entries: number; firstSeq: number | null; lastSeq: number | null } };
+  live: { tables: Record<string, number>; documents: number; log: { entries: number; firstSeq: number | null; lastSeq: number | null } } | null;
+  logEntriesAfterArchive: number;
+}
+
+function describePlan(p: RestorePlanView): string {
+  const lines = [`restore of club ${p.clubId} from the state of ${p.createdAt} (archive made by ${p.origin.fingerprint ? `server key ${p.origin.fingerprint}` : 'this server'}, ${p.origin.trustedAs})`];
+  const names = new Set([...Object.keys(p.inArchive.tables), ...Object.keys(p.live?.tables ?? {})]);
+  for (const t of [...names].sort()) lines.push(`  ${t}: ${p.live ? `${p.live.tables[t] ?? 0} now -> ` : ''}${p.inArchive.tables[t] ?? 0}`);
+  lines.push(`  documents: ${p.live ? `${p.live.documents} now -> ` : ''}${p.inArchive.documents}`);
+  lines.push(`  change log in the archive: entries ${p.inArchive.log.firstSeq ?? '-'}..${p.inArchive.log.lastSeq ?? '-'}`);
+  if (p.live) lines.push(`  change log now: entries ${p.live.log.firstSeq ?? '-'}..${p.live.log.lastSeq ?? '-'}; all are kept, ${p.logEntriesAfterArchive} of them written after the archive`);
+  else lines.push('  the club is not on this server: it would be created');
+  return lines.join('\n');
+}
+
+async function ask(question: string): Promise<string> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return (await rl.question(question)).trim();
+  } finally {
+    rl.close();
+  }
 }
 
 /** `commusicctl backup ...`. */
@@ -96,15 +154,16 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .description('check an archive completely (FILE or DESTINATION:NAME): authentication, structure, hashes, SQLite integrity, change log')
     .option('--club <id>', 'with DESTINATION:latest')
     .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--trust-key <fp|file>', "also accept archives signed by this server key (SHA-256 fingerprint or PEM file); repeatable", collect, [])
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; config?: string; json?: boolean }) => {
+    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; trustKey: string[]; config?: string; json?: boolean }) => {
       const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
-      const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...cfg(o) }, offline());
-      const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; auditChain: { entries: number; note?: string } | null };
+      const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), ...cfg(o) }, offline());
+      const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; origin: { alg: string; fingerprint?: string; trustedAs: string }; auditChain: { entries: number; signedHeads: number; unsignedTail: number } | null };
       printResult(r, o.json, (r) =>
-        `OK ${r.archive}: club ${r.clubId} of ${r.createdAt}, ${Object.values(r.tables).reduce((a, b) => a + b, 0)} rows in ${Object.keys(r.tables).length} tables, ${r.documents} documents${r.auditChain ? `, change log ${r.auditChain.entries} entries intact${r.auditChain.note ? ` (${r.auditChain.note})` : ''}` : ''}`,
+        `OK ${r.archive}: club ${r.clubId} of ${r.createdAt}, made by ${r.origin.fingerprint ? `server key ${r.origin.fingerprint}` : 'this server'} (${r.origin.trustedAs}), ${Object.values(r.tables).reduce((a, b) => a + b, 0)} rows in ${Object.keys(r.tables).length} tables, ${r.documents} documents${r.auditChain ? `, change log ${r.auditChain.entries} entries intact, ${r.auditChain.signedHeads} signed heads verified${r.auditChain.unsignedTail ? `, last ${r.auditChain.unsignedTail} entries not yet under a signed head` : ''}` : ''}`,
       );
     });
   backup
@@ -113,14 +172,35 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .requiredOption('--club <id>', 'the club')
     .requiredOption('--from <archive>', 'FILE, DESTINATION:NAME or DESTINATION:latest')
     .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--trust-key <fp|file>', "also accept archives signed by this server key (SHA-256 fingerprint or PEM file); repeatable", collect, [])
+    .option('--dry-run', 'check the archive and say what would change (rows per entity, documents, change-log range); change nothing')
+    .option('--yes', 'replace the live club without asking (an automatic archive of it is taken first)')
+    .option('--target <dir>', 'restore into this separate data folder (created with its own keys) instead of the live one')
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; config?: string; json?: boolean }) => {
+    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; trustKey: string[]; dryRun?: boolean; yes?: boolean; target?: string; config?: string; json?: boolean }) => {
       const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(o.from) ? o.from : resolve(o.from);
-      const { result } = await runOperation(dataDir(), 'backup.restore', { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), actor: `operator:${process.env['USER'] ?? 'unknown'}`.slice(0, 64), ...cfg(o) }, offline());
-      const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean };
-      printResult(r, o.json, (r) => `restored club ${o.club} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}`);
+      const base = { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), operator: operatorIdentity(), ...(o.target ? { target: resolve(o.target) } : {}), ...cfg(o) };
+      const plan = async (): Promise<RestorePlanView> => (await runOperation(dataDir(), 'backup.restore', { ...base, dryRun: true }, offline())).result as RestorePlanView;
+      if (o.dryRun) {
+        const p = await plan();
+        printResult(p, o.json, (p) => describePlan(p));
+        return;
+      }
+      let yes = Boolean(o.yes);
+      if (!yes && !passphrase && process.stdin.isTTY && process.stderr.isTTY) {
+        const p = await plan();
+        process.stderr.write(neutraliseBlock(describePlan(neutraliseDeep(p))) + '\n');
+        if (!p.live) yes = true;
+        else yes = (await ask(`type the club id (${o.club}) to replace its live data: `)) === o.club;
+        if (!yes) fail('restore cancelled; nothing was changed');
+      }
+      const { result } = await runOperation(dataDir(), 'backup.restore', { ...base, yes }, offline());
+      const r = result as { archive: string; createdAt: string; documents: number; createdClub: boolean; preRestoreArchive: string | null; logEntriesAfterArchive: number; target?: string };
+      printResult(r, o.json, (r) =>
+        `restored club ${o.club}${r.target ? ` into the data folder ${r.target} (the live club is untouched)` : ''} from ${r.archive} (state of ${r.createdAt}, ${r.documents} documents)${r.createdClub ? '; the club was created on this server' : ''}${r.preRestoreArchive ? `\nthe replaced state is archived in ${r.preRestoreArchive}` : ''}${r.logEntriesAfterArchive ? `\n${r.logEntriesAfterArchive} change-log entries written after the archive were kept` : ''}`,
+      );
     });
   backup
     .command('set-mail')

@@ -7,11 +7,15 @@
  * Archive references (`from`): a file path, or `DESTINATION:NAME` as `backup list` prints it,
  * or `DESTINATION:latest` (with the club id) for the newest archive of the club there.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity.js';
+import { openStorage } from '../storage/storage.js';
+import { assertSafeDataDir } from './folder-safety.js';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
-import { clubBackupSettings, fileSource, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
+import { archiveTrust, clubBackupSettings, fileSource, planClubRestore, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
+import { identityKeyPath, parseTrustKeys } from '../storage/archive-origin.js';
 import { BackupError } from '../storage/backup-errors.js';
 import type { Storage } from '../storage/storage.js';
 import { BackupService } from './backup-service.js';
@@ -65,8 +69,42 @@ async function openSource(svc: BackupService, from: string, club?: string): Prom
   return { source: fileSource(p), label: p };
 }
 
-function openKey(st: Storage, pass: string | undefined): OpenKey {
-  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}) };
+/** Keys that open an archive here, and whose origin is accepted: this server's own, plus the keys the operator named. */
+function openKey(st: Storage, pass: string | undefined, trustKeys: readonly string[] = []): OpenKey {
+  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}), trust: archiveTrust(st, parseTrustKeys(trustKeys)) };
+}
+
+const trustKeys = z.array(z.string().min(1).max(4096)).max(16).optional();
+/** Who ran the command, as commusicctl reports it (OS account, and the account behind sudo). */
+const operator = z
+  .object({ user: z.string().min(1).max(64).regex(/^[\p{L}\p{N}._@$-]+$/u), sudoUser: z.string().min(1).max(64).regex(/^[\p{L}\p{N}._@$-]+$/u).optional(), uid: z.number().int().min(0).optional() })
+  .strict()
+  .optional();
+
+/**
+ * `--target DIR`: a separate data folder to restore into, so the live club is not touched (as
+ * restic and etcd restore into a directory). Created when missing (mode 0700, its own master key
+ * and identity key, as `keys init` makes them); an existing one must be a data folder. Checked
+ * like the daemon's own (folder-safety.ts). Never the live data folder.
+ */
+async function openTarget(liveDir: string, dir: string): Promise<{ dir: string; storage: Storage; fingerprint: string }> {
+  const abs = path.resolve(dir);
+  if (abs === path.resolve(liveDir)) throw new BackupError('NOT_FOUND', '--target is the live data folder; leave it out to restore in place');
+  if (existsSync(abs) && readdirSync(abs).length > 0 && !existsSync(path.join(abs, 'keys', 'master.key'))) throw new BackupError('NOT_FOUND', `--target ${abs} is neither empty nor a ComMusic data folder`);
+  mkdirSync(abs, { recursive: true, mode: 0o700 });
+  assertSafeDataDir(abs);
+  const idPath = identityKeyPath(abs);
+  const identity = existsSync(idPath) ? loadIdentity(idPath) : generateIdentity();
+  if (!existsSync(idPath)) saveIdentity(idPath, identity);
+  const storage = await openStorage({ dataDir: abs, create: true });
+  storage.identity = identity;
+  return { dir: abs, storage, fingerprint: identity.fingerprint };
+}
+
+/** The restore entry's user: "operator:alice" or "operator:root (sudo by alice)". */
+export function operatorName(o: { user: string; sudoUser?: string | undefined } | undefined): string {
+  if (!o) return 'operator:unnamed';
+  return `operator:${o.user}${o.sudoUser && o.sudoUser !== o.user ? ` (sudo by ${o.sudoUser})` : ''}`.slice(0, 160);
 }
 
 export function registerBackupOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {
@@ -109,20 +147,33 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
     })
     .register({
       name: 'backup.verify',
-      schema: z.object({ from: z.string().min(1).max(4096), club: clubId.optional(), passphrase, configFile }).strict(),
+      schema: z.object({ from: z.string().min(1).max(4096), club: clubId.optional(), passphrase, trustKeys, configFile }).strict(),
       run: async (c, a) =>
         withService(c, a.configFile, async (svc, st) => {
+          const key = openKey(st, a.passphrase, a.trustKeys);
           const { source, label } = await openSource(svc, a.from, a.club);
-          return { archive: label, ...(await verifyArchive(source, openKey(st, a.passphrase))) };
+          return { archive: label, ...(await verifyArchive(source, key)) };
         }),
     })
     .register({
       name: 'backup.restore',
-      schema: z.object({ club: clubId, from: z.string().min(1).max(4096), passphrase, actor: z.string().max(64).optional(), configFile }).strict(),
+      schema: z
+        .object({ club: clubId, from: z.string().min(1).max(4096), passphrase, trustKeys, operator, dryRun: z.boolean().default(false), yes: z.boolean().default(false), target: z.string().min(1).max(4096).optional(), configFile })
+        .strict(),
       run: async (c, a) =>
         withService(c, a.configFile, async (svc, st) => {
+          const key = openKey(st, a.passphrase, a.trustKeys);
+          const target = a.target !== undefined ? await openTarget(c.dataDir, a.target) : undefined;
+          const into = target?.storage ?? st;
           const { source, label } = await openSource(svc, a.from, a.club);
-          return { archive: label, ...(await restoreClubArchive(st, a.club, source, openKey(st, a.passphrase), { actor: a.actor ?? 'operator', source: label })) };
+          try {
+            const where = target ? { target: target.dir, targetFingerprint: target.fingerprint } : {};
+            if (a.dryRun) return { archive: label, ...where, ...(await planClubRestore(into, a.club, source, key)) };
+            return { archive: label, ...where, ...(await restoreClubArchive(into, a.club, source, key, { actor: operatorName(a.operator), source: label, yes: a.yes })) };
+          } finally {
+            source.destroy();
+            target?.storage.close();
+          }
         }),
     })
     .register({

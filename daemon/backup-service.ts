@@ -22,6 +22,7 @@ import path from 'node:path';
 import { Cron } from 'croner';
 import { z } from 'zod';
 import {
+  archiveSigner,
   archiveStream,
   clubBackupSettings,
   createClubArchive,
@@ -411,7 +412,7 @@ export class BackupService {
         const manifest: Manifest = snap.manifest;
         mkdirSync(this.#staging, { recursive: true, mode: 0o700 });
         file = path.join(this.#staging, `mail-${row.id}-${randomBytes(6).toString('hex')}.cmbk`);
-        await writeFileAtomic(archiveStream(snap, { kind: 'club', record: cfg.passphrase }), file);
+        await writeFileAtomic(archiveStream(snap, { kind: 'club', record: cfg.passphrase }, { signer: archiveSigner(st) }), file);
         const size = statSync(file).size;
         const day = manifest.createdAt.slice(0, 10);
         if (size > this.settings.mail.maxBytes) {

@@ -34,9 +34,12 @@ import {
   visibleFields,
   type Filter,
   type RowScope,
+  listIds,
+  recordsByIds,
 } from '../storage/club-data.js';
 import { putDocument, readDocument, DOCUMENT_KINDS } from '../storage/documents.js';
 import { StorageError } from '../storage/errors.js';
+import { isOutOfMemory, type Db } from '../storage/sqlcipher.js';
 import { MODEL, validatorFor, type EntityName } from '../storage/model.js';
 import {
   countActiveAdmins,
@@ -196,11 +199,32 @@ function dataError(g: Guard, e: unknown, right: string): never {
     if (e.code === 'DOC_TOO_LARGE') throw new CommandError('TOO_LARGE', e.message);
     if (e.code === 'CLUB_EXISTS') throw new CommandError('CONFLICT', e.message);
   }
+  // A sort or temporary table SQLite could not hold in memory (temporary storage is in memory: storage/sqlcipher.ts).
+  if (isOutOfMemory(e)) throw new CommandError('TOO_LARGE', 'the query needs more working memory than the server allows; narrow it with filters or fewer fields');
   throw e;
 }
 
+/** Rows per page of a streamed export: one page of records is all the server holds at a time. */
+export const EXPORT_PAGE_ROWS = 500;
+
+/**
+ * A streamed export's body: NDJSON, one record per line (with `tag`: {"entity", "record"}), read
+ * page by page (EXPORT_PAGE_ROWS ids at a time) from the club store as the client grants credit,
+ * each page projected with the caller's field rights. The store is looked up again for every
+ * page (it may have been closed between pages); rows deleted since the ids were read are
+ * skipped. The caller wraps it in `revocable`, so a session end or a withdrawn right stops it.
+ */
+async function* exportRows(services: ClubServices, g: Guard, entity: DataEntity, ids: number[], scope: RowScope, fields?: readonly string[], tag?: string): AsyncGenerator<Buffer> {
+  for (let i = 0; i < ids.length; i += EXPORT_PAGE_ROWS) {
+    const db = services.storage.openClub(g.p.clubId).db;
+    const rows = project(g, entity, recordsByIds(db, entity, ids.slice(i, i + EXPORT_PAGE_ROWS), scope), 'export', fields, db);
+    if (!rows.length) continue;
+    yield Buffer.from(rows.map((r) => JSON.stringify(tag ? { entity: tag, record: r } : r)).join('\n') + '\n', 'utf8');
+  }
+}
+
 /** Strip fields whose own area the caller lacks for this row; refuse explicitly requested ones. */
-function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], action: 'read' | 'export', requested?: readonly string[]): Record<string, unknown>[] {
+function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], action: 'read' | 'export', requested?: readonly string[], db: Db = g.p.db): Record<string, unknown>[] {
   const visible = new Set(['id', 'createdAt', 'updatedAt', ...visibleFields(entity)]);
   if (requested) for (const f of requested) if (!visible.has(f)) throw new CommandError('BAD_REQUEST', `${entity} has no field ${f}`);
   const areas = FIELD_AREA[entity] ?? {};
@@ -223,7 +247,7 @@ function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], 
         let ok = rowOk.get(a);
         if (ok === undefined) {
           const s = scopes.get(a);
-          ok = !!s && (s.kind === 'all' || rowInScope(g.p.db, entity, r.id as number, s));
+          ok = !!s && (s.kind === 'all' || rowInScope(db, entity, r.id as number, s));
           rowOk.set(a, ok);
         }
         if (!ok) continue;
@@ -416,10 +440,22 @@ function registerEntity(d: Dispatcher, services: ClubServices, entity: DataEntit
     }
   });
 
-  register(d, `${entity}.export`, strictObject(listSchema), async (p, ctx) => {
+  register(d, `${entity}.export`, strictObject({ ...listSchema, stream: z.boolean().optional() }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.export`, p);
     const { scope, effective } = g.needEntity(entity, 'export', 'export');
     checkFilterFields(g, entity, effective, filterFields(p), 'export');
+    if (p.stream) {
+      try {
+        // Field rights are checked now, before anything is sent (project refuses unreadable requested fields).
+        project(g, entity, [], 'export', p.fields);
+        const { ids, truncated } = listIds(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, scope });
+        exportAudit(g, entity, { count: ids.length, filters: p.filters ?? [], fields: p.fields ?? null, truncated, streamed: true });
+        const download = revocable(services, ctx, exportRows(services, g, entity, ids, scope, p.fields), (grants) => effectiveScope(grants, area, 'export') !== undefined);
+        return { payload: { count: ids.length, truncated, format: 'ndjson' }, download };
+      } catch (e) {
+        dataError(g, e, right('export'));
+      }
+    }
     try {
       const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, offset: 0, scope });
       const items = project(g, entity, r.items, 'export', p.fields);
@@ -511,7 +547,7 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
   });
   for (const action of ['read', 'export'] as const) {
     const name = action === 'read' ? 'documents.list' : 'documents.export';
-    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() } : {};
+    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional() } : { stream: z.boolean().optional() };
     register(d, name, strictObject({ ...listSchema, ...extra }), async (p, ctx) => {
       const g = await guard(services, ctx, name, p);
       const allowed = readableKinds(g, action);
@@ -519,6 +555,14 @@ function registerDocuments(d: Dispatcher, services: ClubServices): void {
       for (const k of asked) if (!allowed.includes(k)) g.deny(`${docArea(k)}:${action}`);
       if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
       try {
+        if (action === 'export' && p.stream) {
+          project(g, 'documents', [], 'export', p.fields);
+          const scope: RowScope = { kind: 'all', hideBlocked: true };
+          const { ids, truncated } = listIds(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: MAX_EXPORT_ROWS, scope });
+          exportAudit(g, 'documents', { count: ids.length, kinds: allowed, streamed: true });
+          const download = revocable(services, ctx, exportRows(services, g, 'documents', ids, scope, p.fields), (grants) => allowed.every((k) => effectiveScope(grants, docArea(k), 'export')?.kind === 'club'));
+          return { payload: { count: ids.length, truncated, format: 'ndjson' }, download };
+        }
         const hideBlocked = action !== 'read' || !g.readsBlocked();
         const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, scope: { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) } });
         const items = project(g, 'documents', r.items, action, p.fields);
@@ -1008,9 +1052,39 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     const r = queryAuditLog(g.p.db, q);
     return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
   });
-  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, club: clubField }), async (p, ctx) => {
+  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, stream: z.boolean().optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'log.export', p);
     g.needClub('changeLog', 'export');
+    if (p.stream) {
+      const range = { ...(p.from ? { from: p.from } : {}), ...(p.to ? { to: p.to } : {}) };
+      // First pass counts (for the audit entry, written before anything is sent) and fixes the
+      // last entry; the stream then pages up to it. The log is append-only, so both see the same entries.
+      let count = 0;
+      let last: number | undefined;
+      let after: number | undefined;
+      for (;;) {
+        const r = queryAuditLog(g.p.db, { ...range, ...(after !== undefined ? { afterSeq: after } : {}), limit: MAX_QUERY_LIMIT });
+        const take = r.entries.slice(0, MAX_EXPORT_ROWS - count);
+        count += take.length;
+        if (take.length) last = take[take.length - 1]!.seq;
+        if (r.nextAfterSeq === null || count >= MAX_EXPORT_ROWS) break;
+        after = r.nextAfterSeq;
+      }
+      exportAudit(g, 'auditLog', { count, from: p.from ?? null, to: p.to ?? null, streamed: true });
+      const view = logProjector(g);
+      const clubId = g.p.clubId;
+      async function* lines(): AsyncGenerator<Buffer> {
+        let cursor: number | undefined;
+        while (last !== undefined) {
+          const r = queryAuditLog(services.storage.openClub(clubId).db, { ...range, ...(cursor !== undefined ? { afterSeq: cursor } : {}), limit: MAX_QUERY_LIMIT });
+          const page = r.entries.filter((e) => e.seq <= last!);
+          if (page.length) yield Buffer.from(page.map((e) => JSON.stringify(view(e))).join('\n') + '\n', 'utf8');
+          if (!page.length || page[page.length - 1]!.seq >= last || r.nextAfterSeq === null) return;
+          cursor = r.nextAfterSeq;
+        }
+      }
+      return { payload: { count, format: 'ndjson' }, download: revocable(services, ctx, lines(), (grants) => effectiveScope(grants, 'changeLog', 'export')?.kind === 'club') };
+    }
     const entries: Record<string, unknown>[] = [];
     const view = logProjector(g);
     let after: number | undefined;
@@ -1054,9 +1128,30 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
     const r = queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 });
     return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
   });
-  register(d, 'exports.club', strictObject({ club: clubField }), async (p, ctx) => {
+  register(d, 'exports.club', strictObject({ stream: z.boolean().optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'exports.club', p);
     g.needClub('exports', 'export');
+    if (p.stream) {
+      // Every entity's ids first (8 bytes a row), then the rows page by page: one line per record, {"entity", "record"}.
+      const parts: Array<{ entity: DataEntity; ids: number[]; scope: RowScope }> = [];
+      for (const entity of DATA_COMMAND_ENTITIES) {
+        if (entity === 'documents') {
+          const kinds = [...DOCUMENT_KINDS].filter((k) => g.has(docArea(k), 'export')?.kind === 'club');
+          const scope: RowScope = { kind: 'all', hideBlocked: true };
+          if (kinds.length) parts.push({ entity, ids: listIds(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope }).ids, scope });
+          continue;
+        }
+        const scope = g.entityRowScope(entity, 'export', 'export');
+        if (!scope) continue;
+        parts.push({ entity, ids: listIds(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope }).ids, scope });
+      }
+      const counts = Object.fromEntries(parts.map((x) => [x.entity, x.ids.length]));
+      exportAudit(g, null, { entities: counts, streamed: true });
+      async function* lines(): AsyncGenerator<Buffer> {
+        for (const x of parts) yield* exportRows(services, g, x.entity, x.ids, x.scope, undefined, x.entity);
+      }
+      return { payload: { counts, format: 'ndjson' }, download: revocable(services, ctx, lines(), (grants) => effectiveScope(grants, 'exports', 'export')?.kind === 'club') };
+    }
     const out: Record<string, unknown[]> = {};
     for (const entity of DATA_COMMAND_ENTITIES) {
       if (entity === 'documents') {

@@ -1,4 +1,5 @@
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { OperationError, type OperationRegistry } from './operations.js';
 import type { Logger } from './log.js';
@@ -131,10 +132,34 @@ async function removeStaleSocket(path: string): Promise<void> {
 }
 
 /**
- * Client side, for commusicctl. Resolves undefined when no daemon listens (so the caller runs
- * the operation offline); rejects with the daemon's error otherwise.
+ * Before commusicctl sends anything: the socket must be a socket owned by an account we trust
+ * (default: this process's effective uid, and the owner of the folder holding the socket, i.e.
+ * the data folder's owner, which the daemon checks is its own uid), in a folder nobody else can
+ * write to. Returns false when there is no socket (no daemon), throws OperationError
+ * CONTROL_SOCKET_UNSAFE otherwise.
  */
-export async function callControl(path: string, op: string, args: unknown, timeoutMs = 30_000): Promise<{ result: unknown } | undefined> {
+export function checkControlSocket(path: string, trustedUids?: readonly number[]): boolean {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return false;
+  }
+  const dirSt = statSync(dirname(path));
+  const uids = trustedUids ?? [...new Set([process.geteuid?.() ?? -1, dirSt.uid])];
+  if (!st.isSocket()) throw new OperationError('CONTROL_SOCKET_UNSAFE', `${path} is not a socket; not sending anything to it`);
+  if (!uids.includes(st.uid)) throw new OperationError('CONTROL_SOCKET_UNSAFE', `control socket ${path} is owned by uid ${st.uid}, not by the daemon's account (uid ${uids.join(' or ')}); another user may have put it there, so nothing was sent`);
+  if ((dirSt.mode & 0o022) !== 0 || !uids.includes(dirSt.uid)) throw new OperationError('CONTROL_SOCKET_UNSAFE', `the folder of control socket ${path} is writable by others or owned by another account; nothing was sent (run: chmod 700 ${dirname(path)})`);
+  return true;
+}
+
+/**
+ * Client side, for commusicctl. Resolves undefined when no daemon listens (so the caller runs
+ * the operation offline); rejects with the daemon's error otherwise, and with
+ * CONTROL_SOCKET_UNSAFE (before connecting) when the socket fails checkControlSocket.
+ */
+export async function callControl(path: string, op: string, args: unknown, timeoutMs = 30_000, trustedUids?: readonly number[]): Promise<{ result: unknown } | undefined> {
+  if (!checkControlSocket(path, trustedUids)) return undefined;
   return new Promise((resolve, reject) => {
     const c = createConnection(path);
     let buf = '';

@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { assertSafeDataDir } from './folder-safety.js';
 import { generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
 import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
@@ -100,6 +101,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     // Everything the daemon creates (stores, WAL files, outbox, sockets) is for its user alone.
     process.umask(0o077);
     mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    // StrictModes: refuse a data folder (and control.sock's folder) others could write to.
+    assertSafeDataDir(config.dataDir);
     // Start-up order: (1) the data folder's lock (the control socket), so a second daemon on
     // the same folder stops before it binds or writes anything; (2) the client port, so a port
     // in use is found before (3) a new data folder is initialised (keys, stores).
@@ -114,6 +117,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       ...(opts.passphrase !== undefined ? { passphrase: opts.passphrase } : {}),
     });
     closers.push(() => storage.close());
+    // Archives and restore entries are signed with the key that signs the change-log heads.
+    storage.identity = identity;
     sizeStoreCache(config, storage, logger);
     const resumed = await resumeInterruptedRotations(storage);
     if (resumed.master || resumed.clubs.length > 0 || resumed.deleted.length > 0) logger.warn('finished interrupted key operations', resumed);

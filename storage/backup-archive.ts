@@ -1,9 +1,14 @@
 /**
  * Backup archives: one file per club and moment (docs/BACKUPS.md has the format).
  *
- *   header  "CMBK" | version 1 | kind (1 server, 2 club) | uint16be n | n bytes of JSON
+ *   header  "CMBK" | version 2 | kind (1 server, 2 club) | uint16be n | n bytes of JSON
  *   body    crypto/chunked-aead.ts stream (AES-256-GCM, chunk index + final flag in the nonce)
- *           of a plain ustar file: manifest.json, club.sqlite, documents/<id>
+ *           of a plain ustar file: manifest.json, origin.json, club.sqlite, documents/<id>
+ *
+ * origin.json proves who made the archive (storage/archive-origin.ts): a signature with the
+ * server identity key (or a MAC under a key only this server holds) over the header and the
+ * manifest, which carries the SHA-256 of the image and of every document. Every reader path
+ * (verify, restore) refuses an archive whose origin does not verify.
  *
  * The stream key is HKDF-SHA256(ikm, salt = SHA-256(header bytes), "commusic/backup/v1/stream"),
  * so the header is authenticated too: change one byte of it and the body no longer opens.
@@ -25,29 +30,31 @@ import { createHash, createPrivateKey, createPublicKey, diffieHellman, generateK
 import { createReadStream, createWriteStream, existsSync, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, renameSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import Database from 'better-sqlite3-multiple-ciphers';
 import { createDecryptStream, createEncryptStream } from '../crypto/chunked-aead.js';
 import { CryptoError } from '../crypto/errors.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { keyIdOf } from '../crypto/master-key.js';
 import { newDataKey, wrapKey } from '../crypto/wrap.js';
-import { AuditLog, verifyAuditLog } from './audit-log.js';
+import { AuditLog, ensureAuditTables, verifyAuditLog, type AuditSigner, type AuditVerifier } from './audit-log.js';
+import { applyModelSchema, checkImageSchema, copyImageRows } from './restore-schema.js';
+import { fingerprintOf, signTranscript, verifyTranscript } from '../crypto/identity.js';
 import { BackupError } from './backup-errors.js';
 import { ByteReader, TAR_END, readTarHeader, skipPadding, tarHeader, tarPadding } from './backup-tar.js';
 import { CLUB_DB_FILE, DOCS_DIR, clubDir } from './club-store.js';
 import { DOC_SUFFIX } from './documents.js';
 import { StorageError } from './errors.js';
 import { PLANS, type Plan } from './server-db.js';
-import { openEncrypted, type Db } from './sqlcipher.js';
+import { openDatabase, openEncrypted, type Db } from './sqlcipher.js';
 import { unwrapClubKey, type Storage } from './storage.js';
 import { hashTap } from './hash-tap.js';
+import { ORIGIN_ENTRY, loadDataDirIdentity, originMacKey, signOrigin, verifyOrigin, type OriginSigner, type OriginTrust, type VerifiedOrigin } from './archive-origin.js';
 
 export { BackupError } from './backup-errors.js';
 
 export const ARCHIVE_MAGIC = Buffer.from('CMBK', 'ascii');
-export const ARCHIVE_VERSION = 1;
+export const ARCHIVE_VERSION = 2;
 export const ARCHIVE_SUFFIX = '.cmbk';
 export const MANIFEST_FORMAT = 'commusic-club-backup';
 const KIND_SERVER = 1;
@@ -150,10 +157,28 @@ export type SealKey = { kind: 'server'; key: Buffer } | { kind: 'club'; record: 
 export interface OpenKey {
   serverKey?: Buffer;
   passphrase?: string;
+  /** Whose origin proof is accepted; verify and restore require it (see archiveTrust). */
+  trust?: OriginTrust;
+}
+
+/** How this server signs the archives it makes: its identity key when it has one, else a MAC under its archive key. */
+export function archiveSigner(st: Storage): OriginSigner {
+  const identity = st.identity ?? loadDataDirIdentity(st.dataDir);
+  if (identity) return { kind: 'rsa-pss', identity };
+  return { kind: 'hmac', macKey: originMacKey(serverArchiveKey(st)) };
+}
+
+/**
+ * What this server accepts as an archive's origin: its own identity key, its own archive MAC
+ * key, and the fingerprints the operator named (`--trust-key`, parsed by parseTrustKeys).
+ */
+export function archiveTrust(st: Storage, fingerprints: readonly string[] = []): OriginTrust {
+  const identity = st.identity ?? loadDataDirIdentity(st.dataDir);
+  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)) };
 }
 
 export interface ArchiveHeader {
-  v: 1;
+  v: 2;
   kind: 'server' | 'club';
   clubId: string;
   createdAt: string;
@@ -179,7 +204,7 @@ function streamKey(ikm: Buffer, header: Buffer): Buffer {
 }
 
 function sealHeader(clubId: string, key: SealKey, now: Date): { header: Buffer; key: Buffer; info: ArchiveHeader } {
-  const base = { v: 1 as const, clubId, createdAt: now.toISOString(), salt: randomBytes(16).toString('base64url') };
+  const base = { v: 2 as const, clubId, createdAt: now.toISOString(), salt: randomBytes(16).toString('base64url') };
   if (key.kind === 'server') {
     const info: ArchiveHeader = { ...base, kind: 'server', keyId: keyIdOf(key.key).toString('hex') };
     const header = encodeHeader(info);
@@ -203,9 +228,10 @@ function sealHeader(clubId: string, key: SealKey, now: Date): { header: Buffer; 
   }
 }
 
-async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveHeader; key: Buffer }> {
+async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveHeader; key: Buffer; header: Buffer }> {
   const pre = await r.read(8);
   if (pre.length < 8 || !pre.subarray(0, 4).equals(ARCHIVE_MAGIC)) throw new BackupError('NOT_AN_ARCHIVE', 'not a ComMusic backup archive (bad magic)');
+  if (pre[4] === 1) throw new BackupError('ORIGIN_UNVERIFIED', 'backup archive format 1 carries no proof of who made it (anyone holding a club header could seal one), so it is refused; take a new backup with this server');
   if (pre[4] !== ARCHIVE_VERSION) throw new BackupError('ARCHIVE_VERSION', `backup archive version ${pre[4]} is not supported by this server (it reads version ${ARCHIVE_VERSION})`);
   const n = pre.readUInt16BE(6);
   if (n > MAX_HEADER_JSON) throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (length)');
@@ -219,11 +245,11 @@ async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveH
   }
   const header = Buffer.concat([pre, json]);
   const kind = pre[5] === KIND_SERVER ? 'server' : pre[5] === KIND_CLUB ? 'club' : undefined;
-  if (!kind || info.kind !== kind || info.v !== 1 || typeof info.clubId !== 'string') throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (kind)');
+  if (!kind || info.kind !== kind || info.v !== ARCHIVE_VERSION || typeof info.clubId !== 'string') throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (kind)');
   if (kind === 'server') {
     if (!key.serverKey) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} is a server archive; only the server that holds its archive key (id ${info.keyId}) opens it`);
     if (keyIdOf(key.serverKey).toString('hex') !== info.keyId) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} was written under archive key ${info.keyId}, this server has ${keyIdOf(key.serverKey).toString('hex')} (an archive of another server, or its header was altered)`);
-    return { info, key: streamKey(key.serverKey, header) };
+    return { info, key: streamKey(key.serverKey, header), header };
   }
   if (key.passphrase === undefined) throw new BackupError('WRONG_PASSPHRASE', `archive of club ${info.clubId} is encrypted with the club's backup passphrase; give the passphrase (--passphrase-stdin)`);
   if (!info.kdf || !info.clubPublicKey || !info.ephemeralPublicKey) throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (key fields)');
@@ -236,7 +262,7 @@ async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveH
     throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (ephemeral key)');
   }
   try {
-    return { info, key: streamKey(shared, header) };
+    return { info, key: streamKey(shared, header), header };
   } finally {
     shared.fill(0);
   }
@@ -287,7 +313,7 @@ export function openImage(image: Buffer): Db {
   const copy = Buffer.from(image);
   copy[18] = 1;
   copy[19] = 1;
-  return new Database(copy);
+  return openDatabase(copy);
 }
 
 function quote(ident: string): string {
@@ -425,12 +451,19 @@ function docEntryName(id: number): string {
   return `documents/${id}`;
 }
 
-async function* plaintextTar(snap: ClubSnapshot): AsyncGenerator<Buffer> {
+function manifestBytes(m: Manifest): Buffer {
+  return Buffer.from(JSON.stringify(m, null, 2) + '\n', 'utf8');
+}
+
+async function* plaintextTar(snap: ClubSnapshot, origin: Buffer): AsyncGenerator<Buffer> {
   const mtime = Date.parse(snap.manifest.createdAt) / 1000;
-  const manifest = Buffer.from(JSON.stringify(snap.manifest, null, 2) + '\n', 'utf8');
+  const manifest = manifestBytes(snap.manifest);
   yield tarHeader('manifest.json', manifest.length, mtime);
   yield manifest;
   yield tarPadding(manifest.length);
+  yield tarHeader(ORIGIN_ENTRY, origin.length, mtime);
+  yield origin;
+  yield tarPadding(origin.length);
   yield tarHeader('club.sqlite', snap.image.length, mtime);
   yield snap.image;
   yield tarPadding(snap.image.length);
@@ -465,11 +498,12 @@ async function* plaintextTar(snap: ClubSnapshot): AsyncGenerator<Buffer> {
  * The encrypted archive of a snapshot as a stream. The snapshot is released (keys zeroed,
  * staging links removed) when the stream ends, fails or is destroyed.
  */
-export function archiveStream(snap: ClubSnapshot, key: SealKey, o: { now?: Date; chunkLog2?: number } = {}): Readable {
+export function archiveStream(snap: ClubSnapshot, key: SealKey, o: { signer: OriginSigner; now?: Date; chunkLog2?: number }): Readable {
   const sealed = sealHeader(snap.clubId, key, o.now ?? new Date(snap.manifest.createdAt));
+  const origin = signOrigin(o.signer, sealed.header, manifestBytes(snap.manifest));
   const enc = createEncryptStream(sealed.key, o.chunkLog2 !== undefined ? { chunkLog2: o.chunkLog2 } : {});
   sealed.key.fill(0);
-  const src = Readable.from(plaintextTar(snap), { objectMode: false, highWaterMark: 1 << 20 });
+  const src = Readable.from(plaintextTar(snap, origin), { objectMode: false, highWaterMark: 1 << 20 });
   src.on('error', (e) => enc.destroy(e));
   src.pipe(enc);
   async function* out(): AsyncGenerator<Buffer> {
@@ -485,10 +519,11 @@ export function archiveStream(snap: ClubSnapshot, key: SealKey, o: { now?: Date;
   return Readable.from(out(), { objectMode: false, highWaterMark: 1 << 20 });
 }
 
-/** Snapshot a club and give its encrypted archive stream. */
+/** Snapshot a club and give its encrypted archive stream, signed by this server (archiveSigner). */
 export function createClubArchive(st: Storage, clubId: string, key: SealKey, o: { now?: Date } = {}): { manifest: Manifest; stream: Readable } {
+  const signer = archiveSigner(st);
   const snap = takeClubSnapshot(st, clubId, o.now);
-  return { manifest: snap.manifest, stream: archiveStream(snap, key, o) };
+  return { manifest: snap.manifest, stream: archiveStream(snap, key, { ...o, signer }) };
 }
 
 /** Write a stream to `path` atomically (temp file, fsync, rename, fsync folder). */
@@ -519,7 +554,26 @@ export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: s
 
 // ---- reading -------------------------------------------------------------------------------
 
+/** What the origin entry claims (not yet trusted): the signing key, for head checks and reports. */
+export interface OriginEntrySeen {
+  alg: string;
+  fingerprint?: string;
+  spki?: Buffer;
+}
+
+function describeOrigin(b: Buffer): OriginEntrySeen | null {
+  try {
+    const e = JSON.parse(b.toString('utf8')) as { alg?: unknown; spki?: unknown; fingerprint?: unknown };
+    if (typeof e.alg !== 'string') return null;
+    return { alg: e.alg, ...(typeof e.fingerprint === 'string' ? { fingerprint: e.fingerprint } : {}), ...(typeof e.spki === 'string' ? { spki: Buffer.from(e.spki, 'base64') } : {}) };
+  } catch {
+    return null;
+  }
+}
+
 export interface ArchiveVisitor {
+  /** The origin (null when no trust was given, i.e. for `decrypt`), before any content is read. */
+  origin?(origin: VerifiedOrigin | null, seen: OriginEntrySeen | null): void | Promise<void>;
   /** The store image (already checked against the manifest's SHA-256). */
   image?(manifest: Manifest, image: Buffer): void | Promise<void>;
   /** A document's plaintext; the walker checks size and SHA-256 after the visitor consumed it. */
@@ -544,9 +598,9 @@ async function* drain(src: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
  * image hash, document hashes. Throws a BackupError naming what is wrong; a visitor's work is
  * valid only when this resolves.
  */
-export async function walkArchive(source: AsyncIterable<Uint8Array>, key: OpenKey, visitor: ArchiveVisitor = {}, tap?: (plain: Buffer) => Promise<void>): Promise<{ header: ArchiveHeader; manifest: Manifest }> {
+export async function walkArchive(source: AsyncIterable<Uint8Array>, key: OpenKey, visitor: ArchiveVisitor = {}, tap?: (plain: Buffer) => Promise<void>): Promise<{ header: ArchiveHeader; manifest: Manifest; origin: VerifiedOrigin | null; originEntry: OriginEntrySeen | null }> {
   const raw = new ByteReader(source);
-  const { info, key: sk } = await openHeader(raw, key);
+  const { info, key: sk, header: headerBytes } = await openHeader(raw, key);
   const dec = createDecryptStream(sk);
   sk.fill(0);
   // The rest of the raw source is the encrypted body.
@@ -582,6 +636,15 @@ export async function walkArchive(source: AsyncIterable<Uint8Array>, key: OpenKe
     if (manifest.format !== MANIFEST_FORMAT || manifest.version !== 1 || manifest.clubId !== info.clubId || !Array.isArray(manifest.documents)) {
       throw new BackupError('ARCHIVE_INVALID', 'backup archive manifest is not a version 1 club manifest for the club named in the header');
     }
+    // Origin: checked before anything of the content is looked at.
+    const oh = await readTarHeader(r);
+    if (!oh || oh.name !== ORIGIN_ENTRY || oh.size > 8192) throw new BackupError('ORIGIN_UNVERIFIED', `archive of club ${info.clubId} carries no origin proof (${ORIGIN_ENTRY}); refused`);
+    const obuf = await r.read(oh.size);
+    if (obuf.length < oh.size) throw new BackupError('ARCHIVE_TRUNCATED', 'backup archive ends inside its origin entry');
+    await skipPadding(r, oh.size);
+    const origin = key.trust ? verifyOrigin(obuf, headerBytes, mbuf, key.trust, info.clubId) : null;
+    const originEntry = describeOrigin(obuf);
+    await visitor.origin?.(origin, originEntry);
     const s = await readTarHeader(r);
     if (!s || s.name !== 'club.sqlite' || s.size !== manifest.sqlite.bytes) throw new BackupError('ARCHIVE_INVALID', 'backup archive has no store image where the manifest says');
     const image = Buffer.allocUnsafe(s.size);
@@ -616,7 +679,7 @@ export async function walkArchive(source: AsyncIterable<Uint8Array>, key: OpenKe
     }
     const end = await readTarHeader(r);
     if (end) throw new BackupError('ARCHIVE_INVALID', `backup archive holds an entry (${end.name}) its manifest does not list`);
-    return { header: info, manifest };
+    return { header: info, manifest, origin, originEntry };
   } catch (e) {
     dec.destroy();
     feed.destroy();
@@ -639,37 +702,69 @@ export interface VerifyReport {
   documentBytes: number;
   sqliteBytes: number;
   integrity: 'ok';
-  auditChain: { entries: number; intact: boolean; note?: string } | null;
+  /** Who made the archive, as verified. */
+  origin: VerifiedOrigin;
+  /** The change log inside: chain intact and every signed head verified (signedHeads of them, up to signedUpTo). */
+  auditChain: { entries: number; intact: true; signedHeads: number; signedUpTo: number; unsignedTail: number } | null;
   dataFingerprint: string;
 }
 
-/** Check an archive completely: authentication, structure, hashes, SQLite integrity, row counts, audit chain. */
-export async function verifyArchive(source: AsyncIterable<Uint8Array>, key: OpenKey): Promise<VerifyReport> {
-  let integrity: VerifyReport['integrity'] | undefined;
+/** Verifies change-log head signatures with the keys trusted for this archive (own identity, and the origin key when it verified). */
+function headVerifier(trust: OriginTrust, origin: VerifiedOrigin | null, seen: OriginEntrySeen | null): AuditVerifier {
+  const keys = new Map<string, Buffer>();
+  for (const k of trust.keys) keys.set(fingerprintOf(k), k);
+  if (origin?.alg === 'rsa-pss' && origin.fingerprint && seen?.spki) keys.set(origin.fingerprint, seen.spki);
+  return { verify: (bytes, sig, fp) => { const k = keys.get(fp); return k !== undefined && verifyTranscript(k, bytes, sig); } };
+}
+
+/**
+ * Everything checked on a store image before any of it is used: it opens, passes SQLite's
+ * integrity check, its schema is exactly the model's (checkImageSchema), the row counts and
+ * version match the manifest, and its change log's chain and every signed head verify.
+ */
+function checkImage(db: Db, m: Manifest, verifier: AuditVerifier): { version: number; tables: string[]; audit: VerifyReport['auditChain'] } {
+  const ic = db.pragma('integrity_check', { simple: true });
+  if (ic !== 'ok') throw new BackupError('VERIFY_FAILED', `store image fails SQLite's integrity check: ${String(ic)}`);
+  const schema = checkImageSchema(db);
+  const facts = inspectImage(db);
+  for (const [t, n] of Object.entries(m.tables)) {
+    if (facts.tables[t] !== n) throw new BackupError('VERIFY_FAILED', `table ${t} has ${facts.tables[t]} rows, the manifest says ${n}`);
+  }
+  if (facts.schemaVersion !== m.schemaVersion) throw new BackupError('VERIFY_FAILED', 'store image schema version differs from the manifest');
   let audit: VerifyReport['auditChain'] = null;
-  const { header, manifest } = await walkArchive(source, key, {
+  if (schema.tables.includes('audit_log')) {
+    const v = verifyAuditLog(db, m.clubId, verifier);
+    if (!v.ok) throw new BackupError('VERIFY_FAILED', `change log in the archive does not verify: ${v.firstBad?.reason} (heads must be signed by this server's key or by the archive's trusted origin key)`);
+    audit = { entries: v.entries, intact: true, signedHeads: v.signedHeads, signedUpTo: v.signedUpTo, unsignedTail: v.unsignedTail };
+  }
+  return { version: schema.version, tables: schema.tables, audit };
+}
+
+function openCheckedImage(image: Buffer): Db {
+  try {
+    return openImage(image);
+  } catch (e) {
+    throw new BackupError('VERIFY_FAILED', `store image does not open as SQLite: ${(e as Error).message}`);
+  }
+}
+
+function needTrust(key: OpenKey): OriginTrust {
+  if (!key.trust) throw new BackupError('ORIGIN_UNVERIFIED', 'no origin trust given: archives are read only with the keys this server trusts (archiveTrust)');
+  return key.trust;
+}
+
+/** Check an archive completely: origin, authentication, structure, hashes, SQLite integrity, schema, row counts, change log and its signed heads. */
+export async function verifyArchive(source: AsyncIterable<Uint8Array>, key: OpenKey): Promise<VerifyReport> {
+  let audit: VerifyReport['auditChain'] = null;
+  let verifier: AuditVerifier | undefined;
+  const { header, manifest, origin } = await walkArchive(source, key, {
+    origin(o, seen) {
+      verifier = headVerifier(needTrust(key), o, seen);
+    },
     image(m, image) {
-      let db: Db;
+      const db = openCheckedImage(image);
       try {
-        db = openImage(image);
-      } catch (e) {
-        throw new BackupError('VERIFY_FAILED', `store image does not open as SQLite: ${(e as Error).message}`);
-      }
-      try {
-        const ic = db.pragma('integrity_check', { simple: true });
-        if (ic !== 'ok') throw new BackupError('VERIFY_FAILED', `store image fails SQLite's integrity check: ${String(ic)}`);
-        integrity = 'ok';
-        const facts = inspectImage(db);
-        for (const [t, n] of Object.entries(m.tables)) {
-          if (facts.tables[t] !== n) throw new BackupError('VERIFY_FAILED', `table ${t} has ${facts.tables[t]} rows, the manifest says ${n}`);
-        }
-        if (facts.schemaVersion !== m.schemaVersion) throw new BackupError('VERIFY_FAILED', 'store image schema version differs from the manifest');
-        if (m.tables['audit_log'] !== undefined) {
-          const v = verifyAuditLog(db, m.clubId, undefined);
-          const onlySignatures = !v.ok && v.firstBad?.reason === 'no verifier given';
-          audit = { entries: v.entries, intact: v.ok || onlySignatures, ...(onlySignatures ? { note: 'hash chain intact; head signatures not checked' } : v.firstBad ? { note: v.firstBad.reason } : {}) };
-          if (!audit.intact) throw new BackupError('VERIFY_FAILED', `change log in the archive does not verify: ${v.firstBad?.reason}`);
-        }
+        audit = checkImage(db, m, verifier!).audit;
       } finally {
         db.close();
       }
@@ -685,7 +780,8 @@ export async function verifyArchive(source: AsyncIterable<Uint8Array>, key: Open
     documents: manifest.documents.length,
     documentBytes: manifest.documents.reduce((a, d) => a + d.size, 0),
     sqliteBytes: manifest.sqlite.bytes,
-    integrity: integrity ?? 'ok',
+    integrity: 'ok',
+    origin: origin!,
     auditChain: audit,
     dataFingerprint: manifest.dataFingerprint,
   };
@@ -710,39 +806,45 @@ export async function decryptArchiveToFile(source: AsyncIterable<Uint8Array>, ke
   }
 }
 
+
 // ---- restore -------------------------------------------------------------------------------
 
-/** Copy every table, row, index and trigger of an image into an empty database. */
-function copyImageInto(src: Db, dst: Db): void {
-  dst.pragma('foreign_keys=OFF');
-  const objs = src.prepare("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid").all() as Array<{ type: string; name: string; sql: string }>;
-  dst.transaction(() => {
-    for (const o of objs) if (o.type === 'table') dst.exec(o.sql);
-    for (const o of objs) {
-      if (o.type !== 'table') continue;
-      const cols = (src.pragma(`table_info(${quote(o.name)})`) as Array<{ name: string }>).map((c) => quote(c.name));
-      const sel = src.prepare(`SELECT ${cols.join(', ')} FROM ${quote(o.name)} ORDER BY rowid`).raw(true).safeIntegers(true);
-      const ins = dst.prepare(`INSERT INTO ${quote(o.name)} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`);
-      for (const row of sel.iterate() as IterableIterator<unknown[]>) ins.run(...row);
-    }
-    const hasSeq = src.prepare("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").get();
-    if (hasSeq) {
-      dst.exec('DELETE FROM sqlite_sequence');
-      const ins = dst.prepare('INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)');
-      for (const r of src.prepare('SELECT name, seq FROM sqlite_sequence').raw(true).safeIntegers(true).iterate() as IterableIterator<unknown[]>) ins.run(...r);
-    }
-    for (const o of objs) if (o.type !== 'table') dst.exec(o.sql);
-    dst.pragma(`user_version=${src.pragma('user_version', { simple: true }) as number}`);
-  })();
-  dst.pragma('foreign_keys=ON');
+/** Folder of the automatic archives taken before a restore replaces a club: <data>/pre-restore/<club>/. */
+export function preRestoreDir(dataDir: string, clubId: string): string {
+  return join(dataDir, 'pre-restore', basename(clubDir(dataDir, clubId)));
 }
 
 export interface RestoreOptions {
-  /** Who asked (operator name or client user), for the change-log entry. */
+  /** Who asked, for the change-log entry: e.g. "operator:alice (sudo from bob)" or a client user. */
   actor?: string;
   /** Where the archive came from, for the change-log entry. */
   source?: string;
   now?: () => Date;
+  /** Read and check everything, report what would change, write nothing. */
+  dryRun?: boolean;
+  /** Replacing a club that has live data needs this (the operator's --yes or interactive confirmation). */
+  yes?: boolean;
+}
+
+interface LogRange {
+  entries: number;
+  firstSeq: number | null;
+  lastSeq: number | null;
+  lastHash: string | null;
+}
+
+export interface RestorePlan {
+  dryRun: true;
+  clubId: string;
+  createdAt: string;
+  origin: VerifiedOrigin;
+  inArchive: { tables: Record<string, number>; documents: number; log: LogRange };
+  /** The club as it is now (null: not on this server; the restore would create it). */
+  live: { tables: Record<string, number>; documents: number; log: LogRange } | null;
+  /** Change-log entries written after the archive's last entry; a restore keeps them. */
+  logEntriesAfterArchive: number;
+  /** Whether the archive's last log entry is found, unchanged, in the live log. */
+  archiveHeadInLiveLog: boolean | null;
 }
 
 export interface RestoreReport {
@@ -751,15 +853,116 @@ export interface RestoreReport {
   documents: number;
   tables: Record<string, number>;
   createdClub: boolean;
+  origin: VerifiedOrigin;
+  /** The automatic archive of the state that was replaced (server-sealed, signed); null when the club was created. */
+  preRestoreArchive: string | null;
+  /** Change-log entries kept from the live club (all of them; those after the archive included). */
+  keptLogEntries: number;
+  logEntriesAfterArchive: number;
+  /** Sequence number of the restore entry in the change log. */
+  restoreEntrySeq: number | null;
+}
+
+function logRange(db: Db): LogRange {
+  const r = db.prepare('SELECT count(*) AS n, min(seq) AS lo, max(seq) AS hi FROM audit_log').get() as { n: number; lo: number | null; hi: number | null };
+  const last = r.hi === null ? undefined : (db.prepare('SELECT hash FROM audit_log WHERE seq = ?').get(r.hi) as { hash: string } | undefined);
+  return { entries: r.n, firstSeq: r.lo, lastSeq: r.hi, lastHash: last?.hash ?? null };
+}
+
+function hasTable(db: Db, name: string): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
+}
+
+/** Archive head vs live log: entries after it, and whether it is in the live log unchanged. */
+function compareLogs(archive: LogRange, live: Db): { after: number; inLive: boolean | null } {
+  if (!hasTable(live, 'audit_log')) return { after: 0, inLive: null };
+  if (archive.lastSeq === null) return { after: (live.prepare('SELECT count(*) AS n FROM audit_log').get() as { n: number }).n, inLive: null };
+  const at = live.prepare('SELECT hash FROM audit_log WHERE seq = ?').get(archive.lastSeq) as { hash: string } | undefined;
+  const after = (live.prepare('SELECT count(*) AS n FROM audit_log WHERE seq > ?').get(archive.lastSeq) as { n: number }).n;
+  return { after, inLive: at !== undefined && at.hash === archive.lastHash };
+}
+
+/** Copy the live change log (entries and signed heads) into the restored store, rows only. */
+function carryLiveLog(live: Db, dst: Db): number {
+  if (!hasTable(live, 'audit_log')) return 0;
+  ensureAuditTables(live);
+  let n = 0;
+  for (const t of ['audit_log', 'audit_heads']) {
+    const cols = (dst.pragma(`table_info(${t})`) as Array<{ name: string }>).map((c) => `"${c.name}"`);
+    const ins = dst.prepare(`INSERT INTO main.${t} (${cols.join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`);
+    for (const row of live.prepare(`SELECT ${cols.join(', ')} FROM main.${t} ORDER BY rowid`).raw(true).safeIntegers(true).iterate() as IterableIterator<unknown[]>) {
+      ins.run(...row);
+      if (t === 'audit_log') n++;
+    }
+  }
+  return n;
+}
+
+function auditSignerOf(st: Storage): AuditSigner | undefined {
+  const id = st.identity ?? loadDataDirIdentity(st.dataDir);
+  return id ? { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint } : undefined;
+}
+
+function liveStoreExists(st: Storage, clubId: string): boolean {
+  return st.server.getClub(clubId) !== undefined && existsSync(join(clubDir(st.dataDir, clubId), CLUB_DB_FILE));
+}
+
+/**
+ * What a restore would do, without doing it: the archive is read and checked completely (origin,
+ * hashes, schema, change log), and compared with the live club.
+ */
+export async function planClubRestore(st: Storage, clubId: string, source: AsyncIterable<Uint8Array>, key: OpenKey): Promise<RestorePlan> {
+  let verifier: AuditVerifier | undefined;
+  let archiveLog: LogRange = { entries: 0, firstSeq: null, lastSeq: null, lastHash: null };
+  const { header, manifest, origin } = await walkArchive(source, key, {
+    origin(o, seen) {
+      verifier = headVerifier(needTrust(key), o, seen);
+    },
+    image(m, image) {
+      if (m.clubId !== clubId) throw new BackupError('CLUB_MISMATCH', `the archive belongs to club ${m.clubId}, not ${clubId}`);
+      const db = openCheckedImage(image);
+      try {
+        const c = checkImage(db, m, verifier!);
+        if (c.tables.includes('audit_log')) archiveLog = logRange(db);
+      } finally {
+        db.close();
+      }
+    },
+  });
+  let live: RestorePlan['live'] = null;
+  let cmp: { after: number; inLive: boolean | null } = { after: 0, inLive: null };
+  if (liveStoreExists(st, clubId)) {
+    const db = st.openClub(clubId, { allowSuspended: true }).db;
+    const facts = inspectImage(db);
+    const tables = Object.fromEntries(Object.entries(facts.tables).filter(([t]) => !VOLATILE_TABLES.has(t)));
+    live = { tables, documents: facts.tables['documents'] ?? 0, log: hasTable(db, 'audit_log') ? logRange(db) : { entries: 0, firstSeq: null, lastSeq: null, lastHash: null } };
+    cmp = compareLogs(archiveLog, db);
+  }
+  const tables = Object.fromEntries(Object.entries(manifest.tables).filter(([t]) => !VOLATILE_TABLES.has(t)));
+  return { dryRun: true, clubId, createdAt: header.createdAt, origin: origin!, inArchive: { tables, documents: manifest.documents.length, log: archiveLog }, live, logEntriesAfterArchive: cmp.after, archiveHeadInLiveLog: cmp.inLive };
 }
 
 /**
  * Restore a club from an archive into a fresh store, swapped in atomically: the new store is
  * built next to the live one (club.db.restoring, documents under new names and new keys), and
- * only when the whole archive has been read and checked does one rename replace club.db. A club
- * missing on this server is created from the manifest (name, plan, settings) with a new data key.
+ * only when the whole archive has been read and checked does one rename replace club.db.
+ *
+ * - The archive's origin, hashes, schema and change log are checked (as verifyArchive) before
+ *   anything is written; its schema is never executed: the target's schema comes from our
+ *   migrations and the archive supplies rows (storage/restore-schema.ts).
+ * - A club with live data is replaced only with `yes` (CONFIRMATION_REQUIRED otherwise); before
+ *   it is replaced, an automatic server-sealed archive of its current state is written to
+ *   preRestoreDir and named in the report and the change log.
+ * - The live change log is kept whole (every entry, including those written after the
+ *   archive, and its signed heads); the restore entry is appended to it, naming the archive,
+ *   the replaced head, the pre-restore archive and the operator, and is signed.
+ * - A club missing on this server is created from the manifest (name, plan, settings) with a new
+ *   data key; its change log is the archive's.
  */
 export async function restoreClubArchive(st: Storage, clubId: string, source: AsyncIterable<Uint8Array>, key: OpenKey, o: RestoreOptions = {}): Promise<RestoreReport> {
+  const trust = needTrust(key);
+  const replacing = liveStoreExists(st, clubId);
+  if (replacing && !o.yes) throw new BackupError('CONFIRMATION_REQUIRED', `club ${clubId} has live data; restoring replaces it. Look first with --dry-run, then confirm with --yes`);
   let createdClub = false;
   const dir = clubDir(st.dataDir, clubId);
   const tmpDb = join(dir, `${CLUB_DB_FILE}.restoring`);
@@ -767,6 +970,9 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
   const docMap = new Map<number, { file: string; wrapped: Buffer }>();
   let dataKey: Buffer | undefined;
   let target: Db | undefined;
+  let verifier: AuditVerifier | undefined;
+  let archiveLog: LogRange = { entries: 0, firstSeq: null, lastSeq: null, lastHash: null };
+  let preRestoreArchive: string | null = null;
   const ensureClub = (m: Manifest): void => {
     let row = st.server.getClub(clubId);
     if (!row) {
@@ -795,16 +1001,22 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
     dataKey = unwrapClubKey(st.master, clubId, row.wrappedKey, row.keyVersion);
   };
   try {
-    const { header, manifest } = await walkArchive(source, key, {
+    const { header, manifest, origin } = await walkArchive(source, key, {
+      origin(og, seen) {
+        verifier = headVerifier(trust, og, seen);
+      },
       image(m, image) {
         if (m.clubId !== clubId) throw new BackupError('CLUB_MISMATCH', `the archive belongs to club ${m.clubId}, not ${clubId}`);
-        ensureClub(m);
-        mkdirSync(join(dir, DOCS_DIR), { recursive: true, mode: 0o700 });
-        for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });
-        const mem = openImage(image);
+        const mem = openCheckedImage(image);
         try {
+          const c = checkImage(mem, m, verifier!);
+          if (c.tables.includes('audit_log')) archiveLog = logRange(mem);
+          ensureClub(m);
+          mkdirSync(join(dir, DOCS_DIR), { recursive: true, mode: 0o700 });
+          for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });
           target = openEncrypted(tmpDb, dataKey!, { create: true, journalMode: 'DELETE' });
-          copyImageInto(mem, target);
+          applyModelSchema(target, c.version);
+          copyImageRows(mem, target, c.tables, replacing ? new Set(['audit_log', 'audit_heads']) : new Set());
         } finally {
           mem.close();
         }
@@ -834,25 +1046,69 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
     db.transaction(() => {
       const upd = db.prepare('UPDATE documents SET file = ?, wrappedKey = ? WHERE id = ?');
       for (const [id, v] of docMap) upd.run(v.file, v.wrapped, id);
-      if (manifest.tables['audit_log'] !== undefined) {
-        new AuditLog(db, clubId, o.now ? { now: o.now } : {}).append({
-          user: o.actor ?? 'operator',
-          ip: null,
-          session: null,
-          action: 'backup.restore',
-          entity: null,
-          recordId: null,
-          changes: { archiveCreatedAt: header.createdAt, archiveKind: header.kind, source: o.source ?? null, documents: manifest.documents.length },
-        });
-      }
     })();
-    db.close();
-    target = undefined;
-    // Commit point: one rename, with the live store closed and held.
+    // The automatic archive of what is about to be replaced.
+    if (replacing) {
+      const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+      preRestoreArchive = join(preRestoreDir(st.dataDir, clubId), `${clubId}-${stamp}-pre-restore${ARCHIVE_SUFFIX}`);
+      await writeFileAtomic(createClubArchive(st, clubId, { kind: 'server', key: serverArchiveKey(st) }).stream, preRestoreArchive);
+    }
+    // Commit point: with the live store closed and held, carry its log over, log the restore, one rename.
     const release = st.cache.lock(clubId);
     let oldFiles: string[] = [];
+    let kept = 0;
+    let after = 0;
+    let inLive: boolean | null = null;
+    let replacedHead: { seq: number | null; hash: string | null } | null = null;
+    let restoreEntrySeq: number | null = null;
     try {
       const live = join(dir, CLUB_DB_FILE);
+      if (replacing) {
+        const liveDb = openEncrypted(live, dataKey!, { journalMode: 'keep' });
+        try {
+          const cmp = compareLogs(archiveLog, liveDb);
+          after = cmp.after;
+          inLive = cmp.inLive;
+          if (hasTable(liveDb, 'audit_log')) {
+            const r = logRange(liveDb);
+            replacedHead = { seq: r.lastSeq, hash: r.lastHash };
+          }
+          db.transaction(() => {
+            kept = carryLiveLog(liveDb, db);
+          })();
+        } finally {
+          liveDb.close();
+        }
+      }
+      if (hasTable(db, 'audit_log')) {
+        const log = new AuditLog(db, clubId, { ...(o.now ? { now: o.now } : {}), ...(auditSignerOf(st) ? { signer: auditSignerOf(st)! } : {}) });
+        db.transaction(() => {
+          const e = log.append({
+            user: o.actor ?? 'operator:unnamed',
+            ip: null,
+            session: null,
+            action: 'backup.restore',
+            entity: null,
+            recordId: null,
+            changes: {
+              archiveCreatedAt: header.createdAt,
+              archiveKind: header.kind,
+              archiveOrigin: origin!.alg === 'rsa-pss' ? `key ${origin!.fingerprint} (${origin!.trustedAs})` : 'this server (archive key MAC)',
+              archiveLogHead: archiveLog.lastSeq === null ? null : { seq: archiveLog.lastSeq, hash: archiveLog.lastHash },
+              archiveHeadInLog: inLive,
+              replacedHead,
+              keptEntriesAfterArchive: after,
+              preRestoreArchive: preRestoreArchive ? basename(preRestoreArchive) : null,
+              source: o.source ?? null,
+              documents: manifest.documents.length,
+            },
+          });
+          restoreEntrySeq = e.seq;
+          log.signHead();
+        })();
+      }
+      db.close();
+      target = undefined;
       for (const s of ['-wal', '-shm']) rmSync(live + s, { force: true });
       renameSync(tmpDb, live);
       fsyncDir(dir);
@@ -864,7 +1120,7 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
     }
     for (const f of oldFiles) rmSync(join(dir, DOCS_DIR, f), { force: true });
     if (oldFiles.length) fsyncDir(join(dir, DOCS_DIR));
-    return { clubId, createdAt: header.createdAt, documents: manifest.documents.length, tables: manifest.tables, createdClub };
+    return { clubId, createdAt: header.createdAt, documents: manifest.documents.length, tables: manifest.tables, createdClub, origin: origin!, preRestoreArchive, keptLogEntries: kept, logEntriesAfterArchive: after, restoreEntrySeq };
   } catch (e) {
     (target as Db | undefined)?.close();
     for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });

@@ -13,7 +13,11 @@ export type BackupErrorCode =
   | 'DESTINATION_FAILED'
   | 'VERIFY_FAILED'
   | 'NOT_FOUND'
-  | 'BUSY';
+  | 'BUSY'
+  | 'ORIGIN_UNVERIFIED'
+  | 'BAD_TRUST_KEY'
+  | 'SCHEMA_MISMATCH'
+  | 'CONFIRMATION_REQUIRED';
 
 const BRAND = Symbol.for('commusic.BackupError');
 

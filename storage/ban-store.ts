@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import Database from 'better-sqlite3-multiple-ciphers';
+import type Database from 'better-sqlite3-multiple-ciphers';
+import { openDatabase } from './sqlcipher.js';
 import {
   PrefixMap,
   formatPrefix,
@@ -231,7 +232,7 @@ export class BanStore implements BanTable {
 
   constructor(file: string, opts: BanStoreOptions = {}) {
     this.maxViolations = opts.maxViolationsPerBan ?? DEFAULT_MAX_VIOLATIONS_PER_BAN;
-    const db = new Database(file);
+    const db = openDatabase(file);
     try {
       if (opts.key) {
         if (opts.key.length !== 32) throw new RangeError('ban table key must be 32 bytes');

@@ -278,6 +278,43 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
   return { items: rows.slice(0, limit).map((r) => fromRow(entity, r)), nextOffset: more ? offset + limit : null };
 }
 
+/**
+ * The ids of an export, in its order: the same filters, scope and sort as listRecords, at most
+ * `limit` (<= MAX_EXPORT_ROWS) of them. A streamed export reads these once (8 bytes per row held)
+ * and then the rows page by page with recordsByIds, so memory stays bounded by one page.
+ */
+export function listIds(db: Db, entity: EntityName, o: Omit<ListOptions, 'offset'>): { ids: number[]; truncated: boolean } {
+  const e = MODEL[entity];
+  const w = whereFor(entity, o.filters ?? [], o.scope);
+  const order: string[] = [];
+  for (const s of o.sort ?? []) {
+    if (!filterableField(entity, s.field)) throw new DataError('INVALID', `${entity} has no field ${s.field} to sort on`);
+    order.push(`${q(s.field)} ${s.dir === 'desc' ? 'DESC' : 'ASC'}`);
+  }
+  order.push(`${q(e.idColumn)} ASC`);
+  const limit = Math.min(Math.max(1, o.limit ?? MAX_EXPORT_ROWS), MAX_EXPORT_ROWS);
+  const ids = (stmt(db, `SELECT ${q(e.idColumn)} AS id FROM ${q(e.table)} WHERE ${w.sql} ORDER BY ${order.join(', ')} LIMIT ?`).all(...w.args, limit + 1) as Array<{ id: number }>).map((r) => r.id);
+  const truncated = ids.length > limit;
+  if (truncated) ids.length = limit;
+  return { ids, truncated };
+}
+
+/** Rows by id (at most 1,000 per call), in the order of `ids`, still within `scope`; ids gone since are skipped. */
+export function recordsByIds(db: Db, entity: EntityName, ids: readonly number[], scope: RowScope): Record<string, unknown>[] {
+  if (ids.length > 1000) throw new DataError('INVALID', 'at most 1,000 ids per page');
+  if (!ids.length) return [];
+  const e = MODEL[entity];
+  const c = scopeCondition(entity, scope);
+  const rows = db.prepare(`SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${q(e.idColumn)} IN (${ids.map(() => '?').join(', ')}) AND (${c.sql})`).all(...ids, ...c.args) as Record<string, unknown>[];
+  const byId = new Map(rows.map((r) => [r[e.idColumn] as number, r]));
+  const out: Record<string, unknown>[] = [];
+  for (const id of ids) {
+    const r = byId.get(id);
+    if (r) out.push(fromRow(entity, r));
+  }
+  return out;
+}
+
 // ---- mutations ------------------------------------------------------------------------------
 
 export interface Actor {

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { CryptoError } from '../crypto/errors.js';
 import { createMasterKey, defaultMasterKeyPath, loadMasterKey, type MasterKey } from '../crypto/master-key.js';
 import { unwrapKey } from '../crypto/wrap.js';
+import type { IdentityKey } from '../crypto/identity.js';
 import { ClubStoreCache, type ClubOpenInfo, type ClubStore } from './club-store.js';
 import { StorageError, silentLogger, type StorageLogger } from './errors.js';
 import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
@@ -44,6 +45,12 @@ export class Storage {
   server: ServerDb;
   /** A master rotation was interrupted before its commit point; `rotateMaster` will finish it. */
   masterRotationPending: boolean;
+  /**
+   * The server identity key, when the process holds it (the daemon sets it at start). Backup
+   * archives are signed with it (storage/archive-origin.ts); without it the data folder's
+   * keys/identity.pem is used when present, else the archive key's MAC.
+   */
+  identity: IdentityKey | undefined = undefined;
 
   constructor(dataDir: string, master: MasterKey, server: ServerDb, o: { maxOpenStores: number; logger: StorageLogger; masterRotationPending: boolean }) {
     this.dataDir = dataDir;

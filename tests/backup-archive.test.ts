@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { verifyAuditLog } from '../storage/audit-log.js';
 import {
+  archiveTrust,
   createClubArchive,
   decryptArchiveToFile,
   fileSource,
@@ -26,6 +27,7 @@ import { deleteDocument, listDocuments } from '../storage/documents.js';
 import { clubDir } from '../storage/club-store.js';
 import { addDocument, addPerson, documentHashes, dumpClub, makeClubs, newStorage } from './backup-helpers.js';
 import { tmpDir, findPlaintext } from './store-helpers.js';
+import { generateIdentity } from '../crypto/identity.js';
 
 const tmp = tmpDir('commusic-backup-');
 after(() => tmp.cleanup());
@@ -57,19 +59,19 @@ describe('backup archive', { timeout: 90_000 }, () => {
     // Taken in one synchronous step: this is the state of that moment.
     const atSnapshot = dumpClub(st, club!);
     const hashesAtSnapshot = await documentHashes(st, club!).catch(() => undefined);
-    const { archiveStream } = await import('../storage/backup-archive.js');
+    const { archiveStream, archiveSigner } = await import('../storage/backup-archive.js');
     const file = join(tmp.dir, 'concurrent.cmbk');
-    await writeFileAtomic(archiveStream(snap, key), file);
+    await writeFileAtomic(archiveStream(snap, key, { signer: archiveSigner(st) }), file);
     await new Promise((r) => setTimeout(r, 30));
     stop = true;
     await writer;
     const personsAtEnd = (st.openClub(club!).db.prepare('SELECT count(*) AS n FROM persons').get() as { n: number }).n;
     assert.ok(personsAtEnd > (atSnapshot['persons'] as unknown[]).length, 'writes went on while the archive was written');
-    const report = await verifyArchive(fileSource(file), { serverKey: key.key });
+    const report = await verifyArchive(fileSource(file), { serverKey: key.key, trust: archiveTrust(st) });
     assert.equal(report.auditChain?.intact, true);
-    // Restore into a second club row of a fresh server and compare with the snapshot moment.
+    // Restore into a second club row of a fresh server (sharing the archive key and trusting its MAC) and compare with the snapshot moment.
     const st2 = await newStorage(join(tmp.dir, 'concurrent-target'));
-    await restoreClubArchive(st2, club!, fileSource(file), { serverKey: key.key });
+    await restoreClubArchive(st2, club!, fileSource(file), { serverKey: key.key, trust: archiveTrust(st) });
     const restored = dumpClub(st2, club!, { skipAuditAfter: (atSnapshot['audit_log'] as unknown[]).length });
     assert.deepEqual(restored, atSnapshot);
     const persons = restored['persons'] as Array<{ id: number }>;
@@ -90,6 +92,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
 
   it('backup then restore round-trips every row and document hash, in place and onto another server', async () => {
     const st = await newStorage(join(tmp.dir, 'roundtrip'));
+    st.identity = generateIdentity();
     const [club] = await makeClubs(st, 1, 'premium');
     for (let i = 0; i < 200; i++) addPerson(st, club!, i);
     st.openClub(club!).db.prepare("INSERT INTO sepa_mandates (personId, iban, accountHolder, mandateReference, signedDate) VALUES (1, 'DE89370400440532013000', 'Anna', 'M-1', '2024-01-01')").run();
@@ -107,7 +110,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
     // Change the live club, then restore: exactly the archived state comes back.
     for (let i = 0; i < 10; i++) addPerson(st, club!, 1000 + i);
     deleteDocument(st, club!, listDocuments(st, club!)[2]!.id);
-    const r = await restoreClubArchive(st, club!, fileSource(file), { serverKey: key.key }, { actor: 'ops-test', source: file });
+    const r = await restoreClubArchive(st, club!, fileSource(file), { serverKey: key.key, trust: archiveTrust(st) }, { actor: 'ops-test', source: file, yes: true });
     assert.equal(r.documents, 4);
     assert.deepEqual(dumpClub(st, club!, { skipAuditAfter: (before['audit_log'] as unknown[]).length }), before);
     assert.deepEqual(await documentHashes(st, club!), hashes);
@@ -117,7 +120,9 @@ describe('backup archive', { timeout: 90_000 }, () => {
     assert.equal(readdirSync(join(clubDir(st.dataDir, club!), 'docs')).length, 4);
     // Another server (another master key): the club is created from the manifest.
     const other = await newStorage(join(tmp.dir, 'roundtrip-other'));
-    const r2 = await restoreClubArchive(other, club!, fileSource(file), { serverKey: key.key });
+    other.identity = generateIdentity();
+    const r2 = await restoreClubArchive(other, club!, fileSource(file), { serverKey: key.key, trust: archiveTrust(other, [st.identity.fingerprint]) });
+    assert.equal(r2.origin.trustedAs, 'trusted-key');
     assert.equal(r2.createdClub, true);
     assert.equal(other.server.mustGetClub(club!).plan, 'premium');
     assert.deepEqual(dumpClub(other, club!, { skipAuditAfter: (before['audit_log'] as unknown[]).length }), before);
@@ -128,6 +133,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
     await writeFileAtomic(createClubArchive(st, club!, { kind: 'club', record: rec }).stream, cfile);
     await assert.rejects(verifyArchive(fileSource(cfile), { serverKey: key.key }), { code: 'WRONG_PASSPHRASE' });
     await assert.rejects(verifyArchive(fileSource(cfile), { passphrase: 'correct horse battery stapler' }), { code: 'WRONG_PASSPHRASE' });
+    assert.equal((await verifyArchive(fileSource(cfile), { passphrase: 'correct horse battery staple', trust: archiveTrust(st) })).origin.trustedAs, 'this-server');
     const tar = join(tmp.dir, 'roundtrip.tar');
     const d = await decryptArchiveToFile(fileSource(cfile), { passphrase: 'correct horse battery staple' }, tar);
     assert.equal(d.documents, 4);
@@ -141,7 +147,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
     const [club] = await makeClubs(st, 1);
     for (let i = 0; i < 100; i++) addPerson(st, club!, i);
     await addDocument(st, club!, randomBytes(700_000));
-    const key = { serverKey: serverArchiveKey(st) };
+    const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
     const file = join(tmp.dir, 'tamper.cmbk');
     await writeFileAtomic(createClubArchive(st, club!, { kind: 'server', key: key.serverKey }).stream, file);
     const good = readFileSync(file);
@@ -175,7 +181,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
         assert.match(String(e.code), /^(ARCHIVE_|NOT_AN_ARCHIVE|WRONG_BACKUP_KEY)/, what);
         return true;
       });
-      await assert.rejects(restoreClubArchive(st, club!, fileSource(p), key), (e: Error) => {
+      await assert.rejects(restoreClubArchive(st, club!, fileSource(p), key, { yes: true }), (e: Error) => {
         assert.match(e.message, msg, `${what}: restore said ${e.message}`);
         return true;
       });
@@ -185,7 +191,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
     }
     assert.equal(readdirSync(join(clubDir(st.dataDir, club!), 'docs')).length, 1, 'no half-restored documents left');
     // The good one still restores.
-    await restoreClubArchive(st, club!, Readable.from([good]), key);
+    await restoreClubArchive(st, club!, Readable.from([good]), key, { yes: true });
     st.close();
   });
 });

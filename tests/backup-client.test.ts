@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
 import { registerBackupCommands } from '../daemon/backup-commands.js';
-import { clubBackupSettings, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
+import { archiveTrust, clubBackupSettings, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
 import { addPerson } from './backup-helpers.js';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv } from './helpers/club-server.js';
 
@@ -41,7 +41,7 @@ describe('backup client commands', { timeout: 60_000 }, () => {
     const r = await admin.call('backup.download');
     assert.equal(r.payload.clubId, club);
     const bytes = await collect(r.download!);
-    const rep = await verifyArchive(Readable.from([bytes]), { passphrase: pass });
+    const rep = await verifyArchive(Readable.from([bytes]), { passphrase: pass, trust: archiveTrust(env.storage) });
     assert.equal(rep.tables['persons'], 12);
     await assert.rejects(verifyArchive(Readable.from([bytes]), { passphrase: 'not the passphrase!!' }), { code: 'WRONG_PASSPHRASE' });
     await assert.rejects(verifyArchive(Readable.from([bytes]), { serverKey: serverArchiveKey(env.storage) }), { code: 'WRONG_PASSPHRASE' });
@@ -56,8 +56,8 @@ describe('backup client commands', { timeout: 60_000 }, () => {
     // Replacing with the current passphrase works; the old one no longer opens new archives.
     await admin.call('backup.setPassphrase', { passphrase: 'a brand new passphrase', currentPassphrase: pass });
     const b2 = await collect((await admin.call('backup.download')).download!);
-    await assert.rejects(verifyArchive(Readable.from([b2]), { passphrase: pass }), { code: 'WRONG_PASSPHRASE' });
-    assert.equal((await verifyArchive(Readable.from([b2]), { passphrase: 'a brand new passphrase' })).clubId, club);
+    await assert.rejects(verifyArchive(Readable.from([b2]), { passphrase: pass, trust: archiveTrust(env.storage) }), { code: 'WRONG_PASSPHRASE' });
+    assert.equal((await verifyArchive(Readable.from([b2]), { passphrase: 'a brand new passphrase', trust: archiveTrust(env.storage) })).clubId, club);
     assert.deepEqual((await admin.call('backup.status')).payload.emails, ['board@club.example.test']);
   });
 });

@@ -12,7 +12,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { AuditLog } from '../storage/audit-log.js';
-import { newClubBackupKey, serverArchiveKey, setClubBackupSettings, verifyArchive } from '../storage/backup-archive.js';
+import { archiveTrust, newClubBackupKey, serverArchiveKey, setClubBackupSettings, verifyArchive } from '../storage/backup-archive.js';
 import { BackupService } from '../daemon/backup-service.js';
 import { AlertMailer } from '../daemon/mailer.js';
 import { addDocument, addPerson, makeClubs, newStorage } from './backup-helpers.js';
@@ -83,7 +83,7 @@ describe('backup service', { timeout: 120_000 }, () => {
       assert.deepEqual(retry, { filled: 4, remaining: 0 });
       const inC = await svc.destination('site-c').list();
       assert.deepEqual(inC.map((a) => a.clubId).sort(), [...clubs].sort());
-      const key = { serverKey: serverArchiveKey(st) };
+      const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
       for (const a of inC) assert.equal((await verifyArchive(await svc.destination('site-c').get(a.name), key)).ok, true);
       // And the next nightly run stores everywhere again.
       const r2 = await svc.runNightly();
@@ -150,7 +150,7 @@ describe('backup service', { timeout: 120_000 }, () => {
       // The attachment opens with the club's passphrase and nothing else.
       const att = attachmentOf(m1)!;
       assert.ok(att && att.length > 100);
-      const rep = await verifyArchive(Readable.from([att]), { passphrase: pass[p1!]! });
+      const rep = await verifyArchive(Readable.from([att]), { passphrase: pass[p1!]!, trust: archiveTrust(st) });
       assert.equal(rep.clubId, p1);
       assert.equal(rep.tables['persons'], 10);
       await assert.rejects(verifyArchive(Readable.from([att]), { passphrase: pass[p2!]! }), { code: 'WRONG_PASSPHRASE' });
@@ -173,7 +173,7 @@ describe('backup service', { timeout: 120_000 }, () => {
       assert.equal(clubMails().length, before + 1);
       const m2 = clubMails().at(-1)!;
       assert.ok(m2.to.includes(`board@${p1}.example.test`));
-      assert.equal((await verifyArchive(Readable.from([attachmentOf(m2)!]), { passphrase: pass[p1!]! })).tables['persons'], 11);
+      assert.equal((await verifyArchive(Readable.from([attachmentOf(m2)!]), { passphrase: pass[p1!]!, trust: archiveTrust(st) })).tables['persons'], 11);
       // Night 3: nothing changed: no club mail at all.
       const r3 = await svc.runNightly();
       assert.deepEqual(r3.mail.sent, []);

@@ -41,6 +41,7 @@ export const ADMIN_PASSWORD = 'Admin-Password-123';
 export async function clubEnv(o: { idleTimeoutMs?: number; now?: () => number } = {}): Promise<ClubTestEnv> {
   const dataDir = await mkdtemp(join(tmpdir(), 'commusic-club-'));
   const storage = await openStorage({ dataDir, create: true, scryptLog2N: 10 });
+  storage.identity = testIdentity();
   const bus = new ViolationBus();
   const violations: ViolationEvent[] = [];
   bus.subscribe((e) => violations.push(e));

@@ -50,6 +50,12 @@ test('memory verdict: RSS still climbing at the end is rising', () => {
   assert.ok(v.slopePer100k > 0);
 });
 
+test('memory verdict: a slow steady climb that stays inside the 10 % band is rising', () => {
+  // +5 MiB per segment: the last is within 10 % of the later half's median, the line is not level.
+  const v = memoryVerdict([seg(1e5, 90), seg(2e5, 200), seg(3e5, 205), seg(4e5, 210), seg(5e5, 215), seg(6e5, 220), seg(7e5, 225), seg(8e5, 230), seg(9e5, 235)]);
+  assert.equal(v.verdict, 'rising', JSON.stringify(v));
+});
+
 test('memory verdict: a growing JS heap under a flat RSS is rising too', () => {
   const v = memoryVerdict([seg(1e5, 130, 20), seg(2e5, 130, 30), seg(3e5, 130, 40), seg(4e5, 130, 50), seg(5e5, 130, 60), seg(6e5, 130, 70)]);
   assert.equal(v.verdict, 'rising', JSON.stringify(v));

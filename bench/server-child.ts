@@ -103,6 +103,7 @@ async function main(): Promise<void> {
     const dataDir = mkdtempSync(join(tmpdir(), 'commusic-bench-'));
     cleanup = () => rmSync(dataDir, { recursive: true, force: true });
     const config = loadConfig({ flags: { dataDir, listen: '127.0.0.1:0' }, env: {} });
+    config.diag.echoStream = true; // the stream bench uses diag.echoStream, off by default
     config.limits.maxConnections = 100_000;
     config.limits.maxPendingHandshakes = 100_000;
     config.limits.maxPendingHandshakesPerIp = 10_000;

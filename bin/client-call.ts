@@ -3,67 +3,61 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import type { Connection } from '../client/connection.js';
-import { ClientError, RemoteError } from '../client/errors.js';
 import { safeJson } from '../daemon/neutralise.js';
+import { nextStdinRest, usage } from './cli-util.js';
+
+/** Payload fields that carry a password or passphrase (auth.login, users.*, backup.setPassphrase). */
+export const SECRET_FIELDS = ['password', 'oldPassword', 'newPassword', 'passphrase', 'currentPassphrase'] as const;
+
+function hasSecret(v: unknown, depth = 0): boolean {
+  if (depth > 8 || v === null || typeof v !== 'object') return false;
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if ((SECRET_FIELDS as readonly string[]).includes(k)) return true;
+    if (hasSecret(x, depth + 1)) return true;
+  }
+  return false;
+}
 
 /**
- * `commusic --server HOST:PORT --fingerprint FP --club ID --user USER --password-stdin call COMMAND [--json PAYLOAD]`
- * Logs in (when --club/--user are given), sends any command and prints the response payload as
- * JSON. Errors print {"error": {"code", "message"}} and exit 1. `--upload FILE` streams a file
- * after the request (documents.upload); `--out FILE` writes a download stream (documents.download).
+ * `commusic [login options] call COMMAND [--payload JSON | --payload -] [--upload FILE] [--out FILE]`
+ * Sends any command (docs/PROTOCOL.md section 7) and prints the response payload as JSON.
+ * `--payload -` reads the payload from standard input (after the login password's line when
+ * --password-stdin is given). A payload with a password or passphrase field is refused on the
+ * command line (it would be visible in `ps` and the shell history): give it through stdin.
+ * The old spelling `--json PAYLOAD` still works for one release, with a warning on stderr.
  */
-async function readStdin(): Promise<string> {
-  const parts: Buffer[] = [];
-  for await (const c of process.stdin) parts.push(c as Buffer);
-  return Buffer.concat(parts).toString('utf8').replace(/\r?\n$/, '');
-}
-
-function printError(e: unknown): void {
-  const err = e instanceof RemoteError || e instanceof ClientError ? { code: e.code, message: e.message } : { code: 'CLIENT', message: (e as Error).message ?? String(e) };
-  process.stdout.write(`${safeJson({ error: err })}\n`);
-  process.exitCode = 1;
-}
-
-export function registerCallCommand(program: Command, open: () => Promise<Connection>): void {
-  program
-    .option('--club <id>', 'club to log in to (env COMMUSIC_CLUB)')
-    .option('--user <name>', 'user name (env COMMUSIC_USER)')
-    .option('--password-stdin', 'read the password from standard input (one line)');
+export function registerCallCommand(
+  program: Command,
+  session: () => Promise<{ conn: Connection }>,
+  open: () => Promise<Connection>,
+  done: () => Promise<void>,
+  wantsLogin: () => boolean,
+): void {
   program
     .command('call <command>')
-    .description('log in and send any command; prints the response as JSON (see docs/PROTOCOL.md section 7)')
-    .option('--json <payload>', 'the payload as JSON', '{}')
+    .description('send any command and print the response payload as JSON (logs in when --club/--user are given)')
+    .option('--payload <json>', 'the payload as JSON; "-" reads it from standard input', '{}')
+    .option('--json [payload]', 'JSON output (the default for call); a value is the deprecated payload spelling')
     .option('--upload <file>', 'stream this file after the request')
     .option('--out <file>', 'write the download stream to this file (default: standard output)')
-    .action(async (command: string, o: { json: string; upload?: string; out?: string }) => {
-      const g = program.opts<{ club?: string; user?: string; passwordStdin?: boolean }>();
+    .action(async (command: string, o: { payload: string; json?: string | boolean; upload?: string; out?: string }) => {
+      let text = o.payload;
+      if (typeof o.json === 'string') {
+        process.stderr.write('warning: "call COMMAND --json PAYLOAD" is deprecated and will be removed in the next release; use --payload PAYLOAD (or --payload - to read it from stdin)\n');
+        if (o.payload !== '{}') usage('give the payload once: --payload');
+        text = o.json;
+      }
+      const fromStdin = text === '-';
+      if (fromStdin) text = nextStdinRest();
       let payload: unknown;
       try {
-        payload = JSON.parse(o.json);
+        payload = JSON.parse(text);
       } catch {
-        printError(new Error('--json is not valid JSON'));
-        return;
+        usage('the payload is not valid JSON');
       }
-      const club = g.club ?? process.env.COMMUSIC_CLUB;
-      const user = g.user ?? process.env.COMMUSIC_USER;
-      if ((club || user) && !(club && user && g.passwordStdin)) {
-        printError(new Error('logging in needs --club, --user and --password-stdin'));
-        return;
-      }
-      const password = club ? await readStdin() : undefined;
-      let conn: Connection;
+      if (!fromStdin && hasSecret(payload)) usage(`a payload with a password or passphrase (${SECRET_FIELDS.join(', ')}) is not taken from the command line: give it with --payload - on standard input, or use the subcommand (passwd, users add, backup set-passphrase)`);
       try {
-        conn = await open();
-      } catch (e) {
-        printError(e);
-        return;
-      }
-      let loggedIn = false;
-      try {
-        if (club && user) {
-          await conn.request('auth.login', { club, user, password });
-          loggedIn = true;
-        }
+        const conn = wantsLogin() ? (await session()).conn : await open();
         const upload = o.upload ? (createReadStream(o.upload, { highWaterMark: 64 * 1024 }) as AsyncIterable<Uint8Array>) : undefined;
         const r = await conn.request(command, payload, upload ? { upload } : {});
         if (r.download) {
@@ -76,11 +70,8 @@ export function registerCallCommand(program: Command, open: () => Promise<Connec
         } else {
           process.stdout.write(`${safeJson(r.payload, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v))}\n`);
         }
-      } catch (e) {
-        printError(e);
       } finally {
-        if (loggedIn) await conn.request('auth.logout', {}).catch(() => undefined);
-        await conn.close();
+        await done();
       }
     });
 }

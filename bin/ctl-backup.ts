@@ -9,7 +9,7 @@ import { callControl } from '../daemon/control-socket.js';
 import { offlineContext, runOperation, type OfflineOptions } from '../daemon/offline.js';
 import { buildOperations } from '../daemon/ops.js';
 import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
-import { fail, readSecretFromFd, printResult } from './cli-util.js';
+import { fail, getSecret, printResult, usage } from './cli-util.js';
 import { neutraliseBlock, neutraliseDeep } from '../daemon/neutralise.js';
 
 
@@ -96,15 +96,30 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .option('--config <file>', 'daemon configuration (destinations) when no daemon runs; else COMMUSIC_CONFIG')
     .option('--json', 'print JSON')
     .action(async (o: { club?: string; all?: boolean; config?: string; json?: boolean }) => {
-      if (!o.club === !o.all) fail('give --club ID or --all');
+      if (!o.club === !o.all) usage('give --club ID or --all');
       const s = await session(dataDir(), offline());
       try {
         const clubs = o.club ? [o.club] : ((await s.run('backup.clubs', {})) as string[]);
         const bar = !o.json && process.stderr.isTTY ? new SingleBar({ format: 'backup [{bar}] {value}/{total} clubs | {club}', stream: process.stderr }, Presets.shades_classic) : undefined;
         bar?.start(clubs.length, 0, { club: '' });
         const total: ClubRun = { clubs: 0, ok: 0, failedClubs: [], destinations: {} };
+        // Ctrl-C: the terminal is restored (progress bar stopped) and the operator is told what
+        // goes on: through the daemon the club being archived finishes there; no further club starts.
+        let current: string | undefined;
+        const onInterrupt = () => {
+          bar?.stop();
+          const left = clubs.length - total.clubs - (current ? 1 : 0);
+          process.stderr.write(
+            `interrupted: ${current ? (s.via === 'daemon' ? `the backup of club ${current} continues in the daemon and finishes there; ` : `the backup of club ${current} was stopped; `) : ''}${left} club(s) not started. ` +
+              `"commusicctl backup list" shows what was stored; "commusicctl backup run --club ID" or "--all" runs again.\n`,
+          );
+          process.exit(130);
+        };
+        process.once('SIGINT', onInterrupt);
         for (const c of clubs) {
+          current = c;
           const r = (await s.run('backup.run', { clubs: [c], ...cfg(o) })) as ClubRun;
+          current = undefined;
           total.clubs += r.clubs;
           total.ok += r.ok;
           total.failedClubs.push(...r.failedClubs);
@@ -117,6 +132,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
           bar?.increment(1, { club: c });
         }
         bar?.stop();
+        process.removeListener('SIGINT', onInterrupt);
         const finish = o.all ? await s.run('backup.run', { finish: true, ...cfg(o) }) : undefined;
         const result = { via: s.via, ...total, ...(finish ? { finish } : {}) };
         printResult(result, o.json, (total) =>
@@ -126,7 +142,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
             ...total.failedClubs.map((f) => `  failed ${f.clubId}: ${f.error}`),
           ].join('\n'),
         );
-        if (total.failedClubs.length || Object.values(total.destinations).some((v) => v.failed)) process.exitCode = 2;
+        if (total.failedClubs.length || Object.values(total.destinations).some((v) => v.failed)) process.exitCode = 1;
       } finally {
         await s.close();
       }
@@ -154,11 +170,13 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .description('check an archive completely (FILE or DESTINATION:NAME): authentication, structure, hashes, SQLite integrity, change log')
     .option('--club <id>', 'with DESTINATION:latest')
     .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--passphrase-file <file>', "a club archive: read the club's backup passphrase from this file")
+    .option('--ask-passphrase', "a club archive: ask for the club's backup passphrase on the terminal")
     .option('--trust-key <fp|file>', "also accept archives signed by this server key (SHA-256 fingerprint or PEM file); repeatable", collect, [])
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; trustKey: string[]; config?: string; json?: boolean }) => {
-      const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
+    .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; passphraseFile?: string; askPassphrase?: boolean; trustKey: string[]; config?: string; json?: boolean }) => {
+      const passphrase = await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { optional: !o.askPassphrase });
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
       const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), ...cfg(o) }, offline());
       const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; origin: { alg: string; fingerprint?: string; trustedAs: string }; auditChain: { entries: number; signedHeads: number; unsignedTail: number } | null };
@@ -172,14 +190,16 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .requiredOption('--club <id>', 'the club')
     .requiredOption('--from <archive>', 'FILE, DESTINATION:NAME or DESTINATION:latest')
     .option('--passphrase-stdin', "a club archive: read the club's backup passphrase from stdin")
+    .option('--passphrase-file <file>', "a club archive: read the club's backup passphrase from this file")
+    .option('--ask-passphrase', "a club archive: ask for the club's backup passphrase on the terminal")
     .option('--trust-key <fp|file>', "also accept archives signed by this server key (SHA-256 fingerprint or PEM file); repeatable", collect, [])
     .option('--dry-run', 'check the archive and say what would change (rows per entity, documents, change-log range); change nothing')
     .option('--yes', 'replace the live club without asking (an automatic archive of it is taken first)')
     .option('--target <dir>', 'restore into this separate data folder (created with its own keys) instead of the live one')
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
-    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; trustKey: string[]; dryRun?: boolean; yes?: boolean; target?: string; config?: string; json?: boolean }) => {
-      const passphrase = o.passphraseStdin ? readSecretFromFd(0) : undefined;
+    .action(async (o: { club: string; from: string; passphraseStdin?: boolean; passphraseFile?: string; askPassphrase?: boolean; trustKey: string[]; dryRun?: boolean; yes?: boolean; target?: string; config?: string; json?: boolean }) => {
+      const passphrase = await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { optional: !o.askPassphrase });
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(o.from) ? o.from : resolve(o.from);
       const base = { club: o.club, from: ref, ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), operator: operatorIdentity(), ...(o.target ? { target: resolve(o.target) } : {}), ...cfg(o) };
       const plan = async (): Promise<RestorePlanView> => (await runOperation(dataDir(), 'backup.restore', { ...base, dryRun: true }, offline())).result as RestorePlanView;
@@ -189,7 +209,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         return;
       }
       let yes = Boolean(o.yes);
-      if (!yes && !passphrase && process.stdin.isTTY && process.stderr.isTTY) {
+      if (!yes && !o.passphraseStdin && process.stdin.isTTY && process.stderr.isTTY) {
         const p = await plan();
         process.stderr.write(neutraliseBlock(describePlan(neutraliseDeep(p))) + '\n');
         if (!p.live) yes = true;
@@ -219,11 +239,11 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .description('open a club archive (e.g. the mailed one) with the club passphrase: writes a plain tar (manifest.json, club.sqlite, documents/)')
     .requiredOption('--in <file>', 'the .cmbk archive')
     .requiredOption('--out <file>', 'the tar file to write')
-    .option('--passphrase-stdin', "read the club's backup passphrase from stdin (required)")
+    .option('--passphrase-stdin', "read the club's backup passphrase from stdin")
+    .option('--passphrase-file <file>', "read the club's backup passphrase from this file (else asked on the terminal)")
     .option('--json', 'print JSON')
-    .action(async (o: { in: string; out: string; passphraseStdin?: boolean; json?: boolean }) => {
-      if (!o.passphraseStdin) fail('give the passphrase on stdin with --passphrase-stdin');
-      const passphrase = readSecretFromFd(0);
+    .action(async (o: { in: string; out: string; passphraseStdin?: boolean; passphraseFile?: string; json?: boolean }) => {
+      const passphrase = (await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }))!;
       const r = await decryptArchiveToFile(fileSource(resolve(o.in)), { passphrase }, resolve(o.out));
       printResult(r, o.json, (r) => `decrypted backup of club ${r.clubId} of ${r.createdAt} (${r.documents} documents) to ${resolve(o.out)}`);
     });

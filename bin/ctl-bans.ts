@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { printResult } from './cli-util.js';
+import { printResult, table } from './cli-util.js';
 import { runOperation, type OfflineOptions } from '../daemon/offline.js';
 
 interface BanRow {
@@ -35,7 +35,7 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
     .action(async (o: { json?: boolean }) => {
       const { result } = await run('bans.list', {});
       printResult(result as BanRow[], o.json, (rows) =>
-        rows.length === 0 ? 'no active bans' : rows.map((b) => `${b.address}\tuntil ${b.expires}\t${b.source}\t${b.violationCount} violations\t${b.reason}`).join('\n'),
+        rows.length === 0 ? 'no active bans' : table(['ADDRESS', 'UNTIL', 'SOURCE', 'VIOLATIONS', 'REASON'], rows.map((b) => [b.address, b.expires, b.source, b.violationCount, b.reason])),
       );
     });
   bans
@@ -88,7 +88,7 @@ export function registerBanCommands(program: Command, dataDir: () => string, off
     .action(async (o: { json?: boolean }) => {
       const { result } = await run('bans.exempt.list', {});
       const rows = result as { address: string; note: string }[];
-      printResult(rows, o.json, (rows) => (rows.length === 0 ? 'no exemptions' : rows.map((e) => `${e.address}\t${e.note}`).join('\n')));
+      printResult(rows, o.json, (rows) => (rows.length === 0 ? 'no exemptions' : table(['ADDRESS', 'NOTE'], rows.map((e) => [e.address, e.note]))));
     });
   exempt
     .command('add <address>')

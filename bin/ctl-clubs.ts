@@ -2,8 +2,7 @@ import type { Command } from 'commander';
 import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { runOperation, runOperations, type OfflineOptions } from '../daemon/offline.js';
 import { BULK_BATCH, MAX_BULK_BYTES, formatPasswordFile, parseClubList } from '../daemon/club-bulk.js';
-import { fail, readSecretFromFd, printResult } from './cli-util.js';
-import { safeJson } from '../daemon/neutralise.js';
+import { fail, getSecret, keyValues, readSecretFromFd, printResult, table, usage } from './cli-util.js';
 
 interface ClubRow {
   id: string;
@@ -24,9 +23,11 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .requiredOption('--admin <user>', "the administrator's user name")
     .option('--plan <plan>', 'basic, premium or federation', 'basic')
     .option('--password-stdin', "read the administrator's password from stdin (else a one-time password is printed once)")
+    .option('--password-file <file>', "read the administrator's password from this file")
+    .option('--ask-password', "ask for the administrator's password on the terminal")
     .option('--json', 'print JSON')
-    .action(async (name: string, o: { admin: string; plan: string; passwordStdin?: boolean; json?: boolean }) => {
-      const password = o.passwordStdin ? readSecretFromFd(0) : undefined;
+    .action(async (name: string, o: { admin: string; plan: string; passwordStdin?: boolean; passwordFile?: string; askPassword?: boolean; json?: boolean }) => {
+      const password = await getSecret("administrator's password", 'password', { stdin: o.passwordStdin, file: o.passwordFile }, { confirm: true, optional: !o.askPassword });
       const { result } = await run('club.create', { name, admin: o.admin, plan: o.plan, ...(password ? { password } : {}) });
       const r = result as { id: string; oneTimePassword?: string };
       printResult(r, o.json, (r) =>
@@ -40,7 +41,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--print', 'print the one-time passwords instead')
     .option('--json', 'print JSON (with --print)')
     .action(async (file: string, o: { out?: string; print?: boolean; json?: boolean }) => {
-      if (!o.out === !o.print) fail('give --out FILE (one-time passwords written to a new 0600 file) or --print');
+      if (!o.out === !o.print) usage('give --out FILE (one-time passwords written to a new 0600 file) or --print');
       let text: string;
       try {
         if (statSync(file).size > MAX_BULK_BYTES) fail(`${file} is larger than ${MAX_BULK_BYTES} bytes`);
@@ -91,7 +92,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (o: { json?: boolean }) => {
       const rows = (await run('club.list', {})).result as ClubRow[];
-      printResult(rows, o.json, (rows) => (rows.length === 0 ? 'no clubs' : rows.map((c) => `${c.id}\t${c.status}\t${c.plan}\t${c.name}`).join('\n')));
+      printResult(rows, o.json, (rows) => (rows.length === 0 ? 'no clubs' : table(['ID', 'STATUS', 'PLAN', 'CREATED', 'NAME'], rows.map((c) => [c.id, c.status, c.plan, c.created, c.name]))));
     });
   for (const [cmd, op, verb] of [
     ['show', 'club.show', 'details of a club'],
@@ -104,8 +105,7 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
       .option('--json', 'print JSON')
       .action(async (id: string, o: { json?: boolean }) => {
         const { result } = await run(op, { id });
-        // `show` prints JSON in either mode: safeJson escapes what JSON.stringify leaves raw.
-        printResult(result, o.json, (safe) => (cmd === 'show' ? safeJson(result, undefined, 2) : `club ${id} is now ${(safe as ClubRow).status}`));
+        printResult(result, o.json, (safe) => (cmd === 'show' ? keyValues(safe as Record<string, unknown>) : `club ${id} is now ${(safe as ClubRow).status}`));
       });
   }
   club
@@ -143,6 +143,6 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
 export function passphraseOption(fd: string | undefined): OfflineOptions {
   if (fd === undefined) return {};
   const n = Number(fd);
-  if (!Number.isInteger(n) || n < 0) fail('--passphrase-fd needs a file descriptor number');
+  if (!Number.isInteger(n) || n < 0) usage('--passphrase-fd needs a file descriptor number');
   return { passphrase: readSecretFromFd(n) };
 }

@@ -9,7 +9,7 @@ import { AlertMailer, type MailerConfig } from '../daemon/mailer.js';
 import { Monitor, formatMs, parseTargets, type MonitorEvent } from '../daemon/monitor.js';
 import { parseDuration } from '../daemon/ban-policy.js';
 import { formatStatus, type StatusReport } from '../daemon/status-ops.js';
-import { fail } from './cli-util.js';
+import { fail, usage } from './cli-util.js';
 import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/neutralise.js';
 
 /**
@@ -51,7 +51,7 @@ function mailerConfig(o: MonitorFlags): MailerConfig {
   if (o.mailFrom) cfg.from = o.mailFrom;
   if (o.smtp) {
     const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))(?::(\d{1,5}))?$/.exec(o.smtp);
-    if (!m) fail(`--smtp "${o.smtp}" is not HOST[:PORT]`);
+    if (!m) usage(`--smtp "${o.smtp}" is not HOST[:PORT]`);
     const smtp: Record<string, unknown> = { ...((cfg.smtp as Record<string, unknown> | undefined) ?? {}), host: m[1] ?? m[2] };
     if (m[3]) smtp.port = Number(m[3]);
     else if (o.smtpTls) smtp.port = 465;
@@ -95,16 +95,27 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
     .option('--json', 'print one JSON line per probe')
     .option('--quiet', 'print state changes only')
     .action(async (o: MonitorFlags) => {
+      // A malformed flag is a usage error (exit 2), never a probe failure that would page someone.
       let targets;
+      for (const fp of o.fingerprint.split(',').map((s) => s.trim()).filter(Boolean)) {
+        if (!/^[0-9a-f]{64}$/i.test(fp.replace(/:/g, ''))) usage(`--fingerprint "${fp.slice(0, 80)}" is not a SHA-256 fingerprint (64 hex digits, from "commusicctl keys show")`);
+      }
       try {
         targets = parseTargets(o.target, o.fingerprint);
       } catch (e) {
-        fail((e as Error).message);
+        usage((e as Error).message);
       }
-      const intervalMs = parseDuration(o.interval);
+      const duration = (flag: string, v: string): number => {
+        try {
+          return parseDuration(v);
+        } catch (e) {
+          usage(`${flag}: ${(e as Error).message}`);
+        }
+      };
+      const intervalMs = duration('--interval', o.interval);
       const failures = Number(o.failures);
-      if (!Number.isInteger(failures) || failures < 1 || failures > 1000) fail('--failures must be an integer from 1 to 1000');
-      const timeoutMs = o.timeout ? parseDuration(o.timeout) : undefined;
+      if (!Number.isInteger(failures) || failures < 1 || failures > 1000) usage('--failures must be an integer from 1 to 1000');
+      const timeoutMs = o.timeout ? duration('--timeout', o.timeout) : undefined;
       const site = o.site ?? hostname();
       const print = (e: MonitorEvent) => {
         if (o.quiet && !e.transition) return;
@@ -115,7 +126,7 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
       if (o.once) {
         const m = new Monitor({ targets, intervalMs, failures: 1, site, sink: { alert: () => undefined }, onProbe: (e) => print({ ...e, transition: undefined } as MonitorEvent), ...(timeoutMs ? { timeoutMs } : {}) });
         const events = await m.runRound();
-        process.exitCode = events.every((e) => e.result.ok) ? 0 : 2;
+        process.exitCode = events.every((e) => e.result.ok) ? 0 : 1; // 2 is kept for usage errors (a typo must not look like an outage)
         return;
       }
       const logger = createLogger({ level: 'warn' });

@@ -16,6 +16,7 @@
  *   backup.gaps                  JSON [{clubId, dest}] still missing from the last run
  *   backup.mailed.<club>         data fingerprint of the last mailed archive
  */
+import type { AlertKind } from './alert-catalogue.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -302,7 +303,7 @@ export class BackupService {
     const remaining = [...this.gaps().filter((g) => !covered.has(g.clubId) && this.destinations.some((d) => d.name === g.dest)), ...gaps];
     this.#setGaps(remaining);
     for (const [d, err] of down) {
-      await this.#alert('critical', `backup destination ${d} is down; ${destStats[d]!.failed} club archives missing there`, [
+      await this.#alert('backup-destination-down', 'critical', `backup destination ${d} is down; ${destStats[d]!.failed} club archives missing there`, [
         `Destination: ${d}`,
         `Error: ${err}`,
         `The other destinations received this run's archives (${Object.entries(destStats).filter(([n]) => n !== d).map(([n, s]) => `${n}: ${s.stored}`).join(', ')}).`,
@@ -310,7 +311,7 @@ export class BackupService {
       ]);
     }
     if (failedClubs.length) {
-      await this.#alert('critical', `backup of ${failedClubs.length} club(s) failed`, failedClubs.slice(0, 50).map((f) => `${f.clubId}: ${f.error}`));
+      await this.#alert('backup-clubs-failed', 'critical', `backup of ${failedClubs.length} club(s) failed`, failedClubs.slice(0, 50).map((f) => `${f.clubId}: ${f.error}`));
     }
     if (remaining.length) this.#scheduleRetry();
     const retention = o.retention === false ? {} : await this.applyRetention({ skip: new Set(down.keys()), clubs });
@@ -337,7 +338,7 @@ export class BackupService {
       if (r.error) for (const d of dests) left.push({ clubId, dest: d });
     }
     this.#setGaps(left);
-    for (const [d, err] of down) await this.#alert('critical', `backup destination ${d} is still down`, [`Destination: ${d}`, `Error: ${err}`, `${left.filter((g) => g.dest === d).length} club archives still missing there.`]);
+    for (const [d, err] of down) await this.#alert('backup-destination-still-down', 'critical', `backup destination ${d} is still down`, [`Destination: ${d}`, `Error: ${err}`, `${left.filter((g) => g.dest === d).length} club archives still missing there.`]);
     if (left.length) this.#scheduleRetry();
     return { filled, remaining: left.length };
   }
@@ -425,7 +426,7 @@ export class BackupService {
               'Your data is backed up on our servers as every night. Download a backup at any time in the ComMusic application (Backup > Download); it is encrypted with your backup passphrase.',
             ].join('\n\n'),
           });
-          await this.#alert('warning', `nightly backup mail of club ${row.id} over the size limit`, [`Club: ${row.id}`, `Archive: ${mb(size)} MB, limit ${mb(this.settings.mail.maxBytes)} MB`, 'The club got a notice instead of the archive.']);
+          await this.#alert('backup-mail-too-large', 'warning', `nightly backup mail of club ${row.id} over the size limit`, [`Club: ${row.id}`, `Archive: ${mb(size)} MB, limit ${mb(this.settings.mail.maxBytes)} MB`, 'The club got a notice instead of the archive.']);
           rep.tooLarge.push(row.id);
         } else {
           await this.#mailer.send({
@@ -453,11 +454,11 @@ export class BackupService {
     return rep;
   }
 
-  async #alert(severity: 'warning' | 'critical', subject: string, lines: string[]): Promise<void> {
+  async #alert(kind: AlertKind, severity: 'warning' | 'critical', subject: string, lines: string[]): Promise<void> {
     this.#log.warn(subject, { event: 'backup-alert' });
     if (!this.#mailer) return;
     try {
-      await this.#mailer.alert({ group: 'backup', severity, subject, lines });
+      await this.#mailer.alert({ group: 'backup', kind, severity, subject, lines });
     } catch (e) {
       this.#log.error('backup alert not queued', { event: 'backup-alert', error: errText(e) });
     }

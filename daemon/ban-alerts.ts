@@ -29,6 +29,7 @@ export function banAlert(ban: BanEntry, violations: readonly BanViolation[]): Al
   }
   return {
     group: 'ban',
+    kind: 'ban',
     severity: 'warning',
     subject: `unauthorised access: banned ${ban.address} (${ban.reason.split(':')[0]})`,
     lines,

@@ -1,12 +1,13 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { BanPolicySchema, CidrSchema } from './ban-policy.js';
 import { MailerConfigSchema } from './mailer.js';
 import { BackupConfigSchema } from './backup-service.js';
+import { ConfigSyntaxError, MAX_CONFIG_BYTES, keysAt, parseConfigText, suggest, type ParsedConfigFile } from './config-file.js';
 
 /**
- * Daemon configuration: defaults, then a JSON file, then COMMUSIC_* environment variables,
+ * Daemon configuration: defaults, then a YAML file (JSON files read too), then COMMUSIC_* environment variables,
  * then command-line flags, each overriding the one before. Everything is validated with one
  * schema, and an invalid value stops the daemon with the path and reason.
  */
@@ -91,6 +92,8 @@ export const configSchema = z
     listen: hostPort.default('127.0.0.1:7443'),
     logLevel: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
     logFile: z.string().optional(),
+    /** json: one JSON object a line; text: "TIME LEVEL message key=value" (journald, people). */
+    logFormat: z.enum(['json', 'text']).default('json'),
     limits: limitsSchema.default({}),
     health: healthSchema.default({}),
     /** Ban policy per violation kind (daemon/ban-policy.ts). */
@@ -101,6 +104,14 @@ export const configSchema = z
     backups: BackupConfigSchema.default({}),
     /** How many club stores stay open at once, checked at start against open files and memory. */
     storeCache: storeCacheSchema.default({}),
+    /** Diagnostic commands, off unless an operator turns them on (issue 16: none on a production server by default). */
+    diag: z
+      .object({
+        /** `diag.echoStream`: echoes an upload stream back (benchmarks, flow-control tests). */
+        echoStream: z.boolean().default(false),
+      })
+      .strict()
+      .default({}),
   })
   .strict();
 
@@ -110,7 +121,7 @@ export type Limits = Config['limits'];
 export interface ConfigSources {
   file?: string;
   env?: NodeJS.ProcessEnv;
-  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; healthListen: string }>;
+  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; logFormat: string; healthListen: string }>;
 }
 
 const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
@@ -118,6 +129,7 @@ const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
   COMMUSIC_LISTEN: (v) => [['listen'], v],
   COMMUSIC_LOG_LEVEL: (v) => [['logLevel'], v],
   COMMUSIC_LOG_FILE: (v) => [['logFile'], v],
+  COMMUSIC_LOG_FORMAT: (v) => [['logFormat'], v],
   COMMUSIC_HEALTH_LISTEN: (v) => [['health', 'listen'], v],
   COMMUSIC_STORE_CACHE_MAX_OPEN: (v) => [['storeCache', 'maxOpen'], v === 'auto' ? v : /^\d+$/.test(v) ? Number(v) : v],
 };
@@ -133,19 +145,23 @@ function setPath(obj: Record<string, unknown>, path: string[], value: unknown): 
 
 export function loadConfig(sources: ConfigSources = {}): Config {
   let raw: Record<string, unknown> = {};
+  let file: ParsedConfigFile | undefined;
   if (sources.file) {
     let text: string;
     try {
+      if (statSync(sources.file).size > MAX_CONFIG_BYTES) throw new ConfigError(`config file ${sources.file} is larger than ${MAX_CONFIG_BYTES} bytes`);
       text = readFileSync(sources.file, 'utf8');
-    } catch {
+    } catch (e) {
+      if (e instanceof ConfigError) throw e;
       throw new ConfigError(`cannot read config file ${sources.file}`);
     }
     try {
-      raw = JSON.parse(text) as Record<string, unknown>;
-    } catch {
-      throw new ConfigError(`config file ${sources.file} is not valid JSON`);
+      file = parseConfigText(text);
+    } catch (e) {
+      if (e instanceof ConfigSyntaxError) throw new ConfigError(`${sources.file}:${e.line}:${e.col}: not valid YAML or JSON: ${e.message}`);
+      throw e;
     }
-    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new ConfigError(`config file ${sources.file} must hold a JSON object`);
+    raw = file.raw;
   }
   for (const [name, map] of Object.entries(ENV_MAP)) {
     const v = sources.env?.[name];
@@ -160,13 +176,28 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     else raw[k] = v;
   }
   const parsed = configSchema.safeParse(raw);
-  if (!parsed.success) {
-    const first = parsed.error.issues[0]!;
-    throw new ConfigError(`invalid configuration at ${first.path.join('.') || '(root)'}: ${first.message}`);
-  }
+  if (!parsed.success) throw new ConfigError(describeIssue(parsed.error.issues[0]!, sources.file, file));
   const cfg = parsed.data;
   cfg.dataDir = isAbsolute(cfg.dataDir) ? cfg.dataDir : resolve(cfg.dataDir);
   return cfg;
+}
+
+/**
+ * One configuration problem as "FILE:LINE:COL: setting a.b: reason (did you mean X?)"; the
+ * position is that of the setting in the file (or its nearest parent there).
+ */
+function describeIssue(issue: z.ZodIssue, fileName: string | undefined, file: ParsedConfigFile | undefined): string {
+  let path = issue.path;
+  let reason = issue.message;
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0]!;
+    path = [...issue.path, key];
+    const hint = suggest(key, keysAt(configSchema, issue.path));
+    reason = `unknown setting "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`;
+  }
+  const pos = file?.locate(path);
+  const where = fileName && pos ? `${fileName}:${pos.line}:${pos.col}: ` : '';
+  return `${where}invalid configuration at ${path.join('.') || '(root)'}: ${reason}`;
 }
 
 export function splitHostPort(s: string): { host: string; port: number } {

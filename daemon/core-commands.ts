@@ -26,7 +26,11 @@ function onlyKeys(p: unknown, allowed: string): p is Record<string, unknown> {
 /** What `z.object({}).strict().default({})` returns for `{}`, without going through zod. */
 const emptyPayload = (p: unknown): { data: Record<string, never> } | undefined => (onlyKeys(p, '') && Object.keys(p).length === 0 ? { data: {} } : undefined);
 
-export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now: () => number = Date.now): void {
+/**
+ * Registers ping, server.info and, only when `diag.echoStream` is true (config `diag.echoStream`,
+ * default off), diag.echoStream: a command a production server has no use for is not offered.
+ */
+export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now: () => number = Date.now, diag: { echoStream?: boolean } = {}): void {
   d.register({
     name: 'ping',
     // Data over MAX_CHUNK_LEN is a size limit (TOO_LARGE, PROTOCOL.md 6.2), not a malformed payload.
@@ -65,6 +69,7 @@ export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now:
       return { payload: { mediaType: 'application/json', size: body.length }, download: chunks() };
     },
   });
+  if (!diag.echoStream) return;
   d.register({
     name: 'diag.echoStream',
     schema: z.object({}).strict().default({}),

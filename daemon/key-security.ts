@@ -40,6 +40,7 @@ export function watchKeyFiles(storage: Storage, identityKeyPath: string, bans: B
     void bans.mailer
       .alert({
         group: 'key-file',
+        kind: 'key-file',
         severity: 'critical',
         subject: `key file ${e.kind.replace('key-file-', '')}: ${e.path}`,
         lines: [

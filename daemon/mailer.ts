@@ -1,3 +1,4 @@
+import { remedyLines, type AlertKind } from './alert-catalogue.js';
 import os from 'node:os';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
@@ -80,6 +81,8 @@ const SEVERITY_RANK: Record<Severity, number> = { info: 0, warning: 1, critical:
 export interface Alert {
   /** Grouping key: 'ban', 'key-file', 'outage', ... */
   readonly group: string;
+  /** Which alert this is (daemon/alert-catalogue.ts): the mail says what it means and what helps. */
+  readonly kind: AlertKind;
   readonly subject: string;
   readonly lines: readonly string[];
   readonly severity: Severity;
@@ -369,6 +372,7 @@ export class AlertMailer {
       }
       if (omitted > 0) body.push('', `(${omitted} more lines omitted; the security log has them all)`);
     }
+    for (const kind of [...new Set(alerts.map((a) => a.kind))]) body.push('', ...remedyLines(kind));
     body.push('', '--', `ComMusic alert mailer on ${this.server}; the security log has the full record.`);
     return {
       id,

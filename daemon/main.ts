@@ -6,7 +6,8 @@ import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
 import { ConfigError, dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
 import { ControlServer } from './control-socket.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogger, reopenLogFiles, type Logger } from './log.js';
+import { notifyReady } from './sd-notify.js';
 import { buildOperations } from './ops.js';
 import { Daemon, VERSION } from './server.js';
 import { Dispatcher } from './dispatcher.js';
@@ -243,7 +244,7 @@ async function checkPortFree(listen: string): Promise<void> {
 export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   const print = opts.print ?? ((l: string) => process.stdout.write(`${l}\n`));
   const config = loadConfig(opts);
-  const logger = createLogger({ level: config.logLevel, ...(config.logFile ? { file: config.logFile } : {}) });
+  const logger = createLogger({ level: config.logLevel, format: config.logFormat, ...(config.logFile ? { file: config.logFile } : {}) });
   const server = await startServer(config, {
     logger,
     print,
@@ -264,8 +265,19 @@ export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   new Reloader({ sources: opts, config, logger, health: server.health?.server }).installSignal();
+  // logrotate: move the file away, then SIGUSR1 (deploy/logrotate.conf); the daemon writes anew.
+  process.on('SIGUSR1', () => {
+    try {
+      logger.info('log files reopened', { files: reopenLogFiles(logger) });
+    } catch (e) {
+      logger.error('log file reopen failed', { code: (e as NodeJS.ErrnoException).code ?? 'ERR' });
+    }
+  });
   const a = server.daemon.address();
+  const where = `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
   print(`server fingerprint: ${server.identity.fingerprint}`);
-  print(`commusicd listening on ${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`);
+  print(`commusicd listening on ${where}`);
+  // systemd Type=notify: ready only now, with the listener open and the signals in place.
+  if (await notifyReady(opts.env ?? {}, `listening on ${where}`)) logger.info('systemd notified', { ready: true });
   return server;
 }

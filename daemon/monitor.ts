@@ -72,6 +72,7 @@ export function step(state: TargetState, result: ProbeResult, now: number, thres
 /** The part of the alert mailer the monitor uses (daemon/mailer.ts AlertMailer fits). */
 export interface MonitorAlert {
   readonly group: string;
+  readonly kind: 'monitor-outage' | 'monitor-recovery';
   readonly subject: string;
   readonly lines: readonly string[];
   readonly severity: 'info' | 'warning' | 'critical';
@@ -88,6 +89,7 @@ export function transitionAlert(target: Target, t: Transition, site: string, now
   if (t.kind === 'outage') {
     return {
       group: `outage:${target.label}`,
+      kind: 'monitor-outage',
       severity: 'critical',
       subject: `server ${target.label} UNREACHABLE from ${site} (${t.failures} failed probes)`,
       sources: [target.label],
@@ -109,6 +111,7 @@ export function transitionAlert(target: Target, t: Transition, site: string, now
   }
   return {
     group: `recovery:${target.label}`,
+    kind: 'monitor-recovery',
     severity: 'info',
     subject: `server ${target.label} reachable again from ${site} (down ${formatMs(now - t.failingSince)})`,
     sources: [target.label],

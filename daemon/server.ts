@@ -89,7 +89,7 @@ export class Daemon {
       version: VERSION,
       protocolVersion: PROTOCOL_VERSION_1,
       fingerprint: opts.identity.fingerprint,
-    }));
+    }), Date.now, opts.config.diag);
     this.admission = new Admission(opts.config.limits, opts.random);
     this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => {
       // The accept path is guarded like each connection's (Connection.fault): a failure here

@@ -39,12 +39,15 @@ test('commusic call and commusicctl log show/verify against the running daemon, 
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.deepEqual(JSON.parse(r.stdout).changed, ['city']);
     // errors: JSON with the code, non-zero exit
-    r = await run('commusic.js', [...login, 'call', 'persons.get', '--json', '{"id": 999}'], 'chef-password-123\n');
+    // (errors are one JSON line on stderr with --json; the old --json PAYLOAD spelling above warned)
+    assert.match(r.stderr, /deprecated/);
+    r = await run('commusic.js', [...login, 'call', 'persons.get', '--payload', '{"id": 999}', '--json'], 'chef-password-123\n');
     assert.equal(r.code, 1);
-    assert.equal(JSON.parse(r.stdout).error.code, 'NOT_FOUND');
-    r = await run('commusic.js', [...login, 'call', 'persons.list'], 'wrong-password\n');
+    assert.equal(r.stdout, '');
+    assert.equal(JSON.parse(r.stderr).error.code, 'NOT_FOUND');
+    r = await run('commusic.js', [...login, 'call', 'persons.list', '--json'], 'wrong-password\n');
     assert.equal(r.code, 1);
-    assert.equal(JSON.parse(r.stdout).error.code, 'UNAUTHENTICATED');
+    assert.equal(JSON.parse(r.stderr).error.code, 'UNAUTHENTICATED');
     // support reads the log through the daemon
     r = await run('commusicctl.js', ['--data', dataDir, 'log', 'show', '--club', club, '--json']);
     assert.equal(r.code, 0, r.stderr);

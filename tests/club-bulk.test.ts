@@ -97,7 +97,8 @@ test('commusicctl club create-bulk: 1,000 clubs, passwords in a new 0600 file; a
   assert.match(lines[1]!, /^c[0-9a-f]{16},"Musikverein 0, Sektion 0",admin0,premium,[A-Za-z0-9]{20}$/);
   assert.equal(new Set(lines.slice(1).map((l) => l.slice(-20))).size, 1000, 'a password per club');
   const listed = (await ctl(['--data', data, 'club', 'list'])).stdout.trim().split('\n');
-  assert.equal(listed.length, 1000);
+  assert.match(listed[0]!, /^ID +STATUS +PLAN +CREATED +NAME$/, 'a header row');
+  assert.equal(listed.length, 1001);
 
   // An existing file is never overwritten; --print writes to stdout instead.
   const again = await ctl(['--data', data, 'club', 'create-bulk', badFile.replace('bad', 'one'), '--out', out]);

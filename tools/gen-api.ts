@@ -19,7 +19,8 @@ export function fullRegistry(): Dispatcher {
   const d = new Dispatcher();
   registerClubCommands(d, {} as ClubServices);
   registerBackupCommands(d, {} as ClubServices);
-  registerCoreCommands(d, () => ({ name: 'commusic-server', version: '', protocolVersion: 1, fingerprint: '' }));
+  // diag.echoStream is off by default (config diag.echoStream) but documented: registered here.
+  registerCoreCommands(d, () => ({ name: 'commusic-server', version: '', protocolVersion: 1, fingerprint: '' }), Date.now, { echoStream: true });
   return d;
 }
 

@@ -82,7 +82,7 @@ export async function clubEnv(o: { idleTimeoutMs?: number; now?: () => number } 
     },
     async listen() {
       const identity = testIdentity();
-      daemon ??= await Daemon.start({ config: configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error' }), identity, logger: nullLogger(), violations: bus, dispatcher });
+      daemon ??= await Daemon.start({ config: configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error', diag: { echoStream: true } }), identity, logger: nullLogger(), violations: bus, dispatcher });
       const port = daemon.address().port;
       return { port, fingerprint: identity.fingerprint, connect: (localAddress?: string) => connect({ host: '127.0.0.1', port, fingerprint: identity.fingerprint, ...(localAddress ? { localAddress } : {}) }) };
     },

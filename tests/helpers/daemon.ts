@@ -39,7 +39,7 @@ export interface TestDaemonOptions {
 
 export async function startDaemon(opts: TestDaemonOptions = {}): Promise<TestDaemon> {
   const dataDir = await mkdtemp(join(tmpdir(), 'commusic-test-'));
-  const config = configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error', limits: opts.limits ?? {} });
+  const config = configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error', limits: opts.limits ?? {}, diag: { echoStream: true } });
   const identity = testIdentity();
   const bus = new ViolationBus();
   const violations: ViolationEvent[] = [];

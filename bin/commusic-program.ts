@@ -1,0 +1,422 @@
+/**
+ * The `commusic` command tree (club members, club administrators, scripts). bin/commusic.ts runs
+ * it; tests walk it. buildProgram() makes a fresh tree: `commusic batch` parses each of its lines
+ * with a new tree that shares one logged-in session (one login for a run of commands).
+ */
+import { Command, Option } from 'commander';
+import { createWriteStream, writeFileSync } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
+import { connect, type Connection } from '../client/connection.js';
+import { defaultKnownServersFile } from '../client/known-servers.js';
+import { ROLES } from '../daemon/rights.js';
+import { parseDuration } from '../daemon/ban-policy.js';
+import { safeJson } from '../daemon/neutralise.js';
+import { fail, getSecret, keyValues, newProgram, printResult, table, usage } from './cli-util.js';
+import { registerCallCommand } from './client-call.js';
+import { registerBatchCommand } from './client-batch.js';
+
+export interface Globals {
+  server?: string;
+  fingerprint?: string;
+  tofu?: boolean;
+  knownServers?: string;
+  bind?: string;
+  timeout: string;
+  club?: string;
+  user?: string;
+  passwordStdin?: boolean;
+  passwordFile?: string;
+}
+
+/** A connection, logged in when the globals name a club and user; shared by `batch`. */
+export interface SessionHolder {
+  conn?: Connection;
+  loggedIn?: boolean;
+  shared?: boolean;
+  /** The outer program's global options, for the programs built per batch line. */
+  globals?: Globals;
+}
+
+interface WhoAmI {
+  club: string;
+  user: { id: number; username: string; mustChangePassword: boolean };
+}
+
+/** Builds the whole `commusic` program; `holder` is reused across batch lines. */
+export function buildProgram(holder: SessionHolder = {}): Command {
+  const program = newProgram('commusic', 'ComMusic client command line: members, club administrators, scripts')
+    .option('--server <host:port>', 'server address (env COMMUSIC_SERVER)')
+    .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
+    .option('--tofu', 'trust the server key on first use and remember it in the known-servers file')
+    .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
+    .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
+    .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000')
+    .option('--club <id>', 'club to log in to (env COMMUSIC_CLUB)')
+    .option('--user <name>', 'user name (env COMMUSIC_USER)')
+    .option('--password-stdin', 'read the login password from standard input (first line)')
+    .option('--password-file <file>', 'read the login password from this file (first line); else asked on the terminal');
+
+  const g = () => holder.globals ?? program.opts<Globals>();
+
+  async function open(): Promise<Connection> {
+    if (holder.conn) return holder.conn;
+    const o = g();
+    const server = o.server ?? process.env['COMMUSIC_SERVER'];
+    if (!server) usage('--server HOST:PORT is required');
+    const fingerprint = o.fingerprint ?? process.env['COMMUSIC_FINGERPRINT'];
+    if (!fingerprint && !o.tofu) usage('give --fingerprint (from "commusicctl keys show"), or --tofu to trust on first use');
+    const { host, port } = parseHostPortLocal(server);
+    const timeout = Number(o.timeout);
+    if (!Number.isInteger(timeout) || timeout < 100 || timeout > 3_600_000) usage('--timeout is milliseconds between 100 and 3600000');
+    holder.conn = await connect({
+      host,
+      port,
+      ...(fingerprint ? { fingerprint } : { knownServersFile: o.knownServers! }),
+      connectTimeoutMs: timeout,
+      requestTimeoutMs: timeout,
+      ...(o.bind ? { localAddress: o.bind } : {}),
+    });
+    return holder.conn;
+  }
+
+  /**
+   * Connects and logs in (once per holder). A login that must change its password is led
+   * through the change on a terminal; a script is told to run `commusic passwd`.
+   */
+  async function session(o: { forPasswd?: boolean } = {}): Promise<{ conn: Connection; password?: string }> {
+    if (holder.loggedIn && holder.conn) return { conn: holder.conn };
+    const club = g().club ?? process.env['COMMUSIC_CLUB'];
+    const user = g().user ?? process.env['COMMUSIC_USER'];
+    if (!club || !user) usage('this command needs a login: give --club and --user (env COMMUSIC_CLUB, COMMUSIC_USER)');
+    const password = (await getSecret('password', 'password', { stdin: g().passwordStdin, file: g().passwordFile }))!;
+    const conn = await open();
+    const r = await conn.request('auth.login', { club, user, password });
+    holder.loggedIn = true;
+    const must = (r.payload as { mustChangePassword?: boolean }).mustChangePassword === true;
+    if (must && !o.forPasswd) {
+      if (!process.stdin.isTTY) fail('this account must change its password before anything else: run "commusic passwd" (the new password from a prompt, --new-password-stdin or --new-password-file)', 1, 'MUST_CHANGE_PASSWORD');
+      process.stderr.write('This account must change its password before anything else.\n');
+      const next = (await getSecret('new password', 'new-password', {}, { confirm: true }))!;
+      await conn.request('users.changeOwnPassword', { oldPassword: password, newPassword: next });
+      process.stderr.write('password changed\n');
+    }
+    return { conn, password };
+  }
+
+  async function call(command: string, payload: unknown): Promise<any> {
+    const { conn } = await session();
+    return (await conn.request(command, payload)).payload;
+  }
+
+  async function done(): Promise<void> {
+    if (holder.shared) return;
+    const conn = holder.conn;
+    holder.conn = undefined;
+    if (!conn) return;
+    if (holder.loggedIn) await conn.request('auth.logout', {}).catch(() => undefined);
+    holder.loggedIn = false;
+    await conn.close();
+  }
+
+  /** Wraps an action so the connection is closed (and the session logged out) afterwards. */
+  const act =
+    <A extends unknown[]>(fn: (...a: A) => Promise<void>) =>
+    async (...a: A): Promise<void> => {
+      try {
+        await fn(...a);
+      } finally {
+        await done();
+      }
+    };
+
+  async function userId(name: string): Promise<number> {
+    if (/^#\d+$/.test(name)) return Number(name.slice(1));
+    const items = ((await call('users.list', {})) as { items: { id: number; username: string }[] }).items;
+    const u = items.find((x) => x.username === name);
+    if (!u) throw Object.assign(new Error(`no user "${name}" in this club ("commusic users list" shows them)`), { code: 'NOT_FOUND' });
+    return u.id;
+  }
+
+  async function registerIds(names: string[]): Promise<number[]> {
+    if (names.length === 0) return [];
+    const items = ((await call('registers.list', { limit: 500 })) as { items: { id: number; name: string }[] }).items;
+    return names.map((n) => {
+      const r = items.find((x) => x.name === n) ?? (/^\d+$/.test(n) ? items.find((x) => x.id === Number(n)) : undefined);
+      if (!r) throw Object.assign(new Error(`no register "${n}" (known: ${items.map((x) => x.name).join(', ') || 'none'})`), { code: 'NOT_FOUND' });
+      return r.id;
+    });
+  }
+
+  const collect = (v: string, prev: string[] = []) => [...prev, v];
+  const roleOption = () => new Option('--role <role>', 'role template').choices([...ROLES]);
+
+  program
+    .command('ping')
+    .description('handshake with the server and measure the round-trip time of a ping')
+    .option('--count <n>', 'number of pings (1..100)', '1')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { count: string; json?: boolean }) => {
+        const n = Number(o.count);
+        if (!Number.isInteger(n) || n < 1 || n > 100) usage('--count is a whole number from 1 to 100');
+        const conn = await open();
+        const times: number[] = [];
+        for (let i = 0; i < n; i++) times.push(await conn.ping());
+        if (o.json) process.stdout.write(`${JSON.stringify({ ok: true, fingerprint: conn.fingerprint, rttMs: times })}\n`);
+        else for (const t of times) process.stdout.write(`pong from ${g().server ?? process.env['COMMUSIC_SERVER']}: time=${t.toFixed(3)} ms\n`);
+      }),
+    );
+
+  program
+    .command('info')
+    .description("show the server's name, version, protocol version and commands")
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { json?: boolean }) => {
+        const conn = await open();
+        const r = (await conn.request('server.info', {})).payload as Record<string, unknown>;
+        printResult(r, o.json, (s) => keyValues(Object.fromEntries(Object.entries(s).map(([k, v]) => [k, Array.isArray(v) ? v.join(' ') : v]))));
+      }),
+    );
+
+  program
+    .command('whoami')
+    .description('the logged-in user, club and rights')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { json?: boolean }) => {
+        const r = (await call('auth.whoami', {})) as WhoAmI & { admin: boolean };
+        printResult(r, o.json, (s) => `${s.user.username} in club ${s.club}${s.admin ? ' (administrator)' : ''}`);
+      }),
+    );
+
+  program
+    .command('passwd')
+    .description('change your own password (asked twice without echo; the current one is the login password)')
+    .option('--new-password-stdin', 'read the new password from standard input (the line after the login password)')
+    .option('--new-password-file <file>', 'read the new password from this file (first line)')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { newPasswordStdin?: boolean; newPasswordFile?: string; json?: boolean }) => {
+        const { conn, password } = await session({ forPasswd: true });
+        const next = (await getSecret('new password', 'new-password', { stdin: o.newPasswordStdin, file: o.newPasswordFile }, { confirm: true }))!;
+        const r = (await conn.request('users.changeOwnPassword', { oldPassword: password!, newPassword: next })).payload;
+        printResult(r, o.json, () => 'password changed');
+      }),
+    );
+
+  const users = program.command('users').description("the club's user accounts (club administrators)");
+  users
+    .command('list')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { json?: boolean }) => {
+        const r = (await call('users.list', {})) as { items: { id: number; username: string; displayName: string | null; role: string; isAdmin: boolean; disabled: boolean; mustChangePassword: boolean; lastLogin: string | null }[] };
+        printResult(r, o.json, (s) =>
+          table(['ID', 'USER', 'NAME', 'ROLE', 'ADMIN', 'STATE', 'LAST LOGIN'], s.items.map((u) => [u.id, u.username, u.displayName, u.role, u.isAdmin ? 'yes' : 'no', u.disabled ? 'disabled' : u.mustChangePassword ? 'must change password' : 'active', u.lastLogin])),
+        );
+      }),
+    );
+  users
+    .command('add <username>')
+    .description('create a user; without a password source a one-time password is printed once')
+    .option('--display-name <name>', 'shown name')
+    .addOption(roleOption())
+    .option('--register <name>', 'register (orchestra section) for the role; repeatable', collect, [])
+    .option('--admin', 'make the user a club administrator')
+    .option('--user-password-stdin', "read the new user's password from standard input (the line after the login password)")
+    .option('--user-password-file <file>', "read the new user's password from this file")
+    .option('--ask-user-password', "ask for the new user's password on the terminal")
+    .option('--json', 'print JSON')
+    .action(
+      act(async (username: string, o: { displayName?: string; role?: string; register: string[]; admin?: boolean; userPasswordStdin?: boolean; userPasswordFile?: string; askUserPassword?: boolean; json?: boolean }) => {
+        if (o.register.length && !o.role) usage('--register needs --role');
+        await session();
+        const password = await getSecret('password of the new user', 'user-password', { stdin: o.userPasswordStdin, file: o.userPasswordFile }, { confirm: true, optional: !o.askUserPassword });
+        const registers = await registerIds(o.register);
+        const r = (await call('users.create', { username, ...(password ? { password } : {}), ...(o.displayName ? { displayName: o.displayName } : {}), ...(o.role ? { role: o.role, registers } : {}), ...(o.admin ? { admin: true } : {}) })) as { user: { id: number }; oneTimePassword?: string };
+        printResult(r, o.json, (s) => [`created user ${username} (id ${s.user.id})`, ...(s.oneTimePassword ? [`one-time password (shown once; changed at first login): ${s.oneTimePassword}`] : [])].join('\n'));
+      }),
+    );
+  for (const [name, command, verb] of [
+    ['disable', 'users.disable', 'disabled'],
+    ['enable', 'users.enable', 'enabled'],
+  ] as const) {
+    users
+      .command(`${name} <username>`)
+      .description(name === 'disable' ? 'refuse logins of this user (ends their sessions)' : 'allow logins again')
+      .option('--json', 'print JSON')
+      .action(
+        act(async (username: string, o: { json?: boolean }) => {
+          const r = await call(command, { id: await userId(username) });
+          printResult(r, o.json, () => `user ${username} ${verb}`);
+        }),
+      );
+  }
+  users
+    .command('reset-password <username>')
+    .description('set a new password the user must change at the next login; without a source a one-time password is printed once')
+    .option('--user-password-stdin', 'read the password from standard input (the line after the login password)')
+    .option('--user-password-file <file>', 'read the password from this file')
+    .option('--ask-user-password', 'ask for the password on the terminal')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (username: string, o: { userPasswordStdin?: boolean; userPasswordFile?: string; askUserPassword?: boolean; json?: boolean }) => {
+        await session();
+        const password = await getSecret(`new password of ${username}`, 'user-password', { stdin: o.userPasswordStdin, file: o.userPasswordFile }, { confirm: true, optional: !o.askUserPassword });
+        const r = (await call('users.resetPassword', { id: await userId(username), ...(password ? { password } : {}) })) as { oneTimePassword?: string };
+        printResult(r, o.json, (s) => [`password of ${username} reset; it must be changed at the next login`, ...(s.oneTimePassword ? [`one-time password (shown once): ${s.oneTimePassword}`] : [])].join('\n'));
+      }),
+    );
+
+  const rights = program.command('rights').description("a user's rights: role template, registers, administrator");
+  rights
+    .command('show <username>')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (username: string, o: { json?: boolean }) => {
+        const r = (await call('rights.get', { userId: await userId(username) })) as { admin: boolean; role: string; grants: { area: string; actions: string[]; scope: { kind: string; registers?: number[] } }[] };
+        printResult(r, o.json, (s) =>
+          [`${username}: role ${s.role}${s.admin ? ', administrator' : ''}`, table(['AREA', 'ACTIONS', 'SCOPE'], s.grants.map((x) => [x.area, x.actions.join(','), x.scope.kind === 'registers' ? `registers ${(x.scope.registers ?? []).join(',')}` : x.scope.kind]))].join('\n'),
+        );
+      }),
+    );
+  rights
+    .command('set <username>')
+    .description('give a user a role template, limited to registers where the role works per register')
+    .addOption(roleOption().makeOptionMandatory())
+    .option('--register <name>', 'register name (or id); repeatable', collect, [])
+    .option('--admin', 'make the user a club administrator')
+    .option('--no-admin', 'take the administrator right away')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (username: string, o: { role: string; register: string[]; admin?: boolean; json?: boolean }) => {
+        const id = await userId(username);
+        const registers = await registerIds(o.register);
+        const r = await call('rights.set', { userId: id, role: o.role, registers, ...(o.admin !== undefined ? { admin: o.admin } : {}) });
+        printResult(r, o.json, () => `${username} now has role ${o.role}${o.register.length ? ` for ${o.register.join(', ')}` : ''}`);
+      }),
+    );
+
+  program
+    .command('log')
+    .description("the club's change log (who changed what, when), newest first")
+    .option('--since <when>', 'from: an ISO date/time, "today", "yesterday" or a duration back (1d, 2h)')
+    .option('--until <when>', 'until: same forms as --since')
+    .option('--by <username>', 'only changes by this user')
+    .option('--action <action>', 'only this action (create, update, delete, login, ...)')
+    .option('--entity <entity>', 'only this entity (persons, users, ...)')
+    .option('--limit <n>', 'at most this many entries (1..1000)', '100')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { since?: string; until?: string; by?: string; action?: string; entity?: string; limit: string; json?: boolean }) => {
+        const limit = Number(o.limit);
+        if (!Number.isInteger(limit) || limit < 1 || limit > 1000) usage('--limit is a whole number from 1 to 1000');
+        const q = { ...(o.since ? { from: parseWhen(o.since, '--since') } : {}), ...(o.until ? { to: parseWhen(o.until, '--until') } : {}), ...(o.by ? { user: o.by } : {}), ...(o.action ? { action: o.action } : {}), ...(o.entity ? { entity: o.entity } : {}), limit, descending: true };
+        const r = (await call('log.query', q)) as { entries: { seq: number; time: string; user: string; ip: string; action: string; entity: string | null; recordId: number | null; changes: unknown }[] };
+        printResult(r, o.json, (s) =>
+          s.entries.length === 0 ? 'no entries' : table(['SEQ', 'TIME', 'USER', 'ACTION', 'ENTITY', 'RECORD', 'CHANGES'], s.entries.map((e) => [e.seq, e.time, e.user, e.action, e.entity, e.recordId, summarise(e.changes)])),
+        );
+      }),
+    );
+
+  const backup = program.command('backup').description("the club's own backups: passphrase, status, download");
+  backup
+    .command('set-passphrase')
+    .description('set or replace the backup passphrase (at least 12 characters; asked twice without echo)')
+    .option('--passphrase-stdin', 'read the new passphrase from standard input (the line after the login password)')
+    .option('--passphrase-file <file>', 'read the new passphrase from this file')
+    .option('--current-passphrase-stdin', 'replacing: read the current passphrase from standard input (the next line)')
+    .option('--current-passphrase-file <file>', 'replacing: read the current passphrase from this file')
+    .option('--replace', 'a passphrase is already set: ask for the current one (implied by the --current-* forms)')
+    .option('--email <address>', 'mail the nightly archive to this address; repeatable', collect, [])
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { passphraseStdin?: boolean; passphraseFile?: string; currentPassphraseStdin?: boolean; currentPassphraseFile?: string; replace?: boolean; email: string[]; json?: boolean }) => {
+        const { conn } = await session();
+        const replacing = o.replace || o.currentPassphraseStdin || o.currentPassphraseFile !== undefined;
+        const current = replacing ? await getSecret('current backup passphrase', 'current-passphrase', { stdin: o.currentPassphraseStdin, file: o.currentPassphraseFile }) : undefined;
+        const passphrase = (await getSecret('new backup passphrase', 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { confirm: true }))!;
+        const r = (await conn.request('backup.setPassphrase', { passphrase, ...(current ? { currentPassphrase: current } : {}), ...(o.email.length ? { emails: o.email } : {}) })).payload as { setAt: string };
+        printResult(r, o.json, (s) => `backup passphrase set at ${s.setAt}; keep it safe: without it the club's archives cannot be opened`);
+      }),
+    );
+  backup
+    .command('status')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { json?: boolean }) => {
+        const r = (await call('backup.status', {})) as Record<string, unknown>;
+        printResult(r, o.json, (s) => keyValues(s));
+      }),
+    );
+  backup
+    .command('download')
+    .description("download the club's latest encrypted archive (open it with the backup passphrase)")
+    .requiredOption('--out <file>', 'write the archive to this new file (mode 0600)')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { out: string; json?: boolean }) => {
+        const { conn } = await session();
+        const r = await conn.request('backup.download', {});
+        if (!r.download) fail('the server sent no archive');
+        await pipeline(Readable.from(r.download), createWriteStream(o.out, { mode: 0o600, flags: 'wx' }));
+        printResult({ file: o.out, ...(r.payload as object) }, o.json, () => `archive written to ${o.out}`);
+      }),
+    );
+
+  program
+    .command('export')
+    .description("export the club's data you may export, as JSON")
+    .option('--out <file>', 'write to this new file (mode 0600) instead of standard output')
+    .option('--json', 'print JSON (the export is JSON either way)')
+    .action(
+      act(async (o: { out?: string; json?: boolean }) => {
+        const r = await call('exports.club', {});
+        if (o.out) {
+          writeFileSync(o.out, `${safeJson(r, undefined, 2)}\n`, { mode: 0o600, flag: 'wx' });
+          printResult({ file: o.out }, o.json, () => `export written to ${o.out}`);
+        } else process.stdout.write(`${safeJson(r)}\n`);
+      }),
+    );
+
+  registerCallCommand(program, session, open, done, () => Boolean((g().club ?? process.env['COMMUSIC_CLUB']) || (g().user ?? process.env['COMMUSIC_USER'])));
+  if (!holder.shared) registerBatchCommand(program, holder, () => program.opts<Globals>(), buildProgram, done);
+  return program;
+}
+
+function parseHostPortLocal(s: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s.trim());
+  if (!m || Number(m[3]) > 65535) usage(`"${s}" is not HOST:PORT`);
+  return { host: (m[1] ?? m[2])!, port: Number(m[3]) };
+}
+
+/**
+ * "2026-11-30", an ISO time, "today", "yesterday" (local midnight) or a duration back from now
+ * ("1d", "2h30m", ban-policy's parseDuration) to an ISO time string for log.query.
+ */
+export function parseWhen(text: string, flag: string, now = new Date()): string {
+  const t = text.trim().toLowerCase();
+  if (t === 'today' || t === 'yesterday') {
+    const d = new Date(now.getFullYear(), now.getMonth(), now.getDate() - (t === 'yesterday' ? 1 : 0));
+    return d.toISOString();
+  }
+  if (/^\d{4}-\d{2}-\d{2}$/.test(t)) return new Date(`${t}T00:00:00`).toISOString();
+  if (/^\d{4}-\d{2}-\d{2}t/.test(t)) {
+    const d = new Date(text);
+    if (Number.isNaN(d.getTime())) usage(`${flag} "${text}" is not a date`);
+    return d.toISOString();
+  }
+  try {
+    return new Date(now.getTime() - parseDuration(t)).toISOString();
+  } catch {
+    usage(`${flag} "${text}" is not a date, "today", "yesterday" or a duration like 1d`);
+  }
+}
+
+function summarise(changes: unknown): string {
+  if (!changes || typeof changes !== 'object') return '';
+  const s = Object.keys(changes as object).join(',');
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}

@@ -11,7 +11,7 @@ import type { TargetMem } from '../bench/fuzz-shared.js';
  */
 test('fuzz stage: the daemon never exits, never answers INTERNAL, always answers or closes, and bans offenders', { timeout: 110_000 }, async () => {
   const lines: string[] = [];
-  const r = await runFuzz({ frames: 3000, seed: 18, concurrency: 8, log: (l) => lines.push(l) });
+  const r = await runFuzz({ frames: 3000, seed: 18, concurrency: 8, segmentFrames: 500, log: (l) => lines.push(l) });
   const why = (): string => `seed ${r.seed}\n${lines.slice(0, 60).join('\n')}`;
   assert.equal(r.daemonExited, false, why());
   assert.equal(r.errorCodes.INTERNAL ?? 0, 0, why());
@@ -22,8 +22,9 @@ test('fuzz stage: the daemon never exits, never answers INTERNAL, always answers
   assert.equal(r.bansMissed, 0);
   assert.ok((r.daemonStats?.bans ?? 0) > 0, 'the daemon banned offenders');
   assert.ok((r.errorCodes.BAD_REQUEST ?? 0) > 0, 'payloads reached the schemas');
-  // Memory per segment (1,000 frames each here), taken once the segment's connections are gone.
-  assert.ok(r.segments.length >= 3, `${r.segments.length} segments`);
+  // Memory per segment (500 frames or a little more: running cases finish), taken once the
+  // segment's connections are gone.
+  assert.ok(r.segments.length >= 2, `${r.segments.length} segments`);
   for (const g of r.segments) {
     assert.ok(g.mem.rss > 0 && g.mem.heapUsed > 0 && g.peakRss >= g.mem.rss, JSON.stringify(g));
     assert.equal(g.mem.counts?.connections, 0, `connections left after a segment: ${JSON.stringify(g.mem.counts)}`);

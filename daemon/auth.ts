@@ -8,13 +8,13 @@
  * Password checks: scrypt (crypto/password.ts) compared in constant time. Unknown clubs, unknown
  * users, disabled users and wrong passwords all get the same UNAUTHENTICATED error after the
  * same scrypt work (a dummy hash for unknown users; legacy SHA-512 users also pay one scrypt).
- * A legacy salted SHA-512 hash (crypto/legacy-password.ts) is accepted once and replaced by a
- * scrypt hash on that login. Each failure is a 'login' violation (counted by the ban engine) and,
+ * An imported legacy salted SHA-512 hash is stored wrapped in scrypt (crypto/legacy-password.ts),
+ * verified in two layers, and replaced by a plain scrypt hash on the first login. Each failure is a 'login' violation (counted by the ban engine) and,
  * when the club exists, a `login.failed` change-log entry.
  */
 import { randomBytes } from 'node:crypto';
 import { signTranscript, type IdentityKey } from '../crypto/identity.js';
-import { isLegacySha512, verifyLegacySha512 } from '../crypto/legacy-password.js';
+import { isLegacySha512, isWrappedLegacySha512, verifyLegacySha512, verifyWrappedLegacySha512 } from '../crypto/legacy-password.js';
 import { hashPassword, needsRehash, verifyPassword } from '../crypto/password.js';
 import { AuditLog, type AuditInput } from '../storage/audit-log.js';
 import type { ClubStore } from '../storage/club-store.js';
@@ -71,7 +71,11 @@ export function auditFor(services: ClubServices, store: ClubStore): AuditLog {
   let a = audits.get(store.db);
   if (!a) {
     const id = services.identity;
-    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint } } : {});
+    const anchors = {
+      anchors: services.storage,
+      onAnchorError: (e: unknown) => services.logger?.warn('change-log anchor not written; the next signed head is anchored again', { club: store.clubId, error: (e as Error).name }),
+    };
+    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint }, ...anchors } : {});
     audits.set(store.db, a);
   }
   return a;
@@ -121,22 +125,34 @@ export function currentClub(ctx: CommandContext): string | undefined {
   return getSession(ctx)?.clubId;
 }
 
+/**
+ * The change-log detail of a login or logout: `source: 'web'` marks those of the web
+ * application (daemon/web/); protocol entries keep their detail as it was (null when empty).
+ */
+function withSource(conn: ConnectionInfo, detail: Record<string, unknown> | null): Record<string, unknown> | null {
+  if (!conn.source) return detail;
+  return { ...(detail ?? {}), source: conn.source };
+}
+
 /** End the session and log it (explicit logout, idle timeout, disabled user). */
 function endSession(services: ClubServices, ctx: Pick<CommandContext, 'conn' | 'session'>, s: SessionState, reason: string | null): void {
   ctx.session.delete(SESSION_KEY);
   try {
     const store = services.storage.openClub(s.clubId);
-    appendAudit(services, store, { user: s.username, ip: ctx.conn.ip, session: s.sessionId, action: 'logout', entity: null, recordId: null, changes: reason ? { reason } : null });
+    appendAudit(services, store, { user: s.username, ip: ctx.conn.ip, session: s.sessionId, action: 'logout', entity: null, recordId: null, changes: withSource(ctx.conn, reason ? { reason } : null) });
     auditFor(services, store).signHead();
   } catch (e) {
     services.logger?.warn('logout not logged', { club: s.clubId, error: (e as Error).name });
   }
 }
 
-/** A connection that ends with a session still open logs that session's logout. */
-export function endSessionOnClose(services: ClubServices, conn: ConnectionInfo, session: Map<string, unknown>): void {
+/**
+ * A connection that ends with a session still open logs that session's logout; `reason` is the
+ * logged reason (the web application passes 'idle timeout' or 'absolute timeout').
+ */
+export function endSessionOnClose(services: ClubServices, conn: ConnectionInfo, session: Map<string, unknown>, reason = 'connection closed'): void {
   const s = session.get(SESSION_KEY) as SessionState | undefined;
-  if (s) endSession(services, { conn, session }, s, 'connection closed');
+  if (s) endSession(services, { conn, session }, s, reason);
 }
 
 /**
@@ -251,7 +267,7 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
     services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'failed login', time: Date.now(), club: p.club.slice(0, 64), user: p.user.slice(0, 64), command: 'auth.login' });
     if (store) {
       try {
-        appendAudit(services, store, { user: p.user.slice(0, 64), ip: ctx.conn.ip, session: null, action: 'login.failed', entity: null, recordId: null, changes: { reason } });
+        appendAudit(services, store, { user: p.user.slice(0, 64), ip: ctx.conn.ip, session: null, action: 'login.failed', entity: null, recordId: null, changes: withSource(ctx.conn, { reason }) });
       } catch (e) {
         services.logger?.warn('failed login not logged', { error: (e as Error).name });
       }
@@ -274,6 +290,9 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
   let legacy = false;
   if (!u) {
     await verifyPassword(p.password, d);
+  } else if (isWrappedLegacySha512(u.passwordHash)) {
+    legacy = true;
+    ok = await verifyWrappedLegacySha512(p.password, u.passwordHash);
   } else if (isLegacySha512(u.passwordHash)) {
     legacy = true;
     ok = verifyLegacySha512(p.password, u.passwordHash);
@@ -303,7 +322,7 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
   db.transaction(() => {
     if (rehashed) setPasswordHash(db, u.id, rehashed, fresh.mustChangePassword, false);
     setLastLogin(db, u.id, now.toISOString());
-    audit.append({ user: u.username, ip: ctx.conn.ip, session: sessionId, action: 'login', entity: null, recordId: null, changes: rehashed ? { passwordHash: { old: '[redacted]', new: '[redacted]' }, rehashed: legacy ? 'legacy sha512 -> scrypt' : 'scrypt parameters raised' } : null });
+    audit.append({ user: u.username, ip: ctx.conn.ip, session: sessionId, action: 'login', entity: null, recordId: null, changes: withSource(ctx.conn, rehashed ? { passwordHash: { old: '[redacted]', new: '[redacted]' }, rehashed: legacy ? 'legacy sha512 -> scrypt' : 'scrypt parameters raised' } : null) });
   }).immediate();
   const after = getUserById(db, u.id)!;
   ctx.authenticated?.();

@@ -27,6 +27,7 @@ import { deleteDocument, listDocuments } from '../storage/documents.js';
 import { clubDir } from '../storage/club-store.js';
 import { addDocument, addPerson, documentHashes, dumpClub, makeClubs, newStorage } from './backup-helpers.js';
 import { tmpDir, findPlaintext } from './store-helpers.js';
+import { waitUntil } from './helpers/daemon.js';
 import { generateIdentity } from '../crypto/identity.js';
 
 const tmp = tmpDir('commusic-backup-');
@@ -53,7 +54,8 @@ describe('backup archive', { timeout: 90_000 }, () => {
         await new Promise((r) => setImmediate(r));
       }
     })();
-    await new Promise((r) => setTimeout(r, 30));
+    // The writer is running: wait for its first writes, not for a time.
+    await waitUntil(() => n >= 60, 10_000, 'the writer to start');
     const key = { kind: 'server' as const, key: serverArchiveKey(st) };
     const snap = takeClubSnapshot(st, club!);
     // Taken in one synchronous step: this is the state of that moment.
@@ -61,12 +63,14 @@ describe('backup archive', { timeout: 90_000 }, () => {
     const hashesAtSnapshot = await documentHashes(st, club!).catch(() => undefined);
     const { archiveStream, archiveSigner } = await import('../storage/backup-archive.js');
     const file = join(tmp.dir, 'concurrent.cmbk');
+    const nAtSnapshot = n;
     await writeFileAtomic(archiveStream(snap, key, { signer: archiveSigner(st) }), file);
-    await new Promise((r) => setTimeout(r, 30));
+    const nAtArchiveEnd = n;
     stop = true;
     await writer;
+    assert.ok(nAtArchiveEnd > nAtSnapshot, 'writes went on while the archive was written');
     const personsAtEnd = (st.openClub(club!).db.prepare('SELECT count(*) AS n FROM persons').get() as { n: number }).n;
-    assert.ok(personsAtEnd > (atSnapshot['persons'] as unknown[]).length, 'writes went on while the archive was written');
+    assert.ok(personsAtEnd > (atSnapshot['persons'] as unknown[]).length, 'those writes reached the database');
     const report = await verifyArchive(fileSource(file), { serverKey: key.key, trust: archiveTrust(st) });
     assert.equal(report.auditChain?.intact, true);
     // Restore into a second club row of a fresh server (sharing the archive key and trusting its MAC) and compare with the snapshot moment.

@@ -170,7 +170,9 @@ describe('backup service', { timeout: 120_000 }, () => {
       assert.deepEqual(r2.mail.unchanged.sort(), [p2!, fed!].sort());
       await mailer.flush();
       await smtp.waitFor(() => clubMails().length >= before + 1);
-      await new Promise((r) => setTimeout(r, 300));
+      // Structural, not a wait: flush() has delivered everything queued (the outbox is empty),
+      // and the SMTP sink records a mail before it answers 250, so no further mail can arrive.
+      assert.equal(mailer.outboxLength, 0, 'nothing left to deliver');
       assert.equal(clubMails().length, before + 1);
       const m2 = clubMails().at(-1)!;
       assert.ok(m2.to.includes(`board@${p1}.example.test`));

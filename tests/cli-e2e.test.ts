@@ -5,6 +5,7 @@ import { appendFileSync, chmodSync, existsSync, mkdtempSync, readdirSync, readFi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { waitUntil } from './helpers/daemon.js';
 
 /**
  * The three programs as an operator and a member use them: first start with the embedded
@@ -66,13 +67,7 @@ async function stopDaemon(d: Daemon): Promise<number | null> {
   return exited;
 }
 
-async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = waitUntil;
 
 test('first start with the embedded default: keys created 0600, fingerprint printed, ping works, wrong fingerprint fails clearly', { timeout: 60_000 }, async () => {
   const dir = join(mkdtempSync(join(tmpdir(), 'commusic-cli-')), 'data');

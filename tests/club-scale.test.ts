@@ -19,14 +19,15 @@ async function provision(n: number): Promise<{ dir: string; cleanup(): void; ids
   return { ...t, ids, ms };
 }
 
-async function measureStart(dir: string): Promise<{ ms: number; fds: number }> {
+async function measureStart(dir: string): Promise<{ ms: number; fds: number; storesOpened: number }> {
   const before = openFdCount();
   const start = performance.now();
   const st = await openStorage({ dataDir: dir, maxOpenStores: 64 });
   const ms = performance.now() - start;
   const fds = openFdCount() - before;
+  const storesOpened = st.cache.size + st.cache.closingCount + st.cache.stats.misses;
   st.close();
-  return { ms, fds };
+  return { ms, fds, storesOpened };
 }
 
 test('start cost and open fds are flat from 10 to 5,000 clubs; the cache bounds open stores', async (t) => {
@@ -35,8 +36,8 @@ test('start cost and open fds are flat from 10 to 5,000 clubs; the cache bounds 
   const big = await provision(5000);
   t.after(big.cleanup);
   await measureStart(small.dir); // warm-up (module loading, first SQLite open)
-  const s: Array<{ ms: number; fds: number }> = [];
-  const b: Array<{ ms: number; fds: number }> = [];
+  const s: Array<{ ms: number; fds: number; storesOpened: number }> = [];
+  const b: Array<{ ms: number; fds: number; storesOpened: number }> = [];
   for (let i = 0; i < 3; i++) {
     s.push(await measureStart(small.dir));
     b.push(await measureStart(big.dir));
@@ -46,7 +47,8 @@ test('start cost and open fds are flat from 10 to 5,000 clubs; the cache bounds 
   const bMs = med(b.map((x) => x.ms));
   t.diagnostic(`provisioning 5,000 clubs: ${big.ms.toFixed(0)} ms; start with 10 clubs: ${sMs.toFixed(1)} ms, ${s[0]!.fds} fds; with 5,000: ${bMs.toFixed(1)} ms, ${b[0]!.fds} fds`);
   assert.equal(b[0]!.fds, s[0]!.fds, 'open fds at start do not depend on the number of clubs');
-  assert.ok(bMs < Math.max(10 * sMs, sMs + 1000), `start time ${bMs} ms vs ${sMs} ms`);
+  // Structural, not timed (the times above are diagnostics only): start opens no club store.
+  assert.deepEqual([...s, ...b].map((x) => x.storesOpened), [0, 0, 0, 0, 0, 0], 'start opens no club store');
 
   // Use 300 of the 5,000 clubs through a cache of 40: at most 40 stores (and their fds) open.
   const st = await openStorage({ dataDir: big.dir, maxOpenStores: 40 });

@@ -1,13 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeKeyFile } from '../crypto/master-key.js';
 import { ConfigError, loadConfig } from '../daemon/config.js';
 import { connect } from '../client/connection.js';
+import { waitUntil } from './helpers/daemon.js';
 
 const bin = (name: string) => new URL(`../bin/${name}.js`, import.meta.url).pathname;
 
@@ -80,7 +81,9 @@ test('logs never carry a password, a key or a session secret', { timeout: 60_000
       s.on('error', () => resolve());
       s.resume();
     });
-    await new Promise((r) => setTimeout(r, 300));
+    // Wait for the violation from 127.0.0.61 to reach the log, not for a time.
+    const logged = () => `${stderr}\n${existsSync(logFile) ? readFileSync(logFile, 'utf8') : ''}`;
+    await waitUntil(() => logged().split('\n').some((l) => l.includes('"message":"violation"') && l.includes('127.0.0.61')), 20_000, 'the violation in the log');
   } finally {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');

@@ -26,9 +26,10 @@ test('maxConnections: the connection over the limit is closed at once; a slot fr
     const conns = [await open(td, '127.0.0.50'), await open(td, '127.0.0.51'), await open(td, '127.0.0.52')];
     try {
       await waitUntil(() => td.daemon.connectionCount === 3, 3000, 'three connections');
-      const t0 = Date.now();
+      // Refused at once, not by a timeout: a client-side timeout would be CONNECT_TIMEOUT, and the
+      // server counts the refusal at its limit.
       await assert.rejects(open(td, '127.0.0.53'), (e: unknown) => e instanceof ClientError && e.code === 'HANDSHAKE_FAILED');
-      assert.ok(Date.now() - t0 < 3000, 'refused at once, not by a timeout');
+      assert.equal(td.daemon.stats.refusedLimit, 1, 'refused at the connection limit');
       for (const c of conns) assert.ok((await c.ping()) >= 0, 'admitted connections keep working');
       await conns.pop()!.close();
       await waitUntil(() => td.daemon.connectionCount === 2, 3000, 'the freed slot');
@@ -98,13 +99,12 @@ test('an idle established session is closed with CLOSE_IDLE; an active one is ke
     const idle = await rawHandshake(td.port, td.fingerprint, { localAddress: '127.0.0.62' });
     const active = await open(td, '127.0.0.63');
     try {
-      const t0 = Date.now();
-      while (Date.now() - t0 < 1800) {
-        await active.ping();
-        await new Promise((r) => setTimeout(r, 150));
-      }
-      assert.equal(active.closed, false, 'requests every 150 ms keep the session open');
-      assert.ok(await idle.raw.closedWithin(5000), 'the idle session is closed');
+      // Keep the active session busy (back-to-back pings, no fixed pauses) until the idle one is
+      // closed: the condition, not a time.
+      const deadline = Date.now() + 15_000;
+      while (!idle.raw.closed && Date.now() < deadline) await active.ping();
+      assert.ok(idle.raw.closed, 'the idle session is closed');
+      assert.equal(active.closed, false, 'a session with requests is kept open');
       const ev = idle.events();
       assert.deepEqual(ev.at(-1), { type: 'closed', code: CLOSE_IDLE }, 'with an authenticated CLOSE carrying the idle code');
       assert.equal(td.violations.length, 0, 'idling is no violation');
@@ -119,12 +119,15 @@ test('graceful shutdown: an in-flight request finishes, new requests get SHUTTIN
   await withDaemon({}, async (td) => {
     let started = false;
     let finished = false;
+    // The handler runs until the test releases it, so the refusals below surely come while it runs.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
     td.daemon.dispatcher.register({
       name: 'test.slow',
       schema: z.object({}).strict(),
       handler: async () => {
         started = true;
-        await new Promise((r) => setTimeout(r, 300));
+        await gate;
         finished = true;
         return { payload: { done: true } };
       },
@@ -137,6 +140,7 @@ test('graceful shutdown: an in-flight request finishes, new requests get SHUTTIN
     await assert.rejects(refused, (e: unknown) => e instanceof RemoteError && e.code === 'SHUTTING_DOWN');
     await assert.rejects(open(td, '127.0.0.65', { connectTimeoutMs: 3000 }), (e: unknown) => e instanceof ClientError && e.code === 'CONNECT_FAILED');
     assert.equal(finished, false, 'the slow request was still running when the refusals came');
+    release();
     assert.deepEqual((await slow).payload, { done: true }, 'the in-flight request got its answer');
     await stopping;
     await waitUntil(() => c.closed, 3000, 'the client to see the close');
@@ -157,7 +161,10 @@ test('graceful shutdown: a request running past the grace period is cut off at t
     const t0 = Date.now();
     await td.daemon.stop(300);
     const took = Date.now() - t0;
-    assert.ok(took >= 250 && took < 5000, `stop waited for the grace period, then closed (${took} ms)`);
+    // A lower bound only: the grace deadline is a timer, which never fires early, so a loaded
+    // machine can only make this larger. No upper bound: stop() resolving at all (the request never
+    // finishes on its own) shows the cut-off.
+    assert.ok(took >= 250, `stop waited for the grace period (${took} ms)`);
     await assert.rejects(hung, (e: unknown) => e instanceof ClientError && e.code === 'CONNECTION_CLOSED');
     await c.close();
   });

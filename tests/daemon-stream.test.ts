@@ -57,7 +57,11 @@ test('a slow reader of a 64 MiB echo stream stalls the upload and keeps memory b
     const res = await c.request('diag.echoStream', {}, { upload: source() });
     assert.ok(res.download, 'the echo comes back as a download stream');
 
-    // Not reading: wait until the upload has stopped moving.
+    // Not reading. First the positive condition: the first window went out.
+    await waitUntil(() => produced >= INITIAL_STREAM_WINDOW, 20_000, 'the first window to go out');
+    // Then wait until the upload has stopped moving. This quiet-period check backs only upper
+    // bounds (bytes produced, upload not done, memory growth): a pause caused by a loaded machine
+    // ends the loop early, with fewer bytes and less memory, so it cannot make them fail.
     let last = -1;
     for (let i = 0; i < 100 && produced !== last; i++) {
       last = produced;

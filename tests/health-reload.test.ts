@@ -36,6 +36,8 @@ interface Started {
   port: number;
   healthPort: number;
   fingerprint: string;
+  /** Everything the daemon wrote to stderr (its log) so far. */
+  stderr: () => string;
 }
 
 function startChild(configFile: string): Promise<Started> {
@@ -55,7 +57,7 @@ function startChild(configFile: string): Promise<Started> {
       const fingerprint = /server fingerprint: ([0-9a-f:]+)/i.exec(out)?.[1];
       if (port && healthPort && fingerprint) {
         clearTimeout(timer);
-        resolve({ child, port: Number(port), healthPort: Number(healthPort), fingerprint });
+        resolve({ child, port: Number(port), healthPort: Number(healthPort), fingerprint, stderr: () => err });
       }
     });
     child.once('exit', (code) => {
@@ -129,7 +131,10 @@ test('SIGHUP: new certificate for new connections; client session and open HTTPS
     // A broken certificate on the next SIGHUP changes nothing; the daemon runs on.
     writeFileSync(certFile, 'not a certificate');
     process.kill(s.child.pid!, 'SIGHUP');
-    await new Promise((r) => setTimeout(r, 500));
+    // Wait until the daemon has handled this SIGHUP (it logs the refused reload), not for a time.
+    const refused = Date.now() + 20_000;
+    while (!/reload failed/.test(s.stderr()) && Date.now() < refused) await new Promise((r) => setTimeout(r, 20));
+    assert.match(s.stderr(), /reload failed/, 'the broken certificate was refused');
     assert.equal(await peerFingerprint(s.healthPort), fpB);
     assert.ok((await client.ping()) >= 0);
   } finally {

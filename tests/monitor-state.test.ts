@@ -150,6 +150,8 @@ test('Monitor.start probes at once and then every interval until stop', async ()
   const repeated = await run(20, (n) => n >= 4);
   const atStop = repeated.count();
   // A stopped monitor must schedule nothing: after several intervals the count is unchanged.
+  // This short sleep backs only a negative assertion; on a correct monitor nothing can raise the
+  // count, so a slow machine cannot make it fail (at worst it would catch a leaked timer later).
   await new Promise((r) => setTimeout(r, 20 * 5));
   assert.equal(repeated.count(), atStop, 'no probe after stop');
 });

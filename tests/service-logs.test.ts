@@ -5,6 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { notifyReady } from '../daemon/sd-notify.js';
+import { waitUntil } from './helpers/daemon.js';
 
 /**
  * Issue 16 point 6: log lines are JSON or text, never mixed on one stream; SIGUSR1 reopens the
@@ -13,13 +14,7 @@ import { notifyReady } from '../daemon/sd-notify.js';
 const ROOT = new URL('../../', import.meta.url).pathname;
 const BIN = new URL('../bin/', import.meta.url).pathname;
 
-async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const until = (cond: () => boolean, what: string, ms = 30_000): Promise<void> => waitUntil(cond, ms, what);
 
 function startDaemon(dir: string, extra: string[], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; out: string[]; err: string[] } {
   const child = spawn(process.execPath, [join(BIN, 'commusicd.js'), '--data', join(dir, 'data'), '--listen', '127.0.0.1:0', '--health-listen', '127.0.0.1:0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });

@@ -12,6 +12,7 @@ import { nullLogger } from '../daemon/log.js';
 import { startServer } from '../daemon/main.js';
 import { OperationRegistry } from '../daemon/operations.js';
 import { formatStatus, registerStatusOps, type StatusContext, type StatusReport } from '../daemon/status-ops.js';
+import { waitUntil } from './helpers/daemon.js';
 
 /**
  * Issue 7, point 4: `commusicctl status --json` reports the figures the test set up, read from
@@ -20,13 +21,7 @@ import { formatStatus, registerStatusOps, type StatusContext, type StatusReport 
 const execFileP = promisify(execFile);
 const CTL = join(import.meta.dirname, '..', 'bin', 'commusicctl.js');
 
-async function until(pred: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const until = waitUntil;
 
 test('commusicctl status --json and text: connections, sessions, requests, bans, outbox from the running daemon', { timeout: 30_000 }, async () => {
   const dataDir = await mkdtemp(join(tmpdir(), 'commusic-status-'));

@@ -111,7 +111,8 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
           const left = clubs.length - total.clubs - (current ? 1 : 0);
           process.stderr.write(
             `interrupted: ${current ? (s.via === 'daemon' ? `the backup of club ${current} continues in the daemon and finishes there; ` : `the backup of club ${current} was stopped; `) : ''}${left} club(s) not started. ` +
-              `"commusicctl backup list" shows what was stored; "commusicctl backup run --club ID" or "--all" runs again.\n`,
+              `"commusicctl backup list" shows what was stored; "commusicctl backup run --club ID" or "--all" runs again` +
+              `${s.via === 'daemon' ? '; "commusicctl backup cancel" stops a run the daemon carries on (its scheduled run, or one this joined) after the club under way' : ''}.\n`,
           );
           process.exit(130);
         };
@@ -130,6 +131,8 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
             if (v.down) t.down = v.down;
           }
           bar?.increment(1, { club: c });
+          // Without a terminal (a log, a pipe) one line per club instead of the bar.
+          if (!bar && !o.json) process.stderr.write(`backup ${total.clubs}/${clubs.length} clubs: ${c} ${r.failedClubs.length ? 'failed' : 'done'}\n`);
         }
         bar?.stop();
         process.removeListener('SIGINT', onInterrupt);
@@ -146,6 +149,15 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       } finally {
         await s.close();
       }
+    });
+  backup
+    .command('cancel')
+    .description("stop the daemon's running backup run: no further club starts, the clubs under way finish")
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'backup.cancel', {}, offline());
+      const r = result as { running: boolean; via: string };
+      printResult(r, o.json, (r) => (r.running ? 'cancelling: the daemon starts no further club; the clubs under way finish ("commusicctl backup list" shows what was stored)' : r.via === 'offline' ? 'no daemon runs here, so no backup run to cancel' : 'no backup run is going on'));
     });
   backup
     .command('list')

@@ -16,6 +16,7 @@ import { safeJson } from '../daemon/neutralise.js';
 import { fail, getSecret, keyValues, newProgram, printResult, table, usage } from './cli-util.js';
 import { registerCallCommand } from './client-call.js';
 import { registerBatchCommand } from './client-batch.js';
+import { registerCompletionCommand } from './cli-docs.js';
 
 export interface Globals {
   server?: string;
@@ -439,6 +440,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
 
   registerCallCommand(program, session, open, done, () => Boolean((g().club ?? process.env['COMMUSIC_CLUB']) || (g().user ?? process.env['COMMUSIC_USER'])));
   if (!holder.shared) registerBatchCommand(program, holder, () => program.opts<Globals>(), buildProgram, done);
+  registerCompletionCommand(program);
   return program;
 }
 

@@ -168,10 +168,19 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .option('--json', 'print JSON')
     .action(async (o: { club?: string; destination?: string; config?: string; json?: boolean }) => {
       const { result } = await runOperation(dataDir(), 'backup.list', { ...(o.club ? { club: o.club } : {}), ...(o.destination ? { destination: o.destination } : {}), ...cfg(o) }, offline());
-      const r = result as { archives: Array<{ destination: string; name?: string; time?: string; size?: number; error?: string }>; lastBackups: Record<string, string>; gaps: unknown[] };
+      const r = result as {
+        archives: Array<{ destination: string; name?: string; time?: string; size?: number; error?: string }>;
+        deletedClubs?: Array<{ clubId: string; deletedAt: string; archivesRemoved: number; removedAt?: string[]; failed?: Array<{ destination: string }> }>;
+        lastBackups: Record<string, string>;
+        gaps: unknown[];
+      };
       printResult(r, o.json, (r) =>
         [
           ...(r.archives.length ? r.archives.map((a) => (a.error ? `${a.destination}\tERROR ${a.error}` : `${a.destination}:${a.name}\t${a.time}\t${a.size} bytes`)) : ['no archives']),
+          ...(r.deletedClubs ?? []).map(
+            (d) =>
+              `deleted club ${d.clubId} (${d.deletedAt}): archive key destroyed, ${d.archivesRemoved} archives removed${d.removedAt?.length ? ` at ${d.removedAt.join(', ')}` : ''}${d.failed?.length ? `; not reached: ${d.failed.map((f) => f.destination).join(', ')} (archives there open nowhere; retention removes them)` : ''}`,
+          ),
           ...Object.entries(r.lastBackups).map(([d, t]) => `last success ${d}: ${t}`),
           ...(r.gaps.length ? [`${r.gaps.length} copies missing (retried automatically)`] : []),
         ].join('\n'),

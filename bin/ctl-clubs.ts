@@ -115,20 +115,51 @@ export function registerClubCommands(program: Command, dataDir: () => string, of
     .option('--json', 'print JSON')
     .action(async (id: string, o: { json?: boolean }) => {
       const { result } = await run('club.delete', { id });
-      printResult(result, o.json, () => `deleted club ${id}`); // only our own text
+      const r = result as { archives: { removed: number; destinations: string[]; failed: Array<{ destination: string; error: string }> } };
+      printResult(r, o.json, (r) =>
+        [
+          `deleted club ${id}: data key and archive key destroyed, files removed`,
+          `archives removed: ${r.archives.removed}${r.archives.destinations.length ? ` (at ${r.archives.destinations.join(', ')})` : ''}`,
+          ...r.archives.failed.map((f) => `destination ${f.destination} not reached (${f.error}); its archives of the club open nowhere and retention removes them`),
+        ].join('\n'));
     });
 }
 
 export function registerKeyRotation(keys: Command, dataDir: () => string, offline: () => OfflineOptions): void {
   keys
     .command('rotate-master')
-    .description('new master key; rewraps every club key without touching club data (resumable)')
+    .description('new master key; rewraps every club key without touching club data (resumable). With --rekey-clubs (the master key leaked): also new club keys, re-encrypted stores and documents, a new archive key')
+    .option('--rekey-clubs', 'the master key leaked: re-encrypt every club under a new data key, new archive key, then new master key')
     .option('--json', 'print JSON')
-    .action(async (o: { json?: boolean }) => {
+    .action(async (o: { json?: boolean; rekeyClubs?: boolean }) => {
       const pass = offline().passphrase;
-      const { result } = await runOperation(dataDir(), 'keys.rotate-master', pass !== undefined ? { passphrase: String(pass) } : {}, offline());
+      const { result } = await runOperation(dataDir(), 'keys.rotate-master', { ...(pass !== undefined ? { passphrase: String(pass) } : {}), ...(o.rekeyClubs ? { rekeyClubs: true } : {}) }, offline());
+      if (o.rekeyClubs) {
+        const r = result as { clubs: Array<{ id: string; documents: number }>; archiveKey: { newKeyId: string }; master: { oldKeyId: string; newKeyId: string } };
+        printResult(r, o.json, (r) =>
+          `${r.clubs.length} clubs re-encrypted under new data keys (${r.clubs.reduce((n, c) => n + c.documents, 0)} documents re-encrypted)\nnew archive key ${r.archiveKey.newKeyId} (old one kept for reading old archives)\nmaster key ${r.master.oldKeyId} replaced by ${r.master.newKeyId}`);
+        return;
+      }
       const r = result as { oldKeyId: string; newKeyId: string; clubs: number };
       printResult(r, o.json, (r) => `master key ${r.oldKeyId} replaced by ${r.newKeyId}; ${r.clubs} club keys rewrapped`);
+    });
+  keys
+    .command('rotate-archive')
+    .description('new server archive key for new archives; the old one is kept for reading old archives only')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'keys.rotate-archive', {}, offline());
+      const r = result as { oldKeyId: string; newKeyId: string; retired: number };
+      printResult(r, o.json, (r) => `archive key ${r.oldKeyId} retired (kept for reading); new archives use ${r.newKeyId}`);
+    });
+  keys
+    .command('archive-keys')
+    .description('ids of the current server archive key and of the retired ones (kept for reading old archives)')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'keys.archive-keys', {}, offline());
+      const r = result as { current: string; retired: Array<{ id: string; retiredAt: string }> };
+      printResult(r, o.json, (r) => [`current: ${r.current}`, ...r.retired.map((x) => `retired: ${x.id} (${x.retiredAt})`)].join('\n'));
     });
   keys
     .command('rotate-club <id>')

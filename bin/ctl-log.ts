@@ -67,7 +67,7 @@ export function registerLogCommands(program: Command, dataDir: () => string, off
       const { result } = await runOperation(dataDir(), 'log.verify', { club: o.club }, offline());
       const r = result as VerifyResult & { club: string };
       if (o.json) process.stdout.write(`${safeJson(r)}\n`);
-      else if (r.ok) process.stdout.write(`change log of ${neutralise(r.club)}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head\n`);
+      else if (r.ok) process.stdout.write(`change log of ${neutralise(r.club)}: OK, ${r.entries} entries, signed up to entry ${r.signedUpTo} (${r.signedHeads} signed heads), ${r.unsignedTail} entries after the last signed head; anchored outside the store up to entry ${r.anchoredUpTo} (${r.anchors} anchors), ${r.unanchoredTail} entries after the last anchor\n`);
       else process.stderr.write(neutraliseBlock(`change log of ${neutralise(r.club)}: BROKEN at entry ${r.firstBad!.seq}: ${neutralise(r.firstBad!.reason)}\n`));
       if (!r.ok) process.exitCode = 1;
     });

@@ -8,7 +8,7 @@ import {
   constants,
   type KeyObject,
 } from 'node:crypto';
-import { lstatSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync } from 'node:fs';
 import { atomicWriteFileSync } from './atomic-file.js';
 import { dirname } from 'node:path';
 
@@ -159,7 +159,43 @@ export function loadIdentity(path: string): IdentityKey {
   return identityFromPem(readFileSync(path, 'utf8'));
 }
 
-/** Writes atomically with mode 0600 (temporary file, fsync, rename); never overwrites. */
+/** The public half of the identity key lives beside the private key file: `identity.pub` (PEM SPKI). */
+export function identityPublicPath(privatePath: string): string {
+  return privatePath.replace(/\.pem$/, '') + '.pub';
+}
+
+/**
+ * Write the public key file (mode 0644: public) when it is missing or does not match `identity`.
+ * Verifiers (`log verify`) read it and never load the private key.
+ */
+export function ensurePublicKeyFile(privatePath: string, identity: IdentityKey): void {
+  const path = identityPublicPath(privatePath);
+  const pem = Buffer.from(identity.publicKey.export({ type: 'spki', format: 'pem' }) as string);
+  if (existsSync(path) && readFileSync(path).equals(pem)) return;
+  atomicWriteFileSync(path, pem, 0o644);
+}
+
+/**
+ * Read the identity's public key (PEM SPKI, RSA-2048) from `identity.pub`; undefined when the file
+ * is missing. Returns the SPKI bytes and their fingerprint. Loads no private key.
+ */
+export function loadPublicIdentity(privatePath: string): { spki: Buffer; fingerprint: string } | undefined {
+  const path = identityPublicPath(privatePath);
+  if (!existsSync(path)) return undefined;
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: readFileSync(path, 'utf8'), format: 'pem' });
+  } catch {
+    throw new IdentityKeyError('KEY_FILE_INVALID', `${path} is not a PEM public key; the daemon rewrites it from the identity key on its next start`);
+  }
+  if (key.asymmetricKeyType !== 'rsa' || key.asymmetricKeyDetails?.modulusLength !== IDENTITY_MODULUS_BITS) {
+    throw new IdentityKeyError('KEY_FILE_INVALID', `${path} is not an RSA-2048 public key`);
+  }
+  const spki = key.export({ type: 'spki', format: 'der' });
+  return { spki, fingerprint: fingerprintOf(spki) };
+}
+
+/** Writes atomically with mode 0600 (temporary file, fsync, rename); never overwrites. Also writes the public key file. */
 export function saveIdentity(path: string, identity: IdentityKey): void {
   try {
     lstatSync(path);
@@ -169,4 +205,5 @@ export function saveIdentity(path: string, identity: IdentityKey): void {
   }
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   atomicWriteFileSync(path, Buffer.from(identity.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string), 0o600);
+  ensurePublicKeyFile(path, identity);
 }

@@ -4,10 +4,47 @@
  *
  *   sha512$<salt as hex, 8..128 hex digits>$<128 hex digits: SHA-512(salt bytes || UTF-8 password)>
  *
- * Such a hash is accepted at most once: the login that presents the right password replaces it
- * with a modern scrypt hash (crypto/password.ts). Comparison is constant-time.
+ * A fast hash is never stored: the import wraps it at once into a memory-hard hash,
+ *
+ *   sha512-scrypt$<legacy salt hex>$<scrypt hash (crypto/password.ts) of the 128 hex digits>
+ *
+ * and a login verifies in two layers: SHA-512(salt || password) as hex, then scrypt over that
+ * (constant-time compare inside verifyPassword). The login that presents the right password
+ * replaces it with a plain scrypt hash. Stores written before the wrapping may still hold bare
+ * `sha512$` hashes: they are still accepted once (constant-time) and replaced the same way.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { hashPassword, verifyPassword } from './password.js';
+
+const WRAPPED_PREFIX = 'sha512-scrypt$';
+const WRAPPED_RE = /^sha512-scrypt\$([0-9a-f]{8,128})\$(scrypt\$.{1,300})$/;
+
+/**
+ * Wrap a normalised legacy hash (parseLegacySha512) into `sha512-scrypt$...` for storage;
+ * `log2N` is the scrypt cost (default crypto/password.ts, tests lower it).
+ */
+export async function wrapLegacySha512(normalised: string, log2N?: number): Promise<string> {
+  const m = LEGACY_RE.exec(normalised);
+  if (!m) throw new Error('not a legacy sha512 hash');
+  const inner = await hashPassword(m[2]!.toLowerCase(), log2N);
+  return `${WRAPPED_PREFIX}${m[1]!.toLowerCase()}$${inner}`;
+}
+
+export function isWrappedLegacySha512(encoded: string): boolean {
+  return encoded.startsWith(WRAPPED_PREFIX);
+}
+
+/** Two layers: SHA-512(salt || password) hex, then the stored scrypt hash over it. False on any mismatch. */
+export async function verifyWrappedLegacySha512(password: string, encoded: string): Promise<boolean> {
+  const m = WRAPPED_RE.exec(encoded);
+  if (!m) return false;
+  const digest = createHash('sha512').update(Buffer.from(m[1]!, 'hex')).update(Buffer.from(password.normalize('NFC'), 'utf8')).digest('hex');
+  try {
+    return await verifyPassword(digest, m[2]!);
+  } catch {
+    return false;
+  }
+}
 
 const LEGACY_RE = /^sha512\$([0-9a-fA-F]{8,128})\$([0-9a-fA-F]{128})$/;
 

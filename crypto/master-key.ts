@@ -1,8 +1,8 @@
 /**
  * The master key (key-encryption key) of a ComMusic server: 256 random bits in one key file,
  * `<data>/keys/master.key`, mode 0600 in a folder of mode 0700, owned by the daemon's user.
- * It never encrypts data itself: it wraps each club's data key (crypto/wrap.ts) and, through
- * HKDF, keys the server database.
+ * It never encrypts anything itself (one key, one job): labelled HKDF sub-keys of it wrap each
+ * club's data key (crypto/wrap.ts) and key the server database (storage/server-db.ts).
  *
  * Key file format, version 1 (all integers big-endian):
  *
@@ -199,7 +199,8 @@ export async function decodeKeyFile(buf: Buffer, path: string, passphrase?: stri
     const log2N = buf[8]!;
     const r = buf[9]!;
     const p = buf[10]!;
-    if (log2N < SCRYPT_MIN_LOG2N || log2N > SCRYPT_MAX_LOG2N || r < 1 || r > 32 || p < 1 || p > 16) {
+    // Only what encodeKeyFile writes (r=8, p=1), so a planted key file cannot demand more.
+    if (log2N < SCRYPT_MIN_LOG2N || log2N > SCRYPT_MAX_LOG2N || r !== 8 || p !== 1) {
       throw new CryptoError('KEY_FILE_INVALID', `${path} carries out-of-range scrypt parameters; restore it from the key backup`);
     }
     const kek = await scryptAsync(passBuf(passphrase), buf.subarray(12, 44), log2N, r, p);

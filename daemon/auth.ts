@@ -8,13 +8,13 @@
  * Password checks: scrypt (crypto/password.ts) compared in constant time. Unknown clubs, unknown
  * users, disabled users and wrong passwords all get the same UNAUTHENTICATED error after the
  * same scrypt work (a dummy hash for unknown users; legacy SHA-512 users also pay one scrypt).
- * A legacy salted SHA-512 hash (crypto/legacy-password.ts) is accepted once and replaced by a
- * scrypt hash on that login. Each failure is a 'login' violation (counted by the ban engine) and,
+ * An imported legacy salted SHA-512 hash is stored wrapped in scrypt (crypto/legacy-password.ts),
+ * verified in two layers, and replaced by a plain scrypt hash on the first login. Each failure is a 'login' violation (counted by the ban engine) and,
  * when the club exists, a `login.failed` change-log entry.
  */
 import { randomBytes } from 'node:crypto';
 import { signTranscript, type IdentityKey } from '../crypto/identity.js';
-import { isLegacySha512, verifyLegacySha512 } from '../crypto/legacy-password.js';
+import { isLegacySha512, isWrappedLegacySha512, verifyLegacySha512, verifyWrappedLegacySha512 } from '../crypto/legacy-password.js';
 import { hashPassword, needsRehash, verifyPassword } from '../crypto/password.js';
 import { AuditLog, type AuditInput } from '../storage/audit-log.js';
 import type { ClubStore } from '../storage/club-store.js';
@@ -86,7 +86,11 @@ export function auditFor(services: ClubServices, store: ClubStore): AuditLog {
   let a = audits.get(store.db);
   if (!a) {
     const id = services.identity;
-    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint } } : {});
+    const anchors = {
+      anchors: services.storage,
+      onAnchorError: (e: unknown) => services.logger?.warn('change-log anchor not written; the next signed head is anchored again', { club: store.clubId, error: (e as Error).name }),
+    };
+    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint }, ...anchors } : {});
     audits.set(store.db, a);
   }
   return a;
@@ -289,6 +293,9 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
   let legacy = false;
   if (!u) {
     await verifyPassword(p.password, d);
+  } else if (isWrappedLegacySha512(u.passwordHash)) {
+    legacy = true;
+    ok = await verifyWrappedLegacySha512(p.password, u.passwordHash);
   } else if (isLegacySha512(u.passwordHash)) {
     legacy = true;
     ok = verifyLegacySha512(p.password, u.passwordHash);

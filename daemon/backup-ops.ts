@@ -14,6 +14,7 @@ import { assertSafeDataDir } from './folder-safety.js';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { z } from 'zod';
+import { archiveKeyFor } from '../storage/archive-keys.js';
 import { archiveTrust, clubBackupSettings, fileSource, planClubRestore, restoreClubArchive, serverArchiveKey, setClubBackupSettings, verifyArchive, type OpenKey } from '../storage/backup-archive.js';
 import { identityKeyPath, parseTrustKeys } from '../storage/archive-origin.js';
 import { BackupError } from '../storage/backup-errors.js';
@@ -71,7 +72,7 @@ async function openSource(svc: BackupService, from: string, club?: string): Prom
 
 /** Keys that open an archive here, and whose origin is accepted: this server's own, plus the keys the operator named. */
 function openKey(st: Storage, pass: string | undefined, trustKeys: readonly string[] = []): OpenKey {
-  return { serverKey: serverArchiveKey(st), ...(pass !== undefined ? { passphrase: pass } : {}), trust: archiveTrust(st, parseTrustKeys(trustKeys)) };
+  return { serverKey: serverArchiveKey(st), serverKeyring: (id, club) => archiveKeyFor(st, id, club), ...(pass !== undefined ? { passphrase: pass } : {}), trust: archiveTrust(st, parseTrustKeys(trustKeys)) };
 }
 
 const trustKeys = z.array(z.string().min(1).max(4096)).max(16).optional();
@@ -105,6 +106,18 @@ async function openTarget(liveDir: string, dir: string): Promise<{ dir: string; 
 export function operatorName(o: { user: string; sudoUser?: string | undefined } | undefined): string {
   if (!o) return 'operator:unnamed';
   return `operator:${o.user}${o.sudoUser && o.sudoUser !== o.user ? ` (sudo by ${o.sudoUser})` : ''}`.slice(0, 160);
+}
+
+/**
+ * After `club delete`: remove the club's archives at every destination (online through the
+ * daemon's service, offline through one built from the configuration). Best effort: the club's
+ * archive key is already destroyed, so what a down destination keeps opens nowhere.
+ */
+export async function purgeDeletedClubArchives(c: OpsContext, clubId: string, cfgFile?: string): Promise<{ removed: number; destinations: string[]; failed: Array<{ destination: string; error: string }> }> {
+  return withService(c, cfgFile, async (svc) => {
+    const r = await svc.purgeClubArchives(clubId);
+    return { removed: r.removed.length, destinations: [...new Set(r.removed.map((x) => x.destination))], failed: r.failed };
+  });
 }
 
 export function registerBackupOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {
@@ -152,7 +165,10 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
               out.push({ destination: d.name, error: (e as Error).message });
             }
           }
-          return { archives: out, lastBackups: Object.fromEntries(svc.lastBackups().map(([d, t]) => [d, new Date(t).toISOString()])), gaps: svc.gaps() };
+          const deletedClubs = (c.storage ? (await c.storage()).server.listDeletions() : [])
+            .filter((x) => !a.club || x.clubId === a.club)
+            .map((x) => ({ clubId: x.clubId, deletedAt: x.deletedAt, archiveKey: 'destroyed', archivesRemoved: x.archivesRemoved, ...x.report }));
+          return { archives: out, deletedClubs, lastBackups: Object.fromEntries(svc.lastBackups().map(([d, t]) => [d, new Date(t).toISOString()])), gaps: svc.gaps() };
         }),
     })
     .register({

@@ -34,6 +34,7 @@ import {
   type Manifest,
 } from '../storage/backup-archive.js';
 import { BackupError } from '../storage/backup-errors.js';
+import { clubSealingKey } from '../storage/archive-keys.js';
 import type { Storage } from '../storage/storage.js';
 import { DurationSchema } from './ban-policy.js';
 import { archiveName, DestinationSchema, openDestination, type ArchiveEntry, type BackupDestination } from './backup-destinations.js';
@@ -242,7 +243,7 @@ export class BackupService {
     const file = path.join(this.#staging, `${clubId}-${randomBytes(6).toString('hex')}.cmbk`);
     const result: ClubRunResult = { clubId, name, size: 0, stored: [], failed: [] };
     try {
-      const { stream } = createClubArchive(st, clubId, { kind: 'server', key: serverArchiveKey(st) }, { now });
+      const { stream } = createClubArchive(st, clubId, { kind: 'server', key: clubSealingKey(st, clubId) }, { now });
       const { size, sha256 } = await writeFileAtomic(stream, file);
       result.size = size;
       const targets = this.destinations.filter((d) => (!o.only || o.only.includes(d.name)) && !o.skip?.has(d.name));
@@ -375,6 +376,34 @@ export class BackupService {
     this.#retryTimer.unref();
   }
 
+  /**
+   * Remove every archive of a deleted club at every destination (`club delete` runs it). A
+   * destination that fails is named in the result; the nightly retention removes what is left
+   * there later (clubs in club_deletions keep no archive). Recorded in the club's deletion record.
+   */
+  async purgeClubArchives(clubId: string): Promise<{ clubId: string; removed: Array<{ destination: string; name: string }>; failed: Array<{ destination: string; error: string }> }> {
+    const removed: Array<{ destination: string; name: string }> = [];
+    const failed: Array<{ destination: string; error: string }> = [];
+    for (const d of this.destinations) {
+      try {
+        for (const a of await d.list(clubId)) {
+          if (a.clubId !== clubId) continue;
+          await d.delete(a.name);
+          removed.push({ destination: d.name, name: a.name });
+        }
+      } catch (e) {
+        failed.push({ destination: d.name, error: errText(e) });
+      }
+    }
+    this.#st.server.recordArchivePurge(clubId, removed.length, {
+      lastPurge: this.#now().toISOString(),
+      removedAt: [...new Set(removed.map((r) => r.destination))],
+      failed,
+    });
+    this.#log.info('archives of a deleted club removed', { event: 'backup-purge', clubId, removed: removed.length, failed: failed.map((f) => f.destination) });
+    return { clubId, removed, failed };
+  }
+
   /** Delete archives beyond the retention policy, per destination and club. */
   async applyRetention(o: { skip?: ReadonlySet<string>; clubs?: readonly string[] } = {}): Promise<RunReport['retention']> {
     const out: RunReport['retention'] = {};
@@ -386,7 +415,15 @@ export class BackupService {
         const all = await d.list();
         const byClub = new Map<string, ArchiveEntry[]>();
         for (const a of all) if (!o.clubs || o.clubs.includes(a.clubId)) byClub.set(a.clubId, [...(byClub.get(a.clubId) ?? []), a]);
-        for (const list of byClub.values()) {
+        const deletedClubs = new Set(this.#st.server.listDeletions().map((x) => x.clubId));
+        for (const [clubId, list] of byClub) {
+          if (deletedClubs.has(clubId) && !this.#st.server.getClub(clubId)) {
+            // A deleted club keeps no archive: whatever a purge at deletion time missed goes now.
+            for (const a of list) await d.delete(a.name);
+            deleted += list.length;
+            this.#st.server.recordArchivePurge(clubId, list.length, { lastPurge: this.#now().toISOString(), byRetention: d.name });
+            continue;
+          }
           const keep = selectRetained(list.map((a) => a.time), this.settings.retention);
           for (const [i, a] of list.entries()) {
             if (keep.has(i)) kept++;

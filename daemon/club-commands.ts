@@ -15,7 +15,7 @@ import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { unlinkSync } from 'node:fs';
 import { generateOneTimePassword, hashPassword, verifyPassword } from '../crypto/password.js';
-import { parseLegacySha512 } from '../crypto/legacy-password.js';
+import { parseLegacySha512, wrapLegacySha512 } from '../crypto/legacy-password.js';
 import { queryAuditLog, MAX_QUERY_LIMIT, type AuditEntry } from '../storage/audit-log.js';
 import {
   DataError,
@@ -797,18 +797,23 @@ function registerUsers(d: Dispatcher, services: ClubServices): void {
         checkGrantable(g, r.grants, false);
         return { ...u, hash: h, ...r };
       });
-      const db = g.p.db;
+      // Nothing fast is ever written: each SHA-512 value is wrapped in scrypt before it is stored.
+      const wrapped = await Promise.all(prepared.map((u: { hash: string }) => wrapLegacySha512(u.hash, services.passwordLog2N)));
+      prepared.forEach((u: { hash: string }, i: number) => (u.hash = wrapped[i]!));
+      const g2 = await guard(services, ctx, 'users.import', p);
+      g2.needClub('users', 'create');
+      const db = g2.p.db;
       const ids: number[] = [];
       try {
         db.transaction(() => {
           for (const u of prepared) {
             const nid = insertUser(db, { username: u.username, displayName: u.displayName ?? null, personId: u.personId ?? null, passwordHash: u.hash, mustChangePassword: false, role: u.role, grants: u.grants });
             ids.push(nid);
-            g.p.audit.append({ ...g.p.actor, action: 'create', entity: 'users', recordId: nid, changes: { username: { old: null, new: u.username }, imported: { old: null, new: 'legacy sha512 hash' }, role: { old: null, new: u.role } } });
+            g2.p.audit.append({ ...g2.p.actor, action: 'create', entity: 'users', recordId: nid, changes: { username: { old: null, new: u.username }, imported: { old: null, new: 'legacy sha512 hash, stored wrapped in scrypt' }, role: { old: null, new: u.role } } });
           }
         }).immediate();
       } catch (e) {
-        dataError(g, e, 'users:create');
+        dataError(g2, e, 'users:create');
       }
       return { payload: { imported: ids.length, ids } };
     },

@@ -1,6 +1,5 @@
-import { existsSync } from 'node:fs';
 import { z } from 'zod';
-import { loadIdentity, verifyTranscript } from '../crypto/identity.js';
+import { loadPublicIdentity, verifyTranscript } from '../crypto/identity.js';
 import { queryAuditLog, verifyAuditLog, MAX_QUERY_LIMIT, type AuditVerifier } from '../storage/audit-log.js';
 import { dataPaths } from './config.js';
 import { OperationError, type OperationRegistry } from './operations.js';
@@ -8,18 +7,20 @@ import type { OpsContext } from './ops.js';
 
 /**
  * Support's view of a club's change log: `log.show` (filters by time, user, action, entity;
- * paginated by sequence number) and `log.verify` (hash chain and signed heads; names the first
- * bad entry). Both run on the daemon's open store through the control socket, or offline on the
+ * paginated by sequence number) and `log.verify` (hash chain, signed heads, and the anchors kept
+ * in server.db outside the club store; names the first missing or altered entry; public key only). Both run on the daemon's open store through the control socket, or offline on the
  * data folder (commusicctl log show|verify). Reading the log is itself not logged in the club's
  * log: the operator's actions are in the daemon's own log.
  */
 const clubId = z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'not a club id');
 
-/** Verifies head signatures with the identity key of this data folder. */
+/**
+ * Verifies head and anchor signatures with the public identity key of this data folder
+ * (`keys/identity.pub`); the private key is never loaded, so whoever verifies cannot re-sign.
+ */
 export function identityVerifier(dataDir: string): AuditVerifier | undefined {
-  const path = dataPaths(dataDir).identityKey;
-  if (!existsSync(path)) return undefined;
-  const id = loadIdentity(path);
+  const id = loadPublicIdentity(dataPaths(dataDir).identityKey);
+  if (!id) return undefined;
   return { verify: (bytes, sig, fp) => fp === id.fingerprint && verifyTranscript(id.spki, bytes, sig) };
 }
 
@@ -60,7 +61,7 @@ export function registerLogOps<C extends OpsContext>(registry: OperationRegistry
       run: async (c, a) => {
         const st = await c.storage();
         const db = st.openClub(a.club, { allowSuspended: true }).db;
-        return { club: a.club, ...verifyAuditLog(db, a.club, identityVerifier(c.dataDir)) };
+        return { club: a.club, ...verifyAuditLog(db, a.club, identityVerifier(c.dataDir), st.listAnchors(a.club)) };
       },
     });
 }

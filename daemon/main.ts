@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { assertSafeDataDir } from './folder-safety.js';
-import { generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
+import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../crypto/identity.js';
 import type { BanTable } from '../storage/ban-store.js';
 import { openBanSystem, type BanSystem } from './ban-system.js';
 import { ConfigError, dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
@@ -46,7 +46,9 @@ export function ensureIdentity(config: Config, create: boolean, print: (l: strin
     print(`created identity key ${path}`);
     return identity;
   }
-  return loadIdentity(path);
+  const identity = loadIdentity(path);
+  ensurePublicKeyFile(path, identity);
+  return identity;
 }
 
 /** The live objects operations reach on the running daemon. */

@@ -3,10 +3,11 @@ import type { BanTable } from '../storage/ban-store.js';
 import type { Storage } from '../storage/storage.js';
 import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exemptRemove } from './ban-ops.js';
 import { OperationError, OperationRegistry } from './operations.js';
-import { registerBackupOps } from './backup-ops.js';
+import { purgeDeletedClubArchives, registerBackupOps } from './backup-ops.js';
 import { registerLogOps } from './log-ops.js';
 import { BULK_BATCH } from './club-bulk.js';
-import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
+import { createClub, createClubsWithPasswords, deleteClub, listClubs, recoverFromMasterLeak, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../storage/provisioning.js';
+import { archiveKeyIds, rotateArchiveKey } from '../storage/archive-keys.js';
 
 /**
  * Every operator operation, registered once. The context gives access to what an operation
@@ -73,17 +74,30 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     .register({ name: 'club.show', schema: z.object({ id: clubId }).strict(), run: async (c, a) => showClub(await c.storage(), a.id) })
     .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => suspendClub(await c.storage(), a.id) })
     .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => resumeClub(await c.storage(), a.id) })
-    .register({ name: 'club.delete', schema: z.object({ id: clubId }).strict(), run: async (c, a) => deleteClub(await c.storage(), a.id) })
+    .register({
+      name: 'club.delete',
+      schema: z.object({ id: clubId, configFile: z.string().min(1).max(4096).optional() }).strict(),
+      run: async (c, a) => {
+        const r = await deleteClub(await c.storage(), a.id);
+        return { ...r, archives: await purgeDeletedClubArchives(c, a.id, a.configFile) };
+      },
+    })
     .register({
       name: 'keys.rotate-master',
-      schema: z.object({ passphrase: z.string().min(1).max(1024).optional() }).strict(),
+      schema: z.object({ passphrase: z.string().min(1).max(1024).optional(), rekeyClubs: z.boolean().optional() }).strict(),
       run: async (c, a) => {
         const st = await c.storage();
-        const rotate = () => rotateMaster(st, st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {});
+        const pass = st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {};
+        if (a.rekeyClubs) {
+          return recoverFromMasterLeak(st, { ...pass, ...(c.expectKeyChange ? { wrapMaster: <T>(fn: () => Promise<T>) => c.expectKeyChange!(fn) } : {}) });
+        }
+        const rotate = () => rotateMaster(st, pass);
         return c.expectKeyChange ? c.expectKeyChange(rotate) : rotate();
       },
     })
-    .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) });
+    .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) })
+    .register({ name: 'keys.rotate-archive', schema: z.object({}).strict(), run: async (c) => rotateArchiveKey(await c.storage()) })
+    .register({ name: 'keys.archive-keys', schema: z.object({}).strict(), run: async (c) => archiveKeyIds(await c.storage()) });
   registerLogOps(registry);
   registerBackupOps(registry);
   return registry;

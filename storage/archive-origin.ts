@@ -36,6 +36,8 @@ export interface OriginTrust {
   /** Trusted fingerprints (lower-case hex SHA-256 of the SPKI); the SPKI comes from the entry. */
   fingerprints: string[];
   macKey?: Buffer;
+  /** Further MAC keys accepted for reading: those of this server's retired archive keys (storage/archive-keys.ts). */
+  retiredMacKeys?: Buffer[];
 }
 
 /** The entry inside the archive (JSON, second tar entry). */
@@ -108,8 +110,11 @@ export function verifyOrigin(entryBytes: Buffer | undefined, header: Buffer, man
   const msg = originMessage(header, manifest);
   if (e.alg === 'hmac') {
     if (!trust.macKey) throw new BackupError('ORIGIN_UNVERIFIED', `archive of club ${clubId} is authenticated with another server's archive key; only that server verifies it`);
-    const want = createHmac('sha256', trust.macKey).update(msg).digest();
-    if (proof.length !== want.length || !timingSafeEqual(proof, want)) throw new BackupError('ORIGIN_UNVERIFIED', `archive of club ${clubId} was not made by this server (its origin MAC does not verify): forged, altered, or made by another server without an identity key`);
+    const matches = (k: Buffer) => {
+      const want = createHmac('sha256', k).update(msg).digest();
+      return proof.length === want.length && timingSafeEqual(proof, want);
+    };
+    if (!matches(trust.macKey) && !(trust.retiredMacKeys ?? []).some(matches)) throw new BackupError('ORIGIN_UNVERIFIED', `archive of club ${clubId} was not made by this server (its origin MAC does not verify): forged, altered, or made by another server without an identity key`);
     return { alg: 'hmac', trustedAs: 'this-server' };
   }
   if (e.alg !== 'rsa-pss' || typeof e.spki !== 'string') throw new BackupError('ORIGIN_UNVERIFIED', 'archive origin entry names an unknown algorithm');

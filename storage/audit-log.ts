@@ -16,8 +16,20 @@
  * recomputes the chain, checks seq continuity and every signed head, and names the first bad
  * entry. Entries after the last signed head are reported as not yet covered by a signature.
  *
+ * Anchors outside the store: heads inside the store prove nothing against someone who can open
+ * the store (operators, through the master key): they can delete the tail of the log together with
+ * its heads, or rewrite an entry, re-chain and re-sign. So every signed head, once its transaction
+ * has committed, is also recorded in an `AnchorStore` kept outside the club store (server.db today:
+ * ServerDb.insertAnchor; any append-only place, e.g. the cluster's etcd, can implement the same
+ * three methods). An anchor holds the head (seq, hash, signature) and the first 8 bytes of the
+ * chain hash of every entry since the previous anchor, so `verifyAuditLog` given the anchors
+ * names the exact first entry that is missing or differs from what was anchored, even when the
+ * store was rewritten consistently and re-signed. Entries after the last anchor (at most
+ * SIGN_EVERY - 1, or SIGN_MAX_AGE_MS old) are reported as `unanchoredTail`.
+ *
  * Appending is synchronous and meant to run inside the caller's transaction, so a change and its
- * entry commit together (the stores run synchronous=FULL: durable on return).
+ * entry commit together (the stores run synchronous=FULL: durable on return). The anchor is
+ * written after the commit (a microtask later), so a rolled-back entry is never anchored.
  */
 import { createHash } from 'node:crypto';
 import type { Db } from './sqlcipher.js';
@@ -56,6 +68,38 @@ export interface AuditSigner {
 
 export interface AuditVerifier {
   verify(bytes: Uint8Array, signature: Uint8Array, fingerprint: string): boolean;
+}
+
+/** Bytes of each entry's chain hash kept in an anchor (enough to name the first altered entry). */
+export const ANCHOR_DIGEST_LEN = 8;
+/** An anchor covers at most this many entries (a longer stretch is anchored in the next one). */
+export const MAX_ANCHOR_SPAN = 100_000;
+
+/** One signed head recorded outside the club store. */
+export interface HeadAnchor {
+  clubId: string;
+  /** The head: entry `seq` had chain hash `hash` (hex). */
+  seq: number;
+  hash: string;
+  /** First entry whose digest is in `digests` (previous anchor's seq + 1). */
+  fromSeq: number;
+  /** ANCHOR_DIGEST_LEN bytes of the chain hash of each entry fromSeq..seq, in order. */
+  digests: Buffer;
+  /** Signature over headMessage(clubId, seq, hash) by the identity key; its fingerprint. */
+  signature: Buffer;
+  fingerprint: string;
+  /** ISO time the anchor was written. */
+  time: string;
+}
+
+/**
+ * Where anchors live: append-only, outside the store they protect (ServerDb implements it; the
+ * cluster's etcd can later). `lastAnchor` returns the highest seq anchored for the club.
+ */
+export interface AnchorStore {
+  insertAnchor(a: HeadAnchor): void;
+  lastAnchor(clubId: string): { seq: number; hash: string } | undefined;
+  listAnchors(clubId: string): HeadAnchor[];
 }
 
 /** Tables the chain needs besides audit_log (created on first use; idempotent). */
@@ -132,12 +176,21 @@ export class AuditLog {
   readonly #insertHead;
   #lastSignTime = 0;
   #now: () => Date;
+  readonly #anchors: AnchorStore | undefined;
+  readonly #onAnchorError: (e: unknown) => void;
+  #anchorQueued = false;
 
-  constructor(db: Db, clubId: string, o: { signer?: AuditSigner; now?: () => Date } = {}) {
+  /**
+   * `signer` signs heads; `anchors` records each signed head outside the store (after commit);
+   * `onAnchorError` hears an anchor write that failed (the next head is anchored again).
+   */
+  constructor(db: Db, clubId: string, o: { signer?: AuditSigner; now?: () => Date; anchors?: AnchorStore; onAnchorError?: (e: unknown) => void } = {}) {
     ensureAuditTables(db);
     this.#db = db;
     this.#clubId = clubId;
     this.#signer = o.signer;
+    this.#anchors = o.anchors;
+    this.#onAnchorError = o.onAnchorError ?? (() => {});
     this.#now = o.now ?? (() => new Date());
     this.#head = db.prepare('SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1');
     this.#insert = db.prepare(`INSERT INTO audit_log (seq, time, "user", ip, session, action, entity, recordId, changes, prevHash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`);
@@ -176,9 +229,53 @@ export class AuditLog {
     const sig = this.#signer!.sign(headMessage(this.#clubId, seq, hash));
     this.#insertHead.run(seq, hash, Buffer.from(sig), this.#signer!.fingerprint, new Date().toISOString());
     this.#lastSignTime = Date.now();
+    this.#queueAnchor();
   }
 
-  /** Sign the current head now (logout, shutdown, before a backup). */
+  /** Anchor after the surrounding transaction is over (committed or rolled back). */
+  #queueAnchor(): void {
+    if (!this.#anchors) return;
+    if (!this.#db.inTransaction) {
+      this.#anchorSafely();
+      return;
+    }
+    if (this.#anchorQueued) return;
+    this.#anchorQueued = true;
+    queueMicrotask(() => {
+      this.#anchorQueued = false;
+      this.#anchorSafely();
+    });
+  }
+
+  #anchorSafely(): void {
+    try {
+      this.anchorNow();
+    } catch (e) {
+      this.#onAnchorError(e);
+    }
+  }
+
+  /**
+   * Record the newest committed signed head in the anchor store, with the digests of every entry
+   * since the previous anchor. Does nothing when it is already anchored or nothing is signed.
+   */
+  anchorNow(): void {
+    const anchors = this.#anchors;
+    if (!anchors || !this.#db.open || this.#db.inTransaction) return;
+    const head = this.#db.prepare('SELECT seq, hash, signature, fingerprint FROM audit_heads ORDER BY seq DESC LIMIT 1').get() as
+      | { seq: number; hash: string; signature: Buffer; fingerprint: string }
+      | undefined;
+    if (!head) return;
+    const last = anchors.lastAnchor(this.#clubId);
+    if (last && last.seq >= head.seq) return;
+    const fromSeq = Math.max((last?.seq ?? 0) + 1, head.seq - MAX_ANCHOR_SPAN + 1);
+    const rows = this.#db.prepare('SELECT seq, hash FROM audit_log WHERE seq >= ? AND seq <= ? ORDER BY seq').all(fromSeq, head.seq) as Array<{ seq: number; hash: string }>;
+    if (rows.length !== head.seq - fromSeq + 1 || rows[rows.length - 1]!.hash !== head.hash) return;
+    const digests = Buffer.concat(rows.map((r) => Buffer.from(r.hash, 'hex').subarray(0, ANCHOR_DIGEST_LEN)));
+    anchors.insertAnchor({ clubId: this.#clubId, seq: head.seq, hash: head.hash, fromSeq, digests, signature: head.signature, fingerprint: head.fingerprint, time: new Date().toISOString() });
+  }
+
+  /** Sign the current head now (logout, shutdown, before a backup) and anchor it. */
   signHead(): void {
     if (!this.#signer) return;
     const head = this.#head.get() as { seq: number; hash: string } | undefined;
@@ -229,6 +326,11 @@ export interface VerifyResult {
   signedUpTo: number;
   /** Entries after the last signed head: chained, but not yet covered by a signature. */
   unsignedTail: number;
+  /** Anchors (outside the store) given and checked; the highest seq they cover (0: none). */
+  anchors: number;
+  anchoredUpTo: number;
+  /** Entries after the last anchor (not yet recorded outside the store). */
+  unanchoredTail: number;
   /** The first bad entry (or head) when !ok. */
   firstBad?: { seq: number; reason: string };
 }
@@ -238,7 +340,7 @@ export interface VerifyResult {
  * signed head (its hash must equal the chain's hash at that seq and the signature must verify).
  * Names the first entry where anything disagrees.
  */
-export function verifyAuditLog(db: Db, clubId: string, verifier: AuditVerifier | undefined): VerifyResult {
+export function verifyAuditLog(db: Db, clubId: string, verifier: AuditVerifier | undefined, anchors: readonly HeadAnchor[] = []): VerifyResult {
   ensureAuditTables(db);
   const heads = db.prepare('SELECT seq, hash, signature, fingerprint FROM audit_heads ORDER BY seq').all() as Array<{ seq: number; hash: string; signature: Buffer; fingerprint: string }>;
   let prev: string | null = null;
@@ -284,14 +386,50 @@ export function verifyAuditLog(db: Db, clubId: string, verifier: AuditVerifier |
     signedUpTo = Math.max(signedUpTo, hd.seq);
   }
   const last = expected - 1;
+  let anchoredUpTo = 0;
+  for (const a of [...anchors].sort((x, y) => x.seq - y.seq)) {
+    const bad = checkAnchor(a, clubId, verifier, chainHash, last);
+    if (bad) {
+      firstBad = pickFirst(firstBad, bad);
+      break;
+    }
+    anchoredUpTo = Math.max(anchoredUpTo, a.seq);
+  }
   return {
     ok: firstBad === undefined,
     entries: n,
     signedHeads: validHeads,
     signedUpTo,
     unsignedTail: Math.max(0, last - signedUpTo),
+    anchors: anchors.length,
+    anchoredUpTo,
+    unanchoredTail: Math.max(0, last - anchoredUpTo),
     ...(firstBad ? { firstBad } : {}),
   };
+}
+
+/**
+ * One anchor against the recomputed chain: its signature (public key only), then each entry it
+ * covers, in order. Returns the first entry that is missing or differs, or undefined.
+ */
+function checkAnchor(a: HeadAnchor, clubId: string, verifier: AuditVerifier | undefined, chainHash: ReadonlyMap<number, string>, last: number): { seq: number; reason: string } | undefined {
+  const span = a.seq - a.fromSeq + 1;
+  if (!verifier || !verifier.verify(headMessage(clubId, a.seq, a.hash), a.signature, a.fingerprint)) {
+    return { seq: a.seq, reason: verifier ? `the anchor of entry ${a.seq} (outside the store) does not carry a valid signature (anchor tampered)` : 'no verifier given' };
+  }
+  if (span < 1 || a.digests.length !== span * ANCHOR_DIGEST_LEN) return { seq: a.fromSeq, reason: `the anchor of entry ${a.seq} is malformed` };
+  for (let s = a.fromSeq; s <= a.seq; s++) {
+    const at = chainHash.get(s);
+    const want = a.digests.subarray((s - a.fromSeq) * ANCHOR_DIGEST_LEN, (s - a.fromSeq + 1) * ANCHOR_DIGEST_LEN);
+    if (at === undefined) {
+      return { seq: s, reason: `entry ${s} is missing: the anchor outside the store (written ${a.time}) records the log up to entry ${a.seq}, the store's intact log ends at entry ${last} (truncated)` };
+    }
+    if (!Buffer.from(at, 'hex').subarray(0, ANCHOR_DIGEST_LEN).equals(want)) {
+      return { seq: s, reason: `entry ${s} differs from what was anchored outside the store on ${a.time} (rewritten; the chain and heads after it were recomputed)` };
+    }
+  }
+  if (chainHash.get(a.seq) !== a.hash) return { seq: a.seq, reason: `entry ${a.seq} differs from its anchored head` };
+  return undefined;
 }
 
 function pickFirst(a: { seq: number; reason: string } | undefined, b: { seq: number; reason: string }): { seq: number; reason: string } {

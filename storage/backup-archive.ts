@@ -36,7 +36,7 @@ import { createDecryptStream, createEncryptStream } from '../crypto/chunked-aead
 import { CryptoError } from '../crypto/errors.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { keyIdOf } from '../crypto/master-key.js';
-import { newDataKey, wrapKey } from '../crypto/wrap.js';
+import { clubPageKey, newDataKey, wrapKey } from '../crypto/wrap.js';
 import { AuditLog, ensureAuditTables, verifyAuditLog, type AuditSigner, type AuditVerifier } from './audit-log.js';
 import { applyModelSchema, checkImageSchema, copyImageRows } from './restore-schema.js';
 import { fingerprintOf, signTranscript, verifyTranscript } from '../crypto/identity.js';
@@ -49,6 +49,7 @@ import { PLANS, type Plan } from './server-db.js';
 import { openDatabase, openEncrypted, type Db } from './sqlcipher.js';
 import { unwrapClubKey, type Storage } from './storage.js';
 import { hashTap } from './hash-tap.js';
+import { clubSealingKey, currentArchiveKey, retiredArchiveKeys } from './archive-keys.js';
 import { ORIGIN_ENTRY, loadDataDirIdentity, originMacKey, signOrigin, verifyOrigin, type OriginSigner, type OriginTrust, type VerifiedOrigin } from './archive-origin.js';
 
 export { BackupError } from './backup-errors.js';
@@ -60,7 +61,6 @@ export const MANIFEST_FORMAT = 'commusic-club-backup';
 const KIND_SERVER = 1;
 const KIND_CLUB = 2;
 const STREAM_INFO = 'commusic/backup/v1/stream';
-const SERVER_KEY_META = 'backup.archiveKey.v1';
 const MAX_HEADER_JSON = 4096;
 /** Never in the data fingerprint: they change on logins and key rotations, not with the data. */
 const VOLATILE: Readonly<Record<string, readonly string[]>> = { users: ['lastLogin'], documents: ['file', 'wrappedKey'] };
@@ -68,14 +68,9 @@ const VOLATILE_TABLES = new Set(['audit_log', 'audit_heads']);
 
 // ---- keys ----------------------------------------------------------------------------------
 
-/** The server archive key (created on first use), from server.db. */
+/** The current server archive key (created on first use), from server.db (storage/archive-keys.ts). */
 export function serverArchiveKey(st: Storage): Buffer {
-  let hex = st.server.getMeta(SERVER_KEY_META);
-  if (!hex) {
-    hex = randomBytes(32).toString('hex');
-    st.server.setMeta(SERVER_KEY_META, hex);
-  }
-  return Buffer.from(hex, 'hex');
+  return currentArchiveKey(st);
 }
 
 /** What the server keeps of a club's backup passphrase: public key and KDF parameters only. */
@@ -101,8 +96,32 @@ function scryptAsync(pw: Buffer, salt: Buffer, log2N: number, r: number, p: numb
   return new Promise((resolve, reject) => scryptCb(pw, salt, 32, { N, r, p, maxmem: 128 * N * r * 2 + (1 << 20) }, (e, k) => (e ? reject(e) : resolve(k))));
 }
 
+/** Lowest scrypt cost a club key record may carry (tests lower the cost; the server writes 17). */
+export const PASSPHRASE_MIN_LOG2N = 10;
+
+/**
+ * Accept only the KDF parameter sets this server writes: r = 8, p = 1, log2(N) from
+ * PASSPHRASE_MIN_LOG2N up to PASSPHRASE_LOG2N, and a 16-byte salt. An archive header is read
+ * before anything in it is authenticated, so anything else (e.g. N = 2^22, r = 32, p = 16: 16 GiB
+ * and 2048x the work) is refused here, before any derivation runs. Throws ARCHIVE_INVALID.
+ */
+export function checkPassphraseKdf(kdf: unknown): asserts kdf is { salt: string; log2N: number; r: number; p: number } {
+  const k = kdf as { salt?: unknown; log2N?: unknown; r?: unknown; p?: unknown } | null;
+  const ok =
+    !!k &&
+    typeof k === 'object' &&
+    Number.isInteger(k.log2N) &&
+    (k.log2N as number) >= PASSPHRASE_MIN_LOG2N &&
+    (k.log2N as number) <= PASSPHRASE_LOG2N &&
+    k.r === PASSPHRASE_R &&
+    k.p === PASSPHRASE_P &&
+    typeof k.salt === 'string' &&
+    /^[A-Za-z0-9_-]{22}$/.test(k.salt);
+  if (!ok) throw new BackupError('ARCHIVE_INVALID', `passphrase KDF parameters are not ones this server writes (scrypt r=${PASSPHRASE_R}, p=${PASSPHRASE_P}, log2 N ${PASSPHRASE_MIN_LOG2N}..${PASSPHRASE_LOG2N}, 16-byte salt); refused before any derivation`);
+}
+
 async function passphraseKeyPair(passphrase: string, kdf: { salt: string; log2N: number; r: number; p: number }): Promise<{ privateKey: KeyObject; publicRaw: Buffer }> {
-  if (!(kdf.log2N >= 10 && kdf.log2N <= 22 && kdf.r >= 1 && kdf.r <= 32 && kdf.p >= 1 && kdf.p <= 16)) throw new BackupError('ARCHIVE_INVALID', 'passphrase KDF parameters out of range');
+  checkPassphraseKdf(kdf);
   const seed = await scryptAsync(Buffer.from(passphrase.normalize('NFC'), 'utf8'), Buffer.from(kdf.salt, 'base64url'), kdf.log2N, kdf.r, kdf.p);
   try {
     const privateKey = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
@@ -156,6 +175,8 @@ export type SealKey = { kind: 'server'; key: Buffer } | { kind: 'club'; record: 
 /** What may open one: the server key, the club's passphrase, or both (the right one is used). */
 export interface OpenKey {
   serverKey?: Buffer;
+  /** Looks up the key of a server archive by key id and club (storage/archive-keys.ts archiveKeyFor); tried before serverKey. */
+  serverKeyring?: (keyId: string, clubId: string) => Buffer | undefined;
   passphrase?: string;
   /** Whose origin proof is accepted; verify and restore require it (see archiveTrust). */
   trust?: OriginTrust;
@@ -174,7 +195,7 @@ export function archiveSigner(st: Storage): OriginSigner {
  */
 export function archiveTrust(st: Storage, fingerprints: readonly string[] = []): OriginTrust {
   const identity = st.identity ?? loadDataDirIdentity(st.dataDir);
-  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)) };
+  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)), retiredMacKeys: retiredArchiveKeys(st).map(originMacKey) };
 }
 
 export interface ArchiveHeader {
@@ -247,6 +268,8 @@ async function openHeader(r: ByteReader, key: OpenKey): Promise<{ info: ArchiveH
   const kind = pre[5] === KIND_SERVER ? 'server' : pre[5] === KIND_CLUB ? 'club' : undefined;
   if (!kind || info.kind !== kind || info.v !== ARCHIVE_VERSION || typeof info.clubId !== 'string') throw new BackupError('ARCHIVE_CORRUPT', 'backup archive header is damaged (kind)');
   if (kind === 'server') {
+    const byId = typeof info.keyId === 'string' ? key.serverKeyring?.(info.keyId, info.clubId) : undefined;
+    if (byId) key = { ...key, serverKey: byId };
     if (!key.serverKey) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} is a server archive; only the server that holds its archive key (id ${info.keyId}) opens it`);
     if (keyIdOf(key.serverKey).toString('hex') !== info.keyId) throw new BackupError('WRONG_BACKUP_KEY', `archive of club ${info.clubId} was written under archive key ${info.keyId}, this server has ${keyIdOf(key.serverKey).toString('hex')} (an archive of another server, or its header was altered)`);
     return { info, key: streamKey(key.serverKey, header), header };
@@ -1014,7 +1037,7 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
           ensureClub(m);
           mkdirSync(join(dir, DOCS_DIR), { recursive: true, mode: 0o700 });
           for (const s of ['', '-journal', '-wal', '-shm']) rmSync(tmpDb + s, { force: true });
-          target = openEncrypted(tmpDb, dataKey!, { create: true, journalMode: 'DELETE' });
+          target = openEncrypted(tmpDb, clubPageKey(dataKey!), { create: true, journalMode: 'DELETE' });
           applyModelSchema(target, c.version);
           copyImageRows(mem, target, c.tables, replacing ? new Set(['audit_log', 'audit_heads']) : new Set());
         } finally {
@@ -1051,7 +1074,7 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
     if (replacing) {
       const stamp = new Date().toISOString().replace(/[:.]/g, '-');
       preRestoreArchive = join(preRestoreDir(st.dataDir, clubId), `${clubId}-${stamp}-pre-restore${ARCHIVE_SUFFIX}`);
-      await writeFileAtomic(createClubArchive(st, clubId, { kind: 'server', key: serverArchiveKey(st) }).stream, preRestoreArchive);
+      await writeFileAtomic(createClubArchive(st, clubId, { kind: 'server', key: clubSealingKey(st, clubId) }).stream, preRestoreArchive);
     }
     // Commit point: with the live store closed and held, carry its log over, log the restore, one rename.
     const release = st.cache.lock(clubId);
@@ -1064,7 +1087,7 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
     try {
       const live = join(dir, CLUB_DB_FILE);
       if (replacing) {
-        const liveDb = openEncrypted(live, dataKey!, { journalMode: 'keep' });
+        const liveDb = openEncrypted(live, clubPageKey(dataKey!), { journalMode: 'keep' });
         try {
           const cmp = compareLogs(archiveLog, liveDb);
           after = cmp.after;

@@ -9,9 +9,11 @@
  * the class). better-sqlite3 is synchronous, so a store obtained from `get()` is safe to use
  * until the next `await`; code that awaits must call `get()` again afterwards.
  */
-import { mkdirSync, existsSync } from 'node:fs';
+import { mkdirSync, existsSync, renameSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { unwrapKey, wrapKey } from '../crypto/wrap.js';
+import { fsyncDir } from '../crypto/atomic-file.js';
+import { clubPageKey, unwrapKey, wrapKey, wrappedVersion, WRAP_VERSION } from '../crypto/wrap.js';
+import { reencryptCopy, removeSqliteFiles } from './rekey.js';
 import { StorageError, type StorageLogger, silentLogger } from './errors.js';
 import { MIGRATIONS } from './schema.js';
 import { openEncrypted, migrate, type Db } from './sqlcipher.js';
@@ -79,7 +81,59 @@ export interface OpenClubStoreOptions {
   create: boolean;
 }
 
-/** Open one club store directly (the cache and rotation use this). */
+/** Open `path` with `key`; undefined when the key does not open it. */
+function tryOpen(path: string, key: Buffer, create: boolean): Db | undefined {
+  try {
+    return openEncrypted(path, key, { create });
+  } catch (e) {
+    if (e instanceof StorageError && e.code === 'WRONG_DATA_KEY') return undefined;
+    throw e;
+  }
+}
+
+/**
+ * Migrate a store from the legacy layout (pages encrypted directly under the club data key,
+ * document keys wrapped directly under it: wrap version 1) to sub-keys: pages under
+ * clubPageKey(dataKey), document keys re-wrapped (version 2). Crash-safe like a rotation: a
+ * re-keyed copy `club.db.migrating` is renamed over club.db; killed before the rename the old
+ * file is untouched and the next open starts over. Returns the store opened with the page key.
+ */
+function migrateLegacyStore(legacy: Db, path: string, clubId: string, dataKey: Buffer, pageKey: Buffer): Db {
+  const tmp = path + '.migrating';
+  try {
+    reencryptCopy(legacy, tmp, dataKey, pageKey, {}, { copied: 'migrate-copied', rekeyed: 'migrate-rekeyed' }, (db) => {
+      const hasDocs = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'`).get();
+      if (!hasDocs) return;
+      const upd = db.prepare('UPDATE documents SET wrappedKey = ? WHERE id = ?');
+      for (const d of db.prepare('SELECT id, file, wrappedKey FROM documents').all() as Array<{ id: number; file: string; wrappedKey: Buffer }>) {
+        if (wrappedVersion(d.wrappedKey) === WRAP_VERSION) continue;
+        const ctx = { purpose: 'document-key' as const, clubId, docFile: d.file };
+        const k = unwrapKey(dataKey, d.wrappedKey, ctx);
+        upd.run(wrapKey(dataKey, k, ctx), d.id);
+        k.fill(0);
+      }
+    });
+  } finally {
+    legacy.close();
+  }
+  for (const suffix of ['-wal', '-shm']) {
+    try {
+      unlinkSync(path + suffix);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+  renameSync(tmp, path);
+  fsyncDir(join(path, '..'));
+  removeSqliteFiles(tmp);
+  return openEncrypted(path, pageKey);
+}
+
+/**
+ * Open one club store directly (the cache and rotation use this). Each candidate data key is
+ * tried through its page key (clubPageKey); a store still in the legacy layout (pages under the
+ * data key itself) is migrated to the page key on this open.
+ */
 export function openClubStore(o: OpenClubStoreOptions): ClubStore {
   const dir = clubDir(o.dataDir, o.clubId);
   const path = join(dir, CLUB_DB_FILE);
@@ -88,18 +142,19 @@ export function openClubStore(o: OpenClubStoreOptions): ClubStore {
   } else if (!existsSync(path)) {
     throw new StorageError('STORE_NOT_FOUND', `store of club ${o.clubId} is missing (${path}); restore it from a backup`);
   }
-  let lastErr: unknown;
   for (const cand of o.keys) {
-    let db: Db;
+    const pageKey = clubPageKey(cand.key);
+    let db: Db | undefined;
     try {
-      db = openEncrypted(path, cand.key, { create: o.create });
-    } catch (e) {
-      if (e instanceof StorageError && e.code === 'WRONG_DATA_KEY') {
-        lastErr = e;
-        continue;
+      db = tryOpen(path, pageKey, o.create);
+      if (!db && !o.create) {
+        const legacy = tryOpen(path, cand.key, false);
+        if (legacy) db = migrateLegacyStore(legacy, path, o.clubId, cand.key, pageKey);
       }
-      throw e;
+    } finally {
+      pageKey.fill(0);
     }
+    if (!db) continue;
     try {
       migrate(db, MIGRATIONS, `store of club ${o.clubId}`);
     } catch (e) {
@@ -108,7 +163,7 @@ export function openClubStore(o: OpenClubStoreOptions): ClubStore {
     }
     return new ClubStore(o.clubId, dir, db, cand.key, cand.version);
   }
-  throw new StorageError('WRONG_DATA_KEY', `no data key of club ${o.clubId} opens ${path}; the store is damaged or was replaced. Restore it from a backup`, { cause: lastErr });
+  throw new StorageError('WRONG_DATA_KEY', `no data key of club ${o.clubId} opens ${path}; the store is damaged or was replaced. Restore it from a backup`);
 }
 
 /** What the cache needs to open a club: supplied by the storage context from the server db. */

@@ -120,8 +120,8 @@ export function getDocumentInfo(st: Storage, clubId: string, id: number): Docume
  * authentication, the file is truncated, or size/SHA-256 differ from the record; consumers
  * must treat the content as valid only after 'end'.
  */
-export function readDocument(st: Storage, clubId: string, id: number): { info: DocumentInfo; stream: Readable } {
-  const store = st.openClub(clubId);
+export function readDocument(st: Storage, clubId: string, id: number, o: { allowSuspended?: boolean } = {}): { info: DocumentInfo; stream: Readable } {
+  const store = st.openClub(clubId, o);
   const row = store.db.prepare(`SELECT ${INFO_COLS}, file, wrappedKey FROM documents WHERE id = ?`).get(id) as (DocumentInfo & { file: string; wrappedKey: Buffer }) | undefined;
   if (!row) throw new StorageError('DOC_NOT_FOUND', `club ${clubId} has no document ${id}`);
   let key: Buffer;
@@ -193,6 +193,55 @@ export function deleteDocument(st: Storage, clubId: string, id: number): void {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
   fsyncDir(store.docsDir);
+}
+
+/**
+ * Re-encrypt every document of a club under a fresh document key and a new file name (the
+ * leaked-key procedure: a stolen club key then unwraps no current document key). Per document:
+ * stream-decrypt (authenticated, size and SHA-256 checked) -> encrypt under the new key -> new
+ * file (fsync, rename) -> the row points at the new file and key -> the old file is removed.
+ * Killed midway, each document is either old or new; a left-over file is an orphan that
+ * sweepOrphanDocuments removes. Returns how many documents were re-encrypted.
+ */
+export async function reencryptDocuments(st: Storage, clubId: string): Promise<number> {
+  const rows = st.openClub(clubId, { allowSuspended: true }).db.prepare('SELECT id, file FROM documents ORDER BY id').all() as Array<{ id: number; file: string }>;
+  let n = 0;
+  for (const row of rows) {
+    let store = st.openClub(clubId, { allowSuspended: true });
+    const { stream } = readDocument(st, clubId, row.id, { allowSuspended: true });
+    const file = randomBytes(16).toString('hex') + DOC_SUFFIX;
+    const docKey = randomBytes(32);
+    const wrapped = store.wrapDocumentKey(docKey, file);
+    const finalPath = join(store.docsDir, file);
+    const tmp = join(store.docsDir, `.${file}.tmp`);
+    try {
+      await pipeline(stream, createEncryptStream(docKey), createWriteStream(tmp, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }));
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw e;
+    } finally {
+      docKey.fill(0);
+    }
+    const fh = await open(tmp, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, finalPath);
+    fsyncDir(store.docsDir);
+    store = st.openClub(clubId, { allowSuspended: true });
+    const changed = store.db.prepare('UPDATE documents SET file = ?, wrappedKey = ? WHERE id = ? AND file = ?').run(file, wrapped, row.id, row.file).changes;
+    const stale = changed === 1 ? row.file : file; // deleted meanwhile: drop the new copy instead
+    try {
+      unlinkSync(join(store.docsDir, stale));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    fsyncDir(store.docsDir);
+    n += changed;
+  }
+  return n;
 }
 
 /** Remove temporary and unreferenced document files older than `olderThanMs` (default 1 h). */

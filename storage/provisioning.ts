@@ -21,17 +21,20 @@
  * `hooks.onStep(step)` is called at each durable step of the multi-step operations (names in
  * ROTATE_MASTER_STEPS, ROTATE_CLUB_STEPS, DELETE_CLUB_STEPS); tests kill the process there.
  */
-import { existsSync, renameSync, rmSync, unlinkSync, statSync, fsyncSync, openSync, closeSync } from 'node:fs';
+import { existsSync, renameSync, rmSync, unlinkSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { createMasterKey, loadMasterKey, masterKeyFromBytes, type MasterKey } from '../crypto/master-key.js';
 import { generateOneTimePassword, hashPassword } from '../crypto/password.js';
-import { newDataKey, unwrapKey, wrapKey } from '../crypto/wrap.js';
-import { clubDbPath, clubDir, CLUB_DB_FILE } from './club-store.js';
+import { clubPageKey, newDataKey, unwrapKey, wrapKey } from '../crypto/wrap.js';
+import { clubDbPath, clubDir, openClubStore, CLUB_DB_FILE } from './club-store.js';
 import { StorageError } from './errors.js';
 import { PLANS, ServerDb, serverDbKey, serverDbPath, type ClubRow, type ClubStatus, type Plan } from './server-db.js';
-import { keyPragma, openEncrypted, type Db } from './sqlcipher.js';
+import { openEncrypted } from './sqlcipher.js';
+import { opensWith, reencryptCopy, removeSqliteFiles } from './rekey.js';
+import { rotateArchiveKey } from './archive-keys.js';
+import { reencryptDocuments } from './documents.js';
 import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
 
 export interface StepHooks {
@@ -202,10 +205,15 @@ export function resumeClub(st: Storage, id: string): ClubSummary {
 }
 
 /**
- * `club delete`: crypto-shredding. 1) the wrapped data keys are removed from the server database
- * (durable before anything else happens, so from then on nothing can decrypt the club's files);
- * 2) the club's folder is removed; 3) its row is removed. Interrupted, the club stays listed with
- * status `deleting` and a second `club delete` finishes.
+ * `club delete`: crypto-shredding. 1) every key of the club is removed from the server database:
+ * the wrapped data keys and the club's archive key (durable before anything else happens; the
+ * server.db WAL is then checkpointed and truncated, and deleted rows are overwritten, so no
+ * frame or free page keeps them); from then on nothing decrypts the club's files, nor any server
+ * archive of the club at any destination; 2) the club's folder is removed; 3) its anchors and
+ * row are removed and the deletion is recorded (`club_deletions`, shown by `backup list`), WAL
+ * truncated again. Interrupted, the club stays listed with status `deleting` and a second
+ * `club delete` finishes. Removing the club's archives at the destinations is the daemon's part
+ * (daemon/backup-ops.ts purgeDeletedClubArchives), after this.
  */
 export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {}): Promise<{ id: string; deleted: true }> {
   st.server.mustGetClub(id);
@@ -216,8 +224,16 @@ export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {})
     const dir = clubDir(st.dataDir, id);
     rmSync(dir, { recursive: true, force: true });
     fsyncDir(dirname(dir));
+    // Archives taken before restores (storage/backup-archive.ts preRestoreDir): sealed with the
+    // club's archive key, which is gone; the files go too.
+    rmSync(join(st.dataDir, 'pre-restore', id), { recursive: true, force: true });
     hooks.onStep?.('files-removed');
-    st.server.deleteClubRow(id);
+    st.server.db.transaction(() => {
+      st.server.deleteAnchors(id);
+      st.server.deleteClubRow(id);
+      st.server.recordDeletion(id, new Date().toISOString());
+    })();
+    st.server.checkpointTruncate();
     return { id, deleted: true };
   } finally {
     release();
@@ -225,66 +241,6 @@ export async function deleteClub(st: Storage, id: string, hooks: StepHooks = {})
 }
 
 // ---- rotation -------------------------------------------------------------------------------
-
-function removeSqliteFiles(path: string): void {
-  for (const suffix of ['', '-wal', '-shm', '-journal']) {
-    try {
-      unlinkSync(path + suffix);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
-}
-
-function fsyncFile(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function sqlPath(p: string): string {
-  return "'" + p.replace(/'/g, "''") + "'";
-}
-
-/** Does `key` open the encrypted database at `path`? (A wrong key writes nothing.) */
-function opensWith(path: string, key: Buffer): boolean {
-  try {
-    openEncrypted(path, key, { journalMode: 'keep' }).close();
-    return true;
-  } catch (e) {
-    if (e instanceof StorageError && e.code === 'WRONG_DATA_KEY') return false;
-    throw e;
-  }
-}
-
-/**
- * Copy the database open on `src` into `dst` and re-encrypt the copy under `newKey`:
- * `src` leaves WAL (journal_mode=DELETE checkpoints and removes its WAL, so the file alone is the
- * whole database), `VACUUM INTO` writes a compact copy under the old key, and `PRAGMA rekey`
- * re-encrypts the copy, which is in rollback-journal mode, where SQLite3MultipleCiphers 2.3.5
- * supports rekey. `edit` runs in one transaction on the re-keyed copy. The copy is switched
- * back to WAL and fsynced; the caller swaps it in with rename().
- */
-function reencryptCopy(src: Db, dst: string, oldKey: Buffer, newKey: Buffer, hooks: StepHooks, steps: { copied: string; rekeyed: string }, edit: (db: Db) => void): void {
-  removeSqliteFiles(dst);
-  src.pragma('journal_mode=DELETE');
-  src.exec(`VACUUM INTO ${sqlPath(dst)}`);
-  hooks.onStep?.(steps.copied);
-  const copy = openEncrypted(dst, oldKey, { journalMode: 'DELETE' });
-  try {
-    copy.pragma(keyPragma(newKey).replace(/^key=/, 'rekey='));
-    hooks.onStep?.(steps.rekeyed);
-    copy.transaction(() => edit(copy))();
-    copy.pragma('journal_mode=WAL');
-  } finally {
-    copy.close();
-  }
-  fsyncFile(dst);
-  if (!opensWith(dst, newKey)) throw new StorageError('STORE_CORRUPT', `re-encrypted copy ${dst} does not open with the new key; nothing was swapped`);
-}
 
 export interface RotateMasterOptions extends StepHooks {
   /** Passphrase for the new key file. Default: the current passphrase (if any). */
@@ -407,13 +363,19 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
     hooks.onStep?.('pending-key-stored');
     const oldKey = unwrapClubKey(st.master, id, row.wrappedKey!, row.keyVersion);
     const newKey = unwrapClubKey(st.master, id, row.pendingWrappedKey!, row.pendingKeyVersion!);
+    const oldPage = clubPageKey(oldKey);
+    const newPage = clubPageKey(newKey);
     try {
       const path = clubDbPath(st.dataDir, id);
       const tmp = join(clubDir(st.dataDir, id), CLUB_DB_FILE + '.rotating');
-      if (row.storeState === 'created' && existsSync(path) && opensWith(path, oldKey)) {
-        const src = openEncrypted(path, oldKey);
+      // A store still in the legacy layout (pages under the data key itself) is migrated first.
+      if (row.storeState === 'created' && existsSync(path) && !opensWith(path, oldPage) && opensWith(path, oldKey)) {
+        openClubStore({ dataDir: st.dataDir, clubId: id, keys: [{ key: oldKey, version: row.keyVersion }], create: false }).close();
+      }
+      if (row.storeState === 'created' && existsSync(path) && opensWith(path, oldPage)) {
+        const src = openEncrypted(path, oldPage);
         try {
-          reencryptCopy(src, tmp, oldKey, newKey, hooks, { copied: 'store-copied', rekeyed: 'store-rekeyed' }, (db) => {
+          reencryptCopy(src, tmp, oldPage, newPage, hooks, { copied: 'store-copied', rekeyed: 'store-rekeyed' }, (db) => {
             const docs = db.prepare('SELECT id, file, wrappedKey FROM documents').all() as Array<{ id: number; file: string; wrappedKey: Buffer }>;
             const upd = db.prepare('UPDATE documents SET wrappedKey = ? WHERE id = ?');
             for (const d of docs) {
@@ -440,7 +402,7 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
         renameSync(tmp, path);
         fsyncDir(dirname(path));
         hooks.onStep?.('store-swapped');
-      } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newKey)) {
+      } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newPage)) {
         throw new StorageError('WRONG_DATA_KEY', `neither the current nor the pending data key opens ${path}; restore the store from a backup`);
       } else {
         removeSqliteFiles(tmp);
@@ -451,10 +413,44 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
     } finally {
       oldKey.fill(0);
       newKey.fill(0);
+      oldPage.fill(0);
+      newPage.fill(0);
     }
   } finally {
     release();
   }
+}
+
+export interface LeakRecoveryResult {
+  clubs: Array<{ id: string; keyVersion: number; documents: number }>;
+  archiveKey: { oldKeyId: string; newKeyId: string };
+  master: { oldKeyId: string; newKeyId: string };
+}
+
+/**
+ * `keys rotate-master --rekey-clubs`: the procedure for "the master key (or server.db with it)
+ * leaked". Afterwards the old master key, the old club data keys and the old archive key open
+ * nothing current:
+ *  1. every club (not being deleted) gets a new data key: its store is re-encrypted (rotateClub)
+ *     and every document re-encrypted under a new document key and file (reencryptDocuments),
+ *     so an old club key unwraps no current document key and opens no current page;
+ *  2. a new server archive key; the old one is kept for reading old archives only;
+ *  3. a new master key, which re-encrypts server.db (rotateMaster).
+ * Each step is resumable like the operation it reuses; running the command again after a kill
+ * repeats whatever did not finish (a club rotated twice is merely rotated twice).
+ */
+export async function recoverFromMasterLeak(st: Storage, o: RotateMasterOptions & { now?: Date; wrapMaster?: <T>(fn: () => Promise<T>) => Promise<T> } = {}): Promise<LeakRecoveryResult> {
+  const clubs: LeakRecoveryResult['clubs'] = [];
+  for (const r of st.server.listClubs()) {
+    if (r.status === 'deleting') continue;
+    const rot = await rotateClub(st, r.id);
+    const documents = r.storeState === 'created' ? await reencryptDocuments(st, r.id) : 0;
+    clubs.push({ id: r.id, keyVersion: rot.keyVersion, documents });
+  }
+  const a = rotateArchiveKey(st, o.now);
+  const doMaster = () => rotateMaster(st, o);
+  const m = await (o.wrapMaster ? o.wrapMaster(doMaster) : doMaster());
+  return { clubs, archiveKey: { oldKeyId: a.oldKeyId, newKeyId: a.newKeyId }, master: { oldKeyId: m.oldKeyId, newKeyId: m.newKeyId } };
 }
 
 /** Finish every interrupted rotation and deletion (daemon start, or `keys resume`). */

@@ -10,6 +10,7 @@
  */
 import { join } from 'node:path';
 import { deriveSubkey } from '../crypto/wrap.js';
+import type { AnchorStore, HeadAnchor } from './audit-log.js';
 import { StorageError } from './errors.js';
 import { openEncrypted, migrate, type Db } from './sqlcipher.js';
 import { cachedStatement } from './statements.js';
@@ -61,6 +62,38 @@ const SERVER_MIGRATIONS = [
       `CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) STRICT`,
     ],
   },
+  {
+    // Change-log anchors (storage/audit-log.ts): signed heads of each club's log, kept outside
+    // the club store they protect. Rows are only inserted; deleting the club removes them.
+    version: 2,
+    statements: [
+      `CREATE TABLE audit_anchors (
+        club_id TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq >= 1),
+        hash TEXT NOT NULL CHECK (length(hash) = 64),
+        from_seq INTEGER NOT NULL CHECK (from_seq BETWEEN 1 AND seq),
+        digests BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        time TEXT NOT NULL,
+        PRIMARY KEY (club_id, seq)
+      ) STRICT`,
+    ],
+  },
+  {
+    // Per-club archive keys (storage/archive-keys.ts), destroyed with the club's data key; and
+    // what each club deletion removed (shown by `backup list`). No personal data: ids and counts.
+    version: 3,
+    statements: [
+      `ALTER TABLE clubs ADD COLUMN archive_key BLOB CHECK (archive_key IS NULL OR length(archive_key) = 32)`,
+      `CREATE TABLE club_deletions (
+        club_id TEXT PRIMARY KEY,
+        deleted_at TEXT NOT NULL,
+        archives_removed INTEGER NOT NULL DEFAULT 0,
+        report TEXT NOT NULL DEFAULT '{}'
+      ) STRICT`,
+    ],
+  },
 ];
 
 interface RawClub {
@@ -103,7 +136,7 @@ export function serverDbKey(masterKey: Buffer): Buffer {
   return deriveSubkey(masterKey, SERVER_DB_KEY_INFO);
 }
 
-export class ServerDb {
+export class ServerDb implements AnchorStore {
   readonly path: string;
   readonly db: Db;
 
@@ -132,6 +165,7 @@ export class ServerDb {
     } finally {
       key.fill(0);
     }
+    db.pragma('secure_delete=ON');
     migrate(db, SERVER_MIGRATIONS, `server database ${path}`);
     return new ServerDb(path, db);
   }
@@ -182,9 +216,53 @@ export class ServerDb {
     this.db.prepare('UPDATE clubs SET status = ? WHERE id = ?').run(status, id);
   }
 
-  /** Crypto-shredding step 1: forget every wrapped key of the club (durable on return). */
+  /**
+   * Crypto-shredding step 1: forget every key of the club (wrapped data keys and its archive key),
+   * durable on return, then checkpoint the WAL and truncate it so no frame keeps the old rows
+   * (pages are overwritten on delete: SQLite3MultipleCiphers builds with secure_delete on, and it
+   * is set on every connection anyway).
+   */
   destroyKeys(id: string): void {
-    this.db.prepare(`UPDATE clubs SET status = 'deleting', wrapped_key = NULL, pending_wrapped_key = NULL, pending_key_version = NULL WHERE id = ?`).run(id);
+    this.db.prepare(`UPDATE clubs SET status = 'deleting', wrapped_key = NULL, pending_wrapped_key = NULL, pending_key_version = NULL, archive_key = NULL WHERE id = ?`).run(id);
+    this.checkpointTruncate();
+  }
+
+  /** Move every WAL frame into server.db and truncate server.db-wal to zero bytes. */
+  checkpointTruncate(): void {
+    const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number; log: number; checkpointed: number }>;
+    if (r[0] && r[0].busy !== 0) throw new StorageError('STORE_BUSY', `server database ${this.path}: the WAL could not be checkpointed (a reader is active); retry`);
+  }
+
+  /** The club's archive key (32 bytes) or null (deleted, or not created yet). */
+  getArchiveKey(id: string): Buffer | null {
+    const r = this.db.prepare('SELECT archive_key FROM clubs WHERE id = ?').get(id) as { archive_key: Buffer | null } | undefined;
+    return r?.archive_key ?? null;
+  }
+
+  /** Set the archive key only where none is set and the club is not being deleted; returns the key now stored. */
+  initArchiveKey(id: string, key: Buffer): Buffer | null {
+    this.db.prepare(`UPDATE clubs SET archive_key = ? WHERE id = ? AND archive_key IS NULL AND status != 'deleting'`).run(key, id);
+    return this.getArchiveKey(id);
+  }
+
+  /** Record that club `id` was deleted at ISO time `at` (ids and counts only; no personal data). */
+  recordDeletion(id: string, at: string): void {
+    this.db.prepare(`INSERT INTO club_deletions (club_id, deleted_at) VALUES (?, ?) ON CONFLICT (club_id) DO UPDATE SET deleted_at = excluded.deleted_at`).run(id, at);
+  }
+
+  /** Add what a purge removed to the club's deletion record. */
+  recordArchivePurge(id: string, removed: number, report: Record<string, unknown>): void {
+    this.db.prepare(`UPDATE club_deletions SET archives_removed = archives_removed + ?, report = ? WHERE club_id = ?`).run(removed, JSON.stringify(report), id);
+  }
+
+  /** Every deletion record, oldest first (`backup list`, retention). */
+  listDeletions(): Array<{ clubId: string; deletedAt: string; archivesRemoved: number; report: Record<string, unknown> }> {
+    return (this.db.prepare('SELECT club_id, deleted_at, archives_removed, report FROM club_deletions ORDER BY deleted_at').all() as Array<{ club_id: string; deleted_at: string; archives_removed: number; report: string }>).map((r) => ({
+      clubId: r.club_id,
+      deletedAt: r.deleted_at,
+      archivesRemoved: r.archives_removed,
+      report: JSON.parse(r.report) as Record<string, unknown>,
+    }));
   }
 
   deleteClubRow(id: string): void {
@@ -212,6 +290,31 @@ export class ServerDb {
 
   setSettings(id: string, settings: Record<string, unknown>): void {
     this.db.prepare('UPDATE clubs SET settings = ? WHERE id = ?').run(JSON.stringify(settings), id);
+  }
+
+  /** Record a change-log anchor (an existing anchor at the same seq is kept, never replaced). */
+  insertAnchor(a: HeadAnchor): void {
+    cachedStatement(this.db, 'INSERT INTO audit_anchors (club_id, seq, hash, from_seq, digests, signature, fingerprint, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING').run(
+      a.clubId, a.seq, a.hash, a.fromSeq, a.digests, a.signature, a.fingerprint, a.time,
+    );
+  }
+
+  /** The club's highest anchored head (seq, hash), or undefined when none is anchored. */
+  lastAnchor(clubId: string): { seq: number; hash: string } | undefined {
+    return cachedStatement(this.db, 'SELECT seq, hash FROM audit_anchors WHERE club_id = ? ORDER BY seq DESC LIMIT 1').get(clubId) as { seq: number; hash: string } | undefined;
+  }
+
+  /** Every anchor of the club, oldest first (what `log verify` checks the store against). */
+  listAnchors(clubId: string): HeadAnchor[] {
+    const rows = this.db.prepare('SELECT seq, hash, from_seq, digests, signature, fingerprint, time FROM audit_anchors WHERE club_id = ? ORDER BY seq').all(clubId) as Array<{
+      seq: number; hash: string; from_seq: number; digests: Buffer; signature: Buffer; fingerprint: string; time: string;
+    }>;
+    return rows.map((r) => ({ clubId, seq: r.seq, hash: r.hash, fromSeq: r.from_seq, digests: r.digests, signature: r.signature, fingerprint: r.fingerprint, time: r.time }));
+  }
+
+  /** Forget a club's anchors (club deletion; a restore that replaces the log starts anew). */
+  deleteAnchors(clubId: string): number {
+    return this.db.prepare('DELETE FROM audit_anchors WHERE club_id = ?').run(clubId).changes;
   }
 
   getMeta(k: string): string | undefined {

@@ -14,11 +14,13 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CryptoError } from '../crypto/errors.js';
 import { createMasterKey, defaultMasterKeyPath, loadMasterKey, type MasterKey } from '../crypto/master-key.js';
-import { unwrapKey } from '../crypto/wrap.js';
+import { unwrapKey, wrapKey, wrappedVersion, WRAP_VERSION } from '../crypto/wrap.js';
 import type { IdentityKey } from '../crypto/identity.js';
 import { ClubStoreCache, type ClubOpenInfo, type ClubStore } from './club-store.js';
 import { StorageError, silentLogger, type StorageLogger } from './errors.js';
 import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
+import { wrapBareLegacyHashes } from './users.js';
+import type { AnchorStore, HeadAnchor } from './audit-log.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
 import { renameSync } from 'node:fs';
 
@@ -36,7 +38,7 @@ export interface OpenStorageOptions {
   logger?: StorageLogger;
 }
 
-export class Storage {
+export class Storage implements AnchorStore {
   readonly dataDir: string;
   readonly logger: StorageLogger;
   readonly cache: ClubStoreCache;
@@ -108,11 +110,50 @@ export class Storage {
       if (row.status === 'suspended') this.#openedSuspended.add(clubId);
       else this.#openedSuspended.delete(clubId);
     }
-    return this.cache.get(clubId);
+    const fresh = !this.cache.isOpen(clubId);
+    const store = this.cache.get(clubId);
+    if (fresh && !this.#legacyChecked.has(clubId)) {
+      this.#legacyChecked.add(clubId);
+      this.#wrapLegacyHashes(clubId, store);
+    }
+    return store;
   }
+
+  /** Clubs whose users were checked for bare legacy hashes in this process. */
+  readonly #legacyChecked = new Set<string>();
+
+  /** Background: wrap bare `sha512$` hashes of older imports in scrypt (storage/users.ts). */
+  #wrapLegacyHashes(clubId: string, store: ClubStore): void {
+    let has: unknown;
+    try {
+      has = store.db.prepare(`SELECT 1 FROM users WHERE passwordHash LIKE 'sha512$%' LIMIT 1`).get();
+    } catch {
+      return; // a store without a users table yet has nothing to wrap
+    }
+    if (!has) return;
+    void wrapBareLegacyHashes(() => this.cache.get(clubId).db, this.legacyHashLog2N)
+      .then((n) => this.logger.info('legacy SHA-512 hashes wrapped in scrypt', { clubId, users: n }))
+      .catch((e: unknown) => this.logger.warn('legacy SHA-512 hashes not wrapped yet (retried on the next start)', { clubId, error: (e as Error).name }));
+  }
+
+  /** scrypt cost for wrapping legacy hashes in the background (tests lower it). */
+  legacyHashLog2N: number | undefined;
 
   /** Clubs whose open store was opened for an operator tool while suspended. */
   readonly #openedSuspended = new Set<string>();
+
+  // Change-log anchors live in server.db (replaced by rotateMaster, hence the indirection).
+  insertAnchor(a: HeadAnchor): void {
+    this.server.insertAnchor(a);
+  }
+
+  lastAnchor(clubId: string): { seq: number; hash: string } | undefined {
+    return this.server.lastAnchor(clubId);
+  }
+
+  listAnchors(clubId: string): HeadAnchor[] {
+    return this.server.listAnchors(clubId);
+  }
 
   close(): void {
     this.cache.closeAll();
@@ -130,6 +171,31 @@ export function unwrapClubKey(master: MasterKey, clubId: string, wrapped: Buffer
     }
     throw e;
   }
+}
+
+/**
+ * Migration to per-purpose sub-keys: club data keys wrapped directly under the master key
+ * (wrap version 1) are re-wrapped under its wrapping sub-key (crypto/wrap.ts), in one
+ * transaction. Returns how many clubs changed (0 once migrated: nothing is written then).
+ */
+export function rewrapLegacyClubKeys(server: ServerDb, master: MasterKey): number {
+  const rows = server.listClubs().filter((r) => (r.wrappedKey && wrappedVersion(r.wrappedKey) !== WRAP_VERSION) || (r.pendingWrappedKey && wrappedVersion(r.pendingWrappedKey) !== WRAP_VERSION));
+  if (rows.length === 0) return 0;
+  const upd = server.db.prepare('UPDATE clubs SET wrapped_key = ?, pending_wrapped_key = ? WHERE id = ?');
+  server.db.transaction(() => {
+    for (const r of rows) {
+      const rewrap = (w: Buffer | null, v: number | null): Buffer | null => {
+        if (!w || v === null) return null;
+        if (wrappedVersion(w) === WRAP_VERSION) return w;
+        const k = unwrapClubKey(master, r.id, w, v);
+        const out = wrapKey(master.key, k, { purpose: 'club-data-key', clubId: r.id, keyVersion: v });
+        k.fill(0);
+        return out;
+      };
+      upd.run(rewrap(r.wrappedKey, r.keyVersion), rewrap(r.pendingWrappedKey, r.pendingKeyVersion), r.id);
+    }
+  })();
+  return rows.length;
 }
 
 export function nextKeyPath(keyPath: string): string {
@@ -195,6 +261,8 @@ export async function openStorage(o: OpenStorageOptions): Promise<Storage> {
   }
   const { master, server, pending } = await loadMasterWithRecovery(dataDir, o);
   mkdirSync(join(dataDir, 'clubs'), { recursive: true, mode: 0o700 });
+  const rewrapped = rewrapLegacyClubKeys(server, master);
+  if (rewrapped > 0) logger.info('club data keys re-wrapped under the master key wrapping sub-key', { clubs: rewrapped });
   if (pending) logger.warn('an interrupted master key rotation was found; run commusicctl keys rotate-master to finish it', { keyId: master.id });
   return new Storage(dataDir, master, server, { maxOpenStores, logger, masterRotationPending: pending });
 }

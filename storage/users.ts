@@ -10,6 +10,7 @@
  * Every mutating function here is synchronous and runs inside the caller's transaction, which
  * also appends the change-log entry.
  */
+import { parseLegacySha512, wrapLegacySha512 } from '../crypto/legacy-password.js';
 import type { Db } from './sqlcipher.js';
 import { StorageError } from './errors.js';
 import { cachedStatement } from './statements.js';
@@ -204,4 +205,23 @@ export function deleteUser(db: Db, id: number): void {
 /** Enabled administrators (the last one may not be disabled, demoted or deleted). */
 export function countActiveAdmins(db: Db): number {
   return (stmt(db, 'SELECT count(*) AS n FROM users WHERE isAdmin = 1 AND disabled = 0').get() as { n: number }).n;
+}
+
+/**
+ * Stores written before legacy imports were wrapped may hold bare `sha512$` hashes (fast to crack,
+ * and copied into every archive). Wrap each in scrypt (crypto/legacy-password.ts), so the next
+ * login verifies in two layers. Runs in the background after a store opens (Storage.openClub);
+ * `db()` is called again after every await (the store may have been closed and reopened) and a row
+ * is only replaced if it still holds the same bare hash. Returns how many hashes were wrapped.
+ */
+export async function wrapBareLegacyHashes(db: () => Db, log2N?: number): Promise<number> {
+  const rows = db().prepare(`SELECT id, passwordHash FROM users WHERE passwordHash LIKE 'sha512$%'`).all() as Array<{ id: number; passwordHash: string }>;
+  let n = 0;
+  for (const r of rows) {
+    const norm = parseLegacySha512(r.passwordHash);
+    if (!norm) continue;
+    const wrapped = await wrapLegacySha512(norm, log2N);
+    n += db().prepare('UPDATE users SET passwordHash = ? WHERE id = ? AND passwordHash = ?').run(wrapped, r.id, r.passwordHash).changes;
+  }
+  return n;
 }

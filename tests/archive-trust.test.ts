@@ -7,6 +7,7 @@
  * pre-restore archive, changes nothing in a dry run, needs `yes` for live data, and names the
  * operator.
  */
+import { serverOpenKey } from '../storage/archive-keys.js';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
@@ -60,7 +61,7 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     for (let i = 0; i < 5; i++) addPerson(st, club!, i);
     const rec = await newClubBackupKey(PASS, { log2N: 12 });
     setClubBackupSettings(st, club!, { passphrase: rec });
-    const key = { passphrase: PASS, serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+    const key = { passphrase: PASS, ...serverOpenKey(st), trust: archiveTrust(st) };
     // The forger knows only what a mailed archive's header shows: club id and public key record.
     for (const forgerIdentity of [undefined, generateIdentity()]) {
       const forger = await newStorage(join(tmp.dir, `forger-${forgerIdentity ? 'rsa' : 'mac'}`));
@@ -95,7 +96,7 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     const st = await newStorage(join(tmp.dir, 'sql'));
     const [club] = await makeClubs(st, 1);
     addPerson(st, club!, 1);
-    const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+    const key = { ...serverOpenKey(st), trust: archiveTrust(st) };
     const variants: Array<[string, (image: Buffer) => Buffer]> = [
       ['text appended to a table definition', (image) => {
         const at = image.indexOf(') STRICT');
@@ -133,7 +134,7 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     const [club] = await makeClubs(st, 1);
     for (let i = 0; i < 3; i++) addPerson(st, club!, i);
     new AuditLog(st.openClub(club!).db, club!, { signer: { sign: (b: Uint8Array) => require_sign(id, b), fingerprint: id.fingerprint } }).signHead();
-    const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+    const key = { ...serverOpenKey(st), trust: archiveTrust(st) };
     const good = join(tmp.dir, 'heads-good.cmbk');
     await writeFileAtomic(createClubArchive(st, club!, { kind: 'server', key: key.serverKey }).stream, good);
     const rep = await verifyArchive(fileSource(good), key);
@@ -186,7 +187,7 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     const signer = { sign: (b: Uint8Array) => require_sign(id, b), fingerprint: id.fingerprint };
     for (let i = 0; i < 5; i++) addPerson(st, club!, i);
     new AuditLog(st.openClub(club!).db, club!, { signer }).signHead();
-    const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+    const key = { ...serverOpenKey(st), trust: archiveTrust(st) };
     const file = join(tmp.dir, 'history.cmbk');
     await writeFileAtomic(createClubArchive(st, club!, { kind: 'server', key: key.serverKey }).stream, file);
     const atArchive = (st.openClub(club!).db.prepare('SELECT max(seq) AS s FROM audit_log').get() as { s: number }).s;

@@ -5,6 +5,7 @@
  * get the nightly mail only after their data changed, basic clubs never, and the mailed archive
  * opens with the club's passphrase and nothing else. Also the over-size notice.
  */
+import { serverOpenKey } from '../storage/archive-keys.js';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -83,7 +84,7 @@ describe('backup service', { timeout: 120_000 }, () => {
       assert.deepEqual(retry, { filled: 4, remaining: 0 });
       const inC = await svc.destination('site-c').list();
       assert.deepEqual(inC.map((a) => a.clubId).sort(), [...clubs].sort());
-      const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+      const key = { ...serverOpenKey(st), trust: archiveTrust(st) };
       for (const a of inC) assert.equal((await verifyArchive(await svc.destination('site-c').get(a.name), key)).ok, true);
       // And the next nightly run stores everywhere again.
       const r2 = await svc.runNightly();

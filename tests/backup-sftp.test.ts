@@ -4,6 +4,7 @@
  * get + verify + restore, delete, a wrong pinned host key refused, and an SFTP site that goes
  * down (sshd stopped) while a local site keeps receiving, filled in by the retry.
  */
+import { serverOpenKey } from '../storage/archive-keys.js';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -55,7 +56,7 @@ describe('SFTP backup destination', { skip: missing ? `${missing} (the CI script
     const list = await svc.destination('offsite').list();
     assert.equal(list.length, 1);
     assert.deepEqual(readdirSync(join(tmp.dir, 'remote', club!)).filter((f) => f.includes('.tmp-')), [], 'no temporary files left');
-    const key = { serverKey: serverArchiveKey(st), trust: archiveTrust(st) };
+    const key = { ...serverOpenKey(st), trust: archiveTrust(st) };
     assert.equal((await verifyArchive(await svc.destination('offsite').get(list[0]!.name), key)).clubId, club);
     for (let i = 0; i < 5; i++) addPerson(st, club!, 100 + i);
     await restoreClubArchive(st, club!, await svc.destination('offsite').get(list[0]!.name), key, { yes: true });

@@ -10,6 +10,7 @@ import { createClub } from '../storage/provisioning.js';
 import { putDocument, readDocumentBuffer } from '../storage/documents.js';
 import { clubDbPath } from '../storage/club-store.js';
 import { openEncrypted } from '../storage/sqlcipher.js';
+import { clubPageKey } from '../crypto/wrap.js';
 import { serverDbKey, serverDbPath } from '../storage/server-db.js';
 import { unwrapClubKey } from '../storage/storage.js';
 import { validatorFor } from '../storage/model.js';
@@ -58,6 +59,7 @@ test(`no plaintext or key on disk; the store opens only with its key (${passphra
     'document random part': content.subarray(1000, 1064),
     ...needleVariants('master key', masterKey),
     ...needleVariants('club key', clubKey),
+    ...needleVariants('club page key', clubPageKey(clubKey)),
     ...needleVariants('server db key', serverDbKey(masterKey)),
     ...needleVariants('document key', docKey),
   });
@@ -74,8 +76,9 @@ test(`no plaintext or key on disk; the store opens only with its key (${passphra
   assert.throws(() => openEncrypted(path, randomBytes(32)), (e: Error & { code?: string }) => e.code === 'WRONG_DATA_KEY');
   assert.throws(() => openEncrypted(path, masterKey), (e: Error & { code?: string }) => e.code === 'WRONG_DATA_KEY');
   assert.throws(() => openEncrypted(serverDbPath(dir), masterKey), (e: Error & { code?: string }) => e.code === 'WRONG_DATA_KEY');
-  // With the right key: the data is there.
-  const db = openEncrypted(path, clubKey);
+  // The club data key itself is no page key (one key, one job); its page sub-key opens the store.
+  assert.throws(() => openEncrypted(path, clubKey), (e: Error & { code?: string }) => e.code === 'WRONG_DATA_KEY');
+  const db = openEncrypted(path, clubPageKey(clubKey));
   assert.equal((db.prepare('SELECT lastName FROM persons').get() as { lastName: string }).lastName, NAME);
   assert.equal((db.prepare('SELECT iban FROM sepa_mandates').get() as { iban: string }).iban, IBAN);
   db.close();

@@ -140,22 +140,34 @@ export function currentClub(ctx: CommandContext): string | undefined {
   return getSession(ctx)?.clubId;
 }
 
+/**
+ * The change-log detail of a login or logout: `source: 'web'` marks those of the web
+ * application (daemon/web/); protocol entries keep their detail as it was (null when empty).
+ */
+function withSource(conn: ConnectionInfo, detail: Record<string, unknown> | null): Record<string, unknown> | null {
+  if (!conn.source) return detail;
+  return { ...(detail ?? {}), source: conn.source };
+}
+
 /** End the session and log it (explicit logout, idle timeout, disabled user). */
 function endSession(services: ClubServices, ctx: Pick<CommandContext, 'conn' | 'session'>, s: SessionState, reason: string | null): void {
   ctx.session.delete(SESSION_KEY);
   try {
     const store = services.storage.openClub(s.clubId);
-    appendAudit(services, store, { user: s.username, ip: ctx.conn.ip, session: s.sessionId, action: 'logout', entity: null, recordId: null, changes: reason ? { reason } : null });
+    appendAudit(services, store, { user: s.username, ip: ctx.conn.ip, session: s.sessionId, action: 'logout', entity: null, recordId: null, changes: withSource(ctx.conn, reason ? { reason } : null) });
     auditFor(services, store).signHead();
   } catch (e) {
     services.logger?.warn('logout not logged', { club: s.clubId, error: (e as Error).name });
   }
 }
 
-/** A connection that ends with a session still open logs that session's logout. */
-export function endSessionOnClose(services: ClubServices, conn: ConnectionInfo, session: Map<string, unknown>): void {
+/**
+ * A connection that ends with a session still open logs that session's logout; `reason` is the
+ * logged reason (the web application passes 'idle timeout' or 'absolute timeout').
+ */
+export function endSessionOnClose(services: ClubServices, conn: ConnectionInfo, session: Map<string, unknown>, reason = 'connection closed'): void {
   const s = session.get(SESSION_KEY) as SessionState | undefined;
-  if (s) endSession(services, { conn, session }, s, 'connection closed');
+  if (s) endSession(services, { conn, session }, s, reason);
 }
 
 /**
@@ -270,7 +282,7 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
     services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'failed login', time: Date.now(), club: p.club.slice(0, 64), user: p.user.slice(0, 64), command: 'auth.login' });
     if (store) {
       try {
-        appendAudit(services, store, { user: p.user.slice(0, 64), ip: ctx.conn.ip, session: null, action: 'login.failed', entity: null, recordId: null, changes: { reason } });
+        appendAudit(services, store, { user: p.user.slice(0, 64), ip: ctx.conn.ip, session: null, action: 'login.failed', entity: null, recordId: null, changes: withSource(ctx.conn, { reason }) });
       } catch (e) {
         services.logger?.warn('failed login not logged', { error: (e as Error).name });
       }
@@ -325,7 +337,7 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
   db.transaction(() => {
     if (rehashed) setPasswordHash(db, u.id, rehashed, fresh.mustChangePassword, false);
     setLastLogin(db, u.id, now.toISOString());
-    audit.append({ user: u.username, ip: ctx.conn.ip, session: sessionId, action: 'login', entity: null, recordId: null, changes: rehashed ? { passwordHash: { old: '[redacted]', new: '[redacted]' }, rehashed: legacy ? 'legacy sha512 -> scrypt' : 'scrypt parameters raised' } : null });
+    audit.append({ user: u.username, ip: ctx.conn.ip, session: sessionId, action: 'login', entity: null, recordId: null, changes: withSource(ctx.conn, rehashed ? { passwordHash: { old: '[redacted]', new: '[redacted]' }, rehashed: legacy ? 'legacy sha512 -> scrypt' : 'scrypt parameters raised' } : null) });
   }).immediate();
   const after = getUserById(db, u.id)!;
   ctx.authenticated?.();

@@ -74,6 +74,30 @@ const healthSchema = z
   .refine((h) => !(h.bearerToken && h.tokenFile), { message: 'give bearerToken or tokenFile, not both', path: ['tokenFile'] });
 
 /**
+ * The web application (daemon/web/): off unless `listen` is given. HTTPS only (TLS 1.2+), with the
+ * operator's certificate or the self-signed default the health endpoint uses. Timeouts follow
+ * the OWASP Session Management Cheat Sheet (idle and absolute).
+ */
+const webSchema = z
+  .object({
+    /** HOST:PORT of the HTTPS listener; absent: no web application. */
+    listen: hostPort.optional(),
+    certFile: z.string().min(1).optional(),
+    keyFile: z.string().min(1).optional(),
+    /**
+     * A session unused this long ends (milliseconds). The club commands' own idle limit
+     * (limits.idleTimeoutMs) applies to the login behind it too: the shorter one wins.
+     */
+    idleTimeoutMs: z.number().int().min(10_000).max(86_400_000).default(300_000),
+    /** A session ends this long after its login, used or not (milliseconds). */
+    absoluteTimeoutMs: z.number().int().min(60_000).max(7 * 86_400_000).default(8 * 3_600_000),
+    /** Logged-in sessions kept at most; the oldest idle one makes room. */
+    maxSessions: z.number().int().min(1).max(1_000_000).default(10_000),
+  })
+  .strict()
+  .refine((w) => !w.certFile === !w.keyFile, { message: 'certFile and keyFile go together', path: ['certFile'] });
+
+/**
  * The club store cache (storage/club-store.ts, sizing in daemon/store-sizing.ts). `maxOpen`:
  * how many club stores stay open at once; `auto` takes what the open-file limit and the memory
  * budget allow and refuses to start when that is fewer than the clubs hosted. Restart to change.
@@ -102,6 +126,8 @@ export const configSchema = z
     mail: MailerConfigSchema.default({}),
     /** Nightly backups: destinations, time, retention, parallelism, mail size limit (daemon/backup-service.ts). */
     backups: BackupConfigSchema.default({}),
+    /** The web application for club members (daemon/web/); off unless web.listen is set. */
+    web: webSchema.default({}),
     /** How many club stores stay open at once, checked at start against open files and memory. */
     storeCache: storeCacheSchema.default({}),
     /** Diagnostic commands, off unless an operator turns them on (issue 16: none on a production server by default). */
@@ -121,7 +147,7 @@ export type Limits = Config['limits'];
 export interface ConfigSources {
   file?: string;
   env?: NodeJS.ProcessEnv;
-  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; logFormat: string; healthListen: string }>;
+  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; logFormat: string; healthListen: string; webListen: string }>;
 }
 
 const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
@@ -131,6 +157,7 @@ const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
   COMMUSIC_LOG_FILE: (v) => [['logFile'], v],
   COMMUSIC_LOG_FORMAT: (v) => [['logFormat'], v],
   COMMUSIC_HEALTH_LISTEN: (v) => [['health', 'listen'], v],
+  COMMUSIC_WEB_LISTEN: (v) => [['web', 'listen'], v],
   COMMUSIC_STORE_CACHE_MAX_OPEN: (v) => [['storeCache', 'maxOpen'], v === 'auto' ? v : /^\d+$/.test(v) ? Number(v) : v],
 };
 
@@ -173,6 +200,7 @@ export function loadConfig(sources: ConfigSources = {}): Config {
   for (const [k, v] of Object.entries(sources.flags ?? {})) {
     if (v === undefined) continue;
     if (k === 'healthListen') setPath(raw, ['health', 'listen'], v);
+    else if (k === 'webListen') setPath(raw, ['web', 'listen'], v);
     else raw[k] = v;
   }
   const parsed = configSchema.safeParse(raw);

@@ -11,6 +11,8 @@ export interface ConnectionInfo {
   readonly id: number;
   readonly ip: string;
   readonly port: number;
+  /** Where the request came in: absent for the client protocol, 'web' for the web application. */
+  readonly source?: 'web';
 }
 
 export interface CommandContext {

@@ -11,7 +11,7 @@ import { notifyReady } from './sd-notify.js';
 import { buildOperations } from './ops.js';
 import { Daemon, VERSION } from './server.js';
 import { Dispatcher } from './dispatcher.js';
-import { registerClubCommands } from './club-commands.js';
+import { registerClubCommands, type ClubServices } from './club-commands.js';
 import { BackupService } from './backup-service.js';
 import { registerBackupCommands } from './backup-commands.js';
 import type { BackupOpsContext } from './backup-ops.js';
@@ -23,6 +23,8 @@ import { openStorage, type Storage } from '../storage/storage.js';
 import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from './store-sizing.js';
 import { resumeInterruptedRotations } from '../storage/provisioning.js';
 import { bansDbKey, watchKeyFiles, type KeyWatcher } from './key-security.js';
+import { loadTlsMaterial } from './tls-cert.js';
+import { startWebApp, type WebApp } from './web/app.js';
 
 /**
  * What `commusicd` does: configuration, data folder, identity key (created on the very first
@@ -68,6 +70,8 @@ export interface RunningServer {
   readonly logger: Logger;
   /** The HTTPS health/metrics endpoint; undefined when disabled or its address was busy. */
   readonly health: HealthEndpoint | undefined;
+  /** The web application for club members; undefined unless web.listen is configured. */
+  readonly web: WebApp | undefined;
   stop(): Promise<void>;
 }
 
@@ -170,6 +174,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     control.attach(registry, ctx);
     health = await startHealthIfEnabled({ config, sources: status, logger, print, listenerUp: () => daemon.address().port > 0, onOff: (why) => (healthOff = why) });
     closers.push(() => health?.server.close());
+    const web = await startWebIfConfigured(config, { dispatcher, services: clubServices, identity, logger, isBanned, print });
+    closers.push(() => web?.close());
     // The nightly schedule starts last, once clients can be served (it catches up missed nights).
     backups.start();
     let stopped: Promise<void> | undefined;
@@ -182,6 +188,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       control,
       logger,
       health,
+      web,
       stop() {
         stopped ??= closeAll();
         return stopped;
@@ -192,6 +199,28 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     if (newFolder) removeIfEmpty(config.dataDir);
     throw e;
   }
+}
+
+/**
+ * The web application (daemon/web/) when web.listen is set: the operator's certificate
+ * (web.certFile/keyFile) or the self-signed default the health endpoint uses. A certificate
+ * problem or a busy address stops the start: the operator asked for the listener.
+ */
+async function startWebIfConfigured(
+  config: Config,
+  o: { dispatcher: Dispatcher; services: ClubServices; identity: IdentityKey; logger: Logger; isBanned: (ip: string) => boolean; print: (l: string) => void },
+): Promise<WebApp | undefined> {
+  const w = config.web;
+  if (!w.listen) return undefined;
+  const listen = splitHostPort(w.listen);
+  const tls = loadTlsMaterial({ dataDir: config.dataDir, certFile: w.certFile, keyFile: w.keyFile, altNames: [listen.host] });
+  const web = await startWebApp(
+    { dispatcher: o.dispatcher, services: o.services, tls, identity: o.identity, logger: o.logger, isBanned: o.isBanned, idleTimeoutMs: w.idleTimeoutMs, absoluteTimeoutMs: w.absoluteTimeoutMs, maxSessions: w.maxSessions },
+    listen,
+  );
+  const a = web.address();
+  o.print(`web application https://${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port} (certificate ${tls.fingerprint256})`);
+  return web;
 }
 
 /**

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { INITIAL_STATE, Monitor, parseTargets, step, transitionAlert, type MonitorAlert, type ProbeResult, type TargetState, type Transition } from '../daemon/monitor.js';
+import { waitUntil } from './helpers/daemon.js';
 
 /**
  * The monitor's state machine with an injected clock and probe: one outage alert after N
@@ -121,25 +122,34 @@ test('Monitor: a sink that throws is logged, not fatal; the state still changes 
 });
 
 test('Monitor.start probes at once and then every interval until stop', async () => {
-  const times: number[] = [];
-  const t0 = Date.now();
-  const m = new Monitor({
-    targets: parseTargets('a:1', 'ff'.repeat(32)),
-    intervalMs: 50,
-    failures: 3,
-    site: 's',
-    probe: async () => {
-      times.push(Date.now() - t0);
-      return OK;
-    },
-    sink: { alert: () => undefined },
-  });
-  m.start();
-  await new Promise((r) => setTimeout(r, 275));
-  await m.stop();
-  const n = times.length;
-  assert.ok(n >= 4 && n <= 7, `about 6 probes in 275 ms at 50 ms, got ${n}: ${times.join(',')}`);
-  assert.ok(times[0]! < 30, 'the first probe runs at once');
-  await new Promise((r) => setTimeout(r, 120));
-  assert.equal(times.length, n, 'no probe after stop');
+  // Conditions, not clocks: with a one-minute interval the first probe can only come from
+  // start() itself; with a short interval further probes must follow; after stop none may.
+  const run = async (intervalMs: number, until: (n: number) => boolean) => {
+    let probes = 0;
+    const m = new Monitor({
+      targets: parseTargets('a:1', 'ff'.repeat(32)),
+      intervalMs,
+      failures: 3,
+      site: 's',
+      probe: async () => {
+        probes++;
+        return OK;
+      },
+      sink: { alert: () => undefined },
+    });
+    m.start();
+    try {
+      await waitUntil(() => until(probes), 10_000, `probes (${probes} so far)`);
+    } finally {
+      await m.stop();
+    }
+    return { count: () => probes };
+  };
+  const once = await run(60_000, (n) => n >= 1);
+  assert.equal(once.count(), 1, 'the first probe runs at once, the next only after the interval');
+  const repeated = await run(20, (n) => n >= 4);
+  const atStop = repeated.count();
+  // A stopped monitor must schedule nothing: after several intervals the count is unchanged.
+  await new Promise((r) => setTimeout(r, 20 * 5));
+  assert.equal(repeated.count(), atStop, 'no probe after stop');
 });

@@ -100,6 +100,8 @@ export interface RunReport {
   finishedAt: string;
   clubs: number;
   ok: number;
+  /** Bytes of the archives made in this run (each stored once per destination). */
+  bytes: number;
   failedClubs: Array<{ clubId: string; error: string }>;
   destinations: Record<string, { stored: number; failed: number; down?: string }>;
   retention: Record<string, { kept: number; deleted: number; error?: string }>;
@@ -304,6 +306,7 @@ export class BackupService {
     const gaps: Array<{ clubId: string; dest: string }> = [];
     let done = 0;
     let ok = 0;
+    let bytes = 0;
     const notStarted: string[] = [];
     await pool(clubs, this.settings.parallelism, async (clubId) => {
       if (this.#cancel) {
@@ -313,6 +316,7 @@ export class BackupService {
       const r = await this.runClub(clubId, { skip: new Set(down.keys()), onDestinationDown: (d, err) => down.set(d, err) });
       if (r.error) failedClubs.push({ clubId, error: r.error });
       else ok++;
+      bytes += r.size;
       for (const s of r.stored) destStats[s]!.stored++;
       for (const f of r.failed) {
         destStats[f.destination]!.failed++;
@@ -341,7 +345,7 @@ export class BackupService {
     const retention = o.retention === false || stopped ? {} : await this.applyRetention({ skip: new Set(down.keys()), clubs });
     const mail = o.mail === false || stopped ? emptyMail() : await this.mailClubBackups(o.clubs);
     if (!o.clubs && !stopped) st.server.setMeta('backup.lastRun', startedAt.toISOString());
-    const report: RunReport = { startedAt: startedAt.toISOString(), finishedAt: this.#now().toISOString(), clubs: clubs.length, ok, failedClubs, destinations: destStats, retention, mail, ...(stopped ? { cancelled: { notStarted } } : {}) };
+    const report: RunReport = { startedAt: startedAt.toISOString(), finishedAt: this.#now().toISOString(), clubs: clubs.length, ok, bytes, failedClubs, destinations: destStats, retention, mail, ...(stopped ? { cancelled: { notStarted } } : {}) };
     this.#log.info(stopped ? 'backup run cancelled' : 'backup run finished', { event: 'backup-run', clubs: clubs.length, ok, failed: failedClubs.length, down: [...down.keys()], ...(stopped ? { notStarted: notStarted.length } : {}) });
     return report;
   }

@@ -9,6 +9,18 @@ import { loadConfig } from '../daemon/config.js';
 import { nullLogger } from '../daemon/log.js';
 import { startServer } from '../daemon/main.js';
 import { makeClubs, newStorage } from './backup-helpers.js';
+import { formatBytes, timeLeft } from '../bin/ctl-backup.js';
+
+test('progress text: sizes in binary units, time left from the average per club', () => {
+  assert.equal(formatBytes(512), '512 B');
+  assert.equal(formatBytes(1536), '1.5 KiB');
+  assert.equal(formatBytes(5 * 1024 * 1024), '5.0 MiB');
+  assert.equal(timeLeft(10_000, 0, 10), 'time left unknown');
+  assert.equal(timeLeft(10_000, 2, 10), 'about 40s left');
+  assert.equal(timeLeft(60_000, 1, 5), 'about 4m 0s left');
+  assert.equal(timeLeft(3_600_000, 1, 3), 'about 2h 0m 0s left');
+  assert.equal(timeLeft(1000, 3, 3), 'done');
+});
 
 /**
  * Issue 16: `backup cancel` stops the daemon's running backup run after the clubs under way;
@@ -27,6 +39,7 @@ test('BackupService.cancel: no further club starts, the report names the clubs n
     const r = await svc.runNightly({ onProgress: (done) => void (done === 1 ? (answer = svc.cancel()) : undefined) });
     assert.deepEqual(answer, { running: true });
     assert.equal(r.ok, 1);
+    assert.ok(r.bytes > 0, 'the report counts the archive bytes');
     assert.equal(r.cancelled?.notStarted.length, 3);
     const stored = (await svc.destination('local').list()).map((a) => a.clubId);
     assert.deepEqual([...stored, ...r.cancelled!.notStarted].sort(), [...clubs].sort(), 'the club under way finished, the others were not started');
@@ -63,6 +76,7 @@ test('commusicctl backup run, SIGINT: exit 130, the daemon continues, backup can
     });
     child.kill('SIGINT');
     assert.equal(await exited, 130, stderr);
+    assert.match(stderr, /^backup 1\/40 clubs: \S+ done, \d+(\.\d)? (B|KiB|MiB) so far, about (\d+m )?\d+s left$/m, 'progress shows bytes and time left');
     assert.match(stderr, /interrupted: .*continues in the daemon/);
     assert.match(stderr, /"commusicctl backup cancel" stops a run the daemon carries on/);
     assert.doesNotMatch(stderr, /\x1b\[\?7l/, 'no line-wrap-off sequence is left behind');

@@ -22,7 +22,7 @@ import { parseServerHello } from '../protocol/handshake-messages.js';
 import { deriveSessionSecrets } from '../protocol/key-schedule.js';
 import { encodeMessage, type Message } from '../protocol/messages.js';
 import { RecordSealer } from '../protocol/record-layer.js';
-import { FUZZ_ADMIN, FUZZ_PASSWORD, type FromTarget, type TargetStats, type ToTarget } from './fuzz-shared.js';
+import { FUZZ_ADMIN, FUZZ_PASSWORD, type FromTarget, type TargetMem, type TargetStats, type ToTarget } from './fuzz-shared.js';
 
 export interface FuzzOptions {
   frames: number;
@@ -35,6 +35,90 @@ export interface FuzzOptions {
   progressEvery?: number;
   /** Run only these case kinds (default: all). */
   only?: string[];
+  /**
+   * Frames per memory segment (default: a tenth of the frames, at least 1,000). At the end of each
+   * segment the fuzzer lets the running cases finish, waits for the daemon to drop their
+   * connections, forces a GC in the target and records a SegmentSample.
+   */
+  segmentFrames?: number;
+  /** Extra environment for the target process, e.g. `{ MALLOC_ARENA_MAX: '2' }`. */
+  targetEnv?: Record<string, string>;
+}
+
+/** The target's memory and counts at the end of one segment, after its cases finished and a forced GC. */
+export interface SegmentSample {
+  /** Frames sent so far. */
+  frames: number;
+  /** The highest RSS sampled (every 0.5 s, no GC) during this segment. */
+  peakRss: number;
+  mem: TargetMem;
+}
+
+/**
+ * The memory verdict of a run (issue 18, "flat memory after the run"). Segment 1 holds the
+ * warm-up and is left out; of the rest, the later half is the plateau. The run is `flat` when,
+ * for RSS and for JS heap + external memory each (M: the later half's median):
+ * (a) the last segment is within M + max(10 % of M, 2 MiB): the end does not stand above the
+ *     plateau, and
+ * (b) the least-squares line through the later half rises by at most max(5 % of M, 2 MiB) across
+ *     it: a steady climb (a leak) fails even while each step is small.
+ * `slopePer100k` is the least-squares slope of RSS over all segments after the first, in bytes
+ * per 100,000 frames, for the report. With fewer than 4 segments there is no plateau to judge:
+ * `insufficient`.
+ */
+export interface MemoryVerdict {
+  verdict: 'flat' | 'rising' | 'insufficient';
+  rssMedian: number;
+  rssLast: number;
+  jsMedian: number;
+  jsLast: number;
+  slopePer100k: number;
+  rule: string;
+}
+
+const FLAT_RULE =
+  "segments after the first; later half's median M; flat when, for RSS and for JS heap+external, the last segment <= M + max(10 % of M, 2 MiB) and the fitted rise across the later half <= max(5 % of M, 2 MiB)";
+
+/** Least-squares slope of ys over xs (0 for fewer than two distinct xs). */
+function slope(xs: number[], ys: number[]): number {
+  const n = xs.length;
+  const mx = xs.reduce((a, x) => a + x, 0) / n;
+  const my = ys.reduce((a, y) => a + y, 0) / n;
+  let sxx = 0;
+  let sxy = 0;
+  for (let i = 0; i < n; i++) {
+    sxx += (xs[i]! - mx) ** 2;
+    sxy += (xs[i]! - mx) * (ys[i]! - my);
+  }
+  return sxx > 0 ? sxy / sxx : 0;
+}
+
+function median(xs: number[]): number {
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 === 1 ? a[m]! : (a[m - 1]! + a[m]!) / 2;
+}
+
+/** Applies the rule of MemoryVerdict to the segment samples of one run. */
+export function memoryVerdict(segments: readonly SegmentSample[]): MemoryVerdict {
+  const after = segments.slice(1);
+  const js = (x: SegmentSample): number => x.mem.heapUsed + x.mem.external;
+  if (after.length < 3) return { verdict: 'insufficient', rssMedian: 0, rssLast: 0, jsMedian: 0, jsLast: 0, slopePer100k: 0, rule: FLAT_RULE };
+  const later = after.slice(Math.floor(after.length / 2));
+  const last = after[after.length - 1]!;
+  const rssMedian = median(later.map((x) => x.mem.rss));
+  const jsMedian = median(later.map(js));
+  const within = (v: number, m: number): boolean => v <= m + Math.max(0.1 * m, 2 * 1048576);
+  const xs = later.map((x) => x.frames);
+  const span = xs[xs.length - 1]! - xs[0]!;
+  const level = (ys: number[], m: number): boolean => slope(xs, ys) * span <= Math.max(0.05 * m, 2 * 1048576);
+  const slopePer100k = slope(after.map((x) => x.frames), after.map((x) => x.mem.rss)) * 100_000;
+  const flat =
+    within(last.mem.rss, rssMedian) &&
+    within(js(last), jsMedian) &&
+    level(later.map((x) => x.mem.rss), rssMedian) &&
+    level(later.map(js), jsMedian);
+  return { verdict: flat ? 'flat' : 'rising', rssMedian, rssLast: last.mem.rss, jsMedian, jsLast: js(last), slopePer100k, rule: FLAT_RULE };
 }
 
 export interface FuzzFailure {
@@ -63,6 +147,12 @@ export interface FuzzReport {
   heap: { startUsed: number; startExternal: number; endUsed: number; endExternal: number };
   elapsedMs: number;
   daemonStats?: TargetStats;
+  /** One sample per segment (see FuzzOptions.segmentFrames), and the verdict over them. */
+  segments: SegmentSample[];
+  memory?: MemoryVerdict;
+  /** The target's idle sample before the first frame and its final one (after a GC). */
+  startMem?: TargetMem;
+  endMem?: TargetMem;
 }
 
 // ---- deterministic randomness -------------------------------------------------------------
@@ -593,8 +683,8 @@ async function caseBan(ctx: Ctx, ip: string): Promise<CaseResult> {
 /** Daemon log lines (it logs errors only) that mean a fault: the connection guard fired, or a command failed (INTERNAL). */
 const FAULT_LINE = /"message":"(connection handler failed|command failed|accepting a connection failed)"/;
 
-function startTarget(onFault: (line: string) => void): Promise<{ child: ChildProcess; ready: Extract<FromTarget, { type: 'ready' }>; stderr: string[] }> {
-  const child = fork(new URL('./fuzz-target.js', import.meta.url), [], { execArgv: ['--expose-gc'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+function startTarget(onFault: (line: string) => void, env: Record<string, string> = {}): Promise<{ child: ChildProcess; ready: Extract<FromTarget, { type: 'ready' }>; stderr: string[] }> {
+  const child = fork(new URL('./fuzz-target.js', import.meta.url), [], { execArgv: ['--expose-gc'], env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   const stderr: string[] = [];
   let partial = '';
   child.stderr!.on('data', (d: Buffer) => {
@@ -623,7 +713,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
   const { child, ready, stderr } = await startTarget((line) => {
     faults.push(line);
     log(`FAILURE fault: ${line}`);
-  });
+  }, opts.targetEnv);
   let exited = false;
   let seq = 1;
   const waiting = new Map<number, (r: Extract<FromTarget, { type: 'reply' }>) => void>();
@@ -662,17 +752,21 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
     rss: { start: 0, warm: 0, peak: 0, end: 0 },
     heap: { startUsed: 0, startExternal: 0, endUsed: 0, endExternal: 0 },
     elapsedMs: 0,
+    segments: [],
   };
   const m0 = await askTarget({ type: 'mem', seq: 0, gc: true });
   report.rss.start = m0.rss ?? 0;
   report.heap.startUsed = m0.heapUsed ?? 0;
   report.heap.startExternal = m0.external ?? 0;
+  if (m0.mem) report.startMem = m0.mem;
   report.rss.peak = report.rss.start;
   let currentRss = report.rss.start;
+  let segmentPeak = report.rss.start;
   const sampler = setInterval(() => {
     void askTarget({ type: 'mem', seq: 0 }).then((r) => {
       if (r.rss) currentRss = r.rss;
       if (r.rss && r.rss > report.rss.peak) report.rss.peak = r.rss;
+      if (r.rss && r.rss > segmentPeak) segmentPeak = r.rss;
     });
   }, 500);
 
@@ -716,8 +810,9 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
   const warmAt = Math.min(20_000, Math.floor(opts.frames / 10));
   let warmAsked = false;
   const progressEvery = opts.progressEvery ?? 0;
+  let limit = 0;
   const worker = async (): Promise<void> => {
-    while (!stop && report.frames < opts.frames && !exited) {
+    while (!stop && report.frames < limit && !exited) {
       // Each case gets its own generator, seeded from the master: its inputs do not depend on
       // how the concurrent cases interleave.
       const caseRng = new Rng(master.u32());
@@ -767,7 +862,31 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
     }
   };
   const concurrency = opts.concurrency ?? 16;
-  await Promise.race([Promise.all(Array.from({ length: concurrency }, worker)), exitPromise]);
+  const segmentFrames = Math.max(1, opts.segmentFrames ?? Math.max(1000, Math.ceil(opts.frames / 10)));
+  const mib = (b: number): string => (b / 1048576).toFixed(1);
+  while (!exited && report.frames < opts.frames) {
+    limit = Math.min(opts.frames, report.frames + segmentFrames);
+    await Promise.race([Promise.all(Array.from({ length: concurrency }, worker)), exitPromise]);
+    if (exited) break;
+    // The segment's cases have finished; let the daemon drop their connections (bounded wait),
+    // then measure after a forced GC.
+    let m = await askTarget({ type: 'mem', seq: 0 });
+    for (let i = 0; i < 50 && !exited && (m.mem?.counts?.connections ?? 0) > 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      m = await askTarget({ type: 'mem', seq: 0 });
+    }
+    m = await askTarget({ type: 'mem', seq: 0, gc: true });
+    if (!m.mem) break;
+    const sample: SegmentSample = { frames: report.frames, peakRss: Math.max(segmentPeak, m.mem.rss), mem: m.mem };
+    report.segments.push(sample);
+    segmentPeak = m.mem.rss;
+    const c = m.mem.counts;
+    log(
+      `segment ${report.segments.length}: ${report.frames} frames; after GC: RSS ${mib(m.mem.rss)} MiB (anon ${mib(m.mem.rssAnon)}, file ${mib(m.mem.rssFile)}), segment peak ${mib(sample.peakRss)} MiB, ` +
+        `heap ${mib(m.mem.heapUsed)}/${mib(m.mem.heapTotal)} MiB, external ${mib(m.mem.external)} MiB, arrayBuffers ${mib(m.mem.arrayBuffers)} MiB` +
+        (c ? `; stores ${c.storesOpen}/${c.storesMax}, clubs ${c.clubs}, connections ${c.connections}, pending ${c.pendingHandshakes}, pre-login ${c.preLoginSessions}, bans ${c.bans}, tracked ${c.trackedSources}, outbox ${c.outbox}, gathered ${c.gathered}, request keys ${c.requestKeys}, violation keys ${c.violationKeys}, detail keys ${c.detailKeys}` : ''),
+    );
+  }
   stop = true;
   clearInterval(sampler);
   if (exited) {
@@ -778,6 +897,8 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzReport> {
     report.daemonStats = (await askTarget({ type: 'stats', seq: 0 })).stats;
     const m1 = await askTarget({ type: 'mem', seq: 0, gc: true });
     report.rss.end = m1.rss ?? 0;
+    if (m1.mem) report.endMem = m1.mem;
+    report.memory = memoryVerdict(report.segments);
     report.heap.endUsed = m1.heapUsed ?? 0;
     report.heap.endExternal = m1.external ?? 0;
     child.send({ type: 'exit', seq: 0 } satisfies ToTarget);

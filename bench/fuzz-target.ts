@@ -6,17 +6,33 @@
  * fuzzer reuse its source addresses; `http` violations are banned for an hour, which the fuzzer's
  * ban checks rely on.
  *
- * IPC: `ready` once listening; then answers `mem` (after a GC when --expose-gc is given),
- * `banned` (is this address banned now) and `stats`; exits on `exit` or when the parent goes away.
+ * IPC: `ready` once listening; then answers `mem` (memory figures and the daemon's own counts of
+ * open stores, connections, bans and sessions, see TargetMem; after two full GCs when asked and
+ * --expose-gc is given), `banned` (is this address banned now) and `stats`; exits on `exit` or
+ * when the parent goes away. The parent may set MALLOC_ARENA_MAX in its environment (reported back).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../daemon/config.js';
 import { createLogger } from '../daemon/log.js';
 import { startServer } from '../daemon/main.js';
-import { createClub } from '../storage/provisioning.js';
-import { FUZZ_ADMIN, FUZZ_PASSWORD, type FromTarget, type ToTarget } from './fuzz-shared.js';
+import { createClub, listClubs } from '../storage/provisioning.js';
+import { FUZZ_ADMIN, FUZZ_PASSWORD, type FromTarget, type TargetCounts, type TargetMem, type ToTarget } from './fuzz-shared.js';
+
+/** The `kB` lines of /proc/self/status (RssAnon, RssFile, ...) in bytes; empty where there is no /proc. */
+function procStatus(): Record<string, number> {
+  const out: Record<string, number> = {};
+  try {
+    for (const line of readFileSync('/proc/self/status', 'utf8').split('\n')) {
+      const m = /^(\w+):\s+(\d+) kB$/.exec(line);
+      if (m) out[m[1]!] = Number(m[2]) * 1024;
+    }
+  } catch {
+    // Not Linux: the memoryUsage figures stand alone.
+  }
+  return out;
+}
 
 
 async function main(): Promise<void> {
@@ -39,6 +55,37 @@ async function main(): Promise<void> {
     const k = `${e.kind}:${e.detail.slice(0, 40)}`;
     details[k] = (details[k] ?? 0) + 1;
   });
+  const sample = (): TargetMem => {
+    const mu = process.memoryUsage();
+    const status = procStatus();
+    const d = server.daemon;
+    const counts: TargetCounts = {
+      storesOpen: server.storage.cache.size,
+      storesMax: server.storage.cache.maxOpen,
+      clubs: listClubs(server.storage).length,
+      connections: d.connectionCount,
+      pendingHandshakes: d.pendingHandshakes,
+      preLoginSessions: d.preLoginSessions,
+      bans: server.banSystem.table.size,
+      trackedSources: server.banSystem.engine.trackedSources,
+      outbox: server.banSystem.mailer.outboxLength,
+      gathered: server.banSystem.mailer.gatheredLength,
+      requestKeys: d.stats.requests.size,
+      violationKeys: d.stats.violations.size,
+      detailKeys: Object.keys(details).length,
+    };
+    return {
+      rss: mu.rss,
+      heapUsed: mu.heapUsed,
+      heapTotal: mu.heapTotal,
+      external: mu.external,
+      arrayBuffers: mu.arrayBuffers,
+      rssAnon: status.RssAnon ?? 0,
+      rssFile: status.RssFile ?? 0,
+      mallocArenaMax: process.env.MALLOC_ARENA_MAX ?? '',
+      counts,
+    };
+  };
   const cleanup = (): void => {
     rmSync(dir, { recursive: true, force: true });
   };
@@ -55,10 +102,17 @@ async function main(): Promise<void> {
     };
     switch (m.type) {
       case 'mem': {
-        const gc = (globalThis as { gc?: () => void }).gc;
-        if (m.gc && gc) gc();
-        const mu = process.memoryUsage();
-        reply({ rss: mu.rss, heapUsed: mu.heapUsed, external: mu.external });
+        void (async () => {
+          const gc = (globalThis as { gc?: () => void }).gc;
+          if (m.gc && gc) {
+            // Twice, a turn apart: Buffers freed by the first collection's finalizers go in the second.
+            gc();
+            await new Promise((r) => setImmediate(r));
+            gc();
+          }
+          const mem = sample();
+          reply({ rss: mem.rss, heapUsed: mem.heapUsed, external: mem.external, mem });
+        })();
         return;
       }
       case 'banned':

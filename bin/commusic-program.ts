@@ -9,12 +9,14 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
+import { loadTicket, removeTicket, saveTicket, ticketDir, touchTicket } from '../client/tickets.js';
 import { ROLES } from '../daemon/rights.js';
 import { parseDuration } from '../daemon/ban-policy.js';
 import { safeJson } from '../daemon/neutralise.js';
 import { fail, getSecret, keyValues, newProgram, printResult, table, usage } from './cli-util.js';
 import { registerCallCommand } from './client-call.js';
 import { registerBatchCommand } from './client-batch.js';
+import { registerCompletionCommand } from './cli-docs.js';
 
 export interface Globals {
   server?: string;
@@ -27,6 +29,7 @@ export interface Globals {
   user?: string;
   passwordStdin?: boolean;
   passwordFile?: string;
+  ticket?: boolean;
 }
 
 /** A connection, logged in when the globals name a club and user; shared by `batch`. */
@@ -55,7 +58,8 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     .option('--club <id>', 'club to log in to (env COMMUSIC_CLUB)')
     .option('--user <name>', 'user name (env COMMUSIC_USER)')
     .option('--password-stdin', 'read the login password from standard input (first line)')
-    .option('--password-file <file>', 'read the login password from this file (first line); else asked on the terminal');
+    .option('--password-file <file>', 'read the login password from this file (first line); else asked on the terminal')
+    .option('--ticket', 'keep a session ticket (15 min idle, 8 h at most, mode 0600, bound to the server key) so the next commands need no password; env COMMUSIC_TICKET=1; "commusic logout" revokes it');
 
   const g = () => holder.globals ?? program.opts<Globals>();
 
@@ -89,8 +93,30 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     const club = g().club ?? process.env['COMMUSIC_CLUB'];
     const user = g().user ?? process.env['COMMUSIC_USER'];
     if (!club || !user) usage('this command needs a login: give --club and --user (env COMMUSIC_CLUB, COMMUSIC_USER)');
-    const password = (await getSecret('password', 'password', { stdin: g().passwordStdin, file: g().passwordFile }))!;
+    const useTicket = g().ticket === true || process.env['COMMUSIC_TICKET'] === '1';
+    // The password is read before connecting (a missing source is a usage error, nothing sent);
+    // with a ticket a prompt waits until the ticket failed, but stdin or a file is still read
+    // first so later secrets on stdin keep their line numbers.
+    const promptLater = useTicket && !o.forPasswd && !g().passwordStdin && !g().passwordFile;
+    let password = promptLater ? undefined : await getSecret('password', 'password', { stdin: g().passwordStdin, file: g().passwordFile });
     const conn = await open();
+    const dir = ticketDir();
+    if (useTicket && !o.forPasswd) {
+      // Looked up by the fingerprint this connection verified: never sent to another server key.
+      const t = loadTicket(dir, conn.fingerprint, club, user);
+      if (t) {
+        try {
+          await conn.request('auth.resume', { club, ticket: t.ticket });
+          holder.loggedIn = true;
+          touchTicket(dir, t);
+          return { conn, ...(password ? { password } : {}) };
+        } catch (e) {
+          if ((e as { code?: string }).code !== 'UNAUTHENTICATED') throw e;
+          removeTicket(dir, conn.fingerprint, club, user);
+        }
+      }
+    }
+    password ??= (await getSecret('password', 'password', {}))!;
     const r = await conn.request('auth.login', { club, user, password });
     holder.loggedIn = true;
     const must = (r.payload as { mustChangePassword?: boolean }).mustChangePassword === true;
@@ -100,6 +126,11 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       const next = (await getSecret('new password', 'new-password', {}, { confirm: true }))!;
       await conn.request('users.changeOwnPassword', { oldPassword: password, newPassword: next });
       process.stderr.write('password changed\n');
+    }
+    if (o.forPasswd) removeTicket(dir, conn.fingerprint, club, user);
+    else if (useTicket) {
+      const t = (await conn.request('auth.ticket', {})).payload as { ticket: string; idleExpiresAt: string; expiresAt: string; idleTimeoutMs: number };
+      saveTicket(dir, { fingerprint: conn.fingerprint, club, user, ticket: t.ticket, idleExpiresAt: t.idleExpiresAt, expiresAt: t.expiresAt, idleMs: t.idleTimeoutMs });
     }
     return { conn, password };
   }
@@ -177,6 +208,32 @@ export function buildProgram(holder: SessionHolder = {}): Command {
         const conn = await open();
         const r = (await conn.request('server.info', {})).payload as Record<string, unknown>;
         printResult(r, o.json, (s) => keyValues(Object.fromEntries(Object.entries(s).map(([k, v]) => [k, Array.isArray(v) ? v.join(' ') : v]))));
+      }),
+    );
+
+  program
+    .command('logout')
+    .description('revoke your session tickets on the server and delete the cached one (see --ticket)')
+    .option('--json', 'print JSON')
+    .action(
+      act(async (o: { json?: boolean }) => {
+        const club = g().club ?? process.env['COMMUSIC_CLUB'];
+        const user = g().user ?? process.env['COMMUSIC_USER'];
+        if (!club || !user) usage('logout needs --club and --user (env COMMUSIC_CLUB, COMMUSIC_USER)');
+        const conn = await open();
+        const dir = ticketDir();
+        const t = loadTicket(dir, conn.fingerprint, club, user);
+        let revoked = 0;
+        if (t) {
+          removeTicket(dir, conn.fingerprint, club, user);
+          try {
+            await conn.request('auth.resume', { club, ticket: t.ticket });
+            revoked = ((await conn.request('auth.logout', { revokeTicket: true })).payload as { ticketsRevoked?: number }).ticketsRevoked ?? 0;
+          } catch (e) {
+            if ((e as { code?: string }).code !== 'UNAUTHENTICATED') throw e;
+          }
+        }
+        printResult({ cachedTicket: Boolean(t), ticketsRevoked: revoked }, o.json, () => (t ? `logged out: ${revoked} ticket(s) revoked, the cached ticket deleted` : 'no cached ticket for this server, club and user'));
       }),
     );
 
@@ -383,6 +440,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
 
   registerCallCommand(program, session, open, done, () => Boolean((g().club ?? process.env['COMMUSIC_CLUB']) || (g().user ?? process.env['COMMUSIC_USER'])));
   if (!holder.shared) registerBatchCommand(program, holder, () => program.opts<Globals>(), buildProgram, done);
+  registerCompletionCommand(program);
   return program;
 }
 

@@ -26,6 +26,8 @@ async function session(dataDir: string, offline: OfflineOptions): Promise<{ run(
 interface ClubRun {
   clubs: number;
   ok: number;
+  /** Archive bytes (older daemons do not report it). */
+  bytes?: number;
   failedClubs: Array<{ clubId: string; error: string }>;
   destinations: Record<string, { stored: number; failed: number; down?: string }>;
 }
@@ -84,6 +86,28 @@ async function ask(question: string): Promise<string> {
   }
 }
 
+/** "12.3 MiB" style size (binary units). */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+/** Time left from the average time per club so far: "about 3m 20s left" (ms in, text out). */
+export function timeLeft(elapsedMs: number, done: number, total: number): string {
+  if (done <= 0) return 'time left unknown';
+  if (done >= total) return 'done';
+  const s = Math.round(((elapsedMs / done) * (total - done)) / 1000);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  return `about ${h ? `${h}h ` : ''}${h || m ? `${m}m ` : ''}${s % 60}s left`;
+}
+
 /** `commusicctl backup ...`. */
 export function registerBackupCommands(program: Command, dataDir: () => string, offline: () => OfflineOptions): void {
   const backup = program.command('backup').description('encrypted club backups: run, list, verify, restore, decrypt');
@@ -100,9 +124,10 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       const s = await session(dataDir(), offline());
       try {
         const clubs = o.club ? [o.club] : ((await s.run('backup.clubs', {})) as string[]);
-        const bar = !o.json && process.stderr.isTTY ? new SingleBar({ format: 'backup [{bar}] {value}/{total} clubs | {club}', stream: process.stderr }, Presets.shades_classic) : undefined;
-        bar?.start(clubs.length, 0, { club: '' });
-        const total: ClubRun = { clubs: 0, ok: 0, failedClubs: [], destinations: {} };
+        const bar = !o.json && process.stderr.isTTY ? new SingleBar({ format: 'backup [{bar}] {value}/{total} clubs | {size} | {left} | {club}', stream: process.stderr }, Presets.shades_classic) : undefined;
+        bar?.start(clubs.length, 0, { club: '', size: formatBytes(0), left: 'time left unknown' });
+        const total: ClubRun = { clubs: 0, ok: 0, bytes: 0, failedClubs: [], destinations: {} };
+        const started = Date.now();
         // Ctrl-C: the terminal is restored (progress bar stopped) and the operator is told what
         // goes on: through the daemon the club being archived finishes there; no further club starts.
         let current: string | undefined;
@@ -111,7 +136,8 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
           const left = clubs.length - total.clubs - (current ? 1 : 0);
           process.stderr.write(
             `interrupted: ${current ? (s.via === 'daemon' ? `the backup of club ${current} continues in the daemon and finishes there; ` : `the backup of club ${current} was stopped; `) : ''}${left} club(s) not started. ` +
-              `"commusicctl backup list" shows what was stored; "commusicctl backup run --club ID" or "--all" runs again.\n`,
+              `"commusicctl backup list" shows what was stored; "commusicctl backup run --club ID" or "--all" runs again` +
+              `${s.via === 'daemon' ? '; "commusicctl backup cancel" stops a run the daemon carries on (its scheduled run, or one this joined) after the club under way' : ''}.\n`,
           );
           process.exit(130);
         };
@@ -129,7 +155,11 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
             t.failed += v.failed;
             if (v.down) t.down = v.down;
           }
-          bar?.increment(1, { club: c });
+          total.bytes! += r.bytes ?? 0;
+          const left = timeLeft(Date.now() - started, total.clubs, clubs.length);
+          bar?.increment(1, { club: c, size: formatBytes(total.bytes!), left });
+          // Without a terminal (a log, a pipe) one line per club instead of the bar.
+          if (!bar && !o.json) process.stderr.write(`backup ${total.clubs}/${clubs.length} clubs: ${c} ${r.failedClubs.length ? 'failed' : 'done'}, ${formatBytes(total.bytes!)} so far, ${left}\n`);
         }
         bar?.stop();
         process.removeListener('SIGINT', onInterrupt);
@@ -137,7 +167,7 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
         const result = { via: s.via, ...total, ...(finish ? { finish } : {}) };
         printResult(result, o.json, (total) =>
           [
-            `backed up ${total.ok} of ${total.clubs} clubs (via ${total.via})`,
+            `backed up ${total.ok} of ${total.clubs} clubs, ${formatBytes(total.bytes ?? 0)} (via ${total.via})`,
             ...Object.entries(total.destinations).map(([d, v]) => `  ${d}: ${v.stored} stored${v.failed ? `, ${v.failed} missing${v.down ? ` (${v.down})` : ''}` : ''}`),
             ...total.failedClubs.map((f) => `  failed ${f.clubId}: ${f.error}`),
           ].join('\n'),
@@ -146,6 +176,15 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
       } finally {
         await s.close();
       }
+    });
+  backup
+    .command('cancel')
+    .description("stop the daemon's running backup run: no further club starts, the clubs under way finish")
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'backup.cancel', {}, offline());
+      const r = result as { running: boolean; via: string };
+      printResult(r, o.json, (r) => (r.running ? 'cancelling: the daemon starts no further club; the clubs under way finish ("commusicctl backup list" shows what was stored)' : r.via === 'offline' ? 'no daemon runs here, so no backup run to cancel' : 'no backup run is going on'));
     });
   backup
     .command('list')

@@ -11,6 +11,7 @@ import type { OfflineOptions } from '../daemon/offline.js';
 import { registerMonitorCommands } from './ctl-monitor.js';
 import { registerBackupCommands } from './ctl-backup.js';
 import { registerLogCommands } from './ctl-log.js';
+import { registerCompletionCommand } from './cli-docs.js';
 import { fail, newProgram, promptSecret, readSecretFile, usage } from './cli-util.js';
 import { masterKeyNeedsPassphrase } from './passphrase.js';
 
@@ -78,4 +79,5 @@ registerKeyRotation(keys, dataDir, offline);
 registerMonitorCommands(program, dataDir);
 registerBackupCommands(program, dataDir, offline);
 registerLogCommands(program, dataDir, offline);
+registerCompletionCommand(program);
 

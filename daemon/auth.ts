@@ -25,6 +25,7 @@ import { getUserById, getUserByName, setLastLogin, setPasswordHash, type UserRec
 import { CommandError } from './command-errors.js';
 import type { CommandContext, ConnectionInfo } from './dispatcher.js';
 import { roleTemplate, rightsSchema, type Grant } from './rights.js';
+import { TicketStore, TICKET_PATTERN } from './tickets.js';
 import type { ViolationSink } from './violations.js';
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60_000;
@@ -41,6 +42,20 @@ export interface ClubServices {
   /** scrypt cost for hashes this service writes (tests lower it; default crypto/password.ts). */
   passwordLog2N?: number;
   now?: () => number;
+  /** Session tickets (auth.ticket / auth.resume); one in-memory store per services object when absent. */
+  tickets?: TicketStore;
+}
+
+const ticketStores = new WeakMap<ClubServices, TicketStore>();
+/** The ticket store of these services (services.tickets, else one kept per services object). */
+export function ticketsOf(services: ClubServices): TicketStore {
+  if (services.tickets) return services.tickets;
+  let t = ticketStores.get(services);
+  if (!t) {
+    t = new TicketStore();
+    ticketStores.set(services, t);
+  }
+  return t;
 }
 
 interface SessionState {
@@ -338,9 +353,87 @@ function needsRehashSafe(h: string): boolean {
   }
 }
 
-export function logout(services: ClubServices, ctx: CommandContext): { loggedOut: boolean } {
+/**
+ * `auth.logout {revokeTicket?}`: ends the session; with `revokeTicket: true` every session
+ * ticket of the session's user in this club is revoked first (a client's `commusic logout`).
+ */
+export function logout(services: ClubServices, ctx: CommandContext, p: { revokeTicket?: boolean | undefined } = {}): { loggedOut: boolean; ticketsRevoked?: number } {
   const s = getSession(ctx);
   if (!s) return { loggedOut: false };
+  const revoked = p.revokeTicket ? ticketsOf(services).revokeUser(s.clubId, s.userId) : undefined;
   endSession(services, ctx, s, null);
-  return { loggedOut: true };
+  return { loggedOut: true, ...(revoked !== undefined ? { ticketsRevoked: revoked } : {}) };
+}
+
+export interface TicketResult {
+  ticket: string;
+  /** ISO times: the ticket ends at idleExpiresAt unless resumed before, and at expiresAt in any case. */
+  idleExpiresAt: string;
+  expiresAt: string;
+  idleTimeoutMs: number;
+}
+
+/**
+ * `auth.ticket {}`: a session ticket for the logged-in user (daemon/tickets.ts). Refused while
+ * the password must be changed (FORBIDDEN, as every other command then).
+ */
+export function issueTicket(services: ClubServices, ctx: CommandContext): TicketResult {
+  const pr = requirePrincipal(services, ctx);
+  const now = (services.now ?? Date.now)();
+  const t = ticketsOf(services).issue({ clubId: pr.clubId, userId: pr.user.id, credVersion: pr.user.credVersion }, now);
+  return { ticket: t.ticket, idleExpiresAt: new Date(t.idleExpiresAt).toISOString(), expiresAt: new Date(t.expiresAt).toISOString(), idleTimeoutMs: t.idleExpiresAt - now };
+}
+
+/**
+ * `auth.resume {club, ticket}`: logs the connection in with a session ticket instead of a
+ * password. The same checks as auth.login (club active, user enabled, no pending password
+ * change) plus the user's credential version at issue (a password change, reset or disable
+ * since then ends the ticket). Every failure is the login failure: UNAUTHENTICATED "unknown
+ * club, user or password", a 'login' violation for the ban engine and, when the club exists, a
+ * `login.failed` change-log entry. Success is logged as a `login` with `{source: 'ticket'}`.
+ */
+export function resume(services: ClubServices, ctx: CommandContext, p: { club: string; ticket: string }): LoginResult {
+  const prev = getSession(ctx);
+  if (prev) endSession(services, ctx, prev, 'new login on the connection');
+  const tickets = ticketsOf(services);
+  const fail = (reason: string, store?: ClubStore, user = ''): never => {
+    services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'failed ticket login', time: Date.now(), club: p.club.slice(0, 64), user: user.slice(0, 64), command: 'auth.resume' });
+    if (store) {
+      try {
+        appendAudit(services, store, { user: user.slice(0, 64), ip: ctx.conn.ip, session: null, action: 'login.failed', entity: null, recordId: null, changes: { reason, source: 'ticket' } });
+      } catch (e) {
+        services.logger?.warn('failed login not logged', { error: (e as Error).name });
+      }
+    }
+    throw new CommandError('UNAUTHENTICATED', LOGIN_FAILED_MESSAGE);
+  };
+  let store: ClubStore | undefined;
+  try {
+    store = openClubFor(services, p.club);
+  } catch (e) {
+    if (!(e instanceof CommandError && e.code === 'UNAUTHENTICATED')) throw e;
+  }
+  if (!store) return fail('unknown club');
+  const now = (services.now ?? Date.now)();
+  const grant = TICKET_PATTERN.test(p.ticket) ? tickets.use(p.club, p.ticket, now) : undefined;
+  if (!grant) return fail('unknown or expired ticket', store);
+  const u = getUserById(store.db, grant.userId);
+  if (!u) {
+    tickets.drop(p.ticket);
+    return fail('unknown user', store);
+  }
+  if (u.disabled || u.credVersion !== grant.credVersion || u.mustChangePassword) {
+    tickets.drop(p.ticket);
+    return fail(u.disabled ? 'user disabled' : 'ticket revoked by a password change', store, u.username);
+  }
+  const sessionId = randomBytes(12).toString('hex');
+  const db = store.db;
+  const audit = auditFor(services, store);
+  db.transaction(() => {
+    setLastLogin(db, u.id, new Date(now).toISOString());
+    audit.append({ user: u.username, ip: ctx.conn.ip, session: sessionId, action: 'login', entity: null, recordId: null, changes: { source: 'ticket' } });
+  }).immediate();
+  ctx.authenticated?.();
+  ctx.session.set(SESSION_KEY, { clubId: p.club, userId: u.id, username: u.username, sessionId, credVersion: u.credVersion, lastActive: now } satisfies SessionState);
+  return { club: p.club, user: u.username, userId: u.id, session: sessionId, mustChangePassword: false, idleTimeoutMs: services.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS };
 }

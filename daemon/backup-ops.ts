@@ -142,6 +142,16 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
         }),
     })
     .register({
+      // Online only (the daemon's run); without a daemon no run can be going on another process's behalf.
+      name: 'backup.cancel',
+      schema: z.object({}).strict(),
+      run: async (c) => {
+        const online = (c as BackupOpsContext).backups;
+        if (!online) return { running: false, via: 'offline' };
+        return { ...(await online()).cancel(), via: 'daemon' };
+      },
+    })
+    .register({
       name: 'backup.list',
       schema: z.object({ club: clubId.optional(), destination: z.string().max(40).optional(), configFile }).strict(),
       run: async (c, a) =>

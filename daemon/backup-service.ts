@@ -100,10 +100,14 @@ export interface RunReport {
   finishedAt: string;
   clubs: number;
   ok: number;
+  /** Bytes of the archives made in this run (each stored once per destination). */
+  bytes: number;
   failedClubs: Array<{ clubId: string; error: string }>;
   destinations: Record<string, { stored: number; failed: number; down?: string }>;
   retention: Record<string, { kept: number; deleted: number; error?: string }>;
   mail: MailReport;
+  /** `backup cancel` stopped the run: these clubs were not started (the ones under way finished). */
+  cancelled?: { notStarted: string[] };
 }
 
 export interface MailReport {
@@ -188,6 +192,8 @@ export class BackupService {
   #retryTimer: NodeJS.Timeout | undefined;
   #catchUpTimer: NodeJS.Timeout | undefined;
   #running: Promise<RunReport> | undefined;
+  /** Set by cancel(): the running run starts no further club. */
+  #cancel = false;
   #closed = false;
 
   constructor(o: BackupServiceOptions) {
@@ -270,11 +276,24 @@ export class BackupService {
   /** The nightly run (also `backup run --all`). One at a time; a second call joins the first. */
   runNightly(o: { clubs?: string[]; onProgress?: (done: number, total: number, clubId: string) => void; mail?: boolean; retention?: boolean } = {}): Promise<RunReport> {
     if (this.#running) return this.#running;
+    this.#cancel = false;
     const p = this.#runNightly(o).finally(() => {
       if (this.#running === p) this.#running = undefined;
+      this.#cancel = false;
     });
     this.#running = p;
     return p;
+  }
+
+  /**
+   * `backup cancel`: the running backup run starts no further club; the clubs under way finish
+   * (an archive is never left half written), then retention and the club mails are skipped and
+   * the report names the clubs not started. Returns whether a run was going.
+   */
+  cancel(): { running: boolean } {
+    if (!this.#running) return { running: false };
+    this.#cancel = true;
+    return { running: true };
   }
 
   async #runNightly(o: { clubs?: string[]; onProgress?: (done: number, total: number, clubId: string) => void; mail?: boolean; retention?: boolean }): Promise<RunReport> {
@@ -287,10 +306,17 @@ export class BackupService {
     const gaps: Array<{ clubId: string; dest: string }> = [];
     let done = 0;
     let ok = 0;
+    let bytes = 0;
+    const notStarted: string[] = [];
     await pool(clubs, this.settings.parallelism, async (clubId) => {
+      if (this.#cancel) {
+        notStarted.push(clubId);
+        return;
+      }
       const r = await this.runClub(clubId, { skip: new Set(down.keys()), onDestinationDown: (d, err) => down.set(d, err) });
       if (r.error) failedClubs.push({ clubId, error: r.error });
       else ok++;
+      bytes += r.size;
       for (const s of r.stored) destStats[s]!.stored++;
       for (const f of r.failed) {
         destStats[f.destination]!.failed++;
@@ -300,7 +326,7 @@ export class BackupService {
     });
     for (const [d, err] of down) destStats[d]!.down = err;
     // Gaps: what this run missed, plus older gaps this run did not cover.
-    const covered = new Set(clubs);
+    const covered = new Set(clubs.filter((c) => !notStarted.includes(c)));
     const remaining = [...this.gaps().filter((g) => !covered.has(g.clubId) && this.destinations.some((d) => d.name === g.dest)), ...gaps];
     this.#setGaps(remaining);
     for (const [d, err] of down) {
@@ -315,11 +341,12 @@ export class BackupService {
       await this.#alert('backup-clubs-failed', 'critical', `backup of ${failedClubs.length} club(s) failed`, failedClubs.slice(0, 50).map((f) => `${f.clubId}: ${f.error}`));
     }
     if (remaining.length) this.#scheduleRetry();
-    const retention = o.retention === false ? {} : await this.applyRetention({ skip: new Set(down.keys()), clubs });
-    const mail = o.mail === false ? emptyMail() : await this.mailClubBackups(o.clubs);
-    if (!o.clubs) st.server.setMeta('backup.lastRun', startedAt.toISOString());
-    const report: RunReport = { startedAt: startedAt.toISOString(), finishedAt: this.#now().toISOString(), clubs: clubs.length, ok, failedClubs, destinations: destStats, retention, mail };
-    this.#log.info('backup run finished', { event: 'backup-run', clubs: clubs.length, ok, failed: failedClubs.length, down: [...down.keys()] });
+    const stopped = notStarted.length > 0;
+    const retention = o.retention === false || stopped ? {} : await this.applyRetention({ skip: new Set(down.keys()), clubs });
+    const mail = o.mail === false || stopped ? emptyMail() : await this.mailClubBackups(o.clubs);
+    if (!o.clubs && !stopped) st.server.setMeta('backup.lastRun', startedAt.toISOString());
+    const report: RunReport = { startedAt: startedAt.toISOString(), finishedAt: this.#now().toISOString(), clubs: clubs.length, ok, bytes, failedClubs, destinations: destStats, retention, mail, ...(stopped ? { cancelled: { notStarted } } : {}) };
+    this.#log.info(stopped ? 'backup run cancelled' : 'backup run finished', { event: 'backup-run', clubs: clubs.length, ok, failed: failedClubs.length, down: [...down.keys()], ...(stopped ? { notStarted: notStarted.length } : {}) });
     return report;
   }
 

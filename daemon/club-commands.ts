@@ -57,7 +57,7 @@ import {
   type UserRecord,
 } from '../storage/users.js';
 import { fsyncDir } from '../crypto/atomic-file.js';
-import { appendAudit, endSessionOnClose, login, logout, refreshCredVersion, requirePrincipal, grantsOf, revocable, type ClubServices, type Principal } from './auth.js';
+import { appendAudit, endSessionOnClose, issueTicket, login, logout, resume, refreshCredVersion, requirePrincipal, grantsOf, revocable, type ClubServices, type Principal } from './auth.js';
 import { CommandError } from './command-errors.js';
 import { DOCUMENT_KIND_AREA, ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { CommandContext, Dispatcher } from './dispatcher.js';
@@ -1185,7 +1185,9 @@ function registerLog(d: Dispatcher, services: ClubServices): void {
 export function registerClubCommands(d: Dispatcher, services: ClubServices): void {
   d.onConnectionClosed((conn, session) => endSessionOnClose(services, conn, session));
   register(d, 'auth.login', strictObject({ club: z.string().min(1).max(64), user: z.string().min(1).max(64), password: z.string().min(1).max(1024) }), async (p, ctx) => ({ payload: await login(services, ctx, p) }));
-  register(d, 'auth.logout', strictObject({}).default({}), async (_p, ctx) => ({ payload: logout(services, ctx) }));
+  register(d, 'auth.logout', strictObject({ revokeTicket: z.boolean().optional() }).default({}), async (p, ctx) => ({ payload: logout(services, ctx, p) }));
+  register(d, 'auth.ticket', strictObject({}).default({}), async (_p, ctx) => ({ payload: issueTicket(services, ctx) }));
+  register(d, 'auth.resume', strictObject({ club: z.string().min(1).max(64), ticket: z.string().min(1).max(128) }), async (p, ctx) => ({ payload: resume(services, ctx, p) }));
   register(d, 'auth.whoami', strictObject({}).default({}), async (_p, ctx) => {
     const pr = requirePrincipal(services, ctx, { allowMustChange: true });
     return { payload: { club: pr.clubId, user: publicUser(pr.user), admin: pr.user.isAdmin, grants: pr.grants } };

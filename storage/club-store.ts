@@ -9,11 +9,10 @@
  * the class). better-sqlite3 is synchronous, so a store obtained from `get()` is safe to use
  * until the next `await`; code that awaits must call `get()` again afterwards.
  */
-import { mkdirSync, existsSync, renameSync, unlinkSync } from 'node:fs';
+import { mkdirSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { fsyncDir } from '../crypto/atomic-file.js';
 import { clubPageKey, unwrapKey, wrapKey, wrappedVersion, WRAP_VERSION } from '../crypto/wrap.js';
-import { reencryptCopy, removeSqliteFiles } from './rekey.js';
+import { reencryptCopy, removeSqliteFiles, swapInSqliteFile } from './rekey.js';
 import { StorageError, type StorageLogger, silentLogger } from './errors.js';
 import { MIGRATIONS } from './schema.js';
 import { openEncrypted, migrate, type Db } from './sqlcipher.js';
@@ -116,15 +115,7 @@ function migrateLegacyStore(legacy: Db, path: string, clubId: string, dataKey: B
   } finally {
     legacy.close();
   }
-  for (const suffix of ['-wal', '-shm']) {
-    try {
-      unlinkSync(path + suffix);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
-  renameSync(tmp, path);
-  fsyncDir(join(path, '..'));
+  swapInSqliteFile(tmp, path);
   removeSqliteFiles(tmp);
   return openEncrypted(path, pageKey);
 }

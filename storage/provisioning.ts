@@ -21,7 +21,7 @@
  * `hooks.onStep(step)` is called at each durable step of the multi-step operations (names in
  * ROTATE_MASTER_STEPS, ROTATE_CLUB_STEPS, DELETE_CLUB_STEPS); tests kill the process there.
  */
-import { existsSync, renameSync, rmSync, unlinkSync, statSync } from 'node:fs';
+import { existsSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDir } from '../crypto/atomic-file.js';
@@ -32,7 +32,7 @@ import { clubDbPath, clubDir, openClubStore, CLUB_DB_FILE } from './club-store.j
 import { StorageError } from './errors.js';
 import { PLANS, ServerDb, serverDbKey, serverDbPath, type ClubRow, type ClubStatus, type Plan } from './server-db.js';
 import { openEncrypted } from './sqlcipher.js';
-import { opensWith, reencryptCopy, removeSqliteFiles } from './rekey.js';
+import { opensWith, reencryptCopy, removeSqliteFiles, swapInSqliteFile } from './rekey.js';
 import { rotateArchiveKey } from './archive-keys.js';
 import { reencryptDocuments } from './documents.js';
 import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
@@ -392,15 +392,7 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
         hooks.onStep?.('documents-rewrapped');
         // club.db left WAL in reencryptCopy and is closed, so a -wal/-shm here is empty residue;
         // it must not survive next to the new file (SQLite would replay it onto the new file).
-        for (const suffix of ['-wal', '-shm']) {
-          try {
-            unlinkSync(path + suffix);
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-          }
-        }
-        renameSync(tmp, path);
-        fsyncDir(dirname(path));
+        swapInSqliteFile(tmp, path);
         hooks.onStep?.('store-swapped');
       } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newPage)) {
         throw new StorageError('WRONG_DATA_KEY', `neither the current nor the pending data key opens ${path}; restore the store from a backup`);

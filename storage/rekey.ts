@@ -4,7 +4,9 @@
  * (storage/provisioning.ts) and by the migration of stores to per-purpose sub-keys
  * (storage/club-store.ts).
  */
-import { closeSync, fsyncSync, openSync, unlinkSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { fsyncDir } from '../crypto/atomic-file.js';
 import { StorageError } from './errors.js';
 import { keyPragma, openEncrypted, type Db } from './sqlcipher.js';
 
@@ -19,6 +21,24 @@ export function removeSqliteFiles(path: string): void {
   }
 }
 
+/**
+ * Swap a finished re-keyed copy `tmp` in as `path`. The old file's -wal/-shm are removed first:
+ * they belong to the old page key, and SQLite would replay a -wal onto the new file. The rename is
+ * made durable by an fsync of the folder. Errors: the fs error of the failing step.
+ */
+export function swapInSqliteFile(tmp: string, path: string): void {
+  for (const suffix of ['-wal', '-shm']) {
+    try {
+      unlinkSync(path + suffix);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+  renameSync(tmp, path);
+  fsyncDir(dirname(path));
+}
+
+/** fsync a file's content by path (fsync applies to the file, whichever descriptor asks). */
 export function fsyncFile(path: string): void {
   const fd = openSync(path, 'r');
   try {

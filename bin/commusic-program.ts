@@ -9,6 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
+import { normalizeFingerprint } from '../crypto/identity.js';
 import { loadTicket, removeTicket, saveTicket, ticketDir, touchTicket } from '../client/tickets.js';
 import { ROLES } from '../daemon/rights.js';
 import { parseDuration } from '../daemon/ban-policy.js';
@@ -70,6 +71,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     if (!server) usage('--server HOST:PORT is required');
     const fingerprint = o.fingerprint ?? process.env['COMMUSIC_FINGERPRINT'];
     if (!fingerprint && !o.tofu) usage('give --fingerprint (from "commusicctl keys show"), or --tofu to trust on first use');
+    if (fingerprint && !normalizeFingerprint(fingerprint)) usage('--fingerprint must be the server key\'s SHA-256 as 64 hex digits (from "commusicctl keys show")');
     const { host, port } = parseHostPortLocal(server);
     const timeout = Number(o.timeout);
     if (!Number.isInteger(timeout) || timeout < 100 || timeout > 3_600_000) usage('--timeout is milliseconds between 100 and 3600000');

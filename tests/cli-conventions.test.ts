@@ -138,6 +138,10 @@ test('spawned: --version, usage exit 2 with a suggestion, one-line errors, JSON 
   r = await run('commusicctl', ['monitor', '--once', '--target', '127.0.0.1:9', '--fingerprint', 'deadbeef']);
   assert.equal(r.code, 2);
   assert.match(r.stderr, /not a SHA-256 fingerprint/);
+  // A malformed pinned fingerprint is a usage error too, found before any connection.
+  r = await run('commusic', ['--server', '127.0.0.1:9', '--fingerprint', 'abc', 'ping']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /64 hex digits/);
   // A login without a password source and without a terminal: usage error naming the forms, nothing sent.
   r = await run('commusic', ['--server', '127.0.0.1:9', '--fingerprint', 'ab'.repeat(32), '--club', 'c1', '--user', 'anna', 'whoami']);
   assert.equal(r.code, 2);

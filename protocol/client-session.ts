@@ -48,7 +48,7 @@ export const CLIENT_TRANSITIONS: Readonly<Record<ClientState, Partial<Record<Inp
 
 export type ClientEvent =
   | { type: 'need-data' }
-  | { type: 'established'; fingerprint: string; version: number }
+  | { type: 'established'; fingerprint: string; version: number; spki: Buffer }
   | { type: 'message'; message: Message }
   | { type: 'closed'; code: number }
   | { type: 'error'; error: ProtocolError; fingerprint?: string; rejectCode?: number };
@@ -89,6 +89,7 @@ export class ClientSession {
   private expectedServerFinished: Buffer | undefined;
   private clientFinished: Buffer | undefined;
   private fingerprint: string | undefined;
+  private spki: Buffer | undefined;
   private version = 0;
   private readonly output = new OutputQueue();
   private terminal: ClientEvent | undefined;
@@ -192,7 +193,7 @@ export class ClientSession {
           const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedServerFinished!);
           if (!ok) throw new ProtocolError('BAD_FINISHED', 'server key confirmation failed');
           this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output.parts);
-          return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
+          return { type: 'established', fingerprint: this.fingerprint!, version: this.version, spki: this.spki! };
         }
         case 'data':
           return { type: 'message', message: decodeMessage(rec.plaintext, true) };
@@ -224,6 +225,7 @@ export class ClientSession {
     const max = this.opts.maxVersion ?? Math.max(...SUPPORTED_VERSIONS);
     if (sh.version < min || sh.version > max) throw new ProtocolError('VERSION_UNSUPPORTED', `server chose version ${sh.version}`);
     this.fingerprint = fingerprintOf(sh.spki);
+    this.spki = Buffer.from(sh.spki);
     if (!this.opts.acceptServerKey(this.fingerprint)) {
       throw new ProtocolError('SERVER_KEY_MISMATCH', 'the server key does not match the expected fingerprint');
     }

@@ -2,6 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../crypto/identity.js';
 import { CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../protocol/refusal.js';
+import { IDENTITY_NOTICE_EVENT } from '../protocol/identity-notice.js';
 import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
 import { ServerSession } from '../protocol/server-session.js';
 import { splitHostPort, type Config } from './config.js';
@@ -35,6 +36,8 @@ export interface DaemonOptions {
   dispatcher?: Dispatcher;
   /** Test hook: lower the per-key record limit to exercise KEY_UPDATE. */
   rekeyAfterRecords?: number;
+  /** The `identity.keys` NOTICE payload each session gets once established (PROTOCOL.md 6.3), if any. */
+  identityNotice?: () => unknown;
 }
 
 /** The label under which requests for unknown commands are counted (never the name sent). */
@@ -165,6 +168,24 @@ export class Daemon {
     return n;
   }
 
+  /**
+   * An identity key rollover step (daemon/identity-keys.ts): new handshakes are signed by
+   * `identity`, and every established session gets the new `identity.keys` notice. Returns how
+   * many sessions were told.
+   */
+  setIdentity(identity: IdentityKey, notice: unknown): number {
+    this.opts.identity = identity;
+    this.log.info('identity key in use', { fingerprint: identity.fingerprint });
+    if (notice === undefined) return 0;
+    let n = 0;
+    for (const c of this.connections) {
+      if (!c.isEstablished) continue;
+      c.notify(IDENTITY_NOTICE_EVENT, notice);
+      n++;
+    }
+    return n;
+  }
+
   /** Stop accepting, let in-flight requests finish within the grace period, then close all. */
   stop(graceMs = this.opts.config.limits.shutdownGraceMs): Promise<void> {
     this.stopping ??= (async () => {
@@ -233,6 +254,9 @@ export class Daemon {
         if (slot) this.admission.release(slot);
         slot = undefined;
         if (!established) return;
+        // Before any request of this session is read, so the notice precedes every answer.
+        const notice = this.opts.identityNotice?.();
+        if (notice !== undefined) conn.notify(IDENTITY_NOTICE_EVENT, notice);
         const pre = this.admission.admit('prelogin', ip, holder, Date.now());
         if (pre.ok) {
           slot = pre.slot;

@@ -50,7 +50,8 @@ import { openDatabase, openEncrypted, type Db } from './sqlcipher.js';
 import { unwrapClubKey, type Storage } from './storage.js';
 import { hashTap } from './hash-tap.js';
 import { clubSealingKey, currentArchiveKey, retiredArchiveKeys } from './archive-keys.js';
-import { ORIGIN_ENTRY, loadDataDirIdentity, originMacKey, signOrigin, verifyOrigin, type OriginSigner, type OriginTrust, type VerifiedOrigin } from './archive-origin.js';
+import { trustedIdentityKeys } from '../crypto/identity-keyring.js';
+import { ORIGIN_ENTRY, identityKeyPath, loadDataDirIdentity, originMacKey, signOrigin, verifyOrigin, type OriginSigner, type OriginTrust, type VerifiedOrigin } from './archive-origin.js';
 
 export { BackupError } from './backup-errors.js';
 
@@ -195,7 +196,10 @@ export function archiveSigner(st: Storage): OriginSigner {
  */
 export function archiveTrust(st: Storage, fingerprints: readonly string[] = []): OriginTrust {
   const identity = st.identity ?? loadDataDirIdentity(st.dataDir);
-  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)), retiredMacKeys: retiredArchiveKeys(st).map(originMacKey) };
+  // Also the keys of an identity rollover (next, previous, retired): what they signed stays valid.
+  const ring = trustedIdentityKeys(identityKeyPath(st.dataDir)).map((k) => k.spki);
+  const keys = [...(identity ? [identity.spki] : []), ...ring].filter((k, i, all) => all.findIndex((x) => x.equals(k)) === i);
+  return { keys, fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)), retiredMacKeys: retiredArchiveKeys(st).map(originMacKey) };
 }
 
 export interface ArchiveHeader {

@@ -186,8 +186,29 @@ export function loadIdentityKeySet(privatePath: string): IdentityKeySet {
   else removeIfPresent(identityPublicPath(f.next));
   if (previous) ensurePublicKeyFile(f.previous, previous);
   else removeIfPresent(identityPublicPath(f.previous));
-  const rotations = readRotationLog(f.log).filter(verifyRotation);
+  const rotations = chained(readRotationLog(f.log), current.fingerprint, next?.fingerprint);
   return { phase: next ? 'announce' : previous ? 'switched' : 'single', current, ...(next ? { next } : {}), ...(previous ? { previous } : {}), rotations };
+}
+
+/**
+ * The rotations whose two signatures verify and that lie on the chain back from the current key
+ * (and forward to the announced next key): each statement's new key vouches for its old key. A
+ * statement between keys off that chain, whoever signed it, is left out.
+ */
+function chained(log: readonly RotationRecord[], currentFp: string, nextFp?: string): RotationRecord[] {
+  const ok = log.filter(verifyRotation);
+  const fp = ok.map((r) => ({ old: fingerprintOf(r.old), new: fingerprintOf(r.new) }));
+  const on = new Set([currentFp]);
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const x of fp) {
+      if (on.has(x.new) && !on.has(x.old)) {
+        on.add(x.old);
+        changed = true;
+      }
+    }
+  }
+  return ok.filter((_, i) => (on.has(fp[i]!.old) && on.has(fp[i]!.new)) || (nextFp !== undefined && fp[i]!.old === currentFp && fp[i]!.new === nextFp));
 }
 
 function lastRotation(rotations: readonly RotationRecord[], oldFp: string, newFp: string): RotationRecord | undefined {
@@ -349,6 +370,6 @@ export function identityStatus(privatePath: string): IdentityStatus {
     phase,
     signingKey: keys.find((k) => k.role === 'current')!.fingerprint,
     keys: keys.map((k) => ({ fingerprint: k.fingerprint, role: k.role, ...(k.retiredAt ? { retiredAt: k.retiredAt } : {}), ...(k.successor ? { successor: k.successor } : {}) })),
-    rotations: readRotationLog(f.log).filter(verifyRotation).map((r) => ({ old: fingerprintOf(r.old), new: fingerprintOf(r.new), addedAt: new Date(r.time).toISOString(), ...(r.switchedAt ? { switchedAt: r.switchedAt } : {}), ...(r.retiredAt ? { retiredAt: r.retiredAt } : {}) })),
+    rotations: chained(readRotationLog(f.log), keys.find((k) => k.role === 'current')!.fingerprint, keys.find((k) => k.role === 'next')?.fingerprint).map((r) => ({ old: fingerprintOf(r.old), new: fingerprintOf(r.new), addedAt: new Date(r.time).toISOString(), ...(r.switchedAt ? { switchedAt: r.switchedAt } : {}), ...(r.retiredAt ? { retiredAt: r.retiredAt } : {}) })),
   };
 }

@@ -20,6 +20,8 @@ export interface ConnectOptions {
   port: number;
   /** Expected SHA-256 fingerprint of the server key (hex, colons allowed). */
   fingerprint?: string;
+  /** Several accepted fingerprints (an identity key rollover in progress); instead of `fingerprint`. */
+  fingerprints?: readonly string[];
   /**
    * Trust on first use: record the key in this file, refuse a key not pinned there later; the
    * server's lines follow verified identity key rollovers (docs/PROTOCOL.md 6.3). With
@@ -96,10 +98,13 @@ export class Connection {
     // Pins: the explicit fingerprint, else the known-servers lines (none: trust on first use).
     let pins: string[];
     let tofu: { file: string; known: boolean } | undefined;
-    if (opts.fingerprint) {
-      const fp = normalizeFingerprint(opts.fingerprint);
-      if (!fp) throw new ClientError('SERVER_KEY_MISMATCH', 'the expected fingerprint is not a SHA-256 hex value');
-      pins = [fp];
+    if (opts.fingerprint || (opts.fingerprints && opts.fingerprints.length > 0)) {
+      pins = [];
+      for (const given of opts.fingerprint ? [opts.fingerprint] : opts.fingerprints!) {
+        const fp = normalizeFingerprint(given);
+        if (!fp) throw new ClientError('SERVER_KEY_MISMATCH', 'the expected fingerprint is not a SHA-256 hex value');
+        if (!pins.includes(fp)) pins.push(fp);
+      }
     } else if (opts.knownServersFile) {
       pins = lookupKnownServerPins(opts.knownServersFile, server);
       tofu = { file: opts.knownServersFile, known: pins.length > 0 };

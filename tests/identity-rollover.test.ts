@@ -17,6 +17,7 @@ import { configSchema, dataPaths, loadConfig } from '../daemon/config.js';
 import { nullLogger } from '../daemon/log.js';
 import { startServer, type RunningServer } from '../daemon/main.js';
 import { runOperation } from '../daemon/offline.js';
+import { clientProbe } from '../daemon/monitor.js';
 import { Daemon } from '../daemon/server.js';
 import { encodeIdentityNotice } from '../protocol/identity-notice.js';
 import { createClub } from '../storage/provisioning.js';
@@ -59,6 +60,14 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   const open = () => connect({ host: '127.0.0.1', port, knownServersFile: known });
   const oldFp = server.identity.fingerprint;
 
+  // A monitor started with the old fingerprint follows the rollover like any pinned client.
+  const target = { host: '127.0.0.1', port, fingerprint: server.identity.fingerprint, label: `rollover-${port}` };
+  const probeOk = async (when: string) => {
+    const r = await clientProbe(target, 10_000);
+    assert.equal(r.ok, true, `${when}: ${JSON.stringify(r)}`);
+  };
+  await probeOk('before');
+
   // Trust on first use, then work under the old key.
   const first = await open();
   assert.equal(first.fingerprint, oldFp);
@@ -76,6 +85,7 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   assert.deepEqual(lookupKnownServerPins(known, server127).sort(), [oldFp, nextFp].sort(), 'known_servers holds both keys');
   assert.equal(statSync(identityFiles(dataPaths(dataDir).identityKey).next).mode & 0o777, 0o600, 'the next key is stored like the current one');
   await first.close();
+  await probeOk('announce');
   const during = await open();
   assert.equal(during.fingerprint, oldFp, 'announce: the current key still signs');
   await during.close();
@@ -87,6 +97,7 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   assert.equal(server.identity.fingerprint, nextFp);
   const after = await open();
   assert.equal(after.fingerprint, nextFp, 'switched: the new key signs the handshake');
+  await probeOk('switched');
   await work(after, club, 'Horn B');
   await waitUntil(() => after.pins.length === 2, 10_000, 'pins after the switch notice');
   assert.deepEqual([...after.pins].sort(), [oldFp, nextFp].sort(), 'the previous key stays accepted until it retires');
@@ -101,6 +112,7 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   await after.close();
   const last = await open();
   assert.equal(last.fingerprint, nextFp);
+  await probeOk('retired');
   await work(last, club, 'Horn C');
   await last.close();
   assert.deepEqual(lookupKnownServerPins(known, server127), [nextFp], 'known_servers follows: only the new key');

@@ -21,10 +21,13 @@ import { clientProbe } from '../daemon/monitor.js';
 import { Daemon } from '../daemon/server.js';
 import { encodeIdentityNotice } from '../protocol/identity-notice.js';
 import { createClub } from '../storage/provisioning.js';
+import { serverOpenKey } from '../storage/archive-keys.js';
+import { archiveTrust, createClubArchive, fileSource, newClubBackupKey, setClubBackupSettings, verifyArchive, writeFileAtomic } from '../storage/backup-archive.js';
 import { waitUntil } from './helpers/daemon.js';
 import { testIdentity } from './helpers/pair.js';
 
 const PASSWORD = 'chef-password-123';
+const ARCHIVE_PASS = 'correct horse battery staple';
 
 async function start(): Promise<{ server: RunningServer; dir: string; dataDir: string; port: number; club: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'commusic-rollover-'));
@@ -73,6 +76,11 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   assert.equal(first.fingerprint, oldFp);
   await work(first, club, 'Horn A');
   assert.deepEqual(lookupKnownServerPins(known, server127), [oldFp]);
+  // An archive whose origin and change-log heads the old key signs.
+  const rec = await newClubBackupKey(ARCHIVE_PASS, { log2N: 12 });
+  setClubBackupSettings(server.storage, club, { passphrase: rec });
+  const archive = join(dir, 'before-rollover.cmbk');
+  await writeFileAtomic(createClubArchive(server.storage, club, { kind: 'club', record: rec }).stream, archive);
 
   // 1. start: the open session is told at once; the handshake is still signed by the old key.
   const started = await step(dataDir, 'start');
@@ -129,6 +137,11 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   const v = (await runOperation(dataDir, 'log.verify', { club })).result as { ok: boolean; signedHeads: number; anchors: number; firstBad?: unknown };
   assert.equal(v.ok, true, JSON.stringify(v));
   assert.ok(v.signedHeads >= 3 && v.anchors >= 3, JSON.stringify(v));
+  // The archive made before the rollover: origin and heads by the retired key, still verified.
+  const rep = await verifyArchive(fileSource(archive), { passphrase: ARCHIVE_PASS, ...serverOpenKey(server.storage), trust: archiveTrust(server.storage) });
+  assert.equal(rep.origin.fingerprint, oldFp);
+  assert.equal(rep.origin.trustedAs, 'this-server');
+  assert.ok(rep.auditChain && rep.auditChain.signedHeads >= 1, JSON.stringify(rep.auditChain));
   const ring = trustedIdentityKeys(dataPaths(dataDir).identityKey);
   assert.deepEqual(ring.map((k) => [k.fingerprint, k.role]), [[nextFp, 'current'], [oldFp, 'retired']]);
   const st = (await runOperation(dataDir, 'keys.identity-status', {})).result as { phase: string; keys: Array<{ fingerprint: string; role: string; successor?: string }> };

@@ -273,10 +273,11 @@ export function retireIdentity(privatePath: string, now: number): RotationStepRe
   const f = identityFiles(privatePath);
   const log = readRotationLog(f.log);
   const r = lastRotation(log, set.previous!.fingerprint, set.current.fingerprint);
-  if (r) {
-    r.retiredAt = new Date(now).toISOString();
-    writeRotationLog(f.log, log);
-  }
+  // Without its statement the retired key's public half would be lost, and with it every
+  // signature it made: refuse rather than delete.
+  if (!r || !verifyRotation(r)) throw new IdentityRotationError('ROTATION_LOG_INVALID', `no valid rotation statement for ${set.previous!.fingerprint} -> ${set.current.fingerprint} in ${f.log}; restore that file from a backup before retiring`);
+  r.retiredAt = new Date(now).toISOString();
+  writeRotationLog(f.log, log);
   removeIfPresent(f.previous);
   removeIfPresent(identityPublicPath(f.previous));
   fsyncDir(dirname(f.current));

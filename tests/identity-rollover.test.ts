@@ -3,6 +3,7 @@
 // through the overlap gets SERVER_KEY_ROTATED (not a ban, not a bare mismatch); change-log heads
 // signed by the retired key still verify; a forged identity notice changes no pin.
 import { test } from 'node:test';
+import { execFile } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -27,6 +28,16 @@ import { waitUntil } from './helpers/daemon.js';
 import { testIdentity } from './helpers/pair.js';
 
 const PASSWORD = 'chef-password-123';
+const BIN = new URL('../bin/', import.meta.url).pathname;
+
+function commusic(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(process.execPath, [join(BIN, 'commusic.js'), ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+    child.stdin!.end('');
+  });
+}
 const ARCHIVE_PASS = 'correct horse battery staple';
 
 async function start(): Promise<{ server: RunningServer; dir: string; dataDir: string; port: number; club: string }> {
@@ -176,6 +187,11 @@ test('a client offline through the whole overlap gets SERVER_KEY_ROTATED, tellin
     assert.match(e.message, /out of band/);
     assert.match(e.message, /--fingerprint [0-9a-f]{64}/);
   }
+  // The member's command line says the same, with the command to run after checking.
+  const cli = await commusic(['--server', `127.0.0.1:${port}`, '--tofu', '--known-servers', stale, '--bind', '127.0.0.7', 'ping']);
+  assert.notEqual(cli.code, 0);
+  assert.match(cli.stderr, /rolled its identity key over.*out of band.*\[SERVER_KEY_ROTATED\]\n$/s);
+  assert.ok(cli.stderr.includes(`--fingerprint ${newFp}`), cli.stderr);
   // With an explicit (stale) fingerprint: the same clear message.
   await assert.rejects(connect({ host: '127.0.0.1', port, fingerprint: oldFp, localAddress: '127.0.0.7' }), (e: unknown) => e instanceof ClientError && e.code === 'SERVER_KEY_ROTATED');
   assert.deepEqual(lookupKnownServerPins(stale, `127.0.0.1:${port}`), [oldFp], 'nothing is trusted without the user');

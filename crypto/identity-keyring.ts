@@ -141,6 +141,8 @@ export interface IdentityKeySet {
   previous?: IdentityKey;
   /** The rotation log, oldest first, signatures verified (an entry that fails is left out). */
   rotations: RotationRecord[];
+  /** A rollover was started here once (the rotation log exists, even if an abort emptied it). */
+  rotated: boolean;
 }
 
 function removeIfPresent(path: string): void {
@@ -187,7 +189,7 @@ export function loadIdentityKeySet(privatePath: string): IdentityKeySet {
   if (previous) ensurePublicKeyFile(f.previous, previous);
   else removeIfPresent(identityPublicPath(f.previous));
   const rotations = chained(readRotationLog(f.log), current.fingerprint, next?.fingerprint);
-  return { phase: next ? 'announce' : previous ? 'switched' : 'single', current, ...(next ? { next } : {}), ...(previous ? { previous } : {}), rotations };
+  return { phase: next ? 'announce' : previous ? 'switched' : 'single', current, ...(next ? { next } : {}), ...(previous ? { previous } : {}), rotations, rotated: existsSync(f.log) };
 }
 
 /**

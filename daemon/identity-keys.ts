@@ -27,7 +27,9 @@ export interface IdentityHolder {
  * the key changed (it is still refused: PROTOCOL.md 3.2).
  */
 export function noticeFor(set: IdentityKeySet): Record<string, unknown> | undefined {
-  if (set.rotations.length === 0 && set.phase === 'single') return undefined;
+  // Never rotated: no notice. After an abort (no statement left) the notice still tells clients
+  // that pinned the aborted next key to drop it.
+  if (!set.rotated && set.phase === 'single') return undefined;
   return encodeIdentityNotice({
     current: set.current.spki,
     ...(set.next ? { next: set.next.spki } : {}),

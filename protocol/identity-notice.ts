@@ -4,7 +4,7 @@
  * payloads in, decisions out; the SDK (client/connection.ts) stores the pins.
  *
  *   [7, "identity.keys", {current: bstr 294, next?: bstr 294, previous?: bstr 294,
- *                         rotations: [{old, new, time, oldSignature, newSignature}] (1..4)}]
+ *                         rotations: [{old, new, time, oldSignature, newSignature}] (0..4)}]
  *
  * Rules for a client (section 6.3): the notice counts only when `current` is the key that signed
  * this session's handshake and every rotation statement's two signatures verify; `next` needs a
@@ -49,7 +49,7 @@ function plainMap(v: unknown, keys: ReadonlySet<string>): Record<string, unknown
 }
 
 /**
- * Parses and verifies a payload: exact shape (no other fields, exact lengths, 1..4 rotations),
+ * Parses and verifies a payload: exact shape (no other fields, exact lengths, 0..4 rotations),
  * BOTH signatures of every rotation statement, and the links next/previous need. Returns
  * undefined for anything else, never throws: a forged or damaged notice changes nothing.
  */
@@ -61,7 +61,7 @@ export function parseIdentityNotice(payload: unknown): IdentityNotice | undefine
   const previous = m['previous'] === undefined ? undefined : bytes(m['previous'], IDENTITY_SPKI_LEN);
   const list = m['rotations'];
   if (!current || (m['next'] !== undefined && !next) || (m['previous'] !== undefined && !previous)) return undefined;
-  if (!Array.isArray(list) || list.length < 1 || list.length > MAX_NOTICE_ROTATIONS) return undefined;
+  if (!Array.isArray(list) || list.length > MAX_NOTICE_ROTATIONS) return undefined;
   const rotations: RotationStatement[] = [];
   for (const item of list) {
     const r = plainMap(item, ROTATION_KEYS);

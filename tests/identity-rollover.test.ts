@@ -254,3 +254,24 @@ test('a forged identity notice is ignored and changes no pin; a genuine one does
   await c.close();
   assert.deepEqual(lookupKnownServerPins(known, `127.0.0.1:${port}`).sort(), [current.fingerprint, next.fingerprint].sort());
 });
+
+test('an aborted rollover: clients that pinned the announced key drop it again', { timeout: 120_000 }, async (t) => {
+  const { server, dir, dataDir, port } = await start();
+  t.after(async () => {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const known = join(dir, 'known_servers');
+  const c = await connect({ host: '127.0.0.1', port, knownServersFile: known });
+  const current = c.fingerprint;
+  const started = await step(dataDir, 'start');
+  await waitUntil(() => c.pins.length === 2, 10_000, 'the next key to be pinned');
+  const aborted = (await runOperation(dataDir, 'keys.rotate-identity', { step: 'abort' })).result as { phase: string; current: string };
+  assert.deepEqual(aborted, { phase: 'single', current, sessionsNotified: 1 });
+  await waitUntil(() => c.pins.length === 1, 10_000, 'the aborted key to be dropped');
+  assert.deepEqual(c.pins, [current]);
+  await c.close();
+  assert.deepEqual(lookupKnownServerPins(known, `127.0.0.1:${port}`), [current]);
+  assert.equal(existsSync(identityFiles(dataPaths(dataDir).identityKey).next), false);
+  assert.ok(!trustedIdentityKeys(dataPaths(dataDir).identityKey).some((k) => k.fingerprint === started.next), 'the aborted key verifies nothing');
+});

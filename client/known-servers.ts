@@ -38,6 +38,7 @@ export function lookupKnownServer(file: string, server: string): string | undefi
   return lookupKnownServerPins(file, server)[0];
 }
 
+/** Appends a pin for `server` (trust on first use); creates the file (0600) and its folder (0700). */
 export function rememberServer(file: string, server: string, fingerprint: string): void {
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   appendFileSync(file, `${server} ${fingerprint}\n`, { mode: 0o600 });

@@ -61,6 +61,7 @@ export function identityFiles(privatePath: string): IdentityFiles {
   return { current: privatePath, next: join(dir, 'identity-next.pem'), previous: join(dir, 'identity-previous.pem'), log: join(dir, 'identity-rotations.json') };
 }
 
+/** A rollover step refused: out of order (WRONG_PHASE, ROTATION_IN_PROGRESS) or a damaged rotation log. */
 export class IdentityRotationError extends Error {
   constructor(
     readonly code: 'ROTATION_IN_PROGRESS' | 'NO_ROTATION' | 'WRONG_PHASE' | 'ROTATION_LOG_INVALID',

@@ -4,13 +4,13 @@ import { resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { createInterface } from 'node:readline/promises';
-import { dataPaths } from '../daemon/config.js';
-import { callControl } from '../daemon/control-socket.js';
-import { offlineContext, runOperation, type OfflineOptions } from '../daemon/offline.js';
-import { buildOperations } from '../daemon/ops.js';
-import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { callControl } from '../daemon/ops/control-socket.js';
+import { offlineContext, runOperation, type OfflineOptions } from '../daemon/ops/offline.js';
+import { buildOperations } from '../daemon/ops/ops.js';
+import { decryptArchiveToFile, fileSource } from '../storage/backup/backup-archive.js';
 import { fail, getSecret, printResult, usage } from './cli-util.js';
-import { neutraliseBlock, neutraliseDeep } from '../daemon/neutralise.js';
+import { neutraliseBlock, neutraliseDeep } from '../daemon/common/neutralise.js';
 
 
 /** Run many operations on one connection target: the daemon if it answers, else the data folder. */

@@ -2,15 +2,15 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { dataPaths } from '../daemon/config.js';
-import { callControl } from '../daemon/control-socket.js';
-import { createLogger } from '../daemon/log.js';
-import { AlertMailer, type MailerConfig } from '../daemon/mailer.js';
-import { Monitor, formatMs, parseTargets, type MonitorEvent } from '../daemon/monitor.js';
-import { parseDuration } from '../daemon/ban-policy.js';
-import { formatStatus, type StatusReport } from '../daemon/status-ops.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { callControl } from '../daemon/ops/control-socket.js';
+import { createLogger } from '../daemon/common/log.js';
+import { AlertMailer, type MailerConfig } from '../daemon/mail/mailer.js';
+import { Monitor, formatMs, parseTargets, type MonitorEvent } from '../daemon/monitoring/monitor.js';
+import { parseDuration } from '../daemon/bans/ban-policy.js';
+import { formatStatus, type StatusReport } from '../daemon/monitoring/status-ops.js';
 import { fail, usage } from './cli-util.js';
-import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/neutralise.js';
+import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/common/neutralise.js';
 
 /**
  * `commusicctl monitor` (the availability probe, meant to run at two sites) and

@@ -10,11 +10,11 @@ import { createHash } from 'node:crypto';
 import { walk } from './store-helpers.js';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { openStorage } from '../storage/storage.js';
-import { createClub } from '../storage/provisioning.js';
-import { createClubArchive, serverArchiveKey, writeFileAtomic } from '../storage/backup-archive.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { createClubArchive, serverArchiveKey, writeFileAtomic } from '../storage/backup/backup-archive.js';
 import { addPerson } from './backup-helpers.js';
-import { AuditLog } from '../storage/audit-log.js';
+import { AuditLog } from '../storage/club/audit-log.js';
 import { loadIdentity, signTranscript } from '../crypto/identity.js';
 
 function digestWithoutShm(dir: string): string {

@@ -3,7 +3,7 @@
  * and encrypted by an SSL certificate"; section 5.3: the club's log shown in the applications):
  * one HTTPS listener (fastify), on the same users, rights, change log and ban engine as the
  * client protocol. Every club read and write goes through the club command handlers in-process
- * (daemon/club-commands.ts via the Dispatcher), so rights, register scope, violations and
+ * (daemon/club/club-commands.ts via the Dispatcher), so rights, register scope, violations and
  * change-log entries are exactly the protocol's. The feature plug-ins register their routes:
  * auth-routes.ts (login, password change, logout), persons-routes.ts, log-routes.ts,
  * self-routes.ts (own record, GDPR Art. 15 export), admin-routes.ts (users and rights),
@@ -21,13 +21,13 @@ import cookie from '@fastify/cookie';
 import formbody from '@fastify/formbody';
 import type { Socket } from 'node:net';
 import type { IdentityKey } from '../../crypto/identity.js';
-import { endSessionOnClose, type ClubServices } from '../auth.js';
-import { CommandError } from '../command-errors.js';
-import { normalizeIp } from '../connection.js';
-import type { CommandContext, ConnectionInfo, Dispatcher } from '../dispatcher.js';
-import type { Logger } from '../log.js';
-import { effectiveScope, type Grant } from '../rights.js';
-import type { TlsMaterial } from '../tls-cert.js';
+import { endSessionOnClose, type ClubServices } from '../club/auth.js';
+import { CommandError } from '../edge/command-errors.js';
+import { normalizeIp } from '../edge/connection.js';
+import type { CommandContext, ConnectionInfo, Dispatcher } from '../edge/dispatcher.js';
+import type { Logger } from '../common/log.js';
+import { effectiveScope, type Grant } from '../club/rights.js';
+import type { TlsMaterial } from '../monitoring/tls-cert.js';
 import { html, type SafeHtml } from './html.js';
 import { pickLang, t, type Lang } from './i18n.js';
 import { notice, page, STYLESHEET, type Nav } from './layout.js';

@@ -6,8 +6,8 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { CommandError } from '../command-errors.js';
-import { effectiveScope } from '../rights.js';
+import { CommandError } from '../edge/command-errors.js';
+import { effectiveScope } from '../club/rights.js';
 import { noRightPage, type WebUser } from './app.js';
 import { html, type SafeHtml } from './html.js';
 import { t } from './i18n.js';

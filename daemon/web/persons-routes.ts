@@ -6,7 +6,7 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { CommandError } from '../command-errors.js';
+import { CommandError } from '../edge/command-errors.js';
 import { noRightPage } from './app.js';
 import { html } from './html.js';
 import { t } from './i18n.js';

@@ -23,7 +23,7 @@ import { BackupService } from './backup-service.js';
 import { loadConfig } from '../main/config.js';
 import { AlertMailer } from '../mail/mailer.js';
 import type { OperationRegistry } from '../ops/operations.js';
-import type { OpsContext } from '../ops/ops.js';
+import type { OpsContext } from '../ops/operations.js';
 
 export interface BackupOpsContext extends OpsContext {
   /** Online: the daemon's running backup service. */

@@ -3,7 +3,7 @@ import { loadPublicIdentity, verifyTranscript } from '../../crypto/identity.js';
 import { queryAuditLog, verifyAuditLog, MAX_QUERY_LIMIT, type AuditVerifier } from '../../storage/club/audit-log.js';
 import { dataPaths } from '../main/config.js';
 import { OperationError, type OperationRegistry } from './operations.js';
-import type { OpsContext } from './ops.js';
+import type { OpsContext } from './operations.js';
 
 /**
  * Support's view of a club's change log: `log.show` (filters by time, user, action, entity;

@@ -1,4 +1,6 @@
 import type { z } from 'zod';
+import type { BanTable } from '../../storage/bans/ban-store.js';
+import type { Storage } from '../../storage/server/storage.js';
 
 /**
  * Operator operations: one registry used two ways. The running daemon serves them on its
@@ -44,4 +46,19 @@ export class OperationRegistry<C> {
     }
     return op.run(ctx, parsed.data);
   }
+}
+
+/**
+ * What an operator operation runs with. The context gives access to what an operation
+ * needs; online it holds the running daemon's live objects, offline commusicctl opens the data
+ * folder lazily, so a command opens only what it touches.
+ */
+export interface OpsContext {
+  readonly dataDir: string;
+  bans(): Promise<BanTable>;
+  storage(): Promise<Storage>;
+  /** Online: a manual ban was added; close the sessions its sources have open. */
+  bansChanged?(): void;
+  /** Online: runs the daemon's own key change without tripping the key-file watch. */
+  expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
 }

@@ -1,34 +1,21 @@
 import { z } from 'zod';
-import type { BanTable } from '../../storage/bans/ban-store.js';
-import type { Storage } from '../../storage/server/storage.js';
 import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exemptRemove } from '../bans/ban-ops.js';
-import { OperationError, OperationRegistry } from './operations.js';
+import { OperationError, OperationRegistry, type OpsContext } from './operations.js';
 import { purgeDeletedClubArchives, registerBackupOps } from '../backup/backup-ops.js';
 import { registerLogOps } from './log-ops.js';
 import { BULK_BATCH } from '../club/club-bulk.js';
 import { createClub, createClubsWithPasswords, deleteClub, listClubs, recoverFromMasterLeak, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../../storage/server/provisioning.js';
 import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 
-/**
- * Every operator operation, registered once. The context gives access to what an operation
- * needs; online it holds the running daemon's live objects, offline commusicctl opens the data
- * folder lazily, so a command opens only what it touches.
- */
-export interface OpsContext {
-  readonly dataDir: string;
-  bans(): Promise<BanTable>;
-  storage(): Promise<Storage>;
-  /** Online: a manual ban was added; close the sessions its sources have open. */
-  bansChanged?(): void;
-  /** Online: runs the daemon's own key change without tripping the key-file watch. */
-  expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
-}
+/** Every operator operation, registered once (the context type lives in operations.ts). */
+export type { OpsContext } from './operations.js';
 
 const address = z.string().min(1).max(64);
 const clubId = z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/, 'not a club id');
 const clubName = z.string().trim().min(1).max(200);
 const userName = z.string().trim().min(1).max(64).regex(/^[\p{L}\p{N}._@-]+$/u, 'letters, digits and . _ @ - only');
 
+/** Registers every operator operation (bans, clubs, keys, backups, log) on the registry. */
 export function buildOperations<C extends OpsContext>(registry = new OperationRegistry<C>()): OperationRegistry<C> {
   registry
     .register({ name: 'bans.list', schema: z.object({}).strict(), run: async (c) => bansList({ table: await c.bans() }) })

@@ -38,6 +38,9 @@ import { logRoutes } from './log-routes.js';
 import { selfRoutes } from './self-routes.js';
 import { adminRoutes } from './admin-routes.js';
 import { backupRoutes } from './backup-routes.js';
+import { clearSessionCookie, type WebUser } from './common.js';
+
+export { COOKIE_OPTIONS, clearSessionCookie, noRightPage, type WebUser } from './common.js';
 
 export const WEB_MIN_TLS = 'TLSv1.2' as const;
 /** Form bodies are small; anything larger is refused before parsing (bytes). */
@@ -57,15 +60,6 @@ export interface WebDeps {
   readonly absoluteTimeoutMs: number;
   readonly maxSessions: number;
   readonly now?: () => number;
-}
-
-/** What a route handler gets for the logged-in user of the request. */
-export interface WebUser {
-  readonly session: WebSession;
-  readonly grants: readonly Grant[];
-  readonly admin: boolean;
-  readonly user: Record<string, unknown>;
-  readonly nav: Nav;
 }
 
 declare module 'fastify' {
@@ -176,13 +170,6 @@ export class WebRuntime {
   csrfRefused(req: FastifyRequest, reply: FastifyReply): FastifyReply {
     return this.send(reply, req.lang, t(req.lang, 'csrf'), html`${notice('error', t(req.lang, 'csrf'))}<p><a href="/">${t(req.lang, 'title')}</a></p>`, undefined, 403);
   }
-}
-
-/** Session cookie attributes (OWASP Session Management: `__Host-` prefix, Secure, HttpOnly, SameSite=Strict, Path=/, no Domain). */
-export const COOKIE_OPTIONS = { path: '/', secure: true, httpOnly: true, sameSite: 'strict' } as const;
-
-export function clearSessionCookie(reply: FastifyReply): void {
-  void reply.clearCookie(SESSION_COOKIE, COOKIE_OPTIONS);
 }
 
 export interface WebApp {
@@ -305,9 +292,4 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
       return closed;
     },
   };
-}
-
-/** The page for "you may not see persons" etc.: used where a link would otherwise lead nowhere. */
-export function noRightPage(req: FastifyRequest, reply: FastifyReply, u: WebUser): FastifyReply {
-  return reply.server.web.send(reply, req.lang, t(req.lang, 'noRight'), notice('error', t(req.lang, 'noRight')), u.nav, 403);
 }

@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { CommandError } from '../edge/command-errors.js';
 import { effectiveScope } from '../club/rights.js';
-import { noRightPage, type WebUser } from './app.js';
+import { noRightPage, type WebUser } from './common.js';
 import { html, type SafeHtml } from './html.js';
 import { t } from './i18n.js';
 import { notice } from './layout.js';

@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { verifyTranscript } from '../../crypto/identity.js';
 import { verifyAuditLog, type VerifyResult } from '../../storage/club/audit-log.js';
 import { CommandError } from '../edge/command-errors.js';
-import { noRightPage, type WebUser } from './app.js';
+import { noRightPage, type WebUser } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 import { notice } from './layout.js';

@@ -7,7 +7,7 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { CommandError } from '../edge/command-errors.js';
-import { noRightPage } from './app.js';
+import { noRightPage } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 import { notice } from './layout.js';

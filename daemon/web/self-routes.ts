@@ -14,7 +14,7 @@ import { appendAudit } from '../club/auth.js';
 import { DATA_COMMAND_ENTITIES } from '../club/club-commands.js';
 import { ENTITY_AREA } from '../club/data-areas.js';
 import { effectiveScope, type Area } from '../club/rights.js';
-import type { WebUser } from './app.js';
+import type { WebUser } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 

@@ -3,7 +3,7 @@
 // Usage: node club-crash-child.js <job> <dataDir> [clubId]
 import { Readable } from 'node:stream';
 import { openStorage } from '../storage/server/storage.js';
-import { rotateClub, rotateMaster } from '../storage/server/provisioning.js';
+import { rotateClub, rotateMaster } from '../storage/server/key-rotation.js';
 import { putDocument } from '../storage/club/documents.js';
 
 const [job, dataDir, clubId] = process.argv.slice(2) as [string, string, string];

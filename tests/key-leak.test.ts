@@ -12,7 +12,7 @@ import { archiveKeyById, archiveKeyIds, rotateArchiveKey, serverOpenKey } from '
 import { archiveTrust, createClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup/backup-archive.js';
 import { clubDbPath, clubDir, DOCS_DIR } from '../storage/club/club-store.js';
 import { readDocumentBuffer } from '../storage/club/documents.js';
-import { recoverFromMasterLeak } from '../storage/server/provisioning.js';
+import { recoverFromMasterLeak } from '../storage/server/key-rotation.js';
 import { ServerDb, serverDbPath } from '../storage/server/server-db.js';
 import { openEncrypted } from '../storage/engine/sqlcipher.js';
 import { openStorage, unwrapClubKey, type Storage } from '../storage/server/storage.js';

@@ -6,7 +6,7 @@ import { chmodSync, chownSync, renameSync, unlinkSync, writeFileSync, readFileSy
 import { join } from 'node:path';
 import { watchKeyFile, type SecurityEvent, type KeyFileEventKind } from '../crypto/key-watch.js';
 import { openStorage } from '../storage/server/storage.js';
-import { rotateMaster } from '../storage/server/provisioning.js';
+import { rotateMaster } from '../storage/server/key-rotation.js';
 import { tmpDir } from './store-helpers.js';
 
 function collector() {

@@ -5,7 +5,8 @@
 // temp_store=FILE on one connection, so the parent can prove its probe catches a spill.
 import { Readable } from 'node:stream';
 import { openStorage } from '../storage/server/storage.js';
-import { createClub, rotateClub, rotateMaster } from '../storage/server/provisioning.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { rotateClub, rotateMaster } from '../storage/server/key-rotation.js';
 import { putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { listRecords } from '../storage/club/club-data.js';
 import { BanStore } from '../storage/bans/ban-store.js';

@@ -21,7 +21,7 @@ import { registerStatusOps, type StatusContext } from '../monitoring/status-ops.
 import { ViolationBus } from '../bans/violations.js';
 import { openStorage, type Storage } from '../../storage/server/storage.js';
 import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from './store-sizing.js';
-import { resumeInterruptedRotations } from '../../storage/server/provisioning.js';
+import { resumeInterruptedRotations } from '../../storage/server/key-rotation.js';
 import { bansDbKey, watchKeyFiles, type KeyWatcher } from './key-security.js';
 import { loadTlsMaterial } from '../monitoring/tls-cert.js';
 import { startWebApp, type WebApp } from '../web/app.js';

@@ -4,7 +4,8 @@ import { OperationError, OperationRegistry, type OpsContext } from './operations
 import { purgeDeletedClubArchives, registerBackupOps } from '../backup/backup-ops.js';
 import { registerLogOps } from './log-ops.js';
 import { BULK_BATCH } from '../club/club-bulk.js';
-import { createClub, createClubsWithPasswords, deleteClub, listClubs, recoverFromMasterLeak, resumeClub, rotateClub, rotateMaster, showClub, suspendClub } from '../../storage/server/provisioning.js';
+import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub, showClub, suspendClub } from '../../storage/server/provisioning.js';
+import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
 import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 
 /** Every operator operation, registered once (the context type lives in operations.ts). */

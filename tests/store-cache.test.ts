@@ -12,7 +12,7 @@ import { nullLogger } from '../daemon/common/log.js';
 import { startServer } from '../daemon/main/main.js';
 import { formatStatus, type StatusReport } from '../daemon/monitoring/status-ops.js';
 import { FD_RESERVE, STORE_FDS, STORE_MEMORY_BYTES, parseOpenFileLimit, planStoreCache, processOpenFileLimit } from '../daemon/main/store-sizing.js';
-import { FrequencySketch } from '../storage/club/club-store.js';
+import { FrequencySketch } from '../storage/club/store-cache.js';
 import { createClubsBulk } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
 import { httpsGet, parsePrometheus } from './helpers/health.js';

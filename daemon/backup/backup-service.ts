@@ -18,152 +18,22 @@
  */
 import type { AlertKind } from '../mail/alert-catalogue.js';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Cron } from 'croner';
-import { z } from 'zod';
-import {
-  archiveSigner,
-  archiveStream,
-  clubBackupSettings,
-  createClubArchive,
-  serverArchiveKey,
-  sweepBackupStaging,
-  takeClubSnapshot,
-  writeFileAtomic,
-  type Manifest,
-} from '../../storage/backup/backup-archive.js';
+import { createClubArchive, sweepBackupStaging, writeFileAtomic } from '../../storage/backup/backup-archive.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 import { clubSealingKey } from '../../storage/backup/archive-keys.js';
 import type { Storage } from '../../storage/server/storage.js';
-import { DurationSchema } from '../bans/ban-policy.js';
-import { archiveName, DestinationSchema, openDestination, type ArchiveEntry, type BackupDestination } from './backup-destinations.js';
+import { archiveName, openDestination, type ArchiveEntry, type BackupDestination } from './backup-destinations.js';
 import { nullLogger, type Logger } from '../common/log.js';
 import type { AlertMailer } from '../mail/mailer.js';
+import { BackupConfigSchema, BackupServiceOptions, BackupSettings, ClubRunResult, MailReport, RunReport, emptyMail, errText } from './backup-settings.js';
+import { selectRetained } from './retention.js';
+import { mailClubBackups } from './club-mail.js';
 
-export const RetentionSchema = z
-  .object({
-    last: z.number().int().min(0).max(1000).default(0),
-    daily: z.number().int().min(0).max(3660).default(7),
-    weekly: z.number().int().min(0).max(520).default(4),
-    monthly: z.number().int().min(0).max(1200).default(12),
-    yearly: z.number().int().min(0).max(100).default(0),
-  })
-  .strict()
-  .refine((r) => r.last + r.daily + r.weekly + r.monthly + r.yearly > 0, { message: 'retention must keep at least one archive' });
-export type Retention = z.output<typeof RetentionSchema>;
-
-export const BackupConfigSchema = z
-  .object({
-    /** Run nightly (the operator commands work either way). */
-    enabled: z.boolean().default(true),
-    /** Relative local paths are inside the data folder. Embedded default: <data>/backups. */
-    destinations: z
-      .array(DestinationSchema)
-      .min(1)
-      .default([{ name: 'local', kind: 'local', path: 'backups' }])
-      .refine((ds) => new Set(ds.map((d) => d.name)).size === ds.length, { message: 'destination names must be unique' }),
-    /** Local time of the nightly run, HH:MM. */
-    time: z.string().regex(/^([01]\d|2[0-3]):[0-5]\d$/, 'expected HH:MM').default('02:30'),
-    /** IANA time zone of `time`; default the server's. */
-    timezone: z.string().min(1).optional(),
-    /** Clubs archived at once. */
-    parallelism: z.number().int().min(1).max(32).default(2),
-    retention: RetentionSchema.default({}),
-    /** Retry a destination that was down after this long. */
-    retryAfter: DurationSchema.default('15m'),
-    mail: z
-      .object({
-        /** Archives above this size are not mailed: the club gets a notice, the operator an alert. */
-        maxBytes: z.number().int().min(1024).max(1024 ** 3).default(20 * 1024 * 1024),
-      })
-      .strict()
-      .default({}),
-  })
-  .strict();
-export type BackupConfig = z.input<typeof BackupConfigSchema>;
-export type BackupSettings = z.output<typeof BackupConfigSchema>;
-
-const MAIL_PLANS = new Set(['premium', 'federation']);
-
-export interface ClubRunResult {
-  clubId: string;
-  name: string;
-  size: number;
-  stored: string[];
-  failed: Array<{ destination: string; error: string }>;
-  error?: string;
-}
-
-export interface RunReport {
-  startedAt: string;
-  finishedAt: string;
-  clubs: number;
-  ok: number;
-  /** Bytes of the archives made in this run (each stored once per destination). */
-  bytes: number;
-  failedClubs: Array<{ clubId: string; error: string }>;
-  destinations: Record<string, { stored: number; failed: number; down?: string }>;
-  retention: Record<string, { kept: number; deleted: number; error?: string }>;
-  mail: MailReport;
-  /** `backup cancel` stopped the run: these clubs were not started (the ones under way finished). */
-  cancelled?: { notStarted: string[] };
-}
-
-export interface MailReport {
-  sent: string[];
-  unchanged: string[];
-  tooLarge: string[];
-  noPassphrase: string[];
-  noAddress: string[];
-  failed: Array<{ clubId: string; error: string }>;
-}
-
-export interface BackupServiceOptions {
-  storage: Storage;
-  config?: BackupConfig;
-  mailer?: AlertMailer;
-  logger?: Logger;
-  now?: () => Date;
-  /** Called when an archive was stored (metrics gauge). */
-  onStored?: (destination: string, timeMs: number) => void;
-  /** Replace the configured destinations (tests, bench). */
-  destinations?: BackupDestination[];
-}
-
-/** restic-style `forget`: which of these archive times to keep (indexes into `times`). */
-export function selectRetained(times: readonly Date[], r: Retention): Set<number> {
-  const order = times.map((t, i) => ({ t: t.getTime(), i })).sort((a, b) => b.t - a.t);
-  const keep = new Set<number>();
-  const pad = (n: number) => String(n).padStart(2, '0');
-  const isoWeek = (d: Date) => {
-    const x = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
-    const day = x.getUTCDay() || 7;
-    x.setUTCDate(x.getUTCDate() + 4 - day);
-    const y0 = new Date(Date.UTC(x.getUTCFullYear(), 0, 1));
-    return `${x.getUTCFullYear()}-W${pad(Math.ceil(((x.getTime() - y0.getTime()) / 86_400_000 + 1) / 7))}`;
-  };
-  const rules: Array<[number, (d: Date) => string]> = [
-    [r.last, (d) => String(d.getTime())],
-    [r.daily, (d) => d.toISOString().slice(0, 10)],
-    [r.weekly, isoWeek],
-    [r.monthly, (d) => d.toISOString().slice(0, 7)],
-    [r.yearly, (d) => d.toISOString().slice(0, 4)],
-  ];
-  for (const [n, key] of rules) {
-    let count = 0;
-    let last: string | undefined;
-    for (const { t, i } of order) {
-      if (count >= n) break;
-      const k = key(new Date(t));
-      if (k === last) continue;
-      last = k;
-      keep.add(i);
-      count++;
-    }
-  }
-  return keep;
-}
+export { RetentionSchema, BackupConfigSchema, type Retention, type BackupConfig, type BackupSettings, type ClubRunResult, type RunReport, type MailReport, type BackupServiceOptions } from './backup-settings.js';
+export { selectRetained } from './retention.js';
 
 /** Run `fn` over items with at most `n` at a time. */
 async function pool<T>(items: readonly T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
@@ -172,11 +42,6 @@ async function pool<T>(items: readonly T[], n: number, fn: (x: T) => Promise<voi
     while (next < items.length) await fn(items[next++]!);
   };
   await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
-}
-
-function errText(e: unknown): string {
-  const err = e as { code?: string; message?: string };
-  return `${err.message ?? String(e)}${err.code && !String(err.message).includes(err.code) ? ` [${err.code}]` : ''}`;
 }
 
 export class BackupService {
@@ -447,75 +312,12 @@ export class BackupService {
 
   /**
    * Premium and federation clubs: mail an archive sealed with the club's passphrase key when the
-   * data fingerprint differs from the last mailed one.
+   * data fingerprint differs from the last mailed one (club-mail.ts).
    */
   async mailClubBackups(only?: readonly string[]): Promise<MailReport> {
-    const rep = emptyMail();
-    if (!this.#mailer) return rep;
-    const st = this.#st;
-    for (const row of st.server.listClubs()) {
-      if (only && !only.includes(row.id)) continue;
-      if (!MAIL_PLANS.has(row.plan) || row.status !== 'active') continue;
-      const cfg = clubBackupSettings(st, row.id);
-      if (!cfg.emails?.length) {
-        rep.noAddress.push(row.id);
-        continue;
-      }
-      if (!cfg.passphrase) {
-        rep.noPassphrase.push(row.id);
-        continue;
-      }
-      const metaKey = `backup.mailed.${row.id}`;
-      let file: string | undefined;
-      try {
-        const snap = takeClubSnapshot(st, row.id, this.#now());
-        if (st.server.getMeta(metaKey) === snap.manifest.dataFingerprint) {
-          snap.release();
-          rep.unchanged.push(row.id);
-          continue;
-        }
-        const manifest: Manifest = snap.manifest;
-        mkdirSync(this.#staging, { recursive: true, mode: 0o700 });
-        file = path.join(this.#staging, `mail-${row.id}-${randomBytes(6).toString('hex')}.cmbk`);
-        await writeFileAtomic(archiveStream(snap, { kind: 'club', record: cfg.passphrase }, { signer: archiveSigner(st) }), file);
-        const size = statSync(file).size;
-        const day = manifest.createdAt.slice(0, 10);
-        if (size > this.settings.mail.maxBytes) {
-          await this.#mailer.send({
-            group: 'club-backup',
-            to: cfg.emails,
-            subject: `ComMusic: backup of ${row.name} of ${day} is too large for e-mail`,
-            text: [
-              `The nightly backup of ${row.name} (${day}) is ${mb(size)} MB, above the e-mail limit of ${mb(this.settings.mail.maxBytes)} MB, so it was not attached.`,
-              'Your data is backed up on our servers as every night. Download a backup at any time in the ComMusic application (Backup > Download); it is encrypted with your backup passphrase.',
-            ].join('\n\n'),
-          });
-          await this.#alert('backup-mail-too-large', 'warning', `nightly backup mail of club ${row.id} over the size limit`, [`Club: ${row.id}`, `Archive: ${mb(size)} MB, limit ${mb(this.settings.mail.maxBytes)} MB`, 'The club got a notice instead of the archive.']);
-          rep.tooLarge.push(row.id);
-        } else {
-          await this.#mailer.send({
-            group: 'club-backup',
-            to: cfg.emails,
-            subject: `ComMusic: nightly backup of ${row.name} (${day})`,
-            text: [
-              `Attached is the encrypted backup of ${row.name} of ${manifest.createdAt}: ${Object.values(manifest.tables).reduce((a, b) => a + b, 0)} records and ${manifest.documents.length} documents.`,
-              'It opens only with your club\'s backup passphrase: commusicctl backup decrypt --in FILE --out FILE.tar --passphrase-stdin, or in the ComMusic application.',
-              'We send it only on nights after your data changed.',
-            ].join('\n\n'),
-            attachments: [{ filename: `${row.id}-${manifest.createdAt.replace(/[-:.]/g, '').slice(0, 15)}.cmbk`, path: file, contentType: 'application/octet-stream' }],
-          });
-          rep.sent.push(row.id);
-        }
-        // Durably queued (or noticed): the next mail waits for the next change.
-        st.server.setMeta(metaKey, manifest.dataFingerprint);
-      } catch (e) {
-        rep.failed.push({ clubId: row.id, error: errText(e) });
-        this.#log.error('nightly backup mail failed', { event: 'backup-mail', clubId: row.id, error: errText(e) });
-      } finally {
-        if (file) rmSync(file, { force: true });
-      }
-    }
-    return rep;
+    if (!this.#mailer) return emptyMail();
+    const deps = { st: this.#st, mailer: this.#mailer, log: this.#log, now: this.#now, staging: this.#staging, maxBytes: this.settings.mail.maxBytes, alert: this.#alert.bind(this) };
+    return mailClubBackups(deps, only);
   }
 
   async #alert(kind: AlertKind, severity: 'warning' | 'critical', subject: string, lines: string[]): Promise<void> {
@@ -571,12 +373,4 @@ export class BackupService {
     await this.#running?.catch(() => undefined);
     for (const d of this.destinations) await d.close();
   }
-}
-
-function emptyMail(): MailReport {
-  return { sent: [], unchanged: [], tooLarge: [], noPassphrase: [], noAddress: [], failed: [] };
-}
-
-function mb(n: number): string {
-  return (n / 1024 / 1024).toFixed(1);
 }

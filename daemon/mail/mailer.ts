@@ -1,108 +1,12 @@
-import { remedyLines, type AlertKind } from './alert-catalogue.js';
+import { composeAlertMail } from './compose.js';
 import os from 'node:os';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
-import { z } from 'zod';
-import { DurationSchema } from '../bans/ban-policy.js';
 import { nullLogger, type Logger } from '../common/log.js';
-import { neutralise } from '../common/neutralise.js';
 import { Outbox, newOutboxId, type OutboxMessage } from './outbox.js';
+import { Alert, MailerConfigSchema, MailerOptions, MailerSettings, Severity } from './mail-config.js';
 
-/**
- * The alert mailer: tells the service team at once about unauthorised access, key-file
- * tampering and outages, without drowning them.
- *
- * Grouping, in the spirit of Alertmanager: the first alert of a group ('ban', 'key-file',
- * 'outage', ...) is mailed at once; later alerts of the group within `groupInterval` are gathered
- * and mailed as one digest at the end of the interval, naming every source and counting the
- * violations. A flood of thousands of violations from 50 addresses thus makes one mail for the
- * first ban and one digest per interval naming the other 49.
- *
- * Delivery goes through the persistent outbox (outbox.ts): an alert is on disk before `alert()`
- * resolves, either as a queued mail or as a gathered digest item, and a queued mail leaves the
- * disk only after the SMTP server accepted it. Failures are retried with capped exponential
- * backoff and jitter, forever (the outbox length is exported for monitoring); a restart resends
- * whatever is queued. Delivery is one message at a time, so no mail is sent twice in the normal
- * case.
- *
- * The at-least-once window: if the process dies after the SMTP server accepted a mail but before
- * its queue file is deleted, the mail is sent again after the restart, with the same Message-ID,
- * so the receiving side can drop the duplicate. Likewise a crash between queuing a digest and
- * deleting its gathered items sends those items again in the next digest.
- *
- * Bodies contain what the callers put in `lines`: IP addresses, user names, club ids, violation
- * kinds and log-safe details; never passwords, keys or decrypted club data.
- */
-
-export const SmtpConfigSchema = z
-  .object({
-    host: z.string().min(1),
-    port: z.number().int().min(1).max(65535).default(587),
-    /** Implicit TLS from the first byte (usually port 465). */
-    secure: z.boolean().default(false),
-    /** Refuse to send unless the server offers STARTTLS (when not `secure`). */
-    requireTLS: z.boolean().default(true),
-    /** Verify the server certificate. */
-    rejectUnauthorized: z.boolean().default(true),
-    /** Extra CA certificates (PEM) to trust, e.g. a company CA. */
-    ca: z.string().optional(),
-    auth: z.object({ user: z.string().min(1), pass: z.string() }).strict().optional(),
-    /** Connection, greeting and socket timeout. */
-    timeout: DurationSchema.default('30s'),
-  })
-  .strict();
-
-export const MailerConfigSchema = z
-  .object({
-    /** The service team. Required with SMTP; without SMTP the .eml files are addressed to them. */
-    to: z.array(z.string().email()).default([]),
-    from: z.string().min(3).default('ComMusic alerts <commusic-alerts@localhost>'),
-    /** Without SMTP: the embedded default, mails are written to <outbox>/sent-local/ and logged. */
-    smtp: SmtpConfigSchema.optional(),
-    groupInterval: DurationSchema.default('5m'),
-    retry: z
-      .object({ initial: DurationSchema.default('30s'), max: DurationSchema.default('1h') })
-      .strict()
-      .default({}),
-    /** Body lines per digest before the rest is summarised (every source is still named). */
-    maxLinesPerMail: z.number().int().min(10).max(100_000).default(2000),
-    /** Server name in subjects and bodies; defaults to the host name. */
-    serverName: z.string().optional(),
-  })
-  .strict()
-  .refine((c) => !c.smtp || c.to.length > 0, { message: 'smtp needs at least one "to" address', path: ['to'] });
-
-export type MailerConfig = z.input<typeof MailerConfigSchema>;
-export type MailerSettings = z.output<typeof MailerConfigSchema>;
-
-export type Severity = 'info' | 'warning' | 'critical';
-const SEVERITY_RANK: Record<Severity, number> = { info: 0, warning: 1, critical: 2 };
-
-export interface Alert {
-  /** Grouping key: 'ban', 'key-file', 'outage', ... */
-  readonly group: string;
-  /** Which alert this is (daemon/mail/alert-catalogue.ts): the mail says what it means and what helps. */
-  readonly kind: AlertKind;
-  readonly subject: string;
-  readonly lines: readonly string[];
-  readonly severity: Severity;
-  /** Addresses or ranges this alert is about; a digest names all of them. */
-  readonly sources?: readonly string[];
-  /** Violations behind this alert; a digest sums them. */
-  readonly violations?: number;
-  /** When it happened (ms); defaults to the mailer's clock. */
-  readonly time?: number;
-}
-
-export interface MailerOptions {
-  /** The data folder; the outbox is `<dataDir>/outbox/`. */
-  readonly dataDir: string;
-  readonly config?: MailerConfig;
-  readonly logger?: Logger;
-  readonly now?: () => number;
-  /** Jitter source in [0,1); tests make it deterministic. */
-  readonly random?: () => number;
-}
+export { SmtpConfigSchema, MailerConfigSchema, type MailerConfig, type MailerSettings, type Severity, type Alert, type MailerOptions } from './mail-config.js';
 
 interface GroupState {
   lastSentAt: number;
@@ -313,78 +217,9 @@ export class AlertMailer {
     for (const [group, g] of this.groups) this.scheduleDigest(group, g);
   }
 
-  /** One alert: a mail of its own. Several: a digest naming every source. */
+  /** One alert: a mail of its own. Several: a digest naming every source (compose.ts). */
   private compose(group: string, alerts: readonly (Alert & { time: number })[], now: number): OutboxMessage {
-    group = neutralise(group);
-    const id = newOutboxId(now);
-    const severity = alerts.reduce<Severity>(
-      (s, a) => (SEVERITY_RANK[a.severity] > SEVERITY_RANK[s] ? a.severity : s),
-      'info',
-    );
-    const sources = new Set<string>();
-    let violations = 0;
-    for (const a of alerts) {
-      for (const s of a.sources ?? []) sources.add(s);
-      violations += a.violations ?? 0;
-    }
-    const tag = `[ComMusic ${this.server}] ${severity.toUpperCase()}`;
-    const body: string[] = [];
-    // Subjects, lines and sources carry untrusted text (user names, details): each becomes one
-    // line with its control characters and bidi overrides escaped, so none can forge lines.
-    alerts = alerts.map((a) => ({ ...a, subject: neutralise(a.subject), lines: a.lines.map(neutralise), ...(a.sources ? { sources: a.sources.map(neutralise) } : {}) }));
-    for (const s of [...sources]) {
-      sources.delete(s);
-      sources.add(neutralise(s));
-    }
-    let subject: string;
-    if (alerts.length === 1) {
-      const a = alerts[0]!;
-      subject = `${tag}: ${a.subject}`;
-      body.push(a.subject, '', `Time:     ${iso(a.time)}`, `Server:   ${this.server}`, `Group:    ${group}`);
-      if (sources.size > 0) body.push(`Sources:  ${[...sources].join(', ')}`);
-      if (a.violations !== undefined) body.push(`Violations: ${a.violations}`);
-      body.push('', ...a.lines);
-    } else {
-      const first = alerts[0]!.time;
-      const counts = [`${alerts.length} alerts`];
-      if (sources.size > 0) counts.push(`${sources.size} sources`);
-      if (violations > 0) counts.push(`${violations} violations`);
-      subject = `${tag}: ${group} digest, ${counts.join(', ')} since ${iso(first)}`;
-      body.push(
-        `${alerts.length} ${group} alerts between ${iso(first)} and ${iso(alerts[alerts.length - 1]!.time)}.`,
-        `Server:   ${this.server}`,
-      );
-      if (violations > 0) body.push(`Violations: ${violations}`);
-      if (sources.size > 0) {
-        body.push('', `Sources (${sources.size}):`, ...[...sources].sort().map((s) => `  ${s}`));
-      }
-      body.push('');
-      let used = 0;
-      let omitted = 0;
-      for (const a of alerts) {
-        const chunk = [`- ${iso(a.time)} ${a.subject}`, ...a.lines.map((l) => `    ${l}`)];
-        if (used + chunk.length > this.settings.maxLinesPerMail) {
-          omitted += chunk.length;
-          continue;
-        }
-        body.push(...chunk);
-        used += chunk.length;
-      }
-      if (omitted > 0) body.push('', `(${omitted} more lines omitted; the security log has them all)`);
-    }
-    for (const kind of [...new Set(alerts.map((a) => a.kind))]) body.push('', ...remedyLines(kind));
-    body.push('', '--', `ComMusic alert mailer on ${this.server}; the security log has the full record.`);
-    return {
-      id,
-      createdAt: now,
-      group,
-      from: this.settings.from,
-      to: this.settings.to.length > 0 ? this.settings.to : ['service-team@localhost'],
-      subject,
-      text: `${body.join('\n')}\n`,
-      messageId: `<${id}.${group.replace(/[^A-Za-z0-9-]/g, '')}@commusic.alerts>`,
-      attempts: 0,
-    };
+    return composeAlertMail(this.server, this.settings, group, alerts, now);
   }
 
   /** Start a delivery round soon (coalesced). */
@@ -498,10 +333,6 @@ export class AlertMailer {
     const d = Math.min(max, initial * 2 ** Math.min(30, failures - 1));
     return Math.round(d / 2 + (d / 2) * this.random());
   }
-}
-
-function iso(t: number): string {
-  return new Date(t).toISOString();
 }
 
 function codeOf(err: unknown): string {

@@ -1,6 +1,6 @@
 /**
  * Issue 21: every query shape the club commands generate is an index search, never a full scan
- * of a growing table. The shapes are produced by the real query builders (storage/club/club-data.ts,
+ * of a growing table. The shapes are produced by the real query builders (storage/club/data-query.ts, data-rows.ts,
  * storage/club/audit-log.ts) against a store migrated by the real migrations; every statement they
  * prepare is captured with its arguments and run through EXPLAIN QUERY PLAN.
  *

@@ -98,7 +98,7 @@ const webSchema = z
   .refine((w) => !w.certFile === !w.keyFile, { message: 'certFile and keyFile go together', path: ['certFile'] });
 
 /**
- * The club store cache (storage/club/club-store.ts, sizing in daemon/main/store-sizing.ts). `maxOpen`:
+ * The club store cache (storage/club/store-cache.ts, sizing in daemon/main/store-sizing.ts). `maxOpen`:
  * how many club stores stay open at once; `auto` takes what the open-file limit and the memory
  * budget allow and refuses to start when that is fewer than the clubs hosted. Restart to change.
  */

@@ -18,7 +18,7 @@ export const STORE_FDS = 3;
 export const STORE_MEMORY_BYTES = Math.round(0.4 * 1024 * 1024);
 /**
  * Descriptors kept for everything else: server.db, bans db, logs, listeners, backups, documents,
- * and the evicted stores waiting for their deferred close (at most 64, storage/club/club-store.ts).
+ * and the evicted stores waiting for their deferred close (at most 64, storage/club/store-cache.ts).
  */
 export const FD_RESERVE = 256;
 /** At most this share of the open-file limit is set aside for client connections in `auto`. */

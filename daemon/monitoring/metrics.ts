@@ -21,7 +21,7 @@ export interface MetricsSources {
   };
   readonly activeBans?: () => number;
   readonly openStores?: () => number;
-  /** Club store cache figures (storage/club/club-store.ts ClubStoreCache). */
+  /** Club store cache figures (storage/club/store-cache.ts ClubStoreCache). */
   readonly storeCache?: () => StoreCacheFigures;
   readonly outboxLength?: () => number;
   readonly keyWatchState?: () => KeyWatchState;

@@ -205,7 +205,7 @@ export const MODEL: Readonly<Record<EntityName, EntityDef>> = {
     to: f.date(opt()),
     leader: f.bool({ description: 'leads the register' }),
   }, {
-    // The register scope (storage/club/club-data.ts) probes these: a person's active assignments in
+    // The register scope (storage/club/data-rows.ts) probes these: a person's active assignments in
     // a set of registers, and a register's active members; both covering (issue 21).
     indexes: [
       { columns: ['personId', 'registerId', 'to'], since: 2 },

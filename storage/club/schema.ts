@@ -80,7 +80,7 @@ export interface IndexDef {
   readonly sql: string;
 }
 
-/** Whether a client may filter or sort on this declared field (storage/club/club-data.ts filterableField). */
+/** Whether a client may filter or sort on this declared field (storage/club/data-query.ts filterableField). */
 function clientFilterable(fd: FieldDef): boolean {
   return fd.sensitivity !== 'secret' && !fd.serverOnly && fd.sql !== 'BLOB';
 }

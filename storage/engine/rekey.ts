@@ -1,7 +1,7 @@
 /**
  * Re-encrypting a SQLite file under another page key, crash-safely: a re-keyed copy is built
  * beside the file and swapped in with rename() by the caller. Used by key rotation
- * (storage/server/provisioning.ts) and by the migration of stores to per-purpose sub-keys
+ * (storage/server/key-rotation.ts) and by the migration of stores to per-purpose sub-keys
  * (storage/club/club-store.ts).
  */
 import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from 'node:fs';

@@ -2,7 +2,6 @@
  * The backup configuration (destinations, schedule, retention, mail limit), the reports of a run and
  * of the club mail, and the small helpers they share.
  */
-import path from 'node:path';
 import { z } from 'zod';
 import type { Storage } from '../../storage/server/storage.js';
 import { DurationSchema } from '../bans/ban-policy.js';

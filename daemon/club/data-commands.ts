@@ -3,7 +3,6 @@
  * the right's scope becomes a row scope the store applies in SQL; fields are projected per area.
  */
 import { z, type ZodTypeAny } from 'zod';
-import { join } from 'node:path';
 import { DataError, MAX_EXPORT_ROWS, MAX_LIST_LIMIT, createRecord, deleteRecord, getRecord, idsInScope, listRecords, blockedPersonIds, recordExists, rowInScope, rowOfBlockedPerson, updateRecord, visibleFields, type Filter, type RowScope, listIds, recordsByIds } from '../../storage/club/club-data.js';
 import { type Db } from '../../storage/engine/sqlcipher.js';
 import { MODEL, validatorFor, type EntityName } from '../../storage/club/model.js';

@@ -3,7 +3,6 @@
  * each entry is projected to what the reader may see.
  */
 import { z } from 'zod';
-import { join } from 'node:path';
 import { queryAuditLog, MAX_QUERY_LIMIT, type AuditEntry } from '../../storage/club/audit-log.js';
 import { MAX_EXPORT_ROWS, getRecord, listRecords, blockedPersonIds, recordExists, rowInScope, type RowScope, listIds } from '../../storage/club/club-data.js';
 import { DOCUMENT_KINDS } from '../../storage/club/documents.js';

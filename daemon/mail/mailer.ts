@@ -1,10 +1,35 @@
+/**
+ * The alert mailer: tells the service team at once about unauthorised access, key-file
+ * tampering and outages, without drowning them.
+ *
+ * Grouping, in the spirit of Alertmanager: the first alert of a group ('ban', 'key-file',
+ * 'outage', ...) is mailed at once; later alerts of the group within `groupInterval` are gathered
+ * and mailed as one digest at the end of the interval, naming every source and counting the
+ * violations. A flood of thousands of violations from 50 addresses thus makes one mail for the
+ * first ban and one digest per interval naming the other 49.
+ *
+ * Delivery goes through the persistent outbox (outbox.ts): an alert is on disk before `alert()`
+ * resolves, either as a queued mail or as a gathered digest item, and a queued mail leaves the
+ * disk only after the SMTP server accepted it. Failures are retried with capped exponential
+ * backoff and jitter, forever (the outbox length is exported for monitoring); a restart resends
+ * whatever is queued. Delivery is one message at a time, so no mail is sent twice in the normal
+ * case.
+ *
+ * The at-least-once window: if the process dies after the SMTP server accepted a mail but before
+ * its queue file is deleted, the mail is sent again after the restart, with the same Message-ID,
+ * so the receiving side can drop the duplicate. Likewise a crash between queuing a digest and
+ * deleting its gathered items sends those items again in the next digest.
+ *
+ * Bodies contain what the callers put in `lines`: IP addresses, user names, club ids, violation
+ * kinds and log-safe details; never passwords, keys or decrypted club data.
+ */
 import { composeAlertMail } from './compose.js';
 import os from 'node:os';
 import path from 'node:path';
 import nodemailer from 'nodemailer';
 import { nullLogger, type Logger } from '../common/log.js';
 import { Outbox, newOutboxId, type OutboxMessage } from './outbox.js';
-import { Alert, MailerConfigSchema, MailerOptions, MailerSettings, Severity } from './mail-config.js';
+import { Alert, MailerConfigSchema, MailerOptions, MailerSettings } from './mail-config.js';
 
 export { SmtpConfigSchema, MailerConfigSchema, type MailerConfig, type MailerSettings, type Severity, type Alert, type MailerOptions } from './mail-config.js';
 

@@ -3,7 +3,6 @@
  * from HKDF over the header), the manifest and the image inspection both writer and reader use.
  */
 import { createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
 import { keyIdOf } from '../../crypto/master-key.js';
 import { BackupError } from './backup-errors.js';
 import { ByteReader } from './backup-tar.js';

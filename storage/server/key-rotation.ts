@@ -16,7 +16,7 @@ import { opensWith, reencryptCopy, removeSqliteFiles, swapInSqliteFile } from '.
 import { rotateArchiveKey } from '../backup/archive-keys.js';
 import { reencryptDocuments } from '../club/documents.js';
 import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
-import { StepHooks, deleteClub, listClubs } from './provisioning.js';
+import { StepHooks, deleteClub } from './provisioning.js';
 
 // ---- rotation -------------------------------------------------------------------------------
 

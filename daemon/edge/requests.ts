@@ -116,6 +116,7 @@ export abstract class RequestLifecycle {
   protected get inflightCount(): number {
     return this.inflight ? this.inflight.size : 0;
   }
+
   protected onRequest(id: number, command: string, payload: unknown, stream: boolean): void {
     if (this.draining) return this.sendError(id, new CommandError('SHUTTING_DOWN', 'the server is shutting down'));
     if (this.inflight?.has(id)) return this.sendError(id, new CommandError('DUPLICATE_ID', `request id ${id} is already in use`), false);
@@ -147,6 +148,7 @@ export abstract class RequestLifecycle {
       },
     );
   }
+
   private onResult(f: InFlight, result: { payload: unknown; download?: AsyncIterable<Uint8Array> }): void {
     if (f.phase !== WAITING) return; // already answered: aborted (timeout, cancel, closed)
     if (this.closed) return this.retire(f);
@@ -162,6 +164,7 @@ export abstract class RequestLifecycle {
     f.phase = STREAMING;
     this.streamDownload(f, result.payload, result.download).catch((e: unknown) => this.fault('download', e));
   }
+
   private async streamDownload(f: InFlight, payload: unknown, download: AsyncIterable<Uint8Array>): Promise<void> {
     const id = f.id;
     try {
@@ -185,6 +188,7 @@ export abstract class RequestLifecycle {
       this.finishRequest(f, e);
     }
   }
+
   /** Answers a request that failed or was aborted with its typed error, once. */
   protected finishRequest(f: InFlight, e: unknown): void {
     if (f.phase === DONE) return;
@@ -203,6 +207,7 @@ export abstract class RequestLifecycle {
     if (!this.closed) this.sendError(f.id, wire);
     this.retire(f);
   }
+
   /** The request is over: free its id and maybe resume reading or finish a drain. */
   private retire(f: InFlight): void {
     if (f.phase === DONE) return;
@@ -213,6 +218,7 @@ export abstract class RequestLifecycle {
     // request would cost a timer per request again. It finds nothing to do and lapses.
     this.afterRequest();
   }
+
   /** @internal Times out the requests past their deadline; re-arms for the next one. */
   sweep(): void {
     this.sweepTimer = undefined;
@@ -226,6 +232,7 @@ export abstract class RequestLifecycle {
       this.abortInFlight(f, new CommandError('TIMEOUT', 'the request took too long'));
     }
   }
+
   /** Resolves when the socket's write buffer is below the high-water mark. */
   private async writable(f: InFlight): Promise<void> {
     while (!this.closed && this.socket.writableLength > this.limits.writeHighWaterBytes) {
@@ -234,6 +241,7 @@ export abstract class RequestLifecycle {
     }
     if (this.closed) throw new CommandError('CANCELLED', 'connection closed');
   }
+
   protected abortInFlight(f: InFlight, err: CommandError): void {
     f.reason ??= err;
     if (f.controller && !f.controller.signal.aborted) f.controller.abort(f.reason);
@@ -242,6 +250,7 @@ export abstract class RequestLifecycle {
     // A handler still working is answered at once; its late result is ignored.
     if (f.phase === WAITING) this.finishRequest(f, f.reason);
   }
+
   /**
    * Sends an ERROR. Its text is bounded (boundedText: at most MAX_WIRE_ERROR_TEXT characters,
    * control characters replaced), so the message always fits one record whoever built it.

@@ -69,6 +69,8 @@ interface RestorePlanView {
 function describePlan(p: RestorePlanView): string {
   const lines = [`restore of club ${p.clubId} from the state of ${p.createdAt} (archive made by ${p.origin.fingerprint ? `server key ${p.origin.fingerprint}` : 'this server'}, ${p.origin.trustedAs})`];
   const names = new Set([...Object.keys(p.inArchive.tables), ...Object.keys(p.live?.tables ?? {})]);
+  // The documents table is the documents line below; listing it here too printed it twice.
+  names.delete('documents');
   for (const t of [...names].sort()) lines.push(`  ${t}: ${p.live ? `${p.live.tables[t] ?? 0} now -> ` : ''}${p.inArchive.tables[t] ?? 0}`);
   lines.push(`  documents: ${p.live ? `${p.live.documents} now -> ` : ''}${p.inArchive.documents}`);
   lines.push(`  change log in the archive: entries ${p.inArchive.log.firstSeq ?? '-'}..${p.inArchive.log.lastSeq ?? '-'}`);

@@ -57,6 +57,9 @@ test('commusicctl backup restore: --yes needed, --dry-run changes nothing, the o
   assert.match(r.stdout, new RegExp(`made by server key ${id.fingerprint} \\(this-server\\)`));
   assert.match(r.stdout, /1 signed heads verified/);
 
+  r = await ctl(['--data', data, 'backup', 'verify', 'local:latest']);
+  assert.equal(r.code, 2, 'DESTINATION:latest without --club is a usage error');
+  assert.match(r.stderr, /needs --club/);
   r = await ctl(['--data', data, 'backup', 'restore', '--club', club, '--from', archive]);
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /live data.*--dry-run.*--yes/s);

@@ -3,18 +3,18 @@ import { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity.js';
-import { dataPaths } from '../daemon/config.js';
-import { openStorage } from '../storage/storage.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { openStorage } from '../storage/server/storage.js';
 import { registerBanCommands } from './ctl-bans.js';
 import { passphraseOption, registerClubCommands, registerKeyRotation } from './ctl-clubs.js';
-import type { OfflineOptions } from '../daemon/offline.js';
+import type { OfflineOptions } from '../daemon/ops/offline.js';
 import { registerMonitorCommands } from './ctl-monitor.js';
 import { registerBackupCommands } from './ctl-backup.js';
 import { registerLogCommands } from './ctl-log.js';
 import { registerCompletionCommand } from './cli-docs.js';
 import { fail, newProgram, printResult, promptSecret, readSecretFile, usage } from './cli-util.js';
 import { masterKeyNeedsPassphrase } from './passphrase.js';
-import { runOperation } from '../daemon/offline.js';
+import { runOperation } from '../daemon/ops/offline.js';
 import type { IdentityStatus } from '../crypto/identity-keyring.js';
 
 export const program = newProgram('commusicctl', 'ComMusic operator tool')

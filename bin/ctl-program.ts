@@ -37,7 +37,9 @@ function offline(): OfflineOptions {
 
 // A passphrase-protected master key, no daemon to route through, nothing given, a person at the
 // terminal: ask once, without echo, before the command runs.
-program.hook('preAction', async () => {
+program.hook('preAction', async (_root, action) => {
+  // The identity key rollover touches key files only, never the master key.
+  if (action.parent?.name() === 'rotate-identity') return;
   const g = program.opts<{ passphraseFd?: string; passphraseFile?: string }>();
   if (offlineOpts || g.passphraseFd !== undefined || g.passphraseFile !== undefined || !process.stdin.isTTY) return;
   if (existsSync(dataPaths(dataDir()).controlSocket) || !masterKeyNeedsPassphrase(dataDir())) return;

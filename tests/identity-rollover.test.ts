@@ -24,7 +24,9 @@ import { encodeIdentityNotice } from '../protocol/identity-notice.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { serverOpenKey } from '../storage/backup/archive-keys.js';
 import { archiveTrust, createClubArchive, fileSource, newClubBackupKey, setClubBackupSettings, verifyArchive, writeFileAtomic } from '../storage/backup/backup-archive.js';
-import { waitUntil } from './helpers/daemon.js';
+import { RawSocket, startDaemon, waitUntil } from './helpers/daemon.js';
+import { ClientSession } from '../protocol/client-session.js';
+import { SERVER_HELLO_LEN } from '../protocol/constants.js';
 import { testIdentity } from './helpers/pair.js';
 
 const PASSWORD = 'chef-password-123';
@@ -274,4 +276,23 @@ test('an aborted rollover: clients that pinned the announced key drop it again',
   assert.deepEqual(lookupKnownServerPins(known, `127.0.0.1:${port}`), [current]);
   assert.equal(existsSync(identityFiles(dataPaths(dataDir).identityKey).next), false);
   assert.ok(!trustedIdentityKeys(dataPaths(dataDir).identityKey).some((k) => k.fingerprint === started.next), 'the aborted key verifies nothing');
+});
+
+test('documented contrast: a client that drops the TCP connection right after the ServerHello commits a handshake violation; one that closes as PROTOCOL.md 3.2 says commits none', { timeout: 60_000 }, async (t) => {
+  const td = await startDaemon();
+  t.after(() => td.stop());
+  const stale = generateIdentity().fingerprint;
+  // The SDK: FINISHED, one ping, CLOSE 0.
+  await assert.rejects(connect({ host: '127.0.0.1', port: td.port, fingerprint: stale, localAddress: '127.0.0.31' }), (e: unknown) => e instanceof ClientError && e.code === 'SERVER_KEY_MISMATCH');
+  await waitUntil(() => td.daemon.connectionCount === 0, 10_000, 'the refused session to end');
+  assert.deepEqual(td.violations.filter((v) => v.ip === '127.0.0.31'), []);
+  // A bare abort: the ClientHello, the ServerHello read, then a TCP close without a record.
+  const raw = await RawSocket.open(td.port, '127.0.0.32');
+  const session = new ClientSession({ acceptServerKey: () => false });
+  session.start();
+  await raw.write(Buffer.concat(session.takeOutput()));
+  await waitUntil(() => raw.receivedBytes >= SERVER_HELLO_LEN, 10_000, 'the ServerHello');
+  raw.destroy();
+  const v = await td.waitForViolation((e) => e.ip === '127.0.0.32', 10_000);
+  assert.equal(v.kind, 'handshake');
 });

@@ -101,6 +101,8 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
   assert.equal(started.current, oldFp);
   const nextFp = started.next!;
   assert.ok(started.sessionsNotified! >= 1, 'the established session was told');
+  const announced = (await runOperation(dataDir, 'status', {})).result as { identityRollover: unknown };
+  assert.deepEqual(announced.identityRollover, { phase: 'announce', otherKey: nextFp });
   await waitUntil(() => first.pins.includes(nextFp), 10_000, 'the open session to pin the next key');
   assert.deepEqual([...first.pins].sort(), [oldFp, nextFp].sort());
   assert.deepEqual(lookupKnownServerPins(known, server127).sort(), [oldFp, nextFp].sort(), 'known_servers holds both keys');
@@ -140,8 +142,9 @@ test('a pinned client follows a whole identity rollover without a ban or a manua
 
   // Nobody was blamed for anything, and the key-file watch saw only the daemon's own steps.
   assert.equal(server.daemon.stats.violations.size, 0, JSON.stringify([...server.daemon.stats.violations]));
-  const status = (await runOperation(dataDir, 'status', {})).result as { keyFileWatch: string; fingerprint: string };
+  const status = (await runOperation(dataDir, 'status', {})).result as { keyFileWatch: string; fingerprint: string; identityRollover: unknown };
   assert.equal(status.fingerprint, nextFp);
+  assert.equal(status.identityRollover, null, 'no rollover in progress after the retirement');
   assert.equal(status.keyFileWatch, 'ok', 'no key-file alarm for the daemon\'s own rollover');
 
   // Heads signed by the retired key and by the new key: all verify, online and offline (public files only).

@@ -13,6 +13,8 @@ export interface IdentityHolder {
   /** The key that signs from now on. */
   readonly current: IdentityKey;
   readonly phase: RotationPhase;
+  /** During a rollover: its phase and the other key's fingerprint (next, or previous); else undefined. */
+  readonly rollover: { phase: 'announce' | 'switched'; otherKey: string } | undefined;
   /** The NOTICE payload, or undefined when this folder never rotated its identity key. */
   readonly notice: Record<string, unknown> | undefined;
   /** Re-reads the key files (after a rotation step) and tells every subscriber. */
@@ -49,6 +51,11 @@ export function openIdentityHolder(identityKeyPath: string): IdentityHolder {
     },
     get phase() {
       return set.phase;
+    },
+    get rollover() {
+      if (set.next) return { phase: 'announce' as const, otherKey: set.next.fingerprint };
+      if (set.previous) return { phase: 'switched' as const, otherKey: set.previous.fingerprint };
+      return undefined;
     },
     get notice() {
       return notice;

@@ -173,6 +173,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       get fingerprint() {
         return identities.current.fingerprint;
       },
+      identityRollover: () => identities.rollover,
       listen: () => `${daemon.address().host}:${daemon.address().port}`,
       activeBans: () => banSystem.table.size,
       outboxLength: () => banSystem.mailer.outboxLength,

@@ -52,6 +52,7 @@ async function prepare(dir: string, n: number): Promise<{ clubs: string[]; clubs
       const db = st.openClub(c).db;
       const ins = db.prepare('INSERT INTO persons (firstName, lastName, street, city, photoConsent, blocked, notes) VALUES (?, ?, ?, ?, 0, 0, ?)');
       db.transaction(() => {
+        db.prepare('UPDATE users SET mustChangePassword = 0').run(); // the bench logs in with the provisioned password
         for (let i = 0; i < 600; i++) ins.run(`First${i}`, `Last${i}`, `Street ${i}`, 'Town', 'x'.repeat(400));
       })();
       await putDocument(st, c, Readable.from([doc]), { kind: 'other', name: 'scan.pdf' });

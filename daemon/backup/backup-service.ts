@@ -21,7 +21,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Cron } from 'croner';
-import { createClubArchive, sweepBackupStaging, writeFileAtomic } from '../../storage/backup/backup-archive.js';
+import { archiveSigner, archiveStream, sweepBackupStaging, writeFileAtomic } from '../../storage/backup/backup-archive.js';
+import { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 import { clubSealingKey } from '../../storage/backup/archive-keys.js';
 import type { Storage } from '../../storage/server/storage.js';
@@ -53,6 +54,8 @@ export class BackupService {
   readonly #now: () => Date;
   readonly #onStored: ((d: string, t: number) => void) | undefined;
   readonly #staging: string;
+  /** Club snapshots on a worker thread, one at a time (storage/backup/snapshot-pool.ts). */
+  readonly #snapshots: SnapshotPool;
   #cron: Cron | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #catchUpTimer: NodeJS.Timeout | undefined;
@@ -70,6 +73,7 @@ export class BackupService {
     this.#onStored = o.onStored;
     this.destinations = o.destinations ?? this.settings.destinations.map((d) => openDestination(d, o.storage.dataDir));
     this.#staging = path.join(o.storage.dataDir, 'backup-staging');
+    this.#snapshots = o.snapshots ?? new SnapshotPool();
   }
 
   destination(name: string): BackupDestination {
@@ -110,8 +114,10 @@ export class BackupService {
     const file = path.join(this.#staging, `${clubId}-${randomBytes(6).toString('hex')}.cmbk`);
     const result: ClubRunResult = { clubId, name, size: 0, stored: [], failed: [] };
     try {
-      const { stream } = createClubArchive(st, clubId, { kind: 'server', key: clubSealingKey(st, clubId) }, { now });
-      const { size, sha256 } = await writeFileAtomic(stream, file);
+      const key = clubSealingKey(st, clubId);
+      const signer = archiveSigner(st);
+      const snap = await this.#snapshots.snapshot(st, clubId, now);
+      const { size, sha256 } = await writeFileAtomic(archiveStream(snap, { kind: 'server', key }, { signer, now }), file);
       result.size = size;
       const targets = this.destinations.filter((d) => (!o.only || o.only.includes(d.name)) && !o.skip?.has(d.name));
       await Promise.all(
@@ -316,7 +322,7 @@ export class BackupService {
    */
   async mailClubBackups(only?: readonly string[]): Promise<MailReport> {
     if (!this.#mailer) return emptyMail();
-    const deps = { st: this.#st, mailer: this.#mailer, log: this.#log, now: this.#now, staging: this.#staging, maxBytes: this.settings.mail.maxBytes, alert: this.#alert.bind(this) };
+    const deps = { st: this.#st, mailer: this.#mailer, log: this.#log, now: this.#now, staging: this.#staging, maxBytes: this.settings.mail.maxBytes, alert: this.#alert.bind(this), snapshot: (clubId: string, now: Date) => this.#snapshots.snapshot(this.#st, clubId, now) };
     return mailClubBackups(deps, only);
   }
 
@@ -372,5 +378,6 @@ export class BackupService {
     if (this.#catchUpTimer) clearTimeout(this.#catchUpTimer);
     await this.#running?.catch(() => undefined);
     for (const d of this.destinations) await d.close();
+    await this.#snapshots.close();
   }
 }

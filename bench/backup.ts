@@ -64,7 +64,10 @@ async function prepare(dir: string, n: number): Promise<{ clubs: string[]; clubs
 }
 
 function child(dir: string): { proc: ChildProcess; next: (type: string) => Promise<Record<string, unknown>> } {
-  const proc = fork(fileURLToPath(new URL('./backup-child.js', import.meta.url)), [join(dir, 'data'), join(dir, 'backups')], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // BENCH_CPU_PROF=DIR: a V8 CPU profile of the daemon child in DIR.
+  const prof = process.env['BENCH_CPU_PROF'];
+  const execArgv = prof ? ['--cpu-prof', '--cpu-prof-dir', prof] : [];
+  const proc = fork(fileURLToPath(new URL('./backup-child.js', import.meta.url)), [join(dir, 'data'), join(dir, 'backups')], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
   const waiting = new Map<string, (m: Record<string, unknown>) => void>();
   proc.on('message', (m: Record<string, unknown>) => {
     const w = waiting.get(m['type'] as string);

@@ -24,7 +24,8 @@ import { Cron } from 'croner';
 import { archiveSigner, archiveStream, sweepBackupStaging, writeFileAtomic } from '../../storage/backup/backup-archive.js';
 import { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
-import { clubSealingKey } from '../../storage/backup/archive-keys.js';
+import { clubSealingKey, initArchiveKeys } from '../../storage/backup/archive-keys.js';
+import { LastSuccess } from './last-success.js';
 import type { Storage } from '../../storage/server/storage.js';
 import { archiveName, openDestination, type ArchiveEntry, type BackupDestination } from './backup-destinations.js';
 import { nullLogger, type Logger } from '../common/log.js';
@@ -60,6 +61,8 @@ export class BackupService {
   #retryTimer: NodeJS.Timeout | undefined;
   #catchUpTimer: NodeJS.Timeout | undefined;
   #running: Promise<RunReport> | undefined;
+  /** Last stored archive per destination, written to server.db now and then (last-success.ts). */
+  readonly #stored: LastSuccess;
   /** Set by cancel(): the running run starts no further club. */
   #cancel = false;
   #closed = false;
@@ -74,6 +77,7 @@ export class BackupService {
     this.destinations = o.destinations ?? this.settings.destinations.map((d) => openDestination(d, o.storage.dataDir));
     this.#staging = path.join(o.storage.dataDir, 'backup-staging');
     this.#snapshots = o.snapshots ?? new SnapshotPool();
+    this.#stored = new LastSuccess(o.storage.server);
   }
 
   destination(name: string): BackupDestination {
@@ -86,7 +90,7 @@ export class BackupService {
   lastBackups(): Array<[string, number]> {
     const out: Array<[string, number]> = [];
     for (const d of this.destinations) {
-      const v = this.#st.server.getMeta(`backup.lastSuccess.${d.name}`);
+      const v = this.#stored.get(d.name) ?? this.#st.server.getMeta(`backup.lastSuccess.${d.name}`);
       if (v) out.push([d.name, Number(v)]);
     }
     return out;
@@ -126,7 +130,7 @@ export class BackupService {
             await d.put(name, file, sha256);
             result.stored.push(d.name);
             const t = this.#now().getTime();
-            st.server.setMeta(`backup.lastSuccess.${d.name}`, String(t));
+            this.#stored.note(d.name, t);
             this.#onStored?.(d.name, t);
           } catch (e) {
             result.failed.push({ destination: d.name, error: errText(e) });
@@ -179,6 +183,7 @@ export class BackupService {
     let ok = 0;
     let bytes = 0;
     const notStarted: string[] = [];
+    initArchiveKeys(st, clubs);
     await pool(clubs, this.settings.parallelism, async (clubId) => {
       if (this.#cancel) {
         notStarted.push(clubId);
@@ -195,6 +200,7 @@ export class BackupService {
       }
       o.onProgress?.(++done, clubs.length, clubId);
     });
+    this.#stored.flush();
     for (const [d, err] of down) destStats[d]!.down = err;
     // Gaps: what this run missed, plus older gaps this run did not cover.
     const covered = new Set(clubs.filter((c) => !notStarted.includes(c)));
@@ -236,6 +242,7 @@ export class BackupService {
       for (const f of r.failed) left.push({ clubId, dest: f.destination });
       if (r.error) for (const d of dests) left.push({ clubId, dest: d });
     }
+    this.#stored.flush();
     this.#setGaps(left);
     for (const [d, err] of down) await this.#alert('backup-destination-still-down', 'critical', `backup destination ${d} is still down`, [`Destination: ${d}`, `Error: ${err}`, `${left.filter((g) => g.dest === d).length} club archives still missing there.`]);
     if (left.length) this.#scheduleRetry();

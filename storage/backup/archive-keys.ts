@@ -163,3 +163,20 @@ export function archiveKeyFor(st: Storage, keyId: string, clubId: string): Buffe
 export function serverOpenKey(st: Storage): { serverKey: Buffer; serverKeyring: (keyId: string, clubId: string) => Buffer | undefined } {
   return { serverKey: currentArchiveKey(st), serverKeyring: (keyId, clubId) => archiveKeyFor(st, keyId, clubId) };
 }
+
+/**
+ * Give each of these clubs its archive key where it has none yet, in one server.db transaction
+ * (one fsync for a first nightly run over many clubs, not one per club). Clubs that cannot have
+ * one (deleted, being deleted) are skipped: archiving them reports the error.
+ */
+export function initArchiveKeys(st: Storage, clubs: readonly string[]): void {
+  st.server.db.transaction(() => {
+    for (const c of clubs) {
+      try {
+        clubSealingKey(st, c).fill(0);
+      } catch {
+        // Reported when the club is archived.
+      }
+    }
+  })();
+}

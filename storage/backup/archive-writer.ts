@@ -3,14 +3,14 @@
  * streamed through encryption, and the atomic write of the file.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, renameSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { createReadStream, createWriteStream, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { open, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecryptStream, createEncryptStream } from '../../crypto/chunked-aead.js';
 import { CryptoError } from '../../crypto/errors.js';
-import { fsyncDir } from '../../crypto/atomic-file.js';
+import { fsyncDirAsync } from '../../crypto/atomic-file.js';
 import { TAR_END, tarHeader, tarPadding } from './backup-tar.js';
 import { CLUB_DB_FILE, clubDir, type ClubStore } from '../club/club-store.js';
 import { StorageError } from '../engine/errors.js';
@@ -250,8 +250,8 @@ export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: s
     } finally {
       await fh.close();
     }
-    renameSync(tmp, path);
-    fsyncDir(dirname(path));
+    await rename(tmp, path);
+    await fsyncDirAsync(dirname(path));
   } catch (e) {
     try {
       unlinkSync(tmp);

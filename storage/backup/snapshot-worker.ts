@@ -8,12 +8,15 @@
  * A store that needs one of those (a pending store, a legacy layout, an older schema) is answered
  * `{ fallback }` and the pool snapshots it on the calling thread the old way.
  *
+ * The thread runs at a lower CPU priority on Linux (WORKER_NICE below).
+ *
  * Messages in: {id, dataDir, clubId, keys: [{key, version}]}. Out: {id, ok: true, image, docs,
  * staging, facts, sha256} (the image's buffer transferred), {id, ok: false, fallback}, or
  * {id, ok: false, error: {name, code, message}}. Keys are zeroed here once posted.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { clubPageKey } from '../../crypto/wrap.js';
 import { CLUB_DB_FILE, ClubStore, clubDir } from '../club/club-store.js';
@@ -92,6 +95,21 @@ function run(job: SnapshotJob): void {
     parentPort!.postMessage({ id: job.id, ok: false, error: { name: String(err.name ?? 'Error'), code: typeof err.code === 'string' ? err.code : undefined, message: String(err.message ?? e) } });
   } finally {
     for (const k of job.keys) k.key.fill(0);
+  }
+}
+
+/**
+ * On Linux a nice value belongs to one thread (setpriority(PRIO_PROCESS, 0) is the calling
+ * thread: man 2 setpriority, "NOTES"), so this lowers the worker only: on a busy machine the
+ * daemon's main thread, which answers requests, gets the CPU first. Elsewhere it would renice
+ * the whole process, so it is left alone there.
+ */
+export const WORKER_NICE = 10;
+if (parentPort && process.platform === 'linux') {
+  try {
+    setPriority(WORKER_NICE);
+  } catch {
+    // Not allowed (a sandbox without setpriority): the worker runs at the daemon's priority.
   }
 }
 

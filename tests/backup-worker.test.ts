@@ -8,10 +8,11 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { archiveTrust, takeClubSnapshot, verifyArchive } from '../storage/backup/backup-archive.js';
-import { serverOpenKey } from '../storage/backup/archive-keys.js';
+import { clubSealingKey, serverOpenKey } from '../storage/backup/archive-keys.js';
 import { SnapshotPool } from '../storage/backup/snapshot-pool.js';
 import { BackupError } from '../storage/backup/backup-errors.js';
 import { StorageError } from '../storage/engine/errors.js';
@@ -62,6 +63,33 @@ describe('snapshots on a worker thread', { timeout: 120_000 }, () => {
       assert.equal(st.cache.isOpen(club!), false, 'the main thread did not open the store');
       assert.equal(again.manifest.dataFingerprint, here.manifest.dataFingerprint);
       assert.deepEqual(again.manifest.tables, here.manifest.tables);
+    } finally {
+      await pool.close();
+      st.close();
+    }
+  });
+
+  it('writes the server archive on the worker: it verifies and opens like one written here', async () => {
+    const st = await newStorage(join(tmp.dir, 'archive', 'data'));
+    const pool = new SnapshotPool();
+    try {
+      const [club] = await makeClubs(st, 1);
+      for (let i = 0; i < 10; i++) addPerson(st, club!, i);
+      await addDocument(st, club!, randomBytes(50_000));
+      const here = takeClubSnapshot(st, club!);
+      here.release();
+      st.cache.evict(club!);
+      const file = join(tmp.dir, 'archive', 'one.cmbk');
+      const key = clubSealingKey(st, club!);
+      const r = await pool.archive(st, club!, key, file);
+      assert.equal(st.cache.isOpen(club!), false, 'the main thread did not open the store');
+      const bytes = readFileSync(file);
+      assert.equal(r.size, bytes.length);
+      assert.equal(r.sha256, createHash('sha256').update(bytes).digest('hex'));
+      const rep = await verifyArchive(Readable.from([bytes]), { ...serverOpenKey(st), trust: archiveTrust(st) });
+      assert.equal(rep.ok, true);
+      assert.equal(r.manifest.dataFingerprint, here.manifest.dataFingerprint);
+      assert.deepEqual(r.manifest.documents, here.manifest.documents);
     } finally {
       await pool.close();
       st.close();

@@ -21,7 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { Cron } from 'croner';
-import { archiveSigner, archiveStream, sweepBackupStaging, writeFileAtomic } from '../../storage/backup/backup-archive.js';
+import { sweepBackupStaging } from '../../storage/backup/backup-archive.js';
 import { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 import { clubSealingKey, initArchiveKeys } from '../../storage/backup/archive-keys.js';
@@ -119,9 +119,13 @@ export class BackupService {
     const result: ClubRunResult = { clubId, name, size: 0, stored: [], failed: [] };
     try {
       const key = clubSealingKey(st, clubId);
-      const signer = archiveSigner(st);
-      const snap = await this.#snapshots.snapshot(st, clubId, now);
-      const { size, sha256 } = await writeFileAtomic(archiveStream(snap, { kind: 'server', key }, { signer, now }), file);
+      let written: { size: number; sha256: string };
+      try {
+        written = await this.#snapshots.archive(st, clubId, key, file, now);
+      } finally {
+        key.fill(0);
+      }
+      const { size, sha256 } = written;
       result.size = size;
       const targets = this.destinations.filter((d) => (!o.only || o.only.includes(d.name)) && !o.skip?.has(d.name));
       await Promise.all(

@@ -17,13 +17,16 @@ import { Worker } from 'node:worker_threads';
 import { CryptoError } from '../../crypto/errors.js';
 import { StorageError } from '../engine/errors.js';
 import type { Storage } from '../server/storage.js';
-import { assembleSnapshot, takeClubSnapshot, type InspectedImage } from './archive-writer.js';
-import type { ClubSnapshot, SnapDoc } from './archive-format.js';
+import { assembleSnapshot, createClubArchive, takeClubSnapshot, writeFileAtomic, type InspectedImage } from './archive-writer.js';
+import { archiveSigner } from './club-backup-keys.js';
+import type { ClubRow } from '../server/server-db.js';
+import type { ClubSnapshot, Manifest, SnapDoc } from './archive-format.js';
 import { BackupError } from './backup-errors.js';
-import type { SnapshotJob } from './snapshot-worker.js';
+import type { ArchiveJob, SnapshotJob } from './snapshot-worker.js';
 
 type Reply =
-  | { id: number; ok: true; image: Uint8Array; docs: Array<Omit<SnapDoc, 'key'> & { key: Uint8Array }>; staging: string; facts: InspectedImage['facts']; sha256: string }
+  | { id: number; ok: true; archived: { size: number; sha256: string; manifest: Manifest } }
+  | { id: number; ok: true; archived?: undefined; image: Uint8Array; docs: Array<Omit<SnapDoc, 'key'> & { key: Uint8Array }>; staging: string; facts: InspectedImage['facts']; sha256: string }
   | { id: number; ok: false; fallback?: true; error?: { name: string; code?: string; message: string } };
 
 interface Slot {
@@ -61,25 +64,10 @@ export class SnapshotPool {
    * snapshot itself (DOC_NOT_FOUND, ...), BackupError SNAPSHOT_WORKER_FAILED when the worker stopped.
    */
   async snapshot(st: Storage, clubId: string, now: Date = new Date()): Promise<ClubSnapshot> {
-    if (this.#closed) throw new BackupError('BUSY', 'the snapshot workers are closed (server shutting down)');
-    const row = st.server.mustGetClub(clubId);
-    if (row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${clubId} is being deleted; finish with commusicctl club delete ${clubId}`);
-    if (st.cache.isLocked(clubId)) throw new StorageError('STORE_BUSY', `club ${clubId} is being maintained (key rotation or deletion); retry shortly`);
+    const row = this.#check(st, clubId);
     if (row.storeState === 'pending') return takeClubSnapshot(st, clubId, now);
-    const slot = await this.#acquire();
-    let reply: Reply;
-    try {
-      const keys = st.clubKeys(row);
-      const job: SnapshotJob = { id: this.#nextId++, dataDir: st.dataDir, clubId, keys: keys.map((k) => ({ key: new Uint8Array(k.key), version: k.version })) };
-      const p = new Promise<Reply>((resolve, reject) => (slot.busy = { id: job.id, resolve, reject }));
-      slot.worker.ref();
-      slot.worker.postMessage(job);
-      for (const k of keys) k.key.fill(0);
-      for (const k of job.keys) k.key.fill(0);
-      reply = await p;
-    } finally {
-      this.#release(slot);
-    }
+    const reply = await this.#run(st, row);
+    if (reply.ok && reply.archived) throw new BackupError('SNAPSHOT_WORKER_FAILED', 'the snapshot worker answered with an archive where a snapshot was asked for');
     if (!reply.ok) {
       if (reply.fallback) return takeClubSnapshot(st, clubId, now);
       throw typedError(reply.error!);
@@ -87,6 +75,64 @@ export class SnapshotPool {
     const image = Buffer.from(reply.image.buffer, reply.image.byteOffset, reply.image.byteLength);
     const docs = reply.docs.map((d) => ({ ...d, key: Buffer.from(d.key.buffer, d.key.byteOffset, d.key.byteLength) }));
     return assembleSnapshot(row, { image, docs, staging: reply.staging }, { facts: reply.facts, sha256: reply.sha256 }, now);
+  }
+
+  /**
+   * The nightly run's step for one club: snapshot and write its server archive (sealed with `key`,
+   * signed by this server: archiveSigner) to `file`, all on a worker thread; the same archive as
+   * createClubArchive + writeFileAtomic on this thread. `key` is not kept (the caller zeroes it).
+   * Errors as snapshot(), and those of writing the file.
+   */
+  async archive(st: Storage, clubId: string, key: Buffer, file: string, now: Date = new Date()): Promise<{ size: number; sha256: string; manifest: Manifest }> {
+    const row = this.#check(st, clubId);
+    const here = async () => {
+      const { manifest, stream } = createClubArchive(st, clubId, { kind: 'server', key }, { now });
+      return { ...(await writeFileAtomic(stream, file)), manifest };
+    };
+    if (row.storeState === 'pending') return here();
+    const signer = archiveSigner(st);
+    const archive: ArchiveJob = {
+      file,
+      createdAt: now.toISOString(),
+      row: { id: row.id, name: row.name, plan: row.plan, settings: row.settings },
+      sealKey: new Uint8Array(key),
+      signer: signer.kind === 'hmac' ? { kind: 'hmac', macKey: new Uint8Array(signer.macKey) } : signer,
+    };
+    if (signer.kind === 'hmac') signer.macKey.fill(0);
+    const reply = await this.#run(st, row, archive);
+    if (!reply.ok) {
+      if (reply.fallback) return here();
+      throw typedError(reply.error!);
+    }
+    if (!reply.archived) throw new BackupError('SNAPSHOT_WORKER_FAILED', 'the snapshot worker answered with a snapshot where an archive was asked for');
+    return reply.archived;
+  }
+
+  #check(st: Storage, clubId: string): ClubRow {
+    if (this.#closed) throw new BackupError('BUSY', 'the snapshot workers are closed (server shutting down)');
+    const row = st.server.mustGetClub(clubId);
+    if (row.status === 'deleting') throw new StorageError('CLUB_DELETED', `club ${clubId} is being deleted; finish with commusicctl club delete ${clubId}`);
+    if (st.cache.isLocked(clubId)) throw new StorageError('STORE_BUSY', `club ${clubId} is being maintained (key rotation or deletion); retry shortly`);
+    return row;
+  }
+
+  /** One job on a free worker (waiting for one); keys are copied into the job and zeroed here. */
+  async #run(st: Storage, row: ClubRow, archive?: ArchiveJob): Promise<Reply> {
+    const slot = await this.#acquire();
+    try {
+      const keys = st.clubKeys(row);
+      const job: SnapshotJob = { id: this.#nextId++, dataDir: st.dataDir, clubId: row.id, keys: keys.map((k) => ({ key: new Uint8Array(k.key), version: k.version })), ...(archive ? { archive } : {}) };
+      const p = new Promise<Reply>((resolve, reject) => (slot.busy = { id: job.id, resolve, reject }));
+      slot.worker.ref();
+      slot.worker.postMessage(job);
+      for (const k of keys) k.key.fill(0);
+      for (const k of job.keys) k.key.fill(0);
+      archive?.sealKey.fill(0);
+      if (archive?.signer.kind === 'hmac') archive.signer.macKey.fill(0);
+      return await p;
+    } finally {
+      this.#release(slot);
+    }
   }
 
   /** Stop the workers (a snapshot under way fails with SNAPSHOT_WORKER_FAILED). */

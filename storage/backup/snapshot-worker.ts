@@ -10,9 +10,15 @@
  *
  * The thread runs at a lower CPU priority on Linux (WORKER_NICE below).
  *
- * Messages in: {id, dataDir, clubId, keys: [{key, version}]}. Out: {id, ok: true, image, docs,
- * staging, facts, sha256} (the image's buffer transferred), {id, ok: false, fallback}, or
- * {id, ok: false, error: {name, code, message}}. Keys are zeroed here once posted.
+ * With `archive` (the nightly run) it also writes the server archive of the snapshot to a staging
+ * file (encryption, origin signature, fsync: archive-writer.ts, the same bytes as on the calling
+ * thread), so none of that runs on the daemon's event loop either. The signing key (the server
+ * identity's KeyObject, or the archive MAC key) is handed over in memory, never logged or stored.
+ *
+ * Messages in: {id, dataDir, clubId, keys: [{key, version}], archive?}. Out: {id, ok: true, image,
+ * docs, staging, facts, sha256} (the image's buffer transferred), {id, ok: true, archived: {size,
+ * sha256, manifest}}, {id, ok: false, fallback}, or {id, ok: false, error: {name, code, message}}.
+ * Keys are zeroed here once used or posted.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,13 +29,56 @@ import { CLUB_DB_FILE, ClubStore, clubDir } from '../club/club-store.js';
 import { MIGRATIONS } from '../club/schema.js';
 import { StorageError } from '../engine/errors.js';
 import { openEncrypted, type Db } from '../engine/sqlcipher.js';
-import { inspectSnapshotImage, releaseTaken, snapshotStore, type TakenStore } from './archive-writer.js';
+import type { IdentityKey } from '../../crypto/identity.js';
+import type { ClubRow } from '../server/server-db.js';
+import type { OriginSigner } from './archive-origin.js';
+import { archiveStream, assembleSnapshot, inspectSnapshotImage, releaseTaken, snapshotStore, writeFileAtomic, type InspectedImage, type TakenStore } from './archive-writer.js';
 
 export interface SnapshotJob {
   id: number;
   dataDir: string;
   clubId: string;
   keys: Array<{ key: Uint8Array; version: number }>;
+  /** Also write the server archive of the snapshot to `file` here (nightly run), not only snapshot. */
+  archive?: ArchiveJob;
+}
+
+/** What writing a server archive needs: the club row's manifest facts, the sealing key, the signer. */
+export interface ArchiveJob {
+  file: string;
+  createdAt: string;
+  row: { id: string; name: string; plan: ClubRow['plan']; settings: ClubRow['settings'] };
+  sealKey: Uint8Array;
+  signer: { kind: 'rsa-pss'; identity: IdentityKey } | { kind: 'hmac'; macKey: Uint8Array };
+}
+
+/** Buffers arrive as plain Uint8Arrays: give the signer its Buffers back. */
+function signerOf(s: ArchiveJob['signer']): OriginSigner {
+  if (s.kind === 'hmac') return { kind: 'hmac', macKey: Buffer.from(s.macKey) };
+  return { kind: 'rsa-pss', identity: { ...s.identity, spki: Buffer.from(s.identity.spki) } };
+}
+
+/** Write the archive of a taken snapshot to job.file; the snapshot is released by the stream. */
+async function writeArchive(job: SnapshotJob, a: ArchiveJob, taken: TakenStore, inspected: InspectedImage): Promise<void> {
+  const now = new Date(a.createdAt);
+  const snap = assembleSnapshot(a.row, taken, inspected, now);
+  const key = Buffer.from(a.sealKey);
+  a.sealKey.fill(0);
+  const signer = signerOf(a.signer);
+  let written: { size: number; sha256: string };
+  try {
+    let stream;
+    try {
+      stream = archiveStream(snap, { kind: 'server', key }, { signer, now });
+    } finally {
+      key.fill(0);
+      if (signer.kind === 'hmac') signer.macKey.fill(0);
+    }
+    written = await writeFileAtomic(stream, a.file);
+  } finally {
+    snap.release();
+  }
+  parentPort!.postMessage({ id: job.id, ok: true, archived: { ...written, manifest: snap.manifest } });
 }
 
 /** Open the store read-only in effect (no writes), or undefined when the calling thread must do it. */
@@ -68,7 +117,7 @@ function openForSnapshot(job: SnapshotJob): ClubStore | undefined {
   return undefined;
 }
 
-function run(job: SnapshotJob): void {
+async function run(job: SnapshotJob): Promise<void> {
   let store: ClubStore | undefined;
   let taken: TakenStore | undefined;
   try {
@@ -83,6 +132,12 @@ function run(job: SnapshotJob): void {
       store.close();
     }
     const inspected = inspectSnapshotImage(taken.image);
+    if (job.archive) {
+      const t = taken;
+      taken = undefined; // released by the archive stream from here on
+      await writeArchive(job, job.archive, t, inspected);
+      return;
+    }
     const image = taken.image;
     const own = image.byteOffset === 0 && image.byteLength === image.buffer.byteLength;
     const docs = taken.docs.map((d) => ({ ...d, key: new Uint8Array(d.key) }));
@@ -95,6 +150,7 @@ function run(job: SnapshotJob): void {
     parentPort!.postMessage({ id: job.id, ok: false, error: { name: String(err.name ?? 'Error'), code: typeof err.code === 'string' ? err.code : undefined, message: String(err.message ?? e) } });
   } finally {
     for (const k of job.keys) k.key.fill(0);
+    job.archive?.sealKey.fill(0);
   }
 }
 
@@ -113,4 +169,4 @@ if (parentPort && process.platform === 'linux') {
   }
 }
 
-parentPort?.on('message', (job: SnapshotJob) => run(job));
+parentPort?.on('message', (job: SnapshotJob) => void run(job));

@@ -205,6 +205,46 @@ export function quickGetPayload(p: unknown): { data: { id: number; club?: string
   return { data: { id: v, club: c } };
 }
 
+/**
+ * The shortcut of ENTITY.update for its common payloads: `{ id, club?, <plain text fields> }`
+ * where each text value is a string within the field's length, or null where the field is optional
+ * (storage/club/model.ts `f.text`). Returns exactly what the schema's parse returns (same keys, in
+ * the schema's order, which is the order the change log records them in); undefined for anything
+ * else. `keys` are the schema's keys in order. Checked by tests/prop-quick-payloads.test.ts.
+ */
+export function quickUpdateParser(entity: EntityName, keys: readonly string[]): (p: unknown) => { data: Record<string, unknown> } | undefined {
+  const text = new Map<string, { max: number; nullable: boolean }>();
+  for (const k of keys) {
+    const fd = MODEL[entity].fields[k];
+    if (fd?.plainText && fd.maxLength !== undefined) text.set(k, { max: fd.maxLength, nullable: !fd.required });
+  }
+  return (p) => {
+    if (typeof p !== 'object' || p === null || Object.getPrototypeOf(p) !== Object.prototype) return undefined;
+    const o = p as Record<string, unknown>;
+    let hasClub = false;
+    for (const k in o) {
+      if (k === 'id') continue;
+      if (k === 'club') {
+        hasClub = true;
+        continue;
+      }
+      const t = text.get(k);
+      if (!t) return undefined;
+      const v = o[k];
+      if (v === null ? !t.nullable : typeof v !== 'string' || v.length > t.max) return undefined;
+    }
+    const v = o.id;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > Number.MAX_SAFE_INTEGER) return undefined;
+    if (hasClub) {
+      const c = o.club;
+      if (typeof c !== 'string' || c.length < 1 || c.length > 64) return undefined;
+    }
+    const data: Record<string, unknown> = {};
+    for (const k of keys) if (k in o) data[k] = o[k];
+    return { data };
+  };
+}
+
 export function register(d: Dispatcher, name: string, schema: ZodTypeAny, handler: (p: any, ctx: CommandContext) => Promise<{ payload: unknown; download?: AsyncIterable<Uint8Array> }>, upload = false): void {
   d.register({ name, schema, ...(upload ? { upload: true } : {}), handler });
 }

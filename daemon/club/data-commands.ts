@@ -11,7 +11,7 @@ import { CommandError } from '../edge/command-errors.js';
 import { ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, scopeCovers, type Action, type Area, type Effective } from './rights.js';
-import { Guard, clubField, cursorField, dataError, exportAudit, getSchema, guard, id, listSchema, quickGetPayload, register, strictObject } from './command-guard.js';
+import { Guard, clubField, cursorField, dataError, exportAudit, getSchema, guard, id, listSchema, quickGetPayload, quickUpdateParser, register, strictObject } from './command-guard.js';
 
 export const DATA_COMMAND_ENTITIES = Object.keys(ENTITY_AREA) as DataEntity[];
 
@@ -322,7 +322,8 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     }
   });
 
-  register(d, `${entity}.update`, strictObject({ ...updateShape, id, club: clubField }), async (p, ctx) => {
+  const updateSchema = strictObject({ ...updateShape, id, club: clubField });
+  d.register({ name: `${entity}.update`, schema: updateSchema, quickParse: quickUpdateParser(entity, Object.keys(updateSchema.shape)), handler: async (p: any, ctx) => {
     const g = await guard(services, ctx, `${entity}.update`, p);
     let { scope } = g.needEntity(entity, 'update', 'write');
     const { club: _c, id: rid, ...values } = p;
@@ -336,7 +337,7 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
       if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, rid) && !getRecord(g.p.db, entity, rid, scope)) g.hidden(right('update'), `${entity} ${rid}`);
       dataError(g, e, right('update'));
     }
-  });
+  } });
 
   register(d, `${entity}.delete`, strictObject({ id, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.delete`, p);

@@ -10,8 +10,8 @@
  *  - `total_changes()` of that connection changed: this connection wrote something (any table,
  *    foreign-key actions included: https://sqlite.org/c3ref/total_changes.html), e.g. a user or
  *    rights change made by a command of this daemon.
- * Both are read by one prepared statement per lookup: one SQLite step without I/O, cheaper than
- * the join and the JSON parse of the user row it replaces. A reopened store (eviction, restore,
+ * Both are read by two prepared statements per lookup (no I/O: the WAL index is shared memory),
+ * together cheaper than the join and the JSON parse of the user row they replace. A reopened store (eviction, restore,
  * key rotation) is a new Db and starts empty. The cached records are shared: callers must not
  * change them.
  */
@@ -21,8 +21,6 @@ import { getUserById, type UserRecord } from './users.js';
 /** Most users held per store; past it the cache starts over (a club has a few hundred users at most). */
 export const MAX_CACHED_USERS = 4096;
 
-const VERSION_SQL = 'SELECT data_version, total_changes() FROM pragma_data_version';
-
 interface UserCache {
   dataVersion: number;
   changes: number;
@@ -31,21 +29,29 @@ interface UserCache {
 
 const caches = new WeakMap<Db, UserCache>();
 
-interface RawStatement {
-  raw(on: boolean): RawStatement;
+interface PluckStatement {
+  pluck(on: boolean): PluckStatement;
   get(...args: unknown[]): unknown;
 }
 
-const rawStatements = new WeakMap<Db, RawStatement>();
+/**
+ * The two version statements of a connection, prepared once. Two plucked statements measured
+ * 2.4 us together here against 3.6-4.4 us for one `SELECT ... FROM pragma_data_version` (a
+ * virtual table) and 5.6-8.1 us for reading the user row (a microbenchmark on the 2-core machine,
+ * docs/BENCHMARKS.md, issue 13 section).
+ */
+const statements = new WeakMap<Db, { dataVersion: PluckStatement; changes: PluckStatement }>();
 
-/** The [data_version, total_changes()] of this connection now. */
-function versions(db: Db): [number, number] {
-  let s = rawStatements.get(db);
+function versionStatements(db: Db): { dataVersion: PluckStatement; changes: PluckStatement } {
+  let s = statements.get(db);
   if (!s) {
-    s = (db.prepare(VERSION_SQL) as unknown as RawStatement).raw(true);
-    rawStatements.set(db, s);
+    s = {
+      dataVersion: (db.prepare('PRAGMA data_version') as unknown as PluckStatement).pluck(true),
+      changes: (db.prepare('SELECT total_changes()') as unknown as PluckStatement).pluck(true),
+    };
+    statements.set(db, s);
   }
-  return s.get() as [number, number];
+  return s;
 }
 
 /**
@@ -53,7 +59,9 @@ function versions(db: Db): [number, number] {
  * commit since the last lookup may have changed it (see the invalidation rule above).
  */
 export function currentUser(db: Db, id: number): UserRecord | undefined {
-  const [dataVersion, changes] = versions(db);
+  const v = versionStatements(db);
+  const dataVersion = v.dataVersion.get() as number;
+  const changes = v.changes.get() as number;
   let c = caches.get(db);
   if (!c) {
     c = { dataVersion, changes, byId: new Map() };

@@ -91,7 +91,7 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
     .option('--smtp-user <user>', 'SMTP user; the password comes from COMMUSIC_SMTP_PASSWORD')
     .option('--smtp-ca <file>', 'extra CA certificate (PEM) for the SMTP server')
     .option('--smtp-no-starttls', 'allow a relay without STARTTLS (a local relay on a trusted link only)')
-    .option('--once', 'probe every target once, print the result and exit (0 all up, 2 otherwise); sends no mail')
+    .option('--once', 'probe every target once, print the result and exit (0 all up, 1 a target down; 2 is a usage error); sends no mail')
     .option('--json', 'print one JSON line per probe')
     .option('--quiet', 'print state changes only')
     .action(async (o: MonitorFlags) => {

@@ -324,7 +324,7 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
 
   const updateSchema = strictObject({ ...updateShape, id, club: clubField });
   d.register({ name: `${entity}.update`, schema: updateSchema, quickParse: quickUpdateParser(entity, Object.keys(updateSchema.shape)), handler: async (p: any, ctx) => {
-    const g = await guard(services, ctx, `${entity}.update`, p);
+    const g = guard(services, ctx, `${entity}.update`, p);
     let { scope } = g.needEntity(entity, 'update', 'write');
     const { club: _c, id: rid, ...values } = p;
     checkWriteFields(g, entity, values, 'update');

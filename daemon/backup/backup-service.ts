@@ -18,7 +18,8 @@
  */
 import type { AlertKind } from '../mail/alert-catalogue.js';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Cron } from 'croner';
 import { sweepBackupStaging } from '../../storage/backup/backup-archive.js';
@@ -147,7 +148,8 @@ export class BackupService {
       result.error = errText(e);
       this.#log.error('backup of club failed', { event: 'backup-failed', clubId, error: result.error });
     } finally {
-      rmSync(file, { force: true });
+      // Not rmSync: unlinking a file of a few MB can take tens of ms under disk load, on the event loop.
+      await rm(file, { force: true });
     }
     return result;
   }

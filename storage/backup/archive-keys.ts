@@ -170,13 +170,18 @@ export function serverOpenKey(st: Storage): { serverKey: Buffer; serverKeyring: 
  * one (deleted, being deleted) are skipped: archiving them reports the error.
  */
 export function initArchiveKeys(st: Storage, clubs: readonly string[]): void {
+  const missing = clubs.filter((c) => {
+    const k = clubKeyRaw(st, c);
+    k?.fill(0);
+    return !k;
+  });
+  if (missing.length === 0) return;
   st.server.db.transaction(() => {
-    for (const c of clubs) {
-      try {
-        clubSealingKey(st, c).fill(0);
-      } catch {
-        // Reported when the club is archived.
-      }
+    for (const c of missing) {
+      const fresh = randomBytes(32);
+      // Refused (no row change) for a club being deleted: archiving it reports the error.
+      st.server.initArchiveKey(c, fresh)?.fill(0);
+      fresh.fill(0);
     }
   })();
 }

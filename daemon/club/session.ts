@@ -58,6 +58,8 @@ export interface SessionState {
   lastActive: number;
   /** Grants cached per rights version (re-read when the version in the store changes). */
   grantsCache?: { version: number; isAdmin: boolean; personId: number | null; grants: Grant[] };
+  /** The last request's Principal, reused while store, user record and grants are the same objects. */
+  principal?: Principal;
 }
 
 export interface Principal {
@@ -195,7 +197,9 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
     g = { version: u.rightsVersion, isAdmin: u.isAdmin, personId: u.personId, grants: effectiveGrants(u) };
     s.grantsCache = g;
   }
-  return {
+  const last = s.principal;
+  if (last && last.store === store && last.user === u && last.grants === g.grants && last.actor.ip === ctx.conn.ip) return last;
+  const p: Principal = {
     clubId: s.clubId,
     store,
     db: store.db,
@@ -205,6 +209,8 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
     actor: { user: u.username, ip: ctx.conn.ip, session: s.sessionId },
     audit: auditFor(services, store),
   };
+  s.principal = p;
+  return p;
 }
 
 /**

@@ -59,15 +59,36 @@ test('a man in the middle replaying the real server key with its own share fails
 
 test('a downgraded version range in the ClientHello breaks the signature', () => {
   const real = testIdentity();
+  // Lowered: the server signs the range it saw, the client's own transcript differs. Raised: the
+  // server picks a version the client never offered, which the client refuses before the signature.
+  for (const [offered, rewritten, code] of [[2, 1, 'BAD_SIGNATURE'], [1, 2, 'VERSION_UNSUPPORTED']] as const) {
+    const server = new ServerSession({ identity: real });
+    const client = new ClientSession({ acceptServerKey: pinFingerprint(real.fingerprint), maxVersion: offered });
+    client.start();
+    const ch = concat(client.takeOutput());
+    const tampered = Buffer.from(ch);
+    tampered.writeUInt16BE(rewritten, 9); // max version rewritten by an attacker
+    server.receive(tampered);
+    drain(server);
+    assert.equal(server.negotiatedVersion, rewritten, 'the server answers the range it saw');
+    client.receive(concat(server.takeOutput()));
+    const ev = client.nextEvent();
+    assert.equal(ev.type === 'error' && ev.error.code, code, `max_version ${offered} -> ${rewritten}`);
+  }
+});
+
+test('a version 2 choice rewritten to 1 in the ServerHello breaks the signature', () => {
+  const real = testIdentity();
   const server = new ServerSession({ identity: real });
   const client = new ClientSession({ acceptServerKey: pinFingerprint(real.fingerprint) });
   client.start();
-  const ch = concat(client.takeOutput());
-  const tampered = Buffer.from(ch);
-  tampered.writeUInt16BE(2, 9); // max version rewritten by an attacker
-  server.receive(tampered);
+  server.receive(concat(client.takeOutput()));
   drain(server);
-  client.receive(concat(server.takeOutput()));
+  assert.equal(server.negotiatedVersion, 2, 'a version 2 server and client agree on 2');
+  const sh = concat(server.takeOutput());
+  assert.equal(sh.readUInt16BE(3), 2);
+  sh.writeUInt16BE(1, 3);
+  client.receive(sh);
   const ev = client.nextEvent();
   assert.equal(ev.type === 'error' && ev.error.code, 'BAD_SIGNATURE');
 });

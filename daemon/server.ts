@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../crypto/identity.js';
-import { CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../protocol/constants.js';
+import { CLOSE_POLICY, SUPPORTED_VERSIONS } from '../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../protocol/refusal.js';
 import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
 import { ServerSession } from '../protocol/server-session.js';
@@ -87,7 +87,7 @@ export class Daemon {
     registerCoreCommands(this.dispatcher, () => ({
       name: 'commusic-server',
       version: VERSION,
-      protocolVersion: PROTOCOL_VERSION_1,
+      protocolVersion: Math.max(...SUPPORTED_VERSIONS),
       fingerprint: opts.identity.fingerprint,
     }), Date.now, opts.config.diag);
     this.admission = new Admission(opts.config.limits, opts.random);

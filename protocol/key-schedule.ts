@@ -8,13 +8,31 @@ import { FINISHED_LEN, SIGNATURE_CONTEXT } from './constants.js';
  */
 const EMPTY = Buffer.alloc(0);
 
-export interface DirectionKeys {
-  /** Traffic secret; the next one is derived from it on KEY_UPDATE. */
-  secret: Buffer;
-  /** The AES-256-GCM key ("CMSP v1 key"), held as a KeyObject (export() gives its bytes). */
-  key: KeyObject;
-  iv: Buffer;
+/**
+ * One direction's keys. `material` is one ArrayBuffer of its own holding the traffic secret
+ * (bytes 0..31; the next one is derived from it on KEY_UPDATE) and the IV (bytes 32..43): one
+ * small object per direction for an idle connection, no slab of Node's shared buffer pool
+ * pinned. The AES-256-GCM key ("CMSP v1 key") is a KeyObject (export() gives its bytes).
+ */
+export class DirectionKeys {
+  constructor(
+    readonly material: Buffer,
+    readonly key: KeyObject,
+  ) {}
+
+  /** A view of the traffic secret. */
+  get secret(): Buffer {
+    return this.material.subarray(0, 32);
+  }
+
+  /** A view of the IV. */
+  get iv(): Buffer {
+    return this.material.subarray(32, 44);
+  }
 }
+
+/** Offset of the IV in DirectionKeys.material. */
+export const IV_OFFSET = 32;
 
 export interface SessionSecrets {
   /** SHA-256(ClientHello || ServerHello without its signature). */
@@ -49,7 +67,7 @@ export function directionKeys(secret: Buffer): DirectionKeys {
   const iv = hkdf(own.subarray(0, 32), EMPTY, 'CMSP v1 iv', 12);
   own.set(iv, 32);
   iv.fill(0);
-  return { secret: own.subarray(0, 32), key, iv: own.subarray(32, 44) };
+  return new DirectionKeys(own, key);
 }
 
 export function nextDirectionKeys(current: DirectionKeys): DirectionKeys {
@@ -62,8 +80,7 @@ export function nextDirectionKeys(current: DirectionKeys): DirectionKeys {
 
 /** Wipes secret and IV; the key's KeyObject is cleared by Node when it is collected. */
 export function wipeDirection(k: DirectionKeys): void {
-  k.secret.fill(0);
-  k.iv.fill(0);
+  k.material.fill(0);
 }
 
 export function deriveSessionSecrets(

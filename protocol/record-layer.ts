@@ -11,7 +11,7 @@ import {
   TAG_LEN,
 } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { nextDirectionKeys, wipeDirection, type DirectionKeys } from './key-schedule.js';
+import { IV_OFFSET, nextDirectionKeys, wipeDirection, type DirectionKeys } from './key-schedule.js';
 
 /**
  * AES-256-GCM records. The nonce is the direction's IV XOR the record's sequence number
@@ -30,10 +30,11 @@ export interface OpenedRecord {
  */
 const NONCE = Buffer.alloc(12);
 
-function nonceFor(into: Buffer, iv: Buffer, seq: number): Buffer {
-  iv.copy(into, 0, 0, 8);
+function nonceFor(into: Buffer, keys: DirectionKeys, seq: number): Buffer {
+  const m = keys.material;
+  m.copy(into, 0, IV_OFFSET, IV_OFFSET + 8);
   // seq < 2^20 by construction; the upper 32 bits of the counter are zero.
-  into.writeUInt32BE((iv.readUInt32BE(8) ^ seq) >>> 0, 8);
+  into.writeUInt32BE((m.readUInt32BE(IV_OFFSET + 8) ^ seq) >>> 0, 8);
   return into;
 }
 
@@ -88,7 +89,7 @@ export class RecordSealer {
     const h = header(type, len + TAG_LEN);
     out.push(h);
     const start = out.length;
-    aesGcmSealPieces(this.keys.key, nonceFor(NONCE, this.keys.iv, this.seq), h, pieces, out);
+    aesGcmSealPieces(this.keys.key, nonceFor(NONCE, this.keys, this.seq), h, pieces, out);
     if (out.length - start > 1) runs.push(start, out.length);
     this.seq++;
   }
@@ -116,7 +117,7 @@ export class RecordSealer {
     const len = head.length + (tail ? tail.length : 0);
     const h = header(type, len + TAG_LEN);
     out.push(h);
-    const nonce = nonceFor(NONCE, this.keys.iv, this.seq);
+    const nonce = nonceFor(NONCE, this.keys, this.seq);
     if (!runs) {
       const body: Buffer[] = [];
       aesGcmSealTo(this.keys.key, nonce, h, head, tail, body);
@@ -181,7 +182,7 @@ export class RecordReader {
     if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
       throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
     }
-    const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys.iv, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
+    const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
     if (!plaintext) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
     this.seq++;
     if (type === RECORD_KEY_UPDATE) {

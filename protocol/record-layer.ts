@@ -198,11 +198,26 @@ export class RecordReader {
     this.buffered = 0;
   }
 
+  /** The first n (<= RECORD_HEADER_LEN) bytes, copied into a small scratch when they straddle reads. */
   private peek(n: number): Buffer {
-    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks)];
-    return this.chunks[0]!.subarray(0, n);
+    const first = this.chunks[0]!;
+    if (first.length >= n) return first.subarray(0, n);
+    let at = 0;
+    for (const c of this.chunks) {
+      const k = Math.min(c.length, n - at);
+      c.copy(HEADER_SCRATCH, at, 0, k);
+      at += k;
+      if (at === n) break;
+    }
+    return HEADER_SCRATCH.subarray(0, n);
   }
 
+  /**
+   * The next n buffered bytes. A record inside one read is a view of it; a record that
+   * straddles reads (every 64 KiB record does) is gathered into one shared scratch buffer
+   * instead of a fresh concatenation, so streaming makes no transient 64 KiB copy per record.
+   * The result is valid until the next call on any reader: next() opens it at once.
+   */
   private take(n: number): Buffer {
     let out: Buffer;
     const first = this.chunks[0]!;
@@ -211,11 +226,24 @@ export class RecordReader {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      const all = Buffer.concat(this.chunks);
-      out = all.subarray(0, n);
-      this.chunks = all.length > n ? [all.subarray(n)] : [];
+      let at = 0;
+      let i = 0;
+      while (at < n) {
+        const c = this.chunks[i]!;
+        const k = Math.min(c.length, n - at);
+        c.copy(RECORD_SCRATCH, at, 0, k);
+        at += k;
+        if (k === c.length) i++;
+        else this.chunks[i] = c.subarray(k);
+      }
+      this.chunks.splice(0, i);
+      out = RECORD_SCRATCH.subarray(0, n);
     }
     this.buffered -= n;
     return out;
   }
 }
+
+/** Shared by all readers: a straddling record is copied here and opened before anything else runs. */
+const RECORD_SCRATCH = Buffer.allocUnsafeSlow(RECORD_HEADER_LEN + MAX_RECORD_SEALED);
+const HEADER_SCRATCH = Buffer.allocUnsafeSlow(RECORD_HEADER_LEN);

@@ -1,10 +1,16 @@
 /**
- * Secure channel benchmark (issue 2, must-show 5): our protocol against Node's TLS 1.3 server
- * with an RSA-2048 certificate, measured in the same run. Each server runs in a child process
- * (bench/server-child.ts); this process is the load generator, so on a two-core machine each
- * side has a core. Figures: full handshakes per second, 64-byte requests per second (1, 8 and
- * 8 pipelined connections), MiB/s of 1 MiB payloads echoed, server memory per idle connection.
- * Standalone: `node dist/bench/channel.js [--quick]`.
+ * Secure channel benchmark (issue 2, must-show 5; issue 13): our protocol (the SDK, version 2)
+ * against two baselines measured in the same run, each server in a child process of its own
+ * (this process is the load generator):
+ * - the raw TLS 1.3 echo (bench/server-child.ts `tls`, RSA-2048 certificate): frames parsed one
+ *   by one and each answered with a write of its own, the ceiling;
+ * - HTTP/2 over TLS 1.3 with JSON bodies (bench/h2-child.ts): the server a client would
+ *   otherwise be built on.
+ * Figures: full handshakes per second (no session resumption anywhere), 64-byte requests per
+ * second (1, 8 and 8 x 32 pipelined), MiB/s of 1 MiB payloads echoed (TLS only), server memory
+ * per idle connection (TLS only). Every figure is given as rate and as the server child's CPU
+ * time per operation, each against each baseline.
+ * Standalone: `node dist/bench/channel.js [--quick] [--cpu-prof DIR]`.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

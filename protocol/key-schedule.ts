@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { aeadKey, hkdf, hmacSha256, sha256 } from '../crypto/handshake-crypto.js';
+import { aeadKey, hkdf, hkdfExpand, hkdfExtract, hmacSha256, sha256 } from '../crypto/handshake-crypto.js';
 import { FINISHED_LEN, SIGNATURE_CONTEXT } from './constants.js';
 
 /**
@@ -61,10 +61,13 @@ export function signatureInput(th: Uint8Array): Buffer {
 export function directionKeys(secret: Buffer): DirectionKeys {
   const own = Buffer.allocUnsafeSlow(44);
   own.set(secret.subarray(0, 32), 0);
-  const raw = hkdf(own.subarray(0, 32), EMPTY, 'CMSP v1 key', 32);
+  // Both labels from one extract: HKDF(T, "", label, L) = Expand(Extract("", T), label, L).
+  const prk = hkdfExtract(own.subarray(0, 32), EMPTY);
+  const raw = hkdfExpand(prk, 'CMSP v1 key', 32);
   const key = aeadKey(raw);
   raw.fill(0);
-  const iv = hkdf(own.subarray(0, 32), EMPTY, 'CMSP v1 iv', 12);
+  const iv = hkdfExpand(prk, 'CMSP v1 iv', 12);
+  prk.fill(0);
   own.set(iv, 32);
   iv.fill(0);
   return new DirectionKeys(own, key);
@@ -92,14 +95,17 @@ export function deriveSessionSecrets(
   const th = transcriptHash(clientHello, serverHelloSigned);
   const fh = sha256(clientHello, serverHelloSigned, signature);
   const master = hkdf(shared, th, 'CMSP v1 master', 32);
-  const c2sSecret = hkdf(master, EMPTY, 'CMSP v1 c2s traffic', 32);
-  const s2cSecret = hkdf(master, EMPTY, 'CMSP v1 s2c traffic', 32);
+  // Four labels from one extract of the master secret (same values as four separate HKDFs).
+  const prk = hkdfExtract(master, EMPTY);
+  const c2sSecret = hkdfExpand(prk, 'CMSP v1 c2s traffic', 32);
+  const s2cSecret = hkdfExpand(prk, 'CMSP v1 s2c traffic', 32);
   const c2s = directionKeys(c2sSecret);
   const s2c = directionKeys(s2cSecret);
   c2sSecret.fill(0);
   s2cSecret.fill(0);
-  const cFinKey = hkdf(master, EMPTY, 'CMSP v1 c2s finished', 32);
-  const sFinKey = hkdf(master, EMPTY, 'CMSP v1 s2c finished', 32);
+  const cFinKey = hkdfExpand(prk, 'CMSP v1 c2s finished', 32);
+  const sFinKey = hkdfExpand(prk, 'CMSP v1 s2c finished', 32);
+  prk.fill(0);
   const clientFinished = hmacSha256(cFinKey, fh).subarray(0, FINISHED_LEN);
   const serverFinished = hmacSha256(sFinKey, fh).subarray(0, FINISHED_LEN);
   master.fill(0);

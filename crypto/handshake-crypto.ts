@@ -159,22 +159,6 @@ export function aesGcmSealTo(key: CipherKey, nonce: Uint8Array, aad: Uint8Array,
 }
 
 /** Returns undefined when the tag does not verify; never throws for bad input. */
-/**
- * Seals the concatenation of `pieces` as one AES-256-GCM plaintext; pushes the ciphertext
- * pieces (empty ones left out) and the tag onto `out`, unjoined.
- */
-export function aesGcmSealPieces(key: CipherKey, nonce: Uint8Array, aad: Uint8Array, pieces: readonly Uint8Array[], out: Buffer[]): void {
-  const c = createCipheriv('aes-256-gcm', key, nonce);
-  c.setAAD(aad);
-  for (const p of pieces) {
-    if (p.length === 0) continue;
-    const ct = c.update(p);
-    if (ct.length > 0) out.push(ct);
-  }
-  c.final();
-  out.push(c.getAuthTag());
-}
-
 export function aesGcmOpen(key: CipherKey, nonce: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Buffer | undefined {
   if (sealed.length < AEAD_TAG_LEN) return undefined;
   const d = createDecipheriv('aes-256-gcm', key, nonce);

@@ -265,6 +265,9 @@ export class ClientSession {
     if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
     const secrets = deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
     shared.fill(0);
+    // The ephemeral key and the hello have served their purpose (forward secrecy: drop the key).
+    this.eph = undefined;
+    this.clientHello = undefined;
     this.version = sh.version;
     this.output.batching = this.version >= PROTOCOL_VERSION_2;
     this.expectedServerFinished = secrets.serverFinished;

@@ -54,14 +54,26 @@ export class OutputQueue {
     }
     const len = enc.head.length + (enc.tail ? enc.tail.length : 0);
     if (len > MAX_MESSAGE_LEN_V2) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal a message of ${len} bytes`);
-    const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN + (len >= OWN_RECORD_FROM ? 0 : len));
-    prefix.writeUInt16BE(len, 0);
-    if (len >= OWN_RECORD_FROM) {
-      // Its own record, in order after what is queued; `enc.head` is only valid until the next encode.
+    if (len >= OWN_RECORD_FROM && enc.tail) {
+      // A stream CHUNK: its own record, in order after what is queued; the length prefix and the
+      // small envelope go through the cipher together, the data straight from the caller's buffer.
+      const lead = Buffer.allocUnsafe(BATCH_LENGTH_LEN + enc.head.length);
+      lead.writeUInt16BE(len, 0);
+      lead.set(enc.head, BATCH_LENGTH_LEN);
       this.sealBatch();
-      sealer.sealPieces(RECORD_DATA, enc.tail ? [prefix, enc.head, enc.tail] : [prefix, enc.head], this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts, this.runs);
       return;
     }
+    if (len >= OWN_RECORD_FROM) {
+      // A large message: its own record (`enc.head` is only valid until the next encode).
+      const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN);
+      prefix.writeUInt16BE(len, 0);
+      this.sealBatch();
+      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts, this.runs);
+      return;
+    }
+    const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN + len);
+    prefix.writeUInt16BE(len, 0);
     prefix.set(enc.head, BATCH_LENGTH_LEN);
     if (enc.tail) prefix.set(enc.tail, BATCH_LENGTH_LEN + enc.head.length);
     if (this.batch && (this.batch.length === MAX_MESSAGES_PER_RECORD || this.batchBytes + prefix.length > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {

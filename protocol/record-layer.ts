@@ -1,4 +1,4 @@
-import { aesGcmOpen, aesGcmSealPieces, aesGcmSealTo } from '../crypto/handshake-crypto.js';
+import { aesGcmOpen, aesGcmSealTo } from '../crypto/handshake-crypto.js';
 import {
   MAX_RECORD_SEALED,
   RECORD_CLOSE,
@@ -75,23 +75,6 @@ export class RecordSealer {
    */
   sealParts(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[]): void {
     this.sealRecord(type, head, tail, out, runs);
-  }
-
-  /**
-   * Seals the concatenation of `pieces` as one record's plaintext (version 2 batches: length
-   * prefixes and messages are sealed without first being joined). Output as sealParts().
-   */
-  sealPieces(type: number, pieces: readonly Uint8Array[], out: Buffer[], runs: number[]): void {
-    let len = 0;
-    for (const p of pieces) len += p.length;
-    if (len > MAX_RECORD_PLAINTEXT) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal ${len} bytes`);
-    if (this.seq === this.rekeyAfter - 1) this.keyUpdate(out);
-    const h = header(type, len + TAG_LEN);
-    out.push(h);
-    const start = out.length;
-    aesGcmSealPieces(this.keys.key, nonceFor(NONCE, this.keys, this.seq), h, pieces, out);
-    if (out.length - start > 1) runs.push(start, out.length);
-    this.seq++;
   }
 
   keyUpdate(out: Buffer[]): void {

@@ -39,12 +39,22 @@ export interface HandshakeRandomness {
   ephemeral(): EphemeralKey;
 }
 
+/**
+ * generateKeyPairSync with only the public key encoded (Node accepts it; its type declarations
+ * want both encodings or none): the private key stays a KeyObject, the public key comes encoded.
+ */
+export const keyPairWithEncodedPublic = generateKeyPairSync as unknown as (type: string, options: object) => { privateKey: KeyObject; publicKey: unknown };
+
 export const systemRandomness: HandshakeRandomness = {
   random32: () => randomBytes(32),
   ephemeral: () => {
-    const { privateKey, publicKey } = generateKeyPairSync('x25519');
-    // JWK export is a field copy; DER export goes through OpenSSL's encoder (about 70 µs).
-    return { privateKey, publicRaw: Buffer.from(publicKey.export({ format: 'jwk' }).x!, 'base64url') };
+    // The public key comes encoded as JWK from the key generation itself (a field copy; DER goes
+    // through OpenSSL's encoder, about 70 µs). Never export() a freshly generated key afterwards:
+    // Node 20 holds the key's mutex while export allocates, a garbage collection in that moment
+    // finalises the finished key-generation job, whose destructor takes the same mutex, and the
+    // thread deadlocks (seen here within 30,000 handshakes; tests/handshake.test.ts).
+    const { privateKey, publicKey } = keyPairWithEncodedPublic('x25519', { publicKeyEncoding: { format: 'jwk' } });
+    return { privateKey, publicRaw: Buffer.from((publicKey as { x: string }).x, 'base64url') };
   },
 };
 

@@ -23,11 +23,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateIdentity, signTranscript } from '../crypto/identity.js';
 import { verifyPassword } from '../crypto/password.js';
-import { AuditLog } from '../storage/audit-log.js';
-import { getRecord, updateRecord } from '../storage/club-data.js';
-import { createClub } from '../storage/provisioning.js';
-import { openStorage } from '../storage/storage.js';
-import { getUserByName } from '../storage/users.js';
+import { AuditLog } from '../storage/club/audit-log.js';
+import { updateRecord } from '../storage/club/club-data.js';
+import { getRecord } from '../storage/club/data-rows.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
+import { getUserByName } from '../storage/club/users.js';
 import { BENCH_ADMIN } from './data-child.js';
 import { selfSignedRsa2048 } from './server-child.js';
 

@@ -15,8 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import forge from 'node-forge';
 import { generateIdentity } from '../crypto/identity.js';
-import { loadConfig } from '../daemon/config.js';
-import { Daemon } from '../daemon/server.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { Daemon } from '../daemon/edge/server.js';
 
 export type ChildKind = 'ours' | 'tls';
 

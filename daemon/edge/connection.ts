@@ -382,6 +382,8 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     if (!this.handshakeOpen) return;
     this.handshakeOpen = false;
     clearTimeout(this.handshakeTimer);
+    // Dropped, not only cleared: an idle connection keeps no dead Timeout object.
+    this.handshakeTimer = undefined;
     this.events.handshakeDone(established);
   }
 

@@ -142,6 +142,8 @@ export class Daemon {
   readonly admission: Admission;
   private nextId = 1;
   private stopping: Promise<void> | undefined;
+  /** One sweep for every connection's login and idle deadline (no timers per connection). */
+  private deadlineTimer: NodeJS.Timeout | undefined;
 
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger ?? nullLogger();
@@ -189,6 +191,9 @@ export class Daemon {
     });
     const a = d.address();
     d.log.info('listening', { host: a.host, port: a.port, fingerprint: opts.identity.fingerprint });
+    const l = opts.config.limits;
+    const sweepMs = Math.max(25, Math.min(1000, Math.floor(Math.min(l.loginTimeoutMs, l.idleTimeoutMs) / 4)));
+    d.deadlineTimer = setInterval(() => d.sweepDeadlines(), sweepMs).unref();
     return d;
   }
 
@@ -236,6 +241,7 @@ export class Daemon {
   /** Stop accepting, let in-flight requests finish within the grace period, then close all. */
   stop(graceMs = this.opts.config.limits.shutdownGraceMs): Promise<void> {
     this.stopping ??= (async () => {
+      clearInterval(this.deadlineTimer);
       this.log.info('shutting down', { connections: this.connections.size, graceMs });
       const closed = new Promise<void>((r) => this.server.close(() => r()));
       for (const c of this.connections) c.drain();
@@ -293,6 +299,22 @@ export class Daemon {
     const conn = new Connection(socket, session, this.dispatcher, this.opts.config.limits, this.log, hooks, this.nextId++);
     hooks.conn = conn;
     this.connections.add(conn);
+  }
+
+  /**
+   * Checks every established connection's login and idle deadline, `deadlineSweepMs` apart: a
+   * deadline is met up to that late (a quarter of the shortest, at most a second), and an idle
+   * connection holds no timer of its own.
+   */
+  private sweepDeadlines(): void {
+    const now = Date.now();
+    for (const c of this.connections) {
+      try {
+        c.checkDeadlines(now);
+      } catch (e) {
+        c.fault('deadline', e);
+      }
+    }
   }
 
   /** What ConnectionHooks reach in the daemon; one object per daemon, shared by all connections. */

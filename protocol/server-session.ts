@@ -185,6 +185,13 @@ export class ServerSession {
   private fail(error: ProtocolError): ServerEvent {
     this.stateValue = 'FAILED';
     this.terminal = { type: 'error', error };
+    // Answers already given leave before the connection closes, as in version 1 where each was
+    // sealed at once: the batch of this turn is sealed before the keys are wiped.
+    try {
+      this.output.sealBatch();
+    } catch {
+      // Nothing more can be sent; the connection closes anyway.
+    }
     this.wipe();
     return this.terminal;
   }

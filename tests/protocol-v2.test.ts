@@ -282,3 +282,18 @@ test(`version 2: a record of ${MAX_MESSAGES_PER_RECORD + 1} messages closes the 
   const answers = s.events().flatMap((e) => (e.type === 'message' ? [e.message] : []));
   assert.equal(answers.length, 0, 'no request of the refused record was answered');
 });
+
+test('version 2: answers queued in a turn still leave when a later record of the same read fails', () => {
+  const { client, server, forge } = pair();
+  const out: Buffer[] = [];
+  forge.seal(RECORD_DATA, joinBatch([encodeMessage(ping(1))]), out);
+  forge.seal(RECORD_DATA, Buffer.alloc(0), out); // an empty batch: refused
+  server.receive(concat(out));
+  const first = server.nextEvent();
+  assert.equal(first.type, 'message');
+  server.sendMessage({ kind: 'response', id: 1, payload: { time: 1 }, stream: false });
+  assert.equal(server.nextEvent().type, 'error');
+  client.receive(concat(server.takeOutput()));
+  const got = client.nextEvent();
+  assert.ok(got.type === 'message' && got.message.kind === 'response' && got.message.id === 1, 'the answer sealed before the failure reaches the client');
+});

@@ -23,8 +23,11 @@ interface Child {
   ready: Record<string, unknown>;
 }
 
-function start(script: string, args: string[]): Promise<Child> {
-  const proc = fork(fileURLToPath(new URL(script, import.meta.url)), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+/** BENCH_CPU_PROF=DIR: a V8 CPU profile of our server child in DIR (`--cpu-prof`). */
+function start(script: string, args: string[], profile = false): Promise<Child> {
+  const dir = process.env['BENCH_CPU_PROF'];
+  const execArgv = profile && dir ? ['--cpu-prof', '--cpu-prof-dir', dir] : [];
+  const proc = fork(fileURLToPath(new URL(script, import.meta.url)), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
   return new Promise((resolve, reject) => {
     proc.once('exit', (code) => reject(new Error(`${script} exited with code ${code} before it was ready`)));
     proc.on('message', (m: { type: string }) => {
@@ -126,7 +129,7 @@ export async function runDataBench(opts: { quick?: boolean; log?: (s: string) =>
   const ms = opts.quick ? 1500 : 4000;
   const warm = opts.quick ? 300 : 1000;
   const log = opts.log ?? (() => undefined);
-  const ours = await start('./data-child.js', []);
+  const ours = await start('./data-child.js', [], true);
   const tls = await start('./server-child.js', ['tls']);
   const h2 = await start('./h2-child.js', []);
   const conns: Connection[] = [];
@@ -186,6 +189,8 @@ export async function runDataBench(opts: { quick?: boolean; log?: (s: string) =>
       rows.push({ group: 'data', name: `${name}: server CPU/req`, value: o.cpuPerOp, unit: 'us', baseline: b.cpuPerOp, baselineName, higherIsBetter: false,
         ...(target ? { target: `>= ${target}x`, met: b.cpuPerOp / o.cpuPerOp >= target } : {}) });
     };
+    rows.push({ group: 'data', name: `server CPU per persons.get, ${CONNECTIONS} connections`, value: get.cpuPerOp, unit: 'us', baseline: ping.cpuPerOp, baselineName: 'ping over the same connections (the channel alone)', higherIsBetter: false,
+      note: "server child's process.cpuUsage (user + system) over the measured window, divided by the requests completed in it" });
     add(`authenticated persons.get, ${CONNECTIONS} connections`, get, h2get, h2Name, 2);
     add(`authenticated persons.get, ${CONNECTIONS} connections`, get, echo, echoName, 0.7);
     add(`persons.update + change-log entry, durable, ${CONNECTIONS} connections`, upd, h2upd, h2Name, 2,

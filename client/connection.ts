@@ -24,7 +24,7 @@ export interface ConnectOptions {
   fingerprints?: readonly string[];
   /**
    * Trust on first use: record the key in this file, refuse a key not pinned there later; the
-   * server's lines follow verified identity key rollovers (docs/PROTOCOL.md 6.3). With
+   * server's lines follow verified identity key rollovers (docs/PROTOCOL.md 6.4). With
    * `fingerprint` too, only that key is accepted, and it replaces the server's lines here (the
    * way to trust a new key after checking its fingerprint out of band).
    */
@@ -36,6 +36,11 @@ export interface ConnectOptions {
   /** Local address to connect from (tests use 127.0.0.x). */
   localAddress?: string;
   rekeyAfterRecords?: number;
+  /**
+   * Highest protocol version to offer (default 2: requests and answers of one turn share a
+   * record). 1 talks to servers that predate version 2 the same as before (PROTOCOL.md 8).
+   */
+  maxVersion?: 1 | 2;
 }
 
 export interface RequestOptions {
@@ -115,7 +120,11 @@ export class Connection {
     // client with a stale pin ends the session with CLOSE (never a ban) and can read the
     // server's identity notice to tell a key rollover from an unexplained change (PROTOCOL.md 3.2).
     const trusted = (fp: string) => (pins.length === 0 && tofu !== undefined) || pins.some((p) => pinFingerprint(p)(fp));
-    const session = new ClientSession({ acceptServerKey: () => true, ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}) });
+    const session = new ClientSession({
+      acceptServerKey: () => true,
+      ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
+      ...(opts.maxVersion ? { maxVersion: opts.maxVersion } : {}),
+    });
     const socket = netConnect({ host: opts.host, port: opts.port, noDelay: true, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
     const { fingerprint, spki } = await new Promise<{ fingerprint: string; spki: Buffer }>((resolve, reject) => {
@@ -221,6 +230,11 @@ export class Connection {
 
   get closed(): boolean {
     return this.closedError !== undefined;
+  }
+
+  /** The protocol version agreed in the handshake (1 or 2). */
+  get version(): number {
+    return this.session.negotiatedVersion;
   }
 
   /** Sends a request; resolves with the payload (and a download stream when there is one). */
@@ -339,7 +353,7 @@ export class Connection {
 
   /**
    * A verified identity notice about the key of this session sets the pins for this server
-   * (PROTOCOL.md 6.3); a notice that fails any check changes nothing.
+   * (PROTOCOL.md 6.4); a notice that fails any check changes nothing.
    */
   private onIdentityNotice(payload: unknown): void {
     const n = parseIdentityNotice(payload);

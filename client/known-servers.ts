@@ -7,7 +7,7 @@ import { normalizeFingerprint } from '../crypto/identity.js';
 /**
  * Trust on first use, as ssh's known_hosts: one line per pinned key, "HOST:PORT FINGERPRINT".
  * The first connection records the key; a later key not pinned is refused. A server may have
- * several lines during an identity key rollover (docs/PROTOCOL.md 6.3): the SDK then accepts
+ * several lines during an identity key rollover (docs/PROTOCOL.md 6.4): the SDK then accepts
  * any of them, and rewrites the server's lines when a verified `identity.keys` notice says so.
  */
 export function defaultKnownServersFile(): string {

@@ -1,12 +1,12 @@
 /**
- * The `identity.keys` NOTICE (docs/PROTOCOL.md section 6.3): how a server tells its clients
+ * The `identity.keys` NOTICE (docs/PROTOCOL.md section 6.4): how a server tells its clients
  * about an identity key rollover, in the spirit of OpenSSH's hostkeys-00@openssh.com. Pure:
  * payloads in, decisions out; the SDK (client/connection.ts) stores the pins.
  *
  *   [7, "identity.keys", {current: bstr 294, next?: bstr 294, previous?: bstr 294,
  *                         rotations: [{old, new, time, oldSignature, newSignature}] (0..4)}]
  *
- * Rules for a client (section 6.3): the notice counts only when `current` is the key that signed
+ * Rules for a client (section 6.4): the notice counts only when `current` is the key that signed
  * this session's handshake and every rotation statement's two signatures verify; `next` needs a
  * statement current -> next, `previous` one previous -> current. Then the pins for this server
  * become exactly {current, next, previous}. Anything else: the whole notice is ignored.

@@ -1,4 +1,4 @@
-// Issue 15 point 4: the identity.keys NOTICE has a signed byte layout; docs/PROTOCOL.md 6.3 prints
+// Issue 15 point 4: the identity.keys NOTICE has a signed byte layout; docs/PROTOCOL.md 6.4 prints
 // a test vector, checked here against the implementation and against bare node:crypto.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -2,7 +2,7 @@
  * The daemon's identity keys during a rollover (docs/OPERATIONS.md "Rolling the identity key
  * over"): which key signs handshakes, change-log heads and archive origins now, and the
  * `identity.keys` NOTICE every session gets at its start and every established session gets when
- * the phase changes (docs/PROTOCOL.md 6.3). The files and phases are crypto/identity-keyring.ts;
+ * the phase changes (docs/PROTOCOL.md 6.4). The files and phases are crypto/identity-keyring.ts;
  * this holder loads them and tells the parts of the daemon that hold the key.
  */
 import type { IdentityKey } from '../../crypto/identity.js';

@@ -29,7 +29,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
   const program = newProgram('commusic', 'ComMusic client command line: members, club administrators, scripts')
     .option('--server <host:port>', 'server address (env COMMUSIC_SERVER)')
     .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
-    .option('--tofu', 'trust the server key on first use and remember it in the known-servers file')
+    .option('--tofu', 'trust the server key on first use and remember it in the known-servers file (which follows signed identity key rollovers); with --fingerprint: trust that key and record it there')
     .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
     .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
     .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000')
@@ -55,7 +55,9 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     holder.conn = await connect({
       host,
       port,
-      ...(fingerprint ? { fingerprint } : { knownServersFile: o.knownServers! }),
+      // --tofu with --fingerprint: only that key, recorded in the file (after checking a new key out of band).
+      ...(fingerprint ? { fingerprint } : {}),
+      ...(!fingerprint || o.tofu ? { knownServersFile: o.knownServers! } : {}),
       connectTimeoutMs: timeout,
       requestTimeoutMs: timeout,
       ...(o.bind ? { localAddress: o.bind } : {}),

@@ -84,6 +84,15 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
   }
 
   /**
+   * Sends an unsolicited NOTICE (PROTOCOL.md 6, kind 7) to an established session; does nothing
+   * before the handshake is complete or once the connection is closing. Never throws.
+   */
+  notify(event: string, payload: unknown): void {
+    if (this.closed || !this.isEstablished) return;
+    this.guarded('notice', () => this.send({ kind: 'notice', event, payload }));
+  }
+
+  /**
    * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
    * Nothing more is read or answered; the socket is ended (FIN after the CLOSE record, so the
    * peer reads the reason rather than a reset) and destroyed once the peer closes, or after a

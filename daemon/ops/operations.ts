@@ -61,4 +61,6 @@ export interface OpsContext {
   bansChanged?(): void;
   /** Online: runs the daemon's own key change without tripping the key-file watch. */
   expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
+  /** Online: the identity key files changed (a rollover step); reload them and tell the sessions. Returns how many sessions were told. */
+  identityChanged?(): number;
 }

@@ -146,7 +146,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     registerClubCommands(dispatcher, clubServices);
     registerBackupCommands(dispatcher, clubServices);
     const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice });
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice, helloDropTolerated: () => identities.helloDropTolerated(Date.now()) });
     closers.push(() => daemon.stop());
     // A rollover step: everything that signs with the identity key takes the new current key.
     let notified = 0;

@@ -11,6 +11,7 @@ import { BanBoard, type ClusterBan } from '../cluster/ban-board.js';
 import { ClubLog, readEntries, readHead, readOwner } from '../cluster/club-log.js';
 import { ClusterError } from '../cluster/errors.js';
 import { EtcdGateway } from '../cluster/etcd-gateway.js';
+import { LogFollower, takeOver } from '../cluster/log-follower.js';
 import { MemberLease } from '../cluster/member-lease.js';
 import { listMembers, Membership } from '../cluster/membership.js';
 import { PlacementLeader } from '../cluster/placement.js';
@@ -90,6 +91,43 @@ describe('cluster on a real 3-member etcd', { skip: missing }, () => {
     );
     // Entries are sealed: another club's key does not open them.
     await assert.rejects(readEntries(g, club, deriveLogKey(dataKey, 'other'), 1), (e: unknown) => e instanceof ClusterError && e.code === 'LOG_CORRUPT');
+  });
+
+  test('a standby follows the log, takes the club over at the head when the primary dies, and its successor follows on', async () => {
+    const g = gw(undefined, 'follow/');
+    const club = 'warm-club';
+    const key = deriveLogKey(dataKey, club);
+    const leaseA = await lease(g, 1);
+    const a = await ClubLog.acquire({ gw: g, lease: leaseA, nodeId: 'node-a', clubId: club, logKey: key, schema: 1 });
+    const replicaB: string[] = [];
+    const replicaC: string[] = [];
+    const fb = new LogFollower({ gw: g, clubId: club, logKey: key, from: { seq: 0, digest: '' }, apply: (e) => void replicaB.push(...e.items.map((i) => Buffer.from(i).toString())) });
+    const fc = new LogFollower({ gw: g, clubId: club, logKey: key, from: { seq: 0, digest: '' }, apply: (e) => void replicaC.push(...e.items.map((i) => Buffer.from(i).toString())) });
+    await a.append(Buffer.from('before-b'));
+    await fb.start();
+    await fc.start();
+    const acked = ['before-b'];
+    await Promise.all(Array.from({ length: 20 }, (_, i) => a.append(Buffer.from(`a${i}`)).then(() => acked.push(`a${i}`))));
+    await until('B applied up to the head', () => (fb.position.seq === a.head.seq ? true : undefined));
+    assert.equal(fb.lag, 0);
+    assert.deepEqual([...replicaB].sort(), [...acked].sort());
+    // A dies (its keepalives stop); B takes over as soon as etcd lets it.
+    leaseA.suspendKeepalive();
+    const leaseB = await lease(g, 2);
+    const { log: b } = await until('B takes the club over', async () => {
+      try {
+        return await takeOver(fb, { gw: g, lease: leaseB, nodeId: 'node-b', clubId: club, logKey: key, schema: 1 });
+      } catch (e) {
+        if (e instanceof ClusterError && e.code === 'NOT_OWNER') return undefined;
+        throw e;
+      }
+    });
+    assert.deepEqual([...replicaB].sort(), [...acked].sort());
+    await b.append(Buffer.from('b0'));
+    acked.push('b0');
+    await until('C follows across the change of owner', () => (fc.position.seq === b.head.seq ? true : undefined));
+    assert.deepEqual([...replicaC].sort(), [...acked].sort());
+    await fc.stop();
   });
 
   test('the etcd leader killed during appends: nothing lost, nothing doubled, the chain verifies', async (t) => {

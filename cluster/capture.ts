@@ -253,3 +253,49 @@ function sameValue(a: unknown, b: unknown): boolean {
   if (Buffer.isBuffer(a) && Buffer.isBuffer(b)) return a.equals(b);
   return a === b;
 }
+
+/**
+ * The whole store as changesets (schema objects first, then every row), each encoded below
+ * `maxBytes`: what a new primary writes as the first entries of an empty log, so that a standby
+ * starting from sequence 1 builds the same store. Also acknowledges everything captured so far.
+ */
+export function fullImage(db: Db, maxBytes: number): Uint8Array[] {
+  installCapture(db);
+  const schema = db.pragma('user_version', { simple: true }) as number;
+  const tablesNow = userTables(db);
+  const ddl = tablesNow.flatMap((t) => schemaObjectsOf(db, t));
+  const out: Uint8Array[] = [];
+  let ops: RowOp[] = [];
+  let bytes = 0;
+  let first = true;
+  const flush = () => {
+    out.push(encodeChangeset({ schema, ...(first && ddl.length ? { ddl } : {}), ops }));
+    first = false;
+    ops = [];
+    bytes = 0;
+  };
+  bytes = encodeChangeset({ schema, ddl, ops: [] }).length;
+  for (const t of tablesNow) {
+    for (const { rowid } of db.prepare(`SELECT rowid AS rowid FROM ${q(t)} ORDER BY rowid`).all() as Array<{ rowid: number }>) {
+      const op = rowImage(db, t, rowid);
+      const size = encodeChangeset({ schema, ops: [op] }).length;
+      if (size + 64 > maxBytes) throw new ClusterError('ENTRY_TOO_LARGE', `a row of ${t} does not fit in one log entry`);
+      if (ops.length > 0 && bytes + size > maxBytes) flush();
+      ops.push(op);
+      bytes += size;
+    }
+  }
+  if (ops.length > 0 || first) flush();
+  const max = (db.prepare(`SELECT coalesce(max(seq), 0) AS m FROM ${CAPTURE_TABLE}`).get() as { m: number }).m;
+  ackCapture(db, max);
+  return out;
+}
+
+/** Record a store's position in its club's log (the primary does so when it hands the club over). */
+export function writePosition(db: Db, pos: ReplicaPosition): void {
+  const put = db.prepare(`INSERT INTO ${STATE_TABLE}(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v`);
+  db.transaction(() => {
+    put.run('seq', String(pos.seq));
+    put.run('digest', pos.digest);
+  })();
+}

@@ -35,7 +35,8 @@ export interface PlanInput {
 
 /**
  * Compute the next placement. Rules, in order:
- * 1. A club keeps its primary while that member is active and not drained.
+ * 1. A club keeps its primary while that member is active and not drained; a drained member's
+ *    clubs move away at most `maxMoves` per round (a dead member's clubs all move at once).
  * 2. Otherwise an eligible standby of the club is promoted (it is warm), else the least loaded
  *    active member takes it (a new club, or all its servers gone).
  * 3. Standbys: current ones that are still eligible stay; missing ones come from the least loaded
@@ -71,13 +72,18 @@ export function planPlacement(input: PlanInput): Record<string, Placement> {
     bytes.set(id, (bytes.get(id) ?? 0) + d * (bytesOf.get(club) ?? 0));
   };
   const clubs = [...input.clubs].sort((a, b) => b.bytes - a.bytes || (a.id < b.id ? -1 : 1));
-  // 1 and 2: primaries
+  // 1 and 2: primaries (a drained member's clubs leave at most `maxMoves` per round)
+  const alive = new Set(input.members.map((m) => m.id));
+  const drained = new Set(input.members.filter((m) => m.drained || m.state === 'draining').map((m) => m.id));
+  let drainMoves = maxMoves;
   for (const c of clubs) {
     const cur = input.current[c.id];
     let primary: string | undefined;
     let epoch = cur?.epoch ?? 0;
     if (cur && primaryOk.has(cur.primary)) primary = cur.primary;
+    else if (cur && alive.has(cur.primary) && drained.has(cur.primary) && drainMoves <= 0) primary = cur.primary;
     else {
+      if (cur && alive.has(cur.primary) && drained.has(cur.primary)) drainMoves--;
       const warm = (cur?.standbys ?? []).filter((s) => primaryOk.has(s));
       primary = warm.length > 0 ? byLoad(warm, load)[0] : byLoad(primaryOk, load)[0];
       if (primary !== undefined) epoch++;

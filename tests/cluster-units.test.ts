@@ -47,7 +47,11 @@ describe('placement plan', () => {
       c1: { primary: 'a', standbys: ['b'], epoch: 1 },
       c2: { primary: 'a', standbys: ['b'], epoch: 1 },
     };
-    const drained = planPlacement({ members: [{ id: 'a', state: 'active', drained: true }, { id: 'b', state: 'active' }, { id: 'c', state: 'active' }], clubs: [{ id: 'c1', bytes: 1 }, { id: 'c2', bytes: 1 }], current });
+    const drainMembers = [{ id: 'a', state: 'active' as const, drained: true }, { id: 'b', state: 'active' as const }, { id: 'c', state: 'active' as const }];
+    const twoClubs = [{ id: 'c1', bytes: 1 }, { id: 'c2', bytes: 1 }];
+    const round1 = planPlacement({ members: drainMembers, clubs: twoClubs, current, maxMoves: 1 });
+    assert.equal(Object.values(round1).filter((p) => p.primary === 'a').length, 1, 'a drain moves one club per round');
+    const drained = planPlacement({ members: drainMembers, clubs: twoClubs, current: round1, maxMoves: 1 });
     assert.ok(Object.values(drained).every((p) => p.primary !== 'a' && !p.standbys.includes('a')));
     const many: Record<string, Placement> = {};
     const clubs = Array.from({ length: 6 }, (_, i) => ({ id: `k${i}`, bytes: 1 }));

@@ -136,4 +136,60 @@ describe('cluster nodes on real stores', { skip: missing }, () => {
     // the new primaries take writes
     for (const club of victimClubs) await write(primaryOf(club, survivors)!, club, 'after');
   });
+
+  test('a server added under load catches up and receives clubs; a drained server hands every club over with none lost', async () => {
+    const tmpl = mkdtempSync(join(root, 'tmpl-'));
+    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const a = await start('node-d', tmpl, 't2/');
+    const b = await start('node-e', tmpl, 't2/');
+    const all = [a, b];
+    const clubs: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const { id } = await createClub(a.storage, { name: `Chor ${i}`, adminUser: 'admin', adminPassword: 'correct horse battery', materialize: false });
+      await a.node.registerClub(id);
+      clubs.push(id);
+    }
+    for (const club of clubs) await until(`club ${club} served`, () => primaryOf(club, all));
+    const acked = new Map<string, string[]>(clubs.map((c) => [c, []]));
+    let stop = false;
+    const errors: string[] = [];
+    // writers keep going through whichever server serves the club; a refusal is a redirect
+    const load = clubs.map(async (club) => {
+      for (let i = 0; !stop; i++) {
+        const s = primaryOf(club, all);
+        if (!s) {
+          await new Promise((r) => setTimeout(r, 10));
+          continue;
+        }
+        try {
+          await write(s, club, `w${i}`);
+          acked.get(club)!.push(`w${i}`);
+        } catch (e) {
+          if (!(e instanceof ClusterError && (e.code === 'NOT_OWNER' || e.code === 'FENCED'))) errors.push(String(e));
+        }
+      }
+    });
+    const c = await start('node-f', tmpl, 't2/');
+    all.push(c);
+    await until('the new server primary for some clubs', () => (clubs.some((club) => primaryOf(club, all) === c) ? true : undefined), 30_000);
+    await a.node.drain('node-d', true);
+    await until('node-d serves no club', () => (a.node.served().length === 0 ? true : undefined), 30_000);
+    stop = true;
+    await Promise.all(load);
+    assert.deepEqual(errors, []);
+    for (const club of clubs) await until(`club ${club} served after the drain`, () => primaryOf(club, all));
+    const status = await c.node.status();
+    assert.equal(status.members.find((m) => m.id === 'node-d')?.state, 'draining');
+    for (const club of clubs) {
+      const p = status.clubs.find((x) => x.id === club)!;
+      assert.notEqual(p.primary, 'node-d');
+      assert.ok(!p.standbys.includes('node-d'));
+      const s = primaryOf(club, all)!;
+      assert.notEqual(s.id, 'node-d');
+      const db = s.storage.openClub(club).db;
+      const names = (db.prepare(`SELECT firstName FROM persons WHERE lastName = 'T' ORDER BY id`).all() as Array<{ firstName: string }>).map((r) => r.firstName);
+      assert.deepEqual(names, acked.get(club), `club ${club} on ${s.id}`);
+      assert.equal(verifyAuditLog(db, club, undefined).ok, true);
+    }
+  });
 });

@@ -234,6 +234,14 @@ export class ClusterNode extends EventEmitter {
     }
   }
 
+  /** Whether the club's store holds changes not yet shipped (the command just run changed it). */
+  hasPendingChanges(club: string): boolean {
+    const st = this.clubs.get(club);
+    if (!st?.serving) return false;
+    const db = this.storage.openClub(club, { allowSuspended: true }).db;
+    return db.prepare('SELECT 1 FROM _cluster_capture WHERE seq > ? LIMIT 1').get(st.drainedUpto) !== undefined;
+  }
+
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
     const row = this.storage.server.mustGetClub(club);

@@ -25,7 +25,7 @@ export interface ClusterBan {
   address: string;
   /** Wall-clock end of the ban (ms since the epoch). */
   untilMs: number;
-  /** Short reason code (never personal data). */
+  /** Short reason as the ban table keeps it (log-safe: never personal data). */
   reason: string;
   /** Node id of the server that made the ban. */
   origin: string;
@@ -85,7 +85,7 @@ export class BanBoard extends EventEmitter {
    */
   async publish(ban: Omit<ClusterBan, 'origin'>): Promise<void> {
     if (ban.address.length === 0 || ban.address.length > 64) throw new ClusterError('INVALID_ARGUMENT', 'ban address must be 1 to 64 characters');
-    if (!/^[a-z0-9_.-]{1,40}$/i.test(ban.reason)) throw new ClusterError('INVALID_ARGUMENT', 'ban reason must be a short code');
+    if (ban.reason.length > 200 || /[\u0000-\u001f\u007f]/.test(ban.reason)) throw new ClusterError('INVALID_ARGUMENT', 'ban reason must be at most 200 printable characters');
     const remaining = Math.min(ban.untilMs - this.now(), MAX_BAN_MS);
     if (!(remaining > 0)) throw new ClusterError('INVALID_ARGUMENT', 'ban is already over');
     const rec: ClusterBan = { address: ban.address, untilMs: ban.untilMs, reason: ban.reason, origin: this.opts.nodeId };

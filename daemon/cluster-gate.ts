@@ -88,12 +88,16 @@ export function checkRoute(node: ClusterNode, club: string): void {
 }
 
 /**
- * Wrap every registered command with the two gates. Call after all commands are registered.
+ * Wrap every registered command with the two gates. Call after all commands are registered;
+ * until `nodeRef` returns the node (it joins after the listener is up), club requests get
+ * UNAVAILABLE.
  */
-export function installClusterGate(d: Dispatcher, node: ClusterNode, storage: Storage, now: () => number = Date.now): void {
+export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | undefined, storage: Storage, now: () => number = Date.now): void {
   d.wrapAll((spec: CommandSpec) => async (payload: unknown, ctx: CommandContext): Promise<CommandResult> => {
     const club = LOGIN_COMMANDS.has(spec.name) ? (payload as { club?: unknown }).club : currentClub(ctx);
     if (typeof club !== 'string') return spec.handler(payload, ctx);
+    const node = nodeRef();
+    if (!node) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     if (rk !== undefined && !LOGIN_COMMANDS.has(spec.name)) {

@@ -6,6 +6,7 @@ import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity
 import { dataPaths } from '../daemon/config.js';
 import { openStorage } from '../storage/storage.js';
 import { registerBanCommands } from './ctl-bans.js';
+import { registerClusterCommands } from './ctl-cluster.js';
 import { passphraseOption, registerClubCommands, registerKeyRotation } from './ctl-clubs.js';
 import type { OfflineOptions } from '../daemon/offline.js';
 import { registerMonitorCommands } from './ctl-monitor.js';
@@ -75,6 +76,7 @@ keys
 
 registerBanCommands(program, dataDir, offline);
 registerClubCommands(program, dataDir, offline);
+registerClusterCommands(program, dataDir, offline);
 registerKeyRotation(keys, dataDir, offline);
 registerMonitorCommands(program, dataDir);
 registerBackupCommands(program, dataDir, offline);

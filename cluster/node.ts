@@ -24,6 +24,7 @@
 import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey, deriveLogKey } from '../crypto/cluster-seal.js';
 import { clubDbPath } from '../storage/club-store.js';
+import { deleteClub } from '../storage/provisioning.js';
 import { removeSqliteFiles } from '../storage/rekey.js';
 import type { Storage } from '../storage/storage.js';
 import { BanBoard } from './ban-board.js';
@@ -416,7 +417,10 @@ export class ClusterNode extends EventEmitter {
   // ---- registry -----------------------------------------------------------------------------
 
   private onRegistry(club: string, value: Buffer | undefined): void {
-    if (!value) return;
+    if (!value) {
+      void this.dropClub(club);
+      return;
+    }
     try {
       const row = openClubRow(this.recordKey, club, value);
       // The store is created on first use here too; the administrator row the primary ships in
@@ -425,6 +429,25 @@ export class ClusterNode extends EventEmitter {
       this.reconcileSoon(club);
     } catch (e) {
       this.logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
+    }
+  }
+
+  /** The club was deleted (its registry record is gone): stop everything and delete the local copy. */
+  private async dropClub(club: string): Promise<void> {
+    const st = this.clubs.get(club);
+    if (st) {
+      st.serving = false;
+      await st.chain.catch(() => undefined);
+      await st.follower?.stop();
+      st.log?.close();
+      this.clubs.delete(club);
+    }
+    if (!this.storage.server.getClub(club)) return;
+    try {
+      await deleteClub(this.storage, club);
+      this.logger.info('deleted club removed here too', { event: 'cluster.club.deleted', clubId: club });
+    } catch (e) {
+      this.logger.warn('deleted club not removed here', { event: 'cluster.club.delete-failed', clubId: club, code: (e as { code?: string }).code ?? (e as Error).name });
     }
   }
 

@@ -222,6 +222,13 @@ export class Connection {
     return this.session.state === 'ESTABLISHED';
   }
 
+  /** Send a NOTICE (PROTOCOL.md) to an established peer; nothing once the connection is closing. */
+  notify(event: string, payload: Record<string, unknown>): void {
+    if (this.closed || !this.isEstablished) return;
+    this.send({ kind: 'notice', event, payload });
+    this.flush();
+  }
+
   /**
    * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
    * Nothing more is read or answered; the socket is ended (FIN after the CLOSE record, so the

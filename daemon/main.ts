@@ -25,6 +25,7 @@ import { resumeInterruptedRotations } from '../storage/provisioning.js';
 import { bansDbKey, watchKeyFiles, type KeyWatcher } from './key-security.js';
 import { loadTlsMaterial } from './tls-cert.js';
 import { startWebApp, type WebApp } from './web/app.js';
+import { prepareCluster, type ClusterSetup } from './cluster-setup.js';
 
 /**
  * What `commusicd` does: configuration, data folder, identity key (created on the very first
@@ -72,6 +73,8 @@ export interface RunningServer {
   readonly health: HealthEndpoint | undefined;
   /** The web application for club members; undefined unless web.listen is configured. */
   readonly web: WebApp | undefined;
+  /** The cluster part; its `node` is undefined without a `cluster` configuration. */
+  readonly cluster: ClusterSetup;
   stop(): Promise<void>;
 }
 
@@ -142,8 +145,22 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     registerClubCommands(dispatcher, clubServices);
     registerBackupCommands(dispatcher, clubServices);
     const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
+    // Several servers (docs/CLUSTER.md): the gates go on before the listener accepts.
+    let daemonRef: Daemon | undefined;
+    const cluster = prepareCluster(config, {
+      storage,
+      dispatcher,
+      table,
+      engine: banSystem.engine,
+      logger,
+      kick: () => daemonRef?.disconnectBanned(isBanned),
+      clubMoved: (club, address) => daemonRef?.closeClubSessions(club, address),
+    });
     const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires });
+    daemonRef = daemon;
     closers.push(() => daemon.stop());
+    await cluster.start(daemon.address());
+    closers.push(() => cluster.stop());
     // A ban also ends the sessions its source already has open.
     // Deferred past the current turn so that the answer to the request that caused the ban (a
     // FORBIDDEN) is queued first and goes out before CLOSE 4 (PROTOCOL.md 11).
@@ -151,7 +168,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       setImmediate(() => daemon.disconnectBanned(isBanned));
     });
     closers.push(() => stopKicking());
-    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned) };
+    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned), cluster: () => cluster.node };
     // Monitoring: one set of providers feeds `status` and /metrics.
     let health: HealthEndpoint | undefined;
     let healthOff = config.health.enabled ? 'not started yet' : 'disabled in the configuration (health.enabled: false)';
@@ -189,6 +206,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       logger,
       health,
       web,
+      cluster,
       stop() {
         stopped ??= closeAll();
         return stopped;

@@ -1,8 +1,9 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../crypto/identity.js';
-import { CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../protocol/constants.js';
+import { CLOSE_NORMAL, CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../protocol/refusal.js';
 import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
+import { clubOfSession } from './auth.js';
 import { ServerSession } from '../protocol/server-session.js';
 import { splitHostPort, type Config } from './config.js';
 import { Connection, normalizeIp } from './connection.js';
@@ -162,6 +163,22 @@ export class Daemon {
     // is counted as the event it is (status shows events, not banned sources).
     const time = Date.now();
     for (const ip of silent) this.violations.report({ ip, kind: 'silent', detail: 'sent nothing before its source was banned', time });
+    return n;
+  }
+
+  /**
+   * The club moved to another server (cluster, issue 14): each session logged in to it gets a
+   * NOTICE `club.moved` naming the new server (PROTOCOL.md "Several servers"), then a normal
+   * close; the client reconnects there. Returns how many sessions were closed.
+   */
+  closeClubSessions(club: string, address: string | undefined): number {
+    let n = 0;
+    for (const c of this.connections) {
+      if (clubOfSession(c.sessionMap()) !== club) continue;
+      c.notify('club.moved', { club, ...(address ? { server: address } : {}) });
+      if (c.terminate(CLOSE_NORMAL)) n++;
+    }
+    if (n > 0) this.log.info('closed sessions of a club that moved', { event: 'cluster.club.moved', club, sessions: n });
     return n;
   }
 

@@ -12,11 +12,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { BackupService } from '../daemon/backup-service.js';
+import { BackupService } from '../daemon/backup/backup-service.js';
 import { hashPassword } from '../crypto/password.js';
-import { putDocument } from '../storage/documents.js';
-import { createClubsBulk } from '../storage/provisioning.js';
-import { openStorage, type Storage } from '../storage/storage.js';
+import { putDocument } from '../storage/club/documents.js';
+import { createClubsBulk } from '../storage/server/provisioning.js';
+import { openStorage, type Storage } from '../storage/server/storage.js';
 import type { Row } from './row.js';
 
 function pct(xs: number[], p: number): number {

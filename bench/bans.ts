@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { formatIPv4, formatIPv6 } from '../storage/ban-address.js';
-import { BanStore } from '../storage/ban-store.js';
+import { formatIPv4, formatIPv6 } from '../storage/bans/ban-address.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 
 /** One benchmark figure next to a baseline measured in the same run. */
 export interface Row {

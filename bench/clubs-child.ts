@@ -1,20 +1,20 @@
 /**
  * The server under test for bench/clubs.ts ("active clubs"), in its own process: the daemon with
  * the club commands on 127.0.0.1:0 over a data folder the parent provisioned, its store cache
- * sized by the same start-up check as commusicd (daemon/store-sizing.ts) from the `storeCache.maxOpen`
+ * sized by the same start-up check as commusicd (daemon/main/store-sizing.ts) from the `storeCache.maxOpen`
  * given as argv[3] ("auto" or a number). `node dist/bench/clubs-child.js DATA_DIR MAX_OPEN`.
  * IPC: sends `ready` {port, fingerprint, maxOpen} or `refused` {message}; answers `cpu` with the
  * process CPU time and the cache counters; exits on `exit` or when the parent goes away.
  */
 import { generateIdentity } from '../crypto/identity.js';
-import { registerClubCommands } from '../daemon/club-commands.js';
-import { loadConfig } from '../daemon/config.js';
-import { Dispatcher } from '../daemon/dispatcher.js';
-import { nullLogger } from '../daemon/log.js';
-import { Daemon } from '../daemon/server.js';
-import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from '../daemon/store-sizing.js';
-import { ViolationBus } from '../daemon/violations.js';
-import { openStorage } from '../storage/storage.js';
+import { registerClubCommands } from '../daemon/club/club-commands.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { Dispatcher } from '../daemon/edge/dispatcher.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { Daemon } from '../daemon/edge/server.js';
+import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from '../daemon/main/store-sizing.js';
+import { ViolationBus } from '../daemon/bans/violations.js';
+import { openStorage } from '../storage/server/storage.js';
 
 export const CLUBS_BENCH_PASSWORD = 'bench-password-123';
 export const CLUBS_BENCH_ADMIN = 'bench';

@@ -17,8 +17,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type Connection } from '../client/connection.js';
 import { hashPassword } from '../crypto/password.js';
-import { createClubsBulk } from '../storage/provisioning.js';
-import { openStorage } from '../storage/storage.js';
+import { createClubsBulk } from '../storage/server/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
 import { CLUBS_BENCH_ADMIN, CLUBS_BENCH_PASSWORD } from './clubs-child.js';
 import type { Row } from './row.js';
 

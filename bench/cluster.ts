@@ -25,7 +25,7 @@ import { EtcdGateway } from '../cluster/etcd-gateway.js';
 import { LogFollower, takeOver } from '../cluster/log-follower.js';
 import { MemberLease } from '../cluster/member-lease.js';
 import { deriveLogKey } from '../crypto/cluster-seal.js';
-import { openEncrypted } from '../storage/sqlcipher.js';
+import { openEncrypted } from '../storage/engine/sqlcipher.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from '../tests/helpers/etcd.js';
 import type { LegacyRow } from './row.js';
 

@@ -8,14 +8,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateIdentity } from '../crypto/identity.js';
-import { registerClubCommands } from '../daemon/club-commands.js';
-import { loadConfig } from '../daemon/config.js';
-import { Dispatcher } from '../daemon/dispatcher.js';
-import { nullLogger } from '../daemon/log.js';
-import { Daemon } from '../daemon/server.js';
-import { ViolationBus } from '../daemon/violations.js';
-import { createClub } from '../storage/provisioning.js';
-import { openStorage } from '../storage/storage.js';
+import { registerClubCommands } from '../daemon/club/club-commands.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { Dispatcher } from '../daemon/edge/dispatcher.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { Daemon } from '../daemon/edge/server.js';
+import { ViolationBus } from '../daemon/bans/violations.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
 
 export const BENCH_ADMIN = { user: 'bench', password: 'bench-password-123' };
 

@@ -15,9 +15,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { connect } from '../client/connection.js';
-import { configSchema } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
+import { configSchema } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
 import type { Row } from './row.js';
 
 const HOST = '127.0.0.1';

@@ -14,10 +14,10 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../daemon/config.js';
-import { createLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { createClub, listClubs } from '../storage/provisioning.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { createLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { createClub, listClubs } from '../storage/server/provisioning.js';
 import { FUZZ_ADMIN, FUZZ_PASSWORD, type FromTarget, type TargetCounts, type TargetMem, type ToTarget } from './fuzz-shared.js';
 
 /** The `kB` lines of /proc/self/status (RssAnon, RssFile, ...) in bytes; empty where there is no /proc. */

@@ -14,8 +14,8 @@ import { join } from 'node:path';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import forge from 'node-forge';
 import { generateIdentity } from '../crypto/identity.js';
-import { loadConfig } from '../daemon/config.js';
-import { Daemon } from '../daemon/server.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { Daemon } from '../daemon/edge/server.js';
 
 export type ChildKind = 'ours' | 'tls';
 

@@ -12,11 +12,11 @@ import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3-multiple-ciphers';
-import { openStorage } from '../storage/storage.js';
-import { createClub } from '../storage/provisioning.js';
-import { putDocument, readDocument } from '../storage/documents.js';
-import { MIGRATIONS } from '../storage/schema.js';
-import { migrate, type Db } from '../storage/sqlcipher.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { putDocument, readDocument } from '../storage/club/documents.js';
+import { MIGRATIONS } from '../storage/club/schema.js';
+import { migrate, type Db } from '../storage/engine/sqlcipher.js';
 
 export interface Row {
   name: string;

@@ -1,7 +1,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
-import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/neutralise.js';
+import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/common/neutralise.js';
 
 /**
  * Shared by the three programs. Conventions (docs/OPERATIONS.md "Command-line conventions"):

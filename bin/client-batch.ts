@@ -2,7 +2,7 @@ import { readFileSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import { CommanderError } from 'commander';
 import { EXIT_USAGE, fail, nextStdinRest, usage } from './cli-util.js';
-import type { Globals, SessionHolder } from './commusic-program.js';
+import type { Globals, SessionHolder } from './client-session.js';
 
 /** Most lines in one batch script. */
 const MAX_BATCH_LINES = 10_000;

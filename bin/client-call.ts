@@ -3,7 +3,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import type { Connection } from '../client/connection.js';
-import { safeJson } from '../daemon/neutralise.js';
+import { safeJson } from '../daemon/common/neutralise.js';
 import { nextStdinRest, usage } from './cli-util.js';
 
 /** Payload fields that carry a password or passphrase (auth.login, users.*, backup.setPassphrase). */

@@ -4,13 +4,13 @@ import { resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import { createInterface } from 'node:readline/promises';
-import { dataPaths } from '../daemon/config.js';
-import { callControl } from '../daemon/control-socket.js';
-import { offlineContext, runOperation, type OfflineOptions } from '../daemon/offline.js';
-import { buildOperations } from '../daemon/ops.js';
-import { decryptArchiveToFile, fileSource } from '../storage/backup-archive.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { callControl } from '../daemon/ops/control-socket.js';
+import { offlineContext, runOperation, type OfflineOptions } from '../daemon/ops/offline.js';
+import { buildOperations } from '../daemon/ops/ops.js';
+import { decryptArchiveToFile, fileSource } from '../storage/backup/backup-archive.js';
 import { fail, getSecret, printResult, usage } from './cli-util.js';
-import { neutraliseBlock, neutraliseDeep } from '../daemon/neutralise.js';
+import { neutraliseBlock, neutraliseDeep } from '../daemon/common/neutralise.js';
 
 
 /** Run many operations on one connection target: the daemon if it answers, else the data folder. */
@@ -69,6 +69,8 @@ interface RestorePlanView {
 function describePlan(p: RestorePlanView): string {
   const lines = [`restore of club ${p.clubId} from the state of ${p.createdAt} (archive made by ${p.origin.fingerprint ? `server key ${p.origin.fingerprint}` : 'this server'}, ${p.origin.trustedAs})`];
   const names = new Set([...Object.keys(p.inArchive.tables), ...Object.keys(p.live?.tables ?? {})]);
+  // The documents table is the documents line below; listing it here too printed it twice.
+  names.delete('documents');
   for (const t of [...names].sort()) lines.push(`  ${t}: ${p.live ? `${p.live.tables[t] ?? 0} now -> ` : ''}${p.inArchive.tables[t] ?? 0}`);
   lines.push(`  documents: ${p.live ? `${p.live.documents} now -> ` : ''}${p.inArchive.documents}`);
   lines.push(`  change log in the archive: entries ${p.inArchive.log.firstSeq ?? '-'}..${p.inArchive.log.lastSeq ?? '-'}`);
@@ -224,8 +226,10 @@ export function registerBackupCommands(program: Command, dataDir: () => string, 
     .option('--config <file>', 'daemon configuration when no daemon runs')
     .option('--json', 'print JSON')
     .action(async (from: string, o: { club?: string; passphraseStdin?: boolean; passphraseFile?: string; askPassphrase?: boolean; trustKey: string[]; config?: string; json?: boolean }) => {
-      const passphrase = await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { optional: !o.askPassphrase });
       const ref = /^[A-Za-z0-9_.-]{1,40}:/.test(from) ? from : resolve(from);
+      // Checked before any secret is read or any store opened: it is a usage error, not a missing archive.
+      if (/:latest$/.test(ref) && !o.club) usage(`${from}: DESTINATION:latest needs --club <id> (the newest archive of which club?)`);
+      const passphrase = await getSecret("club's backup passphrase", 'passphrase', { stdin: o.passphraseStdin, file: o.passphraseFile }, { optional: !o.askPassphrase });
       const { result } = await runOperation(dataDir(), 'backup.verify', { from: ref, ...(o.club ? { club: o.club } : {}), ...(passphrase ? { passphrase } : {}), ...trustArgs(o.trustKey), ...cfg(o) }, offline());
       const r = result as { archive: string; clubId: string; createdAt: string; documents: number; tables: Record<string, number>; origin: { alg: string; fingerprint?: string; trustedAs: string }; auditChain: { entries: number; signedHeads: number; unsignedTail: number } | null };
       printResult(r, o.json, (r) =>

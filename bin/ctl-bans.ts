@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { printResult, table } from './cli-util.js';
-import { runOperation, type OfflineOptions } from '../daemon/offline.js';
+import { runOperation, type OfflineOptions } from '../daemon/ops/offline.js';
 
 interface BanRow {
   address: string;

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { closeSync, fsyncSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
-import { runOperation, runOperations, type OfflineOptions } from '../daemon/offline.js';
-import { BULK_BATCH, MAX_BULK_BYTES, formatPasswordFile, parseClubList } from '../daemon/club-bulk.js';
+import { runOperation, runOperations, type OfflineOptions } from '../daemon/ops/offline.js';
+import { BULK_BATCH, MAX_BULK_BYTES, formatPasswordFile, parseClubList } from '../daemon/club/club-bulk.js';
 import { fail, getSecret, keyValues, readSecretFromFd, printResult, table, usage } from './cli-util.js';
 
 interface ClubRow {

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { runOperation, type OfflineOptions } from '../daemon/offline.js';
+import { runOperation, type OfflineOptions } from '../daemon/ops/offline.js';
 import { printResult, table } from './cli-util.js';
 
 interface Status {

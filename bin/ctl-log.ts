@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { runOperation, type OfflineOptions } from '../daemon/offline.js';
-import type { AuditEntry, VerifyResult } from '../storage/audit-log.js';
-import { neutralise, neutraliseBlock, safeJson } from '../daemon/neutralise.js';
+import { runOperation, type OfflineOptions } from '../daemon/ops/offline.js';
+import type { AuditEntry, VerifyResult } from '../storage/club/audit-log.js';
+import { neutralise, neutraliseBlock, safeJson } from '../daemon/common/neutralise.js';
 
 /**
  * `commusicctl log show --club ID [--since T] [--until T] [--user U] [--action A] [--entity E] [--json]`

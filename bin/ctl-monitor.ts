@@ -2,15 +2,15 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { dataPaths } from '../daemon/config.js';
-import { callControl } from '../daemon/control-socket.js';
-import { createLogger } from '../daemon/log.js';
-import { AlertMailer, type MailerConfig } from '../daemon/mailer.js';
-import { Monitor, formatMs, parseTargets, type MonitorEvent } from '../daemon/monitor.js';
-import { parseDuration } from '../daemon/ban-policy.js';
-import { formatStatus, type StatusReport } from '../daemon/status-ops.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { callControl } from '../daemon/ops/control-socket.js';
+import { createLogger } from '../daemon/common/log.js';
+import { AlertMailer, type MailerConfig } from '../daemon/mail/mailer.js';
+import { Monitor, formatMs, parseTargets, type MonitorEvent } from '../daemon/monitoring/monitor.js';
+import { parseDuration } from '../daemon/bans/ban-policy.js';
+import { formatStatus, type StatusReport } from '../daemon/monitoring/status-ops.js';
 import { fail, usage } from './cli-util.js';
-import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/neutralise.js';
+import { neutraliseBlock, neutraliseDeep, safeJson } from '../daemon/common/neutralise.js';
 
 /**
  * `commusicctl monitor` (the availability probe, meant to run at two sites) and
@@ -91,7 +91,7 @@ export function registerMonitorCommands(program: Command, dataDir: () => string)
     .option('--smtp-user <user>', 'SMTP user; the password comes from COMMUSIC_SMTP_PASSWORD')
     .option('--smtp-ca <file>', 'extra CA certificate (PEM) for the SMTP server')
     .option('--smtp-no-starttls', 'allow a relay without STARTTLS (a local relay on a trusted link only)')
-    .option('--once', 'probe every target once, print the result and exit (0 all up, 2 otherwise); sends no mail')
+    .option('--once', 'probe every target once, print the result and exit (0 all up, 1 a target down; 2 is a usage error); sends no mail')
     .option('--json', 'print one JSON line per probe')
     .option('--quiet', 'print state changes only')
     .action(async (o: MonitorFlags) => {

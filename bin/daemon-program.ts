@@ -1,10 +1,10 @@
 /** The `commusicd` command tree, built at import; bin/commusicd.ts runs it. Tests walk it. */
 import { Option } from 'commander';
-import { runDaemon } from '../daemon/main.js';
+import { runDaemon } from '../daemon/main/main.js';
 import { newProgram, printResult, promptSecret, readSecretFile, usage } from './cli-util.js';
-import { loadConfig } from '../daemon/config.js';
+import { loadConfig } from '../daemon/main/config.js';
 import { passphraseOption } from './ctl-clubs.js';
-import type { OfflineOptions } from '../daemon/offline.js';
+import type { OfflineOptions } from '../daemon/ops/offline.js';
 
 export const program = newProgram('commusicd', 'ComMusic secure server daemon')
   .option('--data <dir>', 'data folder (default ./data, env COMMUSIC_DATA)')

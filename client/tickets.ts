@@ -1,5 +1,5 @@
 /**
- * The client's cache of session tickets (daemon/tickets.ts issues them): one file per server
+ * The client's cache of session tickets (daemon/edge/tickets.ts issues them): one file per server
  * key, club and user, mode 0600 in a folder of mode 0700: $COMMUSIC_TICKET_DIR, else
  * $XDG_RUNTIME_DIR/commusic (tmpfs, gone at logout of the desktop session), else
  * ~/.commusic/tickets. A ticket is bound to the server key: the file name is derived from the

@@ -27,7 +27,7 @@
  * version changes: triggers are added and the new table's rows go out in full once.
  */
 import { decode, encode } from 'cborg';
-import type { Db } from '../storage/sqlcipher.js';
+import type { Db } from '../storage/engine/sqlcipher.js';
 import { ClusterError } from './errors.js';
 
 export const CAPTURE_TABLE = '_cluster_capture';

@@ -23,10 +23,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey, deriveLogKey } from '../crypto/cluster-seal.js';
-import { clubDbPath } from '../storage/club-store.js';
-import { deleteClub } from '../storage/provisioning.js';
-import { removeSqliteFiles } from '../storage/rekey.js';
-import type { Storage } from '../storage/storage.js';
+import { clubDbPath } from '../storage/club/club-store.js';
+import { deleteClub } from '../storage/server/provisioning.js';
+import { removeSqliteFiles } from '../storage/engine/rekey.js';
+import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
 import { ackCapture, applyEntry, drainCapture, encodeChangeset, fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
 import { ClubLog, MAX_ENTRY_BYTES } from './club-log.js';

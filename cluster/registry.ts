@@ -6,7 +6,7 @@
  * record, and the compaction that follows drops the wrapped key from etcd's history.
  */
 import { openRecord, sealRecord } from '../crypto/cluster-seal.js';
-import type { ClubRow } from '../storage/server-db.js';
+import type { ClubRow } from '../storage/server/server-db.js';
 import { ClusterError } from './errors.js';
 import { checkClubId } from './keys.js';
 

@@ -2,7 +2,7 @@
  * The master key (key-encryption key) of a ComMusic server: 256 random bits in one key file,
  * `<data>/keys/master.key`, mode 0600 in a folder of mode 0700, owned by the daemon's user.
  * It never encrypts anything itself (one key, one job): labelled HKDF sub-keys of it wrap each
- * club's data key (crypto/wrap.ts) and key the server database (storage/server-db.ts).
+ * club's data key (crypto/wrap.ts) and key the server database (storage/server/server-db.ts).
  *
  * Key file format, version 1 (all integers big-endian):
  *

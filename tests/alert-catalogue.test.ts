@@ -3,12 +3,12 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ALERT_CATALOGUE, type AlertKind } from '../daemon/alert-catalogue.js';
-import { AlertMailer } from '../daemon/mailer.js';
+import { ALERT_CATALOGUE, type AlertKind } from '../daemon/mail/alert-catalogue.js';
+import { AlertMailer } from '../daemon/mail/mailer.js';
 
 /**
  * Issue 16 point 6: the alert table in docs/MONITORING.md lists exactly the alerts the code can
- * send (every kind in daemon/alert-catalogue.ts, each used by the code), and every alert mail
+ * send (every kind in daemon/mail/alert-catalogue.ts, each used by the code), and every alert mail
  * says what it means and the command that helps.
  */
 const ROOT = new URL('../../', import.meta.url).pathname;
@@ -29,8 +29,8 @@ test('MONITORING.md alert table == the catalogue == the kinds the code sends', (
   assert.deepEqual(tableKinds().sort(), kinds, 'one table row per alert kind');
   // The code that sends them (daemon/): each kind is used outside the catalogue, and no alert call is without one.
   const dir = join(ROOT, 'daemon');
-  const src = readdirSync(dir)
-    .filter((f) => f.endsWith('.ts') && f !== 'alert-catalogue.ts')
+  const src = readdirSync(dir, { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.ts') && !f.endsWith('alert-catalogue.ts'))
     .map((f) => readFileSync(join(dir, f), 'utf8'))
     .join('\n');
   for (const k of kinds) assert.ok(src.includes(`'${k}'`), `${k} is sent somewhere in daemon/`);

@@ -2,9 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { apiDocPath, apiMarkdown, apiSchema, fullRegistry } from '../tools/gen-api.js';
-import { undeclaredCommands } from '../daemon/api-schema.js';
-import { registerBackupCommands } from '../daemon/backup-commands.js';
-import { MODEL, ENTITY_NAMES } from '../storage/model.js';
+import { undeclaredCommands } from '../daemon/edge/api-schema.js';
+import { registerBackupCommands } from '../daemon/backup/backup-commands.js';
+import { MODEL, ENTITY_NAMES } from '../storage/club/model.js';
 import { clubEnv, ADMIN_PASSWORD } from './helpers/club-server.js';
 
 /**

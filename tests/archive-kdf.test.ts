@@ -5,8 +5,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { checkPassphraseKdf, newClubBackupKey, verifyArchive, ARCHIVE_VERSION, PASSPHRASE_LOG2N } from '../storage/backup-archive.js';
-import { checkClubPassphrase } from '../storage/backup-archive.js';
+import { checkPassphraseKdf, newClubBackupKey, verifyArchive, ARCHIVE_VERSION, PASSPHRASE_LOG2N } from '../storage/backup/backup-archive.js';
+import { checkClubPassphrase } from '../storage/backup/backup-archive.js';
 
 /** A club archive header ("CMBK" | 1 | kind 2 | len | JSON) with the given kdf, and some body bytes. */
 function forged(kdf: unknown): Buffer {

@@ -7,14 +7,14 @@
  * pre-restore archive, changes nothing in a dry run, needs `yes` for live data, and names the
  * operator.
  */
-import { serverOpenKey } from '../storage/archive-keys.js';
+import { serverOpenKey } from '../storage/backup/archive-keys.js';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { generateIdentity, verifyTranscript } from '../crypto/identity.js';
-import { AuditLog, verifyAuditLog } from '../storage/audit-log.js';
+import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
 import {
   archiveSigner,
   archiveStream,
@@ -31,8 +31,8 @@ import {
   verifyArchive,
   writeFileAtomic,
   type ClubSnapshot,
-} from '../storage/backup-archive.js';
-import { operatorName } from '../daemon/backup-ops.js';
+} from '../storage/backup/backup-archive.js';
+import { operatorName } from '../daemon/backup/backup-ops.js';
 import { newDataKey, wrapKey } from '../crypto/wrap.js';
 import { addPerson, makeClubs, newStorage } from './backup-helpers.js';
 import { tmpDir, walk } from './store-helpers.js';

@@ -5,13 +5,13 @@ import { existsSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { signTranscript, verifyTranscript, identityPublicPath } from '../crypto/identity.js';
-import { dataPaths, loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { entryHash, headMessage, verifyAuditLog, type AuditVerifier } from '../storage/audit-log.js';
-import { createClub } from '../storage/provisioning.js';
-import { openStorage } from '../storage/storage.js';
-import type { Db } from '../storage/sqlcipher.js';
+import { dataPaths, loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { entryHash, headMessage, verifyAuditLog, type AuditVerifier } from '../storage/club/audit-log.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
+import type { Db } from '../storage/engine/sqlcipher.js';
 import { clubEnv, ADMIN_PASSWORD, type ClubTestEnv } from './helpers/club-server.js';
 import { testIdentity } from './helpers/pair.js';
 
@@ -110,7 +110,7 @@ test('an entry that is rolled back is never anchored', { timeout: 60_000 }, asyn
   try {
     const club = await clubWithEntries(env, 4);
     const store = env.storage.openClub(club);
-    const { auditFor } = await import('../daemon/auth.js');
+    const { auditFor } = await import('../daemon/club/auth.js');
     const a = auditFor(env.services, store);
     assert.throws(() =>
       store.db.transaction(() => {

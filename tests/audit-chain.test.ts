@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { clubEnv, ADMIN_PASSWORD, type ClubTestEnv } from './helpers/club-server.js';
-import { queryAuditLog, verifyAuditLog, SIGN_EVERY, type AuditVerifier } from '../storage/audit-log.js';
+import { queryAuditLog, verifyAuditLog, SIGN_EVERY, type AuditVerifier } from '../storage/club/audit-log.js';
 import { verifyTranscript } from '../crypto/identity.js';
 import { testIdentity } from './helpers/pair.js';
 

@@ -4,11 +4,11 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { createClub } from '../storage/provisioning.js';
-import { openStorage } from '../storage/storage.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
 
 const BIN = new URL('../bin/', import.meta.url).pathname;
 

@@ -4,9 +4,9 @@ import nodeCrypto, { randomBytes } from 'node:crypto';
 import { syncBuiltinESMExports } from 'node:module';
 import { clubEnv, ADMIN_PASSWORD } from './helpers/club-server.js';
 import { legacySha512 } from '../crypto/legacy-password.js';
-import { getUserByName } from '../storage/users.js';
-import { queryAuditLog } from '../storage/audit-log.js';
-import { CommandError } from '../daemon/command-errors.js';
+import { getUserByName } from '../storage/club/users.js';
+import { queryAuditLog } from '../storage/club/audit-log.js';
+import { CommandError } from '../daemon/edge/command-errors.js';
 
 async function err(p: Promise<unknown>): Promise<CommandError> {
   try {

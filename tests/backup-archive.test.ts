@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { verifyAuditLog } from '../storage/audit-log.js';
+import { verifyAuditLog } from '../storage/club/audit-log.js';
 import {
   archiveTrust,
   createClubArchive,
@@ -22,9 +22,9 @@ import {
   takeClubSnapshot,
   verifyArchive,
   writeFileAtomic,
-} from '../storage/backup-archive.js';
-import { deleteDocument, listDocuments } from '../storage/documents.js';
-import { clubDir } from '../storage/club-store.js';
+} from '../storage/backup/backup-archive.js';
+import { deleteDocument, listDocuments } from '../storage/club/documents.js';
+import { clubDir } from '../storage/club/club-store.js';
 import { addDocument, addPerson, documentHashes, dumpClub, makeClubs, newStorage } from './backup-helpers.js';
 import { tmpDir, findPlaintext } from './store-helpers.js';
 import { waitUntil } from './helpers/daemon.js';
@@ -61,7 +61,7 @@ describe('backup archive', { timeout: 90_000 }, () => {
     // Taken in one synchronous step: this is the state of that moment.
     const atSnapshot = dumpClub(st, club!);
     const hashesAtSnapshot = await documentHashes(st, club!).catch(() => undefined);
-    const { archiveStream, archiveSigner } = await import('../storage/backup-archive.js');
+    const { archiveStream, archiveSigner } = await import('../storage/backup/backup-archive.js');
     const file = join(tmp.dir, 'concurrent.cmbk');
     const nAtSnapshot = n;
     await writeFileAtomic(archiveStream(snap, key, { signer: archiveSigner(st) }), file);

@@ -4,10 +4,10 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BackupService } from '../daemon/backup-service.js';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
+import { BackupService } from '../daemon/backup/backup-service.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
 import { makeClubs, newStorage } from './backup-helpers.js';
 import { formatBytes, timeLeft } from '../bin/ctl-backup.js';
 

@@ -7,8 +7,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
-import { registerBackupCommands } from '../daemon/backup-commands.js';
-import { archiveTrust, clubBackupSettings, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
+import { registerBackupCommands } from '../daemon/backup/backup-commands.js';
+import { archiveTrust, clubBackupSettings, serverArchiveKey, verifyArchive } from '../storage/backup/backup-archive.js';
 import { addPerson } from './backup-helpers.js';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv } from './helpers/club-server.js';
 

@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { hashPassword } from '../crypto/password.js';
-import { AuditLog } from '../storage/audit-log.js';
-import { listDocuments, putDocument, readDocumentBuffer } from '../storage/documents.js';
-import { createClubsBulk } from '../storage/provisioning.js';
-import type { Plan } from '../storage/server-db.js';
-import { openStorage, type Storage } from '../storage/storage.js';
+import { AuditLog } from '../storage/club/audit-log.js';
+import { listDocuments, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
+import { createClubsBulk } from '../storage/server/provisioning.js';
+import type { Plan } from '../storage/server/server-db.js';
+import { openStorage, type Storage } from '../storage/server/storage.js';
 
 let hash: Promise<string> | undefined;
 

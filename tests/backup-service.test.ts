@@ -5,17 +5,17 @@
  * get the nightly mail only after their data changed, basic clubs never, and the mailed archive
  * opens with the club's passphrase and nothing else. Also the over-size notice.
  */
-import { serverOpenKey } from '../storage/archive-keys.js';
+import { serverOpenKey } from '../storage/backup/archive-keys.js';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { AuditLog } from '../storage/audit-log.js';
-import { archiveTrust, newClubBackupKey, serverArchiveKey, setClubBackupSettings, verifyArchive } from '../storage/backup-archive.js';
-import { BackupService } from '../daemon/backup-service.js';
-import { AlertMailer } from '../daemon/mailer.js';
+import { AuditLog } from '../storage/club/audit-log.js';
+import { archiveTrust, newClubBackupKey, serverArchiveKey, setClubBackupSettings, verifyArchive } from '../storage/backup/backup-archive.js';
+import { BackupService } from '../daemon/backup/backup-service.js';
+import { AlertMailer } from '../daemon/mail/mailer.js';
 import { addDocument, addPerson, makeClubs, newStorage } from './backup-helpers.js';
 import { startSmtpSink, type ReceivedMail } from './helpers/smtp-sink.js';
 import { tmpDir } from './store-helpers.js';

@@ -4,15 +4,15 @@
  * get + verify + restore, delete, a wrong pinned host key refused, and an SFTP site that goes
  * down (sshd stopped) while a local site keeps receiving, filled in by the retry.
  */
-import { serverOpenKey } from '../storage/archive-keys.js';
+import { serverOpenKey } from '../storage/backup/archive-keys.js';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { archiveTrust, serverArchiveKey, verifyArchive, restoreClubArchive } from '../storage/backup-archive.js';
-import { BackupService } from '../daemon/backup-service.js';
-import { SftpDestination } from '../daemon/backup-destinations.js';
+import { archiveTrust, serverArchiveKey, verifyArchive, restoreClubArchive } from '../storage/backup/backup-archive.js';
+import { BackupService } from '../daemon/backup/backup-service.js';
+import { SftpDestination } from '../daemon/backup/backup-destinations.js';
 import { addDocument, addPerson, documentHashes, dumpClub, makeClubs, newStorage } from './backup-helpers.js';
 import { sshdMissing, startSshd, type Sshd } from './helpers/sshd.js';
 import { tmpDir } from './store-helpers.js';

@@ -8,7 +8,7 @@ import {
   parseAddress,
   parsePrefix,
   BanAddressError,
-} from '../storage/ban-address.js';
+} from '../storage/bans/ban-address.js';
 
 test('IPv4, IPv6 and IPv4-mapped IPv6 parse to one canonical form', () => {
   assert.deepEqual(parseAddress('192.0.2.7'), { family: 4, value: 0xc0000207 });
@@ -72,8 +72,8 @@ test('PrefixMap finds the most specific accepted entry', () => {
 });
 
 test('one address parser: the ban table, the ban policy and the health allow list agree', async () => {
-  const { CidrSchema } = await import('../daemon/ban-policy.js');
-  const { loadConfig } = await import('../daemon/config.js');
+  const { CidrSchema } = await import('../daemon/bans/ban-policy.js');
+  const { loadConfig } = await import('../daemon/main/config.js');
   const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
   const { join } = await import('node:path');
   const { tmpdir } = await import('node:os');

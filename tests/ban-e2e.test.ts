@@ -7,11 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect } from '../client/connection.js';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer, type RunningServer } from '../daemon/main.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer, type RunningServer } from '../daemon/main/main.js';
 import { startSmtpSink } from './helpers/smtp-sink.js';
-import { createClub } from '../storage/provisioning.js';
+import { createClub } from '../storage/server/provisioning.js';
 
 const run = promisify(execFile);
 const CTL = new URL('../bin/commusicctl.js', import.meta.url).pathname;

@@ -13,9 +13,9 @@ import {
   exemptAdd,
   exemptList,
   exemptRemove,
-} from '../daemon/ban-ops.js';
-import { BanEngine } from '../daemon/ban-engine.js';
-import { BanStore } from '../storage/ban-store.js';
+} from '../daemon/bans/ban-ops.js';
+import { BanEngine } from '../daemon/bans/ban-engine.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 
 const dirs: string[] = [];
 after(() => {

@@ -3,10 +3,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { BanEngine } from '../daemon/ban-engine.js';
-import { banDuration, parseBanPolicy, parseDuration, DurationError } from '../daemon/ban-policy.js';
-import { ViolationBus, type ViolationEvent, type ViolationKind } from '../daemon/violations.js';
-import { BanStore } from '../storage/ban-store.js';
+import { BanEngine } from '../daemon/bans/ban-engine.js';
+import { banDuration, parseBanPolicy, parseDuration, DurationError } from '../daemon/bans/ban-policy.js';
+import { ViolationBus, type ViolationEvent, type ViolationKind } from '../daemon/bans/violations.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 
 const dirs: string[] = [];
 const stores: BanStore[] = [];

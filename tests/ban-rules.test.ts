@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '../client/connection.js';
 import { RemoteError } from '../client/errors.js';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { createClub } from '../storage/provisioning.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { createClub } from '../storage/server/provisioning.js';
 import { waitUntil } from './helpers/daemon.js';
 
 /**

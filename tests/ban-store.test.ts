@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { BanStore } from '../storage/ban-store.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 
 const dirs: string[] = [];
 function tempDir(): string {

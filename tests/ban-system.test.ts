@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { openBanSystem } from '../daemon/ban-system.js';
-import { ViolationBus } from '../daemon/violations.js';
+import { openBanSystem } from '../daemon/bans/ban-system.js';
+import { ViolationBus } from '../daemon/bans/violations.js';
 
 test('openBanSystem wires bus -> engine -> table -> mailer; bans and mail survive a restart', { timeout: 30_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'commusic-bansys-'));

@@ -4,10 +4,10 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { createClub } from '../storage/provisioning.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { createClub } from '../storage/server/provisioning.js';
 import { parseWhen } from '../bin/commusic-program.js';
 import { splitWords } from '../bin/client-batch.js';
 

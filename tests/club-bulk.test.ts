@@ -7,10 +7,10 @@ import { execFile } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { formatPasswordFile, parseClubList, splitCsvLine } from '../daemon/club-bulk.js';
+import { formatPasswordFile, parseClubList, splitCsvLine } from '../daemon/club/club-bulk.js';
 import { verifyPassword, needsRehash } from '../crypto/password.js';
-import { createClubsWithPasswords, listClubs } from '../storage/provisioning.js';
-import { openStorage } from '../storage/storage.js';
+import { createClubsWithPasswords, listClubs } from '../storage/server/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
 import { tmpDir } from './store-helpers.js';
 
 const execFileP = promisify(execFile);

@@ -2,9 +2,9 @@
 // with SIGKILL by its parent, or kills itself at a named step (CRASH_AT) of a rotation.
 // Usage: node club-crash-child.js <job> <dataDir> [clubId]
 import { Readable } from 'node:stream';
-import { openStorage } from '../storage/storage.js';
-import { rotateClub, rotateMaster } from '../storage/provisioning.js';
-import { putDocument } from '../storage/documents.js';
+import { openStorage } from '../storage/server/storage.js';
+import { rotateClub, rotateMaster } from '../storage/server/key-rotation.js';
+import { putDocument } from '../storage/club/documents.js';
 
 const [job, dataDir, clubId] = process.argv.slice(2) as [string, string, string];
 const crashAt = process.env.CRASH_AT;

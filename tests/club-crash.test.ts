@@ -6,9 +6,9 @@ import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
-import { openStorage } from '../storage/storage.js';
-import { createClub } from '../storage/provisioning.js';
-import { listDocuments, readDocumentBuffer, sweepOrphanDocuments } from '../storage/documents.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { listDocuments, readDocumentBuffer, sweepOrphanDocuments } from '../storage/club/documents.js';
 import { tmpDir } from './store-helpers.js';
 
 const CHILD = join(dirname(fileURLToPath(import.meta.url)), 'club-crash-child.js');

@@ -9,12 +9,12 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSyn
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { loadMasterKey } from '../crypto/master-key.js';
-import { BackupService } from '../daemon/backup-service.js';
-import { archiveKeyFor } from '../storage/archive-keys.js';
-import { archiveTrust, restoreClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup-archive.js';
-import { serverDbKey, serverDbPath } from '../storage/server-db.js';
-import { openEncrypted } from '../storage/sqlcipher.js';
-import { openStorage } from '../storage/storage.js';
+import { BackupService } from '../daemon/backup/backup-service.js';
+import { archiveKeyFor } from '../storage/backup/archive-keys.js';
+import { archiveTrust, restoreClubArchive, serverArchiveKey, verifyArchive } from '../storage/backup/backup-archive.js';
+import { serverDbKey, serverDbPath } from '../storage/server/server-db.js';
+import { openEncrypted } from '../storage/engine/sqlcipher.js';
+import { openStorage } from '../storage/server/storage.js';
 import { addDocument, addPerson, makeClubs } from './backup-helpers.js';
 import { findPlaintext, needleVariants, tmpDir } from './store-helpers.js';
 

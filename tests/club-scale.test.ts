@@ -3,8 +3,8 @@
 // cache keeps the number of open stores (and fds) bounded however many clubs are used.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openStorage } from '../storage/storage.js';
-import { createClubsBulk, listClubs } from '../storage/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClubsBulk, listClubs } from '../storage/server/provisioning.js';
 import { hashPassword } from '../crypto/password.js';
 import { openFdCount, tmpDir } from './store-helpers.js';
 

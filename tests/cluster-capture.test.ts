@@ -11,11 +11,11 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ackCapture, applyEntry, decodeChangeset, drainCapture, encodeChangeset, installCapture, pendingCapture, readPosition } from '../cluster/capture.js';
 import { ClusterError } from '../cluster/errors.js';
-import { AuditLog, verifyAuditLog } from '../storage/audit-log.js';
-import { createRecord, deleteRecord, updateRecord, type MutationOptions } from '../storage/club-data.js';
-import { openClubStore, type ClubStore } from '../storage/club-store.js';
-import type { Db } from '../storage/sqlcipher.js';
-import { insertUser } from '../storage/users.js';
+import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
+import { createRecord, deleteRecord, updateRecord, type MutationOptions } from '../storage/club/club-data.js';
+import { openClubStore, type ClubStore } from '../storage/club/club-store.js';
+import type { Db } from '../storage/engine/sqlcipher.js';
+import { insertUser } from '../storage/club/users.js';
 import { tmpDir } from './store-helpers.js';
 
 function tables(db: Db): Record<string, unknown[]> {

@@ -18,9 +18,9 @@ import { fileURLToPath } from 'node:url';
 import { ClusterClient, parseServerList } from '../client/cluster-client.js';
 import { connect } from '../client/connection.js';
 import { generateIdentity, saveIdentity } from '../crypto/identity.js';
-import { dataPaths } from '../daemon/config.js';
-import { runOperation } from '../daemon/offline.js';
-import { openStorage } from '../storage/storage.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { runOperation } from '../daemon/ops/offline.js';
+import { openStorage } from '../storage/server/storage.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
 
 const missing = etcdMissing();

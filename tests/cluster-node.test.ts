@@ -14,10 +14,10 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ClusterError } from '../cluster/errors.js';
 import { ClusterNode } from '../cluster/node.js';
-import { AuditLog, verifyAuditLog } from '../storage/audit-log.js';
-import { createRecord } from '../storage/club-data.js';
-import { createClub } from '../storage/provisioning.js';
-import { openStorage, type Storage } from '../storage/storage.js';
+import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
+import { createRecord } from '../storage/club/club-data.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { openStorage, type Storage } from '../storage/server/storage.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
 
 const missing = etcdMissing();

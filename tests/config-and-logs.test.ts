@@ -6,7 +6,7 @@ import { connect as netConnect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeKeyFile } from '../crypto/master-key.js';
-import { ConfigError, loadConfig } from '../daemon/config.js';
+import { ConfigError, loadConfig } from '../daemon/main/config.js';
 import { connect } from '../client/connection.js';
 import { waitUntil } from './helpers/daemon.js';
 

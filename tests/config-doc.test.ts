@@ -4,8 +4,8 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MEANINGS, renderConfigDoc, settings } from '../daemon/config-doc.js';
-import { loadConfig } from '../daemon/config.js';
+import { MEANINGS, renderConfigDoc, settings } from '../daemon/main/config-doc.js';
+import { loadConfig } from '../daemon/main/config.js';
 
 /**
  * Issue 16 point 5: YAML configuration with comments (JSON still read), errors with line,
@@ -25,9 +25,9 @@ function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: numbe
 
 test('docs/CONFIG.md is the generated reference, every setting has a meaning', () => {
   const paths = new Set(settings().map((r) => r.path.replace(/^bans\.kinds\.[A-Za-z]+\./, 'bans.kinds.<kind>.')));
-  for (const p of paths) assert.ok(MEANINGS[p], `${p} has a meaning in daemon/config-doc.ts`);
+  for (const p of paths) assert.ok(MEANINGS[p], `${p} has a meaning in daemon/main/config-doc.ts`);
   for (const p of Object.keys(MEANINGS)) assert.ok(paths.has(p), `${p} is still a setting`);
-  assert.equal(readFileSync(join(ROOT, 'docs/CONFIG.md'), 'utf8'), renderConfigDoc(), 'docs/CONFIG.md is stale: npm run build && node dist/daemon/config-doc.js > docs/CONFIG.md');
+  assert.equal(readFileSync(join(ROOT, 'docs/CONFIG.md'), 'utf8'), renderConfigDoc(), 'docs/CONFIG.md is stale: npm run build && node dist/daemon/main/config-doc.js > docs/CONFIG.md');
 });
 
 test('--check-config: YAML with comments passes; a misspelt setting gives file:line:col and a suggestion; COMMUSIC_CONFIG is read', { timeout: 60_000 }, async () => {

@@ -10,11 +10,11 @@ import { createHash } from 'node:crypto';
 import { walk } from './store-helpers.js';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
-import { openStorage } from '../storage/storage.js';
-import { createClub } from '../storage/provisioning.js';
-import { createClubArchive, serverArchiveKey, writeFileAtomic } from '../storage/backup-archive.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { createClubArchive, serverArchiveKey, writeFileAtomic } from '../storage/backup/backup-archive.js';
 import { addPerson } from './backup-helpers.js';
-import { AuditLog } from '../storage/audit-log.js';
+import { AuditLog } from '../storage/club/audit-log.js';
 import { loadIdentity, signTranscript } from '../crypto/identity.js';
 
 function digestWithoutShm(dir: string): string {
@@ -57,6 +57,9 @@ test('commusicctl backup restore: --yes needed, --dry-run changes nothing, the o
   assert.match(r.stdout, new RegExp(`made by server key ${id.fingerprint} \\(this-server\\)`));
   assert.match(r.stdout, /1 signed heads verified/);
 
+  r = await ctl(['--data', data, 'backup', 'verify', 'local:latest']);
+  assert.equal(r.code, 2, 'DESTINATION:latest without --club is a usage error');
+  assert.match(r.stderr, /needs --club/);
   r = await ctl(['--data', data, 'backup', 'restore', '--club', club, '--from', archive]);
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /live data.*--dry-run.*--yes/s);
@@ -65,6 +68,10 @@ test('commusicctl backup restore: --yes needed, --dry-run changes nothing, the o
   assert.equal(r.code, 0, r.stderr);
   const plan = JSON.parse(r.stdout) as { inArchive: { tables: Record<string, number> }; live: { tables: Record<string, number> }; logEntriesAfterArchive: number };
   assert.deepEqual([plan.inArchive.tables['persons'], plan.live.tables['persons'], plan.logEntriesAfterArchive], [4, 7, 3]);
+  r = await ctl(['--data', data, 'backup', 'restore', '--club', club, '--from', archive, '--dry-run']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /persons: 7 now -> 4/);
+  assert.equal(r.stdout.match(/^\s*documents:/gm)?.length, 1, `documents listed once:\n${r.stdout}`);
 
   // Into a separate folder: the live club is not touched.
   const target = join(root, 'scratch');

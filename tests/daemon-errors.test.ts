@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
 import { connect } from '../client/connection.js';
-import { CommandError } from '../daemon/command-errors.js';
+import { CommandError } from '../daemon/edge/command-errors.js';
 import { startDaemon } from './helpers/daemon.js';
 
 /** Handler failures reach the client as typed errors without internals, and the session survives. */

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { clubEnv, ADMIN_PASSWORD } from './helpers/club-server.js';
 import { RemoteError } from '../client/errors.js';
-import type { Db } from '../storage/sqlcipher.js';
+import type { Db } from '../storage/engine/sqlcipher.js';
 
 /** Digest of every row of every table (what "the store is unchanged" means). */
 /** Every table, trigger and index; `except` leaves tables out (the change log when a logout is expected). */

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configSchema } from '../daemon/config.js';
-import { registerCoreCommands } from '../daemon/core-commands.js';
-import { Dispatcher } from '../daemon/dispatcher.js';
+import { configSchema } from '../daemon/main/config.js';
+import { registerCoreCommands } from '../daemon/edge/core-commands.js';
+import { Dispatcher } from '../daemon/edge/dispatcher.js';
 
 /** Issue 16: diagnostic commands are off unless configured (`diag.echoStream`). */
 test('diag.echoStream is not offered by default, only when configured', () => {

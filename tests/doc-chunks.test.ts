@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { decryptBuffer, encryptBuffer, STREAM_HEADER_LEN, STREAM_TAG_LEN } from '../crypto/chunked-aead.js';
-import { openStorage } from '../storage/storage.js';
-import { createClub } from '../storage/provisioning.js';
-import { deleteDocument, listDocuments, putDocument, readDocumentBuffer } from '../storage/documents.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { deleteDocument, listDocuments, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { tmpDir } from './store-helpers.js';
 
 type Coded = Error & { code?: string };

@@ -7,11 +7,11 @@ import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, write
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer } from '../daemon/main.js';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { callControl } from '../daemon/control-socket.js';
-import { assertSafeDataDir } from '../daemon/folder-safety.js';
+import { startServer } from '../daemon/main/main.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { callControl } from '../daemon/ops/control-socket.js';
+import { assertSafeDataDir } from '../daemon/main/folder-safety.js';
 
 const isRoot = process.geteuid?.() === 0;
 const OTHER_UID = 65534;

@@ -8,11 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { connect } from '../client/connection.js';
-import { configSchema, loadConfig } from '../daemon/config.js';
-import { startHealthEndpoint } from '../daemon/health-setup.js';
-import { createLogger } from '../daemon/log.js';
-import { Reloader } from '../daemon/reload.js';
-import { createSelfSigned } from '../daemon/tls-cert.js';
+import { configSchema, loadConfig } from '../daemon/main/config.js';
+import { startHealthEndpoint } from '../daemon/monitoring/health-setup.js';
+import { createLogger } from '../daemon/common/log.js';
+import { Reloader } from '../daemon/main/reload.js';
+import { createSelfSigned } from '../daemon/monitoring/tls-cert.js';
 import { startDaemon } from './helpers/daemon.js';
 import { httpsGet, peerFingerprint } from './helpers/health.js';
 

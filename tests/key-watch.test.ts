@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { chmodSync, chownSync, renameSync, unlinkSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { watchKeyFile, type SecurityEvent, type KeyFileEventKind } from '../crypto/key-watch.js';
-import { openStorage } from '../storage/storage.js';
-import { rotateMaster } from '../storage/provisioning.js';
+import { openStorage } from '../storage/server/storage.js';
+import { rotateMaster } from '../storage/server/key-rotation.js';
 import { tmpDir } from './store-helpers.js';
 
 function collector() {

@@ -3,11 +3,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { wireBanAlerts } from '../daemon/ban-alerts.js';
-import { BanEngine } from '../daemon/ban-engine.js';
-import { AlertMailer } from '../daemon/mailer.js';
-import { ViolationBus, type ViolationKind } from '../daemon/violations.js';
-import { BanStore } from '../storage/ban-store.js';
+import { wireBanAlerts } from '../daemon/bans/ban-alerts.js';
+import { BanEngine } from '../daemon/bans/ban-engine.js';
+import { AlertMailer } from '../daemon/mail/mailer.js';
+import { ViolationBus, type ViolationKind } from '../daemon/bans/violations.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 import { startSmtpSink } from './helpers/smtp-sink.js';
 
 test('a flood of 1,000 violations from 50 addresses: all 50 banned, a handful of mails naming each', { timeout: 60_000 }, async () => {

@@ -4,7 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { AlertMailer, MailerConfigSchema, type Alert, type MailerConfig } from '../daemon/mailer.js';
+import { AlertMailer, MailerConfigSchema, type Alert, type MailerConfig } from '../daemon/mail/mailer.js';
 import { startSmtpSink } from './helpers/smtp-sink.js';
 
 const dirs: string[] = [];

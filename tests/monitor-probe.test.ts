@@ -5,11 +5,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { configSchema } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { AlertMailer } from '../daemon/mailer.js';
-import { Monitor, parseTargets, type MonitorEvent } from '../daemon/monitor.js';
-import { Daemon } from '../daemon/server.js';
+import { configSchema } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { AlertMailer } from '../daemon/mail/mailer.js';
+import { Monitor, parseTargets, type MonitorEvent } from '../daemon/monitoring/monitor.js';
+import { Daemon } from '../daemon/edge/server.js';
 import { testIdentity } from './helpers/pair.js';
 import { startSmtpSink } from './helpers/smtp-sink.js';
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { INITIAL_STATE, Monitor, parseTargets, step, transitionAlert, type MonitorAlert, type ProbeResult, type TargetState, type Transition } from '../daemon/monitor.js';
+import { INITIAL_STATE, Monitor, parseTargets, step, transitionAlert, type MonitorAlert, type ProbeResult, type TargetState, type Transition } from '../daemon/monitoring/monitor.js';
 import { waitUntil } from './helpers/daemon.js';
 
 /**

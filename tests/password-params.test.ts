@@ -26,9 +26,9 @@ test('a wrapped legacy hash verifies in two layers and holds no fast value', asy
 });
 
 test('bare sha512 hashes imported by older versions are wrapped in scrypt in the background when the store opens', { timeout: 60_000 }, async (t) => {
-  const { openStorage } = await import('../storage/storage.js');
-  const { createClub } = await import('../storage/provisioning.js');
-  const { getUserByName, insertUser } = await import('../storage/users.js');
+  const { openStorage } = await import('../storage/server/storage.js');
+  const { createClub } = await import('../storage/server/provisioning.js');
+  const { getUserByName, insertUser } = await import('../storage/club/users.js');
   const { tmpDir } = await import('./store-helpers.js');
   const { dir, cleanup } = tmpDir();
   t.after(cleanup);

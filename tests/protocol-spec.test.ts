@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { DEFAULT_BAN_POLICY, VIOLATION_KINDS, formatDuration } from '../daemon/ban-policy.js';
+import { DEFAULT_BAN_POLICY, VIOLATION_KINDS, formatDuration } from '../daemon/bans/ban-policy.js';
 import { connect } from '../client/connection.js';
 import { RemoteError } from '../client/errors.js';
 import { CLIENT_HELLO_LEN, RECORD_DATA, INITIAL_STREAM_WINDOW, MAX_CHUNK_LEN, MAX_CBOR_DEPTH, MAX_INFLIGHT_REQUESTS, MAX_STREAM_WINDOW } from '../protocol/constants.js';

@@ -1,7 +1,7 @@
 /**
  * Issue 21: every query shape the club commands generate is an index search, never a full scan
- * of a growing table. The shapes are produced by the real query builders (storage/club-data.ts,
- * storage/audit-log.ts) against a store migrated by the real migrations; every statement they
+ * of a growing table. The shapes are produced by the real query builders (storage/club/data-query.ts, data-rows.ts,
+ * storage/club/audit-log.ts) against a store migrated by the real migrations; every statement they
  * prepare is captured with its arguments and run through EXPLAIN QUERY PLAN.
  *
  * The rule a plan must meet:
@@ -16,11 +16,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3-multiple-ciphers';
-import { MODEL, type EntityName, type FieldDef } from '../storage/model.js';
-import { MIGRATIONS, indexesOf } from '../storage/schema.js';
-import { migrate, type Db } from '../storage/sqlcipher.js';
-import { DATA_ENTITIES, FILTER_OPS, prefixSuccessor, META_COLUMNS, filterableField, getRecord, idsInScope, listRecords, rowInScope, rowOfBlockedPerson, blockedPersonIds, recordExists, type Filter, type FilterOp, type RowScope } from '../storage/club-data.js';
-import { queryAuditLog } from '../storage/audit-log.js';
+import { MODEL, type EntityName, type FieldDef } from '../storage/club/model.js';
+import { MIGRATIONS, indexesOf } from '../storage/club/schema.js';
+import { migrate, type Db } from '../storage/engine/sqlcipher.js';
+import { DATA_ENTITIES, FILTER_OPS, prefixSuccessor, META_COLUMNS, filterableField, getRecord, idsInScope, listRecords, rowInScope, rowOfBlockedPerson, blockedPersonIds, recordExists, type Filter, type FilterOp, type RowScope } from '../storage/club/club-data.js';
+import { queryAuditLog } from '../storage/club/audit-log.js';
 
 interface Captured {
   sql: string;

@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { clubEnv, ADMIN_PASSWORD, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
-import { registerBackupCommands } from '../daemon/backup-commands.js';
-import { roleTemplate, type Grant } from '../daemon/rights.js';
+import { registerBackupCommands } from '../daemon/backup/backup-commands.js';
+import { roleTemplate, type Grant } from '../daemon/club/rights.js';
 
 const IBAN_A = 'DE89370400440532013000';
 const IBAN_T = 'GB82WEST12345698765432';

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { clubEnv, ADMIN_PASSWORD, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
-import { ACTIONS, AREAS, ROLES, effectiveScope, roleTemplate, type Action, type Area, type Role } from '../daemon/rights.js';
-import { CommandError } from '../daemon/command-errors.js';
+import { ACTIONS, AREAS, ROLES, effectiveScope, roleTemplate, type Action, type Area, type Role } from '../daemon/club/rights.js';
+import { CommandError } from '../daemon/edge/command-errors.js';
 import { RemoteError } from '../client/errors.js';
-import { DATA_COMMAND_ENTITIES } from '../daemon/club-commands.js';
-import { FIELD_AREA } from '../daemon/data-areas.js';
+import { DATA_COMMAND_ENTITIES } from '../daemon/club/club-commands.js';
+import { FIELD_AREA } from '../daemon/club/data-areas.js';
 
 /**
  * Point 1: every role template x area x action. Each probe is the command that exercises the

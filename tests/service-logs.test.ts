@@ -4,7 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { notifyReady } from '../daemon/sd-notify.js';
+import { notifyReady } from '../daemon/main/sd-notify.js';
 import { waitUntil } from './helpers/daemon.js';
 
 /**

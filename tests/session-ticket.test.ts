@@ -4,11 +4,11 @@ import { execFile } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { TicketStore } from '../daemon/tickets.js';
-import { createClub } from '../storage/provisioning.js';
+import { loadConfig } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { TicketStore } from '../daemon/edge/tickets.js';
+import { createClub } from '../storage/server/provisioning.js';
 import { loadTicket, saveTicket, ticketFile } from '../client/tickets.js';
 
 /**

@@ -7,11 +7,11 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { test } from 'node:test';
 import winston from 'winston';
-import { configSchema } from '../daemon/config.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { AlertMailer } from '../daemon/mailer.js';
-import { formatStatus, statusReport } from '../daemon/status-ops.js';
+import { configSchema } from '../daemon/main/config.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { AlertMailer } from '../daemon/mail/mailer.js';
+import { formatStatus, statusReport } from '../daemon/monitoring/status-ops.js';
 
 /**
  * Issue 11 point 6: start-up order (the data folder's lock, then the ports, then initialising a
@@ -77,8 +77,8 @@ test('status says why the health endpoint is off: its port is in use (a second d
   const server = await startServer(configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error', health: { listen: `127.0.0.1:${busy.port}` } }), { logger: nullLogger() });
   try {
     assert.equal(server.health, undefined);
-    const { callControl } = await import('../daemon/control-socket.js');
-    const { dataPaths } = await import('../daemon/config.js');
+    const { callControl } = await import('../daemon/ops/control-socket.js');
+    const { dataPaths } = await import('../daemon/main/config.js');
     const res = (await callControl(dataPaths(dataDir).controlSocket, 'status', {}))!.result as ReturnType<typeof statusReport>;
     assert.equal(res.health, null);
     assert.match(res.healthOff ?? '', new RegExp(`127\\.0\\.0\\.1:${busy.port} is in use \\(EADDRINUSE\\)`));
@@ -94,8 +94,8 @@ test('status says the health endpoint is off because the configuration disables 
   const dataDir = await mkdtemp(join(tmpdir(), 'commusic-order-'));
   const server = await startServer(configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error', health: { enabled: false } }), { logger: nullLogger() });
   try {
-    const { callControl } = await import('../daemon/control-socket.js');
-    const { dataPaths } = await import('../daemon/config.js');
+    const { callControl } = await import('../daemon/ops/control-socket.js');
+    const { dataPaths } = await import('../daemon/main/config.js');
     const res = (await callControl(dataPaths(dataDir).controlSocket, 'status', {}))!.result as ReturnType<typeof statusReport>;
     assert.match(res.healthOff ?? '', /disabled in the configuration/);
   } finally {

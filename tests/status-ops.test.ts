@@ -6,12 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type Connection } from '../client/connection.js';
-import { configSchema, dataPaths } from '../daemon/config.js';
-import { callControl } from '../daemon/control-socket.js';
-import { nullLogger } from '../daemon/log.js';
-import { startServer } from '../daemon/main.js';
-import { OperationRegistry } from '../daemon/operations.js';
-import { formatStatus, registerStatusOps, type StatusContext, type StatusReport } from '../daemon/status-ops.js';
+import { configSchema, dataPaths } from '../daemon/main/config.js';
+import { callControl } from '../daemon/ops/control-socket.js';
+import { nullLogger } from '../daemon/common/log.js';
+import { startServer } from '../daemon/main/main.js';
+import { OperationRegistry } from '../daemon/ops/operations.js';
+import { formatStatus, registerStatusOps, type StatusContext, type StatusReport } from '../daemon/monitoring/status-ops.js';
 import { waitUntil } from './helpers/daemon.js';
 
 /**

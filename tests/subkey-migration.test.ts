@@ -8,12 +8,13 @@ import { createCipheriv, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { keyIdOf, loadMasterKey } from '../crypto/master-key.js';
 import { clubPageKey, contextLabel, unwrapKey, wrappedVersion, WRAP_VERSION, type WrapContext } from '../crypto/wrap.js';
-import { clubDbPath } from '../storage/club-store.js';
-import { putDocument, readDocumentBuffer } from '../storage/documents.js';
-import { createClub, rotateClub } from '../storage/provisioning.js';
-import { ServerDb, serverDbPath } from '../storage/server-db.js';
-import { keyPragma, openEncrypted } from '../storage/sqlcipher.js';
-import { openStorage, unwrapClubKey } from '../storage/storage.js';
+import { clubDbPath } from '../storage/club/club-store.js';
+import { putDocument, readDocumentBuffer } from '../storage/club/documents.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { rotateClub } from '../storage/server/key-rotation.js';
+import { ServerDb, serverDbPath } from '../storage/server/server-db.js';
+import { keyPragma, openEncrypted } from '../storage/engine/sqlcipher.js';
+import { openStorage, unwrapClubKey } from '../storage/server/storage.js';
 import { tmpDir } from './store-helpers.js';
 
 /** The wrapping of the code before sub-keys: AES-256-GCM directly under the parent key, version 1. */

@@ -4,12 +4,13 @@
 // unlink-suppressing LD_PRELOAD shim set by the parent. With argv[3] === 'file-temp' it forces
 // temp_store=FILE on one connection, so the parent can prove its probe catches a spill.
 import { Readable } from 'node:stream';
-import { openStorage } from '../storage/storage.js';
-import { createClub, rotateClub, rotateMaster } from '../storage/provisioning.js';
-import { putDocument, readDocumentBuffer } from '../storage/documents.js';
-import { listRecords } from '../storage/club-data.js';
-import { BanStore } from '../storage/ban-store.js';
-import { archiveTrust, createClubArchive, restoreClubArchive, serverArchiveKey, writeFileAtomic, fileSource } from '../storage/backup-archive.js';
+import { openStorage } from '../storage/server/storage.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { rotateClub, rotateMaster } from '../storage/server/key-rotation.js';
+import { putDocument, readDocumentBuffer } from '../storage/club/documents.js';
+import { listRecords } from '../storage/club/club-data.js';
+import { BanStore } from '../storage/bans/ban-store.js';
+import { archiveTrust, createClubArchive, restoreClubArchive, serverArchiveKey, writeFileAtomic, fileSource } from '../storage/backup/backup-archive.js';
 import { testIdentity } from './helpers/pair.js';
 
 const dataDir = process.argv[2]!;

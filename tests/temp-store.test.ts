@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { findPlaintext, needleVariants, tmpDir, walk } from './store-helpers.js';
 import { buildShim, hasCc } from './helpers/keep-temp-shim.js';
-import { openDatabase } from '../storage/sqlcipher.js';
+import { openDatabase } from '../storage/engine/sqlcipher.js';
 
 const MARK = 'Geheimnotiz-Zwiebelkuchen';
 

@@ -3,12 +3,12 @@ import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { connect, type Connection } from '../client/connection.js';
-import { BanEngine } from '../daemon/ban-engine.js';
-import { DEFAULT_BAN_POLICY } from '../daemon/ban-policy.js';
-import { createDaemonMetrics } from '../daemon/metrics.js';
-import { statusReport } from '../daemon/status-ops.js';
-import { UNKNOWN_COMMAND_LABEL } from '../daemon/server.js';
-import { BanStore } from '../storage/ban-store.js';
+import { BanEngine } from '../daemon/bans/ban-engine.js';
+import { DEFAULT_BAN_POLICY } from '../daemon/bans/ban-policy.js';
+import { createDaemonMetrics } from '../daemon/monitoring/metrics.js';
+import { statusReport } from '../daemon/monitoring/status-ops.js';
+import { UNKNOWN_COMMAND_LABEL } from '../daemon/edge/server.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 import { startDaemon, waitUntil } from './helpers/daemon.js';
 
 /**

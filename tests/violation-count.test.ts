@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { test } from 'node:test';
 import winston from 'winston';
-import { BanEngine } from '../daemon/ban-engine.js';
-import { statusReport } from '../daemon/status-ops.js';
-import { BanStore } from '../storage/ban-store.js';
+import { BanEngine } from '../daemon/bans/ban-engine.js';
+import { statusReport } from '../daemon/monitoring/status-ops.js';
+import { BanStore } from '../storage/bans/ban-store.js';
 import { RawSocket, startDaemon, waitUntil } from './helpers/daemon.js';
 
 /**

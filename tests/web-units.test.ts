@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { html, escapeHtml } from '../daemon/web/html.js';
-import { loadConfig } from '../daemon/config.js';
+import { loadConfig } from '../daemon/main/config.js';
 import { pickLang } from '../daemon/web/i18n.js';
 import { SessionStore, type EndReason, type WebSession } from '../daemon/web/sessions.js';
 

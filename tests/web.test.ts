@@ -4,8 +4,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { connect as netConnect } from 'node:net';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createClub } from '../storage/provisioning.js';
-import { queryAuditLog } from '../storage/audit-log.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { queryAuditLog } from '../storage/club/audit-log.js';
 import { waitUntil } from './helpers/daemon.js';
 import { startWebEnv, WebClient, type WebEnv } from './helpers/web.js';
 

@@ -5,14 +5,14 @@
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { basename, dirname, join } from 'node:path';
-import { Dispatcher } from '../daemon/dispatcher.js';
-import { registerCoreCommands } from '../daemon/core-commands.js';
-import { registerClubCommands, type ClubServices } from '../daemon/club-commands.js';
-import { registerBackupCommands } from '../daemon/backup-commands.js';
-import { describeApi, renderApiMarkdown, type ApiSchema } from '../daemon/api-schema.js';
+import { Dispatcher } from '../daemon/edge/dispatcher.js';
+import { registerCoreCommands } from '../daemon/edge/core-commands.js';
+import { registerClubCommands, type ClubServices } from '../daemon/club/club-commands.js';
+import { registerBackupCommands } from '../daemon/backup/backup-commands.js';
+import { describeApi, renderApiMarkdown, type ApiSchema } from '../daemon/edge/api-schema.js';
 
 /**
- * A dispatcher with every command the daemon registers (daemon/main.ts and daemon/server.ts).
+ * A dispatcher with every command the daemon registers (daemon/main/main.ts and daemon/edge/server.ts).
  * Registration only reads the schemas; the services are never called, so none are given.
  */
 export function fullRegistry(): Dispatcher {

@@ -6,9 +6,9 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { CommandError } from '../command-errors.js';
-import { ROLES, type Grant } from '../rights.js';
-import { noRightPage, type WebUser } from './app.js';
+import { CommandError } from '../edge/command-errors.js';
+import { ROLES, type Grant } from '../club/rights.js';
+import { noRightPage, type WebUser } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 import { notice } from './layout.js';

@@ -3,7 +3,7 @@
  * and encrypted by an SSL certificate"; section 5.3: the club's log shown in the applications):
  * one HTTPS listener (fastify), on the same users, rights, change log and ban engine as the
  * client protocol. Every club read and write goes through the club command handlers in-process
- * (daemon/club-commands.ts via the Dispatcher), so rights, register scope, violations and
+ * (daemon/club/club-commands.ts via the Dispatcher), so rights, register scope, violations and
  * change-log entries are exactly the protocol's. The feature plug-ins register their routes:
  * auth-routes.ts (login, password change, logout), persons-routes.ts, log-routes.ts,
  * self-routes.ts (own record, GDPR Art. 15 export), admin-routes.ts (users and rights),
@@ -21,13 +21,13 @@ import cookie from '@fastify/cookie';
 import formbody from '@fastify/formbody';
 import type { Socket } from 'node:net';
 import type { IdentityKey } from '../../crypto/identity.js';
-import { endSessionOnClose, type ClubServices } from '../auth.js';
-import { CommandError } from '../command-errors.js';
-import { normalizeIp } from '../connection.js';
-import type { CommandContext, ConnectionInfo, Dispatcher } from '../dispatcher.js';
-import type { Logger } from '../log.js';
-import { effectiveScope, type Grant } from '../rights.js';
-import type { TlsMaterial } from '../tls-cert.js';
+import { endSessionOnClose, type ClubServices } from '../club/auth.js';
+import { CommandError } from '../edge/command-errors.js';
+import { normalizeIp } from '../edge/connection.js';
+import type { CommandContext, ConnectionInfo, Dispatcher } from '../edge/dispatcher.js';
+import type { Logger } from '../common/log.js';
+import { effectiveScope, type Grant } from '../club/rights.js';
+import type { TlsMaterial } from '../monitoring/tls-cert.js';
 import { html, type SafeHtml } from './html.js';
 import { pickLang, t, type Lang } from './i18n.js';
 import { notice, page, STYLESHEET, type Nav } from './layout.js';
@@ -38,6 +38,9 @@ import { logRoutes } from './log-routes.js';
 import { selfRoutes } from './self-routes.js';
 import { adminRoutes } from './admin-routes.js';
 import { backupRoutes } from './backup-routes.js';
+import { clearSessionCookie, type WebUser } from './common.js';
+
+export { COOKIE_OPTIONS, clearSessionCookie, noRightPage, type WebUser } from './common.js';
 
 export const WEB_MIN_TLS = 'TLSv1.2' as const;
 /** Form bodies are small; anything larger is refused before parsing (bytes). */
@@ -57,15 +60,6 @@ export interface WebDeps {
   readonly absoluteTimeoutMs: number;
   readonly maxSessions: number;
   readonly now?: () => number;
-}
-
-/** What a route handler gets for the logged-in user of the request. */
-export interface WebUser {
-  readonly session: WebSession;
-  readonly grants: readonly Grant[];
-  readonly admin: boolean;
-  readonly user: Record<string, unknown>;
-  readonly nav: Nav;
 }
 
 declare module 'fastify' {
@@ -176,13 +170,6 @@ export class WebRuntime {
   csrfRefused(req: FastifyRequest, reply: FastifyReply): FastifyReply {
     return this.send(reply, req.lang, t(req.lang, 'csrf'), html`${notice('error', t(req.lang, 'csrf'))}<p><a href="/">${t(req.lang, 'title')}</a></p>`, undefined, 403);
   }
-}
-
-/** Session cookie attributes (OWASP Session Management: `__Host-` prefix, Secure, HttpOnly, SameSite=Strict, Path=/, no Domain). */
-export const COOKIE_OPTIONS = { path: '/', secure: true, httpOnly: true, sameSite: 'strict' } as const;
-
-export function clearSessionCookie(reply: FastifyReply): void {
-  void reply.clearCookie(SESSION_COOKIE, COOKIE_OPTIONS);
 }
 
 export interface WebApp {
@@ -305,9 +292,4 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
       return closed;
     },
   };
-}
-
-/** The page for "you may not see persons" etc.: used where a link would otherwise lead nowhere. */
-export function noRightPage(req: FastifyRequest, reply: FastifyReply, u: WebUser): FastifyReply {
-  return reply.server.web.send(reply, req.lang, t(req.lang, 'noRight'), notice('error', t(req.lang, 'noRight')), u.nav, 403);
 }

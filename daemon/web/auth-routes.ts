@@ -7,8 +7,8 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { CommandError } from '../command-errors.js';
-import { COOKIE_OPTIONS, clearSessionCookie } from './app.js';
+import { CommandError } from '../edge/command-errors.js';
+import { COOKIE_OPTIONS, clearSessionCookie } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 import { notice } from './layout.js';

@@ -1,6 +1,6 @@
 /**
  * The club's change log: newest first, filtered by time, user, action and entity, paginated by
- * sequence number, with the chain's verification state (storage/audit-log.ts verifyAuditLog,
+ * sequence number, with the chain's verification state (storage/club/audit-log.ts verifyAuditLog,
  * signed heads checked against the server identity key). Entries come from `log.query`, so
  * they are projected by the reader's rights as over the protocol. Filters and the page cursor
  * travel in POST bodies (they can name persons), never in the URL.
@@ -8,9 +8,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { verifyTranscript } from '../../crypto/identity.js';
-import { verifyAuditLog, type VerifyResult } from '../../storage/audit-log.js';
-import { CommandError } from '../command-errors.js';
-import { noRightPage, type WebUser } from './app.js';
+import { verifyAuditLog, type VerifyResult } from '../../storage/club/audit-log.js';
+import { CommandError } from '../edge/command-errors.js';
+import { noRightPage, type WebUser } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 import { notice } from './layout.js';

@@ -8,13 +8,13 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { MAX_LIST_LIMIT } from '../../storage/club-data.js';
-import { MODEL } from '../../storage/model.js';
-import { appendAudit } from '../auth.js';
-import { DATA_COMMAND_ENTITIES } from '../club-commands.js';
-import { ENTITY_AREA } from '../data-areas.js';
-import { effectiveScope, type Area } from '../rights.js';
-import type { WebUser } from './app.js';
+import { MAX_LIST_LIMIT } from '../../storage/club/club-data.js';
+import { MODEL } from '../../storage/club/model.js';
+import { appendAudit } from '../club/auth.js';
+import { DATA_COMMAND_ENTITIES } from '../club/club-commands.js';
+import { ENTITY_AREA } from '../club/data-areas.js';
+import { effectiveScope, type Area } from '../club/rights.js';
+import type { WebUser } from './common.js';
 import { html } from './html.js';
 import { t } from './i18n.js';
 

@@ -5,7 +5,7 @@ import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypt
  * login (never before: no fixation), kept only in an `__Host-` cookie, looked up by its SHA-256
  * (the table holds no usable id); idle and absolute timeouts checked on every use; a bounded
  * table. Each session carries its synchronizer CSRF token (OWASP CSRF Prevention Cheat Sheet)
- * and the per-connection command state of the club commands (daemon/auth.ts keeps the logged-in
+ * and the per-connection command state of the club commands (daemon/club/auth.ts keeps the logged-in
  * user there, as it does for a protocol connection).
  *
  * Before login there is no session: the login form is protected by a signed double-submit
@@ -24,7 +24,7 @@ export interface WebSession {
   lastSeen: number;
   /** Connection-like identity for the command handlers (ids from their own range). */
   readonly connId: number;
-  /** The command handlers' per-connection state (daemon/auth.ts stores the login there). */
+  /** The command handlers' per-connection state (daemon/club/auth.ts stores the login there). */
   readonly commands: Map<string, unknown>;
   readonly club: string;
   readonly user: string;

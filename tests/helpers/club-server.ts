@@ -1,16 +1,16 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { configSchema } from '../../daemon/config.js';
-import { registerClubCommands, type ClubServices } from '../../daemon/club-commands.js';
-import { CommandError } from '../../daemon/command-errors.js';
-import { Dispatcher, type CommandContext } from '../../daemon/dispatcher.js';
-import { nullLogger } from '../../daemon/log.js';
-import { Daemon } from '../../daemon/server.js';
-import { ViolationBus, type ViolationEvent } from '../../daemon/violations.js';
+import { configSchema } from '../../daemon/main/config.js';
+import { registerClubCommands, type ClubServices } from '../../daemon/club/club-commands.js';
+import { CommandError } from '../../daemon/edge/command-errors.js';
+import { Dispatcher, type CommandContext } from '../../daemon/edge/dispatcher.js';
+import { nullLogger } from '../../daemon/common/log.js';
+import { Daemon } from '../../daemon/edge/server.js';
+import { ViolationBus, type ViolationEvent } from '../../daemon/bans/violations.js';
 import { connect, type Connection } from '../../client/connection.js';
-import { createClub } from '../../storage/provisioning.js';
-import { openStorage, type Storage } from '../../storage/storage.js';
+import { createClub } from '../../storage/server/provisioning.js';
+import { openStorage, type Storage } from '../../storage/server/storage.js';
 import { testIdentity } from './pair.js';
 
 /**

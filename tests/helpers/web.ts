@@ -3,10 +3,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type Connection } from '../../client/connection.js';
-import { loadConfig } from '../../daemon/config.js';
-import { nullLogger } from '../../daemon/log.js';
-import { startServer, type RunningServer } from '../../daemon/main.js';
-import { selfSignedPaths } from '../../daemon/tls-cert.js';
+import { loadConfig } from '../../daemon/main/config.js';
+import { nullLogger } from '../../daemon/common/log.js';
+import { startServer, type RunningServer } from '../../daemon/main/main.js';
+import { selfSignedPaths } from '../../daemon/monitoring/tls-cert.js';
 
 /**
  * A daemon with the web application on 127.0.0.1:0 (health endpoint off), and a small HTTPS

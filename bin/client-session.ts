@@ -1,0 +1,35 @@
+/** The `commusic` program's global options and the session it keeps across `batch` lines. */
+import type { Connection } from '../client/connection.js';
+
+export interface Globals {
+  server?: string;
+  fingerprint?: string;
+  tofu?: boolean;
+  knownServers?: string;
+  bind?: string;
+  timeout: string;
+  club?: string;
+  user?: string;
+  passwordStdin?: boolean;
+  passwordFile?: string;
+  ticket?: boolean;
+}
+
+/** A connection, logged in when the globals name a club and user; shared by `batch`. */
+export interface SessionHolder {
+  conn?: Connection;
+  loggedIn?: boolean;
+  shared?: boolean;
+  /** The outer program's global options, for the programs built per batch line. */
+  globals?: Globals;
+}
+
+/** What a command module gets from the program: requests in the logged-in session, closing after the action. */
+export interface ClientSession {
+  /** Sends one request in the logged-in session; resolves to the response payload. */
+  call(command: string, payload: unknown): Promise<any>;
+  /** Connects and logs in once per holder (see commusic-program.ts). */
+  session(o?: { forPasswd?: boolean }): Promise<{ conn: Connection; password?: string }>;
+  /** Wraps an action so the connection is closed (and the session logged out) afterwards. */
+  act<A extends unknown[]>(fn: (...a: A) => Promise<void>): (...a: A) => Promise<void>;
+}

@@ -1,0 +1,279 @@
+/**
+ * The users commands (list, get, export, create, update, delete, password resets, the own password)
+ * and the rights commands (roles, get, set): who may log in to the club and with which grants.
+ */
+import { z } from 'zod';
+import { generateOneTimePassword, hashPassword, verifyPassword } from '../../crypto/password.js';
+import { parseLegacySha512, wrapLegacySha512 } from '../../crypto/legacy-password.js';
+import { recordExists } from '../../storage/club/club-data.js';
+import { countActiveAdmins, deleteUser, getUserById, insertUser, listUsers, setDisabled, setGrants, setPasswordHash, updateUserProfile, userView, type UserRecord } from '../../storage/club/users.js';
+import { appendAudit, refreshCredVersion, grantsOf, type ClubServices } from './auth.js';
+import { CommandError } from '../edge/command-errors.js';
+import type { Dispatcher } from '../edge/dispatcher.js';
+import { ACTIONS, AREAS, ROLES, grantSchema, roleTemplate, type Grant } from './rights.js';
+import { Guard, clubField, dataError, exportAudit, guard, id, passwordSchema, register, strictObject, usernameSchema } from './command-guard.js';
+
+// ---- users and rights -----------------------------------------------------------------------
+
+const roleSchema = z.enum(ROLES);
+const registersSchema = z.array(id).max(200).optional();
+
+interface RightsInput {
+  role?: (typeof ROLES)[number] | undefined;
+  registers?: number[] | undefined;
+  grants?: Grant[] | undefined;
+  admin?: boolean | undefined;
+}
+
+function resolveGrants(i: RightsInput): { role: string | null; grants: Grant[] } {
+  if (i.grants !== undefined) return { role: i.role ?? null, grants: i.grants };
+  if (i.role !== undefined) return { role: i.role, grants: roleTemplate(i.role, i.registers ?? []) };
+  return { role: null, grants: [] };
+}
+
+/** Nobody hands out rights they do not hold club-wide themselves; only administrators make administrators. */
+function checkGrantable(g: Guard, grants: readonly Grant[], admin: boolean | undefined): void {
+  if (g.p.user.isAdmin) return;
+  if (admin) g.deny('users:admin', 'only administrators appoint administrators');
+  for (const gr of grants) for (const a of gr.actions) {
+    if (g.has(gr.area, a)?.kind !== 'club') g.deny(`${gr.area}:${a}`, 'granting a right one does not hold');
+  }
+}
+
+/**
+ * The account an account action (reset password, disable, enable, re-link, delete, rights)
+ * aims at. Acting on another account is allowed only where the caller could grant everything
+ * that account holds (point 2 of issue 19, generalising the rule of rights.set): otherwise a
+ * user manager resets a stronger account's password and logs in as it. Only administrators act
+ * on administrators.
+ */
+function targetUser(g: Guard, userId: number, mayBeSelf: boolean): UserRecord {
+  const u = getUserById(g.p.db, userId);
+  if (!u) throw new CommandError('NOT_FOUND', `user ${userId} does not exist`);
+  if (u.id === g.p.user.id) {
+    if (!mayBeSelf) throw new CommandError('CONFLICT', 'use users.changeOwnPassword for yourself; your own rights and status are changed by another administrator');
+    return u;
+  }
+  if (u.isAdmin && !g.p.user.isAdmin) g.deny('users:admin', 'only administrators change administrators');
+  if (!g.p.user.isAdmin) {
+    for (const gr of grantsOf(u)) for (const a of gr.actions) {
+      if (g.has(gr.area, a)?.kind !== 'club') g.deny(`${gr.area}:${a}`, 'acting on an account that holds a right one could not grant');
+    }
+  }
+  return u;
+}
+
+export function publicUser(u: UserRecord): Record<string, unknown> {
+  return { ...userView(u), role: u.role };
+}
+
+/** A user in the answer to a write: in full only with users:read club-wide (point 6 of issue 19). */
+function userAnswer(g: Guard, u: UserRecord): Record<string, unknown> {
+  return g.has('users', 'read')?.kind === 'club' ? publicUser(u) : { id: u.id };
+}
+
+export function registerUsers(d: Dispatcher, services: ClubServices): void {
+  const cost = services.passwordLog2N;
+  register(d, 'users.list', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.list', p);
+    g.needClub('users', 'read');
+    return { payload: { items: listUsers(g.p.db).map(publicUser) } };
+  });
+  register(d, 'users.get', strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.get', p);
+    g.needClub('users', 'read');
+    const u = getUserById(g.p.db, p.id);
+    if (!u) throw new CommandError('NOT_FOUND', `user ${p.id} does not exist`);
+    return { payload: { user: publicUser(u) } };
+  });
+  register(d, 'users.export', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.export', p);
+    g.needClub('users', 'export');
+    const items = listUsers(g.p.db).map((u) => ({ ...publicUser(u), grants: grantsOf(u) }));
+    exportAudit(g, 'users', { count: items.length });
+    return { payload: { items, count: items.length } };
+  });
+  register(
+    d,
+    'users.create',
+    strictObject({ username: usernameSchema, password: passwordSchema.optional(), displayName: z.string().max(200).optional(), personId: id.optional(), role: roleSchema.optional(), registers: registersSchema, grants: z.array(grantSchema).max(500).optional(), admin: z.boolean().optional(), club: clubField }),
+    async (p, ctx) => {
+      const g = await guard(services, ctx, 'users.create', p);
+      g.needClub('users', 'create');
+      const r = resolveGrants(p);
+      checkGrantable(g, r.grants, p.admin);
+      if (p.personId !== undefined && !recordExists(g.p.db, 'persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
+      const otp = p.password === undefined ? generateOneTimePassword() : undefined;
+      const hash = await hashPassword(p.password ?? otp!, cost);
+      const g2 = await guard(services, ctx, 'users.create', p);
+      const db = g2.p.db;
+      let newId = 0;
+      try {
+        db.transaction(() => {
+          newId = insertUser(db, { username: p.username, displayName: p.displayName ?? null, personId: p.personId ?? null, passwordHash: hash, mustChangePassword: otp !== undefined, isAdmin: p.admin ?? false, role: r.role, grants: r.grants });
+          g2.p.audit.append({ ...g2.p.actor, action: 'create', entity: 'users', recordId: newId, changes: { username: { old: null, new: p.username }, displayName: { old: null, new: p.displayName ?? null }, personId: { old: null, new: p.personId ?? null }, role: { old: null, new: r.role }, admin: { old: null, new: p.admin ?? false }, grants: { old: null, new: r.grants } } });
+        }).immediate();
+      } catch (e) {
+        dataError(g2, e, 'users:create');
+      }
+      return { payload: { user: userAnswer(g2, getUserById(db, newId)!), ...(otp ? { oneTimePassword: otp } : {}) } };
+    },
+  );
+  register(
+    d,
+    'users.import',
+    strictObject({
+      users: z.array(z.object({ username: usernameSchema, legacyHash: z.string().max(300), displayName: z.string().max(200).optional(), personId: id.optional(), role: roleSchema.optional(), registers: registersSchema }).strict()).min(1).max(1000),
+      club: clubField,
+    }),
+    async (p, ctx) => {
+      const g = await guard(services, ctx, 'users.import', p);
+      g.needClub('users', 'create');
+      const prepared = p.users.map((u: { username: string; legacyHash: string; displayName?: string; personId?: number; role?: (typeof ROLES)[number]; registers?: number[] }) => {
+        const h = parseLegacySha512(u.legacyHash);
+        if (!h) throw new CommandError('BAD_REQUEST', `user ${u.username}: legacy hash is not sha512$<salt hex>$<128 hex digits>`);
+        const r = resolveGrants({ role: u.role, registers: u.registers });
+        checkGrantable(g, r.grants, false);
+        return { ...u, hash: h, ...r };
+      });
+      // Nothing fast is ever written: each SHA-512 value is wrapped in scrypt before it is stored.
+      const wrapped = await Promise.all(prepared.map((u: { hash: string }) => wrapLegacySha512(u.hash, services.passwordLog2N)));
+      prepared.forEach((u: { hash: string }, i: number) => (u.hash = wrapped[i]!));
+      const g2 = await guard(services, ctx, 'users.import', p);
+      g2.needClub('users', 'create');
+      const db = g2.p.db;
+      const ids: number[] = [];
+      try {
+        db.transaction(() => {
+          for (const u of prepared) {
+            const nid = insertUser(db, { username: u.username, displayName: u.displayName ?? null, personId: u.personId ?? null, passwordHash: u.hash, mustChangePassword: false, role: u.role, grants: u.grants });
+            ids.push(nid);
+            g2.p.audit.append({ ...g2.p.actor, action: 'create', entity: 'users', recordId: nid, changes: { username: { old: null, new: u.username }, imported: { old: null, new: 'legacy sha512 hash, stored wrapped in scrypt' }, role: { old: null, new: u.role } } });
+          }
+        }).immediate();
+      } catch (e) {
+        dataError(g2, e, 'users:create');
+      }
+      return { payload: { imported: ids.length, ids } };
+    },
+  );
+  register(d, 'users.update', strictObject({ id, displayName: z.string().max(200).nullable().optional(), personId: id.nullable().optional(), club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.update', p);
+    g.needClub('users', 'update');
+    const u = targetUser(g, p.id, true);
+    // The person linked to a user is what its own-record grants reach: re-linking oneself would
+    // turn "own bank data" into anyone's (point 1 of issue 19). Administrators reach everything
+    // anyway.
+    if (u.id === g.p.user.id && p.personId !== undefined && p.personId !== u.personId && !g.p.user.isAdmin) g.deny('users:update', 'changing the person linked to one\'s own user');
+    if (p.personId !== undefined && p.personId !== null && !recordExists(g.p.db, 'persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
+    const changes: Record<string, { old: unknown; new: unknown }> = {};
+    if (p.displayName !== undefined && p.displayName !== u.displayName) changes.displayName = { old: u.displayName, new: p.displayName };
+    if (p.personId !== undefined && p.personId !== u.personId) changes.personId = { old: u.personId, new: p.personId };
+    if (Object.keys(changes).length) {
+      g.p.db.transaction(() => {
+        updateUserProfile(g.p.db, u.id, { ...(changes.displayName ? { displayName: p.displayName } : {}), ...(changes.personId ? { personId: p.personId } : {}) });
+        g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes });
+      }).immediate();
+    }
+    // Without users:read, whether a given value changed would tell the old one: name them all.
+    const given = (['displayName', 'personId'] as const).filter((k) => p[k] !== undefined);
+    return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!), changed: g.has('users', 'read')?.kind === 'club' ? Object.keys(changes) : given } };
+  });
+  for (const [name, disabled] of [['users.disable', true], ['users.enable', false]] as const) {
+    register(d, name, strictObject({ id, club: clubField }), async (p, ctx) => {
+      const g = await guard(services, ctx, name, p);
+      g.needClub('users', 'update');
+      const u = targetUser(g, p.id, false);
+      if (u.disabled !== disabled) {
+        if (disabled && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be disabled');
+        g.p.db.transaction(() => {
+          setDisabled(g.p.db, u.id, disabled);
+          g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { disabled: { old: u.disabled, new: disabled } } });
+        }).immediate();
+      }
+      return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!) } };
+    });
+  }
+  register(d, 'users.delete', strictObject({ id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'users.delete', p);
+    g.needClub('users', 'delete');
+    const u = targetUser(g, p.id, false);
+    if (u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be deleted');
+    g.p.db.transaction(() => {
+      deleteUser(g.p.db, u.id);
+      g.p.audit.append({ ...g.p.actor, action: 'delete', entity: 'users', recordId: u.id, changes: { username: { old: u.username, new: null }, role: { old: u.role, new: null } } });
+    }).immediate();
+    return { payload: { deleted: true, id: u.id } };
+  });
+  register(d, 'users.resetPassword', strictObject({ id, password: passwordSchema.optional(), club: clubField }), async (p, ctx) => {
+    let g = await guard(services, ctx, 'users.resetPassword', p);
+    g.needClub('users', 'update');
+    targetUser(g, p.id, false);
+    const otp = p.password === undefined ? generateOneTimePassword() : undefined;
+    const hash = await hashPassword(p.password ?? otp!, cost);
+    g = await guard(services, ctx, 'users.resetPassword', p);
+    const u = targetUser(g, p.id, false);
+    g.p.db.transaction(() => {
+      setPasswordHash(g.p.db, u.id, hash, true, true);
+      g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { passwordHash: { old: '[redacted]', new: '[redacted]' }, mustChangePassword: { old: u.mustChangePassword, new: true } } });
+    }).immediate();
+    return { payload: { id: u.id, mustChangePassword: true, ...(otp ? { oneTimePassword: otp } : {}) } };
+  });
+  register(d, 'users.changeOwnPassword', strictObject({ oldPassword: z.string().max(1024), newPassword: passwordSchema, club: clubField }), async (p, ctx) => {
+    let g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
+    let ok = false;
+    try {
+      ok = await verifyPassword(p.oldPassword, g.p.user.passwordHash);
+    } catch {
+      ok = false;
+    }
+    if (!ok) {
+      services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'wrong current password', time: Date.now(), club: g.p.clubId, user: g.p.user.username, command: 'users.changeOwnPassword' });
+      appendAudit(services, g.p.store, { ...g.p.actor, action: 'login.failed', entity: 'users', recordId: g.p.user.id, changes: { reason: 'wrong current password at password change' } });
+      throw new CommandError('UNAUTHENTICATED', 'the current password is wrong');
+    }
+    if (p.oldPassword === p.newPassword) throw new CommandError('BAD_REQUEST', 'the new password must differ from the old one');
+    const hash = await hashPassword(p.newPassword, cost);
+    g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
+    const uid = g.p.user.id;
+    g.p.db.transaction(() => {
+      setPasswordHash(g.p.db, uid, hash, false, true);
+      g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: uid, changes: { passwordHash: { old: '[redacted]', new: '[redacted]' }, mustChangePassword: { old: g.p.user.mustChangePassword, new: false } } });
+    }).immediate();
+    refreshCredVersion(ctx, getUserById(g.p.db, uid)!.credVersion);
+    return { payload: { changed: true } };
+  });
+}
+
+/** rights.roles, rights.get, rights.set: the role templates and a user's grants (deny by default). */
+export function registerRights(d: Dispatcher, services: ClubServices): void {
+  register(d, 'rights.roles', strictObject({ club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'rights.roles', p);
+    g.needClub('users', 'read');
+    return { payload: { areas: [...AREAS], actions: [...ACTIONS], roles: ROLES.map((r) => ({ role: r, grants: roleTemplate(r, [1]) })) } };
+  });
+  register(d, 'rights.get', strictObject({ userId: id, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'rights.get', p);
+    if (p.userId !== g.p.user.id) g.needClub('users', 'read');
+    const u = getUserById(g.p.db, p.userId);
+    if (!u) throw new CommandError('NOT_FOUND', `user ${p.userId} does not exist`);
+    return { payload: { userId: u.id, admin: u.isAdmin, role: u.role, grants: grantsOf(u) } };
+  });
+  register(d, 'rights.set', strictObject({ userId: id, role: roleSchema.optional(), registers: registersSchema, grants: z.array(grantSchema).max(500).optional(), admin: z.boolean().optional(), club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'rights.set', p);
+    g.needClub('users', 'update');
+    const u = targetUser(g, p.userId, false);
+    if (p.role === undefined && p.grants === undefined && p.admin === undefined) throw new CommandError('BAD_REQUEST', 'give role (with registers), grants, or admin');
+    const r = p.role === undefined && p.grants === undefined ? { role: u.role, grants: grantsOf({ ...u, isAdmin: false }) } : resolveGrants(p);
+    checkGrantable(g, r.grants, p.admin);
+    if (p.admin === false && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be demoted');
+    const before = { role: u.role, admin: u.isAdmin, grants: grantsOf({ ...u, isAdmin: false }) };
+    g.p.db.transaction(() => {
+      setGrants(g.p.db, u.id, r.role, r.grants, p.admin);
+      g.p.audit.append({ ...g.p.actor, action: 'rights.set', entity: 'users', recordId: u.id, changes: { role: { old: before.role, new: r.role }, admin: { old: before.admin, new: p.admin ?? before.admin }, grants: { old: before.grants, new: r.grants } } });
+    }).immediate();
+    const after = getUserById(g.p.db, u.id)!;
+    if (g.has('users', 'read')?.kind !== 'club') return { payload: { userId: u.id } };
+    return { payload: { userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) } };
+  });
+}

@@ -1,0 +1,438 @@
+import type { Socket } from 'node:net';
+import { CLOSE_IDLE, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, MAX_INFLIGHT_REQUESTS } from '../../protocol/constants.js';
+import { ProtocolError } from '../../protocol/errors.js';
+import type { Message } from '../../protocol/messages.js';
+import type { ServerSession } from '../../protocol/server-session.js';
+import { CommandError } from './command-errors.js';
+import type { ConnectionInfo, Dispatcher } from './dispatcher.js';
+import type { Limits } from '../main/config.js';
+import type { Logger } from '../common/log.js';
+import { writePieces } from '../../client/socket-write.js';
+import { RequestLifecycle, type ConnectionEvents } from './requests.js';
+import { attachSocket, normalizeIp, onHandshakeTimer, onLoginTimer, onRecordTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
+
+export type { ConnectionEvents } from './requests.js';
+export { normalizeIp } from './socket-events.js';
+
+/** How long a terminated connection may take to read its CLOSE before it is destroyed. */
+const TERMINATE_GRACE_MS = 1000;
+
+/**
+ * Wires one socket to one ServerSession: bytes in, events out, commands dispatched, bytes
+ * written. Reading pauses while too many requests are in flight or too much output waits,
+ * so neither a pipelining client nor a slow reader can grow the server's memory without bound.
+ * This class is the connection's I/O (socket, handshake, record and login deadlines, output);
+ * the requests on it (in flight, deadlines, downloads) are RequestLifecycle's (requests.ts).
+ */
+export class Connection extends RequestLifecycle implements ConnectionIO {
+  readonly info: ConnectionInfo;
+  /** When the socket was accepted, ms since the epoch. */
+  readonly acceptedAt = Date.now();
+  private sessionState: Map<string, unknown> | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  /**
+   * The record deadline: when the record now partly received started (0: none), and one timer
+   * per connection that checks it (re-armed for the rest, never per byte or per record).
+   */
+  private recordStart = 0;
+  private recordTimer: NodeJS.Timeout | undefined;
+  /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
+  private loginTimer: NodeJS.Timeout | undefined;
+  private loggedIn = false;
+  private flushQueued = false;
+  private handshakeOpen = true;
+  /** Resources freed and socket destroyed (see destroy()). */
+  private released = false;
+  private pausedForOutput = false;
+  private bytesIn = 0;
+  private faulted = false;
+
+  constructor(
+    socket: Socket,
+    private readonly session: ServerSession,
+    dispatcher: Dispatcher,
+    limits: Limits,
+    log: Logger,
+    events: ConnectionEvents,
+    id: number,
+  ) {
+    super(socket, dispatcher, limits, log, events);
+    this.info = { id, ip: normalizeIp(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
+    socket.setNoDelay(true);
+    this.handshakeTimer = setTimeout(onHandshakeTimer, limits.handshakeTimeoutMs, this);
+    attachSocket(socket, this);
+  }
+
+  /** The per-connection state handlers share (ctx.session), created on first use. */
+  override sessionMap(): Map<string, unknown> {
+    return (this.sessionState ??= new Map());
+  }
+
+
+  /** Bytes received so far (0: the peer has sent nothing). */
+  get receivedBytes(): number {
+    return this.bytesIn;
+  }
+
+  get isEstablished(): boolean {
+    return this.session.state === 'ESTABLISHED';
+  }
+
+  /** Send a NOTICE (PROTOCOL.md) to an established peer; nothing once the connection is closing. */
+  notify(event: string, payload: Record<string, unknown>): void {
+    if (this.closed || !this.isEstablished) return;
+    this.send({ kind: 'notice', event, payload });
+    this.flush();
+  }
+
+  /**
+   * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
+   * Nothing more is read or answered; the socket is ended (FIN after the CLOSE record, so the
+   * peer reads the reason rather than a reset) and destroyed once the peer closes, or after a
+   * second at the latest. Returns false when the connection was already closing.
+   */
+  terminate(code: number): boolean {
+    if (this.closed) return false; // already closing
+    if (this.isEstablished) {
+      this.session.close(code);
+      this.flush();
+    }
+    this.closed = true;
+    this.socket.end();
+    setTimeout(onTerminateTimer, TERMINATE_GRACE_MS, this).unref();
+    return true;
+  }
+
+  /**
+   * The per-connection guard (issue 18): an exception that escaped this connection's code (a
+   * socket event, a timer, a handler's promise callback, a download) is logged with the peer's
+   * address, reported as a `protocol` violation, and ends this connection (CLOSE 3 when
+   * established, then the socket). The process keeps serving everyone else. Never throws.
+   */
+  override fault(where: string, e: unknown): void {
+    const first = !this.faulted;
+    this.faulted = true;
+    try {
+      if (first) {
+        const err = e as { name?: unknown; code?: unknown } | undefined;
+        // The error's name and code only: a message may quote peer input or secrets.
+        this.log.error('connection handler failed', {
+          conn: this.info.id,
+          ip: this.info.ip,
+          port: this.info.port,
+          where,
+          error: typeof err?.name === 'string' ? err.name : typeof e,
+          ...(typeof err?.code === 'string' ? { code: err.code } : {}),
+        });
+        this.events.violation('protocol', `server fault while handling this connection (${where})`);
+      }
+    } catch {
+      // Logging or reporting failed too; closing the connection still matters most.
+    }
+    try {
+      if (!(this.isEstablished && this.terminate(CLOSE_PROTOCOL_ERROR))) this.destroy();
+    } catch {
+      // Freeing failed half-way; the socket at least goes.
+    }
+    if (this.released && !this.socket.destroyed) {
+      try {
+        this.socket.destroy();
+      } catch {
+        // Nothing more can be done for this socket.
+      }
+    }
+  }
+
+  /** Runs `fn` inside the guard (for promise callbacks and microtasks). */
+  protected override guarded(where: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.fault(where, e);
+    }
+  }
+
+  /** Graceful shutdown: refuse new requests, close once the in-flight ones are answered. */
+  drain(): void {
+    this.draining = true;
+    if (!this.isEstablished) return this.destroy();
+    if (this.inflightCount === 0) this.closeWith(CLOSE_SHUTDOWN);
+  }
+
+  /**
+   * Frees everything, once: in-flight requests, keys, per-connection state, the socket. An
+   * orderly close (CLOSE sent, socket ended) only sets `closed`; this still runs when the socket
+   * closes, or when shutdown's deadline destroys a peer that never closed its end.
+   */
+  destroy(): void {
+    if (this.released) return;
+    this.released = true;
+    this.closed = true;
+    this.finishHandshake(false);
+    clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
+    clearTimeout(this.recordTimer);
+    clearTimeout(this.loginTimer);
+    if (this.inflight) {
+      for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
+      this.inflight.clear();
+    }
+    this.session.wipe();
+    if (this.sessionState) this.dispatcher.connectionClosed(this.info, this.sessionState);
+    this.socket.destroy();
+  }
+
+  /** @internal socket listener */
+  onData(data: Buffer): void {
+    if (this.closed) return;
+    this.bytesIn += data.length;
+    this.session.receive(data);
+    this.pump();
+    this.watchRecord();
+  }
+
+  /**
+   * A record started must be finished within recordTimeoutMs of its first byte, however the
+   * bytes trickle in (nginx client_body_timeout is a deadline for the whole read in the same
+   * way); the handshake has its own whole deadline.
+   */
+  private watchRecord(): void {
+    if (this.closed || this.handshakeOpen) return;
+    if (this.session.bufferedBytes === 0) {
+      this.recordStart = 0;
+    } else if (this.recordStart === 0) {
+      this.recordStart = Date.now();
+      this.recordTimer ??= setTimeout(onRecordTimer, this.limits.recordTimeoutMs, this);
+    }
+  }
+
+  /** @internal */
+  onRecordTimeout(): void {
+    this.recordTimer = undefined;
+    if (this.closed || this.recordStart === 0) return;
+    const left = this.recordStart + this.limits.recordTimeoutMs - Date.now();
+    if (left > 0) {
+      // An earlier record finished in time; this one has the rest of its own deadline.
+      this.recordTimer = setTimeout(onRecordTimer, left, this);
+      return;
+    }
+    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.session.bufferedBytes });
+    this.closed = true; // see onHandshakeTimeout
+    this.events.violation('slow', 'record not completed in time');
+    this.destroy();
+  }
+
+  /** @internal A handler logged a user in on this connection. */
+  override markAuthenticated(): void {
+    if (this.loggedIn) return;
+    this.loggedIn = true;
+    clearTimeout(this.loginTimer);
+    this.loginTimer = undefined;
+    this.events.loggedIn?.();
+  }
+
+  /** @internal */
+  onLoginTimeout(): void {
+    this.loginTimer = undefined;
+    if (this.closed || this.loggedIn) return;
+    this.log.info('login deadline', { conn: this.info.id, ip: this.info.ip });
+    this.closeWith(CLOSE_IDLE);
+  }
+
+  private pump(): void {
+    for (;;) {
+      if (this.closed) return;
+      const ev = this.session.nextEvent();
+      switch (ev.type) {
+        case 'need-data':
+          this.flush();
+          return;
+        case 'hello':
+          this.events.counted('hello');
+          continue;
+        case 'established':
+          this.finishHandshake(true);
+          this.events.counted('established');
+          this.socket.setTimeout(this.limits.idleTimeoutMs);
+          if (!this.closed && !this.loggedIn) this.loginTimer = setTimeout(onLoginTimer, this.limits.loginTimeoutMs, this);
+          continue;
+        case 'message':
+          this.onMessage(ev.message);
+          continue;
+        case 'closed':
+          this.flush();
+          this.socket.end();
+          this.closed = true;
+          this.finishHandshake(false);
+          return;
+        case 'error':
+          return this.protocolFailure(ev.error);
+      }
+    }
+  }
+
+  private protocolFailure(error: ProtocolError): void {
+    const cause = (error as { cause?: unknown }).cause;
+    // The violation (with this code) is logged by the ban engine; this line adds the state.
+    this.log.debug('connection refused', {
+      conn: this.info.id,
+      ip: this.info.ip,
+      code: error.code,
+      state: this.session.state,
+      ...(cause instanceof Error ? { cause: cause.name } : {}),
+    });
+    this.closed = true; // see onHandshakeTimeout
+    this.events.violation(error.violationKind, error.code);
+    this.flush(); // a Reject, if the session produced one
+    this.destroy();
+  }
+
+  private onMessage(m: Message): void {
+    switch (m.kind) {
+      case 'request':
+        return this.onRequest(m.id, m.command, m.payload, m.stream);
+      case 'chunk': {
+        const f = this.inflight?.get(m.id);
+        if (!f?.upload) return; // a race with completion or cancel; the data is dropped
+        try {
+          f.upload.push(m.data);
+        } catch (e) {
+          return this.protocolFailure(e as ProtocolError);
+        }
+        return;
+      }
+      case 'end':
+        this.inflight?.get(m.id)?.upload?.end();
+        return;
+      case 'credit': {
+        try {
+          this.inflight?.get(m.id)?.credit?.add(m.bytes);
+        } catch (e) {
+          return this.protocolFailure(e as ProtocolError);
+        }
+        return;
+      }
+      case 'cancel': {
+        const f = this.inflight?.get(m.id);
+        if (f) this.abortInFlight(f, new CommandError('CANCELLED', 'cancelled by the client'));
+        return;
+      }
+      default:
+        return this.protocolFailure(new ProtocolError('BAD_MESSAGE', `a client may not send ${m.kind}`));
+    }
+  }
+
+
+
+
+
+
+
+
+
+  protected override afterRequest(): void {
+    if (this.closed) return;
+    if (this.draining && this.inflightCount === 0) return this.closeWith(CLOSE_SHUTDOWN);
+    this.maybeResume();
+  }
+
+  private maybeResume(): void {
+    if (this.inflightCount < MAX_INFLIGHT_REQUESTS && !this.pausedForOutput && this.socket.isPaused()) this.socket.resume();
+  }
+
+
+  /**
+   * Seals the message now and writes it with everything else produced in this turn: a flush
+   * is queued as a microtask, so the answers to all requests of one read leave in one write.
+   */
+  protected override send(m: Message): void {
+    if (this.closed || !this.isEstablished) return;
+    // Throws RECORD_TOO_LARGE before sealing anything when `m` does not fit one record; the
+    // callers turn that into TOO_LARGE (responses) or cannot meet it (bounded errors, credit).
+    this.session.sendMessage(m);
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(() => {
+        this.flushQueued = false;
+        this.guarded('flush', () => this.flush());
+      });
+    }
+  }
+
+  private flush(): void {
+    const out = this.session.takeOutputPieces();
+    if (out.length === 0 || this.socket.destroyed) return;
+    writePieces(this.socket, out);
+    if (this.socket.writableLength > this.limits.writeHighWaterBytes && !this.pausedForOutput) {
+      this.pausedForOutput = true;
+      this.socket.pause();
+    }
+  }
+
+  /** @internal socket listener */
+  onDrain(): void {
+    if (!this.pausedForOutput) return;
+    this.pausedForOutput = false;
+    this.maybeResume();
+  }
+
+  protected closeWith(code: number): void {
+    if (this.closed) return;
+    this.session.close(code);
+    this.flush();
+    this.closed = true;
+    this.finishHandshake(false);
+    this.socket.end();
+  }
+
+  private finishHandshake(established: boolean): void {
+    if (!this.handshakeOpen) return;
+    this.handshakeOpen = false;
+    clearTimeout(this.handshakeTimer);
+    this.events.handshakeDone(established);
+  }
+
+  /** @internal */
+  onHandshakeTimeout(): void {
+    if (!this.handshakeOpen || this.closed) return;
+    const silent = this.bytesIn === 0;
+    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    // Closed first: the ban this violation may trigger must not terminate (and count) it again.
+    this.closed = true;
+    this.events.violation(silent ? 'silent' : 'handshake', silent ? 'sent nothing' : 'handshake not completed in time');
+    this.destroy();
+  }
+
+  /** @internal socket listener */
+  onIdle(): void {
+    if (this.inflightCount > 0) return;
+    this.log.info('idle timeout', { conn: this.info.id });
+    this.closeWith(CLOSE_IDLE);
+  }
+
+  /** @internal socket listener */
+  onEnd(): void {
+    if (this.closed) return;
+    // Classified by the stage reached (PROTOCOL.md): a ClientHello cut short ("CM", 40 of 75
+    // bytes) is a broken handshake, counted, not a record-layer attack banned at once.
+    if (this.handshakeOpen && this.bytesIn > 0) {
+      this.protocolFailure(new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'connection ended inside the handshake'));
+      return;
+    }
+    if (this.session.bufferedBytes > 0) {
+      this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
+      return;
+    }
+    this.closeWith(this.isEstablished ? CLOSE_NORMAL : CLOSE_PROTOCOL_ERROR);
+  }
+
+  /** @internal socket listener */
+  onSocketClose(): void {
+    try {
+      this.destroy();
+    } finally {
+      // Even when freeing failed: the daemon must forget the connection and its pending slot.
+      this.events.closed();
+    }
+  }
+}

@@ -1,0 +1,216 @@
+/**
+ * Writing an archive: the in-memory snapshot of a club (one read transaction), the plaintext tar
+ * streamed through encryption, and the atomic write of the file.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, renameSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createDecryptStream, createEncryptStream } from '../../crypto/chunked-aead.js';
+import { CryptoError } from '../../crypto/errors.js';
+import { fsyncDir } from '../../crypto/atomic-file.js';
+import { TAR_END, tarHeader, tarPadding } from './backup-tar.js';
+import { CLUB_DB_FILE, clubDir } from '../club/club-store.js';
+import { StorageError } from '../engine/errors.js';
+import { type Storage } from '../server/storage.js';
+import { hashTap } from '../engine/hash-tap.js';
+import { ORIGIN_ENTRY, signOrigin, type OriginSigner } from './archive-origin.js';
+import { ClubSnapshot, MANIFEST_FORMAT, Manifest, ManifestDocument, SnapDoc, inspectImage, openImage, sealHeader } from './archive-format.js';
+import { SealKey, archiveSigner } from './club-backup-keys.js';
+
+/**
+ * Snapshot a club: in one synchronous step (no other statement of this process runs in
+ * between, and a read transaction covers both reads) the store image, the document rows, hard
+ * links to the documents' encrypted files (so a deletion after this moment cannot take them
+ * away), and the documents' keys. Everything after works on the snapshot.
+ */
+export function takeClubSnapshot(st: Storage, clubId: string, now: Date = new Date()): ClubSnapshot {
+  const row = st.server.mustGetClub(clubId);
+  const store = st.openClub(clubId, { allowSuspended: true });
+  const staging = join(store.dir, `.backup-${randomBytes(6).toString('hex')}`);
+  const docs: SnapDoc[] = [];
+  let image!: Buffer;
+  mkdirSync(staging, { mode: 0o700 });
+  try {
+    store.db.transaction(() => {
+      image = store.db.serialize();
+      const rows = store.db.prepare('SELECT id, kind, name, size, sha256, file, wrappedKey FROM documents ORDER BY id').all() as Array<ManifestDocument & { file: string; wrappedKey: Buffer }>;
+      for (const d of rows) {
+        const link = join(staging, d.file);
+        try {
+          linkSync(join(store.docsDir, d.file), link);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StorageError('DOC_NOT_FOUND', `file of document ${d.id} of club ${clubId} is missing; the backup of this club stops here`, { cause: e });
+          throw e;
+        }
+        docs.push({ id: d.id, kind: d.kind, name: d.name, size: d.size, sha256: d.sha256, path: link, key: store.unwrapDocumentKey(d.wrappedKey, d.file) });
+      }
+    })();
+  } catch (e) {
+    for (const d of docs) d.key.fill(0);
+    rmSync(staging, { recursive: true, force: true });
+    throw e;
+  }
+  image[18] = 1;
+  image[19] = 1;
+  const mem = openImage(image);
+  let facts: ReturnType<typeof inspectImage>;
+  try {
+    facts = inspectImage(mem);
+  } finally {
+    mem.close();
+  }
+  const docFp = createHash('sha256').update(facts.dataFingerprint);
+  for (const d of docs) docFp.update(`${d.id}:${d.sha256};`);
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    version: 1,
+    clubId,
+    club: { name: row.name, plan: row.plan, settings: row.settings },
+    createdAt: now.toISOString(),
+    schemaVersion: facts.schemaVersion,
+    sqlite: { bytes: image.length, sha256: createHash('sha256').update(image).digest('hex') },
+    tables: facts.tables,
+    documents: docs.map(({ id, kind, name, size, sha256 }) => ({ id, kind, name, size, sha256 })),
+    auditHead: facts.auditHead,
+    dataFingerprint: docFp.digest('hex'),
+  };
+  let released = false;
+  return {
+    clubId,
+    manifest,
+    image,
+    docs,
+    staging,
+    release() {
+      if (released) return;
+      released = true;
+      for (const d of docs) d.key.fill(0);
+      rmSync(staging, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Remove staging folders a crash left behind (called before a backup run). */
+export function sweepBackupStaging(st: Storage, clubId: string, olderThanMs = 3_600_000): void {
+  let dir: string;
+  try {
+    dir = clubDir(st.dataDir, clubId);
+    for (const n of readdirSync(dir)) {
+      if (!n.startsWith('.backup-') && !n.startsWith(CLUB_DB_FILE + '.restoring')) continue;
+      const p = join(dir, n);
+      if (Date.now() - statSync(p).mtimeMs >= olderThanMs) rmSync(p, { recursive: true, force: true });
+    }
+  } catch {
+    /* no folder yet */
+  }
+}
+
+// ---- writing -------------------------------------------------------------------------------
+
+export function docEntryName(id: number): string {
+  return `documents/${id}`;
+}
+
+function manifestBytes(m: Manifest): Buffer {
+  return Buffer.from(JSON.stringify(m, null, 2) + '\n', 'utf8');
+}
+
+async function* plaintextTar(snap: ClubSnapshot, origin: Buffer): AsyncGenerator<Buffer> {
+  const mtime = Date.parse(snap.manifest.createdAt) / 1000;
+  const manifest = manifestBytes(snap.manifest);
+  yield tarHeader('manifest.json', manifest.length, mtime);
+  yield manifest;
+  yield tarPadding(manifest.length);
+  yield tarHeader(ORIGIN_ENTRY, origin.length, mtime);
+  yield origin;
+  yield tarPadding(origin.length);
+  yield tarHeader('club.sqlite', snap.image.length, mtime);
+  yield snap.image;
+  yield tarPadding(snap.image.length);
+  for (const d of snap.docs) {
+    yield tarHeader(docEntryName(d.id), d.size, mtime);
+    const h = createHash('sha256');
+    let n = 0;
+    const dec = createDecryptStream(d.key);
+    const rs = createReadStream(d.path, { highWaterMark: 1 << 20 });
+    rs.on('error', (e) => dec.destroy(e));
+    rs.pipe(dec);
+    try {
+      for await (const c of dec as AsyncIterable<Buffer>) {
+        n += c.length;
+        if (n > d.size) throw new StorageError('DOC_CORRUPT', `document ${d.id} of club ${snap.clubId} is longer than recorded`);
+        h.update(c);
+        yield c;
+      }
+    } catch (e) {
+      if (e instanceof CryptoError) throw new StorageError('DOC_CORRUPT', `document ${d.id} of club ${snap.clubId} is damaged (${e.message}); the backup of this club stops here`, { cause: e });
+      throw e;
+    } finally {
+      rs.destroy();
+    }
+    if (n !== d.size || h.digest('hex') !== d.sha256) throw new StorageError('DOC_CORRUPT', `document ${d.id} of club ${snap.clubId} does not match its recorded size/SHA-256; the backup of this club stops here`);
+    yield tarPadding(d.size);
+  }
+  yield TAR_END;
+}
+
+/**
+ * The encrypted archive of a snapshot as a stream. The snapshot is released (keys zeroed,
+ * staging links removed) when the stream ends, fails or is destroyed.
+ */
+export function archiveStream(snap: ClubSnapshot, key: SealKey, o: { signer: OriginSigner; now?: Date; chunkLog2?: number }): Readable {
+  const sealed = sealHeader(snap.clubId, key, o.now ?? new Date(snap.manifest.createdAt));
+  const origin = signOrigin(o.signer, sealed.header, manifestBytes(snap.manifest));
+  const enc = createEncryptStream(sealed.key, o.chunkLog2 !== undefined ? { chunkLog2: o.chunkLog2 } : {});
+  sealed.key.fill(0);
+  const src = Readable.from(plaintextTar(snap, origin), { objectMode: false, highWaterMark: 1 << 20 });
+  src.on('error', (e) => enc.destroy(e));
+  src.pipe(enc);
+  async function* out(): AsyncGenerator<Buffer> {
+    try {
+      yield sealed.header;
+      for await (const c of enc as AsyncIterable<Buffer>) yield c;
+    } finally {
+      src.destroy();
+      enc.destroy();
+      snap.release();
+    }
+  }
+  return Readable.from(out(), { objectMode: false, highWaterMark: 1 << 20 });
+}
+
+/** Snapshot a club and give its encrypted archive stream, signed by this server (archiveSigner). */
+export function createClubArchive(st: Storage, clubId: string, key: SealKey, o: { now?: Date } = {}): { manifest: Manifest; stream: Readable } {
+  const signer = archiveSigner(st);
+  const snap = takeClubSnapshot(st, clubId, o.now);
+  return { manifest: snap.manifest, stream: archiveStream(snap, key, { ...o, signer }) };
+}
+
+/** Write a stream to `path` atomically (temp file, fsync, rename, fsync folder). */
+export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: string): Promise<{ size: number; sha256: string }> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${randomBytes(6).toString('hex')}`);
+  const tap = hashTap();
+  try {
+    await pipeline(stream, tap, createWriteStream(tmp, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }));
+    const fh = await open(tmp, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    renameSync(tmp, path);
+    fsyncDir(dirname(path));
+  } catch (e) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* not created */
+    }
+    throw e;
+  }
+  return tap.digest();
+}

@@ -334,7 +334,7 @@ export class ClusterNode extends EventEmitter {
       st.log?.close();
       await st.follower?.stop();
     }
-    await Promise.all([this.members.stop(), this.placement.stop(), this.drains.stop(), this.registry.stop(), this.bans.stop()]);
+    await Promise.all([this.members.stop(), this.placement.stop(), this.drains.stop(), this.registry.stop(), this.bans.stop(), this.leader?.abandon()]);
     this.lease?.abandon();
     this.gw.close();
   }

@@ -255,6 +255,15 @@ export class PlacementLeader extends EventEmitter {
     }
   }
 
+  /** Stop watching without resigning (a crash drill: the key goes with the lease). */
+  async abandon(): Promise<void> {
+    this.stopped = true;
+    this.leading = false;
+    const w = this.watcher;
+    this.watcher = undefined;
+    if (w) await cancelWatcher(w);
+  }
+
   /** Give leadership up (clean stop). */
   async stop(): Promise<void> {
     this.stopped = true;

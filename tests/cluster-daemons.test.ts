@@ -237,4 +237,28 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
       }, 15_000);
     }
   });
+
+  test('commusic --server A,B,C tries the servers in turn and follows the redirect to the club\'s server', async () => {
+    const { result } = await runOperation(members[0]!.dir, 'club.create', { name: 'Chor CLI', admin: 'admin', password: PASSWORD });
+    const club = (result as { id: string }).id;
+    const st = await until('the club served', async () => {
+      const s = await status(members[0]!);
+      return s.clubs.find((x) => x.id === club)?.primary ?? undefined;
+    });
+    const other = members.find((m) => m.id !== st)!;
+    const dead = `127.0.0.9:${await freePort('127.0.0.9')}`;
+    // a dead server first, then one that does not serve the club: the CLI must get through
+    const list = [dead, `${other.host}:${other.port}`].join(',');
+    const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      const c = spawn(process.execPath, [join(BIN, 'commusic.js'), '--server', list, '--fingerprint', fingerprint, '--club', club, '--user', 'admin', '--password-stdin', 'call', 'auth.whoami'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      c.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+      c.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+      c.on('exit', (code) => resolve({ code, stdout, stderr }));
+      c.stdin!.end(`${PASSWORD}\n`);
+    });
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal((JSON.parse(out.stdout) as { club: string }).club, club);
+  });
 });

@@ -20,8 +20,11 @@ interface Child {
   ready: Record<string, unknown>;
 }
 
-function start(script: string, args: string[]): Promise<Child> {
-  const proc = fork(fileURLToPath(new URL(script, import.meta.url)), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+/** BENCH_CPU_PROF=DIR: a V8 CPU profile of our server child in DIR (`--cpu-prof`). */
+function start(script: string, args: string[], profile = false): Promise<Child> {
+  const dir = process.env['BENCH_CPU_PROF'];
+  const execArgv = profile && dir ? ['--cpu-prof', '--cpu-prof-dir', dir] : [];
+  const proc = fork(fileURLToPath(new URL(script, import.meta.url)), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
   return new Promise((resolve, reject) => {
     proc.once('exit', (code) => reject(new Error(`${script} exited with code ${code} before it was ready`)));
     proc.on('message', (m: { type: string }) => {
@@ -35,6 +38,19 @@ function stop(c: Child): Promise<void> {
     c.proc.once('exit', () => r());
     if (c.proc.connected) c.proc.disconnect();
     setTimeout(() => c.proc.kill('SIGKILL'), 5000).unref();
+  });
+}
+
+/** The child's CPU time (user + system) so far, in microseconds. */
+function cpuOf(c: Child): Promise<number> {
+  return new Promise((resolve) => {
+    const on = (m: { type: string; micros?: number }) => {
+      if (m.type !== 'cpu') return;
+      c.proc.off('message', on);
+      resolve(m.micros!);
+    };
+    c.proc.on('message', on);
+    c.proc.send({ type: 'cpu' });
   });
 }
 
@@ -103,7 +119,7 @@ export async function runDataBench(opts: { quick?: boolean; log?: (s: string) =>
   const ms = opts.quick ? 1500 : 5000;
   const warm = opts.quick ? 300 : 1000;
   const log = opts.log ?? (() => undefined);
-  const ours = await start('./data-child.js', []);
+  const ours = await start('./data-child.js', [], true);
   const tls = await start('./server-child.js', ['tls']);
   const conns: Connection[] = [];
   const echoes: TlsEcho[] = [];
@@ -121,14 +137,23 @@ export async function runDataBench(opts: { quick?: boolean; log?: (s: string) =>
     const body = Buffer.alloc(size, 0x61);
     log(`data: TLS echo of ${size} bytes over ${CONNECTIONS} connections`);
     const echo = await rate(CONNECTIONS, warm, ms, (w) => echoes[w]!.echo(body));
+    let pings = 0;
+    const pcpu0 = await cpuOf(ours);
     const ping = await rate(CONNECTIONS, warm, ms, async (w) => {
       await conns[w]!.request('ping', {});
+      pings++;
     });
+    const pingCpu = ((await cpuOf(ours)) - pcpu0) / pings;
     log(`data: ping over the same connections ${Math.round(ping)} req/s (the channel alone)`);
     log(`data: persons.get over ${CONNECTIONS} connections`);
+    let gets = 0;
+    const cpu0 = await cpuOf(ours);
     const get = await rate(CONNECTIONS, warm, ms, async (w) => {
       await conns[w]!.request('persons.get', { id: persons[w]! });
+      gets++;
     });
+    const getCpu = ((await cpuOf(ours)) - cpu0) / gets;
+    log(`data: server CPU per persons.get ${getCpu.toFixed(1)} us`);
     let n = 0;
     log(`data: persons.update over ${CONNECTIONS} connections`);
     const upd = await rate(CONNECTIONS, warm, ms, async (w) => {
@@ -136,6 +161,7 @@ export async function runDataBench(opts: { quick?: boolean; log?: (s: string) =>
     });
     const baselineName = `Node TLS 1.3 echo of ${size} B, ${CONNECTIONS} connections`;
     return [
+      { group: 'data', name: `server CPU per persons.get, ${CONNECTIONS} connections`, value: getCpu, unit: 'us', baseline: (pingCpu), baselineName: 'ping over the same connections (the channel alone)', higherIsBetter: false, note: `server child's process.cpuUsage (user + system) over ${gets} requests, warm-up included` },
       { group: 'data', name: `authenticated persons.get, ${CONNECTIONS} connections`, value: Math.round(get), unit: 'req/s', baseline: Math.round(echo), baselineName, higherIsBetter: true, target: '>= 0.7x', met: get >= 0.7 * echo },
       {
         group: 'data',

@@ -14,7 +14,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import SftpClient from 'ssh2-sftp-client';
 import { z } from 'zod';
-import { fsyncDir } from '../../crypto/atomic-file.js';
+import { fsyncDirAsync } from '../../crypto/atomic-file.js';
 import { ARCHIVE_SUFFIX } from '../../storage/backup/backup-archive.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 
@@ -105,7 +105,7 @@ export class LocalDestination implements BackupDestination {
         await fh.close();
       }
       await fsp.rename(tmp, target);
-      fsyncDir(dir);
+      await fsyncDirAsync(dir);
     } catch (e) {
       await fsp.rm(tmp, { force: true });
       throw e;

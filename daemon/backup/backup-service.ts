@@ -18,12 +18,15 @@
  */
 import type { AlertKind } from '../mail/alert-catalogue.js';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Cron } from 'croner';
-import { createClubArchive, sweepBackupStaging, writeFileAtomic } from '../../storage/backup/backup-archive.js';
+import { sweepBackupStaging } from '../../storage/backup/backup-archive.js';
+import { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
-import { clubSealingKey } from '../../storage/backup/archive-keys.js';
+import { clubSealingKey, initArchiveKeys } from '../../storage/backup/archive-keys.js';
+import { LastSuccess } from './last-success.js';
 import type { Storage } from '../../storage/server/storage.js';
 import { archiveName, openDestination, type ArchiveEntry, type BackupDestination } from './backup-destinations.js';
 import { nullLogger, type Logger } from '../common/log.js';
@@ -53,10 +56,14 @@ export class BackupService {
   readonly #now: () => Date;
   readonly #onStored: ((d: string, t: number) => void) | undefined;
   readonly #staging: string;
+  /** Club snapshots on a worker thread, one at a time (storage/backup/snapshot-pool.ts). */
+  readonly #snapshots: SnapshotPool;
   #cron: Cron | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #catchUpTimer: NodeJS.Timeout | undefined;
   #running: Promise<RunReport> | undefined;
+  /** Last stored archive per destination, written to server.db now and then (last-success.ts). */
+  readonly #stored: LastSuccess;
   /** Set by cancel(): the running run starts no further club. */
   #cancel = false;
   #closed = false;
@@ -70,6 +77,8 @@ export class BackupService {
     this.#onStored = o.onStored;
     this.destinations = o.destinations ?? this.settings.destinations.map((d) => openDestination(d, o.storage.dataDir));
     this.#staging = path.join(o.storage.dataDir, 'backup-staging');
+    this.#snapshots = o.snapshots ?? new SnapshotPool();
+    this.#stored = new LastSuccess(o.storage.server);
   }
 
   destination(name: string): BackupDestination {
@@ -82,7 +91,7 @@ export class BackupService {
   lastBackups(): Array<[string, number]> {
     const out: Array<[string, number]> = [];
     for (const d of this.destinations) {
-      const v = this.#st.server.getMeta(`backup.lastSuccess.${d.name}`);
+      const v = this.#stored.get(d.name) ?? this.#st.server.getMeta(`backup.lastSuccess.${d.name}`);
       if (v) out.push([d.name, Number(v)]);
     }
     return out;
@@ -110,8 +119,14 @@ export class BackupService {
     const file = path.join(this.#staging, `${clubId}-${randomBytes(6).toString('hex')}.cmbk`);
     const result: ClubRunResult = { clubId, name, size: 0, stored: [], failed: [] };
     try {
-      const { stream } = createClubArchive(st, clubId, { kind: 'server', key: clubSealingKey(st, clubId) }, { now });
-      const { size, sha256 } = await writeFileAtomic(stream, file);
+      const key = clubSealingKey(st, clubId);
+      let written: { size: number; sha256: string };
+      try {
+        written = await this.#snapshots.archive(st, clubId, key, file, now);
+      } finally {
+        key.fill(0);
+      }
+      const { size, sha256 } = written;
       result.size = size;
       const targets = this.destinations.filter((d) => (!o.only || o.only.includes(d.name)) && !o.skip?.has(d.name));
       await Promise.all(
@@ -120,7 +135,7 @@ export class BackupService {
             await d.put(name, file, sha256);
             result.stored.push(d.name);
             const t = this.#now().getTime();
-            st.server.setMeta(`backup.lastSuccess.${d.name}`, String(t));
+            this.#stored.note(d.name, t);
             this.#onStored?.(d.name, t);
           } catch (e) {
             result.failed.push({ destination: d.name, error: errText(e) });
@@ -133,7 +148,8 @@ export class BackupService {
       result.error = errText(e);
       this.#log.error('backup of club failed', { event: 'backup-failed', clubId, error: result.error });
     } finally {
-      rmSync(file, { force: true });
+      // Not rmSync: unlinking a file of a few MB can take tens of ms under disk load, on the event loop.
+      await rm(file, { force: true });
     }
     return result;
   }
@@ -173,6 +189,7 @@ export class BackupService {
     let ok = 0;
     let bytes = 0;
     const notStarted: string[] = [];
+    initArchiveKeys(st, clubs);
     await pool(clubs, this.settings.parallelism, async (clubId) => {
       if (this.#cancel) {
         notStarted.push(clubId);
@@ -189,6 +206,7 @@ export class BackupService {
       }
       o.onProgress?.(++done, clubs.length, clubId);
     });
+    this.#stored.flush();
     for (const [d, err] of down) destStats[d]!.down = err;
     // Gaps: what this run missed, plus older gaps this run did not cover.
     const covered = new Set(clubs.filter((c) => !notStarted.includes(c)));
@@ -230,6 +248,7 @@ export class BackupService {
       for (const f of r.failed) left.push({ clubId, dest: f.destination });
       if (r.error) for (const d of dests) left.push({ clubId, dest: d });
     }
+    this.#stored.flush();
     this.#setGaps(left);
     for (const [d, err] of down) await this.#alert('backup-destination-still-down', 'critical', `backup destination ${d} is still down`, [`Destination: ${d}`, `Error: ${err}`, `${left.filter((g) => g.dest === d).length} club archives still missing there.`]);
     if (left.length) this.#scheduleRetry();
@@ -316,7 +335,7 @@ export class BackupService {
    */
   async mailClubBackups(only?: readonly string[]): Promise<MailReport> {
     if (!this.#mailer) return emptyMail();
-    const deps = { st: this.#st, mailer: this.#mailer, log: this.#log, now: this.#now, staging: this.#staging, maxBytes: this.settings.mail.maxBytes, alert: this.#alert.bind(this) };
+    const deps = { st: this.#st, mailer: this.#mailer, log: this.#log, now: this.#now, staging: this.#staging, maxBytes: this.settings.mail.maxBytes, alert: this.#alert.bind(this), snapshot: (clubId: string, now: Date) => this.#snapshots.snapshot(this.#st, clubId, now) };
     return mailClubBackups(deps, only);
   }
 
@@ -372,5 +391,6 @@ export class BackupService {
     if (this.#catchUpTimer) clearTimeout(this.#catchUpTimer);
     await this.#running?.catch(() => undefined);
     for (const d of this.destinations) await d.close();
+    await this.#snapshots.close();
   }
 }

@@ -2,6 +2,7 @@
  * The backup configuration (destinations, schedule, retention, mail limit), the reports of a run and
  * of the club mail, and the small helpers they share.
  */
+import type { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { z } from 'zod';
 import type { Storage } from '../../storage/server/storage.js';
 import { DurationSchema } from '../bans/ban-policy.js';
@@ -97,6 +98,8 @@ export interface BackupServiceOptions {
   onStored?: (destination: string, timeMs: number) => void;
   /** Replace the configured destinations (tests, bench). */
   destinations?: BackupDestination[];
+  /** The snapshot workers (default: one worker thread; tests pass a failing one). */
+  snapshots?: SnapshotPool;
 }
 
 export function errText(e: unknown): string {

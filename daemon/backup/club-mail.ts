@@ -7,7 +7,7 @@ import type { AlertKind } from '../mail/alert-catalogue.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { archiveSigner, archiveStream, clubBackupSettings, takeClubSnapshot, writeFileAtomic, type Manifest } from '../../storage/backup/backup-archive.js';
+import { archiveSigner, archiveStream, clubBackupSettings, takeClubSnapshot, writeFileAtomic, type ClubSnapshot, type Manifest } from '../../storage/backup/backup-archive.js';
 import type { Storage } from '../../storage/server/storage.js';
 import { type Logger } from '../common/log.js';
 import type { AlertMailer } from '../mail/mailer.js';
@@ -24,6 +24,8 @@ export interface ClubMailDeps {
   /** Largest archive attached, bytes (backups.mail.maxBytes). */
   readonly maxBytes: number;
   readonly alert: (kind: AlertKind, severity: 'warning' | 'critical', subject: string, lines: string[]) => Promise<void>;
+  /** A club's snapshot (the backup service's worker thread); default takeClubSnapshot on this thread. */
+  readonly snapshot?: (clubId: string, now: Date) => Promise<ClubSnapshot>;
 }
 
 /**
@@ -48,7 +50,7 @@ export async function mailClubBackups(d: ClubMailDeps, only?: readonly string[])
     const metaKey = `backup.mailed.${row.id}`;
     let file: string | undefined;
     try {
-      const snap = takeClubSnapshot(st, row.id, d.now());
+      const snap = d.snapshot ? await d.snapshot(row.id, d.now()) : takeClubSnapshot(st, row.id, d.now());
       if (st.server.getMeta(metaKey) === snap.manifest.dataFingerprint) {
         snap.release();
         rep.unchanged.push(row.id);

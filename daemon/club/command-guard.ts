@@ -11,7 +11,7 @@ import { appendAudit, requirePrincipal, type ClubServices, type Principal } from
 import { CommandError } from '../edge/command-errors.js';
 import { ENTITY_AREA, type DataEntity } from './data-areas.js';
 import type { CommandContext, Dispatcher } from '../edge/dispatcher.js';
-import { effectiveScope, type Action, type Area, type Effective } from './rights.js';
+import { effectiveScope, type Action, type Area, type Effective, type Grant } from './rights.js';
 
 export const clubField = z.string().min(1).max(64).optional();
 export const id = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
@@ -28,6 +28,31 @@ export const usernameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._@-]{0,63
 export const passwordSchema = z.string().min(12, 'passwords have at least 12 characters').max(1024);
 
 // ---- helpers --------------------------------------------------------------------------------
+
+/** The row scopes of a club-wide right, shared (RowScope values are never changed after creation). */
+const ALL_ROWS: RowScope = Object.freeze({ kind: 'all' });
+const ALL_ROWS_UNBLOCKED: RowScope = Object.freeze({ kind: 'all', hideBlocked: true });
+
+/**
+ * effectiveScope, remembered per grants list: a session's grants are one array per rights
+ * version (session.ts grantsCache), so each (area, action) is worked out once per rights change
+ * instead of several times per request. The Effective values are shared and never changed.
+ */
+const effectiveMemo = new WeakMap<readonly Grant[], Map<string, Effective | null>>();
+
+export function effectiveOf(grants: readonly Grant[], area: Area, action: Action): Effective | undefined {
+  let m = effectiveMemo.get(grants);
+  if (!m) effectiveMemo.set(grants, (m = new Map()));
+  const key = ACTION_KEYS[action] + area;
+  let e = m.get(key);
+  if (e === undefined) {
+    e = effectiveScope(grants, area, action) ?? null;
+    m.set(key, e);
+  }
+  return e ?? undefined;
+}
+
+const ACTION_KEYS: Readonly<Record<Action, string>> = { read: 'r:', create: 'c:', update: 'u:', delete: 'd:', export: 'e:' };
 
 export class Guard {
   constructor(
@@ -62,7 +87,7 @@ export class Guard {
   }
 
   need(area: Area, action: Action): Effective {
-    const e = effectiveScope(this.p.grants, area, action);
+    const e = effectiveOf(this.p.grants, area, action);
     if (!e) this.deny(`${area}:${action}`);
     return e;
   }
@@ -74,7 +99,7 @@ export class Guard {
   }
 
   has(area: Area, action: Action): Effective | undefined {
-    return effectiveScope(this.p.grants, area, action);
+    return effectiveOf(this.p.grants, area, action);
   }
 
   /** Whether the caller holds the dedicated right to read blocked persons (GDPR Art. 18). */
@@ -89,9 +114,9 @@ export class Guard {
    */
   rowScope(e: Effective, entity: EntityName, mode: 'read' | 'write' | 'export' = 'write'): RowScope {
     const hideBlocked = mode !== 'read' || !this.readsBlocked();
+    if (e.kind === 'club') return hideBlocked ? ALL_ROWS_UNBLOCKED : ALL_ROWS;
     let s: RowScope;
-    if (e.kind === 'club') s = { kind: 'all' };
-    else if (MODEL[entity].registerScope.kind === 'none') s = { kind: 'none' };
+    if (MODEL[entity].registerScope.kind === 'none') s = { kind: 'none' };
     else if (e.kind === 'registers') s = { kind: 'registers', registers: [...e.registers], ...(e.own ? { personId: this.p.user.personId } : {}) };
     else s = { kind: 'person', personId: this.p.user.personId };
     return hideBlocked ? { ...s, hideBlocked: true } : s;
@@ -127,7 +152,7 @@ export class Guard {
   }
 }
 
-export async function guard(services: ClubServices, ctx: CommandContext, command: string, payload: { club?: string | undefined }, o: { allowMustChange?: boolean } = {}): Promise<Guard> {
+export function guard(services: ClubServices, ctx: CommandContext, command: string, payload: { club?: string | undefined }, o: { allowMustChange?: boolean } = {}): Guard {
   const p = requirePrincipal(services, ctx, o);
   const g = new Guard(services, ctx, command, p);
   if (payload.club !== undefined && payload.club !== p.clubId) g.deny(`club:${payload.club.slice(0, 64)}`, 'request for another club');
@@ -154,6 +179,70 @@ export function dataError(g: Guard, e: unknown, right: string): never {
 
 export function strictObject(shape: Record<string, ZodTypeAny>): z.ZodObject<Record<string, ZodTypeAny>, 'strict'> {
   return z.object(shape).strict();
+}
+
+/**
+ * The schema of ENTITY.get, `{ id, fields?, club? }` strict, and its shortcut for the payloads
+ * clients send on the hot path, `{ id }` and `{ id, club }`: returns exactly what the schema's parse
+ * returns for them, and undefined for anything else (which then goes through zod as usual).
+ * tests/prop-quick-payloads.test.ts checks the equivalence on random payloads.
+ */
+export const getSchema = strictObject({ id, fields: fieldsList, club: clubField });
+
+export function quickGetPayload(p: unknown): { data: { id: number; club?: string } } | undefined {
+  if (typeof p !== 'object' || p === null || Object.getPrototypeOf(p) !== Object.prototype) return undefined;
+  const o = p as Record<string, unknown>;
+  let n = 0;
+  for (const k in o) {
+    if (k !== 'id' && k !== 'club') return undefined;
+    n++;
+  }
+  const v = o.id;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > Number.MAX_SAFE_INTEGER) return undefined;
+  if (n === 1) return { data: { id: v } };
+  const c = o.club;
+  if (typeof c !== 'string' || c.length < 1 || c.length > 64) return undefined;
+  return { data: { id: v, club: c } };
+}
+
+/**
+ * The shortcut of ENTITY.update for its common payloads: `{ id, club?, <plain text fields> }`
+ * where each text value is a string within the field's length, or null where the field is optional
+ * (storage/club/model.ts `f.text`). Returns exactly what the schema's parse returns (same keys, in
+ * the schema's order, which is the order the change log records them in); undefined for anything
+ * else. `keys` are the schema's keys in order. Checked by tests/prop-quick-payloads.test.ts.
+ */
+export function quickUpdateParser(entity: EntityName, keys: readonly string[]): (p: unknown) => { data: Record<string, unknown> } | undefined {
+  const text = new Map<string, { max: number; nullable: boolean }>();
+  for (const k of keys) {
+    const fd = MODEL[entity].fields[k];
+    if (fd?.plainText && fd.maxLength !== undefined) text.set(k, { max: fd.maxLength, nullable: !fd.required });
+  }
+  return (p) => {
+    if (typeof p !== 'object' || p === null || Object.getPrototypeOf(p) !== Object.prototype) return undefined;
+    const o = p as Record<string, unknown>;
+    let hasClub = false;
+    for (const k in o) {
+      if (k === 'id') continue;
+      if (k === 'club') {
+        hasClub = true;
+        continue;
+      }
+      const t = text.get(k);
+      if (!t) return undefined;
+      const v = o[k];
+      if (v === null ? !t.nullable : typeof v !== 'string' || v.length > t.max) return undefined;
+    }
+    const v = o.id;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > Number.MAX_SAFE_INTEGER) return undefined;
+    if (hasClub) {
+      const c = o.club;
+      if (typeof c !== 'string' || c.length < 1 || c.length > 64) return undefined;
+    }
+    const data: Record<string, unknown> = {};
+    for (const k of keys) if (k in o) data[k] = o[k];
+    return { data };
+  };
 }
 
 export function register(d: Dispatcher, name: string, schema: ZodTypeAny, handler: (p: any, ctx: CommandContext) => Promise<{ payload: unknown; download?: AsyncIterable<Uint8Array> }>, upload = false): void {

@@ -11,7 +11,7 @@ import { CommandError } from '../edge/command-errors.js';
 import { ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, scopeCovers, type Action, type Area, type Effective } from './rights.js';
-import { Guard, clubField, cursorField, dataError, exportAudit, fieldsList, guard, id, listSchema, register, strictObject } from './command-guard.js';
+import { Guard, clubField, cursorField, dataError, exportAudit, getSchema, guard, id, listSchema, quickGetPayload, quickUpdateParser, register, strictObject } from './command-guard.js';
 
 export const DATA_COMMAND_ENTITIES = Object.keys(ENTITY_AREA) as DataEntity[];
 
@@ -34,38 +34,83 @@ export async function* exportRows(services: ClubServices, g: Guard, entity: Data
   }
 }
 
-/** Strip fields whose own area the caller lacks for this row; refuse explicitly requested ones. */
+/** Per entity, built once: the fields a client may name, and the field areas with their fields. */
+interface Projection {
+  readonly visible: ReadonlySet<string>;
+  readonly areas: Readonly<Record<string, Area>>;
+  readonly areaList: readonly Area[];
+}
+
+const PROJECTIONS = new Map<DataEntity, Projection>();
+
+function projectionOf(entity: DataEntity): Projection {
+  let pr = PROJECTIONS.get(entity);
+  if (!pr) {
+    const areas = FIELD_AREA[entity] ?? {};
+    pr = { visible: new Set(['id', 'createdAt', 'updatedAt', ...visibleFields(entity)]), areas, areaList: [...new Set(Object.values(areas))] };
+    PROJECTIONS.set(entity, pr);
+  }
+  return pr;
+}
+
+/** Which rows of the page a field area reaches: all, none, or these ids. */
+type Reach = Set<number> | 'all' | 'none';
+
+/**
+ * Strip fields whose own area the caller lacks for this row; refuse explicitly requested ones.
+ * The per-entity facts are precomputed (projectionOf); a caller with club-wide rights on every
+ * field area costs no set or map per request.
+ */
 export function project(g: Guard, entity: DataEntity, rows: Record<string, unknown>[], action: 'read' | 'export', requested?: readonly string[], db: Db = g.p.db): Record<string, unknown>[] {
-  const visible = new Set(['id', 'createdAt', 'updatedAt', ...visibleFields(entity)]);
+  const { visible, areas, areaList } = projectionOf(entity);
   if (requested) for (const f of requested) if (!visible.has(f)) throw new CommandError('BAD_REQUEST', `${entity} has no field ${f}`);
-  const areas = FIELD_AREA[entity] ?? {};
-  const scopes = new Map<Area, RowScope | undefined>();
-  for (const a of new Set(Object.values(areas))) {
-    const e = g.has(a, action);
-    scopes.set(a, e && g.rowScope(e, entity, 'read'));
+  const scopes: Array<RowScope | undefined> = new Array(areaList.length);
+  for (let i = 0; i < areaList.length; i++) {
+    const e = g.has(areaList[i]!, action);
+    scopes[i] = e && g.rowScope(e, entity, 'read');
   }
   if (requested) for (const f of requested) {
     const a = areas[f];
-    if (a && !scopes.get(a)) g.deny(`${a}:${action}`);
+    if (a && !scopes[areaList.indexOf(a)]) g.deny(`${a}:${action}`);
   }
   // Which rows each field area reaches: one query per page and area (issue 21), not one per row.
-  const inScope = new Map<Area, Set<number> | 'all' | 'none'>();
-  const ids = rows.map((r) => r.id as number);
-  for (const [a, s] of scopes) inScope.set(a, !s ? 'none' : s.kind === 'all' ? 'all' : idsInScope(db, entity, ids, s));
-  return rows.map((r) => {
-    const out: Record<string, unknown> = {};
-    for (const k of requested ? ['id', ...requested] : Object.keys(r)) {
-      if (!(k in r)) continue;
-      const a = areas[k];
-      if (a) {
-        const s = inScope.get(a);
-        const ok = s === 'all' || (s instanceof Set && s.has(r.id as number));
-        if (!ok) continue;
-      }
-      out[k] = r[k];
-    }
-    return out;
-  });
+  const reach: Reach[] = new Array(areaList.length);
+  let allReached = true;
+  for (let i = 0; i < areaList.length; i++) {
+    const s = scopes[i];
+    reach[i] = !s ? 'none' : s.kind === 'all' ? 'all' : idsInScope(db, entity, rows.map((r) => r.id as number), s);
+    if (reach[i] !== 'all') allReached = false;
+  }
+  const ctx: ProjectCtx = { areas, areaList, reach, allReached };
+  const out: Record<string, unknown>[] = new Array(rows.length);
+  for (let n = 0; n < rows.length; n++) {
+    const r = rows[n]!;
+    const o: Record<string, unknown> = {};
+    if (requested) {
+      copyField(ctx, r, o, 'id');
+      for (const k of requested) copyField(ctx, r, o, k);
+    } else for (const k in r) copyField(ctx, r, o, k);
+    out[n] = o;
+  }
+  return out;
+}
+
+interface ProjectCtx {
+  readonly areas: Readonly<Record<string, Area>>;
+  readonly areaList: readonly Area[];
+  readonly reach: readonly Reach[];
+  readonly allReached: boolean;
+}
+
+/** Copy field k of row r into o when the caller reaches it on this row. */
+function copyField(c: ProjectCtx, r: Record<string, unknown>, o: Record<string, unknown>, k: string): void {
+  if (!(k in r)) return;
+  const a = c.allReached ? undefined : c.areas[k];
+  if (a) {
+    const s = c.reach[c.areaList.indexOf(a)];
+    if (!(s === 'all' || (s instanceof Set && s.has(r.id as number)))) return;
+  }
+  o[k] = r[k];
 }
 
 /**
@@ -209,8 +254,8 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
   const createShape = (validatorFor(entity, 'create') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
   const updateShape = (validatorFor(entity, 'update') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
 
-  register(d, `${entity}.get`, strictObject({ id, fields: fieldsList, club: clubField }), async (p, ctx) => {
-    const g = await guard(services, ctx, `${entity}.get`, p);
+  d.register({ name: `${entity}.get`, schema: getSchema, quickParse: quickGetPayload, handler: async (p: { id: number; fields?: string[]; club?: string }, ctx) => {
+    const g = guard(services, ctx, `${entity}.get`, p);
     const { scope } = g.needEntity(entity, 'read', 'read');
     const r = getRecord(g.p.db, entity, p.id, scope);
     if (!r) {
@@ -220,7 +265,7 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     const record = project(g, entity, [r], 'read', p.fields)[0];
     logBlockedReads(g, entity, [r]);
     return { payload: { record } };
-  });
+  } });
 
   register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.list`, p);
@@ -277,8 +322,9 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     }
   });
 
-  register(d, `${entity}.update`, strictObject({ ...updateShape, id, club: clubField }), async (p, ctx) => {
-    const g = await guard(services, ctx, `${entity}.update`, p);
+  const updateSchema = strictObject({ ...updateShape, id, club: clubField });
+  d.register({ name: `${entity}.update`, schema: updateSchema, quickParse: quickUpdateParser(entity, Object.keys(updateSchema.shape)), handler: async (p: any, ctx) => {
+    const g = guard(services, ctx, `${entity}.update`, p);
     let { scope } = g.needEntity(entity, 'update', 'write');
     const { club: _c, id: rid, ...values } = p;
     checkWriteFields(g, entity, values, 'update');
@@ -291,7 +337,7 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
       if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, rid) && !getRecord(g.p.db, entity, rid, scope)) g.hidden(right('update'), `${entity} ${rid}`);
       dataError(g, e, right('update'));
     }
-  });
+  } });
 
   register(d, `${entity}.delete`, strictObject({ id, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.delete`, p);

@@ -11,7 +11,8 @@ import type { ClubStore } from '../../storage/club/club-store.js';
 import { StorageError, type StorageLogger } from '../../storage/engine/errors.js';
 import type { Db } from '../../storage/engine/sqlcipher.js';
 import type { Storage } from '../../storage/server/storage.js';
-import { getUserById, type UserRecord } from '../../storage/club/users.js';
+import type { UserRecord } from '../../storage/club/users.js';
+import { currentUser } from '../../storage/club/user-cache.js';
 import { CommandError } from '../edge/command-errors.js';
 import type { CommandContext, ConnectionInfo } from '../edge/dispatcher.js';
 import { roleTemplate, rightsSchema, type Grant } from './rights.js';
@@ -57,6 +58,8 @@ export interface SessionState {
   lastActive: number;
   /** Grants cached per rights version (re-read when the version in the store changes). */
   grantsCache?: { version: number; isAdmin: boolean; personId: number | null; grants: Grant[] };
+  /** The last request's Principal, reused while store, user record and grants are the same objects. */
+  principal?: Principal;
 }
 
 export interface Principal {
@@ -166,8 +169,10 @@ export function endSessionOnClose(services: ClubServices, conn: ConnectionInfo, 
 }
 
 /**
- * The authenticated principal of this request, or UNAUTHENTICATED. Re-reads the user on every
- * call: disabled users, reset passwords and changed rights apply at once.
+ * The authenticated principal of this request, or UNAUTHENTICATED. Looks the user up as committed
+ * now on every call (storage/club/user-cache.ts: from memory unless any connection committed since),
+ * so disabled users, reset passwords and changed rights apply at the next request, whoever made
+ * the change (this daemon, commusicctl, another process).
  */
 export function requirePrincipal(services: ClubServices, ctx: CommandContext, o: { allowMustChange?: boolean } = {}): Principal {
   const s = getSession(ctx);
@@ -185,7 +190,7 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
     ctx.session.delete(SESSION_KEY);
     throw e;
   }
-  const u = getUserById(store.db, s.userId);
+  const u = currentUser(store.db, s.userId);
   if (!u || u.disabled || u.credVersion !== s.credVersion) {
     endSession(services, ctx, s, !u ? 'user deleted' : u.disabled ? 'user disabled' : 'password changed');
     throw new CommandError('UNAUTHENTICATED', 'the session has ended; log in again');
@@ -197,7 +202,9 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
     g = { version: u.rightsVersion, isAdmin: u.isAdmin, personId: u.personId, grants: effectiveGrants(u) };
     s.grantsCache = g;
   }
-  return {
+  const last = s.principal;
+  if (last && last.store === store && last.user === u && last.grants === g.grants && last.actor.ip === ctx.conn.ip) return last;
+  const p: Principal = {
     clubId: s.clubId,
     store,
     db: store.db,
@@ -207,6 +214,8 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
     actor: { user: u.username, ip: ctx.conn.ip, session: s.sessionId },
     audit: auditFor(services, store),
   };
+  s.principal = p;
+  return p;
 }
 
 /**
@@ -215,7 +224,7 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
  * that session ended (logout, new login on the connection), the user was deleted or disabled,
  * or their password was reset; and with FORBIDDEN when their rights changed and `allowed`
  * (given the new grants) says no. Bytes already handed to the socket are gone; nothing more is
- * sent. The re-read is one indexed row per chunk (chunks are up to 64 KiB).
+ * sent. The look-up per chunk is the user cache's (storage/club/user-cache.ts): one version check.
  */
 export function revocable(services: ClubServices, ctx: CommandContext, source: AsyncIterable<Uint8Array>, allowed: (grants: readonly Grant[], user: UserRecord) => boolean): AsyncIterable<Uint8Array> {
   const s = getSession(ctx);
@@ -227,7 +236,7 @@ export function revocable(services: ClubServices, ctx: CommandContext, source: A
     if (!now || now.sessionId !== sessionId) throw new CommandError('UNAUTHENTICATED', 'the session has ended');
     let u: UserRecord | undefined;
     try {
-      u = getUserById(services.storage.openClub(clubId).db, userId);
+      u = currentUser(services.storage.openClub(clubId).db, userId);
     } catch {
       u = undefined;
     }

@@ -163,3 +163,25 @@ export function archiveKeyFor(st: Storage, keyId: string, clubId: string): Buffe
 export function serverOpenKey(st: Storage): { serverKey: Buffer; serverKeyring: (keyId: string, clubId: string) => Buffer | undefined } {
   return { serverKey: currentArchiveKey(st), serverKeyring: (keyId, clubId) => archiveKeyFor(st, keyId, clubId) };
 }
+
+/**
+ * Give each of these clubs its archive key where it has none yet, in one server.db transaction
+ * (one fsync for a first nightly run over many clubs, not one per club). Clubs that cannot have
+ * one (deleted, being deleted) are skipped: archiving them reports the error.
+ */
+export function initArchiveKeys(st: Storage, clubs: readonly string[]): void {
+  const missing = clubs.filter((c) => {
+    const k = clubKeyRaw(st, c);
+    k?.fill(0);
+    return !k;
+  });
+  if (missing.length === 0) return;
+  st.server.db.transaction(() => {
+    for (const c of missing) {
+      const fresh = randomBytes(32);
+      // Refused (no row change) for a club being deleted: archiving it reports the error.
+      st.server.initArchiveKey(c, fresh)?.fill(0);
+      fresh.fill(0);
+    }
+  })();
+}

@@ -3,18 +3,19 @@
  * streamed through encryption, and the atomic write of the file.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync, renameSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { createReadStream, createWriteStream, linkSync, mkdirSync, readdirSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { open, rename } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecryptStream, createEncryptStream } from '../../crypto/chunked-aead.js';
 import { CryptoError } from '../../crypto/errors.js';
-import { fsyncDir } from '../../crypto/atomic-file.js';
+import { fsyncDirAsync } from '../../crypto/atomic-file.js';
 import { TAR_END, tarHeader, tarPadding } from './backup-tar.js';
-import { CLUB_DB_FILE, clubDir } from '../club/club-store.js';
+import { CLUB_DB_FILE, clubDir, type ClubStore } from '../club/club-store.js';
 import { StorageError } from '../engine/errors.js';
 import { type Storage } from '../server/storage.js';
+import type { ClubRow } from '../server/server-db.js';
 import { hashTap } from '../engine/hash-tap.js';
 import { ORIGIN_ENTRY, signOrigin, type OriginSigner } from './archive-origin.js';
 import { ClubSnapshot, MANIFEST_FORMAT, Manifest, ManifestDocument, SnapDoc, inspectImage, openImage, sealHeader } from './archive-format.js';
@@ -24,11 +25,44 @@ import { SealKey, archiveSigner } from './club-backup-keys.js';
  * Snapshot a club: in one synchronous step (no other statement of this process runs in
  * between, and a read transaction covers both reads) the store image, the document rows, hard
  * links to the documents' encrypted files (so a deletion after this moment cannot take them
- * away), and the documents' keys. Everything after works on the snapshot.
+ * away), and the documents' keys. Everything after works on the snapshot. This runs on the
+ * calling thread; the nightly run uses a worker thread instead (snapshot-pool.ts).
  */
 export function takeClubSnapshot(st: Storage, clubId: string, now: Date = new Date()): ClubSnapshot {
   const row = st.server.mustGetClub(clubId);
   const store = st.openClub(clubId, { allowSuspended: true });
+  const taken = snapshotStore(store);
+  let inspected: InspectedImage;
+  try {
+    inspected = inspectSnapshotImage(taken.image);
+  } catch (e) {
+    releaseTaken(taken);
+    throw e;
+  }
+  return assembleSnapshot(row, taken, inspected, now);
+}
+
+/** What the read transaction of a snapshot gives: the image, the documents (linked, keys unwrapped), the staging folder. */
+export interface TakenStore {
+  image: Buffer;
+  docs: SnapDoc[];
+  staging: string;
+}
+
+/** The image facts a manifest carries (inspectImage) and the image's SHA-256. */
+export interface InspectedImage {
+  facts: Pick<Manifest, 'schemaVersion' | 'tables' | 'auditHead' | 'dataFingerprint'>;
+  sha256: string;
+}
+
+/**
+ * One read transaction on an open store: its image (sqlite3_serialize), the document rows, a hard
+ * link to each document's file in a new staging folder, and each document's key. On failure the
+ * keys are zeroed and the staging folder removed. Errors: StorageError DOC_NOT_FOUND for a
+ * missing document file, else what SQLite or the file system threw.
+ */
+export function snapshotStore(store: ClubStore): TakenStore {
+  const clubId = store.clubId;
   const staging = join(store.dir, `.backup-${randomBytes(6).toString('hex')}`);
   const docs: SnapDoc[] = [];
   let image!: Buffer;
@@ -49,29 +83,44 @@ export function takeClubSnapshot(st: Storage, clubId: string, now: Date = new Da
       }
     })();
   } catch (e) {
-    for (const d of docs) d.key.fill(0);
-    rmSync(staging, { recursive: true, force: true });
+    releaseTaken({ image, docs, staging });
     throw e;
   }
   image[18] = 1;
   image[19] = 1;
+  return { image, docs, staging };
+}
+
+/** Zero the document keys of a taken snapshot and remove its staging folder. */
+export function releaseTaken(t: TakenStore): void {
+  for (const d of t.docs) d.key.fill(0);
+  rmSync(t.staging, { recursive: true, force: true });
+}
+
+/** Inspect a snapshot image (schema version, tables, change-log head, data fingerprint) and hash it. */
+export function inspectSnapshotImage(image: Buffer): InspectedImage {
   const mem = openImage(image);
-  let facts: ReturnType<typeof inspectImage>;
   try {
-    facts = inspectImage(mem);
+    return { facts: inspectImage(mem), sha256: createHash('sha256').update(image).digest('hex') };
   } finally {
     mem.close();
   }
+}
+
+/** The snapshot of a taken store: its manifest (club row, image facts, documents) and release(). */
+export function assembleSnapshot(row: Pick<ClubRow, 'name' | 'plan' | 'settings'> & { id: string }, taken: TakenStore, inspected: InspectedImage, now: Date): ClubSnapshot {
+  const { image, docs, staging } = taken;
+  const { facts } = inspected;
   const docFp = createHash('sha256').update(facts.dataFingerprint);
   for (const d of docs) docFp.update(`${d.id}:${d.sha256};`);
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,
     version: 1,
-    clubId,
+    clubId: row.id,
     club: { name: row.name, plan: row.plan, settings: row.settings },
     createdAt: now.toISOString(),
     schemaVersion: facts.schemaVersion,
-    sqlite: { bytes: image.length, sha256: createHash('sha256').update(image).digest('hex') },
+    sqlite: { bytes: image.length, sha256: inspected.sha256 },
     tables: facts.tables,
     documents: docs.map(({ id, kind, name, size, sha256 }) => ({ id, kind, name, size, sha256 })),
     auditHead: facts.auditHead,
@@ -79,7 +128,7 @@ export function takeClubSnapshot(st: Storage, clubId: string, now: Date = new Da
   };
   let released = false;
   return {
-    clubId,
+    clubId: row.id,
     manifest,
     image,
     docs,
@@ -87,8 +136,7 @@ export function takeClubSnapshot(st: Storage, clubId: string, now: Date = new Da
     release() {
       if (released) return;
       released = true;
-      for (const d of docs) d.key.fill(0);
-      rmSync(staging, { recursive: true, force: true });
+      releaseTaken(taken);
     },
   };
 }
@@ -202,8 +250,8 @@ export async function writeFileAtomic(stream: AsyncIterable<Uint8Array>, path: s
     } finally {
       await fh.close();
     }
-    renameSync(tmp, path);
-    fsyncDir(dirname(path));
+    await rename(tmp, path);
+    await fsyncDirAsync(dirname(path));
   } catch (e) {
     try {
       unlinkSync(tmp);

@@ -17,7 +17,9 @@ export type BackupErrorCode =
   | 'ORIGIN_UNVERIFIED'
   | 'BAD_TRUST_KEY'
   | 'SCHEMA_MISMATCH'
-  | 'CONFIRMATION_REQUIRED';
+  | 'CONFIRMATION_REQUIRED'
+  /** The snapshot worker thread stopped (crashed, ran out of memory) while taking a club's snapshot. */
+  | 'SNAPSHOT_WORKER_FAILED';
 
 const BRAND = Symbol.for('commusic.BackupError');
 

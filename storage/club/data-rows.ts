@@ -54,8 +54,23 @@ function today(): string {
   return new Date().toISOString().slice(0, 10);
 }
 
-/** The SQL condition (over the entity's own table, unaliased) that selects the rows in scope. */
+/** The conditions of the club-wide scope per entity, built once (the common case of the request path). */
+const ALL_CONDITIONS = new Map<EntityName, { plain: { sql: string; args: unknown[] }; hideBlocked: { sql: string; args: unknown[] } }>();
+
+/**
+ * The SQL condition (over the entity's own table, unaliased) that selects the rows in scope.
+ * The result may be shared between calls: callers copy `args` before adding to them.
+ */
 export function scopeCondition(entity: EntityName, scope: RowScope): { sql: string; args: unknown[] } {
+  if (scope.kind === 'all') {
+    let c = ALL_CONDITIONS.get(entity);
+    if (!c) {
+      const b = blockedCondition(entity);
+      c = { plain: { sql: '1', args: [] }, hideBlocked: b ? { sql: `(1) AND ${b}`, args: [] } : { sql: '1', args: [] } };
+      ALL_CONDITIONS.set(entity, c);
+    }
+    return scope.hideBlocked ? c.hideBlocked : c.plain;
+  }
   const base = baseCondition(entity, scope, today());
   if (!scope.hideBlocked || base.sql === '0') return base;
   const b = blockedCondition(entity);
@@ -146,15 +161,32 @@ export function blockedPersonIds(db: Db, ids: readonly number[]): number[] {
 
 export const stmt = cachedStatement;
 
+const SELECT_LISTS = new Map<EntityName, string>();
+
+/** The columns a client may see, quoted and joined (built once per entity). */
 export function selectList(entity: EntityName): string {
-  return [...META_COLUMNS, ...visibleFields(entity)].map(q).join(', ');
+  let l = SELECT_LISTS.get(entity);
+  if (l === undefined) {
+    l = [...META_COLUMNS, ...visibleFields(entity)].map(q).join(', ');
+    SELECT_LISTS.set(entity, l);
+  }
+  return l;
 }
 
+/** The SQL of readRow per shared (constant) condition, so the request path builds no string. */
+const READ_SQL = new WeakMap<{ sql: string }, string>();
+
 export function readRow(db: Db, entity: EntityName, id: number, scope: RowScope): Record<string, unknown> | undefined {
-  const e = MODEL[entity];
   const c = scopeCondition(entity, scope);
   if (c.sql === '0') return undefined;
-  const r = stmt(db, `SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND (${c.sql})`).get(id, ...c.args) as Record<string, unknown> | undefined;
+  let sql = c.args.length === 0 ? READ_SQL.get(c) : undefined;
+  if (sql === undefined) {
+    const e = MODEL[entity];
+    sql = `SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND (${c.sql})`;
+    if (c.args.length === 0) READ_SQL.set(c, sql);
+  }
+  const st = stmt(db, sql);
+  const r = (c.args.length === 0 ? st.get(id) : st.get(id, ...c.args)) as Record<string, unknown> | undefined;
   return r && fromRow(entity, r);
 }
 

@@ -25,6 +25,8 @@ export interface FieldDef {
   readonly sql: SqlType;
   readonly required: boolean;
   readonly maxLength?: number;
+  /** Plain text (f.text): any string of at most maxLength UTF-16 units (null where optional), no transform. */
+  readonly plainText?: boolean;
   readonly enumValues?: readonly string[];
   readonly sensitivity: Sensitivity;
   /** Name of the referenced entity (foreign key to its `id`). */
@@ -96,7 +98,7 @@ const ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})?$/;
 
 export const f = {
-  text: (max: number, o: Opt = {}) => base(z.string().max(max), 'TEXT', o, { maxLength: max }),
+  text: (max: number, o: Opt = {}) => base(z.string().max(max), 'TEXT', o, { maxLength: max, plainText: true }),
   /** Non-empty text. */
   name: (max: number, o: Opt = {}) => base(z.string().trim().min(1).max(max), 'TEXT', o, { maxLength: max }),
   enumOf: <T extends [string, ...string[]]>(values: T, o: Opt = {}) => base(z.enum(values), 'TEXT', o, { enumValues: values }),

@@ -166,7 +166,8 @@ export function toRow(entity: EntityName, obj: Record<string, unknown>): Record<
 export function fromRow(entity: EntityName, row: Record<string, unknown>): Record<string, unknown> {
   const e = MODEL[entity];
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(row)) {
+  for (const k in row) {
+    const v = row[k];
     const fd = e.fields[k];
     if (!fd || v === null) out[k] = v;
     else if (isBoolean(fd)) out[k] = v === 1;

@@ -305,6 +305,11 @@ export class ClubStoreCache {
     }
   }
 
+  /** Whether the club is locked for maintenance (lock()): `get()` refuses it with STORE_BUSY. */
+  isLocked(clubId: string): boolean {
+    return this.#locked.has(clubId);
+  }
+
   /** Close the store and refuse `get()` for it until the returned release is called. */
   lock(clubId: string): () => void {
     if (this.#locked.has(clubId)) throw new StorageError('STORE_BUSY', `club ${clubId} is already being maintained`);

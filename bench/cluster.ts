@@ -1,6 +1,8 @@
 /**
  * Cluster benchmark (issue 14, must-show 5 and 6), on a 3-member etcd on loopback started for the
  * run (tests/helpers/etcd.ts; needs Debian's etcd-server):
+ * - `persons.update` (durable) over the client protocol against three commusicd processes in a
+ *   cluster next to one commusicd alone, p50 and p99;
  * - a durable club write (one row updated in an encrypted store, WAL, synchronous=FULL) followed by
  *   the fenced append of its 1,241-byte change to etcd, awaited as the output gate does, next to
  *   the same durable write alone (the single-server figure), p50 and p99;
@@ -12,9 +14,10 @@
  *   appends through an etcd3 client with its defaults (no deadline, three retries).
  * Standalone: `node dist/bench/cluster.js [--quick]`.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -24,7 +27,13 @@ import { ClusterError } from '../cluster/errors.js';
 import { EtcdGateway } from '../cluster/etcd-gateway.js';
 import { LogFollower, takeOver } from '../cluster/log-follower.js';
 import { MemberLease } from '../cluster/member-lease.js';
+import { ClusterClient } from '../client/cluster-client.js';
+import { connect } from '../client/connection.js';
 import { deriveLogKey } from '../crypto/cluster-seal.js';
+import { generateIdentity, saveIdentity } from '../crypto/identity.js';
+import { dataPaths } from '../daemon/main/config.js';
+import { runOperation } from '../daemon/ops/offline.js';
+import { openStorage } from '../storage/server/storage.js';
 import { openEncrypted } from '../storage/engine/sqlcipher.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from '../tests/helpers/etcd.js';
 import type { LegacyRow } from './row.js';
@@ -211,6 +220,97 @@ async function leaderKill(etcd: EtcdCluster): Promise<LegacyRow[]> {
   ];
 }
 
+/**
+ * `persons.update` (durable, with its change-log entry) over the client protocol: three commusicd
+ * processes in a cluster (the answer waits for the append to etcd) next to one commusicd without a
+ * cluster, in the same run, requests interleaved so both see the same load.
+ */
+async function daemonUpdateLatency(etcd: EtcdCluster, n: number): Promise<LegacyRow[]> {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'commusic-bench-cluster-d-'));
+  const children: ChildProcess[] = [];
+  const bin = path.join(here, '..', 'bin');
+  const password = 'Bench-Password-123';
+  try {
+    const tmpl = path.join(root, 'template');
+    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const identity = generateIdentity();
+    saveIdentity(dataPaths(tmpl).identityKey, identity);
+    const start = async (name: string, host: string, extra: string[]) => {
+      const dir = path.join(root, name);
+      mkdirSync(dir, { mode: 0o700 });
+      cpSync(path.join(tmpl, 'keys'), path.join(dir, 'keys'), { recursive: true });
+      cpSync(path.join(tmpl, 'server.db'), path.join(dir, 'server.db'));
+      const port = await freePort(host);
+      const c = spawn(process.execPath, [path.join(bin, 'commusicd.js'), '--data', dir, '--listen', `${host}:${port}`, '--health-listen', `${host}:0`, '--log-level', 'error', ...extra], { stdio: 'ignore' });
+      children.push(c);
+      return { dir, host, port };
+    };
+    const single = await start('single', '127.0.0.5', []);
+    const members: Array<{ dir: string; host: string; port: number }> = [];
+    for (let i = 0; i < 3; i++) members.push(await start(`m${i}`, `127.0.0.${i + 2}`, ['--cluster-etcd', etcd.endpoints.join(','), '--node-id', `b${i}`]));
+    const op = async (dir: string, name: string, args: unknown) => (await runOperation(dir, name, args)).result;
+    await until(async () => {
+      try {
+        await op(single.dir, 'club.list', {});
+        return ((await op(members[0]!.dir, 'cluster.status', {})) as { members: unknown[] }).members.length === 3 ? true : undefined;
+      } catch {
+        return undefined;
+      }
+    }, 60_000);
+    const singleClub = ((await op(single.dir, 'club.create', { name: 'Bench single', admin: 'admin', password })) as { id: string }).id;
+    const clusterClub = ((await op(members[0]!.dir, 'club.create', { name: 'Bench cluster', admin: 'admin', password })) as { id: string }).id;
+    const conn1 = await connect({ host: single.host, port: single.port, fingerprint: identity.fingerprint });
+    await conn1.request('auth.login', { club: singleClub, user: 'admin', password });
+    const cc = new ClusterClient({
+      servers: members.map((m) => ({ host: m.host, port: m.port })),
+      fingerprint: identity.fingerprint,
+      login: async (c) => void (await c.request('auth.login', { club: clusterClub, user: 'admin', password })),
+    });
+    await cc.open();
+    const id1 = ((await conn1.request('persons.create', { firstName: 'A', lastName: 'B' })).payload as { record: { id: number } }).record.id;
+    const id2 = ((await cc.request('persons.create', { firstName: 'A', lastName: 'B' }, { mutating: true })).payload as { record: { id: number } }).record.id;
+    const single_: number[] = [];
+    const cluster_: number[] = [];
+    for (let i = 0; i < n + 20; i++) {
+      let t = performance.now();
+      await conn1.request('persons.update', { id: id1, notes: `n${i}` });
+      const a = performance.now() - t;
+      t = performance.now();
+      await cc.request('persons.update', { id: id2, notes: `n${i}` }, { mutating: true });
+      const b = performance.now() - t;
+      if (i >= 20) {
+        single_.push(a);
+        cluster_.push(b);
+      }
+    }
+    await conn1.close();
+    await cc.close();
+    return [
+      { name: 'persons.update, durable, 3 servers (answer after the append), p50', value: pct(cluster_, 50), unit: 'ms', baseline: pct(single_, 50), baselineName: 'same on a single server', higherIsBetter: false },
+      { name: 'persons.update, durable, 3 servers (answer after the append), p99', value: pct(cluster_, 99), unit: 'ms', baseline: pct(single_, 99), baselineName: 'same on a single server', higherIsBetter: false },
+    ];
+  } finally {
+    for (const c of children) {
+      if (c.exitCode !== null || c.signalCode !== null) continue;
+      const exited = new Promise((r) => c.once('exit', r));
+      c.kill('SIGTERM');
+      await exited;
+    }
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+async function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, host, () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
 export async function runClusterBench(opts: { quick?: boolean } = {}): Promise<LegacyRow[]> {
   const missing = etcdMissing();
   if (missing) {
@@ -220,6 +320,7 @@ export async function runClusterBench(opts: { quick?: boolean } = {}): Promise<L
   const etcd = await startEtcdCluster();
   try {
     return [
+      ...(await daemonUpdateLatency(etcd, opts.quick ? 100 : 300)),
       ...(await writeLatency(etcd, opts.quick ? 100 : 400)),
       ...(await takeoverTimes(etcd, opts.quick ? 3 : 10, 2)),
       ...(await leaderKill(etcd)),

@@ -7,6 +7,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { generateIdentity } from '../crypto/identity.js';
 import { registerClubCommands } from '../daemon/club/club-commands.js';
 import { loadConfig } from '../daemon/main/config.js';
@@ -49,5 +50,5 @@ async function main(): Promise<void> {
   process.send!({ type: 'ready', port: daemon.address().port, fingerprint: identity.fingerprint, club, persons });
 }
 
-// Only as a forked child (bench/data.ts imports BENCH_ADMIN from here).
-if (process.send) void main();
+// Only as a forked child of its own (bench/data.ts and bench/h2-child.ts import BENCH_ADMIN).
+if (process.send && process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) void main();

@@ -1,15 +1,18 @@
 /**
- * `npm run bench` group "data" (issue 4, point 7): authenticated `persons.get` of one person and
- * `persons.update` of one person (with its change-log entry, committed durably: WAL with
- * synchronous=FULL) per second over 8 connections, next to Node's TLS 1.3 echo of a message of
- * the same size over 8 connections, measured in the same run. Each server runs in its own child
- * process (bench/data-child.ts, bench/server-child.ts `tls`); this process generates the load.
- * Target: get >= 0.7x the echo rate. Updates have no target (each one waits for an fsync).
+ * `npm run bench` group "data" (issue 4, point 7; issue 13): authenticated `persons.get` of one
+ * person and `persons.update` of one person (with its change-log entry, committed durably: WAL
+ * with synchronous=FULL) over 8 connections, next to (a) an HTTP/2-over-TLS 1.3 server with
+ * JSON bodies doing the same reads and writes through the same storage layer (bench/h2-child.ts)
+ * and (b) Node's TLS 1.3 echo of a message of the same size, measured in the same run. Each
+ * figure gives the rate and the server child's CPU time per request. Each server runs in its own
+ * child process; this process generates the load. Targets: >= 2x HTTP/2 (issue 13), get >= 0.7x
+ * the echo (issue 4).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { connect, type Connection } from '../client/connection.js';
+import { H2Client } from './channel.js';
 import { BENCH_ADMIN } from './data-child.js';
 import type { Row } from './row.js';
 
@@ -41,41 +44,48 @@ function stop(c: Child): Promise<void> {
   });
 }
 
-/** The child's CPU time (user + system) so far, in microseconds. */
+/** Asks a child for its CPU time (user + system, µs); data-child and the echo/HTTP/2 children answer in their own shapes. */
 function cpuOf(c: Child): Promise<number> {
   return new Promise((resolve) => {
-    const on = (m: { type: string; micros?: number }) => {
-      if (m.type !== 'cpu') return;
-      c.proc.off('message', on);
-      resolve(m.micros!);
+    const seq = Math.floor(Math.random() * 1e9);
+    const on = (m: { type: string; seq?: number; micros?: number; cpuMicros?: number }) => {
+      if (m.type === 'cpu' || (m.type === 'reply' && m.seq === seq)) {
+        c.proc.off('message', on);
+        resolve(m.micros ?? m.cpuMicros ?? 0);
+      }
     };
     c.proc.on('message', on);
-    c.proc.send({ type: 'cpu' });
+    c.proc.send({ type: 'cpu', seq });
   });
 }
 
-/** Run op on every worker for ms (after a warm-up), return completed ops per second. */
-async function rate(workers: number, warmMs: number, ms: number, op: (w: number) => Promise<void>): Promise<number> {
+interface Measured {
+  rate: number;
+  /** The server child's CPU time per completed operation, µs. */
+  cpuPerOp: number;
+}
+
+/** Runs op on every worker for a warm-up and then `ms`; ops completed in the window per second, and server CPU per op. */
+async function measure(server: Child, workers: number, warmMs: number, ms: number, op: (w: number) => Promise<void>): Promise<Measured> {
   let counting = false;
   let done = 0;
-  let stopAt = Date.now() + warmMs + ms;
-  setTimeout(() => {
-    counting = true;
-    stopAt = Date.now() + ms;
-  }, warmMs);
-  const t = { start: 0 };
-  await Promise.all(
-    Array.from({ length: workers }, async (_, w) => {
-      while (Date.now() < stopAt) {
-        await op(w);
-        if (counting) {
-          if (t.start === 0) t.start = Date.now();
-          done++;
-        }
-      }
-    }),
-  );
-  return done / ((Date.now() - (t.start || Date.now() - ms)) / 1000);
+  let stopAt = Infinity;
+  const loops = Array.from({ length: workers }, async (_, w) => {
+    while (performance.now() < stopAt) {
+      await op(w);
+      if (counting && performance.now() <= stopAt) done++;
+    }
+  });
+  await new Promise((r) => setTimeout(r, warmMs));
+  const c0 = await cpuOf(server);
+  const t0 = performance.now();
+  counting = true;
+  stopAt = t0 + ms;
+  await new Promise((r) => setTimeout(r, ms));
+  const t1 = performance.now();
+  const c1 = await cpuOf(server);
+  await Promise.all(loops);
+  return { rate: (done * 1000) / (t1 - t0), cpuPerOp: done > 0 ? (c1 - c0) / done : Number.NaN };
 }
 
 class TlsEcho {
@@ -116,13 +126,15 @@ class TlsEcho {
 }
 
 export async function runDataBench(opts: { quick?: boolean; log?: (s: string) => void } = {}): Promise<Row[]> {
-  const ms = opts.quick ? 1500 : 5000;
+  const ms = opts.quick ? 1500 : 4000;
   const warm = opts.quick ? 300 : 1000;
   const log = opts.log ?? (() => undefined);
   const ours = await start('./data-child.js', [], true);
   const tls = await start('./server-child.js', ['tls']);
+  const h2 = await start('./h2-child.js', []);
   const conns: Connection[] = [];
   const echoes: TlsEcho[] = [];
+  const h2s: H2Client[] = [];
   try {
     const { port, fingerprint, club, persons } = ours.ready as { port: number; fingerprint: string; club: string; persons: number[] };
     for (let i = 0; i < CONNECTIONS; i++) {
@@ -134,56 +146,69 @@ export async function runDataBench(opts: { quick?: boolean; log?: (s: string) =>
     const size = Buffer.byteLength(JSON.stringify(sample));
     const { port: tport, certPem } = tls.ready as { port: number; certPem: string };
     for (let i = 0; i < CONNECTIONS; i++) echoes.push(await TlsEcho.open(tport, certPem));
+    const hr = h2.ready as { port: number; certPem: string; club: string; persons: number[] };
+    const tokens: string[] = [];
+    for (let i = 0; i < CONNECTIONS; i++) {
+      const c = await H2Client.open(hr.port, hr.certPem);
+      // One login per connection, as ours logs in on each connection.
+      tokens.push(((await c.call('/auth.login', { club: hr.club, user: BENCH_ADMIN.user, password: BENCH_ADMIN.password })) as { token: string }).token);
+      h2s.push(c);
+    }
+    const tok = (w: number) => tokens[w]!;
     const body = Buffer.alloc(size, 0x61);
     log(`data: TLS echo of ${size} bytes over ${CONNECTIONS} connections`);
-    const echo = await rate(CONNECTIONS, warm, ms, (w) => echoes[w]!.echo(body));
-    let pings = 0;
-    const pcpu0 = await cpuOf(ours);
-    const ping = await rate(CONNECTIONS, warm, ms, async (w) => {
+    const echo = await measure(tls, CONNECTIONS, warm, ms, (w) => echoes[w]!.echo(body));
+    const ping = await measure(ours, CONNECTIONS, warm, ms, async (w) => {
       await conns[w]!.request('ping', {});
-      pings++;
     });
-    const pingCpu = ((await cpuOf(ours)) - pcpu0) / pings;
-    log(`data: ping over the same connections ${Math.round(ping)} req/s (the channel alone)`);
+    log(`data: ping over the same connections ${Math.round(ping.rate)} req/s, ${ping.cpuPerOp.toFixed(1)} us CPU/req (the channel alone)`);
     log(`data: persons.get over ${CONNECTIONS} connections`);
-    let gets = 0;
-    const cpu0 = await cpuOf(ours);
-    const get = await rate(CONNECTIONS, warm, ms, async (w) => {
+    const get = await measure(ours, CONNECTIONS, warm, ms, async (w) => {
       await conns[w]!.request('persons.get', { id: persons[w]! });
-      gets++;
     });
-    const getCpu = ((await cpuOf(ours)) - cpu0) / gets;
-    log(`data: server CPU per persons.get ${getCpu.toFixed(1)} us`);
+    const h2get = await measure(h2, CONNECTIONS, warm, ms, async (w) => {
+      const r = (await h2s[w]!.call('/persons.get', { id: hr.persons[w]! }, tok(w))) as { record?: unknown };
+      if (!r.record) throw new Error('HTTP/2 persons.get failed');
+    });
     let n = 0;
     log(`data: persons.update over ${CONNECTIONS} connections`);
-    const upd = await rate(CONNECTIONS, warm, ms, async (w) => {
+    const upd = await measure(ours, CONNECTIONS, warm, ms, async (w) => {
       await conns[w]!.request('persons.update', { id: persons[w]!, notes: `n${n++}` });
     });
-    const baselineName = `Node TLS 1.3 echo of ${size} B, ${CONNECTIONS} connections`;
-    return [
-      { group: 'data', name: `server CPU per persons.get, ${CONNECTIONS} connections`, value: getCpu, unit: 'us', baseline: (pingCpu), baselineName: 'ping over the same connections (the channel alone)', higherIsBetter: false, note: `server child's process.cpuUsage (user + system) over ${gets} requests, warm-up included` },
-      { group: 'data', name: `authenticated persons.get, ${CONNECTIONS} connections`, value: Math.round(get), unit: 'req/s', baseline: Math.round(echo), baselineName, higherIsBetter: true, target: '>= 0.7x', met: get >= 0.7 * echo },
-      {
-        group: 'data',
-        name: `persons.update + change-log entry, durable, ${CONNECTIONS} connections`,
-        value: Math.round(upd),
-        unit: 'req/s',
-        baseline: Math.round(echo),
-        baselineName,
-        higherIsBetter: true,
-        note: 'each update commits one transaction (row + hash-chained log entry) with synchronous=FULL: one fsync per update',
-      },
-    ];
+    const h2upd = await measure(h2, CONNECTIONS, warm, ms, async (w) => {
+      const r = (await h2s[w]!.call('/persons.update', { id: hr.persons[w]!, notes: `n${n++}` }, tok(w))) as { record?: unknown };
+      if (!r.record) throw new Error('HTTP/2 persons.update failed');
+    });
+    log(`data: get ours ${Math.round(get.rate)}/s ${get.cpuPerOp.toFixed(0)} us, h2 ${Math.round(h2get.rate)}/s ${h2get.cpuPerOp.toFixed(0)} us; update ours ${Math.round(upd.rate)}/s ${upd.cpuPerOp.toFixed(0)} us, h2 ${Math.round(h2upd.rate)}/s ${h2upd.cpuPerOp.toFixed(0)} us`);
+    const echoName = `Node TLS 1.3 echo of ${size} B, ${CONNECTIONS} connections`;
+    const h2Name = `HTTP/2 over TLS 1.3, JSON, same store, ${CONNECTIONS} connections`;
+    const rows: Row[] = [];
+    const add = (name: string, o: Measured, b: Measured, baselineName: string, target: number | undefined, note?: string) => {
+      rows.push({ group: 'data', name: `${name}: rate`, value: Math.round(o.rate), unit: 'req/s', baseline: Math.round(b.rate), baselineName, higherIsBetter: true,
+        ...(target ? { target: `>= ${target}x`, met: o.rate / b.rate >= target } : {}), ...(note ? { note } : {}) });
+      rows.push({ group: 'data', name: `${name}: server CPU/req`, value: o.cpuPerOp, unit: 'us', baseline: b.cpuPerOp, baselineName, higherIsBetter: false,
+        ...(target ? { target: `>= ${target}x`, met: b.cpuPerOp / o.cpuPerOp >= target } : {}) });
+    };
+    rows.push({ group: 'data', name: `server CPU per persons.get, ${CONNECTIONS} connections`, value: get.cpuPerOp, unit: 'us', baseline: ping.cpuPerOp, baselineName: 'ping over the same connections (the channel alone)', higherIsBetter: false,
+      note: "server child's process.cpuUsage (user + system) over the measured window, divided by the requests completed in it" });
+    add(`authenticated persons.get, ${CONNECTIONS} connections`, get, h2get, h2Name, 2);
+    add(`authenticated persons.get, ${CONNECTIONS} connections`, get, echo, echoName, 0.7);
+    add(`persons.update + change-log entry, durable, ${CONNECTIONS} connections`, upd, h2upd, h2Name, 2,
+      'each update commits one transaction (row + signed, hash-chained log entry) with synchronous=FULL: one fsync per update, on both sides');
+    add(`persons.update + change-log entry, durable, ${CONNECTIONS} connections`, upd, echo, echoName, undefined);
+    return rows;
   } finally {
     for (const c of conns) await c.close().catch(() => undefined);
     for (const e of echoes) e.close();
+    for (const c of h2s) await c.close().catch(() => undefined);
     await stop(ours);
     await stop(tls);
+    await stop(h2);
   }
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   runDataBench({ quick: process.argv.includes('--quick'), log: (s) => process.stderr.write(`${s}\n`) }).then((rows) => {
-    for (const r of rows) process.stdout.write(`${r.name}: ${r.value} ${r.unit} vs ${r.baselineName}: ${r.baseline} (${(r.value / r.baseline).toFixed(2)}x)${r.target ? ` target ${r.target}: ${r.met ? 'met' : 'missed'}` : ''}\n`);
+    for (const r of rows) process.stdout.write(`${r.name}: ${r.value.toFixed(1)} ${r.unit} vs ${r.baselineName}: ${r.baseline.toFixed(1)}${r.target ? ` target ${r.target}: ${r.met ? 'met' : 'missed'}` : ''}\n`);
   });
 }

@@ -104,6 +104,8 @@ export async function handshake(port: number, fingerprint: string, ip: string): 
   const client = new ClientSession({
     acceptServerKey: pinFingerprint(fingerprint),
     randomness: { random32: systemRandomness.random32, ephemeral: () => (eph = systemRandomness.ephemeral()) },
+    // Version 1: every forged DATA record is one bare message (PROTOCOL.md 6).
+    maxVersion: 1,
   });
   client.start();
   const hello = Buffer.concat(client.takeOutput());

@@ -3,14 +3,15 @@
  * so that it and the load generator each get a core. `node dist/bench/server-child.js ours|tls`:
  * - ours: the Daemon on 127.0.0.1:0 with a fresh RSA-2048 identity and limits raised for the bench;
  * - tls:  Node's TLS 1.3 server with a self-signed RSA-2048 certificate (node-forge), echoing
- *         length-prefixed messages (u32 BE length, body) back to the sender.
+ *         length-prefixed messages (u32 BE length, body) back to the sender, each on its own.
  * It talks to the parent over IPC: `ready` once listening, then answers `cpu`, `count`, `mem`
  * requests and exits on `exit` or when the parent goes away.
  */
-import { generateKeyPairSync } from 'node:crypto';
+import { constants as cryptoConstants, generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import forge from 'node-forge';
 import { generateIdentity } from '../crypto/identity.js';
@@ -59,22 +60,42 @@ export function selfSignedRsa2048(): { keyPem: string; certPem: string } {
 }
 
 /**
- * Echo of length-prefixed messages. The server tracks frame boundaries (a 4-byte header, then
- * the body) and writes what it received back once per read, so pipelined messages cost one TLS
- * record per read, and a 1 MiB body is streamed back as it arrives instead of being buffered.
+ * Echo of length-prefixed messages (u32 BE length, body), parsed frame by frame and answered
+ * message by message, as our server answers each request (issue 13: a fair baseline): a small
+ * frame is gathered whole and written back with one write of its own (one TLS record per
+ * answer); a frame over 64 KiB is streamed back piece by piece as it arrives, as our
+ * server streams a download in chunks, instead of being buffered whole.
  */
-function framedEcho(socket: TLSSocket): void {
+export const STREAM_FRAME_FROM = 65536;
+
+export function framedEcho(socket: TLSSocket): void {
   let headerBytes = 0;
   let header = 0;
   let bodyLeft = 0;
+  let streaming = false;
+  let frame: Buffer[] = [];
   socket.setNoDelay(true);
+  const headerOf = (n: number) => {
+    const h = Buffer.allocUnsafe(4);
+    h.writeUInt32BE(n);
+    return h;
+  };
   socket.on('data', (d: Buffer) => {
     let i = 0;
     while (i < d.length) {
       if (bodyLeft > 0) {
         const take = Math.min(bodyLeft, d.length - i);
+        const piece = d.subarray(i, i + take);
         bodyLeft -= take;
         i += take;
+        if (streaming) socket.write(piece);
+        else {
+          frame.push(piece);
+          if (bodyLeft === 0) {
+            socket.write(Buffer.concat(frame));
+            frame = [];
+          }
+        }
         continue;
       }
       header = ((header << 8) | d[i]!) >>> 0;
@@ -82,11 +103,13 @@ function framedEcho(socket: TLSSocket): void {
       i++;
       if (headerBytes === 4) {
         bodyLeft = header;
+        streaming = header > STREAM_FRAME_FROM;
+        if (streaming || header === 0) socket.write(headerOf(header));
+        else frame = [headerOf(header)];
         header = 0;
         headerBytes = 0;
       }
     }
-    socket.write(d);
   });
   socket.on('end', () => socket.end());
   socket.on('error', () => socket.destroy());
@@ -123,7 +146,8 @@ async function main(): Promise<void> {
   } else if (kind === 'tls') {
     const { keyPem, certPem } = selfSignedRsa2048();
     const live = new Set<TLSSocket>();
-    const server: TlsServer = createTlsServer({ key: keyPem, cert: certPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }, (s) => {
+    // No session tickets: the clients never resume, and every handshake is a full one.
+    const server: TlsServer = createTlsServer({ key: keyPem, cert: certPem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', secureOptions: cryptoConstants.SSL_OP_NO_TICKET }, (s) => {
       live.add(s);
       s.once('close', () => live.delete(s));
       framedEcho(s);
@@ -172,7 +196,10 @@ async function main(): Promise<void> {
   });
 }
 
-main().catch((e: unknown) => {
-  console.error('bench server child failed:', e);
-  process.exit(1);
-});
+// Only when run as the child itself (bench/h2-child.ts imports the certificate helper).
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  main().catch((e: unknown) => {
+    console.error('bench server child failed:', e);
+    process.exit(1);
+  });
+}

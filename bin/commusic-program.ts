@@ -64,7 +64,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
         ...(o.bind ? { localAddress: o.bind } : {}),
       });
     holder.connectTo = connectTo;
-    // Several servers (one cluster, one fingerprint): the first that answers (PROTOCOL.md 6.3).
+    // Several servers (one cluster, one fingerprint): the first that answers (PROTOCOL.md 6.4).
     let last: unknown;
     for (const s of servers) {
       try {
@@ -132,7 +132,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     return { conn, password };
   }
 
-  /** auth.login, following MOVED to the server that serves the club (at most 4 hops, PROTOCOL.md 6.3). */
+  /** auth.login, following MOVED to the server that serves the club (at most 4 hops, PROTOCOL.md 6.4). */
   async function loginFollowingRedirects(first: Connection, p: { club: string; user: string; password: string }): Promise<{ payload: unknown }> {
     let conn = first;
     for (let hops = 0; ; hops++) {

@@ -26,6 +26,11 @@ export interface ConnectOptions {
   /** Local address to connect from (tests use 127.0.0.x). */
   localAddress?: string;
   rekeyAfterRecords?: number;
+  /**
+   * Highest protocol version to offer (default 2: requests and answers of one turn share a
+   * record). 1 talks to servers that predate version 2 the same as before (PROTOCOL.md 8).
+   */
+  maxVersion?: 1 | 2;
 }
 
 export interface RequestOptions {
@@ -87,7 +92,11 @@ export class Connection {
     } else {
       throw new ClientError('SERVER_KEY_MISMATCH', 'give the server fingerprint, or a known-servers file for trust on first use');
     }
-    const session = new ClientSession({ acceptServerKey: accept, ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}) });
+    const session = new ClientSession({
+      acceptServerKey: accept,
+      ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
+      ...(opts.maxVersion ? { maxVersion: opts.maxVersion } : {}),
+    });
     const socket = netConnect({ host: opts.host, port: opts.port, noDelay: true, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
     const timeoutMs = opts.connectTimeoutMs ?? 10_000;
     const fingerprint = await new Promise<string>((resolve, reject) => {
@@ -144,6 +153,11 @@ export class Connection {
 
   get closed(): boolean {
     return this.closedError !== undefined;
+  }
+
+  /** The protocol version agreed in the handshake (1 or 2). */
+  get version(): number {
+    return this.session.negotiatedVersion;
   }
 
   /** Sends a request; resolves with the payload (and a download stream when there is one). */

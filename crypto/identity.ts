@@ -2,7 +2,6 @@ import {
   createHash,
   createPrivateKey,
   createPublicKey,
-  generateKeyPairSync,
   sign,
   verify,
   constants,
@@ -10,6 +9,7 @@ import {
 } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readFileSync } from 'node:fs';
 import { atomicWriteFileSync } from './atomic-file.js';
+import { keyPairWithEncodedPublic } from './handshake-crypto.js';
 import { dirname } from 'node:path';
 
 /**
@@ -54,12 +54,16 @@ export function normalizeFingerprint(input: string): string | undefined {
   return /^[0-9a-f]{64}$/.test(hex) ? hex : undefined;
 }
 
-export function identityFromPrivateKey(privateKey: KeyObject): IdentityKey {
+/**
+ * `knownSpki`: the public key as SPKI DER when the caller already has it (generateIdentity gets it
+ * from the key generation, so the fresh key is never export()ed: see systemRandomness.ephemeral).
+ */
+export function identityFromPrivateKey(privateKey: KeyObject, knownSpki?: Buffer): IdentityKey {
   if (privateKey.asymmetricKeyType !== 'rsa' || privateKey.asymmetricKeyDetails?.modulusLength !== IDENTITY_MODULUS_BITS) {
     throw new IdentityKeyError('KEY_FILE_INVALID', 'identity key must be an RSA-2048 private key');
   }
-  const publicKey = createPublicKey(privateKey);
-  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  const spki = knownSpki ?? createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
+  const publicKey = createPublicKey({ key: spki, format: 'der', type: 'spki' });
   if (spki.length !== IDENTITY_SPKI_LEN) {
     throw new IdentityKeyError('KEY_FILE_INVALID', 'identity key must use the public exponent 65537');
   }
@@ -67,8 +71,12 @@ export function identityFromPrivateKey(privateKey: KeyObject): IdentityKey {
 }
 
 export function generateIdentity(): IdentityKey {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: IDENTITY_MODULUS_BITS, publicExponent: 65537 });
-  return identityFromPrivateKey(privateKey);
+  const { privateKey, publicKey } = keyPairWithEncodedPublic('rsa', {
+    modulusLength: IDENTITY_MODULUS_BITS,
+    publicExponent: 65537,
+    publicKeyEncoding: { type: 'spki', format: 'der' },
+  });
+  return identityFromPrivateKey(privateKey, publicKey as Buffer);
 }
 
 export function identityFromPem(pem: string): IdentityKey {

@@ -9,10 +9,22 @@ import { ProtocolError } from './errors.js';
  * client never sent), and trailing bytes. Run before the decoder so that no input can exhaust
  * its recursion or make it allocate.
  */
+const bad = (why: string): never => {
+  throw new ProtocolError('BAD_MESSAGE', `malformed CBOR: ${why}`);
+};
+
+/** Well-formed UTF-8: short ASCII text (most keys and names) is checked here without a native call. */
+function validText(b: Uint8Array, from: number, len: number): boolean {
+  if (len <= 64) {
+    let i = from;
+    const end = from + len;
+    while (i < end && b[i]! < 0x80) i++;
+    if (i === end) return true;
+  }
+  return isUtf8(b.subarray(from, from + len));
+}
+
 export function checkCborShape(b: Uint8Array, maxDepth: number): void {
-  const bad = (why: string): never => {
-    throw new ProtocolError('BAD_MESSAGE', `malformed CBOR: ${why}`);
-  };
   let pos = 0;
   // remaining[i]: items still to read in the container at depth i; the root counts as one item.
   const remaining: number[] = [1];
@@ -44,7 +56,7 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
       case 2:
       case 3:
         if (value > b.length - pos) bad('string past the end');
-        if (major === 3 && value > 0 && !isUtf8(b.subarray(pos, pos + value))) bad('text is not valid UTF-8');
+        if (major === 3 && value > 0 && !validText(b, pos, value)) bad('text is not valid UTF-8');
         pos += value;
         break;
       case 4:

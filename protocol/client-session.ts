@@ -13,11 +13,13 @@ import {
   RECORD_KEY_UPDATE,
   REJECT_LEN,
   SERVER_HELLO_LEN,
+  PROTOCOL_VERSION_2,
   SUPPORTED_VERSIONS,
 } from './constants.js';
 import { internalError, ProtocolError } from './errors.js';
 import { encodeClientHello, parseReject, parseServerHello } from './handshake-messages.js';
 import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
+import { splitBatch } from './batch.js';
 import { decodeMessage, type Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
 import { OutputQueue } from './output-queue.js';
@@ -91,6 +93,9 @@ export class ClientSession {
   private fingerprint: string | undefined;
   private version = 0;
   private readonly output = new OutputQueue();
+  /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
+  private inbox: Message[] | undefined;
+  private inboxAt = 0;
   private terminal: ClientEvent | undefined;
   private rejectCode: number | undefined;
 
@@ -124,6 +129,11 @@ export class ClientSession {
 
   nextEvent(): ClientEvent {
     if (this.terminal) return this.terminal;
+    if (this.inbox) {
+      const message = this.inbox[this.inboxAt++]!;
+      if (this.inboxAt === this.inbox.length) this.inbox = undefined;
+      return { type: 'message', message };
+    }
     try {
       return this.step();
     } catch (e) {
@@ -167,6 +177,24 @@ export class ClientSession {
     this.sealer?.wipe();
     this.expectedServerFinished?.fill(0);
     this.clientFinished?.fill(0);
+    this.inbox = undefined;
+    this.output.discard();
+  }
+
+  /** The version both sides agreed on (0 before the ServerHello). */
+  get negotiatedVersion(): number {
+    return this.version;
+  }
+
+  /** As ServerSession: one message (version 1) or a whole batch decoded first (version 2). */
+  private openData(plaintext: Buffer): Message {
+    if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
+    const entries = splitBatch(plaintext);
+    if (entries.length === 1) return decodeMessage(entries[0]!, true);
+    const messages = entries.map((e) => decodeMessage(e, true));
+    this.inbox = messages;
+    this.inboxAt = 1;
+    return messages[0]!;
   }
 
   private transition(input: Input): void {
@@ -192,10 +220,12 @@ export class ClientSession {
           const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedServerFinished!);
           if (!ok) throw new ProtocolError('BAD_FINISHED', 'server key confirmation failed');
           this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output.parts);
+          this.expectedServerFinished!.fill(0);
+          this.expectedServerFinished = undefined;
           return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
         }
         case 'data':
-          return { type: 'message', message: decodeMessage(rec.plaintext, true) };
+          return { type: 'message', message: this.openData(rec.plaintext) };
         case 'close': {
           const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
           this.terminal = { type: 'closed', code };
@@ -235,7 +265,11 @@ export class ClientSession {
     if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
     const secrets = deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
     shared.fill(0);
+    // The ephemeral key and the hello have served their purpose (forward secrecy: drop the key).
+    this.eph = undefined;
+    this.clientHello = undefined;
     this.version = sh.version;
+    this.output.batching = this.version >= PROTOCOL_VERSION_2;
     this.expectedServerFinished = secrets.serverFinished;
     this.clientFinished = secrets.clientFinished;
     this.reader = new RecordReader(secrets.serverToClient, this.opts.rekeyAfterRecords);

@@ -8,7 +8,10 @@ export const MAGIC = Buffer.from([0x43, 0x4d, 0x53, 0x50]);
 export const MAGIC_LEN = 4;
 
 export const PROTOCOL_VERSION_1 = 1;
-export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION_1];
+/** Version 2: a DATA record carries a batch of messages (docs/PROTOCOL.md section 6.3). */
+export const PROTOCOL_VERSION_2 = 2;
+/** Both stay accepted: version 1 clients keep working against a version 2 server (section 8). */
+export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION_1, PROTOCOL_VERSION_2];
 
 /** Handshake message: type u8, body length u16 BE, body. */
 export const HS_HEADER_LEN = 3;
@@ -87,3 +90,10 @@ export const MAX_CHUNK_LEN = 65024;
 export const INITIAL_STREAM_WINDOW = 262144;
 export const MAX_STREAM_WINDOW = 16 * 1024 * 1024;
 export const MAX_INFLIGHT_REQUESTS = 64;
+
+/** Version 2: each message in a DATA record is preceded by its length as u16 BE. */
+export const BATCH_LENGTH_LEN = 2;
+/** Version 2: at most this many messages in one DATA record (a receiver refuses more). */
+export const MAX_MESSAGES_PER_RECORD = 64;
+/** Version 2: the largest message (one alone in a record, after its length prefix). */
+export const MAX_MESSAGE_LEN_V2 = MAX_RECORD_PLAINTEXT - BATCH_LENGTH_LEN;

@@ -164,7 +164,10 @@ function fastValue(v: unknown, depth: number): boolean {
       const s = v as string;
       if (!isAscii(s) || SCRATCH_LEN - pos < s.length + 9) return false;
       writeHead(3, s.length);
-      pos += scratch.write(s, pos, 'latin1');
+      if (s.length <= 32) {
+        // Short ASCII (keys, names, codes): a loop beats the native write call.
+        for (let i = 0; i < s.length; i++) scratch[pos++] = s.charCodeAt(i);
+      } else pos += scratch.write(s, pos, 'latin1');
       return true;
     }
     case 'boolean':

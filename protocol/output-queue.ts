@@ -1,35 +1,127 @@
-import { CLOSE_BODY_LEN, RECORD_CLOSE, RECORD_DATA } from './constants.js';
+import { BATCH_LENGTH_LEN, CLOSE_BODY_LEN, MAX_MESSAGE_LEN_V2, MAX_MESSAGES_PER_RECORD, MAX_RECORD_PLAINTEXT, RECORD_CLOSE, RECORD_DATA } from './constants.js';
+import { ProtocolError } from './errors.js';
 import { encodeMessageTransient, type Message } from './messages.js';
 import type { RecordSealer } from './record-layer.js';
+
+/**
+ * Version 2: a message of at least this many bytes (a stream CHUNK of real size, a large
+ * response) is sealed in a record of its own at once, straight from its buffers, instead of
+ * being copied into a batch (docs/PROTOCOL.md 6.3: large chunks keep their own records).
+ */
+export const OWN_RECORD_FROM = 4096;
+
+/**
+ * One scratch buffer for the plaintext of a version 2 batch, shared by all sessions: a batch is
+ * joined and sealed synchronously, so no two batches ever use it at once.
+ */
+const BATCH_PLAINTEXT = Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
 
 /**
  * The bytes a session has produced and not yet handed to its owner, shared by the client and
  * the server session. Records are pushed as header + body buffers; a body sealed in several
  * pieces (sealParts) is remembered as an index range in `runs`, so take() can rejoin it while
  * takePieces() hands the pieces on for a vectored write.
+ *
+ * In version 2 (`batching`), messages are gathered until the owner takes the output (one flush
+ * turn) and sealed together: one DATA record per MAX_MESSAGES_PER_RECORD messages or 64 KiB of
+ * plaintext, so one AES-GCM record (one cipher set-up) serves many messages.
  */
 export class OutputQueue {
   parts: Buffer[] = [];
   /** Pairs [start, end) of indexes in `parts` that together form one record body. */
   runs: number[] = [];
+  /** Version 2 batching on (set by the session once the version is known). */
+  batching = false;
+  /** Version 2: encoded messages waiting for the flush, each with its length prefix. */
+  private batch: Buffer[] | undefined;
+  private batchBytes = 0;
+  private batchSealer: RecordSealer | undefined;
 
   push(...bufs: Buffer[]): void {
     this.parts.push(...bufs);
   }
 
+  /**
+   * Seals (version 1) or queues (version 2) one message. Throws ProtocolError
+   * RECORD_TOO_LARGE, before anything is sealed or queued, when the message does not fit one
+   * record.
+   */
   sealMessage(sealer: RecordSealer, message: Message): void {
     const enc = encodeMessageTransient(message);
-    sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts, this.runs);
+    if (!this.batching) {
+      sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts, this.runs);
+      return;
+    }
+    const len = enc.head.length + (enc.tail ? enc.tail.length : 0);
+    if (len > MAX_MESSAGE_LEN_V2) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal a message of ${len} bytes`);
+    if (len >= OWN_RECORD_FROM && enc.tail) {
+      // A stream CHUNK: its own record, in order after what is queued; the length prefix and the
+      // small envelope go through the cipher together, the data straight from the caller's buffer.
+      const lead = Buffer.allocUnsafe(BATCH_LENGTH_LEN + enc.head.length);
+      lead.writeUInt16BE(len, 0);
+      lead.set(enc.head, BATCH_LENGTH_LEN);
+      this.sealBatch();
+      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts, this.runs);
+      return;
+    }
+    if (len >= OWN_RECORD_FROM) {
+      // A large message: its own record (`enc.head` is only valid until the next encode).
+      const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN);
+      prefix.writeUInt16BE(len, 0);
+      this.sealBatch();
+      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts, this.runs);
+      return;
+    }
+    const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN + len);
+    prefix.writeUInt16BE(len, 0);
+    prefix.set(enc.head, BATCH_LENGTH_LEN);
+    if (enc.tail) prefix.set(enc.tail, BATCH_LENGTH_LEN + enc.head.length);
+    if (this.batch && (this.batch.length === MAX_MESSAGES_PER_RECORD || this.batchBytes + prefix.length > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {
+      this.sealBatch();
+    }
+    (this.batch ??= []).push(prefix);
+    this.batchBytes += prefix.length;
+    this.batchSealer = sealer;
   }
 
   sealClose(sealer: RecordSealer, code: number): void {
+    this.sealBatch();
     const body = Buffer.alloc(CLOSE_BODY_LEN);
     body.writeUInt16BE(code);
     sealer.seal(RECORD_CLOSE, body, this.parts);
   }
 
+  /** Version 2: seals the queued messages as one DATA record (nothing when none are queued). */
+  sealBatch(): void {
+    const batch = this.batch;
+    if (!batch || batch.length === 0) return;
+    const sealer = this.batchSealer!;
+    this.batch = undefined;
+    this.batchSealer = undefined;
+    const n = this.batchBytes;
+    this.batchBytes = 0;
+    if (batch.length === 1) {
+      sealer.sealParts(RECORD_DATA, batch[0]!, undefined, this.parts, this.runs);
+      return;
+    }
+    let at = 0;
+    for (const b of batch) {
+      BATCH_PLAINTEXT.set(b, at);
+      at += b.length;
+    }
+    sealer.sealParts(RECORD_DATA, BATCH_PLAINTEXT.subarray(0, n), undefined, this.parts, this.runs);
+  }
+
+  /** Drops queued messages unsent (the session failed or its keys were wiped). */
+  discard(): void {
+    this.batch = undefined;
+    this.batchSealer = undefined;
+    this.batchBytes = 0;
+  }
+
   /** The bytes to send, as buffers in order (each record as its header and its body). */
   take(): Buffer[] {
+    this.sealBatch();
     const out = this.parts;
     const runs = this.runs;
     this.parts = [];
@@ -50,6 +142,7 @@ export class OutputQueue {
 
   /** The bytes to send as unjoined pieces, in order (for a vectored write). */
   takePieces(): Buffer[] {
+    this.sealBatch();
     const out = this.parts;
     this.parts = [];
     if (this.runs.length > 0) this.runs = [];
@@ -58,6 +151,7 @@ export class OutputQueue {
 
   /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
   takeBytes(): Buffer | undefined {
+    this.sealBatch();
     const out = this.parts;
     if (out.length === 0) return undefined;
     this.parts = [];

@@ -11,7 +11,7 @@ import {
   TAG_LEN,
 } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { nextDirectionKeys, wipeDirection, type DirectionKeys } from './key-schedule.js';
+import { IV_OFFSET, nextDirectionKeys, wipeDirection, type DirectionKeys } from './key-schedule.js';
 
 /**
  * AES-256-GCM records. The nonce is the direction's IV XOR the record's sequence number
@@ -30,10 +30,11 @@ export interface OpenedRecord {
  */
 const NONCE = Buffer.alloc(12);
 
-function nonceFor(into: Buffer, iv: Buffer, seq: number): Buffer {
-  iv.copy(into, 0, 0, 8);
+function nonceFor(into: Buffer, keys: DirectionKeys, seq: number): Buffer {
+  const m = keys.material;
+  m.copy(into, 0, IV_OFFSET, IV_OFFSET + 8);
   // seq < 2^20 by construction; the upper 32 bits of the counter are zero.
-  into.writeUInt32BE((iv.readUInt32BE(8) ^ seq) >>> 0, 8);
+  into.writeUInt32BE((m.readUInt32BE(IV_OFFSET + 8) ^ seq) >>> 0, 8);
   return into;
 }
 
@@ -99,7 +100,7 @@ export class RecordSealer {
     const len = head.length + (tail ? tail.length : 0);
     const h = header(type, len + TAG_LEN);
     out.push(h);
-    const nonce = nonceFor(NONCE, this.keys.iv, this.seq);
+    const nonce = nonceFor(NONCE, this.keys, this.seq);
     if (!runs) {
       const body: Buffer[] = [];
       aesGcmSealTo(this.keys.key, nonce, h, head, tail, body);
@@ -164,7 +165,7 @@ export class RecordReader {
     if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
       throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
     }
-    const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys.iv, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
+    const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
     if (!plaintext) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
     this.seq++;
     if (type === RECORD_KEY_UPDATE) {
@@ -180,11 +181,26 @@ export class RecordReader {
     this.buffered = 0;
   }
 
+  /** The first n (<= RECORD_HEADER_LEN) bytes, copied into a small scratch when they straddle reads. */
   private peek(n: number): Buffer {
-    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks)];
-    return this.chunks[0]!.subarray(0, n);
+    const first = this.chunks[0]!;
+    if (first.length >= n) return first.subarray(0, n);
+    let at = 0;
+    for (const c of this.chunks) {
+      const k = Math.min(c.length, n - at);
+      c.copy(HEADER_SCRATCH, at, 0, k);
+      at += k;
+      if (at === n) break;
+    }
+    return HEADER_SCRATCH.subarray(0, n);
   }
 
+  /**
+   * The next n buffered bytes. A record inside one read is a view of it; a record that
+   * straddles reads (every 64 KiB record does) is gathered into one shared scratch buffer
+   * instead of a fresh concatenation, so streaming makes no transient 64 KiB copy per record.
+   * The result is valid until the next call on any reader: next() opens it at once.
+   */
   private take(n: number): Buffer {
     let out: Buffer;
     const first = this.chunks[0]!;
@@ -193,11 +209,24 @@ export class RecordReader {
       if (first.length === n) this.chunks.shift();
       else this.chunks[0] = first.subarray(n);
     } else {
-      const all = Buffer.concat(this.chunks);
-      out = all.subarray(0, n);
-      this.chunks = all.length > n ? [all.subarray(n)] : [];
+      let at = 0;
+      let i = 0;
+      while (at < n) {
+        const c = this.chunks[i]!;
+        const k = Math.min(c.length, n - at);
+        c.copy(RECORD_SCRATCH, at, 0, k);
+        at += k;
+        if (k === c.length) i++;
+        else this.chunks[i] = c.subarray(k);
+      }
+      this.chunks.splice(0, i);
+      out = RECORD_SCRATCH.subarray(0, n);
     }
     this.buffered -= n;
     return out;
   }
 }
+
+/** Shared by all readers: a straddling record is copied here and opened before anything else runs. */
+const RECORD_SCRATCH = Buffer.allocUnsafeSlow(RECORD_HEADER_LEN + MAX_RECORD_SEALED);
+const HEADER_SCRATCH = Buffer.allocUnsafeSlow(RECORD_HEADER_LEN);

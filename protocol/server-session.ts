@@ -15,11 +15,13 @@ import {
   RECORD_KEY_UPDATE,
   REJECT_HANDSHAKE_FAILED,
   REJECT_VERSION,
+  PROTOCOL_VERSION_2,
   SUPPORTED_VERSIONS,
 } from './constants.js';
 import { internalError, ProtocolError } from './errors.js';
 import { encodeReject, encodeServerHelloSigned, parseClientHello } from './handshake-messages.js';
 import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
+import { splitBatch } from './batch.js';
 import { decodeMessage, type Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
 import { OutputQueue } from './output-queue.js';
@@ -78,6 +80,9 @@ export class ServerSession {
   private sealer: RecordSealer | undefined;
   private expectedFinished: Buffer | undefined;
   private readonly output = new OutputQueue();
+  /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
+  private inbox: Message[] | undefined;
+  private inboxAt = 0;
   private terminal: ServerEvent | undefined;
   private version = 0;
 
@@ -108,6 +113,11 @@ export class ServerSession {
 
   nextEvent(): ServerEvent {
     if (this.terminal) return this.terminal;
+    if (this.inbox) {
+      const message = this.inbox[this.inboxAt++]!;
+      if (this.inboxAt === this.inbox.length) this.inbox = undefined;
+      return { type: 'message', message };
+    }
     try {
       return this.step();
     } catch (e) {
@@ -148,6 +158,22 @@ export class ServerSession {
     this.reader?.wipe();
     this.sealer?.wipe();
     this.expectedFinished?.fill(0);
+    this.inbox = undefined;
+    this.output.discard();
+  }
+
+  /**
+   * A DATA record's plaintext: one message (version 1), or a batch (version 2) whose messages
+   * are all decoded before the first is returned, so a malformed one refuses the whole record.
+   */
+  private openData(plaintext: Buffer): Message {
+    if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
+    const entries = splitBatch(plaintext);
+    if (entries.length === 1) return decodeMessage(entries[0]!, true);
+    const messages = entries.map((e) => decodeMessage(e, true));
+    this.inbox = messages;
+    this.inboxAt = 1;
+    return messages[0]!;
   }
 
   private transition(input: Input): void {
@@ -159,6 +185,13 @@ export class ServerSession {
   private fail(error: ProtocolError): ServerEvent {
     this.stateValue = 'FAILED';
     this.terminal = { type: 'error', error };
+    // Answers already given leave before the connection closes, as in version 1 where each was
+    // sealed at once: the batch of this turn is sealed before the keys are wiped.
+    try {
+      this.output.sealBatch();
+    } catch {
+      // Nothing more can be sent; the connection closes anyway.
+    }
     this.wipe();
     return this.terminal;
   }
@@ -178,10 +211,12 @@ export class ServerSession {
         case 'finished': {
           const ok = rec.plaintext.length === FINISHED_LEN && constantTimeEqual(rec.plaintext, this.expectedFinished!);
           if (!ok) throw new ProtocolError('BAD_FINISHED', 'client key confirmation failed');
+          this.expectedFinished!.fill(0);
+          this.expectedFinished = undefined;
           return { type: 'established' };
         }
         case 'data':
-          return { type: 'message', message: decodeMessage(rec.plaintext, true) };
+          return { type: 'message', message: this.openData(rec.plaintext) };
         case 'close': {
           const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
           this.terminal = { type: 'closed', code };
@@ -251,6 +286,7 @@ export class ServerSession {
     // client can verify key possession without waiting for us to read its Finished.
     this.sealer.seal(RECORD_FINISHED, secrets.serverFinished, this.output.parts);
     secrets.serverFinished.fill(0);
+    this.output.batching = this.version >= PROTOCOL_VERSION_2;
     return { type: 'hello' };
   }
 }

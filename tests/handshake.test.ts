@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { generateIdentity } from '../crypto/identity.js';
 import { ClientSession, pinFingerprint } from '../protocol/client-session.js';
@@ -59,15 +60,36 @@ test('a man in the middle replaying the real server key with its own share fails
 
 test('a downgraded version range in the ClientHello breaks the signature', () => {
   const real = testIdentity();
+  // Lowered: the server signs the range it saw, the client's own transcript differs. Raised: the
+  // server picks a version the client never offered, which the client refuses before the signature.
+  for (const [offered, rewritten, code] of [[2, 1, 'BAD_SIGNATURE'], [1, 2, 'VERSION_UNSUPPORTED']] as const) {
+    const server = new ServerSession({ identity: real });
+    const client = new ClientSession({ acceptServerKey: pinFingerprint(real.fingerprint), maxVersion: offered });
+    client.start();
+    const ch = concat(client.takeOutput());
+    const tampered = Buffer.from(ch);
+    tampered.writeUInt16BE(rewritten, 9); // max version rewritten by an attacker
+    server.receive(tampered);
+    drain(server);
+    assert.equal(server.negotiatedVersion, rewritten, 'the server answers the range it saw');
+    client.receive(concat(server.takeOutput()));
+    const ev = client.nextEvent();
+    assert.equal(ev.type === 'error' && ev.error.code, code, `max_version ${offered} -> ${rewritten}`);
+  }
+});
+
+test('a version 2 choice rewritten to 1 in the ServerHello breaks the signature', () => {
+  const real = testIdentity();
   const server = new ServerSession({ identity: real });
   const client = new ClientSession({ acceptServerKey: pinFingerprint(real.fingerprint) });
   client.start();
-  const ch = concat(client.takeOutput());
-  const tampered = Buffer.from(ch);
-  tampered.writeUInt16BE(2, 9); // max version rewritten by an attacker
-  server.receive(tampered);
+  server.receive(concat(client.takeOutput()));
   drain(server);
-  client.receive(concat(server.takeOutput()));
+  assert.equal(server.negotiatedVersion, 2, 'a version 2 server and client agree on 2');
+  const sh = concat(server.takeOutput());
+  assert.equal(sh.readUInt16BE(3), 2);
+  sh.writeUInt16BE(1, 3);
+  client.receive(sh);
   const ev = client.nextEvent();
   assert.equal(ev.type === 'error' && ev.error.code, 'BAD_SIGNATURE');
 });
@@ -149,4 +171,18 @@ test('ClientHello split into single bytes is still understood', () => {
   server.receive(ch.subarray(ch.length - 1));
   assert.equal(server.nextEvent().type, 'hello');
   assert.ok(RECORD_HEADER_LEN > 0 && encodeMessage({ kind: 'end', id: 0 }).length > 0);
+});
+
+test('ephemeral key generation never deadlocks (40,000 keys and agreements in a child with a deadline)', { timeout: 120000 }, () => {
+  // Node 20 deadlocks when a freshly generated key is export()ed while a garbage collection
+  // finalises its key-generation job; the old ephemeral() hung within about 30,000 handshakes.
+  const mod = new URL('../crypto/handshake-crypto.js', import.meta.url).href;
+  const script = `import(${JSON.stringify(mod)}).then(({ systemRandomness, x25519 }) => {
+    const peer = systemRandomness.ephemeral();
+    for (let i = 0; i < 40000; i++) { const e = systemRandomness.ephemeral(); if (!x25519(e, peer.publicRaw)) process.exit(3); }
+    process.exit(0);
+  });`;
+  const r = spawnSync(process.execPath, ['--max-semi-space-size=1', '-e', script], { timeout: 100000, stdio: 'ignore' });
+  assert.equal(r.signal, null, 'the loop finished before its deadline (no deadlock)');
+  assert.equal(r.status, 0);
 });

@@ -306,11 +306,15 @@ const clientMessageArb: fc.Arbitrary<Message> = fc.oneof(
   fc.record({ kind: fc.constant('end' as const), id: fc.nat() }),
 );
 
-/** A live handshake; returns the server (awaiting the Finished) and the client's transcript from the Finished on. */
-function liveTranscript(messages: Message[], close: boolean) {
+/**
+ * A live handshake; returns the server (awaiting the Finished) and the client's transcript from
+ * the Finished on. Version 2 flushes after each group of `groups` messages (one record per
+ * group, up to the per-record bound); `ends[k]` is where the record holding message k ends.
+ */
+function liveTranscript(messages: Message[], close: boolean, version: 1 | 2 = 1, groups: number[] = []) {
   const identity = testIdentity();
   const server = new ServerSession({ identity, rekeyAfterRecords: REKEY });
-  const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint), rekeyAfterRecords: REKEY });
+  const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint), rekeyAfterRecords: REKEY, maxVersion: version });
   client.start();
   server.receive(Buffer.concat(client.takeOutput()));
   assert.equal(server.nextEvent().type, 'hello');
@@ -321,50 +325,76 @@ function liveTranscript(messages: Message[], close: boolean) {
   const ends: number[] = [];
   const bounds: number[] = [];
   let len = 0;
-  const emit = () => {
+  const emit = (count: number) => {
     const out = client.takeOutput();
     for (let i = 0; i < out.length; i += 2) {
       len += out[i]!.length + out[i + 1]!.length;
       bounds.push(len);
     }
     parts.push(...out);
-    ends.push(len);
+    for (let k = 0; k < count; k++) ends.push(len);
   };
-  emit(); // the Finished
-  for (const m of messages) {
-    client.sendMessage(m);
-    emit();
+  emit(1); // the Finished
+  let g = 0;
+  for (let i = 0; i < messages.length; ) {
+    const n = version === 1 ? 1 : Math.max(1, Math.min(groups[g++] ?? 1, messages.length - i));
+    for (let k = 0; k < n; k++) client.sendMessage(messages[i + k]!);
+    emit(n);
+    i += n;
   }
   if (close) {
     client.close(0);
-    emit();
+    emit(1);
   }
   return { server, transcript: Buffer.concat(parts), ends, bounds, serverFlight };
 }
 
-test('server session: a mutated client transcript delivers only the messages sent before the first changed byte', { timeout: 30000 }, () => {
+for (const version of [1, 2] as const) {
+  test(`server session, version ${version}: a mutated client transcript delivers only the messages sent before the first changed byte`, { timeout: 30000 }, () => {
+    fc.assert(
+      fc.property(
+        fc.array(clientMessageArb, { maxLength: version === 1 ? 8 : 20 }),
+        fc.array(fc.integer({ min: 1, max: 8 }), { maxLength: 20 }),
+        fc.boolean(),
+        mutationArb,
+        cutsArb,
+        (messages, groups, close, mutation, cuts) => {
+          const { server, transcript, ends, bounds } = liveTranscript(messages, close, version, groups);
+          const mutated = mutate(transcript, mutation, bounds);
+          const d = firstDifference(transcript, mutated);
+          const events = feedServer(server, split(mutated, cuts));
+          const established = events.some((e) => e.type === 'established');
+          if (established) assert.ok(ends[0]! <= d, 'established only with the intact Finished');
+          const delivered = events.flatMap((e) => (e.type === 'message' ? [e.message] : []));
+          const allowed = ends.slice(1, 1 + messages.length).filter((e) => e <= d).length;
+          assert.ok(delivered.length <= allowed, `${delivered.length} messages delivered, ${allowed} precede the change`);
+          assert.deepEqual(
+            delivered.map((m) => JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v))),
+            messages.slice(0, delivered.length).map((m) => JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v))),
+          );
+          if (d === Infinity) {
+            assert.equal(delivered.length, messages.length);
+            assert.ok(!events.some((e) => e.type === 'error'), 'the intact transcript raises no error');
+            if (close) assert.equal(events.at(-1)?.type, 'closed');
+          }
+        },
+      ),
+      { numRuns: 250 },
+    );
+  });
+}
+
+test('version 2: batched records hold the per-record bound and rekey like single ones, however the messages are grouped', { timeout: 30000 }, () => {
   fc.assert(
-    fc.property(fc.array(clientMessageArb, { maxLength: 8 }), fc.boolean(), mutationArb, cutsArb, (messages, close, mutation, cuts) => {
-      const { server, transcript, ends, bounds } = liveTranscript(messages, close);
-      const mutated = mutate(transcript, mutation, bounds);
-      const d = firstDifference(transcript, mutated);
-      const events = feedServer(server, split(mutated, cuts));
-      const established = events.some((e) => e.type === 'established');
-      if (established) assert.ok(ends[0]! <= d, 'established only with the intact Finished');
+    fc.property(fc.array(clientMessageArb, { minLength: 1, maxLength: 150 }), fc.array(fc.integer({ min: 1, max: 150 }), { maxLength: 10 }), cutsArb, (messages, groups, cuts) => {
+      const { server, transcript } = liveTranscript(messages, false, 2, groups);
+      // The server refuses a record over MAX_MESSAGES_PER_RECORD messages, so no error means the bound held.
+      const events = feedServer(server, split(transcript, cuts));
       const delivered = events.flatMap((e) => (e.type === 'message' ? [e.message] : []));
-      const allowed = ends.slice(1, 1 + messages.length).filter((e) => e <= d).length;
-      assert.ok(delivered.length <= allowed, `${delivered.length} messages delivered, ${allowed} precede the change`);
-      assert.deepEqual(
-        delivered.map((m) => JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v))),
-        messages.slice(0, delivered.length).map((m) => JSON.stringify(m, (_k, v: unknown) => (v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v))),
-      );
-      if (d === Infinity) {
-        assert.equal(delivered.length, messages.length);
-        assert.ok(!events.some((e) => e.type === 'error'), 'the intact transcript raises no error');
-        if (close) assert.equal(events.at(-1)?.type, 'closed');
-      }
+      assert.equal(delivered.length, messages.length);
+      assert.ok(!events.some((e) => e.type === 'error'));
     }),
-    { numRuns: 250 },
+    { numRuns: 100 },
   );
 });
 

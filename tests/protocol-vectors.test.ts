@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, createHmac, hkdfSync, createDecipheriv } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { computeVectors, VECTOR_FILE, type VectorInputs, type Vectors } from './helpers/vectors.js';
+import { computeVectors, VECTOR_FILE, VECTOR_FILE_V2, type VectorInputs, type Vectors } from './helpers/vectors.js';
 import { decodeMessage } from '../protocol/messages.js';
 
 const file = JSON.parse(readFileSync(VECTOR_FILE, 'utf8')) as { inputs: VectorInputs; outputs: Vectors };
@@ -55,4 +55,52 @@ test('docs/PROTOCOL.md prints exactly the recorded vectors', () => {
     if (name === 'identityPem') continue;
     assert.ok(flat.includes(`${name}=${value}`), `PROTOCOL.md lacks input ${name}`);
   }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Version 2 (PROTOCOL.md 6.3, 10.1): the same key and randoms, the client offering 1..2.
+
+const fileV2 = JSON.parse(readFileSync(VECTOR_FILE_V2, 'utf8')) as { inputs: VectorInputs; outputs: Vectors };
+
+test('version 2: the implementation reproduces every recorded test vector', () => {
+  assert.deepEqual(computeVectors(fileV2.inputs, 2), fileV2.outputs);
+});
+
+test('version 2: the hello carries the range 1..2 and the choice 2; the records follow the spec with bare node:crypto', () => {
+  const v = fileV2.outputs;
+  const h = (s: string) => Buffer.from(s, 'hex');
+  const ch = h(v.client_hello!);
+  assert.equal(ch.readUInt16BE(7), 1, 'min_version');
+  assert.equal(ch.readUInt16BE(9), 2, 'max_version');
+  assert.equal(h(v.server_hello_signed_part!).readUInt16BE(3), 2, 'version chosen');
+  assert.notEqual(v.transcript_hash, file.outputs.transcript_hash, 'the version is in the transcript');
+  const open = (recHex: string, seq: number) => {
+    const rec = h(recHex);
+    const nonce = h(v.c2s_iv!);
+    nonce[11]! ^= seq;
+    const d = createDecipheriv('aes-256-gcm', h(v.c2s_key!), nonce);
+    d.setAAD(rec.subarray(0, 5));
+    d.setAuthTag(rec.subarray(rec.length - 16));
+    return Buffer.concat([d.update(rec.subarray(5, rec.length - 16)), d.final()]);
+  };
+  // seq 1: one message, preceded by its length.
+  const one = open(v.client_ping_record!, 1);
+  assert.equal(one.readUInt16BE(0), one.length - 2);
+  assert.equal(one.subarray(2).toString('hex'), v.ping_request_cbor);
+  // seq 2: two messages in one record, each preceded by its length.
+  const batch = open(v.client_batch_record!, 2);
+  assert.equal(batch.toString('hex'), v.batch_plaintext);
+  const first = batch.readUInt16BE(0);
+  const second = batch.readUInt16BE(2 + first);
+  assert.equal(2 + first + 2 + second, batch.length);
+  assert.deepEqual(decodeMessage(batch.subarray(2, 2 + first)), { kind: 'request', id: 2, command: 'ping', payload: {}, stream: false });
+  assert.deepEqual(decodeMessage(batch.subarray(4 + first)), { kind: 'request', id: 3, command: 'ping', payload: { data: new Uint8Array(Buffer.from('ab')) }, stream: false });
+});
+
+test('docs/PROTOCOL.md prints exactly the recorded version 2 vectors', () => {
+  const at = doc.indexOf('### 10.1');
+  assert.ok(at > 0, 'PROTOCOL.md has section 10.1');
+  const flat = doc.slice(at).replace(/\s+/g, '');
+  for (const [name, value] of Object.entries(fileV2.outputs)) assert.ok(flat.includes(`${name}=${value}`), `PROTOCOL.md 10.1 lacks ${name}`);
+  assert.ok(flat.includes(`signature=${fileV2.inputs.signature}`), 'PROTOCOL.md 10.1 lacks the version 2 signature');
 });

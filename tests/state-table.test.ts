@@ -5,6 +5,7 @@ import { CLIENT_RECORD_INPUT, CLIENT_TRANSITIONS, ClientSession, pinFingerprint,
 import { RECORD_CLOSE, RECORD_DATA, RECORD_FINISHED, RECORD_KEY_UPDATE, SERVER_HELLO_LEN } from '../protocol/constants.js';
 import { parseServerHello } from '../protocol/handshake-messages.js';
 import { deriveSessionSecrets, type SessionSecrets } from '../protocol/key-schedule.js';
+import { joinBatch } from '../protocol/batch.js';
 import { encodeMessage } from '../protocol/messages.js';
 import { RecordSealer } from '../protocol/record-layer.js';
 import { SERVER_RECORD_INPUT, SERVER_TRANSITIONS, ServerSession, type ServerEvent, type ServerState } from '../protocol/server-session.js';
@@ -31,7 +32,7 @@ interface Handshake {
   serverFinishedRecord: Buffer;
 }
 
-/** A handshake in memory that also hands the test both directions' keys. */
+/** A handshake in memory (version 2: DATA bodies are batches) that also hands the test both directions' keys. */
 function handshake(): Handshake {
   const identity = testIdentity();
   let eph: EphemeralKey | undefined;
@@ -58,7 +59,7 @@ function bodyFor(type: number, finished: Buffer): Buffer {
     case RECORD_FINISHED:
       return finished;
     case RECORD_DATA:
-      return Buffer.from(encodeMessage({ kind: 'request', id: 1, command: 'ping', payload: {}, stream: false }));
+      return joinBatch([encodeMessage({ kind: 'request', id: 1, command: 'ping', payload: {}, stream: false })]);
     case RECORD_KEY_UPDATE:
       return Buffer.alloc(0);
     case RECORD_CLOSE:
@@ -180,7 +181,7 @@ function clientIn(state: ClientState): { h: Handshake; forge: RecordSealer } {
     assert.equal(h.client.nextEvent().type, 'closed');
     return { h, forge };
   }
-  const bad = seal(forge, RECORD_DATA, Buffer.from(encodeMessage({ kind: 'end', id: 1 })));
+  const bad = seal(forge, RECORD_DATA, joinBatch([encodeMessage({ kind: 'end', id: 1 })]));
   bad[bad.length - 1]! ^= 1;
   h.client.receive(bad);
   assert.equal(h.client.nextEvent().type, 'error');
@@ -195,7 +196,7 @@ for (const state of CLIENT_STATES) {
     const legal = input !== undefined && CLIENT_TRANSITIONS[state][input] !== undefined;
     test(`client state table: ${state} x record type 0x${type.toString(16).padStart(2, '0')} (${input ?? 'unknown'}) is ${legal ? 'legal' : 'refused'}`, () => {
       const { h, forge } = clientIn(state);
-      const body = type === RECORD_DATA ? Buffer.from(encodeMessage({ kind: 'end', id: 1 })) : bodyFor(type, h.secrets.serverFinished);
+      const body = type === RECORD_DATA ? joinBatch([encodeMessage({ kind: 'end', id: 1 })]) : bodyFor(type, h.secrets.serverFinished);
       h.client.receive(seal(forge, type, body));
       const events = drain(h.client);
       if (state === 'CLOSED') {

@@ -9,7 +9,7 @@ import type { Limits } from '../main/config.js';
 import type { Logger } from '../common/log.js';
 import { writePieces } from '../../client/socket-write.js';
 import { RequestLifecycle, type ConnectionEvents } from './requests.js';
-import { attachSocket, normalizeIp, onHandshakeTimer, onLoginTimer, onRecordTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
+import { attachSocket, normalizeIp, onHandshakeTimer, onRecordTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
 
 export type { ConnectionEvents } from './requests.js';
 export { normalizeIp } from './socket-events.js';
@@ -37,7 +37,12 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
   private recordStart = 0;
   private recordTimer: NodeJS.Timeout | undefined;
   /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
-  private loginTimer: NodeJS.Timeout | undefined;
+  /**
+   * The login deadline (ms since the epoch, 0: none) and the last socket activity, checked by the
+   * daemon's one deadline sweep (checkDeadlines) instead of two timers per connection.
+   */
+  private loginDeadline = 0;
+  private lastActive = 0;
   private loggedIn = false;
   private flushQueued = false;
   private handshakeOpen = true;
@@ -172,7 +177,7 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     clearTimeout(this.sweepTimer);
     this.sweepTimer = undefined;
     clearTimeout(this.recordTimer);
-    clearTimeout(this.loginTimer);
+    this.loginDeadline = 0;
     if (this.inflight) {
       for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
       this.inflight.clear();
@@ -186,6 +191,7 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
   onData(data: Buffer): void {
     if (this.closed) return;
     this.bytesIn += data.length;
+    this.lastActive = Date.now();
     this.session.receive(data);
     this.pump();
     this.watchRecord();
@@ -226,14 +232,13 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
   override markAuthenticated(): void {
     if (this.loggedIn) return;
     this.loggedIn = true;
-    clearTimeout(this.loginTimer);
-    this.loginTimer = undefined;
+    this.loginDeadline = 0;
     this.events.loggedIn?.();
   }
 
   /** @internal */
   onLoginTimeout(): void {
-    this.loginTimer = undefined;
+    this.loginDeadline = 0;
     if (this.closed || this.loggedIn) return;
     this.log.info('login deadline', { conn: this.info.id, ip: this.info.ip });
     this.closeWith(CLOSE_IDLE);
@@ -253,8 +258,8 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
         case 'established':
           this.finishHandshake(true);
           this.events.counted('established');
-          this.socket.setTimeout(this.limits.idleTimeoutMs);
-          if (!this.closed && !this.loggedIn) this.loginTimer = setTimeout(onLoginTimer, this.limits.loginTimeoutMs, this);
+          this.lastActive = Date.now();
+          if (!this.closed && !this.loggedIn) this.loginDeadline = this.lastActive + this.limits.loginTimeoutMs;
           continue;
         case 'message':
           this.onMessage(ev.message);
@@ -363,6 +368,7 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     const out = this.session.takeOutputPieces();
     if (out.length === 0 || this.socket.destroyed) return;
     writePieces(this.socket, out);
+    this.lastActive = Date.now();
     if (this.socket.writableLength > this.limits.writeHighWaterBytes && !this.pausedForOutput) {
       this.pausedForOutput = true;
       this.socket.pause();
@@ -389,6 +395,8 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     if (!this.handshakeOpen) return;
     this.handshakeOpen = false;
     clearTimeout(this.handshakeTimer);
+    // Dropped, not only cleared: an idle connection keeps no dead Timeout object.
+    this.handshakeTimer = undefined;
     this.events.handshakeDone(established);
   }
 
@@ -403,7 +411,21 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     this.destroy();
   }
 
-  /** @internal socket listener */
+  /**
+   * @internal Called by the daemon's deadline sweep (about four times per shortest deadline, at
+   * most once a second): ends a session not logged in by its login deadline, or one without
+   * socket activity for limits.idleTimeoutMs (unless requests are in flight), with CLOSE 2.
+   */
+  checkDeadlines(now: number): void {
+    if (this.closed || this.handshakeOpen || this.lastActive === 0) return;
+    if (this.loginDeadline !== 0 && now >= this.loginDeadline) return this.onLoginTimeout();
+    if (now - this.lastActive >= this.limits.idleTimeoutMs) {
+      this.lastActive = now; // with requests in flight: looked at again after another idle period
+      this.onIdle();
+    }
+  }
+
+  /** @internal the idle deadline passed */
   onIdle(): void {
     if (this.inflightCount > 0) return;
     this.log.info('idle timeout', { conn: this.info.id });

@@ -42,8 +42,9 @@ export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now:
       const d = p.data;
       return d instanceof Uint8Array ? { data: { data: d as Uint8Array<ArrayBuffer> } } : undefined;
     },
-    handler: async (p) => {
-      if (p.data && p.data.length > MAX_CHUNK_LEN) throw new CommandError('TOO_LARGE', `ping data is limited to ${MAX_CHUNK_LEN} bytes`);
+    // Synchronous: answered in the turn that read it, without a promise per ping.
+    handler: (p) => {
+      if (p.data && p.data.length > MAX_CHUNK_LEN) return Promise.reject(new CommandError('TOO_LARGE', `ping data is limited to ${MAX_CHUNK_LEN} bytes`));
       return { payload: p.data ? { time: now(), data: p.data } : { time: now() } };
     },
   });

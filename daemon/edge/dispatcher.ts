@@ -42,7 +42,11 @@ export interface CommandSpec<S extends z.ZodTypeAny = z.ZodTypeAny> {
    * returns; undefined sends the payload through the schema as usual.
    */
   readonly quickParse?: (payload: unknown) => { data: z.infer<S> } | undefined;
-  handler(payload: z.infer<S>, ctx: CommandContext): Promise<CommandResult>;
+  /**
+   * A plain result is answered in the same turn without a promise (the channel's hot commands:
+   * ping); a handler that fails must reject, never throw synchronously (that ends the connection).
+   */
+  handler(payload: z.infer<S>, ctx: CommandContext): Promise<CommandResult> | CommandResult;
 }
 
 /** Called once when a connection ends, with its per-connection session state. */

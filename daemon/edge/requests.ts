@@ -141,7 +141,12 @@ export abstract class RequestLifecycle {
     this.sweepTimer ??= setTimeout(onSweepTimer, this.limits.requestTimeoutMs, this).unref();
     // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
     const pending: unknown = prepared.spec.handler(prepared.payload, new RequestContext(this, f));
-    (pending instanceof Promise ? pending : Promise.resolve(pending)).then(
+    if (!(pending instanceof Promise)) {
+      // A plain result (ping): answered now, sealed with the rest of this turn's output.
+      this.onResult(f, pending as { payload: unknown; download?: AsyncIterable<Uint8Array> });
+      return;
+    }
+    pending.then(
       (result) => this.guarded('result', () => this.onResult(f, result)),
       (e: unknown) => {
         if (f.phase === WAITING) this.guarded('result', () => this.finishRequest(f, e));

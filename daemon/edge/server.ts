@@ -1,11 +1,11 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../../crypto/identity.js';
-import { CLOSE_NORMAL, CLOSE_POLICY, PROTOCOL_VERSION_1 } from '../../protocol/constants.js';
+import { CLOSE_NORMAL, CLOSE_POLICY, SUPPORTED_VERSIONS } from '../../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../../protocol/refusal.js';
 import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
 import { ServerSession } from '../../protocol/server-session.js';
 import { splitHostPort, type Config } from '../main/config.js';
-import { Connection, normalizeIp } from './connection.js';
+import { Connection, normalizeIp, type ConnectionEvents } from './connection.js';
 import { registerCoreCommands } from './core-commands.js';
 import { Dispatcher } from './dispatcher.js';
 import { nullLogger, type Logger } from '../common/log.js';
@@ -60,6 +60,74 @@ export interface DaemonStats {
 
 export const VERSION = '0.1.0';
 
+interface DaemonSide {
+  violation(ip: string, kind: ViolationKind, detail: string): void;
+  admission(): Admission;
+  reportLimit(ip: string, stage: Stage, reason: RefusalReason): void;
+  closed(conn: Connection): void;
+  evicted(conn: Connection | undefined, stage: Stage): void;
+  counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
+}
+
+/**
+ * One object per connection for what it reports to the daemon and for the admission slot it
+ * holds (pending handshake, then pre-login): methods on a prototype instead of seven closures
+ * and two objects per connection, which an idle connection would otherwise keep (issue 13).
+ */
+class ConnectionHooks implements ConnectionEvents {
+  conn: Connection | undefined;
+  slot: Slot | undefined;
+
+  constructor(
+    private readonly side: DaemonSide,
+    private readonly ip: string,
+  ) {}
+
+  /** The admission pool gave this connection's slot to a lighter source. */
+  evict(stage: Stage): void {
+    this.side.evicted(this.conn, stage);
+  }
+
+  /** Logged once, by the ban engine (with the source, the count and the outcome). */
+  violation(kind: ViolationKind, detail: string): void {
+    this.side.violation(this.ip, kind, detail);
+  }
+
+  handshakeDone(established: boolean): void {
+    this.release();
+    if (!established) return;
+    const pre = this.side.admission().admit('prelogin', this.ip, this, Date.now());
+    if (pre.ok) {
+      this.slot = pre.slot;
+      return;
+    }
+    // Called from inside the connection's event loop: close once it has settled.
+    const conn = this.conn;
+    queueMicrotask(() => {
+      this.side.reportLimit(this.ip, 'prelogin', pre.reason);
+      conn?.terminate(CLOSE_POLICY);
+    });
+  }
+
+  loggedIn(): void {
+    this.release();
+  }
+
+  closed(): void {
+    this.release();
+    if (this.conn) this.side.closed(this.conn);
+  }
+
+  counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void {
+    this.side.counted(what, command, result);
+  }
+
+  private release(): void {
+    if (this.slot) this.side.admission().release(this.slot);
+    this.slot = undefined;
+  }
+}
+
 /** An evicted pending handshake this old that has sent nothing counts as silent. */
 const SILENT_EVICTION_MS = 1000;
 
@@ -74,6 +142,8 @@ export class Daemon {
   readonly admission: Admission;
   private nextId = 1;
   private stopping: Promise<void> | undefined;
+  /** One sweep for every connection's login and idle deadline (no timers per connection). */
+  private deadlineTimer: NodeJS.Timeout | undefined;
 
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger ?? nullLogger();
@@ -87,7 +157,7 @@ export class Daemon {
     registerCoreCommands(this.dispatcher, () => ({
       name: 'commusic-server',
       version: VERSION,
-      protocolVersion: PROTOCOL_VERSION_1,
+      protocolVersion: Math.max(...SUPPORTED_VERSIONS),
       fingerprint: opts.identity.fingerprint,
     }), Date.now, opts.config.diag);
     this.admission = new Admission(opts.config.limits, opts.random);
@@ -121,6 +191,9 @@ export class Daemon {
     });
     const a = d.address();
     d.log.info('listening', { host: a.host, port: a.port, fingerprint: opts.identity.fingerprint });
+    const l = opts.config.limits;
+    const sweepMs = Math.max(25, Math.min(1000, Math.floor(Math.min(l.loginTimeoutMs, l.idleTimeoutMs) / 4)));
+    d.deadlineTimer = setInterval(() => d.sweepDeadlines(), sweepMs).unref();
     return d;
   }
 
@@ -184,6 +257,7 @@ export class Daemon {
   /** Stop accepting, let in-flight requests finish within the grace period, then close all. */
   stop(graceMs = this.opts.config.limits.shutdownGraceMs): Promise<void> {
     this.stopping ??= (async () => {
+      clearInterval(this.deadlineTimer);
       this.log.info('shutting down', { connections: this.connections.size, graceMs });
       const closed = new Promise<void>((r) => this.server.close(() => r()));
       for (const c of this.connections) c.drain();
@@ -224,64 +298,58 @@ export class Daemon {
       this.refuse(socket, until !== undefined ? { code: 'BANNED', until } : { code: 'BANNED' });
       return;
     }
-    // The slot holder learns its connection below; an eviction closes it.
-    const holder: { conn?: Connection; evict(stage: Stage): void } = {
-      evict: (stage) => this.evicted(holder.conn, stage),
-    };
-    const now = Date.now();
-    const pending = this.admission.admit('pending', ip, holder, now);
+    // One hooks object per connection: the admission slot holder and the connection's events.
+    const hooks = new ConnectionHooks(this.side, ip);
+    const pending = this.admission.admit('pending', ip, hooks, Date.now());
     if (!pending.ok) {
       this.reportLimit(ip, 'pending', pending.reason);
       this.refuse(socket, { code: 'BUSY' });
       return;
     }
     this.stats.accepted++;
-    let slot: Slot | undefined = pending.slot;
-    const limits = this.opts.config.limits;
+    hooks.slot = pending.slot;
     const session = new ServerSession({
       identity: this.opts.identity,
       ...(this.opts.rekeyAfterRecords ? { rekeyAfterRecords: this.opts.rekeyAfterRecords } : {}),
     });
-    const conn: Connection = new Connection(socket, session, this.dispatcher, limits, this.log, {
-      // Logged once, by the ban engine (with the source, the count and the outcome).
-      violation: (kind, detail) => this.violations.report({ ip, kind, detail, time: Date.now() }),
-      handshakeDone: (established) => {
-        if (slot) this.admission.release(slot);
-        slot = undefined;
-        if (!established) return;
-        const pre = this.admission.admit('prelogin', ip, holder, Date.now());
-        if (pre.ok) {
-          slot = pre.slot;
-          return;
-        }
-        // Called from inside the connection's event loop: close once it has settled.
-        queueMicrotask(() => {
-          this.reportLimit(ip, 'prelogin', pre.reason);
-          conn.terminate(CLOSE_POLICY);
-        });
-      },
-      loggedIn: () => {
-        if (slot) this.admission.release(slot);
-        slot = undefined;
-      },
-      closed: () => {
-        if (slot) this.admission.release(slot);
-        slot = undefined;
-        this.connections.delete(conn);
-      },
-      counted: (what, command, result) => {
-        if (what === 'hello') this.stats.hellos++;
-        else if (what === 'established') this.stats.established++;
-        else {
-          const name = command !== undefined && this.dispatcher.has(command) ? command : UNKNOWN_COMMAND_LABEL;
-          const key = `${name}:${result}`;
-          this.stats.requests.set(key, (this.stats.requests.get(key) ?? 0) + 1);
-        }
-      },
-    }, this.nextId++);
-    holder.conn = conn;
+    const conn = new Connection(socket, session, this.dispatcher, this.opts.config.limits, this.log, hooks, this.nextId++);
+    hooks.conn = conn;
     this.connections.add(conn);
   }
+
+  /**
+   * Checks every established connection's login and idle deadline, `deadlineSweepMs` apart: a
+   * deadline is met up to that late (a quarter of the shortest, at most a second), and an idle
+   * connection holds no timer of its own.
+   */
+  private sweepDeadlines(): void {
+    const now = Date.now();
+    for (const c of this.connections) {
+      try {
+        c.checkDeadlines(now);
+      } catch (e) {
+        c.fault('deadline', e);
+      }
+    }
+  }
+
+  /** What ConnectionHooks reach in the daemon; one object per daemon, shared by all connections. */
+  private readonly side: DaemonSide = {
+    violation: (ip, kind, detail) => this.violations.report({ ip, kind, detail, time: Date.now() }),
+    admission: () => this.admission,
+    reportLimit: (ip, stage, reason) => this.reportLimit(ip, stage, reason),
+    closed: (conn) => this.connections.delete(conn),
+    evicted: (conn, stage) => this.evicted(conn, stage),
+    counted: (what, command, result) => {
+      if (what === 'hello') this.stats.hellos++;
+      else if (what === 'established') this.stats.established++;
+      else {
+        const name = command !== undefined && this.dispatcher.has(command) ? command : UNKNOWN_COMMAND_LABEL;
+        const key = `${name}:${result}`;
+        this.stats.requests.set(key, (this.stats.requests.get(key) ?? 0) + 1);
+      }
+    },
+  };
 
   /**
    * The pool gave this connection's slot to a lighter source. A pending handshake that has sent

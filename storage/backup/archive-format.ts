@@ -2,7 +2,8 @@
  * The archive format: header (magic, version, kind, JSON), its sealing and opening (the stream key
  * from HKDF over the header), the manifest and the image inspection both writer and reader use.
  */
-import { createHash, createPublicKey, diffieHellman, generateKeyPairSync, hkdfSync, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, diffieHellman, hkdfSync, randomBytes } from 'node:crypto';
+import { keyPairWithEncodedPublic } from '../../crypto/handshake-crypto.js';
 import { keyIdOf } from '../../crypto/master-key.js';
 import { BackupError } from './backup-errors.js';
 import { ByteReader } from './backup-tar.js';
@@ -55,13 +56,15 @@ export function sealHeader(clubId: string, key: SealKey, now: Date): { header: B
     const header = encodeHeader(info);
     return { header, key: streamKey(key.key, header), info };
   }
-  const eph = generateKeyPairSync('x25519');
+  // The public key comes encoded from the key generation: export() on a freshly generated key can
+  // deadlock Node 20 (crypto/handshake-crypto.ts keyPairWithEncodedPublic).
+  const eph = keyPairWithEncodedPublic('x25519', { publicKeyEncoding: { format: 'jwk' } });
   const clubPub = createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: key.record.publicKey }, format: 'jwk' });
   const info: ArchiveHeader = {
     ...base,
     kind: 'club',
     clubPublicKey: key.record.publicKey,
-    ephemeralPublicKey: eph.publicKey.export({ format: 'jwk' }).x!,
+    ephemeralPublicKey: (eph.publicKey as { x: string }).x,
     kdf: { salt: key.record.salt, log2N: key.record.log2N, r: key.record.r, p: key.record.p },
   };
   const header = encodeHeader(info);

@@ -191,7 +191,8 @@ export class RawSocket {
 /**
  * A handshake done by hand over a RawSocket. The client's ephemeral key is captured so the
  * test can derive the session keys itself and seal records the ClientSession would never
- * produce (a DATA record in place of the Finished).
+ * produce (a DATA record in place of the Finished). It offers version 1 only unless
+ * `maxVersion` says otherwise, so a forged DATA record is one bare message (PROTOCOL.md 6).
  */
 export interface RawSession {
   readonly raw: RawSocket;
@@ -213,7 +214,7 @@ export interface RawSession {
 export async function rawHandshake(
   port: number,
   fingerprint: string,
-  opts: { localAddress?: string; sendFinished?: boolean; rekeyAfterRecords?: number; timeoutMs?: number } = {},
+  opts: { localAddress?: string; sendFinished?: boolean; rekeyAfterRecords?: number; timeoutMs?: number; maxVersion?: number } = {},
 ): Promise<RawSession> {
   const raw = await RawSocket.open(port, opts.localAddress);
   let eph: EphemeralKey | undefined;
@@ -224,6 +225,8 @@ export async function rawHandshake(
       ephemeral: () => (eph = systemRandomness.ephemeral()),
     },
     ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
+    // Version 1 unless asked: records forged with `forge` carry one bare message each.
+    maxVersion: opts.maxVersion ?? 1,
   });
   session.start();
   const clientHello = Buffer.concat(session.takeOutput());

@@ -4,6 +4,7 @@ import { generateIdentity, identityFromPem, signTranscript, verifyTranscript } f
 import { ClientSession, pinFingerprint } from '../../protocol/client-session.js';
 import { SERVER_HELLO_SIGNED_LEN } from '../../protocol/constants.js';
 import { deriveSessionSecrets, directionKeys, nextDirectionKeys, signatureInput, transcriptHash } from '../../protocol/key-schedule.js';
+import { joinBatch } from '../../protocol/batch.js';
 import { encodeMessage } from '../../protocol/messages.js';
 import { RecordSealer } from '../../protocol/record-layer.js';
 import { ServerSession } from '../../protocol/server-session.js';
@@ -31,9 +32,18 @@ function randomness(random: string, eph: string): HandshakeRandomness {
   return { random32: () => Buffer.from(random, 'hex'), ephemeral: () => ephemeralFromPrivate(Buffer.from(eph, 'hex')) };
 }
 
-export function computeVectors(inp: VectorInputs): Vectors {
+/**
+ * Version 1: the client offers 1..1. Version 2: the client offers 1..2 and the server picks 2;
+ * the outputs add a batch record (two pings in one DATA record).
+ */
+export function computeVectors(inp: VectorInputs, version: 1 | 2 = 1): Vectors {
   const identity = identityFromPem(inp.identityPem);
-  const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint), randomness: randomness(inp.clientRandom, inp.clientEphemeralPrivate) });
+  const client = new ClientSession({
+    acceptServerKey: pinFingerprint(identity.fingerprint),
+    randomness: randomness(inp.clientRandom, inp.clientEphemeralPrivate),
+    minVersion: 1,
+    maxVersion: version,
+  });
   client.start();
   const clientHello = Buffer.concat(client.takeOutput());
   const server = new ServerSession({ identity, randomness: randomness(inp.serverRandom, inp.serverEphemeralPrivate) });
@@ -57,6 +67,16 @@ export function computeVectors(inp: VectorInputs): Vectors {
   client.sendMessage(ping);
   const clientPingRecord = Buffer.concat(client.takeOutput());
   const c2sUpdated = nextDirectionKeys(directionKeys(Buffer.from(s.clientToServer.secret)));
+  const v2: Vectors = {};
+  if (version === 2) {
+    // Two requests issued in one turn leave in one record (seq 2).
+    const ping2 = { kind: 'request', id: 2, command: 'ping', payload: {}, stream: false } as const;
+    const ping3 = { kind: 'request', id: 3, command: 'ping', payload: { data: Buffer.from('ab', 'ascii') }, stream: false } as const;
+    client.sendMessage(ping2);
+    client.sendMessage(ping3);
+    v2.batch_plaintext = hex(joinBatch([encodeMessage(ping2), encodeMessage(ping3)]));
+    v2.client_batch_record = hex(Buffer.concat(client.takeOutput()));
+  }
   return {
     identity_fingerprint: identity.fingerprint,
     identity_spki: hex(identity.spki),
@@ -67,10 +87,10 @@ export function computeVectors(inp: VectorInputs): Vectors {
     shared_secret: hex(shared),
     finished_hash: hex(s.finishedHash),
     c2s_traffic_secret: hex(s.clientToServer.secret),
-    c2s_key: hex(s.clientToServer.key),
+    c2s_key: hex(s.clientToServer.key.export()),
     c2s_iv: hex(s.clientToServer.iv),
     s2c_traffic_secret: hex(s.serverToClient.secret),
-    s2c_key: hex(s.serverToClient.key),
+    s2c_key: hex(s.serverToClient.key.export()),
     s2c_iv: hex(s.serverToClient.iv),
     client_finished: hex(s.clientFinished),
     server_finished: hex(s.serverFinished),
@@ -79,8 +99,9 @@ export function computeVectors(inp: VectorInputs): Vectors {
     ping_request_cbor: hex(encodeMessage(ping)),
     client_ping_record: hex(clientPingRecord),
     c2s_traffic_secret_after_key_update: hex(c2sUpdated.secret),
-    c2s_key_after_key_update: hex(c2sUpdated.key),
+    c2s_key_after_key_update: hex(c2sUpdated.key.export()),
     c2s_iv_after_key_update: hex(c2sUpdated.iv),
+    ...v2,
   };
 }
 
@@ -96,9 +117,27 @@ function sealFirst(secret: Buffer, type: number, plaintext: Buffer): Buffer {
 }
 
 export const VECTOR_FILE = new URL('../../../tests/vectors/protocol-v1.json', import.meta.url);
+export const VECTOR_FILE_V2 = new URL('../../../tests/vectors/protocol-v2.json', import.meta.url);
 
-/** `node dist/tests/helpers/vectors.js --write` creates the vector file (once; keep it stable). */
-if (process.argv[1]?.endsWith('vectors.js') && process.argv.includes('--write')) {
+/**
+ * `node dist/tests/helpers/vectors.js --write` creates the vector file (once; keep it stable);
+ * with `--v2` the version 2 file, on the version 1 file's key and randoms with a signature over
+ * the version 2 transcript.
+ */
+if (process.argv[1]?.endsWith('vectors.js') && process.argv.includes('--write') && process.argv.includes('--v2')) {
+  const v1 = JSON.parse(readFileSync(VECTOR_FILE, 'utf8')).inputs as VectorInputs;
+  const identity = identityFromPem(v1.identityPem);
+  const c = new ClientSession({ acceptServerKey: () => true, randomness: randomness(v1.clientRandom, v1.clientEphemeralPrivate), minVersion: 1, maxVersion: 2 });
+  c.start();
+  const ch = Buffer.concat(c.takeOutput());
+  const sv = new ServerSession({ identity, randomness: randomness(v1.serverRandom, v1.serverEphemeralPrivate) });
+  sv.receive(ch);
+  sv.nextEvent();
+  const signed = Buffer.concat(sv.takeOutput()).subarray(0, SERVER_HELLO_SIGNED_LEN);
+  const inputs = { ...v1, signature: hex(signTranscript(identity, signatureInput(transcriptHash(ch, signed)))) };
+  writeFileSync(VECTOR_FILE_V2, `${JSON.stringify({ inputs, outputs: computeVectors(inputs, 2) }, null, 2)}\n`);
+  process.stdout.write(`wrote ${VECTOR_FILE_V2.pathname}\n`);
+} else if (process.argv[1]?.endsWith('vectors.js') && process.argv.includes('--write')) {
   let inputs: VectorInputs;
   try {
     inputs = JSON.parse(readFileSync(VECTOR_FILE, 'utf8')).inputs as VectorInputs;
@@ -111,7 +150,7 @@ if (process.argv[1]?.endsWith('vectors.js') && process.argv.includes('--write'))
       serverRandom: hex(seq(0x40)),
       serverEphemeralPrivate: hex(seq(0x60)),
     };
-    const c = new ClientSession({ acceptServerKey: () => true, randomness: randomness(base.clientRandom, base.clientEphemeralPrivate) });
+    const c = new ClientSession({ acceptServerKey: () => true, randomness: randomness(base.clientRandom, base.clientEphemeralPrivate), maxVersion: 1 });
     c.start();
     const ch = Buffer.concat(c.takeOutput());
     const sv = new ServerSession({ identity, randomness: randomness(base.serverRandom, base.serverEphemeralPrivate) });

@@ -1,11 +1,13 @@
 /**
- * Issue 14, must-show 1, 2 and 4 at the daemon level: a 3-member etcd and three commusicd
+ * Issue 14, must-show 1, 2, 3 and 4 at the daemon level: a 3-member etcd and three commusicd
  * processes on 127.0.0.2, .3 and .4 (one identity key: the keys/ folder copied), clubs created
  * through one member's control socket, clients that take the list of all three servers and follow
  * redirects. A primary is killed with SIGKILL: every write the clients saw acknowledged is
  * present afterwards (against the clients' own log), none twice, the change log verifies on the
  * new primary, and the clubs answer again within 30 s. A ban made on one server closes the
- * source's sessions on the other two and ends on all of them.
+ * source's sessions on the other two and ends on all of them. A fourth server added under load
+ * receives clubs; a drained server hands every club over and stops; the clients see nothing but
+ * redirects and retries. The CLI with a server list gets through a dead server and a redirect.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -260,5 +262,68 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     });
     assert.equal(out.code, 0, out.stderr);
     assert.equal((JSON.parse(out.stdout) as { club: string }).club, club);
+  });
+
+  test('a server added under load receives clubs; a drained server hands every club over and stops; clients see only redirects', async () => {
+    const clubs: string[] = [];
+    for (let i = 0; i < 4; i++) clubs.push(((await runOperation(members[0]!.dir, 'club.create', { name: `Orchester ${i}`, admin: 'admin', password: PASSWORD })).result as { id: string }).id);
+    await until('the new clubs served', async () => {
+      const s = await status(members[0]!);
+      return clubs.every((c) => s.clubs.find((x) => x.id === c)?.primary) ? true : undefined;
+    });
+    const servers = () => parseServerList(members.filter((m) => m.child.exitCode === null && m.child.signalCode === null).map((m) => `${m.host}:${m.port}`).join(','));
+    const clients = clubs.map(
+      (club) => new ClusterClient({ servers: servers(), fingerprint, login: async (conn) => void (await conn.request('auth.login', { club, user: 'admin', password: PASSWORD })) }),
+    );
+    const acked = new Map<string, string[]>(clubs.map((c) => [c, []]));
+    const failures: string[] = [];
+    let stop = false;
+    const writers = clubs.map(async (club, i) => {
+      for (let n = 0; !stop; n++) {
+        try {
+          await clients[i]!.request('persons.create', { firstName: `x${n}`, lastName: 'T' }, { mutating: true });
+          acked.get(club)!.push(`x${n}`);
+        } catch (e) {
+          failures.push(`${club}: ${(e as Error).message}`);
+          return;
+        }
+      }
+    });
+    // a fourth server joins with a copy of the keys/ folder
+    const host = '127.0.0.5';
+    const dir = join(root, 'm3');
+    mkdirSync(dir, { mode: 0o700 });
+    cpSync(join(root, 'template', 'keys'), join(dir, 'keys'), { recursive: true });
+    cpSync(join(root, 'template', 'server.db'), join(dir, 'server.db'));
+    const added = spawnMember({ id: 'n3', host, port: await freePort(host), dir });
+    members.push(added);
+    await until('the added server is primary of some club', async () => ((await status(members[0]!)).clubs.some((c) => c.primary === 'n3') ? true : undefined), 60_000);
+    // drain n1: its clubs move away, then it stops
+    await runOperation(members[0]!.dir, 'cluster.drain', { id: 'n1', drained: true });
+    await until('n1 holds no club', async () => ((await status(members[0]!)).clubs.every((c) => c.primary !== 'n1' && !c.standbys.includes('n1')) ? true : undefined), 60_000);
+    const n1 = members.find((m) => m.id === 'n1')!;
+    const exited = new Promise((r) => n1.child.once('exit', r));
+    n1.child.kill('SIGTERM');
+    await exited;
+    const counts = new Map(clubs.map((c) => [c, acked.get(c)!.length]));
+    await until('writes go on after the drain', () => (clubs.every((c) => acked.get(c)!.length >= counts.get(c)! + 3) ? true : undefined), 30_000);
+    stop = true;
+    await Promise.all(writers);
+    assert.deepEqual(failures, [], 'a client saw more than redirects and retries');
+    const st = await status(members[0]!);
+    assert.ok(!st.members.some((m) => m.id === 'n1'));
+    for (const [i, club] of clubs.entries()) {
+      const names: string[] = [];
+      let cursor: string | null | undefined;
+      do {
+        const r = await clients[i]!.request('persons.list', { limit: 500, ...(cursor ? { cursor } : {}) });
+        const page = r.payload as { items: Array<{ firstName: string; lastName: string }>; nextCursor: string | null };
+        names.push(...page.items.filter((p) => p.lastName === 'T').map((p) => p.firstName));
+        cursor = page.nextCursor;
+      } while (cursor);
+      assert.equal(new Set(names).size, names.length, `club ${club}: a write was applied twice`);
+      for (const tag of acked.get(club)!) assert.ok(names.includes(tag), `club ${club}: acknowledged ${tag} missing`);
+    }
+    for (const c of clients) await c.close();
   });
 });

@@ -30,7 +30,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
   const program = newProgram('commusic', 'ComMusic client command line: members, club administrators, scripts')
     .option('--server <host:port>', 'server address, or several servers of one cluster as HOST:PORT,HOST:PORT,... tried in turn (env COMMUSIC_SERVER)')
     .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
-    .option('--tofu', 'trust the server key on first use and remember it in the known-servers file')
+    .option('--tofu', 'trust the server key on first use and remember it in the known-servers file (which follows signed identity key rollovers); with --fingerprint: trust that key and record it there')
     .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
     .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
     .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000')
@@ -58,13 +58,15 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       connect({
         host: s.host,
         port: s.port,
-        ...(fingerprint ? { fingerprint } : { knownServersFile: o.knownServers! }),
+        // --tofu with --fingerprint: only that key, recorded in the file (after checking a new key out of band).
+        ...(fingerprint ? { fingerprint } : {}),
+        ...(!fingerprint || o.tofu ? { knownServersFile: o.knownServers! } : {}),
         connectTimeoutMs: timeout,
         requestTimeoutMs: timeout,
         ...(o.bind ? { localAddress: o.bind } : {}),
       });
     holder.connectTo = connectTo;
-    // Several servers (one cluster, one fingerprint): the first that answers (PROTOCOL.md 6.4).
+    // Several servers (one cluster, one fingerprint): the first that answers (PROTOCOL.md 6.5).
     let last: unknown;
     for (const s of servers) {
       try {
@@ -132,7 +134,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     return { conn, password };
   }
 
-  /** auth.login, following MOVED to the server that serves the club (at most 4 hops, PROTOCOL.md 6.4). */
+  /** auth.login, following MOVED to the server that serves the club (at most 4 hops, PROTOCOL.md 6.5). */
   async function loginFollowingRedirects(first: Connection, p: { club: string; user: string; password: string }): Promise<{ payload: unknown }> {
     let conn = first;
     for (let hops = 0; ; hops++) {

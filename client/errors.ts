@@ -7,6 +7,7 @@ export type ClientErrorCode =
   | 'CONNECT_TIMEOUT'
   | 'SERVER_KEY_MISMATCH'
   | 'SERVER_KEY_CHANGED'
+  | 'SERVER_KEY_ROTATED'
   | 'HANDSHAKE_FAILED'
   | 'BANNED'
   | 'BUSY'

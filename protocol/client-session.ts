@@ -50,7 +50,7 @@ export const CLIENT_TRANSITIONS: Readonly<Record<ClientState, Partial<Record<Inp
 
 export type ClientEvent =
   | { type: 'need-data' }
-  | { type: 'established'; fingerprint: string; version: number }
+  | { type: 'established'; fingerprint: string; version: number; spki: Buffer }
   | { type: 'message'; message: Message }
   | { type: 'closed'; code: number }
   | { type: 'error'; error: ProtocolError; fingerprint?: string; rejectCode?: number };
@@ -91,6 +91,7 @@ export class ClientSession {
   private expectedServerFinished: Buffer | undefined;
   private clientFinished: Buffer | undefined;
   private fingerprint: string | undefined;
+  private spki: Buffer | undefined;
   private version = 0;
   private readonly output = new OutputQueue();
   /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
@@ -222,7 +223,7 @@ export class ClientSession {
           this.sealer!.seal(RECORD_FINISHED, this.clientFinished!, this.output.parts);
           this.expectedServerFinished!.fill(0);
           this.expectedServerFinished = undefined;
-          return { type: 'established', fingerprint: this.fingerprint!, version: this.version };
+          return { type: 'established', fingerprint: this.fingerprint!, version: this.version, spki: this.spki! };
         }
         case 'data':
           return { type: 'message', message: this.openData(rec.plaintext) };
@@ -254,6 +255,7 @@ export class ClientSession {
     const max = this.opts.maxVersion ?? Math.max(...SUPPORTED_VERSIONS);
     if (sh.version < min || sh.version > max) throw new ProtocolError('VERSION_UNSUPPORTED', `server chose version ${sh.version}`);
     this.fingerprint = fingerprintOf(sh.spki);
+    this.spki = Buffer.from(sh.spki);
     if (!this.opts.acceptServerKey(this.fingerprint)) {
       throw new ProtocolError('SERVER_KEY_MISMATCH', 'the server key does not match the expected fingerprint');
     }

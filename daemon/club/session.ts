@@ -78,12 +78,13 @@ const audits = new WeakMap<Db, AuditLog>();
 export function auditFor(services: ClubServices, store: ClubStore): AuditLog {
   let a = audits.get(store.db);
   if (!a) {
-    const id = services.identity;
     const anchors = {
       anchors: services.storage,
       onAnchorError: (e: unknown) => services.logger?.warn('change-log anchor not written; the next signed head is anchored again', { club: store.clubId, error: (e as Error).name }),
     };
-    a = new AuditLog(store.db, store.clubId, id ? { signer: { sign: (b) => signTranscript(id, b), fingerprint: id.fingerprint }, ...anchors } : {});
+    // The key is read at each signature: after an identity key rollover new heads carry the new key.
+    const signer = { sign: (b: Uint8Array) => signTranscript(services.identity!, b), get fingerprint() { return services.identity!.fingerprint; } };
+    a = new AuditLog(store.db, store.clubId, services.identity ? { signer, ...anchors } : {});
     audits.set(store.db, a);
   }
   return a;

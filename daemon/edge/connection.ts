@@ -83,11 +83,13 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     return this.session.state === 'ESTABLISHED';
   }
 
-  /** Send a NOTICE (PROTOCOL.md) to an established peer; nothing once the connection is closing. */
-  notify(event: string, payload: Record<string, unknown>): void {
+  /**
+   * Sends an unsolicited NOTICE (PROTOCOL.md 6, kind 7) to an established session; does nothing
+   * before the handshake is complete or once the connection is closing. Never throws.
+   */
+  notify(event: string, payload: unknown): void {
     if (this.closed || !this.isEstablished) return;
-    this.send({ kind: 'notice', event, payload });
-    this.flush();
+    this.guarded('notice', () => this.send({ kind: 'notice', event, payload }));
   }
 
   /**

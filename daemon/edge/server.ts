@@ -2,6 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../../crypto/identity.js';
 import { CLOSE_NORMAL, CLOSE_POLICY, SUPPORTED_VERSIONS } from '../../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../../protocol/refusal.js';
+import { IDENTITY_NOTICE_EVENT } from '../../protocol/identity-notice.js';
 import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
 import { ServerSession } from '../../protocol/server-session.js';
 import { splitHostPort, type Config } from '../main/config.js';
@@ -35,6 +36,8 @@ export interface DaemonOptions {
   dispatcher?: Dispatcher;
   /** Test hook: lower the per-key record limit to exercise KEY_UPDATE. */
   rekeyAfterRecords?: number;
+  /** The `identity.keys` NOTICE payload each session gets once established (PROTOCOL.md 6.4), if any. */
+  identityNotice?: () => unknown;
 }
 
 /** The label under which requests for unknown commands are counted (never the name sent). */
@@ -67,6 +70,8 @@ interface DaemonSide {
   closed(conn: Connection): void;
   evicted(conn: Connection | undefined, stage: Stage): void;
   counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
+  /** The `identity.keys` NOTICE payload each session gets once established (PROTOCOL.md 6.4), if any. */
+  identityNotice(): unknown;
 }
 
 /**
@@ -96,6 +101,9 @@ class ConnectionHooks implements ConnectionEvents {
   handshakeDone(established: boolean): void {
     this.release();
     if (!established) return;
+    // Before any request of this session is read, so the notice precedes every answer.
+    const notice = this.side.identityNotice();
+    if (notice !== undefined) this.conn?.notify(IDENTITY_NOTICE_EVENT, notice);
     const pre = this.side.admission().admit('prelogin', this.ip, this, Date.now());
     if (pre.ok) {
       this.slot = pre.slot;
@@ -254,6 +262,24 @@ export class Daemon {
     return n;
   }
 
+  /**
+   * An identity key rollover step (daemon/identity-keys.ts): new handshakes are signed by
+   * `identity`, and every established session gets the new `identity.keys` notice. Returns how
+   * many sessions were told.
+   */
+  setIdentity(identity: IdentityKey, notice: unknown): number {
+    this.opts.identity = identity;
+    this.log.info('identity key in use', { fingerprint: identity.fingerprint });
+    if (notice === undefined) return 0;
+    let n = 0;
+    for (const c of this.connections) {
+      if (!c.isEstablished) continue;
+      c.notify(IDENTITY_NOTICE_EVENT, notice);
+      n++;
+    }
+    return n;
+  }
+
   /** Stop accepting, let in-flight requests finish within the grace period, then close all. */
   stop(graceMs = this.opts.config.limits.shutdownGraceMs): Promise<void> {
     this.stopping ??= (async () => {
@@ -340,6 +366,7 @@ export class Daemon {
     reportLimit: (ip, stage, reason) => this.reportLimit(ip, stage, reason),
     closed: (conn) => this.connections.delete(conn),
     evicted: (conn, stage) => this.evicted(conn, stage),
+    identityNotice: () => this.opts.identityNotice?.(),
     counted: (what, command, result) => {
       if (what === 'hello') this.stats.hellos++;
       else if (what === 'established') this.stats.established++;

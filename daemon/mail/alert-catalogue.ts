@@ -18,7 +18,7 @@ export const ALERT_CATALOGUE = {
     command: 'commusicctl bans check <address>; a member with a misconfigured client: commusicctl bans remove <address>',
   },
   'key-file': {
-    meaning: 'a key file (master key or identity key) or its folder changed while the daemon ran',
+    meaning: 'a key file (master key, identity key, or a rollover\'s next or previous identity key) or its folder changed while the daemon ran',
     command: 'ls -l <data>/keys; commusicctl status; if the key may have been copied: commusicctl keys rotate-master',
   },
   'backup-destination-down': {

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { identityFiles } from '../../crypto/identity-keyring.js';
 import { watchKeyFile, type SecurityEvent } from '../../crypto/key-watch.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { BanSystem } from '../bans/ban-system.js';
@@ -27,7 +28,7 @@ export type KeyWatchState = 'ok' | 'alarm' | 'off';
 export interface KeyWatcher {
   /** 'alarm' from the first security event until the operator restarts the daemon. */
   readonly state: KeyWatchState;
-  /** Runs the daemon's own key change (rotate-master) without raising an alarm. */
+  /** Runs the daemon's own key change (rotate-master, rotate-identity) without raising an alarm. */
   expectChange<T>(fn: () => Promise<T>): Promise<T>;
   close(): void;
 }
@@ -56,15 +57,18 @@ export function watchKeyFiles(storage: Storage, identityKeyPath: string, bans: B
   };
   const opts = { ...(pollMs ? { pollMs } : {}), onError: (err: Error) => log.warn('key watch error', { error: err.name }) };
   const master = watchKeyFile(storage.keyFilePath, onEvent, opts);
-  const identity = watchKeyFile(identityKeyPath, onEvent, opts);
+  // The identity key and, during a rollover, its next and previous keys: the same protection.
+  // A next key appearing outside the daemon's own rotate-identity is an alarm too.
+  const f = identityFiles(identityKeyPath);
+  const identity = [f.current, f.next, f.previous].map((p) => watchKeyFile(p, onEvent, opts));
+  const all = [master, ...identity];
   return {
     get state() {
       return state;
     },
-    expectChange: (fn) => master.expectChange(fn),
+    expectChange: (fn) => all.reduce<typeof fn>((inner, w) => () => w.expectChange(inner), fn)(),
     close() {
-      master.close();
-      identity.close();
+      for (const w of all) w.close();
       if (state === 'ok') state = 'off';
     },
   };

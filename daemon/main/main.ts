@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { assertSafeDataDir } from './folder-safety.js';
+import { openIdentityHolder } from './identity-keys.js';
 import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../../crypto/identity.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import { openBanSystem, type BanSystem } from '../bans/ban-system.js';
@@ -120,7 +121,10 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const control = await ControlServer.bind(dataPaths(config.dataDir).controlSocket, logger);
     closers.push(() => control.close());
     await checkPortFree(config.listen);
-    const identity = ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
+    ensureIdentity(config, opts.createKeyIfMissing ?? true, print);
+    // The current key, and during a rollover the next or previous one (daemon/identity-keys.ts).
+    const identities = openIdentityHolder(dataPaths(config.dataDir).identityKey);
+    const identity = identities.current;
     const storage = await openStorage({
       dataDir: config.dataDir,
       create: opts.createKeyIfMissing ?? true,
@@ -157,9 +161,17 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       kick: () => daemonRef?.disconnectBanned(isBanned),
       clubMoved: (club, address) => daemonRef?.closeSessions((session) => clubOfSession(session) === club, { event: 'club.moved', payload: { club, ...(address ? { server: address } : {}) } }),
     });
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires });
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice });
     daemonRef = daemon;
     closers.push(() => daemon.stop());
+    // A rollover step: everything that signs with the identity key takes the new current key.
+    let notified = 0;
+    identities.subscribe((set, notice) => {
+      storage.identity = set.current;
+      clubServices.identity = set.current;
+      notified = daemon.setIdentity(set.current, notice);
+      logger.warn('identity key rollover step', { phase: set.phase, fingerprint: set.current.fingerprint, sessionsNotified: notified });
+    });
     await cluster.start(daemon.address());
     closers.push(() => cluster.stop());
     // A ban also ends the sessions its source already has open.
@@ -169,14 +181,17 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       setImmediate(() => daemon.disconnectBanned(isBanned));
     });
     closers.push(() => stopKicking());
-    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned), cluster: () => cluster.node };
+    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned), cluster: () => cluster.node, identityChanged: () => (identities.reload(), notified) };
     // Monitoring: one set of providers feeds `status` and /metrics.
     let health: HealthEndpoint | undefined;
     let healthOff = config.health.enabled ? 'not started yet' : 'disabled in the configuration (health.enabled: false)';
     const status: StatusContext = {
       daemon,
       version: VERSION,
-      fingerprint: identity.fingerprint,
+      get fingerprint() {
+        return identities.current.fingerprint;
+      },
+      identityRollover: () => identities.rollover,
       listen: () => `${daemon.address().host}:${daemon.address().port}`,
       activeBans: () => banSystem.table.size,
       outboxLength: () => banSystem.mailer.outboxLength,
@@ -199,7 +214,9 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     let stopped: Promise<void> | undefined;
     return {
       config,
-      identity,
+      get identity() {
+        return identities.current;
+      },
       storage,
       daemon,
       banSystem,

@@ -152,7 +152,13 @@ export function parseTargets(spec: string, fingerprints: string): Target[] {
   });
 }
 
-/** The real probe: handshake with the pinned key, one ping, close. */
+/**
+ * Pins learned from verified `identity.keys` notices (docs/PROTOCOL.md 6.3), per target: a
+ * monitor that runs through an identity key rollover follows it like any pinned client.
+ */
+const learnedPins = new Map<string, string[]>();
+
+/** The real probe: handshake with the pinned key (or the keys a rollover announced), one ping, close. */
 export const clientProbe: Probe = async (target, timeoutMs) => {
   const started = performance.now();
   let conn: Awaited<ReturnType<typeof connect>> | undefined;
@@ -163,7 +169,15 @@ export const clientProbe: Probe = async (target, timeoutMs) => {
   });
   try {
     const attempt = (async () => {
-      const c = await connect({ host: target.host, port: target.port, fingerprint: target.fingerprint, connectTimeoutMs: timeoutMs, requestTimeoutMs: timeoutMs });
+      const key = `${target.label} ${target.fingerprint}`;
+      const c = await connect({
+        host: target.host,
+        port: target.port,
+        fingerprints: learnedPins.get(key) ?? [target.fingerprint],
+        onPinsChanged: (fps) => learnedPins.set(key, fps),
+        connectTimeoutMs: timeoutMs,
+        requestTimeoutMs: timeoutMs,
+      });
       // Connected only after the time limit: close at once, the probe already failed.
       if (finished) return void c.close().catch(() => undefined);
       conn = c;

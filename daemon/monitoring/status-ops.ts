@@ -11,6 +11,8 @@ export interface StatusContext extends MetricsSources {
   readonly version?: string;
   /** Server identity key fingerprint. */
   readonly fingerprint?: string;
+  /** An identity key rollover in progress: its phase and the other key (docs/OPERATIONS.md). */
+  readonly identityRollover?: () => { phase: 'announce' | 'switched'; otherKey: string } | undefined;
   /** Client listener address. */
   readonly listen?: () => string;
   /** Health endpoint address and certificate fingerprint, when it runs. */
@@ -39,6 +41,8 @@ export interface StatusReport {
   activeBans: number | null;
   outboxLength: number | null;
   keyFileWatch: string | null;
+  /** null when no identity key rollover is in progress. */
+  identityRollover: { phase: 'announce' | 'switched'; otherKey: string } | null;
   lastBackups: Record<string, string>;
   health: { listen: string; certFingerprint: string } | null;
   /** Why the health endpoint is off (null when it runs or nobody said). */
@@ -71,6 +75,7 @@ export function statusReport(ctx: StatusContext): StatusReport {
     activeBans: ctx.activeBans?.() ?? null,
     outboxLength: ctx.outboxLength?.() ?? null,
     keyFileWatch: ctx.keyWatchState?.() ?? null,
+    identityRollover: ctx.identityRollover?.() ?? null,
     lastBackups,
     health: ctx.health?.() ?? null,
     healthOff: ctx.health?.() ? null : (ctx.healthOff?.() ?? null),
@@ -130,6 +135,9 @@ export function formatStatus(r: StatusReport): string {
     `active bans:      ${na(r.activeBans)}`,
     `mail outbox:      ${na(r.outboxLength)}`,
     `key-file watch:   ${na(r.keyFileWatch)}`,
+    ...(r.identityRollover
+      ? [`identity key:     rollover ${r.identityRollover.phase === 'announce' ? `announced, next key ${r.identityRollover.otherKey}` : `switched, previous key ${r.identityRollover.otherKey} still accepted until "keys rotate-identity retire"`}`]
+      : []),
     `last backups:     ${Object.keys(r.lastBackups).length ? '' : 'none recorded'}`,
     ...Object.entries(r.lastBackups).map(([d, t]) => `  ${d}: ${t}`),
     `health endpoint:  ${r.health ? `https://${r.health.listen} (certificate ${r.health.certFingerprint})` : `off${r.healthOff ? `: ${r.healthOff}` : ''}`}`,

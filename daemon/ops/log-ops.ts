@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { loadPublicIdentity, verifyTranscript } from '../../crypto/identity.js';
+import { keyRingVerifier, trustedIdentityKeys } from '../../crypto/identity-keyring.js';
 import { queryAuditLog, verifyAuditLog, MAX_QUERY_LIMIT, type AuditVerifier } from '../../storage/club/audit-log.js';
 import { dataPaths } from '../main/config.js';
 import { OperationError, type OperationRegistry } from './operations.js';
@@ -15,13 +15,14 @@ import type { OpsContext } from './operations.js';
 const clubId = z.string().min(1).max(64).regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'not a club id');
 
 /**
- * Verifies head and anchor signatures with the public identity key of this data folder
- * (`keys/identity.pub`); the private key is never loaded, so whoever verifies cannot re-sign.
+ * Verifies head and anchor signatures with the public identity keys of this data folder: the
+ * current one (`keys/identity.pub`) and those of identity key rollovers (next, previous, and the
+ * retired keys of `keys/identity-rotations.json`; crypto/identity-keyring.ts trustedIdentityKeys).
+ * No private key is loaded, so whoever verifies cannot re-sign.
  */
 export function identityVerifier(dataDir: string): AuditVerifier | undefined {
-  const id = loadPublicIdentity(dataPaths(dataDir).identityKey);
-  if (!id) return undefined;
-  return { verify: (bytes, sig, fp) => fp === id.fingerprint && verifyTranscript(id.spki, bytes, sig) };
+  const keys = trustedIdentityKeys(dataPaths(dataDir).identityKey);
+  return keys.length > 0 ? keyRingVerifier(keys) : undefined;
 }
 
 export function registerLogOps<C extends OpsContext>(registry: OperationRegistry<C>): OperationRegistry<C> {

@@ -64,4 +64,6 @@ export interface OpsContext {
   expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
   /** Online, on a cluster member: the daemon's cluster node (docs/CLUSTER.md). */
   cluster?(): ClusterNode | undefined;
+  /** Online: the identity key files changed (a rollover step); reload them and tell the sessions. Returns how many sessions were told. */
+  identityChanged?(): number;
 }

@@ -8,6 +8,8 @@ import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
 import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 import type { ClusterNode } from '../../cluster/node.js';
+import { abortIdentityRotation, identityStatus, retireIdentity, startIdentityRotation, switchIdentity } from '../../crypto/identity-keyring.js';
+import { dataPaths } from '../main/config.js';
 
 /** Every operator operation, registered once (the context type lives in operations.ts). */
 export type { OpsContext } from './operations.js';
@@ -17,6 +19,9 @@ function needCluster(c: OpsContext): ClusterNode {
   if (!node) throw new OperationError('NOT_IN_CLUSTER', 'cluster commands need the running daemon of a cluster member (commusicd with --cluster-etcd)');
   return node;
 }
+
+/** The steps of `keys rotate-identity` (crypto/identity-keyring.ts has the phases). */
+const IDENTITY_STEPS = { start: startIdentityRotation, switch: switchIdentity, retire: retireIdentity, abort: (p: string) => abortIdentityRotation(p) } as const;
 
 const address = z.string().min(1).max(64);
 const clubId = z.string().min(1).max(64).regex(/^[A-Za-z0-9_-]+$/, 'not a club id');
@@ -122,7 +127,19 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     })
     .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) })
     .register({ name: 'keys.rotate-archive', schema: z.object({}).strict(), run: async (c) => rotateArchiveKey(await c.storage()) })
-    .register({ name: 'keys.archive-keys', schema: z.object({}).strict(), run: async (c) => archiveKeyIds(await c.storage()) });
+    .register({ name: 'keys.archive-keys', schema: z.object({}).strict(), run: async (c) => archiveKeyIds(await c.storage()) })
+    .register({
+      name: 'keys.rotate-identity',
+      schema: z.object({ step: z.enum(['start', 'switch', 'retire', 'abort']) }).strict(),
+      run: async (c, a) => {
+        const path = dataPaths(c.dataDir).identityKey;
+        const step = async () => IDENTITY_STEPS[a.step](path, Date.now());
+        const r = c.expectKeyChange ? await c.expectKeyChange(step) : await step();
+        const told = c.identityChanged?.();
+        return { ...r, ...(told !== undefined ? { sessionsNotified: told } : {}) };
+      },
+    })
+    .register({ name: 'keys.identity-status', schema: z.object({}).strict(), run: async (c) => identityStatus(dataPaths(c.dataDir).identityKey) });
   registerLogOps(registry);
   registerBackupOps(registry);
   return registry;

@@ -7,7 +7,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { verifyTranscript } from '../../crypto/identity.js';
+import { identityVerifier } from '../ops/log-ops.js';
 import { verifyAuditLog, type VerifyResult } from '../../storage/club/audit-log.js';
 import { CommandError } from '../edge/command-errors.js';
 import { noRightPage, type WebUser } from './common.js';
@@ -42,9 +42,8 @@ function utc(v: string | undefined): string | undefined {
 
 export async function logRoutes(app: FastifyInstance): Promise<void> {
   const web = app.web;
-  const verifier = web.deps.identity && {
-    verify: (bytes: Uint8Array, sig: Uint8Array, fp: string) => fp === web.deps.identity!.fingerprint && verifyTranscript(web.deps.identity!.spki, bytes, sig),
-  };
+  // Read per page: after an identity key rollover the keys of every phase verify (log-ops.ts).
+  const verifierNow = () => (web.deps.identity ? identityVerifier(web.deps.services.storage.dataDir) : undefined);
 
   const render = async (req: FastifyRequest, reply: FastifyReply, u: WebUser, f: Filters, before: number | undefined) => {
     const payload = {
@@ -66,7 +65,7 @@ export async function logRoutes(app: FastifyInstance): Promise<void> {
     // The reader may read the whole log (log.query allowed it): verify the chain.
     let v: VerifyResult;
     try {
-      v = verifyAuditLog(web.deps.services.storage.openClub(u.session.club).db, u.session.club, verifier);
+      v = verifyAuditLog(web.deps.services.storage.openClub(u.session.club).db, u.session.club, verifierNow());
     } catch (e) {
       return web.fail(req, reply, e, u.nav);
     }

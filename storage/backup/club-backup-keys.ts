@@ -6,7 +6,8 @@ import { createPrivateKey, createPublicKey, randomBytes, scrypt as scryptCb, tim
 import { BackupError } from './backup-errors.js';
 import { type Storage } from '../server/storage.js';
 import { currentArchiveKey, retiredArchiveKeys } from './archive-keys.js';
-import { loadDataDirIdentity, originMacKey, type OriginSigner, type OriginTrust } from './archive-origin.js';
+import { identityKeyPath, loadDataDirIdentity, originMacKey, type OriginSigner, type OriginTrust } from './archive-origin.js';
+import { trustedIdentityKeys } from '../../crypto/identity-keyring.js';
 
 // ---- keys ----------------------------------------------------------------------------------
 
@@ -137,5 +138,8 @@ export function archiveSigner(st: Storage): OriginSigner {
  */
 export function archiveTrust(st: Storage, fingerprints: readonly string[] = []): OriginTrust {
   const identity = st.identity ?? loadDataDirIdentity(st.dataDir);
-  return { keys: identity ? [identity.spki] : [], fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)), retiredMacKeys: retiredArchiveKeys(st).map(originMacKey) };
+  // Also the keys of an identity rollover (next, previous, retired): what they signed stays valid.
+  const ring = trustedIdentityKeys(identityKeyPath(st.dataDir)).map((k) => k.spki);
+  const keys = [...(identity ? [identity.spki] : []), ...ring].filter((k, i, all) => all.findIndex((x) => x.equals(k)) === i);
+  return { keys, fingerprints: [...fingerprints], macKey: originMacKey(serverArchiveKey(st)), retiredMacKeys: retiredArchiveKeys(st).map(originMacKey) };
 }

@@ -5,7 +5,7 @@
  * queues many hashes delays another source's next hash by at most one hash per other waiting
  * source plus the ones running, however many it queued (issue: one connection could block logins
  * for the whole server). A source may have at most `perSourceQueued` hashes waiting; one more is
- * refused at once (HASH_BUSY). A job whose AbortSignal fires while it waits leaves the queue at
+ * refused at once (HASH_BUSY; jobs without a source are not capped). A job whose AbortSignal fires while it waits leaves the queue at
  * once (HASH_CANCELLED); one already running finishes (scrypt cannot be stopped) but its result
  * is discarded and the caller gets HASH_CANCELLED, so nothing is counted for it.
  *
@@ -15,7 +15,10 @@ import { CryptoError } from './errors.js';
 
 /** Who asks and whether the answer is still wanted. */
 export interface HashJobOptions {
-  /** The fairness key: the client's source address; jobs without one share the key ''. */
+  /**
+   * The fairness key: the client's source address. Jobs without one (the operator's own work)
+   * share the key '' and are not capped by perSourceQueued.
+   */
   readonly source?: string | undefined;
   /** Aborted: the job leaves the queue, or its result is discarded if it already runs. */
   readonly signal?: AbortSignal | undefined;
@@ -78,7 +81,9 @@ export class HashQueue {
     if (signal?.aborted) throw cancelled();
     if (this.running >= this.concurrency || this.waiting.size > 0) {
       const q = this.waiting.get(source);
-      if (q && q.length >= this.perSourceQueued) throw new CryptoError('HASH_BUSY', 'too many password checks from this address are waiting; retry shortly');
+      // Work without a source (the operator's commusicctl, provisioning) is not capped: it is
+      // one share of the round-robin like any client address.
+      if (opts.source !== undefined && q && q.length >= this.perSourceQueued) throw new CryptoError('HASH_BUSY', 'too many password checks from this address are waiting; retry shortly');
       await new Promise<void>((resolve, reject) => {
         const job: Job = {
           source,

@@ -62,11 +62,15 @@ test('hash queue: a source may have perSourceQueued jobs waiting; one more is HA
   const b = q.run(h.job('b0'), { source: 'B' });
   assert.equal(q.queued('A'), 4);
   assert.equal(q.queued('B'), 1);
-  q.setConcurrency(5);
+  // Work without a source (operator, provisioning of many clubs) is one share, not capped.
+  const own = [0, 1, 2, 3, 4, 5].map((i) => q.run(h.job(`o${i}`)));
+  assert.equal(q.queued(''), 6);
+  q.setConcurrency(11);
   await flush();
-  assert.deepEqual(h.started.sort(), ['a0', 'a1', 'a2', 'a3', 'b0']);
-  for (const n of ['a0', 'a1', 'a2', 'a3', 'b0']) h.finish(n);
-  await Promise.all([...waiting, b]);
+  const all = ['a0', 'a1', 'a2', 'a3', 'b0', 'o0', 'o1', 'o2', 'o3', 'o4', 'o5'];
+  assert.deepEqual([...h.started].sort(), [...all].sort());
+  for (const n of all) h.finish(n);
+  await Promise.all([...waiting, b, ...own]);
 });
 
 test('hash queue: an aborted waiting job leaves the queue unhashed; a running one finishes but its result is discarded', async () => {

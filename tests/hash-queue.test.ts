@@ -116,3 +116,11 @@ test('verifyPassword and hashPassword wait in the shared fair queue and honour t
     passwordHashQueue.setConcurrency(2);
   }
 });
+
+test('the daemon queues an IPv6 client under its /64, an IPv4 client under its address', async () => {
+  const { hashSourceOf } = await import('../daemon/club/password-work.js');
+  assert.equal(hashSourceOf('2001:db8:1:2::5'), hashSourceOf('2001:db8:1:2:ffff::9'));
+  assert.notEqual(hashSourceOf('2001:db8:1:2::5'), hashSourceOf('2001:db8:1:3::5'));
+  assert.equal(hashSourceOf('127.0.0.32'), '127.0.0.32');
+  assert.notEqual(hashSourceOf('127.0.0.32'), hashSourceOf('127.0.0.33'));
+});

@@ -5,7 +5,8 @@
  *  - ONE password check in flight per connection: a second command that would hash while one
  *    is running is refused at once with BUSY (not queued: a pipelined flood costs the server
  *    nothing and the client learns to wait for its answer). BUSY is not a violation.
- *  - the hash queue (crypto/hash-queue.ts) takes jobs round-robin between source addresses,
+ *  - the hash queue (crypto/hash-queue.ts) takes jobs round-robin between source addresses
+ *    (IPv6: per /64),
  *    refuses a source's fifth waiting job (BUSY), and drops a job when its request is aborted:
  *    the connection closed, was closed because its source got banned, the client cancelled or
  *    the request timed out. A hash already running finishes, but its result is discarded: no
@@ -13,6 +14,7 @@
  */
 import { CryptoError } from '../../crypto/errors.js';
 import type { HashJobOptions } from '../../crypto/password.js';
+import { formatPrefix, parseAddress, prefixOf } from '../../storage/bans/ban-address.js';
 import { CommandError } from '../edge/command-errors.js';
 import type { CommandContext } from '../edge/dispatcher.js';
 
@@ -32,6 +34,16 @@ export function isHashQueueError(e: unknown): boolean {
 }
 
 /**
+ * The hash queue's fairness key for a client address: an IPv4 address itself, an IPv6 address's
+ * /64 (one host or customer network holds a whole /64, as the ban engine counts it).
+ */
+export function hashSourceOf(ip: string): string {
+  const a = parseAddress(ip);
+  if (!a || a.family === 4) return ip;
+  return formatPrefix(prefixOf(a, 64));
+}
+
+/**
  * Runs `work` as this connection's one password check. BUSY at once if another is in flight on
  * the connection; `work` gets the hash-queue options (source address, the request's signal).
  * Hash-queue errors come out as CommandError BUSY / CANCELLED.
@@ -40,7 +52,7 @@ export async function withPasswordWork<T>(ctx: CommandContext, work: (opts: Hash
   if (ctx.session.get(PASSWORD_WORK_KEY) === true) throw new CommandError('BUSY', 'a password check is already in progress on this connection; wait for its answer');
   ctx.session.set(PASSWORD_WORK_KEY, true);
   try {
-    return await work({ source: ctx.conn.ip, signal: ctx.signal });
+    return await work({ source: hashSourceOf(ctx.conn.ip), signal: ctx.signal });
   } catch (e) {
     throw hashQueueError(e);
   } finally {

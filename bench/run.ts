@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
- * Groups: channel, store, data, bans, backup, flood, clubs, growth (bench/<group>.ts).
- * Options: `--only channel[,store,data,bans,backup,flood,clubs,growth]`, `--quick`.
+ * Groups: channel, store, data, bans, backup, flood, clubs, growth, cluster (bench/<group>.ts).
+ * Options: `--only channel[,store,data,bans,backup,flood,clubs,growth,cluster]`, `--quick`.
  */
 import os from 'node:os';
 import { runBackupBench } from './backup.js';
@@ -11,6 +11,7 @@ import { runDataBench } from './data.js';
 import { runFloodBench } from './flood.js';
 import { runGrowthBench } from './growth.js';
 import { runClubsBench } from './clubs.js';
+import { runClusterBench } from './cluster.js';
 import { runStoreBench } from './store.js';
 import { normalizeRow, ratioOf, type LegacyRow, type Row } from './row.js';
 
@@ -28,6 +29,7 @@ const GROUPS: Group[] = [
   { name: 'flood', run: (quick) => runFloodBench({ quick }) },
   { name: 'clubs', run: (quick) => runClubsBench({ quick }) },
   { name: 'growth', run: (quick) => runGrowthBench({ quick }) },
+  { name: 'cluster', run: (quick) => runClusterBench({ quick }) },
 ];
 
 function fmt(n: number): string {

@@ -22,6 +22,8 @@ export interface SessionHolder {
   shared?: boolean;
   /** The outer program's global options, for the programs built per batch line. */
   globals?: Globals;
+  /** Connect to one server of the --server list (used to follow a redirect). */
+  connectTo?: (s: { host: string; port: number }) => Promise<Connection>;
 }
 
 /** What a command module gets from the program: requests in the logged-in session, closing after the action. */

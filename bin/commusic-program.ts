@@ -6,6 +6,7 @@
 import { Command, Option } from 'commander';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
+import { movedTarget } from '../client/cluster-client.js';
 import { normalizeFingerprint } from '../crypto/identity.js';
 import { loadTicket, removeTicket, saveTicket, ticketDir, touchTicket } from '../client/tickets.js';
 import { ROLES } from '../daemon/club/rights.js';
@@ -27,7 +28,7 @@ interface WhoAmI {
 /** Builds the whole `commusic` program; `holder` is reused across batch lines. */
 export function buildProgram(holder: SessionHolder = {}): Command {
   const program = newProgram('commusic', 'ComMusic client command line: members, club administrators, scripts')
-    .option('--server <host:port>', 'server address (env COMMUSIC_SERVER)')
+    .option('--server <host:port>', 'server address, or several servers of one cluster as HOST:PORT,HOST:PORT,... tried in turn (env COMMUSIC_SERVER)')
     .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
     .option('--tofu', 'trust the server key on first use and remember it in the known-servers file (which follows signed identity key rollovers); with --fingerprint: trust that key and record it there')
     .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
@@ -49,19 +50,35 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     const fingerprint = o.fingerprint ?? process.env['COMMUSIC_FINGERPRINT'];
     if (!fingerprint && !o.tofu) usage('give --fingerprint (from "commusicctl keys show"), or --tofu to trust on first use');
     if (fingerprint && !normalizeFingerprint(fingerprint)) usage('--fingerprint must be the server key\'s SHA-256 as 64 hex digits (from "commusicctl keys show")');
-    const { host, port } = parseHostPortLocal(server);
+    const servers = server.split(',').map(parseHostPortLocal);
+    if (servers.length > 32) usage('--server takes at most 32 servers');
     const timeout = Number(o.timeout);
     if (!Number.isInteger(timeout) || timeout < 100 || timeout > 3_600_000) usage('--timeout is milliseconds between 100 and 3600000');
-    holder.conn = await connect({
-      host,
-      port,
-      // --tofu with --fingerprint: only that key, recorded in the file (after checking a new key out of band).
-      ...(fingerprint ? { fingerprint } : {}),
-      ...(!fingerprint || o.tofu ? { knownServersFile: o.knownServers! } : {}),
-      connectTimeoutMs: timeout,
-      requestTimeoutMs: timeout,
-      ...(o.bind ? { localAddress: o.bind } : {}),
-    });
+    const connectTo = (s: { host: string; port: number }) =>
+      connect({
+        host: s.host,
+        port: s.port,
+        // --tofu with --fingerprint: only that key, recorded in the file (after checking a new key out of band).
+        ...(fingerprint ? { fingerprint } : {}),
+        ...(!fingerprint || o.tofu ? { knownServersFile: o.knownServers! } : {}),
+        connectTimeoutMs: timeout,
+        requestTimeoutMs: timeout,
+        ...(o.bind ? { localAddress: o.bind } : {}),
+      });
+    holder.connectTo = connectTo;
+    // Several servers (one cluster, one fingerprint): the first that answers (PROTOCOL.md 6.5).
+    let last: unknown;
+    for (const s of servers) {
+      try {
+        holder.conn = await connectTo(s);
+        break;
+      } catch (e) {
+        last = e;
+        const code = (e as { code?: string }).code;
+        if (code !== 'CONNECT_FAILED' && code !== 'CONNECT_TIMEOUT' && code !== 'HANDSHAKE_FAILED') throw e;
+      }
+    }
+    if (!holder.conn) throw last;
     return holder.conn;
   }
 
@@ -80,7 +97,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     // first so later secrets on stdin keep their line numbers.
     const promptLater = useTicket && !o.forPasswd && !g().passwordStdin && !g().passwordFile;
     let password = promptLater ? undefined : await getSecret('password', 'password', { stdin: g().passwordStdin, file: g().passwordFile });
-    const conn = await open();
+    let conn = await open();
     const dir = ticketDir();
     if (useTicket && !o.forPasswd) {
       // Looked up by the fingerprint this connection verified: never sent to another server key.
@@ -98,7 +115,8 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       }
     }
     password ??= (await getSecret('password', 'password', {}))!;
-    const r = await conn.request('auth.login', { club, user, password });
+    const r = await loginFollowingRedirects(conn, { club, user, password });
+    conn = holder.conn!;
     holder.loggedIn = true;
     const must = (r.payload as { mustChangePassword?: boolean }).mustChangePassword === true;
     if (must && !o.forPasswd) {
@@ -114,6 +132,23 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       saveTicket(dir, { fingerprint: conn.fingerprint, club, user, ticket: t.ticket, idleExpiresAt: t.idleExpiresAt, expiresAt: t.expiresAt, idleMs: t.idleTimeoutMs });
     }
     return { conn, password };
+  }
+
+  /** auth.login, following MOVED to the server that serves the club (at most 4 hops, PROTOCOL.md 6.5). */
+  async function loginFollowingRedirects(first: Connection, p: { club: string; user: string; password: string }): Promise<{ payload: unknown }> {
+    let conn = first;
+    for (let hops = 0; ; hops++) {
+      try {
+        return await conn.request('auth.login', p);
+      } catch (e) {
+        const target = movedTarget(e);
+        if (!target || hops >= 4 || !holder.connectTo) throw e;
+        await conn.close().catch(() => undefined);
+        holder.conn = undefined;
+        conn = await holder.connectTo(target);
+        holder.conn = conn;
+      }
+    }
   }
 
   async function call(command: string, payload: unknown): Promise<any> {

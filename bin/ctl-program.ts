@@ -6,6 +6,7 @@ import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity
 import { dataPaths } from '../daemon/main/config.js';
 import { openStorage } from '../storage/server/storage.js';
 import { registerBanCommands } from './ctl-bans.js';
+import { registerClusterCommands } from './ctl-cluster.js';
 import { passphraseOption, registerClubCommands, registerKeyRotation } from './ctl-clubs.js';
 import type { OfflineOptions } from '../daemon/ops/offline.js';
 import { registerMonitorCommands } from './ctl-monitor.js';
@@ -130,6 +131,7 @@ rotateIdentity
 
 registerBanCommands(program, dataDir, offline);
 registerClubCommands(program, dataDir, offline);
+registerClusterCommands(program, dataDir, offline);
 registerKeyRotation(keys, dataDir, offline);
 registerMonitorCommands(program, dataDir);
 registerBackupCommands(program, dataDir, offline);

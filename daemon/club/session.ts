@@ -130,6 +130,11 @@ export function getSession(ctx: CommandContext): SessionState | undefined {
   return ctx.session.get(SESSION_KEY) as SessionState | undefined;
 }
 
+/** The club a connection's session is logged in to, from its per-connection state. */
+export function clubOfSession(session: Map<string, unknown>): string | undefined {
+  return (session.get(SESSION_KEY) as SessionState | undefined)?.clubId;
+}
+
 export function currentClub(ctx: CommandContext): string | undefined {
   return getSession(ctx)?.clubId;
 }

@@ -17,6 +17,10 @@ export type WireErrorCode =
   | 'FORBIDDEN'
   | 'NOT_FOUND'
   | 'CONFLICT'
+  /** Several servers (PROTOCOL.md): the club is served by the server whose HOST:PORT starts the message. */
+  | 'MOVED'
+  /** Several servers: no server serves the club right now (takeover under way); retry shortly. */
+  | 'UNAVAILABLE'
   | 'INTERNAL';
 
 export class CommandError extends Error {

@@ -103,14 +103,49 @@ export class Dispatcher {
     if (hasUpload && !spec.upload) throw new CommandError('UNEXPECTED_STREAM', `${command} takes no upload stream`);
     if (!hasUpload && spec.upload) throw new CommandError('STREAM_REQUIRED', `${command} needs an upload stream`);
     if (!isCborMap(payload)) throw new CommandError('BAD_REQUEST', 'invalid payload: the payload must be a map');
-    const quick = spec.quickParse?.(payload);
-    if (quick) return { spec, payload: quick.data };
-    const confused = findMapConfusion(spec.schema, payload);
+    const { body, rk } = takeRequestKey(payload);
+    const quick = spec.quickParse?.(body);
+    if (quick) return { spec, payload: withRequestKey(quick.data, rk) };
+    const confused = findMapConfusion(spec.schema, body);
     if (confused !== undefined) throw new CommandError('BAD_REQUEST', boundedText(`invalid payload at ${confused}: expected a map`));
-    const parsed = spec.schema.safeParse(payload);
+    const parsed = spec.schema.safeParse(body);
     if (!parsed.success) throw new CommandError('BAD_REQUEST', describeIssue(parsed.error.issues[0]!));
-    return { spec, payload: parsed.data };
+    return { spec, payload: withRequestKey(parsed.data, rk) };
   }
+
+  /**
+   * Replace every registered handler by `wrap(spec)` (the cluster's ownership and output gates,
+   * daemon/cluster-gate.ts). Call once, after every command is registered.
+   */
+  wrapAll(wrap: (spec: CommandSpec) => CommandSpec['handler']): void {
+    for (const [name, spec] of this.commands) this.commands.set(name, { ...spec, handler: wrap(spec) });
+  }
+}
+
+/**
+ * Request keys (PROTOCOL.md "Request keys"): any request payload may carry `rk`, 16 to 64
+ * characters of base64url, naming the request so that a retry after a lost answer is applied
+ * once. It is taken out before the schema check and kept beside the parsed payload.
+ */
+export const REQUEST_KEY_FIELD = 'rk';
+const REQUEST_KEY = /^[A-Za-z0-9_-]{16,64}$/;
+const requestKeys = new WeakMap<object, string>();
+
+function takeRequestKey(payload: Record<string, unknown>): { body: Record<string, unknown>; rk: string | undefined } {
+  if (!Object.prototype.hasOwnProperty.call(payload, REQUEST_KEY_FIELD)) return { body: payload, rk: undefined };
+  const { [REQUEST_KEY_FIELD]: rk, ...body } = payload;
+  if (typeof rk !== 'string' || !REQUEST_KEY.test(rk)) throw new CommandError('BAD_REQUEST', 'invalid payload at rk: a request key is 16 to 64 characters of base64url');
+  return { body, rk };
+}
+
+function withRequestKey(parsed: unknown, rk: string | undefined): unknown {
+  if (rk !== undefined && typeof parsed === 'object' && parsed !== null) requestKeys.set(parsed, rk);
+  return parsed;
+}
+
+/** The request key that came with a prepared payload, if any. */
+export function requestKeyOf(payload: unknown): string | undefined {
+  return typeof payload === 'object' && payload !== null ? requestKeys.get(payload) : undefined;
 }
 
 const MAX_COMMAND_IN_TEXT = 64;

@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../../crypto/identity.js';
-import { CLOSE_POLICY, SUPPORTED_VERSIONS } from '../../protocol/constants.js';
+import { CLOSE_NORMAL, CLOSE_POLICY, SUPPORTED_VERSIONS } from '../../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../../protocol/refusal.js';
 import { IDENTITY_NOTICE_EVENT } from '../../protocol/identity-notice.js';
 import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
@@ -243,6 +243,22 @@ export class Daemon {
     // is counted as the event it is (status shows events, not banned sources).
     const time = Date.now();
     for (const ip of silent) this.violations.report({ ip, kind: 'silent', detail: 'sent nothing before its source was banned', time });
+    return n;
+  }
+
+  /**
+   * Sessions that must move (cluster, issue 14: their club moved to another server): each session
+   * `match` selects gets the NOTICE (PROTOCOL.md "Several servers"), then a normal close; the client
+   * reconnects where the notice says. Returns how many sessions were closed.
+   */
+  closeSessions(match: (session: Map<string, unknown>) => boolean, notice: { event: string; payload: Record<string, unknown> }): number {
+    let n = 0;
+    for (const c of this.connections) {
+      if (!match(c.sessionMap())) continue;
+      c.notify(notice.event, notice.payload);
+      if (c.terminate(CLOSE_NORMAL)) n++;
+    }
+    if (n > 0) this.log.info('closed sessions that had to move', { event: notice.event, sessions: n });
     return n;
   }
 

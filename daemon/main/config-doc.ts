@@ -145,6 +145,16 @@ export const MEANINGS: Record<string, string> = {
   'storeCache.maxOpen': 'Club stores open at once; auto takes what open files and memory allow (env COMMUSIC_STORE_CACHE_MAX_OPEN). Restart to change.',
   'diag.echoStream': 'Offer the diag.echoStream command (echoes an upload back; benchmarks and tests). Off on production servers.',
   'storeCache.memoryBudgetMiB': 'Memory the open stores may take (about 0.4 MiB each); default a quarter of the memory limit.',
+  'cluster.etcd': 'Client URLs of the etcd members, all http:// or all https:// (flag --cluster-etcd URL[,URL...]); absent `cluster`: a single server (docs/CLUSTER.md). Restart to change.',
+  'cluster.nodeId': "This server's id in the cluster (flag --node-id): a-z, 0-9 and '-', at most 64; unique among live members.",
+  'cluster.advertise': 'HOST:PORT clients are redirected to (flag --advertise); default: the listen address.',
+  'cluster.leaseTtlSec': "Member lease in seconds: a dead server's clubs are served again about this long after it died; keep synchronous work below a third of it.",
+  'cluster.callTimeoutMs': 'Deadline of each etcd call; bounds the write stall when the etcd leader fails.',
+  'cluster.standbys': 'Warm standbys per club (each holds an encrypted replica).',
+  'cluster.prefix': 'Key prefix of this cluster in etcd, ending in /.',
+  'cluster.tls.caFile': 'PEM of the CA that signed the etcd members (production: OPERATIONS.md "etcd with TLS").',
+  'cluster.tls.certFile': "PEM client certificate for etcd's --client-cert-auth.",
+  'cluster.tls.keyFile': 'PEM key of the client certificate (mode 0600).',
 };
 
 /** The whole docs/CONFIG.md text. */

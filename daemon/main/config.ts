@@ -110,6 +110,41 @@ const storeCacheSchema = z
   })
   .strict();
 
+/**
+ * Several servers (issue 14, docs/CLUSTER.md): off unless `cluster` is given. Every member names
+ * the same etcd cluster and its own node id; the advertised address (what clients are
+ * redirected to) defaults to the listen address.
+ */
+const clusterSchema = z
+  .object({
+    /** Client URLs of the etcd members (`--cluster-etcd URL[,URL...]`). */
+    etcd: z
+      .array(z.string().regex(/^https?:\/\/(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected http(s)://HOST:PORT'))
+      .min(1)
+      .max(15),
+    /** This server's id in the cluster (`--node-id`): a-z, 0-9 and '-', at most 64. */
+    nodeId: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, "use a-z, 0-9 and '-', at most 64 characters"),
+    /** HOST:PORT clients are redirected to (`--advertise`); default: the listen address. */
+    advertise: hostPort.optional(),
+    /** Member lease in seconds: a dead server's clubs are taken over about this long after it died. */
+    leaseTtlSec: z.number().int().min(1).max(60).default(2),
+    /** Deadline of each etcd call in ms. */
+    callTimeoutMs: z.number().int().min(50).max(10_000).default(500),
+    /** Standbys per club. */
+    standbys: z.number().int().min(1).max(4).default(1),
+    /** Key prefix of this cluster in etcd (several clusters may share one etcd). */
+    prefix: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}\/$/, "letters, digits, '_' or '-', ending in '/'").default('commusic/'),
+    /** TLS with a client certificate to etcd (production; OPERATIONS.md "etcd"). */
+    tls: z
+      .object({ caFile: z.string().min(1), certFile: z.string().min(1).optional(), keyFile: z.string().min(1).optional() })
+      .strict()
+      .refine((t) => !t.certFile === !t.keyFile, { message: 'certFile and keyFile go together', path: ['certFile'] })
+      .optional(),
+  })
+  .strict()
+  .refine((c) => c.etcd.every((u) => u.startsWith('https://')) || c.etcd.every((u) => u.startsWith('http://')), { message: 'use https:// for every etcd member or for none', path: ['etcd'] })
+  .refine((c) => !c.tls || c.etcd.every((u) => u.startsWith('https://')), { message: 'tls needs https:// etcd URLs', path: ['tls'] });
+
 export const configSchema = z
   .object({
     dataDir: z.string().min(1).default('./data'),
@@ -130,6 +165,8 @@ export const configSchema = z
     web: webSchema.default({}),
     /** How many club stores stay open at once, checked at start against open files and memory. */
     storeCache: storeCacheSchema.default({}),
+    /** Several servers on etcd (docs/CLUSTER.md); absent: a single server. */
+    cluster: clusterSchema.optional(),
     /** Diagnostic commands, off unless an operator turns them on (issue 16: none on a production server by default). */
     diag: z
       .object({
@@ -147,7 +184,7 @@ export type Limits = Config['limits'];
 export interface ConfigSources {
   file?: string;
   env?: NodeJS.ProcessEnv;
-  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; logFormat: string; healthListen: string; webListen: string }>;
+  flags?: Partial<{ dataDir: string; listen: string; logLevel: string; logFormat: string; healthListen: string; webListen: string; clusterEtcd: string; nodeId: string; advertise: string }>;
 }
 
 const ENV_MAP: Record<string, (v: string) => [string[], unknown]> = {
@@ -201,6 +238,9 @@ export function loadConfig(sources: ConfigSources = {}): Config {
     if (v === undefined) continue;
     if (k === 'healthListen') setPath(raw, ['health', 'listen'], v);
     else if (k === 'webListen') setPath(raw, ['web', 'listen'], v);
+    else if (k === 'clusterEtcd') setPath(raw, ['cluster', 'etcd'], String(v).split(',').map((u) => u.trim()).filter(Boolean));
+    else if (k === 'nodeId') setPath(raw, ['cluster', 'nodeId'], v);
+    else if (k === 'advertise') setPath(raw, ['cluster', 'advertise'], v);
     else raw[k] = v;
   }
   const parsed = configSchema.safeParse(raw);

@@ -25,6 +25,8 @@ import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from './store
 import { resumeInterruptedRotations } from '../../storage/server/key-rotation.js';
 import { bansDbKey, watchKeyFiles, type KeyWatcher } from './key-security.js';
 import { loadTlsMaterial } from '../monitoring/tls-cert.js';
+import { prepareCluster, type ClusterSetup } from '../cluster/setup.js';
+import { clubOfSession } from '../club/session.js';
 import { startWebApp, type WebApp } from '../web/app.js';
 
 /**
@@ -73,6 +75,8 @@ export interface RunningServer {
   readonly health: HealthEndpoint | undefined;
   /** The web application for club members; undefined unless web.listen is configured. */
   readonly web: WebApp | undefined;
+  /** The cluster part; its `node` is undefined without a `cluster` configuration. */
+  readonly cluster: ClusterSetup;
   stop(): Promise<void>;
 }
 
@@ -146,7 +150,19 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     registerClubCommands(dispatcher, clubServices);
     registerBackupCommands(dispatcher, clubServices);
     const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
+    // Several servers (docs/CLUSTER.md): the gates go on before the listener accepts.
+    let daemonRef: Daemon | undefined;
+    const cluster = prepareCluster(config, {
+      storage,
+      dispatcher,
+      table,
+      engine: banSystem.engine,
+      logger,
+      kick: () => daemonRef?.disconnectBanned(isBanned),
+      clubMoved: (club, address) => daemonRef?.closeSessions((session) => clubOfSession(session) === club, { event: 'club.moved', payload: { club, ...(address ? { server: address } : {}) } }),
+    });
     const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice });
+    daemonRef = daemon;
     closers.push(() => daemon.stop());
     // A rollover step: everything that signs with the identity key takes the new current key.
     let notified = 0;
@@ -156,6 +172,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       notified = daemon.setIdentity(set.current, notice);
       logger.warn('identity key rollover step', { phase: set.phase, fingerprint: set.current.fingerprint, sessionsNotified: notified });
     });
+    await cluster.start(daemon.address());
+    closers.push(() => cluster.stop());
     // A ban also ends the sessions its source already has open.
     // Deferred past the current turn so that the answer to the request that caused the ban (a
     // FORBIDDEN) is queued first and goes out before CLOSE 4 (PROTOCOL.md 11).
@@ -163,7 +181,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       setImmediate(() => daemon.disconnectBanned(isBanned));
     });
     closers.push(() => stopKicking());
-    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned), identityChanged: () => (identities.reload(), notified) };
+    const ctx: OnlineContext = { dataDir: config.dataDir, daemon, banSystem, keyWatch, bans: async () => table, storage: async () => storage, backups: async () => backups, expectKeyChange: (fn) => keyWatch.expectChange(fn), bansChanged: () => daemon.disconnectBanned(isBanned), cluster: () => cluster.node, identityChanged: () => (identities.reload(), notified) };
     // Monitoring: one set of providers feeds `status` and /metrics.
     let health: HealthEndpoint | undefined;
     let healthOff = config.health.enabled ? 'not started yet' : 'disabled in the configuration (health.enabled: false)';
@@ -206,6 +224,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       logger,
       health,
       web,
+      cluster,
       stop() {
         stopped ??= closeAll();
         return stopped;

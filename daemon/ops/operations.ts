@@ -1,6 +1,7 @@
 import type { z } from 'zod';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import type { Storage } from '../../storage/server/storage.js';
+import type { ClusterNode } from '../../cluster/node.js';
 
 /**
  * Operator operations: one registry used two ways. The running daemon serves them on its
@@ -61,6 +62,8 @@ export interface OpsContext {
   bansChanged?(): void;
   /** Online: runs the daemon's own key change without tripping the key-file watch. */
   expectKeyChange?<T>(fn: () => Promise<T>): Promise<T>;
+  /** Online, on a cluster member: the daemon's cluster node (docs/CLUSTER.md). */
+  cluster?(): ClusterNode | undefined;
   /** Online: the identity key files changed (a rollover step); reload them and tell the sessions. Returns how many sessions were told. */
   identityChanged?(): number;
 }

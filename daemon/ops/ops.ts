@@ -7,11 +7,18 @@ import { BULK_BATCH } from '../club/club-bulk.js';
 import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub, showClub, suspendClub } from '../../storage/server/provisioning.js';
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
 import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
+import type { ClusterNode } from '../../cluster/node.js';
 import { abortIdentityRotation, identityStatus, retireIdentity, startIdentityRotation, switchIdentity } from '../../crypto/identity-keyring.js';
 import { dataPaths } from '../main/config.js';
 
 /** Every operator operation, registered once (the context type lives in operations.ts). */
 export type { OpsContext } from './operations.js';
+
+function needCluster(c: OpsContext): ClusterNode {
+  const node = c.cluster?.();
+  if (!node) throw new OperationError('NOT_IN_CLUSTER', 'cluster commands need the running daemon of a cluster member (commusicd with --cluster-etcd)');
+  return node;
+}
 
 /** The steps of `keys rotate-identity` (crypto/identity-keyring.ts has the phases). */
 const IDENTITY_STEPS = { start: startIdentityRotation, switch: switchIdentity, retire: retireIdentity, abort: (p: string) => abortIdentityRotation(p) } as const;
@@ -29,12 +36,24 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       name: 'bans.add',
       schema: z.object({ address, duration: z.string().min(1).max(16), reason: z.string().min(1).max(200), force: z.boolean().optional(), yes: z.boolean().optional() }).strict(),
       run: async (c, a) => {
-        const ban = bansAdd({ table: await c.bans() }, a);
+        const table = await c.bans();
+        const ban = bansAdd({ table }, a);
         c.bansChanged?.();
+        // a cluster member shares the ban with every server (cluster/ban-board.ts)
+        const entry = c.cluster?.() ? table.list(Date.now()).find((b) => b.address === ban.address) : undefined;
+        if (entry) await c.cluster!()!.bans.publish({ address: entry.address, untilMs: entry.expires, reason: entry.reason });
         return ban;
       },
     })
-    .register({ name: 'bans.remove', schema: z.object({ address }).strict(), run: async (c, a) => bansRemove({ table: await c.bans() }, a) })
+    .register({
+      name: 'bans.remove',
+      schema: z.object({ address }).strict(),
+      run: async (c, a) => {
+        const r = bansRemove({ table: await c.bans() }, a);
+        if (r.removed) await c.cluster?.()?.bans.lift(r.address);
+        return r;
+      },
+    })
     .register({ name: 'bans.check', schema: z.object({ address }).strict(), run: async (c, a) => bansCheck({ table: await c.bans() }, a) })
     .register({ name: 'bans.exempt.list', schema: z.object({}).strict(), run: async (c) => exemptList({ table: await c.bans() }) })
     .register({
@@ -49,7 +68,13 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       schema: z
         .object({ name: clubName, admin: userName, plan: z.enum(['basic', 'premium', 'federation']).default('basic'), password: z.string().min(12).max(1024).optional() })
         .strict(),
-      run: async (c, a) => createClub(await c.storage(), { name: a.name, adminUser: a.admin, plan: a.plan, ...(a.password ? { adminPassword: a.password } : {}) }),
+      run: async (c, a) => {
+        // In a cluster the club's primary creates its store; this member registers the club.
+        const node = c.cluster?.();
+        const r = await createClub(await c.storage(), { name: a.name, adminUser: a.admin, plan: a.plan, ...(a.password ? { adminPassword: a.password } : {}), ...(node ? { materialize: false } : {}) });
+        if (node) await node.registerClub(r.id);
+        return r;
+      },
     })
     .register({
       name: 'club.create-bulk',
@@ -71,7 +96,10 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       name: 'club.delete',
       schema: z.object({ id: clubId, configFile: z.string().min(1).max(4096).optional() }).strict(),
       run: async (c, a) => {
+        const node = c.cluster?.();
         const r = await deleteClub(await c.storage(), a.id);
+        // every member deletes its copy when the registry record goes; etcd's history is compacted
+        if (node) await node.forgetClub(a.id);
         return { ...r, archives: await purgeDeletedClubArchives(c, a.id, a.configFile) };
       },
     })
@@ -86,6 +114,15 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
         }
         const rotate = () => rotateMaster(st, pass);
         return c.expectKeyChange ? c.expectKeyChange(rotate) : rotate();
+      },
+    })
+    .register({ name: 'cluster.status', schema: z.object({}).strict(), run: async (c) => needCluster(c).status() })
+    .register({
+      name: 'cluster.drain',
+      schema: z.object({ id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'not a node id'), drained: z.boolean() }).strict(),
+      run: async (c, a) => {
+        await needCluster(c).drain(a.id, a.drained);
+        return { id: a.id, drained: a.drained };
       },
     })
     .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) })

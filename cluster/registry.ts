@@ -1,0 +1,46 @@
+/**
+ * The club registry shared by all servers (issue 14): each club's server-database row (name,
+ * plan, status, settings, its data key wrapped under the shared master key, the administrator to
+ * create) under `registry/<club>`, sealed under the cluster record key with the club id as
+ * associated data. A club created on any member is known to all of them; deleting it removes the
+ * record, and the compaction that follows drops the wrapped key from etcd's history.
+ */
+import { openRecord, sealRecord } from '../crypto/cluster-seal.js';
+import type { ClubRow } from '../storage/server/server-db.js';
+import { ClusterError } from './errors.js';
+import { checkClubId } from './keys.js';
+
+export const REGISTRY_PREFIX = 'registry/';
+export const registryKey = (club: string) => `${REGISTRY_PREFIX}${checkClubId(club)}`;
+
+const aad = (club: string) => Buffer.from(`commusic-registry|${club}`, 'utf8');
+
+interface Wire extends Omit<ClubRow, 'wrappedKey' | 'pendingWrappedKey'> {
+  wrappedKey: string | null;
+  pendingWrappedKey: string | null;
+}
+
+/** Seal a club row for etcd. */
+export function sealClubRow(recordKey: Uint8Array, row: ClubRow): Buffer {
+  const w: Wire = { ...row, wrappedKey: row.wrappedKey?.toString('base64') ?? null, pendingWrappedKey: row.pendingWrappedKey?.toString('base64') ?? null };
+  return sealRecord(recordKey, Buffer.from(JSON.stringify(w), 'utf8'), aad(row.id));
+}
+
+/**
+ * Open a sealed club row found under `registry/<club>`.
+ * @throws ClusterError LOG_CORRUPT when it fails authentication or has the wrong shape.
+ */
+export function openClubRow(recordKey: Uint8Array, club: string, sealed: Uint8Array): ClubRow {
+  let w: Wire;
+  try {
+    w = JSON.parse(openRecord(recordKey, sealed, aad(club)).toString('utf8')) as Wire;
+  } catch (e) {
+    throw new ClusterError('LOG_CORRUPT', `registry record of club ${club} failed authentication`, { cause: e });
+  }
+  if (w.id !== club || typeof w.name !== 'string' || typeof w.keyVersion !== 'number') throw new ClusterError('LOG_CORRUPT', `registry record of club ${club} has an invalid shape`);
+  return {
+    ...w,
+    wrappedKey: w.wrappedKey === null ? null : Buffer.from(w.wrappedKey, 'base64'),
+    pendingWrappedKey: w.pendingWrappedKey === null ? null : Buffer.from(w.pendingWrappedKey, 'base64'),
+  };
+}

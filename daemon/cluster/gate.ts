@@ -1,0 +1,118 @@
+/**
+ * The daemon's side of the cluster (issue 14): every club command passes two gates.
+ *
+ * - Ownership gate (before the handler): a request for a club this server does not serve is
+ *   answered with MOVED naming the owner's advertised HOST:PORT (PROTOCOL.md "Several servers"),
+ *   or UNAVAILABLE while no server serves it (takeover under way). auth.login/auth.resume are
+ *   routed by the club in their payload, every other command by the session's club.
+ * - Output gate (after the handler): what the command's transactions changed is appended to the
+ *   club's log in etcd before the answer leaves (ClusterNode.commit). A failed append turns the
+ *   answer into UNAVAILABLE or MOVED: the client retries with the same request key.
+ *
+ * Request keys: a request may carry `rk` (PROTOCOL.md "Request keys"; the dispatcher takes it out
+ * of the payload before the schema check). When a command with a key changed the club, its answer
+ * is stored in the club's `request_keys` table in the same store (so it is replicated with the
+ * change); a retry with the same key, on this or any later primary, gets the stored answer and
+ * the command is not run again.
+ *
+ * Commands with no club (ping, server.schema, operator commands) pass untouched.
+ */
+import { encode, decode } from 'cborg';
+import { ClusterError } from '../../cluster/errors.js';
+import type { ClusterNode } from '../../cluster/node.js';
+import type { Storage } from '../../storage/server/storage.js';
+import type { Db } from '../../storage/engine/sqlcipher.js';
+import { currentClub } from '../club/session.js';
+import { CommandError } from '../edge/command-errors.js';
+import { requestKeyOf, type CommandContext, type CommandResult, type CommandSpec, type Dispatcher } from '../edge/dispatcher.js';
+
+/** Stored answers larger than this are not kept (the retry then runs the command again). */
+export const MAX_STORED_ANSWER_BYTES = 64 * 1024;
+/** Request keys are kept this long, and at most MAX_REQUEST_KEYS per club. */
+export const REQUEST_KEY_TTL_MS = 24 * 3600 * 1000;
+export const MAX_REQUEST_KEYS = 10_000;
+
+const LOGIN_COMMANDS = new Set(['auth.login', 'auth.resume']);
+
+function ensureRequestKeys(db: Db): void {
+  db.exec(`CREATE TABLE IF NOT EXISTS request_keys (
+    rk TEXT PRIMARY KEY CHECK (length(rk) BETWEEN 16 AND 64),
+    command TEXT NOT NULL CHECK (length(command) <= 64),
+    answer BLOB NOT NULL CHECK (length(answer) <= ${MAX_STORED_ANSWER_BYTES}),
+    at INTEGER NOT NULL
+  ) STRICT`);
+}
+
+/** The stored answer of a request key, if this club has one for the same command. */
+function storedAnswer(db: Db, rk: string, command: string): unknown {
+  ensureRequestKeys(db);
+  const row = db.prepare('SELECT command, answer FROM request_keys WHERE rk = ?').get(rk) as { command: string; answer: Buffer } | undefined;
+  if (!row) return undefined;
+  if (row.command !== command) throw new CommandError('CONFLICT', 'this request key was used for another command');
+  return { payload: decode(row.answer) };
+}
+
+function storeAnswer(db: Db, rk: string, command: string, payload: unknown, now: number): void {
+  let bytes: Uint8Array;
+  try {
+    bytes = encode(payload ?? null);
+  } catch {
+    return;
+  }
+  if (bytes.length > MAX_STORED_ANSWER_BYTES) return;
+  ensureRequestKeys(db);
+  db.transaction(() => {
+    db.prepare('INSERT OR REPLACE INTO request_keys (rk, command, answer, at) VALUES (?, ?, ?, ?)').run(rk, command, Buffer.from(bytes), now);
+    db.prepare('DELETE FROM request_keys WHERE at < ?').run(now - REQUEST_KEY_TTL_MS);
+    const n = (db.prepare('SELECT count(*) AS n FROM request_keys').get() as { n: number }).n;
+    if (n > MAX_REQUEST_KEYS) db.prepare('DELETE FROM request_keys WHERE rk IN (SELECT rk FROM request_keys ORDER BY at LIMIT ?)').run(n - MAX_REQUEST_KEYS);
+  })();
+}
+
+/** A ClusterError from the output gate as the client's error. */
+function wireError(node: ClusterNode, club: string, e: unknown): CommandError {
+  if (e instanceof ClusterError) {
+    const r = node.route(club);
+    if (r.kind === 'redirect') return new CommandError('MOVED', `${r.address} club served by another server`);
+    return new CommandError('UNAVAILABLE', 'the club is being taken over by another server; retry shortly');
+  }
+  return e instanceof CommandError ? e : new CommandError('INTERNAL', 'internal error');
+}
+
+/** The ownership gate alone: throws MOVED or UNAVAILABLE unless this server serves `club`. */
+export function checkRoute(node: ClusterNode, club: string): void {
+  const r = node.route(club);
+  if (r.kind === 'serve') return;
+  if (r.kind === 'redirect') throw new CommandError('MOVED', `${r.address} club served by another server`);
+  throw new CommandError('UNAVAILABLE', r.reason === 'unknown club' ? 'the club is not served right now; retry shortly' : `the club is not served right now (${r.reason}); retry shortly`);
+}
+
+/**
+ * Wrap every registered command with the two gates. Call after all commands are registered;
+ * until `nodeRef` returns the node (it joins after the listener is up), club requests get
+ * UNAVAILABLE.
+ */
+export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | undefined, storage: Storage, now: () => number = Date.now): void {
+  d.wrapAll((spec: CommandSpec) => async (payload: unknown, ctx: CommandContext): Promise<CommandResult> => {
+    const club = LOGIN_COMMANDS.has(spec.name) ? (payload as { club?: unknown }).club : currentClub(ctx);
+    if (typeof club !== 'string') return spec.handler(payload, ctx);
+    const node = nodeRef();
+    if (!node) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');
+    checkRoute(node, club);
+    const rk = requestKeyOf(payload);
+    if (rk !== undefined && !LOGIN_COMMANDS.has(spec.name)) {
+      const stored = storedAnswer(storage.openClub(club).db, rk, spec.name);
+      if (stored !== undefined) return stored as CommandResult;
+    }
+    const result = await spec.handler(payload, ctx);
+    try {
+      if (rk !== undefined && !result.download && !LOGIN_COMMANDS.has(spec.name) && node.hasPendingChanges(club)) {
+        storeAnswer(storage.openClub(club).db, rk, spec.name, result.payload, now());
+      }
+      await node.commit(club);
+    } catch (e) {
+      throw wireError(node, club, e);
+    }
+    return result;
+  });
+}

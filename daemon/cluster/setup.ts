@@ -1,0 +1,95 @@
+/**
+ * Starting the daemon's cluster part when `cluster` is configured (issue 14; docs/CLUSTER.md):
+ * the ClusterNode (lease, placement, club logs), the ownership and output gates on the command
+ * dispatcher, the shared ban table, and the notice to sessions of a club that moved. Without a
+ * `cluster` section none of this runs.
+ */
+import { readFileSync } from 'node:fs';
+import { ClusterNode } from '../../cluster/node.js';
+import type { ClusterBan } from '../../cluster/ban-board.js';
+import type { Storage } from '../../storage/server/storage.js';
+import type { BanTable } from '../../storage/bans/ban-store.js';
+import type { BanEngine } from '../bans/ban-engine.js';
+import { installClusterGate } from './gate.js';
+import type { Config } from '../main/config.js';
+import type { Dispatcher } from '../edge/dispatcher.js';
+import type { Logger } from '../common/log.js';
+
+export interface ClusterSetup {
+  node: ClusterNode | undefined;
+  /** Start the node once the listener is up (the advertised address defaults to it). */
+  start(listen: { host: string; port: number }): Promise<ClusterNode | undefined>;
+  stop(): Promise<void>;
+}
+
+export interface ClusterDeps {
+  storage: Storage;
+  dispatcher: Dispatcher;
+  table: BanTable;
+  engine: BanEngine;
+  logger: Logger;
+  /** Close the sessions of a source banned elsewhere. */
+  kick(): void;
+  /** Tell the sessions of a club that moved where it went, then close them. */
+  clubMoved(club: string, address: string | undefined): void;
+}
+
+/**
+ * Install the gates now (before the listener accepts: until the node has joined, club requests
+ * get UNAVAILABLE) and return a handle that starts the node once the listen address is known.
+ */
+export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
+  const c = config.cluster;
+  let node: ClusterNode | undefined;
+  const setup: ClusterSetup = {
+    get node() {
+      return node;
+    },
+    async start() {
+      return undefined;
+    },
+    async stop() {},
+  };
+  if (!c) return setup;
+  installClusterGate(d.dispatcher, () => node, d.storage);
+  let unsubscribe: (() => void) | undefined;
+  setup.start = async (listen) => {
+    const tls = c.tls ? { ca: readFileSync(c.tls.caFile), ...(c.tls.certFile ? { cert: readFileSync(c.tls.certFile) } : {}), ...(c.tls.keyFile ? { key: readFileSync(c.tls.keyFile) } : {}) } : undefined;
+    node = await ClusterNode.start({
+      etcd: { endpoints: c.etcd, prefix: c.prefix, callTimeoutMs: c.callTimeoutMs, ...(tls ? { tls } : {}) },
+      nodeId: c.nodeId,
+      address: c.advertise ?? `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`,
+      storage: d.storage,
+      masterKey: d.storage.master.key,
+      ttlSec: c.leaseTtlSec,
+      standbys: c.standbys,
+      logger: d.logger,
+    });
+    const n = node;
+    // Bans made here go to every server; bans made elsewhere enter the local table.
+    unsubscribe = d.engine.onBan((ban) => {
+      if (ban.expires <= Date.now()) return;
+      n.bans.publish({ address: ban.address, untilMs: ban.expires, reason: ban.reason }).catch((e: unknown) => d.logger.warn('ban not shared with the cluster', { event: 'cluster.ban.publish', error: (e as Error).name }));
+    });
+    n.bans.on('ban', (b: ClusterBan) => {
+      if (b.origin === n.nodeId) return;
+      const now = Date.now();
+      const have = d.table.banCovering(b.address, now);
+      if (!have || have.expires < b.untilMs) d.table.add({ address: b.address, expires: b.untilMs, reason: b.reason, source: 'auto' }, now);
+      setImmediate(() => d.kick());
+    });
+    n.bans.on('unban', (address: string) => {
+      // ended or lifted on the cluster: lift the local copy of exactly this ban
+      const have = d.table.banCovering(address, Date.now());
+      if (have && have.address === address) d.table.remove(address);
+    });
+    n.on('club-moved', (club: string, route: { kind: string; address?: string }) => d.clubMoved(club, route.kind === 'redirect' ? route.address : undefined));
+    d.logger.info('joined the cluster', { event: 'cluster.joined', node: n.nodeId, address: n.address });
+    return n;
+  };
+  setup.stop = async () => {
+    unsubscribe?.();
+    await node?.stop();
+  };
+  return setup;
+}

@@ -1,0 +1,209 @@
+/**
+ * Issue 14: three servers' cluster nodes (cluster/node.ts) on real club stores and a real
+ * 3-member etcd, in one process: clubs are placed with a primary and a standby; writes go through
+ * the output gate (commit after the transaction); a primary crashes (no handover, its lease runs
+ * out in etcd); its clubs are served again by their standbys with every acknowledged write present
+ * once, and the change-log chain verifies there. A drained server hands every club over.
+ * The daemon-level version of these runs (kill -9 of commusicd processes, clients following
+ * redirects) builds on this.
+ */
+import assert from 'node:assert/strict';
+import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ClusterError } from '../cluster/errors.js';
+import { ClusterNode } from '../cluster/node.js';
+import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
+import { createRecord } from '../storage/club/club-data.js';
+import { createClub } from '../storage/server/provisioning.js';
+import { openStorage, type Storage } from '../storage/server/storage.js';
+import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+
+const missing = etcdMissing();
+
+async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+interface Server {
+  id: string;
+  storage: Storage;
+  node: ClusterNode;
+  dir: string;
+}
+
+describe('cluster nodes on real stores', { skip: missing }, () => {
+  let etcd: EtcdCluster;
+  let root: string;
+  const servers: Server[] = [];
+
+  const start = async (id: string, template: string, prefix: string): Promise<Server> => {
+    const dir = join(root, id);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    // A new server: its configuration plus the keys/ folder (and an empty server database).
+    cpSync(join(template, 'keys'), join(dir, 'keys'), { recursive: true });
+    cpSync(join(template, 'server.db'), join(dir, 'server.db'));
+    const storage = await openStorage({ dataDir: dir });
+    const node = await ClusterNode.start({
+      etcd: { endpoints: etcd.endpoints, prefix },
+      nodeId: id,
+      address: `127.0.0.${servers.length + 2}:7000`,
+      storage,
+      masterKey: storage.master.key,
+      // three servers share this one process (and the loaded test machine): a longer lease than the
+      // daemon's default keeps keepalives from lapsing behind the others' synchronous work
+      ttlSec: 4,
+      planEveryMs: 200,
+    });
+    const s = { id, storage, node, dir };
+    servers.push(s);
+    return s;
+  };
+
+  before(async () => {
+    etcd = await startEtcdCluster();
+    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-node-'));
+  });
+  after(async () => {
+    for (const s of servers) {
+      await s.node.stop().catch(() => undefined);
+      s.storage.close();
+    }
+    await etcd?.stop();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  const primaryOf = (club: string, among: Server[]) => among.find((s) => s.node.route(club).kind === 'serve');
+
+  /** One write as the daemon does it: the transaction, then the output gate. */
+  const write = async (s: Server, club: string, tag: string): Promise<void> => {
+    const db = s.storage.openClub(club).db;
+    const audit = new AuditLog(db, club);
+    createRecord(db, 'persons', { firstName: tag, lastName: 'T' }, { scope: { kind: 'all' }, audit, actor: { user: 'admin', ip: '127.0.0.1', session: null } });
+    await s.node.commit(club);
+  };
+
+  test('a crashed primary: its clubs are served again by their standbys with every acknowledged write, once', async (t) => {
+    const tmpl = mkdtempSync(join(root, 'tmpl-'));
+    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const [a, b, c] = [await start('node-a', tmpl, 't1/'), await start('node-b', tmpl, 't1/'), await start('node-c', tmpl, 't1/')];
+    const all = [a!, b!, c!];
+    const clubs: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      // In a cluster the store is created by the club's primary, not by the server taking the order.
+      const { id } = await createClub(a!.storage, { name: `Verein ${i}`, adminUser: 'admin', adminPassword: 'correct horse battery', materialize: false });
+      await a!.node.registerClub(id);
+      clubs.push(id);
+    }
+    for (const club of clubs) await until(`club ${club} served`, () => primaryOf(club, all));
+    const owners = new Set(clubs.map((club) => primaryOf(club, all)!.id));
+    assert.ok(owners.size >= 2, `clubs are not spread: ${[...owners].join(',')}`);
+    // clients write through whichever server holds each club
+    const acked = new Map<string, string[]>(clubs.map((c) => [c, []]));
+    const writers = clubs.map(async (club) => {
+      for (let i = 0; i < 15; i++) {
+        const s = primaryOf(club, all)!;
+        await write(s, club, `w${i}`);
+        acked.get(club)!.push(`w${i}`);
+      }
+    });
+    await Promise.all(writers);
+    // a server that is not the owner refuses with the owner named
+    const notOwner = all.find((s) => s !== primaryOf(clubs[0]!, all))!;
+    await assert.rejects(notOwner.node.commit(clubs[0]!), (e: unknown) => e instanceof ClusterError && e.code === 'NOT_OWNER' && e.owner === primaryOf(clubs[0]!, all)!.id);
+    const victim = primaryOf(clubs[0]!, all)!;
+    const victimClubs = clubs.filter((club) => primaryOf(club, all) === victim);
+    const survivors = all.filter((s) => s !== victim);
+    for (const club of victimClubs) await until(`standby of ${club} caught up`, () => (survivors.some((s) => s.node.lagOf(club) === 0) ? true : undefined));
+    const t0 = Date.now();
+    await victim.node.crash();
+    for (const club of victimClubs) await until(`club ${club} served again`, () => primaryOf(club, survivors), 30_000);
+    t.diagnostic(`takeover of ${victimClubs.length} clubs after the crash of ${victim.id}: ${Date.now() - t0} ms`);
+    for (const club of clubs) {
+      // a club may be moving (rebalancing after the crash): wait for its server
+      const s = await until(`club ${club} served`, () => primaryOf(club, survivors));
+      const db = s.storage.openClub(club).db;
+      const names = (db.prepare(`SELECT firstName FROM persons WHERE lastName = 'T' ORDER BY id`).all() as Array<{ firstName: string }>).map((r) => r.firstName);
+      assert.deepEqual(names, acked.get(club), `club ${club} on ${s.id}`);
+      assert.equal(verifyAuditLog(db, club, undefined).ok, true, `change log of ${club} does not verify on ${s.id}`);
+      assert.equal((db.prepare(`SELECT count(*) AS n FROM users WHERE username = 'admin'`).get() as { n: number }).n, 1, `admin of ${club} on ${s.id} (victim ${victim.id})`);
+    }
+    // the new primaries take writes (a refusal while a club moves is retried where it went)
+    for (const club of victimClubs) {
+      await until(`a write to ${club} after the takeover`, async () => {
+        const s = primaryOf(club, survivors);
+        if (!s) return undefined;
+        try {
+          await write(s, club, 'after');
+          return true;
+        } catch (e) {
+          if (e instanceof ClusterError) return undefined;
+          throw e;
+        }
+      });
+    }
+  });
+
+  test('a server added under load catches up and receives clubs; a drained server hands every club over with none lost', async () => {
+    const tmpl = mkdtempSync(join(root, 'tmpl-'));
+    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const a = await start('node-d', tmpl, 't2/');
+    const b = await start('node-e', tmpl, 't2/');
+    const all = [a, b];
+    const clubs: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const { id } = await createClub(a.storage, { name: `Chor ${i}`, adminUser: 'admin', adminPassword: 'correct horse battery', materialize: false });
+      await a.node.registerClub(id);
+      clubs.push(id);
+    }
+    for (const club of clubs) await until(`club ${club} served`, () => primaryOf(club, all));
+    const acked = new Map<string, string[]>(clubs.map((c) => [c, []]));
+    let stop = false;
+    const errors: string[] = [];
+    // writers keep going through whichever server serves the club; a refusal is a redirect
+    const load = clubs.map(async (club) => {
+      for (let i = 0; !stop; i++) {
+        const s = primaryOf(club, all);
+        if (!s) {
+          await new Promise((r) => setTimeout(r, 10));
+          continue;
+        }
+        try {
+          await write(s, club, `w${i}`);
+          acked.get(club)!.push(`w${i}`);
+        } catch (e) {
+          if (!(e instanceof ClusterError && (e.code === 'NOT_OWNER' || e.code === 'FENCED'))) errors.push(String(e));
+        }
+      }
+    });
+    const c = await start('node-f', tmpl, 't2/');
+    all.push(c);
+    await until('the new server primary for some clubs', () => (clubs.some((club) => primaryOf(club, all) === c) ? true : undefined), 30_000);
+    await a.node.drain('node-d', true);
+    await until('node-d serves no club', () => (a.node.served().length === 0 ? true : undefined), 30_000);
+    stop = true;
+    await Promise.all(load);
+    assert.deepEqual(errors, []);
+    for (const club of clubs) await until(`club ${club} served after the drain`, () => primaryOf(club, all));
+    const status = await c.node.status();
+    assert.equal(status.members.find((m) => m.id === 'node-d')?.state, 'draining');
+    for (const club of clubs) {
+      const p = status.clubs.find((x) => x.id === club)!;
+      assert.notEqual(p.primary, 'node-d');
+      assert.ok(!p.standbys.includes('node-d'));
+      const s = primaryOf(club, all)!;
+      assert.notEqual(s.id, 'node-d');
+      const db = s.storage.openClub(club).db;
+      const names = (db.prepare(`SELECT firstName FROM persons WHERE lastName = 'T' ORDER BY id`).all() as Array<{ firstName: string }>).map((r) => r.firstName);
+      assert.deepEqual(names, acked.get(club), `club ${club} on ${s.id}`);
+      assert.equal(verifyAuditLog(db, club, undefined).ok, true);
+    }
+  });
+});

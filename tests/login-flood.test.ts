@@ -81,10 +81,15 @@ test('a ban drops its source\'s queued logins: the violations counted stay at th
     // Stands in for main.ts: the ban engine bans at THRESHOLD login failures, and the ban
     // closes the source's connections on the next turn (daemon.disconnectBanned).
     let banned = false;
+    let queuedAfterBan = -1;
     (env.services.violations as ViolationBus).subscribe((v) => {
       if (!banned && v.kind === 'login' && v.ip === '127.0.0.32' && loginViolations(env, '127.0.0.32') >= THRESHOLD) {
         banned = true;
-        setImmediate(() => srv.daemon.disconnectBanned((ip) => ip === '127.0.0.32'));
+        setImmediate(() => {
+          srv.daemon.disconnectBanned((ip) => ip === '127.0.0.32');
+          // Dropped by the ban itself, not later when the sockets are gone.
+          queuedAfterBan = passwordHashQueue.queued('127.0.0.32');
+        });
       }
     });
     passwordHashQueue.setConcurrency(0);
@@ -95,6 +100,7 @@ test('a ban drops its source\'s queued logins: the violations counted stay at th
       passwordHashQueue.setConcurrency(1);
       const codes = await Promise.all(guesses);
       assert.equal(codes.filter((c) => c === 'UNAUTHENTICATED').length, THRESHOLD, codes.join(','));
+      assert.equal(queuedAfterBan, 0, 'the ban drops the source\'s queued password checks at once');
       await waitFor('the queue to empty', () => passwordHashQueue.queued() === 0 && passwordHashQueue.active === 0);
       assert.equal(loginViolations(env, '127.0.0.32'), THRESHOLD, 'no guess is checked or counted after the ban');
       const failed = queryAuditLog(env.storage.openClub(club).db, {}).entries.filter((e) => e.action === 'login.failed' && e.ip === '127.0.0.32');

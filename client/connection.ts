@@ -6,9 +6,9 @@ import { CLOSE_NORMAL, MAX_CHUNK_LEN, MAX_REQUEST_ID } from '../protocol/constan
 import { ProtocolError } from '../protocol/errors.js';
 import { InboundStream, OutboundCredit } from '../protocol/flow.js';
 import type { Message } from '../protocol/messages.js';
-import { IDENTITY_NOTICE_EVENT, parseIdentityNotice, pinsFromNotice, successionFromPins, type IdentityNotice } from '../protocol/identity-notice.js';
+import { applyIdentityNotice, IDENTITY_NOTICE_EVENT, MAX_NOTICES_PER_SESSION, parseIdentityNotice, successionFromPins, type IdentityNotice, type SuccessionRecord } from '../protocol/identity-notice.js';
 import { ClientError, RemoteError } from './errors.js';
-import { lookupKnownServerPins, rememberServer, setServerPins } from './known-servers.js';
+import { canonicalServerName, lookupKnownServerPins, lookupSuccessions, rememberServer, setServerPins } from './known-servers.js';
 import { writePieces } from './socket-write.js';
 
 /**
@@ -79,6 +79,10 @@ export class Connection {
 
   /** The fingerprints this client accepts for the server now (changed by identity notices). */
   private pinsNow: string[];
+  /** Remembered rotation statements for this server (PROTOCOL.md 6.4). */
+  private successions: SuccessionRecord[];
+  /** Identity notices seen on this session; only the first MAX_NOTICES_PER_SESSION are processed. */
+  private noticesSeen = 0;
 
   private constructor(
     private readonly socket: Socket,
@@ -86,10 +90,11 @@ export class Connection {
     fingerprint: string,
     private readonly requestTimeoutMs: number,
     private readonly spki: Buffer,
-    private readonly pinning: { server: string; pins: string[]; file?: string; onPinsChanged?: (fps: string[]) => void },
+    private readonly pinning: { server: string; pins: string[]; successions: SuccessionRecord[]; file?: string; onPinsChanged?: (fps: string[]) => void },
   ) {
     this.fingerprint = fingerprint;
     this.pinsNow = pinning.pins;
+    this.successions = pinning.successions;
     this.closedPromise = new Promise((r) => socket.once('close', () => r()));
   }
 
@@ -99,9 +104,11 @@ export class Connection {
   }
 
   static async open(opts: ConnectOptions): Promise<Connection> {
-    const server = `${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`;
+    // Filed canonical (lower case, no trailing dot), as ssh does with known_hosts names.
+    const server = canonicalServerName(`${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`);
     // Pins: the explicit fingerprint, else the known-servers lines (none: trust on first use).
     let pins: string[];
+    let successions: SuccessionRecord[] = [];
     let tofu: { file: string; known: boolean } | undefined;
     if (opts.fingerprint || (opts.fingerprints && opts.fingerprints.length > 0)) {
       pins = [];
@@ -112,6 +119,7 @@ export class Connection {
       }
     } else if (opts.knownServersFile) {
       pins = lookupKnownServerPins(opts.knownServersFile, server);
+      successions = lookupSuccessions(opts.knownServersFile, server);
       tofu = { file: opts.knownServersFile, known: pins.length > 0 };
     } else {
       throw new ClientError('SERVER_KEY_MISMATCH', 'give the server fingerprint, or a known-servers file for trust on first use');
@@ -144,7 +152,7 @@ export class Connection {
         socket.write(Buffer.concat(session.takeOutput()));
       });
       // Set when the server's key is not pinned: the session is finished but only probed.
-      let probe: { fingerprint: string; spki: Buffer; notice?: IdentityNotice } | undefined;
+      let probe: { fingerprint: string; spki: Buffer; notice?: IdentityNotice; seen: number } | undefined;
       const probeError = (): ClientError => keyChangedError(server, probe!.fingerprint, probe!.spki, pins, probe!.notice, opts, tofu);
       const endProbe = () => {
         if (settled) return;
@@ -182,7 +190,8 @@ export class Connection {
             // Only a ping is in flight: its answer (or any end) ends the probe; a NOTICE before
             // it is the server's identity notice, if it has one.
             if (ev.type === 'message' && ev.message.kind === 'notice' && ev.message.event === IDENTITY_NOTICE_EVENT) {
-              probe.notice ??= parseIdentityNotice(ev.message.payload);
+              // At most MAX_NOTICES_PER_SESSION are parsed (each costs up to 8 RSA checks).
+              if (probe.notice === undefined && probe.seen++ < MAX_NOTICES_PER_SESSION) probe.notice = parseIdentityNotice(ev.message.payload);
               continue;
             }
             if (ev.type === 'message' && ev.message.kind !== 'response' && ev.message.kind !== 'error') continue;
@@ -192,7 +201,7 @@ export class Connection {
           if (ev.type === 'established') {
             if (!trusted(ev.fingerprint)) {
               // Key confirmation goes out with one ping; nothing else is ever sent on this session.
-              probe = { fingerprint: ev.fingerprint, spki: ev.spki };
+              probe = { fingerprint: ev.fingerprint, spki: ev.spki, seen: 0 };
               session.sendMessage({ kind: 'request', id: 1, command: 'ping', payload: {}, stream: false });
               socket.write(Buffer.concat(session.takeOutput()));
               continue;
@@ -213,7 +222,8 @@ export class Connection {
     });
     let accepted = pins;
     if (opts.fingerprint && opts.knownServersFile) {
-      setServerPins(opts.knownServersFile, server, pins);
+      // A key the user confirmed out of band: a fresh start, no remembered rotations.
+      setServerPins(opts.knownServersFile, server, pins, []);
     } else if (tofu && !tofu.known) {
       rememberServer(tofu.file, server, fingerprint);
       accepted = [fingerprint];
@@ -221,6 +231,7 @@ export class Connection {
     const conn = new Connection(socket, session, fingerprint, opts.requestTimeoutMs ?? 60_000, spki, {
       server,
       pins: accepted,
+      successions: opts.fingerprint ? [] : successions,
       ...(opts.knownServersFile ? { file: opts.knownServersFile } : {}),
       ...(opts.onPinsChanged ? { onPinsChanged: opts.onPinsChanged } : {}),
     });
@@ -353,23 +364,27 @@ export class Connection {
 
   /**
    * A verified identity notice about the key of this session sets the pins for this server
-   * (PROTOCOL.md 6.4); a notice that fails any check changes nothing.
+   * under the rules of PROTOCOL.md 6.4 (applyIdentityNotice: a key the client has seen succeeded
+   * rewrites nothing); a notice that fails any check changes nothing. Only the first
+   * MAX_NOTICES_PER_SESSION notices of a session are parsed.
    */
   private onIdentityNotice(payload: unknown): void {
+    if (this.noticesSeen >= MAX_NOTICES_PER_SESSION) return;
+    this.noticesSeen++;
     const n = parseIdentityNotice(payload);
-    const next = n && pinsFromNotice(n, this.spki);
+    const next = n && applyIdentityNotice(n, this.spki, { pins: this.pinsNow, successions: this.successions });
     if (!next) return;
-    const same = next.length === this.pinsNow.length && next.every((fp) => this.pinsNow.includes(fp));
-    if (same) return;
-    this.pinsNow = next;
+    const changed = !(next.pins.length === this.pinsNow.length && next.pins.every((fp) => this.pinsNow.includes(fp)));
+    this.pinsNow = next.pins;
+    this.successions = next.successions;
     if (this.pinning.file) {
       try {
-        setServerPins(this.pinning.file, this.pinning.server, next);
+        setServerPins(this.pinning.file, this.pinning.server, next.pins, next.successions);
       } catch {
         // The file cannot be written now: the next connection gets the notice again.
       }
     }
-    this.pinning.onPinsChanged?.(next);
+    if (changed) this.pinning.onPinsChanged?.(next.pins);
   }
 
   private async pumpUpload(id: number, credit: OutboundCredit, upload: AsyncIterable<Uint8Array> | Uint8Array): Promise<void> {

@@ -194,24 +194,49 @@ export function loadIdentityKeySet(privatePath: string): IdentityKeySet {
 }
 
 /**
- * The rotations whose two signatures verify and that lie on the chain back from the current key
- * (and forward to the announced next key): each statement's new key vouches for its old key. A
- * statement between keys off that chain, whoever signed it, is left out.
+ * The straight chain of verified rotations back from the current key, oldest first, and the
+ * announced current -> next statement last. Each key has at most one predecessor: walking back
+ * from the key k whose incoming statement sits at index i of the log (the end of the log for the
+ * current key), its predecessor is the first verified statement "p -> k" before i, with a time
+ * not after the later statement's. The log is append-only in the order of the rollovers, so a
+ * statement planted later (say X -> A made with a retired key A's private half) neither displaces
+ * the genuine one nor slots in after A's own succession: never followed, never trusted, never in
+ * the notice. A key appears once (no cycles).
  */
 function chained(log: readonly RotationRecord[], currentFp: string, nextFp?: string): RotationRecord[] {
-  const ok = log.filter(verifyRotation);
-  const fp = ok.map((r) => ({ old: fingerprintOf(r.old), new: fingerprintOf(r.new) }));
-  const on = new Set([currentFp]);
-  for (let changed = true; changed; ) {
-    changed = false;
-    for (const x of fp) {
-      if (on.has(x.new) && !on.has(x.old)) {
-        on.add(x.old);
-        changed = true;
+  const fps = log.map((r) => ({ old: fingerprintOf(r.old), new: fingerprintOf(r.new) }));
+  const valid = log.map((r) => verifyRotation(r));
+  const back: RotationRecord[] = [];
+  const seen = new Set([currentFp]);
+  let k = currentFp;
+  let before = log.length;
+  let notAfter = Infinity;
+  for (;;) {
+    let found = -1;
+    for (let i = 0; i < before; i++) {
+      if (valid[i] && fps[i]!.new === k && log[i]!.time <= notAfter && !seen.has(fps[i]!.old)) {
+        found = i;
+        break;
+      }
+    }
+    if (found < 0) break;
+    const r = log[found]!;
+    back.push(r);
+    k = fps[found]!.old;
+    seen.add(k);
+    before = found;
+    notAfter = r.time;
+  }
+  const out = back.reverse();
+  if (nextFp !== undefined) {
+    for (let i = log.length - 1; i >= 0; i--) {
+      if (valid[i] && fps[i]!.old === currentFp && fps[i]!.new === nextFp) {
+        out.push(log[i]!);
+        break;
       }
     }
   }
-  return ok.filter((_, i) => (on.has(fp[i]!.old) && on.has(fp[i]!.new)) || (nextFp !== undefined && fp[i]!.old === currentFp && fp[i]!.new === nextFp));
+  return out;
 }
 
 function lastRotation(rotations: readonly RotationRecord[], oldFp: string, newFp: string): RotationRecord | undefined {
@@ -334,18 +359,14 @@ export function trustedIdentityKeys(privatePath: string): TrustedIdentityKey[] {
   const next = loadPublicIdentity(f.next);
   if (next && lastRotation(log, cur.fingerprint, next.fingerprint)) out.set(next.fingerprint, { spki: next.spki, fingerprint: next.fingerprint, role: 'next' });
   const prev = loadPublicIdentity(f.previous);
-  // Walk back from the current key: each statement's new key vouches for its old key.
-  for (let changed = true; changed; ) {
-    changed = false;
-    for (let i = log.length - 1; i >= 0; i--) {
-      const r = log[i]!;
-      const fp = { old: fingerprintOf(r.old), new: fingerprintOf(r.new) };
-      const succ = out.get(fp.new);
-      if (!succ || succ.role === 'next' || out.has(fp.old)) continue;
-      const isPrev = prev !== undefined && prev.fingerprint === fp.old;
-      out.set(fp.old, { spki: r.old, fingerprint: fp.old, role: isPrev ? 'previous' : 'retired', ...(isPrev ? {} : { retiredAt: r.retiredAt ?? r.switchedAt ?? new Date(r.time).toISOString() }), successor: fp.new });
-      changed = true;
-    }
+  // The straight chain back from the current key: each statement's new key vouches for its old
+  // key, one predecessor per key (chained); statements off the chain are trusted for nothing.
+  const back = chained(log, cur.fingerprint).reverse();
+  for (const r of back) {
+    const fp = { old: fingerprintOf(r.old), new: fingerprintOf(r.new) };
+    if (out.has(fp.old)) break;
+    const isPrev = prev !== undefined && prev.fingerprint === fp.old;
+    out.set(fp.old, { spki: r.old, fingerprint: fp.old, role: isPrev ? 'previous' : 'retired', ...(isPrev ? {} : { retiredAt: r.retiredAt ?? r.switchedAt ?? new Date(r.time).toISOString() }), successor: fp.new });
   }
   return [...out.values()];
 }

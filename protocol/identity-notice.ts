@@ -112,3 +112,64 @@ export function successionFromPins(n: IdentityNotice, pinned: readonly string[],
   const chain = paths.get(target);
   return chain && chain.length > 0 ? chain : undefined;
 }
+
+/**
+ * What a client remembers about one verified rotation statement of a server (docs/PROTOCOL.md
+ * 6.4): `old` was succeeded (announced) by `new`; `switched` once the client has seen `new` sign a
+ * session (or a notice on a `new`-signed session names `old` as previous). Fingerprints in
+ * canonical lower-case hex.
+ */
+export interface SuccessionRecord {
+  old: string;
+  new: string;
+  switched: boolean;
+}
+
+/** The client's state for one server: pins and remembered successions. */
+export interface PinState {
+  pins: string[];
+  successions: SuccessionRecord[];
+}
+
+/** Notices a client processes on one session; later ones are ignored (PROTOCOL.md 6.4, CPU bound). */
+export const MAX_NOTICES_PER_SESSION = 2;
+
+/**
+ * The client's decision on a verified notice `n` received on a session signed by `sessionSpki`
+ * (docs/PROTOCOL.md 6.4 client rules). Returns the new state, or undefined when nothing changes.
+ *
+ * - The notice must be about the session key (pinsFromNotice), else it is ignored.
+ * - A session key K that the client has seen succeeded (a `switched` record K -> S) is a past key:
+ *   its sessions may continue during the overlap, but its notices change nothing (a holder of an
+ *   old key cannot rewrite the pins).
+ * - A session key K with an announced successor S (record K -> S, not switched) may drop S (an
+ *   abort: no `next`) or repeat it, but not replace it by another key in one notice.
+ * - Records whose old key is no longer pinned are forgotten (an unpinned key gets no notice).
+ */
+export function applyIdentityNotice(n: IdentityNotice, sessionSpki: Uint8Array, state: PinState): PinState | undefined {
+  const pins = pinsFromNotice(n, sessionSpki);
+  if (!pins) return undefined;
+  const k = fingerprintOf(sessionSpki);
+  // The server signs with k now: every announcement of k is confirmed.
+  let records = state.successions.map((r) => (r.new === k && !r.switched ? { ...r, switched: true } : { ...r }));
+  const promoted = records.some((r, i) => r.switched !== state.successions[i]!.switched);
+  const unchanged: PinState | undefined = promoted ? { pins: [...state.pins], successions: records } : undefined;
+  if (records.some((r) => r.old === k && r.switched)) return unchanged;
+  const nextFp = n.next ? fingerprintOf(n.next) : undefined;
+  const announced = records.find((r) => r.old === k && !r.switched);
+  if (announced && nextFp !== undefined && nextFp !== announced.new) return unchanged;
+  // k's announcement is now exactly `next` (none after an abort).
+  records = records.filter((r) => r.old !== k);
+  if (nextFp) records.push({ old: k, new: nextFp, switched: false });
+  if (n.previous) {
+    const prev = fingerprintOf(n.previous);
+    records = records.filter((r) => !(r.old === prev && r.new === k));
+    records.push({ old: prev, new: k, switched: true });
+  }
+  records = records.filter((r) => pins.includes(r.old));
+  const samePins = pins.length === state.pins.length && pins.every((p) => state.pins.includes(p));
+  const key = (r: SuccessionRecord) => `${r.old} ${r.new} ${r.switched}`;
+  const sameRecords = records.length === state.successions.length && records.every((r) => state.successions.some((s) => key(s) === key(r)));
+  if (samePins && sameRecords) return undefined;
+  return { pins, successions: records };
+}

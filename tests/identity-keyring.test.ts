@@ -7,8 +7,10 @@ import { execFile } from 'node:child_process';
 import { chmodSync, existsSync, linkSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateIdentity, identityPublicPath, IdentityKeyError, saveIdentity } from '../crypto/identity.js';
-import { identityFiles, identityStatus, loadIdentityKeySet, readRotationLog, startIdentityRotation, switchIdentity, trustedIdentityKeys } from '../crypto/identity-keyring.js';
+import { fingerprintOf, generateIdentity, identityPublicPath, IdentityKeyError, saveIdentity } from '../crypto/identity.js';
+import { identityFiles, identityStatus, loadIdentityKeySet, readRotationLog, retireIdentity, startIdentityRotation, switchIdentity, trustedIdentityKeys } from '../crypto/identity-keyring.js';
+import { noticeFor } from '../daemon/main/identity-keys.js';
+import { parseIdentityNotice } from '../protocol/identity-notice.js';
 import { signRotation, type RotationStatement } from '../crypto/identity-rotation.js';
 import { watchKeyFile, type SecurityEvent } from '../crypto/key-watch.js';
 import { waitUntil } from './helpers/daemon.js';
@@ -101,4 +103,66 @@ test('an interrupted switch is repaired at load; a key added to the log without 
   const fps = trustedIdentityKeys(key).map((k) => k.fingerprint);
   assert.ok(!fps.includes(intruder.fingerprint) && !fps.includes(other.fingerprint), 'no key without a verified chain from the current key');
   assert.equal(identityStatus(key).rotations.length, genuine.length, 'status lists only verified rotations');
+});
+
+test('review C: statements planted with a retired key (X -> A signed by retired A and a new X) are not trusted and do not crowd the genuine statement out of the notice', () => {
+  const { key, cleanup } = folder();
+  try {
+    const a = loadIdentityKeySet(key).current;
+    const t0 = Date.parse('2026-11-01T00:00:00Z');
+    startIdentityRotation(key, t0);
+    const b = loadIdentityKeySet(key).next!;
+    switchIdentity(key, t0 + 1000);
+    retireIdentity(key, t0 + 2000);
+    const f = identityFiles(key);
+    const doc = JSON.parse(readFileSync(f.log, 'utf8')) as { rotations: Array<Record<string, unknown>> };
+    const planted = [0, 1, 2, 3, 4].map(() => generateIdentity());
+    for (const [i, x] of planted.entries()) {
+      // Some dated before the genuine statement, some after: neither may join the chain.
+      const s: RotationStatement = signRotation(x, a, i % 2 === 0 ? t0 - 10_000 : t0 + 5000);
+      doc.rotations.push({ old: s.old.toString('base64'), new: s.new.toString('base64'), time: s.time, oldSignature: s.oldSignature.toString('base64'), newSignature: s.newSignature.toString('base64') });
+    }
+    writeFileSync(f.log, JSON.stringify(doc));
+    const trusted = trustedIdentityKeys(key);
+    assert.deepEqual(trusted.map((k) => [k.fingerprint, k.role]).sort(), [[b.fingerprint, 'current'], [a.fingerprint, 'retired']].sort());
+    const set = loadIdentityKeySet(key);
+    assert.deepEqual(set.rotations.map((r) => [fingerprintOf(r.old), fingerprintOf(r.new)]), [[a.fingerprint, b.fingerprint]]);
+    const notice = parseIdentityNotice(noticeFor(set));
+    assert.ok(notice, 'the notice is well-formed');
+    assert.deepEqual(notice.rotations.map((r) => [fingerprintOf(r.old), fingerprintOf(r.new)]), [[a.fingerprint, b.fingerprint]], 'only the genuine statement is in the notice');
+    // The planted statements verify (so the checks above can fail).
+    assert.equal(readRotationLog(f.log).length, 6);
+  } finally {
+    cleanup();
+  }
+});
+
+test('review C: one predecessor per key; a second rollover keeps the whole straight chain', () => {
+  const { key, cleanup } = folder();
+  try {
+    const a = loadIdentityKeySet(key).current;
+    const t0 = Date.parse('2026-11-01T00:00:00Z');
+    startIdentityRotation(key, t0);
+    switchIdentity(key, t0 + 1);
+    retireIdentity(key, t0 + 2);
+    const b = loadIdentityKeySet(key).current;
+    // Planted between the rollovers: another predecessor of B, signed by B (then current) and X.
+    const x = generateIdentity();
+    const f = identityFiles(key);
+    const doc = JSON.parse(readFileSync(f.log, 'utf8')) as { rotations: Array<Record<string, unknown>> };
+    const s = signRotation(x, b, t0 + 3);
+    doc.rotations.push({ old: s.old.toString('base64'), new: s.new.toString('base64'), time: s.time, oldSignature: s.oldSignature.toString('base64'), newSignature: s.newSignature.toString('base64') });
+    writeFileSync(f.log, JSON.stringify(doc));
+    startIdentityRotation(key, t0 + 4);
+    switchIdentity(key, t0 + 5);
+    const c = loadIdentityKeySet(key);
+    const fps = new Map(trustedIdentityKeys(key).map((k) => [k.fingerprint, k.role]));
+    assert.equal(fps.get(c.current.fingerprint), 'current');
+    assert.equal(fps.get(b.fingerprint), 'previous');
+    assert.equal(fps.get(a.fingerprint), 'retired');
+    assert.equal(fps.has(x.fingerprint), false, 'the branch X -> B is not trusted');
+    assert.deepEqual(c.rotations.map((r) => fingerprintOf(r.new)), [b.fingerprint, c.current.fingerprint]);
+  } finally {
+    cleanup();
+  }
 });

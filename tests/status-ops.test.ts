@@ -76,7 +76,7 @@ test('commusicctl status without a running daemon says so and exits 3', { timeou
 });
 
 test('status operation: optional providers (open stores, last backups, key watch) are reported', async () => {
-  const stats = { accepted: 5, refusedBanned: 1, refusedLimit: 0, evicted: 0, hellos: 4, established: 3, requests: new Map([['ping:ok', 7], ['x:DENIED', 1]]), violations: new Map([['http', 2]] as const) };
+  const stats = { accepted: 5, refusedBanned: 1, refusedLimit: 0, evicted: 0, hellos: 4, helloDropsTolerated: 0, established: 3, requests: new Map([['ping:ok', 7], ['x:DENIED', 1]]), violations: new Map([['http', 2]] as const) };
   const ctx: StatusContext = {
     daemon: { stats, connectionCount: 3, pendingHandshakes: 1, startedAt: 1_000_000 },
     openStores: () => 12,

@@ -443,6 +443,15 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     // Classified by the stage reached (PROTOCOL.md): a ClientHello cut short ("CM", 40 of 75
     // bytes) is a broken handshake, counted, not a record-layer attack banned at once.
     if (this.handshakeOpen && this.bytesIn > 0) {
+      // A client with a stale pin that drops right after the ServerHello (the pre-rollover rule,
+      // or a third-party client): during a rollover's switch and grace period no violation, so a
+      // key switch never bans whole NATs (PROTOCOL.md 11). Logged and counted all the same.
+      if (this.session.state === 'AWAIT_CLIENT_FINISHED' && this.session.bufferedBytes === 0 && this.events.helloDropTolerated?.()) {
+        this.log.info('connection ended after the ServerHello during an identity key rollover (not counted)', { conn: this.info.id, ip: this.info.ip });
+        this.events.counted('hello-drop-tolerated');
+        this.closeWith(CLOSE_PROTOCOL_ERROR);
+        return;
+      }
       this.protocolFailure(new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'connection ended inside the handshake'));
       return;
     }

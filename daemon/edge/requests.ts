@@ -20,7 +20,12 @@ export interface ConnectionEvents {
   violation(kind: ViolationKind, detail: string): void;
   handshakeDone(established: boolean): void;
   closed(): void;
-  counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
+  counted(what: 'hello' | 'established' | 'request' | 'hello-drop-tolerated', command?: string, result?: string): void;
+  /**
+   * True while a TCP close right after the ServerHello is not a violation: an identity key
+   * rollover is in its switched phase, or was retired within the grace period (PROTOCOL.md 11).
+   */
+  helloDropTolerated?(): boolean;
   /** A user logged in on this connection (it leaves the pre-login stage). */
   loggedIn?(): void;
 }

@@ -38,6 +38,12 @@ export interface DaemonOptions {
   rekeyAfterRecords?: number;
   /** The `identity.keys` NOTICE payload each session gets once established (PROTOCOL.md 6.4), if any. */
   identityNotice?: () => unknown;
+  /**
+   * True while a client's TCP close right after the ServerHello is not counted as a `handshake`
+   * violation (an identity key rollover switched, or retired within the grace period:
+   * PROTOCOL.md 11). Default: never.
+   */
+  helloDropTolerated?: () => boolean;
 }
 
 /** The label under which requests for unknown commands are counted (never the name sent). */
@@ -50,6 +56,8 @@ export interface DaemonStats {
   /** Slots taken from the heaviest source for a lighter newcomer (pending or pre-login). */
   evicted: number;
   hellos: number;
+  /** TCP closes right after the ServerHello not counted as violations (identity key rollover grace). */
+  helloDropsTolerated: number;
   established: number;
   /**
    * Requests by "command:result". Keys are bounded: a command is one of the dispatcher's names or
@@ -69,7 +77,9 @@ interface DaemonSide {
   reportLimit(ip: string, stage: Stage, reason: RefusalReason): void;
   closed(conn: Connection): void;
   evicted(conn: Connection | undefined, stage: Stage): void;
-  counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void;
+  counted(what: 'hello' | 'established' | 'request' | 'hello-drop-tolerated', command?: string, result?: string): void;
+  /** See ConnectionEvents.helloDropTolerated. */
+  helloDropTolerated(): boolean;
   /** The `identity.keys` NOTICE payload each session gets once established (PROTOCOL.md 6.4), if any. */
   identityNotice(): unknown;
 }
@@ -126,8 +136,12 @@ class ConnectionHooks implements ConnectionEvents {
     if (this.conn) this.side.closed(this.conn);
   }
 
-  counted(what: 'hello' | 'established' | 'request', command?: string, result?: string): void {
+  counted(what: 'hello' | 'established' | 'request' | 'hello-drop-tolerated', command?: string, result?: string): void {
     this.side.counted(what, command, result);
+  }
+
+  helloDropTolerated(): boolean {
+    return this.side.helloDropTolerated();
   }
 
   private release(): void {
@@ -143,7 +157,7 @@ export class Daemon {
   readonly violations: ViolationBus;
   readonly dispatcher: Dispatcher;
   readonly log: Logger;
-  readonly stats: DaemonStats = { accepted: 0, refusedBanned: 0, refusedLimit: 0, evicted: 0, hellos: 0, established: 0, requests: new Map(), violations: new Map() };
+  readonly stats: DaemonStats = { accepted: 0, refusedBanned: 0, refusedLimit: 0, evicted: 0, hellos: 0, helloDropsTolerated: 0, established: 0, requests: new Map(), violations: new Map() };
   readonly startedAt = Date.now();
   private readonly server: Server;
   private readonly connections = new Set<Connection>();
@@ -367,8 +381,10 @@ export class Daemon {
     closed: (conn) => this.connections.delete(conn),
     evicted: (conn, stage) => this.evicted(conn, stage),
     identityNotice: () => this.opts.identityNotice?.(),
+    helloDropTolerated: () => this.opts.helloDropTolerated?.() ?? false,
     counted: (what, command, result) => {
       if (what === 'hello') this.stats.hellos++;
+      else if (what === 'hello-drop-tolerated') this.stats.helloDropsTolerated++;
       else if (what === 'established') this.stats.established++;
       else {
         const name = command !== undefined && this.dispatcher.has(command) ? command : UNKNOWN_COMMAND_LABEL;

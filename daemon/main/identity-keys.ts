@@ -9,12 +9,34 @@ import type { IdentityKey } from '../../crypto/identity.js';
 import { loadIdentityKeySet, type IdentityKeySet, type RotationPhase } from '../../crypto/identity-keyring.js';
 import { encodeIdentityNotice } from '../../protocol/identity-notice.js';
 
+/**
+ * How long after `retire` a client's TCP close right after the ServerHello still counts as no
+ * violation (PROTOCOL.md 11): 30 days, long enough for members who open the app once a month to
+ * have met the new key (those whose client drops the connection on a pin mismatch instead of
+ * closing as section 3.2 says) without a ban for their whole NAT.
+ */
+export const HELLO_DROP_GRACE_AFTER_RETIRE_MS = 30 * 24 * 3600 * 1000;
+
+/**
+ * True while a close right after the ServerHello is tolerated: the key set is in the switched
+ * phase (a previous key present), or its newest retirement is less than `graceMs` before `now`
+ * (ms since the epoch).
+ */
+export function helloDropTolerated(set: IdentityKeySet, now: number, graceMs = HELLO_DROP_GRACE_AFTER_RETIRE_MS): boolean {
+  if (set.phase === 'switched') return true;
+  let newest = -Infinity;
+  for (const r of set.rotations) if (r.retiredAt) newest = Math.max(newest, Date.parse(r.retiredAt));
+  return now - newest < graceMs;
+}
+
 export interface IdentityHolder {
   /** The key that signs from now on. */
   readonly current: IdentityKey;
   readonly phase: RotationPhase;
   /** During a rollover: its phase and the other key's fingerprint (next, or previous); else undefined. */
   readonly rollover: { phase: 'announce' | 'switched'; otherKey: string } | undefined;
+  /** See helloDropTolerated: at `now` (ms since the epoch). */
+  helloDropTolerated(now: number): boolean;
   /** The NOTICE payload, or undefined when this folder never rotated its identity key. */
   readonly notice: Record<string, unknown> | undefined;
   /** Re-reads the key files (after a rotation step) and tells every subscriber. */
@@ -59,6 +81,9 @@ export function openIdentityHolder(identityKeyPath: string): IdentityHolder {
     },
     get notice() {
       return notice;
+    },
+    helloDropTolerated(now) {
+      return helloDropTolerated(set, now);
     },
     reload() {
       set = loadIdentityKeySet(identityKeyPath);

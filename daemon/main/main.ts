@@ -161,7 +161,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       kick: () => daemonRef?.disconnectBanned(isBanned),
       clubMoved: (club, address) => daemonRef?.closeSessions((session) => clubOfSession(session) === club, { event: 'club.moved', payload: { club, ...(address ? { server: address } : {}) } }),
     });
-    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice });
+    const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice, helloDropTolerated: () => identities.helloDropTolerated(Date.now()) });
     daemonRef = daemon;
     closers.push(() => daemon.stop());
     // A rollover step: everything that signs with the identity key takes the new current key.

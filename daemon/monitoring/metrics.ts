@@ -126,13 +126,14 @@ export function createDaemonMetrics(src: MetricsSources, opts: { defaultMetrics?
   });
   new Counter({
     name: `${p}handshakes_total`,
-    help: 'Handshakes by stage: "hello" started (ClientHello received), "established" completed.',
+    help: 'Handshakes by stage: "hello" started (ClientHello received), "established" completed, "dropped_after_hello_in_rollover" ended by the client right after the ServerHello during an identity key rollover (not counted as a violation).',
     labelNames: ['stage'] as const,
     registers,
     collect() {
       this.reset();
       this.inc({ stage: 'hello' }, d.stats.hellos);
       this.inc({ stage: 'established' }, d.stats.established);
+      this.inc({ stage: 'dropped_after_hello_in_rollover' }, d.stats.helloDropsTolerated);
     },
   });
   new Counter({

@@ -16,7 +16,9 @@ export type CryptoErrorCode =
   | 'STREAM_CORRUPT'
   | 'STREAM_TRUNCATED'
   | 'STREAM_HEADER_INVALID'
-  | 'PASSWORD_HASH_INVALID';
+  | 'PASSWORD_HASH_INVALID'
+  | 'HASH_BUSY'
+  | 'HASH_CANCELLED';
 
 const BRAND = Symbol.for('commusic.CryptoError');
 

@@ -14,7 +14,8 @@
  * `sha512$` hashes: they are still accepted once (constant-time) and replaced the same way.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { hashPassword, verifyPassword } from './password.js';
+import { CryptoError } from './errors.js';
+import { hashPassword, verifyPassword, type HashJobOptions } from './password.js';
 
 const WRAPPED_PREFIX = 'sha512-scrypt$';
 const WRAPPED_RE = /^sha512-scrypt\$([0-9a-f]{8,128})\$(scrypt\$.{1,300})$/;
@@ -34,14 +35,18 @@ export function isWrappedLegacySha512(encoded: string): boolean {
   return encoded.startsWith(WRAPPED_PREFIX);
 }
 
-/** Two layers: SHA-512(salt || password) hex, then the stored scrypt hash over it. False on any mismatch. */
-export async function verifyWrappedLegacySha512(password: string, encoded: string): Promise<boolean> {
+/**
+ * Two layers: SHA-512(salt || password) hex, then the stored scrypt hash over it. False on any
+ * mismatch; HASH_BUSY / HASH_CANCELLED of the hash queue (`opts`) are passed on.
+ */
+export async function verifyWrappedLegacySha512(password: string, encoded: string, opts: HashJobOptions = {}): Promise<boolean> {
   const m = WRAPPED_RE.exec(encoded);
   if (!m) return false;
   const digest = createHash('sha512').update(Buffer.from(m[1]!, 'hex')).update(Buffer.from(password.normalize('NFC'), 'utf8')).digest('hex');
   try {
-    return await verifyPassword(digest, m[2]!);
-  } catch {
+    return await verifyPassword(digest, m[2]!, opts);
+  } catch (e) {
+    if (e instanceof CryptoError && (e.code === 'HASH_BUSY' || e.code === 'HASH_CANCELLED')) throw e;
     return false;
   }
 }

@@ -5,6 +5,9 @@
  */
 import { randomBytes, scrypt as scryptCb, timingSafeEqual, randomInt } from 'node:crypto';
 import { CryptoError } from './errors.js';
+import { HashQueue, type HashJobOptions } from './hash-queue.js';
+
+export type { HashJobOptions } from './hash-queue.js';
 
 // OWASP Password Storage Cheat Sheet, scrypt: "a minimum CPU/memory cost parameter of (2^17), a
 // minimum block size of 8 (1024 bytes), and a parallelization parameter of 1". We use exactly
@@ -20,24 +23,30 @@ export const PASSWORD_R = 8;
 export const PASSWORD_P = 1;
 /** At most this many scrypt computations of this module run at once (2 x 128 MiB); others wait. */
 export const MAX_CONCURRENT_HASHES = 2;
+/**
+ * Hashes one source address may have waiting; one more is refused (HASH_BUSY). The daemon lets
+ * a connection have one password check in flight, so this bounds how many connections of one
+ * address queue work at once; round-robin between sources bounds their effect on others.
+ */
+export const MAX_QUEUED_HASHES_PER_SOURCE = 4;
 const HASH_LEN = 32;
 export const MAX_PASSWORD_BYTES = 1024;
 
-let running = 0;
-const waiting: Array<() => void> = [];
+/**
+ * The one queue every scrypt of this module waits in: MAX_CONCURRENT_HASHES at once, taken
+ * round-robin between source addresses, cancellable (crypto/hash-queue.ts).
+ */
+export const passwordHashQueue = new HashQueue(MAX_CONCURRENT_HASHES, MAX_QUEUED_HASHES_PER_SOURCE);
 
-async function scryptAsync(pw: Buffer, salt: Buffer, log2N: number, r: number, p: number): Promise<Buffer> {
+function scryptAsync(pw: Buffer, salt: Buffer, log2N: number, r: number, p: number, opts: HashJobOptions): Promise<Buffer> {
   const N = 2 ** log2N;
-  if (running >= MAX_CONCURRENT_HASHES) await new Promise<void>((res) => waiting.push(res));
-  running++;
-  try {
-    return await new Promise<Buffer>((resolve, reject) => {
-      scryptCb(pw, salt, HASH_LEN, { N, r, p, maxmem: 128 * N * r * 2 + 1024 * 1024 }, (e, k) => (e ? reject(e) : resolve(k)));
-    });
-  } finally {
-    running--;
-    waiting.shift()?.();
-  }
+  return passwordHashQueue.run(
+    () =>
+      new Promise<Buffer>((resolve, reject) => {
+        scryptCb(pw, salt, HASH_LEN, { N, r, p, maxmem: 128 * N * r * 2 + 1024 * 1024 }, (e, k) => (e ? reject(e) : resolve(k)));
+      }),
+    opts,
+  );
 }
 
 function pwBytes(pw: string): Buffer {
@@ -46,9 +55,13 @@ function pwBytes(pw: string): Buffer {
   return b;
 }
 
-export async function hashPassword(password: string, log2N = PASSWORD_LOG2N): Promise<string> {
+/**
+ * A new scrypt hash of `password` (encoded, see the module doc). `opts`: the source address the
+ * work is queued under and a signal that cancels it (CryptoError HASH_BUSY / HASH_CANCELLED).
+ */
+export async function hashPassword(password: string, log2N = PASSWORD_LOG2N, opts: HashJobOptions = {}): Promise<string> {
   const salt = randomBytes(16);
-  const h = await scryptAsync(pwBytes(password), salt, log2N, PASSWORD_R, PASSWORD_P);
+  const h = await scryptAsync(pwBytes(password), salt, log2N, PASSWORD_R, PASSWORD_P, opts);
   return `scrypt$1$${log2N}$${PASSWORD_R}$${PASSWORD_P}$${salt.toString('base64')}$${h.toString('base64')}`;
 }
 
@@ -62,8 +75,11 @@ function parse(encoded: string): { log2N: number; r: number; p: number; salt: Bu
   return { log2N, r, p, salt: Buffer.from(parts[5]!, 'base64'), hash: Buffer.from(parts[6]!, 'base64') };
 }
 
-/** Constant-time comparison; false for a wrong password, throws only for a malformed hash. */
-export async function verifyPassword(password: string, encoded: string): Promise<boolean> {
+/**
+ * Constant-time comparison; false for a wrong password, throws for a malformed hash
+ * (PASSWORD_HASH_INVALID) and, with `opts`, HASH_BUSY / HASH_CANCELLED as hashPassword.
+ */
+export async function verifyPassword(password: string, encoded: string, opts: HashJobOptions = {}): Promise<boolean> {
   const { log2N, r, p, salt, hash } = parse(encoded);
   let pw: Buffer;
   try {
@@ -71,7 +87,7 @@ export async function verifyPassword(password: string, encoded: string): Promise
   } catch {
     return false;
   }
-  const h = await scryptAsync(pw, salt, log2N, r, p);
+  const h = await scryptAsync(pw, salt, log2N, r, p, opts);
   return h.length === hash.length && timingSafeEqual(h, hash);
 }
 

@@ -14,12 +14,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { isLegacySha512, isWrappedLegacySha512, verifyLegacySha512, verifyWrappedLegacySha512 } from '../../crypto/legacy-password.js';
-import { hashPassword, needsRehash, verifyPassword } from '../../crypto/password.js';
+import { hashPassword, needsRehash, verifyPassword, type HashJobOptions } from '../../crypto/password.js';
 import type { ClubStore } from '../../storage/club/club-store.js';
 import { getUserById, getUserByName, setLastLogin, setPasswordHash } from '../../storage/club/users.js';
 import { CommandError } from '../edge/command-errors.js';
 import type { CommandContext } from '../edge/dispatcher.js';
 import { TICKET_PATTERN } from '../edge/tickets.js';
+import { isHashQueueError, withPasswordWork } from './password-work.js';
 import { ClubServices, DEFAULT_IDLE_TIMEOUT_MS, LOGIN_FAILED_MESSAGE, SESSION_KEY, SessionState, appendAudit, auditFor, dummy, endSession, getSession, openClubFor, requirePrincipal, ticketsOf, withSource } from './session.js';
 
 export { DEFAULT_IDLE_TIMEOUT_MS, LOGIN_FAILED_MESSAGE, ticketsOf, auditFor, appendAudit, openClubFor, grantsOf, currentClub, endSessionOnClose, requirePrincipal, revocable, refreshCredVersion, type ClubServices, type Principal } from './session.js';
@@ -33,7 +34,16 @@ export interface LoginResult {
   idleTimeoutMs: number;
 }
 
-export async function login(services: ClubServices, ctx: CommandContext, p: { club: string; user: string; password: string }): Promise<LoginResult> {
+/**
+ * `auth.login`: one per connection at a time (withPasswordWork: a second is BUSY, not a
+ * violation); its scrypt waits in the fair hash queue under the client's address and is dropped
+ * when the request is aborted (connection closed, source banned): no failure is counted then.
+ */
+export function login(services: ClubServices, ctx: CommandContext, p: { club: string; user: string; password: string }): Promise<LoginResult> {
+  return withPasswordWork(ctx, (opts) => loginWith(services, ctx, p, opts));
+}
+
+async function loginWith(services: ClubServices, ctx: CommandContext, p: { club: string; user: string; password: string }, opts: HashJobOptions): Promise<LoginResult> {
   const prev = getSession(ctx);
   if (prev) endSession(services, ctx, prev, 'new login on the connection');
   const fail = (reason: string, store?: ClubStore): never => {
@@ -55,26 +65,27 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
     if (!(e instanceof CommandError && e.code === 'UNAUTHENTICATED')) throw e;
   }
   if (!store) {
-    await verifyPassword(p.password, d);
+    await verifyPassword(p.password, d, opts);
     return fail('unknown club');
   }
   const u = getUserByName(store.db, p.user);
   let ok = false;
   let legacy = false;
   if (!u) {
-    await verifyPassword(p.password, d);
+    await verifyPassword(p.password, d, opts);
   } else if (isWrappedLegacySha512(u.passwordHash)) {
     legacy = true;
-    ok = await verifyWrappedLegacySha512(p.password, u.passwordHash);
+    ok = await verifyWrappedLegacySha512(p.password, u.passwordHash, opts);
   } else if (isLegacySha512(u.passwordHash)) {
     legacy = true;
     ok = verifyLegacySha512(p.password, u.passwordHash);
-    await verifyPassword(p.password, d);
+    await verifyPassword(p.password, d, opts);
   } else {
     try {
-      ok = await verifyPassword(p.password, u.passwordHash);
-    } catch {
-      await verifyPassword(p.password, d);
+      ok = await verifyPassword(p.password, u.passwordHash, opts);
+    } catch (e) {
+      if (isHashQueueError(e)) throw e;
+      await verifyPassword(p.password, d, opts);
       ok = false;
     }
   }
@@ -85,7 +96,7 @@ export async function login(services: ClubServices, ctx: CommandContext, p: { cl
   if (!fresh || fresh.disabled) return fail('user disabled', store);
   let rehashed: string | undefined;
   if (legacy || (services.passwordLog2N === undefined && needsRehashSafe(fresh.passwordHash))) {
-    rehashed = await hashPassword(p.password, services.passwordLog2N);
+    rehashed = await hashPassword(p.password, services.passwordLog2N, opts);
     store = openClubFor(services, p.club);
   }
   const sessionId = randomBytes(12).toString('hex');

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { generateOneTimePassword, hashPassword, verifyPassword } from '../../crypto/password.js';
 import { parseLegacySha512, wrapLegacySha512 } from '../../crypto/legacy-password.js';
+import { isHashQueueError, withPasswordWork } from './password-work.js';
 import { recordExists } from '../../storage/club/club-data.js';
 import { countActiveAdmins, deleteUser, getUserById, insertUser, listUsers, setDisabled, setGrants, setPasswordHash, updateUserProfile, userView, type UserRecord } from '../../storage/club/users.js';
 import { appendAudit, refreshCredVersion, grantsOf, type ClubServices } from './auth.js';
@@ -104,7 +105,7 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
       checkGrantable(g, r.grants, p.admin);
       if (p.personId !== undefined && !recordExists(g.p.db, 'persons', p.personId)) throw new CommandError('NOT_FOUND', `personId: persons ${p.personId} does not exist`);
       const otp = p.password === undefined ? generateOneTimePassword() : undefined;
-      const hash = await hashPassword(p.password ?? otp!, cost);
+      const hash = await withPasswordWork(ctx, (opts) => hashPassword(p.password ?? otp!, cost, opts));
       const g2 = await guard(services, ctx, 'users.create', p);
       const db = g2.p.db;
       let newId = 0;
@@ -210,7 +211,7 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
     g.needClub('users', 'update');
     targetUser(g, p.id, false);
     const otp = p.password === undefined ? generateOneTimePassword() : undefined;
-    const hash = await hashPassword(p.password ?? otp!, cost);
+    const hash = await withPasswordWork(ctx, (opts) => hashPassword(p.password ?? otp!, cost, opts));
     g = await guard(services, ctx, 'users.resetPassword', p);
     const u = targetUser(g, p.id, false);
     g.p.db.transaction(() => {
@@ -221,19 +222,23 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
   });
   register(d, 'users.changeOwnPassword', strictObject({ oldPassword: z.string().max(1024), newPassword: passwordSchema, club: clubField }), async (p, ctx) => {
     let g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
-    let ok = false;
-    try {
-      ok = await verifyPassword(p.oldPassword, g.p.user.passwordHash);
-    } catch {
-      ok = false;
-    }
-    if (!ok) {
-      services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'wrong current password', time: Date.now(), club: g.p.clubId, user: g.p.user.username, command: 'users.changeOwnPassword' });
-      appendAudit(services, g.p.store, { ...g.p.actor, action: 'login.failed', entity: 'users', recordId: g.p.user.id, changes: { reason: 'wrong current password at password change' } });
-      throw new CommandError('UNAUTHENTICATED', 'the current password is wrong');
-    }
-    if (p.oldPassword === p.newPassword) throw new CommandError('BAD_REQUEST', 'the new password must differ from the old one');
-    const hash = await hashPassword(p.newPassword, cost);
+    // One password check per connection: the old password's verification and the new hash.
+    const hash = await withPasswordWork(ctx, async (opts) => {
+      let ok = false;
+      try {
+        ok = await verifyPassword(p.oldPassword, g.p.user.passwordHash, opts);
+      } catch (e) {
+        if (isHashQueueError(e)) throw e;
+        ok = false;
+      }
+      if (!ok) {
+        services.violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'wrong current password', time: Date.now(), club: g.p.clubId, user: g.p.user.username, command: 'users.changeOwnPassword' });
+        appendAudit(services, g.p.store, { ...g.p.actor, action: 'login.failed', entity: 'users', recordId: g.p.user.id, changes: { reason: 'wrong current password at password change' } });
+        throw new CommandError('UNAUTHENTICATED', 'the current password is wrong');
+      }
+      if (p.oldPassword === p.newPassword) throw new CommandError('BAD_REQUEST', 'the new password must differ from the old one');
+      return hashPassword(p.newPassword, cost, opts);
+    });
     g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
     const uid = g.p.user.id;
     g.p.db.transaction(() => {

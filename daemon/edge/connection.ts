@@ -105,6 +105,9 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
       this.flush();
     }
     this.closed = true;
+    // Work queued for this connection stops now, not when the socket is gone (a ban's
+    // disconnect must drop the banned source's queued password checks at once).
+    if (this.inflight) for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
     this.socket.end();
     setTimeout(onTerminateTimer, TERMINATE_GRACE_MS, this).unref();
     return true;

@@ -113,6 +113,8 @@ export async function authRoutes(app: FastifyInstance): Promise<void> {
         }
         return passwordPage(req, reply, { kind: 'error', text: e.code === 'UNAUTHENTICATED' ? t(req.lang, 'wrongCurrent') : t(req.lang, 'badRequest') }, 400);
       }
+      // Another password check of this session is in flight, or this address has too many waiting.
+      if (e instanceof CommandError && e.code === 'BUSY') return passwordPage(req, reply, { kind: 'error', text: t(req.lang, 'tryLater') }, 503);
       throw e;
     }
     s.mustChangePassword = false;

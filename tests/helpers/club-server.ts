@@ -26,7 +26,7 @@ export interface ClubTestEnv {
   readonly dataDir: string;
   newClub(admin?: string, password?: string): Promise<string>;
   session(ip?: string): InProcessSession;
-  listen(): Promise<{ port: number; fingerprint: string; connect(localAddress?: string): Promise<Connection> }>;
+  listen(): Promise<{ port: number; fingerprint: string; daemon: Daemon; connect(localAddress?: string): Promise<Connection> }>;
   close(): Promise<void>;
 }
 
@@ -84,7 +84,7 @@ export async function clubEnv(o: { idleTimeoutMs?: number; now?: () => number } 
       const identity = testIdentity();
       daemon ??= await Daemon.start({ config: configSchema.parse({ dataDir, listen: '127.0.0.1:0', logLevel: 'error', diag: { echoStream: true } }), identity, logger: nullLogger(), violations: bus, dispatcher });
       const port = daemon.address().port;
-      return { port, fingerprint: identity.fingerprint, connect: (localAddress?: string) => connect({ host: '127.0.0.1', port, fingerprint: identity.fingerprint, ...(localAddress ? { localAddress } : {}) }) };
+      return { port, fingerprint: identity.fingerprint, daemon, connect: (localAddress?: string) => connect({ host: '127.0.0.1', port, fingerprint: identity.fingerprint, ...(localAddress ? { localAddress } : {}) }) };
     },
     async close() {
       await daemon?.stop(0);

@@ -213,16 +213,19 @@ export class ClusterNode extends EventEmitter {
       const r = this.route(club);
       throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`, r.kind === 'redirect' ? { owner: r.node } : {});
     }
+    // Held in a local: a handover, a lost lease or another commit's failure may clear st.log while
+    // this append is in flight; an append that succeeded still sets the store's position.
+    const log = st.log;
     const db = this.storage.openClub(club, { allowSuspended: true }).db;
     const d = drainCapture(db, st.drainedUpto);
     if (!d) return;
     st.drainedUpto = d.upto;
     st.inflight++;
     try {
-      await st.log.append(encodeChangeset(d.changeset));
+      await log.append(encodeChangeset(d.changeset));
       // The store holds every change up to the log head (its own), so that is its position.
       const db2 = this.storage.openClub(club, { allowSuspended: true }).db;
-      const head = st.log.head;
+      const head = log.head;
       db2.transaction(() => {
         ackCapture(db2, d.upto);
         writePosition(db2, { seq: head.seq, digest: head.digest });

@@ -8,17 +8,17 @@
  * - The key is bound to its own lease whose TTL is the remaining ban time (rounded up to whole
  *   seconds), so etcd deletes it when the ban ends; each server also ends it by the `untilMs` in
  *   the record, whichever comes first.
- * - Following: list the prefix, then watch from the listed revision + 1. A watch that etcd cancels
- *   (history compacted past our revision) or that cannot resume triggers a full resync: list
- *   again and report what appeared and what vanished.
+ * - Following: a PrefixMirror of `bans/` (list, then watch from the listed revision + 1; a watch
+ *   that etcd cancels, e.g. history compacted past it, leads to a full list again, reported as
+ *   what appeared and what vanished).
  * The local ban table stays the synchronous accept-time check; this board feeds it.
  */
 import { EventEmitter } from 'node:events';
-import type { Watcher } from 'etcd3';
 import { deriveClusterNameKey, deriveClusterRecordKey, openRecord, sealRecord, sealedName } from '../crypto/cluster-seal.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
-import { cancelWatcher, type EtcdGateway } from './etcd-gateway.js';
+import type { EtcdGateway } from './etcd-gateway.js';
 import { BANS_PREFIX } from './keys.js';
+import { PrefixMirror } from './prefix-mirror.js';
 
 export interface ClusterBan {
   /** Canonical address or CIDR, as the local ban table writes it. */
@@ -52,12 +52,9 @@ export class BanBoard extends EventEmitter {
   private readonly logger: ClusterLogger;
   private readonly now: () => number;
   private readonly byName = new Map<string, ClusterBan>();
-  private watcher: Watcher | undefined;
+  private readonly mirror: PrefixMirror;
   private stopped = false;
-  private resyncing: Promise<void> | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
-  /** Full resyncs done after the first list (compaction, lost watch). */
-  resyncs = 0;
 
   constructor(
     private readonly gw: EtcdGateway,
@@ -68,6 +65,17 @@ export class BanBoard extends EventEmitter {
     this.nameKey = deriveClusterNameKey(opts.masterKey);
     this.logger = opts.logger ?? silentClusterLogger;
     this.now = opts.now ?? Date.now;
+    this.mirror = new PrefixMirror(gw, BANS_PREFIX);
+    this.mirror.on('change', (name: string, value: Buffer | undefined) => this.apply(name, value && this.decodeValue(name, value)));
+    this.mirror.on('resync', () => {
+      this.logger.warn('cluster ban watch cancelled (compaction or lost stream); listed again', { event: 'cluster.ban.resync' });
+      this.emit('resync', this.byName.size);
+    });
+  }
+
+  /** Full lists done after the first (compaction, lost watch). */
+  get resyncs(): number {
+    return this.mirror.resyncs;
   }
 
   private name(address: string): string {
@@ -120,16 +128,15 @@ export class BanBoard extends EventEmitter {
 
   /** List the prefix and start following it. */
   async start(): Promise<void> {
-    await this.resync();
+    await this.mirror.start();
+    this.emit('resync', this.byName.size);
   }
 
   /** Stop following. */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
-    const w = this.watcher;
-    this.watcher = undefined;
-    if (w) await cancelWatcher(w);
+    await this.mirror.stop();
   }
 
   private decodeValue(name: string, value: Buffer): ClusterBan | undefined {
@@ -144,10 +151,6 @@ export class BanBoard extends EventEmitter {
     }
   }
 
-  private nameOf(key: Buffer | string): string {
-    const k = typeof key === 'string' ? key : key.toString('utf8');
-    return k.startsWith(BANS_PREFIX) ? k.slice(BANS_PREFIX.length) : k;
-  }
 
   private apply(name: string, rec: ClusterBan | undefined): void {
     const had = this.byName.get(name);
@@ -177,54 +180,5 @@ export class BanBoard extends EventEmitter {
       this.armExpiry();
     }, Math.max(1, Math.min(next - this.now(), 2 ** 31 - 1)));
     this.expiryTimer.unref?.();
-  }
-
-  private resync(): Promise<void> {
-    if (this.resyncing) return this.resyncing;
-    this.resyncing = this.doResync().finally(() => (this.resyncing = undefined));
-    return this.resyncing;
-  }
-
-  private async doResync(): Promise<void> {
-    if (this.stopped) return;
-    const old = this.watcher;
-    this.watcher = undefined;
-    if (old) await cancelWatcher(old);
-    const res = await this.gw.read('list bans', () => this.gw.kv.getAll().prefix(BANS_PREFIX).exec());
-    const seen = new Set<string>();
-    for (const kv of res.kvs) {
-      const name = this.nameOf(kv.key);
-      seen.add(name);
-      this.apply(name, this.decodeValue(name, kv.value));
-    }
-    for (const name of [...this.byName.keys()]) if (!seen.has(name)) this.apply(name, undefined);
-    this.emit('resync', this.byName.size);
-    const from = String(BigInt(res.header.revision) + 1n);
-    const w = await this.gw.read('watch bans', () => this.gw.kv.watch().prefix(BANS_PREFIX).startRevision(from).create());
-    if (this.stopped) {
-      await cancelWatcher(w);
-      return;
-    }
-    this.watcher = w;
-    w.on('put', (kv) => {
-      const name = this.nameOf(kv.key);
-      this.apply(name, this.decodeValue(name, kv.value));
-    });
-    w.on('delete', (kv) => this.apply(this.nameOf(kv.key), undefined));
-    w.on('error', () => {
-      if (this.stopped || this.watcher !== w) return;
-      // etcd already cancelled this watch: drop it without a cancel request.
-      this.watcher = undefined;
-      this.resyncs++;
-      this.logger.warn('cluster ban watch cancelled (compaction or lost stream); listing again', { event: 'cluster.ban.resync' });
-      const retry = (): void => {
-        if (this.stopped) return;
-        this.resync().catch(() => {
-          const t = setTimeout(retry, 250);
-          t.unref?.();
-        });
-      };
-      retry();
-    });
   }
 }

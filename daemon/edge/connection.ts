@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { CLOSE_IDLE, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN, MAX_INFLIGHT_REQUESTS } from '../../protocol/constants.js';
+import { CLOSE_IDLE, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN } from '../../protocol/constants.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { Message } from '../../protocol/messages.js';
 import type { ServerSession } from '../../protocol/server-session.js';
@@ -7,8 +7,8 @@ import { CommandError } from './command-errors.js';
 import type { ConnectionInfo, Dispatcher } from './dispatcher.js';
 import type { Limits } from '../main/config.js';
 import type { Logger } from '../common/log.js';
-import { writePieces } from '../../client/socket-write.js';
-import { RequestLifecycle, type ConnectionEvents } from './requests.js';
+import type { ConnectionEvents } from './requests.js';
+import { SessionOutput } from './session-output.js';
 import { attachSocket, normalizeIp, onHandshakeTimer, onRecordTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
 
 export type { ConnectionEvents } from './requests.js';
@@ -21,15 +21,15 @@ const TERMINATE_GRACE_MS = 1000;
  * Wires one socket to one ServerSession: bytes in, events out, commands dispatched, bytes
  * written. Reading pauses while too many requests are in flight or too much output waits,
  * so neither a pipelining client nor a slow reader can grow the server's memory without bound.
- * This class is the connection's I/O (socket, handshake, record and login deadlines, output);
- * the requests on it (in flight, deadlines, downloads) are RequestLifecycle's (requests.ts).
+ * This class is the connection's input side (socket, handshake, record and login deadlines, faults);
+ * its output is SessionOutput's (session-output.ts), and the requests on it (in flight,
+ * deadlines, downloads) are RequestLifecycle's (requests.ts).
  */
-export class Connection extends RequestLifecycle implements ConnectionIO {
+export class Connection extends SessionOutput implements ConnectionIO {
   readonly info: ConnectionInfo;
   /** When the socket was accepted, ms since the epoch. */
   readonly acceptedAt = Date.now();
   private sessionState: Map<string, unknown> | undefined;
-  private handshakeTimer: NodeJS.Timeout | undefined;
   /**
    * The record deadline: when the record now partly received started (0: none), and one timer
    * per connection that checks it (re-armed for the rest, never per byte or per record).
@@ -42,26 +42,22 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
    * daemon's one deadline sweep (checkDeadlines) instead of two timers per connection.
    */
   private loginDeadline = 0;
-  private lastActive = 0;
   private loggedIn = false;
-  private flushQueued = false;
-  private handshakeOpen = true;
   /** Resources freed and socket destroyed (see destroy()). */
   private released = false;
-  private pausedForOutput = false;
   private bytesIn = 0;
   private faulted = false;
 
   constructor(
     socket: Socket,
-    private readonly session: ServerSession,
+    session: ServerSession,
     dispatcher: Dispatcher,
     limits: Limits,
     log: Logger,
     events: ConnectionEvents,
     id: number,
   ) {
-    super(socket, dispatcher, limits, log, events);
+    super(socket, session, dispatcher, limits, log, events);
     this.info = { id, ip: normalizeIp(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
     socket.setNoDelay(true);
     this.handshakeTimer = setTimeout(onHandshakeTimer, limits.handshakeTimeoutMs, this);
@@ -73,24 +69,11 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     return (this.sessionState ??= new Map());
   }
 
-
   /** Bytes received so far (0: the peer has sent nothing). */
   get receivedBytes(): number {
     return this.bytesIn;
   }
 
-  get isEstablished(): boolean {
-    return this.session.state === 'ESTABLISHED';
-  }
-
-  /**
-   * Sends an unsolicited NOTICE (PROTOCOL.md 6, kind 7) to an established session; does nothing
-   * before the handshake is complete or once the connection is closing. Never throws.
-   */
-  notify(event: string, payload: unknown): void {
-    if (this.closed || !this.isEstablished) return;
-    this.guarded('notice', () => this.send({ kind: 'notice', event, payload }));
-  }
 
   /**
    * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
@@ -332,78 +315,6 @@ export class Connection extends RequestLifecycle implements ConnectionIO {
     }
   }
 
-
-
-
-
-
-
-
-
-  protected override afterRequest(): void {
-    if (this.closed) return;
-    if (this.draining && this.inflightCount === 0) return this.closeWith(CLOSE_SHUTDOWN);
-    this.maybeResume();
-  }
-
-  private maybeResume(): void {
-    if (this.inflightCount < MAX_INFLIGHT_REQUESTS && !this.pausedForOutput && this.socket.isPaused()) this.socket.resume();
-  }
-
-
-  /**
-   * Seals the message now and writes it with everything else produced in this turn: a flush
-   * is queued as a microtask, so the answers to all requests of one read leave in one write.
-   */
-  protected override send(m: Message): void {
-    if (this.closed || !this.isEstablished) return;
-    // Throws RECORD_TOO_LARGE before sealing anything when `m` does not fit one record; the
-    // callers turn that into TOO_LARGE (responses) or cannot meet it (bounded errors, credit).
-    this.session.sendMessage(m);
-    if (!this.flushQueued) {
-      this.flushQueued = true;
-      queueMicrotask(() => {
-        this.flushQueued = false;
-        this.guarded('flush', () => this.flush());
-      });
-    }
-  }
-
-  private flush(): void {
-    const out = this.session.takeOutputPieces();
-    if (out.length === 0 || this.socket.destroyed) return;
-    writePieces(this.socket, out);
-    this.lastActive = Date.now();
-    if (this.socket.writableLength > this.limits.writeHighWaterBytes && !this.pausedForOutput) {
-      this.pausedForOutput = true;
-      this.socket.pause();
-    }
-  }
-
-  /** @internal socket listener */
-  onDrain(): void {
-    if (!this.pausedForOutput) return;
-    this.pausedForOutput = false;
-    this.maybeResume();
-  }
-
-  protected closeWith(code: number): void {
-    if (this.closed) return;
-    this.session.close(code);
-    this.flush();
-    this.closed = true;
-    this.finishHandshake(false);
-    this.socket.end();
-  }
-
-  private finishHandshake(established: boolean): void {
-    if (!this.handshakeOpen) return;
-    this.handshakeOpen = false;
-    clearTimeout(this.handshakeTimer);
-    // Dropped, not only cleared: an idle connection keeps no dead Timeout object.
-    this.handshakeTimer = undefined;
-    this.events.handshakeDone(established);
-  }
 
   /** @internal */
   onHandshakeTimeout(): void {

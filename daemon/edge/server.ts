@@ -3,10 +3,11 @@ import type { IdentityKey } from '../../crypto/identity.js';
 import { CLOSE_NORMAL, CLOSE_POLICY, SUPPORTED_VERSIONS } from '../../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../../protocol/refusal.js';
 import { IDENTITY_NOTICE_EVENT } from '../../protocol/identity-notice.js';
-import { Admission, type RefusalReason, type Slot, type Stage } from './admission.js';
+import { Admission, type RefusalReason, type Stage } from './admission.js';
+import { ConnectionHooks, type DaemonSide } from './connection-hooks.js';
 import { ServerSession } from '../../protocol/server-session.js';
 import { splitHostPort, type Config } from '../main/config.js';
-import { Connection, normalizeIp, type ConnectionEvents } from './connection.js';
+import { Connection, normalizeIp } from './connection.js';
 import { registerCoreCommands } from './core-commands.js';
 import { Dispatcher } from './dispatcher.js';
 import { nullLogger, type Logger } from '../common/log.js';
@@ -70,85 +71,6 @@ export interface DaemonStats {
 }
 
 export const VERSION = '0.1.0';
-
-interface DaemonSide {
-  violation(ip: string, kind: ViolationKind, detail: string): void;
-  admission(): Admission;
-  reportLimit(ip: string, stage: Stage, reason: RefusalReason): void;
-  closed(conn: Connection): void;
-  evicted(conn: Connection | undefined, stage: Stage): void;
-  counted(what: 'hello' | 'established' | 'request' | 'hello-drop-tolerated', command?: string, result?: string): void;
-  /** See ConnectionEvents.helloDropTolerated. */
-  helloDropTolerated(): boolean;
-  /** The `identity.keys` NOTICE payload each session gets once established (PROTOCOL.md 6.4), if any. */
-  identityNotice(): unknown;
-}
-
-/**
- * One object per connection for what it reports to the daemon and for the admission slot it
- * holds (pending handshake, then pre-login): methods on a prototype instead of seven closures
- * and two objects per connection, which an idle connection would otherwise keep (issue 13).
- */
-class ConnectionHooks implements ConnectionEvents {
-  conn: Connection | undefined;
-  slot: Slot | undefined;
-
-  constructor(
-    private readonly side: DaemonSide,
-    private readonly ip: string,
-  ) {}
-
-  /** The admission pool gave this connection's slot to a lighter source. */
-  evict(stage: Stage): void {
-    this.side.evicted(this.conn, stage);
-  }
-
-  /** Logged once, by the ban engine (with the source, the count and the outcome). */
-  violation(kind: ViolationKind, detail: string): void {
-    this.side.violation(this.ip, kind, detail);
-  }
-
-  handshakeDone(established: boolean): void {
-    this.release();
-    if (!established) return;
-    // Before any request of this session is read, so the notice precedes every answer.
-    const notice = this.side.identityNotice();
-    if (notice !== undefined) this.conn?.notify(IDENTITY_NOTICE_EVENT, notice);
-    const pre = this.side.admission().admit('prelogin', this.ip, this, Date.now());
-    if (pre.ok) {
-      this.slot = pre.slot;
-      return;
-    }
-    // Called from inside the connection's event loop: close once it has settled.
-    const conn = this.conn;
-    queueMicrotask(() => {
-      this.side.reportLimit(this.ip, 'prelogin', pre.reason);
-      conn?.terminate(CLOSE_POLICY);
-    });
-  }
-
-  loggedIn(): void {
-    this.release();
-  }
-
-  closed(): void {
-    this.release();
-    if (this.conn) this.side.closed(this.conn);
-  }
-
-  counted(what: 'hello' | 'established' | 'request' | 'hello-drop-tolerated', command?: string, result?: string): void {
-    this.side.counted(what, command, result);
-  }
-
-  helloDropTolerated(): boolean {
-    return this.side.helloDropTolerated();
-  }
-
-  private release(): void {
-    if (this.slot) this.side.admission().release(this.slot);
-    this.slot = undefined;
-  }
-}
 
 /** An evicted pending handshake this old that has sent nothing counts as silent. */
 const SILENT_EVICTION_MS = 1000;

@@ -1,0 +1,132 @@
+/** A club's role changes on this server: follow the log as standby, take the club over as primary, hand it back, drop it when deleted. */
+import { deriveLogKey } from '../crypto/cluster-seal.js';
+import { clubDbPath } from '../storage/club/club-store.js';
+import { removeSqliteFiles } from '../storage/engine/rekey.js';
+import { deleteClub } from '../storage/server/provisioning.js';
+import type { Storage } from '../storage/server/storage.js';
+import { applyEntry, fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
+import { MAX_ENTRY_BYTES, type ClubLog } from './club-log.js';
+import { ClusterError, type ClusterLogger } from './errors.js';
+import { LogFollower, takeOver } from './log-follower.js';
+import type { ClubState, NodeContext } from './node-types.js';
+
+export function logKeyOf(storage: Storage, club: string): Buffer {
+  const row = storage.server.mustGetClub(club);
+  const keys = storage.clubKeys(row);
+  const k = deriveLogKey(keys[0]!.key, club);
+  for (const x of keys) x.key.fill(0);
+  return k;
+}
+
+export async function follow(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
+  if (st.follower) return;
+  const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
+  installCapture(db);
+  const f = new LogFollower({
+    gw: ctx.gw,
+    clubId: club,
+    logKey: logKeyOf(ctx.storage, club),
+    from: readPosition(db),
+    apply: (e) => void applyEntry(ctx.storage.openClub(club, { allowSuspended: true }).db, e),
+    logger: ctx.logger,
+  });
+  f.on('error', () => {
+    if (st.follower === f) st.follower = undefined;
+    setTimeout(() => ctx.reconcileSoon(club), 500).unref?.();
+  });
+  st.follower = f;
+  await f.start();
+}
+
+/**
+ * A local store with changes that never reached the log (this server crashed, or lost the club,
+ * between a commit and its append) is ahead of the log: those changes were never acknowledged.
+ * Such a store is dropped and built again from the log (which is kept from entry 1).
+ */
+export function rebuildIfAhead(ctx: NodeContext, club: string, st: ClubState): void {
+  if (st.follower) return;
+  const storage = ctx.storage;
+  const db = storage.openClub(club, { allowSuspended: true }).db;
+  installCapture(db);
+  if (pendingCapture(db) === 0 && !st.needsRebuild) return;
+  ctx.logger.warn('local store is ahead of the log (unacknowledged changes); rebuilding it from the log', { event: 'cluster.replica.rebuild', clubId: club });
+  const release = storage.cache.lock(club);
+  try {
+    removeSqliteFiles(clubDbPath(storage.dataDir, club));
+    storage.server.db.prepare(`UPDATE clubs SET store_state = 'pending', pending_admin = NULL WHERE id = ?`).run(club);
+  } finally {
+    release();
+  }
+  st.needsRebuild = false;
+}
+
+export async function becomePrimary(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
+  rebuildIfAhead(ctx, club, st);
+  await follow(ctx, club, st);
+  const follower = st.follower!;
+  const logKey = logKeyOf(ctx.storage, club);
+  const schema = ctx.storage.openClub(club, { allowSuspended: true }).db.pragma('user_version', { simple: true }) as number;
+  const opts = { gw: ctx.gw, lease: ctx.lease, nodeId: ctx.nodeId, clubId: club, logKey, schema };
+  let taken: { log: ClubLog } | undefined;
+  for (let delay = 20; !taken; delay = Math.min(delay * 2, 200)) {
+    if (ctx.stopped || !ctx.lease.isValid() || ctx.placementOf(club)?.primary !== ctx.nodeId) {
+      return;
+    }
+    try {
+      taken = await takeOver(follower, opts);
+    } catch (e) {
+      if (!(e instanceof ClusterError) || e.code !== 'NOT_OWNER') throw e;
+      // The previous owner still holds the key: its lease has not ended or it is handing over.
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+  st.follower = undefined;
+  const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
+  installCapture(db);
+  const head = taken.log.head;
+  if (head.seq === 0) {
+    for (const cs of fullImage(db, MAX_ENTRY_BYTES - 4096)) await taken.log.append(cs);
+    writePosition(db, { seq: taken.log.head.seq, digest: taken.log.head.digest });
+  }
+  st.drainedUpto = (db.prepare('SELECT coalesce(max(seq), 0) AS m FROM _cluster_capture').get() as { m: number }).m;
+  st.log = taken.log;
+  st.role = 'primary';
+  st.serving = true;
+  ctx.logger.info('serving club as primary', { event: 'cluster.primary', clubId: club, seq: taken.log.head.seq });
+}
+
+/** Planned handover: wait for appends in flight, record the position, release the owner key. */
+export async function handBack(storage: Storage, club: string, st: ClubState): Promise<void> {
+  const log = st.log;
+  if (!log) return;
+  while (st.inflight > 0) await new Promise((r) => setImmediate(r));
+  try {
+    if (log.state === 'open') {
+      const db = storage.openClub(club, { allowSuspended: true }).db;
+      writePosition(db, { seq: log.head.seq, digest: log.head.digest });
+      await log.release();
+    }
+  } finally {
+    st.log = undefined;
+    st.role = 'none';
+  }
+}
+
+/** The club was deleted (its registry record is gone): stop everything and delete the local copy. */
+export async function dropClub(storage: Storage, logger: ClusterLogger, clubs: Map<string, ClubState>, club: string): Promise<void> {
+  const st = clubs.get(club);
+  if (st) {
+    st.serving = false;
+    await st.chain.catch(() => undefined);
+    await st.follower?.stop();
+    st.log?.close();
+    clubs.delete(club);
+  }
+  if (!storage.server.getClub(club)) return;
+  try {
+    await deleteClub(storage, club);
+    logger.info('deleted club removed here too', { event: 'cluster.club.deleted', clubId: club });
+  } catch (e) {
+    logger.warn('deleted club not removed here', { event: 'cluster.club.delete-failed', clubId: club, code: (e as { code?: string }).code ?? (e as Error).name });
+  }
+}

@@ -1,0 +1,68 @@
+/** The types cluster/node.ts and its helper modules share: options, routes, status and a club's state. */
+import type { Storage } from '../storage/server/storage.js';
+import type { ClubLog } from './club-log.js';
+import type { ClusterLogger } from './errors.js';
+import type { EtcdGateway, EtcdGatewayOptions } from './etcd-gateway.js';
+import type { LogFollower } from './log-follower.js';
+import type { MemberLease } from './member-lease.js';
+import type { Placement } from './placement.js';
+
+export interface ClusterNodeOptions {
+  etcd: EtcdGatewayOptions;
+  nodeId: string;
+  /** HOST:PORT clients are redirected to. */
+  address: string;
+  storage: Storage;
+  /** The shared master key's raw bytes (seals registry and bans). */
+  masterKey: Uint8Array;
+  /** Member lease TTL in seconds (default 2). */
+  ttlSec?: number;
+  /** Standbys per club (default 1). */
+  standbys?: number;
+  /** Planned primary moves per planning round (drain, rebalancing; default 1). */
+  movesPerRound?: number;
+  /** Time between planning rounds of the leader in ms (default 1000). */
+  planEveryMs?: number;
+  logger?: ClusterLogger;
+}
+
+export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };
+
+export interface ClubState {
+  role: 'primary' | 'standby' | 'none';
+  log: ClubLog | undefined;
+  follower: LogFollower | undefined;
+  serving: boolean;
+  drainedUpto: number;
+  /** Serialises role changes of this club. */
+  chain: Promise<void>;
+  /** Commits in flight (a handover waits for them). */
+  inflight: number;
+  /** The local store may hold changes the log lacks (an append failed): rebuild before use. */
+  needsRebuild: boolean;
+}
+
+export interface ClusterStatus {
+  self: string;
+  leader: string | undefined;
+  members: Array<{ id: string; address: string; state: string; drained: boolean }>;
+  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null; epoch: number }>;
+}
+
+/**
+ * What the role and output-gate helpers need from the node (passed in, so they never import
+ * node.ts back). `lease` is read each time: the node joins again with a new one after expiry.
+ */
+export interface NodeContext {
+  readonly gw: EtcdGateway;
+  readonly nodeId: string;
+  readonly storage: Storage;
+  readonly logger: ClusterLogger;
+  readonly lease: MemberLease;
+  readonly stopped: boolean;
+  placementOf(club: string): Placement | undefined;
+  /** Schedules a role change of `club` on its chain (retried on failure). */
+  reconcileSoon(club: string): void;
+  /** Emits 'club-moved' with the club's current route. */
+  clubMoved(club: string): void;
+}

@@ -17,7 +17,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -35,7 +34,7 @@ import { dataPaths } from '../daemon/main/config.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { openStorage } from '../storage/server/storage.js';
 import { openEncrypted } from '../storage/engine/sqlcipher.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from '../tests/helpers/etcd.js';
+import { etcdMissing, freePort, startEtcdCluster, type EtcdCluster } from '../tests/helpers/etcd.js';
 import type { LegacyRow } from './row.js';
 
 const CHANGE_BYTES = 1241;
@@ -300,16 +299,6 @@ async function daemonUpdateLatency(etcd: EtcdCluster, n: number): Promise<Legacy
   }
 }
 
-async function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 export async function runClusterBench(opts: { quick?: boolean } = {}): Promise<LegacyRow[]> {
   const missing = etcdMissing();

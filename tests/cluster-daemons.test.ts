@@ -12,7 +12,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -23,11 +22,28 @@ import { generateIdentity, saveIdentity } from '../crypto/identity.js';
 import { dataPaths } from '../daemon/main/config.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { openStorage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { etcdMissing, freePort, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
 
 const missing = etcdMissing();
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin');
 const PASSWORD = 'Admin-Password-123';
+
+/**
+ * Reads every test person of `club` back through `client` (100 per page: one record holds a page)
+ * and asserts each acknowledged write is there exactly once.
+ */
+async function assertAckedOnce(client: ClusterClient, club: string, acked: string[]): Promise<void> {
+  const names: string[] = [];
+  let cursor: string | null | undefined;
+  do {
+    const r = await client.request('persons.list', { limit: 100, ...(cursor ? { cursor } : {}) });
+    const page = r.payload as { items: Array<{ firstName: string; lastName: string }>; nextCursor: string | null };
+    names.push(...page.items.filter((p) => p.lastName === 'T').map((p) => p.firstName));
+    cursor = page.nextCursor;
+  } while (cursor);
+  assert.equal(new Set(names).size, names.length, `club ${club}: a write was applied twice`);
+  for (const tag of acked) assert.ok(names.includes(tag), `club ${club}: acknowledged ${tag} missing`);
+}
 
 async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -39,16 +55,6 @@ async function until<T>(what: string, probe: () => Promise<T | undefined> | T | 
   }
 }
 
-async function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 interface Member {
   id: string;
@@ -185,16 +191,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     // every acknowledged write is there once, read back through a client (it lands on the new primary)
     const after = await status(members.find((m) => m !== victim)!);
     for (const [i, club] of clubs.entries()) {
-      const names: string[] = [];
-      let cursor: string | null | undefined;
-      do {
-        const r = await clients[i]!.request('persons.list', { limit: 100, ...(cursor ? { cursor } : {}) });
-        const page = r.payload as { items: Array<{ firstName: string; lastName: string }>; nextCursor: string | null };
-        names.push(...page.items.filter((p) => p.lastName === 'T').map((p) => p.firstName));
-        cursor = page.nextCursor;
-      } while (cursor);
-      assert.equal(new Set(names).size, names.length, `club ${club}: a write was applied twice`);
-      for (const tag of acked.get(club)!) assert.ok(names.includes(tag), `club ${club}: acknowledged ${tag} missing`);
+      await assertAckedOnce(clients[i]!, club, acked.get(club)!);
       const primary = members.find((m) => m.id === after.clubs.find((x) => x.id === club)!.primary)!;
       assert.notEqual(primary, victim);
       const v = (await runOperation(primary.dir, 'log.verify', { club })).result as { ok: boolean };
@@ -321,16 +318,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     const st = await status(members[0]!);
     assert.ok(!st.members.some((m) => m.id === 'n1'));
     for (const [i, club] of clubs.entries()) {
-      const names: string[] = [];
-      let cursor: string | null | undefined;
-      do {
-        const r = await clients[i]!.request('persons.list', { limit: 100, ...(cursor ? { cursor } : {}) });
-        const page = r.payload as { items: Array<{ firstName: string; lastName: string }>; nextCursor: string | null };
-        names.push(...page.items.filter((p) => p.lastName === 'T').map((p) => p.firstName));
-        cursor = page.nextCursor;
-      } while (cursor);
-      assert.equal(new Set(names).size, names.length, `club ${club}: a write was applied twice`);
-      for (const tag of acked.get(club)!) assert.ok(names.includes(tag), `club ${club}: acknowledged ${tag} missing`);
+      await assertAckedOnce(clients[i]!, club, acked.get(club)!);
     }
     for (const c of clients) await c.close();
   });

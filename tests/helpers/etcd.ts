@@ -46,7 +46,8 @@ export function etcdMissing(): string | undefined {
   return undefined;
 }
 
-async function freePort(host: string): Promise<number> {
+/** A port free on `host` now (bound to 0 and released; the caller binds it next). */
+export async function freePort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', reject);

@@ -208,7 +208,7 @@ after(async () => {
 
 async function exercise(c: Connection, label: string): Promise<void> {
   const info = (await c.request('server.info')).payload as { protocolVersion: number };
-  assert.equal(info.protocolVersion, 2, `${label}: server.info names the highest version the server speaks`);
+  assert.equal(info.protocolVersion, 3, `${label}: server.info names the highest version the server speaks`);
   const datas = Array.from({ length: 40 }, () => randomBytes(100));
   const echoes = await Promise.all(datas.map((d) => c.request('ping', { data: d })));
   echoes.forEach((r, i) => assert.deepEqual(Buffer.from((r.payload as { data: Uint8Array }).data), datas[i], `${label}: ping ${i}`));

@@ -157,6 +157,15 @@ export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: string, length: nu
   return okm;
 }
 
+/**
+ * HKDF-SHA256 (RFC 5869) extract and expand in one OpenSSL call, for long outputs: one call
+ * (about 10 µs) instead of one HMAC object per 32-byte block (about 4 µs each). The result is a
+ * Buffer of its own (the caller wipes it).
+ */
+export function hkdfBlock(ikm: Uint8Array, salt: Uint8Array, info: string, length: number): Buffer {
+  return Buffer.from(hkdfSync('sha256', ikm, salt, Buffer.from(info, 'ascii'), length));
+}
+
 /** HKDF-Extract (RFC 5869 section 2.2): PRK = HMAC-SHA256(salt, ikm); an empty salt is 32 zero bytes. */
 export function hkdfExtract(ikm: Uint8Array, salt: Uint8Array): Buffer {
   return createHmac('sha256', salt.length > 0 ? salt : ZERO_SALT).update(ikm).digest();

@@ -1,5 +1,5 @@
 import type { KeyObject } from 'node:crypto';
-import { aeadKey, hkdf, hkdfExpand, hkdfExtract, hmacSha256, sha256 } from '../crypto/handshake-crypto.js';
+import { aeadKey, hkdf, hkdfBlock, hkdfExpand, hkdfExtract, hmacSha256, sha256 } from '../crypto/handshake-crypto.js';
 import { FINISHED_LEN, SIGNATURE_CONTEXT, SIGNATURE_CONTEXT_V3 } from './constants.js';
 
 /**
@@ -90,23 +90,32 @@ export function wipeDirection(k: DirectionKeys): void {
 }
 
 /**
- * Version 3 (section 4.1): key and IV from one expand of the traffic secret T, used as the PRK
- * directly (T is already a uniform 32-byte HKDF output, as TLS 1.3 uses its secrets):
- * key || iv = HKDF-Expand(T, "CMSP v3 key iv", 44). Two HMACs instead of version 1's four.
+ * Version 3 (section 4.1): key and IV of an updated traffic secret T, from one expand of T used
+ * as the PRK directly (T is already a uniform 32-byte HKDF output, as TLS 1.3 uses its secrets):
+ * key || iv = HKDF-Expand(T, "CMSP v3 key iv", 44).
  */
 export function directionKeysV3(secret: Buffer): DirectionKeys {
-  const own = Buffer.allocUnsafeSlow(44);
-  own.set(secret.subarray(0, 32), 0);
-  const keyIv = hkdfExpand(own.subarray(0, 32), 'CMSP v3 key iv', 44);
-  const key = aeadKey(keyIv.subarray(0, 32));
-  own.set(keyIv.subarray(32, 44), 32);
+  const keyIv = hkdfExpand(secret.subarray(0, 32), 'CMSP v3 key iv', 44);
+  const keys = directionKeysV3From(secret, keyIv);
   keyIv.fill(0);
-  return new DirectionKeys(own, key, 3);
+  return keys;
 }
 
+/** DirectionKeys from a version 3 secret and its 44 bytes of key and IV (the caller wipes both). */
+function directionKeysV3From(secret: Uint8Array, keyIv: Uint8Array): DirectionKeys {
+  const own = Buffer.allocUnsafeSlow(44);
+  own.set(secret.subarray(0, 32), 0);
+  own.set(keyIv.subarray(32, 44), 32);
+  return new DirectionKeys(own, aeadKey(keyIv.subarray(0, 32)), 3);
+}
+
+/** Bytes of version 3's key block: two traffic secrets, two key+IV, two FINISHED values. */
+export const KEY_BLOCK_V3_LEN = 32 + 32 + 44 + 44 + 32 + 32; // 216
+
 /**
- * Version 3's schedule (section 4.1): one extract with the finished hash (the whole transcript,
- * signature included) as salt, then expands. 9 HMACs per handshake instead of version 1's 15.
+ * Version 3's schedule (section 4.1): one HKDF (extract, then expand in one OpenSSL call) over
+ * the shared secret with the finished hash (the whole transcript, signature included) as salt
+ * gives every secret of the handshake: about 10 µs here against version 1's 15 separate HMACs.
  */
 export function deriveSessionSecretsV3(
   shared: Buffer,
@@ -116,15 +125,11 @@ export function deriveSessionSecretsV3(
 ): SessionSecrets {
   const th = transcriptHash(clientHello, serverHelloSigned);
   const fh = sha256(clientHello, serverHelloSigned, signature);
-  const prk = hkdfExtract(shared, fh);
-  const c2sSecret = hkdfExpand(prk, 'CMSP v3 c2s traffic', 32);
-  const s2cSecret = hkdfExpand(prk, 'CMSP v3 s2c traffic', 32);
-  const finished = hkdfExpand(prk, 'CMSP v3 finished', 64);
-  prk.fill(0);
-  const c2s = directionKeysV3(c2sSecret);
-  const s2c = directionKeysV3(s2cSecret);
-  c2sSecret.fill(0);
-  s2cSecret.fill(0);
+  const block = hkdfBlock(shared, fh, 'CMSP v3 key block', KEY_BLOCK_V3_LEN);
+  const c2s = directionKeysV3From(block.subarray(0, 32), block.subarray(64, 108));
+  const s2c = directionKeysV3From(block.subarray(32, 64), block.subarray(108, 152));
+  const finished = Buffer.from(block.subarray(152, 216));
+  block.fill(0);
   return {
     transcriptHash: th,
     finishedHash: fh,

@@ -1,6 +1,6 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { constants, createDecipheriv, createHash, createHmac, createPublicKey, verify } from 'node:crypto';
+import { constants, createDecipheriv, createHash, createHmac, createPublicKey, hkdfSync, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { generateCredentialKey } from '../crypto/handshake-crypto.js';
 import { generateIdentity } from '../crypto/identity.js';
@@ -80,19 +80,21 @@ test('version 3: the vectors follow sections 3.5 and 4.1 as written, re-derived 
   // Key schedule 4.1.
   const fh = createHash('sha256').update(ch).update(sh).update(h(v.signature!)).digest();
   assert.equal(fh.toString('hex'), v.finished_hash);
-  const prk = createHmac('sha256', fh).update(h(v.shared_secret!)).digest();
-  const c2s = expand(prk, 'CMSP v3 c2s traffic', 32);
+  const block = Buffer.from(hkdfSync('sha256', h(v.shared_secret!), fh, Buffer.from('CMSP v3 key block', 'ascii'), 216));
+  const c2s = block.subarray(0, 32);
   assert.equal(c2s.toString('hex'), v.c2s_traffic_secret);
-  assert.equal(expand(prk, 'CMSP v3 s2c traffic', 32).toString('hex'), v.s2c_traffic_secret);
-  const fin = expand(prk, 'CMSP v3 finished', 64);
-  assert.equal(fin.subarray(0, 32).toString('hex'), v.client_finished);
-  assert.equal(fin.subarray(32).toString('hex'), v.server_finished);
-  const keyIv = expand(c2s, 'CMSP v3 key iv', 44);
-  assert.equal(keyIv.subarray(0, 32).toString('hex'), v.c2s_key);
-  assert.equal(keyIv.subarray(32).toString('hex'), v.c2s_iv);
+  assert.equal(block.subarray(32, 64).toString('hex'), v.s2c_traffic_secret);
+  assert.equal(block.subarray(64, 96).toString('hex'), v.c2s_key);
+  assert.equal(block.subarray(96, 108).toString('hex'), v.c2s_iv);
+  assert.equal(block.subarray(108, 140).toString('hex'), v.s2c_key);
+  assert.equal(block.subarray(140, 152).toString('hex'), v.s2c_iv);
+  assert.equal(block.subarray(152, 184).toString('hex'), v.client_finished);
+  assert.equal(block.subarray(184, 216).toString('hex'), v.server_finished);
   const next = expand(c2s, 'CMSP v3 key update', 32);
   assert.equal(next.toString('hex'), v.c2s_traffic_secret_after_key_update);
-  assert.equal(expand(next, 'CMSP v3 key iv', 44).subarray(0, 32).toString('hex'), v.c2s_key_after_key_update);
+  const nextKeyIv = expand(next, 'CMSP v3 key iv', 44);
+  assert.equal(nextKeyIv.subarray(0, 32).toString('hex'), v.c2s_key_after_key_update);
+  assert.equal(nextKeyIv.subarray(32).toString('hex'), v.c2s_iv_after_key_update);
   // The ping record (seq 1), a batch of one as in version 2.
   const rec = h(v.client_ping_record!);
   const nonce = h(v.c2s_iv!);

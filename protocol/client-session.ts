@@ -291,7 +291,7 @@ export class ClientSession {
     }
     const shared = x25519(this.eph!, sh.share);
     if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
-    const secrets = (v3 ? deriveSessionSecretsV3 : deriveSessionSecrets)(shared, this.clientHello!, sh.signed, sh.signature);
+    const secrets = v3 ? deriveSessionSecretsV3(shared, this.clientHello!, sh.signed, sh.signature, th) : deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
     shared.fill(0);
     // The ephemeral key and the hello have served their purpose (forward secrecy: drop the key).
     this.eph = undefined;

@@ -122,8 +122,10 @@ export function deriveSessionSecretsV3(
   clientHello: Uint8Array,
   serverHelloSigned: Uint8Array,
   signature: Uint8Array,
+  /** transcript_hash when the caller has it already (it signed or verified it). */
+  knownTranscriptHash?: Buffer,
 ): SessionSecrets {
-  const th = transcriptHash(clientHello, serverHelloSigned);
+  const th = knownTranscriptHash ?? transcriptHash(clientHello, serverHelloSigned);
   const fh = sha256(clientHello, serverHelloSigned, signature);
   const block = hkdfBlock(shared, fh, 'CMSP v3 key block', KEY_BLOCK_V3_LEN);
   const c2s = directionKeysV3From(block.subarray(0, 32), block.subarray(64, 108));

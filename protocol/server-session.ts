@@ -284,8 +284,9 @@ export class ServerSession {
       // Signed by the credential key (Ed25519), which the identity key vouched for (3.5).
       const c = credential!;
       signed = encodeServerHelloV3Signed({ version: this.version, random: rnd.random32(), share: eph.publicRaw, spki: c.spki, credential: c.bytes, credentialSignature: c.signature });
-      signature = credentialSign(c.key, signatureInputV3(transcriptHash(helloBytes, signed)));
-      secrets = deriveSessionSecretsV3(shared, helloBytes, signed, signature);
+      const th = transcriptHash(helloBytes, signed);
+      signature = credentialSign(c.key, signatureInputV3(th));
+      secrets = deriveSessionSecretsV3(shared, helloBytes, signed, signature, th);
     } else {
       signed = encodeServerHelloSigned({ version: this.version, random: rnd.random32(), share: eph.publicRaw, spki: this.opts.identity.spki });
       signature = signTranscript(this.opts.identity, signatureInput(transcriptHash(helloBytes, signed)));

@@ -138,6 +138,7 @@ export class Connection {
       // A credential outside this clock's window (PROTOCOL.md 3.5): once more offering up to
       // version 2, whose handshake the identity key signs itself.
       if (!(e instanceof ClientError && e.code === 'SERVER_CREDENTIAL_TIME') || wanted < 3) throw e;
+      if (clockFallback.size >= 256) clockFallback.clear(); // bounded: one entry per server
       clockFallback.set(server, now() + CLOCK_FALLBACK_MS);
       ({ session, socket, done } = attempt(2));
       trusted = await done;

@@ -18,9 +18,8 @@ const BATCH_PLAINTEXT = Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
 
 /**
  * The bytes a session has produced and not yet handed to its owner, shared by the client and
- * the server session. Records are pushed as header + body buffers; a body sealed in several
- * pieces (sealParts) is remembered as an index range in `runs`, so take() can rejoin it while
- * takePieces() hands the pieces on for a vectored write.
+ * the server session. Each record is one buffer (header, ciphertext, tag); the handshake
+ * messages are pushed as they are.
  *
  * In version 2 (`batching`), messages are gathered until the owner takes the output (one flush
  * turn) and sealed together: one DATA record per MAX_MESSAGES_PER_RECORD messages or 64 KiB of
@@ -28,8 +27,6 @@ const BATCH_PLAINTEXT = Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
  */
 export class OutputQueue {
   parts: Buffer[] = [];
-  /** Pairs [start, end) of indexes in `parts` that together form one record body. */
-  runs: number[] = [];
   /** Version 2 batching on (set by the session once the version is known). */
   batching = false;
   /** Version 2: encoded messages waiting for the flush, each with its length prefix. */
@@ -49,7 +46,7 @@ export class OutputQueue {
   sealMessage(sealer: RecordSealer, message: Message): void {
     const enc = encodeMessageTransient(message);
     if (!this.batching) {
-      sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts);
       return;
     }
     const len = enc.head.length + (enc.tail ? enc.tail.length : 0);
@@ -61,7 +58,7 @@ export class OutputQueue {
       lead.writeUInt16BE(len, 0);
       lead.set(enc.head, BATCH_LENGTH_LEN);
       this.sealBatch();
-      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts);
       return;
     }
     if (len >= OWN_RECORD_FROM) {
@@ -69,7 +66,7 @@ export class OutputQueue {
       const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN);
       prefix.writeUInt16BE(len, 0);
       this.sealBatch();
-      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts);
       return;
     }
     const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN + len);
@@ -101,7 +98,7 @@ export class OutputQueue {
     const n = this.batchBytes;
     this.batchBytes = 0;
     if (batch.length === 1) {
-      sealer.sealParts(RECORD_DATA, batch[0]!, undefined, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, batch[0]!, undefined, this.parts);
       return;
     }
     let at = 0;
@@ -109,7 +106,7 @@ export class OutputQueue {
       BATCH_PLAINTEXT.set(b, at);
       at += b.length;
     }
-    sealer.sealParts(RECORD_DATA, BATCH_PLAINTEXT.subarray(0, n), undefined, this.parts, this.runs);
+    sealer.sealParts(RECORD_DATA, BATCH_PLAINTEXT.subarray(0, n), undefined, this.parts);
   }
 
   /** Drops queued messages unsent (the session failed or its keys were wiped). */
@@ -119,43 +116,23 @@ export class OutputQueue {
     this.batchBytes = 0;
   }
 
-  /** The bytes to send, as buffers in order (each record as its header and its body). */
+  /** The bytes to send, as buffers in order (each record one buffer). */
   take(): Buffer[] {
     this.sealBatch();
     const out = this.parts;
-    const runs = this.runs;
     this.parts = [];
-    if (runs.length === 0) return out;
-    this.runs = [];
-    const paired: Buffer[] = [];
-    let i = 0;
-    for (let r = 0; r < runs.length; r += 2) {
-      const start = runs[r]!;
-      const end = runs[r + 1]!;
-      while (i < start) paired.push(out[i++]!);
-      paired.push(Buffer.concat(out.slice(start, end)));
-      i = end;
-    }
-    while (i < out.length) paired.push(out[i++]!);
-    return paired;
+    return out;
   }
 
-  /** The bytes to send as unjoined pieces, in order (for a vectored write). */
+  /** The same as take(), for a vectored write. */
   takePieces(): Buffer[] {
-    this.sealBatch();
-    const out = this.parts;
-    this.parts = [];
-    if (this.runs.length > 0) this.runs = [];
-    return out;
+    return this.take();
   }
 
   /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
   takeBytes(): Buffer | undefined {
-    this.sealBatch();
-    const out = this.parts;
+    const out = this.take();
     if (out.length === 0) return undefined;
-    this.parts = [];
-    if (this.runs.length > 0) this.runs = [];
     return out.length === 1 ? out[0]! : Buffer.concat(out);
   }
 }

@@ -219,10 +219,17 @@ function selfTest(lib: NativeAead): void {
   if (!ok) throw new Error('the record AEAD addon disagrees with node:crypto');
 }
 
-try {
-  const lib = createRequire(import.meta.url)(ADDON) as NativeAead;
-  selfTest(lib);
-  nativeAead = lib;
-} catch (e) {
-  loadError = (e as Error).message.split('\n')[0];
+/** `COMMUSIC_RECORD_CIPHER=node` in the environment: use node:crypto even when the addon is built. */
+export const RECORD_CIPHER_ENV = 'COMMUSIC_RECORD_CIPHER';
+
+if (process.env[RECORD_CIPHER_ENV] === 'node') {
+  loadError = `${RECORD_CIPHER_ENV}=node`;
+} else {
+  try {
+    const lib = createRequire(import.meta.url)(ADDON) as NativeAead;
+    selfTest(lib);
+    nativeAead = lib;
+  } catch (e) {
+    loadError = (e as Error).message.split('\n')[0];
+  }
 }

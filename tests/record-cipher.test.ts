@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
-import { createRecordCipher, recordCipherBackend, type RecordCipher, type RecordCipherImpl } from '../crypto/record-cipher.js';
+import { createRecordCipher, RECORD_CIPHER_ENV, recordCipherBackend, type RecordCipher, type RecordCipherImpl } from '../crypto/record-cipher.js';
 import { VECTOR_FILE, VECTOR_FILE_V2, type Vectors } from './helpers/vectors.js';
 
 /**
@@ -172,4 +173,20 @@ test('misuse throws: wrong role, destroyed cipher, output too small, wrong key o
     assert.throws(() => createRecordCipher(Buffer.alloc(16), iv, 'seal', impl), RangeError);
     assert.throws(() => createRecordCipher(key, Buffer.alloc(8), 'seal', impl), RangeError);
   }
+});
+
+test('COMMUSIC_RECORD_CIPHER=node (or a missing addon): node:crypto carries the records, and says why', () => {
+  // A process of its own: the choice is made once, when crypto/record-cipher.js loads.
+  const script = `
+    const { recordCipherBackend } = await import(${JSON.stringify(new URL('../crypto/record-cipher.js', import.meta.url).href)});
+    const { establishedPair } = await import(${JSON.stringify(new URL('./helpers/pair.js', import.meta.url).href)});
+    const { client, server, serverEvents } = establishedPair({ rekeyAfterRecords: 3 });
+    for (let i = 0; i < 5; i++) client.sendMessage({ kind: 'request', id: i + 1, command: 'ping', payload: {}, stream: false });
+    server.receive(Buffer.concat(client.takeOutput()));
+    let got = 0;
+    for (let e = server.nextEvent(); e.type === 'message'; e = server.nextEvent()) got++;
+    console.log(JSON.stringify({ backend: recordCipherBackend(), established: serverEvents.some((e) => e.type === 'established'), got }));
+  `;
+  const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, [RECORD_CIPHER_ENV]: 'node' } });
+  assert.deepEqual(JSON.parse(out.trim().split('\n').pop()!), { backend: { impl: 'node', reason: `${RECORD_CIPHER_ENV}=node` }, established: true, got: 5 });
 });

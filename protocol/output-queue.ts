@@ -11,10 +11,22 @@ import type { RecordSealer } from './record-layer.js';
 export const OWN_RECORD_FROM = 4096;
 
 /**
- * One scratch buffer for the plaintext of a version 2 batch, shared by all sessions: a batch is
- * joined and sealed synchronously, so no two batches ever use it at once.
+ * Plaintext buffers for version 2 batches (MAX_RECORD_PLAINTEXT bytes each), shared by all
+ * sessions: a session takes one when it queues the first message of a batch and gives it back
+ * when the batch is sealed (the same flush turn) or dropped, so an idle session holds none and
+ * messages are written straight into it, with no buffer per message. Usually one session at a
+ * time has a batch open; up to FREE_BATCH_BUFFERS spare buffers are kept.
  */
-const BATCH_PLAINTEXT = Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
+const freeBatchBuffers: Buffer[] = [];
+const FREE_BATCH_BUFFERS = 4;
+
+function takeBatchBuffer(): Buffer {
+  return freeBatchBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
+}
+
+function giveBatchBuffer(b: Buffer): void {
+  if (freeBatchBuffers.length < FREE_BATCH_BUFFERS) freeBatchBuffers.push(b);
+}
 
 /**
  * The bytes a session has produced and not yet handed to its owner, shared by the client and
@@ -29,9 +41,10 @@ export class OutputQueue {
   parts: Buffer[] = [];
   /** Version 2 batching on (set by the session once the version is known). */
   batching = false;
-  /** Version 2: encoded messages waiting for the flush, each with its length prefix. */
-  private batch: Buffer[] | undefined;
+  /** Version 2: the batch being gathered (messages with their length prefixes), or undefined. */
+  private batch: Buffer | undefined;
   private batchBytes = 0;
+  private batchCount = 0;
   private batchSealer: RecordSealer | undefined;
 
   push(...bufs: Buffer[]): void {
@@ -69,15 +82,22 @@ export class OutputQueue {
       sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts);
       return;
     }
-    const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN + len);
-    prefix.writeUInt16BE(len, 0);
-    prefix.set(enc.head, BATCH_LENGTH_LEN);
-    if (enc.tail) prefix.set(enc.tail, BATCH_LENGTH_LEN + enc.head.length);
-    if (this.batch && (this.batch.length === MAX_MESSAGES_PER_RECORD || this.batchBytes + prefix.length > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {
+    if (this.batch && (this.batchCount === MAX_MESSAGES_PER_RECORD || this.batchBytes + BATCH_LENGTH_LEN + len > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {
       this.sealBatch();
     }
-    (this.batch ??= []).push(prefix);
-    this.batchBytes += prefix.length;
+    const b = (this.batch ??= takeBatchBuffer());
+    let at = this.batchBytes;
+    b[at] = len >>> 8;
+    b[at + 1] = len & 0xff;
+    at += BATCH_LENGTH_LEN;
+    b.set(enc.head, at);
+    at += enc.head.length;
+    if (enc.tail) {
+      b.set(enc.tail, at);
+      at += enc.tail.length;
+    }
+    this.batchBytes = at;
+    this.batchCount++;
     this.batchSealer = sealer;
   }
 
@@ -91,29 +111,27 @@ export class OutputQueue {
   /** Version 2: seals the queued messages as one DATA record (nothing when none are queued). */
   sealBatch(): void {
     const batch = this.batch;
-    if (!batch || batch.length === 0) return;
+    if (!batch) return;
     const sealer = this.batchSealer!;
+    const n = this.batchBytes;
     this.batch = undefined;
     this.batchSealer = undefined;
-    const n = this.batchBytes;
     this.batchBytes = 0;
-    if (batch.length === 1) {
-      sealer.sealParts(RECORD_DATA, batch[0]!, undefined, this.parts);
-      return;
+    this.batchCount = 0;
+    try {
+      sealer.sealParts(RECORD_DATA, batch.subarray(0, n), undefined, this.parts);
+    } finally {
+      giveBatchBuffer(batch);
     }
-    let at = 0;
-    for (const b of batch) {
-      BATCH_PLAINTEXT.set(b, at);
-      at += b.length;
-    }
-    sealer.sealParts(RECORD_DATA, BATCH_PLAINTEXT.subarray(0, n), undefined, this.parts);
   }
 
   /** Drops queued messages unsent (the session failed or its keys were wiped). */
   discard(): void {
+    if (this.batch) giveBatchBuffer(this.batch);
     this.batch = undefined;
     this.batchSealer = undefined;
     this.batchBytes = 0;
+    this.batchCount = 0;
   }
 
   /** The bytes to send, as buffers in order (each record one buffer). */

@@ -18,6 +18,9 @@ export const OWN_RECORD_FROM = 4096;
  * time has a batch open; up to FREE_BATCH_BUFFERS spare buffers are kept.
  */
 const freeBatchBuffers: Buffer[] = [];
+
+/** What take() returns when there is nothing to send (frozen: shared by every session). */
+const NO_OUTPUT: Buffer[] = Object.freeze([]) as unknown as Buffer[];
 const FREE_BATCH_BUFFERS = 4;
 
 function takeBatchBuffer(): Buffer {
@@ -137,6 +140,7 @@ export class OutputQueue {
   /** The bytes to send, as buffers in order (each record one buffer). */
   take(): Buffer[] {
     this.sealBatch();
+    if (this.parts.length === 0) return NO_OUTPUT;
     const out = this.parts;
     this.parts = [];
     return out;

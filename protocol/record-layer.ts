@@ -44,6 +44,44 @@ function validType(t: number): boolean {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Buffers for large sealed records (stream chunks), reused: a record of POOLED_RECORD_FROM bytes
+ * or more is sealed into a buffer of the full record size taken from here, and the writer gives
+ * it back with recycleRecords() once the socket has written it. Without this every 64 KiB
+ * record costs a fresh ArrayBuffer, and V8 answers that external-memory churn with full garbage
+ * collections (issue 13: a third of the CPU of the 1 MiB echo). At most MAX_SPARE_RECORDS
+ * (2 MiB) are kept; a buffer never given back is simply collected.
+ */
+const POOLED_RECORD_FROM = 16384;
+const FULL_RECORD = RECORD_HEADER_LEN + MAX_RECORD_SEALED;
+const MAX_SPARE_RECORDS = 32;
+const spareRecords: ArrayBuffer[] = [];
+/** The ArrayBuffers that came from here (so nothing else is ever taken into the pool). */
+const pooled = new WeakSet<ArrayBuffer>();
+
+function recordBuffer(size: number): Buffer {
+  if (size < POOLED_RECORD_FROM) return Buffer.allocUnsafe(size);
+  let ab = spareRecords.pop();
+  if (!ab) {
+    ab = new ArrayBuffer(FULL_RECORD);
+    pooled.add(ab);
+  }
+  return Buffer.from(ab, 0, size);
+}
+
+/**
+ * Gives the buffers of large sealed records among `pieces` back for reuse. Call only once
+ * nothing reads them any more (the socket's write callback); other buffers are ignored.
+ */
+export function recycleRecords(pieces: readonly Buffer[]): void {
+  for (const b of pieces) {
+    if (b.length < POOLED_RECORD_FROM || spareRecords.length >= MAX_SPARE_RECORDS) continue;
+    const ab = b.buffer as ArrayBuffer;
+    if (!pooled.has(ab) || spareRecords.includes(ab)) continue;
+    spareRecords.push(ab);
+  }
+}
+
 export class RecordSealer {
   private seq = 0;
   private cipher: RecordCipher;
@@ -92,7 +130,7 @@ export class RecordSealer {
   private sealOne(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[]): void {
     const len = head.length + (tail ? tail.length : 0);
     // One buffer per record: the header is the associated data, the body is sealed after it.
-    const rec = Buffer.allocUnsafe(RECORD_HEADER_LEN + len + TAG_LEN);
+    const rec = recordBuffer(RECORD_HEADER_LEN + len + TAG_LEN);
     rec[0] = type;
     rec.writeUInt32BE(len + TAG_LEN, 1);
     this.cipher.seal(rec.subarray(0, RECORD_HEADER_LEN), head, tail, rec, RECORD_HEADER_LEN);

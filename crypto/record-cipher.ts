@@ -20,7 +20,7 @@ import { AEAD_IV_LEN, AEAD_KEY_LEN, AEAD_TAG_LEN } from './handshake-crypto.js';
  *
  * Missing addon: fall back to node:crypto, and say so once (recordCipherBackend() gives the
  * reason; commusicd logs it at start). Falling back, not failing closed, because the two produce
- * the same bytes: what is lost is speed (about 7 us more per record), not confidentiality or
+ * the same bytes: what is lost is speed (about 3 us more per record on each side), not confidentiality or
  * integrity, and the SDK (client/) runs the same record layer on machines that may have no
  * compiler. An addon that loads but answers differently from node:crypto on a fixed record (the
  * self test when this module loads) is not used either: the fallback covers that case too.

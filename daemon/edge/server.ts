@@ -139,7 +139,7 @@ export class Daemon {
     // crypto/record-cipher.ts: without the addon the records are the same bytes, only slower.
     const aead = recordCipherBackend();
     if (aead.impl === 'native') d.log.info('record cipher', { impl: aead.impl });
-    else d.log.warn('record cipher addon not loaded: using node:crypto (same records, about 7 us more CPU per record); run npm ci to build it', { impl: aead.impl, reason: aead.reason });
+    else d.log.warn('record cipher addon not loaded: using node:crypto (same records, about 3 us more CPU per record); run npm ci to build it', { impl: aead.impl, reason: aead.reason });
     const l = opts.config.limits;
     const sweepMs = Math.max(25, Math.min(1000, Math.floor(Math.min(l.loginTimeoutMs, l.idleTimeoutMs) / 4)));
     d.deadlineTimer = setInterval(() => d.sweepDeadlines(), sweepMs).unref();

@@ -9,7 +9,7 @@ import { MODEL, validatorFor, type EntityName } from '../../storage/club/model.j
 import { appendAudit, revocable, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
 import { ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
-import type { Dispatcher } from '../edge/dispatcher.js';
+import type { CommandContext, Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, scopeCovers, type Action, type Area, type Effective } from './rights.js';
 import { Guard, clubField, grouped, cursorField, dataError, exportAudit, getSchema, guard, id, listSchema, quickGetPayload, quickUpdateParser, register, strictObject } from './command-guard.js';
 
@@ -81,6 +81,9 @@ export function project(g: Guard, entity: DataEntity, rows: Record<string, unkno
     reach[i] = !s ? 'none' : s.kind === 'all' ? 'all' : idsInScope(db, entity, rows.map((r) => r.id as number), s);
     if (reach[i] !== 'all') allReached = false;
   }
+  // Every field reached and none named: each row goes out whole. The rows are the caller's own
+  // fresh objects (one statement call each), so they are answered as they are, not copied.
+  if (allReached && !requested) return rows;
   const ctx: ProjectCtx = { areas, areaList, reach, allReached };
   const out: Record<string, unknown>[] = new Array(rows.length);
   for (let n = 0; n < rows.length; n++) {
@@ -254,7 +257,9 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
   const createShape = (validatorFor(entity, 'create') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
   const updateShape = (validatorFor(entity, 'update') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
 
-  d.register({ name: `${entity}.get`, schema: getSchema, quickParse: quickGetPayload, handler: async (p: { id: number; fields?: string[]; club?: string }, ctx) => {
+  // Answered without a promise when it succeeds (the dispatcher sends a plain result in the same
+  // turn); a failure is a rejected promise, as the dispatcher requires.
+  const get = (p: { id: number; fields?: string[]; club?: string }, ctx: CommandContext): { payload: unknown } => {
     const g = guard(services, ctx, `${entity}.get`, p);
     const { scope } = g.needEntity(entity, 'read', 'read');
     const r = getRecord(g.p.db, entity, p.id, scope);
@@ -265,6 +270,13 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     const record = project(g, entity, [r], 'read', p.fields)[0];
     logBlockedReads(g, entity, [r]);
     return { payload: { record } };
+  };
+  d.register({ name: `${entity}.get`, schema: getSchema, quickParse: quickGetPayload, handler: (p: { id: number; fields?: string[]; club?: string }, ctx) => {
+    try {
+      return get(p, ctx);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   } });
 
   register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField }), async (p, ctx) => {

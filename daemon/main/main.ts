@@ -3,6 +3,7 @@ import { createServer } from 'node:net';
 import { assertSafeDataDir } from './folder-safety.js';
 import { openIdentityHolder } from './identity-keys.js';
 import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../../crypto/identity.js';
+import { passwordHashQueue } from '../../crypto/password.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import { openBanSystem, type BanSystem } from '../bans/ban-system.js';
 import { ConfigError, dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
@@ -137,6 +138,9 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     sizeStoreCache(config, storage, logger);
     const resumed = await resumeInterruptedRotations(storage);
     if (resumed.master || resumed.clubs.length > 0 || resumed.deleted.length > 0) logger.warn('finished interrupted key operations', resumed);
+    // One queue for the process (crypto/password.ts); the configuration sizes it.
+    passwordHashQueue.setConcurrency(config.limits.passwordHashConcurrency);
+    passwordHashQueue.setPerSourceQueued(config.limits.passwordHashQueuedPerSource);
     const bus = new ViolationBus();
     const banSystem = await openBanSystem({ dataDir: config.dataDir, key: bansDbKey(storage), bus, policy: config.bans, mail: config.mail, logger });
     closers.push(() => banSystem.close());
@@ -331,7 +335,7 @@ export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  new Reloader({ sources: opts, config, logger, health: server.health?.server }).installSignal();
+  new Reloader({ sources: opts, config, logger, health: server.health?.server, web: server.web }).installSignal();
   // logrotate: move the file away, then SIGUSR1 (deploy/logrotate.conf); the daemon writes anew.
   process.on('SIGUSR1', () => {
     try {

@@ -90,6 +90,32 @@ test('updates from many connections at once: all acknowledged, durable, logged o
   assert.equal(v.ok, true, JSON.stringify(v.firstBad));
 });
 
+test('a write whose request ends (CANCEL, timeout, connection closed) while it waits for its group is not applied', async (t) => {
+  const env = await clubEnv();
+  t.after(() => env.close());
+  const club = await env.newClub();
+  const [id] = addPersons(env.storage.openClub(club).db, 1) as [number];
+  const session = new Map<string, unknown>();
+  const conn = { id: 77, ip: '127.0.0.1', port: 40001 };
+  const call = (command: string, payload: unknown, signal = new AbortController().signal) => {
+    const p = env.dispatcher.prepare(command, payload, false);
+    return Promise.resolve(p.spec.handler(p.payload, { conn, session, signal }));
+  };
+  await call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+  const before = queryAuditLog(env.storage.openClub(club).db, { limit: 100 }).entries.length;
+  const cancelled = new AbortController();
+  const dropped = call('persons.update', { id, notes: 'never' }, cancelled.signal);
+  const kept = call('persons.update', { id, notes: 'kept' });
+  // The edge aborts the request's signal when a CANCEL arrives in the same read.
+  cancelled.abort(new Error('cancel'));
+  await assert.rejects(dropped, (e: Error & { code?: string }) => e.code === 'CANCELLED');
+  await kept;
+  const db = env.storage.openClub(club).db;
+  assert.equal((db.prepare('SELECT notes FROM persons WHERE id = ?').get(id) as { notes: string }).notes, 'kept');
+  const entries = queryAuditLog(db, { limit: 100 }).entries.slice(before);
+  assert.deepEqual(entries.map((e) => (e.changes as { notes?: { new: string } }).notes?.new), ['kept']);
+});
+
 test('a daemon killed with SIGKILL during grouped writes keeps every acknowledged write; the change log verifies', async (t) => {
   const { dir, cleanup } = tmpDir();
   t.after(cleanup);

@@ -1,6 +1,7 @@
 /** The output gate: a served club's captured changes shipped to its log before the client is answered. */
 import { ackCapture, drainCapture, encodeChangeset, writePosition } from './capture.js';
 import type { ClubLog } from './club-log.js';
+import { pushDocuments } from './doc-replica.js';
 import type { ClusterError } from './errors.js';
 import type { ClubState, NodeContext } from './node-types.js';
 
@@ -18,6 +19,8 @@ export async function commitClub(ctx: NodeContext, club: string, st: ClubState, 
   st.drainedUpto = d.upto;
   st.inflight++;
   try {
+    // Documents first: each standby holds the file before the entry naming it exists (RPO 0).
+    await pushDocuments({ peers: ctx.peers, storage: ctx.storage, nodeId: ctx.nodeId, club, placement: ctx.placementOf(club), changesets: [d.changeset], logger: ctx.logger });
     await log.append(encodeChangeset(d.changeset));
     // The store holds every change up to the log head (its own), so that is its position.
     const db2 = ctx.storage.openClub(club, { allowSuspended: true }).db;

@@ -43,6 +43,11 @@ export interface SessionSecrets {
   readonly serverToClient: DirectionKeys;
   readonly clientFinished: Buffer;
   readonly serverFinished: Buffer;
+  /**
+   * A secret value unique to this session that both sides know (PROTOCOL.md 4, "exporter"): what
+   * an application binds its own authentication to (channel binding, as RFC 9266 tls-exporter).
+   */
+  readonly exporter: Buffer;
 }
 
 export function transcriptHash(clientHello: Uint8Array, serverHelloSigned: Uint8Array): Buffer {
@@ -105,11 +110,12 @@ export function deriveSessionSecrets(
   s2cSecret.fill(0);
   const cFinKey = hkdfExpand(prk, 'CMSP v1 c2s finished', 32);
   const sFinKey = hkdfExpand(prk, 'CMSP v1 s2c finished', 32);
+  const exporter = hkdfExpand(prk, 'CMSP v1 exporter', 32);
   prk.fill(0);
   const clientFinished = hmacSha256(cFinKey, fh).subarray(0, FINISHED_LEN);
   const serverFinished = hmacSha256(sFinKey, fh).subarray(0, FINISHED_LEN);
   master.fill(0);
   cFinKey.fill(0);
   sFinKey.fill(0);
-  return { transcriptHash: th, finishedHash: fh, clientToServer: c2s, serverToClient: s2c, clientFinished, serverFinished };
+  return { transcriptHash: th, finishedHash: fh, clientToServer: c2s, serverToClient: s2c, clientFinished, serverFinished, exporter };
 }

@@ -10,7 +10,10 @@ import type { ClusterBan } from '../../cluster/ban-board.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import type { BanEngine } from '../bans/ban-engine.js';
+import { PeerChannel } from '../../cluster/peer-channel.js';
+import type { ViolationSink } from '../bans/violations.js';
 import { installClusterGate } from './gate.js';
+import { registerPeerCommands } from './peer-commands.js';
 import type { Config } from '../main/config.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import type { Logger } from '../common/log.js';
@@ -32,6 +35,10 @@ export interface ClusterDeps {
   kick(): void;
   /** Tell the sessions of a club that moved where it went, then close them. */
   clubMoved(club: string, address: string | undefined): void;
+  /** Where failed peer authentications and misused peer commands are reported. */
+  violations: ViolationSink;
+  /** The identity fingerprints a member may present (current key; during a rollover the other one too). */
+  fingerprints(): readonly string[];
 }
 
 /**
@@ -51,11 +58,27 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
     async stop() {},
   };
   if (!c) return setup;
+  // The peer channel's commands (documents, snapshots between members) and the gate that keeps
+  // peer sessions and club sessions apart, then the cluster's own gates around everything.
+  let channel: PeerChannel | undefined;
+  registerPeerCommands(d.dispatcher, () => (node ? channel : undefined), d.violations);
   installClusterGate(d.dispatcher, () => node, d.storage);
   let unsubscribe: (() => void) | undefined;
   setup.start = async (listen) => {
     const tls = c.tls ? { ca: readFileSync(c.tls.caFile), ...(c.tls.certFile ? { cert: readFileSync(c.tls.certFile) } : {}), ...(c.tls.keyFile ? { key: readFileSync(c.tls.keyFile) } : {}) } : undefined;
+    const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
+    channel = new PeerChannel({
+      nodeId: c.nodeId,
+      masterKey: d.storage.master.key,
+      fingerprints: d.fingerprints,
+      // Until the node has joined, no member is known: transfers fail and are retried.
+      resolve: (id) => node?.memberAddress(id),
+      isMember: (id) => node?.memberAddress(id) !== undefined,
+      ...(wildcard ? {} : { localAddress: listen.host }),
+      logger: d.logger,
+    });
     node = await ClusterNode.start({
+      peers: channel,
       etcd: { endpoints: c.etcd, prefix: c.prefix, callTimeoutMs: c.callTimeoutMs, ...(tls ? { tls } : {}) },
       nodeId: c.nodeId,
       address: c.advertise ?? `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`,

@@ -116,26 +116,72 @@ export function registerDocumentPeers(peers: PeerTransport, storage: Storage): v
 }
 
 /**
+ * Files already confirmed by a standby before their row existed (documents.upload pushes them
+ * early, `replicateFiles`), per storage and club: file name -> standbys that hold it. The commit
+ * that carries the row does not send them again. At most SENT_CAP files per club are remembered
+ * (an upload that failed after its push leaves its entry behind).
+ */
+const sentFiles = new WeakMap<Storage, Map<string, Map<string, Set<string>>>>();
+const SENT_CAP = 256;
+
+function sentOf(storage: Storage, club: string): Map<string, Set<string>> {
+  let byClub = sentFiles.get(storage);
+  if (!byClub) sentFiles.set(storage, (byClub = new Map()));
+  let m = byClub.get(club);
+  if (!m) byClub.set(club, (m = new Map()));
+  return m;
+}
+
+export interface PushContext {
+  peers: PeerTransport | undefined;
+  storage: Storage;
+  nodeId: string;
+  club: string;
+  placement: Placement | undefined;
+  logger: ClusterLogger;
+}
+
+/**
  * Primary: push every file the changesets' document rows name to each standby of the club and
- * wait until each holds it durably. Files already pushed to a standby (`sent`) are not sent again.
+ * wait until each holds it durably. Files a standby already confirmed are not sent again.
  * @throws ClusterError PEER_UNAVAILABLE / PEER_REFUSED / PEER_OBJECT_BAD when a standby did not
  *   confirm a file: the entry must not be appended.
  */
-export async function pushDocuments(o: { peers: PeerTransport | undefined; storage: Storage; nodeId: string; club: string; placement: Placement | undefined; changesets: Changeset[]; logger: ClusterLogger }): Promise<void> {
+export async function pushDocuments(o: PushContext & { changesets: Changeset[] }): Promise<void> {
   const { files } = documentRows(o.changesets);
   if (files.size === 0) return;
+  const names = [...new Set(files.values())];
+  await replicateFiles(o, names);
+  const sent = sentOf(o.storage, o.club);
+  for (const n of names) sent.delete(n);
+}
+
+/**
+ * Push document files of a club to each of its standbys (those not yet confirmed); resolves when
+ * every standby holds every file durably.
+ * @throws ClusterError as pushDocuments
+ */
+export async function replicateFiles(o: PushContext, names: string[]): Promise<void> {
   const standbys = (o.placement?.standbys ?? []).filter((s) => s !== o.nodeId);
-  if (standbys.length === 0) return;
+  if (standbys.length === 0 || names.length === 0) return;
   if (!o.peers) throw new ClusterError('PEER_UNAVAILABLE', 'no peer channel: documents cannot reach the standbys');
   const dir = docsDirOf(o.storage, o.club);
-  const names = [...new Set(files.values())];
+  const sent = sentOf(o.storage, o.club);
   await Promise.all(
     standbys.map(async (node) => {
       for (const name of names) {
+        if (!DOC_FILE.test(name)) throw new ClusterError('INVALID_ARGUMENT', 'not a document file name');
+        if (sent.get(name)?.has(node)) continue;
         const payload = await filePayload(join(dir, name));
         if (!payload) throw new ClusterError('PEER_OBJECT_BAD', `document file of club ${o.club} missing on the primary`);
         try {
           await o.peers!.push(node, { kind: 'document', club: o.club, name }, payload);
+          let nodes = sent.get(name);
+          if (!nodes) {
+            if (sent.size >= SENT_CAP) sent.delete(sent.keys().next().value!);
+            sent.set(name, (nodes = new Set()));
+          }
+          nodes.add(node);
         } catch (e) {
           (payload.chunks as Readable).destroy?.();
           o.logger.warn('document not confirmed by a standby; the write fails', { event: 'cluster.doc.push-failed', clubId: o.club, node, code: (e as ClusterError).code ?? (e as Error).name });

@@ -33,7 +33,7 @@ import { MemberLease } from './member-lease.js';
 import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
 import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
-import { registerDocumentPeers } from './doc-replica.js';
+import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
 import { commitClub, hasPendingChanges } from './output-gate.js';
 import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
@@ -198,6 +198,12 @@ export class ClusterNode extends EventEmitter {
       throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`, r.kind === 'redirect' ? { owner: r.node } : {});
     }
     await commitClub(this.ctx, club, st, st.log);
+  }
+
+  /** Copy a stored document file of a served club to its standbys before its row is recorded (doc-replica.ts replicateFiles). */
+  async replicateDocument(club: string, file: string): Promise<void> {
+    if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
+    await replicateFiles({ peers: this.peers, storage: this.storage, nodeId: this.nodeId, club, placement: this.placementOf(club), logger: this.logger }, [file]);
   }
 
   /** Whether the club's store holds changes not yet shipped (the command just run changed it). */

@@ -12,6 +12,7 @@ import type { BanTable } from '../../storage/bans/ban-store.js';
 import type { BanEngine } from '../bans/ban-engine.js';
 import { PeerChannel } from '../../cluster/peer-channel.js';
 import type { ViolationSink } from '../bans/violations.js';
+import { CommandError } from '../edge/command-errors.js';
 import { installClusterGate } from './gate.js';
 import { registerPeerCommands } from './peer-commands.js';
 import type { Config } from '../main/config.js';
@@ -23,6 +24,8 @@ export interface ClusterSetup {
   /** Start the node once the listener is up (the advertised address defaults to it). */
   start(listen: { host: string; port: number }): Promise<ClusterNode | undefined>;
   stop(): Promise<void>;
+  /** In a cluster: copy a stored document file to the club's standbys (ClubServices.replicateDocument). */
+  replicateDocument?: (club: string, file: string) => Promise<void>;
 }
 
 export interface ClusterDeps {
@@ -63,6 +66,18 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
   let channel: PeerChannel | undefined;
   registerPeerCommands(d.dispatcher, () => (node ? channel : undefined), d.violations);
   installClusterGate(d.dispatcher, () => node, d.storage);
+  setup.replicateDocument = async (club, file) => {
+    const n = node;
+    if (!n) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');
+    try {
+      await n.replicateDocument(club, file);
+    } catch (e) {
+      const r = n.route(club);
+      if (r.kind === 'redirect') throw new CommandError('MOVED', `${r.address} club served by another server`);
+      d.logger.warn('document not copied to the standbys; upload refused', { event: 'cluster.doc.replicate-failed', clubId: club, code: (e as { code?: string }).code ?? (e as Error).name });
+      throw new CommandError('UNAVAILABLE', 'the document could not be copied to the standby server; retry shortly');
+    }
+  };
   let unsubscribe: (() => void) | undefined;
   setup.start = async (listen) => {
     const tls = c.tls ? { ca: readFileSync(c.tls.caFile), ...(c.tls.certFile ? { cert: readFileSync(c.tls.certFile) } : {}), ...(c.tls.keyFile ? { key: readFileSync(c.tls.keyFile) } : {}) } : undefined;

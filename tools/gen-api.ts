@@ -9,7 +9,6 @@ import { Dispatcher } from '../daemon/edge/dispatcher.js';
 import { registerCoreCommands } from '../daemon/edge/core-commands.js';
 import { registerClubCommands, type ClubServices } from '../daemon/club/club-commands.js';
 import { registerBackupCommands } from '../daemon/backup/backup-commands.js';
-import { registerPeerCommands } from '../daemon/cluster/peer-commands.js';
 import { describeApi, renderApiMarkdown, type ApiSchema } from '../daemon/edge/api-schema.js';
 
 /**
@@ -20,8 +19,6 @@ export function fullRegistry(): Dispatcher {
   const d = new Dispatcher();
   registerClubCommands(d, {} as ClubServices);
   registerBackupCommands(d, {} as ClubServices);
-  // Registered only in a cluster (daemon/cluster/setup.ts); documented with the others.
-  registerPeerCommands(d, () => undefined, { report() {} });
   // diag.echoStream is off by default (config diag.echoStream) but documented: registered here.
   registerCoreCommands(d, () => ({ name: 'commusic-server', version: '', protocolVersion: 1, fingerprint: '' }), Date.now, { echoStream: true });
   return d;

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
+import { readPosition } from '../cluster/capture.js';
 import { ClusterError } from '../cluster/errors.js';
 import { ClusterNode } from '../cluster/node.js';
 import { PeerChannel } from '../cluster/peer-channel.js';
@@ -23,6 +24,8 @@ import { nullLogger } from '../daemon/common/log.js';
 import { Dispatcher } from '../daemon/edge/dispatcher.js';
 import { Daemon } from '../daemon/edge/server.js';
 import { configSchema } from '../daemon/main/config.js';
+import { AuditLog } from '../storage/club/audit-log.js';
+import { createRecord } from '../storage/club/club-data.js';
 import { deleteDocument, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
@@ -135,6 +138,40 @@ describe('documents on the standbys', { skip: missing }, () => {
     deleteDocument(next.storage, club, info.id);
     await next.node.commit(club);
     await until('file removed on the standby', () => (!fileOn(replica, club, file) ? true : undefined));
+  });
+
+  test('appends stay in drain order while a document push is in flight', async () => {
+    const live = servers.filter((s) => !crashed.has(s.id));
+    const { id: club } = await createClub(live[0]!.storage, { name: 'Verein Reihenfolge', adminUser: 'admin', adminPassword: 'correct horse battery', materialize: false });
+    await live[0]!.node.registerClub(club);
+    const primary = await until(`club ${club} served`, () => primaryOf(club, live));
+    const standby = await until('its standby follows', () => live.find((s) => s !== primary && s.node.lagOf(club) !== undefined));
+    const db = primary.storage.openClub(club).db;
+    const pid = createRecord(db, 'persons', { firstName: 'v0', lastName: 'O' }, { scope: { kind: 'all' }, audit: new AuditLog(db, club), actor: { user: 'admin', ip: '127.0.0.1', session: null } }).id as number;
+    await primary.node.commit(club);
+    // The primary's pushes wait until released: the commit that names the document waits with them.
+    const realPush = primary.peers.push.bind(primary.peers);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    primary.peers.push = async (...args) => {
+      await held;
+      return realPush(...args);
+    };
+    try {
+      await putDocument(primary.storage, club, Readable.from([randomBytes(5000)]), { kind: 'other', name: 'a.pdf' });
+      db.prepare(`UPDATE persons SET firstName = 'v1' WHERE id = ?`).run(pid);
+      const first = primary.node.commit(club); // the document row and v1
+      db.prepare(`UPDATE persons SET firstName = 'v2' WHERE id = ?`).run(pid);
+      const second = primary.node.commit(club); // v2, drained later: must not reach the log first
+      release();
+      await Promise.all([first, second]);
+    } finally {
+      primary.peers.push = realPush;
+    }
+    const head = readPosition(db).seq;
+    await until('standby at the primary\'s position', () => (readPosition(standby.storage.openClub(club, { allowSuspended: true }).db).seq >= head ? true : undefined));
+    const row = standby.storage.openClub(club, { allowSuspended: true }).db.prepare('SELECT firstName FROM persons WHERE id = ?').get(pid) as { firstName: string };
+    assert.equal(row.firstName, 'v2');
   });
 
   test('a primary whose standby cannot take a document refuses the write, and the unacknowledged row is gone', async () => {

@@ -12,7 +12,8 @@
  *   bytes were verified and made durable.
  *
  * Deny by default, both ways: a session that passed `peer.auth` may use the peer commands and
- * nothing else (every other command answers FORBIDDEN); `peer.pull` and `peer.push` on any other
+ * nothing else (every other command answers FORBIDDEN; only the commands every connection has
+ * before any login, registered by the edge after this gate: ping, server.info, server.schema); `peer.pull` and `peer.push` on any other
  * session, and `peer.auth` on a session with a club login, answer FORBIDDEN and count as a
  * `rights` violation.
  */

@@ -18,7 +18,7 @@
  *   (`registerDocumentPeers`); a taken file is written to a temporary name, checked against the
  *   SHA-256 and size the sender announced, fsynced, and only then renamed into place.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -86,8 +86,9 @@ async function filePayload(path: string): Promise<PeerPayload | undefined> {
 async function installFile(dir: string, name: string, payload: PeerPayload): Promise<void> {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const final = join(dir, name);
-  const tmp = join(dir, `.${name}.peer.tmp`);
-  await unlink(tmp).catch(() => undefined);
+  // Its own temporary name: a push and a pull of one file never share one (left-overs of a
+  // crash are swept as unreferenced files, documents.ts sweepOrphanDocuments).
+  const tmp = join(dir, `.${name}.${randomBytes(6).toString('hex')}.peer.tmp`);
   try {
     await pipeline(Readable.from(payload.chunks, { objectMode: false }), createWriteStream(tmp, { flags: 'wx', mode: 0o600 }) as Writable);
     const fh = await open(tmp, 'r');

@@ -204,6 +204,8 @@ export class ClusterNode extends EventEmitter {
   async replicateDocument(club: string, file: string): Promise<void> {
     if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
     await replicateFiles({ peers: this.peers, storage: this.storage, nodeId: this.nodeId, club, placement: this.placementOf(club), logger: this.logger }, [file]);
+    // The club may have moved while the copies went out: then the row must not be written here.
+    if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
   }
 
   /** Whether the club's store holds changes not yet shipped (the command just run changed it). */

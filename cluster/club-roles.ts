@@ -28,7 +28,7 @@ export async function follow(ctx: NodeContext, club: string, st: ClubState): Pro
     clubId: club,
     logKey: logKeyOf(ctx.storage, club),
     from: readPosition(db),
-    apply: (e) => applyWithDocuments({ db: () => ctx.storage.openClub(club, { allowSuspended: true }).db, entry: e, peers: ctx.peers, storage: ctx.storage, nodeId: ctx.nodeId, club, placement: ctx.placementOf(club), logger: ctx.logger }),
+    apply: (e) => applyWithDocuments({ db: () => ctx.storage.openClub(club, { allowSuspended: true }).db, entry: e, peers: ctx.peers, storage: ctx.storage, nodeId: ctx.nodeId, club, placement: ctx.placementOf(club), members: ctx.memberIds(), logger: ctx.logger }),
     logger: ctx.logger,
   });
   f.on('error', () => {

@@ -195,7 +195,7 @@ export async function replicateFiles(o: PushContext, names: string[]): Promise<v
 
 /**
  * Standby: apply one log entry with its documents. Files named by the entry's rows and missing
- * here are pulled first (from the primary, then the club's other members); an entry is applied
+ * here are pulled first (from the primary, then the club's standbys, then any member); an entry is applied
  * only when each is here, or when every member asked answered that it does not have it (the
  * document was deleted or replaced since, and a later entry removes the row). Files whose row
  * the entry deletes or points at another file are removed afterwards.
@@ -210,6 +210,8 @@ export async function applyWithDocuments(o: {
   nodeId: string;
   club: string;
   placement: Placement | undefined;
+  /** Every current member: asked last, after the club's primary and standbys. */
+  members?: string[];
   logger: ClusterLogger;
 }): Promise<void> {
   let rows: ReturnType<typeof documentRows> | undefined;
@@ -220,7 +222,8 @@ export async function applyWithDocuments(o: {
   }
   const dir = docsDirOf(o.storage, o.club);
   if (rows && rows.files.size > 0) {
-    const sources = [o.placement?.primary, ...(o.placement?.standbys ?? [])].filter((n): n is string => typeof n === 'string' && n !== o.nodeId);
+    // The primary first, then the standbys, then any member (one that was a standby before).
+    const sources = [...new Set([o.placement?.primary, ...(o.placement?.standbys ?? []), ...(o.members ?? [])])].filter((n): n is string => typeof n === 'string' && n !== o.nodeId);
     for (const name of new Set(rows.files.values())) {
       if (existsSync(join(dir, name))) continue;
       await pullFile(o.peers, o.club, name, dir, sources, o.logger);

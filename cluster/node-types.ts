@@ -69,6 +69,8 @@ export interface NodeContext {
   readonly stopped: boolean;
   /** The peer channel, when the node has one. */
   readonly peers: PeerTransport | undefined;
+  /** Node ids of the current members (etcd's member keys). */
+  memberIds(): string[];
   placementOf(club: string): Placement | undefined;
   /** Schedules a role change of `club` on its chain (retried on failure). */
   reconcileSoon(club: string): void;

@@ -91,6 +91,7 @@ export class ClusterNode extends EventEmitter {
       storage: this.storage,
       logger: this.logger,
       peers: this.peers,
+      memberIds: () => this.members.entries().map(([id]) => id),
       get lease() {
         return node.lease;
       },

@@ -101,11 +101,17 @@ class Slots {
       const left = deadline - Date.now();
       if (left <= 0) throw new ClusterError('PEER_UNAVAILABLE', 'no free peer transfer slot before the deadline');
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiting.push(() => {
+        const wake = (): void => {
           clearTimeout(t);
           resolve();
-        });
+        };
+        // A waiter whose deadline passed leaves the line, so a freed slot wakes one still waiting.
+        const t = setTimeout(() => {
+          const i = this.waiting.indexOf(wake);
+          if (i >= 0) this.waiting.splice(i, 1);
+          resolve();
+        }, left);
+        this.waiting.push(wake);
       });
     }
   }

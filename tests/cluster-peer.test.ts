@@ -95,6 +95,25 @@ describe('peer channel between members', () => {
     assert.equal(await ch.pull(SERVER, { kind: 'document', club, name: `${'0'.repeat(32)}.cmdoc` }), undefined);
   });
 
+  test('transfers beyond the outgoing bound wait for a slot; beyond the incoming bound the member answers BUSY', async () => {
+    const bytes = randomBytes(200_000);
+    const name = `${randomBytes(16).toString('hex')}.cmdoc`;
+    const one = new PeerChannel({ nodeId: CALLER, masterKey: env.storage.master.key, fingerprints: () => [fingerprint], resolve: () => `127.0.0.1:${port}`, isMember: () => false, limits: { maxOutgoing: 1, minDeadlineMs: 20_000 } });
+    await one.push(SERVER, { kind: 'document', club, name }, { size: bytes.length, sha256: sha(bytes), chunks: (async function* () { yield bytes; })() });
+    // three pulls through one slot: each waits for the one before to end its stream
+    const all = await Promise.all([0, 1, 2].map(async () => {
+      const p = await one.pull(SERVER, { kind: 'document', club, name });
+      return collect(p!.chunks);
+    }));
+    for (const b of all) assert.deepEqual(b, bytes);
+    // The answering side holds a slot while a pulled stream is open: past maxIncoming, BUSY.
+    const held: Array<{ chunks: AsyncIterable<Uint8Array> }> = [];
+    for (let i = 0; i < server.limits.maxIncoming; i++) held.push((await server.servePull({ kind: 'document', club, name }))!);
+    await assert.rejects(server.servePull({ kind: 'document', club, name }), (e: unknown) => e instanceof ClusterError && e.code === 'PEER_UNAVAILABLE');
+    for (const h of held) await collect(h.chunks);
+    assert.ok(await server.servePull({ kind: 'document', club, name }).then((p) => collect(p!.chunks)));
+  });
+
   test('a caller with a wrong master key is refused, and it counts as a failed login', async () => {
     const before = env.violations.filter((v) => v.kind === 'login').length;
     const ch = caller({ masterKey: randomBytes(32) });

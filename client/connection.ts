@@ -166,6 +166,12 @@ export class Connection {
     return this.closedError !== undefined;
   }
 
+  /** The session's exporter value (a copy; PROTOCOL.md 4): binds an application's own authentication to this session. */
+  get channelBinding(): Buffer | undefined {
+    const b = this.session.channelBinding;
+    return b ? Buffer.from(b) : undefined;
+  }
+
   /** The protocol version agreed in the handshake (1, 2 or 3). */
   get version(): number {
     return this.session.negotiatedVersion;

@@ -4,8 +4,9 @@ import { clubDbPath } from '../storage/club/club-store.js';
 import { removeSqliteFiles } from '../storage/engine/rekey.js';
 import { deleteClub } from '../storage/server/provisioning.js';
 import type { Storage } from '../storage/server/storage.js';
-import { applyEntry, fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
+import { fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
 import { MAX_ENTRY_BYTES, type ClubLog } from './club-log.js';
+import { applyWithDocuments } from './doc-replica.js';
 import { ClusterError, type ClusterLogger } from './errors.js';
 import { LogFollower, takeOver } from './log-follower.js';
 import type { ClubState, NodeContext } from './node-types.js';
@@ -27,7 +28,7 @@ export async function follow(ctx: NodeContext, club: string, st: ClubState): Pro
     clubId: club,
     logKey: logKeyOf(ctx.storage, club),
     from: readPosition(db),
-    apply: (e) => void applyEntry(ctx.storage.openClub(club, { allowSuspended: true }).db, e),
+    apply: (e) => applyWithDocuments({ db: () => ctx.storage.openClub(club, { allowSuspended: true }).db, entry: e, peers: ctx.peers, storage: ctx.storage, nodeId: ctx.nodeId, club, placement: ctx.placementOf(club), members: ctx.memberIds(), logger: ctx.logger }),
     logger: ctx.logger,
   });
   f.on('error', () => {

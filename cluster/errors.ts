@@ -18,7 +18,13 @@ export type ClusterErrorCode =
   /** The log is closed (ownership released or the client shut down). */
   | 'CLOSED'
   /** Invalid argument (a club id, node id or address that fails validation). */
-  | 'INVALID_ARGUMENT';
+  | 'INVALID_ARGUMENT'
+  /** Peer channel: the member could not be reached, or did not answer within the call's deadline. */
+  | 'PEER_UNAVAILABLE'
+  /** Peer channel: authentication failed either way, or the member refused the request. */
+  | 'PEER_REFUSED'
+  /** Peer channel: an object's bytes do not match its announced size or SHA-256, or exceed the bound. */
+  | 'PEER_OBJECT_BAD';
 
 const BRAND = Symbol.for('commusic.ClusterError');
 

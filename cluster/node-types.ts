@@ -5,6 +5,7 @@ import type { ClusterLogger } from './errors.js';
 import type { EtcdGateway, EtcdGatewayOptions } from './etcd-gateway.js';
 import type { LogFollower } from './log-follower.js';
 import type { MemberLease } from './member-lease.js';
+import type { PeerTransport } from './peer-types.js';
 import type { Placement } from './placement.js';
 
 export interface ClusterNodeOptions {
@@ -24,6 +25,12 @@ export interface ClusterNodeOptions {
   /** Time between planning rounds of the leader in ms (default 1000). */
   planEveryMs?: number;
   logger?: ClusterLogger;
+  /**
+   * The peer channel (cluster/peer-channel.ts): documents go to the standbys over it before the
+   * entry that references them, and a standby pulls what it lacks. Without it a club with
+   * standbys refuses to commit a document (nothing is acknowledged that only one server holds).
+   */
+  peers?: PeerTransport;
 }
 
 export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };
@@ -62,6 +69,10 @@ export interface NodeContext {
   readonly logger: ClusterLogger;
   readonly lease: MemberLease;
   readonly stopped: boolean;
+  /** The peer channel, when the node has one. */
+  readonly peers: PeerTransport | undefined;
+  /** Node ids of the current members (etcd's member keys). */
+  memberIds(): string[];
   placementOf(club: string): Placement | undefined;
   /** Schedules a role change of `club` on its chain (retried on failure). */
   reconcileSoon(club: string): void;

@@ -33,7 +33,9 @@ import { MemberLease } from './member-lease.js';
 import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
 import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
+import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
 import { commitClub, hasPendingChanges } from './output-gate.js';
+import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
@@ -46,6 +48,8 @@ export class ClusterNode extends EventEmitter {
   readonly address: string;
   readonly gw: EtcdGateway;
   readonly bans: BanBoard;
+  /** The peer channel (documents, snapshots), when configured. */
+  readonly peers: PeerTransport | undefined;
   private lease!: MemberLease;
   private membership!: Membership;
   private leader!: PlacementLeader;
@@ -78,12 +82,16 @@ export class ClusterNode extends EventEmitter {
     this.placement = new PrefixMirror(this.gw, PLACEMENT_PREFIX);
     this.drains = new PrefixMirror(this.gw, DRAIN_PREFIX);
     this.registry = new PrefixMirror(this.gw, REGISTRY_PREFIX);
+    this.peers = opts.peers;
+    if (opts.peers) registerDocumentPeers(opts.peers, this.storage);
     const node = this;
     this.ctx = {
       gw: this.gw,
       nodeId: this.nodeId,
       storage: this.storage,
       logger: this.logger,
+      peers: this.peers,
+      memberIds: () => this.members.entries().map(([id]) => id),
       get lease() {
         return node.lease;
       },
@@ -193,6 +201,14 @@ export class ClusterNode extends EventEmitter {
     await commitClub(this.ctx, club, st, st.log);
   }
 
+  /** Copy a stored document file of a served club to its standbys before its row is recorded (doc-replica.ts replicateFiles). */
+  async replicateDocument(club: string, file: string): Promise<void> {
+    if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
+    await replicateFiles({ peers: this.peers, storage: this.storage, nodeId: this.nodeId, club, placement: this.placementOf(club), logger: this.logger }, [file]);
+    // The club may have moved while the copies went out: then the row must not be written here.
+    if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
+  }
+
   /** Whether the club's store holds changes not yet shipped (the command just run changed it). */
   hasPendingChanges(club: string): boolean {
     return hasPendingChanges(this.ctx, club, this.clubs.get(club));
@@ -230,6 +246,11 @@ export class ClusterNode extends EventEmitter {
   async status(): Promise<ClusterStatus> {
     const leader = await this.leader.currentLeader().catch(() => undefined);
     return clusterStatus({ self: this.nodeId, leader, members: this.members, placement: this.placement, drains: this.drains, registry: this.registry, clubs: this.clubs });
+  }
+
+  /** A current member's advertised HOST:PORT (the peer channel's directory), or undefined. */
+  memberAddress(nodeId: string): string | undefined {
+    return memberInfo(this.members, nodeId)?.address;
   }
 
   /** Whether this server is the placement leader now. */

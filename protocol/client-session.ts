@@ -102,6 +102,7 @@ export class ClientSession {
   private fingerprint: string | undefined;
   private spki: Buffer | undefined;
   private version = 0;
+  private exporter: Buffer | undefined;
   private readonly output = new OutputQueue();
   /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
   private inbox: Message[] | undefined;
@@ -188,7 +189,16 @@ export class ClientSession {
     return this.output.takeBytes();
   }
 
+  /**
+   * The session's exporter value (32 bytes, PROTOCOL.md 4), known once the hellos are exchanged;
+   * an application binds its own authentication to it (channel binding). Undefined before.
+   */
+  get channelBinding(): Buffer | undefined {
+    return this.exporter;
+  }
+
   wipe(): void {
+    this.exporter?.fill(0);
     this.reader?.wipe();
     this.sealer?.wipe();
     this.expectedServerFinished?.fill(0);
@@ -300,6 +310,7 @@ export class ClientSession {
     this.output.batching = this.version >= PROTOCOL_VERSION_2;
     this.expectedServerFinished = secrets.serverFinished;
     this.clientFinished = secrets.clientFinished;
+    this.exporter = secrets.exporter;
     this.reader = new RecordReader(secrets.serverToClient, this.opts.rekeyAfterRecords);
     this.sealer = new RecordSealer(secrets.clientToServer, this.opts.rekeyAfterRecords);
     const rest = buf.subarray(helloLen);

@@ -45,6 +45,11 @@ export interface SessionSecrets {
   readonly serverToClient: DirectionKeys;
   readonly clientFinished: Buffer;
   readonly serverFinished: Buffer;
+  /**
+   * A secret value unique to this session that both sides know (PROTOCOL.md 4, "exporter"): what
+   * an application binds its own authentication to (channel binding, as RFC 9266 tls-exporter).
+   */
+  readonly exporter: Buffer;
 }
 
 export function transcriptHash(clientHello: Uint8Array, serverHelloSigned: Uint8Array): Buffer {
@@ -110,7 +115,7 @@ function directionKeysV3From(secret: Uint8Array, keyIv: Uint8Array): DirectionKe
 }
 
 /** Bytes of version 3's key block: two traffic secrets, two key+IV, two FINISHED values. */
-export const KEY_BLOCK_V3_LEN = 32 + 32 + 44 + 44 + 32 + 32; // 216
+export const KEY_BLOCK_V3_LEN = 32 + 32 + 44 + 44 + 32 + 32 + 32; // 248: ... finished values, exporter
 
 /**
  * Version 3's schedule (section 4.1): one HKDF (extract, then expand in one OpenSSL call) over
@@ -131,6 +136,9 @@ export function deriveSessionSecretsV3(
   const c2s = directionKeysV3From(block.subarray(0, 32), block.subarray(64, 108));
   const s2c = directionKeysV3From(block.subarray(32, 64), block.subarray(108, 152));
   const finished = Buffer.from(block.subarray(152, 216));
+  // HKDF-Expand's output blocks do not depend on the length asked for (RFC 5869 2.3), so the
+  // exporter after the finished values leaves bytes 0..215 as they were.
+  const exporter = Buffer.from(block.subarray(216, 248));
   block.fill(0);
   return {
     transcriptHash: th,
@@ -139,6 +147,7 @@ export function deriveSessionSecretsV3(
     serverToClient: s2c,
     clientFinished: finished.subarray(0, FINISHED_LEN),
     serverFinished: finished.subarray(FINISHED_LEN, 2 * FINISHED_LEN),
+    exporter,
   };
 }
 
@@ -166,11 +175,12 @@ export function deriveSessionSecrets(
   s2cSecret.fill(0);
   const cFinKey = hkdfExpand(prk, 'CMSP v1 c2s finished', 32);
   const sFinKey = hkdfExpand(prk, 'CMSP v1 s2c finished', 32);
+  const exporter = hkdfExpand(prk, 'CMSP v1 exporter', 32);
   prk.fill(0);
   const clientFinished = hmacSha256(cFinKey, fh).subarray(0, FINISHED_LEN);
   const serverFinished = hmacSha256(sFinKey, fh).subarray(0, FINISHED_LEN);
   master.fill(0);
   cFinKey.fill(0);
   sFinKey.fill(0);
-  return { transcriptHash: th, finishedHash: fh, clientToServer: c2s, serverToClient: s2c, clientFinished, serverFinished };
+  return { transcriptHash: th, finishedHash: fh, clientToServer: c2s, serverToClient: s2c, clientFinished, serverFinished, exporter };
 }

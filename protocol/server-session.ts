@@ -92,6 +92,7 @@ export class ServerSession {
   private inboxAt = 0;
   private terminal: ServerEvent | undefined;
   private version = 0;
+  private exporter: Buffer | undefined;
 
   constructor(private readonly opts: ServerSessionOptions) {}
 
@@ -161,7 +162,16 @@ export class ServerSession {
     return this.output.takeBytes();
   }
 
+  /**
+   * The session's exporter value (32 bytes, PROTOCOL.md 4), known once the hellos are exchanged;
+   * an application binds its own authentication to it (channel binding). Undefined before.
+   */
+  get channelBinding(): Buffer | undefined {
+    return this.exporter;
+  }
+
   wipe(): void {
+    this.exporter?.fill(0);
     this.reader?.wipe();
     this.sealer?.wipe();
     this.expectedFinished?.fill(0);
@@ -295,6 +305,7 @@ export class ServerSession {
     shared.fill(0);
     this.output.push(signed, signature);
     this.expectedFinished = secrets.clientFinished;
+    this.exporter = secrets.exporter;
     this.reader = new RecordReader(secrets.clientToServer, this.opts.rekeyAfterRecords);
     this.sealer = new RecordSealer(secrets.serverToClient, this.opts.rekeyAfterRecords);
     const rest = head.subarray(CLIENT_HELLO_LEN);

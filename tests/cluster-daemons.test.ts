@@ -24,6 +24,7 @@ import { dataPaths } from '../daemon/main/config.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { openStorage } from '../storage/server/storage.js';
 import { etcdMissing, freePort, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { reapWithThisProcess } from './helpers/reaper.js';
 
 const missing = etcdMissing();
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin');
@@ -94,6 +95,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
   before(async () => {
     etcd = await startEtcdCluster();
     root = mkdtempSync(join(tmpdir(), 'commusic-cluster-daemons-'));
+    reapWithThisProcess(root);
     // One data folder made once; every member gets its keys/ folder (one master key, one identity).
     const tmpl = join(root, 'template');
     (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();

@@ -20,7 +20,7 @@ import { BackupService } from '../daemon/backup/backup-service.js';
 import { ClusterBackups } from '../daemon/backup/cluster-backups.js';
 import { nullLogger } from '../daemon/common/log.js';
 import { dataPaths } from '../daemon/main/config.js';
-import { archiveKeyFor, serverOpenKey } from '../storage/backup/archive-keys.js';
+import { archiveKeyFor, archiveKeyIds, rotateArchiveKey, serverOpenKey } from '../storage/backup/archive-keys.js';
 import { archiveTrust, restoreClubArchive, verifyArchive, type OpenKey } from '../storage/backup/backup-archive.js';
 import { BackupError } from '../storage/backup/backup-errors.js';
 import { createClub } from '../storage/server/provisioning.js';
@@ -160,6 +160,14 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
     } finally {
       target.close();
     }
+    // `keys rotate-archive` on one member: every member takes the new current key, and the
+    // archive written under the old one still opens (the old key is kept for reading everywhere)
+    const rotated = rotateArchiveKey(other.storage);
+    await other.svc.scope!.keysRotated();
+    for (const s of servers) await until(`${s.id} uses the rotated archive key`, () => (archiveKeyIds(s.storage).current === rotated.newKeyId ? true : undefined));
+    const third = servers.find((s) => s !== other && s.id !== primaries.get(club))!;
+    third.backups.syncKeys();
+    assert.equal((await verifyArchive(await dest.get(name), openKeyOf(third.storage))).origin.trustedAs, 'this-server');
     // in place, a replicated club is not restored (the standbys would not follow)
     assert.throws(() => primaryOf(club)!.svc.scope!.check(club, 'restore'), (e: unknown) => e instanceof BackupError && e.code === 'UNSUPPORTED_IN_CLUSTER');
 

@@ -237,6 +237,61 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     }
   });
 
+  test('failed logins spread round-robin over the three servers ban the source at the same total as on one (± N-1), closing its sessions on all', async (t) => {
+    // A failed login counts where the club is served (elsewhere it is redirected first): one club
+    // per server, so the attempts really are spread over all three.
+    for (let i = 0; i < 3; i++) await runOperation(members[0]!.dir, 'club.create', { name: `Spielmannszug ${i}`, admin: 'admin', password: PASSWORD });
+    const clubOf = await until(
+      'a club served by each server',
+      async () => {
+        const s = await status(members[0]!);
+        const pick = members.map((m) => s.clubs.find((c) => c.primary === m.id)?.id);
+        return pick.every((c) => c !== undefined) ? (pick as string[]) : undefined;
+      },
+      60_000,
+    );
+    const source = '127.0.0.78';
+    const held = await Promise.all(members.map((m) => connect({ host: m.host, port: m.port, fingerprint, localAddress: source })));
+    const MAX_RETRY = 5; // the default policy's login rule
+    let answered = 0;
+    for (let i = 0; i < 3 * MAX_RETRY; i++) {
+      const m = members[i % 3]!;
+      let code: string;
+      try {
+        const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: source });
+        code = await c.request('auth.login', { club: clubOf[i % 3]!, user: 'admin', password: `wrong-${i}` }).then(
+          () => 'ok',
+          (e: { code?: string }) => e.code ?? String(e),
+        );
+        await c.close().catch(() => undefined);
+      } catch {
+        code = 'refused';
+      }
+      if (code !== 'UNAUTHENTICATED') break;
+      answered++;
+      // One attempt at a time. The violation is judged before the answer leaves, so the server
+      // that answered has the ban in its table now if this attempt made it.
+      const verdict = ((await runOperation(m.dir, 'bans.check', { address: source })).result as { verdict: string }).verdict;
+      if (verdict === 'banned') break;
+    }
+    await until('the source cut off on all three servers', () => (held.every((c) => c.closed) ? true : undefined), 5_000);
+    t.diagnostic(`failed logins spread over 3 servers before the ban: ${answered} (one server: ${MAX_RETRY}; counted apart: ${3 * MAX_RETRY - 2})`);
+    assert.ok(answered >= MAX_RETRY, `banned after ${answered} failed logins, before the policy's ${MAX_RETRY}`);
+    assert.ok(answered <= MAX_RETRY + 2, `${answered} failed logins spread over 3 servers before the ban (one server: ${MAX_RETRY})`);
+    // the ban is on every server: a new connection from the source is refused everywhere
+    for (const m of members) {
+      await until(`the source refused by ${m.id}`, async () => {
+        try {
+          const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: source });
+          await c.close();
+          return undefined;
+        } catch {
+          return true;
+        }
+      }, 5_000);
+    }
+  });
+
   test('commusic --server A,B,C tries the servers in turn and follows the redirect to the club\'s server', async () => {
     const { result } = await runOperation(members[0]!.dir, 'club.create', { name: 'Chor CLI', admin: 'admin', password: PASSWORD });
     const club = (result as { id: string }).id;

@@ -219,6 +219,11 @@ export function adoptArchiveKeyring(st: Storage, ring: ArchiveKeyring, now = new
   next.fill(0);
   let changed = false;
   st.server.db.transaction(() => {
+    if (!st.server.getMeta(ARCHIVE_KEY_META)) {
+      // No key of its own yet (a new member): nothing to retire.
+      st.server.setMeta(ARCHIVE_KEY_META, ring.current);
+      changed = true;
+    }
     const cur = currentArchiveKey(st);
     const curId = keyIdOf(cur).toString('hex');
     const list = retired(st);

@@ -129,14 +129,16 @@ export class BackupBoard extends EventEmitter {
   }
 
   /**
-   * Publish a keyring after a rotation on this member (`keys rotate-archive`): the new current key,
-   * every retired key of the old ring kept. @throws ClusterError ETCD_UNAVAILABLE.
+   * Publish a keyring: after a rotation on this member (`keys rotate-archive`) the new current key
+   * with every retired key of the old ring kept (merge); after `keys forget-archive-keys` exactly
+   * this member's ring (`replace`: the forgotten keys leave every member).
+   * @throws ClusterError ETCD_UNAVAILABLE.
    */
-  async publishKeyring(ring: SharedKeyring): Promise<SharedKeyring> {
+  async publishKeyring(ring: SharedKeyring, o: { replace?: boolean } = {}): Promise<SharedKeyring> {
     return this.update(
       KEYRING_KEY,
       (have) => {
-        const old = have ? this.openKeyring(have) : undefined;
+        const old = have && !o.replace ? this.openKeyring(have) : undefined;
         const retired = [...(old?.retired ?? []), ...ring.retired];
         const seen = new Set<string>();
         const merged = retired.filter((r) => r.key !== ring.current && !seen.has(r.key) && seen.add(r.key));

@@ -20,7 +20,7 @@ import { BackupService } from '../daemon/backup/backup-service.js';
 import { ClusterBackups } from '../daemon/backup/cluster-backups.js';
 import { nullLogger } from '../daemon/common/log.js';
 import { dataPaths } from '../daemon/main/config.js';
-import { archiveKeyFor, archiveKeyIds, rotateArchiveKey, serverOpenKey } from '../storage/backup/archive-keys.js';
+import { archiveKeyFor, archiveKeyIds, forgetRetiredArchiveKeys, rotateArchiveKey, serverOpenKey } from '../storage/backup/archive-keys.js';
 import { archiveTrust, restoreClubArchive, verifyArchive, type OpenKey } from '../storage/backup/backup-archive.js';
 import { BackupError } from '../storage/backup/backup-errors.js';
 import { createClub } from '../storage/server/provisioning.js';
@@ -168,6 +168,11 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
     const third = servers.find((s) => s !== other && s.id !== primaries.get(club))!;
     third.backups.syncKeys();
     assert.equal((await verifyArchive(await dest.get(name), openKeyOf(third.storage))).origin.trustedAs, 'this-server');
+    // forgetting the old key on one member forgets it on all: the archive then opens nowhere
+    forgetRetiredArchiveKeys(other.storage, [rotated.oldKeyId]);
+    await other.svc.scope!.keysForgotten();
+    for (const s of servers) await until(`${s.id} forgot the old archive key`, () => (archiveKeyIds(s.storage).retired.some((r) => r.id === rotated.oldKeyId) ? undefined : true));
+    await assert.rejects(verifyArchive(await dest.get(name), openKeyOf(third.storage)), (e: unknown) => e instanceof BackupError);
     // in place, a replicated club is not restored (the standbys would not follow)
     assert.throws(() => primaryOf(club)!.svc.scope!.check(club, 'restore'), (e: unknown) => e instanceof BackupError && e.code === 'UNSUPPORTED_IN_CLUSTER');
 

@@ -28,4 +28,6 @@ export interface BackupScope {
   syncKeys(): void;
   /** After `keys rotate-archive` here: share the new keyring (the other servers adopt it). */
   keysRotated(): Promise<void>;
+  /** After `keys forget-archive-keys` here: the forgotten keys leave the shared keyring and every server. */
+  keysForgotten(): Promise<void>;
 }

@@ -17,10 +17,11 @@
  *   refused in a cluster (the restored store would not reach the standbys): restore into --target.
  */
 import { ClusterError } from '../../cluster/errors.js';
+import { keyIdOf } from '../../crypto/master-key.js';
 import { BackupBoard, type ClubBackupRecord, type SharedKeyring } from '../../cluster/backup-board.js';
 import type { Route } from '../../cluster/node.js';
 import type { EtcdGateway } from '../../cluster/etcd-gateway.js';
-import { adoptArchiveKeyring, adoptClubArchiveKey, exportArchiveKeyring, initArchiveKeys } from '../../storage/backup/archive-keys.js';
+import { ARCHIVE_KEY_META, adoptArchiveKeyring, adoptClubArchiveKey, exportArchiveKeyring, initArchiveKeys } from '../../storage/backup/archive-keys.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { Logger } from '../common/log.js';
@@ -73,7 +74,17 @@ export class ClusterBackups implements BackupScope {
     cb.board.on('keyring', (ring: SharedKeyring) => cb.#adoptRing(ring));
     cb.board.on('club', (club: string, rec: ClubBackupRecord | undefined) => rec && cb.#adoptClub(club, rec));
     await cb.board.start();
-    cb.#adoptRing(await cb.board.shareKeyring(exportArchiveKeyring(o.storage)));
+    // A new member has no archive key of its own: it takes the ring as it is.
+    const hasOwn = o.storage.server.getMeta(ARCHIVE_KEY_META) !== undefined;
+    let ring = cb.board.keyring() ?? (await cb.board.shareKeyring(exportArchiveKeyring(o.storage)));
+    if (hasOwn) {
+      // This member's own keys join the shared ring (retired), so its earlier archives open
+      // everywhere and adopting the ring (which it mirrors exactly) loses none of them.
+      const local = exportArchiveKeyring(o.storage);
+      const own = [...(local.current !== ring.current ? [{ id: keyIdOf(Buffer.from(local.current, 'hex')).toString('hex'), key: local.current, retiredAt: new Date().toISOString() }] : []), ...local.retired];
+      if (own.some((k) => k.key !== ring.current && !ring.retired.some((r) => r.key === k.key))) ring = await cb.board.publishKeyring({ current: ring.current, retired: own });
+    }
+    cb.#adoptRing(ring);
     cb.syncKeys();
     o.service.setScope(cb);
     return cb;
@@ -144,6 +155,10 @@ export class ClusterBackups implements BackupScope {
 
   async keysRotated(): Promise<void> {
     this.#adoptRing(await this.board.publishKeyring(exportArchiveKeyring(this.#o.storage)));
+  }
+
+  async keysForgotten(): Promise<void> {
+    this.#adoptRing(await this.board.publishKeyring(exportArchiveKeyring(this.#o.storage), { replace: true }));
   }
 
   syncKeys(): void {

@@ -140,7 +140,14 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     .register({
       name: 'keys.forget-archive-keys',
       schema: z.object({ ids: z.array(z.string().regex(/^[0-9a-f]{16}$/, 'not an archive key id')).max(4096).optional() }).strict(),
-      run: async (c, a) => forgetRetiredArchiveKeys(await c.storage(), a.ids),
+      run: async (c, a) => {
+        // Cluster: forget on the shared keyring as it is now, then every member forgets too.
+        const scope = (await (c as BackupOpsContext).backups?.())?.scope;
+        scope?.syncKeys();
+        const r = forgetRetiredArchiveKeys(await c.storage(), a.ids);
+        await scope?.keysForgotten();
+        return r;
+      },
     })
     .register({
       name: 'keys.rotate-identity',

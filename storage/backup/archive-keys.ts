@@ -213,9 +213,10 @@ export function exportArchiveKeyring(st: Storage): ArchiveKeyring {
 
 /**
  * Take a shared keyring as this server's: its current key becomes current here (this server's
- * own current key, when different, is retired: archives written under it still open here), and
- * every retired key of the ring is kept for reading. One server.db transaction. Returns whether
- * anything changed. @throws StorageError INVALID_ARGUMENT for a malformed ring.
+ * own current key, when different and not in the ring, is retired: archives written under it
+ * still open here), and the retired keys become the ring's (a key the ring no longer has was
+ * forgotten on another member: it is forgotten here too). One server.db transaction. Returns
+ * whether anything changed. @throws StorageError INVALID_ARGUMENT for a malformed ring.
  */
 export function adoptArchiveKeyring(st: Storage, ring: ArchiveKeyring, now = new Date()): { changed: boolean } {
   const hex64 = /^[0-9a-f]{64}$/;
@@ -234,23 +235,19 @@ export function adoptArchiveKeyring(st: Storage, ring: ArchiveKeyring, now = new
     }
     const cur = currentArchiveKey(st);
     const curId = keyIdOf(cur).toString('hex');
-    const list = retired(st);
-    const known = new Set(list.map((r) => r.id));
+    const before = retired(st);
+    const list = ring.retired.map((r) => ({ id: keyIdOf(Buffer.from(r.key, 'hex')).toString('hex'), key: r.key, retiredAt: r.retiredAt }));
     if (curId !== nextId) {
-      list.push({ id: curId, key: cur.toString('hex'), retiredAt: now.toISOString() });
-      known.add(curId);
+      if (!list.some((r) => r.id === curId)) list.push({ id: curId, key: cur.toString('hex'), retiredAt: now.toISOString() });
       st.server.setMeta(ARCHIVE_KEY_META, ring.current);
       changed = true;
     }
     cur.fill(0);
-    for (const r of ring.retired) {
-      const id = keyIdOf(Buffer.from(r.key, 'hex')).toString('hex');
-      if (known.has(id)) continue;
-      list.push({ id, key: r.key, retiredAt: r.retiredAt });
-      known.add(id);
+    const kept = list.filter((r) => r.id !== nextId).slice(-MAX_RETIRED_ARCHIVE_KEYS);
+    if (changed || kept.length !== before.length || kept.some((r, i) => r.id !== before[i]!.id)) {
+      st.server.setMeta(RETIRED_ARCHIVE_KEYS_META, JSON.stringify(kept));
       changed = true;
     }
-    if (changed) st.server.setMeta(RETIRED_ARCHIVE_KEYS_META, JSON.stringify(list.filter((r) => r.id !== nextId).slice(-MAX_RETIRED_ARCHIVE_KEYS)));
   })();
   return { changed };
 }

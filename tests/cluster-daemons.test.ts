@@ -331,7 +331,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     // (last in this file: the three servers alive after the drain test, and the clubs it adds)
     const alive = members.filter((m) => m.child.exitCode === null && m.child.signalCode === null);
     assert.equal(alive.length, 3);
-    for (let i = 0; i < 3; i++) await runOperation(alive[0]!.dir, 'club.create', { name: `Spielmannszug ${i}`, admin: 'admin', password: PASSWORD });
+    for (let i = 0; i < 6; i++) await runOperation(alive[0]!.dir, 'club.create', { name: `Spielmannszug ${i}`, admin: 'admin', password: PASSWORD });
     await until(
       'a club served by each server',
       async () => {
@@ -360,7 +360,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
           code = 'refused';
         }
         return code === 'MOVED' || code === 'UNAVAILABLE' ? undefined : code;
-      });
+      }, 60_000);
     let answered = 0;
     for (let i = 0; i < 3 * MAX_RETRY; i++) {
       const m = alive[i % 3]!;

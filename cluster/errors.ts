@@ -17,6 +17,8 @@ export type ClusterErrorCode =
   | 'LOG_CORRUPT'
   /** The log is closed (ownership released or the client shut down). */
   | 'CLOSED'
+  /** A record the call needs is not in etcd (a club deleted meanwhile). */
+  | 'NOT_FOUND'
   /** Invalid argument (a club id, node id or address that fails validation). */
   | 'INVALID_ARGUMENT'
   /** Peer channel: the member could not be reached, or did not answer within the call's deadline. */

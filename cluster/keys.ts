@@ -11,6 +11,8 @@
  *   clubs/<club>/head         JSON {seq, digest} of the last log entry
  *   clubs/<club>/log/<seq>    sealed log entry (seq as 16 zero-padded decimal digits)
  *   bans/<hmac of address>    sealed ban record, bound to a lease whose TTL is the remaining ban
+ *   violations/<hmac>/<node>  sealed violation count of one member (violation-board.ts), lease TTL = window
+ *   backup/keyring            sealed archive keyring; backup/clubs/<club> sealed club archive key + last archives (backup-board.ts)
  */
 import { ClusterError } from './errors.js';
 

@@ -25,6 +25,7 @@ import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
+import { backupClubKey } from './backup-board.js';
 import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
@@ -223,15 +224,15 @@ export class ClusterNode extends EventEmitter {
   }
 
   /**
-   * Remove a deleted club from etcd: registry record, placement, owner, log, then compact the
+   * Remove a deleted club from etcd: registry record, placement, owner, log, backup record, then compact the
    * history so the wrapped key and the sealed entries are gone from etcd as well (SECURITY.md).
    */
   async forgetClub(club: string): Promise<void> {
     await this.gw.read('forget club', () =>
       this.gw.kv
         .if(registryKey(club), 'Create', '>', 0)
-        .then(this.gw.kv.delete().key(registryKey(club)), this.gw.kv.delete().key(placementKey(club)), this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`))
-        .else(this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`))
+        .then(this.gw.kv.delete().key(registryKey(club)), this.gw.kv.delete().key(placementKey(club)), this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
+        .else(this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
         .commit(),
     );
     await this.gw.compact(await this.gw.revision());

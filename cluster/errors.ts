@@ -18,7 +18,11 @@ export type ClusterErrorCode =
   /** The log is closed (ownership released or the client shut down). */
   | 'CLOSED'
   /** Invalid argument (a club id, node id or address that fails validation). */
-  | 'INVALID_ARGUMENT';
+  | 'INVALID_ARGUMENT'
+  /** A club snapshot failed verification (hash, size, key, position, change-log head): not installed. */
+  | 'SNAPSHOT_INVALID'
+  /** No member could give a usable snapshot of the club now (none has one, or the transfer failed). */
+  | 'SNAPSHOT_UNAVAILABLE';
 
 const BRAND = Symbol.for('commusic.ClusterError');
 

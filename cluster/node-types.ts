@@ -4,8 +4,11 @@ import type { ClubLog } from './club-log.js';
 import type { ClusterLogger } from './errors.js';
 import type { EtcdGateway, EtcdGatewayOptions } from './etcd-gateway.js';
 import type { LogFollower } from './log-follower.js';
+import type { UpkeepSettings } from './maintenance.js';
 import type { MemberLease } from './member-lease.js';
+import type { PeerTransport } from './peer-types.js';
 import type { Placement } from './placement.js';
+import type { SnapshotLimits } from './snapshot.js';
 
 export interface ClusterNodeOptions {
   etcd: EtcdGatewayOptions;
@@ -24,6 +27,20 @@ export interface ClusterNodeOptions {
   /** Time between planning rounds of the leader in ms (default 1000). */
   planEveryMs?: number;
   logger?: ClusterLogger;
+  /** The authenticated server-to-server channel (snapshots, documents); without it the log is never trimmed. */
+  peers?: PeerTransport;
+  /** Log entries kept below the slowest standby and the head (default 1000; docs/CLUSTER.md). */
+  logKeepEntries?: number;
+  /** Time between trim rounds in ms (default 5000). */
+  trimEveryMs?: number;
+  /** History younger than this is not compacted (ms, default 300000; 0: etcd's own auto-compaction is used). */
+  compactAfterMs?: number;
+  /** Time between compaction rounds in ms (default 60000). */
+  compactEveryMs?: number;
+  /** A standby publishes its applied position at most this often (ms, default 1000). */
+  publishEveryMs?: number;
+  /** Bounds of snapshot transfers. */
+  snapshot?: SnapshotLimits;
 }
 
 export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };
@@ -60,6 +77,9 @@ export interface NodeContext {
   readonly logger: ClusterLogger;
   readonly lease: MemberLease;
   readonly stopped: boolean;
+  /** The peer channel, when configured (snapshots). */
+  readonly peers: PeerTransport | undefined;
+  readonly upkeep: UpkeepSettings;
   placementOf(club: string): Placement | undefined;
   /** Schedules a role change of `club` on its chain (retried on failure). */
   reconcileSoon(club: string): void;

@@ -29,6 +29,7 @@ import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './clu
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
 import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
+import { ClusterMaintenance, upkeepSettings } from './maintenance.js';
 import { MemberLease } from './member-lease.js';
 import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
@@ -37,6 +38,7 @@ import { commitClub, hasPendingChanges } from './output-gate.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
+import { registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
 
@@ -59,6 +61,8 @@ export class ClusterNode extends EventEmitter {
   private readonly logger: ClusterLogger;
   private readonly opts: ClusterNodeOptions;
   private planTimer: NodeJS.Timeout | undefined;
+  /** Trimming of served clubs' logs and compaction of etcd's history (maintenance.ts). */
+  readonly upkeep: ClusterMaintenance;
   private planScheduled = false;
   private stopped = false;
   /** What the role and output-gate helpers see of this node. */
@@ -79,7 +83,19 @@ export class ClusterNode extends EventEmitter {
     this.drains = new PrefixMirror(this.gw, DRAIN_PREFIX);
     this.registry = new PrefixMirror(this.gw, REGISTRY_PREFIX);
     const node = this;
+    const o = opts;
+    const upkeep = upkeepSettings(o);
+    this.upkeep = new ClusterMaintenance({
+      gw: this.gw,
+      logger: this.logger,
+      settings: upkeep,
+      trim: o.peers !== undefined,
+      isLeader: () => this.isLeader(),
+      served: () => [...this.clubs.entries()].filter(([, s]) => s.serving && s.log?.state === 'open').map(([club, s]) => ({ club, log: s.log!, standbys: this.placementOf(club)?.standbys ?? [] })),
+    });
     this.ctx = {
+      peers: o.peers,
+      upkeep,
       gw: this.gw,
       nodeId: this.nodeId,
       storage: this.storage,
@@ -121,6 +137,8 @@ export class ClusterNode extends EventEmitter {
       node.reconcileAll();
       node.planTimer = setInterval(() => node.schedulePlan(), opts.planEveryMs ?? 1000);
       node.planTimer.unref?.();
+      if (opts.peers) registerSnapshotProvider(opts.peers, opts.storage, node.logger, opts.snapshot);
+      node.upkeep.start();
       return node;
     } catch (e) {
       await node.stop().catch(() => undefined);
@@ -252,6 +270,7 @@ export class ClusterNode extends EventEmitter {
     if (this.stopped) return;
     this.stopped = true;
     if (this.planTimer) clearInterval(this.planTimer);
+    this.upkeep.stop();
     for (const [club, st] of this.clubs) {
       await st.chain.catch(() => undefined);
       await st.follower?.stop();
@@ -271,6 +290,7 @@ export class ClusterNode extends EventEmitter {
   async crash(): Promise<void> {
     this.stopped = true;
     if (this.planTimer) clearInterval(this.planTimer);
+    this.upkeep.stop();
     for (const st of this.clubs.values()) {
       st.serving = false;
       st.log?.close();

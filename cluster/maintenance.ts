@@ -15,7 +15,7 @@ import { obtainSnapshot, type SnapshotLimits } from './snapshot.js';
 
 /** Settings of trimming, compaction and snapshots (ClusterNodeOptions; CONFIG.md `cluster.*`). */
 export interface UpkeepSettings {
-  /** Entries kept below the slowest standby and below the head (default 1000). */
+  /** Entries kept below the slowest standby and below the head (default 100). */
   logKeepEntries: number;
   /** Time between trim rounds (ms, default 5000). */
   trimEveryMs: number;
@@ -31,7 +31,7 @@ export interface UpkeepSettings {
 }
 
 export const DEFAULT_UPKEEP: UpkeepSettings = {
-  logKeepEntries: 1000,
+  logKeepEntries: 100,
   trimEveryMs: 5000,
   trimMaxDeletes: 1000,
   compactAfterMs: 300_000,

@@ -29,7 +29,7 @@ export interface ClusterNodeOptions {
   logger?: ClusterLogger;
   /** The authenticated server-to-server channel (snapshots, documents); without it the log is never trimmed. */
   peers?: PeerTransport;
-  /** Log entries kept below the slowest standby and the head (default 1000; docs/CLUSTER.md). */
+  /** Log entries kept below the slowest standby and the head (default 100; docs/CLUSTER.md). */
   logKeepEntries?: number;
   /** Time between trim rounds in ms (default 5000). */
   trimEveryMs?: number;

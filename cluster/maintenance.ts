@@ -10,25 +10,8 @@ import { HistoryCompactor } from './compaction.js';
 import { ClusterError, type ClusterLogger } from './errors.js';
 import type { EtcdGateway } from './etcd-gateway.js';
 import { firstLogSeq, trimRound } from './log-trim.js';
-import type { NodeContext } from './node-types.js';
+import type { NodeContext, UpkeepSettings } from './node-types.js';
 import { obtainSnapshot, type SnapshotLimits } from './snapshot.js';
-
-/** Settings of trimming, compaction and snapshots (ClusterNodeOptions; CONFIG.md `cluster.*`). */
-export interface UpkeepSettings {
-  /** Entries kept below the slowest standby and below the head (default 100). */
-  logKeepEntries: number;
-  /** Time between trim rounds (ms, default 5000). */
-  trimEveryMs: number;
-  /** Most entries one trim round deletes per club (default 1000). */
-  trimMaxDeletes: number;
-  /** History younger than this stays uncompacted (ms, default 300000); 0: no compaction by us. */
-  compactAfterMs: number;
-  /** Time between compaction rounds (ms, default 60000). */
-  compactEveryMs: number;
-  /** A standby publishes its position at most this often (ms, default 1000). */
-  publishEveryMs: number;
-  snapshot: SnapshotLimits;
-}
 
 export const DEFAULT_UPKEEP: UpkeepSettings = {
   logKeepEntries: 100,

@@ -4,7 +4,6 @@ import type { ClubLog } from './club-log.js';
 import type { ClusterLogger } from './errors.js';
 import type { EtcdGateway, EtcdGatewayOptions } from './etcd-gateway.js';
 import type { LogFollower } from './log-follower.js';
-import type { UpkeepSettings } from './maintenance.js';
 import type { MemberLease } from './member-lease.js';
 import type { PeerTransport } from './peer-types.js';
 import type { Placement } from './placement.js';
@@ -85,4 +84,21 @@ export interface NodeContext {
   reconcileSoon(club: string): void;
   /** Emits 'club-moved' with the club's current route. */
   clubMoved(club: string): void;
+}
+
+/** Settings of trimming, compaction and snapshots (ClusterNodeOptions; CONFIG.md `cluster.*`). */
+export interface UpkeepSettings {
+  /** Entries kept below the slowest standby and below the head (default 100). */
+  logKeepEntries: number;
+  /** Time between trim rounds (ms, default 5000). */
+  trimEveryMs: number;
+  /** Most entries one trim round deletes per club (default 1000). */
+  trimMaxDeletes: number;
+  /** History younger than this stays uncompacted (ms, default 300000); 0: no compaction by us. */
+  compactAfterMs: number;
+  /** Time between compaction rounds (ms, default 60000). */
+  compactEveryMs: number;
+  /** A standby publishes its position at most this often (ms, default 1000). */
+  publishEveryMs: number;
+  snapshot: SnapshotLimits;
 }

@@ -19,7 +19,7 @@ export const DEFAULT_UPKEEP: UpkeepSettings = {
   trimMaxDeletes: 1000,
   compactAfterMs: 300_000,
   compactEveryMs: 60_000,
-  publishEveryMs: 1000,
+  publishEveryMs: 2000,
   snapshot: {},
 };
 
@@ -52,11 +52,26 @@ export async function ensureReachable(ctx: NodeContext, club: string, logKey: Ui
   const first = await firstLogSeq(ctx.gw, club);
   if (first !== undefined && first <= pos.seq + 1) return;
   if (!ctx.peers) throw new ClusterError('SNAPSHOT_UNAVAILABLE', `replica of club ${club} is behind the trimmed log and this server has no peer channel for a snapshot`);
+  // Attempts after a failure wait 0.5, 1, 2, 4, then 5 s (each asks every source, which copies its store).
+  const key = `${ctx.nodeId}/${club}`;
+  const failures = snapshotFailures.get(key) ?? 0;
+  if (failures > 0) await new Promise((r) => setTimeout(r, Math.min(250 * 2 ** failures, 5000)));
+  if (ctx.stopped) throw new ClusterError('CLOSED', 'server stopping');
   const p = ctx.placementOf(club);
-  const sources = [...(p?.standbys ?? []), ...(p ? [p.primary] : [])].filter((n, i, a) => n !== ctx.nodeId && a.indexOf(n) === i);
+  // The club's standbys first, then its primary, then any other member that may still hold it.
+  const sources = [...(p?.standbys ?? []), ...(p ? [p.primary] : []), ...ctx.memberIds()].filter((n, i, a) => n !== ctx.nodeId && a.indexOf(n) === i);
   ctx.logger.info('replica is behind the trimmed log: fetching a snapshot', { event: 'cluster.snapshot.needed', clubId: club, seq: pos.seq, first: first ?? null });
-  await obtainSnapshot({ storage: ctx.storage, gw: ctx.gw, club, logKey, logger: ctx.logger, peers: ctx.peers, sources, ...ctx.upkeep.snapshot });
+  try {
+    await obtainSnapshot({ storage: ctx.storage, gw: ctx.gw, club, logKey, logger: ctx.logger, peers: ctx.peers, sources, ...ctx.upkeep.snapshot });
+    snapshotFailures.delete(key);
+  } catch (e) {
+    snapshotFailures.set(key, Math.min(failures + 1, 8));
+    throw e;
+  }
 }
+
+/** Consecutive failed snapshot attempts per node and club (the back-off of ensureReachable). */
+const snapshotFailures = new Map<string, number>();
 
 export interface MaintenanceOptions {
   gw: EtcdGateway;
@@ -74,6 +89,12 @@ export class ClusterMaintenance {
   private trimTimer: NodeJS.Timeout | undefined;
   private compactTimer: NodeJS.Timeout | undefined;
   private trimming = false;
+  /**
+   * Per club: the head of the last round that found nothing (more) to delete and how many rounds
+   * ago; such a club is skipped until its head moves or 12 rounds have passed (a standby that
+   * held trimming back may have caught up since).
+   */
+  private readonly idleAt = new Map<string, { head: number; skipped: number }>();
   private compacting = false;
   readonly compactor: HistoryCompactor | undefined;
   /** Trim rounds finished (metrics, tests). */
@@ -104,10 +125,22 @@ export class ClusterMaintenance {
     if (this.trimming) return;
     this.trimming = true;
     try {
-      for (const s of this.o.served()) {
-        await trimRound({ gw: this.o.gw, club: s.club, log: s.log, standbys: s.standbys, keepEntries: this.o.settings.logKeepEntries, maxDeletes: this.o.settings.trimMaxDeletes, logger: this.o.logger }).catch((e: unknown) =>
-          this.o.logger.warn('trim round failed', { event: 'cluster.log.trim-failed', clubId: s.club, code: (e as { code?: string }).code ?? (e as Error).name }),
-        );
+      const served = this.o.served();
+      for (const club of this.idleAt.keys()) if (!served.some((s) => s.club === club)) this.idleAt.delete(club);
+      for (const s of served) {
+        const head = s.log.head.seq;
+        const idle = this.idleAt.get(s.club);
+        if (idle && idle.head === head && idle.skipped < 12) {
+          idle.skipped++;
+          continue;
+        }
+        try {
+          const n = await trimRound({ gw: this.o.gw, club: s.club, log: s.log, standbys: s.standbys, keepEntries: this.o.settings.logKeepEntries, maxDeletes: this.o.settings.trimMaxDeletes, logger: this.o.logger });
+          if (n < this.o.settings.trimMaxDeletes) this.idleAt.set(s.club, { head, skipped: 0 });
+          else this.idleAt.delete(s.club);
+        } catch (e) {
+          this.o.logger.warn('trim round failed', { event: 'cluster.log.trim-failed', clubId: s.club, code: (e as { code?: string }).code ?? (e as Error).name });
+        }
       }
     } finally {
       this.trimming = false;

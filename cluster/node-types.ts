@@ -36,7 +36,7 @@ export interface ClusterNodeOptions {
   compactAfterMs?: number;
   /** Time between compaction rounds in ms (default 60000). */
   compactEveryMs?: number;
-  /** A standby publishes its applied position at most this often (ms, default 1000). */
+  /** A standby publishes its applied position at most this often (ms, default 2000). */
   publishEveryMs?: number;
   /** Bounds of snapshot transfers. */
   snapshot?: SnapshotLimits;
@@ -80,6 +80,8 @@ export interface NodeContext {
   readonly peers: PeerTransport | undefined;
   readonly upkeep: UpkeepSettings;
   placementOf(club: string): Placement | undefined;
+  /** Node ids of the live members (from `members/`). */
+  memberIds(): string[];
   /** Schedules a role change of `club` on its chain (retried on failure). */
   reconcileSoon(club: string): void;
   /** Emits 'club-moved' with the club's current route. */
@@ -98,7 +100,7 @@ export interface UpkeepSettings {
   compactAfterMs: number;
   /** Time between compaction rounds (ms, default 60000). */
   compactEveryMs: number;
-  /** A standby publishes its position at most this often (ms, default 1000). */
+  /** A standby publishes its position at most this often (ms, default 2000). */
   publishEveryMs: number;
   snapshot: SnapshotLimits;
 }

@@ -107,6 +107,7 @@ export class ClusterNode extends EventEmitter {
         return node.stopped;
       },
       placementOf: (club) => this.placementOf(club),
+      memberIds: () => this.members.entries().map(([id]) => id),
       reconcileSoon: (club) => this.reconcileSoon(club),
       clubMoved: (club) => this.emit('club-moved', club, this.route(club)),
     };

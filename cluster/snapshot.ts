@@ -25,7 +25,7 @@
  * seq+1 (log-follower.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, createReadStream, readdirSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clubPageKey } from '../crypto/wrap.js';
@@ -119,6 +119,7 @@ export function takeSnapshot(storage: Storage, club: string): { path: string; me
   const schema = db.pragma('user_version', { simple: true }) as number;
   const path = join(dir, `${SNAP_PREFIX}${randomBytes(8).toString('hex')}.db`);
   db.exec(`VACUUM INTO ${sqlString(path)}`);
+  chmodSync(path, 0o600);
   return { path, meta: { seq: pos.seq, digest: pos.digest, schema } };
 }
 

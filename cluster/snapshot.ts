@@ -226,8 +226,11 @@ async function receive(payload: PeerPayload, path: string, limits: SnapshotLimit
   if (h.digest('hex') !== payload.sha256) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot hash does not match');
 }
 
-/** The checks on the image itself: schema, integrity, position, nothing pending, change log. */
-function checkImage(db: Db, club: string, meta: SnapshotMeta): void {
+/**
+ * The checks on the image itself: schema, integrity, position, nothing pending, change log.
+ * Returns the document file names its rows name.
+ */
+function checkImage(db: Db, club: string, meta: SnapshotMeta): string[] {
   const top = MIGRATIONS.length ? MIGRATIONS[MIGRATIONS.length - 1]!.version : 0;
   const schema = db.pragma('user_version', { simple: true }) as number;
   if (schema !== meta.schema || schema > top) throw new ClusterError('SNAPSHOT_INVALID', `snapshot schema ${schema} (declared ${meta.schema}, this server knows up to ${top})`);
@@ -239,10 +242,12 @@ function checkImage(db: Db, club: string, meta: SnapshotMeta): void {
   installCapture(db);
   if (pendingCapture(db) > 0) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot holds changes that are not in the log');
   if (!verifyAuditLog(db, club, undefined).ok) throw new ClusterError('SNAPSHOT_INVALID', "snapshot's change log does not verify");
+  if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'`).get()) return [];
+  return (db.prepare('SELECT DISTINCT file FROM documents').all() as Array<{ file: unknown }>).map((r) => r.file).filter((f): f is string => typeof f === 'string');
 }
 
 /** Check a received snapshot file against its declared position and the club's log. */
-async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: Buffer[], gw: EtcdGateway, logKey: Uint8Array): Promise<void> {
+async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: Buffer[], gw: EtcdGateway, logKey: Uint8Array): Promise<string[]> {
   let db: Db | undefined;
   for (const k of dataKeys) {
     const pageKey = clubPageKey(k);
@@ -256,8 +261,9 @@ async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: 
     }
   }
   if (!db) throw new ClusterError('SNAPSHOT_INVALID', "the club's data key does not open the snapshot");
+  let files: string[];
   try {
-    checkImage(db, club, meta);
+    files = checkImage(db, club, meta);
   } catch (e) {
     // A damaged page fails its HMAC inside SQLite: that is a refusal too.
     if (e instanceof ClusterError) throw e;
@@ -270,7 +276,7 @@ async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: 
   if (head.seq < meta.seq) throw new ClusterError('SNAPSHOT_INVALID', `snapshot position ${meta.seq} is beyond the log head ${head.seq}`);
   if (head.seq === meta.seq) {
     if (head.digest !== meta.digest) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot position is not in the log (digest differs from the head)');
-    return;
+    return files;
   }
   const next = await readEntries(gw, club, logKey, meta.seq + 1, { limit: 1, prevDigest: meta.digest }).catch((e: unknown) => {
     if (e instanceof ClusterError && e.code === 'LOG_CORRUPT' && /gap at/.test(e.message)) throw new ClusterError('SNAPSHOT_UNAVAILABLE', `snapshot at ${meta.seq} is older than the trimmed log`, { cause: e });
@@ -278,6 +284,7 @@ async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: 
     throw e;
   });
   if (next.length === 0) throw new ClusterError('SNAPSHOT_UNAVAILABLE', `snapshot at ${meta.seq} is older than the trimmed log`);
+  return files;
 }
 
 export interface InstallOptions extends SnapshotLimits {
@@ -286,6 +293,11 @@ export interface InstallOptions extends SnapshotLimits {
   club: string;
   logKey: Uint8Array;
   logger: ClusterLogger;
+  /**
+   * Fetch the document files a verified snapshot's rows name that are missing here, before it is
+   * installed (the files are not part of a snapshot). @throws when one could not be fetched.
+   */
+  documents?: (files: string[]) => Promise<void>;
 }
 
 /**
@@ -305,11 +317,13 @@ export async function installSnapshot(o: InstallOptions, payload: PeerPayload): 
     await receive(payload, tmp, o);
     const row = storage.server.mustGetClub(club);
     const keys = storage.clubKeys(row);
+    let files: string[];
     try {
-      await verify(tmp, club, meta, keys.map((k) => k.key), o.gw, o.logKey);
+      files = await verify(tmp, club, meta, keys.map((k) => k.key), o.gw, o.logKey);
     } finally {
       for (const k of keys) k.key.fill(0);
     }
+    if (o.documents && files.length > 0) await o.documents(files);
     const release = storage.cache.lock(club);
     try {
       swapInSqliteFile(tmp, clubDbPath(storage.dataDir, club));

@@ -19,7 +19,7 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { connect, type Connection } from '../client/connection.js';
 import type { Row } from './row.js';
-import type { ChildKind as EchoKind, FromChild, MemReport, ToChild } from './server-child.js';
+import { SERVER_ENV, SERVER_NODE_FLAGS, type ChildKind as EchoKind, type FromChild, type MemReport, type ToChild } from './server-child.js';
 
 /** ours, the raw TLS echo (the ceiling), and the HTTP/2 server a client would otherwise use. */
 type ChildKind = EchoKind | 'h2';
@@ -80,8 +80,8 @@ class ServerChild {
   static async start(kind: ChildKind, cpuProfDir?: string): Promise<ServerChild> {
     installExitHook();
     const script = fileURLToPath(new URL(kind === 'h2' ? './h2-child.js' : './server-child.js', import.meta.url));
-    const execArgv = ['--expose-gc', ...(cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${kind}-${Date.now()}.cpuprofile`] : [])];
-    const proc = fork(script, kind === 'h2' ? [] : [kind], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const execArgv = ['--expose-gc', ...SERVER_NODE_FLAGS, ...(cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${kind}-${Date.now()}.cpuprofile`] : [])];
+    const proc = fork(script, kind === 'h2' ? [] : [kind], { execArgv, env: { ...process.env, ...SERVER_ENV }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     live.add(proc);
     proc.once('exit', () => live.delete(proc));
     try {

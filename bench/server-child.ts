@@ -20,6 +20,14 @@ import { Daemon } from '../daemon/edge/server.js';
 
 export type ChildKind = 'ours' | 'tls';
 
+/**
+ * The runtime settings every server child gets, ours and the baselines alike: those of
+ * deploy/commusicd.service and deploy/Containerfile (V8's young generation at most 2 x 2 MiB,
+ * two malloc arenas), so the memory figures measure the server as it is shipped.
+ */
+export const SERVER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=2'];
+export const SERVER_ENV: Readonly<Record<string, string>> = { MALLOC_ARENA_MAX: '2' };
+
 export type ToChild = { type: 'cpu' | 'count' | 'mem' | 'exit'; seq: number };
 
 export interface MemReport {

@@ -13,6 +13,7 @@ export interface Globals {
   passwordStdin?: boolean;
   passwordFile?: string;
   ticket?: boolean;
+  maxProtocol: string;
 }
 
 /** A connection, logged in when the globals name a club and user; shared by `batch`. */

@@ -34,6 +34,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
     .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
     .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000')
+    .option('--max-protocol <n>', 'highest protocol version to offer: 3 (handshakes signed by the server\'s short-lived delegated credential), 2 or 1 for servers that predate it', '3')
     .option('--club <id>', 'club to log in to (env COMMUSIC_CLUB)')
     .option('--user <name>', 'user name (env COMMUSIC_USER)')
     .option('--password-stdin', 'read the login password from standard input (first line)')
@@ -54,6 +55,8 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     if (servers.length > 32) usage('--server takes at most 32 servers');
     const timeout = Number(o.timeout);
     if (!Number.isInteger(timeout) || timeout < 100 || timeout > 3_600_000) usage('--timeout is milliseconds between 100 and 3600000');
+    const maxVersion = Number(o.maxProtocol);
+    if (maxVersion !== 1 && maxVersion !== 2 && maxVersion !== 3) usage('--max-protocol is 1, 2 or 3');
     const connectTo = (s: { host: string; port: number }) =>
       connect({
         host: s.host,
@@ -63,6 +66,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
         ...(!fingerprint || o.tofu ? { knownServersFile: o.knownServers! } : {}),
         connectTimeoutMs: timeout,
         requestTimeoutMs: timeout,
+        maxVersion,
         ...(o.bind ? { localAddress: o.bind } : {}),
       });
     holder.connectTo = connectTo;
@@ -210,7 +214,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
         const conn = await open();
         const times: number[] = [];
         for (let i = 0; i < n; i++) times.push(await conn.ping());
-        if (o.json) process.stdout.write(`${JSON.stringify({ ok: true, fingerprint: conn.fingerprint, rttMs: times })}\n`);
+        if (o.json) process.stdout.write(`${JSON.stringify({ ok: true, fingerprint: conn.fingerprint, protocolVersion: conn.version, rttMs: times })}\n`);
         else for (const t of times) process.stdout.write(`pong from ${g().server ?? process.env['COMMUSIC_SERVER']}: time=${t.toFixed(3)} ms\n`);
       }),
     );

@@ -1,5 +1,6 @@
 import { connect as netConnect, type Socket } from 'node:net';
 import { ClientSession } from '../protocol/client-session.js';
+import { CredentialCache } from '../protocol/credential.js';
 import { CLOSE_NORMAL, MAX_CHUNK_LEN, MAX_REQUEST_ID } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { InboundStream, OutboundCredit } from '../protocol/flow.js';
@@ -36,11 +37,28 @@ export interface ConnectOptions {
   localAddress?: string;
   rekeyAfterRecords?: number;
   /**
-   * Highest protocol version to offer (default 2: requests and answers of one turn share a
-   * record). 1 talks to servers that predate version 2 the same as before (PROTOCOL.md 8).
+   * Highest protocol version to offer (default 3: version 2's records, handshakes signed by the
+   * server's delegated credential, PROTOCOL.md 3.5). 1 or 2 talk to servers that predate
+   * version 3 (or 2) the same as before (PROTOCOL.md 8).
    */
-  maxVersion?: 1 | 2;
+  maxVersion?: 1 | 2 | 3;
+  /** The clock that checks a version 3 server's credential (ms since the epoch; default Date.now). */
+  now?: () => number;
 }
+
+/**
+ * Credentials whose identity signature verified, shared by the connections of this process: one
+ * RSA verification per server credential (renewed every hour or so), not one per handshake.
+ */
+const credentialCache = new CredentialCache(64);
+
+/**
+ * Servers whose version 3 credential did not fit this computer's clock (CREDENTIAL_EXPIRED or
+ * _NOT_YET_VALID): connected to with versions up to 2 for the next 10 minutes (server name ->
+ * until, ms). Version 2 is authenticated by the identity key itself, so this loses nothing.
+ */
+const clockFallback = new Map<string, number>();
+const CLOCK_FALLBACK_MS = 10 * 60_000;
 
 export interface RequestOptions {
   timeoutMs?: number;
@@ -98,13 +116,34 @@ export class Connection {
     // Filed canonical (lower case, no trailing dot), as ssh does with known_hosts names.
     const server = canonicalServerName(`${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`);
     const { pins, successions, tofu } = resolvePins(opts, server);
-    const session = new ClientSession({
-      acceptServerKey: () => true,
-      ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
-      ...(opts.maxVersion ? { maxVersion: opts.maxVersion } : {}),
-    });
-    const socket = netConnect({ host: opts.host, port: opts.port, noDelay: true, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
-    const { fingerprint, spki } = await handshake(socket, session, server, pins, tofu, opts.knownServersFile, opts.connectTimeoutMs ?? 10_000);
+    const now = opts.now ?? Date.now;
+    const attempt = (maxVersion: number) => {
+      const session = new ClientSession({
+        acceptServerKey: () => true,
+        ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
+        maxVersion,
+        now,
+        credentialCache,
+      });
+      const socket = netConnect({ host: opts.host, port: opts.port, noDelay: true, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
+      return { session, socket, done: handshake(socket, session, server, pins, tofu, opts.knownServersFile, opts.connectTimeoutMs ?? 10_000) };
+    };
+    const fallbackUntil = clockFallback.get(server);
+    const wanted = Math.min(opts.maxVersion ?? 3, fallbackUntil !== undefined && fallbackUntil > now() ? 2 : 3);
+    let { session, socket, done } = attempt(wanted);
+    let trusted: Awaited<typeof done>;
+    try {
+      trusted = await done;
+    } catch (e) {
+      // A credential outside this clock's window (PROTOCOL.md 3.5): once more offering up to
+      // version 2, whose handshake the identity key signs itself.
+      if (!(e instanceof ClientError && e.code === 'SERVER_CREDENTIAL_TIME') || wanted < 3) throw e;
+      if (clockFallback.size >= 256) clockFallback.clear(); // bounded: one entry per server
+      clockFallback.set(server, now() + CLOCK_FALLBACK_MS);
+      ({ session, socket, done } = attempt(2));
+      trusted = await done;
+    }
+    const { fingerprint, spki } = trusted;
     let accepted = pins;
     if (opts.fingerprint && opts.knownServersFile) {
       // A key the user confirmed out of band: a fresh start, no remembered rotations.
@@ -127,7 +166,13 @@ export class Connection {
     return this.closedError !== undefined;
   }
 
-  /** The protocol version agreed in the handshake (1 or 2). */
+  /** The session's exporter value (a copy; PROTOCOL.md 4): binds an application's own authentication to this session. */
+  get channelBinding(): Buffer | undefined {
+    const b = this.session.channelBinding;
+    return b ? Buffer.from(b) : undefined;
+  }
+
+  /** The protocol version agreed in the handshake (1, 2 or 3). */
   get version(): number {
     return this.session.negotiatedVersion;
   }

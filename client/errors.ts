@@ -9,6 +9,7 @@ export type ClientErrorCode =
   | 'SERVER_KEY_CHANGED'
   | 'SERVER_KEY_ROTATED'
   | 'HANDSHAKE_FAILED'
+  | 'SERVER_CREDENTIAL_TIME'
   | 'BANNED'
   | 'BUSY'
   | 'CONNECTION_CLOSED'

@@ -139,7 +139,11 @@ export function handshake(
           return resolve({ fingerprint: ev.fingerprint, spki: ev.spki });
         }
         socket.off('data', onData);
-        fail(new ClientError('HANDSHAKE_FAILED', `handshake with ${server} failed: ${ev.type === 'error' ? ev.error.code : ev.type}`));
+        const code = ev.type === 'error' ? ev.error.code : ev.type;
+        if (code === 'CREDENTIAL_EXPIRED' || code === 'CREDENTIAL_NOT_YET_VALID') {
+          // PROTOCOL.md 3.5: the server's version 3 credential is outside this clock's window.
+          fail(new ClientError('SERVER_CREDENTIAL_TIME', `handshake with ${server} failed: ${code} (is this computer's clock right?)`));
+        } else fail(new ClientError('HANDSHAKE_FAILED', `handshake with ${server} failed: ${code}`));
         return;
       }
     };

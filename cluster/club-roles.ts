@@ -4,8 +4,9 @@ import { clubDbPath } from '../storage/club/club-store.js';
 import { removeSqliteFiles } from '../storage/engine/rekey.js';
 import { deleteClub } from '../storage/server/provisioning.js';
 import type { Storage } from '../storage/server/storage.js';
-import { applyEntry, fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
+import { fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
 import { MAX_ENTRY_BYTES, type ClubLog } from './club-log.js';
+import { applyWithDocuments } from './doc-replica.js';
 import { ClusterError, type ClusterLogger } from './errors.js';
 import { LogFollower, takeOver } from './log-follower.js';
 import { PositionPublisher } from './log-trim.js';
@@ -36,7 +37,7 @@ export async function follow(ctx: NodeContext, club: string, st: ClubState): Pro
     clubId: club,
     logKey,
     from: readPosition(db),
-    apply: (e) => void applyEntry(ctx.storage.openClub(club, { allowSuspended: true }).db, e),
+    apply: (e) => applyWithDocuments({ db: () => ctx.storage.openClub(club, { allowSuspended: true }).db, entry: e, peers: ctx.peers, storage: ctx.storage, nodeId: ctx.nodeId, club, placement: ctx.placementOf(club), members: ctx.memberIds(), logger: ctx.logger }),
     logger: ctx.logger,
   });
   const pub = new PositionPublisher({ gw: ctx.gw, club, nodeId: ctx.nodeId, lease: () => ctx.lease, everyMs: ctx.upkeep.publishEveryMs, logger: ctx.logger });

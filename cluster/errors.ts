@@ -22,7 +22,13 @@ export type ClusterErrorCode =
   /** A club snapshot failed verification (hash, size, key, position, change-log head): not installed. */
   | 'SNAPSHOT_INVALID'
   /** No member could give a usable snapshot of the club now (none has one, or the transfer failed). */
-  | 'SNAPSHOT_UNAVAILABLE';
+  | 'SNAPSHOT_UNAVAILABLE'
+  /** Peer channel: the member could not be reached, or did not answer within the call's deadline. */
+  | 'PEER_UNAVAILABLE'
+  /** Peer channel: authentication failed either way, or the member refused the request. */
+  | 'PEER_REFUSED'
+  /** Peer channel: an object's bytes do not match its announced size or SHA-256, or exceed the bound. */
+  | 'PEER_OBJECT_BAD';
 
 const BRAND = Symbol.for('commusic.ClusterError');
 

@@ -26,7 +26,12 @@ export interface ClusterNodeOptions {
   /** Time between planning rounds of the leader in ms (default 1000). */
   planEveryMs?: number;
   logger?: ClusterLogger;
-  /** The authenticated server-to-server channel (snapshots, documents); without it the log is never trimmed. */
+  /**
+   * The peer channel (cluster/peer-channel.ts): documents go to the standbys over it before the
+   * entry that references them, and a standby pulls what it lacks. Without it a club with
+   * standbys refuses to commit a document (nothing is acknowledged that only one server holds), and
+   * the log is never trimmed (a standby left behind has no snapshot to come back through).
+   */
   peers?: PeerTransport;
   /** Log entries kept below the slowest standby and the head (default 100; docs/CLUSTER.md). */
   logKeepEntries?: number;
@@ -54,6 +59,8 @@ export interface ClubState {
   chain: Promise<void>;
   /** Commits in flight (a handover waits for them). */
   inflight: number;
+  /** The newest append of drained changes in flight (output-gate.ts: a commit with nothing left to drain waits for it). */
+  shipping?: Promise<void> | undefined;
   /** The local store may hold changes the log lacks (an append failed): rebuild before use. */
   needsRebuild: boolean;
 }

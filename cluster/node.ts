@@ -34,7 +34,9 @@ import { MemberLease } from './member-lease.js';
 import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
 import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
+import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
 import { commitClub, hasPendingChanges } from './output-gate.js';
+import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
@@ -48,6 +50,8 @@ export class ClusterNode extends EventEmitter {
   readonly address: string;
   readonly gw: EtcdGateway;
   readonly bans: BanBoard;
+  /** The peer channel (documents, snapshots), when configured. */
+  readonly peers: PeerTransport | undefined;
   private lease!: MemberLease;
   private membership!: Membership;
   private leader!: PlacementLeader;
@@ -61,8 +65,7 @@ export class ClusterNode extends EventEmitter {
   private readonly logger: ClusterLogger;
   private readonly opts: ClusterNodeOptions;
   private planTimer: NodeJS.Timeout | undefined;
-  /** Trimming of served clubs' logs and compaction of etcd's history (maintenance.ts). */
-  readonly upkeep: ClusterMaintenance;
+  readonly upkeep: ClusterMaintenance; // trimming and compaction (maintenance.ts)
   private planScheduled = false;
   private stopped = false;
   /** What the role and output-gate helpers see of this node. */
@@ -82,24 +85,20 @@ export class ClusterNode extends EventEmitter {
     this.placement = new PrefixMirror(this.gw, PLACEMENT_PREFIX);
     this.drains = new PrefixMirror(this.gw, DRAIN_PREFIX);
     this.registry = new PrefixMirror(this.gw, REGISTRY_PREFIX);
+    this.peers = opts.peers;
+    if (opts.peers) registerDocumentPeers(opts.peers, this.storage);
     const node = this;
-    const o = opts;
-    const upkeep = upkeepSettings(o);
-    this.upkeep = new ClusterMaintenance({
-      gw: this.gw,
-      logger: this.logger,
-      settings: upkeep,
-      trim: o.peers !== undefined,
-      isLeader: () => this.isLeader(),
-      served: () => [...this.clubs.entries()].filter(([, s]) => s.serving && s.log?.state === 'open').map(([club, s]) => ({ club, log: s.log!, standbys: this.placementOf(club)?.standbys ?? [] })),
-    });
+    const upkeep = upkeepSettings(opts);
+    const served = () => [...this.clubs.entries()].filter(([, s]) => s.serving && s.log?.state === 'open').map(([club, s]) => ({ club, log: s.log!, standbys: this.placementOf(club)?.standbys ?? [] }));
+    this.upkeep = new ClusterMaintenance({ gw: this.gw, logger: this.logger, settings: upkeep, trim: opts.peers !== undefined, isLeader: () => this.isLeader(), served });
     this.ctx = {
-      peers: o.peers,
       upkeep,
       gw: this.gw,
       nodeId: this.nodeId,
       storage: this.storage,
       logger: this.logger,
+      peers: this.peers,
+      memberIds: () => this.members.entries().map(([id]) => id),
       get lease() {
         return node.lease;
       },
@@ -107,12 +106,10 @@ export class ClusterNode extends EventEmitter {
         return node.stopped;
       },
       placementOf: (club) => this.placementOf(club),
-      memberIds: () => this.members.entries().map(([id]) => id),
       reconcileSoon: (club) => this.reconcileSoon(club),
       clubMoved: (club) => this.emit('club-moved', club, this.route(club)),
     };
   }
-
 
   /**
    * Join the cluster: lease, member key, registry and placement mirrors, ban board, leader
@@ -212,11 +209,18 @@ export class ClusterNode extends EventEmitter {
     await commitClub(this.ctx, club, st, st.log);
   }
 
+  /** Copy a stored document file of a served club to its standbys before its row is recorded (doc-replica.ts replicateFiles). */
+  async replicateDocument(club: string, file: string): Promise<void> {
+    if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
+    await replicateFiles({ peers: this.peers, storage: this.storage, nodeId: this.nodeId, club, placement: this.placementOf(club), logger: this.logger }, [file]);
+    // The club may have moved while the copies went out: then the row must not be written here.
+    if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
+  }
+
   /** Whether the club's store holds changes not yet shipped (the command just run changed it). */
   hasPendingChanges(club: string): boolean {
     return hasPendingChanges(this.ctx, club, this.clubs.get(club));
   }
-
 
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
@@ -249,6 +253,11 @@ export class ClusterNode extends EventEmitter {
   async status(): Promise<ClusterStatus> {
     const leader = await this.leader.currentLeader().catch(() => undefined);
     return clusterStatus({ self: this.nodeId, leader, members: this.members, placement: this.placement, drains: this.drains, registry: this.registry, clubs: this.clubs });
+  }
+
+  /** A current member's advertised HOST:PORT (the peer channel's directory), or undefined. */
+  memberAddress(nodeId: string): string | undefined {
+    return memberInfo(this.members, nodeId)?.address;
   }
 
   /** Whether this server is the placement leader now. */

@@ -41,6 +41,14 @@ export function deriveClusterNameKey(masterKey: Uint8Array): Buffer {
   return derive(masterKey, 'commusic-cluster', 'commusic/cluster/names/v1');
 }
 
+/**
+ * The key members prove membership with on the peer channel (cluster/peer-auth.ts), from the
+ * 32-byte master key; its own label, so it is independent of every other key derived from it.
+ */
+export function derivePeerAuthKey(masterKey: Uint8Array): Buffer {
+  return derive(masterKey, 'commusic-cluster', 'commusic/cluster/peer-auth/v1');
+}
+
 /** A stable, non-reversible name for `value` under `nameKey` (hex HMAC-SHA256, 64 characters). */
 export function sealedName(nameKey: Uint8Array, value: string): string {
   return createHmac('sha256', nameKey).update(value, 'utf8').digest('hex');

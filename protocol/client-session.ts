@@ -1,4 +1,4 @@
-import { constantTimeEqual, systemRandomness, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { constantTimeEqual, credentialVerify, systemRandomness, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
 import { fingerprintOf, verifyTranscript } from '../crypto/identity.js';
 import {
   CLOSE_BODY_LEN,
@@ -12,13 +12,14 @@ import {
   RECORD_FINISHED,
   RECORD_KEY_UPDATE,
   REJECT_LEN,
-  SERVER_HELLO_LEN,
   PROTOCOL_VERSION_2,
-  SUPPORTED_VERSIONS,
+  PROTOCOL_VERSION_3,
+  SERVER_HELLO_V3_LEN,
 } from './constants.js';
+import { checkCredential, type CredentialCache } from './credential.js';
 import { internalError, ProtocolError } from './errors.js';
-import { encodeClientHello, parseReject, parseServerHello } from './handshake-messages.js';
-import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
+import { encodeClientHello, parseReject, parseServerHello, parseServerHelloV3, serverHelloLength } from './handshake-messages.js';
+import { deriveSessionSecrets, deriveSessionSecretsV3, signatureInput, signatureInputV3, transcriptHash } from './key-schedule.js';
 import { splitBatch } from './batch.js';
 import { decodeMessage, type Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
@@ -63,8 +64,16 @@ export interface ClientSessionOptions {
   acceptServerKey: (fingerprint: string) => boolean;
   randomness?: HandshakeRandomness;
   minVersion?: number;
+  /** Highest version offered: 3 when `now` is given, else 2 (version 3 needs a clock, section 3.5). */
   maxVersion?: number;
   rekeyAfterRecords?: number;
+  /**
+   * The current time in ms since the epoch, for the validity window of a version 3 server's
+   * delegated credential (section 3.5). The protocol layer has no clock of its own.
+   */
+  now?: () => number;
+  /** Credentials whose identity signature already verified (one RSA verification per credential). */
+  credentialCache?: CredentialCache;
 }
 
 /** Record type -> table input, for every record type the record layer knows. */
@@ -93,6 +102,7 @@ export class ClientSession {
   private fingerprint: string | undefined;
   private spki: Buffer | undefined;
   private version = 0;
+  private exporter: Buffer | undefined;
   private readonly output = new OutputQueue();
   /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
   private inbox: Message[] | undefined;
@@ -106,13 +116,19 @@ export class ClientSession {
     return this.stateValue;
   }
 
+  /** The highest version this client offers (section 8). */
+  private get maxVersion(): number {
+    const max = this.opts.maxVersion ?? PROTOCOL_VERSION_3;
+    return this.opts.now ? max : Math.min(max, PROTOCOL_VERSION_2);
+  }
+
   start(): void {
     this.transition('start');
     const rnd = this.opts.randomness ?? systemRandomness;
     this.eph = rnd.ephemeral();
     this.clientHello = encodeClientHello({
       minVersion: this.opts.minVersion ?? PROTOCOL_VERSION_1,
-      maxVersion: this.opts.maxVersion ?? Math.max(...SUPPORTED_VERSIONS),
+      maxVersion: this.maxVersion,
       random: rnd.random32(),
       share: this.eph.publicRaw,
     });
@@ -173,7 +189,16 @@ export class ClientSession {
     return this.output.takeBytes();
   }
 
+  /**
+   * The session's exporter value (32 bytes, PROTOCOL.md 4), known once the hellos are exchanged;
+   * an application binds its own authentication to it (channel binding). Undefined before.
+   */
+  get channelBinding(): Buffer | undefined {
+    return this.exporter;
+  }
+
   wipe(): void {
+    this.exporter?.fill(0);
     this.reader?.wipe();
     this.sealer?.wipe();
     this.expectedServerFinished?.fill(0);
@@ -249,23 +274,34 @@ export class ClientSession {
       throw new ProtocolError('HANDSHAKE_REJECTED', `server rejected the handshake (code ${this.rejectCode})`);
     }
     if (buf[0] !== HS_SERVER_HELLO) throw new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'expected a ServerHello');
-    if (buf.length < SERVER_HELLO_LEN) return { type: 'need-data' };
-    const sh = parseServerHello(buf.subarray(0, SERVER_HELLO_LEN));
+    if (buf.length < HS_HEADER_LEN + 2) return { type: 'need-data' };
+    // The body length and the version together select the layout (3.2 or 3.5); nothing else.
+    const helloLen = serverHelloLength(buf);
+    if (buf.length < helloLen) return { type: 'need-data' };
+    const v3 = helloLen === SERVER_HELLO_V3_LEN;
+    const sh = v3 ? parseServerHelloV3(buf.subarray(0, helloLen)) : parseServerHello(buf.subarray(0, helloLen));
     const min = this.opts.minVersion ?? PROTOCOL_VERSION_1;
-    const max = this.opts.maxVersion ?? Math.max(...SUPPORTED_VERSIONS);
-    if (sh.version < min || sh.version > max) throw new ProtocolError('VERSION_UNSUPPORTED', `server chose version ${sh.version}`);
+    if (sh.version < min || sh.version > this.maxVersion) throw new ProtocolError('VERSION_UNSUPPORTED', `server chose version ${sh.version}`);
     this.fingerprint = fingerprintOf(sh.spki);
     this.spki = Buffer.from(sh.spki);
     if (!this.opts.acceptServerKey(this.fingerprint)) {
       throw new ProtocolError('SERVER_KEY_MISMATCH', 'the server key does not match the expected fingerprint');
     }
     const th = transcriptHash(this.clientHello!, sh.signed);
-    if (!verifyTranscript(sh.spki, signatureInput(th), sh.signature)) {
+    if (v3) {
+      // The identity key vouches for the credential (cached per credential), the credential
+      // key signs this handshake's transcript.
+      const h3 = sh as ReturnType<typeof parseServerHelloV3>;
+      const credentialKey = checkCredential(h3.spki, h3.credential, h3.credentialSignature, this.opts.now!(), this.opts.credentialCache);
+      if (!credentialVerify(credentialKey, signatureInputV3(th), h3.signature)) {
+        throw new ProtocolError('BAD_SIGNATURE', 'the credential signature over the handshake does not verify');
+      }
+    } else if (!verifyTranscript(sh.spki, signatureInput(th), sh.signature)) {
       throw new ProtocolError('BAD_SIGNATURE', 'the server signature over the handshake does not verify');
     }
     const shared = x25519(this.eph!, sh.share);
     if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
-    const secrets = deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
+    const secrets = v3 ? deriveSessionSecretsV3(shared, this.clientHello!, sh.signed, sh.signature, th) : deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
     shared.fill(0);
     // The ephemeral key and the hello have served their purpose (forward secrecy: drop the key).
     this.eph = undefined;
@@ -274,9 +310,10 @@ export class ClientSession {
     this.output.batching = this.version >= PROTOCOL_VERSION_2;
     this.expectedServerFinished = secrets.serverFinished;
     this.clientFinished = secrets.clientFinished;
+    this.exporter = secrets.exporter;
     this.reader = new RecordReader(secrets.serverToClient, this.opts.rekeyAfterRecords);
     this.sealer = new RecordSealer(secrets.clientToServer, this.opts.rekeyAfterRecords);
-    const rest = buf.subarray(SERVER_HELLO_LEN);
+    const rest = buf.subarray(helloLen);
     this.hsBuf = [];
     this.hsLen = 0;
     if (rest.length > 0) this.reader.push(Buffer.from(rest));

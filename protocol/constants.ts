@@ -10,8 +10,13 @@ export const MAGIC_LEN = 4;
 export const PROTOCOL_VERSION_1 = 1;
 /** Version 2: a DATA record carries a batch of messages (docs/PROTOCOL.md section 6.3). */
 export const PROTOCOL_VERSION_2 = 2;
-/** Both stay accepted: version 1 clients keep working against a version 2 server (section 8). */
-export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION_1, PROTOCOL_VERSION_2];
+/**
+ * Version 3: version 2's records, the handshake signed by a delegated credential (an Ed25519 key
+ * the identity key vouches for, section 3.5) and a shorter key schedule (section 4.1).
+ */
+export const PROTOCOL_VERSION_3 = 3;
+/** All stay accepted: version 1 and 2 clients keep working against a version 3 server (section 8). */
+export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION_1, PROTOCOL_VERSION_2, PROTOCOL_VERSION_3];
 
 /** Handshake message: type u8, body length u16 BE, body. */
 export const HS_HEADER_LEN = 3;
@@ -34,6 +39,33 @@ export const SERVER_HELLO_LEN = HS_HEADER_LEN + SERVER_HELLO_BODY_LEN; // 619
 /** The part of the ServerHello covered by the transcript hash that the signature signs. */
 export const SERVER_HELLO_SIGNED_LEN = SERVER_HELLO_LEN - SERVER_SIGNATURE_LEN; // 363
 
+/**
+ * Version 3 (section 3.5): the delegated credential and its fields. A credential is
+ * valid_from u64 || valid_until u64 (ms since the epoch) || version u16 || scheme u16 || public key.
+ */
+export const CREDENTIAL_PUBLIC_LEN = 32;
+export const CREDENTIAL_LEN = 8 + 8 + 2 + 2 + CREDENTIAL_PUBLIC_LEN; // 52
+/** Ed25519, numbered as TLS numbers its SignatureScheme (RFC 8446 4.2.3). */
+export const CREDENTIAL_SCHEME_ED25519 = 0x0807;
+export const CREDENTIAL_SIGNATURE_LEN = IDENTITY_SIGNATURE_LEN; // 256, RSA-PSS by the identity key
+export const V3_SIGNATURE_LEN = 64; // Ed25519 by the credential key
+/** version u16, server random, server X25519 share, identity SPKI, credential, its signature, signature. */
+export const SERVER_HELLO_V3_BODY_LEN =
+  2 + RANDOM_LEN + X25519_PUBLIC_LEN + SERVER_SPKI_LEN + CREDENTIAL_LEN + CREDENTIAL_SIGNATURE_LEN + V3_SIGNATURE_LEN; // 732
+export const SERVER_HELLO_V3_LEN = HS_HEADER_LEN + SERVER_HELLO_V3_BODY_LEN; // 735
+export const SERVER_HELLO_V3_SIGNED_LEN = SERVER_HELLO_V3_LEN - V3_SIGNATURE_LEN; // 671
+/**
+ * A client refuses a credential whose window (valid_until - valid_from) is longer than this:
+ * 6 hours, far under RFC 9345's 7 days (section 3.5 says why).
+ */
+export const CREDENTIAL_MAX_VALIDITY_MS = 6 * 3600_000;
+/** Clock skew a client allows at both ends of the window: 5 minutes. */
+export const CREDENTIAL_CLOCK_SKEW_MS = 5 * 60_000;
+/** What this server issues: valid from 1 hour before issue to 4 hours after, renewed when under 3 hours remain. */
+export const CREDENTIAL_BACKDATE_MS = 3600_000;
+export const CREDENTIAL_LIFETIME_MS = 4 * 3600_000;
+export const CREDENTIAL_RENEW_BEFORE_MS = 3 * 3600_000;
+
 /** reject code u16. */
 export const REJECT_BODY_LEN = 2;
 export const REJECT_LEN = HS_HEADER_LEN + REJECT_BODY_LEN;
@@ -43,6 +75,9 @@ export const REJECT_BUSY = 3;
 
 /** Domain separation for the identity key's signature. */
 export const SIGNATURE_CONTEXT = Buffer.from('CMSP v1 server signature\0', 'ascii');
+/** Version 3: the credential key's signature over the transcript, and the identity key's over a credential. */
+export const SIGNATURE_CONTEXT_V3 = Buffer.from('CMSP v3 server signature\0', 'ascii');
+export const CREDENTIAL_CONTEXT = Buffer.from('CMSP v3 delegated credential\0', 'ascii');
 
 /** Record: type u8, length u32 BE of the sealed body (ciphertext + tag), sealed body. */
 export const RECORD_HEADER_LEN = 5;

@@ -13,6 +13,9 @@ export type ProtocolErrorCode =
   | 'VERSION_UNSUPPORTED'
   | 'BAD_KEY_SHARE'
   | 'BAD_SIGNATURE'
+  | 'BAD_CREDENTIAL'
+  | 'CREDENTIAL_EXPIRED'
+  | 'CREDENTIAL_NOT_YET_VALID'
   | 'SERVER_KEY_MISMATCH'
   | 'BAD_FINISHED'
   | 'HANDSHAKE_REJECTED'
@@ -55,6 +58,9 @@ export class ProtocolError extends Error {
       case 'VERSION_UNSUPPORTED':
       case 'BAD_KEY_SHARE':
       case 'BAD_SIGNATURE':
+      case 'BAD_CREDENTIAL':
+      case 'CREDENTIAL_EXPIRED':
+      case 'CREDENTIAL_NOT_YET_VALID':
       case 'SERVER_KEY_MISMATCH':
       case 'BAD_FINISHED':
       case 'HANDSHAKE_REJECTED':

@@ -1,4 +1,4 @@
-import { constantTimeEqual, systemRandomness, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { constantTimeEqual, credentialSign, systemRandomness, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
 import { signTranscript, type IdentityKey } from '../crypto/identity.js';
 import { classifyFirstBytes } from './classify.js';
 import {
@@ -16,11 +16,13 @@ import {
   REJECT_HANDSHAKE_FAILED,
   REJECT_VERSION,
   PROTOCOL_VERSION_2,
+  PROTOCOL_VERSION_3,
   SUPPORTED_VERSIONS,
 } from './constants.js';
+import type { ServerCredential } from './credential.js';
 import { internalError, ProtocolError } from './errors.js';
-import { encodeReject, encodeServerHelloSigned, parseClientHello } from './handshake-messages.js';
-import { deriveSessionSecrets, signatureInput, transcriptHash } from './key-schedule.js';
+import { encodeReject, encodeServerHelloSigned, encodeServerHelloV3Signed, parseClientHello } from './handshake-messages.js';
+import { deriveSessionSecrets, deriveSessionSecretsV3, signatureInput, signatureInputV3, transcriptHash } from './key-schedule.js';
 import { splitBatch } from './batch.js';
 import { decodeMessage, type Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
@@ -59,6 +61,11 @@ export type ServerEvent =
 
 export interface ServerSessionOptions {
   identity: IdentityKey;
+  /**
+   * The delegated credential that signs version 3 handshakes (section 3.5), issued under
+   * `identity`. Without one, version 3 is not offered.
+   */
+  credential?: ServerCredential;
   randomness?: HandshakeRandomness;
   versions?: readonly number[];
   rekeyAfterRecords?: number;
@@ -85,6 +92,7 @@ export class ServerSession {
   private inboxAt = 0;
   private terminal: ServerEvent | undefined;
   private version = 0;
+  private exporter: Buffer | undefined;
 
   constructor(private readonly opts: ServerSessionOptions) {}
 
@@ -154,7 +162,16 @@ export class ServerSession {
     return this.output.takeBytes();
   }
 
+  /**
+   * The session's exporter value (32 bytes, PROTOCOL.md 4), known once the hellos are exchanged;
+   * an application binds its own authentication to it (channel binding). Undefined before.
+   */
+  get channelBinding(): Buffer | undefined {
+    return this.exporter;
+  }
+
   wipe(): void {
+    this.exporter?.fill(0);
     this.reader?.wipe();
     this.sealer?.wipe();
     this.expectedFinished?.fill(0);
@@ -256,7 +273,8 @@ export class ServerSession {
       throw e;
     }
     const versions = this.opts.versions ?? SUPPORTED_VERSIONS;
-    const common = versions.filter((v) => v >= hello.minVersion && v <= hello.maxVersion);
+    const credential = this.opts.credential;
+    const common = versions.filter((v) => v >= hello.minVersion && v <= hello.maxVersion && (v !== PROTOCOL_VERSION_3 || credential !== undefined));
     if (common.length === 0) {
       this.output.push(encodeReject(REJECT_VERSION));
       throw new ProtocolError('VERSION_UNSUPPORTED', `client offers versions ${hello.minVersion}..${hello.maxVersion}`);
@@ -269,12 +287,25 @@ export class ServerSession {
       this.output.push(encodeReject(REJECT_HANDSHAKE_FAILED));
       throw new ProtocolError('BAD_KEY_SHARE', 'client key share is invalid or of low order');
     }
-    const signed = encodeServerHelloSigned({ version: this.version, random: rnd.random32(), share: eph.publicRaw, spki: this.opts.identity.spki });
-    const signature = signTranscript(this.opts.identity, signatureInput(transcriptHash(helloBytes, signed)));
-    const secrets = deriveSessionSecrets(shared, helloBytes, signed, signature);
+    let signed: Buffer;
+    let signature: Buffer;
+    let secrets: ReturnType<typeof deriveSessionSecrets>;
+    if (this.version === PROTOCOL_VERSION_3) {
+      // Signed by the credential key (Ed25519), which the identity key vouched for (3.5).
+      const c = credential!;
+      signed = encodeServerHelloV3Signed({ version: this.version, random: rnd.random32(), share: eph.publicRaw, spki: c.spki, credential: c.bytes, credentialSignature: c.signature });
+      const th = transcriptHash(helloBytes, signed);
+      signature = credentialSign(c.key, signatureInputV3(th));
+      secrets = deriveSessionSecretsV3(shared, helloBytes, signed, signature, th);
+    } else {
+      signed = encodeServerHelloSigned({ version: this.version, random: rnd.random32(), share: eph.publicRaw, spki: this.opts.identity.spki });
+      signature = signTranscript(this.opts.identity, signatureInput(transcriptHash(helloBytes, signed)));
+      secrets = deriveSessionSecrets(shared, helloBytes, signed, signature);
+    }
     shared.fill(0);
     this.output.push(signed, signature);
     this.expectedFinished = secrets.clientFinished;
+    this.exporter = secrets.exporter;
     this.reader = new RecordReader(secrets.clientToServer, this.opts.rekeyAfterRecords);
     this.sealer = new RecordSealer(secrets.serverToClient, this.opts.rekeyAfterRecords);
     const rest = head.subarray(CLIENT_HELLO_LEN);

@@ -3,7 +3,7 @@
  * processes on 127.0.0.2, .3 and .4 (one identity key: the keys/ folder copied), clubs created
  * through one member's control socket, clients that take the list of all three servers and follow
  * redirects. A primary is killed with SIGKILL: every write the clients saw acknowledged is
- * present afterwards (against the clients' own log), none twice, the change log verifies on the
+ * present afterwards (a document too, with equal content) (against the clients' own log), none twice, the change log verifies on the
  * new primary, and the clubs answer again within 30 s. A ban made on one server closes the
  * source's sessions on the other two and ends on all of them. A fourth server added under load
  * receives clubs; a drained server hands every club over and stops; the clients see nothing but
@@ -11,6 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -23,6 +24,7 @@ import { dataPaths } from '../daemon/main/config.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { openStorage } from '../storage/server/storage.js';
 import { etcdMissing, freePort, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { reapWithThisProcess } from './helpers/reaper.js';
 
 const missing = etcdMissing();
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin');
@@ -93,6 +95,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
   before(async () => {
     etcd = await startEtcdCluster();
     root = mkdtempSync(join(tmpdir(), 'commusic-cluster-daemons-'));
+    reapWithThisProcess(root);
     // One data folder made once; every member gets its keys/ folder (one master key, one identity).
     const tmpl = join(root, 'template');
     (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
@@ -172,6 +175,11 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
       }
     });
     await until('writes on every club', () => (clubs.every((c) => acked.get(c)!.length >= 5) ? true : undefined));
+    // A document of the club whose primary is killed next: acknowledged only once its standby
+    // holds the file (the peer channel), so it reads back equal from the new primary.
+    const docBytes = randomBytes(400_000);
+    const up = await clients[0]!.request('documents.upload', { kind: 'other', name: 'Satzung.pdf' }, { upload: docBytes, mutating: true });
+    const docId = (up.payload as { document: { id: number } }).document.id;
     const s = await status(members[0]!);
     const victimId = s.clubs.find((x) => x.id === clubs[0])!.primary!;
     const victim = members.find((m) => m.id === victimId)!;
@@ -197,6 +205,10 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
       const v = (await runOperation(primary.dir, 'log.verify', { club })).result as { ok: boolean };
       assert.equal(v.ok, true, `change log of ${club} does not verify on ${primary.id}: ${JSON.stringify(v)}`);
     }
+    const down = await clients[0]!.request('documents.download', { id: docId });
+    const parts: Buffer[] = [];
+    for await (const c of down.download!) parts.push(Buffer.from(c));
+    assert.ok(Buffer.concat(parts).equals(docBytes), 'the document reads back equal on the new primary');
     for (const c of clients) await c.close();
   });
 

@@ -1,3 +1,4 @@
+import { SERVER_ENV, SERVER_NODE_FLAGS } from '../bench/server-child.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -50,6 +51,8 @@ test('deploy/Containerfile: multi-stage node:20-slim, non-root USER, data VOLUME
   assert.ok(volume, 'a VOLUME');
   const volPath = (JSON.parse(volume.args) as string[])[0]!;
   const env = runtime.filter((i) => i.op === 'ENV').map((i) => i.args).join(' ');
+  // The runtime settings the channel bench measures memory with (bench/server-child.ts).
+  assert.ok(env.includes(`NODE_OPTIONS=${SERVER_NODE_FLAGS.join(' ')}`) && Object.entries(SERVER_ENV).every(([k, v]) => env.includes(`${k}=${v}`)), 'memory settings as in the bench');
   assert.match(env, new RegExp(`COMMUSIC_DATA=${volPath.replace(/\//g, '\\/')}\\b`), 'the daemon uses the volume as its data folder');
   assert.ok(runtime.some((i) => i.op === 'RUN' && i.args.includes(`-o ${user}`) && i.args.includes(volPath)), 'the volume folder belongs to the user');
   const hc = runtime.find((i) => i.op === 'HEALTHCHECK');

@@ -61,8 +61,8 @@ test('handshake succeeds over TCP; ping and server.info answer', { timeout: 3000
     assert.ok(rtt >= 0 && rtt < 5000);
     const info = (await c.request('server.info')).payload as Record<string, unknown>;
     assert.equal(info.fingerprint, td.fingerprint);
-    assert.equal(info.protocolVersion, 2);
-    assert.equal(c.version, 2, "the SDK speaks version 2 by default");
+    assert.equal(info.protocolVersion, 3);
+    assert.equal(c.version, 3, "the SDK speaks version 3 by default");
     assert.ok(Array.isArray(info.commands) && info.commands.includes('ping'));
     const echo = (await c.request('ping', { data: new Uint8Array([1, 2, 3]) })).payload as { data: Uint8Array };
     assert.deepEqual([...echo.data], [1, 2, 3]);

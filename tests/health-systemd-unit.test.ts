@@ -1,3 +1,4 @@
+import { SERVER_ENV, SERVER_NODE_FLAGS } from '../bench/server-child.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -53,6 +54,9 @@ test('the unit runs as a dedicated user with the required hardening', () => {
   assert.equal(one('ExecReload'), '/bin/kill -HUP $MAINPID');
   assert.equal(one('Restart'), 'on-failure');
   assert.match(one('ExecStart')!, /commusicd\.js .*--data \/var\/lib\/commusic/);
+  // The runtime settings the channel bench measures memory with (bench/server-child.ts SERVER_ENV, SERVER_NODE_FLAGS).
+  assert.ok(u.get('Service.Environment')!.includes(`NODE_OPTIONS=${SERVER_NODE_FLAGS.join(' ')}`), 'young generation bounded as in the bench');
+  for (const [k, v] of Object.entries(SERVER_ENV)) assert.ok(u.get('Service.Environment')!.includes(`${k}=${v}`), `${k} as in the bench`);
   assert.ok(!u.has('Service.MemoryDenyWriteExecute'), 'V8 needs W+X pages; the key must stay off');
   const sysusers = readFileSync(join(ROOT, 'deploy', 'commusic.sysusers'), 'utf8');
   assert.match(sysusers, /^u commusic - "[^"]+" \/var\/lib\/commusic \/usr\/sbin\/nologin$/m);

@@ -19,7 +19,7 @@ import { directionKeys } from '../protocol/key-schedule.js';
 import type { Message } from '../protocol/messages.js';
 import { RecordReader, RecordSealer, type OpenedRecord } from '../protocol/record-layer.js';
 import { ServerSession, type ServerEvent } from '../protocol/server-session.js';
-import { testIdentity } from './helpers/pair.js';
+import { testCredential, testIdentity } from './helpers/pair.js';
 
 /**
  * Property tests of the frame decoder and the handshake state machines: arbitrary and
@@ -311,10 +311,10 @@ const clientMessageArb: fc.Arbitrary<Message> = fc.oneof(
  * the Finished on. Version 2 flushes after each group of `groups` messages (one record per
  * group, up to the per-record bound); `ends[k]` is where the record holding message k ends.
  */
-function liveTranscript(messages: Message[], close: boolean, version: 1 | 2 = 1, groups: number[] = []) {
+function liveTranscript(messages: Message[], close: boolean, version: 1 | 2 | 3 = 1, groups: number[] = []) {
   const identity = testIdentity();
-  const server = new ServerSession({ identity, rekeyAfterRecords: REKEY });
-  const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint), rekeyAfterRecords: REKEY, maxVersion: version });
+  const server = new ServerSession({ identity, credential: testCredential(), rekeyAfterRecords: REKEY });
+  const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint), rekeyAfterRecords: REKEY, maxVersion: version, now: Date.now });
   client.start();
   server.receive(Buffer.concat(client.takeOutput()));
   assert.equal(server.nextEvent().type, 'hello');
@@ -349,7 +349,7 @@ function liveTranscript(messages: Message[], close: boolean, version: 1 | 2 = 1,
   return { server, transcript: Buffer.concat(parts), ends, bounds, serverFlight };
 }
 
-for (const version of [1, 2] as const) {
+for (const version of [1, 2, 3] as const) {
   test(`server session, version ${version}: a mutated client transcript delivers only the messages sent before the first changed byte`, { timeout: 30000 }, () => {
     fc.assert(
       fc.property(
@@ -384,10 +384,10 @@ for (const version of [1, 2] as const) {
   });
 }
 
-test('version 2: batched records hold the per-record bound and rekey like single ones, however the messages are grouped', { timeout: 30000 }, () => {
+for (const version of [2, 3] as const) test(`version ${version}: batched records hold the per-record bound and rekey like single ones, however the messages are grouped`, { timeout: 30000 }, () => {
   fc.assert(
     fc.property(fc.array(clientMessageArb, { minLength: 1, maxLength: 150 }), fc.array(fc.integer({ min: 1, max: 150 }), { maxLength: 10 }), cutsArb, (messages, groups, cuts) => {
-      const { server, transcript } = liveTranscript(messages, false, 2, groups);
+      const { server, transcript } = liveTranscript(messages, false, version, groups);
       // The server refuses a record over MAX_MESSAGES_PER_RECORD messages, so no error means the bound held.
       const events = feedServer(server, split(transcript, cuts));
       const delivered = events.flatMap((e) => (e.type === 'message' ? [e.message] : []));
@@ -398,12 +398,12 @@ test('version 2: batched records hold the per-record bound and rekey like single
   );
 });
 
-test('client session: a mutated server flight never establishes unless hello and Finished are intact, and never throws', { timeout: 30000 }, () => {
+for (const version of [2, 3] as const) test(`client session, version ${version}: a mutated server flight never establishes unless hello and Finished are intact, and never throws`, { timeout: 30000 }, () => {
   const identity = testIdentity();
   fc.assert(
     fc.property(mutationArb, cutsArb, fc.uint8Array({ maxLength: 200 }), (mutation, cuts, tail) => {
-      const server = new ServerSession({ identity });
-      const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint) });
+      const server = new ServerSession({ identity, credential: testCredential() });
+      const client = new ClientSession({ acceptServerKey: pinFingerprint(identity.fingerprint), maxVersion: version, now: Date.now });
       client.start();
       server.receive(Buffer.concat(client.takeOutput()));
       server.nextEvent();

@@ -208,7 +208,7 @@ after(async () => {
 
 async function exercise(c: Connection, label: string): Promise<void> {
   const info = (await c.request('server.info')).payload as { protocolVersion: number };
-  assert.equal(info.protocolVersion, 2, `${label}: server.info names the highest version the server speaks`);
+  assert.equal(info.protocolVersion, 3, `${label}: server.info names the highest version the server speaks`);
   const datas = Array.from({ length: 40 }, () => randomBytes(100));
   const echoes = await Promise.all(datas.map((d) => c.request('ping', { data: d })));
   echoes.forEach((r, i) => assert.deepEqual(Buffer.from((r.payload as { data: Uint8Array }).data), datas[i], `${label}: ping ${i}`));
@@ -219,15 +219,17 @@ async function exercise(c: Connection, label: string): Promise<void> {
   assert.ok(Buffer.concat(back).equals(blob), `${label}: 300 kB stream echoed`);
 }
 
-test('a version 1 client and a version 2 client are served by the same daemon side by side', { timeout: 60000 }, async () => {
+test('version 1, 2 and 3 clients are served by the same daemon side by side', { timeout: 60000 }, async () => {
   const v1 = await connect({ host: '127.0.0.1', port: td.port, fingerprint: td.fingerprint, localAddress: '127.0.13.1', maxVersion: 1 });
-  const v2 = await connect({ host: '127.0.0.1', port: td.port, fingerprint: td.fingerprint, localAddress: '127.0.13.2' });
+  const v2 = await connect({ host: '127.0.0.1', port: td.port, fingerprint: td.fingerprint, localAddress: '127.0.13.2', maxVersion: 2 });
+  const v3 = await connect({ host: '127.0.0.1', port: td.port, fingerprint: td.fingerprint, localAddress: '127.0.13.9' });
   try {
     assert.equal(v1.version, 1);
     assert.equal(v2.version, 2);
-    await Promise.all([exercise(v1, 'v1'), exercise(v2, 'v2')]);
+    assert.equal(v3.version, 3, 'the SDK offers version 3 by default and the daemon chooses it');
+    await Promise.all([exercise(v1, 'v1'), exercise(v2, 'v2'), exercise(v3, 'v3')]);
   } finally {
-    await Promise.all([v1.close(), v2.close()]);
+    await Promise.all([v1.close(), v2.close(), v3.close()]);
   }
   assert.deepEqual(td.violations.filter((v) => v.ip.startsWith('127.0.13.')), []);
 });

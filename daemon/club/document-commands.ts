@@ -99,7 +99,10 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
         // An upload, like a download, stops when the user is disabled or loses the right.
         const area = docArea(p.kind);
         const upload = revocable(services, ctx, ctx.upload!, (grants) => effectiveScope(grants, area, 'create')?.kind === 'club');
+        const replicate = services.replicateDocument;
         const info = await putDocument(services.storage, clubId, upload, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
+          // In a cluster the standbys hold the file before its row exists (docs/CLUSTER.md "Documents").
+          ...(replicate ? { beforeRecord: (file: string) => replicate(clubId, file) } : {}),
           onStep: (step) => {
             // 'renamed' and 'recorded' run in the same tick around the row insert: one transaction
             // holds the row and its change-log entry.

@@ -35,6 +35,12 @@ export interface ClubServices {
   now?: () => number;
   /** Session tickets (auth.ticket / auth.resume); one in-memory store per services object when absent. */
   tickets?: TicketStore;
+  /**
+   * In a cluster: copy a stored document file to the club's standbys before its row is recorded
+   * (daemon/cluster/setup.ts); rejects with a CommandError (UNAVAILABLE, MOVED) when they did not
+   * all confirm it. Absent on a single server.
+   */
+  replicateDocument?: (clubId: string, file: string) => Promise<void>;
 }
 
 const ticketStores = new WeakMap<ClubServices, TicketStore>();

@@ -10,7 +10,11 @@ import type { ClusterBan } from '../../cluster/ban-board.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import type { BanEngine } from '../bans/ban-engine.js';
+import { PeerChannel } from '../../cluster/peer-channel.js';
+import type { ViolationSink } from '../bans/violations.js';
+import { CommandError } from '../edge/command-errors.js';
 import { installClusterGate } from './gate.js';
+import { registerPeerCommands } from './peer-commands.js';
 import type { Config } from '../main/config.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import type { Logger } from '../common/log.js';
@@ -20,6 +24,8 @@ export interface ClusterSetup {
   /** Start the node once the listener is up (the advertised address defaults to it). */
   start(listen: { host: string; port: number }): Promise<ClusterNode | undefined>;
   stop(): Promise<void>;
+  /** In a cluster: copy a stored document file to the club's standbys (ClubServices.replicateDocument). */
+  replicateDocument?: (club: string, file: string) => Promise<void>;
 }
 
 export interface ClusterDeps {
@@ -32,6 +38,10 @@ export interface ClusterDeps {
   kick(): void;
   /** Tell the sessions of a club that moved where it went, then close them. */
   clubMoved(club: string, address: string | undefined): void;
+  /** Where failed peer authentications and misused peer commands are reported. */
+  violations: ViolationSink;
+  /** The identity fingerprints a member may present (current key; during a rollover the other one too). */
+  fingerprints(): readonly string[];
 }
 
 /**
@@ -51,11 +61,39 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
     async stop() {},
   };
   if (!c) return setup;
+  // The peer channel's commands (documents, snapshots between members) and the gate that keeps
+  // peer sessions and club sessions apart, then the cluster's own gates around everything.
+  let channel: PeerChannel | undefined;
+  registerPeerCommands(d.dispatcher, () => (node ? channel : undefined), d.violations);
   installClusterGate(d.dispatcher, () => node, d.storage);
+  setup.replicateDocument = async (club, file) => {
+    const n = node;
+    if (!n) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');
+    try {
+      await n.replicateDocument(club, file);
+    } catch (e) {
+      const r = n.route(club);
+      if (r.kind === 'redirect') throw new CommandError('MOVED', `${r.address} club served by another server`);
+      d.logger.warn('document not copied to the standbys; upload refused', { event: 'cluster.doc.replicate-failed', clubId: club, code: (e as { code?: string }).code ?? (e as Error).name });
+      throw new CommandError('UNAVAILABLE', 'the document could not be copied to the standby server; retry shortly');
+    }
+  };
   let unsubscribe: (() => void) | undefined;
   setup.start = async (listen) => {
     const tls = c.tls ? { ca: readFileSync(c.tls.caFile), ...(c.tls.certFile ? { cert: readFileSync(c.tls.certFile) } : {}), ...(c.tls.keyFile ? { key: readFileSync(c.tls.keyFile) } : {}) } : undefined;
+    const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
+    channel = new PeerChannel({
+      nodeId: c.nodeId,
+      masterKey: d.storage.master.key,
+      fingerprints: d.fingerprints,
+      // Until the node has joined, no member is known: transfers fail and are retried.
+      resolve: (id) => node?.memberAddress(id),
+      isMember: (id) => node?.memberAddress(id) !== undefined,
+      ...(wildcard ? {} : { localAddress: listen.host }),
+      logger: d.logger,
+    });
     node = await ClusterNode.start({
+      peers: channel,
       etcd: { endpoints: c.etcd, prefix: c.prefix, callTimeoutMs: c.callTimeoutMs, ...(tls ? { tls } : {}) },
       nodeId: c.nodeId,
       address: c.advertise ?? `${listen.host.includes(':') ? `[${listen.host}]` : listen.host}:${listen.port}`,

@@ -223,6 +223,12 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.destroy();
   }
 
+  /** @internal The session's exporter value (a copy), once the handshake is done. */
+  override channelBinding(): Uint8Array | undefined {
+    const b = this.session.channelBinding;
+    return b ? Buffer.from(b) : undefined;
+  }
+
   /** @internal A handler logged a user in on this connection. */
   override markAuthenticated(): void {
     if (this.loggedIn) return;

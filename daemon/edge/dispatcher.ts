@@ -24,6 +24,11 @@ export interface CommandContext {
   readonly session: Map<string, unknown>;
   /** Tell the edge a user logged in: the connection leaves the pre-login limits and deadline. */
   authenticated?(): void;
+  /**
+   * The session's exporter value (PROTOCOL.md 4), to bind an authentication to this session
+   * (the peer channel, PROTOCOL.md 6.6); absent where there is none (the web application).
+   */
+  channelBinding?(): Uint8Array | undefined;
 }
 
 export interface CommandResult {

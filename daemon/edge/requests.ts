@@ -81,6 +81,10 @@ class RequestContext implements CommandContext {
   authenticated(): void {
     this.owner.markAuthenticated();
   }
+
+  channelBinding(): Uint8Array | undefined {
+    return this.owner.channelBinding();
+  }
 }
 
 /** Twice the soft limit: past it requests are refused, below it reading merely pauses. */
@@ -109,6 +113,8 @@ export abstract class RequestLifecycle {
   abstract sessionMap(): Map<string, unknown>;
   /** A handler logged a user in on this connection. */
   abstract markAuthenticated(): void;
+  /** The session's exporter value once the handshake is done (channel binding). */
+  abstract channelBinding(): Uint8Array | undefined;
   /** The per-connection guard: logs, reports and ends this connection. Never throws. */
   abstract fault(where: string, e: unknown): void;
   /** Runs `fn` inside the guard. */

@@ -13,6 +13,7 @@ import { registerCoreCommands } from './core-commands.js';
 import { Dispatcher } from './dispatcher.js';
 import { nullLogger, type Logger } from '../common/log.js';
 import { ViolationBus, type ViolationKind } from '../bans/violations.js';
+import { CredentialIssuer } from './credentials.js';
 
 /**
  * The TCP listener: admission happens on accept, before any crypto work: the ban check (a banned
@@ -89,9 +90,14 @@ export class Daemon {
   private stopping: Promise<void> | undefined;
   /** One sweep for every connection's login and idle deadline (no timers per connection). */
   private deadlineTimer: NodeJS.Timeout | undefined;
+  /** The delegated credential signing version 3 handshakes (credentials.ts). */
+  readonly credentials: CredentialIssuer;
 
   private constructor(private readonly opts: DaemonOptions) {
     this.log = opts.logger ?? nullLogger();
+    this.credentials = new CredentialIssuer(opts.identity, Date.now, (c) =>
+      this.log.info('delegated credential issued', { fingerprint: opts.identity.fingerprint, validUntil: new Date(c.validUntil).toISOString() }),
+    );
     this.violations = opts.violations ?? new ViolationBus();
     this.dispatcher = opts.dispatcher ?? new Dispatcher();
     // Count every violation event once, wherever it was recognised (listener, connection,
@@ -211,6 +217,8 @@ export class Daemon {
   setIdentity(identity: IdentityKey, notice: unknown): number {
     this.opts.identity = identity;
     this.log.info('identity key in use', { fingerprint: identity.fingerprint });
+    // Version 3 handshakes are signed by a credential of the new key from now on.
+    this.credentials.reissue(identity);
     if (notice === undefined) return 0;
     let n = 0;
     for (const c of this.connections) {
@@ -277,6 +285,7 @@ export class Daemon {
     hooks.slot = pending.slot;
     const session = new ServerSession({
       identity: this.opts.identity,
+      credential: this.credentials.current(),
       ...(this.opts.rekeyAfterRecords ? { rekeyAfterRecords: this.opts.rekeyAfterRecords } : {}),
     });
     const conn = new Connection(socket, session, this.dispatcher, this.opts.config.limits, this.log, hooks, this.nextId++);

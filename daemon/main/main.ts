@@ -163,8 +163,11 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
       engine: banSystem.engine,
       logger,
       kick: () => daemonRef?.disconnectBanned(isBanned),
+      violations: bus,
+      fingerprints: () => [identities.current.fingerprint, ...(identities.rollover ? [identities.rollover.otherKey] : [])],
       clubMoved: (club, address) => daemonRef?.closeSessions((session) => clubOfSession(session) === club, { event: 'club.moved', payload: { club, ...(address ? { server: address } : {}) } }),
     });
+    if (cluster.replicateDocument) Object.assign(clubServices, { replicateDocument: cluster.replicateDocument });
     const daemon = await Daemon.start({ config, identity, logger, violations: bus, dispatcher, bannedUntil: (ip) => table.check(ip, Date.now())?.expires, identityNotice: () => identities.notice, helloDropTolerated: () => identities.helloDropTolerated(Date.now()) });
     daemonRef = daemon;
     closers.push(() => daemon.stop());

@@ -51,6 +51,12 @@ export interface PutDocumentOptions {
   maxBytes?: number;
   chunkLog2?: number;
   onStep?: (step: 'encrypted' | 'renamed' | 'recorded') => void;
+  /**
+   * Called with the file name once the encrypted file is durable in place, before the row is
+   * inserted (a cluster copies the file to the club's standbys here, docs/CLUSTER.md
+   * "Documents"); when it rejects, the file is removed and nothing is recorded.
+   */
+  beforeRecord?: (file: string) => Promise<void>;
 }
 
 const INFO_COLS = 'id, kind, name, mediaType, personId, size, sha256, createdAt';
@@ -91,6 +97,7 @@ export async function putDocument(st: Storage, clubId: string, source: Readable 
     await rename(tmp, finalPath);
     renamed = true;
     fsyncDir(docsDir);
+    if (opts.beforeRecord) await opts.beforeRecord(file);
     opts.onStep?.('renamed');
     const { size, sha256 } = tap.digest();
     store = st.openClub(clubId); // may have been evicted while we awaited

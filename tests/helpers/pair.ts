@@ -1,4 +1,6 @@
+import { generateCredentialKey } from '../../crypto/handshake-crypto.js';
 import { generateIdentity, type IdentityKey } from '../../crypto/identity.js';
+import { issueCredential, type ServerCredential } from '../../protocol/credential.js';
 import { ClientSession, pinFingerprint, type ClientEvent } from '../../protocol/client-session.js';
 import { ServerSession, type ServerEvent } from '../../protocol/server-session.js';
 
@@ -7,6 +9,13 @@ let cached: IdentityKey | undefined;
 export function testIdentity(): IdentityKey {
   cached ??= generateIdentity();
   return cached;
+}
+
+let cachedCredential: ServerCredential | undefined;
+/** A delegated credential under testIdentity(), issued now (valid for hours: longer than any test). */
+export function testCredential(): ServerCredential {
+  cachedCredential ??= issueCredential(testIdentity(), generateCredentialKey(), Date.now());
+  return cachedCredential;
 }
 
 export function drain<E extends { type: string }>(s: { nextEvent(): E }): E[] {

@@ -30,6 +30,7 @@ import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './clu
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
 import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
+import { ClusterMaintenance, upkeepSettings } from './maintenance.js';
 import { MemberLease } from './member-lease.js';
 import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
@@ -40,6 +41,7 @@ import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
+import { registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
 
@@ -64,6 +66,7 @@ export class ClusterNode extends EventEmitter {
   private readonly logger: ClusterLogger;
   private readonly opts: ClusterNodeOptions;
   private planTimer: NodeJS.Timeout | undefined;
+  readonly upkeep: ClusterMaintenance; // trimming and compaction (maintenance.ts)
   private planScheduled = false;
   private stopped = false;
   /** What the role and output-gate helpers see of this node. */
@@ -86,7 +89,11 @@ export class ClusterNode extends EventEmitter {
     this.peers = opts.peers;
     if (opts.peers) registerDocumentPeers(opts.peers, this.storage);
     const node = this;
+    const upkeep = upkeepSettings(opts);
+    const served = () => [...this.clubs.entries()].filter(([, s]) => s.serving && s.log?.state === 'open').map(([club, s]) => ({ club, log: s.log!, standbys: this.placementOf(club)?.standbys ?? [] }));
+    this.upkeep = new ClusterMaintenance({ gw: this.gw, logger: this.logger, settings: upkeep, trim: opts.peers !== undefined, isLeader: () => this.isLeader(), served });
     this.ctx = {
+      upkeep,
       gw: this.gw,
       nodeId: this.nodeId,
       storage: this.storage,
@@ -104,7 +111,6 @@ export class ClusterNode extends EventEmitter {
       clubMoved: (club) => this.emit('club-moved', club, this.route(club)),
     };
   }
-
 
   /**
    * Join the cluster: lease, member key, registry and placement mirrors, ban board, leader
@@ -130,6 +136,8 @@ export class ClusterNode extends EventEmitter {
       node.reconcileAll();
       node.planTimer = setInterval(() => node.schedulePlan(), opts.planEveryMs ?? 1000);
       node.planTimer.unref?.();
+      if (opts.peers) registerSnapshotProvider(opts.peers, opts.storage, node.logger, opts.snapshot);
+      node.upkeep.start();
       return node;
     } catch (e) {
       await node.stop().catch(() => undefined);
@@ -215,7 +223,6 @@ export class ClusterNode extends EventEmitter {
     return hasPendingChanges(this.ctx, club, this.clubs.get(club));
   }
 
-
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
     const row = this.storage.server.mustGetClub(club);
@@ -274,6 +281,7 @@ export class ClusterNode extends EventEmitter {
     if (this.stopped) return;
     this.stopped = true;
     if (this.planTimer) clearInterval(this.planTimer);
+    this.upkeep.stop();
     for (const [club, st] of this.clubs) {
       await st.chain.catch(() => undefined);
       await st.follower?.stop();
@@ -293,6 +301,7 @@ export class ClusterNode extends EventEmitter {
   async crash(): Promise<void> {
     this.stopped = true;
     if (this.planTimer) clearInterval(this.planTimer);
+    this.upkeep.stop();
     for (const st of this.clubs.values()) {
       st.serving = false;
       st.log?.close();

@@ -103,6 +103,8 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
       masterKey: d.storage.master.key,
       ttlSec: c.leaseTtlSec,
       standbys: c.standbys,
+      logKeepEntries: c.logKeepEntries,
+      compactAfterMs: c.compactAfterSec * 1000,
       logger: d.logger,
     });
     const n = node;

@@ -7,6 +7,7 @@ import { Command, Option } from 'commander';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
 import { movedTarget } from '../client/cluster-client.js';
+import { listAll, pages } from '../client/paging.js';
 import { normalizeFingerprint } from '../crypto/identity.js';
 import { loadTicket, removeTicket, saveTicket, ticketDir, touchTicket } from '../client/tickets.js';
 import { ROLES } from '../daemon/club/rights.js';
@@ -156,6 +157,18 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     return (await conn.request(command, payload)).payload;
   }
 
+  /** Every item of a list command, following its continuation (answers are cut by bytes, PROTOCOL.md 7.4). */
+  async function callAll<T>(command: string, payload: Record<string, unknown>, key = 'items', max = Infinity): Promise<T[]> {
+    const { conn } = await session();
+    return listAll<T>(conn, command, payload, key, max);
+  }
+
+  /** Every page of a list command (for answers with several lists, exports.club). */
+  async function* callPages(command: string, payload: Record<string, unknown>): AsyncGenerator<Record<string, unknown>> {
+    const { conn } = await session();
+    yield* pages(conn, command, payload);
+  }
+
   async function done(): Promise<void> {
     if (holder.shared) return;
     const conn = holder.conn;
@@ -179,7 +192,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
 
   async function userId(name: string): Promise<number> {
     if (/^#\d+$/.test(name)) return Number(name.slice(1));
-    const items = ((await call('users.list', {})) as { items: { id: number; username: string }[] }).items;
+    const items = await callAll<{ id: number; username: string }>('users.list', {});
     const u = items.find((x) => x.username === name);
     if (!u) throw Object.assign(new Error(`no user "${name}" in this club ("commusic users list" shows them)`), { code: 'NOT_FOUND' });
     return u.id;
@@ -187,7 +200,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
 
   async function registerIds(names: string[]): Promise<number[]> {
     if (names.length === 0) return [];
-    const items = ((await call('registers.list', { limit: 500 })) as { items: { id: number; name: string }[] }).items;
+    const items = await callAll<{ id: number; name: string }>('registers.list', { limit: 500 });
     return names.map((n) => {
       const r = items.find((x) => x.name === n) ?? (/^\d+$/.test(n) ? items.find((x) => x.id === Number(n)) : undefined);
       if (!r) throw Object.assign(new Error(`no register "${n}" (known: ${items.map((x) => x.name).join(', ') || 'none'})`), { code: 'NOT_FOUND' });
@@ -285,7 +298,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     .option('--json', 'print JSON')
     .action(
       act(async (o: { json?: boolean }) => {
-        const r = (await call('users.list', {})) as { items: { id: number; username: string; displayName: string | null; role: string; isAdmin: boolean; disabled: boolean; mustChangePassword: boolean; lastLogin: string | null }[] };
+        const r = { items: await callAll<{ id: number; username: string; displayName: string | null; role: string; isAdmin: boolean; disabled: boolean; mustChangePassword: boolean; lastLogin: string | null }>('users.list', {}) };
         printResult(r, o.json, (s) =>
           table(['ID', 'USER', 'NAME', 'ROLE', 'ADMIN', 'STATE', 'LAST LOGIN'], s.items.map((u) => [u.id, u.username, u.displayName, u.role, u.isAdmin ? 'yes' : 'no', u.disabled ? 'disabled' : u.mustChangePassword ? 'must change password' : 'active', u.lastLogin])),
         );
@@ -372,7 +385,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       }),
     );
 
-  registerClubDataCommands(program, { call, session, act });
+  registerClubDataCommands(program, { call, callAll, callPages, session, act });
 
   registerCallCommand(program, session, open, done, () => Boolean((g().club ?? process.env['COMMUSIC_CLUB']) || (g().user ?? process.env['COMMUSIC_USER'])));
   if (!holder.shared) registerBatchCommand(program, holder, () => program.opts<Globals>(), buildProgram, done);

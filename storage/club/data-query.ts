@@ -213,7 +213,7 @@ function keysetCondition(keys: ReadonlyArray<{ col: string; desc: boolean }>, id
  * a cursor page costs the same at any depth, an offset page grows with the offset.
  * Errors: DataError INVALID (unknown field, bad filter value, foreign cursor).
  */
-export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items: Record<string, unknown>[]; nextOffset: number | null; nextCursor: string | null } {
+export function listRecords(db: Db, entity: EntityName, o: ListOptions): ListPage {
   const e = MODEL[entity];
   const w = whereFor(entity, o.filters ?? [], o.scope);
   const order: string[] = [];
@@ -229,7 +229,7 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
   order.push(`${served ? '+' : ''}${q(e.idColumn)} ASC`);
   const limit = Math.min(Math.max(1, o.limit ?? 100), MAX_EXPORT_ROWS);
   if (o.cursor !== undefined) decodeCursor(o.cursor, keys.length);
-  if (w.never) return { items: [], nextOffset: null, nextCursor: null };
+  if (w.never) return { items: [], nextOffset: null, nextCursor: null, cutAt: () => ({ nextOffset: null, nextCursor: null }) };
   let where = w.sql;
   const args = [...w.args];
   let offset = Math.max(0, o.offset ?? 0);
@@ -244,8 +244,25 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
   const more = rows.length > limit;
   const page = rows.slice(0, limit);
   const last = page[page.length - 1];
-  const nextCursor = more && last ? encodeCursor(keys.map((k) => last[k.field] as CursorValue), last[e.idColumn] as number) : null;
-  return { items: page.map((r) => fromRow(entity, r)), nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor };
+  const after = (r: Record<string, unknown>) => encodeCursor(keys.map((k) => r[k.field] as CursorValue), r[e.idColumn] as number);
+  const nextCursor = more && last ? after(last) : null;
+  const cutAt = (n: number) => (n >= page.length ? { nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor } : { nextOffset: o.cursor === undefined ? offset + n : null, nextCursor: after(page[n - 1]!) });
+  return { items: page.map((r) => fromRow(entity, r)), nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor, cutAt };
+}
+
+/** A page of listRecords. */
+export interface ListPage {
+  items: Record<string, unknown>[];
+  /** Offset of the next page (null on the last page and on a cursor page). */
+  nextOffset: number | null;
+  /** Keyset cursor of the next page (null on the last page). */
+  nextCursor: string | null;
+  /**
+   * The continuation when only the first `n` (1 ≤ n) items are returned (an answer cut by bytes,
+   * PROTOCOL.md 7.4): the offset and cursor of the row after the n-th; for n ≥ the page's length,
+   * the page's own continuation.
+   */
+  cutAt(n: number): { nextOffset: number | null; nextCursor: string | null };
 }
 
 const IN_WIDTHS = [8, 32, 128, 500] as const;

@@ -152,3 +152,13 @@ test('cborSize is exact for what the encoder writes, never low', () => {
   const f = fitItems(items, 1000);
   assert.ok(f.bytes <= 1000 && f.bytes + cborSize(items[f.count]) > 1000 - 1);
 });
+
+test('the SDK pager passes each continuation once and refuses one handed out twice', async () => {
+  const seen: Array<Record<string, unknown>> = [];
+  const answers = [{ items: [1], nextCursor: 'a' }, { items: [2], nextAfterSeq: 9 }, { items: [3], nextCursor: null }];
+  const fake = { request: async (_c: string, p: Record<string, unknown>) => (seen.push(p), { payload: answers[seen.length - 1] }) };
+  assert.deepEqual(await listAll(fake, 'x.list', { limit: 5, offset: 3 }), [1, 2, 3]);
+  assert.deepEqual(seen, [{ limit: 5, offset: 3 }, { limit: 5, cursor: 'a' }, { limit: 5, afterSeq: 9 }]);
+  const stuck = { request: async () => ({ payload: { items: [1], nextCursor: 'same' } }) };
+  await assert.rejects(listAll(stuck, 'x.list'), { code: 'PROTOCOL_ERROR' });
+});

@@ -8,6 +8,7 @@ import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
 import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 import type { ClusterNode } from '../../cluster/node.js';
+import { CAPTURE_TABLE, STATE_TABLE } from '../../cluster/capture.js';
 import { abortIdentityRotation, identityStatus, retireIdentity, startIdentityRotation, switchIdentity } from '../../crypto/identity-keyring.js';
 import { dataPaths } from '../main/config.js';
 
@@ -18,6 +19,29 @@ function needCluster(c: OpsContext): ClusterNode {
   const node = c.cluster?.();
   if (!node) throw new OperationError('NOT_IN_CLUSTER', 'cluster commands need the running daemon of a cluster member (commusicd with --cluster-etcd)');
   return node;
+}
+
+/**
+ * Key rotations that would change what the members of a cluster share are refused on a member
+ * (docs/CLUSTER.md "Not yet built"): a club's data key (its log in etcd is sealed under a key
+ * derived from it, and the standbys' replicas and the registry record carry the old one) and the
+ * master key (the registry and ban records are sealed under a key derived from it, and every
+ * member holds the same copy). Refused online when the daemon is a cluster member, and offline
+ * when a store in the data folder is replicated (it has the cluster's capture or state table).
+ * @throws OperationError NOT_SUPPORTED_IN_CLUSTER, naming what to do instead.
+ */
+async function refuseKeyRotationInCluster(c: OpsContext, what: string, clubs: readonly string[] | 'all'): Promise<void> {
+  const refuse = (where: string) =>
+    new OperationError('NOT_SUPPORTED_IN_CLUSTER', `${what} is not supported on a cluster member (${where}): the cluster's log, replicas and registry records depend on the current key; see docs/CLUSTER.md`);
+  if (c.cluster?.()) throw refuse('this daemon is one');
+  const st = await c.storage();
+  const ids = clubs === 'all' ? st.server.listClubs().filter((r) => r.status !== 'deleting').map((r) => r.id) : clubs;
+  for (const id of ids) {
+    const row = st.server.getClub(id);
+    if (!row || row.storeState !== 'created' || row.status === 'deleting') continue;
+    const tables = st.openClub(id).db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)`).all(CAPTURE_TABLE, STATE_TABLE);
+    if (tables.length > 0) throw refuse(`club ${id} is replicated`);
+  }
 }
 
 /** The steps of `keys rotate-identity` (crypto/identity-keyring.ts has the phases). */
@@ -107,6 +131,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       name: 'keys.rotate-master',
       schema: z.object({ passphrase: z.string().min(1).max(1024).optional(), rekeyClubs: z.boolean().optional() }).strict(),
       run: async (c, a) => {
+        await refuseKeyRotationInCluster(c, a.rekeyClubs ? 'keys rotate-master --rekey-clubs' : 'keys rotate-master', 'all');
         const st = await c.storage();
         const pass = st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {};
         if (a.rekeyClubs) {
@@ -125,7 +150,14 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
         return { id: a.id, drained: a.drained };
       },
     })
-    .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) })
+    .register({
+      name: 'keys.rotate-club',
+      schema: z.object({ id: clubId }).strict(),
+      run: async (c, a) => {
+        await refuseKeyRotationInCluster(c, 'keys rotate-club', [a.id]);
+        return rotateClub(await c.storage(), a.id);
+      },
+    })
     .register({ name: 'keys.rotate-archive', schema: z.object({}).strict(), run: async (c) => rotateArchiveKey(await c.storage()) })
     .register({ name: 'keys.archive-keys', schema: z.object({}).strict(), run: async (c) => archiveKeyIds(await c.storage()) })
     .register({

@@ -8,7 +8,7 @@ import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
 import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 import type { ClusterNode } from '../../cluster/node.js';
-import { CAPTURE_TABLE, STATE_TABLE } from '../../cluster/capture.js';
+import { refuseInCluster, shareClubRow } from './cluster-guard.js';
 import { abortIdentityRotation, identityStatus, retireIdentity, startIdentityRotation, switchIdentity } from '../../crypto/identity-keyring.js';
 import { dataPaths } from '../main/config.js';
 
@@ -21,27 +21,12 @@ function needCluster(c: OpsContext): ClusterNode {
   return node;
 }
 
-/**
- * Key rotations that would change what the members of a cluster share are refused on a member
- * (docs/CLUSTER.md "Not yet built"): a club's data key (its log in etcd is sealed under a key
- * derived from it, and the standbys' replicas and the registry record carry the old one) and the
- * master key (the registry and ban records are sealed under a key derived from it, and every
- * member holds the same copy). Refused online when the daemon is a cluster member, and offline
- * when a store in the data folder is replicated (it has the cluster's capture or state table).
- * @throws OperationError NOT_SUPPORTED_IN_CLUSTER, naming what to do instead.
- */
-async function refuseKeyRotationInCluster(c: OpsContext, what: string, clubs: readonly string[] | 'all'): Promise<void> {
-  const refuse = (where: string) =>
-    new OperationError('NOT_SUPPORTED_IN_CLUSTER', `${what} is not supported on a cluster member (${where}): the cluster's log, replicas and registry records depend on the current key; see docs/CLUSTER.md`);
-  if (c.cluster?.()) throw refuse('this daemon is one');
-  const st = await c.storage();
-  const ids = clubs === 'all' ? st.server.listClubs().filter((r) => r.status !== 'deleting').map((r) => r.id) : clubs;
-  for (const id of ids) {
-    const row = st.server.getClub(id);
-    if (!row || row.storeState !== 'created' || row.status === 'deleting') continue;
-    const tables = st.openClub(id).db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)`).all(CAPTURE_TABLE, STATE_TABLE);
-    if (tables.length > 0) throw refuse(`club ${id} is replicated`);
-  }
+/** Why a key rotation is refused on a cluster member (docs/CLUSTER.md "Not yet built"). */
+const KEYS_SHARED = "the cluster's log, replicas and registry records are sealed under keys derived from the current one";
+
+async function shared<T>(c: OpsContext, club: string, result: T): Promise<T> {
+  await shareClubRow(c, club);
+  return result;
 }
 
 /** The steps of `keys rotate-identity` (crypto/identity-keyring.ts has the phases). */
@@ -110,12 +95,19 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
             .max(BULK_BATCH),
         })
         .strict(),
-      run: async (c, a) => createClubsWithPasswords(await c.storage(), a.clubs.map((x) => ({ name: x.name, adminUser: x.admin, plan: x.plan }))),
+      run: async (c, a) => {
+        // In a cluster, as club.create: the clubs are registered; each one's primary creates its store (stores are made on first use).
+        const node = c.cluster?.();
+        const r = await createClubsWithPasswords(await c.storage(), a.clubs.map((x) => ({ name: x.name, adminUser: x.admin, plan: x.plan })));
+        if (node) for (const x of r) await node.registerClub(x.id);
+        return r;
+      },
     })
     .register({ name: 'club.list', schema: z.object({}).strict(), run: async (c) => listClubs(await c.storage()) })
     .register({ name: 'club.show', schema: z.object({ id: clubId }).strict(), run: async (c, a) => showClub(await c.storage(), a.id) })
-    .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => suspendClub(await c.storage(), a.id) })
-    .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => resumeClub(await c.storage(), a.id) })
+    // In a cluster the changed row goes to every member through the registry record.
+    .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => shared(c, a.id, suspendClub(await c.storage(), a.id)) })
+    .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => shared(c, a.id, resumeClub(await c.storage(), a.id)) })
     .register({
       name: 'club.delete',
       schema: z.object({ id: clubId, configFile: z.string().min(1).max(4096).optional() }).strict(),
@@ -131,7 +123,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       name: 'keys.rotate-master',
       schema: z.object({ passphrase: z.string().min(1).max(1024).optional(), rekeyClubs: z.boolean().optional() }).strict(),
       run: async (c, a) => {
-        await refuseKeyRotationInCluster(c, a.rekeyClubs ? 'keys rotate-master --rekey-clubs' : 'keys rotate-master', 'all');
+        await refuseInCluster(c, a.rekeyClubs ? 'keys rotate-master --rekey-clubs' : 'keys rotate-master', 'all', KEYS_SHARED);
         const st = await c.storage();
         const pass = st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {};
         if (a.rekeyClubs) {
@@ -154,7 +146,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       name: 'keys.rotate-club',
       schema: z.object({ id: clubId }).strict(),
       run: async (c, a) => {
-        await refuseKeyRotationInCluster(c, 'keys rotate-club', [a.id]);
+        await refuseInCluster(c, 'keys rotate-club', [a.id], KEYS_SHARED);
         return rotateClub(await c.storage(), a.id);
       },
     })

@@ -60,6 +60,27 @@ export function newProgram(name: string, description: string): Command {
     .configureOutput({ writeErr: () => undefined });
 }
 
+/**
+ * For programs with subcommands: `--json` before the command (`commusic --json ping`) means the
+ * same as after it. Commander would take a program-level `--json` after the command too (its
+ * options are recognised anywhere), swallowing `call COMMAND --json PAYLOAD`; so instead the
+ * argument list is rewritten: a `--json` before the first top-level command name moves to the
+ * end, where the command's own `--json` reads it (a command without one refuses it: usage error).
+ *
+ * @param program the root command (its subcommand names and aliases are the top-level commands)
+ * @param argv process.argv (node, script, args...)
+ * @returns the argv to parse
+ */
+export function jsonBeforeCommand(program: Command, argv: readonly string[] = process.argv): string[] {
+  const names = new Set(program.commands.flatMap((c) => [c.name(), ...c.aliases()]));
+  const args = argv.slice(2);
+  const at = args.findIndex((a) => a === '--' || names.has(a));
+  if (at < 0 || args[at] === '--') return [...argv];
+  const before = args.slice(0, at);
+  if (!before.includes('--json')) return [...argv];
+  return [...argv.slice(0, 2), ...before.filter((a) => a !== '--json'), ...args.slice(at), '--json'];
+}
+
 export async function runMain(main: () => Promise<void>): Promise<void> {
   try {
     await main();

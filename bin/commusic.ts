@@ -1,5 +1,8 @@
 #!/usr/bin/env node
-import { runMain } from './cli-util.js';
+import { jsonBeforeCommand, runMain } from './cli-util.js';
 import { buildProgram } from './commusic-program.js';
 
-void runMain(() => buildProgram().parseAsync().then(() => undefined));
+void runMain(() => {
+  const program = buildProgram();
+  return program.parseAsync(jsonBeforeCommand(program)).then(() => undefined);
+});

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { runMain } from './cli-util.js';
+import { jsonBeforeCommand, runMain } from './cli-util.js';
 import { program } from './ctl-program.js';
 
-void runMain(() => program.parseAsync().then(() => undefined));
+void runMain(() => program.parseAsync(jsonBeforeCommand(program)).then(() => undefined));

@@ -162,6 +162,16 @@ export function registerKeyRotation(keys: Command, dataDir: () => string, offlin
       printResult(r, o.json, (r) => [`current: ${r.current}`, ...r.retired.map((x) => `retired: ${x.id} (${x.retiredAt})`)].join('\n'));
     });
   keys
+    .command('forget-archive-keys [ids...]')
+    .description('destroy retired archive keys (the given ids, or all retired ones): archives written under them open nowhere afterwards')
+    .requiredOption('--yes', 'confirm: archives under these keys cannot be opened afterwards')
+    .option('--json', 'print JSON')
+    .action(async (ids: string[], o: { json?: boolean }) => {
+      const { result } = await runOperation(dataDir(), 'keys.forget-archive-keys', ids.length > 0 ? { ids } : {}, offline());
+      const r = result as { forgotten: string[]; kept: number };
+      printResult(r, o.json, (r) => `${r.forgotten.length} retired archive key(s) destroyed${r.forgotten.length ? `: ${r.forgotten.join(', ')}` : ''}; ${r.kept} retired key(s) kept`);
+    });
+  keys
     .command('rotate-club <id>')
     .description("re-encrypt a club's store and document keys under a new data key (resumable)")
     .option('--json', 'print JSON')

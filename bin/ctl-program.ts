@@ -1,5 +1,4 @@
 /** The `commusicctl` command tree, built at import; bin/commusicctl.ts runs it. Tests walk it. */
-import { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity.js';

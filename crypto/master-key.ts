@@ -46,7 +46,6 @@ export const SCRYPT_DEFAULT_LOG2N = 17;
 export const SCRYPT_MIN_LOG2N = 10;
 export const SCRYPT_MAX_LOG2N = 20;
 const GCM_NONCE_LEN = 12;
-const GCM_TAG_LEN = 16;
 
 export interface MasterKey {
   /** 32 bytes. Call `destroy()` when done to zero it. */

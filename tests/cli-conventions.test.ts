@@ -134,6 +134,13 @@ test('spawned: --version, usage exit 2 with a suggestion, one-line errors, JSON 
   assert.equal(r.code, 2);
   assert.equal(JSON.parse(r.stderr).error.code, 'USAGE');
   assert.equal(r.stdout, '');
+  // --json before the command means the same as after it (was "unknown option '--json'").
+  r = await run('commusic', ['--json', '--server', '127.0.0.1:9', '--fingerprint', 'ab'.repeat(32), 'ping']);
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(JSON.parse(r.stderr).error.code, 'CONNECT_FAILED');
+  r = await run('commusicctl', ['--json', 'bans', 'add', '192.0.2.1']);
+  assert.equal(r.code, 2);
+  assert.equal(JSON.parse(r.stderr).error.code, 'USAGE');
   // A monitor typo is a usage error, not an outage.
   r = await run('commusicctl', ['monitor', '--once', '--target', '127.0.0.1:9', '--fingerprint', 'deadbeef']);
   assert.equal(r.code, 2);

@@ -35,6 +35,8 @@ interface Started {
   child: ChildProcess;
   port: number;
   healthPort: number;
+  /** The web application's port (the test configures web.listen). */
+  webPort: number;
   fingerprint: string;
   /** Everything the daemon wrote to stderr (its log) so far. */
   stderr: () => string;
@@ -54,10 +56,11 @@ function startChild(configFile: string): Promise<Started> {
       out += d.toString();
       const port = /listening on 127\.0\.0\.1:(\d+)/.exec(out)?.[1];
       const healthPort = /health endpoint https:\/\/127\.0\.0\.1:(\d+)/.exec(out)?.[1];
+      const webPort = /web application https:\/\/127\.0\.0\.1:(\d+)/.exec(out)?.[1];
       const fingerprint = /server fingerprint: ([0-9a-f:]+)/i.exec(out)?.[1];
-      if (port && healthPort && fingerprint) {
+      if (port && healthPort && webPort && fingerprint) {
         clearTimeout(timer);
-        resolve({ child, port: Number(port), healthPort: Number(healthPort), fingerprint, stderr: () => err });
+        resolve({ child, port: Number(port), healthPort: Number(healthPort), webPort: Number(webPort), fingerprint, stderr: () => err });
       }
     });
     child.once('exit', (code) => {
@@ -94,7 +97,7 @@ async function eventually<T>(f: () => Promise<T>, pred: (v: T) => boolean, ms: n
   }
 }
 
-test('SIGHUP: new certificate for new connections; client session and open HTTPS connection keep working', { timeout: 60_000 }, async () => {
+test('SIGHUP: new certificate for new connections (health endpoint and web application); client session and open HTTPS connection keep working', { timeout: 60_000 }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'commusic-sighup-'));
   const certFile = join(dir, 'cert.pem');
   const keyFile = join(dir, 'key.pem');
@@ -102,7 +105,7 @@ test('SIGHUP: new certificate for new connections; client session and open HTTPS
   const configFile = join(dir, 'commusicd.json');
   writeFileSync(
     configFile,
-    JSON.stringify({ dataDir: join(dir, 'data'), listen: '127.0.0.1:0', logLevel: 'error', health: { listen: '127.0.0.1:0', certFile, keyFile } }),
+    JSON.stringify({ dataDir: join(dir, 'data'), listen: '127.0.0.1:0', logLevel: 'error', health: { listen: '127.0.0.1:0', certFile, keyFile }, web: { listen: '127.0.0.1:0', certFile, keyFile } }),
   );
   const s = await startChild(configFile);
   const exited = new Promise<number | null>((r) => s.child.once('exit', (code) => r(code)));
@@ -111,6 +114,7 @@ test('SIGHUP: new certificate for new connections; client session and open HTTPS
   try {
     await client.ping();
     assert.equal(await peerFingerprint(s.healthPort), fpA);
+    assert.equal(await peerFingerprint(s.webPort), fpA);
     held = await new Promise<TLSSocket>((resolve, reject) => {
       const t = tlsConnect({ host: '127.0.0.1', port: s.healthPort, rejectUnauthorized: false }, () => resolve(t));
       t.once('error', reject);
@@ -121,6 +125,7 @@ test('SIGHUP: new certificate for new connections; client session and open HTTPS
     assert.notEqual(fpA, fpB);
     process.kill(s.child.pid!, 'SIGHUP');
     assert.equal(await eventually(() => peerFingerprint(s.healthPort), (f) => f === fpB, 10_000), fpB, 'new connections see the new certificate');
+    assert.equal(await eventually(() => peerFingerprint(s.webPort), (f) => f === fpB, 10_000), fpB, 'the web application too (it kept the old one before)');
 
     // Nothing was dropped.
     assert.ok((await client.ping()) >= 0, 'the client session established before SIGHUP still works');
@@ -136,6 +141,7 @@ test('SIGHUP: new certificate for new connections; client session and open HTTPS
     while (!/reload failed/.test(s.stderr()) && Date.now() < refused) await new Promise((r) => setTimeout(r, 20));
     assert.match(s.stderr(), /reload failed/, 'the broken certificate was refused');
     assert.equal(await peerFingerprint(s.healthPort), fpB);
+    assert.equal(await peerFingerprint(s.webPort), fpB);
     assert.ok((await client.ping()) >= 0);
   } finally {
     held?.destroy();

@@ -121,6 +121,46 @@ test('keys rotate-archive: new archives use the new key, old archives still veri
   }
 });
 
+test('commusicctl keys forget-archive-keys destroys the named retired keys: their archives open nowhere, others still do', { timeout: 120_000 }, async (t) => {
+  const { execFile } = await import('node:child_process');
+  const { dir, cleanup } = tmpDir();
+  t.after(cleanup);
+  const ctl = (...args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+      execFile(process.execPath, [new URL('../bin/commusicctl.js', import.meta.url).pathname, '--data', dir, 'keys', ...args], { timeout: 60_000 }, (err, stdout, stderr) =>
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+      );
+    });
+  let st = await openStorage({ dataDir: dir, create: true });
+  const [club] = await makeClubs(st, 1);
+  addPerson(st, club!, 1);
+  const first = await archiveBytes(st, club!, serverArchiveKey(st));
+  const r1 = rotateArchiveKey(st);
+  const second = await archiveBytes(st, club!, serverArchiveKey(st));
+  const r2 = rotateArchiveKey(st);
+  st.close();
+  // Destructive: without --yes it is a usage error and nothing changes; an unknown or current id is refused.
+  assert.equal((await ctl('forget-archive-keys', r1.oldKeyId)).code, 2);
+  const cur = await ctl('forget-archive-keys', r2.newKeyId, '--yes', '--json');
+  assert.equal(cur.code, 1);
+  assert.match(cur.stderr, /current key/);
+  const done = await ctl('forget-archive-keys', r1.oldKeyId, '--yes', '--json');
+  assert.equal(done.code, 0, done.stderr);
+  assert.deepEqual(JSON.parse(done.stdout), { forgotten: [r1.oldKeyId], kept: 1 });
+  st = await openStorage({ dataDir: dir });
+  try {
+    assert.deepEqual(archiveKeyIds(st).retired.map((x) => x.id), [r2.oldKeyId]);
+    const keyring = { ...serverOpenKey(st), trust: archiveTrust(st) };
+    await assert.rejects(verifyArchive(Readable.from([first]), keyring), code('WRONG_BACKUP_KEY'));
+    assert.equal((await verifyArchive(Readable.from([second]), keyring)).clubId, club);
+  } finally {
+    st.close();
+  }
+  // Without ids: every retired key.
+  const all = await ctl('forget-archive-keys', '--yes', '--json');
+  assert.deepEqual(JSON.parse(all.stdout), { forgotten: [r2.oldKeyId], kept: 0 });
+});
+
 test('commusicctl keys rotate-master --rekey-clubs runs the procedure offline; the old master key then opens nothing (issue 20 point 3)', { timeout: 120_000 }, async (t) => {
   const { execFile } = await import('node:child_process');
   const { dir, cleanup } = tmpDir();

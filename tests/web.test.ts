@@ -312,3 +312,26 @@ test('a web session that times out is logged out in the change log with its reas
   assert.deepEqual(out?.changes, { reason: 'idle timeout', source: 'web' });
   assert.equal(out?.ip, '127.0.0.71');
 });
+
+test('one login in flight per HTTP connection: a pipelined second login on the same socket gets 503 at once, as BUSY over the protocol', { timeout: 60_000 }, async () => {
+  const w = new WebClient(env, '127.0.0.61');
+  await w.get('/login');
+  const cookie = [...w.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
+  const body = new URLSearchParams({ club, user: 'eva', password: 'wrong-password-123', _csrf: w.csrf() }).toString();
+  const one = `POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: ${cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  const sock = tlsConnect({ socket: netConnect({ host: '127.0.0.1', port: env.port, localAddress: '127.0.0.61' }), ca: env.ca, servername: 'localhost' });
+  try {
+    let got = '';
+    sock.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    await new Promise<void>((resolve, reject) => {
+      sock.once('secureConnect', resolve);
+      sock.once('error', reject);
+    });
+    sock.write(one + one);
+    await waitUntil(() => (got.match(/^HTTP\/1\.1 \d{3}/gm) ?? []).length >= 2, 30_000, 'two answers on the socket');
+    const statuses = (got.match(/^HTTP\/1\.1 (\d{3})/gm) ?? []).map((l) => Number(l.slice(9)));
+    assert.deepEqual(statuses, [401, 503], 'the first login is checked (wrong password), the second is refused while it runs');
+  } finally {
+    sock.destroy();
+  }
+});

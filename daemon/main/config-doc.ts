@@ -97,7 +97,7 @@ export const MEANINGS: Record<string, string> = {
   'health.bearerToken': 'Token that opens /metrics from anywhere (at least 16 characters; prefer tokenFile).',
   'health.tokenFile': 'File holding the /metrics bearer token.',
   'web.listen': 'Web application address HOST:PORT (env COMMUSIC_WEB_LISTEN, flag --web-listen); absent: no web application (docs/WEB.md). Restart to change.',
-  'web.certFile': "Operator's PEM certificate of the web application; without it the health endpoint's self-signed one in <data>/tls/ is used. Goes with keyFile.",
+  'web.certFile': "Operator's PEM certificate of the web application; without it the health endpoint's self-signed one in <data>/tls/ is used. Goes with keyFile; reloaded on SIGHUP.",
   'web.keyFile': "Operator's PEM private key for web.certFile (mode 0600).",
   'web.idleTimeoutMs': 'A web session unused this long ends (ms); limits.idleTimeoutMs applies to the login behind it too, the shorter wins.',
   'web.absoluteTimeoutMs': 'A web session ends this long after its login, used or not (ms).',

@@ -331,7 +331,7 @@ export async function runDaemon(opts: RunOptions): Promise<RunningServer> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  new Reloader({ sources: opts, config, logger, health: server.health?.server }).installSignal();
+  new Reloader({ sources: opts, config, logger, health: server.health?.server, web: server.web }).installSignal();
   // logrotate: move the file away, then SIGUSR1 (deploy/logrotate.conf); the daemon writes anew.
   process.on('SIGUSR1', () => {
     try {

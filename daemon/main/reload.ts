@@ -1,7 +1,8 @@
 import { isDeepStrictEqual } from 'node:util';
-import { loadConfig, type Config, type ConfigSources } from './config.js';
+import { loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
 import { healthAccess, healthTls } from '../monitoring/health-setup.js';
 import type { HealthServer } from '../monitoring/health-server.js';
+import { loadTlsMaterial, type TlsMaterial } from '../monitoring/tls-cert.js';
 import type { Logger } from '../common/log.js';
 
 /**
@@ -10,6 +11,7 @@ import type { Logger } from '../common/log.js';
  *   - logLevel
  *   - the health endpoint's certificate (re-read from certFile/keyFile, or the self-signed one),
  *     its CIDR allow-list and its token
+ *   - the web application's certificate (web.certFile/keyFile), for new connections
  *   - whatever later code registers with addHook() (the ban policy, ...)
  * Settings that need a restart (listen, dataDir, logFile, limits, storeCache, health.listen, health.enabled)
  * are reported in the log and left as they are. A configuration that does not validate, or a
@@ -31,6 +33,8 @@ export interface ReloaderOptions {
   readonly config: Config;
   readonly logger: Logger;
   readonly health?: HealthServer | undefined;
+  /** The web application's listener, when web.listen is set (its certificate is swapped). */
+  readonly web?: { reloadTls(tls: TlsMaterial): void; readonly certificate: TlsMaterial } | undefined;
 }
 
 const RESTART_KEYS = ['dataDir', 'listen', 'logFile', 'limits', 'storeCache'] as const;
@@ -85,15 +89,23 @@ export class Reloader {
     const restartNeeded: string[] = RESTART_KEYS.filter((k) => !isDeepStrictEqual(prev[k], next[k]));
     if (prev.health.listen !== next.health.listen) restartNeeded.push('health.listen');
     if (prev.health.enabled !== next.health.enabled) restartNeeded.push('health.enabled');
+    if (prev.web.listen !== next.web.listen) restartNeeded.push('web.listen');
     try {
       // Prepare everything that can fail first, then apply: all or nothing.
       const health = this.opts.health;
       const tls = health && next.health.enabled ? healthTls(next) : undefined;
       const access = health && next.health.enabled ? healthAccess(next) : undefined;
+      const web = this.opts.web;
+      const webTls = web && prev.web.listen ? loadTlsMaterial({ dataDir: next.dataDir, certFile: next.web.certFile, keyFile: next.web.keyFile, altNames: [splitHostPort(prev.web.listen).host] }) : undefined;
       if (health && tls && access) {
         const certChanged = tls.fingerprint256 !== health.certificate.fingerprint256;
         health.reload({ tls, access });
         applied.push(certChanged ? 'health.certificate (new)' : 'health.certificate (unchanged)', 'health.access');
+      }
+      if (web && webTls) {
+        const certChanged = webTls.fingerprint256 !== web.certificate.fingerprint256;
+        web.reloadTls(webTls);
+        applied.push(certChanged ? 'web.certificate (new)' : 'web.certificate (unchanged)');
       }
       if (prev.logLevel !== next.logLevel) {
         log.level = next.logLevel;
@@ -105,7 +117,7 @@ export class Reloader {
       return { ok: false, applied: [], restartNeeded, error };
     }
     // Keep the settings that were not applied as they run now, so the next comparison is honest.
-    this.current = { ...next, ...pick(prev, RESTART_KEYS), health: { ...next.health, listen: prev.health.listen, enabled: prev.health.enabled } };
+    this.current = { ...next, ...pick(prev, RESTART_KEYS), health: { ...next.health, listen: prev.health.listen, enabled: prev.health.enabled }, web: { ...next.web, listen: prev.web.listen } };
     const failedHooks: string[] = [];
     for (const h of this.hooks) {
       try {

@@ -6,7 +6,7 @@ import { registerLogOps } from './log-ops.js';
 import { BULK_BATCH } from '../club/club-bulk.js';
 import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub, showClub, suspendClub } from '../../storage/server/provisioning.js';
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
-import { archiveKeyIds, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
+import { archiveKeyIds, forgetRetiredArchiveKeys, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import { refuseInCluster, shareClubRow } from './cluster-guard.js';
 import { abortIdentityRotation, identityStatus, retireIdentity, startIdentityRotation, switchIdentity } from '../../crypto/identity-keyring.js';
@@ -152,6 +152,11 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
     })
     .register({ name: 'keys.rotate-archive', schema: z.object({}).strict(), run: async (c) => rotateArchiveKey(await c.storage()) })
     .register({ name: 'keys.archive-keys', schema: z.object({}).strict(), run: async (c) => archiveKeyIds(await c.storage()) })
+    .register({
+      name: 'keys.forget-archive-keys',
+      schema: z.object({ ids: z.array(z.string().regex(/^[0-9a-f]{16}$/, 'not an archive key id')).max(4096).optional() }).strict(),
+      run: async (c, a) => forgetRetiredArchiveKeys(await c.storage(), a.ids),
+    })
     .register({
       name: 'keys.rotate-identity',
       schema: z.object({ step: z.enum(['start', 'switch', 'retire', 'abort']) }).strict(),

@@ -177,6 +177,10 @@ export interface WebApp {
   readonly sessions: SessionStore;
   /** Bound address (port 0 picks one). */
   address(): { host: string; port: number };
+  /** The certificate new connections get. */
+  readonly certificate: TlsMaterial;
+  /** Swap the certificate for new connections (SIGHUP); open connections keep theirs. */
+  reloadTls(tls: TlsMaterial): void;
   close(): Promise<void>;
 }
 
@@ -276,9 +280,18 @@ export async function startWebApp(deps: WebDeps, listen: { host: string; port: n
   const sweep = setInterval(() => sessions.sweep(), 60_000);
   sweep.unref();
   let closed: Promise<void> | undefined;
+  let certificate = deps.tls;
   return {
     app,
     sessions,
+    get certificate() {
+      return certificate;
+    },
+    reloadTls(tls: TlsMaterial) {
+      (app.server as import('node:https').Server).setSecureContext({ key: tls.key, cert: tls.cert, minVersion: WEB_MIN_TLS });
+      certificate = tls;
+      deps.logger.info('web certificate reloaded', { certFingerprint: tls.fingerprint256, selfSigned: tls.selfSigned });
+    },
     address() {
       const a = app.server.address();
       return typeof a === 'object' && a ? { host: a.address, port: a.port } : { host: listen.host, port: listen.port };

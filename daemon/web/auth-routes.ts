@@ -4,6 +4,8 @@
  * and its id are made only after `auth.login` succeeded (no fixation). Failures answer with
  * the protocol's one message for unknown club, unknown user and wrong password; the command
  * handler reports each as a 'login' violation for the ban engine and logs `login.failed`.
+ * One login (one password check) in flight per HTTP connection, as per protocol connection
+ * (daemon/club/password-work.ts): a pipelined second login on the same socket gets 503 at once.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
@@ -17,6 +19,9 @@ import { PRE_COOKIE, SESSION_COOKIE } from './sessions.js';
 const loginForm = z.object({ club: z.string().min(1).max(64), user: z.string().min(1).max(64), password: z.string().min(1).max(1024), _csrf: z.string().max(64) }).strict();
 const passwordForm = z.object({ oldPassword: z.string().max(1024), newPassword: z.string().max(1024), repeat: z.string().max(1024), _csrf: z.string().max(64) }).strict();
 const csrfOnly = z.object({ _csrf: z.string().max(64) }).strict();
+
+/** Connections (sockets) with a login's password check in flight. */
+const loginInFlight = new WeakSet<object>();
 
 export async function authRoutes(app: FastifyInstance): Promise<void> {
   const web = app.web;
@@ -57,13 +62,18 @@ export async function authRoutes(app: FastifyInstance): Promise<void> {
       web.sessions.delete(old);
     }
     const commands = new Map<string, unknown>();
+    const socket = req.raw.socket;
+    if (loginInFlight.has(socket)) return loginPage(req, reply, t(req.lang, 'tryLater'), 503);
     let r: { mustChangePassword: boolean; user: string; club: string };
+    loginInFlight.add(socket);
     try {
       r = (await web.call(req, commands, 'auth.login', { club: f.data.club, user: f.data.user, password: f.data.password })).payload;
     } catch (e) {
       if (e instanceof CommandError && e.code === 'UNAUTHENTICATED') return loginPage(req, reply, t(req.lang, 'loginFailed'), 401);
       if (e instanceof CommandError && (e.code === 'BUSY' || e.code === 'FORBIDDEN')) return loginPage(req, reply, t(req.lang, 'tryLater'), 503);
       throw e;
+    } finally {
+      loginInFlight.delete(socket);
     }
     const { id } = web.sessions.create({ club: r.club, user: r.user, ip: req.clientIp, commands, mustChangePassword: r.mustChangePassword });
     void reply.clearCookie(PRE_COOKIE, COOKIE_OPTIONS);

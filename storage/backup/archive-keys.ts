@@ -97,11 +97,19 @@ export function rotateArchiveKey(st: Storage, now = new Date()): { oldKeyId: str
   return { oldKeyId, newKeyId, retired: count };
 }
 
-/** Destroy every retired archive key: archives written under them open nowhere afterwards. */
-export function forgetRetiredArchiveKeys(st: Storage): { forgotten: string[] } {
-  const ids = retired(st).map((r) => r.id);
-  st.server.setMeta(RETIRED_ARCHIVE_KEYS_META, '[]');
-  return { forgotten: ids };
+/**
+ * Destroy retired archive keys (`ids`, or every retired one when absent): archives written under
+ * them open nowhere afterwards. The current key is never forgotten (rotate first).
+ * @throws StorageError INVALID_ARGUMENT for an id that is not a retired key (the current one included)
+ */
+export function forgetRetiredArchiveKeys(st: Storage, ids?: readonly string[]): { forgotten: string[]; kept: number } {
+  const list = retired(st);
+  const unknown = (ids ?? []).filter((id) => !list.some((r) => r.id === id));
+  if (unknown.length > 0) throw new StorageError('INVALID_ARGUMENT', `not a retired archive key: ${unknown.join(', ')}${unknown.includes(keyIdOf(currentArchiveKey(st)).toString('hex')) ? ' (the current key: rotate it first)' : ''}`);
+  const drop = new Set(ids ?? list.map((r) => r.id));
+  const keep = list.filter((r) => !drop.has(r.id));
+  st.server.setMeta(RETIRED_ARCHIVE_KEYS_META, JSON.stringify(keep));
+  return { forgotten: list.filter((r) => drop.has(r.id)).map((r) => r.id), kept: keep.length };
 }
 
 function clubKeyRaw(st: Storage, clubId: string): Buffer | null {

@@ -22,6 +22,8 @@ export const RESPONSE_ENVELOPE_MAX = 1 + 1 + cborHeadSize(MAX_REQUEST_ID);
 export const MAX_ANSWER_PAYLOAD = Math.min(MAX_MESSAGE_LEN_V2, MAX_RECORD_PLAINTEXT) - RESPONSE_ENVELOPE_MAX;
 
 function utf8Length(s: string): number {
+  // Buffer.byteLength counts a lone surrogate as 3 bytes too (it is written as U+FFFD).
+  if (s.length > 16) return Buffer.byteLength(s, 'utf8');
   let n = 0;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
@@ -66,7 +68,10 @@ export function cborSize(v: unknown, depth = 0): number {
       if (Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null) break;
       let n = 0;
       let count = 0;
-      for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+      const o = v as Record<string, unknown>;
+      for (const k in o) {
+        if (!Object.hasOwn(o, k)) continue;
+        const x = o[k];
         if (x === undefined) continue;
         count++;
         n += cborSize(k, depth + 1) + cborSize(x, depth + 1);

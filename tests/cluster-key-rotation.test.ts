@@ -51,8 +51,8 @@ test('offline: rotating a replicated club key, or the master key, is refused and
 });
 
 test('online on a cluster member: every key rotation that members share is refused', async () => {
-  const member: OpsContext = { ...ctx, cluster: () => ({}) as unknown as ClusterNode };
-  await assert.rejects(ops.run(member, 'keys.rotate-club', { id: plain }), refused);
+  const member: OpsContext = { ...ctx, cluster: () => ({ route: () => ({ kind: 'redirect', node: 'n9', address: '127.0.0.9:7000' }) }) as unknown as ClusterNode };
+  await assert.rejects(ops.run(member, 'keys.rotate-club', { id: plain }), (e) => refused(e) && (e as Error).message.includes('served by node n9 (127.0.0.9:7000)'));
   await assert.rejects(ops.run(member, 'keys.rotate-master', {}), refused);
 });
 

@@ -47,8 +47,24 @@ export class HashQueue {
    */
   constructor(
     private concurrency: number,
-    readonly perSourceQueued: number,
+    private perSource: number,
   ) {}
+
+  /** Waiting jobs one source may have; more are refused with HASH_BUSY. */
+  get perSourceQueued(): number {
+    return this.perSource;
+  }
+
+  /** Changes the per-source bound (jobs already waiting stay; new ones are judged by it). */
+  setPerSourceQueued(n: number): void {
+    if (!Number.isInteger(n) || n < 1) throw new RangeError('per-source bound must be a positive integer');
+    this.perSource = n;
+  }
+
+  /** Hashes that may run at once. */
+  get concurrencyLimit(): number {
+    return this.concurrency;
+  }
 
   /** Hashes running now. */
   get active(): number {

@@ -124,3 +124,25 @@ test('the daemon queues an IPv6 client under its /64, an IPv4 client under its a
   assert.equal(hashSourceOf('127.0.0.32'), '127.0.0.32');
   assert.notEqual(hashSourceOf('127.0.0.32'), hashSourceOf('127.0.0.33'));
 });
+
+test('limits.passwordHashConcurrency and limits.passwordHashQueuedPerSource size the queue of a started server', { timeout: 60_000 }, async () => {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { loadConfig } = await import('../daemon/main/config.js');
+  const { startServer } = await import('../daemon/main/main.js');
+  const { nullLogger } = await import('../daemon/common/log.js');
+  const dir = mkdtempSync(join(tmpdir(), 'commusic-hashcfg-'));
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify({ health: { enabled: false }, logLevel: 'error', limits: { passwordHashConcurrency: 3, passwordHashQueuedPerSource: 7 } }));
+  const server = await startServer(loadConfig({ file, flags: { dataDir: join(dir, 'data'), listen: '127.0.0.1:0' } }), { logger: nullLogger() });
+  try {
+    assert.equal(passwordHashQueue.concurrencyLimit, 3);
+    assert.equal(passwordHashQueue.perSourceQueued, 7);
+  } finally {
+    await server.stop();
+    passwordHashQueue.setConcurrency(2);
+    passwordHashQueue.setPerSourceQueued(4);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -87,6 +87,8 @@ export const MEANINGS: Record<string, string> = {
   'limits.loginTimeoutMs': 'Deadline for logging in after the handshake, milliseconds.',
   'limits.idleTimeoutMs': 'A logged-in session with no request for this long is closed, milliseconds.',
   'limits.requestTimeoutMs': 'Longest time one request may take, milliseconds.',
+  'limits.passwordHashConcurrency': 'scrypt password hashes running at once; each holds 128 MiB of memory, and each core runs one. Restart to change.',
+  'limits.passwordHashQueuedPerSource': 'Password hashes one source address (IPv6: its /64) may have waiting; one more is answered BUSY. Hashes are taken round-robin between addresses. Restart to change.',
   'limits.shutdownGraceMs': 'On SIGTERM, how long running requests may finish, milliseconds.',
   'limits.writeHighWaterBytes': 'Pause reading a connection while this many bytes wait to be written to it.',
   'health.enabled': 'Serve the HTTPS health and metrics endpoint.',

@@ -48,6 +48,10 @@ const limitsSchema = z
     idleTimeoutMs: z.number().int().min(1_000).max(86_400_000).default(300_000),
     requestTimeoutMs: z.number().int().min(100).max(3_600_000).default(120_000),
     shutdownGraceMs: z.number().int().min(0).max(600_000).default(10_000),
+    /** scrypt password hashes running at once (each holds 128 MiB; crypto/password.ts). */
+    passwordHashConcurrency: z.number().int().min(1).max(64).default(2),
+    /** Password hashes one source address (IPv6: /64) may have waiting; one more gets BUSY. */
+    passwordHashQueuedPerSource: z.number().int().min(1).max(64).default(4),
     /** Pause reading a connection while this many bytes wait to be written to it. */
     writeHighWaterBytes: z.number().int().min(65_536).max(64 * 1024 * 1024).default(1024 * 1024),
   })

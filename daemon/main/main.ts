@@ -3,6 +3,7 @@ import { createServer } from 'node:net';
 import { assertSafeDataDir } from './folder-safety.js';
 import { openIdentityHolder } from './identity-keys.js';
 import { ensurePublicKeyFile, generateIdentity, loadIdentity, saveIdentity, type IdentityKey } from '../../crypto/identity.js';
+import { passwordHashQueue } from '../../crypto/password.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import { openBanSystem, type BanSystem } from '../bans/ban-system.js';
 import { ConfigError, dataPaths, loadConfig, splitHostPort, type Config, type ConfigSources } from './config.js';
@@ -137,6 +138,9 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     sizeStoreCache(config, storage, logger);
     const resumed = await resumeInterruptedRotations(storage);
     if (resumed.master || resumed.clubs.length > 0 || resumed.deleted.length > 0) logger.warn('finished interrupted key operations', resumed);
+    // One queue for the process (crypto/password.ts); the configuration sizes it.
+    passwordHashQueue.setConcurrency(config.limits.passwordHashConcurrency);
+    passwordHashQueue.setPerSourceQueued(config.limits.passwordHashQueuedPerSource);
     const bus = new ViolationBus();
     const banSystem = await openBanSystem({ dataDir: config.dataDir, key: bansDbKey(storage), bus, policy: config.bans, mail: config.mail, logger });
     closers.push(() => banSystem.close());

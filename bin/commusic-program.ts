@@ -6,9 +6,8 @@
 import { Command, Option } from 'commander';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
-import { movedTarget } from '../client/cluster-client.js';
 import { listAll, pages } from '../client/paging.js';
-import { RetryRule, showsProgress } from '../client/retry-rule.js';
+import { loginWithRetries } from './client-login.js';
 import { normalizeFingerprint } from '../crypto/identity.js';
 import { loadTicket, removeTicket, saveTicket, ticketDir, touchTicket } from '../client/tickets.js';
 import { ROLES } from '../daemon/club/rights.js';
@@ -136,45 +135,16 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     return { conn, password };
   }
 
-  /**
-   * auth.login, following MOVED to the server that serves the club (4 hops at once) and retrying
-   * across a takeover or a drain (UNAVAILABLE, SHUTTING_DOWN, a redirect circle) by the SDK's
-   * retry rule (client/retry-rule.ts, PROTOCOL.md 6.5). Nothing is checked or counted for a login
-   * the server answered with one of these: the ownership gate runs before the password check.
-   */
+  /** auth.login, following redirects and retrying across a takeover or drain (bin/client-login.ts). */
   async function loginFollowingRedirects(first: Connection, p: { club: string; user: string; password: string }): Promise<{ payload: unknown }> {
     let conn = first;
-    const rule = new RetryRule(Date.now());
-    let lastOwner: string | undefined;
     const reconnect = async (to: { host: string; port: number } | undefined) => {
       await conn.close().catch(() => undefined);
       holder.conn = undefined;
-      conn = to && holder.connectTo ? await holder.connectTo(to) : await open();
-      holder.conn = conn;
+      holder.conn = conn = to ? await holder.connectTo!(to) : await open();
+      return conn;
     };
-    for (let hops = 0; ; hops++) {
-      try {
-        return await conn.request('auth.login', p);
-      } catch (e) {
-        const target = movedTarget(e);
-        const owner = target && `${target.host}:${target.port}`;
-        const code = (e as { code?: string }).code;
-        if (target && hops < 4 && holder.connectTo) {
-          if (showsProgress(e, lastOwner, owner)) rule.progress(Date.now());
-          lastOwner = owner;
-          await reconnect(target);
-          continue;
-        }
-        if (!(target || code === 'UNAVAILABLE' || code === 'SHUTTING_DOWN') || !holder.connectTo) throw e;
-        const pause = rule.next(Date.now(), showsProgress(e, lastOwner, owner));
-        if (pause === undefined) throw e;
-        await new Promise((r) => setTimeout(r, pause));
-        hops = 0;
-        if (target) lastOwner = owner;
-        // a draining server closes: start again from the server list
-        if (target || code === 'SHUTTING_DOWN') await reconnect(target);
-      }
-    }
+    return loginWithRetries(() => conn, p, holder.connectTo ? reconnect : undefined);
   }
 
   async function call(command: string, payload: unknown): Promise<any> {

@@ -92,7 +92,10 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     await exited;
     await until('every club answered after the kill', () => (clubs.every((c) => answeredAfterKill.has(c)) ? true : undefined), 30_000);
     const countsAtKill = new Map(clubs.map((c) => [c, acked.get(c)!.length]));
-    await until('more writes after the takeover', () => (clubs.every((c) => acked.get(c)!.length >= countsAtKill.get(c)! + 5) ? true : undefined), 30_000);
+    await until('more writes after the takeover', () => {
+      assert.deepEqual(failures, [], 'a writer failed after the takeover');
+      return clubs.every((c) => acked.get(c)!.length >= countsAtKill.get(c)! + 5) ? true : undefined;
+    }, 60_000);
     stop = true;
     await Promise.all(writers);
     assert.deepEqual(failures, []);

@@ -1,7 +1,8 @@
 /**
  * The data server under test for bench/data.ts, in its own process: a fresh data folder with one
  * club, its administrator and 8 persons, and the daemon with the club commands on 127.0.0.1:0.
- * Sends {type: 'ready', port, fingerprint, club, persons} over IPC; removes the folder and exits
+ * Sends {type: 'ready', port, fingerprint, club, persons} over IPC, answers {type: 'cpu'} and
+ * {type: 'writes'} (group-commit counters); removes the folder and exits
  * when the parent disconnects. (The TLS echo baseline is bench/server-child.ts `tls`.)
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -46,6 +47,8 @@ async function main(): Promise<void> {
       const u = process.cpuUsage();
       process.send!({ type: 'cpu', micros: u.user + u.system });
     }
+    // The club store's group-commit counters (storage/club/write-group.ts).
+    if (m.type === 'writes') process.send!({ type: 'writes', stats: storage.openClub(club).writes.stats });
   });
   process.send!({ type: 'ready', port: daemon.address().port, fingerprint: identity.fingerprint, club, persons });
 }

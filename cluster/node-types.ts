@@ -38,6 +38,8 @@ export interface ClubState {
   chain: Promise<void>;
   /** Commits in flight (a handover waits for them). */
   inflight: number;
+  /** The newest append of drained changes in flight (output-gate.ts: a commit with nothing left to drain waits for it). */
+  shipping?: Promise<void> | undefined;
   /** The local store may hold changes the log lacks (an append failed): rebuild before use. */
   needsRebuild: boolean;
 }

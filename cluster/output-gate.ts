@@ -14,10 +14,17 @@ export async function commitClub(ctx: NodeContext, club: string, st: ClubState, 
   // store's position.
   const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
   const d = drainCapture(db, st.drainedUpto);
-  if (!d) return;
+  if (!d) {
+    // Nothing left to drain: another command's commit took this command's changes with its own
+    // (a group commit answers several commands at once; storage/club/write-group.ts). This
+    // answer waits for that append too: appends of a club complete in order, so the newest one
+    // covers every change drained before it. Its failure is this command's failure.
+    if (st.shipping) await st.shipping;
+    return;
+  }
   st.drainedUpto = d.upto;
   st.inflight++;
-  try {
+  const shipping = (async () => {
     await log.append(encodeChangeset(d.changeset));
     // The store holds every change up to the log head (its own), so that is its position.
     const db2 = ctx.storage.openClub(club, { allowSuspended: true }).db;
@@ -26,10 +33,15 @@ export async function commitClub(ctx: NodeContext, club: string, st: ClubState, 
       ackCapture(db2, d.upto);
       writePosition(db2, { seq: head.seq, digest: head.digest });
     })();
+  })();
+  st.shipping = shipping;
+  try {
+    await shipping;
   } catch (e) {
     loseClub(ctx, club, st, e);
     throw e;
   } finally {
+    if (st.shipping === shipping) st.shipping = undefined;
     st.inflight--;
   }
 }

@@ -158,7 +158,7 @@ export class ClientSession {
     this.wipe();
   }
 
-  /** The bytes to send, as buffers in order (each record as its header and its body). */
+  /** The bytes to send, as buffers in order (each record one buffer: header, ciphertext, tag). */
   takeOutput(): Buffer[] {
     return this.output.take();
   }

@@ -95,6 +95,14 @@ export function encodeMessageTransient(m: Message): { head: Uint8Array; tail: Ui
     writeHead(2, m.data.length);
     return { head: scratch.subarray(0, pos), tail: m.data };
   }
+  if (m.kind === 'response' && !m.stream) {
+    // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
+    pos = 0;
+    scratch[pos++] = 0x83;
+    writeHead(0, MSG_RESPONSE);
+    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return { head: scratch.subarray(0, pos), tail: undefined };
+    return { head: slowEncode(m), tail: undefined };
+  }
   const n = fastEncode(toWire(m));
   return { head: n < 0 ? slowEncode(m) : scratch.subarray(0, n), tail: undefined };
 }

@@ -11,16 +11,30 @@ import type { RecordSealer } from './record-layer.js';
 export const OWN_RECORD_FROM = 4096;
 
 /**
- * One scratch buffer for the plaintext of a version 2 batch, shared by all sessions: a batch is
- * joined and sealed synchronously, so no two batches ever use it at once.
+ * Plaintext buffers for version 2 batches (MAX_RECORD_PLAINTEXT bytes each), shared by all
+ * sessions: a session takes one when it queues the first message of a batch and gives it back
+ * when the batch is sealed (the same flush turn) or dropped, so an idle session holds none and
+ * messages are written straight into it, with no buffer per message. Usually one session at a
+ * time has a batch open; up to FREE_BATCH_BUFFERS spare buffers are kept.
  */
-const BATCH_PLAINTEXT = Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
+const freeBatchBuffers: Buffer[] = [];
+
+/** What take() returns when there is nothing to send (frozen: shared by every session). */
+const NO_OUTPUT: Buffer[] = Object.freeze([]) as unknown as Buffer[];
+const FREE_BATCH_BUFFERS = 4;
+
+function takeBatchBuffer(): Buffer {
+  return freeBatchBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
+}
+
+function giveBatchBuffer(b: Buffer): void {
+  if (freeBatchBuffers.length < FREE_BATCH_BUFFERS) freeBatchBuffers.push(b);
+}
 
 /**
  * The bytes a session has produced and not yet handed to its owner, shared by the client and
- * the server session. Records are pushed as header + body buffers; a body sealed in several
- * pieces (sealParts) is remembered as an index range in `runs`, so take() can rejoin it while
- * takePieces() hands the pieces on for a vectored write.
+ * the server session. Each record is one buffer (header, ciphertext, tag); the handshake
+ * messages are pushed as they are.
  *
  * In version 2 (`batching`), messages are gathered until the owner takes the output (one flush
  * turn) and sealed together: one DATA record per MAX_MESSAGES_PER_RECORD messages or 64 KiB of
@@ -28,13 +42,12 @@ const BATCH_PLAINTEXT = Buffer.allocUnsafeSlow(MAX_RECORD_PLAINTEXT);
  */
 export class OutputQueue {
   parts: Buffer[] = [];
-  /** Pairs [start, end) of indexes in `parts` that together form one record body. */
-  runs: number[] = [];
   /** Version 2 batching on (set by the session once the version is known). */
   batching = false;
-  /** Version 2: encoded messages waiting for the flush, each with its length prefix. */
-  private batch: Buffer[] | undefined;
+  /** Version 2: the batch being gathered (messages with their length prefixes), or undefined. */
+  private batch: Buffer | undefined;
   private batchBytes = 0;
+  private batchCount = 0;
   private batchSealer: RecordSealer | undefined;
 
   push(...bufs: Buffer[]): void {
@@ -49,7 +62,7 @@ export class OutputQueue {
   sealMessage(sealer: RecordSealer, message: Message): void {
     const enc = encodeMessageTransient(message);
     if (!this.batching) {
-      sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts);
       return;
     }
     const len = enc.head.length + (enc.tail ? enc.tail.length : 0);
@@ -61,7 +74,7 @@ export class OutputQueue {
       lead.writeUInt16BE(len, 0);
       lead.set(enc.head, BATCH_LENGTH_LEN);
       this.sealBatch();
-      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts);
       return;
     }
     if (len >= OWN_RECORD_FROM) {
@@ -69,18 +82,25 @@ export class OutputQueue {
       const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN);
       prefix.writeUInt16BE(len, 0);
       this.sealBatch();
-      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts, this.runs);
+      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts);
       return;
     }
-    const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN + len);
-    prefix.writeUInt16BE(len, 0);
-    prefix.set(enc.head, BATCH_LENGTH_LEN);
-    if (enc.tail) prefix.set(enc.tail, BATCH_LENGTH_LEN + enc.head.length);
-    if (this.batch && (this.batch.length === MAX_MESSAGES_PER_RECORD || this.batchBytes + prefix.length > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {
+    if (this.batch && (this.batchCount === MAX_MESSAGES_PER_RECORD || this.batchBytes + BATCH_LENGTH_LEN + len > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {
       this.sealBatch();
     }
-    (this.batch ??= []).push(prefix);
-    this.batchBytes += prefix.length;
+    const b = (this.batch ??= takeBatchBuffer());
+    let at = this.batchBytes;
+    b[at] = len >>> 8;
+    b[at + 1] = len & 0xff;
+    at += BATCH_LENGTH_LEN;
+    b.set(enc.head, at);
+    at += enc.head.length;
+    if (enc.tail) {
+      b.set(enc.tail, at);
+      at += enc.tail.length;
+    }
+    this.batchBytes = at;
+    this.batchCount++;
     this.batchSealer = sealer;
   }
 
@@ -94,68 +114,47 @@ export class OutputQueue {
   /** Version 2: seals the queued messages as one DATA record (nothing when none are queued). */
   sealBatch(): void {
     const batch = this.batch;
-    if (!batch || batch.length === 0) return;
+    if (!batch) return;
     const sealer = this.batchSealer!;
+    const n = this.batchBytes;
     this.batch = undefined;
     this.batchSealer = undefined;
-    const n = this.batchBytes;
     this.batchBytes = 0;
-    if (batch.length === 1) {
-      sealer.sealParts(RECORD_DATA, batch[0]!, undefined, this.parts, this.runs);
-      return;
+    this.batchCount = 0;
+    try {
+      sealer.sealParts(RECORD_DATA, batch.subarray(0, n), undefined, this.parts);
+    } finally {
+      giveBatchBuffer(batch);
     }
-    let at = 0;
-    for (const b of batch) {
-      BATCH_PLAINTEXT.set(b, at);
-      at += b.length;
-    }
-    sealer.sealParts(RECORD_DATA, BATCH_PLAINTEXT.subarray(0, n), undefined, this.parts, this.runs);
   }
 
   /** Drops queued messages unsent (the session failed or its keys were wiped). */
   discard(): void {
+    if (this.batch) giveBatchBuffer(this.batch);
     this.batch = undefined;
     this.batchSealer = undefined;
     this.batchBytes = 0;
+    this.batchCount = 0;
   }
 
-  /** The bytes to send, as buffers in order (each record as its header and its body). */
+  /** The bytes to send, as buffers in order (each record one buffer). */
   take(): Buffer[] {
     this.sealBatch();
+    if (this.parts.length === 0) return NO_OUTPUT;
     const out = this.parts;
-    const runs = this.runs;
     this.parts = [];
-    if (runs.length === 0) return out;
-    this.runs = [];
-    const paired: Buffer[] = [];
-    let i = 0;
-    for (let r = 0; r < runs.length; r += 2) {
-      const start = runs[r]!;
-      const end = runs[r + 1]!;
-      while (i < start) paired.push(out[i++]!);
-      paired.push(Buffer.concat(out.slice(start, end)));
-      i = end;
-    }
-    while (i < out.length) paired.push(out[i++]!);
-    return paired;
+    return out;
   }
 
-  /** The bytes to send as unjoined pieces, in order (for a vectored write). */
+  /** The same as take(), for a vectored write. */
   takePieces(): Buffer[] {
-    this.sealBatch();
-    const out = this.parts;
-    this.parts = [];
-    if (this.runs.length > 0) this.runs = [];
-    return out;
+    return this.take();
   }
 
   /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
   takeBytes(): Buffer | undefined {
-    this.sealBatch();
-    const out = this.parts;
+    const out = this.take();
     if (out.length === 0) return undefined;
-    this.parts = [];
-    if (this.runs.length > 0) this.runs = [];
     return out.length === 1 ? out[0]! : Buffer.concat(out);
   }
 }

@@ -1,4 +1,4 @@
-import { aesGcmOpen, aesGcmSealTo } from '../crypto/handshake-crypto.js';
+import { createRecordCipher, type RecordCipher, type RecordCipherRole } from '../crypto/record-cipher.js';
 import {
   MAX_RECORD_SEALED,
   RECORD_CLOSE,
@@ -11,7 +11,7 @@ import {
   TAG_LEN,
 } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { IV_OFFSET, nextDirectionKeys, wipeDirection, type DirectionKeys } from './key-schedule.js';
+import { nextDirectionKeys, wipeDirection, type DirectionKeys } from './key-schedule.js';
 
 /**
  * AES-256-GCM records. The nonce is the direction's IV XOR the record's sequence number
@@ -25,25 +25,18 @@ export interface OpenedRecord {
 }
 
 /**
- * The nonce of record `seq`, written into `into`: one scratch buffer shared by all sessions
- * (node:crypto copies the IV when a cipher is created, so it is free again at once).
+ * The record cipher of one direction's keys (crypto/record-cipher.ts: the nonce is the IV XOR
+ * the record number, counted by the cipher itself). The raw key bytes exist only for the call.
  */
-const NONCE = Buffer.alloc(12);
-
-function nonceFor(into: Buffer, keys: DirectionKeys, seq: number): Buffer {
-  const m = keys.material;
-  m.copy(into, 0, IV_OFFSET, IV_OFFSET + 8);
-  // seq < 2^20 by construction; the upper 32 bits of the counter are zero.
-  into.writeUInt32BE((m.readUInt32BE(IV_OFFSET + 8) ^ seq) >>> 0, 8);
-  return into;
+function cipherFor(keys: DirectionKeys, role: RecordCipherRole): RecordCipher {
+  const raw = keys.key.export();
+  try {
+    return createRecordCipher(raw, keys.iv, role);
+  } finally {
+    raw.fill(0);
+  }
 }
 
-function header(type: number, sealedLen: number): Buffer {
-  const h = Buffer.allocUnsafe(RECORD_HEADER_LEN);
-  h[0] = type;
-  h.writeUInt32BE(sealedLen, 1);
-  return h;
-}
 
 function validType(t: number): boolean {
   return t === RECORD_FINISHED || t === RECORD_DATA || t === RECORD_KEY_UPDATE || t === RECORD_CLOSE;
@@ -51,65 +44,97 @@ function validType(t: number): boolean {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Buffers for large sealed records (stream chunks), reused: a record of POOLED_RECORD_FROM bytes
+ * or more is sealed into a buffer of the full record size taken from here, and the writer gives
+ * it back with recycleRecords() once the socket has written it. Without this every 64 KiB
+ * record costs a fresh ArrayBuffer, and V8 answers that external-memory churn with full garbage
+ * collections (issue 13: a third of the CPU of the 1 MiB echo). At most MAX_SPARE_RECORDS
+ * (2 MiB) are kept; a buffer never given back is simply collected.
+ */
+const POOLED_RECORD_FROM = 16384;
+const FULL_RECORD = RECORD_HEADER_LEN + MAX_RECORD_SEALED;
+const MAX_SPARE_RECORDS = 32;
+const spareRecords: ArrayBuffer[] = [];
+/** The ArrayBuffers that came from here (so nothing else is ever taken into the pool). */
+const pooled = new WeakSet<ArrayBuffer>();
+
+function recordBuffer(size: number): Buffer {
+  if (size < POOLED_RECORD_FROM) return Buffer.allocUnsafe(size);
+  let ab = spareRecords.pop();
+  if (!ab) {
+    ab = new ArrayBuffer(FULL_RECORD);
+    pooled.add(ab);
+  }
+  return Buffer.from(ab, 0, size);
+}
+
+/**
+ * Gives the buffers of large sealed records among `pieces` back for reuse. Call only once
+ * nothing reads them any more (the socket's write callback); other buffers are ignored.
+ */
+export function recycleRecords(pieces: readonly Buffer[]): void {
+  for (const b of pieces) {
+    if (b.length < POOLED_RECORD_FROM || spareRecords.length >= MAX_SPARE_RECORDS) continue;
+    const ab = b.buffer as ArrayBuffer;
+    if (!pooled.has(ab) || spareRecords.includes(ab)) continue;
+    spareRecords.push(ab);
+  }
+}
+
 export class RecordSealer {
   private seq = 0;
+  private cipher: RecordCipher;
+
   constructor(
     private keys: DirectionKeys,
     private readonly rekeyAfter: number = REKEY_AFTER_RECORDS,
-  ) {}
-
-  /**
-   * Seals one record, preceded by a KEY_UPDATE when the current key is used up. Pushes two
-   * buffers per record onto `out`: the header and the sealed body.
-   */
-  seal(type: number, plaintext: Uint8Array, out: Buffer[]): void {
-    this.sealRecord(type, plaintext, undefined, out, undefined);
+  ) {
+    this.cipher = cipherFor(keys, 'seal');
   }
 
   /**
-   * The same record as seal() with `head` followed by `tail` as its plaintext, but the
-   * ciphertext pieces and the tag are pushed onto `out` unjoined (their concatenation, in
-   * order, is the record), so that the caller joins everything once, in its write. When a
-   * record's body takes more than one buffer, its index range [start, end) in `out` is
-   * appended to `runs`, so the caller can still rebuild header/body pairs.
+   * Seals one record, preceded by a KEY_UPDATE when the current key is used up. Pushes one
+   * buffer per record onto `out`: header, ciphertext and tag, written in place by the cipher.
    */
-  sealParts(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[]): void {
-    this.sealRecord(type, head, tail, out, runs);
+  seal(type: number, plaintext: Uint8Array, out: Buffer[]): void {
+    this.sealRecord(type, plaintext, undefined, out);
+  }
+
+  /** The same record as seal() with `head` followed by `tail` as its plaintext (not joined first). */
+  sealParts(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[]): void {
+    this.sealRecord(type, head, tail, out);
   }
 
   keyUpdate(out: Buffer[]): void {
-    this.sealOne(RECORD_KEY_UPDATE, EMPTY, undefined, out, undefined);
+    this.sealOne(RECORD_KEY_UPDATE, EMPTY, undefined, out);
+    this.cipher.destroy();
     this.keys = nextDirectionKeys(this.keys);
+    this.cipher = cipherFor(this.keys, 'seal');
     this.seq = 0;
   }
 
   wipe(): void {
     wipeDirection(this.keys);
+    this.cipher.destroy();
   }
 
-  /** `runs` undefined: join each body into one buffer. */
-  private sealRecord(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[] | undefined): void {
+  private sealRecord(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[]): void {
     const len = head.length + (tail ? tail.length : 0);
     // The peer's reader refuses such a record as an attack; never put one on the wire.
     if (len > MAX_RECORD_PLAINTEXT) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal ${len} bytes`);
     if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) this.keyUpdate(out);
-    this.sealOne(type, head, tail, out, runs);
+    this.sealOne(type, head, tail, out);
   }
 
-  private sealOne(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[], runs: number[] | undefined): void {
+  private sealOne(type: number, head: Uint8Array, tail: Uint8Array | undefined, out: Buffer[]): void {
     const len = head.length + (tail ? tail.length : 0);
-    const h = header(type, len + TAG_LEN);
-    out.push(h);
-    const nonce = nonceFor(NONCE, this.keys, this.seq);
-    if (!runs) {
-      const body: Buffer[] = [];
-      aesGcmSealTo(this.keys.key, nonce, h, head, tail, body);
-      out.push(body.length === 1 ? body[0]! : Buffer.concat(body));
-    } else {
-      const start = out.length;
-      aesGcmSealTo(this.keys.key, nonce, h, head, tail, out);
-      if (out.length - start > 1) runs.push(start, out.length);
-    }
+    // One buffer per record: the header is the associated data, the body is sealed after it.
+    const rec = recordBuffer(RECORD_HEADER_LEN + len + TAG_LEN);
+    rec[0] = type;
+    rec.writeUInt32BE(len + TAG_LEN, 1);
+    this.cipher.seal(rec.subarray(0, RECORD_HEADER_LEN), head, tail, rec, RECORD_HEADER_LEN);
+    out.push(rec);
     this.seq++;
   }
 }
@@ -129,11 +154,14 @@ export class RecordReader {
   private buffered = 0;
   private seq = 0;
   private rekeyPending = false;
+  private cipher: RecordCipher;
 
   constructor(
     private keys: DirectionKeys,
     private readonly rekeyAfter: number = REKEY_AFTER_RECORDS,
-  ) {}
+  ) {
+    this.cipher = cipherFor(keys, 'open');
+  }
 
   get bufferedBytes(): number {
     return this.buffered;
@@ -149,7 +177,9 @@ export class RecordReader {
   next(): OpenedRecord | undefined {
     if (this.rekeyPending) {
       this.rekeyPending = false;
+      this.cipher.destroy();
       this.keys = nextDirectionKeys(this.keys);
+      this.cipher = cipherFor(this.keys, 'open');
       this.seq = 0;
     }
     if (this.buffered < RECORD_HEADER_LEN) return undefined;
@@ -165,8 +195,8 @@ export class RecordReader {
     if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
       throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
     }
-    const plaintext = aesGcmOpen(this.keys.key, nonceFor(NONCE, this.keys, this.seq), aad, whole.subarray(RECORD_HEADER_LEN));
-    if (!plaintext) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
+    const plaintext = Buffer.allocUnsafe(len - TAG_LEN);
+    if (this.cipher.open(aad, whole.subarray(RECORD_HEADER_LEN), plaintext, 0) < 0) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
     this.seq++;
     if (type === RECORD_KEY_UPDATE) {
       if (plaintext.length !== 0) throw new ProtocolError('BAD_RECORD_TYPE', 'KEY_UPDATE carries no data');
@@ -177,6 +207,7 @@ export class RecordReader {
 
   wipe(): void {
     wipeDirection(this.keys);
+    this.cipher.destroy();
     this.chunks = [];
     this.buffered = 0;
   }

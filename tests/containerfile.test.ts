@@ -58,4 +58,11 @@ test('deploy/Containerfile: multi-stage node:20-slim, non-root USER, data VOLUME
   // The build stage copies every source folder tsconfig compiles for the programs.
   const copied = ins.filter((i) => i.op === 'COPY').map((i) => i.args.split(/\s+/)[0]);
   for (const dir of ['bin', 'client', 'crypto', 'daemon', 'protocol', 'storage']) assert.ok(copied.includes(dir), `COPY ${dir}`);
+  // npm ci runs the install script that builds the record AEAD addon: its sources come first,
+  // and the built addon goes into the runtime stage where dist/crypto/ looks for it.
+  const npmCi = ins.findIndex((i) => i.op === 'RUN' && /\bnpm ci\b/.test(i.args));
+  const before = ins.slice(0, npmCi).filter((i) => i.op === 'COPY').map((i) => i.args);
+  assert.ok(before.some((a) => a.split(/\s+/).includes('binding.gyp')), 'binding.gyp before npm ci');
+  assert.ok(before.some((a) => a.startsWith('crypto/native ')), 'crypto/native before npm ci');
+  assert.ok(runtime.some((i) => i.op === 'COPY' && /record_aead\.node\s+\.\/build\/Release\/$/.test(i.args)), 'the addon in the runtime stage');
 });

@@ -22,7 +22,8 @@ import {
 } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { parseClientHello, parseReject, parseServerHello } from '../protocol/handshake-messages.js';
-import { decodeMessage, encodeMessage, type Message } from '../protocol/messages.js';
+import { decodeMessage, encodeMessage, encodeMessageTransient, type Message } from '../protocol/messages.js';
+import { MSG_RESPONSE } from '../protocol/constants.js';
 
 /**
  * Property tests of the message decoder, the CBOR shape check and the handshake message
@@ -83,6 +84,18 @@ test('decodeMessage: every message round-trips through encodeMessage', { timeout
       assert.deepStrictEqual(decodeMessage(encodeMessage(m)), m);
     }),
     { numRuns: 500 },
+  );
+});
+
+test('encodeMessageTransient (the sealing path) writes exactly the bytes of encodeMessage, whose fallback is cborg', { timeout: 30000 }, () => {
+  fc.assert(
+    fc.property(messageArb, (m) => {
+      const t = encodeMessageTransient(m);
+      const joined = Buffer.concat([t.head, t.tail ?? new Uint8Array(0)]);
+      assert.deepStrictEqual(joined, Buffer.from(encodeMessage(m)));
+      if (m.kind === 'response' && !m.stream) assert.deepStrictEqual(joined, Buffer.from(encode([MSG_RESPONSE, m.id, m.payload])));
+    }),
+    { numRuns: 2000 },
   );
 });
 

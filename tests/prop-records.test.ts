@@ -151,8 +151,8 @@ function sealStream(specs: { type: number; size: number; fill: number }[]) {
     const plaintext = Buffer.alloc(s.size, s.fill);
     const out: Buffer[] = [];
     sealer.seal(s.type, plaintext, out);
-    for (let i = 0; i < out.length; i += 2) {
-      len += out[i]!.length + out[i + 1]!.length;
+    for (const rec of out) {
+      len += rec.length;
       bounds.push(len);
     }
     parts.push(...out);
@@ -327,8 +327,8 @@ function liveTranscript(messages: Message[], close: boolean, version: 1 | 2 = 1,
   let len = 0;
   const emit = (count: number) => {
     const out = client.takeOutput();
-    for (let i = 0; i < out.length; i += 2) {
-      len += out[i]!.length + out[i + 1]!.length;
+    for (const rec of out) {
+      len += rec.length;
       bounds.push(len);
     }
     parts.push(...out);
@@ -441,7 +441,7 @@ test('a KEY_UPDATE with a body or a record past the per-key limit is refused', (
   const s = new RecordSealer(keys(), REKEY);
   for (let i = 0; i < REKEY + 2; i++) s.seal(RECORD_DATA, Buffer.from([i]), out);
   const types = [];
-  for (let i = 0; i < out.length; i += 2) types.push(out[i]![0]);
+  for (const rec of out) types.push(rec[0]);
   assert.equal(types[REKEY - 1], RECORD_KEY_UPDATE, 'the sealer inserts the KEY_UPDATE at the last sequence number');
   // A KEY_UPDATE must be empty.
   const withBody: Buffer[] = [];

@@ -37,7 +37,16 @@ function capturing(db: Database.Database, out: Captured[]): Db {
         out.push({ sql, args });
         return (s[m] as (...a: unknown[]) => unknown)(...args);
       };
-    return { all: rec('all'), get: rec('get'), run: rec('run'), iterate: (...args: unknown[]) => (out.push({ sql, args }), s.iterate(...args)) };
+    const w = {
+      all: rec('all'),
+      get: rec('get'),
+      run: rec('run'),
+      iterate: (...args: unknown[]) => (out.push({ sql, args }), s.iterate(...args)),
+      // Raw mode (rows as arrays: storage/engine/statements.ts cachedRawStatement).
+      raw: (on?: boolean) => (s.raw(on), w),
+      columns: () => s.columns(),
+    };
+    return w;
   };
   return new Proxy(db, { get: (t, p) => (p === 'prepare' ? wrap : (Reflect.get(t, p) as unknown)) }) as unknown as Db;
 }

@@ -177,6 +177,26 @@ export function dataError(g: Guard, e: unknown, right: string): never {
   throw e;
 }
 
+/**
+ * Run a club write through its store's group commit (storage/club/write-group.ts): `work` runs
+ * synchronously in the group's transaction (answer included) and the promise settles once the
+ * group's commit is durable. A request that ended while it waited (CANCEL, its timeout, its
+ * connection closed) is not applied. A store that cannot take the write now (too many waiting,
+ * closed under it) answers BUSY: nothing was written, the client retries.
+ */
+export function grouped<T>(g: Guard, work: () => T): Promise<T> {
+  const run = () => {
+    // Cancelled, timed out or its connection closed while it waited for its group: the client was
+    // answered CANCELLED (or nothing), so the write must not happen either.
+    if (g.ctx.signal.aborted) throw new CommandError('CANCELLED', 'the request ended before it was applied');
+    return work();
+  };
+  return g.p.store.writes.run(run).catch((e: unknown) => {
+    if (e instanceof StorageError && e.code === 'STORE_BUSY') throw new CommandError('BUSY', 'the club store is busy; retry shortly');
+    throw e;
+  });
+}
+
 export function strictObject(shape: Record<string, ZodTypeAny>): z.ZodObject<Record<string, ZodTypeAny>, 'strict'> {
   return z.object(shape).strict();
 }

@@ -10,9 +10,9 @@ import { appendAudit, revocable, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
 import { LARGEST_INT, LONGEST_CURSOR, MAX_ROWS_PER_ANSWER, firstN, fitAnswer } from './answer-fit.js';
 import { ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
-import type { Dispatcher } from '../edge/dispatcher.js';
+import type { CommandContext, Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, scopeCovers, type Action, type Area, type Effective } from './rights.js';
-import { Guard, clubField, cursorField, dataError, exportAudit, getSchema, guard, id, listSchema, quickGetPayload, quickUpdateParser, register, strictObject } from './command-guard.js';
+import { Guard, clubField, grouped, cursorField, dataError, exportAudit, getSchema, guard, id, listSchema, quickGetPayload, quickUpdateParser, register, strictObject } from './command-guard.js';
 
 export const DATA_COMMAND_ENTITIES = Object.keys(ENTITY_AREA) as DataEntity[];
 
@@ -82,6 +82,9 @@ export function project(g: Guard, entity: DataEntity, rows: Record<string, unkno
     reach[i] = !s ? 'none' : s.kind === 'all' ? 'all' : idsInScope(db, entity, rows.map((r) => r.id as number), s);
     if (reach[i] !== 'all') allReached = false;
   }
+  // Every field reached and none named: each row goes out whole. The rows are the caller's own
+  // fresh objects (one statement call each), so they are answered as they are, not copied.
+  if (allReached && !requested) return rows;
   const ctx: ProjectCtx = { areas, areaList, reach, allReached };
   const out: Record<string, unknown>[] = new Array(rows.length);
   for (let n = 0; n < rows.length; n++) {
@@ -255,7 +258,9 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
   const createShape = (validatorFor(entity, 'create') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
   const updateShape = (validatorFor(entity, 'update') as z.ZodObject<Record<string, ZodTypeAny>>).shape;
 
-  d.register({ name: `${entity}.get`, schema: getSchema, quickParse: quickGetPayload, handler: async (p: { id: number; fields?: string[]; club?: string }, ctx) => {
+  // Answered without a promise when it succeeds (the dispatcher sends a plain result in the same
+  // turn); a failure is a rejected promise, as the dispatcher requires.
+  const get = (p: { id: number; fields?: string[]; club?: string }, ctx: CommandContext): { payload: unknown } => {
     const g = guard(services, ctx, `${entity}.get`, p);
     const { scope } = g.needEntity(entity, 'read', 'read');
     const r = getRecord(g.p.db, entity, p.id, scope);
@@ -266,6 +271,13 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     const record = project(g, entity, [r], 'read', p.fields)[0];
     logBlockedReads(g, entity, [r]);
     return { payload: { record } };
+  };
+  d.register({ name: `${entity}.get`, schema: getSchema, quickParse: quickGetPayload, handler: (p: { id: number; fields?: string[]; club?: string }, ctx) => {
+    try {
+      return get(p, ctx);
+    } catch (e) {
+      return Promise.reject(e);
+    }
   } });
 
   register(d, `${entity}.list`, strictObject({ ...listSchema, limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField }), async (p, ctx) => {
@@ -314,49 +326,57 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     }
   });
 
+  // Writes go through the store's group commit (storage/club/write-group.ts): the work runs in
+  // the group's transaction, answer included, and the promise settles once the group is durable.
   register(d, `${entity}.create`, strictObject({ ...createShape, club: clubField }), async (p, ctx) => {
-    const g = await guard(services, ctx, `${entity}.create`, p);
-    let { scope } = g.needEntity(entity, 'create', 'write');
-    const { club: _c, ...values } = p;
-    if (entity === 'persons' && values.blocked === true) scope = { ...scope, hideBlocked: false };
-    checkWriteFields(g, entity, values, 'create');
-    checkScopeDefining(g, entity, 'create', undefined, values);
-    try {
-      const record = createRecord(g.p.db, entity, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
-      return { payload: writeAnswer(g, entity, record) };
-    } catch (e) {
-      dataError(g, e, right('create'));
-    }
+    const g = guard(services, ctx, `${entity}.create`, p);
+    return grouped(g, () => {
+      let { scope } = g.needEntity(entity, 'create', 'write');
+      const { club: _c, ...values } = p;
+      if (entity === 'persons' && values.blocked === true) scope = { ...scope, hideBlocked: false };
+      checkWriteFields(g, entity, values, 'create');
+      checkScopeDefining(g, entity, 'create', undefined, values);
+      try {
+        const record = createRecord(g.p.db, entity, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
+        return { payload: writeAnswer(g, entity, record) };
+      } catch (e) {
+        dataError(g, e, right('create'));
+      }
+    });
   });
 
   const updateSchema = strictObject({ ...updateShape, id, club: clubField });
   d.register({ name: `${entity}.update`, schema: updateSchema, quickParse: quickUpdateParser(entity, Object.keys(updateSchema.shape)), handler: async (p: any, ctx) => {
     const g = guard(services, ctx, `${entity}.update`, p);
-    let { scope } = g.needEntity(entity, 'update', 'write');
-    const { club: _c, id: rid, ...values } = p;
-    checkWriteFields(g, entity, values, 'update');
-    scope = blockedWrite(g, entity, rid, scope, values);
-    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'update', getRecord(g.p.db, entity, rid, scope), values);
-    try {
-      const r = updateRecord(g.p.db, entity, rid, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
-      return { payload: writeAnswer(g, entity, r.record, values, r.changes) };
-    } catch (e) {
-      if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, rid) && !getRecord(g.p.db, entity, rid, scope)) g.hidden(right('update'), `${entity} ${rid}`);
-      dataError(g, e, right('update'));
-    }
+    return grouped(g, () => {
+      let { scope } = g.needEntity(entity, 'update', 'write');
+      const { club: _c, id: rid, ...values } = p;
+      checkWriteFields(g, entity, values, 'update');
+      scope = blockedWrite(g, entity, rid, scope, values);
+      if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'update', getRecord(g.p.db, entity, rid, scope), values);
+      try {
+        const r = updateRecord(g.p.db, entity, rid, values, { scope, audit: g.p.audit, actor: g.p.actor, refVisible: refVisible(g) });
+        return { payload: writeAnswer(g, entity, r.record, values, r.changes) };
+      } catch (e) {
+        if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, rid) && !getRecord(g.p.db, entity, rid, scope)) g.hidden(right('update'), `${entity} ${rid}`);
+        dataError(g, e, right('update'));
+      }
+    });
   } });
 
   register(d, `${entity}.delete`, strictObject({ id, club: clubField }), async (p, ctx) => {
-    const g = await guard(services, ctx, `${entity}.delete`, p);
-    let { scope } = g.needEntity(entity, 'delete', 'write');
-    scope = blockedWrite(g, entity, p.id, scope, {});
-    if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'delete', getRecord(g.p.db, entity, p.id, scope), {});
-    try {
-      deleteRecord(g.p.db, entity, p.id, { scope, audit: g.p.audit, actor: g.p.actor });
-      return { payload: { deleted: true, id: p.id } };
-    } catch (e) {
-      if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, p.id)) g.hidden(right('delete'), `${entity} ${p.id}`);
-      dataError(g, e, right('delete'));
-    }
+    const g = guard(services, ctx, `${entity}.delete`, p);
+    return grouped(g, () => {
+      let { scope } = g.needEntity(entity, 'delete', 'write');
+      scope = blockedWrite(g, entity, p.id, scope, {});
+      if (SCOPE_DEFINING.has(entity)) checkScopeDefining(g, entity, 'delete', getRecord(g.p.db, entity, p.id, scope), {});
+      try {
+        deleteRecord(g.p.db, entity, p.id, { scope, audit: g.p.audit, actor: g.p.actor });
+        return { payload: { deleted: true, id: p.id } };
+      } catch (e) {
+        if (e instanceof DataError && e.code === 'NOT_FOUND' && recordExists(g.p.db, entity, p.id)) g.hidden(right('delete'), `${entity} ${p.id}`);
+        dataError(g, e, right('delete'));
+      }
+    });
   });
 }

@@ -181,7 +181,14 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.bytesIn += data.length;
     this.lastActive = Date.now();
     this.session.receive(data);
-    this.pump();
+    this.pumping = true;
+    try {
+      this.pump();
+    } finally {
+      this.pumping = false;
+    }
+    // pump() flushes on its ways out; this writes whatever an early return (closed) left.
+    this.flush();
     this.watchRecord();
   }
 

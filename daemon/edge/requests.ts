@@ -140,23 +140,32 @@ export abstract class RequestLifecycle {
     }
     const f = new InFlight(id, command, Date.now() + this.limits.requestTimeoutMs);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
-    const inflight = (this.inflight ??= new Map());
-    inflight.set(id, f);
-    if (inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
-    this.sweepTimer ??= setTimeout(onSweepTimer, this.limits.requestTimeoutMs, this).unref();
     // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
     const pending: unknown = prepared.spec.handler(prepared.payload, new RequestContext(this, f));
     if (!(pending instanceof Promise)) {
-      // A plain result (ping): answered now, sealed with the rest of this turn's output.
-      this.onResult(f, pending as { payload: unknown; download?: AsyncIterable<Uint8Array> });
+      // A plain result (ping): answered now, sealed with the rest of this turn's output. Nothing
+      // else ran in between, so unless a download follows (credit and cancel find it by id) it
+      // never needs a place in the in-flight table or a deadline.
+      const result = pending as { payload: unknown; download?: AsyncIterable<Uint8Array> };
+      if (result.download) this.track(f);
+      this.onResult(f, result);
       return;
     }
+    this.track(f);
     pending.then(
       (result) => this.guarded('result', () => this.onResult(f, result)),
       (e: unknown) => {
         if (f.phase === WAITING) this.guarded('result', () => this.finishRequest(f, e));
       },
     );
+  }
+
+  /** Puts `f` in the in-flight table (its id taken, its deadline watched); pauses reading when full. */
+  private track(f: InFlight): void {
+    const inflight = (this.inflight ??= new Map());
+    inflight.set(f.id, f);
+    if (inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
+    this.sweepTimer ??= setTimeout(onSweepTimer, this.limits.requestTimeoutMs, this).unref();
   }
 
   private onResult(f: InFlight, result: { payload: unknown; download?: AsyncIterable<Uint8Array> }): void {
@@ -222,8 +231,8 @@ export abstract class RequestLifecycle {
   private retire(f: InFlight): void {
     if (f.phase === DONE) return;
     f.phase = DONE;
-    const inflight = this.inflight!;
-    if (inflight.get(f.id) === f) inflight.delete(f.id);
+    const inflight = this.inflight;
+    if (inflight?.get(f.id) === f) inflight.delete(f.id);
     // The sweep timer stays armed (unref'd) when nothing is in flight: re-arming it for every
     // request would cost a timer per request again. It finds nothing to do and lapses.
     this.afterRequest();

@@ -18,6 +18,12 @@ export abstract class SessionOutput extends RequestLifecycle {
   /** The last socket activity (ms since the epoch, 0: none), for the idle deadline. */
   protected lastActive = 0;
   private flushQueued = false;
+  /**
+   * True while the connection works through one read (Connection.pump): it flushes when done, so
+   * answers given meanwhile need no microtask of their own (each queueMicrotask costs an
+   * AsyncResource and a bound function in Node).
+   */
+  protected pumping = false;
   protected handshakeOpen = true;
   private pausedForOutput = false;
 
@@ -64,7 +70,7 @@ export abstract class SessionOutput extends RequestLifecycle {
     // Throws RECORD_TOO_LARGE before sealing anything when `m` does not fit one record; the
     // callers turn that into TOO_LARGE (responses) or cannot meet it (bounded errors, credit).
     this.session.sendMessage(m);
-    if (!this.flushQueued) {
+    if (!this.flushQueued && !this.pumping) {
       this.flushQueued = true;
       queueMicrotask(() => {
         this.flushQueued = false;

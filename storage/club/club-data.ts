@@ -45,8 +45,38 @@ export type Changes = Record<string, { old: unknown; new: unknown }>;
 
 const REDACTED = '[redacted]';
 
+/** Per entity, built once: its sensitive fields, and the fields a write may name by default. */
+const SENSITIVE = new Map<EntityName, ReadonlySet<string>>();
+const WRITABLE = new Map<EntityName, ReadonlySet<string>>();
+
+function sensitiveSet(entity: EntityName): ReadonlySet<string> {
+  let s = SENSITIVE.get(entity);
+  if (!s) SENSITIVE.set(entity, (s = new Set(sensitiveFields(entity))));
+  return s;
+}
+
+function writableSet(entity: EntityName, writable: readonly string[] | undefined): ReadonlySet<string> {
+  if (writable) return new Set(writable);
+  let s = WRITABLE.get(entity);
+  if (!s) WRITABLE.set(entity, (s = new Set(visibleFields(entity))));
+  return s;
+}
+
+/**
+ * Run `fn` in an IMMEDIATE transaction (a savepoint when one is open already, e.g. inside a
+ * group commit: storage/club/write-group.ts). One transaction function per connection, made
+ * once: better-sqlite3's `db.transaction()` builds five functions per call.
+ */
+const TXNS = new WeakMap<Db, { immediate<T>(fn: () => T): T }>();
+
+function immediate<T>(db: Db, fn: () => T): T {
+  let t = TXNS.get(db);
+  if (!t) TXNS.set(db, (t = db.transaction((f: () => unknown) => f()) as unknown as { immediate<T>(fn: () => T): T }));
+  return t.immediate(fn);
+}
+
 function redact(entity: EntityName, changes: Changes): Changes {
-  const s = new Set(sensitiveFields(entity));
+  const s = sensitiveSet(entity);
   const out: Changes = {};
   for (const [k, v] of Object.entries(changes)) out[k] = s.has(k) ? { old: v.old === null ? null : REDACTED, new: v.new === null ? null : REDACTED } : v;
   return out;
@@ -58,7 +88,7 @@ function same(a: unknown, b: unknown): boolean {
 
 function validate(entity: EntityName, mode: 'create' | 'update', input: unknown, writable: readonly string[] | undefined): Record<string, unknown> {
   if (input === null || typeof input !== 'object' || Array.isArray(input)) throw new DataError('INVALID', 'values must be an object');
-  const allowed = new Set(writable ?? visibleFields(entity));
+  const allowed = writableSet(entity, writable);
   for (const k of Object.keys(input)) if (!allowed.has(k)) throw new DataError('INVALID', `${entity} has no writable field ${k.slice(0, 64)}`);
   const r = validatorFor(entity, mode).safeParse(input);
   if (!r.success) {
@@ -96,7 +126,7 @@ export function rowInScope(db: Db, entity: EntityName, id: number, scope: RowSco
 export function createRecord(db: Db, entity: EntityName, input: unknown, o: MutationOptions): Record<string, unknown> {
   const values = validate(entity, 'create', input, o.writable);
   const e = MODEL[entity];
-  return db.transaction(() => {
+  return immediate(db, () => {
     checkRefs(entity, values, o);
     const row = toRow(entity, values);
     const cols = Object.keys(row);
@@ -113,13 +143,13 @@ export function createRecord(db: Db, entity: EntityName, input: unknown, o: Muta
     for (const k of visibleFields(entity)) if (created[k] !== null && created[k] !== undefined) changes[k] = { old: null, new: created[k] };
     o.audit.append({ ...o.actor, action: 'create', entity, recordId: id, changes: redact(entity, changes) });
     return created;
-  }).immediate();
+  });
 }
 
 export function updateRecord(db: Db, entity: EntityName, id: number, input: unknown, o: MutationOptions): { record: Record<string, unknown>; changes: Changes } {
   const values = validate(entity, 'update', input, o.writable);
   const e = MODEL[entity];
-  return db.transaction(() => {
+  return immediate(db, () => {
     const old = readRow(db, entity, id, o.scope);
     if (!old) throw new DataError('NOT_FOUND', `${entity} ${id} does not exist`);
     const changed: Record<string, unknown> = {};
@@ -139,12 +169,12 @@ export function updateRecord(db: Db, entity: EntityName, id: number, input: unkn
     for (const k of Object.keys(changed)) changes[k] = { old: old[k] ?? null, new: record[k] ?? null };
     o.audit.append({ ...o.actor, action: 'update', entity, recordId: id, changes: redact(entity, changes) });
     return { record, changes };
-  }).immediate();
+  });
 }
 
 export function deleteRecord(db: Db, entity: EntityName, id: number, o: MutationOptions, also?: (old: Record<string, unknown>) => void): Record<string, unknown> {
   const e = MODEL[entity];
-  return db.transaction(() => {
+  return immediate(db, () => {
     const old = readRow(db, entity, id, o.scope);
     if (!old) throw new DataError('NOT_FOUND', `${entity} ${id} does not exist`);
     try {
@@ -157,5 +187,5 @@ export function deleteRecord(db: Db, entity: EntityName, id: number, o: Mutation
     for (const k of visibleFields(entity)) if (old[k] !== null && old[k] !== undefined) changes[k] = { old: old[k], new: null };
     o.audit.append({ ...o.actor, action: 'delete', entity, recordId: id, changes: redact(entity, changes) });
     return old;
-  }).immediate();
+  });
 }

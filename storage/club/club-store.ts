@@ -16,6 +16,7 @@ import { reencryptCopy, removeSqliteFiles, swapInSqliteFile } from '../engine/re
 import { StorageError } from '../engine/errors.js';
 import { MIGRATIONS } from './schema.js';
 import { openEncrypted, migrate, type Db } from '../engine/sqlcipher.js';
+import { WriteGroup } from './write-group.js';
 
 export const CLUB_DB_FILE = 'club.db';
 export const DOCS_DIR = 'docs';
@@ -34,6 +35,8 @@ export class ClubStore {
   readonly dir: string;
   readonly db: Db;
   readonly keyVersion: number;
+  /** Group commit of this store's data writes (write-group.ts); close() commits what it holds first. */
+  readonly writes: WriteGroup;
   #key: Buffer;
 
   constructor(clubId: string, dir: string, db: Db, key: Buffer, keyVersion: number) {
@@ -42,6 +45,7 @@ export class ClubStore {
     this.db = db;
     this.#key = Buffer.from(key);
     this.keyVersion = keyVersion;
+    this.writes = new WriteGroup(db);
   }
 
   get docsDir(): string {
@@ -66,7 +70,12 @@ export class ClubStore {
     // (SQLite's own close path); a TRUNCATE checkpoint first did the same work twice on every
     // eviction. The WAL cannot be kept between opens: SQLITE_FCNTL_PERSIST_WAL is not reachable
     // through better-sqlite3.
-    if (this.db.open) this.db.close();
+    if (this.db.open) {
+      // Writes queued for a group commit are applied and committed before the store goes
+      // (eviction, maintenance lock, shutdown): none is dropped unanswered.
+      this.writes.flush();
+      this.db.close();
+    }
     this.#key.fill(0);
   }
 }

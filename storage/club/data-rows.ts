@@ -3,9 +3,9 @@
  * blocked persons, the data errors, and reading one record.
  */
 import { MODEL, type EntityName } from './model.js';
-import { fromRow, q } from './schema.js';
+import { q, rowFromValues } from './schema.js';
 import type { Db } from '../engine/sqlcipher.js';
-import { cachedStatement } from '../engine/statements.js';
+import { cachedRawStatement, cachedStatement } from '../engine/statements.js';
 
 /**
  * Which rows a caller reaches:
@@ -185,9 +185,9 @@ export function readRow(db: Db, entity: EntityName, id: number, scope: RowScope)
     sql = `SELECT ${selectList(entity)} FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND (${c.sql})`;
     if (c.args.length === 0) READ_SQL.set(c, sql);
   }
-  const st = stmt(db, sql);
-  const r = (c.args.length === 0 ? st.get(id) : st.get(id, ...c.args)) as Record<string, unknown> | undefined;
-  return r && fromRow(entity, r);
+  const { statement, columns } = cachedRawStatement(db, sql);
+  const r = c.args.length === 0 ? statement.get(id) : statement.get(id, ...c.args);
+  return r && rowFromValues(entity, columns, r);
 }
 
 /** Whether a row with this id exists at all (used to tell a guessed id from a missing one). */

@@ -361,15 +361,25 @@ export function modelVersion(model: Readonly<Record<string, EntityDef>> = MODEL)
   return Math.max(v, INDEX_VERSION);
 }
 
+/** The validators of each entity definition, built once (zod schemas are immutable). */
+const VALIDATORS = new WeakMap<object, { create?: z.ZodTypeAny; update?: z.ZodTypeAny }>();
+
 /**
  * Input validator for an entity: `create` requires required fields, `update` makes every field
  * optional. Unknown fields are rejected (strict), so a typo is an error rather than ignored.
+ * Built once per entity and mode; the schema returned is shared and must not be changed.
  */
 export function validatorFor(entityName: EntityName, mode: 'create' | 'update'): z.ZodTypeAny {
   const e = MODEL[entityName];
-  const shape: Record<string, ZodTypeAny> = {};
-  for (const [k, fd] of Object.entries(e.fields)) shape[k] = mode === 'update' ? fd.zod.optional() : fd.zod;
-  return z.object(shape).strict();
+  let m = VALIDATORS.get(e);
+  if (!m) VALIDATORS.set(e, (m = {}));
+  let v = m[mode];
+  if (!v) {
+    const shape: Record<string, ZodTypeAny> = {};
+    for (const [k, fd] of Object.entries(e.fields)) shape[k] = mode === 'update' ? fd.zod.optional() : fd.zod;
+    v = m[mode] = z.object(shape).strict();
+  }
+  return v;
 }
 
 /** Fields whose values the audit log and logs must not show in clear. */

@@ -162,6 +162,39 @@ export function toRow(entity: EntityName, obj: Record<string, unknown>): Record<
   return row;
 }
 
+/** Per entity, built once: which columns come back converted (1: boolean from 0/1, 2: JSON text). */
+const CONVERSIONS = new WeakMap<object, Readonly<Record<string, 1 | 2>>>();
+
+function conversionsOf(entity: EntityName): Readonly<Record<string, 1 | 2>> {
+  const e = MODEL[entity];
+  let c = CONVERSIONS.get(e);
+  if (!c) {
+    const m: Record<string, 1 | 2> = Object.create(null) as Record<string, 1 | 2>;
+    for (const [k, fd] of Object.entries(e.fields)) {
+      if (isBoolean(fd)) m[k] = 1;
+      else if (jsonish(fd)) m[k] = 2;
+    }
+    CONVERSIONS.set(e, (c = m));
+  }
+  return c;
+}
+
+/**
+ * fromRow for a row read in raw mode: `values[i]` is column `columns[i]`; the object has the
+ * columns in that order, converted as fromRow converts them.
+ */
+export function rowFromValues(entity: EntityName, columns: readonly string[], values: readonly unknown[]): Record<string, unknown> {
+  const conv = conversionsOf(entity);
+  const out: Record<string, unknown> = {};
+  for (let i = 0; i < columns.length; i++) {
+    const k = columns[i]!;
+    const v = values[i];
+    const c = v === null ? undefined : conv[k];
+    out[k] = c === undefined ? v : c === 1 ? v === 1 : JSON.parse(String(v));
+  }
+  return out;
+}
+
 /** An SQL row back to a JS object (inverse of toRow). */
 export function fromRow(entity: EntityName, row: Record<string, unknown>): Record<string, unknown> {
   const e = MODEL[entity];

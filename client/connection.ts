@@ -1,5 +1,5 @@
 import { connect as netConnect, type Socket } from 'node:net';
-import { ClientSession } from '../protocol/client-session.js';
+import { ClientSession, pinFingerprint } from '../protocol/client-session.js';
 import { CredentialCache } from '../protocol/credential.js';
 import { CLOSE_NORMAL, MAX_CHUNK_LEN, MAX_REQUEST_ID } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
@@ -117,9 +117,14 @@ export class Connection {
     const server = canonicalServerName(`${opts.host.includes(':') ? `[${opts.host}]` : opts.host}:${opts.port}`);
     const { pins, successions, tofu } = resolvePins(opts, server);
     const now = opts.now ?? Date.now;
+    // The key the server presented (checked against the pins after the handshake).
+    let presented: string | undefined;
     const attempt = (maxVersion: number) => {
       const session = new ClientSession({
-        acceptServerKey: () => true,
+        acceptServerKey: (fp) => {
+          presented = fp;
+          return true;
+        },
         ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
         maxVersion,
         now,
@@ -138,6 +143,9 @@ export class Connection {
       // A credential outside this clock's window (PROTOCOL.md 3.5): once more offering up to
       // version 2, whose handshake the identity key signs itself.
       if (!(e instanceof ClientError && e.code === 'SERVER_CREDENTIAL_TIME') || wanted < 3) throw e;
+      // Only for the pinned key (or a first use): anyone on the path can send a credential of its
+      // own key outside the window, and must not push this client down a version by it.
+      if (pins.length > 0 && !pins.some((p) => presented !== undefined && pinFingerprint(p)(presented))) throw e;
       if (clockFallback.size >= 256) clockFallback.clear(); // bounded: one entry per server
       clockFallback.set(server, now() + CLOCK_FALLBACK_MS);
       ({ session, socket, done } = attempt(2));

@@ -109,8 +109,10 @@ export class CredentialCache {
 
 /**
  * The client's checks of a credential (PROTOCOL.md 3.5), in this order: layout, version 3,
- * scheme Ed25519, window no longer than CREDENTIAL_MAX_VALIDITY_MS, `now` inside the window
- * widened by CREDENTIAL_CLOCK_SKEW_MS at both ends, the identity key's signature. Returns the
+ * scheme Ed25519, window no longer than CREDENTIAL_MAX_VALIDITY_MS, the identity key's
+ * signature, then `now` inside the window widened by CREDENTIAL_CLOCK_SKEW_MS at both ends (a
+ * time error, which makes the SDK fall back to version 2, only for a credential the identity
+ * key really signed: a forged expired one is BAD_CREDENTIAL, not a downgrade). Returns the
  * credential's public key. Errors: BAD_CREDENTIAL, CREDENTIAL_EXPIRED, CREDENTIAL_NOT_YET_VALID.
  */
 export function checkCredential(spki: Buffer, credential: Buffer, signature: Buffer, now: number, cache?: CredentialCache): KeyObject {
@@ -120,17 +122,18 @@ export function checkCredential(spki: Buffer, credential: Buffer, signature: Buf
   if (f.validUntil <= f.validFrom || f.validUntil - f.validFrom > CREDENTIAL_MAX_VALIDITY_MS) {
     throw new ProtocolError('BAD_CREDENTIAL', 'credential validity window is empty or longer than allowed');
   }
-  if (now > f.validUntil + CREDENTIAL_CLOCK_SKEW_MS) throw new ProtocolError('CREDENTIAL_EXPIRED', 'the server credential has expired (or this clock is fast)');
-  if (now < f.validFrom - CREDENTIAL_CLOCK_SKEW_MS) throw new ProtocolError('CREDENTIAL_NOT_YET_VALID', 'the server credential is not valid yet (or this clock is slow)');
   if (signature.length !== CREDENTIAL_SIGNATURE_LEN) throw new ProtocolError('BAD_CREDENTIAL', 'credential signature has the wrong length');
   const id = cache ? `${spki.toString('base64')}.${credential.toString('base64')}.${signature.toString('base64')}` : '';
-  const hit = cache?.get(id);
-  if (hit) return hit;
-  if (!verifyTranscript(spki, credentialSignatureInput(spki, credential), signature)) {
-    throw new ProtocolError('BAD_CREDENTIAL', 'the identity key did not sign this credential');
+  let key = cache?.get(id);
+  if (!key) {
+    if (!verifyTranscript(spki, credentialSignatureInput(spki, credential), signature)) {
+      throw new ProtocolError('BAD_CREDENTIAL', 'the identity key did not sign this credential');
+    }
+    key = credentialPublicKey(f.publicRaw);
+    if (!key) throw new ProtocolError('BAD_CREDENTIAL', 'credential key is not an Ed25519 key');
+    cache?.set(id, key);
   }
-  const key = credentialPublicKey(f.publicRaw);
-  if (!key) throw new ProtocolError('BAD_CREDENTIAL', 'credential key is not an Ed25519 key');
-  cache?.set(id, key);
+  if (now > f.validUntil + CREDENTIAL_CLOCK_SKEW_MS) throw new ProtocolError('CREDENTIAL_EXPIRED', 'the server credential has expired (or this clock is fast)');
+  if (now < f.validFrom - CREDENTIAL_CLOCK_SKEW_MS) throw new ProtocolError('CREDENTIAL_NOT_YET_VALID', 'the server credential is not valid yet (or this clock is slow)');
   return key;
 }

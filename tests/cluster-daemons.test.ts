@@ -184,6 +184,50 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     assert.equal((JSON.parse(out.stdout) as { club: string }).club, club);
   });
 
+  test('request keys: bound to their user, no one-time password stored, every grouped write keeps its answer', async () => {
+    const { result } = await runOperation(members[0]!.dir, 'club.create', { name: 'Verein Schlüssel', admin: 'admin', password: PASSWORD });
+    const club = (result as { id: string }).id;
+    const at = await until('the club served', async () => {
+      const p = (await status(members[0]!)).clubs.find((x) => x.id === club)?.primary;
+      return p ? members.find((m) => m.id === p && m.child.exitCode === null) : undefined;
+    });
+    const admin = await connect({ host: at.host, port: at.port, fingerprint });
+    try {
+      await admin.request('auth.login', { club, user: 'admin', password: PASSWORD });
+      // Grouped writes (read in one turn): each keyed answer is stored, so a retry is not applied again.
+      const rkA = `rk-group-a-${randomBytes(8).toString('hex')}`;
+      const rkB = `rk-group-b-${randomBytes(8).toString('hex')}`;
+      const [a, b] = await Promise.all([
+        admin.request('persons.create', { firstName: 'A', lastName: 'Gruppe', rk: rkA }),
+        admin.request('persons.create', { firstName: 'B', lastName: 'Gruppe', rk: rkB }),
+      ]);
+      const again = await admin.request('persons.create', { firstName: 'B', lastName: 'Gruppe', rk: rkB });
+      assert.deepEqual(again.payload, b.payload, 'the retried second write of a group was applied again');
+      assert.notDeepEqual(a.payload, b.payload);
+      const listed = (await admin.request('persons.list', { limit: 100 })).payload as { items: Array<{ lastName?: string }> };
+      assert.equal(listed.items.filter((p) => p.lastName === 'Gruppe').length, 2);
+      // A user made with a key: the retry answers the same user, without the one-time password.
+      const rk = `rk-user-${randomBytes(8).toString('hex')}`;
+      const made = (await admin.request('users.create', { username: 'carl', role: 'member', rk })).payload as { user: { id: number }; oneTimePassword?: string };
+      assert.ok(made.oneTimePassword);
+      const retried = (await admin.request('users.create', { username: 'carl', role: 'member', rk })).payload as { user: { id: number }; oneTimePassword?: string };
+      assert.equal(retried.user.id, made.user.id);
+      assert.equal(retried.oneTimePassword, undefined, 'a one-time password was stored with the request key');
+      // Another user with the same key gets CONFLICT, not the stored answer.
+      const bert = (await admin.request('users.create', { username: 'bert', role: 'member' })).payload as { oneTimePassword: string };
+      const other = await connect({ host: at.host, port: at.port, fingerprint });
+      try {
+        await other.request('auth.login', { club, user: 'bert', password: bert.oneTimePassword });
+        const code = await other.request('users.create', { username: 'carl', role: 'member', rk }).then(() => 'ok', (e: { code?: string }) => e.code);
+        assert.equal(code, 'CONFLICT', "another user's request key replayed its stored answer");
+      } finally {
+        await other.close().catch(() => undefined);
+      }
+    } finally {
+      await admin.close().catch(() => undefined);
+    }
+  });
+
   test('a login to a club no member knows answers as a wrong password does (no club enumeration)', async () => {
     const m = members.find((x) => x.child.exitCode === null && x.child.signalCode === null)!;
     const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: '127.0.0.79' });

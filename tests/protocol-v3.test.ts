@@ -218,6 +218,10 @@ test('a credential signed by another RSA key than the pinned identity is refused
   // The server presents the pinned identity's SPKI with a credential the other key signed.
   const forged: ServerCredential = { ...foreign, spki: testIdentity().spki };
   assert.equal(errorCode(run({ credential: forged })), 'BAD_CREDENTIAL');
+  // Also when it is expired: a time error (which makes the SDK fall back to version 2) only for a
+  // credential the identity key really signed; a forged expired one must not force the downgrade.
+  assert.equal(errorCode(run({ credential: forged, now: forged.validUntil + CREDENTIAL_CLOCK_SKEW_MS + 1 })), 'BAD_CREDENTIAL');
+  assert.equal(errorCode(run({ credential: forged, now: forged.validFrom - CREDENTIAL_CLOCK_SKEW_MS - 1 })), 'BAD_CREDENTIAL');
 });
 
 test('expired and not-yet-valid credentials are refused, with CREDENTIAL_CLOCK_SKEW_MS allowed at both ends', () => {
@@ -278,6 +282,12 @@ test('the issuer: a window of CREDENTIAL_LIFETIME_MS, renewed with a new key onc
   // Two members of a cluster share the identity key, never a credential key.
   const other = new CredentialIssuer(a, () => now);
   assert.ok(!other.current().key.publicRaw.equals(issuer.current().key.publicRaw));
+  // The clock stepped back past the backdating: the credential would start in the future.
+  const before = issuer.current();
+  now = before.validFrom - 1;
+  const stepped = issuer.current();
+  assert.notEqual(stepped, before, 'not renewed after the clock stepped back');
+  assert.ok(stepped.validFrom <= now);
 });
 
 // ---------------------------------------------------------------------------------------------

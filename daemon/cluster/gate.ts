@@ -22,7 +22,7 @@ import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { Db } from '../../storage/engine/sqlcipher.js';
-import { currentClub } from '../club/session.js';
+import { currentClub, getSession } from '../club/session.js';
 import { CommandError } from '../edge/command-errors.js';
 import { requestKeyOf, type CommandContext, type CommandResult, type CommandSpec, type Dispatcher } from '../edge/dispatcher.js';
 
@@ -43,19 +43,32 @@ function ensureRequestKeys(db: Db): void {
   ) STRICT`);
 }
 
-/** The stored answer of a request key, if this club has one for the same command. */
-function storedAnswer(db: Db, rk: string, command: string): unknown {
+/** Answer fields never stored with a request key (a retried answer comes without them). */
+const SECRET_ANSWER_FIELDS = ['oneTimePassword'];
+
+/**
+ * The stored answer of a request key, if this club has one for the same command made by the same
+ * user. A key is bound to the user who used it first: another user (or a row from before the
+ * binding) gets CONFLICT, never the answer, which was made under that user's rights.
+ */
+function storedAnswer(db: Db, rk: string, command: string, userId: number | undefined): unknown {
   ensureRequestKeys(db);
   const row = db.prepare('SELECT command, answer FROM request_keys WHERE rk = ?').get(rk) as { command: string; answer: Buffer } | undefined;
   if (!row) return undefined;
-  if (row.command !== command) throw new CommandError('CONFLICT', 'this request key was used for another command');
-  return { payload: decode(row.answer) };
+  const stored = decode(row.answer) as { u?: unknown; p?: unknown } | null;
+  if (row.command !== command || stored === null || typeof stored !== 'object' || stored.u !== (userId ?? null)) {
+    throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
+  }
+  return { payload: stored.p };
 }
 
-function storeAnswer(db: Db, rk: string, command: string, payload: unknown, now: number): void {
+function storeAnswer(db: Db, rk: string, command: string, userId: number | undefined, payload: unknown, now: number): void {
   let bytes: Uint8Array;
   try {
-    bytes = encode(payload ?? null);
+    const kept = payload !== null && typeof payload === 'object' && !Array.isArray(payload)
+      ? Object.fromEntries(Object.entries(payload as Record<string, unknown>).filter(([k]) => !SECRET_ANSWER_FIELDS.includes(k)))
+      : payload;
+    bytes = encode({ u: userId ?? null, p: kept ?? null });
   } catch {
     return;
   }
@@ -112,14 +125,18 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     }
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
+    const userId = getSession(ctx)?.userId;
     if (rk !== undefined && !LOGIN_COMMANDS.has(spec.name)) {
-      const stored = storedAnswer(storage.openClub(club).db, rk, spec.name);
+      const stored = storedAnswer(storage.openClub(club).db, rk, spec.name, userId);
       if (stored !== undefined) return stored as CommandResult;
     }
     const result = await spec.handler(payload, ctx);
     try {
-      if (rk !== undefined && !result.download && !LOGIN_COMMANDS.has(spec.name) && node.hasPendingChanges(club)) {
-        storeAnswer(storage.openClub(club).db, rk, spec.name, result.payload, now());
+      // Stored for every keyed request that succeeded, not only when the club has changes
+      // pending: under a group commit another request's output gate may already have shipped
+      // this request's changes, and its retry must still find the answer.
+      if (rk !== undefined && !result.download && !LOGIN_COMMANDS.has(spec.name)) {
+        storeAnswer(storage.openClub(club).db, rk, spec.name, userId, result.payload, now());
       }
       await node.commit(club);
     } catch (e) {

@@ -26,9 +26,14 @@ export class CredentialIssuer {
     this.currentValue = this.issue();
   }
 
-  /** The credential for a handshake starting now, renewed first when it is due. */
+  /**
+   * The credential for a handshake starting now, renewed first when it is due: close to its end,
+   * or starting in the future (the server's clock stepped back past the backdating; clients
+   * would refuse it as not yet valid).
+   */
   current(): ServerCredential {
-    if (this.currentValue.validUntil - this.clock() < CREDENTIAL_RENEW_BEFORE_MS) this.currentValue = this.issue();
+    const now = this.clock();
+    if (this.currentValue.validUntil - now < CREDENTIAL_RENEW_BEFORE_MS || this.currentValue.validFrom > now) this.currentValue = this.issue();
     return this.currentValue;
   }
 

@@ -363,15 +363,7 @@ export class PeerChannel implements PeerTransport {
         return undefined;
       }
       const facts = checkPayloadFacts(p, this.limits.maxObjectBytes);
-      const source = p.chunks;
-      async function* chunks(): AsyncGenerator<Uint8Array> {
-        try {
-          yield* verifiedChunks(source, facts.size, facts.sha256);
-        } finally {
-          release();
-        }
-      }
-      return { ...facts, chunks: chunks() };
+      return { ...facts, chunks: slotHeldUntilDone(verifiedChunks(p.chunks, facts.size, facts.sha256), p.chunks, release) };
     } catch (e) {
       release();
       throw e;
@@ -398,4 +390,39 @@ export class PeerChannel implements PeerTransport {
       release();
     }
   }
+}
+
+/**
+ * The stream of a served pull: the slot is given back when it ends, fails or is closed — also
+ * when it is closed before it ever started (a generator's `finally` would not run then, and a
+ * caller that gave up before the first chunk leaked the slot for good). Closing it also closes
+ * the source (an open file).
+ */
+function slotHeldUntilDone(inner: AsyncGenerator<Uint8Array>, source: AsyncIterable<Uint8Array>, release: () => void): AsyncIterable<Uint8Array> {
+  let done = false;
+  const finish = () => {
+    if (done) return;
+    done = true;
+    release();
+  };
+  const it: AsyncIterator<Uint8Array> = {
+    async next() {
+      try {
+        const r = await inner.next();
+        if (r.done) finish();
+        return r;
+      } catch (e) {
+        finish();
+        throw e;
+      }
+    },
+    async return() {
+      finish();
+      await inner.return(undefined).catch(() => undefined);
+      const s = source as { destroy?: () => void; return?: () => unknown };
+      if (typeof s.destroy === 'function') s.destroy();
+      return { done: true, value: undefined };
+    },
+  };
+  return { [Symbol.asyncIterator]: () => it };
 }

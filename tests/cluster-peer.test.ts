@@ -112,6 +112,14 @@ describe('peer channel between members', () => {
     await assert.rejects(server.servePull({ kind: 'document', club, name }), (e: unknown) => e instanceof ClusterError && e.code === 'PEER_UNAVAILABLE');
     for (const h of held) await collect(h.chunks);
     assert.ok(await server.servePull({ kind: 'document', club, name }).then((p) => collect(p!.chunks)));
+    // Streams closed before their first chunk (the caller gave up, the request was aborted) give
+    // their slots back too: a generator's finally never ran for them, and each leaked a slot.
+    for (let round = 0; round < 3; round++) {
+      const unread: Array<{ chunks: AsyncIterable<Uint8Array> }> = [];
+      for (let i = 0; i < server.limits.maxIncoming; i++) unread.push((await server.servePull({ kind: 'document', club, name }))!);
+      for (const u of unread) await u.chunks[Symbol.asyncIterator]().return?.();
+    }
+    assert.ok(await server.servePull({ kind: 'document', club, name }).then((p) => collect(p!.chunks)), 'slots leaked by streams closed unread');
   });
 
   test('a caller with a wrong master key is refused, and it counts as a failed login', async () => {

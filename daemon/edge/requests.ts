@@ -175,8 +175,11 @@ export abstract class RequestLifecycle {
   }
 
   private onResult(f: InFlight, result: { payload: unknown; download?: AsyncIterable<Uint8Array> }): void {
-    if (f.phase !== WAITING) return; // already answered: aborted (timeout, cancel, closed)
-    if (this.closed) return this.retire(f);
+    if (f.phase !== WAITING) return discardDownload(result.download); // already answered: aborted (timeout, cancel, closed)
+    if (this.closed) {
+      discardDownload(result.download);
+      return this.retire(f);
+    }
     try {
       if (!result.download) {
         this.send({ kind: 'response', id: f.id, payload: result.payload ?? null, stream: false });
@@ -195,7 +198,12 @@ export abstract class RequestLifecycle {
     try {
       const credit = (f.credit = new OutboundCredit());
       if (f.reason) credit.abort(f.reason);
-      this.send({ kind: 'response', id, payload: payload ?? null, stream: true });
+      try {
+        this.send({ kind: 'response', id, payload: payload ?? null, stream: true });
+      } catch (e) {
+        discardDownload(download);
+        throw e;
+      }
       for await (const piece of download) {
         // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
         for (let off = 0; off < piece.length; ) {
@@ -294,3 +302,15 @@ function onSweepTimer(c: RequestLifecycle): void {
   }
 }
 
+/**
+ * A download that will never be read is closed (its iterator's return()): what it holds (an open
+ * file, a peer transfer slot, a snapshot file) is given back at once, not when it is collected.
+ */
+function discardDownload(download: AsyncIterable<Uint8Array> | undefined): void {
+  if (!download) return;
+  try {
+    void download[Symbol.asyncIterator]().return?.()?.catch(() => undefined);
+  } catch {
+    // a broken iterable: nothing to give back
+  }
+}

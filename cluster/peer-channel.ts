@@ -346,6 +346,21 @@ export class PeerChannel implements PeerTransport {
   }
 
   /**
+   * Whether a refused caller's proof itself was right (it holds the master key and named this
+   * member) and only its membership is missing: a member that is joining or whose lease just
+   * lapsed. Such a refusal is no attack and must not count towards a ban of a member's address.
+   */
+  provesKeyOnly(from: string, to: string, exporter: Uint8Array | undefined, proof: unknown): boolean {
+    if (to !== this.opts.nodeId || from === this.opts.nodeId) return false;
+    try {
+      checkNodeId(from);
+    } catch {
+      return false;
+    }
+    return checkPeerProof(this.peerKey, 'client', from, to, exporter, proof) && !this.opts.isMember(from);
+  }
+
+  /**
    * Serves a pull: the object's facts and a stream, or undefined (not here). The stream holds an
    * incoming slot until it ends. @throws ClusterError PEER_UNAVAILABLE (BUSY), INVALID_ARGUMENT
    */

@@ -83,7 +83,13 @@ export function registerPeerCommands(d: Dispatcher, channel: () => PeerChannel |
       const ch = channel();
       if (!ch) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');
       if (peerOf(ctx) !== undefined) throw new CommandError('CONFLICT', 'this session is already authenticated');
-      const answer = p.proof.length === PEER_PROOF_LEN && ctx.channelBinding ? ch.authenticate(p.node, p.to, ctx.channelBinding(), p.proof) : undefined;
+      const binding = ctx.channelBinding?.();
+      const answer = p.proof.length === PEER_PROOF_LEN && binding ? ch.authenticate(p.node, p.to, binding, p.proof) : undefined;
+      if (!answer && p.proof.length === PEER_PROOF_LEN && binding && ch.provesKeyOnly(p.node, p.to, binding, p.proof)) {
+        // The master key is proved, only the membership is missing (joining, or a lapsed lease):
+        // the caller retries; no violation, or members would ban each other's addresses.
+        throw new CommandError('UNAVAILABLE', 'not a current member of this cluster (yet); retry shortly');
+      }
       if (!answer) {
         violations.report({ ip: ctx.conn.ip, kind: 'login', detail: 'failed peer authentication', time: now(), command: 'peer.auth' });
         throw new CommandError('UNAUTHENTICATED', PEER_AUTH_FAILED);

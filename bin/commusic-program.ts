@@ -5,7 +5,7 @@
  */
 import { Command, Option } from 'commander';
 import { connect, type Connection } from '../client/connection.js';
-import { defaultKnownServersFile } from '../client/known-servers.js';
+import { canonicalServerName, defaultKnownServersFile, lookupKnownServerPins } from '../client/known-servers.js';
 import { listAll, pages } from '../client/paging.js';
 import { loginWithRetries } from './client-login.js';
 import { normalizeFingerprint } from '../crypto/identity.js';
@@ -32,7 +32,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     .option('--server <host:port>', 'server address, or several servers of one cluster as HOST:PORT,HOST:PORT,... tried in turn (env COMMUSIC_SERVER)')
     .option('--fingerprint <sha256>', 'expected server key fingerprint (env COMMUSIC_FINGERPRINT)')
     .option('--tofu', 'trust the server key on first use and remember it in the known-servers file (which follows signed identity key rollovers); with --fingerprint: trust that key and record it there')
-    .option('--known-servers <file>', 'known-servers file for --tofu', defaultKnownServersFile())
+    .option('--known-servers <file>', 'known-servers file: --tofu records keys in it; without --fingerprint, a server recorded there is checked against its key', defaultKnownServersFile())
     .option('--bind <address>', 'local source address to connect from (multi-homed hosts)')
     .option('--timeout <ms>', 'connect and request timeout in milliseconds', '10000')
     .option('--max-protocol <n>', 'highest protocol version to offer: 3 (handshakes signed by the server\'s short-lived delegated credential), 2 or 1 for servers that predate it', '3')
@@ -50,9 +50,13 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     const server = o.server ?? process.env['COMMUSIC_SERVER'];
     if (!server) usage('--server HOST:PORT is required');
     const fingerprint = o.fingerprint ?? process.env['COMMUSIC_FINGERPRINT'];
-    if (!fingerprint && !o.tofu) usage('give --fingerprint (from "commusicctl keys show"), or --tofu to trust on first use');
     if (fingerprint && !normalizeFingerprint(fingerprint)) usage('--fingerprint must be the server key\'s SHA-256 as 64 hex digits (from "commusicctl keys show")');
     const servers = server.split(',').map(parseHostPortLocal);
+    // Without --fingerprint or --tofu, a server already in the known-servers file is checked
+    // against the key pinned there (as ssh reads known_hosts); an unknown one is refused, never
+    // trusted on first use silently.
+    const known = (s: { host: string; port: number }) => lookupKnownServerPins(o.knownServers!, canonicalServerName(`${s.host.includes(':') ? `[${s.host}]` : s.host}:${s.port}`)).length > 0;
+    if (!fingerprint && !o.tofu && !servers.every(known)) usage('give --fingerprint (from "commusicctl keys show"), or --tofu to trust on first use');
     if (servers.length > 32) usage('--server takes at most 32 servers');
     const timeout = Number(o.timeout);
     if (!Number.isInteger(timeout) || timeout < 100 || timeout > 3_600_000) usage('--timeout is milliseconds between 100 and 3600000');

@@ -99,6 +99,13 @@ test('first start with the embedded default: keys created 0600, fingerprint prin
     assert.match(readFileSync(known, 'utf8'), new RegExp(`127\\.0\\.0\\.1:${d.port} ${printed}`));
     const again = await cli('commusic', ['--server', `127.0.0.1:${d.port}`, '--tofu', '--known-servers', known, 'ping']);
     assert.equal(again.code, 0);
+    // Once recorded, the known-servers file alone is enough (as ssh's known_hosts); a server not
+    // in it still needs --fingerprint or --tofu.
+    const plain = await cli('commusic', ['--server', `127.0.0.1:${d.port}`, '--known-servers', known, 'ping']);
+    assert.equal(plain.code, 0, plain.stderr);
+    const unknown = await cli('commusic', ['--server', `127.0.0.1:${d.port}`, '--known-servers', join(dir, '..', 'empty_known'), 'ping']);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /--fingerprint .*--tofu/);
 
     assert.equal(await stopDaemon(d), 0, 'SIGTERM exits 0');
     // Another server (another key) now answers at an address recorded with the old key.
@@ -108,6 +115,9 @@ test('first start with the embedded default: keys created 0600, fingerprint prin
       const changed = await cli('commusic', ['--server', `127.0.0.1:${other.port}`, '--tofu', '--known-servers', known, 'ping']);
       assert.notEqual(changed.code, 0);
       assert.match(changed.stderr, /WARNING: the key of 127\.0\.0\.1:\d+ has CHANGED .*refusing to connect\. \[SERVER_KEY_CHANGED\]/);
+      const changedPlain = await cli('commusic', ['--server', `127.0.0.1:${other.port}`, '--known-servers', known, 'ping']);
+      assert.notEqual(changedPlain.code, 0);
+      assert.match(changedPlain.stderr, /SERVER_KEY_CHANGED/);
     } finally {
       await stopDaemon(other);
     }

@@ -25,6 +25,7 @@ import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
+import { guardWrites } from './capture.js';
 import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
@@ -84,6 +85,8 @@ export class ClusterNode extends EventEmitter {
     this.registry = new PrefixMirror(this.gw, REGISTRY_PREFIX);
     this.peers = opts.peers;
     if (opts.peers) registerDocumentPeers(opts.peers, this.storage);
+    // Every club store connection refuses local writes while its club is not served here.
+    this.storage.onClubOpen = (club, db) => guardWrites(db, () => this.route(club).kind === 'serve');
     const node = this;
     this.ctx = {
       gw: this.gw,
@@ -384,7 +387,7 @@ export class ClusterNode extends EventEmitter {
       this.emit('club-moved', club, this.route(club));
     }
     if (want === 'standby') {
-      rebuildIfAhead(this.ctx, club, st);
+      await rebuildIfAhead(this.ctx, club, st);
       await follow(this.ctx, club, st);
     }
     else {

@@ -9,6 +9,8 @@ import { MAX_ENTRY_BYTES, type ClubLog } from './club-log.js';
 import { applyWithDocuments } from './doc-replica.js';
 import { ClusterError, type ClusterLogger } from './errors.js';
 import { LogFollower, takeOver } from './log-follower.js';
+import { PositionPublisher } from './log-trim.js';
+import { ensureReachable } from './maintenance.js';
 import type { ClubState, NodeContext } from './node-types.js';
 
 export function logKeyOf(storage: Storage, club: string): Buffer {
@@ -19,32 +21,52 @@ export function logKeyOf(storage: Storage, club: string): Buffer {
   return k;
 }
 
+/**
+ * Follow the club's log into the local replica (standby). A replica the log no longer reaches
+ * (entry position+1 trimmed) is first replaced by a snapshot (maintenance.ts ensureReachable);
+ * the applied position is published for the primary's trim rounds (log-trim.ts).
+ */
 export async function follow(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
   if (st.follower) return;
+  const logKey = logKeyOf(ctx.storage, club);
+  await ensureReachable(ctx, club, logKey);
   const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
   installCapture(db);
   ctx.storage.onClubOpen?.(club, db);
   const f = new LogFollower({
     gw: ctx.gw,
     clubId: club,
-    logKey: logKeyOf(ctx.storage, club),
+    logKey,
     from: readPosition(db),
     apply: (e) => applyWithDocuments({ db: () => ctx.storage.openClub(club, { allowSuspended: true }).db, entry: e, peers: ctx.peers, storage: ctx.storage, nodeId: ctx.nodeId, club, placement: ctx.placementOf(club), members: ctx.memberIds(), logger: ctx.logger }),
     logger: ctx.logger,
   });
+  const pub = new PositionPublisher({ gw: ctx.gw, club, nodeId: ctx.nodeId, lease: () => ctx.lease, everyMs: ctx.upkeep.publishEveryMs, logger: ctx.logger });
+  f.on('applied', (p: { seq: number }) => (st.follower === f && st.role !== 'primary' ? pub.note(p.seq) : pub.stop()));
   f.on('error', () => {
+    pub.stop();
     if (st.follower === f) st.follower = undefined;
     setTimeout(() => ctx.reconcileSoon(club), 500).unref?.();
   });
   st.follower = f;
-  await f.start();
+  try {
+    await f.start();
+  } catch (e) {
+    // A follower that could not start (the log was trimmed past it meanwhile, etcd away) is
+    // dropped, so the retry starts a new one (with a snapshot if needed).
+    pub.stop();
+    if (st.follower === f) st.follower = undefined;
+    await f.stop();
+    throw e;
+  }
+  pub.note(f.position.seq);
 }
 
 /**
  * A local store with changes that never reached the log (this server crashed, or lost the club,
  * between a commit and its append; or a command that passed the ownership gate wrote after the
  * club had moved away) is ahead of the log: those changes were never acknowledged. Such a store
- * is dropped and built again from the log (which is kept from entry 1). Runs on every role
+ * is dropped and built again from the log (from a snapshot first when the log is trimmed). Runs on every role
  * change (standby, takeover), also while a follower runs: a follower's own applies leave no
  * captured rows, so any captured row on a store that does not serve is a stray local write
  * (fail closed: the follower is stopped and the replica rebuilt).

@@ -17,8 +17,14 @@ export type ClusterErrorCode =
   | 'LOG_CORRUPT'
   /** The log is closed (ownership released or the client shut down). */
   | 'CLOSED'
+  /** A record the call needs is not in etcd (a club deleted meanwhile). */
+  | 'NOT_FOUND'
   /** Invalid argument (a club id, node id or address that fails validation). */
   | 'INVALID_ARGUMENT'
+  /** A club snapshot failed verification (hash, size, key, position, change-log head): not installed. */
+  | 'SNAPSHOT_INVALID'
+  /** No member could give a usable snapshot of the club now (none has one, or the transfer failed). */
+  | 'SNAPSHOT_UNAVAILABLE'
   /** Peer channel: the member could not be reached, or did not answer within the call's deadline. */
   | 'PEER_UNAVAILABLE'
   /** Peer channel: authentication failed either way, or the member refused the request. */

@@ -10,7 +10,10 @@
  *   clubs/<club>/owner        node id; its create revision is the fencing token; bound to the lease
  *   clubs/<club>/head         JSON {seq, digest} of the last log entry
  *   clubs/<club>/log/<seq>    sealed log entry (seq as 16 zero-padded decimal digits)
+ *   clubs/<club>/pos/<node>   JSON {seq} a standby has applied; bound to that standby's lease
  *   bans/<hmac of address>    sealed ban record, bound to a lease whose TTL is the remaining ban
+ *   violations/<hmac>/<node>  sealed violation count of one member (violation-board.ts), lease TTL = window
+ *   backup/keyring            sealed archive keyring; backup/clubs/<club> sealed club archive key + last archives (backup-board.ts)
  */
 import { ClusterError } from './errors.js';
 
@@ -42,6 +45,8 @@ export const drainKey = (node: string) => `${DRAIN_PREFIX}${checkNodeId(node)}`;
 export const ownerKey = (club: string) => `${CLUBS_PREFIX}${checkClubId(club)}/owner`;
 export const headKey = (club: string) => `${CLUBS_PREFIX}${checkClubId(club)}/head`;
 export const logPrefix = (club: string) => `${CLUBS_PREFIX}${checkClubId(club)}/log/`;
+export const posPrefix = (club: string) => `${CLUBS_PREFIX}${checkClubId(club)}/pos/`;
+export const posKey = (club: string, node: string) => `${posPrefix(club)}${checkNodeId(node)}`;
 
 /** Sequence numbers are positive safe integers, written with 16 digits so keys sort numerically. */
 export function logKey(club: string, seq: number): string {

@@ -7,6 +7,7 @@ import type { LogFollower } from './log-follower.js';
 import type { MemberLease } from './member-lease.js';
 import type { PeerTransport } from './peer-types.js';
 import type { Placement } from './placement.js';
+import type { SnapshotLimits } from './snapshot.js';
 
 export interface ClusterNodeOptions {
   etcd: EtcdGatewayOptions;
@@ -28,9 +29,22 @@ export interface ClusterNodeOptions {
   /**
    * The peer channel (cluster/peer-channel.ts): documents go to the standbys over it before the
    * entry that references them, and a standby pulls what it lacks. Without it a club with
-   * standbys refuses to commit a document (nothing is acknowledged that only one server holds).
+   * standbys refuses to commit a document (nothing is acknowledged that only one server holds), and
+   * the log is never trimmed (a standby left behind has no snapshot to come back through).
    */
   peers?: PeerTransport;
+  /** Log entries kept below the slowest standby and the head (default 100; docs/CLUSTER.md). */
+  logKeepEntries?: number;
+  /** Time between trim rounds in ms (default 5000). */
+  trimEveryMs?: number;
+  /** History younger than this is not compacted (ms, default 300000; 0: etcd's own auto-compaction is used). */
+  compactAfterMs?: number;
+  /** Time between compaction rounds in ms (default 60000). */
+  compactEveryMs?: number;
+  /** A standby publishes its applied position at most this often (ms, default 2000). */
+  publishEveryMs?: number;
+  /** Bounds of snapshot transfers. */
+  snapshot?: SnapshotLimits;
 }
 
 export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };
@@ -69,13 +83,31 @@ export interface NodeContext {
   readonly logger: ClusterLogger;
   readonly lease: MemberLease;
   readonly stopped: boolean;
-  /** The peer channel, when the node has one. */
+  /** The peer channel, when configured (snapshots). */
   readonly peers: PeerTransport | undefined;
-  /** Node ids of the current members (etcd's member keys). */
-  memberIds(): string[];
+  readonly upkeep: UpkeepSettings;
   placementOf(club: string): Placement | undefined;
+  /** Node ids of the live members (from `members/`). */
+  memberIds(): string[];
   /** Schedules a role change of `club` on its chain (retried on failure). */
   reconcileSoon(club: string): void;
   /** Emits 'club-moved' with the club's current route. */
   clubMoved(club: string): void;
+}
+
+/** Settings of trimming, compaction and snapshots (ClusterNodeOptions; CONFIG.md `cluster.*`). */
+export interface UpkeepSettings {
+  /** Entries kept below the slowest standby and below the head (default 100). */
+  logKeepEntries: number;
+  /** Time between trim rounds (ms, default 5000). */
+  trimEveryMs: number;
+  /** Most entries one trim round deletes per club (default 1000). */
+  trimMaxDeletes: number;
+  /** History younger than this stays uncompacted (ms, default 300000); 0: no compaction by us. */
+  compactAfterMs: number;
+  /** Time between compaction rounds (ms, default 60000). */
+  compactEveryMs: number;
+  /** A standby publishes its position at most this often (ms, default 2000). */
+  publishEveryMs: number;
+  snapshot: SnapshotLimits;
 }

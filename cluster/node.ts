@@ -25,11 +25,13 @@ import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
+import { backupClubKey } from './backup-board.js';
 import { guardWrites } from './capture.js';
 import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
 import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
+import { ClusterMaintenance, upkeepSettings } from './maintenance.js';
 import { MemberLease } from './member-lease.js';
 import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
@@ -40,6 +42,7 @@ import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
+import { registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
 
@@ -64,6 +67,7 @@ export class ClusterNode extends EventEmitter {
   private readonly logger: ClusterLogger;
   private readonly opts: ClusterNodeOptions;
   private planTimer: NodeJS.Timeout | undefined;
+  readonly upkeep: ClusterMaintenance; // trimming and compaction (maintenance.ts)
   private planScheduled = false;
   private stopped = false;
   /** What the role and output-gate helpers see of this node. */
@@ -85,10 +89,13 @@ export class ClusterNode extends EventEmitter {
     this.registry = new PrefixMirror(this.gw, REGISTRY_PREFIX);
     this.peers = opts.peers;
     if (opts.peers) registerDocumentPeers(opts.peers, this.storage);
-    // Every club store connection refuses local writes while its club is not served here.
-    this.storage.onClubOpen = (club, db) => guardWrites(db, () => this.route(club).kind === 'serve');
+    this.storage.onClubOpen = (club, db) => guardWrites(db, () => this.route(club).kind === 'serve'); // no local write unless served here
     const node = this;
+    const upkeep = upkeepSettings(opts);
+    const served = () => [...this.clubs.entries()].filter(([, s]) => s.serving && s.log?.state === 'open').map(([club, s]) => ({ club, log: s.log!, standbys: this.placementOf(club)?.standbys ?? [] }));
+    this.upkeep = new ClusterMaintenance({ gw: this.gw, logger: this.logger, settings: upkeep, trim: opts.peers !== undefined, isLeader: () => this.isLeader(), served });
     this.ctx = {
+      upkeep,
       gw: this.gw,
       nodeId: this.nodeId,
       storage: this.storage,
@@ -106,7 +113,6 @@ export class ClusterNode extends EventEmitter {
       clubMoved: (club) => this.emit('club-moved', club, this.route(club)),
     };
   }
-
 
   /**
    * Join the cluster: lease, member key, registry and placement mirrors, ban board, leader
@@ -132,6 +138,8 @@ export class ClusterNode extends EventEmitter {
       node.reconcileAll();
       node.planTimer = setInterval(() => node.schedulePlan(), opts.planEveryMs ?? 1000);
       node.planTimer.unref?.();
+      if (opts.peers) registerSnapshotProvider(opts.peers, opts.storage, node.logger, opts.snapshot);
+      node.upkeep.start();
       return node;
     } catch (e) {
       await node.stop().catch(() => undefined);
@@ -217,7 +225,6 @@ export class ClusterNode extends EventEmitter {
     return hasPendingChanges(this.ctx, club, this.clubs.get(club));
   }
 
-
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
     const row = this.storage.server.mustGetClub(club);
@@ -226,15 +233,15 @@ export class ClusterNode extends EventEmitter {
   }
 
   /**
-   * Remove a deleted club from etcd: registry record, placement, owner, log, then compact the
+   * Remove a deleted club from etcd: registry record, placement, owner, log, backup record, then compact the
    * history so the wrapped key and the sealed entries are gone from etcd as well (SECURITY.md).
    */
   async forgetClub(club: string): Promise<void> {
     await this.gw.read('forget club', () =>
       this.gw.kv
         .if(registryKey(club), 'Create', '>', 0)
-        .then(this.gw.kv.delete().key(registryKey(club)), this.gw.kv.delete().key(placementKey(club)), this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`))
-        .else(this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`))
+        .then(this.gw.kv.delete().key(registryKey(club)), this.gw.kv.delete().key(placementKey(club)), this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
+        .else(this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
         .commit(),
     );
     await this.gw.compact(await this.gw.revision());
@@ -276,6 +283,7 @@ export class ClusterNode extends EventEmitter {
     if (this.stopped) return;
     this.stopped = true;
     if (this.planTimer) clearInterval(this.planTimer);
+    this.upkeep.stop();
     for (const [club, st] of this.clubs) {
       await st.chain.catch(() => undefined);
       await st.follower?.stop();
@@ -295,6 +303,7 @@ export class ClusterNode extends EventEmitter {
   async crash(): Promise<void> {
     this.stopped = true;
     if (this.planTimer) clearInterval(this.planTimer);
+    this.upkeep.stop();
     for (const st of this.clubs.values()) {
       st.serving = false;
       st.log?.close();

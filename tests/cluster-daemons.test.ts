@@ -8,6 +8,8 @@
  * source's sessions on the other two and ends on all of them. A fourth server added under load
  * receives clubs; a drained server hands every club over and stops; the clients see nothing but
  * redirects and retries. The CLI with a server list gets through a dead server and a redirect.
+ * Failed logins spread round-robin over three servers ban the source after the same total count
+ * as on one server (the counts are shared), and the ban closes its sessions on all of them.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -24,6 +26,7 @@ import { dataPaths } from '../daemon/main/config.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { openStorage } from '../storage/server/storage.js';
 import { etcdMissing, freePort, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { reapWithThisProcess } from './helpers/reaper.js';
 
 const missing = etcdMissing();
 const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'bin');
@@ -94,6 +97,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
   before(async () => {
     etcd = await startEtcdCluster();
     root = mkdtempSync(join(tmpdir(), 'commusic-cluster-daemons-'));
+    reapWithThisProcess(root);
     // One data folder made once; every member gets its keys/ folder (one master key, one identity).
     const tmpl = join(root, 'template');
     (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
@@ -331,5 +335,89 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
       await assertAckedOnce(clients[i]!, club, acked.get(club)!);
     }
     for (const c of clients) await c.close();
+  });
+
+  test('a login to a club no member knows answers as a wrong password does (no club enumeration)', async () => {
+    const m = members.find((x) => x.child.exitCode === null && x.child.signalCode === null)!;
+    const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: '127.0.0.79' });
+    try {
+      const known = await until('a club this member serves', async () => (await status(m)).clubs.find((x) => x.primary === m.id)?.id, 30_000);
+      const codeOf = (club: string) => c.request('auth.login', { club, user: 'admin', password: 'wrong-password-1' }).then(() => 'ok', (e: { code?: string; message?: string }) => `${e.code}: ${e.message}`);
+      const unknown = await codeOf('cffffffffffffffff');
+      assert.match(unknown, /^UNAUTHENTICATED/, 'was UNAVAILABLE: the answer told which club ids exist');
+      // The same text as a wrong password for a club that exists (wherever it is served).
+      const wrong = await until('a wrong-password answer for a known club', async () => {
+        const r = await codeOf(known);
+        return r.startsWith('MOVED') || r.startsWith('UNAVAILABLE') ? undefined : r;
+      }, 30_000);
+      assert.equal(unknown, wrong);
+    } finally {
+      await c.close().catch(() => undefined);
+    }
+  });
+
+  test('failed logins spread round-robin over the three servers ban the source at the same total as on one (± N-1), closing its sessions on all', async (t) => {
+    // A failed login counts where the club is served (elsewhere it is redirected first): one club
+    // per server, so the attempts really are spread over all three.
+    // (last in this file: the three servers alive after the drain test, and the clubs it adds)
+    const alive = members.filter((m) => m.child.exitCode === null && m.child.signalCode === null);
+    assert.equal(alive.length, 3);
+    for (let i = 0; i < 6; i++) await runOperation(alive[0]!.dir, 'club.create', { name: `Spielmannszug ${i}`, admin: 'admin', password: PASSWORD });
+    await until(
+      'a club served by each server',
+      async () => {
+        const s = await status(alive[0]!);
+        return alive.every((m) => s.clubs.some((c) => c.primary === m.id)) ? true : undefined;
+      },
+      60_000,
+    );
+    const source = '127.0.0.78';
+    const held = await Promise.all(alive.map((m) => connect({ host: m.host, port: m.port, fingerprint, localAddress: source })));
+    const MAX_RETRY = 5; // the default policy's login rule
+    /** One failed login at `m` for a club it serves; a club that moved meanwhile (MOVED, UNAVAILABLE) is looked up again. */
+    const attempt = (m: Member, i: number): Promise<string> =>
+      until(`a login answered by ${m.id}`, async () => {
+        const club = (await status(m)).clubs.find((c) => c.primary === m.id)?.id;
+        if (!club) return undefined;
+        let code: string;
+        try {
+          const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: source });
+          code = await c.request('auth.login', { club, user: 'admin', password: `wrong-${i}` }).then(
+            () => 'ok',
+            (e: { code?: string }) => e.code ?? String(e),
+          );
+          await c.close().catch(() => undefined);
+        } catch {
+          code = 'refused';
+        }
+        return code === 'MOVED' || code === 'UNAVAILABLE' ? undefined : code;
+      }, 60_000);
+    let answered = 0;
+    for (let i = 0; i < 3 * MAX_RETRY; i++) {
+      const m = alive[i % 3]!;
+      const code = await attempt(m, i);
+      if (code !== 'UNAUTHENTICATED') break;
+      answered++;
+      // One attempt at a time. The violation is judged before the answer leaves, so the server
+      // that answered has the ban in its table now if this attempt made it.
+      const verdict = ((await runOperation(m.dir, 'bans.check', { address: source })).result as { verdict: string }).verdict;
+      if (verdict === 'banned') break;
+    }
+    await until('the source cut off on all three servers', () => (held.every((c) => c.closed) ? true : undefined), 5_000);
+    t.diagnostic(`failed logins spread over 3 servers before the ban: ${answered} (one server: ${MAX_RETRY}; counted apart: ${3 * MAX_RETRY - 2})`);
+    assert.ok(answered >= MAX_RETRY, `banned after ${answered} failed logins, before the policy's ${MAX_RETRY}`);
+    assert.ok(answered <= MAX_RETRY + 2, `${answered} failed logins spread over 3 servers before the ban (one server: ${MAX_RETRY})`);
+    // the ban is on every server: a new connection from the source is refused everywhere
+    for (const m of alive) {
+      await until(`the source refused by ${m.id}`, async () => {
+        try {
+          const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: source });
+          await c.close();
+          return undefined;
+        } catch {
+          return true;
+        }
+      }, 5_000);
+    }
   });
 });

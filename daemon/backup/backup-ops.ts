@@ -37,7 +37,12 @@ const passphrase = z.string().min(1).max(1024).optional();
 async function withService<T>(c: OpsContext, cfgFile: string | undefined, fn: (svc: BackupService, st: Storage) => Promise<T>): Promise<T> {
   const st = await c.storage();
   const online = (c as BackupOpsContext).backups;
-  if (online) return fn(await online(), st);
+  if (online) {
+    const svc = await online();
+    // Cluster: archives of any member open here once the shared keys are in server.db.
+    svc.scope?.syncKeys();
+    return fn(svc, st);
+  }
   const file = cfgFile ?? process.env['COMMUSIC_CONFIG'];
   const cfg = loadConfig({ ...(file ? { file } : {}), flags: { dataDir: c.dataDir } });
   const mailer = await AlertMailer.open({ dataDir: c.dataDir, config: cfg.mail });
@@ -125,7 +130,12 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
     .register({
       name: 'backup.clubs',
       schema: z.object({}).strict(),
-      run: async (c) => (await c.storage()).server.listClubs().filter((r) => r.status !== 'deleting').map((r) => r.id),
+      run: async (c) => {
+        const all = (await c.storage()).server.listClubs().filter((r) => r.status !== 'deleting').map((r) => r.id);
+        // Cluster: `backup run --all` covers the clubs this member is primary of (docs/CLUSTER.md "Backups").
+        const scope = (await (c as BackupOpsContext).backups?.())?.scope;
+        return scope ? scope.mine(all) : all;
+      },
     })
     .register({
       name: 'backup.run',
@@ -134,8 +144,9 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
         withService(c, a.configFile, async (svc) => {
           if (a.finish) {
             // After a per-club run of all clubs: retention everywhere and the club mails.
-            const retention = await svc.applyRetention();
-            const mail = await svc.mailClubBackups();
+            const mine = svc.scope?.mine((await c.storage()).server.listClubs().map((r) => r.id));
+            const retention = await svc.applyRetention(mine ? { clubs: mine } : {});
+            const mail = await svc.mailClubBackups(mine);
             return { retention, mail };
           }
           return svc.runNightly({ ...(a.clubs ? { clubs: a.clubs } : {}), ...(a.clubs ? { mail: false, retention: false } : {}) });
@@ -188,6 +199,7 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
         .strict(),
       run: async (c, a) =>
         withService(c, a.configFile, async (svc, st) => {
+          if (a.target === undefined && !a.dryRun) svc.scope?.check(a.club, 'restore');
           const key = openKey(st, a.passphrase, a.trustKeys);
           const target = a.target !== undefined ? await openTarget(c.dataDir, a.target) : undefined;
           const into = target?.storage ?? st;

@@ -15,6 +15,9 @@
  *   backup.lastSuccess.<dest>    ms of the last archive stored there (metrics, status)
  *   backup.gaps                  JSON [{clubId, dest}] still missing from the last run
  *   backup.mailed.<club>         data fingerprint of the last mailed archive
+ * In a cluster a scope (backup-scope.ts, cluster-backups.ts) narrows every run to the clubs this
+ * server is primary of and shares when each was last stored; a check every minute replaces the
+ * catch-up and the retry timer.
  */
 import type { AlertKind } from '../mail/alert-catalogue.js';
 import { randomBytes } from 'node:crypto';
@@ -28,23 +31,25 @@ import { BackupError } from '../../storage/backup/backup-errors.js';
 import { clubSealingKey, initArchiveKeys } from '../../storage/backup/archive-keys.js';
 import { LastSuccess } from './last-success.js';
 import type { Storage } from '../../storage/server/storage.js';
-import { archiveName, openDestination, type ArchiveEntry, type BackupDestination } from './backup-destinations.js';
+import { archiveName, openDestination, type BackupDestination } from './backup-destinations.js';
 import { nullLogger, type Logger } from '../common/log.js';
 import type { AlertMailer } from '../mail/mailer.js';
 import { BackupConfigSchema, BackupServiceOptions, BackupSettings, ClubRunResult, MailReport, RunReport, emptyMail, errText } from './backup-settings.js';
-import { selectRetained } from './retention.js';
+import { applyRetention, purgeClubArchives, type UpkeepDeps } from './retention.js';
 import { mailClubBackups } from './club-mail.js';
+import { dailyPattern, nextScheduled, pool } from './backup-schedule.js';
+import type { BackupScope } from './backup-scope.js';
 
 export { RetentionSchema, BackupConfigSchema, type Retention, type BackupConfig, type BackupSettings, type ClubRunResult, type RunReport, type MailReport, type BackupServiceOptions } from './backup-settings.js';
 export { selectRetained } from './retention.js';
 
-/** Run `fn` over items with at most `n` at a time. */
-async function pool<T>(items: readonly T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+/** A run: `clubs` (default all this server archives); `scheduled`: the nightly schedule (in a cluster only what is due). */
+export interface RunOptions {
+  clubs?: string[];
+  scheduled?: boolean;
+  onProgress?: (done: number, total: number, clubId: string) => void;
+  mail?: boolean;
+  retention?: boolean;
 }
 
 export class BackupService {
@@ -67,6 +72,8 @@ export class BackupService {
   /** Set by cancel(): the running run starts no further club. */
   #cancel = false;
   #closed = false;
+  #scope: BackupScope | undefined;
+  #checkTimer: NodeJS.Timeout | undefined;
 
   constructor(o: BackupServiceOptions) {
     this.settings = BackupConfigSchema.parse(o.config ?? {});
@@ -79,6 +86,15 @@ export class BackupService {
     this.#staging = path.join(o.storage.dataDir, 'backup-staging');
     this.#snapshots = o.snapshots ?? new SnapshotPool();
     this.#stored = new LastSuccess(o.storage.server);
+  }
+
+  /** Cluster: narrow runs to this server's clubs and share their state (set before start()). */
+  setScope(scope: BackupScope): void {
+    this.#scope = scope;
+  }
+
+  get scope(): BackupScope | undefined {
+    return this.#scope;
   }
 
   destination(name: string): BackupDestination {
@@ -119,6 +135,7 @@ export class BackupService {
     const file = path.join(this.#staging, `${clubId}-${randomBytes(6).toString('hex')}.cmbk`);
     const result: ClubRunResult = { clubId, name, size: 0, stored: [], failed: [] };
     try {
+      await this.#scope?.prepare(clubId);
       const key = clubSealingKey(st, clubId);
       let written: { size: number; sha256: string };
       try {
@@ -144,6 +161,8 @@ export class BackupService {
         }),
       );
       for (const s of o.skip ?? []) if (!o.only || o.only.includes(s)) result.failed.push({ destination: s, error: 'skipped: destination down in this run' });
+      // Cluster: recorded after the archive is stored, so a crash in between repeats it, never skips it.
+      await this.#scope?.stored(result, this.#now().getTime()).catch((e: unknown) => this.#log.warn('backup state not shared with the cluster', { event: 'backup-cluster-state', clubId, error: errText(e) }));
     } catch (e) {
       result.error = errText(e);
       this.#log.error('backup of club failed', { event: 'backup-failed', clubId, error: result.error });
@@ -155,7 +174,7 @@ export class BackupService {
   }
 
   /** The nightly run (also `backup run --all`). One at a time; a second call joins the first. */
-  runNightly(o: { clubs?: string[]; onProgress?: (done: number, total: number, clubId: string) => void; mail?: boolean; retention?: boolean } = {}): Promise<RunReport> {
+  runNightly(o: RunOptions = {}): Promise<RunReport> {
     if (this.#running) return this.#running;
     this.#cancel = false;
     const p = this.#runNightly(o).finally(() => {
@@ -177,10 +196,19 @@ export class BackupService {
     return { running: true };
   }
 
-  async #runNightly(o: { clubs?: string[]; onProgress?: (done: number, total: number, clubId: string) => void; mail?: boolean; retention?: boolean }): Promise<RunReport> {
+  async #runNightly(o: RunOptions): Promise<RunReport> {
     const st = this.#st;
     const startedAt = this.#now();
-    const clubs = o.clubs ?? st.server.listClubs().filter((c) => c.status !== 'deleting').map((c) => c.id);
+    let clubs = o.clubs ?? st.server.listClubs().filter((c) => c.status !== 'deleting').map((c) => c.id);
+    let dueDests: Map<string, string[]> | undefined;
+    if (this.#scope && !o.clubs) {
+      if (o.scheduled) {
+        const due = this.#scope.due(startedAt, this.settings.retryAfter);
+        dueDests = new Map(due.map((d) => [d.clubId, d.dests]));
+        clubs = [...dueDests.keys()];
+        if (clubs.length === 0) return { startedAt: startedAt.toISOString(), finishedAt: startedAt.toISOString(), clubs: 0, ok: 0, bytes: 0, failedClubs: [], destinations: {}, retention: {}, mail: emptyMail() };
+      } else clubs = this.#scope.mine(clubs);
+    } else if (this.#scope && o.clubs) for (const c of o.clubs) this.#scope.check(c, 'run');
     const down = new Map<string, string>();
     const destStats: RunReport['destinations'] = Object.fromEntries(this.destinations.map((d) => [d.name, { stored: 0, failed: 0 }]));
     const failedClubs: RunReport['failedClubs'] = [];
@@ -195,7 +223,8 @@ export class BackupService {
         notStarted.push(clubId);
         return;
       }
-      const r = await this.runClub(clubId, { skip: new Set(down.keys()), onDestinationDown: (d, err) => down.set(d, err) });
+      const only = dueDests?.get(clubId);
+      const r = await this.runClub(clubId, { ...(only ? { only } : {}), skip: new Set(down.keys()), onDestinationDown: (d, err) => down.set(d, err) });
       if (r.error) failedClubs.push({ clubId, error: r.error });
       else ok++;
       bytes += r.size;
@@ -226,8 +255,8 @@ export class BackupService {
     if (remaining.length) this.#scheduleRetry();
     const stopped = notStarted.length > 0;
     const retention = o.retention === false || stopped ? {} : await this.applyRetention({ skip: new Set(down.keys()), clubs });
-    const mail = o.mail === false || stopped ? emptyMail() : await this.mailClubBackups(o.clubs);
-    if (!o.clubs && !stopped) st.server.setMeta('backup.lastRun', startedAt.toISOString());
+    const mail = o.mail === false || stopped ? emptyMail() : await this.mailClubBackups(this.#scope ? clubs : o.clubs);
+    if (!o.clubs && !stopped && !this.#scope) st.server.setMeta('backup.lastRun', startedAt.toISOString());
     const report: RunReport = { startedAt: startedAt.toISOString(), finishedAt: this.#now().toISOString(), clubs: clubs.length, ok, bytes, failedClubs, destinations: destStats, retention, mail, ...(stopped ? { cancelled: { notStarted } } : {}) };
     this.#log.info(stopped ? 'backup run cancelled' : 'backup run finished', { event: 'backup-run', clubs: clubs.length, ok, failed: failedClubs.length, down: [...down.keys()], ...(stopped ? { notStarted: notStarted.length } : {}) });
     return report;
@@ -241,8 +270,9 @@ export class BackupService {
     const left: Array<{ clubId: string; dest: string }> = [];
     const down = new Map<string, string>();
     let filled = 0;
+    const mine = this.#scope ? new Set(this.#scope.mine([...byClub.keys()])) : undefined;
     for (const [clubId, dests] of byClub) {
-      if (!this.#st.server.getClub(clubId)) continue;
+      if (!this.#st.server.getClub(clubId) || (mine && !mine.has(clubId))) continue;
       const r = await this.runClub(clubId, { only: dests, skip: new Set(down.keys()), onDestinationDown: (d, e) => down.set(d, e) });
       filled += r.stored.length;
       for (const f of r.failed) left.push({ clubId, dest: f.destination });
@@ -256,7 +286,7 @@ export class BackupService {
   }
 
   #scheduleRetry(): void {
-    if (this.#closed || !this.#cron || this.#retryTimer) return;
+    if (this.#closed || !this.#cron || this.#retryTimer || this.#scope) return;
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
       void this.retryGaps().catch((e) => this.#log.error('backup retry failed', { event: 'backup-retry', error: errText(e) }));
@@ -264,69 +294,18 @@ export class BackupService {
     this.#retryTimer.unref();
   }
 
-  /**
-   * Remove every archive of a deleted club at every destination (`club delete` runs it). A
-   * destination that fails is named in the result; the nightly retention removes what is left
-   * there later (clubs in club_deletions keep no archive). Recorded in the club's deletion record.
-   */
-  async purgeClubArchives(clubId: string): Promise<{ clubId: string; removed: Array<{ destination: string; name: string }>; failed: Array<{ destination: string; error: string }> }> {
-    const removed: Array<{ destination: string; name: string }> = [];
-    const failed: Array<{ destination: string; error: string }> = [];
-    for (const d of this.destinations) {
-      try {
-        for (const a of await d.list(clubId)) {
-          if (a.clubId !== clubId) continue;
-          await d.delete(a.name);
-          removed.push({ destination: d.name, name: a.name });
-        }
-      } catch (e) {
-        failed.push({ destination: d.name, error: errText(e) });
-      }
-    }
-    this.#st.server.recordArchivePurge(clubId, removed.length, {
-      lastPurge: this.#now().toISOString(),
-      removedAt: [...new Set(removed.map((r) => r.destination))],
-      failed,
-    });
-    this.#log.info('archives of a deleted club removed', { event: 'backup-purge', clubId, removed: removed.length, failed: failed.map((f) => f.destination) });
-    return { clubId, removed, failed };
+  /** Remove every archive of a deleted club at every destination (retention.ts). */
+  purgeClubArchives(clubId: string): ReturnType<typeof purgeClubArchives> {
+    return purgeClubArchives(this.#upkeep(), clubId);
   }
 
-  /** Delete archives beyond the retention policy, per destination and club. */
-  async applyRetention(o: { skip?: ReadonlySet<string>; clubs?: readonly string[] } = {}): Promise<RunReport['retention']> {
-    const out: RunReport['retention'] = {};
-    for (const d of this.destinations) {
-      if (o.skip?.has(d.name)) continue;
-      let kept = 0;
-      let deleted = 0;
-      try {
-        const all = await d.list();
-        const byClub = new Map<string, ArchiveEntry[]>();
-        for (const a of all) if (!o.clubs || o.clubs.includes(a.clubId)) byClub.set(a.clubId, [...(byClub.get(a.clubId) ?? []), a]);
-        const deletedClubs = new Set(this.#st.server.listDeletions().map((x) => x.clubId));
-        for (const [clubId, list] of byClub) {
-          if (deletedClubs.has(clubId) && !this.#st.server.getClub(clubId)) {
-            // A deleted club keeps no archive: whatever a purge at deletion time missed goes now.
-            for (const a of list) await d.delete(a.name);
-            deleted += list.length;
-            this.#st.server.recordArchivePurge(clubId, list.length, { lastPurge: this.#now().toISOString(), byRetention: d.name });
-            continue;
-          }
-          const keep = selectRetained(list.map((a) => a.time), this.settings.retention);
-          for (const [i, a] of list.entries()) {
-            if (keep.has(i)) kept++;
-            else {
-              await d.delete(a.name);
-              deleted++;
-            }
-          }
-        }
-        out[d.name] = { kept, deleted };
-      } catch (e) {
-        out[d.name] = { kept, deleted, error: errText(e) };
-      }
-    }
-    return out;
+  /** Delete archives beyond the retention policy, per destination and club (retention.ts). */
+  applyRetention(o: { skip?: ReadonlySet<string>; clubs?: readonly string[] } = {}): Promise<RunReport['retention']> {
+    return applyRetention(this.#upkeep(), o);
+  }
+
+  #upkeep(): UpkeepDeps {
+    return { st: this.#st, destinations: this.destinations, retention: this.settings.retention, now: this.#now, log: this.#log };
   }
 
   /**
@@ -351,28 +330,32 @@ export class BackupService {
 
   /** The cron pattern of the nightly run. */
   get pattern(): string {
-    const [h, m] = this.settings.time.split(':');
-    return `${Number(m)} ${Number(h)} * * *`;
+    return dailyPattern(this.settings.time);
   }
 
   /** True when a scheduled run was missed since the last one (downtime). */
   missedRun(): boolean {
     const last = this.#st.server.getMeta('backup.lastRun');
     if (!last) return false;
-    const c = new Cron(this.pattern, { paused: true, ...(this.settings.timezone ? { timezone: this.settings.timezone } : {}) });
-    const next = c.nextRun(new Date(last));
-    c.stop();
+    const next = nextScheduled(this.pattern, this.settings.timezone, new Date(last));
     return next !== null && next.getTime() <= this.#now().getTime();
   }
 
   /** Schedule the nightly run, catch up a missed one, resume retries of remembered gaps. */
   start(o: { catchUpDelayMs?: number } = {}): void {
     if (this.#cron || this.#closed || !this.settings.enabled) return;
-    if (!this.#st.server.getMeta('backup.lastRun')) this.#st.server.setMeta('backup.lastRun', this.#now().toISOString());
+    const scope = this.#scope;
     const run = () => {
-      void this.runNightly().catch((e) => this.#log.error('nightly backup run failed', { event: 'backup-run', error: errText(e) }));
+      void this.runNightly({ scheduled: true }).catch((e) => this.#log.error('nightly backup run failed', { event: 'backup-run', error: errText(e) }));
     };
     this.#cron = new Cron(this.pattern, { protect: true, ...(this.settings.timezone ? { timezone: this.settings.timezone } : {}) }, run);
+    if (scope) {
+      // Cluster: what is due is read from the shared state, so a takeover or a restart catches up.
+      this.#checkTimer = setInterval(run, scope.checkEveryMs);
+      this.#checkTimer.unref();
+      return;
+    }
+    if (!this.#st.server.getMeta('backup.lastRun')) this.#st.server.setMeta('backup.lastRun', this.#now().toISOString());
     if (this.missedRun()) {
       this.#log.warn('a nightly backup run was missed (server down); catching up', { event: 'backup-catch-up' });
       this.#catchUpTimer = setTimeout(run, o.catchUpDelayMs ?? 10_000);
@@ -389,6 +372,7 @@ export class BackupService {
     this.#cron?.stop();
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     if (this.#catchUpTimer) clearTimeout(this.#catchUpTimer);
+    if (this.#checkTimer) clearInterval(this.#checkTimer);
     await this.#running?.catch(() => undefined);
     for (const d of this.destinations) await d.close();
     await this.#snapshots.close();

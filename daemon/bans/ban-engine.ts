@@ -33,6 +33,17 @@ export type BanOutcome =
 
 export type BanListener = (ban: BanEntry, violations: readonly BanViolation[]) => void;
 
+/**
+ * Counts shared with other servers (cluster/violation-board.ts): `remote` answers synchronously
+ * from a local mirror; `publish` hands this server's count over (written coalesced).
+ */
+export interface SharedCounts {
+  /** Violations of `kind` from `source` the other servers counted after `since` (ms). */
+  remote(kind: string, source: string, since: number): number;
+  /** This server's violation times of `kind` from `source` inside the window (empty after a ban). */
+  publish(kind: string, source: string, times: readonly number[], windowMs: number): void;
+}
+
 export interface BanEngineOptions {
   readonly table: BanTable;
   /** Subscribe to this bus; without one, feed events to `handle()` yourself. */
@@ -85,6 +96,7 @@ export class BanEngine {
   private readonly listeners = new Set<BanListener>();
   private readonly unsubscribe: (() => void) | undefined;
   private readonly timer: NodeJS.Timeout | undefined;
+  private shared: SharedCounts | undefined;
 
   constructor(opts: BanEngineOptions) {
     this.table = opts.table;
@@ -109,6 +121,14 @@ export class BanEngine {
   onBan(listener: BanListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /**
+   * Cluster: judge on this server's count plus the other servers' (BANS-AND-ALERTS.md "Several
+   * servers"), and publish this server's counts; undefined returns to counting alone.
+   */
+  setShared(shared: SharedCounts | undefined): void {
+    this.shared = shared;
   }
 
   /** Number of sources with a live counter (for metrics and the flood test). */
@@ -163,17 +183,23 @@ export class BanEngine {
     while (t.violations.length > 0 && t.violations[0]!.time <= since) t.violations.shift();
     t.violations.push(violation);
     while (t.violations.length > rule.maxRetry) t.violations.shift();
-    if (t.violations.length < rule.maxRetry) {
+    // Other servers' violations from this source count too, but none from before its last ban.
+    const lastBan = this.shared && rule.maxRetry > 1 ? (this.table.offender(src.key)?.lastBan ?? 0) : 0;
+    const elsewhere = this.shared && rule.maxRetry > 1 ? this.shared.remote(event.kind, src.key, Math.max(since, lastBan)) : 0;
+    if (t.violations.length + elsewhere < rule.maxRetry) {
       this.tracked.set(id, t);
       this.evictBeyondCap();
-      this.log.warn('violation', { ...ctx, count: t.violations.length, maxRetry: rule.maxRetry });
-      return { action: 'counted', source: src.key, count: t.violations.length, maxRetry: rule.maxRetry };
+      this.shared?.publish(event.kind, src.key, t.violations.map((v) => v.time), rule.findTime);
+      this.log.warn('violation', { ...ctx, count: t.violations.length, ...(elsewhere ? { elsewhere } : {}), maxRetry: rule.maxRetry });
+      return { action: 'counted', source: src.key, count: t.violations.length + elsewhere, maxRetry: rule.maxRetry };
     }
+    // Banned: this server's count is withdrawn (the ban itself reaches the others on the ban board).
+    if (this.shared && rule.maxRetry > 1) this.shared.publish(event.kind, src.key, [], rule.findTime);
 
     // Threshold reached: ban the source (its /64 for IPv6).
     const level = nextLevel(this.policy, this.table.offender(src.key), now);
     const duration = banDuration(this.policy, event.kind, level);
-    const count = t.violations.length;
+    const count = t.violations.length + elsewhere;
     const reason =
       count === 1
         ? `${event.kind}: ${event.detail}`
@@ -189,7 +215,7 @@ export class BanEngine {
       },
       now,
     );
-    this.log.warn('violation', { ...ctx, count, maxRetry: rule.maxRetry });
+    this.log.warn('violation', { ...ctx, count, ...(elsewhere ? { elsewhere } : {}), maxRetry: rule.maxRetry });
     this.log.warn('ban', {
       event: 'ban',
       address: ban.address,

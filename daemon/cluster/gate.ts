@@ -84,6 +84,12 @@ function wireError(node: ClusterNode, club: string, e: unknown): CommandError {
   return e instanceof CommandError ? e : new CommandError('INTERNAL', 'internal error');
 }
 
+/** Neither the cluster's registry nor this member's own server database knows `club`. */
+function isUnknownEverywhere(node: ClusterNode, storage: Storage, club: string): boolean {
+  const r = node.route(club);
+  return r.kind === 'unavailable' && r.reason === 'unknown club' && storage.server.getClub(club) === undefined;
+}
+
 /** The ownership gate alone: throws MOVED or UNAVAILABLE unless this server serves `club`. */
 export function checkRoute(node: ClusterNode, club: string): void {
   const r = node.route(club);
@@ -103,6 +109,12 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     if (typeof club !== 'string') return spec.handler(payload, ctx);
     const node = nodeRef();
     if (!node) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');
+    if (LOGIN_COMMANDS.has(spec.name) && isUnknownEverywhere(node, storage, club)) {
+      // A club no member knows: answered as a single server answers it (the same UNAUTHENTICATED
+      // after the same work, a `login` violation), so the cluster does not tell an outsider which
+      // club ids exist (UNAVAILABLE, counted nowhere, did).
+      return spec.handler(payload, ctx);
+    }
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     if (rk !== undefined && !LOGIN_COMMANDS.has(spec.name)) {

@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { ClusterNode } from '../../cluster/node.js';
 import type { ClusterBan } from '../../cluster/ban-board.js';
+import { ViolationBoard } from '../../cluster/violation-board.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import type { BanEngine } from '../bans/ban-engine.js';
@@ -79,6 +80,7 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
     }
   };
   let unsubscribe: (() => void) | undefined;
+  let counts: ViolationBoard | undefined;
   setup.start = async (listen) => {
     const tls = c.tls ? { ca: readFileSync(c.tls.caFile), ...(c.tls.certFile ? { cert: readFileSync(c.tls.certFile) } : {}), ...(c.tls.keyFile ? { key: readFileSync(c.tls.keyFile) } : {}) } : undefined;
     const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
@@ -101,6 +103,8 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
       masterKey: d.storage.master.key,
       ttlSec: c.leaseTtlSec,
       standbys: c.standbys,
+      logKeepEntries: c.logKeepEntries,
+      compactAfterMs: c.compactAfterSec * 1000,
       logger: d.logger,
     });
     const n = node;
@@ -121,12 +125,18 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
       const have = d.table.banCovering(address, Date.now());
       if (have && have.address === address) d.table.remove(address);
     });
+    // Violation counts: each server judges on the sum of all servers' counts (BANS-AND-ALERTS.md).
+    counts = new ViolationBoard(n.gw, { masterKey: d.storage.master.key, nodeId: n.nodeId, logger: d.logger });
+    await counts.start();
+    d.engine.setShared(counts);
     n.on('club-moved', (club: string, route: { kind: string; address?: string }) => d.clubMoved(club, route.kind === 'redirect' ? route.address : undefined));
     d.logger.info('joined the cluster', { event: 'cluster.joined', node: n.nodeId, address: n.address });
     return n;
   };
   setup.stop = async () => {
     unsubscribe?.();
+    d.engine.setShared(undefined);
+    await counts?.stop();
     await node?.stop();
   };
   return setup;

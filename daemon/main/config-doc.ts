@@ -153,6 +153,8 @@ export const MEANINGS: Record<string, string> = {
   'cluster.leaseTtlSec': "Member lease in seconds: a dead server's clubs are served again about this long after it died; keep synchronous work below a third of it.",
   'cluster.callTimeoutMs': 'Deadline of each etcd call; bounds the write stall when the etcd leader fails.',
   'cluster.standbys': 'Warm standbys per club (each holds an encrypted replica).',
+  'cluster.logKeepEntries': "Entries of a club's log kept in etcd below its slowest standby and its head; older ones are trimmed (a standby further behind starts from a snapshot). docs/CLUSTER.md.",
+  'cluster.compactAfterSec': "The placement leader compacts etcd's history older than this (trimmed entries, deleted clubs' keys); 0: etcd's own --auto-compaction is used instead (OPERATIONS.md).",
   'cluster.prefix': 'Key prefix of this cluster in etcd, ending in /.',
   'cluster.tls.caFile': 'PEM of the CA that signed the etcd members (production: OPERATIONS.md "etcd with TLS").',
   'cluster.tls.certFile': "PEM client certificate for etcd's --client-cert-auth.",

@@ -136,6 +136,10 @@ const clusterSchema = z
     callTimeoutMs: z.number().int().min(50).max(10_000).default(500),
     /** Standbys per club. */
     standbys: z.number().int().min(1).max(4).default(1),
+    /** Log entries kept below the slowest standby and the head when a club's log is trimmed. */
+    logKeepEntries: z.number().int().min(1).max(1_000_000).default(100),
+    /** etcd history younger than this stays uncompacted (the placement leader compacts); 0: use etcd's auto-compaction. */
+    compactAfterSec: z.number().int().min(0).max(86_400).default(300),
     /** Key prefix of this cluster in etcd (several clusters may share one etcd). */
     prefix: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}\/$/, "letters, digits, '_' or '-', ending in '/'").default('commusic/'),
     /** TLS with a client certificate to etcd (production; OPERATIONS.md "etcd"). */

@@ -15,6 +15,7 @@ import { Daemon, VERSION } from '../edge/server.js';
 import { Dispatcher } from '../edge/dispatcher.js';
 import { registerClubCommands, type ClubServices } from '../club/club-commands.js';
 import { BackupService } from '../backup/backup-service.js';
+import { startClusterBackups } from '../backup/cluster-backups.js';
 import { registerBackupCommands } from '../backup/backup-commands.js';
 import type { BackupOpsContext } from '../backup/backup-ops.js';
 import { startHealthIfEnabled, type HealthEndpoint } from '../monitoring/health-setup.js';
@@ -181,6 +182,8 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     });
     await cluster.start(daemon.address());
     closers.push(() => cluster.stop());
+    // Cluster: each club's backup by its primary only, with shared state and keys (docs/CLUSTER.md).
+    closers.push(await startClusterBackups(cluster.node, { storage, service: backups, logger }));
     // A ban also ends the sessions its source already has open.
     // Deferred past the current turn so that the answer to the request that caused the ban (a
     // FORBIDDEN) is queued first and goes out before CLOSE 4 (PROTOCOL.md 11).

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { bansAdd, bansCheck, bansList, bansRemove, exemptAdd, exemptList, exemptRemove } from '../bans/ban-ops.js';
 import { OperationError, OperationRegistry, type OpsContext } from './operations.js';
-import { purgeDeletedClubArchives, registerBackupOps } from '../backup/backup-ops.js';
+import { purgeDeletedClubArchives, registerBackupOps, type BackupOpsContext } from '../backup/backup-ops.js';
 import { registerLogOps } from './log-ops.js';
 import { BULK_BATCH } from '../club/club-bulk.js';
 import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub, showClub, suspendClub } from '../../storage/server/provisioning.js';
@@ -126,12 +126,28 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       },
     })
     .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) })
-    .register({ name: 'keys.rotate-archive', schema: z.object({}).strict(), run: async (c) => rotateArchiveKey(await c.storage()) })
+    .register({
+      name: 'keys.rotate-archive',
+      schema: z.object({}).strict(),
+      run: async (c) => {
+        const r = rotateArchiveKey(await c.storage());
+        // Cluster: every member adopts the new keyring (docs/CLUSTER.md "Backups").
+        await (await (c as BackupOpsContext).backups?.())?.scope?.keysRotated();
+        return r;
+      },
+    })
     .register({ name: 'keys.archive-keys', schema: z.object({}).strict(), run: async (c) => archiveKeyIds(await c.storage()) })
     .register({
       name: 'keys.forget-archive-keys',
       schema: z.object({ ids: z.array(z.string().regex(/^[0-9a-f]{16}$/, 'not an archive key id')).max(4096).optional() }).strict(),
-      run: async (c, a) => forgetRetiredArchiveKeys(await c.storage(), a.ids),
+      run: async (c, a) => {
+        // Cluster: forget on the shared keyring as it is now, then every member forgets too.
+        const scope = (await (c as BackupOpsContext).backups?.())?.scope;
+        scope?.syncKeys();
+        const r = forgetRetiredArchiveKeys(await c.storage(), a.ids);
+        await scope?.keysForgotten();
+        return r;
+      },
     })
     .register({
       name: 'keys.rotate-identity',

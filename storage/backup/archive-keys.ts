@@ -193,3 +193,82 @@ export function initArchiveKeys(st: Storage, clubs: readonly string[]): void {
     }
   })();
 }
+
+/**
+ * The server archive keys as a cluster shares them (docs/CLUSTER.md "Backups"): the current key
+ * and the retired ones, hex. Secret: only ever stored sealed (cluster/backup-board.ts).
+ */
+export interface ArchiveKeyring {
+  current: string;
+  retired: Array<{ id: string; key: string; retiredAt: string }>;
+}
+
+/** This server's archive keyring (the current key is created on first use). */
+export function exportArchiveKeyring(st: Storage): ArchiveKeyring {
+  const cur = currentArchiveKey(st);
+  const current = cur.toString('hex');
+  cur.fill(0);
+  return { current, retired: retired(st) };
+}
+
+/**
+ * Take a shared keyring as this server's: its current key becomes current here (this server's
+ * own current key, when different and not in the ring, is retired: archives written under it
+ * still open here), and the retired keys become the ring's (a key the ring no longer has was
+ * forgotten on another member: it is forgotten here too). One server.db transaction. Returns
+ * whether anything changed. @throws StorageError INVALID_ARGUMENT for a malformed ring.
+ */
+export function adoptArchiveKeyring(st: Storage, ring: ArchiveKeyring, now = new Date()): { changed: boolean } {
+  const hex64 = /^[0-9a-f]{64}$/;
+  if (!hex64.test(ring.current) || !Array.isArray(ring.retired) || ring.retired.some((r) => !hex64.test(r?.key ?? '') || typeof r.retiredAt !== 'string')) {
+    throw new StorageError('INVALID_ARGUMENT', 'archive keyring is malformed');
+  }
+  const next = Buffer.from(ring.current, 'hex');
+  const nextId = keyIdOf(next).toString('hex');
+  next.fill(0);
+  let changed = false;
+  st.server.db.transaction(() => {
+    if (!st.server.getMeta(ARCHIVE_KEY_META)) {
+      // No key of its own yet (a new member): nothing to retire.
+      st.server.setMeta(ARCHIVE_KEY_META, ring.current);
+      changed = true;
+    }
+    const cur = currentArchiveKey(st);
+    const curId = keyIdOf(cur).toString('hex');
+    const before = retired(st);
+    const list = ring.retired.map((r) => ({ id: keyIdOf(Buffer.from(r.key, 'hex')).toString('hex'), key: r.key, retiredAt: r.retiredAt }));
+    if (curId !== nextId) {
+      if (!list.some((r) => r.id === curId)) list.push({ id: curId, key: cur.toString('hex'), retiredAt: now.toISOString() });
+      st.server.setMeta(ARCHIVE_KEY_META, ring.current);
+      changed = true;
+    }
+    cur.fill(0);
+    const kept = list.filter((r) => r.id !== nextId).slice(-MAX_RETIRED_ARCHIVE_KEYS);
+    if (changed || kept.length !== before.length || kept.some((r, i) => r.id !== before[i]!.id)) {
+      st.server.setMeta(RETIRED_ARCHIVE_KEYS_META, JSON.stringify(kept));
+      changed = true;
+    }
+  })();
+  return { changed };
+}
+
+/**
+ * Take a club's shared archive key as this server's (cluster): 'same' when it already was,
+ * 'set' or 'replaced' when written, 'no-club' when the club is unknown here or being deleted.
+ */
+export function adoptClubArchiveKey(st: Storage, clubId: string, key: Buffer): 'same' | 'set' | 'replaced' | 'no-club' {
+  if (key.length !== 32) throw new StorageError('INVALID_ARGUMENT', 'club archive key must be 32 bytes');
+  const row = st.server.getClub(clubId);
+  if (!row || row.status === 'deleting') return 'no-club';
+  const have = clubKeyRaw(st, clubId);
+  if (have?.equals(key)) {
+    have.fill(0);
+    return 'same';
+  }
+  const now = st.server.setArchiveKey(clubId, key);
+  if (!now?.equals(key)) return 'no-club';
+  now.fill(0);
+  const out = have ? 'replaced' : 'set';
+  have?.fill(0);
+  return out;
+}

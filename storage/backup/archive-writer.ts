@@ -66,10 +66,12 @@ export function snapshotStore(store: ClubStore): TakenStore {
   const staging = join(store.dir, `.backup-${randomBytes(6).toString('hex')}`);
   const docs: SnapDoc[] = [];
   let image!: Buffer;
+  let replicated = false;
   mkdirSync(staging, { mode: 0o700 });
   try {
     store.db.transaction(() => {
       image = store.db.serialize();
+      replicated = store.db.prepare(REPLICATION_OBJECTS).get() !== undefined;
       const rows = store.db.prepare('SELECT id, kind, name, size, sha256, file, wrappedKey FROM documents ORDER BY id').all() as Array<ManifestDocument & { file: string; wrappedKey: Buffer }>;
       for (const d of rows) {
         const link = join(staging, d.file);
@@ -86,9 +88,32 @@ export function snapshotStore(store: ClubStore): TakenStore {
     releaseTaken({ image, docs, staging });
     throw e;
   }
+  if (replicated) image = withoutReplicationObjects(image);
   image[18] = 1;
   image[19] = 1;
   return { image, docs, staging };
+}
+
+/** The replication's own tables and triggers in a club store (cluster/capture.ts names them `_cluster_*`). */
+const REPLICATION_OBJECTS = `SELECT type, name FROM sqlite_master WHERE name LIKE '\\_cluster\\_%' ESCAPE '\\' AND type IN ('trigger', 'table') ORDER BY type = 'table'`;
+
+/**
+ * A club store on a cluster member also holds the replication's own tables and triggers (names
+ * beginning `_cluster_`, cluster/capture.ts): bookkeeping, not club data, and not part of the club
+ * schema an archive is checked against. They are dropped from the snapshot image (in memory),
+ * so an archive made on any member restores anywhere. Images without them are returned as they are.
+ */
+export function withoutReplicationObjects(image: Buffer): Buffer {
+  const mem = openImage(image);
+  try {
+    const objs = mem.prepare(REPLICATION_OBJECTS).all() as Array<{ type: string; name: string }>;
+    if (objs.length === 0) return image;
+    for (const o of objs) mem.exec(`DROP ${o.type === 'table' ? 'TABLE' : 'TRIGGER'} IF EXISTS "${o.name.replace(/"/g, '""')}"`);
+    mem.exec('VACUUM');
+    return mem.serialize();
+  } finally {
+    mem.close();
+  }
 }
 
 /** Zero the document keys of a taken snapshot and remove its staging folder. */

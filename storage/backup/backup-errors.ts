@@ -14,6 +14,10 @@ export type BackupErrorCode =
   | 'VERIFY_FAILED'
   | 'NOT_FOUND'
   | 'BUSY'
+  /** Cluster: the club's backup is made (or restored in place) by its primary, another member (named in the message). */
+  | 'NOT_PRIMARY'
+  /** Cluster: an operation a replicated club does not support yet (in-place restore: restore into --target). */
+  | 'UNSUPPORTED_IN_CLUSTER'
   | 'ORIGIN_UNVERIFIED'
   | 'BAD_TRUST_KEY'
   | 'SCHEMA_MISMATCH'

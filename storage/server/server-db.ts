@@ -245,6 +245,15 @@ export class ServerDb implements AnchorStore {
     return this.getArchiveKey(id);
   }
 
+  /**
+   * Replace the club's archive key (a cluster member adopting the key all members share,
+   * docs/CLUSTER.md "Backups"); refused (no change) for a club being deleted. Returns the key now stored.
+   */
+  setArchiveKey(id: string, key: Buffer): Buffer | null {
+    this.db.prepare(`UPDATE clubs SET archive_key = ? WHERE id = ? AND status != 'deleting'`).run(key, id);
+    return this.getArchiveKey(id);
+  }
+
   /** Record that club `id` was deleted at ISO time `at` (ids and counts only; no personal data). */
   recordDeletion(id: string, at: string): void {
     this.db.prepare(`INSERT INTO club_deletions (club_id, deleted_at) VALUES (?, ?) ON CONFLICT (club_id) DO UPDATE SET deleted_at = excluded.deleted_at`).run(id, at);

@@ -4,6 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { reapWithThisProcess } from './reaper.js';
 
 /**
  * A real 3-member etcd cluster for the cluster tests (issue 14): each member on its own loopback
@@ -90,6 +91,7 @@ export async function startEtcdCluster(opts: EtcdClusterOptions = {}): Promise<E
   if (missing) throw new Error(missing);
   const hosts = opts.hosts ?? ['127.0.0.21', '127.0.0.22', '127.0.0.23'];
   const root = await mkdtemp(join(tmpdir(), 'commusic-etcd-'));
+  reapWithThisProcess(root);
   const token = `commusic-test-${process.pid}-${Date.now()}`;
   const children = new Map<number, ChildProcess>();
   const logs = new Map<number, string>();

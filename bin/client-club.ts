@@ -13,7 +13,7 @@ import type { ClientSession } from './client-session.js';
 
 /** Registers `log`, `backup set-passphrase|status|download` and `export` on the program. */
 export function registerClubDataCommands(program: Command, s: ClientSession): void {
-  const { call, session, act } = s;
+  const { call, callAll, callPages, session, act } = s;
   const collect = (v: string, prev: string[] = []) => [...prev, v];
   program
   .command('log')
@@ -30,7 +30,8 @@ export function registerClubDataCommands(program: Command, s: ClientSession): vo
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) usage('--limit is a whole number from 1 to 1000');
       const q = { ...(o.since ? { from: parseWhen(o.since, '--since') } : {}), ...(o.until ? { to: parseWhen(o.until, '--until') } : {}), ...(o.by ? { user: o.by } : {}), ...(o.action ? { action: o.action } : {}), ...(o.entity ? { entity: o.entity } : {}), limit, descending: true };
-      const r = (await call('log.query', q)) as { entries: { seq: number; time: string; user: string; ip: string; action: string; entity: string | null; recordId: number | null; changes: unknown }[] };
+      // A page is cut by bytes (PROTOCOL.md 7.5): follow nextAfterSeq until `limit` entries.
+      const r = { entries: await callAll<{ seq: number; time: string; user: string; ip: string; action: string; entity: string | null; recordId: number | null; changes: unknown }>('log.query', q, 'entries', limit) };
       printResult(r, o.json, (s) =>
         s.entries.length === 0 ? 'no entries' : table(['SEQ', 'TIME', 'USER', 'ACTION', 'ENTITY', 'RECORD', 'CHANGES'], s.entries.map((e) => [e.seq, e.time, e.user, e.action, e.entity, e.recordId, summarise(e.changes)])),
       );
@@ -89,7 +90,12 @@ program
   .option('--json', 'print JSON (the export is JSON either way)')
   .action(
     act(async (o: { out?: string; json?: boolean }) => {
-      const r = await call('exports.club', {});
+      // Pages cut by bytes (PROTOCOL.md 7.5), joined into one `data` map.
+      const data: Record<string, unknown[]> = {};
+      for await (const page of callPages('exports.club', {})) {
+        for (const [entity, rows] of Object.entries((page.data ?? {}) as Record<string, unknown[]>)) (data[entity] ??= []).push(...rows);
+      }
+      const r = { data };
       if (o.out) {
         writeFileSync(o.out, `${safeJson(r, undefined, 2)}\n`, { mode: 0o600, flag: 'wx' });
         printResult({ file: o.out }, o.json, () => `export written to ${o.out}`);

@@ -31,6 +31,10 @@ export interface SessionHolder {
 export interface ClientSession {
   /** Sends one request in the logged-in session; resolves to the response payload. */
   call(command: string, payload: unknown): Promise<any>;
+  /** Every item of a list command, following `nextCursor`/`nextAfterSeq` (client/paging.ts); at most `max`. */
+  callAll<T>(command: string, payload: Record<string, unknown>, key?: string, max?: number): Promise<T[]>;
+  /** Every page of a list command, in order. */
+  callPages(command: string, payload: Record<string, unknown>): AsyncGenerator<Record<string, unknown>>;
   /** Connects and logs in once per holder (see commusic-program.ts). */
   session(o?: { forPasswd?: boolean }): Promise<{ conn: Connection; password?: string }>;
   /** Wraps an action so the connection is closed (and the session logged out) afterwards. */

@@ -6,7 +6,8 @@
 import { Command, Option } from 'commander';
 import { connect, type Connection } from '../client/connection.js';
 import { defaultKnownServersFile } from '../client/known-servers.js';
-import { movedTarget } from '../client/cluster-client.js';
+import { listAll, pages } from '../client/paging.js';
+import { loginWithRetries } from './client-login.js';
 import { normalizeFingerprint } from '../crypto/identity.js';
 import { loadTicket, removeTicket, saveTicket, ticketDir, touchTicket } from '../client/tickets.js';
 import { ROLES } from '../daemon/club/rights.js';
@@ -138,26 +139,33 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     return { conn, password };
   }
 
-  /** auth.login, following MOVED to the server that serves the club (at most 4 hops, PROTOCOL.md 6.5). */
+  /** auth.login, following redirects and retrying across a takeover or drain (bin/client-login.ts). */
   async function loginFollowingRedirects(first: Connection, p: { club: string; user: string; password: string }): Promise<{ payload: unknown }> {
     let conn = first;
-    for (let hops = 0; ; hops++) {
-      try {
-        return await conn.request('auth.login', p);
-      } catch (e) {
-        const target = movedTarget(e);
-        if (!target || hops >= 4 || !holder.connectTo) throw e;
-        await conn.close().catch(() => undefined);
-        holder.conn = undefined;
-        conn = await holder.connectTo(target);
-        holder.conn = conn;
-      }
-    }
+    const reconnect = async (to: { host: string; port: number } | undefined) => {
+      await conn.close().catch(() => undefined);
+      holder.conn = undefined;
+      holder.conn = conn = to ? await holder.connectTo!(to) : await open();
+      return conn;
+    };
+    return loginWithRetries(() => conn, p, holder.connectTo ? reconnect : undefined);
   }
 
   async function call(command: string, payload: unknown): Promise<any> {
     const { conn } = await session();
     return (await conn.request(command, payload)).payload;
+  }
+
+  /** Every item of a list command, following its continuation (answers are cut by bytes, PROTOCOL.md 7.4). */
+  async function callAll<T>(command: string, payload: Record<string, unknown>, key = 'items', max = Infinity): Promise<T[]> {
+    const { conn } = await session();
+    return listAll<T>(conn, command, payload, key, max);
+  }
+
+  /** Every page of a list command (for answers with several lists, exports.club). */
+  async function* callPages(command: string, payload: Record<string, unknown>): AsyncGenerator<Record<string, unknown>> {
+    const { conn } = await session();
+    yield* pages(conn, command, payload);
   }
 
   async function done(): Promise<void> {
@@ -183,7 +191,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
 
   async function userId(name: string): Promise<number> {
     if (/^#\d+$/.test(name)) return Number(name.slice(1));
-    const items = ((await call('users.list', {})) as { items: { id: number; username: string }[] }).items;
+    const items = await callAll<{ id: number; username: string }>('users.list', {});
     const u = items.find((x) => x.username === name);
     if (!u) throw Object.assign(new Error(`no user "${name}" in this club ("commusic users list" shows them)`), { code: 'NOT_FOUND' });
     return u.id;
@@ -191,7 +199,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
 
   async function registerIds(names: string[]): Promise<number[]> {
     if (names.length === 0) return [];
-    const items = ((await call('registers.list', { limit: 500 })) as { items: { id: number; name: string }[] }).items;
+    const items = await callAll<{ id: number; name: string }>('registers.list', { limit: 500 });
     return names.map((n) => {
       const r = items.find((x) => x.name === n) ?? (/^\d+$/.test(n) ? items.find((x) => x.id === Number(n)) : undefined);
       if (!r) throw Object.assign(new Error(`no register "${n}" (known: ${items.map((x) => x.name).join(', ') || 'none'})`), { code: 'NOT_FOUND' });
@@ -289,7 +297,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
     .option('--json', 'print JSON')
     .action(
       act(async (o: { json?: boolean }) => {
-        const r = (await call('users.list', {})) as { items: { id: number; username: string; displayName: string | null; role: string; isAdmin: boolean; disabled: boolean; mustChangePassword: boolean; lastLogin: string | null }[] };
+        const r = { items: await callAll<{ id: number; username: string; displayName: string | null; role: string; isAdmin: boolean; disabled: boolean; mustChangePassword: boolean; lastLogin: string | null }>('users.list', {}) };
         printResult(r, o.json, (s) =>
           table(['ID', 'USER', 'NAME', 'ROLE', 'ADMIN', 'STATE', 'LAST LOGIN'], s.items.map((u) => [u.id, u.username, u.displayName, u.role, u.isAdmin ? 'yes' : 'no', u.disabled ? 'disabled' : u.mustChangePassword ? 'must change password' : 'active', u.lastLogin])),
         );
@@ -376,7 +384,7 @@ export function buildProgram(holder: SessionHolder = {}): Command {
       }),
     );
 
-  registerClubDataCommands(program, { call, session, act });
+  registerClubDataCommands(program, { call, callAll, callPages, session, act });
 
   registerCallCommand(program, session, open, done, () => Boolean((g().club ?? process.env['COMMUSIC_CLUB']) || (g().user ?? process.env['COMMUSIC_USER'])));
   if (!holder.shared) registerBatchCommand(program, holder, () => program.opts<Globals>(), buildProgram, done);

@@ -2,13 +2,15 @@
  * A client of a cluster of servers (issue 14, PROTOCOL.md "Several servers"): a list of servers
  * that all present the one cluster identity key (one pinned fingerprint), tried in turn; a MOVED
  * error (the club is served by another server) is followed to the server it names; a connection
- * lost during a takeover is retried on the next server until `retryForMs` has passed. Mutating
+ * lost during a takeover or a drain is retried on the next server by the retry rule
+ * (client/retry-rule.ts: a quiet budget restarted by progress, an absolute cap, jitter). Mutating
  * requests carry a request key (`rk`), so a request retried after its answer was lost is applied
  * once: the server that holds the club answers the retry from its record of the key.
  */
 import { randomBytes } from 'node:crypto';
 import { connect, type ConnectOptions, type Connection, type RequestOptions, type Response } from './connection.js';
 import { ClientError, RemoteError } from './errors.js';
+import { DEFAULT_QUIET_MS, RetryRule, showsProgress } from './retry-rule.js';
 
 export interface ServerAddress {
   host: string;
@@ -57,11 +59,28 @@ export interface ClusterClientOptions extends Omit<ConnectOptions, 'host' | 'por
   servers: ServerAddress[];
   /** Log in on a fresh connection (auth.login or auth.resume); called after every (re)connect. */
   login?: (conn: Connection) => Promise<void>;
-  /** How long to keep trying across a takeover (default 30 s, the issue's bound). */
+  /**
+   * How long to keep trying without seeing progress (ms; default 30 s, the issue's takeover
+   * bound). Progress (a redirect to another owner, a takeover or drain under way) starts it
+   * again, up to `retryCapMs` (client/retry-rule.ts, PROTOCOL.md 6.5).
+   */
   retryForMs?: number;
-  /** Most redirects followed for one request (default 4). */
+  /** The most one request keeps trying in all, progress or not (ms; default 120 s). */
+  retryCapMs?: number;
+  /** Redirects followed at once for one request (default 4); past them the client pauses before following again. */
   maxRedirects?: number;
+  /** For tests: how a server is connected to (default: connect()). */
+  connector?: (o: ConnectOptions) => Promise<Connection>;
+  /** For tests: the clock and the pause (default: Date.now and setTimeout). */
+  clock?: { now(): number; sleep(ms: number): Promise<void> };
+  /** For tests: the jitter's randomness (default Math.random). */
+  random?: () => number;
 }
+
+const REAL_CLOCK = { now: () => Date.now(), sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)) };
+/** Most redirects followed while connecting (login answered MOVED) before request() decides. */
+const MAX_LOGIN_HOPS = 4;
+const RETRIABLE_LOCAL = new Set(['CONNECT_FAILED', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'HANDSHAKE_FAILED']);
 
 const sameServer = (a: ServerAddress, b: ServerAddress) => a.host === b.host && a.port === b.port;
 
@@ -84,35 +103,54 @@ export class ClusterClient {
 
   /** Connect (first reachable server in the list order) and log in. */
   async open(): Promise<void> {
-    await this.ensure(undefined, Date.now() + (this.opts.retryForMs ?? 30_000));
+    await this.ensure(undefined, this.clock.now() + (this.opts.retryForMs ?? DEFAULT_QUIET_MS));
+  }
+
+  private get clock(): { now(): number; sleep(ms: number): Promise<void> } {
+    return this.opts.clock ?? REAL_CLOCK;
   }
 
   /**
-   * Send a request, following redirects and retrying across a takeover. With `mutating`, the
-   * payload gets a request key (the same for every retry of this call).
+   * Send a request, following redirects and retrying across a takeover or a drain by the retry
+   * rule (client/retry-rule.ts): it gives up after `retryForMs` without progress, or after
+   * `retryCapMs` in all, with the last error. With `mutating`, the payload gets a request key
+   * (the same for every retry of this call), so a retried write is applied once.
    */
   async request(command: string, payload: Record<string, unknown> = {}, opts: RequestOptions & { mutating?: boolean } = {}): Promise<Response> {
     const body = opts.mutating ? { ...payload, [REQUEST_KEY_FIELD]: newRequestKey() } : payload;
-    const deadline = Date.now() + (this.opts.retryForMs ?? 30_000);
+    const clock = this.clock;
+    const rule = new RetryRule(clock.now(), { ...(this.opts.retryForMs !== undefined ? { quietMs: this.opts.retryForMs } : {}), ...(this.opts.retryCapMs !== undefined ? { capMs: this.opts.retryCapMs } : {}), ...(this.opts.random ? { random: this.opts.random } : {}) });
     let redirects = 0;
     let target: ServerAddress | undefined;
-    for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
+    let lastOwner: string | undefined;
+    for (;;) {
       try {
-        const conn = await this.ensure(target, deadline);
+        const conn = await this.ensure(target, rule.deadline());
         target = undefined;
         return await conn.request(command, body, opts);
       } catch (e) {
         const moved = movedTarget(e);
-        if (moved && redirects < (this.opts.maxRedirects ?? 4)) {
-          redirects++;
+        const owner = moved && `${moved.host}:${moved.port}`;
+        const progressed = showsProgress(e, lastOwner, owner);
+        if (moved) {
+          lastOwner = owner;
           target = moved;
           await this.drop();
-          continue;
+          if (redirects < (this.opts.maxRedirects ?? 4)) {
+            // Followed at once; a new owner is progress.
+            redirects++;
+            if (progressed) rule.progress(clock.now());
+            continue;
+          }
+          // Redirected in a circle (the servers' views of the placement differ for a moment): pause, then follow again.
         }
-        const retriable = (e instanceof ClientError && ['CONNECT_FAILED', 'CONNECT_TIMEOUT', 'CONNECTION_CLOSED', 'HANDSHAKE_FAILED'].includes(e.code)) || (e instanceof RemoteError && (e.code === UNAVAILABLE || e.code === 'SHUTTING_DOWN'));
-        if (!retriable || Date.now() + delay > deadline) throw e;
+        const retriable = moved !== undefined || (e instanceof ClientError && RETRIABLE_LOCAL.has(e.code)) || (e instanceof RemoteError && (e.code === UNAVAILABLE || e.code === 'SHUTTING_DOWN'));
+        if (!retriable) throw e;
+        const pause = rule.next(clock.now(), progressed);
+        if (pause === undefined) throw e;
         if (e instanceof ClientError) await this.drop();
-        await new Promise((r) => setTimeout(r, delay));
+        redirects = 0;
+        await clock.sleep(pause);
       }
     }
   }
@@ -128,16 +166,17 @@ export class ClusterClient {
     if (c) await c.close().catch(() => undefined);
   }
 
-  private async ensure(target: ServerAddress | undefined, deadline: number): Promise<Connection> {
+  private async ensure(target: ServerAddress | undefined, deadline: number, hops = 0): Promise<Connection> {
     if (this.conn && !this.conn.closed && (!target || (this.current && sameServer(this.current, target)))) return this.conn;
     await this.drop();
     const order = target ? [target, ...this.opts.servers.filter((s) => !sameServer(s, target))] : [...this.opts.servers.slice(this.next), ...this.opts.servers.slice(0, this.next)];
+    const open = this.opts.connector ?? connect;
     let last: unknown;
     for (const s of order) {
-      if (Date.now() > deadline) break;
+      if (this.clock.now() > deadline) break;
       try {
-        const { servers: _s, login: _l, retryForMs: _r, maxRedirects: _m, ...rest } = this.opts;
-        const conn = await connect({ ...rest, host: s.host, port: s.port });
+        const { servers: _s, login: _l, retryForMs: _r, retryCapMs: _c, maxRedirects: _m, connector: _k, clock: _t, random: _x, ...rest } = this.opts;
+        const conn = await open({ ...rest, host: s.host, port: s.port });
         try {
           await this.opts.login?.(conn);
         } catch (e) {
@@ -150,9 +189,13 @@ export class ClusterClient {
         return conn;
       } catch (e) {
         last = e;
-        // a server that says "not here" at login names the right one: go there next
+        // a server that says "not here" at login names the right one: go there next (a few hops;
+        // past them request() pauses before following again)
         const moved = movedTarget(e);
-        if (moved && !sameServer(moved, s)) return this.ensure(moved, deadline);
+        if (moved && !sameServer(moved, s)) {
+          if (hops >= MAX_LOGIN_HOPS) throw e;
+          return this.ensure(moved, deadline, hops + 1);
+        }
         if (e instanceof RemoteError && e.code !== UNAVAILABLE && e.code !== 'SHUTTING_DOWN') throw e;
       }
     }

@@ -252,6 +252,22 @@ export async function applyWithDocuments(o: {
   if (removed) fsyncDir(dir);
 }
 
+/**
+ * Fetch the document files of `club` that `files` names and its folder lacks, asking `sources`
+ * (node ids) in order: what a replica installed from a snapshot needs (a snapshot carries rows,
+ * not files). Names that are not document file names are refused, never joined into a path.
+ * @throws ClusterError INVALID_ARGUMENT (a bad name), PEER_UNAVAILABLE (a member that may hold a
+ *   file did not answer; the caller tries again later).
+ */
+export async function pullMissingFiles(o: { peers: PeerTransport | undefined; storage: Storage; club: string; files: readonly string[]; sources: readonly string[]; logger: ClusterLogger }): Promise<void> {
+  const dir = docsDirOf(o.storage, o.club);
+  for (const name of new Set(o.files)) {
+    if (!DOC_FILE.test(name)) throw new ClusterError('INVALID_ARGUMENT', 'not a document file name');
+    if (existsSync(join(dir, name))) continue;
+    await pullFile(o.peers, o.club, name, dir, [...o.sources], o.logger);
+  }
+}
+
 async function pullFile(peers: PeerTransport | undefined, club: string, name: string, dir: string, sources: string[], logger: ClusterLogger): Promise<void> {
   if (!peers) throw new ClusterError('PEER_UNAVAILABLE', 'no peer channel: a missing document cannot be fetched');
   let unreachable = 0;

@@ -11,6 +11,7 @@ import { ClusterError, type ClusterLogger } from './errors.js';
 import type { EtcdGateway } from './etcd-gateway.js';
 import { firstLogSeq, trimRound } from './log-trim.js';
 import type { NodeContext, UpkeepSettings } from './node-types.js';
+import { pullMissingFiles } from './doc-replica.js';
 import { obtainSnapshot, type SnapshotLimits } from './snapshot.js';
 
 export const DEFAULT_UPKEEP: UpkeepSettings = {
@@ -62,7 +63,20 @@ export async function ensureReachable(ctx: NodeContext, club: string, logKey: Ui
   const sources = [...(p?.standbys ?? []), ...(p ? [p.primary] : []), ...ctx.memberIds()].filter((n, i, a) => n !== ctx.nodeId && a.indexOf(n) === i);
   ctx.logger.info('replica is behind the trimmed log: fetching a snapshot', { event: 'cluster.snapshot.needed', clubId: club, seq: pos.seq, first: first ?? null });
   try {
-    await obtainSnapshot({ storage: ctx.storage, gw: ctx.gw, club, logKey, logger: ctx.logger, peers: ctx.peers, sources, ...ctx.upkeep.snapshot });
+    const peers = ctx.peers;
+    await obtainSnapshot({
+      storage: ctx.storage,
+      gw: ctx.gw,
+      club,
+      logKey,
+      logger: ctx.logger,
+      peers,
+      sources,
+      ...ctx.upkeep.snapshot,
+      // The files the snapshot's rows name, before it is installed: a takeover by this replica
+      // must find every document its rows promise (RPO 0 for documents, as for rows).
+      documents: (files) => pullMissingFiles({ peers, storage: ctx.storage, club, files, sources, logger: ctx.logger }),
+    });
     snapshotFailures.delete(key);
   } catch (e) {
     snapshotFailures.set(key, Math.min(failures + 1, 8));

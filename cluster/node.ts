@@ -41,7 +41,7 @@ import { commitClub, hasPendingChanges } from './output-gate.js';
 import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
-import { openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
+import { applyClubRowUpdate, openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
 import { registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
@@ -347,7 +347,9 @@ export class ClusterNode extends EventEmitter {
       const row = openClubRow(this.recordKey, club, value);
       // The store is created on first use here too; the administrator row the primary ships in
       // its first entries overwrites the one made locally (same row id).
-      if (!this.storage.server.getClub(club)) this.storage.server.insertClub({ ...row, storeState: 'pending' });
+      const have = this.storage.server.getClub(club);
+      if (!have) this.storage.server.insertClub({ ...row, storeState: 'pending' });
+      else applyClubRowUpdate(this.storage, have, row); // an operator's change made on any member
       this.reconcileSoon(club);
     } catch (e) {
       this.logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });

@@ -7,6 +7,7 @@
  */
 import { openRecord, sealRecord } from '../crypto/cluster-seal.js';
 import type { ClubRow } from '../storage/server/server-db.js';
+import type { Storage } from '../storage/server/storage.js';
 import { ClusterError } from './errors.js';
 import { checkClubId } from './keys.js';
 
@@ -43,4 +44,26 @@ export function openClubRow(recordKey: Uint8Array, club: string, sealed: Uint8Ar
     wrappedKey: w.wrappedKey === null ? null : Buffer.from(w.wrappedKey, 'base64'),
     pendingWrappedKey: w.pendingWrappedKey === null ? null : Buffer.from(w.pendingWrappedKey, 'base64'),
   };
+}
+
+/**
+ * A club row from the registry applied to the row this member has (an operator's change made on
+ * any member: `club suspend`, `club resume`, `backup set-mail`): its status (active or
+ * suspended) and settings. Keys, the store's state and the administrator to create stay this
+ * member's own; a club being deleted on either side is left alone. Returns whether anything
+ * changed. Suspending evicts the open store, as `club suspend` does (cluster roles reopen it).
+ */
+export function applyClubRowUpdate(storage: Storage, have: ClubRow, row: ClubRow): boolean {
+  if (have.status === 'deleting' || row.status === 'deleting') return false;
+  let changed = false;
+  if (row.status !== have.status) {
+    storage.server.setStatus(have.id, row.status);
+    if (row.status === 'suspended') storage.cache.evict(have.id);
+    changed = true;
+  }
+  if (JSON.stringify(row.settings) !== JSON.stringify(have.settings)) {
+    storage.server.setSettings(have.id, row.settings);
+    changed = true;
+  }
+  return changed;
 }

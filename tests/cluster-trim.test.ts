@@ -16,6 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { logKeyOf } from '../cluster/club-roles.js';
 import { readHead } from '../cluster/club-log.js';
@@ -28,6 +29,7 @@ import { installSnapshot, serveSnapshot } from '../cluster/snapshot.js';
 import { clubPageKey } from '../crypto/wrap.js';
 import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
 import { createRecord } from '../storage/club/club-data.js';
+import { putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { clubDir } from '../storage/club/club-store.js';
 import { openEncrypted, type Db } from '../storage/engine/sqlcipher.js';
 import { createClub } from '../storage/server/provisioning.js';
@@ -186,13 +188,27 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
   const names = (db: Db) => (db.prepare(`SELECT firstName FROM persons WHERE lastName = 'T' ORDER BY id`).all() as Array<{ firstName: string }>).map((r) => r.firstName);
   const replicaSeq = (s: Server, club: string) => Number((s.storage.openClub(club, { allowSuspended: true }).db.prepare(`SELECT v FROM _cluster_state WHERE k = 'seq'`).get() as { v: string } | undefined)?.v ?? 0);
 
-  test('a new standby starts from a snapshot of a trimmed log, equals the primary, and serves after the others die', async () => {
+  test('a new standby starts from a snapshot of a trimmed log (with the document files its rows name), equals the primary, and serves after the others die', async () => {
     const hub = createPeerHub();
     const tmpl = await template();
     const a = await start('trim-a', tmpl, 'tr1/', hub, { standbys: 2 });
     const b = await start('trim-b', tmpl, 'tr1/', hub, { standbys: 2 });
     const club = await newClub(a, 'Verein Trim');
     await until('club served', () => primaryOf(club, [a, b]));
+    // A document stored before the log is trimmed: the snapshot has its row, not its file.
+    const content = randomBytes(100_000);
+    const docId = await until('a document stored', async () => {
+      const s = primaryOf(club, [a, b]);
+      if (!s) return undefined;
+      try {
+        const info = await putDocument(s.storage, club, Readable.from([content]), { kind: 'other', name: 'Satzung.pdf' });
+        await s.node.commit(club);
+        return info.id;
+      } catch (e) {
+        if (e instanceof ClusterError) return undefined;
+        throw e;
+      }
+    });
     const acked: string[] = [];
     await writeN(club, [a, b], 60, 'w', acked);
     // trimmed down to the margin behind the head (the standby keeps up)
@@ -224,6 +240,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     assert.equal(verifyAuditLog(db, club, undefined).ok, true);
     await writeN(club, [c], 1, 'after', acked);
     assert.deepEqual(names(c.storage.openClub(club).db), acked);
+    assert.deepEqual(await readDocumentBuffer(c.storage, club, docId), content, 'the document file came with the snapshot install (was DOC_NOT_FOUND)');
     await stopAll();
   });
 

@@ -24,6 +24,7 @@ import { loadConfig } from '../main/config.js';
 import { AlertMailer } from '../mail/mailer.js';
 import type { OperationRegistry } from '../ops/operations.js';
 import type { OpsContext } from '../ops/operations.js';
+import { refuseInCluster, shareClubRow } from '../ops/cluster-guard.js';
 
 export interface BackupOpsContext extends OpsContext {
   /** Online: the daemon's running backup service. */
@@ -197,8 +198,11 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
       schema: z
         .object({ club: clubId, from: z.string().min(1).max(4096), passphrase, trustKeys, operator, dryRun: z.boolean().default(false), yes: z.boolean().default(false), target: z.string().min(1).max(4096).optional(), configFile })
         .strict(),
-      run: async (c, a) =>
-        withService(c, a.configFile, async (svc, st) => {
+      run: async (c, a) => {
+        // Into a cluster member's own data folder: the restored store would not be in the club's
+        // replicated log (restore into --target, a separate folder, is fine).
+        if (a.target === undefined && !a.dryRun) await refuseInCluster(c, 'backup restore into a cluster member', [a.club], "a restored store is not in the club's replicated log; restore with --target into a separate folder");
+        return withService(c, a.configFile, async (svc, st) => {
           if (a.target === undefined && !a.dryRun) svc.scope?.check(a.club, 'restore');
           const key = openKey(st, a.passphrase, a.trustKeys);
           const target = a.target !== undefined ? await openTarget(c.dataDir, a.target) : undefined;
@@ -212,7 +216,8 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
             source.destroy();
             target?.storage.close();
           }
-        }),
+        });
+      },
     })
     .register({
       name: 'backup.set-mail',
@@ -220,6 +225,7 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
       run: async (c, a) => {
         const st = await c.storage();
         const s = setClubBackupSettings(st, a.club, { emails: a.emails });
+        await shareClubRow(c, a.club); // in a cluster every member gets the changed row
         return { club: a.club, emails: s.emails ?? [], passphraseSet: Boolean(s.passphrase) };
       },
     })

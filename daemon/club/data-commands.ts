@@ -8,6 +8,7 @@ import { type Db } from '../../storage/engine/sqlcipher.js';
 import { MODEL, validatorFor, type EntityName } from '../../storage/club/model.js';
 import { appendAudit, revocable, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
+import { LARGEST_INT, LONGEST_CURSOR, MAX_ROWS_PER_ANSWER, firstN, fitAnswer } from './answer-fit.js';
 import { ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { CommandContext, Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, scopeCovers, type Action, type Area, type Effective } from './rights.js';
@@ -285,18 +286,21 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
     checkFilterFields(g, entity, effective, filterFields(p), 'read');
     try {
       const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: p.limit ?? 100, offset: p.offset ?? 0, ...(p.cursor !== undefined ? { cursor: p.cursor } : {}), scope });
-      const items = project(g, entity, r.items, 'read', p.fields);
-      logBlockedReads(g, entity, r.items);
-      return { payload: { items, nextOffset: r.nextOffset, nextCursor: r.nextCursor } };
+      const all = project(g, entity, r.items, 'read', p.fields);
+      // Cut by bytes (PROTOCOL.md 7.4): what fits one answer, and the continuation after it.
+      const n = fitAnswer(all, { items: [], nextOffset: LARGEST_INT, nextCursor: LONGEST_CURSOR });
+      logBlockedReads(g, entity, firstN(r.items, n));
+      return { payload: { items: firstN(all, n), ...r.cutAt(n) } };
     } catch (e) {
       dataError(g, e, right('read'));
     }
   });
 
-  register(d, `${entity}.export`, strictObject({ ...listSchema, stream: z.boolean().optional() }), async (p, ctx) => {
+  register(d, `${entity}.export`, strictObject({ ...listSchema, stream: z.boolean().optional(), cursor: cursorField }), async (p, ctx) => {
     const g = await guard(services, ctx, `${entity}.export`, p);
     const { scope, effective } = g.needEntity(entity, 'export', 'export');
     checkFilterFields(g, entity, effective, filterFields(p), 'export');
+    if (p.stream && p.cursor !== undefined) throw new CommandError('BAD_REQUEST', 'cursor pages an export without a stream');
     if (p.stream) {
       try {
         // Field rights are checked now, before anything is sent (project refuses unreadable requested fields).
@@ -310,10 +314,13 @@ export function registerEntity(d: Dispatcher, services: ClubServices, entity: Da
       }
     }
     try {
-      const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_EXPORT_ROWS, offset: 0, scope });
-      const items = project(g, entity, r.items, 'export', p.fields);
-      exportAudit(g, entity, { count: items.length, filters: p.filters ?? [], fields: p.fields ?? null, truncated: r.nextOffset !== null });
-      return { payload: { items, count: items.length, truncated: r.nextOffset !== null } };
+      const r = listRecords(g.p.db, entity, { filters: p.filters, sort: p.sort, limit: MAX_ROWS_PER_ANSWER, offset: 0, ...(p.cursor !== undefined ? { cursor: p.cursor } : {}), scope });
+      const all = project(g, entity, r.items, 'export', p.fields);
+      const n = fitAnswer(all, { items: [], count: LARGEST_INT, truncated: false, nextCursor: LONGEST_CURSOR });
+      const { nextCursor } = r.cutAt(n);
+      // Each page is an export of its own in the change log (a later page names its cursor's use).
+      exportAudit(g, entity, { count: n, filters: p.filters ?? [], fields: p.fields ?? null, truncated: nextCursor !== null, ...(p.cursor !== undefined ? { continued: true } : {}) });
+      return { payload: { items: firstN(all, n), count: n, truncated: nextCursor !== null, nextCursor } };
     } catch (e) {
       dataError(g, e, right('export'));
     }

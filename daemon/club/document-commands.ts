@@ -11,6 +11,7 @@ import { putDocument, readDocument, DOCUMENT_KINDS } from '../../storage/club/do
 import { fsyncDir } from '../../crypto/atomic-file.js';
 import { revocable, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
+import { LARGEST_INT, LONGEST_CURSOR, MAX_ROWS_PER_ANSWER, firstN, fitAnswer } from './answer-fit.js';
 import { DOCUMENT_KIND_AREA } from './data-areas.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, type Action, type Area } from './rights.js';
@@ -52,13 +53,14 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
   });
   for (const action of ['read', 'export'] as const) {
     const name = action === 'read' ? 'documents.list' : 'documents.export';
-    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField } : { stream: z.boolean().optional() };
+    const extra: Record<string, ZodTypeAny> = action === 'read' ? { limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), offset: z.number().int().min(0).max(1e9).optional(), cursor: cursorField } : { stream: z.boolean().optional(), cursor: cursorField };
     register(d, name, strictObject({ ...listSchema, ...extra }), async (p, ctx) => {
       const g = await guard(services, ctx, name, p);
       const allowed = readableKinds(g, action);
       const asked = (p.filters ?? []).filter((f: Filter) => f.field === 'kind' && f.op === 'eq').map((f: Filter) => String(f.value));
       for (const k of asked) if (!allowed.includes(k)) g.deny(`${docArea(k)}:${action}`);
       if (allowed.length === 0) g.deny(`documents.other:${action}`, 'no document kind allowed');
+      if (p.stream && p.cursor !== undefined) throw new CommandError('BAD_REQUEST', 'cursor pages an export without a stream');
       try {
         if (action === 'export' && p.stream) {
           project(g, 'documents', [], 'export', p.fields);
@@ -69,14 +71,18 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
           return { payload: { count: ids.length, truncated, format: 'ndjson' }, download };
         }
         const hideBlocked = action !== 'read' || !g.readsBlocked();
-        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_EXPORT_ROWS, offset: p.offset ?? 0, ...(p.cursor !== undefined ? { cursor: p.cursor as string } : {}), scope: { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) } });
-        const items = project(g, 'documents', r.items, action, p.fields);
-        if (action === 'read') logBlockedReads(g, 'documents', r.items);
+        const r = listRecords(g.p.db, 'documents', { filters: [...(p.filters ?? []), { field: 'kind', op: 'in', value: allowed }], sort: p.sort, limit: action === 'read' ? (p.limit ?? 100) : MAX_ROWS_PER_ANSWER, offset: p.offset ?? 0, ...(p.cursor !== undefined ? { cursor: p.cursor as string } : {}), scope: { kind: 'all', ...(hideBlocked ? { hideBlocked } : {}) } });
+        const all = project(g, 'documents', r.items, action, p.fields);
+        // Cut by bytes (PROTOCOL.md 7.4): what fits one answer, and the continuation after it.
         if (action === 'export') {
-          exportAudit(g, 'documents', { count: items.length, kinds: allowed });
-          return { payload: { items, count: items.length, truncated: r.nextOffset !== null } };
+          const n = fitAnswer(all, { items: [], count: LARGEST_INT, truncated: false, nextCursor: LONGEST_CURSOR });
+          const { nextCursor } = r.cutAt(n);
+          exportAudit(g, 'documents', { count: n, kinds: allowed, ...(p.cursor !== undefined ? { continued: true } : {}) });
+          return { payload: { items: firstN(all, n), count: n, truncated: nextCursor !== null, nextCursor } };
         }
-        return { payload: { items, nextOffset: r.nextOffset, nextCursor: r.nextCursor } };
+        const n = fitAnswer(all, { items: [], nextOffset: LARGEST_INT, nextCursor: LONGEST_CURSOR });
+        logBlockedReads(g, 'documents', firstN(r.items, n));
+        return { payload: { items: firstN(all, n), ...r.cutAt(n) } };
       } catch (e) {
         dataError(g, e, `documents:${action}`);
       }

@@ -4,14 +4,17 @@
  */
 import { z } from 'zod';
 import { queryAuditLog, MAX_QUERY_LIMIT, type AuditEntry } from '../../storage/club/audit-log.js';
-import { MAX_EXPORT_ROWS, getRecord, listRecords, blockedPersonIds, recordExists, rowInScope, type RowScope, listIds } from '../../storage/club/club-data.js';
+import { DataError, MAX_EXPORT_ROWS, getRecord, listRecords, blockedPersonIds, recordExists, rowInScope, type Filter, type RowScope, listIds } from '../../storage/club/club-data.js';
+import { cborSize } from '../../protocol/answer-size.js';
+import { CommandError } from '../edge/command-errors.js';
+import { AnswerBudget, LARGEST_INT, LONGEST_CURSOR, MAX_ROWS_PER_ANSWER, firstN, fitAnswer, partCursor, partCursorValue } from './answer-fit.js';
 import { DOCUMENT_KINDS } from '../../storage/club/documents.js';
 import { MODEL } from '../../storage/club/model.js';
 import { revocable, type ClubServices } from './auth.js';
 import { DOCUMENT_KIND_AREA, ENTITY_AREA, fieldArea, FIELD_AREA, type DataEntity } from './data-areas.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, type Area } from './rights.js';
-import { Guard, clubField, exportAudit, guard, id, register, strictObject } from './command-guard.js';
+import { Guard, clubField, cursorField, exportAudit, guard, id, register, strictObject } from './command-guard.js';
 import { DATA_COMMAND_ENTITIES, exportRows, project } from './data-commands.js';
 import { docArea } from './document-commands.js';
 
@@ -130,17 +133,42 @@ function logProjector(g: Guard): (e: AuditEntry) => Record<string, unknown> {
   };
 }
 
+/** Rows of the federation report read per answer: more than fit one (a member takes at least 60 bytes). */
+const FEDERATION_ROWS = 2000;
+
+function federationCursor(r: Record<string, unknown>): string {
+  return Buffer.from(JSON.stringify([r.lastName, r.firstName, r.id]), 'utf8').toString('base64url');
+}
+
+function federationCursorValue(cursor: string): [string, string, number] {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    v = undefined;
+  }
+  if (!Array.isArray(v) || v.length !== 3 || typeof v[0] !== 'string' || typeof v[1] !== 'string' || !Number.isSafeInteger(v[2])) throw new CommandError('BAD_REQUEST', 'cursor is not one this report handed out');
+  return v as [string, string, number];
+}
+
+/** A page of the change log as the reader sees it, cut by bytes (PROTOCOL.md 7.5): `nextAfterSeq` after the last entry given. */
+function logPage(g: Guard, r: { entries: AuditEntry[]; nextAfterSeq: number | null }): { entries: Record<string, unknown>[]; nextAfterSeq: number | null } {
+  const all = r.entries.map(logProjector(g));
+  const n = fitAnswer(all, { entries: [], nextAfterSeq: LARGEST_INT });
+  return { entries: firstN(all, n), nextAfterSeq: n < all.length ? r.entries[n - 1]!.seq : r.nextAfterSeq };
+}
+
 export function registerLog(d: Dispatcher, services: ClubServices): void {
   register(d, 'log.query', strictObject(logQuerySchema), async (p, ctx) => {
     const g = await guard(services, ctx, 'log.query', p);
     g.needClub('changeLog', 'read');
     const { club: _c, ...q } = p;
-    const r = queryAuditLog(g.p.db, q);
-    return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
+    return { payload: logPage(g, queryAuditLog(g.p.db, q)) };
   });
-  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, stream: z.boolean().optional(), club: clubField }), async (p, ctx) => {
+  register(d, 'log.export', strictObject({ from: logQuerySchema.from, to: logQuerySchema.to, stream: z.boolean().optional(), afterSeq: logQuerySchema.afterSeq, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'log.export', p);
     g.needClub('changeLog', 'export');
+    if (p.stream && p.afterSeq !== undefined) throw new CommandError('BAD_REQUEST', 'afterSeq pages an export without a stream');
     if (p.stream) {
       const range = { ...(p.from ? { from: p.from } : {}), ...(p.to ? { to: p.to } : {}) };
       // First pass counts (for the audit entry, written before anything is sent) and fixes the
@@ -171,85 +199,126 @@ export function registerLog(d: Dispatcher, services: ClubServices): void {
       }
       return { payload: { count, format: 'ndjson' }, download: revocable(services, ctx, lines(), (grants) => effectiveScope(grants, 'changeLog', 'export')?.kind === 'club') };
     }
+    // Without a stream: the entries that fit one answer (PROTOCOL.md 7.5), then nextAfterSeq.
     const entries: Record<string, unknown>[] = [];
     const view = logProjector(g);
-    let after: number | undefined;
+    const budget = new AnswerBudget({ entries: [], count: LARGEST_INT, nextAfterSeq: LARGEST_INT });
+    let after = p.afterSeq;
+    let nextAfterSeq: number | null = null;
     for (;;) {
       const r = queryAuditLog(g.p.db, { ...(p.from ? { from: p.from } : {}), ...(p.to ? { to: p.to } : {}), ...(after !== undefined ? { afterSeq: after } : {}), limit: MAX_QUERY_LIMIT });
-      entries.push(...r.entries.map(view));
-      if (r.nextAfterSeq === null || entries.length >= MAX_EXPORT_ROWS) break;
+      const page = r.entries.map(view);
+      const n = budget.take(page, entries.length ? 0 : 9);
+      entries.push(...firstN(page, n));
+      if (n < page.length) {
+        nextAfterSeq = r.entries[n - 1]?.seq ?? after ?? null;
+        break;
+      }
+      if (r.nextAfterSeq === null) break;
       after = r.nextAfterSeq;
     }
-    exportAudit(g, 'auditLog', { count: entries.length, from: p.from ?? null, to: p.to ?? null });
-    return { payload: { entries, count: entries.length } };
+    exportAudit(g, 'auditLog', { count: entries.length, from: p.from ?? null, to: p.to ?? null, ...(p.afterSeq !== undefined ? { continued: true } : {}) });
+    return { payload: { entries, count: entries.length, nextAfterSeq } };
   });
 
-  const federation = (g: Guard) => {
-    const persons = g.p.db.prepare(`SELECT p.id, p.firstName, p.lastName, p.birthDate FROM persons p WHERE p.blocked = 0 AND EXISTS (SELECT 1 FROM memberships m WHERE m.personId = p.id) ORDER BY p.lastName, p.firstName, p.id`).all() as Array<Record<string, unknown>>;
+  // A page of the report in (lastName, firstName, id) order after the cursor's person; `more` when rows are left.
+  const federation = (g: Guard, cursor: string | undefined) => {
+    const after = cursor === undefined ? undefined : federationCursorValue(cursor);
+    const rows = g.p.db
+      .prepare(`SELECT p.id, p.firstName, p.lastName, p.birthDate FROM persons p WHERE p.blocked = 0 AND EXISTS (SELECT 1 FROM memberships m WHERE m.personId = p.id)${after ? ' AND (p.lastName, p.firstName, p.id) > (?, ?, ?)' : ''} ORDER BY p.lastName, p.firstName, p.id LIMIT ?`)
+      .all(...(after ?? []), FEDERATION_ROWS + 1) as Array<Record<string, unknown>>;
+    const more = rows.length > FEDERATION_ROWS;
+    const persons = more ? rows.slice(0, FEDERATION_ROWS) : rows;
     const years = g.p.db.prepare(`SELECT "from", "to" FROM memberships WHERE personId = ? AND kind = 'active'`);
     const honours = g.p.db.prepare(`SELECT level, years, status, date FROM honours WHERE personId = ? ORDER BY id`);
     const now = Date.now();
-    return persons.map((pr) => {
+    const members = persons.map((pr) => {
       let days = 0;
       for (const m of years.all(pr.id) as Array<{ from: string; to: string | null }>) days += Math.max(0, ((m.to ? Date.parse(m.to) : now) - Date.parse(m.from)) / 86_400_000);
       return { personId: pr.id, firstName: pr.firstName, lastName: pr.lastName, birthYear: typeof pr.birthDate === 'string' ? Number(pr.birthDate.slice(0, 4)) : null, activeYears: Math.floor(days / 365.25), honours: honours.all(pr.id) };
     });
+    // Cut by bytes (PROTOCOL.md 7.5); the cursor names the last member given.
+    const n = fitAnswer(members, { members: [], count: LARGEST_INT, nextCursor: LONGEST_CURSOR });
+    const last = persons[n - 1];
+    return { members: firstN(members, n), nextCursor: (n < members.length || more) && last ? federationCursor(last) : null };
   };
-  register(d, 'federation.report', strictObject({ club: clubField }), async (p, ctx) => {
+  const federationSchema = strictObject({ cursor: cursorField, club: clubField });
+  register(d, 'federation.report', federationSchema, async (p, ctx) => {
     const g = await guard(services, ctx, 'federation.report', p);
     g.needClub('federationReporting', 'read');
-    return { payload: { members: federation(g) } };
+    return { payload: federation(g, p.cursor) };
   });
-  register(d, 'federation.export', strictObject({ club: clubField }), async (p, ctx) => {
+  register(d, 'federation.export', federationSchema, async (p, ctx) => {
     const g = await guard(services, ctx, 'federation.export', p);
     g.needClub('federationReporting', 'export');
-    const members = federation(g);
-    exportAudit(g, 'federation', { count: members.length });
-    return { payload: { members, count: members.length } };
+    const page = federation(g, p.cursor);
+    exportAudit(g, 'federation', { count: page.members.length, ...(p.cursor !== undefined ? { continued: true } : {}) });
+    return { payload: { ...page, count: page.members.length } };
   });
 
   register(d, 'exports.list', strictObject({ afterSeq: z.number().int().min(0).optional(), limit: z.number().int().min(1).max(MAX_QUERY_LIMIT).optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'exports.list', p);
     g.needClub('exports', 'read');
-    const r = queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 });
-    return { payload: { entries: r.entries.map(logProjector(g)), nextAfterSeq: r.nextAfterSeq } };
+    return { payload: logPage(g, queryAuditLog(g.p.db, { action: 'export', ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}), limit: p.limit ?? 100 })) };
   });
-  register(d, 'exports.club', strictObject({ stream: z.boolean().optional(), club: clubField }), async (p, ctx) => {
-    const g = await guard(services, ctx, 'exports.club', p);
-    g.needClub('exports', 'export');
-    if (p.stream) {
-      // Every entity's ids first (8 bytes a row), then the rows page by page: one line per record, {"entity", "record"}.
-      const parts: Array<{ entity: DataEntity; ids: number[]; scope: RowScope }> = [];
-      for (const entity of DATA_COMMAND_ENTITIES) {
-        if (entity === 'documents') {
-          const kinds = [...DOCUMENT_KINDS].filter((k) => g.has(docArea(k), 'export')?.kind === 'club');
-          const scope: RowScope = { kind: 'all', hideBlocked: true };
-          if (kinds.length) parts.push({ entity, ids: listIds(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope }).ids, scope });
-          continue;
-        }
-        const scope = g.entityRowScope(entity, 'export', 'export');
-        if (!scope) continue;
-        parts.push({ entity, ids: listIds(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope }).ids, scope });
-      }
-      const counts = Object.fromEntries(parts.map((x) => [x.entity, x.ids.length]));
-      exportAudit(g, null, { entities: counts, streamed: true });
-      async function* lines(): AsyncGenerator<Buffer> {
-        for (const x of parts) yield* exportRows(services, g, x.entity, x.ids, x.scope, undefined, x.entity);
-      }
-      return { payload: { counts, format: 'ndjson' }, download: revocable(services, ctx, lines(), (grants) => effectiveScope(grants, 'exports', 'export')?.kind === 'club') };
-    }
-    const out: Record<string, unknown[]> = {};
+  // What exports.club covers for this caller, in order: each entity it may export (documents: the kinds).
+  const exportParts = (g: Guard): Array<{ entity: DataEntity; filters: Filter[]; scope: RowScope }> => {
+    const parts: Array<{ entity: DataEntity; filters: Filter[]; scope: RowScope }> = [];
     for (const entity of DATA_COMMAND_ENTITIES) {
       if (entity === 'documents') {
         const kinds = [...DOCUMENT_KINDS].filter((k) => g.has(docArea(k), 'export')?.kind === 'club');
-        if (kinds.length) out.documents = project(g, entity, listRecords(g.p.db, entity, { filters: [{ field: 'kind', op: 'in', value: kinds }], limit: MAX_EXPORT_ROWS, scope: { kind: 'all', hideBlocked: true } }).items, 'export');
+        if (kinds.length) parts.push({ entity, filters: [{ field: 'kind', op: 'in', value: kinds }], scope: { kind: 'all', hideBlocked: true } });
         continue;
       }
       const scope = g.entityRowScope(entity, 'export', 'export');
-      if (!scope) continue;
-      out[entity] = project(g, entity, listRecords(g.p.db, entity, { limit: MAX_EXPORT_ROWS, scope }).items, 'export');
+      if (scope) parts.push({ entity, filters: [], scope });
     }
-    exportAudit(g, null, { entities: Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.length])) });
-    return { payload: { data: out } };
+    return parts;
+  };
+  register(d, 'exports.club', strictObject({ stream: z.boolean().optional(), cursor: cursorField, club: clubField }), async (p, ctx) => {
+    const g = await guard(services, ctx, 'exports.club', p);
+    g.needClub('exports', 'export');
+    if (p.stream && p.cursor !== undefined) throw new CommandError('BAD_REQUEST', 'cursor pages an export without a stream');
+    const parts = exportParts(g);
+    if (p.stream) {
+      // Every entity's ids first (8 bytes a row), then the rows page by page: one line per record, {"entity", "record"}.
+      const lists = parts.map((x) => ({ ...x, ids: listIds(g.p.db, x.entity, { filters: x.filters, limit: MAX_EXPORT_ROWS, scope: x.scope }).ids }));
+      const counts = Object.fromEntries(lists.map((x) => [x.entity, x.ids.length]));
+      exportAudit(g, null, { entities: counts, streamed: true });
+      async function* lines(): AsyncGenerator<Buffer> {
+        for (const x of lists) yield* exportRows(services, g, x.entity, x.ids, x.scope, undefined, x.entity);
+      }
+      return { payload: { counts, format: 'ndjson' }, download: revocable(services, ctx, lines(), (grants) => effectiveScope(grants, 'exports', 'export')?.kind === 'club') };
+    }
+    // Without a stream: entities in order, as many records as fit one answer (PROTOCOL.md 7.5),
+    // then a cursor naming the entity and row to go on with.
+    const start = p.cursor === undefined ? { part: 0, inner: null } : partCursorValue(p.cursor, parts.map((x) => x.entity));
+    const budget = new AnswerBudget({ data: {}, nextCursor: LONGEST_CURSOR });
+    const out: Record<string, unknown[]> = {};
+    let nextCursor: string | null = null;
+    for (let i = start.part; i < parts.length; i++) {
+      const x = parts[i]!;
+      const inner = i === start.part ? start.inner : null;
+      if (!budget.room(cborSize(x.entity) + 9)) {
+        nextCursor = partCursor(x.entity, inner);
+        break;
+      }
+      try {
+        const r = listRecords(g.p.db, x.entity, { filters: x.filters, limit: MAX_ROWS_PER_ANSWER, ...(inner !== null ? { cursor: inner } : {}), scope: x.scope });
+        const all = project(g, x.entity, r.items, 'export');
+        const n = budget.take(all, 0);
+        out[x.entity] = firstN(all, n);
+        const next = r.cutAt(n).nextCursor;
+        if (n < all.length || next !== null) {
+          nextCursor = partCursor(x.entity, n > 0 ? next : inner);
+          break;
+        }
+      } catch (e) {
+        if (e instanceof DataError) throw new CommandError('BAD_REQUEST', 'cursor is not one this export handed out');
+        throw e;
+      }
+    }
+    exportAudit(g, null, { entities: Object.fromEntries(Object.entries(out).map(([k, v]) => [k, v.length])), ...(p.cursor !== undefined ? { continued: true } : {}) });
+    return { payload: { data: out, nextCursor } };
   });
 }

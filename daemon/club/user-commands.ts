@@ -6,13 +6,14 @@ import { z } from 'zod';
 import { generateOneTimePassword, hashPassword, verifyPassword } from '../../crypto/password.js';
 import { parseLegacySha512, wrapLegacySha512 } from '../../crypto/legacy-password.js';
 import { isHashQueueError, withPasswordWork } from './password-work.js';
-import { recordExists } from '../../storage/club/club-data.js';
+import { MAX_LIST_LIMIT, recordExists } from '../../storage/club/club-data.js';
 import { countActiveAdmins, deleteUser, getUserById, insertUser, listUsers, setDisabled, setGrants, setPasswordHash, updateUserProfile, userView, type UserRecord } from '../../storage/club/users.js';
 import { appendAudit, refreshCredVersion, grantsOf, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import { ACTIONS, AREAS, ROLES, grantSchema, roleTemplate, type Grant } from './rights.js';
-import { Guard, clubField, dataError, exportAudit, guard, id, passwordSchema, register, strictObject, usernameSchema } from './command-guard.js';
+import { Guard, clubField, cursorField, dataError, exportAudit, guard, id, passwordSchema, register, strictObject, usernameSchema } from './command-guard.js';
+import { LARGEST_INT, LONGEST_CURSOR, firstN, fitAnswer, textCursor, textCursorKey } from './answer-fit.js';
 
 // ---- users and rights -----------------------------------------------------------------------
 
@@ -73,12 +74,29 @@ function userAnswer(g: Guard, u: UserRecord): Record<string, unknown> {
   return g.has('users', 'read')?.kind === 'club' ? publicUser(u) : { id: u.id };
 }
 
+/**
+ * The club's users in user-name order (SQLite's binary order, byte for byte), after a cursor's
+ * user name, at most `limit` of them; `more` when the limit left some out.
+ */
+function usersAfter(g: Guard, cursor: string | undefined, limit: number | undefined): { users: UserRecord[]; more: boolean } {
+  let users = listUsers(g.p.db);
+  if (cursor !== undefined) {
+    const key = textCursorKey(cursor);
+    users = users.filter((u) => Buffer.compare(Buffer.from(u.username, 'utf8'), key) > 0);
+  }
+  const more = limit !== undefined && users.length > limit;
+  return { users: more ? users.slice(0, limit) : users, more };
+}
+
 export function registerUsers(d: Dispatcher, services: ClubServices): void {
   const cost = services.passwordLog2N;
-  register(d, 'users.list', strictObject({ club: clubField }), async (p, ctx) => {
+  register(d, 'users.list', strictObject({ limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(), cursor: cursorField, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'users.list', p);
     g.needClub('users', 'read');
-    return { payload: { items: listUsers(g.p.db).map(publicUser) } };
+    const { users, more } = usersAfter(g, p.cursor, p.limit);
+    const all = users.map(publicUser);
+    const n = fitAnswer(all, { items: [], nextCursor: LONGEST_CURSOR });
+    return { payload: { items: firstN(all, n), nextCursor: n < all.length || more ? textCursor(users[n - 1]!.username) : null } };
   });
   register(d, 'users.get', strictObject({ id, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'users.get', p);
@@ -87,12 +105,15 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
     if (!u) throw new CommandError('NOT_FOUND', `user ${p.id} does not exist`);
     return { payload: { user: publicUser(u) } };
   });
-  register(d, 'users.export', strictObject({ club: clubField }), async (p, ctx) => {
+  register(d, 'users.export', strictObject({ cursor: cursorField, club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'users.export', p);
     g.needClub('users', 'export');
-    const items = listUsers(g.p.db).map((u) => ({ ...publicUser(u), grants: grantsOf(u) }));
-    exportAudit(g, 'users', { count: items.length });
-    return { payload: { items, count: items.length } };
+    const { users } = usersAfter(g, p.cursor, undefined);
+    const all = users.map((u) => ({ ...publicUser(u), grants: grantsOf(u) }));
+    const n = fitAnswer(all, { items: [], count: LARGEST_INT, nextCursor: LONGEST_CURSOR });
+    const nextCursor = n < all.length ? textCursor(users[n - 1]!.username) : null;
+    exportAudit(g, 'users', { count: n, ...(p.cursor !== undefined ? { continued: true } : {}) });
+    return { payload: { items: firstN(all, n), count: n, nextCursor } };
   });
   register(
     d,

@@ -8,6 +8,7 @@ import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
 import { archiveKeyIds, forgetRetiredArchiveKeys, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 import type { ClusterNode } from '../../cluster/node.js';
+import { refuseInCluster, shareClubRow } from './cluster-guard.js';
 import { abortIdentityRotation, identityStatus, retireIdentity, startIdentityRotation, switchIdentity } from '../../crypto/identity-keyring.js';
 import { dataPaths } from '../main/config.js';
 
@@ -18,6 +19,14 @@ function needCluster(c: OpsContext): ClusterNode {
   const node = c.cluster?.();
   if (!node) throw new OperationError('NOT_IN_CLUSTER', 'cluster commands need the running daemon of a cluster member (commusicd with --cluster-etcd)');
   return node;
+}
+
+/** Why a key rotation is refused on a cluster member (docs/CLUSTER.md "Not yet built"). */
+const KEYS_SHARED = "the cluster's log, replicas and registry records are sealed under keys derived from the current one";
+
+async function shared<T>(c: OpsContext, club: string, result: T): Promise<T> {
+  await shareClubRow(c, club);
+  return result;
 }
 
 /** The steps of `keys rotate-identity` (crypto/identity-keyring.ts has the phases). */
@@ -86,12 +95,19 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
             .max(BULK_BATCH),
         })
         .strict(),
-      run: async (c, a) => createClubsWithPasswords(await c.storage(), a.clubs.map((x) => ({ name: x.name, adminUser: x.admin, plan: x.plan }))),
+      run: async (c, a) => {
+        // In a cluster, as club.create: the clubs are registered; each one's primary creates its store (stores are made on first use).
+        const node = c.cluster?.();
+        const r = await createClubsWithPasswords(await c.storage(), a.clubs.map((x) => ({ name: x.name, adminUser: x.admin, plan: x.plan })));
+        if (node) for (const x of r) await node.registerClub(x.id);
+        return r;
+      },
     })
     .register({ name: 'club.list', schema: z.object({}).strict(), run: async (c) => listClubs(await c.storage()) })
     .register({ name: 'club.show', schema: z.object({ id: clubId }).strict(), run: async (c, a) => showClub(await c.storage(), a.id) })
-    .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => suspendClub(await c.storage(), a.id) })
-    .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => resumeClub(await c.storage(), a.id) })
+    // In a cluster the changed row goes to every member through the registry record.
+    .register({ name: 'club.suspend', schema: z.object({ id: clubId }).strict(), run: async (c, a) => shared(c, a.id, suspendClub(await c.storage(), a.id)) })
+    .register({ name: 'club.resume', schema: z.object({ id: clubId }).strict(), run: async (c, a) => shared(c, a.id, resumeClub(await c.storage(), a.id)) })
     .register({
       name: 'club.delete',
       schema: z.object({ id: clubId, configFile: z.string().min(1).max(4096).optional() }).strict(),
@@ -107,6 +123,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       name: 'keys.rotate-master',
       schema: z.object({ passphrase: z.string().min(1).max(1024).optional(), rekeyClubs: z.boolean().optional() }).strict(),
       run: async (c, a) => {
+        await refuseInCluster(c, a.rekeyClubs ? 'keys rotate-master --rekey-clubs' : 'keys rotate-master', 'all', KEYS_SHARED);
         const st = await c.storage();
         const pass = st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {};
         if (a.rekeyClubs) {
@@ -125,7 +142,14 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
         return { id: a.id, drained: a.drained };
       },
     })
-    .register({ name: 'keys.rotate-club', schema: z.object({ id: clubId }).strict(), run: async (c, a) => rotateClub(await c.storage(), a.id) })
+    .register({
+      name: 'keys.rotate-club',
+      schema: z.object({ id: clubId }).strict(),
+      run: async (c, a) => {
+        await refuseInCluster(c, 'keys rotate-club', [a.id], KEYS_SHARED);
+        return rotateClub(await c.storage(), a.id);
+      },
+    })
     .register({
       name: 'keys.rotate-archive',
       schema: z.object({}).strict(),

@@ -34,7 +34,14 @@ export async function adminRoutes(app: FastifyInstance): Promise<void> {
   const render = async (req: FastifyRequest, reply: FastifyReply, u: WebUser, msg?: ReturnType<typeof notice>, status = 200) => {
     let users: Array<Record<string, unknown>>;
     try {
-      users = (await web.call(req, u.session.commands, 'users.list', {}, u.session)).payload.items;
+      // Every page (answers are cut by bytes, PROTOCOL.md 7.4).
+      users = [];
+      for (let cursor: string | null | undefined; ; ) {
+        const page = (await web.call(req, u.session.commands, 'users.list', cursor ? { cursor } : {}, u.session)).payload as { items: Array<Record<string, unknown>>; nextCursor: string | null };
+        users.push(...page.items);
+        cursor = page.nextCursor;
+        if (!cursor) break;
+      }
     } catch (e) {
       return web.fail(req, reply, e, u.nav);
     }

@@ -14,7 +14,7 @@ import { notice } from './layout.js';
 
 /** Rows per page of the persons list. */
 export const PERSONS_PAGE = 50;
-const pageQuery = z.object({ page: z.coerce.number().int().min(0).max(100_000).optional() }).strict();
+const pageQuery = z.object({ page: z.coerce.number().int().min(0).max(100_000).optional(), offset: z.coerce.number().int().min(0).max(1e9).optional() }).strict();
 const idParam = z.object({ id: z.string().regex(/^[1-9][0-9]{0,15}$/) }).strict();
 
 function show(v: unknown): string {
@@ -33,10 +33,12 @@ export async function personsRoutes(app: FastifyInstance): Promise<void> {
     if (!u.nav.persons) return noRightPage(req, reply, u);
     const q = pageQuery.safeParse(req.query);
     if (!q.success) return web.fail(req, reply, new CommandError('BAD_REQUEST', 'bad page'), u.nav);
-    const pageNo = q.data.page ?? 0;
+    // A page may hold fewer rows than asked (answers are cut by bytes, PROTOCOL.md 7.4): the next
+    // link follows the answer's nextOffset, so no row is skipped.
+    const offset = q.data.offset ?? (q.data.page ?? 0) * PERSONS_PAGE;
     let r: { items: Array<Record<string, unknown>>; nextOffset: number | null };
     try {
-      r = (await web.call(req, u.session.commands, 'persons.list', { limit: PERSONS_PAGE, offset: pageNo * PERSONS_PAGE, sort: [{ field: 'lastName' }, { field: 'firstName' }] }, u.session)).payload;
+      r = (await web.call(req, u.session.commands, 'persons.list', { limit: PERSONS_PAGE, offset, sort: [{ field: 'lastName' }, { field: 'firstName' }] }, u.session)).payload;
     } catch (e) {
       return web.fail(req, reply, e, u.nav);
     }
@@ -49,7 +51,7 @@ export async function personsRoutes(app: FastifyInstance): Promise<void> {
       lang,
       t(lang, 'persons'),
       html`${rows.length === 0 ? html`<p>${t(lang, 'none')}</p>` : html`<table id="persons"><thead><tr><th scope="col">Name</th><th scope="col">${lang === 'de' ? 'Ort' : 'City'}</th></tr></thead><tbody>${rows}</tbody></table>`}
-<p>${pageNo > 0 ? html`<a href="/persons?page=${pageNo - 1}" rel="prev">${t(lang, 'previous')}</a> ` : ''}${r.nextOffset !== null ? html`<a href="/persons?page=${pageNo + 1}" rel="next">${t(lang, 'next')}</a>` : ''}</p>`,
+<p>${offset > 0 ? html`<a href="/persons?offset=${String(Math.max(0, offset - PERSONS_PAGE))}" rel="prev">${t(lang, 'previous')}</a> ` : ''}${r.nextOffset !== null ? html`<a href="/persons?offset=${String(r.nextOffset)}" rel="next">${t(lang, 'next')}</a>` : ''}</p>`,
       u.nav,
     );
   });

@@ -146,12 +146,17 @@ export const MAX_CURSOR_LENGTH = 2048;
 
 type CursorValue = string | number | null;
 
-/** Opaque to clients: base64url of JSON `{ v: [sort values...], id }`. */
+/**
+ * Opaque to clients: base64url of JSON `{ v: [sort values...], id }`; when the sort values are
+ * too long for MAX_CURSOR_LENGTH (a sort on a 2,000-character text), `{ r: id }` instead, and
+ * the values are read from that row again (within the caller's scope) when the cursor comes back.
+ */
 function encodeCursor(values: CursorValue[], id: number): string {
-  return Buffer.from(JSON.stringify({ v: values, id }), 'utf8').toString('base64url');
+  const full = Buffer.from(JSON.stringify({ v: values, id }), 'utf8').toString('base64url');
+  return full.length <= MAX_CURSOR_LENGTH ? full : Buffer.from(JSON.stringify({ r: id }), 'utf8').toString('base64url');
 }
 
-function decodeCursor(cursor: string, keys: number): { v: CursorValue[]; id: number } {
+function decodeCursor(cursor: string, keys: number): { v: CursorValue[]; id: number } | { ref: number } {
   const bad = () => new DataError('INVALID', 'cursor is not one this list handed out (same sort needed)');
   if (typeof cursor !== 'string' || cursor.length > MAX_CURSOR_LENGTH || !/^[A-Za-z0-9_-]*$/.test(cursor)) throw bad();
   let o: unknown;
@@ -160,10 +165,25 @@ function decodeCursor(cursor: string, keys: number): { v: CursorValue[]; id: num
   } catch {
     throw bad();
   }
-  const c = o as { v?: unknown; id?: unknown };
+  const c = o as { v?: unknown; id?: unknown; r?: unknown };
+  if (c && typeof c === 'object' && Number.isSafeInteger(c.r) && (c.r as number) > 0 && keys > 0 && Object.keys(c).length === 1) return { ref: c.r as number };
   if (!c || typeof c !== 'object' || !Array.isArray(c.v) || c.v.length !== keys || !Number.isSafeInteger(c.id) || (c.id as number) < 0) throw bad();
   for (const x of c.v) if (!(x === null || typeof x === 'string' || (typeof x === 'number' && Number.isFinite(x)))) throw bad();
   return { v: c.v as CursorValue[], id: c.id as number };
+}
+
+/**
+ * A cursor's position: its own values, or (the short form) the sort values of the row it names,
+ * read within the caller's scope, so a cursor naming a row the caller cannot see tells nothing.
+ * INVALID when that row is gone (start again, or page by offset).
+ */
+function cursorPosition(db: Db, entity: EntityName, keys: ReadonlyArray<{ field: string; col: string }>, c: { v: CursorValue[]; id: number } | { ref: number }, scope: RowScope): { v: CursorValue[]; id: number } {
+  if (!('ref' in c)) return c;
+  const e = MODEL[entity];
+  const sc = scopeCondition(entity, scope);
+  const row = db.prepare(`SELECT ${keys.map((k) => k.col).join(', ')} FROM ${q(e.table)} WHERE ${q(e.idColumn)} = ? AND (${sc.sql})`).raw().get(c.ref, ...sc.args) as CursorValue[] | undefined;
+  if (!row) throw new DataError('INVALID', 'the row this cursor continues after is gone; start the list again');
+  return { v: row, id: c.ref };
 }
 
 /**
@@ -213,7 +233,7 @@ function keysetCondition(keys: ReadonlyArray<{ col: string; desc: boolean }>, id
  * a cursor page costs the same at any depth, an offset page grows with the offset.
  * Errors: DataError INVALID (unknown field, bad filter value, foreign cursor).
  */
-export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items: Record<string, unknown>[]; nextOffset: number | null; nextCursor: string | null } {
+export function listRecords(db: Db, entity: EntityName, o: ListOptions): ListPage {
   const e = MODEL[entity];
   const w = whereFor(entity, o.filters ?? [], o.scope);
   const order: string[] = [];
@@ -229,13 +249,13 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
   order.push(`${served ? '+' : ''}${q(e.idColumn)} ASC`);
   const limit = Math.min(Math.max(1, o.limit ?? 100), MAX_EXPORT_ROWS);
   if (o.cursor !== undefined) decodeCursor(o.cursor, keys.length);
-  if (w.never) return { items: [], nextOffset: null, nextCursor: null };
+  if (w.never) return { items: [], nextOffset: null, nextCursor: null, cutAt: () => ({ nextOffset: null, nextCursor: null }) };
   let where = w.sql;
   const args = [...w.args];
   let offset = Math.max(0, o.offset ?? 0);
   if (o.cursor !== undefined) {
     if (offset !== 0) throw new DataError('INVALID', 'cursor and offset exclude each other');
-    const k = keysetCondition(keys, q(e.idColumn), decodeCursor(o.cursor, keys.length));
+    const k = keysetCondition(keys, q(e.idColumn), cursorPosition(db, entity, keys, decodeCursor(o.cursor, keys.length), o.scope));
     where = `${where} AND ${k.sql}`;
     args.push(...k.args);
     offset = 0;
@@ -244,8 +264,25 @@ export function listRecords(db: Db, entity: EntityName, o: ListOptions): { items
   const more = rows.length > limit;
   const page = rows.slice(0, limit);
   const last = page[page.length - 1];
-  const nextCursor = more && last ? encodeCursor(keys.map((k) => last[k.field] as CursorValue), last[e.idColumn] as number) : null;
-  return { items: page.map((r) => fromRow(entity, r)), nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor };
+  const after = (r: Record<string, unknown>) => encodeCursor(keys.map((k) => r[k.field] as CursorValue), r[e.idColumn] as number);
+  const nextCursor = more && last ? after(last) : null;
+  const cutAt = (n: number) => (n >= page.length ? { nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor } : { nextOffset: o.cursor === undefined ? offset + n : null, nextCursor: after(page[n - 1]!) });
+  return { items: page.map((r) => fromRow(entity, r)), nextOffset: more && o.cursor === undefined ? offset + limit : null, nextCursor, cutAt };
+}
+
+/** A page of listRecords. */
+export interface ListPage {
+  items: Record<string, unknown>[];
+  /** Offset of the next page (null on the last page and on a cursor page). */
+  nextOffset: number | null;
+  /** Keyset cursor of the next page (null on the last page). */
+  nextCursor: string | null;
+  /**
+   * The continuation when only the first `n` (1 ≤ n) items are returned (an answer cut by bytes,
+   * PROTOCOL.md 7.4): the offset and cursor of the row after the n-th; for n ≥ the page's length,
+   * the page's own continuation.
+   */
+  cutAt(n: number): { nextOffset: number | null; nextCursor: string | null };
 }
 
 const IN_WIDTHS = [8, 32, 128, 500] as const;

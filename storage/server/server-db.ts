@@ -321,6 +321,11 @@ export class ServerDb implements AnchorStore {
     return rows.map((r) => ({ clubId, seq: r.seq, hash: r.hash, fromSeq: r.from_seq, digests: r.digests, signature: r.signature, fingerprint: r.fingerprint, time: r.time }));
   }
 
+  /** Forget a club's anchors from `seq` on (anchors of entries that never became part of the log). */
+  deleteAnchorsFrom(clubId: string, seq: number): number {
+    return this.db.prepare('DELETE FROM audit_anchors WHERE club_id = ? AND seq >= ?').run(clubId, seq).changes;
+  }
+
   /** Forget a club's anchors (club deletion; a restore that replaces the log starts anew). */
   deleteAnchors(clubId: string): number {
     return this.db.prepare('DELETE FROM audit_anchors WHERE club_id = ?').run(clubId).changes;

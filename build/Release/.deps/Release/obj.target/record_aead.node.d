@@ -1,1 +1,0 @@
-cmd_Release/obj.target/record_aead.node := g++ -o Release/obj.target/record_aead.node -shared -pthread -rdynamic -m64  -Wl,-soname=record_aead.node -Wl,--start-group Release/obj.target/record_aead/crypto/native/record_aead.o -Wl,--end-group 

@@ -1,1 +1,0 @@
-cmd_Release/record_aead.node := ln -f "Release/obj.target/record_aead.node" "Release/record_aead.node" 2>/dev/null || (rm -rf "Release/record_aead.node" && cp -af "Release/obj.target/record_aead.node" "Release/record_aead.node")

@@ -1,0 +1,136 @@
+/**
+ * Three commusicd processes on one 3-member etcd (issue 14, tests/cluster-daemons.test.ts and
+ * tests/cluster-drain.test.ts): 127.0.0.2, .3 and .4, one identity key (the keys/ folder copied).
+ * Each test file starts its own, so each stays inside the runner's per-file time bound.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ClusterClient } from '../../client/cluster-client.js';
+import { generateIdentity, saveIdentity } from '../../crypto/identity.js';
+import { dataPaths } from '../../daemon/main/config.js';
+import { runOperation } from '../../daemon/ops/offline.js';
+import { openStorage } from '../../storage/server/storage.js';
+import { freePort, startEtcdCluster, type EtcdCluster } from './etcd.js';
+import { reapWithThisProcess } from './reaper.js';
+
+export const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin');
+export const PASSWORD = 'Admin-Password-123';
+
+/**
+ * Reads every test person of `club` back through `client` (100 per page: one record holds a page)
+ * and asserts each acknowledged write is there exactly once.
+ */
+export async function assertAckedOnce(client: ClusterClient, club: string, acked: string[]): Promise<void> {
+  const names: string[] = [];
+  let cursor: string | null | undefined;
+  do {
+    const r = await client.request('persons.list', { limit: 100, ...(cursor ? { cursor } : {}) });
+    const page = r.payload as { items: Array<{ firstName: string; lastName: string }>; nextCursor: string | null };
+    names.push(...page.items.filter((p) => p.lastName === 'T').map((p) => p.firstName));
+    cursor = page.nextCursor;
+  } while (cursor);
+  assert.equal(new Set(names).size, names.length, `club ${club}: a write was applied twice`);
+  for (const tag of acked) assert.ok(names.includes(tag), `club ${club}: acknowledged ${tag} missing`);
+}
+
+/**
+ * Waits for a condition: polls `probe` (25 ms apart, growing to 250 ms so a loaded machine is not
+ * flooded with status calls) until it gives a value; fails after `timeoutMs`, a bound far above
+ * what the condition needs, not a timing assertion.
+ */
+export async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (let pause = 25; ; pause = Math.min(pause * 2, 250)) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, pause));
+  }
+}
+
+
+export interface Member {
+  id: string;
+  host: string;
+  port: number;
+  dir: string;
+  child: ChildProcess;
+  out: string[];
+}
+
+export interface Status {
+  members: Array<{ id: string; address: string; state: string }>;
+  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null }>;
+}
+
+/** The running cluster of one test file. */
+export interface DaemonCluster {
+  etcd: EtcdCluster;
+  root: string;
+  fingerprint: string;
+  members: Member[];
+  spawnMember(m: Omit<Member, 'child' | 'out'>): Member;
+  status(m: Member): Promise<Status>;
+  stop(): Promise<void>;
+}
+
+/** Starts etcd and three members, and waits until each sees all three. */
+export async function startDaemonCluster(): Promise<DaemonCluster> {
+  const etcd = await startEtcdCluster();
+  const root = mkdtempSync(join(tmpdir(), 'commusic-cluster-daemons-'));
+  reapWithThisProcess(root);
+  const members: Member[] = [];
+  const spawnMember = (m: Omit<Member, 'child' | 'out'>): Member => {
+    const out: string[] = [];
+    const child = spawn(
+      process.execPath,
+      [join(BIN, 'commusicd.js'), '--data', m.dir, '--listen', `${m.host}:${m.port}`, '--health-listen', `${m.host}:0`, '--log-level', 'warn', '--cluster-etcd', etcd.endpoints.join(','), '--node-id', m.id],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    child.stdout!.on('data', (b: Buffer) => out.push(b.toString()));
+    child.stderr!.on('data', (b: Buffer) => out.push(b.toString()));
+    return { ...m, child, out };
+  };
+  const status = async (m: Member): Promise<Status> => (await runOperation(m.dir, 'cluster.status', {})).result as Status;
+  const stop = async () => {
+    for (const m of members) {
+      if (m.child.exitCode === null && m.child.signalCode === null) {
+        const exited = new Promise((r) => m.child.once('exit', r));
+        m.child.kill('SIGTERM');
+        await exited;
+      }
+    }
+    await etcd.stop();
+    rmSync(root, { recursive: true, force: true });
+  };
+  // One data folder made once; every member gets its keys/ folder (one master key, one identity).
+  const tmpl = join(root, 'template');
+  (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+  const identity = generateIdentity();
+  saveIdentity(dataPaths(tmpl).identityKey, identity);
+  for (let i = 0; i < 3; i++) {
+    const host = `127.0.0.${i + 2}`;
+    const dir = join(root, `m${i}`);
+    mkdirSync(dir, { mode: 0o700 });
+    cpSync(join(tmpl, 'keys'), join(dir, 'keys'), { recursive: true });
+    cpSync(join(tmpl, 'server.db'), join(dir, 'server.db'));
+    members.push(spawnMember({ id: `n${i}`, host, port: await freePort(host), dir }));
+  }
+  const c: DaemonCluster = { etcd, root, fingerprint: identity.fingerprint, members, spawnMember, status, stop };
+  for (const m of members) {
+    await until(`member ${m.id} joined`, async () => {
+      if (m.child.exitCode !== null) throw new Error(`member ${m.id} exited: ${m.out.join('')}`);
+      try {
+        return (await status(m)).members.length === 3 ? true : undefined;
+      } catch {
+        return undefined;
+      }
+    });
+  }
+  assert.ok(members.length === 3);
+  return c;
+}

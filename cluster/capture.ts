@@ -98,6 +98,39 @@ export function installCapture(db: Db): string[] {
   return added;
 }
 
+const GUARD_TRIGGER = '_cluster_guard';
+/** Message of the SQLite error a refused write raises (isNotServedWrite recognises it). */
+export const NOT_SERVED_MESSAGE = 'this club is not served by this server (it moved while the command waited); the write was refused';
+const guarded = new WeakSet<Db>();
+const applying = new WeakSet<Db>();
+
+/**
+ * Refuse every local write to a club store that is not the club's serving primary here (fail
+ * closed): a command that passed the ownership gate and then waited (a password hash, an upload,
+ * a grouped write) while the club moved away must not leave rows in what is now a replica.
+ * A TEMP trigger on this connection (never stored in the file, so tools opening the store
+ * without the cluster are unaffected) runs before each insert into the capture table, which
+ * every change of a user table makes through its capture trigger; when `mayWrite()` is false
+ * and no log entry is being applied (`applyEntry`), its function throws ClusterError NOT_OWNER
+ * (NOT_SERVED_MESSAGE), SQLite aborts the statement and the caller's transaction (or write-group
+ * savepoint) fails with that error (not a constraint error: handlers pass it on unchanged). Installed once per connection; needs the capture table (installCapture).
+ */
+export function guardWrites(db: Db, mayWrite: () => boolean): void {
+  if (guarded.has(db)) return;
+  if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(CAPTURE_TABLE)) return;
+  db.function('cluster_guard', { deterministic: false, varargs: false }, () => {
+    if (applying.has(db) || mayWrite()) return 1;
+    throw new ClusterError('NOT_OWNER', NOT_SERVED_MESSAGE);
+  });
+  db.exec(`CREATE TEMP TRIGGER IF NOT EXISTS ${GUARD_TRIGGER} BEFORE INSERT ON main.${CAPTURE_TABLE} BEGIN SELECT cluster_guard(); END`);
+  guarded.add(db);
+}
+
+/** Whether `e` is the error of a write guardWrites refused. */
+export function isNotServedWrite(e: unknown): boolean {
+  return e instanceof ClusterError && e.message === NOT_SERVED_MESSAGE;
+}
+
 /** Captured rows not yet acknowledged (after a crash: the store is ahead of the log). */
 export function pendingCapture(db: Db): number {
   return (db.prepare(`SELECT count(*) AS n FROM ${CAPTURE_TABLE}`).get() as { n: number }).n;
@@ -211,6 +244,16 @@ export function applyEntry(db: Db, entry: { seq: number; digest: string; items: 
     return c;
   };
   const changesets = entry.items.map(decodeChangeset);
+  applying.add(db);
+  try {
+    applyInTransaction(db, entry, changesets, schema, columnsOf);
+  } finally {
+    applying.delete(db);
+  }
+  return true;
+}
+
+function applyInTransaction(db: Db, entry: { seq: number; digest: string }, changesets: Changeset[], schema: number, columnsOf: (t: string) => Set<string>): void {
   db.transaction(() => {
     db.pragma('defer_foreign_keys=ON');
     const before = (db.prepare(`SELECT coalesce(max(seq), 0) AS m FROM ${CAPTURE_TABLE}`).get() as { m: number }).m;
@@ -246,7 +289,6 @@ export function applyEntry(db: Db, entry: { seq: number; digest: string; items: 
     put.run('seq', String(entry.seq));
     put.run('digest', entry.digest);
   })();
-  return true;
 }
 
 function sameValue(a: unknown, b: unknown): boolean {

@@ -32,6 +32,7 @@ export async function follow(ctx: NodeContext, club: string, st: ClubState): Pro
   await ensureReachable(ctx, club, logKey);
   const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
   installCapture(db);
+  ctx.storage.onClubOpen?.(club, db);
   const f = new LogFollower({
     gw: ctx.gw,
     clubId: club,
@@ -63,16 +64,25 @@ export async function follow(ctx: NodeContext, club: string, st: ClubState): Pro
 
 /**
  * A local store with changes that never reached the log (this server crashed, or lost the club,
- * between a commit and its append) is ahead of the log: those changes were never acknowledged.
- * Such a store is dropped and built again from the log (from a snapshot first when the log is trimmed).
+ * between a commit and its append; or a command that passed the ownership gate wrote after the
+ * club had moved away) is ahead of the log: those changes were never acknowledged. Such a store
+ * is dropped and built again from the log (from a snapshot first when the log is trimmed). Runs on every role
+ * change (standby, takeover), also while a follower runs: a follower's own applies leave no
+ * captured rows, so any captured row on a store that does not serve is a stray local write
+ * (fail closed: the follower is stopped and the replica rebuilt).
  */
-export function rebuildIfAhead(ctx: NodeContext, club: string, st: ClubState): void {
-  if (st.follower) return;
+export async function rebuildIfAhead(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
   const storage = ctx.storage;
   const db = storage.openClub(club, { allowSuspended: true }).db;
   installCapture(db);
+  storage.onClubOpen?.(club, db);
   if (pendingCapture(db) === 0 && !st.needsRebuild) return;
   ctx.logger.warn('local store is ahead of the log (unacknowledged changes); rebuilding it from the log', { event: 'cluster.replica.rebuild', clubId: club });
+  if (st.follower) {
+    const f = st.follower;
+    st.follower = undefined;
+    await f.stop();
+  }
   const release = storage.cache.lock(club);
   try {
     removeSqliteFiles(clubDbPath(storage.dataDir, club));
@@ -84,7 +94,7 @@ export function rebuildIfAhead(ctx: NodeContext, club: string, st: ClubState): v
 }
 
 export async function becomePrimary(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
-  rebuildIfAhead(ctx, club, st);
+  await rebuildIfAhead(ctx, club, st);
   await follow(ctx, club, st);
   const follower = st.follower!;
   const logKey = logKeyOf(ctx.storage, club);
@@ -106,6 +116,14 @@ export async function becomePrimary(ctx: NodeContext, club: string, st: ClubStat
   st.follower = undefined;
   const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
   installCapture(db);
+  ctx.storage.onClubOpen?.(club, db);
+  if (pendingCapture(db) > 0) {
+    // Captured rows no entry holds (the write guard makes this unreachable; fail closed all the
+    // same): never serve them; give the key back and rebuild on the next try.
+    st.needsRebuild = true;
+    await taken.log.release().catch(() => undefined);
+    throw new ClusterError('LOG_CORRUPT', `club ${club}: the local store holds changes its log lacks; rebuilding it`);
+  }
   const head = taken.log.head;
   if (head.seq === 0) {
     for (const cs of fullImage(db, MAX_ENTRY_BYTES - 4096)) await taken.log.append(cs);

@@ -26,6 +26,7 @@ import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
 import { backupClubKey } from './backup-board.js';
+import { guardWrites } from './capture.js';
 import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
@@ -88,6 +89,7 @@ export class ClusterNode extends EventEmitter {
     this.registry = new PrefixMirror(this.gw, REGISTRY_PREFIX);
     this.peers = opts.peers;
     if (opts.peers) registerDocumentPeers(opts.peers, this.storage);
+    this.storage.onClubOpen = (club, db) => guardWrites(db, () => this.route(club).kind === 'serve'); // no local write unless served here
     const node = this;
     const upkeep = upkeepSettings(opts);
     const served = () => [...this.clubs.entries()].filter(([, s]) => s.serving && s.log?.state === 'open').map(([club, s]) => ({ club, log: s.log!, standbys: this.placementOf(club)?.standbys ?? [] }));
@@ -396,7 +398,7 @@ export class ClusterNode extends EventEmitter {
       this.emit('club-moved', club, this.route(club));
     }
     if (want === 'standby') {
-      rebuildIfAhead(this.ctx, club, st);
+      await rebuildIfAhead(this.ctx, club, st);
       await follow(this.ctx, club, st);
     }
     else {

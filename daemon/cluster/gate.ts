@@ -15,9 +15,14 @@
  * change); a retry with the same key, on this or any later primary, gets the stored answer and
  * the command is not run again.
  *
+ * A command whose write comes after the club moved away (it waited on a password hash, an upload,
+ * a grouped write) is refused inside its transaction (cluster/capture.ts guardWrites) and answered
+ * MOVED or UNAVAILABLE like a failed append.
+ *
  * Commands with no club (ping, server.schema, operator commands) pass untouched.
  */
 import { encode, decode } from 'cborg';
+import { isNotServedWrite } from '../../cluster/capture.js';
 import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { Storage } from '../../storage/server/storage.js';
@@ -84,7 +89,7 @@ function storeAnswer(db: Db, rk: string, command: string, userId: number | undef
 
 /** A ClusterError from the output gate as the client's error. */
 function wireError(node: ClusterNode, club: string, e: unknown): CommandError {
-  if (e instanceof ClusterError) {
+  if (e instanceof ClusterError || isNotServedWrite(e)) {
     const r = node.route(club);
     if (r.kind === 'redirect') return new CommandError('MOVED', `${r.address} club served by another server`);
     return new CommandError('UNAVAILABLE', 'the club is being taken over by another server; retry shortly');
@@ -130,7 +135,13 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
       const stored = storedAnswer(storage.openClub(club).db, rk, spec.name, userId);
       if (stored !== undefined) return stored as CommandResult;
     }
-    const result = await spec.handler(payload, ctx);
+    let result: CommandResult;
+    try {
+      result = await spec.handler(payload, ctx);
+    } catch (e) {
+      // The club moved away while the command waited: its write was refused (cluster/capture.ts guardWrites).
+      throw isNotServedWrite(e) ? wireError(node, club, e) : e;
+    }
     try {
       // Stored for every keyed request that succeeded, not only when the club has changes
       // pending: under a group commit another request's output gate may already have shipped

@@ -11,6 +11,8 @@ export interface ClubOpenInfo {
   create: boolean;
   /** Called once right after a lazily created store got its schema (e.g. insert the admin). */
   afterCreate?: (store: ClubStore) => void;
+  /** Called after every open (after afterCreate), e.g. to set per-connection hooks. */
+  afterOpen?: (store: ClubStore) => void;
 }
 
 export interface ClubStoreCacheOptions {
@@ -204,6 +206,14 @@ export class ClubStoreCache {
       if (info.create && info.afterCreate) {
         try {
           info.afterCreate(store);
+        } catch (e) {
+          store.close();
+          throw e;
+        }
+      }
+      if (info.afterOpen) {
+        try {
+          info.afterOpen(store);
         } catch (e) {
           store.close();
           throw e;

@@ -19,6 +19,7 @@ import type { IdentityKey } from '../../crypto/identity.js';
 import { type ClubStore } from '../club/club-store.js';
 import { ClubStoreCache, type ClubOpenInfo } from '../club/store-cache.js';
 import { StorageError, silentLogger, type StorageLogger } from '../engine/errors.js';
+import type { Db } from '../engine/sqlcipher.js';
 import { ServerDb, serverDbPath, type ClubRow } from './server-db.js';
 import { wrapBareLegacyHashes } from '../club/users.js';
 import type { AnchorStore, HeadAnchor } from '../club/audit-log.js';
@@ -81,6 +82,8 @@ export class Storage implements AnchorStore {
   #resolve(clubId: string): ClubOpenInfo {
     const row = this.server.mustGetClub(clubId);
     const info: ClubOpenInfo = { keys: this.clubKeys(row), create: row.storeState === 'pending' };
+    const hook = this.onClubOpen;
+    if (hook) info.afterOpen = (store) => hook(clubId, store.db);
     if (info.create) {
       info.afterCreate = (store) => {
         const admin = row.pendingAdmin;
@@ -119,6 +122,12 @@ export class Storage implements AnchorStore {
     }
     return store;
   }
+
+  /**
+   * Called with each club store's connection right after it is opened (the cluster sets it to
+   * guard the connection against writes while the club is not served here; cluster/capture.ts).
+   */
+  onClubOpen: ((clubId: string, db: Db) => void) | undefined;
 
   /** Clubs whose users were checked for bare legacy hashes in this process. */
   readonly #legacyChecked = new Set<string>();

@@ -2,9 +2,10 @@
 import { deriveLogKey } from '../crypto/cluster-seal.js';
 import { clubDbPath } from '../storage/club/club-store.js';
 import { removeSqliteFiles } from '../storage/engine/rekey.js';
+import type { Db } from '../storage/engine/sqlcipher.js';
 import { deleteClub } from '../storage/server/provisioning.js';
 import type { Storage } from '../storage/server/storage.js';
-import { fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
+import { CAPTURE_TABLE, fullImage, installCapture, pendingCapture, readPosition, writePosition } from './capture.js';
 import { MAX_ENTRY_BYTES, type ClubLog } from './club-log.js';
 import { applyWithDocuments } from './doc-replica.js';
 import { ClusterError, type ClusterLogger } from './errors.js';
@@ -78,6 +79,7 @@ export async function rebuildIfAhead(ctx: NodeContext, club: string, st: ClubSta
   storage.onClubOpen?.(club, db);
   if (pendingCapture(db) === 0 && !st.needsRebuild) return;
   ctx.logger.warn('local store is ahead of the log (unacknowledged changes); rebuilding it from the log', { event: 'cluster.replica.rebuild', clubId: club });
+  forgetUnacknowledgedAnchors(ctx, club, db);
   if (st.follower) {
     const f = st.follower;
     st.follower = undefined;
@@ -170,4 +172,24 @@ export async function dropClub(storage: Storage, logger: ClusterLogger, clubs: M
   } catch (e) {
     logger.warn('deleted club not removed here', { event: 'cluster.club.delete-failed', clubId: club, code: (e as { code?: string }).code ?? (e as Error).name });
   }
+}
+
+/**
+ * Change-log anchors (server.db, storage/club/audit-log.ts) are written after the local commit,
+ * before the entry reaches the club's log. Entries whose append never succeeded are dropped with
+ * the store; an anchor of one would name an entry the rebuilt chain has differently at that seq,
+ * and `log verify` would call the club's chain broken. The first unacknowledged change-log entry
+ * is the lowest captured audit_log row; anchors from its seq on are forgotten (earlier ones name
+ * acknowledged entries and stay).
+ */
+function forgetUnacknowledgedAnchors(ctx: NodeContext, club: string, db: Db): void {
+  let first: number | null = null;
+  try {
+    first = (db.prepare(`SELECT min(a.seq) AS s FROM ${CAPTURE_TABLE} c JOIN audit_log a ON a.rowid = c.rid WHERE c.tbl = 'audit_log'`).get() as { s: number | null }).s;
+  } catch {
+    return; // no change log in this store yet
+  }
+  if (first === null) return;
+  const n = ctx.storage.server.deleteAnchorsFrom(club, first);
+  if (n > 0) ctx.logger.warn('change-log anchors of unacknowledged entries forgotten', { event: 'cluster.anchors.forgotten', clubId: club, fromSeq: first, count: n });
 }

@@ -18,6 +18,8 @@ import { isNotServedWrite } from '../cluster/capture.js';
 import { ClusterError } from '../cluster/errors.js';
 import { ClusterNode } from '../cluster/node.js';
 import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
+import { signTranscript, verifyTranscript } from '../crypto/identity.js';
+import { testIdentity } from './helpers/pair.js';
 import { createRecord } from '../storage/club/club-data.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
@@ -123,7 +125,11 @@ describe('a write racing a handover', { skip: missing }, () => {
     // is ahead of the log while its follower runs.
     const pdb = p.storage.openClub(club).db;
     pdb.exec('DROP TRIGGER temp._cluster_guard');
-    insert(p, club, 'stray');
+    // As the daemon writes: a signed head, anchored in server.db right after the local commit.
+    const identity = testIdentity();
+    const signer = { sign: (b: Uint8Array) => signTranscript(identity, b), fingerprint: identity.fingerprint };
+    createRecord(pdb, 'persons', { firstName: 'stray', lastName: 'T' }, { scope: { kind: 'all' }, audit: new AuditLog(pdb, club, { signer, anchors: p.storage }), actor: { user: 'admin', ip: '127.0.0.1', session: null } });
+    await until('the stray entry anchored', () => (p.storage.server.listAnchors(club).length > 0 ? true : undefined));
     assert.ok((pdb.prepare('SELECT count(*) AS n FROM _cluster_capture').get() as { n: number }).n > 0);
     // p takes the club over again: it must rebuild from the log, not serve the stray row.
     await moveTo(p, club);
@@ -133,6 +139,11 @@ describe('a write racing a handover', { skip: missing }, () => {
     insert(p, club, 'after');
     await p.node.commit(club);
     acked.push('after');
+    // The stray entry's anchor went with it: the chain verifies against this server's anchors
+    // (was "entry N differs from what was anchored": the new entry N is another one).
+    const verifier = { verify: (b: Uint8Array, sig: Uint8Array, fp: string) => fp === identity.fingerprint && verifyTranscript(identity.spki, b, sig) };
+    const anchored = verifyAuditLog(p.storage.openClub(club).db, club, verifier, p.storage.server.listAnchors(club));
+    assert.equal(anchored.ok, true, `anchors on ${p.id}: ${JSON.stringify(anchored.firstBad)}`);
     await until(`${q.id} caught up`, () => (names(q, club).length === acked.length && q.node.lagOf(club) === 0 ? true : undefined));
     assert.deepEqual(names(q, club), acked, `${q.id}'s replica equals the log`);
     assert.equal(verifyAuditLog(q.storage.openClub(club).db, club, undefined).ok, true, `change log on ${q.id}`);

@@ -310,19 +310,3 @@ function pickFirst(a: { seq: number; reason: string } | undefined, b: { seq: num
   return !a || b.seq < a.seq ? b : a;
 }
 
-/**
- * After a store was rebuilt from an authoritative source (a cluster member's store rebuilt from
- * the club's sealed log, docs/CLUSTER.md): the first anchor whose head is not an entry of the
- * store as it is now (beyond its head, or another chain hash at that seq) and every later one
- * describe entries that were committed locally but never acknowledged (their append failed).
- * Chain hashes chain, so an anchor whose head matches vouches for every entry before it.
- * @returns the seq from which anchors are to be forgotten, or undefined when all agree.
- */
-export function firstStaleAnchor(db: Db, anchors: ReadonlyArray<{ seq: number; hash: string }>): number | undefined {
-  const at = db.prepare('SELECT hash FROM audit_log WHERE seq = ?');
-  for (const a of anchors) {
-    const row = at.get(a.seq) as { hash: string } | undefined;
-    if (!row || row.hash !== a.hash) return a.seq;
-  }
-  return undefined;
-}

@@ -19,18 +19,9 @@ import { createRecord } from '../storage/club/club-data.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
-
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 interface Server {
   id: string;

@@ -36,18 +36,9 @@ import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
 import { createPeerHub, payloadBytes, payloadOf, type PeerHub } from './helpers/peer-fake.js';
+import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
-
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('trim range (pure)', () => {
   test('never past a standby that is inside the log; standbys without a position or behind the start do not hold it back; bounded', () => {

@@ -232,6 +232,15 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
       } finally {
         await other.close().catch(() => undefined);
       }
+      // A change of the club's row (not its store): it reaches every member before the answer's
+      // takeover could lose it (the backup passphrase's public key lived on the primary alone).
+      await admin.request('backup.setPassphrase', { passphrase: 'a long backup passphrase for the club' });
+      for (const m of members.filter((x) => x !== at && x.child.exitCode === null && x.child.signalCode === null)) {
+        await until(`the passphrase on ${m.id}`, async () => {
+          const shown = (await runOperation(m.dir, 'club.show', { id: club })).result as { settings?: { backup?: { passphrase?: unknown } } };
+          return shown.settings?.backup?.passphrase ? true : undefined;
+        }, 10_000);
+      }
     } finally {
       await admin.close().catch(() => undefined);
     }

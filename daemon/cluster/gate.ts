@@ -38,6 +38,12 @@ export const REQUEST_KEY_TTL_MS = 24 * 3600 * 1000;
 export const MAX_REQUEST_KEYS = 10_000;
 
 const LOGIN_COMMANDS = new Set(['auth.login', 'auth.resume']);
+/**
+ * Club commands that change the club's row in server.db (not its store, so not its log): the
+ * row is published to every member through the registry record before the answer, or a
+ * takeover would lose the change (the backup passphrase's public key, the mail addresses).
+ */
+const ROW_COMMANDS = new Set(['backup.setPassphrase']);
 
 function ensureRequestKeys(db: Db): void {
   db.exec(`CREATE TABLE IF NOT EXISTS request_keys (
@@ -150,6 +156,7 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
         storeAnswer(storage.openClub(club).db, rk, spec.name, userId, result.payload, now());
       }
       await node.commit(club);
+      if (ROW_COMMANDS.has(spec.name)) await node.registerClub(club);
     } catch (e) {
       throw wireError(node, club, e);
     }

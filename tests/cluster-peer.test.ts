@@ -1,7 +1,7 @@
 /**
  * Issue 14, "Security of the new paths": the peer channel (cluster/peer-channel.ts) over the
  * daemon's own protocol and the peer commands (daemon/cluster/peer-commands.ts), on a real
- * listener. No etcd is needed: membership is a stub here (the daemon asks its ClusterNode).
+ * listener. No etcd is needed: membership is a fixed answer here (the daemon asks its ClusterNode).
  *
  * - a member with the master key moves a document file both ways, verified;
  * - a caller with a wrong master key, and a caller that is not a current member, are refused,

@@ -37,7 +37,7 @@ import { checkAddress, Membership, setDrain } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
 import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
 import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
-import { commitClub, hasPendingChanges } from './output-gate.js';
+import { commitClub } from './output-gate.js';
 import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
@@ -218,11 +218,6 @@ export class ClusterNode extends EventEmitter {
     await replicateFiles({ peers: this.peers, storage: this.storage, nodeId: this.nodeId, club, placement: this.placementOf(club), logger: this.logger }, [file]);
     // The club may have moved while the copies went out: then the row must not be written here.
     if (!this.clubs.get(club)?.serving) throw new ClusterError('NOT_OWNER', `club ${club} is not served by this server`);
-  }
-
-  /** Whether the club's store holds changes not yet shipped (the command just run changed it). */
-  hasPendingChanges(club: string): boolean {
-    return hasPendingChanges(this.ctx, club, this.clubs.get(club));
   }
 
   /** Put a club's server-database row into the shared registry (after `club create`). */

@@ -91,13 +91,6 @@ export async function commitClub(ctx: NodeContext, club: string, st: ClubState, 
   }
 }
 
-/** Whether the club's store holds changes not yet shipped (the command just run changed it). */
-export function hasPendingChanges(ctx: NodeContext, club: string, st: ClubState | undefined): boolean {
-  if (!st?.serving) return false;
-  const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
-  return db.prepare('SELECT 1 FROM _cluster_capture WHERE seq > ? LIMIT 1').get(st.drainedUpto) !== undefined;
-}
-
 /** A failed append: stop serving at once, rebuild the store before next use, let the placement decide again. */
 export function loseClub(ctx: NodeContext, club: string, st: ClubState, e: unknown): void {
   if (!st.serving) return;

@@ -10,10 +10,11 @@
  *   answer into UNAVAILABLE or MOVED: the client retries with the same request key.
  *
  * Request keys: a request may carry `rk` (PROTOCOL.md "Request keys"; the dispatcher takes it out
- * of the payload before the schema check). When a command with a key changed the club, its answer
- * is stored in the club's `request_keys` table in the same store (so it is replicated with the
- * change); a retry with the same key, on this or any later primary, gets the stored answer and
- * the command is not run again.
+ * of the payload before the schema check). When a command with a key succeeds, its answer (without
+ * one-time passwords) is stored with the user's id in the club's `request_keys` table in the same
+ * store (replicated like the change, shipped before the answer); a retry with the same key by the
+ * same user, on this or any later primary, gets the stored answer and the command is not run
+ * again; another user gets CONFLICT.
  *
  * A command whose write comes after the club moved away (it waited on a password hash, an upload,
  * a grouped write) is refused inside its transaction (cluster/capture.ts guardWrites) and answered

@@ -86,25 +86,58 @@ export function encodeMessage(m: Message): Uint8Array {
  * exactly those of encodeMessage.
  */
 export function encodeMessageTransient(m: Message): { head: Uint8Array; tail: Uint8Array | undefined } {
+  const t = encodeTransient(m);
+  return { head: t.bytes.subarray(0, t.length), tail: t.tail };
+}
+
+/**
+ * What encodeTransient() produced: the message's head is bytes[0, length) (usually the shared
+ * scratch buffer), followed by `tail` when there is one (a CHUNK's data). One object, reused.
+ */
+export interface TransientEncoding {
+  bytes: Uint8Array;
+  length: number;
+  tail: Uint8Array | undefined;
+}
+
+const transient: TransientEncoding = { bytes: new Uint8Array(0), length: 0, tail: undefined };
+
+function transientResult(bytes: Uint8Array, length: number, tail: Uint8Array | undefined): TransientEncoding {
+  transient.bytes = bytes;
+  transient.length = length;
+  transient.tail = tail;
+  return transient;
+}
+
+/**
+ * encodeMessageTransient() without a view or a result object per message (the batching path):
+ * the returned object and the scratch bytes it names are valid only until the next encode.
+ */
+export function encodeTransient(m: Message): TransientEncoding {
   if (m.kind === 'chunk' && m.data instanceof Uint8Array) {
     // [3, id, bytes(n)] followed by the n data bytes.
     pos = 0;
     scratch[pos++] = 0x83;
     writeHead(0, MSG_CHUNK);
-    if (!writeUint(0, m.id)) return { head: slowEncode(m), tail: undefined };
+    if (!writeUint(0, m.id)) return slowResult(m);
     writeHead(2, m.data.length);
-    return { head: scratch.subarray(0, pos), tail: m.data };
+    return transientResult(scratch, pos, m.data);
   }
   if (m.kind === 'response' && !m.stream) {
     // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
     pos = 0;
     scratch[pos++] = 0x83;
     writeHead(0, MSG_RESPONSE);
-    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return { head: scratch.subarray(0, pos), tail: undefined };
-    return { head: slowEncode(m), tail: undefined };
+    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return transientResult(scratch, pos, undefined);
+    return slowResult(m);
   }
   const n = fastEncode(toWire(m));
-  return { head: n < 0 ? slowEncode(m) : scratch.subarray(0, n), tail: undefined };
+  return n < 0 ? slowResult(m) : transientResult(scratch, n, undefined);
+}
+
+function slowResult(m: Message): TransientEncoding {
+  const b = slowEncode(m);
+  return transientResult(b, b.length, undefined);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,6 +314,43 @@ function readArg(b: Uint8Array, ai: number): number {
   return Number.isSafeInteger(v) ? v : -1;
 }
 
+/**
+ * Map keys and command names seen before, reused instead of built again character by character
+ * (a string per key per message was a good part of the garbage on pipelined requests). A fixed
+ * table of INTERN_SLOTS strings of at most INTERN_MAX_LEN characters, indexed by a hash of the
+ * bytes and checked byte for byte; a miss builds the string and takes the slot. Text values are
+ * never kept here (they may be passwords or personal data).
+ */
+const INTERN_SLOTS = 256;
+const INTERN_MAX_LEN = 24;
+const interned: (string | undefined)[] = new Array<string | undefined>(INTERN_SLOTS).fill(undefined);
+
+function internedText(b: Uint8Array, len: number): string | typeof GIVE_UP {
+  if (len > INTERN_MAX_LEN) return asciiText(b, len);
+  const end = dpos + len;
+  let h = len;
+  for (let i = dpos; i < end; i++) {
+    const c = b[i]!;
+    if (c > 0x7f) return GIVE_UP;
+    h = (Math.imul(h, 31) + c) | 0;
+  }
+  const slot = h & (INTERN_SLOTS - 1);
+  const known = interned[slot];
+  if (known !== undefined && known.length === len) {
+    let i = 0;
+    while (i < len && known.charCodeAt(i) === b[dpos + i]) i++;
+    if (i === len) {
+      dpos = end;
+      return known;
+    }
+  }
+  let s = '';
+  for (let i = dpos; i < end; i++) s += String.fromCharCode(b[i]!);
+  interned[slot] = s;
+  dpos = end;
+  return s;
+}
+
 function asciiText(b: Uint8Array, len: number): string | typeof GIVE_UP {
   const end = dpos + len;
   for (let i = dpos; i < end; i++) if (b[i]! > 0x7f) return GIVE_UP;
@@ -339,7 +409,7 @@ function fastItem(b: Uint8Array): unknown {
         if (kb >> 5 !== 3) return GIVE_UP;
         const klen = readArg(b, kb & 31);
         if (klen < 0) return GIVE_UP;
-        const k = asciiText(b, klen);
+        const k = internedText(b, klen);
         if (k === GIVE_UP || k === '__proto__' || Object.prototype.hasOwnProperty.call(o, k)) return GIVE_UP;
         const v = fastItem(b);
         if (v === GIVE_UP) return GIVE_UP;
@@ -393,14 +463,47 @@ function toPlain(v: unknown): unknown {
  */
 export function decodeMessage(bytes: Uint8Array, owned = false): Message {
   checkCborShape(bytes, MAX_CBOR_DEPTH);
-  dpos = 0;
   viewFrom = owned ? VIEW_MIN : Infinity;
+  const request = fastRequest(bytes);
+  if (request !== undefined) return request;
+  dpos = 0;
   const fast = fastItem(bytes);
   if (fast !== GIVE_UP && dpos === bytes.length) return decodeEnvelope(fast, identity);
   return decodeEnvelope(slowDecode(bytes), toPlain);
 }
 
 const identity = (v: unknown): unknown => v;
+
+/**
+ * A REQUEST ([0, id, command, payload] or [0, id, command, payload, true]) decoded without the
+ * envelope array, its command name interned. Undefined when the bytes are anything else or
+ * outside the fast decoder's subset: the general path then decodes them (and reports errors).
+ * Checks exactly what decodeEnvelope checks for a request.
+ */
+function fastRequest(b: Uint8Array): Message | undefined {
+  const n = b[0];
+  if ((n !== 0x84 && n !== 0x85) || b[1] !== MSG_REQUEST) return undefined;
+  dpos = 2;
+  const ib = b[dpos++]!;
+  if (ib >> 5 !== 0) return undefined;
+  const reqId = readArg(b, ib & 31);
+  if (reqId < 0 || reqId > MAX_REQUEST_ID) return undefined;
+  const cb = b[dpos++]!;
+  if (cb >> 5 !== 3) return undefined;
+  const clen = readArg(b, cb & 31);
+  if (clen < 1 || clen > MAX_COMMAND_LEN) return undefined;
+  const command = internedText(b, clen);
+  if (command === GIVE_UP) return undefined;
+  const payload = fastItem(b);
+  if (payload === GIVE_UP) return undefined;
+  let stream = false;
+  if (n === 0x85) {
+    if (b[dpos++] !== 0xf5) return undefined;
+    stream = true;
+  }
+  if (dpos !== b.length) return undefined;
+  return { kind: 'request', id: reqId, command, payload, stream };
+}
 
 function slowDecode(bytes: Uint8Array): unknown {
   let raw: unknown;

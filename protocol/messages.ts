@@ -351,6 +351,34 @@ function internedText(b: Uint8Array, len: number): string | typeof GIVE_UP {
   return s;
 }
 
+/**
+ * Small byte strings are copied into shared slabs of SLAB_LEN bytes (a view each, as Node's
+ * Buffer pool does for small buffers) instead of an ArrayBuffer of their own each: one object
+ * per value instead of three. A slab lives as long as any value copied into it (at most SLAB_LEN
+ * bytes pinned by a small value); larger values get their own buffer.
+ */
+const SLAB_LEN = 8192;
+const SLAB_COPY_MAX = 512;
+let slab = new ArrayBuffer(SLAB_LEN);
+let slabAt = 0;
+
+function copyBytes(b: Uint8Array, from: number, n: number): Uint8Array {
+  if (n > SLAB_COPY_MAX) {
+    const own = new Uint8Array(n);
+    own.set(b.subarray(from, from + n));
+    return own;
+  }
+  if (slabAt + n > SLAB_LEN) {
+    slab = new ArrayBuffer(SLAB_LEN);
+    slabAt = 0;
+  }
+  const out = new Uint8Array(slab, slabAt, n);
+  for (let i = 0; i < n; i++) out[i] = b[from + i]!;
+  // 8-byte aligned, as Node's pool does.
+  slabAt = (slabAt + n + 7) & ~7;
+  return out;
+}
+
 function asciiText(b: Uint8Array, len: number): string | typeof GIVE_UP {
   const end = dpos + len;
   for (let i = dpos; i < end; i++) if (b[i]! > 0x7f) return GIVE_UP;
@@ -384,10 +412,8 @@ function fastItem(b: Uint8Array): unknown {
         dpos += arg;
         return view;
       }
-      // A copy, so a small value never pins its record; short ones byte by byte (no view object).
-      const out = new Uint8Array(arg);
-      if (arg <= 128) for (let i = 0; i < arg; i++) out[i] = b[dpos + i]!;
-      else out.set(b.subarray(dpos, dpos + arg));
+      // A copy, so a small value never pins its record (or the socket read it was opened in).
+      const out = copyBytes(b, dpos, arg);
       dpos += arg;
       return out;
     }

@@ -199,10 +199,12 @@ export abstract class RequestLifecycle {
       for await (const piece of download) {
         // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
         for (let off = 0; off < piece.length; ) {
-          const n = await credit.takeUpTo(Math.min(MAX_CHUNK_LEN, piece.length - off));
+          // Without a promise when credit is held and the socket takes more (the usual case).
+          const want = Math.min(MAX_CHUNK_LEN, piece.length - off);
+          const n = credit.tryTakeUpTo(want) || (await credit.takeUpTo(want));
           const data = piece.subarray(off, off + n);
           off += n;
-          await this.writable(f);
+          if (this.closed || this.socket.writableLength > this.limits.writeHighWaterBytes) await this.writable(f);
           this.send({ kind: 'chunk', id, data });
         }
       }

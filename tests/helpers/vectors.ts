@@ -63,6 +63,10 @@ export function computeVectors(inp: VectorInputs, version: 1 | 2 = 1): Vectors {
   const est = client.nextEvent();
   if (est.type !== 'established') throw new Error(`vector client did not establish: ${JSON.stringify(est)}`);
   const clientFinishedRecord = Buffer.concat(client.takeOutput());
+  // The exporter (section 4) is the same value on both sides; the server's own signature differs
+  // from the recorded one, but version 1's exporter does not depend on the signature.
+  if (!client.channelBinding?.equals(s.exporter)) throw new Error('client exporter differs from the key schedule');
+  if (!server.channelBinding?.equals(s.exporter)) throw new Error('server exporter differs from the key schedule');
   const ping = { kind: 'request', id: 1, command: 'ping', payload: {}, stream: false } as const;
   client.sendMessage(ping);
   const clientPingRecord = Buffer.concat(client.takeOutput());
@@ -94,6 +98,7 @@ export function computeVectors(inp: VectorInputs, version: 1 | 2 = 1): Vectors {
     s2c_iv: hex(s.serverToClient.iv),
     client_finished: hex(s.clientFinished),
     server_finished: hex(s.serverFinished),
+    exporter: hex(s.exporter),
     server_finished_record: hex(serverFinishedRecord),
     client_finished_record: hex(clientFinishedRecord),
     ping_request_cbor: hex(encodeMessage(ping)),

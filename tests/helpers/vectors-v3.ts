@@ -5,11 +5,10 @@ import { ClientSession, pinFingerprint } from '../../protocol/client-session.js'
 import { PROTOCOL_VERSION_3, CREDENTIAL_SCHEME_ED25519, SERVER_HELLO_V3_SIGNED_LEN } from '../../protocol/constants.js';
 import { credentialSignatureInput, encodeCredential, type ServerCredential } from '../../protocol/credential.js';
 import { deriveSessionSecretsV3, directionKeysV3, nextDirectionKeys, signatureInputV3, transcriptHash } from '../../protocol/key-schedule.js';
-import { encodeMessage } from '../../protocol/messages.js';
 import { ServerSession } from '../../protocol/server-session.js';
 import { derivePeerAuthKey } from '../../crypto/cluster-seal.js';
 import { peerProof } from '../../cluster/peer-auth.js';
-import { VECTOR_FILE, type VectorInputs, type Vectors } from './vectors.js';
+import { sessionVectors, VECTOR_FILE, type VectorInputs, type Vectors } from './vectors.js';
 
 /**
  * Version 3 test vectors (docs/PROTOCOL.md 10.2): the identity key, randoms and ephemeral keys
@@ -94,23 +93,7 @@ export function computeVectorsV3(inp: VectorInputsV3): Vectors {
     signature_input: hex(signatureInputV3(th)),
     signature: hex(signature),
     shared_secret: hex(shared),
-    finished_hash: hex(s.finishedHash),
-    c2s_traffic_secret: hex(s.clientToServer.secret),
-    c2s_key: hex(s.clientToServer.key.export()),
-    c2s_iv: hex(s.clientToServer.iv),
-    s2c_traffic_secret: hex(s.serverToClient.secret),
-    s2c_key: hex(s.serverToClient.key.export()),
-    s2c_iv: hex(s.serverToClient.iv),
-    client_finished: hex(s.clientFinished),
-    server_finished: hex(s.serverFinished),
-    exporter: hex(s.exporter),
-    server_finished_record: hex(serverFinishedRecord),
-    client_finished_record: hex(clientFinishedRecord),
-    ping_request_cbor: hex(encodeMessage(ping)),
-    client_ping_record: hex(clientPingRecord),
-    c2s_traffic_secret_after_key_update: hex(c2sUpdated.secret),
-    c2s_key_after_key_update: hex(c2sUpdated.key.export()),
-    c2s_iv_after_key_update: hex(c2sUpdated.iv),
+    ...sessionVectors(s, { serverFinishedRecord, clientFinishedRecord, ping, clientPingRecord, c2sUpdated }),
     // Section 6.6 on this session: peer.auth's proof from peerFrom and the answer from peerTo.
     peer_key: hex(peerKey),
     peer_proof_client: hex(peerProof(peerKey, 'client', inp.peerFrom, inp.peerTo, s.exporter)),

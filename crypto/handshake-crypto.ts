@@ -1,16 +1,12 @@
+import { generateEphemeral, random32, type EphemeralKey } from './handshake-keys.js';
 import {
   createCipheriv,
   createDecipheriv,
   createHash,
   createHmac,
-  createPrivateKey,
   createPublicKey,
   createSecretKey,
-  diffieHellman,
-  generateKeyPairSync,
   hkdfSync,
-  randomBytes,
-  sign,
   timingSafeEqual,
   verify,
   type CipherKey,
@@ -18,7 +14,8 @@ import {
 } from 'node:crypto';
 
 /**
- * The primitives the handshake and record layer need, all from node:crypto (OpenSSL).
+ * The primitives the handshake and record layer need, from node:crypto (OpenSSL); the public-key
+ * operations of the handshake live in ./handshake-keys.ts (native addon, node:crypto fallback).
  * The protocol layer receives them as an interface so tests can inject fixed randoms and
  * ephemeral keys and replay the documented test vectors byte for byte.
  */
@@ -27,76 +24,29 @@ export const AEAD_KEY_LEN = 32;
 export const AEAD_IV_LEN = 12;
 export const AEAD_TAG_LEN = 16;
 
-const X25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b656e04220420', 'hex');
-const X25519_SPKI_PREFIX = Buffer.from('302a300506032b656e032100', 'hex');
-
-export interface EphemeralKey {
-  readonly privateKey: KeyObject;
-  /** Raw 32-byte X25519 public value. */
-  readonly publicRaw: Buffer;
-}
+export type { CredentialKey, EphemeralKey, HandshakeKeyImpl } from './handshake-keys.js';
+export {
+  credentialKeyFromPrivate,
+  credentialSign,
+  ephemeralFromPrivate,
+  generateCredentialKey,
+  generateEphemeral,
+  handshakeKeysBackend,
+  keyPairWithEncodedPublic,
+  wipeEphemeral,
+  x25519,
+} from './handshake-keys.js';
 
 export interface HandshakeRandomness {
   random32(): Buffer;
   ephemeral(): EphemeralKey;
 }
 
-/**
- * generateKeyPairSync with only the public key encoded (Node accepts it; its type declarations
- * want both encodings or none): the private key stays a KeyObject, the public key comes encoded.
- */
-export const keyPairWithEncodedPublic = generateKeyPairSync as unknown as (type: string, options: object) => { privateKey: KeyObject; publicKey: unknown };
-
+/** Fresh randoms and a fresh ephemeral key per call (crypto/handshake-keys.ts: native addon or node:crypto). */
 export const systemRandomness: HandshakeRandomness = {
-  random32: () => randomBytes(32),
-  ephemeral: () => {
-    // The public key comes encoded as JWK from the key generation itself (a field copy; DER goes
-    // through OpenSSL's encoder, about 70 µs). Never export() a freshly generated key afterwards:
-    // Node 20 holds the key's mutex while export allocates, a garbage collection in that moment
-    // finalises the finished key-generation job, whose destructor takes the same mutex, and the
-    // thread deadlocks (seen here within 30,000 handshakes; tests/handshake.test.ts).
-    const { privateKey, publicKey } = keyPairWithEncodedPublic('x25519', { publicKeyEncoding: { format: 'jwk' } });
-    return { privateKey, publicRaw: Buffer.from((publicKey as { x: string }).x, 'base64url') };
-  },
+  random32,
+  ephemeral: () => generateEphemeral(),
 };
-
-/** Builds an ephemeral key from fixed private bytes (test vectors only). */
-export function ephemeralFromPrivate(raw: Uint8Array): EphemeralKey {
-  const privateKey = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, raw]), format: 'der', type: 'pkcs8' });
-  const publicRaw = createPublicKey(privateKey).export({ type: 'spki', format: 'der' }).subarray(X25519_SPKI_PREFIX.length);
-  return { privateKey, publicRaw };
-}
-
-/** A delegated credential's key pair (protocol version 3): Ed25519, kept in memory only. */
-export interface CredentialKey {
-  readonly privateKey: KeyObject;
-  /** Raw 32-byte Ed25519 public key. */
-  readonly publicRaw: Buffer;
-}
-
-const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
-const ED25519_SPKI_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
-
-/**
- * A fresh Ed25519 key for a delegated credential. As for ephemeral(): the public key comes
- * encoded (JWK) from the generation itself and the fresh key is never export()ed.
- */
-export function generateCredentialKey(): CredentialKey {
-  const { privateKey, publicKey } = keyPairWithEncodedPublic('ed25519', { publicKeyEncoding: { format: 'jwk' } });
-  return { privateKey, publicRaw: Buffer.from((publicKey as { x: string }).x, 'base64url') };
-}
-
-/** An Ed25519 credential key from fixed private bytes (RFC 8032 seed, 32 bytes; test vectors only). */
-export function credentialKeyFromPrivate(raw: Uint8Array): CredentialKey {
-  const privateKey = createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, raw]), format: 'der', type: 'pkcs8' });
-  const publicRaw = createPublicKey(privateKey).export({ type: 'spki', format: 'der' }).subarray(ED25519_SPKI_PREFIX.length);
-  return { privateKey, publicRaw: Buffer.from(publicRaw) };
-}
-
-/** Ed25519 signature (RFC 8032, pure: no pre-hash), 64 bytes; deterministic. */
-export function credentialSign(key: CredentialKey, message: Uint8Array): Buffer {
-  return sign(null, message, key.privateKey);
-}
 
 /** The credential's raw Ed25519 public key as a KeyObject (JWK import: no DER decoder); undefined when it is not a valid key. */
 export function credentialPublicKey(publicRaw: Uint8Array): KeyObject | undefined {
@@ -115,25 +65,6 @@ export function credentialVerify(publicKey: KeyObject, message: Uint8Array, sign
   } catch {
     return false;
   }
-}
-
-/**
- * X25519 with the peer's raw public value. Returns undefined for a low-order peer value
- * (all-zero shared secret), which would make the session key predictable.
- */
-export function x25519(own: EphemeralKey, peerRaw: Uint8Array): Buffer | undefined {
-  let secret: Buffer;
-  try {
-    if (peerRaw.length !== X25519_KEY_LEN) return undefined;
-    // Imported as JWK: OpenSSL's DER decoder costs about 80 µs per key, the JWK path about 6 µs.
-    const publicKey = createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: Buffer.from(peerRaw).toString('base64url') }, format: 'jwk' });
-    secret = diffieHellman({ privateKey: own.privateKey, publicKey });
-  } catch {
-    return undefined;
-  }
-  let acc = 0;
-  for (const b of secret) acc |= b;
-  return acc === 0 ? undefined : secret;
 }
 
 export function sha256(...parts: Uint8Array[]): Buffer {

@@ -1,4 +1,4 @@
-import { constantTimeEqual, credentialVerify, systemRandomness, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { constantTimeEqual, credentialVerify, systemRandomness, wipeEphemeral, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
 import { fingerprintOf, verifyTranscript } from '../crypto/identity.js';
 import {
   CLOSE_BODY_LEN,
@@ -198,6 +198,8 @@ export class ClientSession {
   }
 
   wipe(): void {
+    if (this.eph) wipeEphemeral(this.eph);
+    this.eph = undefined;
     this.exporter?.fill(0);
     this.reader?.wipe();
     this.sealer?.wipe();
@@ -300,11 +302,12 @@ export class ClientSession {
       throw new ProtocolError('BAD_SIGNATURE', 'the server signature over the handshake does not verify');
     }
     const shared = x25519(this.eph!, sh.share);
+    // The ephemeral key has served its purpose (forward secrecy: wiped after its one agreement).
+    wipeEphemeral(this.eph!);
+    this.eph = undefined;
     if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
     const secrets = v3 ? deriveSessionSecretsV3(shared, this.clientHello!, sh.signed, sh.signature, th) : deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
     shared.fill(0);
-    // The ephemeral key and the hello have served their purpose (forward secrecy: drop the key).
-    this.eph = undefined;
     this.clientHello = undefined;
     this.version = sh.version;
     this.output.batching = this.version >= PROTOCOL_VERSION_2;

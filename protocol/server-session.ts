@@ -1,4 +1,4 @@
-import { constantTimeEqual, credentialSign, systemRandomness, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { constantTimeEqual, credentialSign, systemRandomness, wipeEphemeral, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
 import { signTranscript, type IdentityKey } from '../crypto/identity.js';
 import { classifyFirstBytes } from './classify.js';
 import {
@@ -283,6 +283,8 @@ export class ServerSession {
     const rnd = this.opts.randomness ?? systemRandomness;
     const eph = rnd.ephemeral();
     const shared = x25519(eph, hello.share);
+    // Forward secrecy: the ephemeral key is wiped right after its one agreement.
+    wipeEphemeral(eph);
     if (!shared) {
       this.output.push(encodeReject(REJECT_HANDSHAKE_FAILED));
       throw new ProtocolError('BAD_KEY_SHARE', 'client key share is invalid or of low order');

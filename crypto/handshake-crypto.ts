@@ -1,11 +1,10 @@
-import { generateEphemeral, random32, type EphemeralKey } from './handshake-keys.js';
+import { generateEphemeral, nativeHash, random32, type EphemeralKey, type NativeHash } from './handshake-keys.js';
 import {
   createCipheriv,
   createDecipheriv,
   createHash,
   createHmac,
   createPublicKey,
-  createSecretKey,
   hkdfSync,
   timingSafeEqual,
   verify,
@@ -67,18 +66,42 @@ export function credentialVerify(publicKey: KeyObject, message: Uint8Array, sign
   }
 }
 
+/**
+ * SHA-256 of the parts' concatenation. Through the native addon when it loaded (one digest
+ * context per thread, no object per call; crypto/handshake-keys.ts), else node:crypto: the same
+ * bytes (tests/handshake-keys.test.ts).
+ */
 export function sha256(...parts: Uint8Array[]): Buffer {
+  const h = nativeHash();
+  if (h && parts.length >= 1 && parts.length <= 4) {
+    const out = Buffer.allocUnsafe(32);
+    h.sha256(out, ...parts);
+    return out;
+  }
+  return nodeSha256(parts);
+}
+
+function nodeSha256(parts: Uint8Array[]): Buffer {
   const h = createHash('sha256');
   for (const p of parts) h.update(p);
   return h.digest();
 }
 
+/** HMAC-SHA256 (RFC 2104), 32 bytes; native addon or node:crypto as sha256(). */
 export function hmacSha256(key: Uint8Array, data: Uint8Array): Buffer {
+  const h = nativeHash();
+  if (h) {
+    const out = Buffer.alloc(32);
+    h.hmacSha256(key, data, out);
+    return out;
+  }
   return createHmac('sha256', key).update(data).digest();
 }
 
-/** HKDF-SHA256 (RFC 5869), extract and expand in one step. */
+/** HKDF-SHA256 (RFC 5869), extract and expand in one step; `length` 1..8160 bytes. */
 export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: string, length: number): Buffer {
+  const h = nativeHash();
+  if (h) return nativeHkdf(h, ikm, salt, info, length, true);
   if (length > 255 * 32) return Buffer.from(hkdfSync('sha256', ikm, salt, Buffer.from(info, 'ascii'), length));
   // The same RFC 5869 computation with two or three HMAC calls: about 4 µs against hkdfSync's 10 µs
   // (which sets up an OpenSSL KDF context each time).
@@ -88,17 +111,33 @@ export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: string, length: nu
   return okm;
 }
 
+/** The addon's HKDF into a Buffer of its own (no slab of the shared pool: the caller wipes it). */
+function nativeHkdf(h: NativeHash, ikm: Uint8Array, salt: Uint8Array, info: string, length: number, extract: boolean): Buffer {
+  if (!Number.isInteger(length) || length < 1 || length > 255 * 32) throw new RangeError('HKDF-SHA256 output is 1 to 8160 bytes');
+  const out = Buffer.allocUnsafeSlow(length);
+  h.hkdfSha256(ikm, salt, Buffer.from(info, 'ascii'), out, extract);
+  return out;
+}
+
 /**
- * HKDF-SHA256 (RFC 5869) extract and expand in one OpenSSL call, for long outputs: one call
- * (about 10 µs) instead of one HMAC object per 32-byte block (about 4 µs each). The result is a
- * Buffer of its own (the caller wipes it).
+ * HKDF-SHA256 (RFC 5869) extract and expand in one call, for long outputs (the version 3 key
+ * block). The result is a Buffer of its own (the caller wipes it). Native addon (one digest
+ * context, no KeyObjects) or node:crypto's hkdfSync.
  */
 export function hkdfBlock(ikm: Uint8Array, salt: Uint8Array, info: string, length: number): Buffer {
+  const h = nativeHash();
+  if (h) return nativeHkdf(h, ikm, salt, info, length, true);
   return Buffer.from(hkdfSync('sha256', ikm, salt, Buffer.from(info, 'ascii'), length));
 }
 
 /** HKDF-Extract (RFC 5869 section 2.2): PRK = HMAC-SHA256(salt, ikm); an empty salt is 32 zero bytes. */
 export function hkdfExtract(ikm: Uint8Array, salt: Uint8Array): Buffer {
+  const h = nativeHash();
+  if (h) {
+    const out = Buffer.alloc(32);
+    h.hmacSha256(salt, ikm, out);
+    return out;
+  }
   return createHmac('sha256', salt.length > 0 ? salt : ZERO_SALT).update(ikm).digest();
 }
 
@@ -107,6 +146,8 @@ export function hkdfExtract(ikm: Uint8Array, salt: Uint8Array): Buffer {
  * from one PRK cost one extract instead of one each (the key schedule expands up to four).
  */
 export function hkdfExpand(prk: Uint8Array, info: string, length: number): Buffer {
+  const h = nativeHash();
+  if (h) return nativeHkdf(h, prk, EMPTY, info, length, false);
   const infoBytes = Buffer.from(info, 'ascii');
   const blocks: Buffer[] = [];
   let prev = Buffer.alloc(0);
@@ -119,22 +160,13 @@ export function hkdfExpand(prk: Uint8Array, info: string, length: number): Buffe
   return Buffer.from(okm);
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /** RFC 5869: an absent salt is HashLen zero bytes. */
 const ZERO_SALT = Buffer.alloc(32);
 
 export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
-}
-
-/**
- * An AES-256 key as a KeyObject for the record layer: createCipheriv with a KeyObject skips
- * copying and checking raw key bytes on every call (measured here: 3.5 µs against 4.2 µs per
- * small record). Node keeps the bytes in native memory and clears them when the object is
- * collected; the raw `bytes` passed in are the caller's to wipe.
- */
-export function aeadKey(bytes: Uint8Array): KeyObject {
-  if (bytes.length !== AEAD_KEY_LEN) throw new RangeError('AES-256 keys are 32 bytes');
-  return createSecretKey(bytes);
 }
 
 export function aesGcmSeal(key: CipherKey, nonce: Uint8Array, aad: Uint8Array, plaintext: Uint8Array): Buffer {

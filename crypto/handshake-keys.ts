@@ -1,4 +1,4 @@
-import { createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomFillSync, sign, type KeyObject } from 'node:crypto';
+import { createHash, createHmac, createPrivateKey, createPublicKey, diffieHellman, generateKeyPairSync, randomFillSync, sign, type KeyObject } from 'node:crypto';
 import { createRequire } from 'node:module';
 
 /**
@@ -44,6 +44,14 @@ interface NativeKeys {
   randomFill(out: Uint8Array): void;
 }
 
+/** The addon's SHA-256, HMAC-SHA256 and HKDF-SHA256 (outputs into caller-provided buffers). */
+export interface NativeHash {
+  sha256(out: Uint8Array, ...parts: Uint8Array[]): void;
+  hmacSha256(key: Uint8Array, data: Uint8Array, out: Uint8Array): void;
+  /** RFC 5869 into out (1..8160 bytes); extract false: ikm is the PRK, expand only. */
+  hkdfSha256(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, out: Uint8Array, extract: boolean): void;
+}
+
 const X25519_KIND = 1;
 const ED25519_KIND = 2;
 
@@ -68,7 +76,16 @@ const ADDON = '../../build/Release/record_aead.node';
 export const HANDSHAKE_KEYS_ENV = 'COMMUSIC_HANDSHAKE_KEYS';
 
 let native: NativeKeys | undefined;
+let nativeHashes: NativeHash | undefined;
 let loadError: string | undefined;
+
+/**
+ * The addon's hash functions when it loaded and passed the self test (crypto/handshake-crypto.ts
+ * uses them for the handshake's hashes and key schedule), else undefined: node:crypto then.
+ */
+export function nativeHash(): NativeHash | undefined {
+  return nativeHashes;
+}
 
 /**
  * Which implementation the functions below use by default, and why: `{ impl: 'native' }`, or
@@ -251,6 +268,22 @@ function selfTest(): void {
     credentialSign(cn, msg).equals(credentialSign(cr, msg)) &&
     x25519(n, bPub) === undefined;
   if (!ok) throw new Error('the handshake key addon disagrees with node:crypto');
+  // RFC 5869 A.1 (HKDF-SHA256), and HMAC/SHA-256 against node:crypto on the same bytes.
+  const h = native as unknown as NativeHash;
+  const ikm = Buffer.alloc(22, 0x0b);
+  const salt = Buffer.from('000102030405060708090a0b0c', 'hex');
+  const info = Buffer.from('f0f1f2f3f4f5f6f7f8f9', 'hex');
+  const okm = Buffer.alloc(42);
+  h.hkdfSha256(ikm, salt, info, okm, true);
+  const mac = Buffer.alloc(32);
+  h.hmacSha256(salt, info, mac);
+  const dig = Buffer.alloc(32);
+  h.sha256(dig, ikm, info);
+  const hashOk =
+    okm.toString('hex') === '3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865' &&
+    mac.equals(createHmac('sha256', salt).update(info).digest()) &&
+    dig.equals(createHash('sha256').update(ikm).update(info).digest());
+  if (!hashOk) throw new Error('the addon\'s SHA-256/HKDF disagrees with node:crypto');
 }
 
 if (process.env[HANDSHAKE_KEYS_ENV] === 'node') {
@@ -261,8 +294,10 @@ if (process.env[HANDSHAKE_KEYS_ENV] === 'node') {
     if (typeof lib.pkeyGenerate !== 'function' || typeof lib.x25519Derive !== 'function' || typeof lib.ed25519Sign !== 'function') {
       throw new Error('the addon has no handshake key functions (built from an older source)');
     }
+    if (typeof lib.randomFill !== 'function' || typeof (lib as Partial<NativeHash>).hkdfSha256 !== 'function') throw new Error('the addon has no hash functions (built from an older source)');
     native = lib as NativeKeys;
     selfTest();
+    nativeHashes = lib as unknown as NativeHash;
   } catch (e) {
     native = undefined;
     loadError = (e as Error).message.split('\n')[0];

@@ -108,11 +108,14 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
       await a!.node.registerClub(id);
       clubs.push(id);
     }
-    for (const club of clubs) await until(`club ${club} served`, () => primaryOf(club));
+    // every club served at one moment (a club may still move while the placement balances)
+    const primaries = await until('every club served', () => {
+      const now = clubs.map((club) => [club, primaryOf(club)?.id] as const);
+      return now.every(([, id]) => id !== undefined) ? new Map(now as Array<readonly [string, string]>) : undefined;
+    });
     // the next day, after the 02:30 run time: every club is due once
     const day = new Date();
     clock = new Date(Date.UTC(day.getUTCFullYear(), day.getUTCMonth(), day.getUTCDate() + 1, 3, 0, 0));
-    const primaries = new Map(clubs.map((club) => [club, primaryOf(club)!.id]));
     await scheduledRunEverywhere();
     for (const club of clubs) {
       const made = puts.filter((p) => p.name.startsWith(`${club}/`));
@@ -166,8 +169,10 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
     const movedClubs = clubs.filter((x) => primaries.get(x) === moved.id);
     await moved.node.drain(moved.id, true);
     await until(`${moved.id} serves no club`, () => (moved.node.served().length === 0 ? true : undefined));
-    for (const x of clubs) await until(`club ${x} served after the drain`, () => primaryOf(x));
-    const newPrimaries = new Map(clubs.map((x) => [x, primaryOf(x)!.id]));
+    const newPrimaries = await until('every club served after the drain', () => {
+      const now = clubs.map((x) => [x, primaryOf(x)?.id] as const);
+      return now.every(([, id]) => id !== undefined) ? new Map(now as Array<readonly [string, string]>) : undefined;
+    });
     for (const x of movedClubs) assert.notEqual(newPrimaries.get(x), moved.id);
     clock = new Date(clock.getTime() + 60 * 60_000);
     await scheduledRunEverywhere();

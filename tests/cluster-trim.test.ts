@@ -176,7 +176,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     assert.ok(hub.pulls.some((p) => p.from === 'trim-c' && p.kind === 'snapshot' && p.served));
     // more writes reach it through the log's tail
     await writeN(club, [a, b, c], 10, 'x', acked);
-    const p = primaryOf(club, [a, b, c])!;
+    const p = await until('the club served', () => primaryOf(club, [a, b, c]));
     await until('the new standby follows the tail', () => (replicaSeq(c, club) === replicaSeq(p, club) && c.node.lagOf(club) === 0 ? true : undefined));
     if (p !== c) {
       assert.deepEqual(dump(c.storage.openClub(club, { allowSuspended: true }).db), dump(p.storage.openClub(club).db));
@@ -203,7 +203,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     await until('club served', () => primaryOf(club, [a, b]));
     const acked: string[] = [];
     await writeN(club, [a, b], 20, 'w', acked);
-    const p = primaryOf(club, [a, b])!;
+    const p = await until('the club served', () => primaryOf(club, [a, b]));
     const s = p === a ? b : a;
     const gw = p.node.gw;
     const published = async () => {
@@ -254,7 +254,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     const acked: string[] = [];
     await writeN(club, [a, b], 12, 'w', acked);
     await writeN(other, [a, b], 3, 'o', []);
-    const p = primaryOf(club, [a, b])!;
+    const p = await until('the club served', () => primaryOf(club, [a, b]));
     const s = p === a ? b : a;
     await until('standby caught up', async () => (replicaSeq(s, club) === (await readHead(p.node.gw, club)).seq ? true : undefined));
     const genuine = (await serveSnapshot(p.storage, club))!;

@@ -427,6 +427,9 @@ static void finalize_pool(napi_env env, void *data, void *hint) {
   unref_pool(p);
 }
 
+/* crypto/native/handshake_keys.c: the handshake's key exchange, signatures and hashes. */
+int register_handshake_functions(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   pool_t *pool = (pool_t *)OPENSSL_zalloc(sizeof(pool_t));
   if (pool != NULL) pool->refs = 1;
@@ -445,6 +448,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"destroy", NULL, destroy, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  if (!register_handshake_functions(env, exports)) return NULL;
   return exports;
 }
 

@@ -125,16 +125,22 @@ export function encodeTransient(m: Message): TransientEncoding {
     writeHead(2, m.data.length);
     return transientResult(scratch, pos, m.data);
   }
-  if (m.kind === 'response' && !m.stream) {
-    // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
-    pos = 0;
-    scratch[pos++] = 0x83;
-    writeHead(0, MSG_RESPONSE);
-    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return transientResult(scratch, pos, undefined);
-    return slowResult(m);
-  }
+  if (m.kind === 'response' && !m.stream) return encodeResponseTransient(m.id, m.payload);
   const n = fastEncode(toWire(m));
   return n < 0 ? slowResult(m) : transientResult(scratch, n, undefined);
+}
+
+/**
+ * encodeTransient({ kind: 'response', id, payload, stream: false }) without the message object
+ * (a synchronous handler's answer): the same bytes, the same lifetime rules.
+ */
+export function encodeResponseTransient(id: number, payload: Payload): TransientEncoding {
+  // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
+  pos = 0;
+  scratch[pos++] = 0x83;
+  writeHead(0, MSG_RESPONSE);
+  if (writeUint(0, id) && fastValue(payload, 1)) return transientResult(scratch, pos, undefined);
+  return slowResult({ kind: 'response', id, payload, stream: false });
 }
 
 function slowResult(m: Message): TransientEncoding {
@@ -490,14 +496,23 @@ function toPlain(v: unknown): unknown {
  * else references), so large byte strings may be returned as views of it instead of copies.
  */
 export function decodeMessage(bytes: Uint8Array, owned = false): Message {
-  checkCborShape(bytes, MAX_CBOR_DEPTH);
+  return decodeMessageAt(bytes, 0, bytes.length, owned);
+}
+
+/**
+ * decodeMessage() of the message in bytes[start, end), without a view of it (a version 2
+ * batch's messages are decoded where they lie in the record). The same checks and results as
+ * decodeMessage(bytes.subarray(start, end), owned); throws ProtocolError BAD_MESSAGE.
+ */
+export function decodeMessageAt(bytes: Uint8Array, start: number, end: number, owned = false): Message {
+  checkCborShape(bytes, MAX_CBOR_DEPTH, start, end);
   viewFrom = owned ? VIEW_MIN : Infinity;
-  const request = fastRequest(bytes);
+  const request = fastRequest(bytes, start, end);
   if (request !== undefined) return request;
-  dpos = 0;
+  dpos = start;
   const fast = fastItem(bytes);
-  if (fast !== GIVE_UP && dpos === bytes.length) return decodeEnvelope(fast, identity);
-  return decodeEnvelope(slowDecode(bytes), toPlain);
+  if (fast !== GIVE_UP && dpos === end) return decodeEnvelope(fast, identity);
+  return decodeEnvelope(slowDecode(start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end)), toPlain);
 }
 
 const identity = (v: unknown): unknown => v;
@@ -508,10 +523,10 @@ const identity = (v: unknown): unknown => v;
  * outside the fast decoder's subset: the general path then decodes them (and reports errors).
  * Checks exactly what decodeEnvelope checks for a request.
  */
-function fastRequest(b: Uint8Array): Message | undefined {
-  const n = b[0];
-  if ((n !== 0x84 && n !== 0x85) || b[1] !== MSG_REQUEST) return undefined;
-  dpos = 2;
+function fastRequest(b: Uint8Array, start: number, end: number): Message | undefined {
+  const n = b[start];
+  if ((n !== 0x84 && n !== 0x85) || b[start + 1] !== MSG_REQUEST) return undefined;
+  dpos = start + 2;
   const ib = b[dpos++]!;
   if (ib >> 5 !== 0) return undefined;
   const reqId = readArg(b, ib & 31);
@@ -529,7 +544,7 @@ function fastRequest(b: Uint8Array): Message | undefined {
     if (b[dpos++] !== 0xf5) return undefined;
     stream = true;
   }
-  if (dpos !== b.length) return undefined;
+  if (dpos !== end) return undefined;
   return { kind: 'request', id: reqId, command, payload, stream };
 }
 

@@ -1,6 +1,6 @@
 import { BATCH_LENGTH_LEN, CLOSE_BODY_LEN, MAX_MESSAGE_LEN_V2, MAX_MESSAGES_PER_RECORD, MAX_RECORD_PLAINTEXT, RECORD_CLOSE, RECORD_DATA } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { encodeTransient, type Message } from './messages.js';
+import { encodeResponseTransient, encodeTransient, type Message, type Payload, type TransientEncoding } from './messages.js';
 import type { RecordSealer } from './record-layer.js';
 
 /**
@@ -60,7 +60,15 @@ export class OutputQueue {
    * record.
    */
   sealMessage(sealer: RecordSealer, message: Message): void {
-    const enc = encodeTransient(message);
+    this.sealEncoded(sealer, encodeTransient(message));
+  }
+
+  /** sealMessage() of a RESPONSE without a stream, without the message object; the same bytes and errors. */
+  sealResponse(sealer: RecordSealer, id: number, payload: Payload): void {
+    this.sealEncoded(sealer, encodeResponseTransient(id, payload));
+  }
+
+  private sealEncoded(sealer: RecordSealer, enc: TransientEncoding): void {
     const headLen = enc.length;
     const tail = enc.tail;
     if (!this.batching) {

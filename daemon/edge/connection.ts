@@ -263,9 +263,13 @@ export class Connection extends SessionOutput implements ConnectionIO {
           this.lastActive = Date.now();
           if (!this.closed && !this.loggedIn) this.loginDeadline = this.lastActive + this.limits.loginTimeoutMs;
           continue;
-        case 'message':
+        case 'message': {
           this.onMessage(ev.message);
+          // The rest of a version 2 record's messages, without an event object each.
+          let m: Message | undefined;
+          while (!this.closed && (m = this.session.nextQueuedMessage()) !== undefined) this.onMessage(m);
           continue;
+        }
         case 'closed':
           this.flush();
           this.socket.end();

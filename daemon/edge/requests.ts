@@ -113,6 +113,8 @@ export abstract class RequestLifecycle {
   protected abstract guarded(where: string, fn: () => void): void;
   /** Seals a message and queues it for the socket. */
   protected abstract send(m: Message): void;
+  /** send() of a RESPONSE without a stream (no message object per answer). */
+  protected abstract sendResponse(id: number, payload: unknown): void;
   /** A request is over: maybe resume reading or finish a drain. */
   protected abstract afterRequest(): void;
 
@@ -174,7 +176,7 @@ export abstract class RequestLifecycle {
     }
     try {
       if (!result.download) {
-        this.send({ kind: 'response', id: f.id, payload: result.payload ?? null, stream: false });
+        this.sendResponse(f.id, result.payload ?? null);
         this.events.counted('request', f.command, 'ok');
         return this.retire(f);
       }

@@ -143,6 +143,29 @@ export function encodeResponseTransient(id: number, payload: Payload): Transient
   return slowResult({ kind: 'response', id, payload, stream: false });
 }
 
+/**
+ * Encodes RESPONSE `id` (no stream) with `payload` straight into target[at, end) when the fast
+ * encoder takes the payload and it fits: returns where the message ends, or -1 (then nothing
+ * is promised about target[at, end), and the caller encodes it the usual way, which also
+ * reports errors). The same bytes as encodeResponseTransient(). The batching path uses it to
+ * write a synchronous answer into its batch without a copy.
+ */
+export function encodeResponseInto(target: Buffer, at: number, end: number, id: number, payload: Payload): number {
+  if (end - at < 16 || !Number.isSafeInteger(id) || id < 0) return -1;
+  wbuf = target;
+  wend = end;
+  try {
+    pos = at;
+    wbuf[pos++] = 0x83;
+    writeHead(0, MSG_RESPONSE);
+    writeHead(0, id);
+    return fastValue(payload, 1) ? pos : -1;
+  } finally {
+    wbuf = scratch;
+    wend = SCRATCH_LEN;
+  }
+}
+
 function slowResult(m: Message): TransientEncoding {
   const b = slowEncode(m);
   return transientResult(b, b.length, undefined);
@@ -157,6 +180,12 @@ function slowResult(m: Message): TransientEncoding {
 
 const SCRATCH_LEN = 65536 + 64;
 const scratch = Buffer.allocUnsafe(SCRATCH_LEN);
+/**
+ * Where the encoder writes: `scratch` up to SCRATCH_LEN, except inside encodeResponseInto(),
+ * which points it at the caller's buffer and end for one call.
+ */
+let wbuf: Buffer = scratch;
+let wend = SCRATCH_LEN;
 let pos = 0;
 const MAX_FAST_DEPTH = 32;
 const TWO_32 = 4294967296;
@@ -164,22 +193,22 @@ const TWO_32 = 4294967296;
 /** Writes a major type with a length/value argument (value a safe non-negative integer). */
 function writeHead(major: number, v: number): void {
   const mt = major << 5;
-  if (v < 24) scratch[pos++] = mt | v;
+  if (v < 24) wbuf[pos++] = mt | v;
   else if (v < 0x100) {
-    scratch[pos++] = mt | 24;
-    scratch[pos++] = v;
+    wbuf[pos++] = mt | 24;
+    wbuf[pos++] = v;
   } else if (v < 0x10000) {
-    scratch[pos++] = mt | 25;
-    scratch[pos++] = v >>> 8;
-    scratch[pos++] = v & 0xff;
+    wbuf[pos++] = mt | 25;
+    wbuf[pos++] = v >>> 8;
+    wbuf[pos++] = v & 0xff;
   } else if (v < TWO_32) {
-    scratch[pos++] = mt | 26;
-    scratch.writeUInt32BE(v, pos);
+    wbuf[pos++] = mt | 26;
+    wbuf.writeUInt32BE(v, pos);
     pos += 4;
   } else {
-    scratch[pos++] = mt | 27;
-    scratch.writeUInt32BE(Math.floor(v / TWO_32), pos);
-    scratch.writeUInt32BE(v >>> 0, pos + 4);
+    wbuf[pos++] = mt | 27;
+    wbuf.writeUInt32BE(Math.floor(v / TWO_32), pos);
+    wbuf.writeUInt32BE(v >>> 0, pos + 4);
     pos += 8;
   }
 }
@@ -223,7 +252,7 @@ function sortKeys(keys: string[]): void {
 }
 
 function fastValue(v: unknown, depth: number): boolean {
-  if (SCRATCH_LEN - pos < 9) return false;
+  if (wend - pos < 9) return false;
   switch (typeof v) {
     case 'number':
       if (!Number.isSafeInteger(v) || Object.is(v, -0)) return false;
@@ -232,27 +261,27 @@ function fastValue(v: unknown, depth: number): boolean {
       return true;
     case 'string': {
       const s = v as string;
-      if (!isAscii(s) || SCRATCH_LEN - pos < s.length + 9) return false;
+      if (!isAscii(s) || wend - pos < s.length + 9) return false;
       writeHead(3, s.length);
       if (s.length <= 32) {
         // Short ASCII (keys, names, codes): a loop beats the native write call.
-        for (let i = 0; i < s.length; i++) scratch[pos++] = s.charCodeAt(i);
-      } else pos += scratch.write(s, pos, 'latin1');
+        for (let i = 0; i < s.length; i++) wbuf[pos++] = s.charCodeAt(i);
+      } else pos += wbuf.write(s, pos, 'latin1');
       return true;
     }
     case 'boolean':
-      scratch[pos++] = v ? 0xf5 : 0xf4;
+      wbuf[pos++] = v ? 0xf5 : 0xf4;
       return true;
     case 'object': {
       if (v === null) {
-        scratch[pos++] = 0xf6;
+        wbuf[pos++] = 0xf6;
         return true;
       }
       if (depth >= MAX_FAST_DEPTH) return false;
       if (v instanceof Uint8Array) {
-        if (SCRATCH_LEN - pos < v.length + 9) return false;
+        if (wend - pos < v.length + 9) return false;
         writeHead(2, v.length);
-        scratch.set(v, pos);
+        wbuf.set(v, pos);
         pos += v.length;
         return true;
       }

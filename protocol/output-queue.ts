@@ -1,6 +1,6 @@
 import { BATCH_LENGTH_LEN, CLOSE_BODY_LEN, MAX_MESSAGE_LEN_V2, MAX_MESSAGES_PER_RECORD, MAX_RECORD_PLAINTEXT, RECORD_CLOSE, RECORD_DATA } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { encodeResponseTransient, encodeTransient, type Message, type Payload, type TransientEncoding } from './messages.js';
+import { encodeResponseInto, encodeResponseTransient, encodeTransient, type Message, type Payload, type TransientEncoding } from './messages.js';
 import type { RecordSealer } from './record-layer.js';
 
 /**
@@ -65,7 +65,38 @@ export class OutputQueue {
 
   /** sealMessage() of a RESPONSE without a stream, without the message object; the same bytes and errors. */
   sealResponse(sealer: RecordSealer, id: number, payload: Payload): void {
+    if (this.batching && this.appendResponse(sealer, id, payload)) return;
     this.sealEncoded(sealer, encodeResponseTransient(id, payload));
+  }
+
+  /**
+   * Version 2: encodes a small RESPONSE straight into the open batch (or a new one), after its
+   * length prefix, without the encoder's scratch and a second copy. False, with nothing queued
+   * and no batch left open that holds no message, when it does not fit there as a batched
+   * message (OWN_RECORD_FROM bytes or more, the batch full, another sealer) or the fast
+   * encoder does not take the payload: sealEncoded() then handles it (and its errors).
+   */
+  private appendResponse(sealer: RecordSealer, id: number, payload: Payload): boolean {
+    if (this.batch && (this.batchCount === MAX_MESSAGES_PER_RECORD || this.batchSealer !== sealer)) return false;
+    const fresh = this.batch === undefined;
+    const b = (this.batch ??= takeBatchBuffer());
+    const at = this.batchBytes + BATCH_LENGTH_LEN;
+    const end = Math.min(MAX_RECORD_PLAINTEXT, at + OWN_RECORD_FROM - 1);
+    const stop = encodeResponseInto(b, at, end, id, payload);
+    if (stop < 0) {
+      if (fresh) {
+        this.batch = undefined;
+        giveBatchBuffer(b);
+      }
+      return false;
+    }
+    const len = stop - at;
+    b[at - 2] = len >>> 8;
+    b[at - 1] = len & 0xff;
+    this.batchBytes = stop;
+    this.batchCount++;
+    this.batchSealer = sealer;
+    return true;
   }
 
   private sealEncoded(sealer: RecordSealer, enc: TransientEncoding): void {

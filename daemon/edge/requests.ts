@@ -126,9 +126,11 @@ export abstract class RequestLifecycle {
     if (this.draining) return this.sendError(id, new CommandError('SHUTTING_DOWN', 'the server is shutting down'));
     if (this.inflight?.has(id)) return this.sendError(id, new CommandError('DUPLICATE_ID', `request id ${id} is already in use`), false);
     if (this.inflightCount >= HARD_INFLIGHT) return this.sendError(id, new CommandError('BUSY', 'too many requests in flight'));
-    let prepared;
+    let spec;
+    let valid;
     try {
-      prepared = this.dispatcher.prepare(command, payload, stream);
+      spec = this.dispatcher.specFor(command, stream);
+      valid = this.dispatcher.validate(spec, payload);
     } catch (e) {
       // Validation refuses with CommandError; anything else is a fault (the guard takes it).
       if (!(e instanceof CommandError)) throw e;
@@ -141,7 +143,7 @@ export abstract class RequestLifecycle {
     const f = new InFlight(this, id, command, Date.now() + this.limits.requestTimeoutMs);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
     // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
-    const pending: unknown = prepared.spec.handler(prepared.payload, f);
+    const pending: unknown = spec.handler(valid, f);
     if (!(pending instanceof Promise)) {
       // A plain result (ping): answered now, sealed with the rest of this turn's output. Nothing
       // else ran in between, so unless a download follows (credit and cancel find it by id) it

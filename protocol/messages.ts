@@ -190,6 +190,14 @@ let pos = 0;
 const MAX_FAST_DEPTH = 32;
 const TWO_32 = 4294967296;
 
+/** Writes a 32-bit unsigned value big-endian at pos (bytes written directly, no bounds-checked call). */
+function writeU32(v: number): void {
+  wbuf[pos++] = v >>> 24;
+  wbuf[pos++] = (v >>> 16) & 0xff;
+  wbuf[pos++] = (v >>> 8) & 0xff;
+  wbuf[pos++] = v & 0xff;
+}
+
 /** Writes a major type with a length/value argument (value a safe non-negative integer). */
 function writeHead(major: number, v: number): void {
   const mt = major << 5;
@@ -203,13 +211,11 @@ function writeHead(major: number, v: number): void {
     wbuf[pos++] = v & 0xff;
   } else if (v < TWO_32) {
     wbuf[pos++] = mt | 26;
-    wbuf.writeUInt32BE(v, pos);
-    pos += 4;
+    writeU32(v);
   } else {
     wbuf[pos++] = mt | 27;
-    wbuf.writeUInt32BE(Math.floor(v / TWO_32), pos);
-    wbuf.writeUInt32BE(v >>> 0, pos + 4);
-    pos += 8;
+    writeU32(Math.floor(v / TWO_32));
+    writeU32(v >>> 0);
   }
 }
 
@@ -231,16 +237,17 @@ function keyOrder(a: string, b: string): number {
 }
 
 /**
- * Sorts map keys into keyOrder in place. Payload maps have a handful of keys: an insertion sort
+ * Sorts the first n map keys into keyOrder in place. Payload maps have a handful of keys: an insertion sort
  * allocates nothing, where Array.prototype.sort with a comparator did per map (issue 13: it was
  * a tenth of the server's CPU on pipelined pings).
  */
-function sortKeys(keys: string[]): void {
-  if (keys.length > 16) {
-    keys.sort(keyOrder);
+function sortKeys(keys: string[], n: number): void {
+  if (n > 16) {
+    const sorted = keys.slice(0, n).sort(keyOrder);
+    for (let i = 0; i < n; i++) keys[i] = sorted[i]!;
     return;
   }
-  for (let i = 1; i < keys.length; i++) {
+  for (let i = 1; i < n; i++) {
     const k = keys[i]!;
     let j = i - 1;
     while (j >= 0 && keyOrder(keys[j]!, k) > 0) {
@@ -250,6 +257,9 @@ function sortKeys(keys: string[]): void {
     keys[j + 1] = k;
   }
 }
+
+/** The encoder's key arrays, one per nesting depth, reused (emptied after each map). */
+const keyStacks: string[][] = [];
 
 function fastValue(v: unknown, depth: number): boolean {
   if (wend - pos < 9) return false;
@@ -292,14 +302,25 @@ function fastValue(v: unknown, depth: number): boolean {
       }
       if (Object.getPrototypeOf(v) !== Object.prototype) return false;
       const o = v as Record<string, unknown>;
-      const keys = Object.keys(o);
-      if (keys.length > 1) sortKeys(keys);
-      writeHead(5, keys.length);
-      for (const k of keys) {
+      // The own enumerable keys (what Object.keys returns), gathered into this depth's reused
+      // array instead of a new one per map (its first n entries; never shortened, as setting
+      // the length to 0 would drop its storage).
+      const keys = (keyStacks[depth] ??= []);
+      let n = 0;
+      for (const k in o) if (Object.prototype.hasOwnProperty.call(o, k)) keys[n++] = k;
+      if (n > 1) sortKeys(keys, n);
+      writeHead(5, n);
+      let ok = true;
+      for (let i = 0; i < n; i++) {
+        const k = keys[i]!;
         const val = o[k];
-        if (val === undefined || !fastValue(k, depth + 1) || !fastValue(val, depth + 1)) return false;
+        if (val === undefined || !fastValue(k, depth + 1) || !fastValue(val, depth + 1)) {
+          ok = false;
+          break;
+        }
       }
-      return true;
+      for (let i = 0; i < n; i++) keys[i] = '';
+      return ok;
     }
     default:
       return false;

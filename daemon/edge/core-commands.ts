@@ -38,9 +38,8 @@ export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now:
     // The schema's result for the payloads clients send: {} or { data: bytes }.
     // The decoded payload itself is that result (a plain object made for this request alone).
     quickParse: (p) => {
-      if (!onlyKeys(p, 'data')) return undefined;
-      if (!('data' in p)) return { data: p as Record<string, never> };
-      return p.data instanceof Uint8Array ? { data: p as { data: Uint8Array<ArrayBuffer> } } : undefined;
+      if (!onlyKeys(p, 'data') || ('data' in p && !(p.data instanceof Uint8Array))) return undefined;
+      return { data: p as { data?: Uint8Array<ArrayBuffer> } };
     },
     // Synchronous: answered in the turn that read it, without a promise per ping.
     handler: (p) => {

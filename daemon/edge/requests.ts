@@ -47,11 +47,15 @@ class InFlight implements CommandContext {
   controller: AbortController | undefined;
   upload: InboundStream | undefined;
   credit: OutboundCredit | undefined;
+  /**
+   * When it times out (ms since the epoch), set when it enters the in-flight table (the turn it
+   * arrived in): a request answered at once never gets one (no clock read, no boxed number).
+   */
+  deadline: number | undefined = undefined;
   constructor(
     private readonly owner: RequestLifecycle,
     readonly id: number,
     readonly command: string,
-    readonly deadline: number,
   ) {}
 
   get conn(): ConnectionInfo {
@@ -140,7 +144,7 @@ export abstract class RequestLifecycle {
       // An upload that was refused still occupies the id until the client sees the error.
       return this.sendError(id, e);
     }
-    const f = new InFlight(this, id, command, Date.now() + this.limits.requestTimeoutMs);
+    const f = new InFlight(this, id, command);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
     // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
     const pending: unknown = spec.handler(valid, f);
@@ -164,6 +168,7 @@ export abstract class RequestLifecycle {
 
   /** Puts `f` in the in-flight table (its id taken, its deadline watched); pauses reading when full. */
   private track(f: InFlight): void {
+    f.deadline = Date.now() + this.limits.requestTimeoutMs;
     const inflight = (this.inflight ??= new Map());
     inflight.set(f.id, f);
     if (inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
@@ -256,8 +261,9 @@ export abstract class RequestLifecycle {
     if (this.closed || !this.inflight) return;
     const now = Date.now();
     for (const f of [...this.inflight.values()]) {
-      if (f.deadline > now) {
-        this.sweepTimer = setTimeout(onSweepTimer, f.deadline - now, this).unref();
+      const deadline = f.deadline!;
+      if (deadline > now) {
+        this.sweepTimer = setTimeout(onSweepTimer, deadline - now, this).unref();
         return;
       }
       this.abortInFlight(f, new CommandError('TIMEOUT', 'the request took too long'));

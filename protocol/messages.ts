@@ -264,11 +264,32 @@ const keyStacks: string[][] = [];
 function fastValue(v: unknown, depth: number): boolean {
   if (wend - pos < 9) return false;
   switch (typeof v) {
-    case 'number':
-      if (!Number.isSafeInteger(v) || Object.is(v, -0)) return false;
-      if ((v as number) >= 0) writeHead(0, v as number);
-      else writeHead(1, -1 - (v as number));
+    case 'number': {
+      const x = v as number;
+      if (!Number.isSafeInteger(x) || (x === 0 && 1 / x < 0)) return false;
+      const major = x >= 0 ? 0 : 1;
+      const u = x >= 0 ? x : -1 - x;
+      if (u < 0x10000) writeHead(major, u);
+      else {
+        // Written here rather than by writeHead: a number passed to a call that is not inlined
+        // is boxed (a heap number per timestamp per answer).
+        const hi = Math.floor(u / TWO_32);
+        const lo = u - hi * TWO_32;
+        if (hi === 0) wbuf[pos++] = (major << 5) | 26;
+        else {
+          wbuf[pos++] = (major << 5) | 27;
+          wbuf[pos++] = hi >>> 24;
+          wbuf[pos++] = (hi >>> 16) & 0xff;
+          wbuf[pos++] = (hi >>> 8) & 0xff;
+          wbuf[pos++] = hi & 0xff;
+        }
+        wbuf[pos++] = lo >>> 24;
+        wbuf[pos++] = (lo >>> 16) & 0xff;
+        wbuf[pos++] = (lo >>> 8) & 0xff;
+        wbuf[pos++] = lo & 0xff;
+      }
       return true;
+    }
     case 'string': {
       const s = v as string;
       if (!isAscii(s) || wend - pos < s.length + 9) return false;

@@ -74,7 +74,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
     return this.bytesIn;
   }
 
-
   /**
    * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
    * Nothing more is read or answered; the socket is ended (FIN after the CLOSE record, so the
@@ -263,13 +262,11 @@ export class Connection extends SessionOutput implements ConnectionIO {
           this.lastActive = Date.now();
           if (!this.closed && !this.loggedIn) this.loginDeadline = this.lastActive + this.limits.loginTimeoutMs;
           continue;
-        case 'message': {
+        case 'message':
           this.onMessage(ev.message);
           // The rest of a version 2 record's messages, without an event object each.
-          let m: Message | undefined;
-          while (!this.closed && (m = this.session.nextQueuedMessage()) !== undefined) this.onMessage(m);
+          for (let m: Message | undefined; !this.closed && (m = this.session.nextQueuedMessage()); ) this.onMessage(m);
           continue;
-        }
         case 'closed':
           this.flush();
           this.socket.end();
@@ -332,7 +329,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
         return this.protocolFailure(new ProtocolError('BAD_MESSAGE', `a client may not send ${m.kind}`));
     }
   }
-
 
   /** @internal */
   onHandshakeTimeout(): void {

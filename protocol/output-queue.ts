@@ -82,14 +82,18 @@ export class OutputQueue {
     const b = (this.batch ??= takeBatchBuffer());
     const at = this.batchBytes + BATCH_LENGTH_LEN;
     const end = Math.min(MAX_RECORD_PLAINTEXT, at + OWN_RECORD_FROM - 1);
-    const stop = encodeResponseInto(b, at, end, id, payload);
-    if (stop < 0) {
-      if (fresh) {
+    let stop = -1;
+    try {
+      stop = encodeResponseInto(b, at, end, id, payload);
+    } finally {
+      // Not written (or a getter of the payload threw): a batch taken for it is given back, so
+      // no empty batch is ever sealed.
+      if (stop < 0 && fresh) {
         this.batch = undefined;
         giveBatchBuffer(b);
       }
-      return false;
     }
+    if (stop < 0) return false;
     const len = stop - at;
     b[at - 2] = len >>> 8;
     b[at - 1] = len & 0xff;

@@ -170,3 +170,25 @@ test('over the daemon: pipelined pings are answered in order with their data; a 
     await td.stop();
   }
 });
+
+test('a payload whose getter throws leaves no empty batch behind', () => {
+  const secret = randomBytes(32);
+  const sealer = new RecordSealer(directionKeys(Buffer.from(secret)));
+  const q = new OutputQueue();
+  q.batching = true;
+  const bad = {
+    get boom(): never {
+      throw new Error('getter');
+    },
+  };
+  Object.defineProperty(bad, 'boom', { enumerable: true });
+  assert.throws(() => q.sealResponse(sealer, 1, bad), /getter/);
+  assert.deepStrictEqual(q.take(), []);
+  // The next answer goes out alone, and the reader opens it.
+  q.sealResponse(sealer, 2, { ok: true });
+  const reader = new RecordReader(directionKeys(Buffer.from(secret)));
+  reader.push(Buffer.concat(q.take()));
+  const r = reader.next();
+  assert.ok(r);
+  assert.deepStrictEqual(splitBatch(r.plaintext).map((m) => decodeMessage(m)), [{ kind: 'response', id: 2, payload: { ok: true }, stream: false }]);
+});

@@ -285,9 +285,11 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     const held = await Promise.all(alive.map((m) => connect({ host: m.host, port: m.port, fingerprint, localAddress: source })));
     const MAX_RETRY = 5; // the default policy's login rule
     /** One failed login at `m` for a club it serves; a club that moved meanwhile (MOVED, UNAVAILABLE) is looked up again. */
+    let last = '';
     const attempt = (m: Member, i: number): Promise<string> =>
       until(`a login answered by ${m.id}`, async () => {
         const club = (await status(m)).clubs.find((c) => c.primary === m.id)?.id;
+        last = club ? `${club}: ` : 'no club served';
         if (!club) return undefined;
         let code: string;
         try {
@@ -300,8 +302,12 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
         } catch {
           code = 'refused';
         }
+        last += code;
         return code === 'MOVED' || code === 'UNAVAILABLE' ? undefined : code;
-      }, 60_000);
+      }, 60_000).catch(async (e: Error) => {
+        const s = await status(m).catch(() => undefined);
+        throw new Error(`${e.message}; last try ${last}; status ${JSON.stringify(s)}; log of ${m.id}: ${m.out.join('').slice(-3000)}`);
+      });
     let answered = 0;
     for (let i = 0; i < 3 * MAX_RETRY; i++) {
       const m = alive[i % 3]!;

@@ -15,6 +15,7 @@ import { keepAnswer } from '../edge/keyed-answer.js';
 import { ACTIONS, AREAS, ROLES, grantSchema, roleTemplate, type Grant } from './rights.js';
 import { Guard, clubField, cursorField, dataError, exportAudit, guard, id, passwordSchema, register, strictObject, usernameSchema } from './command-guard.js';
 import { LARGEST_INT, LONGEST_CURSOR, firstN, fitAnswer, textCursor, textCursorKey } from './answer-fit.js';
+import { MAX_ANSWER_PAYLOAD, cborSize } from '../../protocol/answer-size.js';
 
 // ---- users and rights -----------------------------------------------------------------------
 
@@ -29,9 +30,32 @@ interface RightsInput {
 }
 
 function resolveGrants(i: RightsInput): { role: string | null; grants: Grant[] } {
-  if (i.grants !== undefined) return { role: i.role ?? null, grants: i.grants };
-  if (i.role !== undefined) return { role: i.role, grants: roleTemplate(i.role, i.registers ?? []) };
-  return { role: null, grants: [] };
+  const r = i.grants !== undefined ? { role: i.role ?? null, grants: i.grants } : i.role !== undefined ? { role: i.role, grants: roleTemplate(i.role, i.registers ?? []) } : { role: null, grants: [] };
+  checkGrantsSize(r.grants);
+  return r;
+}
+
+/**
+ * The byte bound of one user's grants (their CBOR size): every answer that carries them
+ * (rights.get, rights.set, auth.whoami) then fits one message with room for the
+ * rest of the answer (tests/rights-bounds.test.ts). 500 grants of 200 registers each would be
+ * about 1 MB; a role template over 200 registers of realistic ids takes a few KiB.
+ */
+export const MAX_GRANTS_BYTES = 32 * 1024;
+
+function checkGrantsSize(grants: readonly Grant[]): void {
+  const n = cborSize(grants);
+  if (n > MAX_GRANTS_BYTES) throw new CommandError('BAD_REQUEST', `these grants take ${n} bytes, more than the ${MAX_GRANTS_BYTES} one user may hold; give fewer grants or registers`);
+}
+
+/**
+ * An answer that carries a user's grants, checked against the answer bound: grants stored before
+ * MAX_GRANTS_BYTES (the store allows 200,000 characters) could exceed one message. Such an answer
+ * is TOO_LARGE with a clear message instead of a message the channel refuses to send.
+ */
+export function boundedRightsAnswer<T extends Record<string, unknown>>(payload: T): { payload: T } {
+  if (cborSize(payload) > MAX_ANSWER_PAYLOAD) throw new CommandError('TOO_LARGE', 'this user holds more grants than one answer can carry; reduce them with rights.set');
+  return { payload };
 }
 
 /** Nobody hands out rights they do not hold club-wide themselves; only administrators make administrators. */
@@ -284,7 +308,7 @@ export function registerRights(d: Dispatcher, services: ClubServices): void {
     if (p.userId !== g.p.user.id) g.needClub('users', 'read');
     const u = getUserById(g.p.db, p.userId);
     if (!u) throw new CommandError('NOT_FOUND', `user ${p.userId} does not exist`);
-    return { payload: { userId: u.id, admin: u.isAdmin, role: u.role, grants: grantsOf(u) } };
+    return boundedRightsAnswer({ userId: u.id, admin: u.isAdmin, role: u.role, grants: grantsOf(u) });
   });
   register(d, 'rights.set', strictObject({ userId: id, role: roleSchema.optional(), registers: registersSchema, grants: z.array(grantSchema).max(500).optional(), admin: z.boolean().optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'rights.set', p);
@@ -300,7 +324,7 @@ export function registerRights(d: Dispatcher, services: ClubServices): void {
       g.p.audit.append({ ...g.p.actor, action: 'rights.set', entity: 'users', recordId: u.id, changes: { role: { old: before.role, new: r.role }, admin: { old: before.admin, new: p.admin ?? before.admin }, grants: { old: before.grants, new: r.grants } } });
       const after = getUserById(g.p.db, u.id)!;
       if (g.has('users', 'read')?.kind !== 'club') return keepAnswer(g.p.db, { payload: { userId: u.id } });
-      return keepAnswer(g.p.db, { payload: { userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) } });
+      return keepAnswer(g.p.db, boundedRightsAnswer({ userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) }));
     }).immediate();
   });
 }

@@ -58,6 +58,13 @@ test('with the largest grants accepted, rights.get, rights.set and auth.whoami f
   await self.call('auth.login', { club, user: USER, password: PASSWORD });
   const who = await self.call('auth.whoami');
   assert.ok(cborSize(who.payload) <= MAX_ANSWER_PAYLOAD, `whoami took ${cborSize(who.payload)} bytes`);
+  // Replacing the largest grants by other largest grants: its change-log entry (old and new) is
+  // read back by log.query, not refused as a single entry too large for an answer.
+  await admin.call('rights.set', { userId, grants: [...largest].reverse() });
+  const seq = (env.storage.openClub(club).db.prepare('SELECT max(seq) AS s FROM audit_log').get() as { s: number }).s;
+  const page = await admin.call('log.query', { afterSeq: seq - 1 });
+  assert.equal(page.payload.entries[0].seq, seq);
+  assert.equal(page.payload.entries[0].action, 'rights.set');
 });
 
 test('grants stored before the bound give TOO_LARGE, not an answer the channel cannot send', async () => {

@@ -37,11 +37,12 @@ function resolveGrants(i: RightsInput): { role: string | null; grants: Grant[] }
 
 /**
  * The byte bound of one user's grants (their CBOR size): every answer that carries them
- * (rights.get, rights.set, auth.whoami) then fits one message with room for the
- * rest of the answer (tests/rights-bounds.test.ts). 500 grants of 200 registers each would be
- * about 1 MB; a role template over 200 registers of realistic ids takes a few KiB.
+ * (rights.get, rights.set, auth.whoami) then fits one message with room for the rest of the
+ * answer, and so does the change-log entry of rights.set (old and new grants) in a log.query
+ * answer (tests/rights-bounds.test.ts). 500 grants of 200 registers each would be about 1 MB;
+ * the largest role template, over 200 registers, takes under 8 KiB even with 9-byte ids.
  */
-export const MAX_GRANTS_BYTES = 32 * 1024;
+export const MAX_GRANTS_BYTES = 16 * 1024;
 
 function checkGrantsSize(grants: readonly Grant[]): void {
   const n = cborSize(grants);

@@ -195,6 +195,16 @@ export class ViolationBoard extends EventEmitter implements SharedViolationCount
   }
 
   private async putAll(ttl: number, items: Array<[string, { kind: string; source: string; times: number[] }]>): Promise<void> {
+    // Counted against maxPublished from before the write: a count in flight may already be in
+    // etcd (another member can see it through its watch) before this write's promise resolves,
+    // and sources marked meanwhile must not take its place under the cap. The lease is granted
+    // after this point and etcd expires leases late rather than early: one second more keeps the
+    // local mark from ending before the key does.
+    const until = this.now() + ttl * 1000 + 1000;
+    for (const [name] of items) {
+      this.published.delete(name);
+      this.published.set(name, until);
+    }
     await this.gw.read('publish violation counts', async () => {
       const lease = this.gw.kv.lease(ttl, { autoKeepAlive: false });
       lease.on('lost', () => undefined);
@@ -211,11 +221,6 @@ export class ViolationBoard extends EventEmitter implements SharedViolationCount
         lease.release();
       }
     });
-    const until = this.now() + ttl * 1000;
-    for (const [name] of items) {
-      this.published.delete(name);
-      this.published.set(name, until);
-    }
   }
 
   private key(name: string): string {

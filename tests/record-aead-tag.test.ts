@@ -10,13 +10,16 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import { recordCipherBackend } from '../crypto/record-cipher.js';
 import { hasCc } from './helpers/keep-temp-shim.js';
 
 const require = createRequire(import.meta.url);
 const NODE_INCLUDE = resolve(process.execPath, '..', '..', 'include', 'node');
+/** The built addon, from dist/tests/ (a computed path, as crypto/record-cipher.ts loads it). */
+const ADDON = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'record_aead.node');
 
 interface Aead {
   create(key: Uint8Array, iv: Uint8Array, encrypt: boolean): object;
@@ -45,7 +48,7 @@ NAPI_MODULE_INIT() {
 const skip = !hasCc ? 'no C compiler' : !existsSync(join(NODE_INCLUDE, 'node_api.h')) ? 'no node headers' : recordCipherBackend().impl !== 'native' ? 'the addon is not built' : false;
 
 test('a foreign External or any other value is a TypeError, never used as a context', { skip }, () => {
-  const aead = require('../../build/Release/record_aead.node') as Aead;
+  const aead = require(ADDON) as Aead;
   const dir = mkdtempSync(join(tmpdir(), 'commusic-foreign-'));
   try {
     writeFileSync(join(dir, 'foreign.c'), FOREIGN);

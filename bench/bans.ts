@@ -4,15 +4,10 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { formatIPv4, formatIPv6 } from '../storage/bans/ban-address.js';
 import { BanStore } from '../storage/bans/ban-store.js';
+import type { LegacyRow } from './row.js';
 
-/** One benchmark figure next to a baseline measured in the same run. */
-export interface Row {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: number;
-  baselineName: string;
-}
+/** One figure next to a baseline measured in the same run (bench/row.ts). */
+type Row = LegacyRow;
 
 const SINGLE_BANS = 10_000;
 const CIDR_BANS = 1_000;

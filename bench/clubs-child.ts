@@ -6,15 +6,11 @@
  * IPC: sends `ready` {port, fingerprint, maxOpen} or `refused` {message}; answers `cpu` with the
  * process CPU time and the cache counters; exits on `exit` or when the parent goes away.
  */
-import { generateIdentity } from '../crypto/identity.js';
-import { registerClubCommands } from '../daemon/club/club-commands.js';
 import { loadConfig } from '../daemon/main/config.js';
-import { Dispatcher } from '../daemon/edge/dispatcher.js';
 import { nullLogger } from '../daemon/common/log.js';
-import { Daemon } from '../daemon/edge/server.js';
 import { planStoreCache, processOpenFileLimit, storeMemoryBudget } from '../daemon/main/store-sizing.js';
-import { ViolationBus } from '../daemon/bans/violations.js';
 import { openStorage } from '../storage/server/storage.js';
+import { startChildDaemon } from './child-daemon.js';
 
 export const CLUBS_BENCH_PASSWORD = 'bench-password-123';
 export const CLUBS_BENCH_ADMIN = 'bench';
@@ -38,20 +34,9 @@ async function main(): Promise<void> {
     return;
   }
   storage.cache.setMaxOpen(plan.maxOpen);
-  const identity = generateIdentity();
-  const dispatcher = new Dispatcher();
-  const bus = new ViolationBus();
   // Hashes in the bench folder use scrypt 2^10; keep them (no rehash at login).
-  registerClubCommands(dispatcher, { storage, violations: bus, identity, passwordLog2N: 10 });
-  const daemon = await Daemon.start({ config, identity, logger: nullLogger(), violations: bus, dispatcher });
-  const stop = async () => {
-    await daemon.stop(0);
-    storage.close();
-    process.exit(0);
-  };
-  process.on('disconnect', () => void stop());
+  const { daemon, identity } = await startChildDaemon({ storage, config, passwordLog2N: 10 });
   process.on('message', (m: { type: string }) => {
-    if (m.type === 'exit') void stop();
     if (m.type === 'cpu') {
       const u = process.cpuUsage();
       process.send!({ type: 'cpu', micros: u.user + u.system, cache: { ...storage.cache.stats, open: storage.cache.size }, rss: process.memoryUsage().rss });

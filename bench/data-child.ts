@@ -9,15 +9,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { generateIdentity } from '../crypto/identity.js';
-import { registerClubCommands } from '../daemon/club/club-commands.js';
 import { loadConfig } from '../daemon/main/config.js';
-import { Dispatcher } from '../daemon/edge/dispatcher.js';
-import { nullLogger } from '../daemon/common/log.js';
-import { Daemon } from '../daemon/edge/server.js';
-import { ViolationBus } from '../daemon/bans/violations.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage } from '../storage/server/storage.js';
+import { startChildDaemon } from './child-daemon.js';
 
 export const BENCH_ADMIN = { user: 'bench', password: 'bench-password-123' };
 
@@ -28,21 +23,9 @@ async function main(): Promise<void> {
   const db = storage.openClub(club).db;
   const ins = db.prepare('INSERT INTO persons (firstName, lastName, city, photoConsent, blocked) VALUES (?, ?, ?, 0, 0) RETURNING id');
   const persons = Array.from({ length: 8 }, (_, i) => (ins.get(`Vorname${i}`, `Nachname${i}`, 'Graz') as { id: number }).id);
-  const identity = generateIdentity();
-  const dispatcher = new Dispatcher();
-  const bus = new ViolationBus();
-  registerClubCommands(dispatcher, { storage, violations: bus, identity });
   const config = loadConfig({ flags: { dataDir: join(dir, 'data'), listen: '127.0.0.1:0' } });
-  const daemon = await Daemon.start({ config, identity, logger: nullLogger(), violations: bus, dispatcher });
-  const stop = async () => {
-    await daemon.stop(0);
-    storage.close();
-    rmSync(dir, { recursive: true, force: true });
-    process.exit(0);
-  };
-  process.on('disconnect', () => void stop());
+  const { daemon, identity } = await startChildDaemon({ storage, config, cleanup: () => rmSync(dir, { recursive: true, force: true }) });
   process.on('message', (m: { type: string }) => {
-    if (m.type === 'exit') void stop();
     if (m.type === 'cpu') {
       const u = process.cpuUsage();
       process.send!({ type: 'cpu', micros: u.user + u.system });

@@ -10,16 +10,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateIdentity } from '../crypto/identity.js';
-import { registerClubCommands } from '../daemon/club/club-commands.js';
 import { loadConfig } from '../daemon/main/config.js';
-import { Dispatcher } from '../daemon/edge/dispatcher.js';
-import { nullLogger } from '../daemon/common/log.js';
-import { Daemon } from '../daemon/edge/server.js';
-import { ViolationBus } from '../daemon/bans/violations.js';
 import { AuditLog } from '../storage/club/audit-log.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage } from '../storage/server/storage.js';
+import { startChildDaemon } from './child-daemon.js';
 
 export const GROWTH_ADMIN = { user: 'bench', password: 'bench-password-123' };
 const INITIALS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ';
@@ -51,19 +46,8 @@ async function main(): Promise<void> {
     }
   }).immediate();
   const sample = (db.prepare(`SELECT ra."personId" AS id FROM register_assignments ra WHERE ra."registerId" = ? ORDER BY ra."personId" LIMIT 8 OFFSET ?`).all(registers[0], Math.floor(n / 20)) as Array<{ id: number }>).map((r) => r.id);
-  const identity = generateIdentity();
-  const dispatcher = new Dispatcher();
-  const bus = new ViolationBus();
-  registerClubCommands(dispatcher, { storage, violations: bus, identity });
   const config = loadConfig({ flags: { dataDir: join(dir, 'data'), listen: '127.0.0.1:0' } });
-  const daemon = await Daemon.start({ config, identity, logger: nullLogger(), violations: bus, dispatcher });
-  const stop = async () => {
-    await daemon.stop(0);
-    storage.close();
-    rmSync(dir, { recursive: true, force: true });
-    process.exit(0);
-  };
-  process.on('disconnect', () => void stop());
+  const { daemon, identity } = await startChildDaemon({ storage, config, cleanup: () => rmSync(dir, { recursive: true, force: true }) });
   process.on('message', (m: { type: string }) => {
     if (m.type === 'cpu') {
       if ((m as { gc?: boolean }).gc && typeof globalThis.gc === 'function') globalThis.gc();

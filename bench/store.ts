@@ -17,14 +17,10 @@ import { createClub } from '../storage/server/provisioning.js';
 import { putDocument, readDocument } from '../storage/club/documents.js';
 import { MIGRATIONS } from '../storage/club/schema.js';
 import { migrate, type Db } from '../storage/engine/sqlcipher.js';
+import type { LegacyRow } from './row.js';
 
-export interface Row {
-  name: string;
-  value: number;
-  unit: string;
-  baseline: number;
-  baselineName: string;
-}
+/** One figure next to a baseline measured in the same run (bench/row.ts). */
+type Row = LegacyRow;
 
 const PERSONS = 20_000;
 const RUN_MS = 1_500;

@@ -35,8 +35,10 @@ export type Message =
   | { kind: 'cancel'; id: number }
   | { kind: 'notice'; event: string; payload: Payload };
 
-const MAX_ERROR_CODE_LEN = 64;
-const MAX_ERROR_MESSAGE_LEN = 512;
+/** Characters (1..64) of an ERROR's code a decoder accepts (PROTOCOL.md 2). */
+export const MAX_ERROR_CODE_LEN = 64;
+/** Characters (0..512) of an ERROR's message a decoder accepts (PROTOCOL.md 2, 6.2). */
+export const MAX_ERROR_MESSAGE_LEN = 512;
 
 function toWire(m: Message): unknown[] {
   switch (m.kind) {

@@ -9,11 +9,10 @@
  * copy of keys/; a manual run on a member that is not the primary is refused naming the primary.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { ClusterNode } from '../cluster/node.js';
+import { describe, test } from 'node:test';
+import type { ClusterNode } from '../cluster/node.js';
 import { generateIdentity, loadIdentity, saveIdentity } from '../crypto/identity.js';
 import { openDestination, type BackupDestination } from '../daemon/backup/backup-destinations.js';
 import { BackupService } from '../daemon/backup/backup-service.js';
@@ -25,7 +24,8 @@ import { archiveTrust, restoreClubArchive, verifyArchive, type OpenKey } from '.
 import { BackupError } from '../storage/backup/backup-errors.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
+import { makeTemplate, newMemberFolder, startNodeServer, stopNodeServers, useEtcdAndFolder } from './helpers/cluster-nodes.js';
 import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
@@ -65,32 +65,27 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
   /** The test's clock for the backup services (the schedule is 02:30 UTC). */
   let clock = new Date();
 
-  before(async () => {
-    etcd = await startEtcdCluster();
-    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-backups-'));
-    shared = join(root, 'archives');
-    mkdirSync(shared, { mode: 0o700 });
-  });
-  after(async () => {
-    for (const s of servers) {
-      await s.svc.close().catch(() => undefined);
-      await s.backups.stop().catch(() => undefined);
-      await s.node.stop().catch(() => undefined);
-      s.storage.close();
-    }
-    await etcd?.stop();
-    rmSync(root, { recursive: true, force: true });
-  });
+  useEtcdAndFolder(
+    'cluster-backups',
+    (e, r) => {
+      etcd = e;
+      root = r;
+      shared = join(root, 'archives');
+      mkdirSync(shared, { mode: 0o700 });
+    },
+    async () => {
+      for (const s of servers) {
+        await s.svc.close().catch(() => undefined);
+        await s.backups.stop().catch(() => undefined);
+      }
+      await stopNodeServers(servers);
+    },
+  );
 
   const start = async (id: string, template: string): Promise<Server> => {
-    const dir = join(root, id);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
     // A new member: the keys/ folder copied (master key, identity key) and an empty server database.
-    cpSync(join(template, 'keys'), join(dir, 'keys'), { recursive: true });
-    cpSync(join(template, 'server.db'), join(dir, 'server.db'));
-    const storage = await openStorage({ dataDir: dir });
-    storage.identity = loadIdentity(dataPaths(dir).identityKey);
-    const node = await ClusterNode.start({ etcd: { endpoints: etcd.endpoints, prefix: 'bk/' }, nodeId: id, address: `127.0.0.${servers.length + 2}:7000`, storage, masterKey: storage.master.key, ttlSec: 4, planEveryMs: 200 });
+    const dir = newMemberFolder(template, join(root, id));
+    const { storage, node } = await startNodeServer({ etcd, id, dir, index: servers.length, prefix: 'bk/', prepare: (st) => void (st.identity = loadIdentity(dataPaths(dir).identityKey)) });
     const dest = recording(id, openDestination({ name: 'shared', kind: 'local', path: shared }, dir));
     const svc = new BackupService({ storage, config: { time: '02:30', timezone: 'UTC', destinations: [{ name: 'shared', kind: 'local', path: shared }] }, destinations: [dest], now: () => clock });
     const backups = await ClusterBackups.start({ node, storage, service: svc, logger: nullLogger(), checkEveryMs: 3_600_000 });
@@ -104,8 +99,7 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
   const openKeyOf = (st: Storage): OpenKey => ({ ...serverOpenKey(st), serverKeyring: (id, club) => archiveKeyFor(st, id, club), trust: archiveTrust(st) });
 
   test('one archive per club by its primary; not repeated; after a move the new primary makes the next one; it opens on another member', async () => {
-    const tmpl = mkdtempSync(join(root, 'tmpl-'));
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const tmpl = await makeTemplate(root);
     saveIdentity(dataPaths(tmpl).identityKey, generateIdentity());
     const [a, b, c] = [await start('bk-a', tmpl), await start('bk-b', tmpl), await start('bk-c', tmpl)];
     const clubs: string[] = [];
@@ -114,11 +108,14 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
       await a!.node.registerClub(id);
       clubs.push(id);
     }
-    for (const club of clubs) await until(`club ${club} served`, () => primaryOf(club));
+    // every club served at one moment (a club may still move while the placement balances)
+    const primaries = await until('every club served', () => {
+      const now = clubs.map((club) => [club, primaryOf(club)?.id] as const);
+      return now.every(([, id]) => id !== undefined) ? new Map(now as Array<readonly [string, string]>) : undefined;
+    });
     // the next day, after the 02:30 run time: every club is due once
     const day = new Date();
     clock = new Date(Date.UTC(day.getUTCFullYear(), day.getUTCMonth(), day.getUTCDate() + 1, 3, 0, 0));
-    const primaries = new Map(clubs.map((club) => [club, primaryOf(club)!.id]));
     await scheduledRunEverywhere();
     for (const club of clubs) {
       const made = puts.filter((p) => p.name.startsWith(`${club}/`));
@@ -172,8 +169,10 @@ describe('cluster backups: once per club, by its primary', { skip: missing }, ()
     const movedClubs = clubs.filter((x) => primaries.get(x) === moved.id);
     await moved.node.drain(moved.id, true);
     await until(`${moved.id} serves no club`, () => (moved.node.served().length === 0 ? true : undefined));
-    for (const x of clubs) await until(`club ${x} served after the drain`, () => primaryOf(x));
-    const newPrimaries = new Map(clubs.map((x) => [x, primaryOf(x)!.id]));
+    const newPrimaries = await until('every club served after the drain', () => {
+      const now = clubs.map((x) => [x, primaryOf(x)?.id] as const);
+      return now.every(([, id]) => id !== undefined) ? new Map(now as Array<readonly [string, string]>) : undefined;
+    });
     for (const x of movedClubs) assert.notEqual(newPrimaries.get(x), moved.id);
     clock = new Date(clock.getTime() + 60 * 60_000);
     await scheduledRunEverywhere();

@@ -13,31 +13,19 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { ClusterClient, parseServerList } from '../client/cluster-client.js';
 import { connect } from '../client/connection.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { etcdMissing, freePort } from './helpers/etcd.js';
-import { BIN, PASSWORD, assertAckedOnce, startDaemonCluster, until, type DaemonCluster, type Member, type Status } from './helpers/cluster-daemons.js';
+import { BIN, PASSWORD, assertAckedOnce, until, useDaemonCluster, type Member } from './helpers/cluster-daemons.js';
 
 const missing = etcdMissing();
 
 describe('three commusicd processes on one etcd', { skip: missing }, () => {
-  let cl: DaemonCluster;
   let members: Member[];
   let fingerprint: string;
-  let root: string;
-  const status = (m: Member): Promise<Status> => cl.status(m);
-  const spawnMember = (m: Omit<Member, 'child' | 'out'>): Member => cl.spawnMember(m);
-
-  before(async () => {
-    cl = await startDaemonCluster();
-    ({ members, fingerprint, root } = cl);
-  });
-
-  after(async () => {
-    await cl?.stop();
-  });
+  const { status, spawnMember } = useDaemonCluster((cl) => ({ members, fingerprint } = cl));
 
   test('kill -9 of a primary: every acknowledged write present once, change log verifies, clubs answer again within 30 s', async (t) => {
     const clubs: string[] = [];

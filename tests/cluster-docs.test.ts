@@ -9,11 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { readPosition } from '../cluster/capture.js';
 import { ClusterError } from '../cluster/errors.js';
 import { ClusterNode } from '../cluster/node.js';
@@ -29,7 +28,8 @@ import { createRecord } from '../storage/club/club-data.js';
 import { deleteDocument, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
+import { makeTemplate, newMemberFolder, useEtcdAndFolder } from './helpers/cluster-nodes.js';
 import { testIdentity } from './helpers/pair.js';
 import { until } from './helpers/until.js';
 
@@ -50,10 +50,7 @@ describe('documents on the standbys', { skip: missing }, () => {
   const crashed = new Set<string>();
 
   const start = async (id: string, host: string, template: string): Promise<Server> => {
-    const dir = join(root, id);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    cpSync(join(template, 'keys'), join(dir, 'keys'), { recursive: true });
-    cpSync(join(template, 'server.db'), join(dir, 'server.db'));
+    const dir = newMemberFolder(template, join(root, id));
     const storage = await openStorage({ dataDir: dir });
     const identity = testIdentity();
     let node: ClusterNode | undefined;
@@ -84,19 +81,17 @@ describe('documents on the standbys', { skip: missing }, () => {
     return s;
   };
 
-  before(async () => {
-    etcd = await startEtcdCluster();
-    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-docs-'));
-  });
-  after(async () => {
-    for (const s of servers) {
-      await s.node.stop().catch(() => undefined);
-      await s.edge.stop(0).catch(() => undefined);
-      s.storage.close();
-    }
-    await etcd?.stop();
-    rmSync(root, { recursive: true, force: true });
-  });
+  useEtcdAndFolder(
+    'cluster-docs',
+    (e, r) => ((etcd = e), (root = r)),
+    async () => {
+      for (const s of servers) {
+        await s.node.stop().catch(() => undefined);
+        await s.edge.stop(0).catch(() => undefined);
+        s.storage.close();
+      }
+    },
+  );
 
   const primaryOf = (club: string, among: Server[]) => among.find((s) => s.node.route(club).kind === 'serve');
   const docFile = (s: Server, club: string, id: number) => (s.storage.openClub(club, { allowSuspended: true }).db.prepare('SELECT file FROM documents WHERE id = ?').get(id) as { file: string } | undefined)?.file;
@@ -122,8 +117,7 @@ describe('documents on the standbys', { skip: missing }, () => {
     });
 
   test('a document stored on the primary reads back with equal content on the new primary after a crash; a deletion reaches the replica', async () => {
-    const tmpl = mkdtempSync(join(root, 'tmpl-'));
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const tmpl = await makeTemplate(root);
     const all = [await start('doc-a', '127.0.0.2', tmpl), await start('doc-b', '127.0.0.3', tmpl), await start('doc-c', '127.0.0.4', tmpl)];
     const { id: club } = await createClub(all[0]!.storage, { name: 'Verein Dokumente', adminUser: 'admin', adminPassword: 'correct horse battery', materialize: false });
     await all[0]!.node.registerClub(club);

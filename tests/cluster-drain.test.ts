@@ -6,32 +6,20 @@
  * once. Every wait ends on a condition; the bounds are for a loaded machine.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { ClusterClient, parseServerList } from '../client/cluster-client.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { etcdMissing, freePort } from './helpers/etcd.js';
-import { PASSWORD, assertAckedOnce, startDaemonCluster, until, type DaemonCluster, type Member, type Status } from './helpers/cluster-daemons.js';
+import { PASSWORD, assertAckedOnce, newMemberFolder, until, useDaemonCluster, type Member } from './helpers/cluster-daemons.js';
 
 const missing = etcdMissing();
 
 describe('adding and draining commusicd processes', { skip: missing }, () => {
-  let cl: DaemonCluster;
   let members: Member[];
   let fingerprint: string;
   let root: string;
-  const status = (m: Member): Promise<Status> => cl.status(m);
-  const spawnMember = (m: Omit<Member, 'child' | 'out'>): Member => cl.spawnMember(m);
-
-  before(async () => {
-    cl = await startDaemonCluster();
-    ({ members, fingerprint, root } = cl);
-  });
-
-  after(async () => {
-    await cl?.stop();
-  });
+  const { status, spawnMember } = useDaemonCluster((cl) => ({ members, fingerprint, root } = cl));
 
   // Its waits end on conditions; the runner's per-file bound (npm test: 120 s) applies as well.
   test('a server added under load receives clubs; a drained server hands every club over and stops; clients see only redirects', async () => {
@@ -61,10 +49,7 @@ describe('adding and draining commusicd processes', { skip: missing }, () => {
     });
     // a fourth server joins with a copy of the keys/ folder
     const host = '127.0.0.5';
-    const dir = join(root, 'm3');
-    mkdirSync(dir, { mode: 0o700 });
-    cpSync(join(root, 'template', 'keys'), join(dir, 'keys'), { recursive: true });
-    cpSync(join(root, 'template', 'server.db'), join(dir, 'server.db'));
+    const dir = newMemberFolder(join(root, 'template'), join(root, 'm3'));
     const added = spawnMember({ id: 'n3', host, port: await freePort(host), dir });
     members.push(added);
     // Bounds below are generous (a loaded machine moves one club a round); each wait ends on its condition.

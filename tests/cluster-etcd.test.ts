@@ -17,19 +17,10 @@ import { listMembers, Membership } from '../cluster/membership.js';
 import { PlacementLeader } from '../cluster/placement.js';
 import { deriveLogKey } from '../crypto/cluster-seal.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
 
-/** Poll `probe` until it returns a value (conditions, not sleeps). */
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('cluster on a real 3-member etcd', { skip: missing }, () => {
   let etcd: EtcdCluster;

@@ -8,73 +8,35 @@
  * redirects) builds on this.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { ClusterError } from '../cluster/errors.js';
-import { ClusterNode } from '../cluster/node.js';
 import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
 import { createRecord } from '../storage/club/club-data.js';
 import { createClub } from '../storage/server/provisioning.js';
-import { openStorage, type Storage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
+import { makeTemplate, newMemberFolder, startNodeServer, stopNodeServers, useEtcdAndFolder, type NodeServer } from './helpers/cluster-nodes.js';
 import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
 
-interface Server {
-  id: string;
-  storage: Storage;
-  node: ClusterNode;
-  dir: string;
-}
-
 describe('cluster nodes on real stores', { skip: missing }, () => {
   let etcd: EtcdCluster;
   let root: string;
-  const servers: Server[] = [];
+  const servers: NodeServer[] = [];
+  useEtcdAndFolder('cluster-node', (e, r) => ((etcd = e), (root = r)), () => stopNodeServers(servers));
 
-  const start = async (id: string, template: string, prefix: string): Promise<Server> => {
-    const dir = join(root, id);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    // A new server: its configuration plus the keys/ folder (and an empty server database).
-    cpSync(join(template, 'keys'), join(dir, 'keys'), { recursive: true });
-    cpSync(join(template, 'server.db'), join(dir, 'server.db'));
-    const storage = await openStorage({ dataDir: dir });
-    const node = await ClusterNode.start({
-      etcd: { endpoints: etcd.endpoints, prefix },
-      nodeId: id,
-      address: `127.0.0.${servers.length + 2}:7000`,
-      storage,
-      masterKey: storage.master.key,
-      // three servers share this one process (and the loaded test machine): a longer lease than the
-      // daemon's default keeps keepalives from lapsing behind the others' synchronous work
-      ttlSec: 4,
-      planEveryMs: 200,
-    });
-    const s = { id, storage, node, dir };
+  /** A new server: its configuration plus the keys/ folder (and an empty server database). */
+  const start = async (id: string, template: string, prefix: string): Promise<NodeServer> => {
+    const s = await startNodeServer({ etcd, id, dir: newMemberFolder(template, join(root, id)), index: servers.length, prefix });
     servers.push(s);
     return s;
   };
 
-  before(async () => {
-    etcd = await startEtcdCluster();
-    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-node-'));
-  });
-  after(async () => {
-    for (const s of servers) {
-      await s.node.stop().catch(() => undefined);
-      s.storage.close();
-    }
-    await etcd?.stop();
-    rmSync(root, { recursive: true, force: true });
-  });
-
-  const primaryOf = (club: string, among: Server[]) => among.find((s) => s.node.route(club).kind === 'serve');
+  const primaryOf = (club: string, among: NodeServer[]) => among.find((s) => s.node.route(club).kind === 'serve');
 
   /** One write as the daemon does it: the transaction, then the output gate. */
-  const write = async (s: Server, club: string, tag: string): Promise<void> => {
+  const write = async (s: NodeServer, club: string, tag: string): Promise<void> => {
     const db = s.storage.openClub(club).db;
     const audit = new AuditLog(db, club);
     createRecord(db, 'persons', { firstName: tag, lastName: 'T' }, { scope: { kind: 'all' }, audit, actor: { user: 'admin', ip: '127.0.0.1', session: null } });
@@ -82,8 +44,7 @@ describe('cluster nodes on real stores', { skip: missing }, () => {
   };
 
   test('a crashed primary: its clubs are served again by their standbys with every acknowledged write, once', async (t) => {
-    const tmpl = mkdtempSync(join(root, 'tmpl-'));
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const tmpl = await makeTemplate(root);
     const [a, b, c] = [await start('node-a', tmpl, 't1/'), await start('node-b', tmpl, 't1/'), await start('node-c', tmpl, 't1/')];
     const all = [a!, b!, c!];
     const clubs: string[] = [];
@@ -158,8 +119,7 @@ describe('cluster nodes on real stores', { skip: missing }, () => {
   });
 
   test('a server added under load catches up and receives clubs; a drained server hands every club over with none lost', async () => {
-    const tmpl = mkdtempSync(join(root, 'tmpl-'));
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const tmpl = await makeTemplate(root);
     const a = await start('node-d', tmpl, 't2/');
     const b = await start('node-e', tmpl, 't2/');
     const all = [a, b];

@@ -6,27 +6,19 @@
  * rotation) is refused with the primary named.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { ClusterNode } from '../cluster/node.js';
+import { before, describe, test } from 'node:test';
+import type { ClusterNode } from '../cluster/node.js';
 import { buildOperations, type OpsContext } from '../daemon/ops/ops.js';
-import { openStorage, type Storage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import type { Storage } from '../storage/server/storage.js';
+import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
+import { makeTemplate, newMemberFolder, startNodeServer, stopNodeServers, useEtcdAndFolder } from './helpers/cluster-nodes.js';
+import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
-
-/** Polls a condition (20 ms growing to 200 ms) until it holds; the bound is far above what it needs. */
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (let pause = 20; ; pause = Math.min(pause * 2, 200)) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, pause));
-  }
-}
+/** The bound of each wait (far above what it needs) and its pause, 20 ms growing to 200 ms. */
+const WAIT_MS = 60_000;
+const SLOW_POLL = { maxPauseMs: 200 };
 
 interface Member {
   id: string;
@@ -42,33 +34,20 @@ describe('operator writes on a cluster member', { skip: missing, timeout: 300_00
   const ops = buildOperations<OpsContext>();
   let club: string;
 
+  useEtcdAndFolder('cluster-ops', (e, r) => ((etcd = e), (root = r)), () => stopNodeServers(members));
+
   before(async () => {
-    etcd = await startEtcdCluster();
-    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-ops-'));
-    const tmpl = join(root, 'tmpl');
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const tmpl = await makeTemplate(root);
     for (const id of ['op-a', 'op-b']) {
-      const dir = join(root, id);
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      cpSync(join(tmpl, 'keys'), join(dir, 'keys'), { recursive: true });
-      cpSync(join(tmpl, 'server.db'), join(dir, 'server.db'));
-      const storage = await openStorage({ dataDir: dir });
-      const node = await ClusterNode.start({ etcd: { endpoints: etcd.endpoints, prefix: 'ops/' }, nodeId: id, address: `127.0.0.${members.length + 2}:7000`, storage, masterKey: storage.master.key, ttlSec: 4, planEveryMs: 200 });
+      const dir = newMemberFolder(tmpl, join(root, id));
+      const { storage, node } = await startNodeServer({ etcd, id, dir, index: members.length, prefix: 'ops/' });
       const ctx: OpsContext = { dataDir: dir, storage: async () => storage, bans: () => Promise.reject(new Error('not used')), cluster: () => node };
       members.push({ id, storage, node, ctx });
     }
     club = ((await ops.run(members[0]!.ctx, 'club.create', { name: 'MV Operator', admin: 'admin', password: 'correct horse battery' })) as { id: string }).id;
-    await until('the club served', () => (members.some((m) => m.node.route(club).kind === 'serve') ? true : undefined));
+    await until('the club served', () => (members.some((m) => m.node.route(club).kind === 'serve') ? true : undefined), WAIT_MS, SLOW_POLL);
   });
 
-  after(async () => {
-    for (const m of members) {
-      await m.node.stop().catch(() => undefined);
-      m.storage.close();
-    }
-    await etcd?.stop();
-    if (root) rmSync(root, { recursive: true, force: true });
-  });
 
   const roles = () => {
     const primary = members.find((m) => m.node.route(club).kind === 'serve')!;
@@ -78,18 +57,18 @@ describe('operator writes on a cluster member', { skip: missing, timeout: 300_00
   test('club suspend, resume and backup set-mail on the non-primary member reach the primary', async () => {
     const { primary, other } = roles();
     await ops.run(other.ctx, 'club.suspend', { id: club });
-    await until('the primary sees the club suspended', () => (primary.storage.server.mustGetClub(club).status === 'suspended' ? true : undefined));
+    await until('the primary sees the club suspended', () => (primary.storage.server.mustGetClub(club).status === 'suspended' ? true : undefined), WAIT_MS, SLOW_POLL);
     await ops.run(other.ctx, 'club.resume', { id: club });
-    await until('the primary sees the club active', () => (primary.storage.server.mustGetClub(club).status === 'active' ? true : undefined));
+    await until('the primary sees the club active', () => (primary.storage.server.mustGetClub(club).status === 'active' ? true : undefined), WAIT_MS, SLOW_POLL);
     await ops.run(other.ctx, 'backup.set-mail', { club, emails: ['kassier@example.org'] });
-    await until('the primary has the mail address', () => (JSON.stringify((primary.storage.server.mustGetClub(club).settings as { backup?: { emails?: string[] } }).backup?.emails) === '["kassier@example.org"]' ? true : undefined));
+    await until('the primary has the mail address', () => (JSON.stringify((primary.storage.server.mustGetClub(club).settings as { backup?: { emails?: string[] } }).backup?.emails) === '["kassier@example.org"]' ? true : undefined), WAIT_MS, SLOW_POLL);
   });
 
   test('club create-bulk on a member registers the clubs with the cluster', async () => {
     const { other } = roles();
     const made = (await ops.run(other.ctx, 'club.create-bulk', { clubs: [{ name: 'Chor Bulk 1', admin: 'admin' }, { name: 'Chor Bulk 2', admin: 'admin' }] })) as Array<{ id: string }>;
     for (const { id } of made) {
-      await until(`bulk club ${id} known to every member and served`, () => (members.every((m) => m.storage.server.getClub(id)) && members.some((m) => m.node.route(id).kind === 'serve') ? true : undefined));
+      await until(`bulk club ${id} known to every member and served`, () => (members.every((m) => m.storage.server.getClub(id)) && members.some((m) => m.node.route(id).kind === 'serve') ? true : undefined), WAIT_MS, SLOW_POLL);
     }
   });
 

@@ -10,56 +10,31 @@
  *   once, no stray row), the change log verifies, and the other server's replica equals it.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { isNotServedWrite } from '../cluster/capture.js';
 import { ClusterError } from '../cluster/errors.js';
-import { ClusterNode } from '../cluster/node.js';
 import { AuditLog, verifyAuditLog } from '../storage/club/audit-log.js';
 import { signTranscript, verifyTranscript } from '../crypto/identity.js';
 import { testIdentity } from './helpers/pair.js';
 import { createRecord } from '../storage/club/club-data.js';
 import { createClub } from '../storage/server/provisioning.js';
-import { openStorage, type Storage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
+import { makeTemplate, newMemberFolder, startNodeServer, stopNodeServers, useEtcdAndFolder, type NodeServer } from './helpers/cluster-nodes.js';
 import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
 
-interface Server {
-  id: string;
-  storage: Storage;
-  node: ClusterNode;
-}
+type Server = NodeServer;
 
 describe('a write racing a handover', { skip: missing }, () => {
   let etcd: EtcdCluster;
   let root: string;
   const servers: Server[] = [];
-
-  before(async () => {
-    etcd = await startEtcdCluster();
-    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-stray-'));
-  });
-  after(async () => {
-    for (const s of servers) {
-      await s.node.stop().catch(() => undefined);
-      s.storage.close();
-    }
-    await etcd?.stop();
-    rmSync(root, { recursive: true, force: true });
-  });
+  useEtcdAndFolder('cluster-stray', (e, r) => ((etcd = e), (root = r)), () => stopNodeServers(servers));
 
   const start = async (id: string, template: string): Promise<Server> => {
-    const dir = join(root, id);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    cpSync(join(template, 'keys'), join(dir, 'keys'), { recursive: true });
-    cpSync(join(template, 'server.db'), join(dir, 'server.db'));
-    const storage = await openStorage({ dataDir: dir });
-    const node = await ClusterNode.start({ etcd: { endpoints: etcd.endpoints, prefix: 'stray/' }, nodeId: id, address: `127.0.0.${servers.length + 2}:7000`, storage, masterKey: storage.master.key, ttlSec: 4, planEveryMs: 200 });
-    const s = { id, storage, node };
+    const s = await startNodeServer({ etcd, id, dir: newMemberFolder(template, join(root, id)), index: servers.length, prefix: 'stray/' });
     servers.push(s);
     return s;
   };
@@ -83,8 +58,7 @@ describe('a write racing a handover', { skip: missing }, () => {
   };
 
   test('a late write on the old primary is refused; a stray row that got in is dropped by a rebuild when it takes over again', async () => {
-    const tmpl = mkdtempSync(join(root, 'tmpl-'));
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
+    const tmpl = await makeTemplate(root);
     const a = await start('node-s1', tmpl);
     await start('node-s2', tmpl);
     const { id: club } = await createClub(a.storage, { name: 'Verein S', adminUser: 'admin', adminPassword: 'correct horse battery', materialize: false });

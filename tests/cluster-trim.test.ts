@@ -13,17 +13,16 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { logKeyOf } from '../cluster/club-roles.js';
 import { readHead } from '../cluster/club-log.js';
 import { ClusterError } from '../cluster/errors.js';
 import { headKey, logKey, ownerKey, posKey } from '../cluster/keys.js';
 import { firstLogSeq, trimRange } from '../cluster/log-trim.js';
-import { ClusterNode, type ClusterNodeOptions } from '../cluster/node.js';
+import type { ClusterNodeOptions } from '../cluster/node.js';
 import { registryKey } from '../cluster/registry.js';
 import { installSnapshot, serveSnapshot } from '../cluster/snapshot.js';
 import { clubPageKey } from '../crypto/wrap.js';
@@ -33,8 +32,9 @@ import { putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { clubDir } from '../storage/club/club-store.js';
 import { openEncrypted, type Db } from '../storage/engine/sqlcipher.js';
 import { createClub } from '../storage/server/provisioning.js';
-import { openStorage, type Storage } from '../storage/server/storage.js';
-import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import type { Storage } from '../storage/server/storage.js';
+import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
+import { makeTemplate, newMemberFolder, startNodeServer, stopNodeServers, useEtcdAndFolder, type NodeServer } from './helpers/cluster-nodes.js';
 import { createPeerHub, payloadBytes, payloadOf, type PeerHub } from './helpers/peer-fake.js';
 import { until } from './helpers/until.js';
 
@@ -57,12 +57,7 @@ describe('trim range (pure)', () => {
   });
 });
 
-interface Server {
-  id: string;
-  storage: Storage;
-  node: ClusterNode;
-  dir: string;
-}
+type Server = NodeServer;
 
 interface Event {
   node: string;
@@ -82,59 +77,23 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
   });
   const installed = (node: string, club: string) => events.filter((e) => e.node === node && e.event === 'cluster.snapshot.installed' && e.clubId === club).length;
 
-  const template = async (): Promise<string> => {
-    const tmpl = mkdtempSync(join(root, 'tmpl-'));
-    (await openStorage({ dataDir: tmpl, create: true, scryptLog2N: 10 })).close();
-    return tmpl;
-  };
+  const template = (): Promise<string> => makeTemplate(root);
 
   /** A server: the template's keys and server database (a new server), or an existing storage (a restart). */
   const start = async (id: string, tmpl: string, prefix: string, hub: PeerHub, extra: Partial<ClusterNodeOptions> = {}, existing?: Storage): Promise<Server> => {
-    const dir = join(root, id);
-    let storage = existing;
-    if (!storage) {
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      cpSync(join(tmpl, 'keys'), join(dir, 'keys'), { recursive: true });
-      cpSync(join(tmpl, 'server.db'), join(dir, 'server.db'));
-      storage = await openStorage({ dataDir: dir });
-    }
-    const node = await ClusterNode.start({
-      etcd: { endpoints: etcd.endpoints, prefix },
-      nodeId: id,
-      address: `127.0.0.${live.length + 2}:7000`,
-      storage,
-      masterKey: storage.master.key,
-      ttlSec: 4,
-      planEveryMs: 200,
-      peers: hub.transport(id),
-      logKeepEntries: 5,
-      trimEveryMs: 150,
-      publishEveryMs: 50,
-      logger: logger(id),
-      ...extra,
-    });
-    const s = { id, storage, node, dir };
+    const dir = existing ? join(root, id) : newMemberFolder(tmpl, join(root, id));
+    const options = { peers: hub.transport(id), logKeepEntries: 5, trimEveryMs: 150, publishEveryMs: 50, logger: logger(id), ...extra };
+    const s = await startNodeServer({ etcd, id, dir, index: live.length, prefix, options, ...(existing ? { storage: existing } : {}) });
     live.push(s);
     return s;
   };
 
   const stopAll = async () => {
-    for (const s of live) {
-      await s.node.stop().catch(() => undefined);
-      s.storage.close();
-    }
+    await stopNodeServers(live);
     live = [];
   };
 
-  before(async () => {
-    etcd = await startEtcdCluster();
-    root = mkdtempSync(join(tmpdir(), 'commusic-cluster-trim-'));
-  });
-  after(async () => {
-    await stopAll();
-    await etcd?.stop();
-    rmSync(root, { recursive: true, force: true });
-  });
+  useEtcdAndFolder('cluster-trim', (e, r) => ((etcd = e), (root = r)), stopAll);
 
   const primaryOf = (club: string, among: Server[]) => among.find((s) => s.node.route(club).kind === 'serve');
 
@@ -217,7 +176,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     assert.ok(hub.pulls.some((p) => p.from === 'trim-c' && p.kind === 'snapshot' && p.served));
     // more writes reach it through the log's tail
     await writeN(club, [a, b, c], 10, 'x', acked);
-    const p = primaryOf(club, [a, b, c])!;
+    const p = await until('the club served', () => primaryOf(club, [a, b, c]));
     await until('the new standby follows the tail', () => (replicaSeq(c, club) === replicaSeq(p, club) && c.node.lagOf(club) === 0 ? true : undefined));
     if (p !== c) {
       assert.deepEqual(dump(c.storage.openClub(club, { allowSuspended: true }).db), dump(p.storage.openClub(club).db));
@@ -244,7 +203,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     await until('club served', () => primaryOf(club, [a, b]));
     const acked: string[] = [];
     await writeN(club, [a, b], 20, 'w', acked);
-    const p = primaryOf(club, [a, b])!;
+    const p = await until('the club served', () => primaryOf(club, [a, b]));
     const s = p === a ? b : a;
     const gw = p.node.gw;
     const published = async () => {
@@ -295,7 +254,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     const acked: string[] = [];
     await writeN(club, [a, b], 12, 'w', acked);
     await writeN(other, [a, b], 3, 'o', []);
-    const p = primaryOf(club, [a, b])!;
+    const p = await until('the club served', () => primaryOf(club, [a, b]));
     const s = p === a ? b : a;
     await until('standby caught up', async () => (replicaSeq(s, club) === (await readHead(p.node.gw, club)).seq ? true : undefined));
     const genuine = (await serveSnapshot(p.storage, club))!;

@@ -20,18 +20,10 @@ import { BanEngine } from '../daemon/bans/ban-engine.js';
 import { DEFAULT_BAN_POLICY, sourceKey } from '../daemon/bans/ban-policy.js';
 import { BanStore } from '../storage/bans/ban-store.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
+import { until } from './helpers/until.js';
 
 const missing = etcdMissing();
 
-async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 interface Member {
   gw: EtcdGateway;

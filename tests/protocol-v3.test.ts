@@ -80,7 +80,7 @@ test('version 3: the vectors follow sections 3.5 and 4.1 as written, re-derived 
   // Key schedule 4.1.
   const fh = createHash('sha256').update(ch).update(sh).update(h(v.signature!)).digest();
   assert.equal(fh.toString('hex'), v.finished_hash);
-  const block = Buffer.from(hkdfSync('sha256', h(v.shared_secret!), fh, Buffer.from('CMSP v3 key block', 'ascii'), 216));
+  const block = Buffer.from(hkdfSync('sha256', h(v.shared_secret!), fh, Buffer.from('CMSP v3 key block', 'ascii'), 248));
   const c2s = block.subarray(0, 32);
   assert.equal(c2s.toString('hex'), v.c2s_traffic_secret);
   assert.equal(block.subarray(32, 64).toString('hex'), v.s2c_traffic_secret);
@@ -90,6 +90,16 @@ test('version 3: the vectors follow sections 3.5 and 4.1 as written, re-derived 
   assert.equal(block.subarray(140, 152).toString('hex'), v.s2c_iv);
   assert.equal(block.subarray(152, 184).toString('hex'), v.client_finished);
   assert.equal(block.subarray(184, 216).toString('hex'), v.server_finished);
+  assert.equal(block.subarray(216, 248).toString('hex'), v.exporter);
+  // HKDF-Expand's blocks do not depend on L: a 216-byte block is the same first 216 bytes.
+  assert.deepEqual(Buffer.from(hkdfSync('sha256', h(v.shared_secret!), fh, Buffer.from('CMSP v3 key block', 'ascii'), 216)), block.subarray(0, 216));
+  // Section 6.6: the membership proof of peer.auth on this session, both directions.
+  const peerKey = Buffer.from(hkdfSync('sha256', h(inp.masterKey), Buffer.from('commusic-cluster'), Buffer.from('commusic/cluster/peer-auth/v1'), 32));
+  assert.equal(peerKey.toString('hex'), v.peer_key);
+  const proof = (role: string, from: string, to: string) =>
+    createHmac('sha256', peerKey).update(Buffer.concat([Buffer.from(`commusic peer auth v1\0${role}\0${from}\0${to}\0`, 'ascii'), block.subarray(216, 248)])).digest('hex');
+  assert.equal(proof('client', inp.peerFrom, inp.peerTo), v.peer_proof_client);
+  assert.equal(proof('server', inp.peerTo, inp.peerFrom), v.peer_proof_server);
   const next = expand(c2s, 'CMSP v3 key update', 32);
   assert.equal(next.toString('hex'), v.c2s_traffic_secret_after_key_update);
   const nextKeyIv = expand(next, 'CMSP v3 key iv', 44);

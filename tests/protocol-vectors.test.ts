@@ -32,6 +32,8 @@ test('the vectors follow the key schedule as docs/PROTOCOL.md writes it', () => 
   assert.equal(hk(c2s, Buffer.alloc(0), 'CMSP v1 iv', 12).toString('hex'), v.c2s_iv);
   const cfk = hk(master, Buffer.alloc(0), 'CMSP v1 c2s finished', 32);
   assert.equal(createHmac('sha256', cfk).update(fh).digest('hex'), v.client_finished);
+  // The exporter (section 4): never sent, what the cluster's membership proof binds to (6.6).
+  assert.equal(hk(master, Buffer.alloc(0), 'CMSP v1 exporter', 32).toString('hex'), v.exporter);
   const next = hk(c2s, Buffer.alloc(0), 'CMSP v1 key update', 32);
   assert.equal(next.toString('hex'), v.c2s_traffic_secret_after_key_update);
   // The ping record: header as AAD, nonce = iv XOR seq (seq 1: the Finished was record 0).
@@ -74,6 +76,10 @@ test('version 2: the hello carries the range 1..2 and the choice 2; the records 
   assert.equal(ch.readUInt16BE(9), 2, 'max_version');
   assert.equal(h(v.server_hello_signed_part!).readUInt16BE(3), 2, 'version chosen');
   assert.notEqual(v.transcript_hash, file.outputs.transcript_hash, 'the version is in the transcript');
+  const th = createHash('sha256').update(h(v.client_hello!)).update(h(v.server_hello_signed_part!)).digest();
+  const master = Buffer.from(hkdfSync('sha256', h(v.shared_secret!), th, Buffer.from('CMSP v1 master'), 32));
+  assert.equal(Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), Buffer.from('CMSP v1 exporter'), 32)).toString('hex'), v.exporter);
+  assert.notEqual(v.exporter, file.outputs.exporter, 'the exporter is bound to the transcript');
   const open = (recHex: string, seq: number) => {
     const rec = h(recHex);
     const nonce = h(v.c2s_iv!);

@@ -2,26 +2,30 @@
  * Errors a command handler may raise. `code` travels to the client in an ERROR message; the
  * message is a short sentence meant for the user, never a stack trace or internal detail.
  */
-export type WireErrorCode =
-  | 'BAD_REQUEST'
-  | 'UNKNOWN_COMMAND'
-  | 'UNEXPECTED_STREAM'
-  | 'STREAM_REQUIRED'
-  | 'DUPLICATE_ID'
-  | 'BUSY'
-  | 'TOO_LARGE'
-  | 'TIMEOUT'
-  | 'CANCELLED'
-  | 'SHUTTING_DOWN'
-  | 'UNAUTHENTICATED'
-  | 'FORBIDDEN'
-  | 'NOT_FOUND'
-  | 'CONFLICT'
-  /** Several servers (PROTOCOL.md): the club is served by the server whose HOST:PORT starts the message. */
-  | 'MOVED'
+export const WIRE_ERROR_CODES = [
+  'BAD_REQUEST',
+  'UNKNOWN_COMMAND',
+  'UNEXPECTED_STREAM',
+  'STREAM_REQUIRED',
+  'DUPLICATE_ID',
+  'BUSY',
+  'TOO_LARGE',
+  'TIMEOUT',
+  'CANCELLED',
+  'SHUTTING_DOWN',
+  'UNAUTHENTICATED',
+  'FORBIDDEN',
+  'NOT_FOUND',
+  'CONFLICT',
+  /** Several servers (PROTOCOL.md 6.5): the club is served by the server whose HOST:PORT starts the message. */
+  'MOVED',
   /** Several servers: no server serves the club right now (takeover under way); retry shortly. */
-  | 'UNAVAILABLE'
-  | 'INTERNAL';
+  'UNAVAILABLE',
+  'INTERNAL',
+] as const;
+
+/** Every code an ERROR message of this server carries (PROTOCOL.md 6.2 lists each). */
+export type WireErrorCode = (typeof WIRE_ERROR_CODES)[number];
 
 export class CommandError extends Error {
   override readonly name = 'CommandError';

@@ -5,9 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { ClusterClient } from '../../client/cluster-client.js';
 import { generateIdentity, saveIdentity } from '../../crypto/identity.js';
@@ -16,6 +17,10 @@ import { runOperation } from '../../daemon/ops/offline.js';
 import { openStorage } from '../../storage/server/storage.js';
 import { freePort, startEtcdCluster, type EtcdCluster } from './etcd.js';
 import { reapWithThisProcess } from './reaper.js';
+import { until as untilCondition } from './until.js';
+import { newMemberFolder } from './cluster-nodes.js';
+
+export { newMemberFolder };
 
 export const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin');
 export const PASSWORD = 'Admin-Password-123';
@@ -37,21 +42,10 @@ export async function assertAckedOnce(client: ClusterClient, club: string, acked
   for (const tag of acked) assert.ok(names.includes(tag), `club ${club}: acknowledged ${tag} missing`);
 }
 
-/**
- * Waits for a condition: polls `probe` (25 ms apart, growing to 250 ms so a loaded machine is not
- * flooded with status calls) until it gives a value; fails after `timeoutMs`, a bound far above
- * what the condition needs, not a timing assertion.
- */
-export async function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (let pause = 25; ; pause = Math.min(pause * 2, 250)) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, pause));
-  }
+/** until() of tests/helpers/until.ts, its pause growing from 25 to 250 ms (status calls spawn nothing but cost a control-socket round trip each). */
+export function until<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
+  return untilCondition(what, probe, timeoutMs, { pauseMs: 25, maxPauseMs: 250 });
 }
-
 
 export interface Member {
   id: string;
@@ -76,6 +70,23 @@ export interface DaemonCluster {
   spawnMember(m: Omit<Member, 'child' | 'out'>): Member;
   status(m: Member): Promise<Status>;
   stop(): Promise<void>;
+}
+
+/**
+ * The set-up of a describe block that runs on one cluster: started in before() and handed to
+ * `started` (which keeps what the tests use), stopped in after(). Returns the cluster's status()
+ * and spawnMember(), usable once before() ran.
+ */
+export function useDaemonCluster(started: (cl: DaemonCluster) => void): Pick<DaemonCluster, 'status' | 'spawnMember'> {
+  let cl: DaemonCluster | undefined;
+  before(async () => {
+    cl = await startDaemonCluster();
+    started(cl);
+  });
+  after(async () => {
+    await cl?.stop();
+  });
+  return { status: (m) => cl!.status(m), spawnMember: (m) => cl!.spawnMember(m) };
 }
 
 /** Starts etcd and three members, and waits until each sees all three. */
@@ -114,10 +125,7 @@ export async function startDaemonCluster(): Promise<DaemonCluster> {
   saveIdentity(dataPaths(tmpl).identityKey, identity);
   for (let i = 0; i < 3; i++) {
     const host = `127.0.0.${i + 2}`;
-    const dir = join(root, `m${i}`);
-    mkdirSync(dir, { mode: 0o700 });
-    cpSync(join(tmpl, 'keys'), join(dir, 'keys'), { recursive: true });
-    cpSync(join(tmpl, 'server.db'), join(dir, 'server.db'));
+    const dir = newMemberFolder(tmpl, join(root, `m${i}`));
     members.push(spawnMember({ id: `n${i}`, host, port: await freePort(host), dir }));
   }
   const c: DaemonCluster = { etcd, root, fingerprint: identity.fingerprint, members, spawnMember, status, stop };

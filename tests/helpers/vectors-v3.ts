@@ -5,9 +5,10 @@ import { ClientSession, pinFingerprint } from '../../protocol/client-session.js'
 import { PROTOCOL_VERSION_3, CREDENTIAL_SCHEME_ED25519, SERVER_HELLO_V3_SIGNED_LEN } from '../../protocol/constants.js';
 import { credentialSignatureInput, encodeCredential, type ServerCredential } from '../../protocol/credential.js';
 import { deriveSessionSecretsV3, directionKeysV3, nextDirectionKeys, signatureInputV3, transcriptHash } from '../../protocol/key-schedule.js';
-import { encodeMessage } from '../../protocol/messages.js';
 import { ServerSession } from '../../protocol/server-session.js';
-import { VECTOR_FILE, type VectorInputs, type Vectors } from './vectors.js';
+import { derivePeerAuthKey } from '../../crypto/cluster-seal.js';
+import { peerProof } from '../../cluster/peer-auth.js';
+import { sessionVectors, VECTOR_FILE, type VectorInputs, type Vectors } from './vectors.js';
 
 /**
  * Version 3 test vectors (docs/PROTOCOL.md 10.2): the identity key, randoms and ephemeral keys
@@ -22,6 +23,10 @@ export interface VectorInputsV3 extends Omit<VectorInputs, 'signature'> {
   /** The client's clock during the handshake (ms since the epoch, decimal). */
   clientTime: string;
   credentialSignature: string;
+  /** Section 6.6: a master key (32 bytes, hex) and two node ids for the membership proof vectors. */
+  masterKey: string;
+  peerFrom: string;
+  peerTo: string;
 }
 
 export const VECTOR_FILE_V3 = new URL('../../../tests/vectors/protocol-v3.json', import.meta.url);
@@ -70,6 +75,9 @@ export function computeVectorsV3(inp: VectorInputsV3): Vectors {
   const est = client.nextEvent();
   if (est.type !== 'established' || est.version !== 3) throw new Error(`vector client did not establish version 3: ${JSON.stringify(est)}`);
   const clientFinishedRecord = Buffer.concat(client.takeOutput());
+  if (!client.channelBinding?.equals(s.exporter)) throw new Error('client exporter differs from the key schedule');
+  if (!server.channelBinding?.equals(s.exporter)) throw new Error('server exporter differs from the key schedule');
+  const peerKey = derivePeerAuthKey(Buffer.from(inp.masterKey, 'hex'));
   const ping = { kind: 'request', id: 1, command: 'ping', payload: {}, stream: false } as const;
   client.sendMessage(ping);
   const clientPingRecord = Buffer.concat(client.takeOutput());
@@ -85,22 +93,11 @@ export function computeVectorsV3(inp: VectorInputsV3): Vectors {
     signature_input: hex(signatureInputV3(th)),
     signature: hex(signature),
     shared_secret: hex(shared),
-    finished_hash: hex(s.finishedHash),
-    c2s_traffic_secret: hex(s.clientToServer.secret),
-    c2s_key: hex(s.clientToServer.key.export()),
-    c2s_iv: hex(s.clientToServer.iv),
-    s2c_traffic_secret: hex(s.serverToClient.secret),
-    s2c_key: hex(s.serverToClient.key.export()),
-    s2c_iv: hex(s.serverToClient.iv),
-    client_finished: hex(s.clientFinished),
-    server_finished: hex(s.serverFinished),
-    server_finished_record: hex(serverFinishedRecord),
-    client_finished_record: hex(clientFinishedRecord),
-    ping_request_cbor: hex(encodeMessage(ping)),
-    client_ping_record: hex(clientPingRecord),
-    c2s_traffic_secret_after_key_update: hex(c2sUpdated.secret),
-    c2s_key_after_key_update: hex(c2sUpdated.key.export()),
-    c2s_iv_after_key_update: hex(c2sUpdated.iv),
+    ...sessionVectors(s, { serverFinishedRecord, clientFinishedRecord, ping, clientPingRecord, c2sUpdated }),
+    // Section 6.6 on this session: peer.auth's proof from peerFrom and the answer from peerTo.
+    peer_key: hex(peerKey),
+    peer_proof_client: hex(peerProof(peerKey, 'client', inp.peerFrom, inp.peerTo, s.exporter)),
+    peer_proof_server: hex(peerProof(peerKey, 'server', inp.peerTo, inp.peerFrom, s.exporter)),
   };
 }
 
@@ -121,6 +118,9 @@ if (process.argv[1]?.endsWith('vectors-v3.js') && process.argv.includes('--write
     validFrom: '1764486000000', // 2025-11-30T07:00:00Z
     validUntil: '1764500400000', // 4 hours later
     clientTime: '1764489600000', // 08:00:00Z
+    masterKey: 'a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf',
+    peerFrom: 'node-a',
+    peerTo: 'node-b',
   };
   const key = credentialKeyFromPrivate(Buffer.from(partial.credentialPrivate, 'hex'));
   const bytes = encodeCredential({ validFrom: Number(partial.validFrom), validUntil: Number(partial.validUntil), version: 3, scheme: CREDENTIAL_SCHEME_ED25519, publicRaw: key.publicRaw });

@@ -3,9 +3,9 @@ import { ephemeralFromPrivate, x25519, type HandshakeRandomness } from '../../cr
 import { generateIdentity, identityFromPem, signTranscript, verifyTranscript } from '../../crypto/identity.js';
 import { ClientSession, pinFingerprint } from '../../protocol/client-session.js';
 import { SERVER_HELLO_SIGNED_LEN } from '../../protocol/constants.js';
-import { deriveSessionSecrets, directionKeys, nextDirectionKeys, signatureInput, transcriptHash } from '../../protocol/key-schedule.js';
+import { deriveSessionSecrets, directionKeys, nextDirectionKeys, signatureInput, transcriptHash, type DirectionKeys, type SessionSecrets } from '../../protocol/key-schedule.js';
 import { joinBatch } from '../../protocol/batch.js';
-import { encodeMessage } from '../../protocol/messages.js';
+import { encodeMessage, type Message } from '../../protocol/messages.js';
 import { RecordSealer } from '../../protocol/record-layer.js';
 import { ServerSession } from '../../protocol/server-session.js';
 
@@ -63,6 +63,10 @@ export function computeVectors(inp: VectorInputs, version: 1 | 2 = 1): Vectors {
   const est = client.nextEvent();
   if (est.type !== 'established') throw new Error(`vector client did not establish: ${JSON.stringify(est)}`);
   const clientFinishedRecord = Buffer.concat(client.takeOutput());
+  // The exporter (section 4) is the same value on both sides; the server's own signature differs
+  // from the recorded one, but version 1's exporter does not depend on the signature.
+  if (!client.channelBinding?.equals(s.exporter)) throw new Error('client exporter differs from the key schedule');
+  if (!server.channelBinding?.equals(s.exporter)) throw new Error('server exporter differs from the key schedule');
   const ping = { kind: 'request', id: 1, command: 'ping', payload: {}, stream: false } as const;
   client.sendMessage(ping);
   const clientPingRecord = Buffer.concat(client.takeOutput());
@@ -85,6 +89,20 @@ export function computeVectors(inp: VectorInputs, version: 1 | 2 = 1): Vectors {
     transcript_hash: hex(th),
     signature_input: hex(signatureInput(th)),
     shared_secret: hex(shared),
+    ...sessionVectors(s, { serverFinishedRecord, clientFinishedRecord, ping, clientPingRecord, c2sUpdated }),
+    ...v2,
+  };
+}
+
+/**
+ * The outputs every version shares, in the order PROTOCOL.md 10 prints them: the key schedule's
+ * values, the first records of each direction, the ping and the client's keys after a KEY_UPDATE.
+ */
+export function sessionVectors(
+  s: SessionSecrets,
+  r: { serverFinishedRecord: Uint8Array; clientFinishedRecord: Uint8Array; ping: Message; clientPingRecord: Uint8Array; c2sUpdated: DirectionKeys },
+): Vectors {
+  return {
     finished_hash: hex(s.finishedHash),
     c2s_traffic_secret: hex(s.clientToServer.secret),
     c2s_key: hex(s.clientToServer.key.export()),
@@ -94,14 +112,14 @@ export function computeVectors(inp: VectorInputs, version: 1 | 2 = 1): Vectors {
     s2c_iv: hex(s.serverToClient.iv),
     client_finished: hex(s.clientFinished),
     server_finished: hex(s.serverFinished),
-    server_finished_record: hex(serverFinishedRecord),
-    client_finished_record: hex(clientFinishedRecord),
-    ping_request_cbor: hex(encodeMessage(ping)),
-    client_ping_record: hex(clientPingRecord),
-    c2s_traffic_secret_after_key_update: hex(c2sUpdated.secret),
-    c2s_key_after_key_update: hex(c2sUpdated.key.export()),
-    c2s_iv_after_key_update: hex(c2sUpdated.iv),
-    ...v2,
+    exporter: hex(s.exporter),
+    server_finished_record: hex(r.serverFinishedRecord),
+    client_finished_record: hex(r.clientFinishedRecord),
+    ping_request_cbor: hex(encodeMessage(r.ping)),
+    client_ping_record: hex(r.clientPingRecord),
+    c2s_traffic_secret_after_key_update: hex(r.c2sUpdated.secret),
+    c2s_key_after_key_update: hex(r.c2sUpdated.key.export()),
+    c2s_iv_after_key_update: hex(r.c2sUpdated.iv),
   };
 }
 

@@ -29,6 +29,9 @@ import type { ClusterNode } from '../../cluster/node.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { Db } from '../../storage/engine/sqlcipher.js';
 import { lookupAnswer, putAnswer } from '../../storage/club/request-keys.js';
+
+/** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
+export { MAX_REQUEST_KEYS, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../../storage/club/request-keys.js';
 import { runKeyed, type KeyedRequest } from '../edge/keyed-answer.js';
 import { currentClub, getSession } from '../club/session.js';
 import { CommandError } from '../edge/command-errors.js';

@@ -29,6 +29,13 @@ export interface ChannelOptions {
   /** Write a V8 CPU profile of each server child into this folder (node --cpu-prof). */
   cpuProfDir?: string;
   log?: (line: string) => void;
+  /**
+   * Only these cases (default: all): handshake, ping1, ping8, pipe, bulk, memory. For profiling
+   * one path (`--cases ping1,bulk`); the h2 child is started only when a case needs it.
+   */
+  cases?: readonly string[];
+  /** Baselines to measure (default: tls and h2). */
+  baselines?: readonly ('tls' | 'h2')[];
 }
 
 const HOST = '127.0.0.1';
@@ -428,6 +435,8 @@ export async function runChannelBench(opts: ChannelOptions = {}): Promise<Row[]>
   const rounds = q ? 1 : 2;
   const memConns = q ? 1_000 : MEM_CONNECTIONS;
   const rows: Row[] = [];
+  const want = (c: string) => !opts.cases || opts.cases.includes(c);
+  const bases = opts.baselines ?? ['tls', 'h2'];
   /**
    * One figure against each baseline measured: the rate (higher is better) and the server's CPU
    * time per operation (lower is better), each with the issue's target for that baseline.
@@ -448,17 +457,24 @@ export async function runChannelBench(opts: ChannelOptions = {}): Promise<Row[]>
     }
   };
 
-  const children = {
-    ours: await ServerChild.start('ours', opts.cpuProfDir),
-    tls: await ServerChild.start('tls', opts.cpuProfDir),
-    h2: await ServerChild.start('h2', opts.cpuProfDir),
+  const needH2 = bases.includes('h2') && (want('handshake') || want('ping1') || want('ping8') || want('pipe'));
+  const started: ServerChild[] = [];
+  const start = async (k: ChildKind) => {
+    const c = await ServerChild.start(k, opts.cpuProfDir);
+    started.push(c);
+    return c;
+  };
+  const children: Record<ChildKind, ServerChild | undefined> = {
+    ours: await start('ours'),
+    tls: bases.includes('tls') ? await start('tls') : undefined,
+    h2: needH2 ? await start('h2') : undefined,
   };
   try {
     // V8 needs a few seconds of traffic before the hot paths (ours and the baselines, client and
     // server) are optimised; without this the first figure of each server is measured cold.
     const body64 = randomBytes(64);
     const big = randomBytes(MiB);
-    for (const c of [children.ours, children.tls, children.h2]) {
+    for (const c of started) {
       await measure(c, 4, warmupMs, 0, async (w) => {
         if (w === 0) return handshakeOnce(c);
         await withClients(c, 1, async (cs) => {
@@ -469,12 +485,13 @@ export async function runChannelBench(opts: ChannelOptions = {}): Promise<Row[]>
       });
     }
     /** Rounds rotate the order of the servers and the best of each is kept, so drift and noise hurt no side. */
-    const run = async (label: string, kinds: ChildKind[], fn: (c: ServerChild) => Promise<Measured>) => {
+    const run = async (label: string, wanted: ChildKind[], fn: (c: ServerChild) => Promise<Measured>) => {
+      const kinds = wanted.filter((k) => children[k]);
       const best: Partial<Record<ChildKind, Measured>> = {};
       for (let r = 0; r < rounds; r++) {
         const order = r % 2 === 0 ? kinds : [...kinds].reverse();
         for (const k of order) {
-          const m = await fn(children[k]);
+          const m = await fn(children[k]!);
           const prev = best[k];
           best[k] = prev && prev.rate >= m.rate ? prev : m;
         }
@@ -485,29 +502,29 @@ export async function runChannelBench(opts: ChannelOptions = {}): Promise<Row[]>
     const all: ChildKind[] = ['ours', 'tls', 'h2'];
 
     // a. Full handshakes: connect, handshake (with key confirmation), orderly close; 16 in flight.
-    figure('full handshakes (16 concurrent)', 'hs/s', 'handshakes', await run('handshakes', all, (c) => measure(c, 16, runMs, warmMs, () => handshakeOnce(c))), { tls: 2, h2: 2 });
+    if (want('handshake')) figure('full handshakes (16 concurrent)', 'hs/s', 'handshakes', await run('handshakes', all, (c) => measure(c, 16, runMs, warmMs, () => handshakeOnce(c))), { tls: 2, h2: 2 });
 
     // b. 64-byte request/response.
     const pingCase = async (name: string, conns: number, perConn: number, label: string, tlsTarget: number) => {
       const m = await run(label, all, (c) => withClients(c, conns, (cs) => measure(c, conns * perConn, runMs, warmMs, (w) => cs[w % conns]!.echo(body64))));
       figure(name, 'req/s', label, m, { tls: tlsTarget, h2: 2 });
     };
-    await pingCase('64 B ping, 1 connection', 1, 1, 'ping x1', 0.8);
-    await pingCase('64 B ping, 8 connections', 8, 1, 'ping x8', 0.8);
-    await pingCase('64 B ping, 8 conns x 32 pipelined', 8, 32, 'ping x8x32', 1.0);
+    if (want('ping1')) await pingCase('64 B ping, 1 connection', 1, 1, 'ping x1', 0.8);
+    if (want('ping8')) await pingCase('64 B ping, 8 connections', 8, 1, 'ping x8', 0.8);
+    if (want('pipe')) await pingCase('64 B ping, 8 conns x 32 pipelined', 8, 32, 'ping x8x32', 1.0);
 
     // c. 1 MiB payloads sent and returned on one connection, one at a time (the raw TLS ceiling only).
-    {
+    if (want('bulk')) {
       const m = await run('bulk', ['ours', 'tls'], (c) => withClients(c, 1, (cs) => measure(c, 1, runMs, warmMs, () => cs[0]!.echo(big))));
       // One operation moves 1 MiB each way; the figure counts the payload once.
       figure('1 MiB echo, 1 connection', 'MiB/s', 'bulk', m, { tls: 0.9 });
     }
   } finally {
-    await Promise.all([children.ours.stop(), children.tls.stop(), children.h2.stop()]);
+    await Promise.all(started.map((c) => c.stop()));
   }
 
   // d. Memory per idle established connection, each server in a fresh child.
-  {
+  if (want('memory')) {
     const ours = await memoryPerConnection('ours', memConns, log, opts.cpuProfDir);
     const tls = await memoryPerConnection('tls', memConns, log, opts.cpuProfDir);
     const KiB = 1024;
@@ -522,7 +539,14 @@ export async function runChannelBench(opts: ChannelOptions = {}): Promise<Row[]>
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const quick = process.argv.includes('--quick');
   const prof = process.argv.indexOf('--cpu-prof');
-  runChannelBench({ quick, ...(prof > 0 && process.argv[prof + 1] ? { cpuProfDir: process.argv[prof + 1] } : {}) })
+  const cases = process.argv.indexOf('--cases');
+  const only = process.argv.indexOf('--baselines');
+  runChannelBench({
+    quick,
+    ...(prof > 0 && process.argv[prof + 1] ? { cpuProfDir: process.argv[prof + 1] } : {}),
+    ...(cases > 0 && process.argv[cases + 1] ? { cases: process.argv[cases + 1]!.split(',') } : {}),
+    ...(only > 0 && process.argv[only + 1] ? { baselines: process.argv[only + 1]!.split(',') as ('tls' | 'h2')[] } : {}),
+  })
     .then((rows) => {
       for (const r of rows) console.log(`${r.name}: ${r.value.toFixed(2)} ${r.unit} vs ${r.baseline.toFixed(2)} ${r.unit} (${r.baselineName}); ${r.note ?? ""}`);
     })

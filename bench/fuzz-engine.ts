@@ -17,7 +17,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { encodeMessage } from '../protocol/messages.js';
 import { type FromTarget, type TargetMem, type TargetStats, type ToTarget } from './fuzz-shared.js';
 import { MemoryVerdict, SegmentSample, memoryVerdict } from './fuzz-memory.js';
-import { Rng, mutate, randomMap, randomValue } from './fuzz-inputs.js';
+import { Rng } from './fuzz-inputs.js';
 import { flushAndSettle, handshake, sealData } from './fuzz-wire.js';
 import { CaseKind, CaseResult, Ctx, FuzzFailure, caseBan, caseHello, caseSession } from './fuzz-cases.js';
 

@@ -230,7 +230,8 @@ export class Connection {
 
   private attach(): void {
     this.socket.on('data', (d: Buffer) => {
-      this.session.receive(d);
+      // The socket's read buffer is ours alone: records are opened in place in it.
+      this.session.receive(d, true);
       this.pump();
     });
     this.socket.on('error', () => this.shutdown(new ClientError('CONNECTION_CLOSED', 'connection lost')));

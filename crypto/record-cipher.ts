@@ -41,6 +41,19 @@ export interface RecordCipher {
    * verify (the counter stays, the output range is zeroed). Throws RangeError as seal() does.
    */
   open(aad: Uint8Array, sealed: Uint8Array, out: Uint8Array, offset: number): number;
+  /**
+   * Opens in place, without view objects: the associated data is buf[at, at + aadLen), the
+   * sealed bytes (ciphertext || tag, `sealedLen` bytes) follow it, and the plaintext replaces the
+   * ciphertext at buf[at + aadLen..]. Returns the plaintext length, or -1 as open() does (the
+   * range is zeroed then). Throws RangeError when the range lies outside `buf`.
+   */
+  openAt(buf: Uint8Array, at: number, aadLen: number, sealedLen: number): number;
+  /**
+   * Seals with rec[0, aadLen) as associated data, writing ciphertext then tag at rec[aadLen..]
+   * (the record's header is its associated data, so no view of it is made). Returns the bytes
+   * written, as seal() does.
+   */
+  sealAt(rec: Uint8Array, aadLen: number, head: Uint8Array, tail: Uint8Array | undefined): number;
   /** Wipes key and IV now (also done when the object is collected); later calls throw. */
   destroy(): void;
 }
@@ -52,6 +65,8 @@ interface NativeAead {
   create(key: Uint8Array, iv: Uint8Array, encrypt: boolean): object;
   seal(dir: object, aad: Uint8Array, head: Uint8Array, tail: Uint8Array | undefined, out: Uint8Array, offset: number): number;
   open(dir: object, aad: Uint8Array, sealed: Uint8Array, out: Uint8Array, offset: number): number;
+  openAt(dir: object, buf: Uint8Array, at: number, aadLen: number, sealedLen: number): number;
+  sealAt(dir: object, rec: Uint8Array, aadLen: number, head: Uint8Array, tail: Uint8Array | undefined): number;
   sequence(dir: object): number;
   destroy(dir: object): void;
 }
@@ -102,6 +117,14 @@ class NativeRecordCipher implements RecordCipher {
 
   open(aad: Uint8Array, sealed: Uint8Array, out: Uint8Array, offset: number): number {
     return this.lib.open(this.dir, aad, sealed, out, offset);
+  }
+
+  openAt(buf: Uint8Array, at: number, aadLen: number, sealedLen: number): number {
+    return this.lib.openAt(this.dir, buf, at, aadLen, sealedLen);
+  }
+
+  sealAt(rec: Uint8Array, aadLen: number, head: Uint8Array, tail: Uint8Array | undefined): number {
+    return this.lib.sealAt(this.dir, rec, aadLen, head, tail);
   }
 
   destroy(): void {
@@ -174,6 +197,17 @@ class NodeRecordCipher implements RecordCipher {
     return len;
   }
 
+  openAt(buf: Uint8Array, at: number, aadLen: number, sealedLen: number): number {
+    if (at < 0 || aadLen < 0 || sealedLen < 0 || at + aadLen + sealedLen > buf.length) throw new RangeError('range outside the buffer');
+    const from = at + aadLen;
+    return this.open(buf.subarray(at, from), buf.subarray(from, from + sealedLen), buf, from);
+  }
+
+  sealAt(rec: Uint8Array, aadLen: number, head: Uint8Array, tail: Uint8Array | undefined): number {
+    if (aadLen < 0 || aadLen > rec.length) throw new RangeError('bad aadLen');
+    return this.seal(rec.subarray(0, aadLen), head, tail, rec, aadLen);
+  }
+
   destroy(): void {
     this.live = false;
     this.iv.fill(0);
@@ -212,7 +246,19 @@ function selfTest(lib: NativeAead): void {
   const r = new NodeRecordCipher(createSecretKey(key), iv, 'seal');
   n.seal(aad, pt, undefined, a, 0);
   r.seal(aad, pt, undefined, b, 0);
-  const ok = a.equals(b) && o.open(aad, a, back, 0) === pt.length && back.equals(pt);
+  // The in-place forms on the next record number: header || ciphertext || tag in one buffer.
+  const rec = Buffer.alloc(aad.length + pt.length + AEAD_TAG_LEN);
+  aad.copy(rec);
+  n.sealAt(rec, aad.length, pt, undefined);
+  const ref = Buffer.alloc(pt.length + AEAD_TAG_LEN);
+  r.seal(aad, pt, undefined, ref, 0);
+  const ok =
+    a.equals(b) &&
+    rec.subarray(aad.length).equals(ref) &&
+    o.open(aad, a, back, 0) === pt.length &&
+    back.equals(pt) &&
+    o.openAt(rec, 0, aad.length, rec.length - aad.length) === pt.length &&
+    rec.subarray(aad.length, aad.length + pt.length).equals(pt);
   n.destroy();
   o.destroy();
   r.destroy();

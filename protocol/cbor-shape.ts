@@ -24,16 +24,24 @@ function validText(b: Uint8Array, from: number, len: number): boolean {
   return isUtf8(b.subarray(from, from + len));
 }
 
+/**
+ * The walk's stack, shared by every call (the walk is synchronous and not re-entrant), so that
+ * checking a message allocates nothing; a deeper maxDepth than it holds gets a stack of its own.
+ */
+const SHARED_STACK = new Float64Array(64);
+
 export function checkCborShape(b: Uint8Array, maxDepth: number): void {
   let pos = 0;
   // remaining[i]: items still to read in the container at depth i; the root counts as one item.
-  const remaining: number[] = [1];
-  while (remaining.length > 0) {
-    if (remaining[remaining.length - 1] === 0) {
-      remaining.pop();
+  const remaining = maxDepth + 2 <= SHARED_STACK.length ? SHARED_STACK : new Float64Array(maxDepth + 2);
+  remaining[0] = 1;
+  let depth = 1;
+  while (depth > 0) {
+    if (remaining[depth - 1] === 0) {
+      depth--;
       continue;
     }
-    remaining[remaining.length - 1]!--;
+    remaining[depth - 1]!--;
     if (pos >= b.length) bad('truncated');
     const ib = b[pos++]!;
     const major = ib >> 5;
@@ -63,8 +71,8 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
       case 5: {
         const items = major === 4 ? value : value * 2;
         if (items > b.length - pos) bad('container larger than the input');
-        if (remaining.length > maxDepth) bad('nested too deeply');
-        remaining.push(items);
+        if (depth > maxDepth) bad('nested too deeply');
+        remaining[depth++] = items;
         break;
       }
       case 6:

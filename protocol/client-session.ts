@@ -135,9 +135,14 @@ export class ClientSession {
     this.output.push(this.clientHello);
   }
 
-  receive(data: Buffer): void {
+  /**
+   * Buffers bytes. `owned`: the caller hands `data` over (a socket's freshly read buffer that
+   * nothing else references): records are decrypted in place in it. Without it, bytes of records
+   * are copied before they are opened, and `data` is never changed.
+   */
+  receive(data: Buffer, owned = false): void {
     if (this.terminal) return;
-    if (this.reader) this.reader.push(data);
+    if (this.reader) this.reader.push(data, owned);
     else {
       this.hsBuf.push(data);
       this.hsLen += data.length;
@@ -316,7 +321,7 @@ export class ClientSession {
     const rest = buf.subarray(helloLen);
     this.hsBuf = [];
     this.hsLen = 0;
-    if (rest.length > 0) this.reader.push(Buffer.from(rest));
+    if (rest.length > 0) this.reader.push(rest); // copied: the handshake's buffer is not the reader's
     this.transition('server-hello');
     return this.step();
   }

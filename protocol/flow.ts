@@ -98,6 +98,19 @@ export class OutboundCredit {
    * number: a sender cuts its next CHUNK to what the peer granted, so a grant of any size moves
    * the stream on (PROTOCOL.md 6.1: a sender never waits while it holds credit).
    */
+  /**
+   * takeUpTo() without waiting: takes `min(credit, max)` bytes when credit is held and returns
+   * that number, else 0 (then wait with takeUpTo). No promise when the credit is there, which
+   * is the usual case of a stream. Throws the abort reason like takeUpTo.
+   */
+  tryTakeUpTo(max: number): number {
+    if (this.failure) throw this.failure;
+    if (this.credit < 1) return 0;
+    const n = Math.min(this.credit, max);
+    this.credit -= n;
+    return n;
+  }
+
   async takeUpTo(max: number): Promise<number> {
     if (this.failure) throw this.failure;
     if (this.credit < 1) {

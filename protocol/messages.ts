@@ -88,25 +88,58 @@ export function encodeMessage(m: Message): Uint8Array {
  * exactly those of encodeMessage.
  */
 export function encodeMessageTransient(m: Message): { head: Uint8Array; tail: Uint8Array | undefined } {
+  const t = encodeTransient(m);
+  return { head: t.bytes.subarray(0, t.length), tail: t.tail };
+}
+
+/**
+ * What encodeTransient() produced: the message's head is bytes[0, length) (usually the shared
+ * scratch buffer), followed by `tail` when there is one (a CHUNK's data). One object, reused.
+ */
+export interface TransientEncoding {
+  bytes: Uint8Array;
+  length: number;
+  tail: Uint8Array | undefined;
+}
+
+const transient: TransientEncoding = { bytes: new Uint8Array(0), length: 0, tail: undefined };
+
+function transientResult(bytes: Uint8Array, length: number, tail: Uint8Array | undefined): TransientEncoding {
+  transient.bytes = bytes;
+  transient.length = length;
+  transient.tail = tail;
+  return transient;
+}
+
+/**
+ * encodeMessageTransient() without a view or a result object per message (the batching path):
+ * the returned object and the scratch bytes it names are valid only until the next encode.
+ */
+export function encodeTransient(m: Message): TransientEncoding {
   if (m.kind === 'chunk' && m.data instanceof Uint8Array) {
     // [3, id, bytes(n)] followed by the n data bytes.
     pos = 0;
     scratch[pos++] = 0x83;
     writeHead(0, MSG_CHUNK);
-    if (!writeUint(0, m.id)) return { head: slowEncode(m), tail: undefined };
+    if (!writeUint(0, m.id)) return slowResult(m);
     writeHead(2, m.data.length);
-    return { head: scratch.subarray(0, pos), tail: m.data };
+    return transientResult(scratch, pos, m.data);
   }
   if (m.kind === 'response' && !m.stream) {
     // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
     pos = 0;
     scratch[pos++] = 0x83;
     writeHead(0, MSG_RESPONSE);
-    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return { head: scratch.subarray(0, pos), tail: undefined };
-    return { head: slowEncode(m), tail: undefined };
+    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return transientResult(scratch, pos, undefined);
+    return slowResult(m);
   }
   const n = fastEncode(toWire(m));
-  return { head: n < 0 ? slowEncode(m) : scratch.subarray(0, n), tail: undefined };
+  return n < 0 ? slowResult(m) : transientResult(scratch, n, undefined);
+}
+
+function slowResult(m: Message): TransientEncoding {
+  const b = slowEncode(m);
+  return transientResult(b, b.length, undefined);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -162,6 +195,27 @@ function keyOrder(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
+/**
+ * Sorts map keys into keyOrder in place. Payload maps have a handful of keys: an insertion sort
+ * allocates nothing, where Array.prototype.sort with a comparator did per map (issue 13: it was
+ * a tenth of the server's CPU on pipelined pings).
+ */
+function sortKeys(keys: string[]): void {
+  if (keys.length > 16) {
+    keys.sort(keyOrder);
+    return;
+  }
+  for (let i = 1; i < keys.length; i++) {
+    const k = keys[i]!;
+    let j = i - 1;
+    while (j >= 0 && keyOrder(keys[j]!, k) > 0) {
+      keys[j + 1] = keys[j]!;
+      j--;
+    }
+    keys[j + 1] = k;
+  }
+}
+
 function fastValue(v: unknown, depth: number): boolean {
   if (SCRATCH_LEN - pos < 9) return false;
   switch (typeof v) {
@@ -204,7 +258,7 @@ function fastValue(v: unknown, depth: number): boolean {
       if (Object.getPrototypeOf(v) !== Object.prototype) return false;
       const o = v as Record<string, unknown>;
       const keys = Object.keys(o);
-      if (keys.length > 1) keys.sort(keyOrder);
+      if (keys.length > 1) sortKeys(keys);
       writeHead(5, keys.length);
       for (const k of keys) {
         const val = o[k];
@@ -262,6 +316,71 @@ function readArg(b: Uint8Array, ai: number): number {
   return Number.isSafeInteger(v) ? v : -1;
 }
 
+/**
+ * Map keys and command names seen before, reused instead of built again character by character
+ * (a string per key per message was a good part of the garbage on pipelined requests). A fixed
+ * table of INTERN_SLOTS strings of at most INTERN_MAX_LEN characters, indexed by a hash of the
+ * bytes and checked byte for byte; a miss builds the string and takes the slot. Text values are
+ * never kept here (they may be passwords or personal data).
+ */
+const INTERN_SLOTS = 256;
+const INTERN_MAX_LEN = 24;
+const interned: (string | undefined)[] = new Array<string | undefined>(INTERN_SLOTS).fill(undefined);
+
+function internedText(b: Uint8Array, len: number): string | typeof GIVE_UP {
+  if (len > INTERN_MAX_LEN) return asciiText(b, len);
+  const end = dpos + len;
+  let h = len;
+  for (let i = dpos; i < end; i++) {
+    const c = b[i]!;
+    if (c > 0x7f) return GIVE_UP;
+    h = (Math.imul(h, 31) + c) | 0;
+  }
+  const slot = h & (INTERN_SLOTS - 1);
+  const known = interned[slot];
+  if (known !== undefined && known.length === len) {
+    let i = 0;
+    while (i < len && known.charCodeAt(i) === b[dpos + i]) i++;
+    if (i === len) {
+      dpos = end;
+      return known;
+    }
+  }
+  let s = '';
+  for (let i = dpos; i < end; i++) s += String.fromCharCode(b[i]!);
+  interned[slot] = s;
+  dpos = end;
+  return s;
+}
+
+/**
+ * Small byte strings are copied into shared slabs of SLAB_LEN bytes (a view each, as Node's
+ * Buffer pool does for small buffers) instead of an ArrayBuffer of their own each: one object
+ * per value instead of three. A slab lives as long as any value copied into it (at most SLAB_LEN
+ * bytes pinned by a small value); larger values get their own buffer.
+ */
+const SLAB_LEN = 8192;
+const SLAB_COPY_MAX = 512;
+let slab = new ArrayBuffer(SLAB_LEN);
+let slabAt = 0;
+
+function copyBytes(b: Uint8Array, from: number, n: number): Uint8Array {
+  if (n > SLAB_COPY_MAX) {
+    const own = new Uint8Array(n);
+    own.set(b.subarray(from, from + n));
+    return own;
+  }
+  if (slabAt + n > SLAB_LEN) {
+    slab = new ArrayBuffer(SLAB_LEN);
+    slabAt = 0;
+  }
+  const out = new Uint8Array(slab, slabAt, n);
+  for (let i = 0; i < n; i++) out[i] = b[from + i]!;
+  // 8-byte aligned, as Node's pool does.
+  slabAt = (slabAt + n + 7) & ~7;
+  return out;
+}
+
 function asciiText(b: Uint8Array, len: number): string | typeof GIVE_UP {
   const end = dpos + len;
   for (let i = dpos; i < end; i++) if (b[i]! > 0x7f) return GIVE_UP;
@@ -295,8 +414,8 @@ function fastItem(b: Uint8Array): unknown {
         dpos += arg;
         return view;
       }
-      const out = new Uint8Array(arg);
-      out.set(b.subarray(dpos, dpos + arg));
+      // A copy, so a small value never pins its record (or the socket read it was opened in).
+      const out = copyBytes(b, dpos, arg);
       dpos += arg;
       return out;
     }
@@ -318,7 +437,7 @@ function fastItem(b: Uint8Array): unknown {
         if (kb >> 5 !== 3) return GIVE_UP;
         const klen = readArg(b, kb & 31);
         if (klen < 0) return GIVE_UP;
-        const k = asciiText(b, klen);
+        const k = internedText(b, klen);
         if (k === GIVE_UP || k === '__proto__' || Object.prototype.hasOwnProperty.call(o, k)) return GIVE_UP;
         const v = fastItem(b);
         if (v === GIVE_UP) return GIVE_UP;
@@ -372,14 +491,47 @@ function toPlain(v: unknown): unknown {
  */
 export function decodeMessage(bytes: Uint8Array, owned = false): Message {
   checkCborShape(bytes, MAX_CBOR_DEPTH);
-  dpos = 0;
   viewFrom = owned ? VIEW_MIN : Infinity;
+  const request = fastRequest(bytes);
+  if (request !== undefined) return request;
+  dpos = 0;
   const fast = fastItem(bytes);
   if (fast !== GIVE_UP && dpos === bytes.length) return decodeEnvelope(fast, identity);
   return decodeEnvelope(slowDecode(bytes), toPlain);
 }
 
 const identity = (v: unknown): unknown => v;
+
+/**
+ * A REQUEST ([0, id, command, payload] or [0, id, command, payload, true]) decoded without the
+ * envelope array, its command name interned. Undefined when the bytes are anything else or
+ * outside the fast decoder's subset: the general path then decodes them (and reports errors).
+ * Checks exactly what decodeEnvelope checks for a request.
+ */
+function fastRequest(b: Uint8Array): Message | undefined {
+  const n = b[0];
+  if ((n !== 0x84 && n !== 0x85) || b[1] !== MSG_REQUEST) return undefined;
+  dpos = 2;
+  const ib = b[dpos++]!;
+  if (ib >> 5 !== 0) return undefined;
+  const reqId = readArg(b, ib & 31);
+  if (reqId < 0 || reqId > MAX_REQUEST_ID) return undefined;
+  const cb = b[dpos++]!;
+  if (cb >> 5 !== 3) return undefined;
+  const clen = readArg(b, cb & 31);
+  if (clen < 1 || clen > MAX_COMMAND_LEN) return undefined;
+  const command = internedText(b, clen);
+  if (command === GIVE_UP) return undefined;
+  const payload = fastItem(b);
+  if (payload === GIVE_UP) return undefined;
+  let stream = false;
+  if (n === 0x85) {
+    if (b[dpos++] !== 0xf5) return undefined;
+    stream = true;
+  }
+  if (dpos !== b.length) return undefined;
+  return { kind: 'request', id: reqId, command, payload, stream };
+}
 
 function slowDecode(bytes: Uint8Array): unknown {
   let raw: unknown;

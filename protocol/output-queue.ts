@@ -1,6 +1,6 @@
 import { BATCH_LENGTH_LEN, CLOSE_BODY_LEN, MAX_MESSAGE_LEN_V2, MAX_MESSAGES_PER_RECORD, MAX_RECORD_PLAINTEXT, RECORD_CLOSE, RECORD_DATA } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { encodeMessageTransient, type Message } from './messages.js';
+import { encodeTransient, type Message } from './messages.js';
 import type { RecordSealer } from './record-layer.js';
 
 /**
@@ -60,29 +60,31 @@ export class OutputQueue {
    * record.
    */
   sealMessage(sealer: RecordSealer, message: Message): void {
-    const enc = encodeMessageTransient(message);
+    const enc = encodeTransient(message);
+    const headLen = enc.length;
+    const tail = enc.tail;
     if (!this.batching) {
-      sealer.sealParts(RECORD_DATA, enc.head, enc.tail, this.parts);
+      sealer.sealParts(RECORD_DATA, enc.bytes.subarray(0, headLen), tail, this.parts);
       return;
     }
-    const len = enc.head.length + (enc.tail ? enc.tail.length : 0);
+    const len = headLen + (tail ? tail.length : 0);
     if (len > MAX_MESSAGE_LEN_V2) throw new ProtocolError('RECORD_TOO_LARGE', `refusing to seal a message of ${len} bytes`);
-    if (len >= OWN_RECORD_FROM && enc.tail) {
+    if (len >= OWN_RECORD_FROM && tail) {
       // A stream CHUNK: its own record, in order after what is queued; the length prefix and the
       // small envelope go through the cipher together, the data straight from the caller's buffer.
-      const lead = Buffer.allocUnsafe(BATCH_LENGTH_LEN + enc.head.length);
+      const lead = Buffer.allocUnsafe(BATCH_LENGTH_LEN + headLen);
       lead.writeUInt16BE(len, 0);
-      lead.set(enc.head, BATCH_LENGTH_LEN);
+      lead.set(enc.bytes.subarray(0, headLen), BATCH_LENGTH_LEN);
       this.sealBatch();
-      sealer.sealParts(RECORD_DATA, lead, enc.tail, this.parts);
+      sealer.sealParts(RECORD_DATA, lead, tail, this.parts);
       return;
     }
     if (len >= OWN_RECORD_FROM) {
-      // A large message: its own record (`enc.head` is only valid until the next encode).
+      // A large message: its own record (the head is only valid until the next encode).
       const prefix = Buffer.allocUnsafe(BATCH_LENGTH_LEN);
       prefix.writeUInt16BE(len, 0);
       this.sealBatch();
-      sealer.sealParts(RECORD_DATA, prefix, enc.head, this.parts);
+      sealer.sealParts(RECORD_DATA, prefix, enc.bytes.subarray(0, headLen), this.parts);
       return;
     }
     if (this.batch && (this.batchCount === MAX_MESSAGES_PER_RECORD || this.batchBytes + BATCH_LENGTH_LEN + len > MAX_RECORD_PLAINTEXT || this.batchSealer !== sealer)) {
@@ -93,11 +95,14 @@ export class OutputQueue {
     b[at] = len >>> 8;
     b[at + 1] = len & 0xff;
     at += BATCH_LENGTH_LEN;
-    b.set(enc.head, at);
-    at += enc.head.length;
-    if (enc.tail) {
-      b.set(enc.tail, at);
-      at += enc.tail.length;
+    // Copied straight from the encoder's buffer: small heads byte by byte (no view object).
+    const head = enc.bytes;
+    if (headLen <= 256) for (let i = 0; i < headLen; i++) b[at + i] = head[i]!;
+    else b.set(head.subarray(0, headLen), at);
+    at += headLen;
+    if (tail) {
+      b.set(tail, at);
+      at += tail.length;
     }
     this.batchBytes = at;
     this.batchCount++;

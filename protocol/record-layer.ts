@@ -131,9 +131,13 @@ export class RecordSealer {
     const len = head.length + (tail ? tail.length : 0);
     // One buffer per record: the header is the associated data, the body is sealed after it.
     const rec = recordBuffer(RECORD_HEADER_LEN + len + TAG_LEN);
+    const sealed = len + TAG_LEN;
     rec[0] = type;
-    rec.writeUInt32BE(len + TAG_LEN, 1);
-    this.cipher.seal(rec.subarray(0, RECORD_HEADER_LEN), head, tail, rec, RECORD_HEADER_LEN);
+    rec[1] = sealed >>> 24;
+    rec[2] = (sealed >>> 16) & 0xff;
+    rec[3] = (sealed >>> 8) & 0xff;
+    rec[4] = sealed & 0xff;
+    this.cipher.sealAt(rec, RECORD_HEADER_LEN, head, tail);
     out.push(rec);
     this.seq++;
   }
@@ -144,6 +148,14 @@ export class RecordSealer {
  * against MAX_RECORD_SEALED before buffering the body, so a peer cannot make it allocate more
  * than one maximal record.
  *
+ * Records are opened in place (issue 13: no buffer per record for the garbage collector): a
+ * record inside one received buffer is decrypted where it lies, and its plaintext is a view of
+ * that buffer; a record that straddles buffers is gathered into one fresh buffer of its size and
+ * decrypted there. The plaintext therefore stays valid for as long as anyone references it (it
+ * is never overwritten by later input), and push() must own what it is given: `owned` buffers
+ * (a socket's freshly read data, which nothing else references) are used as they are, anything
+ * else is copied first so that the caller's bytes are never changed.
+ *
  * A KEY_UPDATE is returned like any other record, so that the session checks it against its
  * state table (PROTOCOL.md 5.1: a KEY_UPDATE before the client's FINISHED closes the
  * connection). The new key is derived only when next() is called again, that is only when the
@@ -151,6 +163,8 @@ export class RecordSealer {
  */
 export class RecordReader {
   private chunks: Buffer[] = [];
+  /** Bytes of chunks[0] already consumed (instead of a new view per record). */
+  private firstAt = 0;
   private buffered = 0;
   private seq = 0;
   private rekeyPending = false;
@@ -167,9 +181,13 @@ export class RecordReader {
     return this.buffered;
   }
 
-  push(data: Buffer): void {
+  /**
+   * Buffers `data`. With `owned` the caller hands the buffer over: it is decrypted in place and
+   * must not be read, written or passed anywhere else afterwards. Without it, `data` is copied.
+   */
+  push(data: Buffer, owned = false): void {
     if (data.length === 0) return;
-    this.chunks.push(data);
+    this.chunks.push(owned ? data : Buffer.from(data));
     this.buffered += data.length;
   }
 
@@ -183,21 +201,44 @@ export class RecordReader {
       this.seq = 0;
     }
     if (this.buffered < RECORD_HEADER_LEN) return undefined;
-    const head = this.peek(RECORD_HEADER_LEN);
-    const type = head[0]!;
-    const len = head.readUInt32BE(1);
+    const first = this.chunks[0]!;
+    let at = this.firstAt;
+    let h: Buffer = first;
+    if (first.length - at < RECORD_HEADER_LEN) {
+      this.gather(HEADER_SCRATCH, RECORD_HEADER_LEN, false);
+      h = HEADER_SCRATCH;
+      at = 0;
+    }
+    const type = h[at]!;
+    const len = ((h[at + 1]! << 24) | (h[at + 2]! << 16) | (h[at + 3]! << 8) | h[at + 4]!) >>> 0;
     if (!validType(type)) throw new ProtocolError('BAD_RECORD_TYPE', `unknown record type ${type}`);
     if (len > MAX_RECORD_SEALED) throw new ProtocolError('RECORD_TOO_LARGE', `record of ${len} bytes exceeds the limit`);
     if (len < TAG_LEN) throw new ProtocolError('RECORD_TOO_SHORT', 'record shorter than its tag');
-    if (this.buffered < RECORD_HEADER_LEN + len) return undefined;
-    const whole = this.take(RECORD_HEADER_LEN + len);
-    const aad = whole.subarray(0, RECORD_HEADER_LEN);
+    const total = RECORD_HEADER_LEN + len;
+    if (this.buffered < total) return undefined;
+    // The record: inside the first buffer (opened where it lies), or gathered into its own.
+    let buf: Buffer;
+    if (first.length - this.firstAt >= total) {
+      buf = first;
+      at = this.firstAt;
+      this.firstAt += total;
+      if (this.firstAt === first.length) {
+        this.chunks.shift();
+        this.firstAt = 0;
+      }
+    } else {
+      buf = Buffer.allocUnsafe(total);
+      at = 0;
+      this.gather(buf, total, true);
+    }
+    this.buffered -= total;
     if (this.seq === this.rekeyAfter - 1 && type !== RECORD_KEY_UPDATE) {
       throw new ProtocolError('REKEY_REQUIRED', 'peer exceeded the per-key record limit');
     }
-    const plaintext = Buffer.allocUnsafe(len - TAG_LEN);
-    if (this.cipher.open(aad, whole.subarray(RECORD_HEADER_LEN), plaintext, 0) < 0) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
+    const n = this.cipher.openAt(buf, at, RECORD_HEADER_LEN, len);
+    if (n < 0) throw new ProtocolError('BAD_RECORD_MAC', 'record failed authentication');
     this.seq++;
+    const plaintext = n === 0 ? EMPTY : buf.subarray(at + RECORD_HEADER_LEN, at + RECORD_HEADER_LEN + n);
     if (type === RECORD_KEY_UPDATE) {
       if (plaintext.length !== 0) throw new ProtocolError('BAD_RECORD_TYPE', 'KEY_UPDATE carries no data');
       this.rekeyPending = true;
@@ -209,55 +250,33 @@ export class RecordReader {
     wipeDirection(this.keys);
     this.cipher.destroy();
     this.chunks = [];
+    this.firstAt = 0;
     this.buffered = 0;
   }
 
-  /** The first n (<= RECORD_HEADER_LEN) bytes, copied into a small scratch when they straddle reads. */
-  private peek(n: number): Buffer {
-    const first = this.chunks[0]!;
-    if (first.length >= n) return first.subarray(0, n);
-    let at = 0;
-    for (const c of this.chunks) {
-      const k = Math.min(c.length, n - at);
-      c.copy(HEADER_SCRATCH, at, 0, k);
-      at += k;
-      if (at === n) break;
-    }
-    return HEADER_SCRATCH.subarray(0, n);
-  }
-
   /**
-   * The next n buffered bytes. A record inside one read is a view of it; a record that
-   * straddles reads (every 64 KiB record does) is gathered into one shared scratch buffer
-   * instead of a fresh concatenation, so streaming makes no transient 64 KiB copy per record.
-   * The result is valid until the next call on any reader: next() opens it at once.
+   * Copies the next n buffered bytes into out[0..n); with `consume` they are taken out of the
+   * buffer, without it (a header that straddles buffers) they stay.
    */
-  private take(n: number): Buffer {
-    let out: Buffer;
-    const first = this.chunks[0]!;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      let at = 0;
-      let i = 0;
-      while (at < n) {
-        const c = this.chunks[i]!;
-        const k = Math.min(c.length, n - at);
-        c.copy(RECORD_SCRATCH, at, 0, k);
-        at += k;
-        if (k === c.length) i++;
-        else this.chunks[i] = c.subarray(k);
-      }
-      this.chunks.splice(0, i);
-      out = RECORD_SCRATCH.subarray(0, n);
+  private gather(out: Buffer, n: number, consume: boolean): void {
+    let got = 0;
+    let i = 0;
+    let from = this.firstAt;
+    while (got < n) {
+      const c = this.chunks[i]!;
+      const k = Math.min(c.length - from, n - got);
+      c.copy(out, got, from, from + k);
+      got += k;
+      if (from + k === c.length) {
+        i++;
+        from = 0;
+      } else from += k;
     }
-    this.buffered -= n;
-    return out;
+    if (!consume) return;
+    this.chunks.splice(0, i);
+    this.firstAt = from;
   }
 }
 
-/** Shared by all readers: a straddling record is copied here and opened before anything else runs. */
-const RECORD_SCRATCH = Buffer.allocUnsafeSlow(RECORD_HEADER_LEN + MAX_RECORD_SEALED);
+/** Shared by all readers: a header that straddles buffers is copied here and read at once. */
 const HEADER_SCRATCH = Buffer.allocUnsafeSlow(RECORD_HEADER_LEN);

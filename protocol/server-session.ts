@@ -104,10 +104,15 @@ export class ServerSession {
     return this.version;
   }
 
-  /** Buffers bytes; all work happens in nextEvent(). */
-  receive(data: Buffer): void {
+  /**
+   * Buffers bytes; all work happens in nextEvent(). `owned`: the caller hands `data` over (a
+   * socket's freshly read buffer that nothing else references): records are decrypted in place
+   * in it. Without it, bytes of records are copied before they are opened, and `data` is never
+   * changed.
+   */
+  receive(data: Buffer, owned = false): void {
     if (this.terminal) return;
-    if (this.reader) this.reader.push(data);
+    if (this.reader) this.reader.push(data, owned);
     else {
       this.helloBuf.push(data);
       this.helloLen += data.length;
@@ -311,7 +316,7 @@ export class ServerSession {
     const rest = head.subarray(CLIENT_HELLO_LEN);
     this.helloBuf = [];
     this.helloLen = 0;
-    if (rest.length > 0) this.reader.push(Buffer.from(rest));
+    if (rest.length > 0) this.reader.push(rest); // copied: the handshake's buffer is not the reader's
     this.transition('client-hello');
     // Confirm our side at once: the server Finished goes out right after the hello, so the
     // client can verify key possession without waiting for us to read its Finished.

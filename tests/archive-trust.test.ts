@@ -25,7 +25,6 @@ import {
   openImage,
   planClubRestore,
   restoreClubArchive,
-  serverArchiveKey,
   setClubBackupSettings,
   takeClubSnapshot,
   verifyArchive,

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { archiveTrust, serverArchiveKey, verifyArchive, restoreClubArchive } from '../storage/backup/backup-archive.js';
+import { archiveTrust, verifyArchive, restoreClubArchive } from '../storage/backup/backup-archive.js';
 import { BackupService } from '../daemon/backup/backup-service.js';
 import { SftpDestination } from '../daemon/backup/backup-destinations.js';
 import { addDocument, addPerson, documentHashes, dumpClub, makeClubs, newStorage } from './backup-helpers.js';

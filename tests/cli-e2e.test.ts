@@ -4,7 +4,6 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { appendFileSync, chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { waitUntil } from './helpers/daemon.js';
 
 /**
@@ -12,7 +11,6 @@ import { waitUntil } from './helpers/daemon.js';
  * default, keys, ping with the right and a wrong fingerprint, clubs, unsafe key files, and the
  * key-file watch raising an alert while the daemon runs.
  */
-const execFileP = promisify(execFile);
 const bin = (name: string) => new URL(`../bin/${name}.js`, import.meta.url).pathname;
 
 async function cli(name: string, args: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {

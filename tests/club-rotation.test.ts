@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { openStorage, unwrapClubKey, type Storage } from '../storage/server/storage.js';
 import { createClub, deleteClub, listClubs, ROTATE_CLUB_STEPS, ROTATE_MASTER_STEPS } from '../storage/server/provisioning.js';
-import { resumeInterruptedRotations, rotateClub, rotateMaster } from '../storage/server/key-rotation.js';
+import { resumeInterruptedRotations, rotateClub } from '../storage/server/key-rotation.js';
 import { listDocuments, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { openEncrypted } from '../storage/engine/sqlcipher.js';
 import { serverDbKey, serverDbPath } from '../storage/server/server-db.js';

@@ -6,7 +6,6 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv } from './helpers/club-server.js';
 import { EXPORT_PAGE_ROWS } from '../daemon/club/club-commands.js';
-import { RemoteError } from '../client/errors.js';
 import { Readable } from 'node:stream';
 import { putDocument } from '../storage/club/documents.js';
 

@@ -300,6 +300,119 @@ static napi_value open_record(napi_env env, napi_callback_info info) {
   return number(env, (double)len);
 }
 
+/*
+ * The core of an open: verifies and decrypts `sealed` (ciphertext || tag, `len` + 16 bytes) into
+ * dst, which may be sealed itself (in place). Returns 1, or 0 with dst[0..len) wiped.
+ */
+static int open_into(direction_t *d, const uint8_t *aad, size_t aad_len, const uint8_t *sealed, size_t len, uint8_t *dst) {
+  uint8_t nonce[IV_LEN];
+  uint8_t tag[TAG_LEN];
+  memcpy(tag, sealed + len, TAG_LEN); /* sealed may overlap dst: keep the tag */
+  nonce_for(d, nonce);
+  EVP_CIPHER_CTX *ctx = context_for(d);
+  int n = 0, ok = ctx != NULL && EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
+  if (ok && aad_len > 0) ok = EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) == 1;
+  size_t at = 0;
+  if (ok && len > 0) {
+    ok = EVP_DecryptUpdate(ctx, dst, &n, sealed, (int)len) == 1;
+    at += (size_t)n;
+  }
+  if (ok) ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) == 1;
+  if (ok) {
+    ok = EVP_DecryptFinal_ex(ctx, dst + at, &n) == 1;
+    at += (size_t)n;
+  }
+  OPENSSL_cleanse(nonce, IV_LEN);
+  if (!ok || at != len) {
+    OPENSSL_cleanse(dst, len);
+    return 0;
+  }
+  d->seq++;
+  return 1;
+}
+
+/*
+ * openAt(dir, buf, at, aadLen, sealedLen) -> plaintext length, or -1 when the tag does not verify.
+ * In place: the associated data is buf[at, at+aadLen), the sealed record (ciphertext || tag)
+ * follows it, and the plaintext replaces the ciphertext (buf[at+aadLen, +sealedLen-16)). No view
+ * objects per record. A failed open wipes that range and leaves the counter where it was.
+ */
+static napi_value open_at(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return throw_error(env, "ERR_AEAD_ARGS", "openAt(dir, buf, at, aadLen, sealedLen)");
+  direction_t *d = direction_of(env, argv[0]);
+  if (d == NULL || !d->live || d->encrypt) return throw_error(env, "ERR_AEAD_STATE", "not a live opening context");
+  if (d->seq >= MAX_RECORDS) return throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+  uint8_t *buf;
+  size_t buf_len;
+  if (!bytes_of(env, argv[1], &buf, &buf_len)) return throw_error(env, "ERR_AEAD_ARGS", "buf must be a Uint8Array");
+  int64_t at, aad_len, sealed_len;
+  if (napi_get_value_int64(env, argv[2], &at) != napi_ok || napi_get_value_int64(env, argv[3], &aad_len) != napi_ok || napi_get_value_int64(env, argv[4], &sealed_len) != napi_ok) {
+    return throw_error(env, "ERR_AEAD_ARGS", "at, aadLen and sealedLen must be numbers");
+  }
+  if (at < 0 || aad_len < 0 || sealed_len < 0 || sealed_len > INT32_MAX || aad_len > INT32_MAX || (uint64_t)at > buf_len || buf_len - (size_t)at < (size_t)aad_len + (size_t)sealed_len) {
+    return throw_error(env, "ERR_AEAD_ARGS", "range outside the buffer");
+  }
+  if (sealed_len < TAG_LEN) return number(env, -1);
+  uint8_t *aad = buf + at;
+  uint8_t *sealed = aad + aad_len;
+  size_t len = (size_t)sealed_len - TAG_LEN;
+  if (!open_into(d, aad, (size_t)aad_len, sealed, len, sealed)) return number(env, -1);
+  return number(env, (double)len);
+}
+
+/*
+ * sealAt(dir, rec, aadLen, head, tail | undefined) -> bytes written (|head| + |tail| + 16)
+ * The associated data is rec[0, aadLen); ciphertext then tag are written at rec[aadLen..].
+ * Throws as seal() does.
+ */
+static napi_value seal_at(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return throw_error(env, "ERR_AEAD_ARGS", "sealAt(dir, rec, aadLen, head, tail)");
+  direction_t *d = direction_of(env, argv[0]);
+  if (d == NULL || !d->live || !d->encrypt) return throw_error(env, "ERR_AEAD_STATE", "not a live sealing context");
+  if (d->seq >= MAX_RECORDS) return throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+  uint8_t *rec, *head, *tail = NULL;
+  size_t rec_len, head_len, tail_len = 0;
+  int64_t aad_len;
+  napi_valuetype tt;
+  if (!bytes_of(env, argv[1], &rec, &rec_len) || !bytes_of(env, argv[3], &head, &head_len)) return throw_error(env, "ERR_AEAD_ARGS", "rec and head must be Uint8Arrays");
+  if (napi_get_value_int64(env, argv[2], &aad_len) != napi_ok || aad_len < 0 || (uint64_t)aad_len > rec_len) return throw_error(env, "ERR_AEAD_ARGS", "bad aadLen");
+  if (napi_typeof(env, argv[4], &tt) != napi_ok) return throw_error(env, "ERR_AEAD_ARGS", "bad tail");
+  if (tt != napi_undefined && tt != napi_null && !bytes_of(env, argv[4], &tail, &tail_len)) return throw_error(env, "ERR_AEAD_ARGS", "tail must be a Uint8Array");
+  size_t total = head_len + tail_len;
+  if (total > INT32_MAX || rec_len - (size_t)aad_len < total + TAG_LEN) return throw_error(env, "ERR_AEAD_ARGS", "output buffer too small");
+  uint8_t nonce[IV_LEN];
+  nonce_for(d, nonce);
+  uint8_t *dst = rec + aad_len;
+  EVP_CIPHER_CTX *ctx = context_for(d);
+  int n = 0, ok = ctx != NULL && EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
+  if (ok && aad_len > 0) ok = EVP_EncryptUpdate(ctx, NULL, &n, rec, (int)aad_len) == 1;
+  size_t at = 0;
+  if (ok && head_len > 0) {
+    ok = EVP_EncryptUpdate(ctx, dst, &n, head, (int)head_len) == 1;
+    at += (size_t)n;
+  }
+  if (ok && tail_len > 0) {
+    ok = EVP_EncryptUpdate(ctx, dst + at, &n, tail, (int)tail_len) == 1;
+    at += (size_t)n;
+  }
+  if (ok) {
+    ok = EVP_EncryptFinal_ex(ctx, dst + at, &n) == 1;
+    at += (size_t)n;
+  }
+  if (ok) ok = at == total && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, dst + at) == 1;
+  OPENSSL_cleanse(nonce, IV_LEN);
+  if (!ok) {
+    OPENSSL_cleanse(dst, total + TAG_LEN);
+    return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
+  }
+  d->seq++;
+  return number(env, (double)(total + TAG_LEN));
+}
+
 /* sequence(dir) -> the number the next seal/open will use. */
 static napi_value sequence(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -344,6 +457,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"create", NULL, create, NULL, NULL, NULL, napi_default, NULL},
       {"seal", NULL, seal, NULL, NULL, NULL, napi_default, NULL},
       {"open", NULL, open_record, NULL, NULL, NULL, napi_default, NULL},
+      {"openAt", NULL, open_at, NULL, NULL, NULL, napi_default, NULL},
+      {"sealAt", NULL, seal_at, NULL, NULL, NULL, napi_default, NULL},
       {"sequence", NULL, sequence, NULL, NULL, NULL, napi_default, NULL},
       {"destroy", NULL, destroy, NULL, NULL, NULL, napi_default, NULL},
   };

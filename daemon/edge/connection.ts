@@ -180,7 +180,8 @@ export class Connection extends SessionOutput implements ConnectionIO {
     if (this.closed) return;
     this.bytesIn += data.length;
     this.lastActive = Date.now();
-    this.session.receive(data);
+    // The socket's read buffer is ours alone: records are opened in place in it.
+    this.session.receive(data, true);
     this.pumping = true;
     try {
       this.pump();

@@ -108,7 +108,10 @@ export class Dispatcher {
     if (hasUpload && !spec.upload) throw new CommandError('UNEXPECTED_STREAM', `${command} takes no upload stream`);
     if (!hasUpload && spec.upload) throw new CommandError('STREAM_REQUIRED', `${command} needs an upload stream`);
     if (!isCborMap(payload)) throw new CommandError('BAD_REQUEST', 'invalid payload: the payload must be a map');
-    const { body, rk } = takeRequestKey(payload);
+    // Most payloads carry no request key: no object is made for them.
+    const taken = Object.prototype.hasOwnProperty.call(payload, REQUEST_KEY_FIELD) ? takeRequestKey(payload) : undefined;
+    const body = taken ? taken.body : payload;
+    const rk = taken?.rk;
     const quick = spec.quickParse?.(body);
     if (quick) return { spec, payload: withRequestKey(quick.data, rk) };
     const confused = findMapConfusion(spec.schema, body);
@@ -137,7 +140,6 @@ const REQUEST_KEY = /^[A-Za-z0-9_-]{16,64}$/;
 const requestKeys = new WeakMap<object, string>();
 
 function takeRequestKey(payload: Record<string, unknown>): { body: Record<string, unknown>; rk: string | undefined } {
-  if (!Object.prototype.hasOwnProperty.call(payload, REQUEST_KEY_FIELD)) return { body: payload, rk: undefined };
   const { [REQUEST_KEY_FIELD]: rk, ...body } = payload;
   if (typeof rk !== 'string' || !REQUEST_KEY.test(rk)) throw new CommandError('BAD_REQUEST', 'invalid payload at rk: a request key is 16 to 64 characters of base64url');
   return { body, rk };

@@ -35,7 +35,11 @@ const WAITING = 0;
 const STREAMING = 1;
 const DONE = 2;
 
-class InFlight {
+/**
+ * One request in flight, and also what its handler sees as its context (one object per request,
+ * not two): the abort signal and the session map are created on first use.
+ */
+class InFlight implements CommandContext {
   phase = WAITING;
   /** The first reason it was aborted for (cancel, timeout, connection closed). */
   reason: CommandError | undefined;
@@ -44,10 +48,15 @@ class InFlight {
   upload: InboundStream | undefined;
   credit: OutboundCredit | undefined;
   constructor(
+    private readonly owner: RequestLifecycle,
     readonly id: number,
     readonly command: string,
     readonly deadline: number,
   ) {}
+
+  get conn(): ConnectionInfo {
+    return this.owner.info;
+  }
 
   get signal(): AbortSignal {
     if (!this.controller) {
@@ -55,23 +64,6 @@ class InFlight {
       if (this.reason) this.controller.abort(this.reason);
     }
     return this.controller.signal;
-  }
-}
-
-/** What a handler sees; the abort signal and the session map are created on first use. */
-class RequestContext implements CommandContext {
-  readonly conn: ConnectionInfo;
-  readonly upload?: AsyncIterable<Uint8Array>;
-  constructor(
-    private readonly owner: RequestLifecycle,
-    private readonly f: InFlight,
-  ) {
-    this.conn = owner.info;
-    if (f.upload) this.upload = f.upload;
-  }
-
-  get signal(): AbortSignal {
-    return this.f.signal;
   }
 
   get session(): Map<string, unknown> {
@@ -144,10 +136,10 @@ export abstract class RequestLifecycle {
       // An upload that was refused still occupies the id until the client sees the error.
       return this.sendError(id, e);
     }
-    const f = new InFlight(id, command, Date.now() + this.limits.requestTimeoutMs);
+    const f = new InFlight(this, id, command, Date.now() + this.limits.requestTimeoutMs);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
     // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
-    const pending: unknown = prepared.spec.handler(prepared.payload, new RequestContext(this, f));
+    const pending: unknown = prepared.spec.handler(prepared.payload, f);
     if (!(pending instanceof Promise)) {
       // A plain result (ping): answered now, sealed with the rest of this turn's output. Nothing
       // else ran in between, so unless a download follows (credit and cancel find it by id) it
@@ -207,10 +199,12 @@ export abstract class RequestLifecycle {
       for await (const piece of download) {
         // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
         for (let off = 0; off < piece.length; ) {
-          const n = await credit.takeUpTo(Math.min(MAX_CHUNK_LEN, piece.length - off));
+          // Without a promise when credit is held and the socket takes more (the usual case).
+          const want = Math.min(MAX_CHUNK_LEN, piece.length - off);
+          const n = credit.tryTakeUpTo(want) || (await credit.takeUpTo(want));
           const data = piece.subarray(off, off + n);
           off += n;
-          await this.writable(f);
+          if (this.closed || this.socket.writableLength > this.limits.writeHighWaterBytes) await this.writable(f);
           this.send({ kind: 'chunk', id, data });
         }
       }

@@ -309,6 +309,22 @@ export class Daemon {
     }
   }
 
+  /**
+   * The keys of stats.requests (`command:result`), made once per registered command and result
+   * code instead of a new string per request. Bounded: only registered command names (anything
+   * else is UNKNOWN_COMMAND_LABEL) and the result codes the daemon itself produces.
+   */
+  private readonly requestKeys = new Map<string, Map<string | undefined, string>>();
+
+  private requestKey(command: string | undefined, result: string | undefined): string {
+    const name = command !== undefined && this.dispatcher.has(command) ? command : UNKNOWN_COMMAND_LABEL;
+    let byResult = this.requestKeys.get(name);
+    if (!byResult) this.requestKeys.set(name, (byResult = new Map()));
+    let key = byResult.get(result);
+    if (key === undefined) byResult.set(result, (key = `${name}:${result}`));
+    return key;
+  }
+
   /** What ConnectionHooks reach in the daemon; one object per daemon, shared by all connections. */
   private readonly side: DaemonSide = {
     violation: (ip, kind, detail) => this.violations.report({ ip, kind, detail, time: Date.now() }),
@@ -323,8 +339,7 @@ export class Daemon {
       else if (what === 'hello-drop-tolerated') this.stats.helloDropsTolerated++;
       else if (what === 'established') this.stats.established++;
       else {
-        const name = command !== undefined && this.dispatcher.has(command) ? command : UNKNOWN_COMMAND_LABEL;
-        const key = `${name}:${result}`;
+        const key = this.requestKey(command, result);
         this.stats.requests.set(key, (this.stats.requests.get(key) ?? 0) + 1);
       }
     },

@@ -25,6 +25,8 @@ interface Aead {
   create(key: Uint8Array, iv: Uint8Array, encrypt: boolean): object;
   seal(dir: unknown, aad: Uint8Array, head: Uint8Array, tail: Uint8Array | undefined, out: Uint8Array, offset: number): number;
   open(dir: unknown, aad: Uint8Array, sealed: Uint8Array, out: Uint8Array, offset: number): number;
+  openAt(dir: unknown, buf: Uint8Array, at: number, aadLen: number, sealedLen: number): number;
+  sealAt(dir: unknown, rec: Uint8Array, aadLen: number, head: Uint8Array, tail: Uint8Array | undefined): number;
   sequence(dir: unknown): number;
   destroy(dir: unknown): void;
 }
@@ -63,6 +65,8 @@ test('a foreign External or any other value is a TypeError, never used as a cont
       assert.throws(() => aead.sequence(v), wrong, `sequence(${typeof v})`);
       assert.throws(() => aead.seal(v, aad, new Uint8Array(4), undefined, out, 0), wrong, `seal(${typeof v})`);
       assert.throws(() => aead.open(v, aad, new Uint8Array(20), out, 0), wrong, `open(${typeof v})`);
+      assert.throws(() => aead.openAt(v, new Uint8Array(64), 0, 8, 20), wrong, `openAt(${typeof v})`);
+      assert.throws(() => aead.sealAt(v, new Uint8Array(64), 8, new Uint8Array(4), undefined), wrong, `sealAt(${typeof v})`);
       assert.throws(() => aead.destroy(v), wrong, `destroy(${typeof v})`);
     }
     // Our own contexts still work, sealing and opening.

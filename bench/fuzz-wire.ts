@@ -2,8 +2,9 @@
  * The fuzzer's side of the wire: a connection from its own source address, the handshake from the
  * spec, sealing data and credit records, and waiting for the daemon's answers.
  */
+import { randomBytes } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
-import { systemRandomness, x25519, type EphemeralKey } from '../crypto/handshake-crypto.js';
+import { ephemeralFromPrivate, systemRandomness, x25519 } from '../crypto/handshake-crypto.js';
 import { ClientSession, pinFingerprint, type ClientEvent } from '../protocol/client-session.js';
 import { RECORD_DATA, RECORD_FINISHED, RECORD_HEADER_LEN, SERVER_HELLO_LEN } from '../protocol/constants.js';
 import { parseServerHello } from '../protocol/handshake-messages.js';
@@ -100,10 +101,11 @@ export const ANSWER_TIMEOUT_MS = 20000;
 export async function handshake(port: number, fingerprint: string, ip: string): Promise<Session | 'refused'> {
   const wire = await Wire.open(port, ip);
   if (wire.closed) return 'refused';
-  let eph: EphemeralKey | undefined;
+  // The session wipes its ephemeral key after the agreement: keep the private bytes to rebuild it.
+  const priv = randomBytes(32);
   const client = new ClientSession({
     acceptServerKey: pinFingerprint(fingerprint),
-    randomness: { random32: systemRandomness.random32, ephemeral: () => (eph = systemRandomness.ephemeral()) },
+    randomness: { random32: systemRandomness.random32, ephemeral: () => ephemeralFromPrivate(priv) },
     // Version 1: every forged DATA record is one bare message (PROTOCOL.md 6).
     maxVersion: 1,
   });
@@ -125,7 +127,7 @@ export async function handshake(port: number, fingerprint: string, ip: string): 
   const ev = client.nextEvent();
   if (ev.type !== 'established') throw new Error(`handshake failed: ${JSON.stringify(ev)}`);
   const sh = parseServerHello(got.subarray(0, SERVER_HELLO_LEN));
-  const secrets = deriveSessionSecrets(x25519(eph!, sh.share)!, hello, sh.signed, sh.signature);
+  const secrets = deriveSessionSecrets(x25519(ephemeralFromPrivate(priv), sh.share)!, hello, sh.signed, sh.signature);
   client.takeOutput(); // its own FINISHED: ours goes out through forge
   const forge = new RecordSealer(secrets.clientToServer);
   const out: Buffer[] = [];

@@ -6,7 +6,8 @@
  * server; HTTP/2 over TLS 1.3. Each server child runs with the shipped runtime settings
  * (server-child.ts). No session resumption anywhere. The figure is the server child's CPU time
  * (all threads) per completed handshake.
- * `node dist/bench/handshake-rounds.js [ROUNDS=8] [MS=1500]`.
+ * `node dist/bench/handshake-rounds.js [ROUNDS=8] [MS=1500] [--node-keys]` (--node-keys: a fifth
+ * server, ours with COMMUSIC_HANDSHAKE_KEYS=node, the node:crypto fallback of the handshake keys).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { connect as h2Connect } from 'node:http2';
@@ -24,9 +25,9 @@ interface Child {
   cpu(): Promise<number>;
 }
 
-async function start(kind: Kind): Promise<Child> {
+async function start(kind: Kind, extraEnv: Record<string, string> = {}): Promise<Child> {
   const script = fileURLToPath(new URL(kind === 'h2' ? './h2-child.js' : './server-child.js', import.meta.url));
-  const proc = fork(script, kind === 'h2' ? [] : [kind], { execArgv: ['--expose-gc', ...SERVER_NODE_FLAGS], env: { ...process.env, ...SERVER_ENV }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const proc = fork(script, kind === 'h2' ? [] : [kind], { execArgv: ['--expose-gc', ...SERVER_NODE_FLAGS], env: { ...process.env, ...SERVER_ENV, ...extraEnv }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const ready = await new Promise<Extract<FromChild, { type: 'ready' }>>((resolve, reject) => {
     proc.once('exit', (code) => reject(new Error(`${kind} child exited with ${code}`)));
     proc.on('message', (m: FromChild) => m.type === 'ready' && resolve(m));
@@ -48,6 +49,7 @@ const HOST = '127.0.0.1';
 const handshake: Record<string, (c: Child) => Promise<void>> = {
   'ours v3': (c) => connect({ host: HOST, port: c.port, fingerprint: c.fingerprint! }).then((x) => x.close()),
   'ours v2': (c) => connect({ host: HOST, port: c.port, fingerprint: c.fingerprint!, maxVersion: 2 }).then((x) => x.close()),
+  'v3 node': (c) => connect({ host: HOST, port: c.port, fingerprint: c.fingerprint! }).then((x) => x.close()),
   tls: (c) =>
     new Promise((resolve, reject) => {
       const s = tlsConnect({ host: HOST, port: c.port, ca: c.certPem!, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3' }, () => {
@@ -84,10 +86,14 @@ async function measure(c: Child, op: (c: Child) => Promise<void>, ms: number): P
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
-  const rounds = Number(process.argv[2] ?? 8);
-  const ms = Number(process.argv[3] ?? 1500);
+  const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+  const rounds = Number(args[0] ?? 8);
+  const ms = Number(args[1] ?? 1500);
   const ours = await start('ours');
   const children: Record<string, Child> = { 'ours v3': ours, 'ours v2': ours, tls: await start('tls'), h2: await start('h2') };
+  // --node-keys: also a daemon whose handshake keys and hashes go through node:crypto (the
+  // fallback; crypto/handshake-keys.ts), to show what the native addon saves.
+  if (process.argv.includes('--node-keys')) children['v3 node'] = await start('ours', { COMMUSIC_HANDSHAKE_KEYS: 'node' });
   const names = Object.keys(children);
   const cpu: Record<string, number[]> = Object.fromEntries(names.map((k) => [k, []]));
   try {
@@ -101,6 +107,7 @@ async function main(): Promise<void> {
   for (const k of names) process.stdout.write(`${k.padEnd(8)} server CPU per handshake (us), per round: ${cpu[k]!.map((x) => x.toFixed(0)).join(' ')}; median ${median(cpu[k]!).toFixed(0)}\n`);
   const ratio = (base: string, of: string) => median(cpu[of]!.map((x, i) => cpu[base]![i]! / x)).toFixed(2);
   process.stdout.write(`median of per-round ratios (baseline CPU / ours): v3 vs TLS ${ratio('tls', 'ours v3')}x, vs HTTP/2 ${ratio('h2', 'ours v3')}x; v2 vs TLS ${ratio('tls', 'ours v2')}x, vs HTTP/2 ${ratio('h2', 'ours v2')}x; v2 / v3 ${ratio('ours v2', 'ours v3')}x\n`);
+  if (children['v3 node']) process.stdout.write(`v3 with node:crypto keys: vs TLS ${ratio('tls', 'v3 node')}x, vs HTTP/2 ${ratio('h2', 'v3 node')}x; node:crypto keys / native ${ratio('v3 node', 'ours v3')}x\n`);
 }
 
 main().catch((e: unknown) => {

@@ -1,7 +1,6 @@
-import { constantTimeEqual, credentialVerify, systemRandomness, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { constantTimeEqual, credentialVerify, systemRandomness, wipeEphemeral, x25519, type EphemeralKey, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
 import { fingerprintOf, verifyTranscript } from '../crypto/identity.js';
 import {
-  CLOSE_BODY_LEN,
   FINISHED_LEN,
   HS_HEADER_LEN,
   HS_REJECT,
@@ -20,10 +19,9 @@ import { checkCredential, type CredentialCache } from './credential.js';
 import { internalError, ProtocolError } from './errors.js';
 import { encodeClientHello, parseReject, parseServerHello, parseServerHelloV3, serverHelloLength } from './handshake-messages.js';
 import { deriveSessionSecrets, deriveSessionSecretsV3, signatureInput, signatureInputV3, transcriptHash } from './key-schedule.js';
-import { splitBatch } from './batch.js';
-import { decodeMessage, type Message } from './messages.js';
+import type { Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
-import { OutputQueue } from './output-queue.js';
+import { SessionCore } from './session-core.js';
 
 /**
  * The client's side, sans I/O, mirroring ServerSession.
@@ -89,31 +87,19 @@ export function pinFingerprint(expected: string): (fp: string) => boolean {
   return (fp) => constantTimeEqual(Buffer.from(fp, 'hex'), want);
 }
 
-export class ClientSession {
-  private stateValue: ClientState = 'START';
+export class ClientSession extends SessionCore<ClientState, Input, ClientEvent> {
   private hsBuf: Buffer[] = [];
   private hsLen = 0;
   private clientHello: Buffer | undefined;
   private eph: EphemeralKey | undefined;
-  private reader: RecordReader | undefined;
-  private sealer: RecordSealer | undefined;
   private expectedServerFinished: Buffer | undefined;
   private clientFinished: Buffer | undefined;
   private fingerprint: string | undefined;
   private spki: Buffer | undefined;
-  private version = 0;
-  private exporter: Buffer | undefined;
-  private readonly output = new OutputQueue();
-  /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
-  private inbox: Message[] | undefined;
-  private inboxAt = 0;
-  private terminal: ClientEvent | undefined;
   private rejectCode: number | undefined;
 
-  constructor(private readonly opts: ClientSessionOptions) {}
-
-  get state(): ClientState {
-    return this.stateValue;
+  constructor(private readonly opts: ClientSessionOptions) {
+    super('START', CLIENT_TRANSITIONS);
   }
 
   /** The highest version this client offers (section 8). */
@@ -151,11 +137,8 @@ export class ClientSession {
 
   nextEvent(): ClientEvent {
     if (this.terminal) return this.terminal;
-    if (this.inbox) {
-      const message = this.inbox[this.inboxAt++]!;
-      if (this.inboxAt === this.inbox.length) this.inbox = undefined;
-      return { type: 'message', message };
-    }
+    const queued = this.nextInboxMessage();
+    if (queued) return { type: 'message', message: queued };
     try {
       return this.step();
     } catch (e) {
@@ -167,71 +150,12 @@ export class ClientSession {
     }
   }
 
-  sendMessage(message: Message): void {
-    if (this.stateValue !== 'ESTABLISHED' || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
-    this.output.sealMessage(this.sealer, message);
-  }
-
-  close(code: number): void {
-    if (this.sealer && this.stateValue === 'ESTABLISHED') this.output.sealClose(this.sealer, code);
-    this.stateValue = 'CLOSED';
-    this.terminal ??= { type: 'closed', code };
-    this.wipe();
-  }
-
-  /** The bytes to send, as buffers in order (each record one buffer: header, ciphertext, tag). */
-  takeOutput(): Buffer[] {
-    return this.output.take();
-  }
-
-  /** The bytes to send as unjoined pieces, in order (for a vectored write). */
-  takeOutputPieces(): Buffer[] {
-    return this.output.takePieces();
-  }
-
-  /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
-  takeOutputBytes(): Buffer | undefined {
-    return this.output.takeBytes();
-  }
-
-  /**
-   * The session's exporter value (32 bytes, PROTOCOL.md 4), known once the hellos are exchanged;
-   * an application binds its own authentication to it (channel binding). Undefined before.
-   */
-  get channelBinding(): Buffer | undefined {
-    return this.exporter;
-  }
-
-  wipe(): void {
-    this.exporter?.fill(0);
-    this.reader?.wipe();
-    this.sealer?.wipe();
+  override wipe(): void {
+    super.wipe();
+    if (this.eph) wipeEphemeral(this.eph);
+    this.eph = undefined;
     this.expectedServerFinished?.fill(0);
     this.clientFinished?.fill(0);
-    this.inbox = undefined;
-    this.output.discard();
-  }
-
-  /** The version both sides agreed on (0 before the ServerHello). */
-  get negotiatedVersion(): number {
-    return this.version;
-  }
-
-  /** As ServerSession: one message (version 1) or a whole batch decoded first (version 2). */
-  private openData(plaintext: Buffer): Message {
-    if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
-    const entries = splitBatch(plaintext);
-    if (entries.length === 1) return decodeMessage(entries[0]!, true);
-    const messages = entries.map((e) => decodeMessage(e, true));
-    this.inbox = messages;
-    this.inboxAt = 1;
-    return messages[0]!;
-  }
-
-  private transition(input: Input): void {
-    const next = CLIENT_TRANSITIONS[this.stateValue][input];
-    if (!next) throw new ProtocolError('UNEXPECTED_RECORD', `${input} not allowed in ${this.stateValue}`);
-    this.stateValue = next;
   }
 
   private step(): ClientEvent {
@@ -257,12 +181,8 @@ export class ClientSession {
         }
         case 'data':
           return { type: 'message', message: this.openData(rec.plaintext) };
-        case 'close': {
-          const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
-          this.terminal = { type: 'closed', code };
-          this.wipe();
-          return this.terminal;
-        }
+        case 'close':
+          return this.peerClosed(rec.plaintext);
         default:
           throw new ProtocolError('UNEXPECTED_RECORD', 'unexpected handshake input');
       }
@@ -305,11 +225,12 @@ export class ClientSession {
       throw new ProtocolError('BAD_SIGNATURE', 'the server signature over the handshake does not verify');
     }
     const shared = x25519(this.eph!, sh.share);
+    // The ephemeral key has served its purpose (forward secrecy: wiped after its one agreement).
+    wipeEphemeral(this.eph!);
+    this.eph = undefined;
     if (!shared) throw new ProtocolError('BAD_KEY_SHARE', 'server key share is invalid or of low order');
     const secrets = v3 ? deriveSessionSecretsV3(shared, this.clientHello!, sh.signed, sh.signature, th) : deriveSessionSecrets(shared, this.clientHello!, sh.signed, sh.signature);
     shared.fill(0);
-    // The ephemeral key and the hello have served their purpose (forward secrecy: drop the key).
-    this.eph = undefined;
     this.clientHello = undefined;
     this.version = sh.version;
     this.output.batching = this.version >= PROTOCOL_VERSION_2;

@@ -1,5 +1,4 @@
-import type { KeyObject } from 'node:crypto';
-import { aeadKey, hkdf, hkdfBlock, hkdfExpand, hkdfExtract, hmacSha256, sha256 } from '../crypto/handshake-crypto.js';
+import { hkdf, hkdfBlock, hkdfExpand, hkdfExtract, hmacSha256, sha256 } from '../crypto/handshake-crypto.js';
 import { FINISHED_LEN, SIGNATURE_CONTEXT, SIGNATURE_CONTEXT_V3 } from './constants.js';
 
 /**
@@ -10,14 +9,14 @@ const EMPTY = Buffer.alloc(0);
 
 /**
  * One direction's keys. `material` is one ArrayBuffer of its own holding the traffic secret
- * (bytes 0..31; the next one is derived from it on KEY_UPDATE) and the IV (bytes 32..43): one
- * small object per direction for an idle connection, no slab of Node's shared buffer pool
- * pinned. The AES-256-GCM key ("CMSP v1 key") is a KeyObject (export() gives its bytes).
+ * (bytes 0..31; the next one is derived from it on KEY_UPDATE), the IV (bytes 32..43) and the
+ * AES-256-GCM key (bytes 44..75): one small object per direction for an idle connection, no
+ * slab of Node's shared buffer pool pinned, no KeyObject (the record cipher copies the key into
+ * its own native state; crypto/record-cipher.ts). wipeDirection() zeroes all three.
  */
 export class DirectionKeys {
   constructor(
     readonly material: Buffer,
-    readonly key: KeyObject,
     /** Which key schedule derives key, IV and next(T) from the secret: 1 (versions 1, 2) or 3 (section 4.1). */
     readonly schedule: 1 | 3 = 1,
   ) {}
@@ -29,12 +28,20 @@ export class DirectionKeys {
 
   /** A view of the IV. */
   get iv(): Buffer {
-    return this.material.subarray(32, 44);
+    return this.material.subarray(IV_OFFSET, IV_OFFSET + 12);
+  }
+
+  /** A view of the AES-256-GCM key ("CMSP v1 key", or the first 32 bytes of version 3's key and IV). */
+  get key(): Buffer {
+    return this.material.subarray(KEY_OFFSET, KEY_OFFSET + 32);
   }
 }
 
 /** Offset of the IV in DirectionKeys.material. */
 export const IV_OFFSET = 32;
+/** Offset of the AEAD key in DirectionKeys.material. */
+const KEY_OFFSET = 44;
+const MATERIAL_LEN = 76;
 
 export interface SessionSecrets {
   /** SHA-256(ClientHello || ServerHello without its signature). */
@@ -61,23 +68,23 @@ export function signatureInput(th: Uint8Array): Buffer {
 }
 
 /**
- * Key and IV of one direction from its traffic secret. Secret and IV live together in one
- * ArrayBuffer of their own (44 bytes) and the key in a KeyObject, so an idle connection's key
- * material pins no slab of Node's shared buffer pool; the raw key bytes are wiped at once.
+ * Key and IV of one direction from its traffic secret. Secret, IV and key live together in one
+ * ArrayBuffer of their own (76 bytes), so an idle connection's key material pins no slab of
+ * Node's shared buffer pool; the intermediate values are wiped at once.
  */
 export function directionKeys(secret: Buffer): DirectionKeys {
-  const own = Buffer.allocUnsafeSlow(44);
+  const own = Buffer.allocUnsafeSlow(MATERIAL_LEN);
   own.set(secret.subarray(0, 32), 0);
   // Both labels from one extract: HKDF(T, "", label, L) = Expand(Extract("", T), label, L).
   const prk = hkdfExtract(own.subarray(0, 32), EMPTY);
   const raw = hkdfExpand(prk, 'CMSP v1 key', 32);
-  const key = aeadKey(raw);
+  own.set(raw, KEY_OFFSET);
   raw.fill(0);
   const iv = hkdfExpand(prk, 'CMSP v1 iv', 12);
   prk.fill(0);
-  own.set(iv, 32);
+  own.set(iv, IV_OFFSET);
   iv.fill(0);
-  return new DirectionKeys(own, key);
+  return new DirectionKeys(own);
 }
 
 export function nextDirectionKeys(current: DirectionKeys): DirectionKeys {
@@ -89,7 +96,7 @@ export function nextDirectionKeys(current: DirectionKeys): DirectionKeys {
   return next;
 }
 
-/** Wipes secret and IV; the key's KeyObject is cleared by Node when it is collected. */
+/** Wipes secret, IV and key. */
 export function wipeDirection(k: DirectionKeys): void {
   k.material.fill(0);
 }
@@ -108,10 +115,11 @@ export function directionKeysV3(secret: Buffer): DirectionKeys {
 
 /** DirectionKeys from a version 3 secret and its 44 bytes of key and IV (the caller wipes both). */
 function directionKeysV3From(secret: Uint8Array, keyIv: Uint8Array): DirectionKeys {
-  const own = Buffer.allocUnsafeSlow(44);
+  const own = Buffer.allocUnsafeSlow(MATERIAL_LEN);
   own.set(secret.subarray(0, 32), 0);
-  own.set(keyIv.subarray(32, 44), 32);
-  return new DirectionKeys(own, aeadKey(keyIv.subarray(0, 32)), 3);
+  own.set(keyIv.subarray(32, 44), IV_OFFSET);
+  own.set(keyIv.subarray(0, 32), KEY_OFFSET);
+  return new DirectionKeys(own, 3);
 }
 
 /** Bytes of version 3's key block: two traffic secrets, two key+IV, two FINISHED values. */

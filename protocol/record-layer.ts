@@ -26,15 +26,10 @@ export interface OpenedRecord {
 
 /**
  * The record cipher of one direction's keys (crypto/record-cipher.ts: the nonce is the IV XOR
- * the record number, counted by the cipher itself). The raw key bytes exist only for the call.
+ * the record number, counted by the cipher itself; it copies key and IV).
  */
 function cipherFor(keys: DirectionKeys, role: RecordCipherRole): RecordCipher {
-  const raw = keys.key.export();
-  try {
-    return createRecordCipher(raw, keys.iv, role);
-  } finally {
-    raw.fill(0);
-  }
+  return createRecordCipher(keys.key, keys.iv, role);
 }
 
 

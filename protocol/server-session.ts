@@ -1,10 +1,9 @@
-import { constantTimeEqual, credentialSign, systemRandomness, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
+import { constantTimeEqual, credentialSign, systemRandomness, wipeEphemeral, x25519, type HandshakeRandomness } from '../crypto/handshake-crypto.js';
 import { signTranscript, type IdentityKey } from '../crypto/identity.js';
 import { classifyFirstBytes } from './classify.js';
 import {
   CLIENT_HELLO_BODY_LEN,
   CLIENT_HELLO_LEN,
-  CLOSE_BODY_LEN,
   FINISHED_LEN,
   HS_CLIENT_HELLO,
   HS_HEADER_LEN,
@@ -23,10 +22,9 @@ import type { ServerCredential } from './credential.js';
 import { internalError, ProtocolError } from './errors.js';
 import { encodeReject, encodeServerHelloSigned, encodeServerHelloV3Signed, parseClientHello } from './handshake-messages.js';
 import { deriveSessionSecrets, deriveSessionSecretsV3, signatureInput, signatureInputV3, transcriptHash } from './key-schedule.js';
-import { splitBatch } from './batch.js';
-import { decodeMessage, type Message } from './messages.js';
+import type { Message } from './messages.js';
 import { RecordReader, RecordSealer } from './record-layer.js';
-import { OutputQueue } from './output-queue.js';
+import { SessionCore } from './session-core.js';
 
 /**
  * The server's side of a connection, sans I/O: feed it bytes with receive(), pull events with
@@ -79,29 +77,13 @@ export const SERVER_RECORD_INPUT: Readonly<Record<number, Input>> = {
   [RECORD_CLOSE]: 'close',
 };
 
-export class ServerSession {
-  private stateValue: ServerState = 'AWAIT_CLIENT_HELLO';
+export class ServerSession extends SessionCore<ServerState, Input, ServerEvent> {
   private helloBuf: Buffer[] = [];
   private helloLen = 0;
-  private reader: RecordReader | undefined;
-  private sealer: RecordSealer | undefined;
   private expectedFinished: Buffer | undefined;
-  private readonly output = new OutputQueue();
-  /** Version 2: the messages of the last DATA record not yet returned by nextEvent(). */
-  private inbox: Message[] | undefined;
-  private inboxAt = 0;
-  private terminal: ServerEvent | undefined;
-  private version = 0;
-  private exporter: Buffer | undefined;
 
-  constructor(private readonly opts: ServerSessionOptions) {}
-
-  get state(): ServerState {
-    return this.stateValue;
-  }
-
-  get negotiatedVersion(): number {
-    return this.version;
+  constructor(private readonly opts: ServerSessionOptions) {
+    super('AWAIT_CLIENT_HELLO', SERVER_TRANSITIONS);
   }
 
   /**
@@ -126,11 +108,8 @@ export class ServerSession {
 
   nextEvent(): ServerEvent {
     if (this.terminal) return this.terminal;
-    if (this.inbox) {
-      const message = this.inbox[this.inboxAt++]!;
-      if (this.inboxAt === this.inbox.length) this.inbox = undefined;
-      return { type: 'message', message };
-    }
+    const queued = this.nextInboxMessage();
+    if (queued) return { type: 'message', message: queued };
     try {
       return this.step();
     } catch (e) {
@@ -139,69 +118,9 @@ export class ServerSession {
     }
   }
 
-  sendMessage(message: Message): void {
-    if (this.stateValue !== 'ESTABLISHED' || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
-    this.output.sealMessage(this.sealer, message);
-  }
-
-  /** Sends CLOSE (when established) and moves to CLOSED. */
-  close(code: number): void {
-    if (this.sealer && this.stateValue === 'ESTABLISHED') this.output.sealClose(this.sealer, code);
-    this.stateValue = 'CLOSED';
-    this.terminal ??= { type: 'closed', code };
-    this.wipe();
-  }
-
-  /** The bytes to send, as buffers in order (each record one buffer: header, ciphertext, tag). */
-  takeOutput(): Buffer[] {
-    return this.output.take();
-  }
-
-  /** The bytes to send as unjoined pieces, in order (for a vectored write). */
-  takeOutputPieces(): Buffer[] {
-    return this.output.takePieces();
-  }
-
-  /** The bytes to send joined into one buffer (one copy), or undefined when there are none. */
-  takeOutputBytes(): Buffer | undefined {
-    return this.output.takeBytes();
-  }
-
-  /**
-   * The session's exporter value (32 bytes, PROTOCOL.md 4), known once the hellos are exchanged;
-   * an application binds its own authentication to it (channel binding). Undefined before.
-   */
-  get channelBinding(): Buffer | undefined {
-    return this.exporter;
-  }
-
-  wipe(): void {
-    this.exporter?.fill(0);
-    this.reader?.wipe();
-    this.sealer?.wipe();
+  override wipe(): void {
+    super.wipe();
     this.expectedFinished?.fill(0);
-    this.inbox = undefined;
-    this.output.discard();
-  }
-
-  /**
-   * A DATA record's plaintext: one message (version 1), or a batch (version 2) whose messages
-   * are all decoded before the first is returned, so a malformed one refuses the whole record.
-   */
-  private openData(plaintext: Buffer): Message {
-    if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
-    const entries = splitBatch(plaintext);
-    if (entries.length === 1) return decodeMessage(entries[0]!, true);
-    const messages = entries.map((e) => decodeMessage(e, true));
-    this.inbox = messages;
-    this.inboxAt = 1;
-    return messages[0]!;
-  }
-
-  private transition(input: Input): void {
-    const next = SERVER_TRANSITIONS[this.stateValue][input];
-    if (!next) throw new ProtocolError('UNEXPECTED_RECORD', `${input} not allowed in ${this.stateValue}`);
-    this.stateValue = next;
   }
 
   private fail(error: ProtocolError): ServerEvent {
@@ -239,12 +158,8 @@ export class ServerSession {
         }
         case 'data':
           return { type: 'message', message: this.openData(rec.plaintext) };
-        case 'close': {
-          const code = rec.plaintext.length === CLOSE_BODY_LEN ? rec.plaintext.readUInt16BE(0) : 0;
-          this.terminal = { type: 'closed', code };
-          this.wipe();
-          return this.terminal;
-        }
+        case 'close':
+          return this.peerClosed(rec.plaintext);
         default:
           throw new ProtocolError('UNEXPECTED_RECORD', 'client-hello after the handshake');
       }
@@ -288,6 +203,8 @@ export class ServerSession {
     const rnd = this.opts.randomness ?? systemRandomness;
     const eph = rnd.ephemeral();
     const shared = x25519(eph, hello.share);
+    // Forward secrecy: the ephemeral key is wiped right after its one agreement.
+    wipeEphemeral(eph);
     if (!shared) {
       this.output.push(encodeReject(REJECT_HANDSHAKE_FAILED));
       throw new ProtocolError('BAD_KEY_SHARE', 'client key share is invalid or of low order');

@@ -27,6 +27,23 @@ function holder(): SlotHolder & { evictions: number } {
   return { evictions: 0, evict() { this.evictions++; } };
 }
 
+test('admission: prefixes are cached per address, the cache stays bounded and follows the prefix lengths', () => {
+  const lim = { ...limits };
+  const a = new Admission(lim);
+  const cache = (a as unknown as { prefixes: Map<string, string> }).prefixes;
+  assert.equal(a.prefixOf('192.0.2.77'), '192.0.2.0/24');
+  assert.equal(cache.get('192.0.2.77'), '192.0.2.0/24'); // the second connection stage parses nothing
+  for (let i = 0; i < 10_000; i++) {
+    const ip = `10.${(i >> 8) & 255}.${i & 255}.1`;
+    assert.equal(a.prefixOf(ip), `10.${(i >> 8) & 255}.${i & 255}.0/24`);
+    assert.ok(cache.size <= 4096);
+  }
+  assert.equal(a.prefixOf('2001:db8:1:2:3:4:5:6'), '2001:db8:1:2::/64');
+  assert.equal(a.prefixOf('not an address'), 'not an address');
+  lim.limitPrefixV4 = 16;
+  assert.equal(a.prefixOf('192.0.2.77'), '192.0.0.0/16');
+});
+
 test('admission: a lighter newcomer takes the heaviest source\'s oldest slot when the pool is full', () => {
   const a = new Admission({ ...limits, maxPendingHandshakes: 6, earlyDropStart: 6, maxPendingHandshakesPerIp: 16 }, () => 0.99);
   const heavy = Array.from({ length: 4 }, () => holder());

@@ -1,9 +1,9 @@
 import { after, before, test } from 'node:test';
+import { capturingRandomness } from './helpers/ephemeral.js';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { connect, type Connection } from '../client/connection.js';
-import { systemRandomness, x25519, type EphemeralKey } from '../crypto/handshake-crypto.js';
 import { joinBatch, splitBatch } from '../protocol/batch.js';
 import { ClientSession, pinFingerprint } from '../protocol/client-session.js';
 import {
@@ -49,11 +49,11 @@ function recordsOf(wire: Buffer): { type: number; len: number }[] {
 /** An in-memory handshake; `forge` seals client records after the client's Finished (seq 1 on). */
 function pair(clientMax: 1 | 2 = 2, serverVersions?: number[]) {
   const identity = testIdentity();
-  let eph: EphemeralKey | undefined;
+  const cap = capturingRandomness();
   const client = new ClientSession({
     acceptServerKey: pinFingerprint(identity.fingerprint),
     maxVersion: clientMax,
-    randomness: { random32: systemRandomness.random32, ephemeral: () => (eph = systemRandomness.ephemeral()) },
+    randomness: cap.randomness,
   });
   const server = new ServerSession({ identity, ...(serverVersions ? { versions: serverVersions } : {}) });
   client.start();
@@ -67,7 +67,7 @@ function pair(clientMax: 1 | 2 = 2, serverVersions?: number[]) {
   server.receive(finished);
   assert.equal(server.nextEvent().type, 'established');
   const sh = parseServerHello(flight.subarray(0, SERVER_HELLO_LEN));
-  const secrets = deriveSessionSecrets(x25519(eph!, sh.share)!, hello, sh.signed, sh.signature);
+  const secrets = deriveSessionSecrets(cap.shared(sh.share)!, hello, sh.signed, sh.signature);
   const forge = new RecordSealer(secrets.clientToServer);
   forge.seal(RECORD_FINISHED, secrets.clientFinished, []); // seq 0 was the Finished
   return { client, server, forge };

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createCipheriv } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createPublicKey, diffieHellman, generateKeyPairSync, sign, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { createRecordCipher, RECORD_CIPHER_ENV, recordCipherBackend, type RecordCipher, type RecordCipherImpl } from '../crypto/record-cipher.js';
@@ -126,6 +126,31 @@ test('a changed bit anywhere (header, ciphertext, tag) is refused: no plaintext 
     }),
     { numRuns: 100 },
   );
+});
+
+test('a refused record leaves nothing on OpenSSL\'s error queue: the next unrelated node:crypto calls of the thread work', () => {
+  // A peer's forged records must not make the server's next key exchange, signature or decryption
+  // fail with a stale error (Node reads the thread's OpenSSL error queue after its calls).
+  const key = Buffer.alloc(32, 5);
+  const iv = Buffer.alloc(12, 6);
+  const rec = sealRecord(createRecordCipher(key, iv, 'seal', 'native'), 23, Buffer.from('forged'));
+  rec[rec.length - 1]! ^= 1;
+  const opener = createRecordCipher(key, iv, 'open', 'native');
+  for (let i = 0; i < 20; i++) {
+    assert.equal(opener.open(rec.subarray(0, HEADER), rec.subarray(HEADER), Buffer.alloc(6), 0), -1);
+    assert.equal(opener.openAt(Buffer.from(rec), 0, HEADER, rec.length - HEADER), -1);
+  }
+  const a = generateKeyPairSync('x25519');
+  const b = generateKeyPairSync('x25519');
+  assert.equal(diffieHellman({ privateKey: a.privateKey, publicKey: b.publicKey }).length, 32);
+  const signer = generateKeyPairSync('ed25519');
+  assert.ok(verify(null, Buffer.from('m'), signer.publicKey, sign(null, Buffer.from('m'), signer.privateKey)));
+  assert.equal(createPublicKey({ key: a.publicKey.export({ format: 'der', type: 'spki' }), format: 'der', type: 'spki' }).asymmetricKeyType, 'x25519');
+  const c = createCipheriv('aes-256-gcm', key, iv);
+  const ct = Buffer.concat([c.update('ok'), c.final()]);
+  const d = createDecipheriv('aes-256-gcm', key, iv);
+  d.setAuthTag(c.getAuthTag());
+  assert.equal(Buffer.concat([d.update(ct), d.final()]).toString(), 'ok');
 });
 
 test('every seal uses the next record number: nonce = IV XOR n, never repeated, also with more directions than keyed contexts', () => {

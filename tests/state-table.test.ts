@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
+import { capturingRandomness } from './helpers/ephemeral.js';
 import test from 'node:test';
-import { systemRandomness, x25519, type EphemeralKey } from '../crypto/handshake-crypto.js';
 import { CLIENT_RECORD_INPUT, CLIENT_TRANSITIONS, ClientSession, pinFingerprint, type ClientEvent, type ClientState } from '../protocol/client-session.js';
 import { RECORD_CLOSE, RECORD_DATA, RECORD_FINISHED, RECORD_KEY_UPDATE, SERVER_HELLO_LEN } from '../protocol/constants.js';
 import { parseServerHello } from '../protocol/handshake-messages.js';
@@ -35,10 +35,10 @@ interface Handshake {
 /** A handshake in memory (version 2: DATA bodies are batches) that also hands the test both directions' keys. */
 function handshake(): Handshake {
   const identity = testIdentity();
-  let eph: EphemeralKey | undefined;
+  const cap = capturingRandomness();
   const client = new ClientSession({
     acceptServerKey: pinFingerprint(identity.fingerprint),
-    randomness: { random32: systemRandomness.random32, ephemeral: () => (eph = systemRandomness.ephemeral()) },
+    randomness: cap.randomness,
   });
   const server = new ServerSession({ identity });
   client.start();
@@ -48,7 +48,7 @@ function handshake(): Handshake {
   const flight = concat(server.takeOutput());
   const serverHello = flight.subarray(0, SERVER_HELLO_LEN);
   const sh = parseServerHello(serverHello);
-  const shared = x25519(eph!, sh.share)!;
+  const shared = cap.shared(sh.share)!;
   const secrets = deriveSessionSecrets(shared, clientHello, sh.signed, sh.signature);
   return { client, server, secrets, clientHello, serverHello, serverFinishedRecord: flight.subarray(SERVER_HELLO_LEN) };
 }

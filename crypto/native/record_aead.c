@@ -27,6 +27,7 @@
 #include <node_api.h>
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -246,11 +247,14 @@ static napi_value seal(napi_env env, napi_callback_info info) {
   OPENSSL_cleanse(nonce, IV_LEN);
   if (!ok) {
     OPENSSL_cleanse(dst, total + TAG_LEN);
+    ERR_clear_error();
     return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
   }
   d->seq++;
   return number(env, (double)(total + TAG_LEN));
 }
+
+static int open_into(direction_t *d, const uint8_t *aad, size_t aad_len, const uint8_t *sealed, size_t len, uint8_t *dst);
 
 /*
  * open(dir, aad, sealed, out, offset) -> plaintext length, or -1 when the tag does not verify
@@ -273,30 +277,7 @@ static napi_value open_record(napi_env env, napi_callback_info info) {
   if (sealed_len < TAG_LEN) return number(env, -1);
   size_t len = sealed_len - TAG_LEN;
   if (len > INT32_MAX || (size_t)offset > out_len || out_len - (size_t)offset < len) return throw_error(env, "ERR_AEAD_ARGS", "output buffer too small");
-  uint8_t nonce[IV_LEN];
-  uint8_t tag[TAG_LEN];
-  memcpy(tag, sealed + len, TAG_LEN); /* sealed may overlap out: keep the tag */
-  nonce_for(d, nonce);
-  uint8_t *dst = out + offset;
-  EVP_CIPHER_CTX *ctx = context_for(d);
-  int n = 0, ok = ctx != NULL && EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
-  if (ok && aad_len > 0) ok = EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) == 1;
-  size_t at = 0;
-  if (ok && len > 0) {
-    ok = EVP_DecryptUpdate(ctx, dst, &n, sealed, (int)len) == 1;
-    at += (size_t)n;
-  }
-  if (ok) ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) == 1;
-  if (ok) {
-    ok = EVP_DecryptFinal_ex(ctx, dst + at, &n) == 1;
-    at += (size_t)n;
-  }
-  OPENSSL_cleanse(nonce, IV_LEN);
-  if (!ok || at != len) {
-    OPENSSL_cleanse(dst, len);
-    return number(env, -1);
-  }
-  d->seq++;
+  if (!open_into(d, aad, aad_len, sealed, len, out + offset)) return number(env, -1);
   return number(env, (double)len);
 }
 
@@ -325,6 +306,9 @@ static int open_into(direction_t *d, const uint8_t *aad, size_t aad_len, const u
   OPENSSL_cleanse(nonce, IV_LEN);
   if (!ok || at != len) {
     OPENSSL_cleanse(dst, len);
+    /* A record that does not verify is a peer's doing: whatever OpenSSL queued about it must not
+       reach the next, unrelated node:crypto call of this thread (which would fail with it). */
+    ERR_clear_error();
     return 0;
   }
   d->seq++;
@@ -407,6 +391,7 @@ static napi_value seal_at(napi_env env, napi_callback_info info) {
   OPENSSL_cleanse(nonce, IV_LEN);
   if (!ok) {
     OPENSSL_cleanse(dst, total + TAG_LEN);
+    ERR_clear_error();
     return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
   }
   d->seq++;
@@ -445,6 +430,9 @@ static void finalize_pool(napi_env env, void *data, void *hint) {
   unref_pool(p);
 }
 
+/* crypto/native/handshake_keys.c: the handshake's key exchange, signatures and hashes. */
+int register_handshake_functions(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   pool_t *pool = (pool_t *)OPENSSL_zalloc(sizeof(pool_t));
   if (pool != NULL) pool->refs = 1;
@@ -463,6 +451,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"destroy", NULL, destroy, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  if (!register_handshake_functions(env, exports)) return NULL;
   return exports;
 }
 

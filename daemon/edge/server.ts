@@ -1,5 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { IdentityKey } from '../../crypto/identity.js';
+import { handshakeKeysBackend } from '../../crypto/handshake-keys.js';
 import { recordCipherBackend } from '../../crypto/record-cipher.js';
 import { CLOSE_NORMAL, CLOSE_POLICY, SUPPORTED_VERSIONS } from '../../protocol/constants.js';
 import { encodeRefusal, type Refusal } from '../../protocol/refusal.js';
@@ -146,6 +147,10 @@ export class Daemon {
     const aead = recordCipherBackend();
     if (aead.impl === 'native') d.log.info('record cipher', { impl: aead.impl });
     else d.log.warn('record cipher addon not loaded: using node:crypto (same records, about 3 us more CPU per record); run npm ci to build it', { impl: aead.impl, reason: aead.reason });
+    // crypto/handshake-keys.ts: the same handshakes either way, only more CPU per handshake.
+    const hs = handshakeKeysBackend();
+    if (hs.impl === 'native') d.log.info('handshake keys', { impl: hs.impl });
+    else d.log.warn('handshake key addon not loaded: using node:crypto (same handshakes, more CPU per handshake); run npm ci to build it', { impl: hs.impl, reason: hs.reason });
     const l = opts.config.limits;
     const sweepMs = Math.max(25, Math.min(1000, Math.floor(Math.min(l.loginTimeoutMs, l.idleTimeoutMs) / 4)));
     d.deadlineTimer = setInterval(() => d.sweepDeadlines(), sweepMs).unref();

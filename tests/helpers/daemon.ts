@@ -1,8 +1,8 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import { capturingRandomness } from './ephemeral.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { systemRandomness, x25519, type EphemeralKey } from '../../crypto/handshake-crypto.js';
 import { configSchema, type Limits } from '../../daemon/main/config.js';
 import { nullLogger, type Logger } from '../../daemon/common/log.js';
 import { Daemon } from '../../daemon/edge/server.js';
@@ -217,13 +217,10 @@ export async function rawHandshake(
   opts: { localAddress?: string; sendFinished?: boolean; rekeyAfterRecords?: number; timeoutMs?: number; maxVersion?: number } = {},
 ): Promise<RawSession> {
   const raw = await RawSocket.open(port, opts.localAddress);
-  let eph: EphemeralKey | undefined;
+  const cap = capturingRandomness();
   const session = new ClientSession({
     acceptServerKey: pinFingerprint(fingerprint),
-    randomness: {
-      random32: systemRandomness.random32,
-      ephemeral: () => (eph = systemRandomness.ephemeral()),
-    },
+    randomness: cap.randomness,
     ...(opts.rekeyAfterRecords ? { rekeyAfterRecords: opts.rekeyAfterRecords } : {}),
     // Version 1 unless asked: records forged with `forge` carry one bare message each.
     maxVersion: opts.maxVersion ?? 1,
@@ -247,7 +244,7 @@ export async function rawHandshake(
   if (ev.type !== 'established') throw new Error(`handshake failed: ${JSON.stringify(ev)}`);
   const finishedRecord = Buffer.concat(session.takeOutput());
   const sh = parseServerHello(serverBytes.subarray(0, SERVER_HELLO_LEN));
-  const shared = x25519(eph!, sh.share);
+  const shared = cap.shared(sh.share);
   if (!shared) throw new Error('server share is invalid');
   const secrets = deriveSessionSecrets(shared, clientHello, sh.signed, sh.signature);
   const forge = new RecordSealer(secrets.clientToServer, opts.rekeyAfterRecords);

@@ -105,10 +105,10 @@ export function sessionVectors(
   return {
     finished_hash: hex(s.finishedHash),
     c2s_traffic_secret: hex(s.clientToServer.secret),
-    c2s_key: hex(s.clientToServer.key.export()),
+    c2s_key: hex(s.clientToServer.key),
     c2s_iv: hex(s.clientToServer.iv),
     s2c_traffic_secret: hex(s.serverToClient.secret),
-    s2c_key: hex(s.serverToClient.key.export()),
+    s2c_key: hex(s.serverToClient.key),
     s2c_iv: hex(s.serverToClient.iv),
     client_finished: hex(s.clientFinished),
     server_finished: hex(s.serverFinished),
@@ -118,7 +118,7 @@ export function sessionVectors(
     ping_request_cbor: hex(encodeMessage(r.ping)),
     client_ping_record: hex(r.clientPingRecord),
     c2s_traffic_secret_after_key_update: hex(r.c2sUpdated.secret),
-    c2s_key_after_key_update: hex(r.c2sUpdated.key.export()),
+    c2s_key_after_key_update: hex(r.c2sUpdated.key),
     c2s_iv_after_key_update: hex(r.c2sUpdated.iv),
   };
 }

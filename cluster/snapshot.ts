@@ -8,8 +8,9 @@
  *
  * The copy equals its position only when the store holds no captured change that is not in the
  * log yet (`_cluster_capture` empty): a standby's replica always does (each entry is applied in
- * one transaction with its position), a primary's store does between commits. The copy is taken
- * synchronously right after that check, so no write comes between.
+ * one transaction with its position), a primary's store does between commits. The copy is made
+ * on a snapshot worker thread with its own connection (off the event loop), which reads position,
+ * pending changes and schema before and after the copy and keeps it only if they agree.
  *
  * Serving (`serveSnapshot`, the peer channel's pull handler for kind 'snapshot'): the file is
  * streamed in 256 KiB chunks and removed afterwards; `meta` carries {seq, digest, schema}.
@@ -36,7 +37,8 @@ import { StorageError } from '../storage/engine/errors.js';
 import { removeSqliteFiles, swapInSqliteFile } from '../storage/engine/rekey.js';
 import { openEncrypted, type Db } from '../storage/engine/sqlcipher.js';
 import type { Storage } from '../storage/server/storage.js';
-import { installCapture, pendingCapture, readPosition, STATE_TABLE, type ReplicaPosition } from './capture.js';
+import { SnapshotPool } from '../storage/backup/snapshot-pool.js';
+import { CAPTURE_TABLE, installCapture, pendingCapture, readPosition, STATE_TABLE, type ReplicaPosition } from './capture.js';
 import { readEntries, readHead } from './club-log.js';
 import { ClusterError, type ClusterLogger } from './errors.js';
 import type { EtcdGateway } from './etcd-gateway.js';
@@ -105,8 +107,8 @@ function sqlString(p: string): string {
 
 /**
  * Copy a club's store to a new file beside it (still encrypted under the club's page key), at the
- * position it records. Returns undefined when the store has no position yet (nothing applied) or
- * holds changes not yet in the log.
+ * position it records, on this thread. Returns undefined when the store has no position yet
+ * (nothing applied) or holds changes not yet in the log. The fallback of `takeSnapshotOffThread`.
  */
 export function takeSnapshot(storage: Storage, club: string): { path: string; meta: SnapshotMeta } | undefined {
   const dir = clubDir(storage.dataDir, club);
@@ -121,6 +123,39 @@ export function takeSnapshot(storage: Storage, club: string): { path: string; me
   db.exec(`VACUUM INTO ${sqlString(path)}`);
   chmodSync(path, 0o600);
   return { path, meta: { seq: pos.seq, digest: pos.digest, schema } };
+}
+
+/** What the worker reads before and after its copy: the position, unshipped changes, the schema. */
+const SNAPSHOT_PROBE = `SELECT (SELECT count(*) FROM ${CAPTURE_TABLE}) AS pending, (SELECT v FROM ${STATE_TABLE} WHERE k = 'seq') AS seq, (SELECT v FROM ${STATE_TABLE} WHERE k = 'digest') AS digest, (SELECT user_version FROM pragma_user_version) AS schema`;
+
+let sharedPool: SnapshotPool | undefined;
+
+/**
+ * `takeSnapshot` off the event loop (issue 13 with 14): `VACUUM INTO` runs on a snapshot worker
+ * thread with its own connection (storage/backup/snapshot-pool.ts `copy`), so requests keep
+ * being answered while a large store is copied; the worker hashes the copy too. Same file and
+ * meta as takeSnapshot. Undefined as takeSnapshot (and when the store changed during the copy);
+ * a store the worker may not open is copied on this thread (takeSnapshot).
+ */
+export async function takeSnapshotOffThread(storage: Storage, club: string, pool: SnapshotPool): Promise<{ path: string; meta: SnapshotMeta; size: number; sha256: string } | undefined> {
+  const dir = clubDir(storage.dataDir, club);
+  sweepLeftovers(dir);
+  // The capture tables and triggers exist before the copy (made on this store's own connection).
+  installCapture(storage.openClub(club, { allowSuspended: true }).db);
+  const path = join(dir, `${SNAP_PREFIX}${randomBytes(8).toString('hex')}.db`);
+  const r = await pool.copy(storage, club, path, SNAPSHOT_PROBE);
+  if (r === 'fallback') {
+    const taken = takeSnapshot(storage, club);
+    return taken ? { ...taken, ...(await hashFile(taken.path)) } : undefined;
+  }
+  if (r.changed) return undefined;
+  const [row] = r.probe as Array<{ pending: number; seq: string | null; digest: string | null; schema: number }>;
+  const seq = Number(row?.seq ?? 0);
+  if (!row || row.pending > 0 || !Number.isSafeInteger(seq) || seq < 1 || !HEX64.test(row.digest ?? '')) {
+    rmSync(path, { force: true });
+    return undefined;
+  }
+  return { path, meta: { seq, digest: row.digest!, schema: row.schema }, size: r.size, sha256: r.sha256 };
 }
 
 async function hashFile(path: string): Promise<{ size: number; sha256: string }> {
@@ -146,21 +181,23 @@ let serving = Promise.resolve();
 /**
  * The pull handler for kind 'snapshot': a fresh snapshot of the club's local store, or undefined
  * when this server has none (no store, no position yet, or a primary too busy to be quiet within
- * 3 s). One snapshot is taken at a time per process; the file is removed once streamed (or, when
+ * 3 s). The copy is made on a snapshot worker thread (takeSnapshotOffThread; `o.pool`, default one
+ * pool of one worker per process). One snapshot is taken at a time per process; the file is removed once streamed (or, when
  * a transfer is abandoned, by the sweep an hour later).
  */
-export function serveSnapshot(storage: Storage, club: string, limits: SnapshotLimits = {}): Promise<PeerPayload | undefined> {
+export function serveSnapshot(storage: Storage, club: string, limits: SnapshotLimits = {}, o: { pool?: SnapshotPool } = {}): Promise<PeerPayload | undefined> {
+  const pool = o.pool ?? (sharedPool ??= new SnapshotPool());
   const run = serving.then(async (): Promise<PeerPayload | undefined> => {
     const row = storage.server.getClub(club);
     if (!row || row.status === 'deleting' || row.storeState !== 'created') return undefined;
     const deadline = Date.now() + QUIET_WAIT_MS;
-    let taken = takeSnapshot(storage, club);
+    let taken = await takeSnapshotOffThread(storage, club, pool);
     while (!taken && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
-      taken = takeSnapshot(storage, club);
+      taken = await takeSnapshotOffThread(storage, club, pool);
     }
     if (!taken) return undefined;
-    const { size, sha256 } = await hashFile(taken.path);
+    const { size, sha256 } = taken;
     if (size > (limits.maxBytes ?? DEFAULT_SNAPSHOT_MAX_BYTES)) {
       rmSync(taken.path, { force: true });
       return undefined;

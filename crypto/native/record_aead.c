@@ -133,9 +133,22 @@ static int bytes_of(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   return 1;
 }
 
+/*
+ * The type tag of this addon's contexts (napi_type_tag_object, N-API 8): an External made by
+ * another addon, or anything else, is refused before its pointer is used as a direction_t.
+ */
+static const napi_type_tag DIRECTION_TAG = {0x636f6d6d75736963ULL, 0x7265632d61656164ULL};
+
+/* The context an argument names, or NULL with a TypeError thrown when it is not one of ours. */
 static direction_t *direction_of(napi_env env, napi_value v) {
   void *p = NULL;
-  if (napi_get_value_external(env, v, &p) != napi_ok || p == NULL) return NULL;
+  bool ours = false;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external || napi_check_object_type_tag(env, v, &DIRECTION_TAG, &ours) != napi_ok || !ours ||
+      napi_get_value_external(env, v, &p) != napi_ok || p == NULL) {
+    napi_throw_type_error(env, "ERR_AEAD_ARGS", "not a record AEAD context");
+    return NULL;
+  }
   return (direction_t *)p;
 }
 
@@ -174,6 +187,11 @@ static napi_value create(napi_env env, napi_callback_info info) {
     return throw_error(env, "ERR_AEAD_MEMORY", "cannot wrap the context");
   }
   pool->refs++;
+  /* Untagged, the context would be refused by every call: wipe it (its finalizer frees it). */
+  if (napi_type_tag_object(env, out, &DIRECTION_TAG) != napi_ok) {
+    wipe_direction(d);
+    return throw_error(env, "ERR_AEAD_STATE", "cannot tag the context");
+  }
   return out;
 }
 

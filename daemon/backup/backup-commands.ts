@@ -9,7 +9,8 @@
  * A missing right is a rights violation (reported to the ban engine) like every other command.
  */
 import { z } from 'zod';
-import { checkClubPassphrase, clubBackupSettings, createClubArchive, newClubBackupKey, setClubBackupSettings } from '../../storage/backup/backup-archive.js';
+import { archiveSigner, archiveStream, checkClubPassphrase, clubBackupSettings, createClubArchive, newClubBackupKey, setClubBackupSettings } from '../../storage/backup/backup-archive.js';
+import type { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 import { appendAudit, requirePrincipal, revocable, type ClubServices, type Principal } from '../club/auth.js';
 import { CommandError } from '../edge/command-errors.js';
@@ -19,6 +20,11 @@ import { effectiveScope, type Action } from '../club/rights.js';
 export interface BackupCommandOptions {
   /** scrypt cost of new passphrase keys (tests lower it). */
   passphraseLog2N?: number;
+  /**
+   * The snapshot workers (the daemon's BackupService `snapshots`): backup.download takes its
+   * snapshot there, off the event loop. Without it the snapshot is taken on this thread.
+   */
+  snapshots?: SnapshotPool;
 }
 
 function deny(services: ClubServices, ctx: CommandContext, p: Principal, command: string, right: string, detail = 'missing right'): never {
@@ -71,13 +77,21 @@ export function registerBackupCommands(d: Dispatcher, services: ClubServices, o:
     name: 'backup.download',
     schema: z.object({}).strict().default({}),
     handler: async (_a, ctx) => {
-      const p = requirePrincipal(services, ctx);
+      let p = requirePrincipal(services, ctx);
       needClub(services, ctx, p, 'backup.download', 'export');
       const rec = clubBackupSettings(services.storage, p.clubId).passphrase;
       if (!rec) throw new CommandError('CONFLICT', 'set a backup passphrase first (backup.setPassphrase); the download is encrypted with it');
       let archive;
       try {
-        archive = createClubArchive(services.storage, p.clubId, { kind: 'club', record: rec });
+        const st = services.storage;
+        if (o.snapshots) {
+          // The snapshot (store open, read transaction, inspection) on a worker thread.
+          const snap = await o.snapshots.snapshot(st, p.clubId);
+          archive = { manifest: snap.manifest, stream: archiveStream(snap, { kind: 'club', record: rec }, { signer: archiveSigner(st) }) };
+          p = requirePrincipal(services, ctx); // after the wait: the session may have ended, the store moved in the cache
+        } else {
+          archive = createClubArchive(st, p.clubId, { kind: 'club', record: rec });
+        }
       } catch (e) {
         if (e instanceof BackupError) throw new CommandError('INTERNAL', 'the backup could not be created; the service team was told');
         throw e;

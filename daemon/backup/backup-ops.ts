@@ -211,7 +211,7 @@ export function registerBackupOps<C extends OpsContext>(registry: OperationRegis
           try {
             const where = target ? { target: target.dir, targetFingerprint: target.fingerprint } : {};
             if (a.dryRun) return { archive: label, ...where, ...(await planClubRestore(into, a.club, source, key)) };
-            return { archive: label, ...where, ...(await restoreClubArchive(into, a.club, source, key, { actor: operatorName(a.operator), source: label, yes: a.yes })) };
+            return { archive: label, ...where, ...(await restoreClubArchive(into, a.club, source, key, { actor: operatorName(a.operator), source: label, yes: a.yes, snapshots: svc.snapshots })) };
           } finally {
             source.destroy();
             target?.storage.close();

@@ -63,6 +63,10 @@ export class BackupService {
   readonly #staging: string;
   /** Club snapshots on a worker thread, one at a time (storage/backup/snapshot-pool.ts). */
   readonly #snapshots: SnapshotPool;
+  /** The snapshot workers, shared with backup.download and the pre-restore archive. */
+  get snapshots(): SnapshotPool {
+    return this.#snapshots;
+  }
   #cron: Cron | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #catchUpTimer: NodeJS.Timeout | undefined;

@@ -25,7 +25,7 @@ import { z } from 'zod';
 import { endSessionOnClose, issueTicket, login, logout, resume, requirePrincipal, type ClubServices } from './auth.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import { register, strictObject } from './command-guard.js';
-import { publicUser, registerRights, registerUsers } from './user-commands.js';
+import { boundedRightsAnswer, publicUser, registerRights, registerUsers } from './user-commands.js';
 import { DATA_COMMAND_ENTITIES, registerEntity } from './data-commands.js';
 import { registerDocuments } from './document-commands.js';
 import { registerLog } from './log-commands.js';
@@ -45,7 +45,7 @@ export function registerClubCommands(d: Dispatcher, services: ClubServices): voi
   register(d, 'auth.resume', strictObject({ club: z.string().min(1).max(64), ticket: z.string().min(1).max(128) }), async (p, ctx) => ({ payload: resume(services, ctx, p) }));
   register(d, 'auth.whoami', strictObject({}).default({}), async (_p, ctx) => {
     const pr = requirePrincipal(services, ctx, { allowMustChange: true });
-    return { payload: { club: pr.clubId, user: publicUser(pr.user), admin: pr.user.isAdmin, grants: pr.grants } };
+    return boundedRightsAnswer({ club: pr.clubId, user: publicUser(pr.user), admin: pr.user.isAdmin, grants: pr.grants });
   });
   for (const e of DATA_COMMAND_ENTITIES) if (e !== 'documents') registerEntity(d, services, e);
   registerDocuments(d, services);

@@ -10,7 +10,8 @@ import { MODEL, type EntityName } from '../../storage/club/model.js';
 import { appendAudit, requirePrincipal, type ClubServices, type Principal } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
 import { ENTITY_AREA, type DataEntity } from './data-areas.js';
-import type { CommandContext, Dispatcher } from '../edge/dispatcher.js';
+import type { CommandContext, CommandResult, Dispatcher } from '../edge/dispatcher.js';
+import { currentKeyed, keepAnswerFor } from '../edge/keyed-answer.js';
 import { effectiveScope, type Action, type Area, type Effective, type Grant } from './rights.js';
 
 export const clubField = z.string().min(1).max(64).optional();
@@ -182,14 +183,18 @@ export function dataError(g: Guard, e: unknown, right: string): never {
  * synchronously in the group's transaction (answer included) and the promise settles once the
  * group's commit is durable. A request that ended while it waited (CANCEL, its timeout, its
  * connection closed) is not applied. A store that cannot take the write now (too many waiting,
- * closed under it) answers BUSY: nothing was written, the client retries.
+ * closed under it) answers BUSY: nothing was written, the client retries. The work returns the
+ * command's answer; a keyed request's answer is stored with the change (daemon/edge/keyed-answer.ts).
  */
-export function grouped<T>(g: Guard, work: () => T): Promise<T> {
+export function grouped<T extends CommandResult>(g: Guard, work: () => T): Promise<T> {
+  // The work runs later, in the group's turn: the request key is taken now (daemon/edge/keyed-answer.ts).
+  const k = currentKeyed();
   const run = () => {
     // Cancelled, timed out or its connection closed while it waited for its group: the client was
     // answered CANCELLED (or nothing), so the write must not happen either.
     if (g.ctx.signal.aborted) throw new CommandError('CANCELLED', 'the request ended before it was applied');
-    return work();
+    // The answer of a keyed request is stored in the work's savepoint, with its change.
+    return keepAnswerFor(k, g.p.store.db, work());
   };
   return g.p.store.writes.run(run).catch((e: unknown) => {
     if (e instanceof StorageError && e.code === 'STORE_BUSY') throw new CommandError('BUSY', 'the club store is busy; retry shortly');

@@ -7,13 +7,14 @@ import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { unlinkSync } from 'node:fs';
 import { MAX_EXPORT_ROWS, MAX_LIST_LIMIT, deleteRecord, getRecord, listRecords, recordExists, updateRecord, type Filter, type RowScope, listIds } from '../../storage/club/club-data.js';
-import { putDocument, readDocument, DOCUMENT_KINDS } from '../../storage/club/documents.js';
+import { putDocument, readDocument, DOCUMENT_KINDS, type DocumentInfo } from '../../storage/club/documents.js';
 import { fsyncDir } from '../../crypto/atomic-file.js';
 import { revocable, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
 import { LARGEST_INT, LONGEST_CURSOR, MAX_ROWS_PER_ANSWER, firstN, fitAnswer } from './answer-fit.js';
 import { DOCUMENT_KIND_AREA } from './data-areas.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
+import { keepAnswer } from '../edge/keyed-answer.js';
 import { effectiveScope, type Action, type Area } from './rights.js';
 import { Guard, clubField, cursorField, dataError, exportAudit, fieldsList, guard, id, listSchema, register, strictObject } from './command-guard.js';
 import { exportRows, logBlockedReads, project, refVisible } from './data-commands.js';
@@ -101,6 +102,7 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
       const clubId = g.p.clubId;
       const actor = g.p.actor;
       let db = g.p.db;
+      let kept: { payload: { document: DocumentInfo } } | undefined;
       try {
         // An upload, like a download, stops when the user is disabled or loses the right.
         const area = docArea(p.kind);
@@ -109,24 +111,24 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
         const info = await putDocument(services.storage, clubId, upload, { kind: p.kind, name: p.name, ...(p.mediaType !== undefined ? { mediaType: p.mediaType } : {}), ...(p.personId !== undefined ? { personId: p.personId } : {}) }, {
           // In a cluster the standbys hold the file before its row exists (docs/CLUSTER.md "Documents").
           ...(replicate ? { beforeRecord: (file: string) => replicate(clubId, file) } : {}),
-          onStep: (step) => {
+          onStep: (step, recorded) => {
             // 'renamed' and 'recorded' run in the same tick around the row insert: one transaction
             // holds the row and its change-log entry.
             if (step === 'renamed') {
               db = services.storage.openClub(clubId).db;
               db.exec('BEGIN IMMEDIATE');
-            } else if (step === 'recorded') {
-              const row = db.prepare('SELECT id, kind, name, mediaType, personId, size, sha256 FROM documents ORDER BY id DESC LIMIT 1').get() as Record<string, unknown>;
+            } else if (step === 'recorded' && recorded) {
+              const { id: docId, kind, name, mediaType, personId, size, sha256 } = recorded;
               const changes: Record<string, { old: unknown; new: unknown }> = {};
-              for (const [k, v] of Object.entries(row)) if (k !== 'id' && v !== null) changes[k] = { old: null, new: v };
-              const store = services.storage.openClub(clubId);
-              g.p.audit.append({ ...actor, action: 'create', entity: 'documents', recordId: row.id as number, changes });
-              void store;
+              for (const [k, v] of Object.entries({ kind, name, mediaType, personId, size, sha256 })) if (v !== null) changes[k] = { old: null, new: v };
+              g.p.audit.append({ ...actor, action: 'create', entity: 'documents', recordId: docId, changes });
+              // A keyed upload's answer commits with its row (daemon/edge/keyed-answer.ts).
+              kept = keepAnswer(db, { payload: { document: recorded } });
               db.exec('COMMIT');
             }
           },
         });
-        return { payload: { document: info } };
+        return kept ?? { payload: { document: info } };
       } catch (err) {
         if (db.inTransaction) db.exec('ROLLBACK');
         dataError(g, err, `${docArea(p.kind)}:create`);
@@ -155,11 +157,13 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
     const r = docRow(g, p.id, 'update');
     const { club: _c, id: rid, ...values } = p;
     try {
-      const u = updateRecord(g.p.db, 'documents', rid, values, { scope: { kind: 'all', hideBlocked: true }, audit: g.p.audit, actor: g.p.actor, writable: ['name', 'mediaType', 'personId'], refVisible: refVisible(g) });
-      // The answer, like any read, only with read on the kind (point 6 of issue 19).
-      const readable = g.has(docArea(r.kind), 'read')?.kind === 'club';
-      const changed = Object.keys(values).filter((k) => !readable || k in u.changes);
-      return { payload: { record: readable ? project(g, 'documents', [u.record], 'read')[0] : { id: rid }, changed } };
+      return g.p.db.transaction(() => {
+        const u = updateRecord(g.p.db, 'documents', rid, values, { scope: { kind: 'all', hideBlocked: true }, audit: g.p.audit, actor: g.p.actor, writable: ['name', 'mediaType', 'personId'], refVisible: refVisible(g) });
+        // The answer, like any read, only with read on the kind (point 6 of issue 19).
+        const readable = g.has(docArea(r.kind), 'read')?.kind === 'club';
+        const changed = Object.keys(values).filter((k) => !readable || k in u.changes);
+        return keepAnswer(g.p.db, { payload: { record: readable ? project(g, 'documents', [u.record], 'read')[0] : { id: rid }, changed } });
+      }).immediate();
     } catch (e) {
       dataError(g, e, `${docArea(r.kind)}:update`);
     }
@@ -170,8 +174,12 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
     const r = docRow(g, p.id, 'delete');
     const db = g.p.db;
     const file = (db.prepare('SELECT file FROM documents WHERE id = ?').get(p.id) as { file: string } | undefined)?.file;
+    const answer = { payload: { deleted: true, id: p.id } };
     try {
-      deleteRecord(db, 'documents', p.id, { scope: { kind: 'all', hideBlocked: true }, audit: g.p.audit, actor: g.p.actor });
+      db.transaction(() => {
+        deleteRecord(db, 'documents', p.id, { scope: { kind: 'all', hideBlocked: true }, audit: g.p.audit, actor: g.p.actor });
+        keepAnswer(db, answer);
+      }).immediate();
     } catch (e) {
       dataError(g, e, `${docArea(r.kind)}:delete`);
     }
@@ -184,6 +192,6 @@ export function registerDocuments(d: Dispatcher, services: ClubServices): void {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') services.logger?.warn('document file not removed', { club: g.p.clubId });
       }
     }
-    return { payload: { deleted: true, id: p.id } };
+    return answer;
   });
 }

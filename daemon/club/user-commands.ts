@@ -11,9 +11,11 @@ import { countActiveAdmins, deleteUser, getUserById, insertUser, listUsers, setD
 import { appendAudit, refreshCredVersion, grantsOf, type ClubServices } from './auth.js';
 import { CommandError } from '../edge/command-errors.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
+import { keepAnswer } from '../edge/keyed-answer.js';
 import { ACTIONS, AREAS, ROLES, grantSchema, roleTemplate, type Grant } from './rights.js';
 import { Guard, clubField, cursorField, dataError, exportAudit, guard, id, passwordSchema, register, strictObject, usernameSchema } from './command-guard.js';
 import { LARGEST_INT, LONGEST_CURSOR, firstN, fitAnswer, textCursor, textCursorKey } from './answer-fit.js';
+import { MAX_ANSWER_PAYLOAD, cborSize } from '../../protocol/answer-size.js';
 
 // ---- users and rights -----------------------------------------------------------------------
 
@@ -28,9 +30,33 @@ interface RightsInput {
 }
 
 function resolveGrants(i: RightsInput): { role: string | null; grants: Grant[] } {
-  if (i.grants !== undefined) return { role: i.role ?? null, grants: i.grants };
-  if (i.role !== undefined) return { role: i.role, grants: roleTemplate(i.role, i.registers ?? []) };
-  return { role: null, grants: [] };
+  const r = i.grants !== undefined ? { role: i.role ?? null, grants: i.grants } : i.role !== undefined ? { role: i.role, grants: roleTemplate(i.role, i.registers ?? []) } : { role: null, grants: [] };
+  checkGrantsSize(r.grants);
+  return r;
+}
+
+/**
+ * The byte bound of one user's grants (their CBOR size): every answer that carries them
+ * (rights.get, rights.set, auth.whoami) then fits one message with room for the rest of the
+ * answer, and so does the change-log entry of rights.set (old and new grants) in a log.query
+ * answer (tests/rights-bounds.test.ts). 500 grants of 200 registers each would be about 1 MB;
+ * the largest role template, over 200 registers, takes under 8 KiB even with 9-byte ids.
+ */
+export const MAX_GRANTS_BYTES = 16 * 1024;
+
+function checkGrantsSize(grants: readonly Grant[]): void {
+  const n = cborSize(grants);
+  if (n > MAX_GRANTS_BYTES) throw new CommandError('BAD_REQUEST', `these grants take ${n} bytes, more than the ${MAX_GRANTS_BYTES} one user may hold; give fewer grants or registers`);
+}
+
+/**
+ * An answer that carries a user's grants, checked against the answer bound: grants stored before
+ * MAX_GRANTS_BYTES (the store allows 200,000 characters) could exceed one message. Such an answer
+ * is TOO_LARGE with a clear message instead of a message the channel refuses to send.
+ */
+export function boundedRightsAnswer<T extends Record<string, unknown>>(payload: T): { payload: T } {
+  if (cborSize(payload) > MAX_ANSWER_PAYLOAD) throw new CommandError('TOO_LARGE', 'this user holds more grants than one answer can carry; reduce them with rights.set');
+  return { payload };
 }
 
 /** Nobody hands out rights they do not hold club-wide themselves; only administrators make administrators. */
@@ -129,16 +155,15 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
       const hash = await withPasswordWork(ctx, (opts) => hashPassword(p.password ?? otp!, cost, opts));
       const g2 = await guard(services, ctx, 'users.create', p);
       const db = g2.p.db;
-      let newId = 0;
       try {
-        db.transaction(() => {
-          newId = insertUser(db, { username: p.username, displayName: p.displayName ?? null, personId: p.personId ?? null, passwordHash: hash, mustChangePassword: otp !== undefined, isAdmin: p.admin ?? false, role: r.role, grants: r.grants });
+        return db.transaction(() => {
+          const newId = insertUser(db, { username: p.username, displayName: p.displayName ?? null, personId: p.personId ?? null, passwordHash: hash, mustChangePassword: otp !== undefined, isAdmin: p.admin ?? false, role: r.role, grants: r.grants });
           g2.p.audit.append({ ...g2.p.actor, action: 'create', entity: 'users', recordId: newId, changes: { username: { old: null, new: p.username }, displayName: { old: null, new: p.displayName ?? null }, personId: { old: null, new: p.personId ?? null }, role: { old: null, new: r.role }, admin: { old: null, new: p.admin ?? false }, grants: { old: null, new: r.grants } } });
+          return keepAnswer(db, { payload: { user: userAnswer(g2, getUserById(db, newId)!), ...(otp ? { oneTimePassword: otp } : {}) } });
         }).immediate();
       } catch (e) {
         dataError(g2, e, 'users:create');
       }
-      return { payload: { user: userAnswer(g2, getUserById(db, newId)!), ...(otp ? { oneTimePassword: otp } : {}) } };
     },
   );
   register(
@@ -164,19 +189,19 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
       const g2 = await guard(services, ctx, 'users.import', p);
       g2.needClub('users', 'create');
       const db = g2.p.db;
-      const ids: number[] = [];
       try {
-        db.transaction(() => {
+        return db.transaction(() => {
+          const ids: number[] = [];
           for (const u of prepared) {
             const nid = insertUser(db, { username: u.username, displayName: u.displayName ?? null, personId: u.personId ?? null, passwordHash: u.hash, mustChangePassword: false, role: u.role, grants: u.grants });
             ids.push(nid);
             g2.p.audit.append({ ...g2.p.actor, action: 'create', entity: 'users', recordId: nid, changes: { username: { old: null, new: u.username }, imported: { old: null, new: 'legacy sha512 hash, stored wrapped in scrypt' }, role: { old: null, new: u.role } } });
           }
+          return keepAnswer(db, { payload: { imported: ids.length, ids } });
         }).immediate();
       } catch (e) {
         dataError(g2, e, 'users:create');
       }
-      return { payload: { imported: ids.length, ids } };
     },
   );
   register(d, 'users.update', strictObject({ id, displayName: z.string().max(200).nullable().optional(), personId: id.nullable().optional(), club: clubField }), async (p, ctx) => {
@@ -191,29 +216,29 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
     const changes: Record<string, { old: unknown; new: unknown }> = {};
     if (p.displayName !== undefined && p.displayName !== u.displayName) changes.displayName = { old: u.displayName, new: p.displayName };
     if (p.personId !== undefined && p.personId !== u.personId) changes.personId = { old: u.personId, new: p.personId };
-    if (Object.keys(changes).length) {
-      g.p.db.transaction(() => {
-        updateUserProfile(g.p.db, u.id, { ...(changes.displayName ? { displayName: p.displayName } : {}), ...(changes.personId ? { personId: p.personId } : {}) });
-        g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes });
-      }).immediate();
-    }
     // Without users:read, whether a given value changed would tell the old one: name them all.
     const given = (['displayName', 'personId'] as const).filter((k) => p[k] !== undefined);
-    return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!), changed: g.has('users', 'read')?.kind === 'club' ? Object.keys(changes) : given } };
+    const answer = () => ({ payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!), changed: g.has('users', 'read')?.kind === 'club' ? Object.keys(changes) : given } });
+    if (!Object.keys(changes).length) return answer();
+    return g.p.db.transaction(() => {
+      updateUserProfile(g.p.db, u.id, { ...(changes.displayName ? { displayName: p.displayName } : {}), ...(changes.personId ? { personId: p.personId } : {}) });
+      g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes });
+      return keepAnswer(g.p.db, answer());
+    }).immediate();
   });
   for (const [name, disabled] of [['users.disable', true], ['users.enable', false]] as const) {
     register(d, name, strictObject({ id, club: clubField }), async (p, ctx) => {
       const g = await guard(services, ctx, name, p);
       g.needClub('users', 'update');
       const u = targetUser(g, p.id, false);
-      if (u.disabled !== disabled) {
-        if (disabled && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be disabled');
-        g.p.db.transaction(() => {
-          setDisabled(g.p.db, u.id, disabled);
-          g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { disabled: { old: u.disabled, new: disabled } } });
-        }).immediate();
-      }
-      return { payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!) } };
+      const answer = () => ({ payload: { user: userAnswer(g, getUserById(g.p.db, u.id)!) } });
+      if (u.disabled === disabled) return answer();
+      if (disabled && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be disabled');
+      return g.p.db.transaction(() => {
+        setDisabled(g.p.db, u.id, disabled);
+        g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { disabled: { old: u.disabled, new: disabled } } });
+        return keepAnswer(g.p.db, answer());
+      }).immediate();
     });
   }
   register(d, 'users.delete', strictObject({ id, club: clubField }), async (p, ctx) => {
@@ -221,11 +246,11 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
     g.needClub('users', 'delete');
     const u = targetUser(g, p.id, false);
     if (u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be deleted');
-    g.p.db.transaction(() => {
+    return g.p.db.transaction(() => {
       deleteUser(g.p.db, u.id);
       g.p.audit.append({ ...g.p.actor, action: 'delete', entity: 'users', recordId: u.id, changes: { username: { old: u.username, new: null }, role: { old: u.role, new: null } } });
+      return keepAnswer(g.p.db, { payload: { deleted: true, id: u.id } });
     }).immediate();
-    return { payload: { deleted: true, id: u.id } };
   });
   register(d, 'users.resetPassword', strictObject({ id, password: passwordSchema.optional(), club: clubField }), async (p, ctx) => {
     let g = await guard(services, ctx, 'users.resetPassword', p);
@@ -235,11 +260,11 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
     const hash = await withPasswordWork(ctx, (opts) => hashPassword(p.password ?? otp!, cost, opts));
     g = await guard(services, ctx, 'users.resetPassword', p);
     const u = targetUser(g, p.id, false);
-    g.p.db.transaction(() => {
+    return g.p.db.transaction(() => {
       setPasswordHash(g.p.db, u.id, hash, true, true);
       g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: u.id, changes: { passwordHash: { old: '[redacted]', new: '[redacted]' }, mustChangePassword: { old: u.mustChangePassword, new: true } } });
+      return keepAnswer(g.p.db, { payload: { id: u.id, mustChangePassword: true, ...(otp ? { oneTimePassword: otp } : {}) } });
     }).immediate();
-    return { payload: { id: u.id, mustChangePassword: true, ...(otp ? { oneTimePassword: otp } : {}) } };
   });
   register(d, 'users.changeOwnPassword', strictObject({ oldPassword: z.string().max(1024), newPassword: passwordSchema, club: clubField }), async (p, ctx) => {
     let g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
@@ -262,12 +287,13 @@ export function registerUsers(d: Dispatcher, services: ClubServices): void {
     });
     g = await guard(services, ctx, 'users.changeOwnPassword', p, { allowMustChange: true });
     const uid = g.p.user.id;
-    g.p.db.transaction(() => {
+    const result = g.p.db.transaction(() => {
       setPasswordHash(g.p.db, uid, hash, false, true);
       g.p.audit.append({ ...g.p.actor, action: 'update', entity: 'users', recordId: uid, changes: { passwordHash: { old: '[redacted]', new: '[redacted]' }, mustChangePassword: { old: g.p.user.mustChangePassword, new: false } } });
+      return keepAnswer(g.p.db, { payload: { changed: true } });
     }).immediate();
     refreshCredVersion(ctx, getUserById(g.p.db, uid)!.credVersion);
-    return { payload: { changed: true } };
+    return result;
   });
 }
 
@@ -283,7 +309,7 @@ export function registerRights(d: Dispatcher, services: ClubServices): void {
     if (p.userId !== g.p.user.id) g.needClub('users', 'read');
     const u = getUserById(g.p.db, p.userId);
     if (!u) throw new CommandError('NOT_FOUND', `user ${p.userId} does not exist`);
-    return { payload: { userId: u.id, admin: u.isAdmin, role: u.role, grants: grantsOf(u) } };
+    return boundedRightsAnswer({ userId: u.id, admin: u.isAdmin, role: u.role, grants: grantsOf(u) });
   });
   register(d, 'rights.set', strictObject({ userId: id, role: roleSchema.optional(), registers: registersSchema, grants: z.array(grantSchema).max(500).optional(), admin: z.boolean().optional(), club: clubField }), async (p, ctx) => {
     const g = await guard(services, ctx, 'rights.set', p);
@@ -294,12 +320,12 @@ export function registerRights(d: Dispatcher, services: ClubServices): void {
     checkGrantable(g, r.grants, p.admin);
     if (p.admin === false && u.isAdmin && countActiveAdmins(g.p.db) <= 1) throw new CommandError('CONFLICT', 'the last administrator cannot be demoted');
     const before = { role: u.role, admin: u.isAdmin, grants: grantsOf({ ...u, isAdmin: false }) };
-    g.p.db.transaction(() => {
+    return g.p.db.transaction(() => {
       setGrants(g.p.db, u.id, r.role, r.grants, p.admin);
       g.p.audit.append({ ...g.p.actor, action: 'rights.set', entity: 'users', recordId: u.id, changes: { role: { old: before.role, new: r.role }, admin: { old: before.admin, new: p.admin ?? before.admin }, grants: { old: before.grants, new: r.grants } } });
+      const after = getUserById(g.p.db, u.id)!;
+      if (g.has('users', 'read')?.kind !== 'club') return keepAnswer(g.p.db, { payload: { userId: u.id } });
+      return keepAnswer(g.p.db, boundedRightsAnswer({ userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) }));
     }).immediate();
-    const after = getUserById(g.p.db, u.id)!;
-    if (g.has('users', 'read')?.kind !== 'club') return { payload: { userId: u.id } };
-    return { payload: { userId: u.id, admin: after.isAdmin, role: after.role, grants: grantsOf(after) } };
   });
 }

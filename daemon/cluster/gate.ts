@@ -12,7 +12,8 @@
  * Request keys: a request may carry `rk` (PROTOCOL.md "Request keys"; the dispatcher takes it out
  * of the payload before the schema check). When a command with a key succeeds, its answer (without
  * one-time passwords) is stored with the user's id in the club's `request_keys` table in the same
- * store (replicated like the change, shipped before the answer); a retry with the same key by the
+ * transaction as the command's change (daemon/edge/keyed-answer.ts; replicated like the change,
+ * shipped before the answer, so no takeover can find the one without the other); a retry with the same key by the
  * same user, on this or any later primary, gets the stored answer and the command is not run
  * again; another user gets CONFLICT.
  *
@@ -22,21 +23,19 @@
  *
  * Commands with no club (ping, server.schema, operator commands) pass untouched.
  */
-import { encode, decode } from 'cborg';
 import { isNotServedWrite } from '../../cluster/capture.js';
 import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { Storage } from '../../storage/server/storage.js';
 import type { Db } from '../../storage/engine/sqlcipher.js';
+import { lookupAnswer, putAnswer } from '../../storage/club/request-keys.js';
+
+/** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
+export { MAX_REQUEST_KEYS, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../../storage/club/request-keys.js';
+import { runKeyed, type KeyedRequest } from '../edge/keyed-answer.js';
 import { currentClub, getSession } from '../club/session.js';
 import { CommandError } from '../edge/command-errors.js';
 import { requestKeyOf, type CommandContext, type CommandResult, type CommandSpec, type Dispatcher } from '../edge/dispatcher.js';
-
-/** Stored answers larger than this are not kept (the retry then runs the command again). */
-export const MAX_STORED_ANSWER_BYTES = 64 * 1024;
-/** Request keys are kept this long, and at most MAX_REQUEST_KEYS per club. */
-export const REQUEST_KEY_TTL_MS = 24 * 3600 * 1000;
-export const MAX_REQUEST_KEYS = 10_000;
 
 const LOGIN_COMMANDS = new Set(['auth.login', 'auth.resume']);
 /**
@@ -46,52 +45,14 @@ const LOGIN_COMMANDS = new Set(['auth.login', 'auth.resume']);
  */
 const ROW_COMMANDS = new Set(['backup.setPassphrase']);
 
-function ensureRequestKeys(db: Db): void {
-  db.exec(`CREATE TABLE IF NOT EXISTS request_keys (
-    rk TEXT PRIMARY KEY CHECK (length(rk) BETWEEN 16 AND 64),
-    command TEXT NOT NULL CHECK (length(command) <= 64),
-    answer BLOB NOT NULL CHECK (length(answer) <= ${MAX_STORED_ANSWER_BYTES}),
-    at INTEGER NOT NULL
-  ) STRICT`);
-}
-
-/** Answer fields never stored with a request key (a retried answer comes without them). */
-const SECRET_ANSWER_FIELDS = ['oneTimePassword'];
-
 /**
  * The stored answer of a request key, if this club has one for the same command made by the same
- * user. A key is bound to the user who used it first: another user (or a row from before the
- * binding) gets CONFLICT, never the answer, which was made under that user's rights.
+ * user (storage/club/request-keys.ts); another user or command gets CONFLICT.
  */
-function storedAnswer(db: Db, rk: string, command: string, userId: number | undefined): unknown {
-  ensureRequestKeys(db);
-  const row = db.prepare('SELECT command, answer FROM request_keys WHERE rk = ?').get(rk) as { command: string; answer: Buffer } | undefined;
-  if (!row) return undefined;
-  const stored = decode(row.answer) as { u?: unknown; p?: unknown } | null;
-  if (row.command !== command || stored === null || typeof stored !== 'object' || stored.u !== (userId ?? null)) {
-    throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
-  }
-  return { payload: stored.p };
-}
-
-function storeAnswer(db: Db, rk: string, command: string, userId: number | undefined, payload: unknown, now: number): void {
-  let bytes: Uint8Array;
-  try {
-    const kept = payload !== null && typeof payload === 'object' && !Array.isArray(payload)
-      ? Object.fromEntries(Object.entries(payload as Record<string, unknown>).filter(([k]) => !SECRET_ANSWER_FIELDS.includes(k)))
-      : payload;
-    bytes = encode({ u: userId ?? null, p: kept ?? null });
-  } catch {
-    return;
-  }
-  if (bytes.length > MAX_STORED_ANSWER_BYTES) return;
-  ensureRequestKeys(db);
-  db.transaction(() => {
-    db.prepare('INSERT OR REPLACE INTO request_keys (rk, command, answer, at) VALUES (?, ?, ?, ?)').run(rk, command, Buffer.from(bytes), now);
-    db.prepare('DELETE FROM request_keys WHERE at < ?').run(now - REQUEST_KEY_TTL_MS);
-    const n = (db.prepare('SELECT count(*) AS n FROM request_keys').get() as { n: number }).n;
-    if (n > MAX_REQUEST_KEYS) db.prepare('DELETE FROM request_keys WHERE rk IN (SELECT rk FROM request_keys ORDER BY at LIMIT ?)').run(n - MAX_REQUEST_KEYS);
-  })();
+function storedAnswer(db: Db, rk: string, command: string, userId: number | undefined): CommandResult | undefined {
+  const found = lookupAnswer(db, rk, command, userId);
+  if (found.kind === 'conflict') throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
+  return found.kind === 'answer' ? { payload: found.payload } : undefined;
 }
 
 /** A ClusterError from the output gate as the client's error. */
@@ -138,23 +99,25 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
-    if (rk !== undefined && !LOGIN_COMMANDS.has(spec.name)) {
-      const stored = storedAnswer(storage.openClub(club).db, rk, spec.name, userId);
-      if (stored !== undefined) return stored as CommandResult;
+    const k: KeyedRequest | undefined = rk !== undefined && !LOGIN_COMMANDS.has(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
+    if (k) {
+      const stored = storedAnswer(storage.openClub(club).db, k.rk, spec.name, userId);
+      if (stored !== undefined) return stored;
     }
     let result: CommandResult;
     try {
-      result = await spec.handler(payload, ctx);
+      // A writing handler stores its answer in the transaction of its change (daemon/edge/keyed-answer.ts).
+      result = await runKeyed(k, () => spec.handler(payload, ctx));
     } catch (e) {
       // The club moved away while the command waited: its write was refused (cluster/capture.ts guardWrites).
       throw isNotServedWrite(e) ? wireError(node, club, e) : e;
     }
     try {
-      // Stored for every keyed request that succeeded, not only when the club has changes
-      // pending: under a group commit another request's output gate may already have shipped
-      // this request's changes, and its retry must still find the answer.
-      if (rk !== undefined && !result.download && !LOGIN_COMMANDS.has(spec.name)) {
-        storeAnswer(storage.openClub(club).db, rk, spec.name, userId, result.payload, now());
+      // A keyed command that kept no answer in a transaction of its own changed nothing in the
+      // club's store (a read, or a change elsewhere): its answer gets a transaction here.
+      if (k && !k.kept && !result.download) {
+        const db = storage.openClub(club).db;
+        db.transaction(() => putAnswer(db, k.rk, k.command, k.userId, result.payload, now())).immediate();
       }
       await node.commit(club);
       if (ROW_COMMANDS.has(spec.name)) await node.registerClub(club);

@@ -153,7 +153,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const dispatcher = new Dispatcher();
     const clubServices = { storage, violations: bus, identity, logger, idleTimeoutMs: config.limits.idleTimeoutMs };
     registerClubCommands(dispatcher, clubServices);
-    registerBackupCommands(dispatcher, clubServices);
+    registerBackupCommands(dispatcher, clubServices, { snapshots: backups.snapshots });
     const isBanned = (ip: string) => table.check(ip, Date.now()) !== undefined;
     // Several servers (docs/CLUSTER.md): the gates go on before the listener accepts.
     let daemonRef: Daemon | undefined;

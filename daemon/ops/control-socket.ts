@@ -10,8 +10,35 @@ import type { Logger } from '../common/log.js';
  *   request  {"id": 1, "op": "bans.list", "args": {...}}
  *   response {"id": 1, "ok": true, "result": ...} | {"id": 1, "ok": false, "error": {"code", "message"}}
  * Lines are capped; a peer that exceeds the cap or sends invalid JSON is disconnected.
+ *
+ * Bounds on the daemon's side (ControlLimits): an answer larger than `maxResponseBytes` is
+ * replaced by the error RESPONSE_TOO_LARGE (narrow the operation: a club, a filter, fewer
+ * entries); an operation not finished within `opTimeoutMs` is answered CONTROL_TIMEOUT (it may
+ * still complete; its late answer is dropped); at most `maxPending` operations run per connection
+ * (more: CONTROL_BUSY); a connection with nothing pending is closed after `idleMs`; a peer that
+ * does not read its answers (unsent bytes past twice `maxResponseBytes`) is disconnected.
+ * commusicctl's side (callControl) stops reading at `maxResponseBytes` too (CONTROL_FAILED).
  */
 export const MAX_CONTROL_LINE = 1024 * 1024;
+
+/** The daemon's bounds of the control socket (defaults: the DEFAULT_CONTROL_* constants). */
+export interface ControlLimits {
+  /** Largest answer line in bytes. */
+  maxResponseBytes?: number;
+  /** Longest an operation may take before it is answered CONTROL_TIMEOUT (ms). */
+  opTimeoutMs?: number;
+  /** Operations running at once per connection. */
+  maxPending?: number;
+  /** A connection with no operation pending is closed after this long (ms). */
+  idleMs?: number;
+}
+
+/** 64 MiB: `cluster status --json` of 10,000 clubs with standbys is a few MB. */
+export const DEFAULT_CONTROL_MAX_RESPONSE = 64 * 1024 * 1024;
+/** 2 h: longer than commusicctl's longest wait (backup runs and restores, 1 h). */
+export const DEFAULT_CONTROL_OP_TIMEOUT_MS = 2 * 3600 * 1000;
+export const DEFAULT_CONTROL_MAX_PENDING = 8;
+export const DEFAULT_CONTROL_IDLE_MS = 5 * 60 * 1000;
 
 interface Handler {
   run(op: string, args: unknown): Promise<unknown>;
@@ -27,10 +54,16 @@ export class ControlServer {
    * folder fails here, before it binds a port or touches a file), and until the daemon is up
    * every operation is answered with the code STARTING.
    */
-  static async bind(path: string, log: Logger): Promise<ControlServer> {
+  static async bind(path: string, log: Logger, limits: ControlLimits = {}): Promise<ControlServer> {
     await removeStaleSocket(path);
     let self: ControlServer | undefined;
-    const server = createServer((s) => serve(s, () => self?.handler, log));
+    const l: Required<ControlLimits> = {
+      maxResponseBytes: limits.maxResponseBytes ?? DEFAULT_CONTROL_MAX_RESPONSE,
+      opTimeoutMs: limits.opTimeoutMs ?? DEFAULT_CONTROL_OP_TIMEOUT_MS,
+      maxPending: limits.maxPending ?? DEFAULT_CONTROL_MAX_PENDING,
+      idleMs: limits.idleMs ?? DEFAULT_CONTROL_IDLE_MS,
+    };
+    const server = createServer((s) => serve(s, () => self?.handler, log, l));
     const oldMask = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -51,8 +84,8 @@ export class ControlServer {
   }
 
   /** bind() and attach() in one step. */
-  static async listen<C>(path: string, registry: OperationRegistry<C>, ctx: C, log: Logger): Promise<ControlServer> {
-    const c = await ControlServer.bind(path, log);
+  static async listen<C>(path: string, registry: OperationRegistry<C>, ctx: C, log: Logger, limits: ControlLimits = {}): Promise<ControlServer> {
+    const c = await ControlServer.bind(path, log, limits);
     c.attach(registry, ctx);
     return c;
   }
@@ -67,10 +100,15 @@ export class ControlServer {
   }
 }
 
-function serve(socket: Socket, handler: () => Handler | undefined, log: Logger): void {
+function serve(socket: Socket, handler: () => Handler | undefined, log: Logger, l: Required<ControlLimits>): void {
   let buf = '';
+  let pending = 0;
   socket.setEncoding('utf8');
   socket.on('error', () => socket.destroy());
+  // Closed when idle with nothing pending; a long operation keeps its connection.
+  socket.setTimeout(l.idleMs, () => {
+    if (pending === 0) socket.destroy();
+  });
   socket.on('data', (chunk: string) => {
     buf += chunk;
     if (buf.length > MAX_CONTROL_LINE && !buf.includes('\n')) {
@@ -89,26 +127,54 @@ function serve(socket: Socket, handler: () => Handler | undefined, log: Logger):
         return;
       }
       const id = req.id;
+      const op = String(req.op).slice(0, 64);
+      if (pending >= l.maxPending) {
+        reply(socket, { id, ok: false, error: { code: 'CONTROL_BUSY', message: `${l.maxPending} operations are running on this connection already; wait for their answers` } }, l);
+        continue;
+      }
+      pending++;
       const h = handler();
-      const pending = h ? h.run(String(req.op), req.args) : Promise.reject(new OperationError('STARTING', 'the daemon is starting; try again in a moment'));
-      pending
-        .then((result) => reply(socket, { id, ok: true, result: result ?? null }))
+      const run = h ? h.run(String(req.op), req.args) : Promise.reject(new OperationError('STARTING', 'the daemon is starting; try again in a moment'));
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new OperationError('CONTROL_TIMEOUT', `${op} did not finish within ${l.opTimeoutMs} ms; it may still complete (see the daemon log)`)), l.opTimeoutMs);
+        timer.unref();
+      });
+      Promise.race([run, timeout])
+        .then((result) => reply(socket, { id, ok: true, result: result ?? null }, l, op))
         .catch((e: unknown) => {
           const code = (e as { code?: unknown }).code;
           const known = e instanceof OperationError || typeof code === 'string';
-          if (!known) log.error('control operation failed', { op: String(req.op), error: (e as Error)?.name });
+          if (!known) log.error('control operation failed', { op, error: (e as Error)?.name });
           reply(socket, {
             id,
             ok: false,
             error: known ? { code: String(code), message: (e as Error).message } : { code: 'INTERNAL', message: 'internal error; see the daemon log' },
-          });
+          }, l);
+        })
+        .finally(() => {
+          clearTimeout(timer);
+          pending--;
         });
+      // A late answer or failure of an operation that timed out is dropped.
+      run.catch(() => undefined);
     }
   });
 }
 
-function reply(socket: Socket, body: unknown): void {
-  if (!socket.destroyed) socket.write(`${JSON.stringify(body)}\n`);
+function reply(socket: Socket, body: { id: unknown; ok: boolean; result?: unknown; error?: { code: string; message: string } }, l: Required<ControlLimits>, op = ''): void {
+  if (socket.destroyed) return;
+  let line = `${JSON.stringify(body)}\n`;
+  const bytes = Buffer.byteLength(line);
+  if (bytes > l.maxResponseBytes) {
+    line = `${JSON.stringify({ id: body.id, ok: false, error: { code: 'RESPONSE_TOO_LARGE', message: `the answer of ${op} is ${bytes} bytes, more than the control socket's ${l.maxResponseBytes}; narrow the operation (one club, a filter, fewer entries)` } })}\n`;
+  }
+  // A peer that does not read its answers is not buffered for without end.
+  if (socket.writableLength > 2 * l.maxResponseBytes) {
+    socket.destroy();
+    return;
+  }
+  socket.write(line);
 }
 
 /** A socket file left by a killed daemon is removed; a live one means another daemon runs. */
@@ -155,14 +221,20 @@ export function checkControlSocket(path: string, trustedUids?: readonly number[]
 
 /**
  * Client side, for commusicctl. Resolves undefined when no daemon listens (so the caller runs
- * the operation offline); rejects with the daemon's error otherwise, and with
- * CONTROL_SOCKET_UNSAFE (before connecting) when the socket fails checkControlSocket.
+ * the operation offline); rejects with the daemon's error otherwise, with CONTROL_SOCKET_UNSAFE
+ * (before connecting) when the socket fails checkControlSocket, CONTROL_TIMEOUT after
+ * `timeoutMs`, and CONTROL_FAILED for an answer over `maxResponseBytes` or not JSON.
  */
-export async function callControl(path: string, op: string, args: unknown, timeoutMs = 30_000, trustedUids?: readonly number[]): Promise<{ result: unknown } | undefined> {
+export async function callControl(path: string, op: string, args: unknown, timeoutMs = 30_000, trustedUids?: readonly number[], maxResponseBytes = DEFAULT_CONTROL_MAX_RESPONSE): Promise<{ result: unknown } | undefined> {
   if (!checkControlSocket(path, trustedUids)) return undefined;
   return new Promise((resolve, reject) => {
     const c = createConnection(path);
     let buf = '';
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      c.destroy();
+      reject(new OperationError('CONTROL_FAILED', why));
+    };
     const timer = setTimeout(() => {
       c.destroy();
       reject(new OperationError('CONTROL_TIMEOUT', `the daemon did not answer ${op} within ${timeoutMs} ms`));
@@ -177,10 +249,19 @@ export async function callControl(path: string, op: string, args: unknown, timeo
     c.on('data', (d: string) => {
       buf += d;
       const nl = buf.indexOf('\n');
-      if (nl < 0) return;
+      if (nl < 0) {
+        if (buf.length > maxResponseBytes) fail(`the daemon's answer to ${op} is larger than ${maxResponseBytes} bytes; nothing more was read`);
+        return;
+      }
       clearTimeout(timer);
       c.end();
-      const res = JSON.parse(buf.slice(0, nl)) as { ok: boolean; result?: unknown; error?: { code: string; message: string } };
+      let res: { ok: boolean; result?: unknown; error?: { code: string; message: string } };
+      try {
+        res = JSON.parse(buf.slice(0, nl)) as typeof res;
+      } catch {
+        fail(`the daemon's answer to ${op} is not JSON`);
+        return;
+      }
       if (res.ok) resolve({ result: res.result });
       else reject(new OperationError(res.error?.code ?? 'INTERNAL', res.error?.message ?? 'operation failed'));
     });

@@ -27,6 +27,7 @@ import { OpenKey } from './club-backup-keys.js';
 import { checkImage, headVerifier, needTrust, openCheckedImage, walkArchive } from './archive-reader.js';
 import { ARCHIVE_SUFFIX, Manifest, VOLATILE_TABLES, inspectImage } from './archive-format.js';
 import { createClubArchive, writeFileAtomic } from './archive-writer.js';
+import type { SnapshotPool } from './snapshot-pool.js';
 
 // ---- restore -------------------------------------------------------------------------------
 
@@ -45,6 +46,8 @@ export interface RestoreOptions {
   dryRun?: boolean;
   /** Replacing a club that has live data needs this (the operator's --yes or interactive confirmation). */
   yes?: boolean;
+  /** Snapshot workers (snapshot-pool.ts): the pre-restore archive is made there, off the event loop. */
+  snapshots?: SnapshotPool;
 }
 
 interface LogRange {
@@ -272,7 +275,13 @@ export async function restoreClubArchive(st: Storage, clubId: string, source: As
     if (replacing) {
       const stamp = new Date().toISOString().replace(/[:.]/g, '-');
       preRestoreArchive = join(preRestoreDir(st.dataDir, clubId), `${clubId}-${stamp}-pre-restore${ARCHIVE_SUFFIX}`);
-      await writeFileAtomic(createClubArchive(st, clubId, { kind: 'server', key: clubSealingKey(st, clubId) }).stream, preRestoreArchive);
+      const sealKey = clubSealingKey(st, clubId);
+      try {
+        if (o.snapshots) await o.snapshots.archive(st, clubId, sealKey, preRestoreArchive);
+        else await writeFileAtomic(createClubArchive(st, clubId, { kind: 'server', key: sealKey }).stream, preRestoreArchive);
+      } finally {
+        sealKey.fill(0);
+      }
     }
     // Commit point: with the live store closed and held, carry its log over, log the restore, one rename.
     const release = st.cache.lock(clubId);

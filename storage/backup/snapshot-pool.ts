@@ -22,11 +22,12 @@ import { archiveSigner } from './club-backup-keys.js';
 import type { ClubRow } from '../server/server-db.js';
 import type { ClubSnapshot, Manifest, SnapDoc } from './archive-format.js';
 import { BackupError } from './backup-errors.js';
-import type { ArchiveJob, SnapshotJob } from './snapshot-worker.js';
+import type { ArchiveJob, CopyJob, SnapshotJob } from './snapshot-worker.js';
 
 type Reply =
+  | { id: number; ok: true; copied: CopyResult; archived?: undefined; image?: undefined }
   | { id: number; ok: true; archived: { size: number; sha256: string; manifest: Manifest } }
-  | { id: number; ok: true; archived?: undefined; image: Uint8Array; docs: Array<Omit<SnapDoc, 'key'> & { key: Uint8Array }>; staging: string; facts: InspectedImage['facts']; sha256: string }
+  | { id: number; ok: true; archived?: undefined; copied?: undefined; image: Uint8Array; docs: Array<Omit<SnapDoc, 'key'> & { key: Uint8Array }>; staging: string; facts: InspectedImage['facts']; sha256: string }
   | { id: number; ok: false; fallback?: true; error?: { name: string; code?: string; message: string } };
 
 interface Slot {
@@ -41,12 +42,22 @@ export interface SnapshotPoolOptions {
   script?: URL;
   /** workerData for that script (tests). */
   workerData?: unknown;
+  /** Tests: handed to every job (SnapshotJob.progress). */
+  progress?: Int32Array;
 }
+
+/**
+ * What `copy` gives: the copy's size and SHA-256 (hex) with the probe's rows, `changed` when the
+ * store changed while it was copied (nothing kept), or `fallback` when the worker may not open
+ * this store (the caller copies it itself).
+ */
+export type CopyResult = { size: number; sha256: string; probe: unknown; changed?: undefined } | { changed: true };
 
 export class SnapshotPool {
   readonly #size: number;
   readonly #script: URL;
   readonly #workerData: unknown;
+  readonly #progress: Int32Array | undefined;
   readonly #slots: Slot[] = [];
   readonly #queue: Array<() => void> = [];
   #nextId = 1;
@@ -56,6 +67,26 @@ export class SnapshotPool {
     this.#size = Math.min(8, Math.max(1, Math.floor(o.size ?? 1)));
     this.#script = o.script ?? new URL('./snapshot-worker.js', import.meta.url);
     this.#workerData = o.workerData;
+    this.#progress = o.progress;
+  }
+
+  /**
+   * A copy of the club's store file at `path` (VACUUM INTO on a worker thread with its own
+   * connection, still encrypted under the store's page key, mode 0600), with the rows of `probe`
+   * (one read-only SELECT, run before and after the copy: the copy is kept only if both agree).
+   * 'fallback' for a store the worker may not open (pending, legacy layout, older schema).
+   * Errors as snapshot().
+   */
+  async copy(st: Storage, clubId: string, path: string, probe: string): Promise<CopyResult | 'fallback'> {
+    const row = this.#check(st, clubId);
+    if (row.storeState === 'pending') return 'fallback';
+    const reply = await this.#run(st, row, undefined, { path, probe });
+    if (!reply.ok) {
+      if (reply.fallback) return 'fallback';
+      throw typedError(reply.error!);
+    }
+    if (!('copied' in reply) || !reply.copied) throw new BackupError('SNAPSHOT_WORKER_FAILED', 'the snapshot worker answered with a snapshot where a copy was asked for');
+    return reply.copied;
   }
 
   /**
@@ -67,7 +98,7 @@ export class SnapshotPool {
     const row = this.#check(st, clubId);
     if (row.storeState === 'pending') return takeClubSnapshot(st, clubId, now);
     const reply = await this.#run(st, row);
-    if (reply.ok && reply.archived) throw new BackupError('SNAPSHOT_WORKER_FAILED', 'the snapshot worker answered with an archive where a snapshot was asked for');
+    if (reply.ok && (reply.archived || !reply.image)) throw new BackupError('SNAPSHOT_WORKER_FAILED', 'the snapshot worker answered with an archive where a snapshot was asked for');
     if (!reply.ok) {
       if (reply.fallback) return takeClubSnapshot(st, clubId, now);
       throw typedError(reply.error!);
@@ -117,11 +148,11 @@ export class SnapshotPool {
   }
 
   /** One job on a free worker (waiting for one); keys are copied into the job and zeroed here. */
-  async #run(st: Storage, row: ClubRow, archive?: ArchiveJob): Promise<Reply> {
+  async #run(st: Storage, row: ClubRow, archive?: ArchiveJob, copy?: CopyJob): Promise<Reply> {
     const slot = await this.#acquire();
     try {
       const keys = st.clubKeys(row);
-      const job: SnapshotJob = { id: this.#nextId++, dataDir: st.dataDir, clubId: row.id, keys: keys.map((k) => ({ key: new Uint8Array(k.key), version: k.version })), ...(archive ? { archive } : {}) };
+      const job: SnapshotJob = { id: this.#nextId++, dataDir: st.dataDir, clubId: row.id, keys: keys.map((k) => ({ key: new Uint8Array(k.key), version: k.version })), ...(archive ? { archive } : {}), ...(copy ? { copy } : {}), ...(this.#progress ? { progress: this.#progress } : {}) };
       const p = new Promise<Reply>((resolve, reject) => (slot.busy = { id: job.id, resolve, reject }));
       slot.worker.ref();
       slot.worker.postMessage(job);

@@ -15,12 +15,16 @@
  * thread), so none of that runs on the daemon's event loop either. The signing key (the server
  * identity's KeyObject, or the archive MAC key) is handed over in memory, never logged or stored.
  *
- * Messages in: {id, dataDir, clubId, keys: [{key, version}], archive?}. Out: {id, ok: true, image,
+ * With `copy` (a cluster snapshot: cluster/snapshot.ts) it makes a plain copy of the store file
+ * instead (CopyJob).
+ *
+ * Messages in: {id, dataDir, clubId, keys: [{key, version}], archive?, copy?}. Out: {id, ok: true, image,
  * docs, staging, facts, sha256} (the image's buffer transferred), {id, ok: true, archived: {size,
  * sha256, manifest}}, {id, ok: false, fallback}, or {id, ok: false, error: {name, code, message}}.
  * Keys are zeroed here once used or posted.
  */
-import { existsSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, createReadStream, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
@@ -41,6 +45,55 @@ export interface SnapshotJob {
   keys: Array<{ key: Uint8Array; version: number }>;
   /** Also write the server archive of the snapshot to `file` here (nightly run), not only snapshot. */
   archive?: ArchiveJob;
+  /** Instead of a snapshot: a plain copy of the store (VACUUM INTO), cluster/snapshot.ts. */
+  copy?: CopyJob;
+  /** Tests: [0] is set to 1 when the snapshot or copy starts and to 2 when it ended. */
+  progress?: Int32Array;
+}
+
+/**
+ * A copy of the store file, still encrypted under its page key (`VACUUM INTO path`, mode 0600),
+ * made with this worker's own connection. `probe` (one read-only SELECT) runs before and after
+ * the copy on the same connection; the copy is kept only when both answers are equal, so the
+ * answer describes the copy. Out: {id, ok: true, copied: {size, sha256, probe}} or
+ * {id, ok: true, copied: {changed: true}} (the store changed meanwhile: nothing kept).
+ */
+export interface CopyJob {
+  path: string;
+  probe: string;
+}
+
+function sqlString(p: string): string {
+  return "'" + p.replace(/'/g, "''") + "'";
+}
+
+/** Run a CopyJob on an opened store; removes a partial or unwanted copy. */
+async function copyStore(job: SnapshotJob, c: CopyJob, store: ClubStore): Promise<void> {
+  let kept = false;
+  try {
+    const probe = store.db.prepare(c.probe);
+    const before = JSON.stringify(probe.all());
+    if (job.progress) Atomics.store(job.progress, 0, 1);
+    store.db.exec(`VACUUM INTO ${sqlString(c.path)}`);
+    if (job.progress) Atomics.store(job.progress, 0, 2);
+    const after = JSON.stringify(probe.all());
+    store.close();
+    if (before !== after) {
+      parentPort!.postMessage({ id: job.id, ok: true, copied: { changed: true } });
+      return;
+    }
+    chmodSync(c.path, 0o600);
+    const h = createHash('sha256');
+    let size = 0;
+    for await (const chunk of createReadStream(c.path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+      h.update(chunk);
+      size += chunk.length;
+    }
+    kept = true;
+    parentPort!.postMessage({ id: job.id, ok: true, copied: { size, sha256: h.digest('hex'), probe: JSON.parse(before) as unknown } });
+  } finally {
+    if (!kept) rmSync(c.path, { force: true });
+  }
 }
 
 /** What writing a server archive needs: the club row's manifest facts, the sealing key, the signer. */
@@ -126,8 +179,18 @@ async function run(job: SnapshotJob): Promise<void> {
       parentPort!.postMessage({ id: job.id, ok: false, fallback: true });
       return;
     }
+    if (job.copy) {
+      try {
+        await copyStore(job, job.copy, store);
+      } finally {
+        store.close();
+      }
+      return;
+    }
     try {
+      if (job.progress) Atomics.store(job.progress, 0, 1);
       taken = snapshotStore(store);
+      if (job.progress) Atomics.store(job.progress, 0, 2);
     } finally {
       store.close();
     }

@@ -47,7 +47,6 @@ export class AuditLog {
   readonly #insert;
   readonly #lastSigned;
   readonly #insertHead;
-  #lastSignTime = 0;
   #now: () => Date;
   readonly #anchors: AnchorStore | undefined;
   readonly #onAnchorError: (e: unknown) => void;
@@ -87,21 +86,22 @@ export class AuditLog {
     return entry;
   }
 
+  /**
+   * Sign the head every SIGN_EVERY entries and when the newest signed head is SIGN_MAX_AGE_MS old.
+   * The newest signed head is read from the store each time, not kept in memory: a head signed in
+   * a transaction or write-group savepoint that rolled back is gone from the store, and a time
+   * kept in memory would still count it (the next entries then went unsigned for up to
+   * SIGN_MAX_AGE_MS). One indexed read per entry.
+   */
   #maybeSign(e: AuditEntry): void {
     if (!this.#signer) return;
-    if (this.#lastSignTime === 0) {
-      const last = this.#lastSigned.get() as { seq: number; time: string } | undefined;
-      this.#lastSignTime = last ? Date.parse(last.time) : 0;
-      if (!last || e.seq - last.seq >= SIGN_EVERY || Date.now() - this.#lastSignTime >= SIGN_MAX_AGE_MS) this.#sign(e.seq, e.hash);
-      return;
-    }
-    if (e.seq % SIGN_EVERY === 0 || Date.now() - this.#lastSignTime >= SIGN_MAX_AGE_MS) this.#sign(e.seq, e.hash);
+    const last = this.#lastSigned.get() as { seq: number; time: string } | undefined;
+    if (!last || e.seq % SIGN_EVERY === 0 || e.seq - last.seq >= SIGN_EVERY || Date.now() - Date.parse(last.time) >= SIGN_MAX_AGE_MS) this.#sign(e.seq, e.hash);
   }
 
   #sign(seq: number, hash: string): void {
     const sig = this.#signer!.sign(headMessage(this.#clubId, seq, hash));
     this.#insertHead.run(seq, hash, Buffer.from(sig), this.#signer!.fingerprint, new Date().toISOString());
-    this.#lastSignTime = Date.now();
     this.#queueAnchor();
   }
 

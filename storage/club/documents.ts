@@ -50,7 +50,8 @@ export interface DocumentInfo {
 export interface PutDocumentOptions {
   maxBytes?: number;
   chunkLog2?: number;
-  onStep?: (step: 'encrypted' | 'renamed' | 'recorded') => void;
+  /** Called at each step; 'recorded' gets the new row, inside the caller's transaction if it opened one at 'renamed'. */
+  onStep?: (step: 'encrypted' | 'renamed' | 'recorded', row?: DocumentInfo) => void;
   /**
    * Called with the file name once the encrypted file is durable in place, before the row is
    * inserted (a cluster copies the file to the club's standbys here, docs/CLUSTER.md
@@ -104,7 +105,7 @@ export async function putDocument(st: Storage, clubId: string, source: Readable 
     const r = store.db
       .prepare(`INSERT INTO documents (kind, name, mediaType, personId, size, sha256, file, wrappedKey) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING ${INFO_COLS}`)
       .get(meta.kind, meta.name, meta.mediaType ?? null, meta.personId ?? null, size, sha256, file, wrapped) as DocumentInfo;
-    opts.onStep?.('recorded');
+    opts.onStep?.('recorded', r);
     return r;
   } catch (e) {
     await unlink(renamed ? finalPath : tmp).catch(() => undefined);

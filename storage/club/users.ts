@@ -119,10 +119,15 @@ export function listUsers(db: Db): UserRecord[] {
 }
 
 const ensured = new WeakSet<Db>();
+/**
+ * ensureUserTables once per connection. Remembered only outside a transaction: a table created
+ * inside one that rolls back is gone again, and a memory of it would make every later query of
+ * this connection fail with "no such table" (tests/audit-sign-rollback.test.ts).
+ */
 export function ensureUserTablesOnce(db: Db): void {
   if (ensured.has(db)) return;
   ensureUserTables(db);
-  ensured.add(db);
+  if (!db.inTransaction) ensured.add(db);
 }
 
 export interface NewUser {

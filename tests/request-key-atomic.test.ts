@@ -1,0 +1,105 @@
+/**
+ * Request keys (PROTOCOL.md "Request keys", issue 14): a keyed command's answer is stored in the
+ * same transaction as its change (daemon/edge/keyed-answer.ts). A failure injected where the
+ * answer is written (a TEMP trigger that refuses the insert into request_keys) must leave neither:
+ * before, the change committed in its own transaction and the answer failed after it, so a retry
+ * after a crash there applied the change a second time. A retry with the same key then returns the
+ * stored answer and writes nothing more.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import type { ClusterNode } from '../cluster/node.js';
+import { installClusterGate } from '../daemon/cluster/gate.js';
+import { ensureRequestKeys } from '../storage/club/request-keys.js';
+import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
+
+let env: ClubTestEnv;
+let club: string;
+let admin: InProcessSession;
+let commits = 0;
+
+before(async () => {
+  env = await clubEnv();
+  club = await env.newClub();
+  // A cluster node that serves every club and whose output gate always succeeds.
+  const node = { route: () => ({ kind: 'serve' }), commit: async () => void commits++, registerClub: async () => undefined } as unknown as ClusterNode;
+  installClusterGate(env.dispatcher, () => node, env.storage);
+  admin = env.session();
+  await admin.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+});
+after(async () => env.close());
+
+const db = () => env.storage.openClub(club).db;
+let n = 0;
+const newKey = () => `rk-atomic-${String(++n).padStart(8, '0')}`;
+
+function refuseAnswers(on: boolean): void {
+  const d = db();
+  ensureRequestKeys(d);
+  if (on) d.exec(`CREATE TEMP TRIGGER IF NOT EXISTS refuse_answers BEFORE INSERT ON main.request_keys BEGIN SELECT RAISE(ABORT, 'injected failure'); END`);
+  else d.exec('DROP TRIGGER IF EXISTS temp.refuse_answers');
+}
+
+const storedKeys = (rk: string) => (db().prepare('SELECT count(*) AS n FROM request_keys WHERE rk = ?').get(rk) as { n: number }).n;
+
+/** One keyed command: fails as a whole under the injected failure, then applies once and replays. */
+async function atomicOnce(command: string, payload: Record<string, unknown>, count: () => number, upload?: () => AsyncIterable<Uint8Array>): Promise<void> {
+  const rk = newKey();
+  const before = count();
+  refuseAnswers(true);
+  try {
+    await assert.rejects(admin.call(command, { ...payload, rk }, upload?.()), `${command}: the injected failure did not reach the command`);
+  } finally {
+    refuseAnswers(false);
+  }
+  assert.equal(storedKeys(rk), 0);
+  assert.equal(count(), before, `${command}: the change committed without its stored answer`);
+  const first = await admin.call(command, { ...payload, rk }, upload?.());
+  assert.equal(count(), before + 1, `${command}: applied once`);
+  assert.equal(storedKeys(rk), 1, `${command}: the answer is stored`);
+  const again = await admin.call(command, { ...payload, rk }, upload?.());
+  assert.equal(count(), before + 1, `${command}: the retry wrote again`);
+  const { oneTimePassword: _o, ...kept } = first.payload as Record<string, unknown>;
+  assert.deepEqual(again.payload, kept, `${command}: the retry got another answer`);
+}
+
+const rows = (sql: string, ...args: unknown[]) => () => (db().prepare(sql).get(...args) as { n: number }).n;
+
+test('a grouped write (persons.create) and its stored answer commit together', async () => {
+  await atomicOnce('persons.create', { firstName: 'Ada', lastName: 'Atomar' }, rows(`SELECT count(*) AS n FROM persons WHERE lastName = 'Atomar'`));
+});
+
+test('a grouped update (persons.update) and its stored answer commit together', async () => {
+  const id = (await admin.call('persons.create', { firstName: 'Bea', lastName: 'Zaehler' })).payload.record.id as number;
+  let v = 0;
+  await atomicOnce('persons.update', { id, notes: `n${++v}` }, rows('SELECT count(*) AS n FROM audit_log WHERE entity = ? AND recordId = ? AND action = ?', 'persons', id, 'update'));
+});
+
+test('users.create, users.update, users.disable, rights.set, users.resetPassword: change and answer commit together', async () => {
+  const audits = (action: string) => rows('SELECT count(*) AS n FROM audit_log WHERE entity = ? AND action = ?', 'users', action);
+  await atomicOnce('users.create', { username: 'atom', role: 'member' }, rows(`SELECT count(*) AS n FROM users WHERE username = 'atom'`));
+  const uid = (db().prepare(`SELECT id FROM users WHERE username = 'atom'`).get() as { id: number }).id;
+  await atomicOnce('users.update', { id: uid, displayName: 'Atom A.' }, audits('update'));
+  await atomicOnce('users.disable', { id: uid }, audits('update'));
+  await atomicOnce('rights.set', { userId: uid, role: 'board', registers: [1] }, audits('rights.set'));
+  await atomicOnce('users.resetPassword', { id: uid }, audits('update'));
+  await atomicOnce('users.delete', { id: uid }, audits('delete'));
+});
+
+test('documents.upload, documents.update, documents.delete: change and answer commit together', async () => {
+  const docs = rows(`SELECT count(*) AS n FROM documents WHERE name LIKE 'atom%'`);
+  await atomicOnce('documents.upload', { kind: 'other', name: 'atom.txt' }, docs, () => (async function* () { yield Buffer.from('atom'); })());
+  const id = (db().prepare(`SELECT id FROM documents WHERE name = 'atom.txt'`).get() as { id: number }).id;
+  const audits = (action: string) => rows('SELECT count(*) AS n FROM audit_log WHERE entity = ? AND action = ?', 'documents', action);
+  await atomicOnce('documents.update', { id, name: 'atom2.txt' }, audits('update'));
+  await atomicOnce('documents.delete', { id }, audits('delete'));
+});
+
+test('a keyed read stores its answer in a transaction of its own and replays it', async () => {
+  const rk = newKey();
+  const first = await admin.call('persons.list', { rk });
+  await admin.call('persons.create', { firstName: 'Cleo', lastName: 'Spaeter' });
+  const again = await admin.call('persons.list', { rk });
+  assert.deepEqual(again.payload, first.payload);
+  assert.ok(commits > 0);
+});

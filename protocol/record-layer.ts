@@ -65,43 +65,6 @@ function recordBuffer(size: number): Buffer {
 }
 
 /**
- * Large records that straddle socket reads are gathered into a pooled buffer too (issue 13:
- * the 1 MiB echo; without it each 64 KiB record costs a fresh ArrayBuffer that lives for as
- * long as its chunk is queued, and V8 counts it as external memory until a full collection).
- * Such a buffer is only lent: it goes back to the pool when, and only when, two things hold:
- * the session found that the record carried exactly one message, a CHUNK whose data is a view
- * of it (grantChunkRelease), and the one consumer of that chunk said it is done with it
- * (releaseChunk). A buffer for which either is missing is never reused; the collector frees it.
- */
-const lentOpen = new WeakSet<ArrayBuffer>();
-const releasable = new WeakSet<ArrayBuffer>();
-
-/**
- * Called by the session for a DATA record that held exactly one message, a CHUNK with `data`:
- * when the record was gathered into a lent pool buffer and `data` is a view of that buffer,
- * the buffer may go back to the pool once the chunk's consumer calls releaseChunk(data).
- */
-export function grantChunkRelease(plaintext: Uint8Array, data: Uint8Array): void {
-  const ab = plaintext.buffer as ArrayBuffer;
-  if (data.buffer === ab && lentOpen.has(ab)) releasable.add(ab);
-}
-
-/**
- * The consumer of a stream chunk is done with it: nothing reads `data` (or any view of its
- * buffer) any more. When grantChunkRelease() allowed it, the record buffer behind it goes back
- * to the pool and will be overwritten by a later record; otherwise nothing happens. A second
- * call for the same chunk does nothing. Callers: daemon/edge/requests.ts (a download that is
- * an upload echoed back, after the chunk was sealed).
- */
-export function releaseChunk(data: Uint8Array): void {
-  const ab = data.buffer as ArrayBuffer;
-  if (!releasable.has(ab)) return;
-  releasable.delete(ab);
-  lentOpen.delete(ab);
-  if (spareRecords.length < MAX_SPARE_RECORDS && pooled.has(ab) && !spareRecords.includes(ab)) spareRecords.push(ab);
-}
-
-/**
  * Gives the buffers of large sealed records among `pieces` back for reuse. Call only once
  * nothing reads them any more (the socket's write callback); other buffers are ignored.
  */
@@ -182,9 +145,8 @@ export class RecordSealer {
  *
  * Records are opened in place (issue 13: no buffer per record for the garbage collector): a
  * record inside one received buffer is decrypted where it lies, and its plaintext is a view of
- * that buffer; a record that straddles buffers is gathered into one buffer of its own (from the
- * record pool for large records, lent until grantChunkRelease() and releaseChunk() give it back,
- * see there) and decrypted there. The plaintext therefore stays valid for as long as anyone references it (it
+ * that buffer; a record that straddles buffers is gathered into one fresh buffer of its size and
+ * decrypted there. The plaintext therefore stays valid for as long as anyone references it (it
  * is never overwritten by later input), and push() must own what it is given: `owned` buffers
  * (a socket's freshly read data, which nothing else references) are used as they are, anything
  * else is copied first so that the caller's bytes are never changed.
@@ -260,8 +222,7 @@ export class RecordReader {
         this.firstAt = 0;
       }
     } else {
-      buf = recordBuffer(total);
-      if (total >= POOLED_RECORD_FROM) lentOpen.add(buf.buffer as ArrayBuffer);
+      buf = Buffer.allocUnsafe(total);
       at = 0;
       this.gather(buf, total, true);
     }

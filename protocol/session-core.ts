@@ -3,17 +3,7 @@ import { ProtocolError } from './errors.js';
 import { splitBatch } from './batch.js';
 import { decodeMessage, type Message } from './messages.js';
 import { OutputQueue } from './output-queue.js';
-import { grantChunkRelease, type RecordReader, type RecordSealer } from './record-layer.js';
-
-/**
- * The one message of a DATA record: a CHUNK's record buffer may be given back to the record
- * pool once its consumer is done (record-layer.ts grantChunkRelease). Never for a record of
- * several messages: they would share the buffer.
- */
-function onlyMessage(plaintext: Buffer, m: Message): Message {
-  if (m.kind === 'chunk') grantChunkRelease(plaintext, m.data);
-  return m;
-}
+import type { RecordReader, RecordSealer } from './record-layer.js';
 
 /** The states both sides' tables share (docs/PROTOCOL.md 5.1). */
 type CommonState = 'ESTABLISHED' | 'CLOSED';
@@ -117,9 +107,9 @@ export abstract class SessionCore<State extends string, Input extends string, Ev
    * are all decoded before the first is returned, so a malformed one refuses the whole record.
    */
   protected openData(plaintext: Buffer): Message {
-    if (this.version < PROTOCOL_VERSION_2) return onlyMessage(plaintext, decodeMessage(plaintext, true));
+    if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
     const entries = splitBatch(plaintext);
-    if (entries.length === 1) return onlyMessage(plaintext, decodeMessage(entries[0]!, true));
+    if (entries.length === 1) return decodeMessage(entries[0]!, true);
     const messages = entries.map((e) => decodeMessage(e, true));
     this.inbox = messages;
     this.inboxAt = 1;

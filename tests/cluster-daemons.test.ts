@@ -18,7 +18,7 @@ import { ClusterClient, parseServerList } from '../client/cluster-client.js';
 import { connect } from '../client/connection.js';
 import { runOperation } from '../daemon/ops/offline.js';
 import { etcdMissing, freePort } from './helpers/etcd.js';
-import { BIN, PASSWORD, assertAckedOnce, until, useDaemonCluster, type Member } from './helpers/cluster-daemons.js';
+import { BIN, PASSWORD, assertAckedOnce, settled, until, useDaemonCluster, type Member } from './helpers/cluster-daemons.js';
 
 const missing = etcdMissing();
 
@@ -173,8 +173,12 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
   });
 
   test('request keys: bound to their user, no one-time password stored, every grouped write keeps its answer', async () => {
+    // A plain connection to the club's server: nothing may move the club meanwhile (the member
+    // restarted by the ban test is still receiving its share of the clubs).
+    await settled(status, members[0]!);
     const { result } = await runOperation(members[0]!.dir, 'club.create', { name: 'Verein Schlüssel', admin: 'admin', password: PASSWORD });
     const club = (result as { id: string }).id;
+    await settled(status, members[0]!);
     // Logged in at the club's primary once it serves (placement names it before the takeover ends).
     const { at, admin } = await until('the club served', async () => {
       const p = (await status(members[0]!)).clubs.find((x) => x.id === club)?.primary;
@@ -236,6 +240,8 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
 
   test('a login to a club no member knows answers as a wrong password does (no club enumeration)', async () => {
     const m = members.find((x) => x.child.exitCode === null && x.child.signalCode === null)!;
+    // Settled before the connection opens: it must not sit idle past the login deadline while clubs move.
+    await settled(status, m);
     const c = await connect({ host: m.host, port: m.port, fingerprint, localAddress: '127.0.0.79' });
     try {
       const codeOf = (club: string) => c.request('auth.login', { club, user: 'admin', password: 'wrong-password-1' }).then(() => 'ok', (e: { code?: string; message?: string }) => `${e.code}: ${e.message}`);
@@ -261,6 +267,7 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
     const alive = members.filter((m) => m.child.exitCode === null && m.child.signalCode === null);
     assert.equal(alive.length, 3);
     for (let i = 0; i < 6; i++) await runOperation(alive[0]!.dir, 'club.create', { name: `Spielmannszug ${i}`, admin: 'admin', password: PASSWORD });
+    await settled(status, alive[0]!);
     await until(
       'a club served by each server',
       async () => {

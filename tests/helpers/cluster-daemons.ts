@@ -61,6 +61,23 @@ export interface Status {
   clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null }>;
 }
 
+/**
+ * Waits until the placement has nothing left to move: every club has a primary and the members
+ * `m` sees as active hold primaries within one of each other (cluster/placement.ts moves a club
+ * only while the difference is larger). Tests that hold a plain connection to a club's server call
+ * this first: a balancing move closes the club's sessions there (a client follows; a test's bare
+ * connection would see "normal close").
+ */
+export async function settled(status: (m: Member) => Promise<Status>, m: Member, timeoutMs = 60_000): Promise<Status> {
+  return until('the placement settled (primaries balanced, every club served)', async () => {
+    const s = await status(m);
+    const active = s.members.filter((x) => x.state === 'active').map((x) => x.id);
+    if (active.length === 0 || s.clubs.some((c) => !c.primary)) return undefined;
+    const counts = active.map((id) => s.clubs.filter((c) => c.primary === id).length);
+    return Math.max(...counts) - Math.min(...counts) <= 1 ? s : undefined;
+  }, timeoutMs);
+}
+
 /** The running cluster of one test file. */
 export interface DaemonCluster {
   etcd: EtcdCluster;

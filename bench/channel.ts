@@ -87,7 +87,10 @@ class ServerChild {
   static async start(kind: ChildKind, cpuProfDir?: string): Promise<ServerChild> {
     installExitHook();
     const script = fileURLToPath(new URL(kind === 'h2' ? './h2-child.js' : './server-child.js', import.meta.url));
-    const execArgv = ['--expose-gc', ...SERVER_NODE_FLAGS, ...(process.env.BENCH_CHILD_FLAGS ? process.env.BENCH_CHILD_FLAGS.split(' ') : []), ...(cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${kind}-${Date.now()}.cpuprofile`] : [])];
+    // BENCH_SERVER_NODE_FLAGS (space-separated, after the shipped flags, so they win): side runs
+    // such as `--trace-gc` or another semi-space size, for every server child alike.
+    const extra = (process.env.BENCH_SERVER_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '');
+    const execArgv = ['--expose-gc', ...SERVER_NODE_FLAGS, ...extra, ...(cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=${kind}-${Date.now()}.cpuprofile`] : [])];
     const proc = fork(script, kind === 'h2' ? [] : [kind], { execArgv, env: { ...process.env, ...SERVER_ENV }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     live.add(proc);
     proc.once('exit', () => live.delete(proc));

@@ -364,8 +364,14 @@ function fastEncode(v: unknown): number {
 
 const GIVE_UP = Symbol('give-up');
 let dpos = 0;
-/** Byte strings at least this long are returned as views (owned input only). */
+/**
+ * Byte strings at least this long are returned as views (owned input only), and only when they
+ * take at least half of the buffer under them (VIEW_SHARE): a view pins the whole socket read it
+ * lies in, and flow control counts only the value's own length, so a small chunk sharing a 64 KiB
+ * read with discarded input would hold 16x what the window allows. Below that share it is copied.
+ */
 const VIEW_MIN = 4096;
+const VIEW_SHARE = 2;
 let viewFrom = Infinity;
 
 function readArg(b: Uint8Array, ai: number): number {
@@ -486,7 +492,7 @@ function fastItem(b: Uint8Array): unknown {
     case 1:
       return arg === Number.MAX_SAFE_INTEGER ? GIVE_UP : -1 - arg;
     case 2: {
-      if (arg >= viewFrom) {
+      if (arg >= viewFrom && arg * VIEW_SHARE >= b.buffer.byteLength) {
         const view = new Uint8Array(b.buffer, b.byteOffset + dpos, arg);
         dpos += arg;
         return view;

@@ -85,3 +85,26 @@ test('a foreign External or any other value is a TypeError, never used as a cont
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("the addon's own handshake keys and record contexts are never taken for each other", { skip: recordCipherBackend().impl !== 'native' ? 'the addon is not built' : false }, () => {
+  // Both kinds are Externals of one addon (handshake_keys.c, record_aead.c): each side checks its
+  // own type tag, so a signing key passed as a record context is a TypeError (the reverse: "not a
+  // live Ed25519 key"), not
+  // a key holder read as a direction (destroy() of one crashed the process before the tag).
+  const aead = require(ADDON) as Aead & { pkeyGenerate(kind: number, pub: Uint8Array): object; ed25519Sign(key: unknown, msg: Uint8Array, out: Uint8Array): void };
+  const ed = aead.pkeyGenerate(2, new Uint8Array(32));
+  aead.ed25519Sign(ed, Buffer.from('x'), new Uint8Array(64));
+  const wrong = (e: unknown) => e instanceof TypeError;
+  const out = new Uint8Array(64);
+  assert.throws(() => aead.sequence(ed), wrong);
+  assert.throws(() => aead.seal(ed, new Uint8Array(5), new Uint8Array(4), undefined, out, 0), wrong);
+  assert.throws(() => aead.openAt(ed, new Uint8Array(64), 0, 5, 20), wrong);
+  assert.throws(() => aead.destroy(ed), wrong);
+  const dir = aead.create(new Uint8Array(32).fill(1), new Uint8Array(12).fill(2), true);
+  assert.throws(() => aead.ed25519Sign(dir, Buffer.from('x'), new Uint8Array(64)), /not a live Ed25519 key/);
+  // the key still signs afterwards
+  const sig = new Uint8Array(64);
+  aead.ed25519Sign(ed, Buffer.from('x'), sig);
+  assert.ok(sig.some((b) => b !== 0));
+  aead.destroy(dir);
+});

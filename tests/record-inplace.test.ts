@@ -4,6 +4,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { connect } from '../client/connection.js';
 import { RECORD_DATA, RECORD_HEADER_LEN, MAX_RECORD_PLAINTEXT } from '../protocol/constants.js';
 import { ProtocolError } from '../protocol/errors.js';
+import { decodeMessage, encodeMessage } from '../protocol/messages.js';
 import { directionKeys } from '../protocol/key-schedule.js';
 import { RecordReader, RecordSealer } from '../protocol/record-layer.js';
 import { startDaemon, type TestDaemon } from './helpers/daemon.js';
@@ -106,6 +107,26 @@ before(async () => {
 
 after(async () => {
   await td.stop();
+});
+
+test('a byte string is a view of its buffer only when it is most of it: a small chunk beside discarded input is copied (no 16x pinning)', () => {
+  // A chunk of 4 KiB in a 64 KiB read (the rest: input the server throws away) must not keep the
+  // read alive: flow control counts 4 KiB. A chunk that is most of its buffer is a view.
+  const msg = (data: Uint8Array) => encodeMessage({ kind: 'chunk', id: 7, data });
+  const small = msg(randomBytes(4096));
+  const read = Buffer.alloc(65536);
+  read.set(small, 100);
+  const m1 = decodeMessage(read.subarray(100, 100 + small.length), true) as { data: Uint8Array };
+  assert.equal(m1.data.length, 4096);
+  assert.ok(m1.data.buffer.byteLength < 16384, `a 4 KiB chunk pins ${m1.data.buffer.byteLength} bytes`);
+  const big = msg(randomBytes(40000));
+  const read2 = Buffer.alloc(65536);
+  read2.set(big, 0);
+  const m2 = decodeMessage(read2.subarray(0, big.length), true) as { data: Uint8Array };
+  assert.equal(m2.data.buffer, read2.buffer, 'a chunk that is most of its read is a view (no copy)');
+  // not owned: always a copy
+  const m3 = decodeMessage(read2.subarray(0, big.length), false) as { data: Uint8Array };
+  assert.notEqual(m3.data.buffer, read2.buffer);
 });
 
 test('pipelined pings over the daemon: every answer held and compared after all of them arrived', { timeout: 60000 }, async () => {

@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: every figure next to a baseline measured in the same run, as a ratio.
  * Groups: channel, store, data, bans, backup, flood, clubs, growth, cluster (bench/<group>.ts).
- * Options: `--only channel[,store,data,bans,backup,flood,clubs,growth,cluster]`, `--quick`.
+ * Options: `--only channel[,store,data,bans,backup,flood,clubs,growth,cluster]`, `--quick`;
+ * for the channel group also `--cases handshake,ping1,ping8,pipe,bulk,memory` and `--baselines tls,h2`.
  */
 import os from 'node:os';
 import { runBackupBench } from './backup.js';
@@ -20,8 +21,31 @@ interface Group {
   run(quick: boolean): Promise<LegacyRow[]>;
 }
 
+const CHANNEL_CASES = ['handshake', 'ping1', 'ping8', 'pipe', 'bulk', 'memory'];
+const CHANNEL_BASELINES = ['tls', 'h2'];
+
+/** The comma-separated list after `flag`, or undefined; exits with status 2 on an empty list or an unknown name. */
+function listArg(args: string[], flag: string, allowed: readonly string[]): string[] | undefined {
+  const i = args.indexOf(flag);
+  if (i < 0) return undefined;
+  const list = (args[i + 1] ?? '').split(',').filter(Boolean);
+  const unknown = list.filter((x) => !allowed.includes(x));
+  if (list.length === 0 || unknown.length > 0) {
+    console.error(`${flag} takes a comma-separated list of ${allowed.join(', ')}${unknown.length ? `; unknown: ${unknown.join(', ')}` : ''}`);
+    process.exit(2);
+  }
+  return list;
+}
+
+const benchArgs = process.argv.slice(2);
+const channelCases = listArg(benchArgs, '--cases', CHANNEL_CASES);
+const channelBaselines = listArg(benchArgs, '--baselines', CHANNEL_BASELINES) as ('tls' | 'h2')[] | undefined;
+
 const GROUPS: Group[] = [
-  { name: 'channel', run: (quick) => runChannelBench({ quick }) },
+  {
+    name: 'channel',
+    run: (quick) => runChannelBench({ quick, ...(channelCases ? { cases: channelCases } : {}), ...(channelBaselines ? { baselines: channelBaselines } : {}) }),
+  },
   { name: 'store', run: () => runStoreBench() },
   { name: 'data', run: (quick) => runDataBench({ quick }) },
   { name: 'bans', run: () => runBanBench() },

@@ -14,20 +14,36 @@ import { ProtocolError } from './errors.js';
  * record is refused before any of its messages is delivered.
  */
 export function splitBatch(plaintext: Uint8Array): Uint8Array[] {
+  const bounds = new Uint32Array(2 * MAX_MESSAGES_PER_RECORD);
+  const n = batchBounds(plaintext, bounds);
   const out: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) out.push(plaintext.subarray(bounds[2 * i]!, bounds[2 * i + 1]!));
+  return out;
+}
+
+/**
+ * splitBatch() without a view per message: writes each message's start and end offset in
+ * `plaintext` to bounds[2i] and bounds[2i + 1] (`bounds` holds at least 2 x
+ * MAX_MESSAGES_PER_RECORD entries) and returns the number of messages. The same checks and
+ * errors as splitBatch().
+ */
+export function batchBounds(plaintext: Uint8Array, bounds: Uint32Array): number {
+  let n = 0;
   let at = 0;
   if (plaintext.length === 0) throw new ProtocolError('BAD_MESSAGE', 'a DATA record carries at least one message');
   while (at < plaintext.length) {
-    if (out.length === MAX_MESSAGES_PER_RECORD) throw new ProtocolError('BAD_MESSAGE', `more than ${MAX_MESSAGES_PER_RECORD} messages in one record`);
+    if (n === MAX_MESSAGES_PER_RECORD) throw new ProtocolError('BAD_MESSAGE', `more than ${MAX_MESSAGES_PER_RECORD} messages in one record`);
     if (plaintext.length - at < BATCH_LENGTH_LEN) throw new ProtocolError('BAD_MESSAGE', 'message length cut off');
     const len = (plaintext[at]! << 8) | plaintext[at + 1]!;
     at += BATCH_LENGTH_LEN;
     if (len === 0) throw new ProtocolError('BAD_MESSAGE', 'empty message in a batch');
     if (len > plaintext.length - at) throw new ProtocolError('BAD_MESSAGE', 'message runs past the end of its record');
-    out.push(plaintext.subarray(at, at + len));
+    bounds[2 * n] = at;
+    bounds[2 * n + 1] = at + len;
+    n++;
     at += len;
   }
-  return out;
+  return n;
 }
 
 /** The plaintext of one version 2 DATA record holding `messages` (encoded), for tests and tools. */

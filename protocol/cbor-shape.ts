@@ -30,8 +30,12 @@ function validText(b: Uint8Array, from: number, len: number): boolean {
  */
 const SHARED_STACK = new Float64Array(64);
 
-export function checkCborShape(b: Uint8Array, maxDepth: number): void {
-  let pos = 0;
+/**
+ * Checks the CBOR item in b[start, end) (default: all of `b`): exactly one well-formed item
+ * filling the range. Throws ProtocolError BAD_MESSAGE otherwise.
+ */
+export function checkCborShape(b: Uint8Array, maxDepth: number, start = 0, end = b.length): void {
+  let pos = start;
   // remaining[i]: items still to read in the container at depth i; the root counts as one item.
   const remaining = maxDepth + 2 <= SHARED_STACK.length ? SHARED_STACK : new Float64Array(maxDepth + 2);
   remaining[0] = 1;
@@ -42,7 +46,7 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
       continue;
     }
     remaining[depth - 1]!--;
-    if (pos >= b.length) bad('truncated');
+    if (pos >= end) bad('truncated');
     const ib = b[pos++]!;
     const major = ib >> 5;
     const ai = ib & 31;
@@ -50,7 +54,7 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
     if (ai < 24) value = ai;
     else if (ai === 24 || ai === 25 || ai === 26 || ai === 27) {
       const n = 1 << (ai - 24);
-      if (pos + n > b.length) bad('truncated header');
+      if (pos + n > end) bad('truncated header');
       for (let i = 0; i < n; i++) {
         value = value * 256 + b[pos + i]!;
       }
@@ -63,14 +67,14 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
         break;
       case 2:
       case 3:
-        if (value > b.length - pos) bad('string past the end');
+        if (value > end - pos) bad('string past the end');
         if (major === 3 && value > 0 && !validText(b, pos, value)) bad('text is not valid UTF-8');
         pos += value;
         break;
       case 4:
       case 5: {
         const items = major === 4 ? value : value * 2;
-        if (items > b.length - pos) bad('container larger than the input');
+        if (items > end - pos) bad('container larger than the input');
         if (depth > maxDepth) bad('nested too deeply');
         remaining[depth++] = items;
         break;
@@ -84,5 +88,5 @@ export function checkCborShape(b: Uint8Array, maxDepth: number): void {
         break;
     }
   }
-  if (pos !== b.length) bad('trailing bytes');
+  if (pos !== end) bad('trailing bytes');
 }

@@ -125,16 +125,45 @@ export function encodeTransient(m: Message): TransientEncoding {
     writeHead(2, m.data.length);
     return transientResult(scratch, pos, m.data);
   }
-  if (m.kind === 'response' && !m.stream) {
-    // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
-    pos = 0;
-    scratch[pos++] = 0x83;
-    writeHead(0, MSG_RESPONSE);
-    if (writeUint(0, m.id) && fastValue(m.payload, 1)) return transientResult(scratch, pos, undefined);
-    return slowResult(m);
-  }
+  if (m.kind === 'response' && !m.stream) return encodeResponseTransient(m.id, m.payload);
   const n = fastEncode(toWire(m));
   return n < 0 ? slowResult(m) : transientResult(scratch, n, undefined);
+}
+
+/**
+ * encodeTransient({ kind: 'response', id, payload, stream: false }) without the message object
+ * (a synchronous handler's answer): the same bytes, the same lifetime rules.
+ */
+export function encodeResponseTransient(id: number, payload: Payload): TransientEncoding {
+  // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
+  pos = 0;
+  scratch[pos++] = 0x83;
+  writeHead(0, MSG_RESPONSE);
+  if (writeUint(0, id) && fastValue(payload, 1)) return transientResult(scratch, pos, undefined);
+  return slowResult({ kind: 'response', id, payload, stream: false });
+}
+
+/**
+ * Encodes RESPONSE `id` (no stream) with `payload` straight into target[at, end) when the fast
+ * encoder takes the payload and it fits: returns where the message ends, or -1 (then nothing
+ * is promised about target[at, end), and the caller encodes it the usual way, which also
+ * reports errors). The same bytes as encodeResponseTransient(). The batching path uses it to
+ * write a synchronous answer into its batch without a copy.
+ */
+export function encodeResponseInto(target: Buffer, at: number, end: number, id: number, payload: Payload): number {
+  if (end - at < 16 || !Number.isSafeInteger(id) || id < 0) return -1;
+  wbuf = target;
+  wend = end;
+  try {
+    pos = at;
+    wbuf[pos++] = 0x83;
+    writeHead(0, MSG_RESPONSE);
+    writeHead(0, id);
+    return fastValue(payload, 1) ? pos : -1;
+  } finally {
+    wbuf = scratch;
+    wend = SCRATCH_LEN;
+  }
 }
 
 function slowResult(m: Message): TransientEncoding {
@@ -151,30 +180,42 @@ function slowResult(m: Message): TransientEncoding {
 
 const SCRATCH_LEN = 65536 + 64;
 const scratch = Buffer.allocUnsafe(SCRATCH_LEN);
+/**
+ * Where the encoder writes: `scratch` up to SCRATCH_LEN, except inside encodeResponseInto(),
+ * which points it at the caller's buffer and end for one call.
+ */
+let wbuf: Buffer = scratch;
+let wend = SCRATCH_LEN;
 let pos = 0;
 const MAX_FAST_DEPTH = 32;
 const TWO_32 = 4294967296;
 
+/** Writes a 32-bit unsigned value big-endian at pos (bytes written directly, no bounds-checked call). */
+function writeU32(v: number): void {
+  wbuf[pos++] = v >>> 24;
+  wbuf[pos++] = (v >>> 16) & 0xff;
+  wbuf[pos++] = (v >>> 8) & 0xff;
+  wbuf[pos++] = v & 0xff;
+}
+
 /** Writes a major type with a length/value argument (value a safe non-negative integer). */
 function writeHead(major: number, v: number): void {
   const mt = major << 5;
-  if (v < 24) scratch[pos++] = mt | v;
+  if (v < 24) wbuf[pos++] = mt | v;
   else if (v < 0x100) {
-    scratch[pos++] = mt | 24;
-    scratch[pos++] = v;
+    wbuf[pos++] = mt | 24;
+    wbuf[pos++] = v;
   } else if (v < 0x10000) {
-    scratch[pos++] = mt | 25;
-    scratch[pos++] = v >>> 8;
-    scratch[pos++] = v & 0xff;
+    wbuf[pos++] = mt | 25;
+    wbuf[pos++] = v >>> 8;
+    wbuf[pos++] = v & 0xff;
   } else if (v < TWO_32) {
-    scratch[pos++] = mt | 26;
-    scratch.writeUInt32BE(v, pos);
-    pos += 4;
+    wbuf[pos++] = mt | 26;
+    writeU32(v);
   } else {
-    scratch[pos++] = mt | 27;
-    scratch.writeUInt32BE(Math.floor(v / TWO_32), pos);
-    scratch.writeUInt32BE(v >>> 0, pos + 4);
-    pos += 8;
+    wbuf[pos++] = mt | 27;
+    writeU32(Math.floor(v / TWO_32));
+    writeU32(v >>> 0);
   }
 }
 
@@ -196,16 +237,17 @@ function keyOrder(a: string, b: string): number {
 }
 
 /**
- * Sorts map keys into keyOrder in place. Payload maps have a handful of keys: an insertion sort
+ * Sorts the first n map keys into keyOrder in place. Payload maps have a handful of keys: an insertion sort
  * allocates nothing, where Array.prototype.sort with a comparator did per map (issue 13: it was
  * a tenth of the server's CPU on pipelined pings).
  */
-function sortKeys(keys: string[]): void {
-  if (keys.length > 16) {
-    keys.sort(keyOrder);
+function sortKeys(keys: string[], n: number): void {
+  if (n > 16) {
+    const sorted = keys.slice(0, n).sort(keyOrder);
+    for (let i = 0; i < n; i++) keys[i] = sorted[i]!;
     return;
   }
-  for (let i = 1; i < keys.length; i++) {
+  for (let i = 1; i < n; i++) {
     const k = keys[i]!;
     let j = i - 1;
     while (j >= 0 && keyOrder(keys[j]!, k) > 0) {
@@ -216,37 +258,61 @@ function sortKeys(keys: string[]): void {
   }
 }
 
+/** The encoder's key arrays, one per nesting depth, reused (emptied after each map). */
+const keyStacks: string[][] = [];
+
 function fastValue(v: unknown, depth: number): boolean {
-  if (SCRATCH_LEN - pos < 9) return false;
+  if (wend - pos < 9) return false;
   switch (typeof v) {
-    case 'number':
-      if (!Number.isSafeInteger(v) || Object.is(v, -0)) return false;
-      if ((v as number) >= 0) writeHead(0, v as number);
-      else writeHead(1, -1 - (v as number));
+    case 'number': {
+      const x = v as number;
+      if (!Number.isSafeInteger(x) || (x === 0 && 1 / x < 0)) return false;
+      const major = x >= 0 ? 0 : 1;
+      const u = x >= 0 ? x : -1 - x;
+      if (u < 0x10000) writeHead(major, u);
+      else {
+        // Written here rather than by writeHead: a number passed to a call that is not inlined
+        // is boxed (a heap number per timestamp per answer).
+        const hi = Math.floor(u / TWO_32);
+        const lo = u - hi * TWO_32;
+        if (hi === 0) wbuf[pos++] = (major << 5) | 26;
+        else {
+          wbuf[pos++] = (major << 5) | 27;
+          wbuf[pos++] = hi >>> 24;
+          wbuf[pos++] = (hi >>> 16) & 0xff;
+          wbuf[pos++] = (hi >>> 8) & 0xff;
+          wbuf[pos++] = hi & 0xff;
+        }
+        wbuf[pos++] = lo >>> 24;
+        wbuf[pos++] = (lo >>> 16) & 0xff;
+        wbuf[pos++] = (lo >>> 8) & 0xff;
+        wbuf[pos++] = lo & 0xff;
+      }
       return true;
+    }
     case 'string': {
       const s = v as string;
-      if (!isAscii(s) || SCRATCH_LEN - pos < s.length + 9) return false;
+      if (!isAscii(s) || wend - pos < s.length + 9) return false;
       writeHead(3, s.length);
       if (s.length <= 32) {
         // Short ASCII (keys, names, codes): a loop beats the native write call.
-        for (let i = 0; i < s.length; i++) scratch[pos++] = s.charCodeAt(i);
-      } else pos += scratch.write(s, pos, 'latin1');
+        for (let i = 0; i < s.length; i++) wbuf[pos++] = s.charCodeAt(i);
+      } else pos += wbuf.write(s, pos, 'latin1');
       return true;
     }
     case 'boolean':
-      scratch[pos++] = v ? 0xf5 : 0xf4;
+      wbuf[pos++] = v ? 0xf5 : 0xf4;
       return true;
     case 'object': {
       if (v === null) {
-        scratch[pos++] = 0xf6;
+        wbuf[pos++] = 0xf6;
         return true;
       }
       if (depth >= MAX_FAST_DEPTH) return false;
       if (v instanceof Uint8Array) {
-        if (SCRATCH_LEN - pos < v.length + 9) return false;
+        if (wend - pos < v.length + 9) return false;
         writeHead(2, v.length);
-        scratch.set(v, pos);
+        wbuf.set(v, pos);
         pos += v.length;
         return true;
       }
@@ -257,14 +323,25 @@ function fastValue(v: unknown, depth: number): boolean {
       }
       if (Object.getPrototypeOf(v) !== Object.prototype) return false;
       const o = v as Record<string, unknown>;
-      const keys = Object.keys(o);
-      if (keys.length > 1) sortKeys(keys);
-      writeHead(5, keys.length);
-      for (const k of keys) {
+      // The own enumerable keys (what Object.keys returns), gathered into this depth's reused
+      // array instead of a new one per map (its first n entries; never shortened, as setting
+      // the length to 0 would drop its storage).
+      const keys = (keyStacks[depth] ??= []);
+      let n = 0;
+      for (const k in o) if (Object.prototype.hasOwnProperty.call(o, k)) keys[n++] = k;
+      if (n > 1) sortKeys(keys, n);
+      writeHead(5, n);
+      let ok = true;
+      for (let i = 0; i < n; i++) {
+        const k = keys[i]!;
         const val = o[k];
-        if (val === undefined || !fastValue(k, depth + 1) || !fastValue(val, depth + 1)) return false;
+        if (val === undefined || !fastValue(k, depth + 1) || !fastValue(val, depth + 1)) {
+          ok = false;
+          break;
+        }
       }
-      return true;
+      for (let i = 0; i < n; i++) keys[i] = '';
+      return ok;
     }
     default:
       return false;
@@ -496,14 +573,23 @@ function toPlain(v: unknown): unknown {
  * else references), so large byte strings may be returned as views of it instead of copies.
  */
 export function decodeMessage(bytes: Uint8Array, owned = false): Message {
-  checkCborShape(bytes, MAX_CBOR_DEPTH);
+  return decodeMessageAt(bytes, 0, bytes.length, owned);
+}
+
+/**
+ * decodeMessage() of the message in bytes[start, end), without a view of it (a version 2
+ * batch's messages are decoded where they lie in the record). The same checks and results as
+ * decodeMessage(bytes.subarray(start, end), owned); throws ProtocolError BAD_MESSAGE.
+ */
+export function decodeMessageAt(bytes: Uint8Array, start: number, end: number, owned = false): Message {
+  checkCborShape(bytes, MAX_CBOR_DEPTH, start, end);
   viewFrom = owned ? VIEW_MIN : Infinity;
-  const request = fastRequest(bytes);
+  const request = fastRequest(bytes, start, end);
   if (request !== undefined) return request;
-  dpos = 0;
+  dpos = start;
   const fast = fastItem(bytes);
-  if (fast !== GIVE_UP && dpos === bytes.length) return decodeEnvelope(fast, identity);
-  return decodeEnvelope(slowDecode(bytes), toPlain);
+  if (fast !== GIVE_UP && dpos === end) return decodeEnvelope(fast, identity);
+  return decodeEnvelope(slowDecode(start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end)), toPlain);
 }
 
 const identity = (v: unknown): unknown => v;
@@ -514,10 +600,10 @@ const identity = (v: unknown): unknown => v;
  * outside the fast decoder's subset: the general path then decodes them (and reports errors).
  * Checks exactly what decodeEnvelope checks for a request.
  */
-function fastRequest(b: Uint8Array): Message | undefined {
-  const n = b[0];
-  if ((n !== 0x84 && n !== 0x85) || b[1] !== MSG_REQUEST) return undefined;
-  dpos = 2;
+function fastRequest(b: Uint8Array, start: number, end: number): Message | undefined {
+  const n = b[start];
+  if ((n !== 0x84 && n !== 0x85) || b[start + 1] !== MSG_REQUEST) return undefined;
+  dpos = start + 2;
   const ib = b[dpos++]!;
   if (ib >> 5 !== 0) return undefined;
   const reqId = readArg(b, ib & 31);
@@ -535,7 +621,7 @@ function fastRequest(b: Uint8Array): Message | undefined {
     if (b[dpos++] !== 0xf5) return undefined;
     stream = true;
   }
-  if (dpos !== b.length) return undefined;
+  if (dpos !== end) return undefined;
   return { kind: 'request', id: reqId, command, payload, stream };
 }
 

@@ -1,6 +1,6 @@
 import { BATCH_LENGTH_LEN, CLOSE_BODY_LEN, MAX_MESSAGE_LEN_V2, MAX_MESSAGES_PER_RECORD, MAX_RECORD_PLAINTEXT, RECORD_CLOSE, RECORD_DATA } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { encodeTransient, type Message } from './messages.js';
+import { encodeResponseInto, encodeResponseTransient, encodeTransient, type Message, type Payload, type TransientEncoding } from './messages.js';
 import type { RecordSealer } from './record-layer.js';
 
 /**
@@ -60,7 +60,50 @@ export class OutputQueue {
    * record.
    */
   sealMessage(sealer: RecordSealer, message: Message): void {
-    const enc = encodeTransient(message);
+    this.sealEncoded(sealer, encodeTransient(message));
+  }
+
+  /** sealMessage() of a RESPONSE without a stream, without the message object; the same bytes and errors. */
+  sealResponse(sealer: RecordSealer, id: number, payload: Payload): void {
+    if (this.batching && this.appendResponse(sealer, id, payload)) return;
+    this.sealEncoded(sealer, encodeResponseTransient(id, payload));
+  }
+
+  /**
+   * Version 2: encodes a small RESPONSE straight into the open batch (or a new one), after its
+   * length prefix, without the encoder's scratch and a second copy. False, with nothing queued
+   * and no batch left open that holds no message, when it does not fit there as a batched
+   * message (OWN_RECORD_FROM bytes or more, the batch full, another sealer) or the fast
+   * encoder does not take the payload: sealEncoded() then handles it (and its errors).
+   */
+  private appendResponse(sealer: RecordSealer, id: number, payload: Payload): boolean {
+    if (this.batch && (this.batchCount === MAX_MESSAGES_PER_RECORD || this.batchSealer !== sealer)) return false;
+    const fresh = this.batch === undefined;
+    const b = (this.batch ??= takeBatchBuffer());
+    const at = this.batchBytes + BATCH_LENGTH_LEN;
+    const end = Math.min(MAX_RECORD_PLAINTEXT, at + OWN_RECORD_FROM - 1);
+    let stop = -1;
+    try {
+      stop = encodeResponseInto(b, at, end, id, payload);
+    } finally {
+      // Not written (or a getter of the payload threw): a batch taken for it is given back, so
+      // no empty batch is ever sealed.
+      if (stop < 0 && fresh) {
+        this.batch = undefined;
+        giveBatchBuffer(b);
+      }
+    }
+    if (stop < 0) return false;
+    const len = stop - at;
+    b[at - 2] = len >>> 8;
+    b[at - 1] = len & 0xff;
+    this.batchBytes = stop;
+    this.batchCount++;
+    this.batchSealer = sealer;
+    return true;
+  }
+
+  private sealEncoded(sealer: RecordSealer, enc: TransientEncoding): void {
     const headLen = enc.length;
     const tail = enc.tail;
     if (!this.batching) {

@@ -1,9 +1,15 @@
-import { CLOSE_BODY_LEN, PROTOCOL_VERSION_2 } from './constants.js';
+import { CLOSE_BODY_LEN, MAX_MESSAGES_PER_RECORD, PROTOCOL_VERSION_2 } from './constants.js';
 import { ProtocolError } from './errors.js';
-import { splitBatch } from './batch.js';
-import { decodeMessage, type Message } from './messages.js';
+import { batchBounds } from './batch.js';
+import { decodeMessage, decodeMessageAt, type Message } from './messages.js';
 import { OutputQueue } from './output-queue.js';
 import type { RecordReader, RecordSealer } from './record-layer.js';
+
+/**
+ * The message offsets of the DATA record being opened (batchBounds), shared by every session:
+ * openData() fills and reads it synchronously.
+ */
+const BATCH_BOUNDS = new Uint32Array(2 * MAX_MESSAGES_PER_RECORD);
 
 /** The states both sides' tables share (docs/PROTOCOL.md 5.1). */
 type CommonState = 'ESTABLISHED' | 'CLOSED';
@@ -44,6 +50,20 @@ export abstract class SessionCore<State extends string, Input extends string, Ev
   sendMessage(message: Message): void {
     if (this.stateValue !== ('ESTABLISHED' satisfies CommonState) || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
     this.output.sealMessage(this.sealer, message);
+  }
+
+  /** sendMessage() of a RESPONSE without a stream, without a message object; the same bytes and errors. */
+  sendResponse(id: number, payload: unknown): void {
+    if (this.stateValue !== ('ESTABLISHED' satisfies CommonState) || !this.sealer) throw new ProtocolError('NOT_CONNECTED', 'session is not established');
+    this.output.sealResponse(this.sealer, id, payload);
+  }
+
+  /**
+   * The next message of the current version 2 DATA record, if one is left and the session has
+   * not ended: what nextEvent() would return as a `message` event, without the event object.
+   */
+  nextQueuedMessage(): Message | undefined {
+    return this.terminal ? undefined : this.nextInboxMessage();
   }
 
   /** Sends CLOSE (when established) and moves to CLOSED; the keys are wiped. */
@@ -108,9 +128,11 @@ export abstract class SessionCore<State extends string, Input extends string, Ev
    */
   protected openData(plaintext: Buffer): Message {
     if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
-    const entries = splitBatch(plaintext);
-    if (entries.length === 1) return decodeMessage(entries[0]!, true);
-    const messages = entries.map((e) => decodeMessage(e, true));
+    // Each message decoded where it lies in the record (no view or array of views per record).
+    const n = batchBounds(plaintext, BATCH_BOUNDS);
+    if (n === 1) return decodeMessageAt(plaintext, BATCH_BOUNDS[0]!, BATCH_BOUNDS[1]!, true);
+    const messages: Message[] = new Array<Message>(n);
+    for (let i = 0; i < n; i++) messages[i] = decodeMessageAt(plaintext, BATCH_BOUNDS[2 * i]!, BATCH_BOUNDS[2 * i + 1]!, true);
     this.inbox = messages;
     this.inboxAt = 1;
     return messages[0]!;

@@ -74,7 +74,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
     return this.bytesIn;
   }
 
-
   /**
    * Ends the connection now, telling an established peer why (e.g. CLOSE_POLICY after a ban).
    * Nothing more is read or answered; the socket is ended (FIN after the CLOSE record, so the
@@ -265,6 +264,8 @@ export class Connection extends SessionOutput implements ConnectionIO {
           continue;
         case 'message':
           this.onMessage(ev.message);
+          // The rest of a version 2 record's messages, without an event object each.
+          for (let m: Message | undefined; !this.closed && (m = this.session.nextQueuedMessage()); ) this.onMessage(m);
           continue;
         case 'closed':
           this.flush();
@@ -328,7 +329,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
         return this.protocolFailure(new ProtocolError('BAD_MESSAGE', `a client may not send ${m.kind}`));
     }
   }
-
 
   /** @internal */
   onHandshakeTimeout(): void {

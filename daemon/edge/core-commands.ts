@@ -36,11 +36,10 @@ export function registerCoreCommands(d: Dispatcher, info: () => ServerInfo, now:
     // Data over MAX_CHUNK_LEN is a size limit (TOO_LARGE, PROTOCOL.md 6.2), not a malformed payload.
     schema: z.object({ data: z.instanceof(Uint8Array).describe(`at most ${MAX_CHUNK_LEN} bytes (more: TOO_LARGE)`).optional() }).strict().default({}),
     // The schema's result for the payloads clients send: {} or { data: bytes }.
+    // The decoded payload itself is that result (a plain object made for this request alone).
     quickParse: (p) => {
-      if (!onlyKeys(p, 'data')) return undefined;
-      if (!('data' in p)) return { data: {} };
-      const d = p.data;
-      return d instanceof Uint8Array ? { data: { data: d as Uint8Array<ArrayBuffer> } } : undefined;
+      if (!onlyKeys(p, 'data') || ('data' in p && !(p.data instanceof Uint8Array))) return undefined;
+      return { data: p as { data?: Uint8Array<ArrayBuffer> } };
     },
     // Synchronous: answered in the turn that read it, without a promise per ping.
     handler: (p) => {

@@ -103,22 +103,39 @@ export class Dispatcher {
    * most MAX_LISTED_KEYS unknown keys, clipped (boundedText).
    */
   prepare(command: string, payload: unknown, hasUpload: boolean): { spec: CommandSpec; payload: unknown } {
+    const spec = this.specFor(command, hasUpload);
+    return { spec, payload: this.validate(spec, payload) };
+  }
+
+  /**
+   * prepare()'s first half: the command's declaration, if it exists and `hasUpload` matches
+   * its `upload`; throws CommandError UNKNOWN_COMMAND, UNEXPECTED_STREAM or STREAM_REQUIRED.
+   */
+  specFor(command: string, hasUpload: boolean): CommandSpec {
     const spec = this.commands.get(command);
     if (!spec) throw new CommandError('UNKNOWN_COMMAND', `unknown command "${boundedText(command, MAX_COMMAND_IN_TEXT)}"`);
-    if (hasUpload && !spec.upload) throw new CommandError('UNEXPECTED_STREAM', `${command} takes no upload stream`);
-    if (!hasUpload && spec.upload) throw new CommandError('STREAM_REQUIRED', `${command} needs an upload stream`);
+    if (hasUpload && !spec.upload) throw new CommandError('UNEXPECTED_STREAM', `${spec.name} takes no upload stream`);
+    if (!hasUpload && spec.upload) throw new CommandError('STREAM_REQUIRED', `${spec.name} needs an upload stream`);
+    return spec;
+  }
+
+  /**
+   * prepare()'s second half: the payload for `spec`'s handler (schema-checked, request key
+   * kept aside); throws CommandError BAD_REQUEST.
+   */
+  validate(spec: CommandSpec, payload: unknown): unknown {
     if (!isCborMap(payload)) throw new CommandError('BAD_REQUEST', 'invalid payload: the payload must be a map');
     // Most payloads carry no request key: no object is made for them.
     const taken = Object.prototype.hasOwnProperty.call(payload, REQUEST_KEY_FIELD) ? takeRequestKey(payload) : undefined;
     const body = taken ? taken.body : payload;
     const rk = taken?.rk;
     const quick = spec.quickParse?.(body);
-    if (quick) return { spec, payload: withRequestKey(quick.data, rk) };
+    if (quick) return withRequestKey(quick.data, rk);
     const confused = findMapConfusion(spec.schema, body);
     if (confused !== undefined) throw new CommandError('BAD_REQUEST', boundedText(`invalid payload at ${confused}: expected a map`));
     const parsed = spec.schema.safeParse(body);
     if (!parsed.success) throw new CommandError('BAD_REQUEST', describeIssue(parsed.error.issues[0]!));
-    return { spec, payload: withRequestKey(parsed.data, rk) };
+    return withRequestKey(parsed.data, rk);
   }
 
   /**

@@ -47,11 +47,15 @@ class InFlight implements CommandContext {
   controller: AbortController | undefined;
   upload: InboundStream | undefined;
   credit: OutboundCredit | undefined;
+  /**
+   * When it times out (ms since the epoch), set when it enters the in-flight table (the turn it
+   * arrived in): a request answered at once never gets one (no clock read, no boxed number).
+   */
+  deadline: number | undefined = undefined;
   constructor(
     private readonly owner: RequestLifecycle,
     readonly id: number,
     readonly command: string,
-    readonly deadline: number,
   ) {}
 
   get conn(): ConnectionInfo {
@@ -113,6 +117,8 @@ export abstract class RequestLifecycle {
   protected abstract guarded(where: string, fn: () => void): void;
   /** Seals a message and queues it for the socket. */
   protected abstract send(m: Message): void;
+  /** send() of a RESPONSE without a stream (no message object per answer). */
+  protected abstract sendResponse(id: number, payload: unknown): void;
   /** A request is over: maybe resume reading or finish a drain. */
   protected abstract afterRequest(): void;
 
@@ -124,9 +130,11 @@ export abstract class RequestLifecycle {
     if (this.draining) return this.sendError(id, new CommandError('SHUTTING_DOWN', 'the server is shutting down'));
     if (this.inflight?.has(id)) return this.sendError(id, new CommandError('DUPLICATE_ID', `request id ${id} is already in use`), false);
     if (this.inflightCount >= HARD_INFLIGHT) return this.sendError(id, new CommandError('BUSY', 'too many requests in flight'));
-    let prepared;
+    let spec;
+    let valid;
     try {
-      prepared = this.dispatcher.prepare(command, payload, stream);
+      spec = this.dispatcher.specFor(command, stream);
+      valid = this.dispatcher.validate(spec, payload);
     } catch (e) {
       // Validation refuses with CommandError; anything else is a fault (the guard takes it).
       if (!(e instanceof CommandError)) throw e;
@@ -136,10 +144,10 @@ export abstract class RequestLifecycle {
       // An upload that was refused still occupies the id until the client sees the error.
       return this.sendError(id, e);
     }
-    const f = new InFlight(this, id, command, Date.now() + this.limits.requestTimeoutMs);
+    const f = new InFlight(this, id, command);
     if (stream) f.upload = new InboundStream((bytes) => this.send({ kind: 'credit', id, bytes }));
     // A handler that throws synchronously escapes to the guard (fault()): the connection ends.
-    const pending: unknown = prepared.spec.handler(prepared.payload, f);
+    const pending: unknown = spec.handler(valid, f);
     if (!(pending instanceof Promise)) {
       // A plain result (ping): answered now, sealed with the rest of this turn's output. Nothing
       // else ran in between, so unless a download follows (credit and cancel find it by id) it
@@ -160,6 +168,7 @@ export abstract class RequestLifecycle {
 
   /** Puts `f` in the in-flight table (its id taken, its deadline watched); pauses reading when full. */
   private track(f: InFlight): void {
+    f.deadline = Date.now() + this.limits.requestTimeoutMs;
     const inflight = (this.inflight ??= new Map());
     inflight.set(f.id, f);
     if (inflight.size >= MAX_INFLIGHT_REQUESTS) this.socket.pause();
@@ -174,7 +183,7 @@ export abstract class RequestLifecycle {
     }
     try {
       if (!result.download) {
-        this.send({ kind: 'response', id: f.id, payload: result.payload ?? null, stream: false });
+        this.sendResponse(f.id, result.payload ?? null);
         this.events.counted('request', f.command, 'ok');
         return this.retire(f);
       }
@@ -252,8 +261,9 @@ export abstract class RequestLifecycle {
     if (this.closed || !this.inflight) return;
     const now = Date.now();
     for (const f of [...this.inflight.values()]) {
-      if (f.deadline > now) {
-        this.sweepTimer = setTimeout(onSweepTimer, f.deadline - now, this).unref();
+      const deadline = f.deadline!;
+      if (deadline > now) {
+        this.sweepTimer = setTimeout(onSweepTimer, deadline - now, this).unref();
         return;
       }
       this.abortInFlight(f, new CommandError('TIMEOUT', 'the request took too long'));

@@ -70,6 +70,18 @@ export abstract class SessionOutput extends RequestLifecycle {
     // Throws RECORD_TOO_LARGE before sealing anything when `m` does not fit one record; the
     // callers turn that into TOO_LARGE (responses) or cannot meet it (bounded errors, credit).
     this.session.sendMessage(m);
+    this.queueFlush();
+  }
+
+  /** send() of a RESPONSE without a stream, without the message object. */
+  protected override sendResponse(id: number, payload: unknown): void {
+    if (this.closed || !this.isEstablished) return;
+    this.session.sendResponse(id, payload);
+    this.queueFlush();
+  }
+
+  /** Flushes in a microtask unless one is queued or pump() flushes when it is done. */
+  private queueFlush(): void {
     if (!this.flushQueued && !this.pumping) {
       this.flushQueued = true;
       queueMicrotask(() => {

@@ -14,6 +14,8 @@ import {
   MSG_REQUEST,
   MSG_RESPONSE,
 } from './constants.js';
+import { encodeChunkHead, encodeResponseAt, fastEncode, scratch } from './cbor-encoder.js';
+import { GIVE_UP, fastDecode, fastRequest } from './cbor-decoder.js';
 import { checkCborShape } from './cbor-shape.js';
 import { ProtocolError } from './errors.js';
 
@@ -118,12 +120,8 @@ function transientResult(bytes: Uint8Array, length: number, tail: Uint8Array | u
 export function encodeTransient(m: Message): TransientEncoding {
   if (m.kind === 'chunk' && m.data instanceof Uint8Array) {
     // [3, id, bytes(n)] followed by the n data bytes.
-    pos = 0;
-    scratch[pos++] = 0x83;
-    writeHead(0, MSG_CHUNK);
-    if (!writeUint(0, m.id)) return slowResult(m);
-    writeHead(2, m.data.length);
-    return transientResult(scratch, pos, m.data);
+    const n = encodeChunkHead(m.id, m.data.length);
+    return n < 0 ? slowResult(m) : transientResult(scratch, n, m.data);
   }
   if (m.kind === 'response' && !m.stream) return encodeResponseTransient(m.id, m.payload);
   const n = fastEncode(toWire(m));
@@ -136,11 +134,8 @@ export function encodeTransient(m: Message): TransientEncoding {
  */
 export function encodeResponseTransient(id: number, payload: Payload): TransientEncoding {
   // [MSG_RESPONSE, id, payload] written directly: the same bytes without the wire array.
-  pos = 0;
-  scratch[pos++] = 0x83;
-  writeHead(0, MSG_RESPONSE);
-  if (writeUint(0, id) && fastValue(payload, 1)) return transientResult(scratch, pos, undefined);
-  return slowResult({ kind: 'response', id, payload, stream: false });
+  const n = encodeResponseAt(scratch, 0, scratch.length, id, payload);
+  return n < 0 ? slowResult({ kind: 'response', id, payload, stream: false }) : transientResult(scratch, n, undefined);
 }
 
 /**
@@ -152,385 +147,12 @@ export function encodeResponseTransient(id: number, payload: Payload): Transient
  */
 export function encodeResponseInto(target: Buffer, at: number, end: number, id: number, payload: Payload): number {
   if (end - at < 16 || !Number.isSafeInteger(id) || id < 0) return -1;
-  wbuf = target;
-  wend = end;
-  try {
-    pos = at;
-    wbuf[pos++] = 0x83;
-    writeHead(0, MSG_RESPONSE);
-    writeHead(0, id);
-    return fastValue(payload, 1) ? pos : -1;
-  } finally {
-    wbuf = scratch;
-    wend = SCRATCH_LEN;
-  }
+  return encodeResponseAt(target, at, end, id, payload);
 }
 
 function slowResult(m: Message): TransientEncoding {
   const b = slowEncode(m);
   return transientResult(b, b.length, undefined);
-}
-
-// ---------------------------------------------------------------------------------------------
-// A direct CBOR encoder for the values messages usually carry: non-negative and negative safe
-// integers, ASCII text, byte strings, arrays, plain objects with ASCII keys, booleans and null.
-// It writes exactly the bytes cborg's encode() writes for them (minimal lengths; map keys sorted
-// by encoded length, then bytewise). Anything else (floats, non-ASCII text, Maps, undefined,
-// class instances, output beyond one record) makes it give up, and cborg encodes the message.
-
-const SCRATCH_LEN = 65536 + 64;
-const scratch = Buffer.allocUnsafe(SCRATCH_LEN);
-/**
- * Where the encoder writes: `scratch` up to SCRATCH_LEN, except inside encodeResponseInto(),
- * which points it at the caller's buffer and end for one call.
- */
-let wbuf: Buffer = scratch;
-let wend = SCRATCH_LEN;
-let pos = 0;
-const MAX_FAST_DEPTH = 32;
-const TWO_32 = 4294967296;
-
-/** Writes a 32-bit unsigned value big-endian at pos (bytes written directly, no bounds-checked call). */
-function writeU32(v: number): void {
-  wbuf[pos++] = v >>> 24;
-  wbuf[pos++] = (v >>> 16) & 0xff;
-  wbuf[pos++] = (v >>> 8) & 0xff;
-  wbuf[pos++] = v & 0xff;
-}
-
-/** Writes a major type with a length/value argument (value a safe non-negative integer). */
-function writeHead(major: number, v: number): void {
-  const mt = major << 5;
-  if (v < 24) wbuf[pos++] = mt | v;
-  else if (v < 0x100) {
-    wbuf[pos++] = mt | 24;
-    wbuf[pos++] = v;
-  } else if (v < 0x10000) {
-    wbuf[pos++] = mt | 25;
-    wbuf[pos++] = v >>> 8;
-    wbuf[pos++] = v & 0xff;
-  } else if (v < TWO_32) {
-    wbuf[pos++] = mt | 26;
-    writeU32(v);
-  } else {
-    wbuf[pos++] = mt | 27;
-    writeU32(Math.floor(v / TWO_32));
-    writeU32(v >>> 0);
-  }
-}
-
-function writeUint(major: number, v: number): boolean {
-  if (!Number.isSafeInteger(v) || v < 0) return false;
-  writeHead(major, v);
-  return true;
-}
-
-function isAscii(s: string): boolean {
-  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
-  return true;
-}
-
-/** cborg's default map order for text keys: shorter encoding first, then bytewise. */
-function keyOrder(a: string, b: string): number {
-  if (a.length !== b.length) return a.length - b.length;
-  return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/**
- * Sorts the first n map keys into keyOrder in place. Payload maps have a handful of keys: an insertion sort
- * allocates nothing, where Array.prototype.sort with a comparator did per map (issue 13: it was
- * a tenth of the server's CPU on pipelined pings).
- */
-function sortKeys(keys: string[], n: number): void {
-  if (n > 16) {
-    const sorted = keys.slice(0, n).sort(keyOrder);
-    for (let i = 0; i < n; i++) keys[i] = sorted[i]!;
-    return;
-  }
-  for (let i = 1; i < n; i++) {
-    const k = keys[i]!;
-    let j = i - 1;
-    while (j >= 0 && keyOrder(keys[j]!, k) > 0) {
-      keys[j + 1] = keys[j]!;
-      j--;
-    }
-    keys[j + 1] = k;
-  }
-}
-
-/** The encoder's key arrays, one per nesting depth, reused (emptied after each map). */
-const keyStacks: string[][] = [];
-
-function fastValue(v: unknown, depth: number): boolean {
-  if (wend - pos < 9) return false;
-  switch (typeof v) {
-    case 'number': {
-      const x = v as number;
-      if (!Number.isSafeInteger(x) || (x === 0 && 1 / x < 0)) return false;
-      const major = x >= 0 ? 0 : 1;
-      const u = x >= 0 ? x : -1 - x;
-      if (u < 0x10000) writeHead(major, u);
-      else {
-        // Written here rather than by writeHead: a number passed to a call that is not inlined
-        // is boxed (a heap number per timestamp per answer).
-        const hi = Math.floor(u / TWO_32);
-        const lo = u - hi * TWO_32;
-        if (hi === 0) wbuf[pos++] = (major << 5) | 26;
-        else {
-          wbuf[pos++] = (major << 5) | 27;
-          wbuf[pos++] = hi >>> 24;
-          wbuf[pos++] = (hi >>> 16) & 0xff;
-          wbuf[pos++] = (hi >>> 8) & 0xff;
-          wbuf[pos++] = hi & 0xff;
-        }
-        wbuf[pos++] = lo >>> 24;
-        wbuf[pos++] = (lo >>> 16) & 0xff;
-        wbuf[pos++] = (lo >>> 8) & 0xff;
-        wbuf[pos++] = lo & 0xff;
-      }
-      return true;
-    }
-    case 'string': {
-      const s = v as string;
-      if (!isAscii(s) || wend - pos < s.length + 9) return false;
-      writeHead(3, s.length);
-      if (s.length <= 32) {
-        // Short ASCII (keys, names, codes): a loop beats the native write call.
-        for (let i = 0; i < s.length; i++) wbuf[pos++] = s.charCodeAt(i);
-      } else pos += wbuf.write(s, pos, 'latin1');
-      return true;
-    }
-    case 'boolean':
-      wbuf[pos++] = v ? 0xf5 : 0xf4;
-      return true;
-    case 'object': {
-      if (v === null) {
-        wbuf[pos++] = 0xf6;
-        return true;
-      }
-      if (depth >= MAX_FAST_DEPTH) return false;
-      if (v instanceof Uint8Array) {
-        if (wend - pos < v.length + 9) return false;
-        writeHead(2, v.length);
-        wbuf.set(v, pos);
-        pos += v.length;
-        return true;
-      }
-      if (Array.isArray(v)) {
-        writeHead(4, v.length);
-        for (let i = 0; i < v.length; i++) if (!fastValue(v[i], depth + 1)) return false;
-        return true;
-      }
-      if (Object.getPrototypeOf(v) !== Object.prototype) return false;
-      const o = v as Record<string, unknown>;
-      // The own enumerable keys (what Object.keys returns), gathered into this depth's reused
-      // array instead of a new one per map (its first n entries; never shortened, as setting
-      // the length to 0 would drop its storage).
-      const keys = (keyStacks[depth] ??= []);
-      let n = 0;
-      for (const k in o) if (Object.prototype.hasOwnProperty.call(o, k)) keys[n++] = k;
-      if (n > 1) sortKeys(keys, n);
-      writeHead(5, n);
-      let ok = true;
-      for (let i = 0; i < n; i++) {
-        const k = keys[i]!;
-        const val = o[k];
-        if (val === undefined || !fastValue(k, depth + 1) || !fastValue(val, depth + 1)) {
-          ok = false;
-          break;
-        }
-      }
-      for (let i = 0; i < n; i++) keys[i] = '';
-      return ok;
-    }
-    default:
-      return false;
-  }
-}
-
-/** Encodes into `scratch`; returns the length, or -1 when cborg must do it. */
-function fastEncode(v: unknown): number {
-  pos = 0;
-  return fastValue(v, 0) ? pos : -1;
-}
-
-// ---------------------------------------------------------------------------------------------
-// A direct decoder for the same subset, run after checkCborShape has vetted the structure. It
-// builds plain objects at once. It accepts only what it is certain cborg (strict, no duplicate
-// keys) plus toPlain would turn into the same value: minimal integer and length encodings,
-// safe integers, ASCII text, byte strings (copied, as cborg copies them), arrays, maps with
-// distinct ASCII text keys other than "__proto__", booleans and null. Anything else, including
-// every malformed input, goes to cborg, so errors are reported exactly as before.
-
-const GIVE_UP = Symbol('give-up');
-let dpos = 0;
-/**
- * Byte strings at least this long are returned as views (owned input only), and only when they
- * take at least half of the buffer under them (VIEW_SHARE): a view pins the whole socket read it
- * lies in, and flow control counts only the value's own length, so a small chunk sharing a 64 KiB
- * read with discarded input would hold 16x what the window allows. Below that share it is copied.
- */
-const VIEW_MIN = 4096;
-const VIEW_SHARE = 2;
-let viewFrom = Infinity;
-
-function readArg(b: Uint8Array, ai: number): number {
-  if (ai < 24) return ai;
-  if (ai === 24) {
-    const v = b[dpos++]!;
-    return v < 24 ? -1 : v;
-  }
-  if (ai === 25) {
-    const v = (b[dpos]! << 8) | b[dpos + 1]!;
-    dpos += 2;
-    return v < 0x100 ? -1 : v;
-  }
-  if (ai === 26) {
-    const v = ((b[dpos]! << 24) | (b[dpos + 1]! << 16) | (b[dpos + 2]! << 8) | b[dpos + 3]!) >>> 0;
-    dpos += 4;
-    return v < 0x10000 ? -1 : v;
-  }
-  // ai === 27 (checkCborShape refused everything else)
-  const hi = ((b[dpos]! << 24) | (b[dpos + 1]! << 16) | (b[dpos + 2]! << 8) | b[dpos + 3]!) >>> 0;
-  const lo = ((b[dpos + 4]! << 24) | (b[dpos + 5]! << 16) | (b[dpos + 6]! << 8) | b[dpos + 7]!) >>> 0;
-  dpos += 8;
-  if (hi === 0 || hi > 0x1fffff) return -1; // non-minimal, or beyond 2^53 - 1
-  const v = hi * TWO_32 + lo;
-  return Number.isSafeInteger(v) ? v : -1;
-}
-
-/**
- * Map keys and command names seen before, reused instead of built again character by character
- * (a string per key per message was a good part of the garbage on pipelined requests). A fixed
- * table of INTERN_SLOTS strings of at most INTERN_MAX_LEN characters, indexed by a hash of the
- * bytes and checked byte for byte; a miss builds the string and takes the slot. Text values are
- * never kept here (they may be passwords or personal data).
- */
-const INTERN_SLOTS = 256;
-const INTERN_MAX_LEN = 24;
-const interned: (string | undefined)[] = new Array<string | undefined>(INTERN_SLOTS).fill(undefined);
-
-function internedText(b: Uint8Array, len: number): string | typeof GIVE_UP {
-  if (len > INTERN_MAX_LEN) return asciiText(b, len);
-  const end = dpos + len;
-  let h = len;
-  for (let i = dpos; i < end; i++) {
-    const c = b[i]!;
-    if (c > 0x7f) return GIVE_UP;
-    h = (Math.imul(h, 31) + c) | 0;
-  }
-  const slot = h & (INTERN_SLOTS - 1);
-  const known = interned[slot];
-  if (known !== undefined && known.length === len) {
-    let i = 0;
-    while (i < len && known.charCodeAt(i) === b[dpos + i]) i++;
-    if (i === len) {
-      dpos = end;
-      return known;
-    }
-  }
-  let s = '';
-  for (let i = dpos; i < end; i++) s += String.fromCharCode(b[i]!);
-  interned[slot] = s;
-  dpos = end;
-  return s;
-}
-
-/**
- * Small byte strings are copied into shared slabs of SLAB_LEN bytes (a view each, as Node's
- * Buffer pool does for small buffers) instead of an ArrayBuffer of their own each: one object
- * per value instead of three. A slab lives as long as any value copied into it (at most SLAB_LEN
- * bytes pinned by a small value); larger values get their own buffer.
- */
-const SLAB_LEN = 8192;
-const SLAB_COPY_MAX = 512;
-let slab = new ArrayBuffer(SLAB_LEN);
-let slabAt = 0;
-
-function copyBytes(b: Uint8Array, from: number, n: number): Uint8Array {
-  if (n > SLAB_COPY_MAX) {
-    const own = new Uint8Array(n);
-    own.set(b.subarray(from, from + n));
-    return own;
-  }
-  if (slabAt + n > SLAB_LEN) {
-    slab = new ArrayBuffer(SLAB_LEN);
-    slabAt = 0;
-  }
-  const out = new Uint8Array(slab, slabAt, n);
-  for (let i = 0; i < n; i++) out[i] = b[from + i]!;
-  // 8-byte aligned, as Node's pool does.
-  slabAt = (slabAt + n + 7) & ~7;
-  return out;
-}
-
-function asciiText(b: Uint8Array, len: number): string | typeof GIVE_UP {
-  const end = dpos + len;
-  for (let i = dpos; i < end; i++) if (b[i]! > 0x7f) return GIVE_UP;
-  let s = '';
-  if (len <= 32) for (let i = dpos; i < end; i++) s += String.fromCharCode(b[i]!);
-  else s = Buffer.from(b.buffer, b.byteOffset + dpos, len).toString('latin1');
-  dpos = end;
-  return s;
-}
-
-function fastItem(b: Uint8Array): unknown {
-  const ib = b[dpos++]!;
-  const major = ib >> 5;
-  const ai = ib & 31;
-  if (major === 7) {
-    if (ai === 20) return false;
-    if (ai === 21) return true;
-    if (ai === 22) return null;
-    return GIVE_UP;
-  }
-  const arg = readArg(b, ai);
-  if (arg < 0) return GIVE_UP;
-  switch (major) {
-    case 0:
-      return arg;
-    case 1:
-      return arg === Number.MAX_SAFE_INTEGER ? GIVE_UP : -1 - arg;
-    case 2: {
-      if (arg >= viewFrom && arg * VIEW_SHARE >= b.buffer.byteLength) {
-        const view = new Uint8Array(b.buffer, b.byteOffset + dpos, arg);
-        dpos += arg;
-        return view;
-      }
-      // A copy, so a small value never pins its record (or the socket read it was opened in).
-      const out = copyBytes(b, dpos, arg);
-      dpos += arg;
-      return out;
-    }
-    case 3:
-      return asciiText(b, arg);
-    case 4: {
-      const a: unknown[] = new Array(arg);
-      for (let i = 0; i < arg; i++) {
-        const v = fastItem(b);
-        if (v === GIVE_UP) return GIVE_UP;
-        a[i] = v;
-      }
-      return a;
-    }
-    case 5: {
-      const o: Record<string, unknown> = {};
-      for (let i = 0; i < arg; i++) {
-        const kb = b[dpos++]!;
-        if (kb >> 5 !== 3) return GIVE_UP;
-        const klen = readArg(b, kb & 31);
-        if (klen < 0) return GIVE_UP;
-        const k = internedText(b, klen);
-        if (k === GIVE_UP || k === '__proto__' || Object.prototype.hasOwnProperty.call(o, k)) return GIVE_UP;
-        const v = fastItem(b);
-        if (v === GIVE_UP) return GIVE_UP;
-        o[k] = v;
-      }
-      return o;
-    }
-    default:
-      return GIVE_UP;
-  }
 }
 
 const bad = (why: string): never => {
@@ -583,47 +205,14 @@ export function decodeMessage(bytes: Uint8Array, owned = false): Message {
  */
 export function decodeMessageAt(bytes: Uint8Array, start: number, end: number, owned = false): Message {
   checkCborShape(bytes, MAX_CBOR_DEPTH, start, end);
-  viewFrom = owned ? VIEW_MIN : Infinity;
-  const request = fastRequest(bytes, start, end);
+  const request = fastRequest(bytes, start, end, owned);
   if (request !== undefined) return request;
-  dpos = start;
-  const fast = fastItem(bytes);
-  if (fast !== GIVE_UP && dpos === end) return decodeEnvelope(fast, identity);
+  const fast = fastDecode(bytes, start, end, owned);
+  if (fast !== GIVE_UP) return decodeEnvelope(fast, identity);
   return decodeEnvelope(slowDecode(start === 0 && end === bytes.length ? bytes : bytes.subarray(start, end)), toPlain);
 }
 
 const identity = (v: unknown): unknown => v;
-
-/**
- * A REQUEST ([0, id, command, payload] or [0, id, command, payload, true]) decoded without the
- * envelope array, its command name interned. Undefined when the bytes are anything else or
- * outside the fast decoder's subset: the general path then decodes them (and reports errors).
- * Checks exactly what decodeEnvelope checks for a request.
- */
-function fastRequest(b: Uint8Array, start: number, end: number): Message | undefined {
-  const n = b[start];
-  if ((n !== 0x84 && n !== 0x85) || b[start + 1] !== MSG_REQUEST) return undefined;
-  dpos = start + 2;
-  const ib = b[dpos++]!;
-  if (ib >> 5 !== 0) return undefined;
-  const reqId = readArg(b, ib & 31);
-  if (reqId < 0 || reqId > MAX_REQUEST_ID) return undefined;
-  const cb = b[dpos++]!;
-  if (cb >> 5 !== 3) return undefined;
-  const clen = readArg(b, cb & 31);
-  if (clen < 1 || clen > MAX_COMMAND_LEN) return undefined;
-  const command = internedText(b, clen);
-  if (command === GIVE_UP) return undefined;
-  const payload = fastItem(b);
-  if (payload === GIVE_UP) return undefined;
-  let stream = false;
-  if (n === 0x85) {
-    if (b[dpos++] !== 0xf5) return undefined;
-    stream = true;
-  }
-  if (dpos !== end) return undefined;
-  return { kind: 'request', id: reqId, command, payload, stream };
-}
 
 function slowDecode(bytes: Uint8Array): unknown {
   let raw: unknown;

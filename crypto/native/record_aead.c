@@ -202,6 +202,43 @@ static napi_value number(napi_env env, double v) {
 }
 
 /*
+ * The core of a seal: head||tail (total <= INT32_MAX, checked by the callers) as one plaintext
+ * under the next record number, `aad` as associated data, ciphertext then the 16-byte tag at
+ * dst. Returns 1 (the counter advanced), or 0 with dst[0..total+16) wiped and OpenSSL's error
+ * queue cleared.
+ */
+static int seal_into(direction_t *d, const uint8_t *aad, size_t aad_len, const uint8_t *head, size_t head_len, const uint8_t *tail, size_t tail_len, uint8_t *dst) {
+  size_t total = head_len + tail_len;
+  uint8_t nonce[IV_LEN];
+  nonce_for(d, nonce);
+  EVP_CIPHER_CTX *ctx = context_for(d);
+  int n = 0, ok = ctx != NULL && aad_len <= INT32_MAX && EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
+  if (ok && aad_len > 0) ok = EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) == 1;
+  size_t at = 0;
+  if (ok && head_len > 0) {
+    ok = EVP_EncryptUpdate(ctx, dst, &n, head, (int)head_len) == 1;
+    at += (size_t)n;
+  }
+  if (ok && tail_len > 0) {
+    ok = EVP_EncryptUpdate(ctx, dst + at, &n, tail, (int)tail_len) == 1;
+    at += (size_t)n;
+  }
+  if (ok) {
+    ok = EVP_EncryptFinal_ex(ctx, dst + at, &n) == 1;
+    at += (size_t)n;
+  }
+  if (ok) ok = at == total && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, dst + at) == 1;
+  OPENSSL_cleanse(nonce, IV_LEN);
+  if (!ok) {
+    OPENSSL_cleanse(dst, total + TAG_LEN);
+    ERR_clear_error();
+    return 0;
+  }
+  d->seq++;
+  return 1;
+}
+
+/*
  * seal(dir, aad, head, tail | undefined, out, offset) -> bytes written (|head| + |tail| + 16)
  * Seals head||tail as one plaintext with the next sequence number, ciphertext then tag at
  * out[offset..]. Throws when out is too small, the context is not for sealing or used up.
@@ -224,33 +261,7 @@ static napi_value seal(napi_env env, napi_callback_info info) {
   if (napi_get_value_int64(env, argv[5], &offset) != napi_ok || offset < 0) return throw_error(env, "ERR_AEAD_ARGS", "bad offset");
   size_t total = head_len + tail_len;
   if (total > INT32_MAX || (size_t)offset > out_len || out_len - (size_t)offset < total + TAG_LEN) return throw_error(env, "ERR_AEAD_ARGS", "output buffer too small");
-  uint8_t nonce[IV_LEN];
-  nonce_for(d, nonce);
-  uint8_t *dst = out + offset;
-  EVP_CIPHER_CTX *ctx = context_for(d);
-  int n = 0, ok = ctx != NULL && EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
-  if (ok && aad_len > 0) ok = EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) == 1;
-  size_t at = 0;
-  if (ok && head_len > 0) {
-    ok = EVP_EncryptUpdate(ctx, dst, &n, head, (int)head_len) == 1;
-    at += (size_t)n;
-  }
-  if (ok && tail_len > 0) {
-    ok = EVP_EncryptUpdate(ctx, dst + at, &n, tail, (int)tail_len) == 1;
-    at += (size_t)n;
-  }
-  if (ok) {
-    ok = EVP_EncryptFinal_ex(ctx, dst + at, &n) == 1;
-    at += (size_t)n;
-  }
-  if (ok) ok = at == total && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, dst + at) == 1;
-  OPENSSL_cleanse(nonce, IV_LEN);
-  if (!ok) {
-    OPENSSL_cleanse(dst, total + TAG_LEN);
-    ERR_clear_error();
-    return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
-  }
-  d->seq++;
+  if (!seal_into(d, aad, aad_len, head, head_len, tail, tail_len, out + offset)) return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
   return number(env, (double)(total + TAG_LEN));
 }
 
@@ -291,7 +302,7 @@ static int open_into(direction_t *d, const uint8_t *aad, size_t aad_len, const u
   memcpy(tag, sealed + len, TAG_LEN); /* sealed may overlap dst: keep the tag */
   nonce_for(d, nonce);
   EVP_CIPHER_CTX *ctx = context_for(d);
-  int n = 0, ok = ctx != NULL && EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
+  int n = 0, ok = ctx != NULL && aad_len <= INT32_MAX && EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
   if (ok && aad_len > 0) ok = EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) == 1;
   size_t at = 0;
   if (ok && len > 0) {
@@ -368,33 +379,7 @@ static napi_value seal_at(napi_env env, napi_callback_info info) {
   if (tt != napi_undefined && tt != napi_null && !bytes_of(env, argv[4], &tail, &tail_len)) return throw_error(env, "ERR_AEAD_ARGS", "tail must be a Uint8Array");
   size_t total = head_len + tail_len;
   if (total > INT32_MAX || rec_len - (size_t)aad_len < total + TAG_LEN) return throw_error(env, "ERR_AEAD_ARGS", "output buffer too small");
-  uint8_t nonce[IV_LEN];
-  nonce_for(d, nonce);
-  uint8_t *dst = rec + aad_len;
-  EVP_CIPHER_CTX *ctx = context_for(d);
-  int n = 0, ok = ctx != NULL && EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
-  if (ok && aad_len > 0) ok = EVP_EncryptUpdate(ctx, NULL, &n, rec, (int)aad_len) == 1;
-  size_t at = 0;
-  if (ok && head_len > 0) {
-    ok = EVP_EncryptUpdate(ctx, dst, &n, head, (int)head_len) == 1;
-    at += (size_t)n;
-  }
-  if (ok && tail_len > 0) {
-    ok = EVP_EncryptUpdate(ctx, dst + at, &n, tail, (int)tail_len) == 1;
-    at += (size_t)n;
-  }
-  if (ok) {
-    ok = EVP_EncryptFinal_ex(ctx, dst + at, &n) == 1;
-    at += (size_t)n;
-  }
-  if (ok) ok = at == total && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, dst + at) == 1;
-  OPENSSL_cleanse(nonce, IV_LEN);
-  if (!ok) {
-    OPENSSL_cleanse(dst, total + TAG_LEN);
-    ERR_clear_error();
-    return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
-  }
-  d->seq++;
+  if (!seal_into(d, rec, (size_t)aad_len, head, head_len, tail, tail_len, rec + aad_len)) return throw_error(env, "ERR_AEAD_SEAL", "AES-256-GCM seal failed");
   return number(env, (double)(total + TAG_LEN));
 }
 

@@ -1,4 +1,4 @@
-/* Small N-API helpers shared by the handshake's native files (handshake_keys.c, handshake_hash.c). */
+/* Small N-API helpers shared by the addon's native files (record_aead.c, handshake_keys.c, handshake_hash.c). */
 #ifndef COMMUSIC_NAPI_UTIL_H
 #define COMMUSIC_NAPI_UTIL_H
 #include <node_api.h>

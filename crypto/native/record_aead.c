@@ -25,6 +25,7 @@
  * tests/record-cipher.test.ts checks both against the protocol vectors and each other.
  */
 #include <node_api.h>
+#include "napi_util.h" /* throw_error (clears OpenSSL's error queue), bytes_of */
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -112,25 +113,6 @@ static void finalize_direction(napi_env env, void *data, void *hint) {
   wipe_direction(d);
   OPENSSL_free(d);
   unref_pool(p);
-}
-
-static napi_value throw_error(napi_env env, const char *code, const char *msg) {
-  napi_throw_error(env, code, msg);
-  return NULL;
-}
-
-/* A Buffer/Uint8Array argument: its bytes and length. Returns 0 when it is not one. */
-static int bytes_of(napi_env env, napi_value v, uint8_t **data, size_t *len) {
-  bool is;
-  if (napi_is_typedarray(env, v, &is) != napi_ok || !is) return 0;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t offset;
-  void *p;
-  if (napi_get_typedarray_info(env, v, &type, len, &p, &ab, &offset) != napi_ok) return 0;
-  if (type != napi_uint8_array) return 0;
-  *data = (uint8_t *)p;
-  return 1;
 }
 
 /*

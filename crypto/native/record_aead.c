@@ -134,6 +134,24 @@ static direction_t *direction_of(napi_env env, napi_value v) {
   return (direction_t *)p;
 }
 
+/*
+ * The context of a seal (encrypt) or open call: one of ours, live, of that role, with record
+ * numbers left. NULL with the error thrown otherwise (TypeError for anything not our context).
+ */
+static direction_t *usable_direction(napi_env env, napi_value v, bool encrypt) {
+  direction_t *d = direction_of(env, v);
+  if (d == NULL) return NULL;
+  if (!d->live || (d->encrypt != 0) != encrypt) {
+    throw_error(env, "ERR_AEAD_STATE", encrypt ? "not a live sealing context" : "not a live opening context");
+    return NULL;
+  }
+  if (d->seq >= MAX_RECORDS) {
+    throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+    return NULL;
+  }
+  return d;
+}
+
 static void nonce_for(const direction_t *d, uint8_t out[IV_LEN]) {
   memcpy(out, d->iv, IV_LEN);
   for (int i = 0; i < 8; i++) out[IV_LEN - 1 - i] ^= (uint8_t)(d->seq >> (8 * i));
@@ -229,9 +247,8 @@ static napi_value seal(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6) return throw_error(env, "ERR_AEAD_ARGS", "seal(dir, aad, head, tail, out, offset)");
-  direction_t *d = direction_of(env, argv[0]);
-  if (d == NULL || !d->live || !d->encrypt) return throw_error(env, "ERR_AEAD_STATE", "not a live sealing context");
-  if (d->seq >= MAX_RECORDS) return throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+  direction_t *d = usable_direction(env, argv[0], true);
+  if (d == NULL) return NULL;
   uint8_t *aad, *head, *tail = NULL, *out;
   size_t aad_len, head_len, tail_len = 0, out_len;
   napi_valuetype tt;
@@ -257,9 +274,8 @@ static napi_value open_record(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return throw_error(env, "ERR_AEAD_ARGS", "open(dir, aad, sealed, out, offset)");
-  direction_t *d = direction_of(env, argv[0]);
-  if (d == NULL || !d->live || d->encrypt) return throw_error(env, "ERR_AEAD_STATE", "not a live opening context");
-  if (d->seq >= MAX_RECORDS) return throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+  direction_t *d = usable_direction(env, argv[0], false);
+  if (d == NULL) return NULL;
   uint8_t *aad, *sealed, *out;
   size_t aad_len, sealed_len, out_len;
   if (!bytes_of(env, argv[1], &aad, &aad_len) || !bytes_of(env, argv[2], &sealed, &sealed_len) || !bytes_of(env, argv[3], &out, &out_len)) {
@@ -318,9 +334,8 @@ static napi_value open_at(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return throw_error(env, "ERR_AEAD_ARGS", "openAt(dir, buf, at, aadLen, sealedLen)");
-  direction_t *d = direction_of(env, argv[0]);
-  if (d == NULL || !d->live || d->encrypt) return throw_error(env, "ERR_AEAD_STATE", "not a live opening context");
-  if (d->seq >= MAX_RECORDS) return throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+  direction_t *d = usable_direction(env, argv[0], false);
+  if (d == NULL) return NULL;
   uint8_t *buf;
   size_t buf_len;
   if (!bytes_of(env, argv[1], &buf, &buf_len)) return throw_error(env, "ERR_AEAD_ARGS", "buf must be a Uint8Array");
@@ -348,9 +363,8 @@ static napi_value seal_at(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return throw_error(env, "ERR_AEAD_ARGS", "sealAt(dir, rec, aadLen, head, tail)");
-  direction_t *d = direction_of(env, argv[0]);
-  if (d == NULL || !d->live || !d->encrypt) return throw_error(env, "ERR_AEAD_STATE", "not a live sealing context");
-  if (d->seq >= MAX_RECORDS) return throw_error(env, "ERR_AEAD_EXHAUSTED", "record counter exhausted for this key");
+  direction_t *d = usable_direction(env, argv[0], true);
+  if (d == NULL) return NULL;
   uint8_t *rec, *head, *tail = NULL;
   size_t rec_len, head_len, tail_len = 0;
   int64_t aad_len;
@@ -371,7 +385,7 @@ static napi_value sequence(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) return throw_error(env, "ERR_AEAD_ARGS", "sequence(dir)");
   direction_t *d = direction_of(env, argv[0]);
-  if (d == NULL) return throw_error(env, "ERR_AEAD_STATE", "not a context");
+  if (d == NULL) return NULL; /* the TypeError is thrown */
   return number(env, (double)d->seq);
 }
 
@@ -381,7 +395,7 @@ static napi_value destroy(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) return throw_error(env, "ERR_AEAD_ARGS", "destroy(dir)");
   direction_t *d = direction_of(env, argv[0]);
-  if (d == NULL) return throw_error(env, "ERR_AEAD_STATE", "not a context");
+  if (d == NULL) return NULL; /* the TypeError is thrown */
   wipe_direction(d);
   return NULL;
 }

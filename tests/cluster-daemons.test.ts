@@ -248,13 +248,21 @@ describe('three commusicd processes on one etcd', { skip: missing }, () => {
       const unknown = await codeOf('cffffffffffffffff');
       assert.match(unknown, /^UNAUTHENTICATED/, 'was UNAVAILABLE: the answer told which club ids exist');
       // The same text as a wrong password for a club that exists (wherever it is served).
-      // A club this member serves now (looked up again: clubs may move while the cluster settles).
+      // A club this member serves now: each club it is named primary of is tried in turn (one
+      // whose takeover is slow does not stand for the answer); on a timeout the last answers,
+      // the status and the member's log are reported.
+      const tries: string[] = [];
       const wrong = await until('a wrong-password answer for a known club', async () => {
-        const known = (await status(m)).clubs.find((x) => x.primary === m.id)?.id;
-        if (!known) return undefined;
-        const r = await codeOf(known);
-        return r.startsWith('MOVED') || r.startsWith('UNAVAILABLE') ? undefined : r;
-      }, 60_000);
+        for (const known of (await status(m)).clubs.filter((x) => x.primary === m.id).map((x) => x.id)) {
+          const r = await codeOf(known);
+          tries.push(`${known}: ${r}`);
+          if (!r.startsWith('MOVED') && !r.startsWith('UNAVAILABLE')) return r;
+        }
+        return undefined;
+      }, 60_000).catch(async (e: Error) => {
+        const st = await status(m).catch(() => undefined);
+        throw new Error(`${e.message}; last tries ${tries.slice(-6).join(', ')}; status ${JSON.stringify(st)}; log of ${m.id}: ${m.out.join('').slice(-3000)}`);
+      });
       assert.equal(unknown, wrong);
     } finally {
       await c.close().catch(() => undefined);

@@ -101,6 +101,14 @@ export class ServerSession extends SessionCore<ServerState, Input, ServerEvent> 
     }
   }
 
+  /**
+   * Whether received bytes are records now (the ClientHello has been answered): the daemon then
+   * hands over whole records it owns (protocol/read-buffers.ts), before that copies.
+   */
+  get readingRecords(): boolean {
+    return this.reader !== undefined;
+  }
+
   /** Bytes not yet processed (for the daemon's back-pressure decision). */
   get bufferedBytes(): number {
     return this.reader ? this.reader.bufferedBytes : this.helloLen;

@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { CLOSE_IDLE, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN } from '../../protocol/constants.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { Message } from '../../protocol/messages.js';
+import { ReadInput } from '../../protocol/read-buffers.js';
 import type { ServerSession } from '../../protocol/server-session.js';
 import { CommandError } from './command-errors.js';
 import type { ConnectionInfo, Dispatcher } from './dispatcher.js';
@@ -47,6 +48,8 @@ export class Connection extends SessionOutput implements ConnectionIO {
   private released = false;
   private bytesIn = 0;
   private faulted = false;
+  /** Reads into the daemon's buffers (user-reads.ts, protocol/read-buffers.ts); undefined: 'data' events. */
+  private input: ReadInput | undefined = new ReadInput();
 
   constructor(
     socket: Socket,
@@ -61,7 +64,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.info = { id, ip: normalizeIp(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
     socket.setNoDelay(true);
     this.handshakeTimer = setTimeout(onHandshakeTimer, limits.handshakeTimeoutMs, this);
-    attachSocket(socket, this);
+    if (!attachSocket(socket, this, true)) this.input = undefined;
   }
 
   /** The per-connection state handlers share (ctx.session), created on first use. */
@@ -170,25 +173,49 @@ export class Connection extends SessionOutput implements ConnectionIO {
       this.inflight.clear();
     }
     this.session.wipe();
+    this.input?.close();
     if (this.sessionState) this.dispatcher.connectionClosed(this.info, this.sessionState);
     this.socket.destroy();
   }
 
   /** @internal socket listener */
   onData(data: Buffer): void {
-    if (this.closed) return;
-    this.bytesIn += data.length;
-    this.lastActive = Date.now();
     // The socket's read buffer is ours alone: records are opened in place in it.
-    this.session.receive(data, true);
-    this.pumping = true;
-    try {
-      this.pump();
-    } finally {
-      this.pumping = false;
+    if (!this.closed) this.received(data.length, data, true);
+  }
+
+  /** @internal where the next socket read lands (reads into the daemon's buffers) */
+  readTarget(): Uint8Array {
+    return this.input!.target();
+  }
+
+  /** @internal `n` bytes were read into readTarget(); whole records are opened where they lie. */
+  onRead(n: number): void {
+    if (this.closed) return;
+    const s = this.session;
+    const bytes = this.input!.landed(n, s.readingRecords && s.bufferedBytes === 0);
+    this.received(n, bytes, this.input!.owned);
+  }
+
+  /** Bytes still waiting for the rest of their record, in the session or in the read buffer. */
+  private get pendingBytes(): number {
+    return this.session.bufferedBytes + (this.input ? this.input.pending : 0);
+  }
+
+  private received(n: number, data: Buffer | undefined, owned: boolean): void {
+    this.bytesIn += n;
+    this.lastActive = Date.now();
+    if (data) {
+      this.session.receive(data, owned);
+      this.pumping = true;
+      try {
+        this.pump();
+      } finally {
+        this.pumping = false;
+      }
+      // pump() flushes on its ways out; this writes whatever an early return (closed) left.
+      this.flush();
     }
-    // pump() flushes on its ways out; this writes whatever an early return (closed) left.
-    this.flush();
     this.watchRecord();
   }
 
@@ -199,7 +226,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
    */
   private watchRecord(): void {
     if (this.closed || this.handshakeOpen) return;
-    if (this.session.bufferedBytes === 0) {
+    if (this.pendingBytes === 0) {
       this.recordStart = 0;
     } else if (this.recordStart === 0) {
       this.recordStart = Date.now();
@@ -217,7 +244,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
       this.recordTimer = setTimeout(onRecordTimer, left, this);
       return;
     }
-    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.session.bufferedBytes });
+    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.pendingBytes });
     this.closed = true; // see onHandshakeTimeout
     this.events.violation('slow', 'record not completed in time');
     this.destroy();
@@ -380,7 +407,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
       this.protocolFailure(new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'connection ended inside the handshake'));
       return;
     }
-    if (this.session.bufferedBytes > 0) {
+    if (this.pendingBytes > 0) {
       this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
       return;
     }

@@ -108,15 +108,28 @@ export function readBufferCounts(): Readonly<typeof counts> & { spare: number } 
 }
 
 /**
+ * A connection takes a read buffer (READ_BUFFER_LEN bytes) only for at least this many bytes
+ * received: pending in it, or records already handed on from the buffer it leaves. Fewer
+ * pending bytes are kept in a buffer of their own size. So a peer that sends the header of a
+ * large record and then trickles (until the record deadline) makes the daemon hold at most 4x
+ * what it sent, not 64 KiB for 6 bytes.
+ */
+export const POOL_FROM = 16384;
+
+/**
  * One connection's reads (see the module comment). The socket reads into target(); after each
- * read landed() says what to hand to the session. Holds no buffer while nothing is pending.
+ * read landed() says what to hand to the session. Holds no read buffer while fewer than
+ * POOL_FROM bytes are pending.
  */
 export class ReadInput {
+  /** LANDING, or the read buffer the connection holds. */
   private buf: Buffer = LANDING;
-  /** First byte of buf not yet handed on. */
+  /** First byte of buf not yet handed on (a read buffer only). */
   private start = 0;
   /** Bytes of buf written by reads. */
   private filled = 0;
+  /** The start of a record, fewer than POOL_FROM bytes, while reads land in LANDING. */
+  private tail: Buffer | undefined;
   /** A read buffer whose records were handed on in the last landed(): left at the next target(). */
   private leaving: Buffer | undefined;
   /** Whether the bytes landed() returned last may be opened in place (owned) or must be copied. */
@@ -124,7 +137,7 @@ export class ReadInput {
 
   /** Bytes read and not yet handed on (the start of a record). */
   get pending(): number {
-    return this.filled - this.start;
+    return this.filled - this.start + (this.tail ? this.tail.length : 0);
   }
 
   /**
@@ -137,53 +150,53 @@ export class ReadInput {
       leave(this.leaving);
       this.leaving = undefined;
     }
-    return this.filled === 0 ? this.buf : this.buf.subarray(this.filled);
+    if (this.filled > 0) return this.buf.subarray(this.filled);
+    // LANDING after the start of a record: no more than fits behind it in one read buffer.
+    return this.tail ? LANDING.subarray(0, READ_BUFFER_LEN - this.tail.length) : this.buf;
   }
 
   /**
    * `n` bytes were read into the last target(). `records`: the session reads records now (its
-   * handshake is done); before that everything is handed on as a copy. Returns the bytes to
-   * hand to the session now (whole records only, or undefined), `owned` saying whether they may
-   * be opened in place.
+   * handshake is done and it holds no partial record); otherwise everything is handed on as a
+   * copy. Returns the bytes to hand to the session now (whole records only, or undefined),
+   * `owned` saying whether they may be opened in place.
    */
   landed(n: number, records: boolean): Buffer | undefined {
     this.filled += n;
-    if (!records) {
-      // The handshake: small, and the session keeps what it is given; a copy, and start over.
-      const out = Buffer.from(this.buf.subarray(this.start, this.filled));
-      this.start = this.filled;
-      this.settle();
-      this.owned = false;
-      return out;
-    }
-    if (this.buf === LANDING) {
-      // Nothing may stay in the landing buffer: move what landed into a read buffer of its own.
+    if (!records || this.buf === LANDING) {
+      const tail = this.tail;
+      const total = (tail ? tail.length : 0) + this.filled - this.start;
+      if (!records || total < POOL_FROM) {
+        // The handshake, or a few bytes: in a buffer of their own (a copy), LANDING is free again.
+        const own = Buffer.allocUnsafe(total);
+        if (tail) tail.copy(own, 0);
+        this.buf.copy(own, tail ? tail.length : 0, this.start, this.filled);
+        this.tail = undefined;
+        this.start = this.filled;
+        this.settle(0);
+        const cut = records ? wholeRecords(own, 0, own.length).end : own.length;
+        if (cut < own.length) this.tail = own.subarray(cut);
+        this.owned = records;
+        return cut > 0 ? own.subarray(0, cut) : undefined;
+      }
+      // At least POOL_FROM bytes: into a read buffer of their own, read on behind them there.
       const b = takeReadBuffer();
-      LANDING.copy(b, 0, 0, this.filled);
+      if (tail) tail.copy(b, 0);
+      LANDING.copy(b, tail ? tail.length : 0, 0, this.filled);
+      this.tail = undefined;
       this.buf = b;
       this.start = 0;
+      this.filled = total;
     }
-    // The whole records among the bytes pending, and the length of the partial one after them.
     const b = this.buf;
-    let at = this.start;
-    let need = READ_BUFFER_LEN;
-    while (this.filled - at >= RECORD_HEADER_LEN) {
-      const len = ((b[at + 1]! << 24) | (b[at + 2]! << 16) | (b[at + 3]! << 8) | b[at + 4]!) >>> 0;
-      // An oversized length: hand everything on, the record reader refuses it.
-      if (len > MAX_RECORD_SEALED) {
-        at = this.filled;
-        break;
-      }
-      if (this.filled - at < RECORD_HEADER_LEN + len) {
-        need = RECORD_HEADER_LEN + len;
-        break;
-      }
-      at += RECORD_HEADER_LEN + len;
-    }
-    const out = at > this.start ? b.subarray(this.start, at) : undefined;
-    this.start = at;
+    const { end, need } = wholeRecords(b, this.start, this.filled);
+    const out = end > this.start ? b.subarray(this.start, end) : undefined;
+    this.start = end;
     this.owned = true;
-    if (out) this.leaving = b;
+    if (out) {
+      if (this.leaving && this.leaving !== b) leave(this.leaving);
+      this.leaving = b;
+    }
     this.settle(need);
     return out;
   }
@@ -191,31 +204,56 @@ export class ReadInput {
   /** The connection is gone: the read buffer it held goes back when nothing else holds it. */
   close(): void {
     if (this.leaving) leave(this.leaving);
+    if (this.buf !== LANDING && this.buf !== this.leaving) leave(this.buf);
     this.leaving = undefined;
-    if (this.buf !== LANDING) leave(this.buf);
     this.buf = LANDING;
     this.start = this.filled = 0;
+    this.tail = undefined;
   }
 
   /**
-   * After the pending bytes were handed on: nothing left, back to the landing buffer; a partial
-   * record that will not fit behind the bytes before it (`need`: its whole length, when its
-   * header is in) moves to the start of a fresh read buffer.
+   * After the pending bytes of a read buffer were handed on: none left, back to LANDING (the
+   * buffer is left); a partial record that does not fit behind the bytes before it (`need`: its
+   * whole length once its header is in) moves to the start of a fresh read buffer, or, when
+   * fewer than POOL_FROM bytes were received into this one, into a buffer of its own size.
    */
-  private settle(need = READ_BUFFER_LEN): void {
-    if (this.start === this.filled) {
-      if (this.buf !== LANDING && this.leaving !== this.buf) leave(this.buf);
+  private settle(need: number): void {
+    const b = this.buf;
+    if (b === LANDING || this.start === this.filled) {
+      if (b !== LANDING && this.leaving !== b) leave(b);
       this.buf = LANDING;
       this.start = this.filled = 0;
       return;
     }
-    if (this.start + need <= this.buf.length) return;
-    const from = this.buf;
-    const to = takeReadBuffer();
-    from.copy(to, 0, this.start, this.filled);
-    if (this.leaving !== from) leave(from);
-    this.buf = to;
-    this.filled -= this.start;
+    if (this.start + need <= b.length) return;
+    const rest = this.filled - this.start;
+    if (rest >= POOL_FROM || this.start >= POOL_FROM) {
+      const to = takeReadBuffer();
+      b.copy(to, 0, this.start, this.filled);
+      this.buf = to;
+      this.filled = rest;
+    } else {
+      this.tail = Buffer.from(b.subarray(this.start, this.filled));
+      this.buf = LANDING;
+      this.filled = 0;
+    }
     this.start = 0;
+    if (this.leaving !== b) leave(b);
   }
+}
+
+/**
+ * The whole records in b[from, to): `end`, where the last one ends, and `need`, the whole length
+ * of the partial record after it (READ_BUFFER_LEN while its header is not in). A length over
+ * MAX_RECORD_SEALED ends the scan with everything taken: the record reader refuses it.
+ */
+function wholeRecords(b: Buffer, from: number, to: number): { end: number; need: number } {
+  let at = from;
+  while (to - at >= RECORD_HEADER_LEN) {
+    const len = ((b[at + 1]! << 24) | (b[at + 2]! << 16) | (b[at + 3]! << 8) | b[at + 4]!) >>> 0;
+    if (len > MAX_RECORD_SEALED) return { end: to, need: READ_BUFFER_LEN };
+    if (to - at < RECORD_HEADER_LEN + len) return { end: at, need: RECORD_HEADER_LEN + len };
+    at += RECORD_HEADER_LEN + len;
+  }
+  return { end: at, need: READ_BUFFER_LEN };
 }

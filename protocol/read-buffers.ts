@@ -173,7 +173,7 @@ export class ReadInput {
         this.buf.copy(own, tail ? tail.length : 0, this.start, this.filled);
         this.tail = undefined;
         this.start = this.filled;
-        this.settle(0);
+        this.settle(0, false);
         const cut = records ? wholeRecords(own, 0, own.length).end : own.length;
         if (cut < own.length) this.tail = own.subarray(cut);
         this.owned = records;
@@ -193,11 +193,7 @@ export class ReadInput {
     const out = end > this.start ? b.subarray(this.start, end) : undefined;
     this.start = end;
     this.owned = true;
-    if (out) {
-      if (this.leaving && this.leaving !== b) leave(this.leaving);
-      this.leaving = b;
-    }
-    this.settle(need);
+    this.settle(need, out !== undefined);
     return out;
   }
 
@@ -217,28 +213,32 @@ export class ReadInput {
    * whole length once its header is in) moves to the start of a fresh read buffer, or, when
    * fewer than POOL_FROM bytes were received into this one, into a buffer of its own size.
    */
-  private settle(need: number): void {
+  private settle(need: number, handedOn: boolean): void {
     const b = this.buf;
     if (b === LANDING || this.start === this.filled) {
-      if (b !== LANDING && this.leaving !== b) leave(b);
       this.buf = LANDING;
       this.start = this.filled = 0;
-      return;
-    }
-    if (this.start + need <= b.length) return;
-    const rest = this.filled - this.start;
-    if (rest >= POOL_FROM || this.start >= POOL_FROM) {
-      const to = takeReadBuffer();
-      b.copy(to, 0, this.start, this.filled);
-      this.buf = to;
-      this.filled = rest;
+    } else if (this.start + need <= b.length) {
+      return; // read on into this buffer
     } else {
-      this.tail = Buffer.from(b.subarray(this.start, this.filled));
-      this.buf = LANDING;
-      this.filled = 0;
+      const rest = this.filled - this.start;
+      if (rest >= POOL_FROM || this.start >= POOL_FROM) {
+        const to = takeReadBuffer();
+        b.copy(to, 0, this.start, this.filled);
+        this.buf = to;
+        this.filled = rest;
+      } else {
+        this.tail = Buffer.from(b.subarray(this.start, this.filled));
+        this.buf = LANDING;
+        this.filled = 0;
+      }
+      this.start = 0;
     }
-    this.start = 0;
-    if (this.leaving !== b) leave(b);
+    if (b === LANDING) return;
+    // Left. Records handed on just now are opened before the next target(): leave it then.
+    if (!handedOn) return leave(b);
+    if (this.leaving) leave(this.leaving);
+    this.leaving = b;
   }
 }
 

@@ -2,15 +2,14 @@ import type { Socket } from 'node:net';
 import { CLOSE_IDLE, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SHUTDOWN } from '../../protocol/constants.js';
 import { ProtocolError } from '../../protocol/errors.js';
 import type { Message } from '../../protocol/messages.js';
-import { ReadInput } from '../../protocol/read-buffers.js';
 import type { ServerSession } from '../../protocol/server-session.js';
 import { CommandError } from './command-errors.js';
 import type { ConnectionInfo, Dispatcher } from './dispatcher.js';
 import type { Limits } from '../main/config.js';
 import type { Logger } from '../common/log.js';
 import type { ConnectionEvents } from './requests.js';
-import { SessionOutput } from './session-output.js';
-import { attachSocket, normalizeIp, onHandshakeTimer, onRecordTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
+import { ConnectionInput } from './connection-input.js';
+import { attachSocket, normalizeIp, onHandshakeTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
 
 export type { ConnectionEvents } from './requests.js';
 export { normalizeIp } from './socket-events.js';
@@ -26,17 +25,11 @@ const TERMINATE_GRACE_MS = 1000;
  * its output is SessionOutput's (session-output.ts), and the requests on it (in flight,
  * deadlines, downloads) are RequestLifecycle's (requests.ts).
  */
-export class Connection extends SessionOutput implements ConnectionIO {
+export class Connection extends ConnectionInput implements ConnectionIO {
   readonly info: ConnectionInfo;
   /** When the socket was accepted, ms since the epoch. */
   readonly acceptedAt = Date.now();
   private sessionState: Map<string, unknown> | undefined;
-  /**
-   * The record deadline: when the record now partly received started (0: none), and one timer
-   * per connection that checks it (re-armed for the rest, never per byte or per record).
-   */
-  private recordStart = 0;
-  private recordTimer: NodeJS.Timeout | undefined;
   /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
   /**
    * The login deadline (ms since the epoch, 0: none) and the last socket activity, checked by the
@@ -46,10 +39,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
   private loggedIn = false;
   /** Resources freed and socket destroyed (see destroy()). */
   private released = false;
-  private bytesIn = 0;
   private faulted = false;
-  /** Reads into the daemon's buffers (user-reads.ts, protocol/read-buffers.ts); undefined: 'data' events. */
-  private input: ReadInput | undefined = new ReadInput();
 
   constructor(
     socket: Socket,
@@ -70,11 +60,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
   /** The per-connection state handlers share (ctx.session), created on first use. */
   override sessionMap(): Map<string, unknown> {
     return (this.sessionState ??= new Map());
-  }
-
-  /** Bytes received so far (0: the peer has sent nothing). */
-  get receivedBytes(): number {
-    return this.bytesIn;
   }
 
   /**
@@ -166,7 +151,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.finishHandshake(false);
     clearTimeout(this.sweepTimer);
     this.sweepTimer = undefined;
-    clearTimeout(this.recordTimer);
+    this.stopRecordTimer();
     this.loginDeadline = 0;
     if (this.inflight) {
       for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
@@ -176,78 +161,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.input?.close();
     if (this.sessionState) this.dispatcher.connectionClosed(this.info, this.sessionState);
     this.socket.destroy();
-  }
-
-  /** @internal socket listener */
-  onData(data: Buffer): void {
-    // The socket's read buffer is ours alone: records are opened in place in it.
-    if (!this.closed) this.received(data.length, data, true);
-  }
-
-  /** @internal where the next socket read lands (reads into the daemon's buffers) */
-  readTarget(): Uint8Array {
-    return this.input!.target();
-  }
-
-  /** @internal `n` bytes were read into readTarget(); whole records are opened where they lie. */
-  onRead(n: number): void {
-    if (this.closed) return;
-    const s = this.session;
-    const bytes = this.input!.landed(n, s.readingRecords && s.bufferedBytes === 0);
-    this.received(n, bytes, this.input!.owned);
-  }
-
-  /** Bytes still waiting for the rest of their record, in the session or in the read buffer. */
-  private get pendingBytes(): number {
-    return this.session.bufferedBytes + (this.input ? this.input.pending : 0);
-  }
-
-  private received(n: number, data: Buffer | undefined, owned: boolean): void {
-    this.bytesIn += n;
-    this.lastActive = Date.now();
-    if (data) {
-      this.session.receive(data, owned);
-      this.pumping = true;
-      try {
-        this.pump();
-      } finally {
-        this.pumping = false;
-      }
-      // pump() flushes on its ways out; this writes whatever an early return (closed) left.
-      this.flush();
-    }
-    this.watchRecord();
-  }
-
-  /**
-   * A record started must be finished within recordTimeoutMs of its first byte, however the
-   * bytes trickle in (nginx client_body_timeout is a deadline for the whole read in the same
-   * way); the handshake has its own whole deadline.
-   */
-  private watchRecord(): void {
-    if (this.closed || this.handshakeOpen) return;
-    if (this.pendingBytes === 0) {
-      this.recordStart = 0;
-    } else if (this.recordStart === 0) {
-      this.recordStart = Date.now();
-      this.recordTimer ??= setTimeout(onRecordTimer, this.limits.recordTimeoutMs, this);
-    }
-  }
-
-  /** @internal */
-  onRecordTimeout(): void {
-    this.recordTimer = undefined;
-    if (this.closed || this.recordStart === 0) return;
-    const left = this.recordStart + this.limits.recordTimeoutMs - Date.now();
-    if (left > 0) {
-      // An earlier record finished in time; this one has the rest of its own deadline.
-      this.recordTimer = setTimeout(onRecordTimer, left, this);
-      return;
-    }
-    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.pendingBytes });
-    this.closed = true; // see onHandshakeTimeout
-    this.events.violation('slow', 'record not completed in time');
-    this.destroy();
   }
 
   /** @internal The session's exporter value (a copy), once the handshake is done. */
@@ -272,7 +185,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.closeWith(CLOSE_IDLE);
   }
 
-  private pump(): void {
+  protected pump(): void {
     for (;;) {
       if (this.closed) return;
       const ev = this.session.nextEvent();
@@ -360,8 +273,8 @@ export class Connection extends SessionOutput implements ConnectionIO {
   /** @internal */
   onHandshakeTimeout(): void {
     if (!this.handshakeOpen || this.closed) return;
-    const silent = this.bytesIn === 0;
-    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    const silent = this.receivedBytes === 0;
+    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.receivedBytes });
     // Closed first: the ban this violation may trigger must not terminate (and count) it again.
     this.closed = true;
     this.events.violation(silent ? 'silent' : 'handshake', silent ? 'sent nothing' : 'handshake not completed in time');
@@ -394,7 +307,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
     if (this.closed) return;
     // Classified by the stage reached (PROTOCOL.md): a ClientHello cut short ("CM", 40 of 75
     // bytes) is a broken handshake, counted, not a record-layer attack banned at once.
-    if (this.handshakeOpen && this.bytesIn > 0) {
+    if (this.handshakeOpen && this.receivedBytes > 0) {
       // A client with a stale pin that drops right after the ServerHello (the pre-rollover rule,
       // or a third-party client): during a rollover's switch and grace period no violation, so a
       // key switch never bans whole NATs (PROTOCOL.md 11). Logged and counted all the same.

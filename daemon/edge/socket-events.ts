@@ -86,7 +86,7 @@ function onSocketTimeout(this: OwnedSocket): void {
     c.fault('idle', e);
   }
 }
-export function onRecordTimer(c: ConnectionIO): void {
+export function onRecordTimer(c: Pick<ConnectionIO, 'onRecordTimeout' | 'fault'>): void {
   try {
     c.onRecordTimeout();
   } catch (e) {

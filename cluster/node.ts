@@ -27,7 +27,7 @@ import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
 import { backupClubKey } from './backup-board.js';
 import { guardWrites } from './capture.js';
-import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
+import { dropClub, handBack, reconcileRole } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
 import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
@@ -370,36 +370,10 @@ export class ClusterNode extends EventEmitter {
     if (this.stopped) return;
     const st = this.state(club);
     st.chain = st.chain
-      .then(() => this.reconcile(club, st))
+      .then(() => reconcileRole(this.ctx, club, st))
       .catch((e) => {
         this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
         setTimeout(() => this.reconcileSoon(club), 250).unref?.();
       });
-  }
-
-  private async reconcile(club: string, st: ClubState): Promise<void> {
-    if (this.stopped || !this.lease.isValid()) return;
-    const p = this.placementOf(club);
-    if (!p || !this.storage.server.getClub(club)) return;
-    const want: ClubState['role'] = p.primary === this.nodeId ? 'primary' : p.standbys.includes(this.nodeId) ? 'standby' : 'none';
-    if (want === 'primary') {
-      if (st.serving && st.log?.state === 'open') return;
-      await becomePrimary(this.ctx, club, st);
-      return;
-    }
-    if (st.log) {
-      st.serving = false;
-      await handBack(this.storage, club, st);
-      this.emit('club-moved', club, this.route(club));
-    }
-    if (want === 'standby') {
-      await rebuildIfAhead(this.ctx, club, st);
-      await follow(this.ctx, club, st);
-    }
-    else {
-      await st.follower?.stop();
-      st.follower = undefined;
-    }
-    st.role = want;
   }
 }

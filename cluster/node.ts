@@ -23,6 +23,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
+import { importRowAnswers, listRowAnswers } from '../storage/server/row-answers.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
 import { backupClubKey } from './backup-board.js';
@@ -223,7 +224,8 @@ export class ClusterNode extends EventEmitter {
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
     const row = this.storage.server.mustGetClub(club);
-    await this.gw.read('register club', () => this.gw.kv.put(registryKey(club)).value(sealClubRow(this.recordKey, row)).exec());
+    const sealed = sealClubRow(this.recordKey, row, listRowAnswers(this.storage.server.db, club));
+    await this.gw.read('register club', () => this.gw.kv.put(registryKey(club)).value(sealed).exec());
     this.schedulePlan();
   }
 
@@ -339,12 +341,13 @@ export class ClusterNode extends EventEmitter {
       return;
     }
     try {
-      const row = openClubRow(this.recordKey, club, value);
+      const { row, answers } = openClubRow(this.recordKey, club, value);
       // The store is created on first use here too; the administrator row the primary ships in
       // its first entries overwrites the one made locally (same row id).
       const have = this.storage.server.getClub(club);
       if (!have) this.storage.server.insertClub({ ...row, storeState: 'pending' });
       else applyClubRowUpdate(this.storage, have, row); // an operator's change made on any member
+      importRowAnswers(this.storage.server.db, club, answers, Date.now()); // a keyed change's answer, beside it
       this.reconcileSoon(club);
     } catch (e) {
       this.logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });

@@ -141,3 +141,18 @@ test('backup.setPassphrase: the club row change in server.db and its stored answ
   assert.equal(storedKeys(rk), 0, "kept in server.db, beside the row's change, not in the club's store");
   await assert.rejects(admin.call('persons.create', { firstName: 'Key', lastName: 'Reuse', rk }), (e: { code?: string }) => e.code === 'CONFLICT', 'the key reused for another command');
 });
+
+test('session commands (auth.*) act on their connection each time: no stored answer, no ticket kept', async () => {
+  const s = env.session();
+  await s.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+  const rk = newKey();
+  const t1 = (await s.call('auth.ticket', { rk })).payload.ticket as string;
+  const t2 = (await s.call('auth.ticket', { rk })).payload.ticket as string;
+  assert.notEqual(t2, t1, 'a second ticket request got the stored answer');
+  assert.equal(storedKeys(rk), 0, 'a session ticket (a secret the daemon keeps only hashed) was stored with its request key');
+  const lk = newKey();
+  await s.call('auth.logout', { rk: lk });
+  await s.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+  await s.call('auth.logout', { rk: lk });
+  assert.equal(await s.code('auth.whoami'), 'UNAUTHENTICATED', 'a logout answered from a stored answer left the session open');
+});

@@ -17,7 +17,8 @@
  * changes the club's row instead stores it in server.db in the transaction of the row's change,
  * and the answer travels with the row in its registry record. A retry with the same key by the
  * same user, on this or any later primary, gets the stored answer and the command is not run
- * again; another user gets CONFLICT.
+ * again; another user gets CONFLICT. Session commands (auth.*) ignore a key: their effect is the
+ * connection's session.
  *
  * A command whose write comes after the club moved away (it waited on a password hash, an upload,
  * a grouped write) is refused inside its transaction (cluster/capture.ts guardWrites) and answered
@@ -40,6 +41,13 @@ import { CommandError } from '../edge/command-errors.js';
 import { requestKeyOf, type CommandContext, type CommandResult, type CommandSpec, type Dispatcher } from '../edge/dispatcher.js';
 
 const LOGIN_COMMANDS = new Set(['auth.login', 'auth.resume']);
+/**
+ * Commands whose effect is the connection's session (login, logout, tickets kept in memory), not
+ * a club's data: a request key is not honoured for them. A stored answer would hand a retry on
+ * a new session the old session's result (a logout that logs nothing out), and `auth.ticket`'s
+ * answer is a secret the daemon keeps only hashed.
+ */
+const isSessionCommand = (name: string) => name.startsWith('auth.');
 /**
  * Club commands that change the club's row in server.db (not its store, so not its log): the
  * row is published to every member through the registry record before the answer, or a
@@ -104,7 +112,7 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
-    const k: KeyedRequest | undefined = rk !== undefined && !LOGIN_COMMANDS.has(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
+    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
     if (k) {
       const stored = storedAnswer(storage, club, k.rk, spec.name, userId);
       if (stored !== undefined) return stored;

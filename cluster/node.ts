@@ -23,11 +23,12 @@
  */
 import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
+import { importRowAnswers, listRowAnswers } from '../storage/server/row-answers.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
 import { backupClubKey } from './backup-board.js';
 import { guardWrites } from './capture.js';
-import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
+import { dropClub, handBack, reconcileRole } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
 import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
@@ -223,7 +224,8 @@ export class ClusterNode extends EventEmitter {
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
     const row = this.storage.server.mustGetClub(club);
-    await this.gw.read('register club', () => this.gw.kv.put(registryKey(club)).value(sealClubRow(this.recordKey, row)).exec());
+    const sealed = sealClubRow(this.recordKey, row, listRowAnswers(this.storage.server.db, club));
+    await this.gw.read('register club', () => this.gw.kv.put(registryKey(club)).value(sealed).exec());
     this.schedulePlan();
   }
 
@@ -339,12 +341,13 @@ export class ClusterNode extends EventEmitter {
       return;
     }
     try {
-      const row = openClubRow(this.recordKey, club, value);
+      const { row, answers } = openClubRow(this.recordKey, club, value);
       // The store is created on first use here too; the administrator row the primary ships in
       // its first entries overwrites the one made locally (same row id).
       const have = this.storage.server.getClub(club);
       if (!have) this.storage.server.insertClub({ ...row, storeState: 'pending' });
       else applyClubRowUpdate(this.storage, have, row); // an operator's change made on any member
+      importRowAnswers(this.storage.server.db, club, answers, Date.now()); // a keyed change's answer, beside it
       this.reconcileSoon(club);
     } catch (e) {
       this.logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
@@ -370,36 +373,10 @@ export class ClusterNode extends EventEmitter {
     if (this.stopped) return;
     const st = this.state(club);
     st.chain = st.chain
-      .then(() => this.reconcile(club, st))
+      .then(() => reconcileRole(this.ctx, club, st))
       .catch((e) => {
         this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
         setTimeout(() => this.reconcileSoon(club), 250).unref?.();
       });
-  }
-
-  private async reconcile(club: string, st: ClubState): Promise<void> {
-    if (this.stopped || !this.lease.isValid()) return;
-    const p = this.placementOf(club);
-    if (!p || !this.storage.server.getClub(club)) return;
-    const want: ClubState['role'] = p.primary === this.nodeId ? 'primary' : p.standbys.includes(this.nodeId) ? 'standby' : 'none';
-    if (want === 'primary') {
-      if (st.serving && st.log?.state === 'open') return;
-      await becomePrimary(this.ctx, club, st);
-      return;
-    }
-    if (st.log) {
-      st.serving = false;
-      await handBack(this.storage, club, st);
-      this.emit('club-moved', club, this.route(club));
-    }
-    if (want === 'standby') {
-      await rebuildIfAhead(this.ctx, club, st);
-      await follow(this.ctx, club, st);
-    }
-    else {
-      await st.follower?.stop();
-      st.follower = undefined;
-    }
-    st.role = want;
   }
 }

@@ -156,3 +156,25 @@ test('session commands (auth.*) act on their connection each time: no stored ans
   await s.call('auth.logout', { rk: lk });
   assert.equal(await s.code('auth.whoami'), 'UNAUTHENTICATED', 'a logout answered from a stored answer left the session open');
 });
+
+test('a stored answer is not replayed to a session that has ended: user disabled, password reset, user deleted', async () => {
+  // The session checks (daemon/club/session.ts requirePrincipal) run inside the handler; a
+  // stored answer used to be returned before them, so a disabled user's open connection still
+  // got answers by replaying its keys (auth.ts: "a disabled user ... takes effect at once").
+  const cases: [string, (id: number) => Promise<unknown>][] = [
+    ['disabled', (id) => admin.call('users.disable', { id })],
+    ['password reset', (id) => admin.call('users.resetPassword', { id })],
+    ['deleted', (id) => admin.call('users.delete', { id })],
+  ];
+  for (const [what, end] of cases) {
+    const name = `keyed-${what.replace(' ', '-')}`;
+    const id = (await admin.call('users.create', { username: name, password: 'keyed-password-123', role: 'secretary' })).payload.user.id as number;
+    const s = env.session();
+    await s.call('auth.login', { club, user: name, password: 'keyed-password-123' });
+    const rk = newKey();
+    await s.call('persons.list', { rk });
+    await end(id);
+    assert.equal(await s.code('persons.list', { rk }), 'UNAUTHENTICATED', `a stored answer replayed to a session whose user was ${what}`);
+    assert.equal(await s.code('auth.whoami'), 'UNAUTHENTICATED', `the session of a user ${what} ended`);
+  }
+});

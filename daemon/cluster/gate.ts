@@ -17,7 +17,8 @@
  * changes the club's row instead stores it in server.db in the transaction of the row's change,
  * and the answer travels with the row in its registry record. A retry with the same key by the
  * same user, on this or any later primary, gets the stored answer and the command is not run
- * again; another user gets CONFLICT. Session commands (auth.*) ignore a key: their effect is the
+ * again; another user gets CONFLICT. A stored answer goes only to a session whose user is still
+ * valid (sessionStillValid). Session commands (auth.*) ignore a key: their effect is the
  * connection's session.
  *
  * A command whose write comes after the club moved away (it waited on a password hash, an upload,
@@ -32,6 +33,7 @@ import type { ClusterNode } from '../../cluster/node.js';
 import type { Storage } from '../../storage/server/storage.js';
 import { lookupAnswer, putAnswer } from '../../storage/club/request-keys.js';
 import { lookupRowAnswer } from '../../storage/server/row-answers.js';
+import { currentUser } from '../../storage/club/user-cache.js';
 
 /** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
 export { MAX_REQUEST_KEYS, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../../storage/club/request-keys.js';
@@ -66,6 +68,20 @@ function storedAnswer(storage: Storage, club: string, rk: string, command: strin
     if (found.kind === 'answer') return { payload: found.payload };
   }
   return undefined;
+}
+
+/**
+ * Whether the connection's session may still be answered from a stored answer: its user exists,
+ * is enabled, and has the credentials the session logged in with (the rule of
+ * daemon/club/session.ts requirePrincipal, which runs inside the handler). Otherwise the handler
+ * runs as for a request without a key, and its session check ends the session (UNAUTHENTICATED):
+ * a disabled user, a reset password or a deleted user takes effect at once on keyed retries too.
+ */
+function sessionStillValid(storage: Storage, club: string, ctx: CommandContext): boolean {
+  const s = getSession(ctx);
+  if (!s) return false;
+  const u = currentUser(storage.openClub(club).db, s.userId);
+  return u !== undefined && !u.disabled && u.credVersion === s.credVersion;
 }
 
 /** A ClusterError from the output gate as the client's error. */
@@ -113,7 +129,7 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
     const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
-    if (k) {
+    if (k && sessionStillValid(storage, club, ctx)) {
       const stored = storedAnswer(storage, club, k.rk, spec.name, userId);
       if (stored !== undefined) return stored;
     }

@@ -9,8 +9,8 @@
  * Grouped writes (daemon/club/command-guard.ts `grouped`) do this for their work's result.
  * A command whose change is the club's row in server.db (`backup.setPassphrase`) passes its
  * answer through `keepRowAnswer(server, club, result)` inside the server.db transaction of that
- * change (storage/server/row-answers.ts). The gate stores the answer afterwards, in a transaction
- * of its own, only for a keyed command that kept none (it changed nothing).
+ * change (storage/server/row-answers.ts). A keyed command that kept none (it changed nothing: a
+ * read) has no stored answer: its retry runs it again, with every check of its handler.
  *
  * The request is found through AsyncLocalStorage: a handler's own code runs in its request's
  * context. Code that runs later for several requests (a write group's commit) takes the context
@@ -28,6 +28,12 @@ export interface KeyedRequest {
   readonly rk: string;
   readonly command: string;
   readonly userId: number | undefined;
+  /**
+   * The rights fingerprint of the user the handler authorized (daemon/club/session.ts
+   * rightsFingerprint), stored with the answer; '' when there is none (such an answer is never
+   * replayed).
+   */
+  readonly rights: () => string;
   /** Milliseconds since the epoch, the stored row's time. */
   readonly now: () => number;
   /** Set once the answer was written inside a transaction of the command. */
@@ -54,7 +60,7 @@ export function currentKeyed(): KeyedRequest | undefined {
 export function keepAnswerFor<T extends CommandResult>(k: KeyedRequest | undefined, db: Db, result: T): T {
   if (!k || result.download) return result;
   if (!db.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
-  if (putAnswer(db, k.rk, k.command, k.userId, result.payload, k.now())) k.kept = true;
+  if (putAnswer(db, k.rk, k.command, k.userId, k.rights(), result.payload, k.now())) k.kept = true;
   return result;
 }
 
@@ -73,6 +79,6 @@ export function keepRowAnswer<T extends CommandResult>(server: Db, club: string,
   const k = currentKeyed();
   if (!k || result.download) return result;
   if (!server.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
-  if (putRowAnswer(server, club, k.rk, k.command, k.userId, result.payload, k.now())) k.kept = true;
+  if (putRowAnswer(server, club, k.rk, k.command, k.userId, k.rights(), result.payload, k.now())) k.kept = true;
   return result;
 }

@@ -159,6 +159,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     let daemonRef: Daemon | undefined;
     const cluster = prepareCluster(config, {
       storage,
+      services: clubServices,
       dispatcher,
       table,
       engine: banSystem.engine,

@@ -1,7 +1,7 @@
 /**
  * Request keys (PROTOCOL.md "Request keys", issue 14): a keyed command's answer is stored in the
  * same transaction as its change (daemon/edge/keyed-answer.ts). A failure injected where the
- * answer is written (a TEMP trigger that refuses the insert into request_keys) must leave neither:
+ * answer is written (a TEMP trigger that refuses the insert into request_answers) must leave neither:
  * before, the change committed in its own transaction and the answer failed after it, so a retry
  * after a crash there applied the change a second time. A retry with the same key then returns the
  * stored answer and writes nothing more.

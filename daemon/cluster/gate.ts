@@ -11,7 +11,7 @@
  *
  * Request keys: a request may carry `rk` (PROTOCOL.md "Request keys"; the dispatcher takes it out
  * of the payload before the schema check). When a command with a key succeeds, its answer (without
- * one-time passwords) is stored with the user's id in the club's `request_keys` table in the same
+ * one-time passwords) is stored with the user's id in the club's `request_answers` table in the same
  * transaction as the command's change (daemon/edge/keyed-answer.ts; replicated like the change,
  * shipped before the answer, so no takeover can find the one without the other); a command that
  * changes the club's row instead stores it in server.db in the transaction of the row's change,

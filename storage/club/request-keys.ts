@@ -34,7 +34,7 @@ export const MAX_ANSWER_BYTES_PER_USER = 2 * 1024 * 1024;
 const SECRET_ANSWER_FIELDS = ['oneTimePassword'];
 
 const ensured = new WeakSet<Db>();
-const legacyEmptied = new WeakSet<Db>();
+const noLegacy = new WeakSet<Db>();
 
 /** Create the `request_answers` table (and its index) if this store has none yet. */
 export function ensureRequestKeys(db: Db): void {
@@ -106,11 +106,15 @@ export function deleteAnswersOf(db: Db, userId: number): void {
   db.prepare('DELETE FROM request_answers WHERE user_id = ?').run(userId);
 }
 
-/** Empty the first release's table (answers bound to no user column), once per store. */
+/**
+ * Empty the first release's table (answers bound to no user column), in the caller's
+ * transaction. Checked at every store while that table exists (a rolled-back emptying is done
+ * again); a store without it is remembered (no code makes it any more).
+ */
 function emptyLegacyTable(db: Db): void {
-  if (legacyEmptied.has(db)) return;
+  if (noLegacy.has(db)) return;
   if (db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'request_keys'`).get()) db.prepare('DELETE FROM request_keys').run();
-  legacyEmptied.add(db);
+  else noLegacy.add(db);
 }
 
 /**

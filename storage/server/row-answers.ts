@@ -3,7 +3,7 @@
  * the club's row in server.db, not its store: `backup.setPassphrase` (the passphrase's public
  * key, the mail addresses). The answer goes into server.db's `club_request_keys` in the same
  * transaction as the row's change, so the two commit together or not at all (the club store's
- * `request_keys`, storage/club/request-keys.ts, cannot share a transaction with server.db).
+ * `request_answers`, storage/club/request-keys.ts, cannot share a transaction with server.db).
  *
  * In a cluster the row reaches the other members in its registry record (cluster/registry.ts),
  * and these answers travel in the same record, so a retry on the club's next primary finds the

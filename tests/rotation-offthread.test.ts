@@ -189,6 +189,10 @@ test('keys rotate-master through the daemon: server.db is copied on the worker; 
   assert.ok(server.storage.server.mustGetClub(other).settings['backup'], 'the change is in the swapped-in server.db');
   await othersServed();
   await bigIntact();
+  // The backups share the workers and write their state to the new server.db (not the closed one).
+  const run = (await runOperation(dataDir, 'backup.run', {})).result as { ok: number; failedClubs: unknown[] };
+  assert.deepEqual([run.ok, run.failedClubs], [2, []]);
+  assert.ok(server.storage.server.getMeta('backup.lastSuccess.local'), 'the last success is written to the swapped-in server.db');
 });
 
 test('keys rotate-master --rekey-clubs through the daemon: each store is re-encrypted on the worker while the others are served', { timeout: 180_000 }, async () => {

@@ -13,7 +13,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -26,6 +26,9 @@ import { runOperation } from '../daemon/ops/offline.js';
 import { SnapshotPool, type RekeyJobInfo } from '../storage/backup/snapshot-pool.js';
 import { listDocuments, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { createClub } from '../storage/server/provisioning.js';
+import { rotateClub } from '../storage/server/key-rotation.js';
+import { runRekeyJob } from '../storage/server/rekey-job.js';
+import { clubDir } from '../storage/club/club-store.js';
 
 const PASSWORD = 'a long admin password';
 /** Rows of about 1 KiB: a store of some megabytes. */
@@ -154,6 +157,8 @@ test('keys rotate-club through the daemon: while the big store is re-encrypted o
     } finally {
       c.close();
     }
+    // One rotation at a time: a second one is refused while this one waits.
+    await assert.rejects(runOperation(dataDir, 'keys.rotate-club', { id: other }), /another key rotation is running/);
     assert.equal(finished, false, 'the rotation waits on its worker meanwhile');
   } finally {
     h.release();
@@ -212,4 +217,42 @@ test('keys rotate-master --rekey-clubs through the daemon: each store is re-encr
   assert.equal(r.clubs.length, 2);
   await othersServed();
   await bigIntact();
+});
+
+test('a step hook that throws stops the job on the worker: the rotation fails, the club stays usable, the next run finishes it', { timeout: 120_000 }, async () => {
+  const st = server.storage;
+  const before = st.server.mustGetClub(other).keyVersion;
+  await assert.rejects(rotateClub(st, other, { workers, onStep: (s) => { if (s === 'store-rekeyed') throw new Error('simulated stop'); } }), /simulated stop/);
+  assert.equal(st.server.mustGetClub(other).keyVersion, before, 'not promoted');
+  assert.ok(st.server.mustGetClub(other).pendingWrappedKey, 'the pending key stays for the next run');
+  await othersServed();
+  const r = await rotateClub(st, other, { workers });
+  assert.equal(r.keyVersion, before + 1);
+  assert.ok(!existsSync(join(clubDir(dataDir, other), 'club.db.rotating')));
+  await othersServed();
+});
+
+test('the worker side zeroes every key it was handed, after a copy and after a failure', { timeout: 120_000 }, async () => {
+  const st = server.storage;
+  const row = st.server.mustGetClub(other);
+  const [cur] = st.clubKeys(row);
+  const fresh = randomBytes(32);
+  const path = join(clubDir(dataDir, other), 'club.db');
+  const tmp = join(clubDir(dataDir, other), 'club.db.keytest');
+  const release = st.cache.lock(other);
+  try {
+    const job = { kind: 'club' as const, dataDir, clubId: other, path, tmp, oldKey: new Uint8Array(cur!.key), newKey: new Uint8Array(fresh), oldVersion: row.keyVersion };
+    const r = await runRekeyJob(job, async () => undefined);
+    assert.equal(r.state, 'copied');
+    assert.ok(job.oldKey.every((b) => b === 0) && job.newKey.every((b) => b === 0), 'keys zeroed after the copy');
+    const bad = { ...job, oldKey: new Uint8Array(randomBytes(32)), newKey: new Uint8Array(randomBytes(32)) };
+    await assert.rejects(runRekeyJob(bad, async () => undefined), (e: Error & { code?: string }) => e.code === 'WRONG_DATA_KEY');
+    assert.ok(bad.oldKey.every((b) => b === 0) && bad.newKey.every((b) => b === 0), 'keys zeroed after a failure');
+  } finally {
+    rmSync(tmp, { force: true });
+    release();
+    cur!.key.fill(0);
+    fresh.fill(0);
+  }
+  await othersServed();
 });

@@ -150,8 +150,13 @@ async function rotateMasterOn(st: Storage, workers: SnapshotPool, o: RotateMaste
   } catch (e) {
     // Before the commit point the old server db is still valid: lift the hold, or reopen it, so
     // the daemon carries on.
-    if (st.server.db.open) release?.();
-    else {
+    if (st.server.db.open) {
+      try {
+        release?.();
+      } catch (lift) {
+        st.logger.warn('server.db write hold not lifted after a failed master rotation; restart the daemon', { error: (lift as { code?: string }).code ?? (lift as Error).name });
+      }
+    } else {
       try {
         st.server = ServerDb.open(dbPath, st.master.key);
       } catch {

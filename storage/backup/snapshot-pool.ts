@@ -258,11 +258,14 @@ export class SnapshotPool {
   /** Stop the workers (a snapshot under way fails with SNAPSHOT_WORKER_FAILED). */
   async close(): Promise<void> {
     this.#closed = true;
+    for (const waiting of this.#queue.splice(0)) waiting();
     const slots = this.#slots.splice(0);
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
+  /** A free worker (spawned up to the bound), or wait for one; BUSY once the pool is closed, also for a job that waited. */
   #acquire(): Promise<Slot> {
+    if (this.#closed) return Promise.reject(new BackupError('BUSY', 'the storage workers are closed (server shutting down)'));
     const free = this.#slots.find((s) => !s.busy);
     if (free) {
       free.busy = { id: 0, resolve: () => undefined, reject: () => undefined };
@@ -273,7 +276,7 @@ export class SnapshotPool {
       slot.busy = { id: 0, resolve: () => undefined, reject: () => undefined };
       return Promise.resolve(slot);
     }
-    return new Promise((resolve) => this.#queue.push(() => void this.#acquire().then(resolve)));
+    return new Promise((resolve, reject) => this.#queue.push(() => void this.#acquire().then(resolve, reject)));
   }
 
   #release(slot: Slot): void {

@@ -1,5 +1,6 @@
 /** The types cluster/node.ts and its helper modules share: options, routes, status and a club's state. */
 import type { Storage } from '../storage/server/storage.js';
+import type { SnapshotPool } from '../storage/backup/snapshot-pool.js';
 import type { ClubLog } from './club-log.js';
 import type { ClusterLogger } from './errors.js';
 import type { EtcdGateway, EtcdGatewayOptions } from './etcd-gateway.js';
@@ -45,6 +46,8 @@ export interface ClusterNodeOptions {
   publishEveryMs?: number;
   /** Bounds of snapshot transfers. */
   snapshot?: SnapshotLimits;
+  /** The storage worker threads snapshots are copied on (the daemon's one pool); default a pool of the process. */
+  workers?: SnapshotPool;
 }
 
 export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };

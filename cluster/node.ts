@@ -139,7 +139,7 @@ export class ClusterNode extends EventEmitter {
       node.reconcileAll();
       node.planTimer = setInterval(() => node.schedulePlan(), opts.planEveryMs ?? 1000);
       node.planTimer.unref?.();
-      if (opts.peers) registerSnapshotProvider(opts.peers, opts.storage, node.logger, opts.snapshot);
+      if (opts.peers) registerSnapshotProvider(opts.peers, opts.storage, node.logger, opts.snapshot, opts.workers);
       node.upkeep.start();
       return node;
     } catch (e) {

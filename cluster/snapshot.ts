@@ -181,8 +181,9 @@ let serving = Promise.resolve();
 /**
  * The pull handler for kind 'snapshot': a fresh snapshot of the club's local store, or undefined
  * when this server has none (no store, no position yet, or a primary too busy to be quiet within
- * 3 s). The copy is made on a snapshot worker thread (takeSnapshotOffThread; `o.pool`, default one
- * pool of one worker per process). One snapshot is taken at a time per process; the file is removed once streamed (or, when
+ * 3 s). The copy is made on a snapshot worker thread (takeSnapshotOffThread; `o.pool`: the daemon
+ * passes its one pool of storage workers, shared with backups and key rotation; default one pool
+ * of one worker per process). One snapshot is taken at a time per process; the file is removed once streamed (or, when
  * a transfer is abandoned, by the sweep an hour later).
  */
 export function serveSnapshot(storage: Storage, club: string, limits: SnapshotLimits = {}, o: { pool?: SnapshotPool } = {}): Promise<PeerPayload | undefined> {
@@ -211,12 +212,12 @@ export function serveSnapshot(storage: Storage, club: string, limits: SnapshotLi
   return run;
 }
 
-/** Register `serveSnapshot` for this server's stores on the peer channel. */
-export function registerSnapshotProvider(peers: PeerTransport, storage: Storage, logger: ClusterLogger, limits: SnapshotLimits = {}): void {
+/** Register `serveSnapshot` for this server's stores on the peer channel; copies run on `pool` (default the process's own). */
+export function registerSnapshotProvider(peers: PeerTransport, storage: Storage, logger: ClusterLogger, limits: SnapshotLimits = {}, pool?: SnapshotPool): void {
   peers.onPull('snapshot', async (obj) => {
     if (obj.kind !== 'snapshot' || obj.name !== '') return undefined;
     try {
-      return await serveSnapshot(storage, obj.club, limits);
+      return await serveSnapshot(storage, obj.club, limits, pool ? { pool } : {});
     } catch (e) {
       logger.warn('snapshot not served', { event: 'cluster.snapshot.serve-failed', clubId: obj.club, code: (e as { code?: string }).code ?? (e as Error).name });
       return undefined;

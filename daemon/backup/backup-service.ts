@@ -89,7 +89,8 @@ export class BackupService {
     this.destinations = o.destinations ?? this.settings.destinations.map((d) => openDestination(d, o.storage.dataDir));
     this.#staging = path.join(o.storage.dataDir, 'backup-staging');
     this.#snapshots = o.snapshots ?? new SnapshotPool();
-    this.#stored = new LastSuccess(o.storage.server);
+    // server.db looked up at each write: `keys rotate-master` replaces the connection.
+    this.#stored = new LastSuccess({ setMeta: (k, v) => o.storage.server.setMeta(k, v) });
   }
 
   /** Cluster: narrow runs to this server's clubs and share their state (set before start()). */

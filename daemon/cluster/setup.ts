@@ -9,6 +9,7 @@ import { ClusterNode } from '../../cluster/node.js';
 import type { ClusterBan } from '../../cluster/ban-board.js';
 import { ViolationBoard } from '../../cluster/violation-board.js';
 import type { Storage } from '../../storage/server/storage.js';
+import type { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import type { BanTable } from '../../storage/bans/ban-store.js';
 import type { BanEngine } from '../bans/ban-engine.js';
 import { PeerChannel } from '../../cluster/peer-channel.js';
@@ -34,6 +35,8 @@ export interface ClusterDeps {
   storage: Storage;
   /** The club services the handlers use: the gate runs their session check before a stored answer. */
   services: ClubServices;
+  /** The daemon's storage worker threads (shared with backups and key rotation): cluster snapshots are copied there. */
+  workers?: SnapshotPool;
   dispatcher: Dispatcher;
   table: BanTable;
   engine: BanEngine;
@@ -109,6 +112,7 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
       logKeepEntries: c.logKeepEntries,
       compactAfterMs: c.compactAfterSec * 1000,
       logger: d.logger,
+      ...(d.workers ? { workers: d.workers } : {}),
     });
     const n = node;
     // Bans made here go to every server; bans made elsewhere enter the local table.

@@ -11,6 +11,7 @@ import { InboundStream, OutboundCredit } from '../../protocol/flow.js';
 import type { Message } from '../../protocol/messages.js';
 import { releaseChunk } from '../../protocol/read-buffers.js';
 import { boundedText, CommandError } from './command-errors.js';
+import { isHeldWrite } from '../../storage/engine/errors.js';
 import type { CommandContext, ConnectionInfo, Dispatcher } from './dispatcher.js';
 import type { Limits } from '../main/config.js';
 import type { Logger } from '../common/log.js';
@@ -241,7 +242,9 @@ export abstract class RequestLifecycle {
           ? new CommandError('TOO_LARGE', 'the response does not fit in one record')
           : e instanceof ProtocolError
             ? new CommandError('BAD_REQUEST', 'stream aborted')
-            : undefined;
+            : isHeldWrite(e)
+              ? new CommandError('BUSY', 'the server is being maintained (key rotation); retry shortly')
+              : undefined;
     if (e instanceof ProtocolError && e.code === 'RECORD_TOO_LARGE') this.log.error('response too large for one record', { conn: this.info.id, command: f.command });
     if (!err) this.log.error('command failed', { conn: this.info.id, command: f.command, error: (e as Error)?.name });
     const wire = err ?? new CommandError('INTERNAL', 'internal error');

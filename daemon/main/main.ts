@@ -15,6 +15,7 @@ import { Daemon, VERSION } from '../edge/server.js';
 import { Dispatcher } from '../edge/dispatcher.js';
 import { registerClubCommands, type ClubServices } from '../club/club-commands.js';
 import { BackupService } from '../backup/backup-service.js';
+import type { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { startClusterBackups } from '../backup/cluster-backups.js';
 import { registerBackupCommands } from '../backup/backup-commands.js';
 import type { BackupOpsContext } from '../backup/backup-ops.js';
@@ -90,6 +91,11 @@ export interface StartOptions {
   passphrase?: string | Buffer;
   /** Key-file poll interval (tests shorten it). */
   keyWatchPollMs?: number;
+  /**
+   * The storage worker threads (tests: a pool that holds a key rotation at a step). Default one
+   * pool of one worker, shared by backups, downloads, cluster snapshots and key rotation.
+   */
+  workers?: SnapshotPool;
 }
 
 /**
@@ -148,7 +154,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const keyWatch = watchKeyFiles(storage, dataPaths(config.dataDir).identityKey, banSystem, logger, opts.keyWatchPollMs);
     closers.push(() => keyWatch.close());
     const table: BanTable = banSystem.table;
-    const backups = new BackupService({ storage, config: config.backups, mailer: banSystem.mailer, logger });
+    const backups = new BackupService({ storage, config: config.backups, mailer: banSystem.mailer, logger, ...(opts.workers ? { snapshots: opts.workers } : {}) });
     closers.push(() => backups.close());
     const dispatcher = new Dispatcher();
     const clubServices = { storage, violations: bus, identity, logger, idleTimeoutMs: config.limits.idleTimeoutMs };
@@ -160,6 +166,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     const cluster = prepareCluster(config, {
       storage,
       services: clubServices,
+      workers: backups.snapshots,
       dispatcher,
       table,
       engine: banSystem.engine,

@@ -6,6 +6,7 @@ import { registerLogOps } from './log-ops.js';
 import { BULK_BATCH } from '../club/club-bulk.js';
 import { createClub, createClubsWithPasswords, deleteClub, listClubs, resumeClub, showClub, suspendClub } from '../../storage/server/provisioning.js';
 import { recoverFromMasterLeak, rotateClub, rotateMaster } from '../../storage/server/key-rotation.js';
+import type { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { archiveKeyIds, forgetRetiredArchiveKeys, rotateArchiveKey } from '../../storage/backup/archive-keys.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import { refuseInCluster, shareClubRow } from './cluster-guard.js';
@@ -125,7 +126,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       run: async (c, a) => {
         await refuseInCluster(c, a.rekeyClubs ? 'keys rotate-master --rekey-clubs' : 'keys rotate-master', 'all', KEYS_SHARED);
         const st = await c.storage();
-        const pass = st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {};
+        const pass = { ...(st.master.passphraseProtected ? { passphrase: requirePassphrase(a.passphrase) } : {}), ...(await rotationWorkers(c)) };
         if (a.rekeyClubs) {
           return recoverFromMasterLeak(st, { ...pass, ...(c.expectKeyChange ? { wrapMaster: <T>(fn: () => Promise<T>) => c.expectKeyChange!(fn) } : {}) });
         }
@@ -147,7 +148,7 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
       schema: z.object({ id: clubId }).strict(),
       run: async (c, a) => {
         await refuseInCluster(c, 'keys rotate-club', [a.id], KEYS_SHARED);
-        return rotateClub(await c.storage(), a.id);
+        return rotateClub(await c.storage(), a.id, await rotationWorkers(c));
       },
     })
     .register({
@@ -188,6 +189,12 @@ export function buildOperations<C extends OpsContext>(registry = new OperationRe
   registerLogOps(registry);
   registerBackupOps(registry);
   return registry;
+}
+
+/** The daemon's storage workers (shared with backups) for a rotation's copies; offline none (one for the call). */
+async function rotationWorkers(c: OpsContext): Promise<{ workers?: SnapshotPool }> {
+  const svc = await (c as BackupOpsContext).backups?.();
+  return svc ? { workers: svc.snapshots } : {};
 }
 
 function requirePassphrase(p: string | undefined): string {

@@ -39,6 +39,7 @@ import { selfRoutes } from './self-routes.js';
 import { adminRoutes } from './admin-routes.js';
 import { backupRoutes } from './backup-routes.js';
 import { clearSessionCookie, type WebUser } from './common.js';
+import { isHeldWrite } from '../../storage/engine/errors.js';
 
 export { COOKIE_OPTIONS, clearSessionCookie, noRightPage, type WebUser } from './common.js';
 
@@ -162,6 +163,8 @@ export class WebRuntime {
       const m = map[e.code];
       if (m) return this.send(reply, lang, t(lang, m[1]), notice('error', t(lang, m[1])), nav, m[0]);
     }
+    // A change to server.db while a master key rotation copies it: nothing written, try later.
+    if (isHeldWrite(e)) return this.send(reply, lang, t(lang, 'tryLater'), notice('error', t(lang, 'tryLater')), nav, 503);
     this.deps.logger.error('web request failed', { error: (e as Error)?.name, code: (e as { code?: string })?.code });
     return this.send(reply, lang, t(lang, 'error'), notice('error', t(lang, 'error')), nav, 500);
   }

@@ -18,6 +18,11 @@
  * With `copy` (a cluster snapshot: cluster/snapshot.ts) it makes a plain copy of the store file
  * instead (CopyJob).
  *
+ * A RekeyMessage (key rotation: storage/server/rekey-job.ts) re-encrypts a club's store or
+ * server.db into a copy; this is the one job that writes (the copy, and the source's switch out
+ * of WAL), and the caller holds every other writer off meanwhile. At each of its steps the worker
+ * posts {id, step} and waits for {ack: id} (or {ack: id, abort: true}: the job stops there).
+ *
  * Messages in: {id, dataDir, clubId, keys: [{key, version}], archive?, copy?}. Out: {id, ok: true, image,
  * docs, staging, facts, sha256} (the image's buffer transferred), {id, ok: true, archived: {size,
  * sha256, manifest}}, {id, ok: false, fallback}, or {id, ok: false, error: {name, code, message}}.
@@ -35,6 +40,7 @@ import { StorageError } from '../engine/errors.js';
 import { openEncrypted, type Db } from '../engine/sqlcipher.js';
 import type { IdentityKey } from '../../crypto/identity.js';
 import type { ClubRow } from '../server/server-db.js';
+import { runRekeyJob, type RekeyJob } from '../server/rekey-job.js';
 import type { OriginSigner } from './archive-origin.js';
 import { archiveStream, assembleSnapshot, inspectSnapshotImage, releaseTaken, snapshotStore, writeFileAtomic, type InspectedImage, type TakenStore } from './archive-writer.js';
 
@@ -232,4 +238,45 @@ if (parentPort && process.platform === 'linux') {
   }
 }
 
-parentPort?.on('message', (job: SnapshotJob) => void run(job));
+/** A key rotation's re-encryption copy (snapshot-pool.ts `rekey`). */
+export interface RekeyMessage {
+  id: number;
+  rekey: RekeyJob;
+}
+
+/** The calling thread's answer to a step: go on, or stop the job there. */
+export interface StepAck {
+  ack: number;
+  abort?: true;
+}
+
+const waitingSteps = new Map<number, (abort: boolean) => void>();
+
+async function runRekey(m: RekeyMessage): Promise<void> {
+  const step = (name: string) =>
+    new Promise<void>((resolve, reject) => {
+      waitingSteps.set(m.id, (abort) => (abort ? reject(new StorageError('STORE_BUSY', `the rotation was stopped at step ${name}`)) : resolve()));
+      parentPort!.postMessage({ id: m.id, step: name });
+    });
+  try {
+    const rekeyed = await runRekeyJob(m.rekey, step);
+    parentPort!.postMessage({ id: m.id, ok: true, rekeyed });
+  } catch (e) {
+    const err = e as { name?: string; code?: string; message?: string };
+    parentPort!.postMessage({ id: m.id, ok: false, error: { name: String(err.name ?? 'Error'), code: typeof err.code === 'string' ? err.code : undefined, message: String(err.message ?? e) } });
+  } finally {
+    waitingSteps.delete(m.id);
+  }
+}
+
+parentPort?.on('message', (m: SnapshotJob | RekeyMessage | StepAck) => {
+  if ('ack' in m) {
+    const go = waitingSteps.get(m.ack);
+    waitingSteps.delete(m.ack);
+    go?.(m.abort === true);
+  } else if ('rekey' in m) {
+    void runRekey(m);
+  } else {
+    void run(m);
+  }
+});

@@ -43,3 +43,12 @@ export interface StorageLogger {
 }
 
 export const silentLogger: StorageLogger = { warn() {}, info() {} };
+
+/**
+ * Whether `e` is a write its connection refused because writes are held off (PRAGMA query_only,
+ * set on server.db while a master key rotation copies it on a worker: storage/server/
+ * key-rotation.ts). Nothing was written; the caller answers BUSY and the client retries.
+ */
+export function isHeldWrite(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === 'SQLITE_READONLY';
+}

@@ -1,8 +1,8 @@
 /**
  * Re-encrypting a SQLite file under another page key, crash-safely: a re-keyed copy is built
- * beside the file and swapped in with rename() by the caller. Used by key rotation
- * (storage/server/key-rotation.ts) and by the migration of stores to per-purpose sub-keys
- * (storage/club/club-store.ts).
+ * beside the file and swapped in with rename() by the caller. Used by key rotation on a worker
+ * thread (storage/server/rekey-job.ts, run by storage/backup/snapshot-pool.ts) and by the
+ * migration of stores to per-purpose sub-keys (storage/club/club-store.ts).
  */
 import { closeSync, fsyncSync, openSync, renameSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -64,22 +64,37 @@ export function opensWith(path: string, key: Buffer): boolean {
 }
 
 /**
- * Copy the database open on `src` into `dst` and re-encrypt the copy under `newKey`:
- * `src` leaves WAL (journal_mode=DELETE checkpoints and removes its WAL, so the file alone is the
- * whole database), `VACUUM INTO` writes a compact copy under the old key, and `PRAGMA rekey`
- * re-encrypts the copy, which is in rollback-journal mode, where SQLite3MultipleCiphers 2.3.5
- * supports rekey. `edit` runs in one transaction on the re-keyed copy. The copy is switched
- * back to WAL and fsynced; the caller swaps it in with rename().
+ * Step 1 of a re-encryption copy: `src` leaves WAL (journal_mode=DELETE checkpoints and removes
+ * its WAL, so the file alone is the whole database) and `VACUUM INTO` writes a compact copy to
+ * `dst`, still under the old key (a leftover `dst` of an interrupted run is removed first).
  */
-export function reencryptCopy(src: Db, dst: string, oldKey: Buffer, newKey: Buffer, hooks: { onStep?: (step: string) => void }, steps: { copied: string; rekeyed: string }, edit: (db: Db) => void): void {
+export function copyOut(src: Db, dst: string): void {
   removeSqliteFiles(dst);
   src.pragma('journal_mode=DELETE');
   src.exec(`VACUUM INTO ${sqlPath(dst)}`);
-  hooks.onStep?.(steps.copied);
+}
+
+/**
+ * Step 2: open the copy under `oldKey` in rollback-journal mode, where SQLite3MultipleCiphers
+ * 2.3.5 supports `PRAGMA rekey`, and re-key it to `newKey`. Returns the open copy.
+ */
+export function rekeyCopy(dst: string, oldKey: Buffer, newKey: Buffer): Db {
   const copy = openEncrypted(dst, oldKey, { journalMode: 'DELETE' });
   try {
     copy.pragma(keyPragma(newKey).replace(/^key=/, 'rekey='));
-    hooks.onStep?.(steps.rekeyed);
+  } catch (e) {
+    copy.close();
+    throw e;
+  }
+  return copy;
+}
+
+/**
+ * Step 3: `edit` in one transaction on the re-keyed copy, back to WAL, close, fsync, and check
+ * that `newKey` opens the file (STORE_CORRUPT otherwise; nothing is swapped then). Closes `copy`.
+ */
+export function finishCopy(copy: Db, dst: string, newKey: Buffer, edit: (db: Db) => void): void {
+  try {
     copy.transaction(() => edit(copy))();
     copy.pragma('journal_mode=WAL');
   } finally {
@@ -89,3 +104,22 @@ export function reencryptCopy(src: Db, dst: string, oldKey: Buffer, newKey: Buff
   if (!opensWith(dst, newKey)) throw new StorageError('STORE_CORRUPT', `re-encrypted copy ${dst} does not open with the new key; nothing was swapped`);
 }
 
+/**
+ * Copy the database open on `src` into `dst` and re-encrypt the copy under `newKey`, on the
+ * calling thread: copyOut, rekeyCopy, finishCopy with `edit`, the step hooks in between. The
+ * caller swaps the copy in with rename(). Used where the work cannot wait for a worker (the
+ * legacy-layout migration inside a synchronous store open); key rotation runs the same steps on
+ * a worker thread (storage/server/rekey-job.ts).
+ */
+export function reencryptCopy(src: Db, dst: string, oldKey: Buffer, newKey: Buffer, hooks: { onStep?: (step: string) => void }, steps: { copied: string; rekeyed: string }, edit: (db: Db) => void): void {
+  copyOut(src, dst);
+  hooks.onStep?.(steps.copied);
+  const copy = rekeyCopy(dst, oldKey, newKey);
+  try {
+    hooks.onStep?.(steps.rekeyed);
+  } catch (e) {
+    copy.close();
+    throw e;
+  }
+  finishCopy(copy, dst, newKey, edit);
+}

@@ -2,25 +2,82 @@
  * Key rotation, crash-safe in steps: the master key (server.db and every club key wrapped under it),
  * one club's key (its store and documents re-encrypted), the recovery after a leaked master key, and
  * the resumption of a rotation a crash interrupted.
+ *
+ * The re-encryption copy of a file (VACUUM INTO, rekey, the edit, fsync, the check that the new
+ * key opens it) runs on a storage worker thread with its own connections (rekey-job.ts, through
+ * the daemon's SnapshotPool `workers`; without one, a pool of one worker for the call), so the
+ * event loop keeps serving other clubs and handshakes meanwhile. What keeps writers off the file
+ * being copied: a club is locked in the store cache (its store closed, every open refused with
+ * STORE_BUSY) from before the copy until after the swap; server.db refuses writes on its
+ * connection (PRAGMA query_only) from before the copy until the swap (holdServerWrites).
+ * One rotation runs at a time per storage (a second one is refused with ROTATION_IN_PROGRESS).
  */
 import { existsSync, renameSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fsyncDir } from '../../crypto/atomic-file.js';
 import { createMasterKey, loadMasterKey, masterKeyFromBytes, type MasterKey } from '../../crypto/master-key.js';
-import { clubPageKey, newDataKey, unwrapKey, wrapKey } from '../../crypto/wrap.js';
-import { clubDbPath, clubDir, openClubStore, CLUB_DB_FILE } from '../club/club-store.js';
+import { newDataKey, wrapKey } from '../../crypto/wrap.js';
+import { clubDbPath, clubDir, CLUB_DB_FILE } from '../club/club-store.js';
 import { StorageError } from '../engine/errors.js';
 import { ServerDb, serverDbKey, serverDbPath } from './server-db.js';
-import { openEncrypted } from '../engine/sqlcipher.js';
-import { opensWith, reencryptCopy, removeSqliteFiles, swapInSqliteFile } from '../engine/rekey.js';
+import { removeSqliteFiles, swapInSqliteFile } from '../engine/rekey.js';
 import { rotateArchiveKey } from '../backup/archive-keys.js';
+import { SnapshotPool } from '../backup/snapshot-pool.js';
 import { reencryptDocuments } from '../club/documents.js';
 import { nextKeyPath, unwrapClubKey, type Storage } from './storage.js';
 import { StepHooks, deleteClub } from './provisioning.js';
 
 // ---- rotation -------------------------------------------------------------------------------
 
-export interface RotateMasterOptions extends StepHooks {
+/**
+ * Where a rotation runs its re-encryption copies: the daemon passes its storage workers (one
+ * bounded pool shared with backups and snapshots); without them a pool of one worker is started
+ * for the call and stopped after it (offline commusicctl, the resumption at start).
+ *
+ * `onStep` hooks (StepHooks) run on the calling thread at every step; the steps of the copy
+ * (store-copied, store-rekeyed, server-copied, server-rekeyed) are reported by the worker, which
+ * waits until the hook returned (a promise is awaited), so a kill -9 inside a hook leaves the
+ * files exactly as at that step.
+ */
+export interface RotationOptions extends StepHooks {
+  workers?: SnapshotPool;
+}
+
+/** Storages with a rotation under way (one at a time: they replace server.db and lock clubs). */
+const rotating = new WeakSet<Storage>();
+
+/** Run `fn` as the only rotation of `st`, on `o.workers` or on a pool of its own. */
+async function exclusive<T>(st: Storage, o: RotationOptions, fn: (workers: SnapshotPool) => Promise<T>): Promise<T> {
+  if (rotating.has(st)) throw new StorageError('ROTATION_IN_PROGRESS', 'another key rotation is running on this server; run this one when it has finished');
+  rotating.add(st);
+  const own = o.workers ? undefined : new SnapshotPool();
+  try {
+    return await fn(o.workers ?? own!);
+  } finally {
+    rotating.delete(st);
+    await own?.close();
+  }
+}
+
+/**
+ * Refuse writes on server.db's connection while its copy is made on a worker (PRAGMA
+ * query_only: a write fails at once with SQLITE_READONLY, which the daemon answers BUSY;
+ * isHeldWrite in storage/engine/errors.ts), after leaving WAL so the file alone is the whole
+ * database. Reads go on. The returned function lifts the hold (back to WAL) if the connection is
+ * still open; after the swap the old connection is closed and the new one has no hold.
+ */
+function holdServerWrites(st: Storage): () => void {
+  const db = st.server.db;
+  db.pragma('journal_mode=DELETE');
+  db.pragma('query_only=ON');
+  return () => {
+    if (!db.open) return;
+    db.pragma('query_only=OFF');
+    db.pragma('journal_mode=WAL');
+  };
+}
+
+export interface RotateMasterOptions extends RotationOptions {
   /** Passphrase for the new key file. Default: the current passphrase (if any). */
   newPassphrase?: string | Buffer;
   /** Current passphrase (needed to re-read a half-written next key file on resume). */
@@ -43,6 +100,10 @@ export interface RotateMasterOptions extends StepHooks {
  * run) sees that only master.key.next opens server.db and finishes step 4.
  */
 export async function rotateMaster(st: Storage, o: RotateMasterOptions = {}): Promise<{ oldKeyId: string; newKeyId: string; clubs: number }> {
+  return exclusive(st, o, (workers) => rotateMasterOn(st, workers, o));
+}
+
+async function rotateMasterOn(st: Storage, workers: SnapshotPool, o: RotateMasterOptions): Promise<{ oldKeyId: string; newKeyId: string; clubs: number }> {
   const keyPath = st.keyFilePath;
   const nextPath = nextKeyPath(keyPath);
   const passOpts = (p: string | Buffer | undefined) => (p !== undefined ? { passphrase: p } : {});
@@ -63,26 +124,17 @@ export async function rotateMaster(st: Storage, o: RotateMasterOptions = {}): Pr
   const oldDbKey = serverDbKey(st.master.key);
   const newDbKey = serverDbKey(next.key);
   let clubs = 0;
+  let release: (() => void) | undefined;
   try {
     const old = st.master;
-    reencryptCopy(st.server.db, dbNext, oldDbKey, newDbKey, o, { copied: 'server-copied', rekeyed: 'server-rekeyed' }, (db) => {
-      const rows = db.prepare('SELECT id, wrapped_key, key_version, pending_wrapped_key, pending_key_version FROM clubs').all() as Array<{
-        id: string; wrapped_key: Buffer | null; key_version: number; pending_wrapped_key: Buffer | null; pending_key_version: number | null;
-      }>;
-      const upd = db.prepare('UPDATE clubs SET wrapped_key = ?, pending_wrapped_key = ? WHERE id = ?');
-      for (const r of rows) {
-        const rewrap = (w: Buffer | null, v: number | null): Buffer | null => {
-          if (!w || v === null) return null;
-          const k = unwrapClubKey(old, r.id, w, v);
-          const out = wrapKey(next.key, k, { purpose: 'club-data-key', clubId: r.id, keyVersion: v });
-          k.fill(0);
-          return out;
-        };
-        upd.run(rewrap(r.wrapped_key, r.key_version), rewrap(r.pending_wrapped_key, r.pending_key_version), r.id);
-        clubs++;
-      }
-      db.prepare(`INSERT INTO meta (k, v) VALUES ('masterRotated', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v`).run(new Date().toISOString());
-    });
+    release = holdServerWrites(st);
+    const r = await workers.rekey(
+      { kind: 'server', path: dbPath, tmp: dbNext, oldKey: oldDbKey, newKey: newDbKey, oldMaster: old.key, newMaster: next.key, oldMasterId: old.id, rotatedAt: new Date().toISOString() },
+      (step) => o.onStep?.(step),
+    );
+    if (r.state !== 'copied') throw new StorageError('STORE_CORRUPT', 'the copy of server.db was not made');
+    clubs = r.count;
+    // From here to the new connection nothing awaits: no request sees server.db closed.
     o.onStep?.('keys-rewrapped');
     st.server.close();
     renameSync(dbNext, dbPath);
@@ -96,8 +148,15 @@ export async function rotateMaster(st: Storage, o: RotateMasterOptions = {}): Pr
     st.masterRotationPending = false;
     old.destroy();
   } catch (e) {
-    // Before the commit point the old server db is still valid: reopen it so the daemon carries on.
-    if (!st.server.db.open) {
+    // Before the commit point the old server db is still valid: lift the hold, or reopen it, so
+    // the daemon carries on.
+    if (st.server.db.open) {
+      try {
+        release?.();
+      } catch (lift) {
+        st.logger.warn('server.db write hold not lifted after a failed master rotation; restart the daemon', { error: (lift as { code?: string }).code ?? (lift as Error).name });
+      }
+    } else {
       try {
         st.server = ServerDb.open(dbPath, st.master.key);
       } catch {
@@ -126,7 +185,11 @@ export async function rotateMaster(st: Storage, o: RotateMasterOptions = {}): Pr
  * The store opens at every point: the cache tries the current, then the pending key. Resumed
  * after a kill: if the old key still opens club.db, step 2 is redone; otherwise only step 4.
  */
-export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {}): Promise<{ id: string; keyVersion: number; documents: number }> {
+export async function rotateClub(st: Storage, id: string, hooks: RotationOptions = {}): Promise<{ id: string; keyVersion: number; documents: number }> {
+  return exclusive(st, hooks, (workers) => rotateClubOn(st, id, workers, hooks));
+}
+
+async function rotateClubOn(st: Storage, id: string, workers: SnapshotPool, hooks: StepHooks): Promise<{ id: string; keyVersion: number; documents: number }> {
   const release = st.cache.lock(id);
   let documents = 0;
   try {
@@ -141,39 +204,25 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
     hooks.onStep?.('pending-key-stored');
     const oldKey = unwrapClubKey(st.master, id, row.wrappedKey!, row.keyVersion);
     const newKey = unwrapClubKey(st.master, id, row.pendingWrappedKey!, row.pendingKeyVersion!);
-    const oldPage = clubPageKey(oldKey);
-    const newPage = clubPageKey(newKey);
     try {
       const path = clubDbPath(st.dataDir, id);
       const tmp = join(clubDir(st.dataDir, id), CLUB_DB_FILE + '.rotating');
-      // A store still in the legacy layout (pages under the data key itself) is migrated first.
-      if (row.storeState === 'created' && existsSync(path) && !opensWith(path, oldPage) && opensWith(path, oldKey)) {
-        openClubStore({ dataDir: st.dataDir, clubId: id, keys: [{ key: oldKey, version: row.keyVersion }], create: false }).close();
-      }
-      if (row.storeState === 'created' && existsSync(path) && opensWith(path, oldPage)) {
-        const src = openEncrypted(path, oldPage);
-        try {
-          reencryptCopy(src, tmp, oldPage, newPage, hooks, { copied: 'store-copied', rekeyed: 'store-rekeyed' }, (db) => {
-            const docs = db.prepare('SELECT id, file, wrappedKey FROM documents').all() as Array<{ id: number; file: string; wrappedKey: Buffer }>;
-            const upd = db.prepare('UPDATE documents SET wrappedKey = ? WHERE id = ?');
-            for (const d of docs) {
-              const ctx = { purpose: 'document-key' as const, clubId: id, docFile: d.file };
-              const dk = unwrapKey(oldKey, d.wrappedKey, ctx);
-              upd.run(wrapKey(newKey, dk, ctx), d.id);
-              dk.fill(0);
-              documents++;
-            }
-          });
-        } finally {
-          src.close();
+      let copied = false;
+      if (row.storeState === 'created' && existsSync(path)) {
+        // On a worker: the legacy-layout migration if needed, the copy re-keyed to the new page
+        // key with every document key re-wrapped; or 'swapped' when the new key opens club.db.
+        const r = await workers.rekey({ kind: 'club', dataDir: st.dataDir, clubId: id, path, tmp, oldKey, newKey, oldVersion: row.keyVersion }, (step) => hooks.onStep?.(step));
+        if (r.state === 'copied') {
+          documents = r.count;
+          copied = true;
         }
+      }
+      if (copied) {
         hooks.onStep?.('documents-rewrapped');
-        // club.db left WAL in reencryptCopy and is closed, so a -wal/-shm here is empty residue;
+        // club.db left WAL on the worker and is closed, so a -wal/-shm here is empty residue;
         // it must not survive next to the new file (SQLite would replay it onto the new file).
         swapInSqliteFile(tmp, path);
         hooks.onStep?.('store-swapped');
-      } else if (row.storeState === 'created' && existsSync(path) && !opensWith(path, newPage)) {
-        throw new StorageError('WRONG_DATA_KEY', `neither the current nor the pending data key opens ${path}; restore the store from a backup`);
       } else {
         removeSqliteFiles(tmp);
       }
@@ -183,8 +232,6 @@ export async function rotateClub(st: Storage, id: string, hooks: StepHooks = {})
     } finally {
       oldKey.fill(0);
       newKey.fill(0);
-      oldPage.fill(0);
-      newPage.fill(0);
     }
   } finally {
     release();
@@ -210,17 +257,19 @@ export interface LeakRecoveryResult {
  * repeats whatever did not finish (a club rotated twice is merely rotated twice).
  */
 export async function recoverFromMasterLeak(st: Storage, o: RotateMasterOptions & { now?: Date; wrapMaster?: <T>(fn: () => Promise<T>) => Promise<T> } = {}): Promise<LeakRecoveryResult> {
-  const clubs: LeakRecoveryResult['clubs'] = [];
-  for (const r of st.server.listClubs()) {
-    if (r.status === 'deleting') continue;
-    const rot = await rotateClub(st, r.id);
-    const documents = r.storeState === 'created' ? await reencryptDocuments(st, r.id) : 0;
-    clubs.push({ id: r.id, keyVersion: rot.keyVersion, documents });
-  }
-  const a = rotateArchiveKey(st, o.now);
-  const doMaster = () => rotateMaster(st, o);
-  const m = await (o.wrapMaster ? o.wrapMaster(doMaster) : doMaster());
-  return { clubs, archiveKey: { oldKeyId: a.oldKeyId, newKeyId: a.newKeyId }, master: { oldKeyId: m.oldKeyId, newKeyId: m.newKeyId } };
+  return exclusive(st, o, async (workers) => {
+    const clubs: LeakRecoveryResult['clubs'] = [];
+    for (const r of st.server.listClubs()) {
+      if (r.status === 'deleting') continue;
+      const rot = await rotateClubOn(st, r.id, workers, {});
+      const documents = r.storeState === 'created' ? await reencryptDocuments(st, r.id) : 0;
+      clubs.push({ id: r.id, keyVersion: rot.keyVersion, documents });
+    }
+    const a = rotateArchiveKey(st, o.now);
+    const doMaster = () => rotateMasterOn(st, workers, o);
+    const m = await (o.wrapMaster ? o.wrapMaster(doMaster) : doMaster());
+    return { clubs, archiveKey: { oldKeyId: a.oldKeyId, newKeyId: a.newKeyId }, master: { oldKeyId: m.oldKeyId, newKeyId: m.newKeyId } };
+  });
 }
 
 /** Finish every interrupted rotation and deletion (daemon start, or `keys resume`). */
@@ -237,7 +286,7 @@ export async function resumeInterruptedRotations(st: Storage, o: RotateMasterOpt
       await deleteClub(st, r.id);
       deleted.push(r.id);
     } else if (r.pendingWrappedKey) {
-      await rotateClub(st, r.id);
+      await rotateClub(st, r.id, o.workers ? { workers: o.workers } : {});
       clubs.push(r.id);
     }
   }

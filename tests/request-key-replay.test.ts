@@ -12,6 +12,7 @@ import { installClusterGate } from '../daemon/cluster/gate.js';
 import { rightsFingerprint } from '../daemon/club/session.js';
 import { ensureRequestKeys, MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS_PER_USER, putAnswer } from '../storage/club/request-keys.js';
 import { getUserById } from '../storage/club/users.js';
+import { resumeClub, suspendClub } from '../storage/server/provisioning.js';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
 
 const IDLE_MS = 60_000;
@@ -112,6 +113,20 @@ test('the idle timeout applies to a keyed retry: UNAUTHENTICATED, not the stored
     await admin.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
   }
   assert.equal(persons('Leerlauf'), 1);
+});
+
+test('a suspended club refuses a keyed retry as it refuses any request (FORBIDDEN), not with the stored answer', async () => {
+  const u = await userWith('secretary');
+  const rk = newKey();
+  await u.s.call('persons.create', { firstName: 'Susi', lastName: 'Ruhend', rk });
+  suspendClub(env.storage, club);
+  try {
+    assert.equal(await u.s.code('persons.create', { firstName: 'Susi', lastName: 'Ruhend', rk }), 'FORBIDDEN');
+  } finally {
+    resumeClub(env.storage, club);
+  }
+  assert.equal(await u.s.code('auth.whoami'), 'UNAUTHENTICATED', 'the session of a suspended club ended');
+  assert.equal(persons('Ruhend'), 1);
 });
 
 test("a new user who gets a deleted user's id does not get that user's stored answers", async () => {

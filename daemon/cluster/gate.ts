@@ -33,6 +33,7 @@
 import { isNotServedWrite } from '../../cluster/capture.js';
 import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
+import type { Db } from '../../storage/engine/sqlcipher.js';
 import type { Storage } from '../../storage/server/storage.js';
 import { answerRow, storedAnswerOf, type AnswerRow } from '../../storage/club/request-keys.js';
 import { rowAnswerRow } from '../../storage/server/row-answers.js';
@@ -70,7 +71,13 @@ const ROW_COMMANDS = new Set(['backup.setPassphrase']);
  * user need not change their password first; otherwise undefined: the handler runs and decides.
  */
 function storedAnswer(services: ClubServices, club: string, ctx: CommandContext, rk: string, command: string): CommandResult | undefined {
-  const rows = [answerRow(services.storage.openClub(club).db, rk), rowAnswerRow(services.storage.server.db, club, rk)].filter((r): r is AnswerRow => r !== undefined);
+  let db: Db;
+  try {
+    db = services.storage.openClub(club).db;
+  } catch {
+    return undefined; // a suspended or deleted club: the handler refuses as it does (openClubFor)
+  }
+  const rows = [answerRow(db, rk), rowAnswerRow(services.storage.server.db, club, rk)].filter((r): r is AnswerRow => r !== undefined);
   if (rows.length === 0) return undefined;
   const p = requirePrincipal(services, ctx, { allowMustChange: true });
   const rights = rightsFingerprint(p.user);

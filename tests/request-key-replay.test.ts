@@ -79,6 +79,16 @@ test('rights changed but the right kept: the command runs again under the rights
   assert.equal(persons('Umgestuft'), 2, 'an answer made under other rights was replayed');
 });
 
+test("the same key with another payload (another club's id) runs the command: its checks apply (FORBIDDEN, a rights violation)", async () => {
+  const u = await userWith('secretary');
+  const rk = newKey();
+  await u.s.call('persons.create', { firstName: 'Karl', lastName: 'Fremdclub', rk });
+  const before = env.violations.length;
+  assert.equal(await u.s.code('persons.create', { firstName: 'Karl', lastName: 'Fremdclub', club: 'some-other-club', rk }), 'FORBIDDEN', "a stored answer went to a request for another club");
+  assert.ok(env.violations.slice(before).some((v) => v.kind === 'rights'), 'the request for another club was not reported');
+  assert.equal(persons('Fremdclub'), 1);
+});
+
 test('the rights fingerprint covers orchestra-section scopes, the linked person and the identity', () => {
   const u = getUserById(db(), 1)!;
   const asLeader = (registers: number[]) => ({ ...u, isAdmin: false, grants: [{ area: 'persons', actions: ['read', 'update'], scope: { kind: 'registers', registers } }] });
@@ -148,18 +158,18 @@ test('stored answers are bounded per user: count and bytes, the oldest dropped f
   const big = 'x'.repeat(30_000);
   const key = (u: number, i: number) => `rk-bound-${u}-${String(i).padStart(6, '0')}`;
   d.transaction(() => {
-    putAnswer(d, key(8, 0), 'persons.create', 8, 'r', { ok: true }, now);
-    for (let i = 0; i < MAX_REQUEST_KEYS_PER_USER + 20; i++) putAnswer(d, key(7, i), 'persons.create', 7, 'r', { ok: i }, now + i);
+    putAnswer(d, key(8, 0), 'persons.create', { userId: 9008, rights: 'r', request: 'q' }, { ok: true }, now);
+    for (let i = 0; i < MAX_REQUEST_KEYS_PER_USER + 20; i++) putAnswer(d, key(7, i), 'persons.create', { userId: 9007, rights: 'r', request: 'q' }, { ok: i }, now + i);
   })();
   const count = (u: number) => (d.prepare('SELECT count(*) AS n FROM request_answers WHERE user_id = ?').get(u) as { n: number }).n;
-  assert.equal(count(7), MAX_REQUEST_KEYS_PER_USER);
+  assert.equal(count(9007), MAX_REQUEST_KEYS_PER_USER);
   assert.equal(storedOf(key(7, 0)), 0, 'the oldest went first');
   assert.equal(storedOf(key(7, MAX_REQUEST_KEYS_PER_USER + 19)), 1, 'the newest stayed');
   d.transaction(() => {
-    for (let i = 1000; i < 1000 + 100; i++) putAnswer(d, key(7, i), 'persons.create', 7, 'r', { big }, now + i);
+    for (let i = 1000; i < 1000 + 100; i++) putAnswer(d, key(7, i), 'persons.create', { userId: 9007, rights: 'r', request: 'q' }, { big }, now + i);
   })();
-  const bytes = (d.prepare('SELECT sum(length(answer)) AS b FROM request_answers WHERE user_id = 7').get() as { b: number }).b;
-  assert.ok(bytes <= MAX_ANSWER_BYTES_PER_USER, `user 7 keeps ${bytes} bytes`);
+  const bytes = (d.prepare('SELECT sum(length(answer)) AS b FROM request_answers WHERE user_id = 9007').get() as { b: number }).b;
+  assert.ok(bytes <= MAX_ANSWER_BYTES_PER_USER, `user 9007 keeps ${bytes} bytes`);
   assert.equal(storedOf(key(7, 1099)), 1, 'the newest stayed');
-  assert.equal(count(8), 1, "another user's answers were dropped");
+  assert.equal(count(9008), 1, "another user's answers were dropped");
 });

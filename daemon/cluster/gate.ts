@@ -35,7 +35,7 @@ import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { Db } from '../../storage/engine/sqlcipher.js';
 import type { Storage } from '../../storage/server/storage.js';
-import { answerRow, storedAnswerOf, type AnswerRow } from '../../storage/club/request-keys.js';
+import { answerRow, requestFingerprint, storedAnswerOf, type AnswerRow } from '../../storage/club/request-keys.js';
 import { rowAnswerRow } from '../../storage/server/row-answers.js';
 
 /** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
@@ -63,26 +63,28 @@ const ROW_COMMANDS = new Set(['backup.setPassphrase']);
 /**
  * The stored answer of a request key, if this club has one that may go to this request: in its
  * store (storage/club/request-keys.ts) or, for a command that changed the club's row, in
- * server.db (storage/server/row-answers.ts). Before anything stored is looked at, the handler's
- * own session check runs (requirePrincipal, with its errors: the idle timeout, a suspended club,
- * a deleted, disabled or reset user end the session as the handler would). A key of another user
- * or command is CONFLICT. An answer goes out only when the user's rights fingerprint is the one
+ * server.db (storage/server/row-answers.ts). When there is one, the handler's own session check
+ * runs first (requirePrincipal, with its errors: the idle timeout, a deleted, disabled or reset
+ * user end the session as the handler would; a suspended club lets the handler refuse). A key of
+ * another user or command is CONFLICT. An answer goes out only when the user's rights fingerprint is the one
  * it was made under (every right check, section scopes included, decides as it did) and the
  * user need not change their password first; otherwise undefined: the handler runs and decides.
  */
-function storedAnswer(services: ClubServices, club: string, ctx: CommandContext, rk: string, command: string): CommandResult | undefined {
+function storedAnswer(services: ClubServices, club: string, ctx: CommandContext, k: KeyedRequest): CommandResult | undefined {
   let db: Db;
   try {
     db = services.storage.openClub(club).db;
   } catch {
     return undefined; // a suspended or deleted club: the handler refuses as it does (openClubFor)
   }
-  const rows = [answerRow(db, rk), rowAnswerRow(services.storage.server.db, club, rk)].filter((r): r is AnswerRow => r !== undefined);
+  const rows = [answerRow(db, k.rk), rowAnswerRow(services.storage.server.db, club, k.rk)].filter((r): r is AnswerRow => r !== undefined);
   if (rows.length === 0) return undefined;
   const p = requirePrincipal(services, ctx, { allowMustChange: true });
-  const rights = rightsFingerprint(p.user);
+  // The payload's fingerprint too: a stored answer goes only to the request it answered (a
+  // `club` field or any other field the handler checks is the one it checked).
+  const b = { userId: p.user.id, rights: rightsFingerprint(p.user), request: k.request };
   for (const row of rows) {
-    const found = storedAnswerOf(row, command, p.user.id, rights);
+    const found = storedAnswerOf(row, k.command, b);
     if (found.kind === 'conflict') throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
     if (found.kind === 'answer' && !p.user.mustChangePassword) return { payload: found.payload };
   }
@@ -140,9 +142,9 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
-    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, rights: () => authorizedRights(ctx), now, kept: false } : undefined;
+    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, rights: () => authorizedRights(ctx), request: requestFingerprint(payload), now, kept: false } : undefined;
     if (k) {
-      const stored = storedAnswer(services, club, ctx, k.rk, spec.name);
+      const stored = storedAnswer(services, club, ctx, k);
       if (stored !== undefined) return stored;
     }
     let result: CommandResult;

@@ -18,7 +18,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Db } from '../../storage/engine/sqlcipher.js';
-import { putAnswer } from '../../storage/club/request-keys.js';
+import { putAnswer, type AnswerBinding } from '../../storage/club/request-keys.js';
 import { putRowAnswer } from '../../storage/server/row-answers.js';
 import { CommandError } from './command-errors.js';
 import type { CommandResult } from './dispatcher.js';
@@ -34,10 +34,17 @@ export interface KeyedRequest {
    * replayed).
    */
   readonly rights: () => string;
+  /** The fingerprint of the request's payload (storage/club/request-keys.ts requestFingerprint). */
+  readonly request: string;
   /** Milliseconds since the epoch, the stored row's time. */
   readonly now: () => number;
   /** Set once the answer was written inside a transaction of the command. */
   kept: boolean;
+}
+
+/** What the answer of `k` is bound to when it is stored. */
+function bindingOf(k: KeyedRequest): AnswerBinding {
+  return { userId: k.userId, rights: k.rights(), request: k.request };
 }
 
 const keyed = new AsyncLocalStorage<KeyedRequest | undefined>();
@@ -60,7 +67,7 @@ export function currentKeyed(): KeyedRequest | undefined {
 export function keepAnswerFor<T extends CommandResult>(k: KeyedRequest | undefined, db: Db, result: T): T {
   if (!k || result.download) return result;
   if (!db.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
-  if (putAnswer(db, k.rk, k.command, k.userId, k.rights(), result.payload, k.now())) k.kept = true;
+  if (putAnswer(db, k.rk, k.command, bindingOf(k), result.payload, k.now())) k.kept = true;
   return result;
 }
 
@@ -79,6 +86,6 @@ export function keepRowAnswer<T extends CommandResult>(server: Db, club: string,
   const k = currentKeyed();
   if (!k || result.download) return result;
   if (!server.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
-  if (putRowAnswer(server, club, k.rk, k.command, k.userId, k.rights(), result.payload, k.now())) k.kept = true;
+  if (putRowAnswer(server, club, k.rk, k.command, bindingOf(k), result.payload, k.now())) k.kept = true;
   return result;
 }

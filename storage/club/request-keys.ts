@@ -17,6 +17,7 @@
  * "Request keys"). The table of the first release (`request_keys`, rows without a user column)
  * is emptied at the first answer stored here.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import { decode, encode } from 'cborg';
 import type { Db } from '../engine/sqlcipher.js';
 
@@ -57,6 +58,17 @@ export function ensureRequestKeys(db: Db): void {
  */
 export type StoredAnswer = { kind: 'none' } | { kind: 'answer'; payload: unknown } | { kind: 'stale' } | { kind: 'conflict' };
 
+/**
+ * What a stored answer is bound to: the user who sent the request (undefined: none), the
+ * fingerprint of that user's rights the command ran under (daemon/club/session.ts
+ * rightsFingerprint) and the fingerprint of the request's payload (requestFingerprint).
+ */
+export interface AnswerBinding {
+  userId: number | undefined;
+  rights: string;
+  request: string;
+}
+
 /** A stored answer's row as read back (this table's or server.db's `club_request_keys`). */
 export interface AnswerRow {
   command: string;
@@ -70,30 +82,48 @@ export function answerRow(db: Db, rk: string): AnswerRow | undefined {
 }
 
 /**
- * A stored row read back for `command` by `userId`, whose rights fingerprint is `rights` now. A
- * key is bound to the command and the user who used it first: another command, another user (or
- * a row from before the binding) is a conflict, never the answer, which was made under that
- * user's rights. An answer made under other rights than the user's now is `stale`.
+ * A stored row read back for `command` and binding `b` (the user, their rights fingerprint now,
+ * this request's payload fingerprint). A key is bound to the command and the user who used it
+ * first: another command or another user (or a row from before the user binding) is a conflict,
+ * never the answer, which was made under that user's rights. An answer made for another payload
+ * (the same key with other fields, a `club` field among them) or under other rights than the
+ * user's now (or stored without those fingerprints) is `stale`: the command runs again, and its
+ * handler checks what it checks.
  */
-export function storedAnswerOf(row: AnswerRow, command: string, userId: number | undefined, rights: string): StoredAnswer {
-  const stored = decode(row.answer) as { u?: unknown; p?: unknown; r?: unknown } | null;
-  if (row.command !== command || stored === null || typeof stored !== 'object' || stored.u !== (userId ?? null)) return { kind: 'conflict' };
-  if (typeof stored.r !== 'string' || stored.r !== rights) return { kind: 'stale' };
+export function storedAnswerOf(row: AnswerRow, command: string, b: AnswerBinding): StoredAnswer {
+  const stored = decode(row.answer) as { u?: unknown; p?: unknown; r?: unknown; q?: unknown } | null;
+  if (row.command !== command || stored === null || typeof stored !== 'object' || stored.u !== (b.userId ?? null)) return { kind: 'conflict' };
+  if (typeof stored.r !== 'string' || stored.r !== b.rights || stored.q !== b.request) return { kind: 'stale' };
   return { kind: 'answer', payload: stored.p };
 }
 
 /**
- * The bytes stored for an answer: the user's id, the fingerprint of the user's rights and the
- * payload less one-time passwords, CBOR. Undefined when it cannot be encoded or is larger than
- * `maxBytes`.
+ * The fingerprint of a request's payload (its schema-checked fields, without `rk`): SHA-256 of
+ * its CBOR (cborg sorts map keys), 22 characters of base64url. A payload that cannot be encoded
+ * gets a random value, which no stored answer matches.
  */
-export function encodeAnswer(userId: number | undefined, rights: string, payload: unknown, maxBytes = MAX_STORED_ANSWER_BYTES): Buffer | undefined {
+export function requestFingerprint(payload: unknown): string {
+  let bytes: Uint8Array;
+  try {
+    bytes = encode(payload ?? null);
+  } catch {
+    bytes = randomBytes(32);
+  }
+  return createHash('sha256').update(bytes).digest('base64url').slice(0, 22);
+}
+
+/**
+ * The bytes stored for an answer: its binding (user id, rights fingerprint, request fingerprint)
+ * and the payload less one-time passwords, CBOR. Undefined when it cannot be encoded or is larger
+ * than `maxBytes`.
+ */
+export function encodeAnswer(b: AnswerBinding, payload: unknown, maxBytes = MAX_STORED_ANSWER_BYTES): Buffer | undefined {
   let bytes: Uint8Array;
   try {
     const kept = payload !== null && typeof payload === 'object' && !Array.isArray(payload)
       ? Object.fromEntries(Object.entries(payload as Record<string, unknown>).filter(([k]) => !SECRET_ANSWER_FIELDS.includes(k)))
       : payload;
-    bytes = encode({ u: userId ?? null, r: rights, p: kept ?? null });
+    bytes = encode({ u: b.userId ?? null, r: b.rights, q: b.request, p: kept ?? null });
   } catch {
     return undefined;
   }
@@ -124,15 +154,15 @@ function emptyLegacyTable(db: Db): void {
  * left out of the stored answer. Returns false (nothing written) when the answer cannot be
  * encoded or is larger than MAX_STORED_ANSWER_BYTES. A failing statement throws: the caller's
  * transaction then fails with it, change included.
- * @param rights the user's rights fingerprint the command ran under (daemon/cluster/gate.ts)
+ * @param b whose answer it is: the user, their rights fingerprint, the request's fingerprint
  * @param now milliseconds since the epoch
  */
-export function putAnswer(db: Db, rk: string, command: string, userId: number | undefined, rights: string, payload: unknown, now: number): boolean {
-  const bytes = encodeAnswer(userId, rights, payload);
+export function putAnswer(db: Db, rk: string, command: string, b: AnswerBinding, payload: unknown, now: number): boolean {
+  const bytes = encodeAnswer(b, payload);
   if (!bytes) return false;
   ensureRequestKeys(db);
   emptyLegacyTable(db);
-  const user = userId ?? null;
+  const user = b.userId ?? null;
   db.prepare('INSERT OR REPLACE INTO request_answers (rk, user_id, command, answer, at) VALUES (?, ?, ?, ?, ?)').run(rk, user, command, bytes, now);
   db.prepare('DELETE FROM request_answers WHERE at < ?').run(now - REQUEST_KEY_TTL_MS);
   // The user's newest answers that fit both per-user bounds stay (the one just stored always fits).

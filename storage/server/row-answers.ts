@@ -16,7 +16,7 @@
  */
 import type { Db } from '../engine/sqlcipher.js';
 import { cachedStatement } from '../engine/statements.js';
-import { encodeAnswer, REQUEST_KEY_TTL_MS, storedAnswerOf, type AnswerRow, type StoredAnswer } from '../club/request-keys.js';
+import { encodeAnswer, REQUEST_KEY_TTL_MS, storedAnswerOf, type AnswerBinding, type AnswerRow, type StoredAnswer } from '../club/request-keys.js';
 
 /** Largest stored answer of a row command (bytes): they travel in every registry record of the club. */
 export const MAX_ROW_ANSWER_BYTES = 4096;
@@ -46,8 +46,8 @@ function prune(server: Db, club: string, now: number): void {
  * MAX_ROW_ANSWER_BYTES. A failing statement throws, and the caller's transaction fails with it.
  * @param now milliseconds since the epoch
  */
-export function putRowAnswer(server: Db, club: string, rk: string, command: string, userId: number | undefined, rights: string, payload: unknown, now: number): boolean {
-  const bytes = encodeAnswer(userId, rights, payload, MAX_ROW_ANSWER_BYTES);
+export function putRowAnswer(server: Db, club: string, rk: string, command: string, b: AnswerBinding, payload: unknown, now: number): boolean {
+  const bytes = encodeAnswer(b, payload, MAX_ROW_ANSWER_BYTES);
   if (!bytes) return false;
   server.prepare('INSERT OR REPLACE INTO club_request_keys (club_id, rk, command, answer, at) VALUES (?, ?, ?, ?, ?)').run(club, rk, command, bytes, now);
   prune(server, club, now);
@@ -60,9 +60,9 @@ export function rowAnswerRow(server: Db, club: string, rk: string): AnswerRow | 
 }
 
 /** The stored answer of `rk` for `club`, by storage/club/request-keys.ts storedAnswerOf's rule. */
-export function lookupRowAnswer(server: Db, club: string, rk: string, command: string, userId: number | undefined, rights: string): StoredAnswer {
+export function lookupRowAnswer(server: Db, club: string, rk: string, command: string, b: AnswerBinding): StoredAnswer {
   const row = rowAnswerRow(server, club, rk);
-  return row ? storedAnswerOf(row, command, userId, rights) : { kind: 'none' };
+  return row ? storedAnswerOf(row, command, b) : { kind: 'none' };
 }
 
 /** The club's stored answers, newest first (what its registry record carries). */

@@ -17,6 +17,7 @@ import { CommandError } from '../edge/command-errors.js';
 import type { CommandContext, ConnectionInfo } from '../edge/dispatcher.js';
 import { roleTemplate, rightsSchema, type Grant } from './rights.js';
 import { TicketStore } from '../edge/tickets.js';
+import { currentKeyed } from '../edge/keyed-answer.js';
 import type { ViolationSink } from '../bans/violations.js';
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60_000;
@@ -217,6 +218,9 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
   }
   if (u.mustChangePassword && !o.allowMustChange) throw new CommandError('FORBIDDEN', 'change your password first (users.changeOwnPassword)');
   s.lastActive = now;
+  // A keyed request's answer is stored with the rights this check saw (daemon/edge/keyed-answer.ts).
+  const keyed = currentKeyed();
+  if (keyed) keyed.rights = rightsFingerprint(u);
   let g = s.grantsCache;
   if (!g || g.version !== u.rightsVersion || g.isAdmin !== u.isAdmin || g.personId !== u.personId) {
     g = { version: u.rightsVersion, isAdmin: u.isAdmin, personId: u.personId, grants: effectiveGrants(u) };

@@ -91,12 +91,6 @@ function storedAnswer(services: ClubServices, club: string, ctx: CommandContext,
   return undefined;
 }
 
-/** The rights fingerprint of the user the request's handler authorized ('' when none did). */
-function authorizedRights(ctx: CommandContext): string {
-  const u = getSession(ctx)?.principal?.user;
-  return u ? rightsFingerprint(u) : '';
-}
-
 /** A ClusterError from the output gate as the client's error. */
 function wireError(node: ClusterNode, club: string, e: unknown): CommandError {
   if (e instanceof ClusterError || isNotServedWrite(e)) {
@@ -142,7 +136,7 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
-    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, rights: () => authorizedRights(ctx), request: requestFingerprint(payload), now, kept: false } : undefined;
+    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, rights: '', request: requestFingerprint(payload), now, kept: false } : undefined;
     if (k) {
       const stored = storedAnswer(services, club, ctx, k);
       if (stored !== undefined) return stored;

@@ -29,11 +29,11 @@ export interface KeyedRequest {
   readonly command: string;
   readonly userId: number | undefined;
   /**
-   * The rights fingerprint of the user the handler authorized (daemon/club/session.ts
-   * rightsFingerprint), stored with the answer; '' when there is none (such an answer is never
-   * replayed).
+   * The rights fingerprint of the user as the handler's last session check saw them
+   * (daemon/club/session.ts requirePrincipal sets it, rightsFingerprint), stored with the
+   * answer; '' until a check ran (such an answer is never replayed).
    */
-  readonly rights: () => string;
+  rights: string;
   /** The fingerprint of the request's payload (storage/club/request-keys.ts requestFingerprint). */
   readonly request: string;
   /** Milliseconds since the epoch, the stored row's time. */
@@ -44,7 +44,7 @@ export interface KeyedRequest {
 
 /** What the answer of `k` is bound to when it is stored. */
 function bindingOf(k: KeyedRequest): AnswerBinding {
-  return { userId: k.userId, rights: k.rights(), request: k.request };
+  return { userId: k.userId, rights: k.rights, request: k.request };
 }
 
 const keyed = new AsyncLocalStorage<KeyedRequest | undefined>();

@@ -11,7 +11,7 @@ import type { ClusterNode } from '../cluster/node.js';
 import { installClusterGate } from '../daemon/cluster/gate.js';
 import { rightsFingerprint } from '../daemon/club/session.js';
 import { ensureRequestKeys, MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS_PER_USER, putAnswer } from '../storage/club/request-keys.js';
-import { getUserById } from '../storage/club/users.js';
+import { getUserById, setPasswordHash } from '../storage/club/users.js';
 import { resumeClub, suspendClub } from '../storage/server/provisioning.js';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
 
@@ -123,6 +123,16 @@ test('the idle timeout applies to a keyed retry: UNAUTHENTICATED, not the stored
     await admin.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
   }
   assert.equal(persons('Leerlauf'), 1);
+});
+
+test('a user who must change their password first gets FORBIDDEN on a keyed retry, as without a key', async () => {
+  const u = await userWith('secretary');
+  const rk = newKey();
+  await u.s.call('persons.create', { firstName: 'Paul', lastName: 'Passwortpflicht', rk });
+  const d = db();
+  d.transaction(() => setPasswordHash(d, u.id, getUserById(d, u.id)!.passwordHash, true, false))();
+  assert.equal(await u.s.code('persons.create', { firstName: 'Paul', lastName: 'Passwortpflicht', rk }), 'FORBIDDEN', 'a stored answer went to a user who must change their password first');
+  assert.equal(persons('Passwortpflicht'), 1);
 });
 
 test('a suspended club refuses a keyed retry as it refuses any request (FORBIDDEN), not with the stored answer', async () => {

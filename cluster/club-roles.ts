@@ -135,6 +135,7 @@ export async function becomePrimary(ctx: NodeContext, club: string, st: ClubStat
   st.log = taken.log;
   st.role = 'primary';
   st.serving = true;
+  st.namedPrimaryAt = undefined;
   ctx.logger.info('serving club as primary', { event: 'cluster.primary', clubId: club, seq: taken.log.head.seq });
 }
 

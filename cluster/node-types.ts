@@ -63,13 +63,19 @@ export interface ClubState {
   shipping?: Promise<void> | undefined;
   /** The local store may hold changes the log lacks (an append failed): rebuild before use. */
   needsRebuild: boolean;
+  /** Local time (ms) this member first saw itself named the club's primary while not serving it (status `waitingMs`). */
+  namedPrimaryAt?: number | undefined;
 }
 
 export interface ClusterStatus {
   self: string;
   leader: string | undefined;
   members: Array<{ id: string; address: string; state: string; drained: boolean }>;
-  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null; epoch: number }>;
+  /**
+   * `served`: this member answers the club's requests now (route = serve). A member named primary
+   * with `served` false is taking the club over; `waitingMs` says for how long (null otherwise).
+   */
+  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null; epoch: number; served: boolean; waitingMs: number | null }>;
 }
 
 /**

@@ -42,7 +42,7 @@ import type { PeerTransport } from './peer-types.js';
 import { PlacementLeader, type Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { applyClubRowUpdate, openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
-import { registerSnapshotProvider } from './snapshot.js';
+import { reasonOf, registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
 
@@ -147,18 +147,43 @@ export class ClusterNode extends EventEmitter {
     }
   }
 
+  /**
+   * Grant a lease, register the member key under it and campaign for placement. Only a complete
+   * join replaces the node's lease: a join that fails part-way revokes the lease it granted (with
+   * the member key it may have put), so no lease of an abandoned attempt is kept alive holding
+   * keys, and only the current lease's expiry acts on the node.
+   */
   private async join(): Promise<void> {
-    this.lease = await MemberLease.grant(this.gw, { ttlSec: this.opts.ttlSec ?? 2 });
-    this.lease.once('expired', () => this.onLeaseExpired());
-    this.membership = new Membership(this.gw, this.lease, { id: this.nodeId, address: this.address, state: 'active' });
-    await this.membership.register();
-    this.leader = new PlacementLeader(this.gw, this.lease, this.nodeId, this.logger);
-    this.leader.on('elected', () => this.schedulePlan());
-    await this.leader.start();
+    const lease = await MemberLease.grant(this.gw, { ttlSec: this.opts.ttlSec ?? 2 });
+    lease.once('expired', () => {
+      if (this.lease === lease) this.onLeaseExpired();
+    });
+    let leader: PlacementLeader | undefined;
+    try {
+      const membership = new Membership(this.gw, lease, { id: this.nodeId, address: this.address, state: 'active' });
+      await membership.register();
+      leader = new PlacementLeader(this.gw, lease, this.nodeId, this.logger);
+      leader.on('elected', () => this.schedulePlan());
+      await leader.start();
+      if (this.stopped) throw new ClusterError('CLOSED', 'server stopping');
+      this.lease = lease;
+      this.membership = membership;
+      this.leader = leader;
+    } catch (e) {
+      await leader?.stop().catch(() => undefined);
+      await lease.revoke();
+      throw e;
+    }
+    // Expired while joining (a long pause): the listener above saw a lease that was not yet current.
+    // (A rejoin checks this itself and joins again.)
+    if (!lease.isValid() && !this.rejoining) this.onLeaseExpired();
   }
 
+  private rejoining = false;
+
   private onLeaseExpired(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.rejoining) return;
+    this.rejoining = true;
     this.logger.warn('cluster lease expired by our own clock: stopping to serve every club and joining again', { event: 'cluster.lease.expired', node: this.nodeId });
     for (const [club, st] of this.clubs) {
       if (st.serving) {
@@ -171,13 +196,24 @@ export class ClusterNode extends EventEmitter {
     }
     this.emit('lease-lost');
     const retry = (delay: number): void => {
-      if (this.stopped) return;
+      if (this.stopped) {
+        this.rejoining = false;
+        return;
+      }
       void this.leader
         .stop()
         .catch(() => undefined)
         .then(() => this.join())
-        .then(() => this.reconcileAll())
-        .catch(() => setTimeout(() => retry(Math.min(delay * 2, 2000)), delay).unref?.());
+        .then(() => {
+          if (!this.lease.isValid()) throw new ClusterError('LEASE_EXPIRED', 'the new lease expired while joining');
+          this.rejoining = false;
+          this.logger.info('joined the cluster again with a new lease', { event: 'cluster.lease.rejoined', node: this.nodeId });
+          this.reconcileAll();
+        })
+        .catch((e: unknown) => {
+          this.logger.warn('joining the cluster again failed; retrying', { event: 'cluster.lease.rejoin-failed', node: this.nodeId, code: (e as ClusterError).code ?? (e as Error).name });
+          setTimeout(() => retry(Math.min(delay * 2, 2000)), delay).unref?.();
+        });
     };
     retry(100);
   }
@@ -250,7 +286,7 @@ export class ClusterNode extends EventEmitter {
   /** Members, leader and every club's primary, standbys and (for clubs followed here) lag. */
   async status(): Promise<ClusterStatus> {
     const leader = await this.leader.currentLeader().catch(() => undefined);
-    return clusterStatus({ self: this.nodeId, leader, members: this.members, placement: this.placement, drains: this.drains, registry: this.registry, clubs: this.clubs });
+    return clusterStatus({ self: this.nodeId, leader, members: this.members, placement: this.placement, drains: this.drains, registry: this.registry, clubs: this.clubs, served: (club) => this.route(club).kind === 'serve', now: Date.now() });
   }
 
   /** A current member's advertised HOST:PORT (the peer channel's directory), or undefined. */
@@ -292,6 +328,15 @@ export class ClusterNode extends EventEmitter {
     if (this.membership) await this.membership.leave().catch(() => undefined);
     if (this.lease) await this.lease.revoke();
     this.gw.close();
+  }
+
+  /**
+   * Stop renewing the current lease without telling etcd, as a partition or a long pause would
+   * (tests, drills): the lease runs out by this server's clock, the server stops serving every
+   * club and joins again with a new lease.
+   */
+  suspendLeaseKeepalive(): void {
+    this.lease.suspendKeepalive();
   }
 
   /** Stop as a crash would (tests, drills): no handover, no revoke; etcd expires the lease. */
@@ -369,10 +414,12 @@ export class ClusterNode extends EventEmitter {
   private reconcileSoon(club: string): void {
     if (this.stopped) return;
     const st = this.state(club);
+    if (this.placementOf(club)?.primary !== this.nodeId || st.serving) st.namedPrimaryAt = undefined;
+    else st.namedPrimaryAt ??= Date.now();
     st.chain = st.chain
       .then(() => this.reconcile(club, st))
       .catch((e) => {
-        this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
+        this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name, reason: reasonOf(e) });
         setTimeout(() => this.reconcileSoon(club), 250).unref?.();
       });
   }

@@ -375,6 +375,11 @@ export async function installSnapshot(o: InstallOptions, payload: PeerPayload): 
   return meta;
 }
 
+/** An error's own message (ours: ids and numbers) for the operator log, bounded. */
+export function reasonOf(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).slice(0, 200);
+}
+
 /**
  * Obtain a snapshot of `club` from one of `sources` (node ids, tried in order) and install it.
  * @throws ClusterError SNAPSHOT_UNAVAILABLE when no source gave a usable one (the last refusal is
@@ -389,7 +394,7 @@ export async function obtainSnapshot(o: InstallOptions & { peers: PeerTransport;
       return await installSnapshot(o, payload);
     } catch (e) {
       last = e;
-      o.logger.warn('snapshot from a member refused or failed', { event: 'cluster.snapshot.failed', clubId: o.club, from: node, code: (e as { code?: string }).code ?? (e as Error).name });
+      o.logger.warn('snapshot from a member refused or failed', { event: 'cluster.snapshot.failed', clubId: o.club, from: node, code: (e as { code?: string }).code ?? (e as Error).name, reason: reasonOf(e) });
     }
   }
   throw new ClusterError('SNAPSHOT_UNAVAILABLE', `no member gave a usable snapshot of club ${o.club}`, last === undefined ? undefined : { cause: last });

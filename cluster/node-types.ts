@@ -1,4 +1,5 @@
 /** The types cluster/node.ts and its helper modules share: options, routes, status and a club's state. */
+import type { AuditVerifier } from '../storage/club/audit-log.js';
 import type { Storage } from '../storage/server/storage.js';
 import type { ClubLog } from './club-log.js';
 import type { ClusterLogger } from './errors.js';
@@ -45,6 +46,12 @@ export interface ClusterNodeOptions {
   publishEveryMs?: number;
   /** Bounds of snapshot transfers. */
   snapshot?: SnapshotLimits;
+  /**
+   * Verifies the signed heads of a received snapshot's change log: the cluster's shared identity
+   * keys (current and those of a rollover; daemon/cluster/setup.ts). Asked at each snapshot, so a
+   * rollover is seen. Without it a snapshot whose change log has signed heads is refused.
+   */
+  auditVerifier?: () => AuditVerifier | undefined;
 }
 
 export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };
@@ -93,6 +100,8 @@ export interface NodeContext {
   readonly peers: PeerTransport | undefined;
   readonly upkeep: UpkeepSettings;
   placementOf(club: string): Placement | undefined;
+  /** The verifier of snapshots' signed change-log heads (ClusterNodeOptions.auditVerifier), if any. */
+  auditVerifier(): AuditVerifier | undefined;
   /** Node ids of the live members (from `members/`). */
   memberIds(): string[];
   /** Schedules a role change of `club` on its chain (retried on failure). */

@@ -102,6 +102,7 @@ export class ClusterNode extends EventEmitter {
       logger: this.logger,
       peers: this.peers,
       memberIds: () => this.members.entries().map(([id]) => id),
+      auditVerifier: () => opts.auditVerifier?.(),
       get lease() {
         return node.lease;
       },

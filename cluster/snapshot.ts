@@ -30,7 +30,7 @@ import { chmodSync, createReadStream, readdirSync, rmSync, statSync } from 'node
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clubPageKey } from '../crypto/wrap.js';
-import { verifyAuditLog } from '../storage/club/audit-log.js';
+import { verifyAuditLog, type AuditVerifier } from '../storage/club/audit-log.js';
 import { clubDbPath, clubDir } from '../storage/club/club-store.js';
 import { MIGRATIONS } from '../storage/club/schema.js';
 import { StorageError } from '../storage/engine/errors.js';
@@ -267,7 +267,7 @@ async function receive(payload: PeerPayload, path: string, limits: SnapshotLimit
  * The checks on the image itself: schema, integrity, position, nothing pending, change log.
  * Returns the document file names its rows name.
  */
-function checkImage(db: Db, club: string, meta: SnapshotMeta): string[] {
+function checkImage(db: Db, club: string, meta: SnapshotMeta, auditVerifier: AuditVerifier | undefined): string[] {
   const top = MIGRATIONS.length ? MIGRATIONS[MIGRATIONS.length - 1]!.version : 0;
   const schema = db.pragma('user_version', { simple: true }) as number;
   if (schema !== meta.schema || schema > top) throw new ClusterError('SNAPSHOT_INVALID', `snapshot schema ${schema} (declared ${meta.schema}, this server knows up to ${top})`);
@@ -278,13 +278,16 @@ function checkImage(db: Db, club: string, meta: SnapshotMeta): string[] {
   if (pos.seq !== meta.seq || pos.digest !== meta.digest) throw new ClusterError('SNAPSHOT_INVALID', `snapshot holds position ${pos.seq}, declared ${meta.seq}`);
   installCapture(db);
   if (pendingCapture(db) > 0) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot holds changes that are not in the log');
-  if (!verifyAuditLog(db, club, undefined).ok) throw new ClusterError('SNAPSHOT_INVALID', "snapshot's change log does not verify");
+  // Signed heads are checked with the cluster's identity keys: a change log with signed heads
+  // never verifies without them (every store past SIGN_EVERY entries or SIGN_MAX_AGE_MS has some).
+  const audit = verifyAuditLog(db, club, auditVerifier);
+  if (!audit.ok) throw new ClusterError('SNAPSHOT_INVALID', `snapshot's change log does not verify (${audit.firstBad?.reason ?? 'unknown'})`);
   if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'`).get()) return [];
   return (db.prepare('SELECT DISTINCT file FROM documents').all() as Array<{ file: unknown }>).map((r) => r.file).filter((f): f is string => typeof f === 'string');
 }
 
 /** Check a received snapshot file against its declared position and the club's log. */
-async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: Buffer[], gw: EtcdGateway, logKey: Uint8Array): Promise<string[]> {
+async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: Buffer[], gw: EtcdGateway, logKey: Uint8Array, auditVerifier: AuditVerifier | undefined): Promise<string[]> {
   let db: Db | undefined;
   for (const k of dataKeys) {
     const pageKey = clubPageKey(k);
@@ -300,7 +303,7 @@ async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: 
   if (!db) throw new ClusterError('SNAPSHOT_INVALID', "the club's data key does not open the snapshot");
   let files: string[];
   try {
-    files = checkImage(db, club, meta);
+    files = checkImage(db, club, meta, auditVerifier);
   } catch (e) {
     // A damaged page fails its HMAC inside SQLite: that is a refusal too.
     if (e instanceof ClusterError) throw e;
@@ -335,6 +338,11 @@ export interface InstallOptions extends SnapshotLimits {
    * installed (the files are not part of a snapshot). @throws when one could not be fetched.
    */
   documents?: (files: string[]) => Promise<void>;
+  /**
+   * Checks the signatures of the snapshot's signed change-log heads (the cluster's shared identity
+   * keys). Without it a snapshot whose change log has signed heads is refused (SNAPSHOT_INVALID).
+   */
+  auditVerifier?: AuditVerifier | undefined;
 }
 
 /**
@@ -356,7 +364,7 @@ export async function installSnapshot(o: InstallOptions, payload: PeerPayload): 
     const keys = storage.clubKeys(row);
     let files: string[];
     try {
-      files = await verify(tmp, club, meta, keys.map((k) => k.key), o.gw, o.logKey);
+      files = await verify(tmp, club, meta, keys.map((k) => k.key), o.gw, o.logKey, o.auditVerifier);
     } finally {
       for (const k of keys) k.key.fill(0);
     }

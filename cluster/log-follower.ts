@@ -60,6 +60,11 @@ export class LogFollower extends EventEmitter {
     return { ...this.pos };
   }
 
+  /** Whether the follower stopped (stop(), or it failed): it applies nothing more and must be replaced. */
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
   /** Entries the replica is behind the last head it saw. */
   get lag(): number {
     return Math.max(0, this.lastHeadSeq - this.pos.seq);

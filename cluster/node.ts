@@ -321,7 +321,7 @@ export class ClusterNode extends EventEmitter {
       await st.follower?.stop();
       if (st.log && st.log.state === 'open') {
         st.serving = false;
-        await handBack(this.storage, club, st).catch(() => undefined);
+        await handBack(this.storage, club, st, this.logger).catch(() => undefined);
       }
     }
     await Promise.all([this.members.stop(), this.placement.stop(), this.drains.stop(), this.registry.stop(), this.bans.stop()]);
@@ -437,7 +437,7 @@ export class ClusterNode extends EventEmitter {
     }
     if (st.log) {
       st.serving = false;
-      await handBack(this.storage, club, st);
+      await handBack(this.storage, club, st, this.logger);
       this.emit('club-moved', club, this.route(club));
     }
     if (want === 'standby') {

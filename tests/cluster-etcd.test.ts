@@ -256,4 +256,22 @@ describe('cluster on a real 3-member etcd', { skip: missing }, () => {
     await p1.stop();
     await p2.stop();
   });
+  test('a campaign that fails when the leader key vanishes is tried again until a member leads', async () => {
+    const g1 = gw(undefined, 'lead2/');
+    const g2 = gw(undefined, 'lead2/');
+    const p1 = new PlacementLeader(g1, await lease(g1, 2), 'node-1');
+    const p2 = new PlacementLeader(g2, await lease(g2, 2), 'node-2');
+    await p1.start();
+    await p2.start();
+    assert.equal(p1.isLeader(), true);
+    // node-2's next campaigns fail (etcd electing its own leader at that moment, injected here).
+    let failures = 2;
+    const read = g2.read.bind(g2);
+    g2.read = (<T>(what: string, fn: () => Promise<T>, budgetMs?: number): Promise<T> =>
+      what === 'campaign' && failures-- > 0 ? Promise.reject(new ClusterError('ETCD_UNAVAILABLE', 'injected: etcd did not answer "campaign"')) : read(what, fn, budgetMs)) as typeof g2.read;
+    await p1.stop(); // resigns: the key is deleted, node-2's watch sees it
+    await until('node-2 leads after its failed campaigns', () => (p2.isLeader() ? true : undefined), 20_000);
+    assert.ok(failures < 0, 'the injected failures were not hit');
+    await p2.stop();
+  });
 });

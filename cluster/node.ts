@@ -25,23 +25,23 @@ import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
-import { backupClubKey } from './backup-board.js';
 import { guardWrites } from './capture.js';
 import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
-import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
+import { checkNodeId, DRAIN_PREFIX, MEMBERS_PREFIX, PLACEMENT_PREFIX } from './keys.js';
 import { ClusterMaintenance, upkeepSettings } from './maintenance.js';
-import { MemberLease } from './member-lease.js';
-import { checkAddress, Membership, setDrain } from './membership.js';
+import type { MemberLease } from './member-lease.js';
+import { joinCluster, rejoinUntilJoined } from './node-join.js';
+import { checkAddress, setDrain, type Membership } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
 import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
 import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
 import { commitClub } from './output-gate.js';
 import type { PeerTransport } from './peer-types.js';
-import { PlacementLeader, type Placement } from './placement.js';
+import type { PlacementLeader, Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
-import { applyClubRowUpdate, openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
+import { forgetClubRecords, importClubRecord, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
 import { reasonOf, registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
@@ -148,40 +148,16 @@ export class ClusterNode extends EventEmitter {
     }
   }
 
-  /**
-   * Grant a lease, register the member key under it and campaign for placement. Only a complete
-   * join replaces the node's lease: a join that fails part-way revokes the lease it granted (with
-   * the member key it may have put), so no lease of an abandoned attempt is kept alive holding
-   * keys, and only the current lease's expiry acts on the node.
-   */
-  private async join(): Promise<void> {
-    const lease = await MemberLease.grant(this.gw, { ttlSec: this.opts.ttlSec ?? 2 });
-    lease.once('expired', () => {
-      if (this.lease === lease) this.onLeaseExpired();
-    });
-    let leader: PlacementLeader | undefined;
-    try {
-      const membership = new Membership(this.gw, lease, { id: this.nodeId, address: this.address, state: 'active' });
-      await membership.register();
-      leader = new PlacementLeader(this.gw, lease, this.nodeId, this.logger);
-      leader.on('elected', () => this.schedulePlan());
-      await leader.start();
-      if (this.stopped) throw new ClusterError('CLOSED', 'server stopping');
-      this.lease = lease;
-      this.membership = membership;
-      this.leader = leader;
-    } catch (e) {
-      await leader?.stop().catch(() => undefined);
-      await lease.revoke();
-      throw e;
-    }
-    // Expired while joining (a long pause): the listener above saw a lease that was not yet current.
-    // (A rejoin checks this itself and joins again.)
-    if (!lease.isValid() && !this.rejoining) this.onLeaseExpired();
+  /** Take a seat (node-join.ts joinCluster); only a complete join replaces the node's lease. */
+  private async join(): Promise<MemberLease> {
+    const seat = await joinCluster({ gw: this.gw, nodeId: this.nodeId, address: this.address, ttlSec: this.opts.ttlSec ?? 2, logger: this.logger, onElected: () => this.schedulePlan(), onExpired: (l) => this.lease === l && this.onLeaseExpired(), stopped: () => this.stopped });
+    ({ lease: this.lease, membership: this.membership, leader: this.leader } = seat);
+    // Expired while joining (a long pause): its listener saw a lease that was not yet current.
+    if (!seat.lease.isValid() && !this.rejoining) this.onLeaseExpired();
+    return seat.lease;
   }
 
   private rejoining = false;
-
   private onLeaseExpired(): void {
     if (this.stopped || this.rejoining) return;
     this.rejoining = true;
@@ -196,27 +172,17 @@ export class ClusterNode extends EventEmitter {
       st.role = 'none';
     }
     this.emit('lease-lost');
-    const retry = (delay: number): void => {
-      if (this.stopped) {
+    rejoinUntilJoined({
+      nodeId: this.nodeId,
+      logger: this.logger,
+      stopped: () => this.stopped,
+      leave: () => this.leader.stop(),
+      join: () => this.join(),
+      done: (joined) => {
         this.rejoining = false;
-        return;
-      }
-      void this.leader
-        .stop()
-        .catch(() => undefined)
-        .then(() => this.join())
-        .then(() => {
-          if (!this.lease.isValid()) throw new ClusterError('LEASE_EXPIRED', 'the new lease expired while joining');
-          this.rejoining = false;
-          this.logger.info('joined the cluster again with a new lease', { event: 'cluster.lease.rejoined', node: this.nodeId });
-          this.reconcileAll();
-        })
-        .catch((e: unknown) => {
-          this.logger.warn('joining the cluster again failed; retrying', { event: 'cluster.lease.rejoin-failed', node: this.nodeId, code: (e as ClusterError).code ?? (e as Error).name });
-          setTimeout(() => retry(Math.min(delay * 2, 2000)), delay).unref?.();
-        });
-    };
-    retry(100);
+        if (joined) this.reconcileAll();
+      },
+    });
   }
 
   // ---- the daemon's questions -------------------------------------------------------------
@@ -264,19 +230,9 @@ export class ClusterNode extends EventEmitter {
     this.schedulePlan();
   }
 
-  /**
-   * Remove a deleted club from etcd: registry record, placement, owner, log, backup record, then compact the
-   * history so the wrapped key and the sealed entries are gone from etcd as well (SECURITY.md).
-   */
+  /** Remove a deleted club's records from etcd and compact its history (registry.ts forgetClubRecords). */
   async forgetClub(club: string): Promise<void> {
-    await this.gw.read('forget club', () =>
-      this.gw.kv
-        .if(registryKey(club), 'Create', '>', 0)
-        .then(this.gw.kv.delete().key(registryKey(club)), this.gw.kv.delete().key(placementKey(club)), this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
-        .else(this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
-        .commit(),
-    );
-    await this.gw.compact(await this.gw.revision());
+    await forgetClubRecords(this.gw, club);
   }
 
   /** Mark a member drained (its clubs move away at the planned rate) or clear the mark. */
@@ -384,17 +340,7 @@ export class ClusterNode extends EventEmitter {
       void dropClub(this.storage, this.logger, this.clubs, club);
       return;
     }
-    try {
-      const row = openClubRow(this.recordKey, club, value);
-      // The store is created on first use here too; the administrator row the primary ships in
-      // its first entries overwrites the one made locally (same row id).
-      const have = this.storage.server.getClub(club);
-      if (!have) this.storage.server.insertClub({ ...row, storeState: 'pending' });
-      else applyClubRowUpdate(this.storage, have, row); // an operator's change made on any member
-      this.reconcileSoon(club);
-    } catch (e) {
-      this.logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
-    }
+    if (importClubRecord(this.storage, this.recordKey, this.logger, club, value)) this.reconcileSoon(club);
   }
 
   // ---- roles --------------------------------------------------------------------------------

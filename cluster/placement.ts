@@ -10,7 +10,7 @@
 import { EventEmitter } from 'node:events';
 import type { Watcher } from 'etcd3';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
-import { cancelWatcher, type EtcdGateway } from './etcd-gateway.js';
+import { cancelWatcher, createWatch, type EtcdGateway } from './etcd-gateway.js';
 import { checkClubId, LEADER_KEY, placementKey, PLACEMENT_PREFIX } from './keys.js';
 import type { MemberLease } from './member-lease.js';
 import type { MemberInfo } from './membership.js';
@@ -205,7 +205,7 @@ export class PlacementLeader extends EventEmitter {
   /** Try to become leader now, then keep watching the key to try again when it is freed. */
   async start(): Promise<void> {
     await this.campaign();
-    const w = await this.gw.read('watch leader', () => this.gw.kv.watch().key(LEADER_KEY).create());
+    const w = await createWatch(this.gw, 'watch leader', () => this.gw.kv.watch().key(LEADER_KEY));
     if (this.stopped) {
       await cancelWatcher(w);
       return;

@@ -94,6 +94,9 @@ export async function runMain(main: () => Promise<void>): Promise<void> {
   }
 }
 
+/** Commander's parser of a repeatable option (`--register A --register B`): the values in order. */
+export const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
 export function parseHostPort(s: string): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s.trim());
   if (!m || Number(m[3]) > 65535) usage(`"${s}" is not HOST:PORT`);

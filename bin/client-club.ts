@@ -8,13 +8,12 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import { parseDuration } from '../daemon/bans/ban-policy.js';
 import { safeJson } from '../daemon/common/neutralise.js';
-import { fail, getSecret, keyValues, printResult, table, usage } from './cli-util.js';
+import { collect, fail, getSecret, keyValues, printResult, table, usage } from './cli-util.js';
 import type { ClientSession } from './client-session.js';
 
 /** Registers `log`, `backup set-passphrase|status|download` and `export` on the program. */
 export function registerClubDataCommands(program: Command, s: ClientSession): void {
   const { call, callAll, callPages, session, act } = s;
-  const collect = (v: string, prev: string[] = []) => [...prev, v];
   program
   .command('log')
   .description("the club's change log (who changed what, when), newest first")

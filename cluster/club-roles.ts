@@ -206,6 +206,39 @@ export async function dropClub(storage: Storage, logger: ClusterLogger, clubs: M
 }
 
 /**
+ * Brings this member's role for `club` in line with the placement: primary (take the club over
+ * and serve it), standby (follow its log), or none (stop following). A member that held the
+ * club's log and is no longer its primary hands the owner key back first and reports the move
+ * (`ctx.clubMoved`). Nothing happens while the node stops or its lease is not valid. Runs on the
+ * club's chain (node.ts reconcileSoon), one change at a time.
+ * @throws ClusterError from the takeover, the handover or the replica (the chain retries)
+ */
+export async function reconcileRole(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
+  if (ctx.stopped || !ctx.lease.isValid()) return;
+  const p = ctx.placementOf(club);
+  if (!p || !ctx.storage.server.getClub(club)) return;
+  const want: ClubState['role'] = p.primary === ctx.nodeId ? 'primary' : p.standbys.includes(ctx.nodeId) ? 'standby' : 'none';
+  if (want === 'primary') {
+    if (st.serving && st.log?.state === 'open') return;
+    await becomePrimary(ctx, club, st);
+    return;
+  }
+  if (st.log) {
+    st.serving = false;
+    await handBack(ctx.storage, club, st, ctx.logger);
+    ctx.clubMoved(club);
+  }
+  if (want === 'standby') {
+    await rebuildIfAhead(ctx, club, st);
+    await follow(ctx, club, st);
+  } else {
+    await st.follower?.stop();
+    st.follower = undefined;
+  }
+  st.role = want;
+}
+
+/**
  * Change-log anchors (server.db, storage/club/audit-log.ts) are written after the local commit,
  * before the entry reaches the club's log. Entries whose append never succeeded are dropped with
  * the store; an anchor of one would name an entry the rebuilt chain has differently at that seq,

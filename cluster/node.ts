@@ -23,11 +23,12 @@
  */
 import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
+import { listRowAnswers } from '../storage/server/row-answers.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
 import { guardWrites } from './capture.js';
-import { becomePrimary, dropClub, follow, handBack, rebuildIfAhead } from './club-roles.js';
-import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
+import { dropClub, handBack, reconcileRole } from './club-roles.js';
+import { ClusterError, reasonOf, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
 import { checkNodeId, DRAIN_PREFIX, MEMBERS_PREFIX, PLACEMENT_PREFIX } from './keys.js';
 import { ClusterMaintenance, upkeepSettings } from './maintenance.js';
@@ -42,7 +43,7 @@ import type { PeerTransport } from './peer-types.js';
 import type { PlacementLeader, Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
 import { forgetClubRecords, importClubRecord, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
-import { reasonOf, registerSnapshotProvider } from './snapshot.js';
+import { registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
 
@@ -226,7 +227,8 @@ export class ClusterNode extends EventEmitter {
   /** Put a club's server-database row into the shared registry (after `club create`). */
   async registerClub(club: string): Promise<void> {
     const row = this.storage.server.mustGetClub(club);
-    await this.gw.read('register club', () => this.gw.kv.put(registryKey(club)).value(sealClubRow(this.recordKey, row)).exec());
+    const sealed = sealClubRow(this.recordKey, row, listRowAnswers(this.storage.server.db, club));
+    await this.gw.read('register club', () => this.gw.kv.put(registryKey(club)).value(sealed).exec());
     this.schedulePlan();
   }
 
@@ -364,36 +366,10 @@ export class ClusterNode extends EventEmitter {
     if (this.placementOf(club)?.primary !== this.nodeId || st.serving) st.namedPrimaryAt = undefined;
     else st.namedPrimaryAt ??= Date.now();
     st.chain = st.chain
-      .then(() => this.reconcile(club, st))
+      .then(() => reconcileRole(this.ctx, club, st))
       .catch((e) => {
         this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name, reason: reasonOf(e) });
         setTimeout(() => this.reconcileSoon(club), 250).unref?.();
       });
-  }
-
-  private async reconcile(club: string, st: ClubState): Promise<void> {
-    if (this.stopped || !this.lease.isValid()) return;
-    const p = this.placementOf(club);
-    if (!p || !this.storage.server.getClub(club)) return;
-    const want: ClubState['role'] = p.primary === this.nodeId ? 'primary' : p.standbys.includes(this.nodeId) ? 'standby' : 'none';
-    if (want === 'primary') {
-      if (st.serving && st.log?.state === 'open') return;
-      await becomePrimary(this.ctx, club, st);
-      return;
-    }
-    if (st.log) {
-      st.serving = false;
-      await handBack(this.storage, club, st, this.logger);
-      this.emit('club-moved', club, this.route(club));
-    }
-    if (want === 'standby') {
-      await rebuildIfAhead(this.ctx, club, st);
-      await follow(this.ctx, club, st);
-    }
-    else {
-      await st.follower?.stop();
-      st.follower = undefined;
-    }
-    st.role = want;
   }
 }

@@ -21,20 +21,15 @@
  * The answering side is `servePull` / `servePush` / `authenticate`, called by the daemon's peer
  * commands (daemon/cluster/peer-commands.ts), which enforce who may call them.
  */
-import { createHash } from 'node:crypto';
 import { derivePeerAuthKey } from '../crypto/cluster-seal.js';
 import { connect, type Connection } from '../client/connection.js';
 import { RemoteError } from '../client/errors.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
-import { checkClubId, checkNodeId } from './keys.js';
+import { checkNodeId } from './keys.js';
 import { checkPeerProof, peerProof } from './peer-auth.js';
+import { checkPayloadFacts, checkPeerObject, verifiedChunks } from './peer-object.js';
+import { Slots, slotHeldUntilDone } from './peer-slots.js';
 import type { PeerKind, PeerObject, PeerPayload, PeerPullHandler, PeerPushHandler, PeerTransport } from './peer-types.js';
-
-export const PEER_KINDS: readonly PeerKind[] = ['document', 'snapshot'];
-/** An object's name: 0 to 128 of [A-Za-z0-9._-], not starting with a dot. */
-const OBJECT_NAME = /^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127})?$/;
-const SHA256_HEX = /^[0-9a-f]{64}$/;
-const MAX_META_KEYS = 16;
 
 export interface PeerLimits {
   /** Largest object either way, in bytes (default 2 GiB: a 1 GiB document encrypted fits). */
@@ -74,93 +69,6 @@ export interface PeerChannelOptions {
   localAddress?: string;
   limits?: Partial<PeerLimits>;
   logger?: ClusterLogger;
-}
-
-/** A counting semaphore: `take` waits for a slot until `deadline`, `tryTake` does not wait. */
-class Slots {
-  private used = 0;
-  private readonly waiting: Array<() => void> = [];
-  constructor(private readonly max: number) {}
-
-  tryTake(): (() => void) | undefined {
-    if (this.used >= this.max) return undefined;
-    this.used++;
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      this.used--;
-      this.waiting.shift()?.();
-    };
-  }
-
-  async take(deadline: number): Promise<() => void> {
-    for (;;) {
-      const r = this.tryTake();
-      if (r) return r;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new ClusterError('PEER_UNAVAILABLE', 'no free peer transfer slot before the deadline');
-      await new Promise<void>((resolve) => {
-        const wake = (): void => {
-          clearTimeout(t);
-          resolve();
-        };
-        // A waiter whose deadline passed leaves the line, so a freed slot wakes one still waiting.
-        const t = setTimeout(() => {
-          const i = this.waiting.indexOf(wake);
-          if (i >= 0) this.waiting.splice(i, 1);
-          resolve();
-        }, left);
-        this.waiting.push(wake);
-      });
-    }
-  }
-}
-
-/** Checks an object's name fields. @throws ClusterError INVALID_ARGUMENT */
-export function checkPeerObject(o: { kind?: unknown; club?: unknown; name?: unknown }): PeerObject {
-  if (typeof o.kind !== 'string' || !PEER_KINDS.includes(o.kind as PeerKind)) throw new ClusterError('INVALID_ARGUMENT', 'unknown peer object kind');
-  if (typeof o.club !== 'string') throw new ClusterError('INVALID_ARGUMENT', 'peer object without a club');
-  if (typeof o.name !== 'string' || !OBJECT_NAME.test(o.name)) throw new ClusterError('INVALID_ARGUMENT', 'invalid peer object name');
-  return { kind: o.kind as PeerKind, club: checkClubId(o.club), name: o.name };
-}
-
-/** Checks announced size, SHA-256 and meta against the bounds. @throws ClusterError PEER_OBJECT_BAD */
-export function checkPayloadFacts(f: { size?: unknown; sha256?: unknown; meta?: unknown }, maxBytes: number): { size: number; sha256: string; meta?: Record<string, string | number> } {
-  if (!Number.isSafeInteger(f.size) || (f.size as number) < 0) throw new ClusterError('PEER_OBJECT_BAD', 'invalid object size');
-  if ((f.size as number) > maxBytes) throw new ClusterError('PEER_OBJECT_BAD', `object of ${f.size as number} bytes exceeds the limit of ${maxBytes}`);
-  if (typeof f.sha256 !== 'string' || !SHA256_HEX.test(f.sha256)) throw new ClusterError('PEER_OBJECT_BAD', 'invalid object SHA-256');
-  const out: { size: number; sha256: string; meta?: Record<string, string | number> } = { size: f.size as number, sha256: f.sha256 };
-  if (f.meta === undefined || f.meta === null) return out;
-  if (typeof f.meta !== 'object' || Array.isArray(f.meta)) throw new ClusterError('PEER_OBJECT_BAD', 'invalid object meta');
-  const entries = Object.entries(f.meta as Record<string, unknown>);
-  if (entries.length > MAX_META_KEYS) throw new ClusterError('PEER_OBJECT_BAD', 'too many meta fields');
-  const meta: Record<string, string | number> = {};
-  for (const [k, v] of entries) {
-    if (!/^[A-Za-z][A-Za-z0-9_]{0,63}$/.test(k)) throw new ClusterError('PEER_OBJECT_BAD', 'invalid meta field name');
-    if (!((typeof v === 'string' && v.length <= 256) || (typeof v === 'number' && Number.isFinite(v)))) throw new ClusterError('PEER_OBJECT_BAD', 'invalid meta value');
-    meta[k] = v;
-  }
-  return { ...out, meta };
-}
-
-/**
- * The bytes of `source`, checked against `size` while they flow (a byte past it ends the stream)
- * and against `sha256` at the end; `onVerified` is called once the last byte checked out.
- * @throws ClusterError PEER_OBJECT_BAD
- */
-export async function* verifiedChunks(source: AsyncIterable<Uint8Array>, size: number, sha256: string, onVerified?: () => void): AsyncGenerator<Uint8Array> {
-  const h = createHash('sha256');
-  let n = 0;
-  for await (const c of source) {
-    n += c.length;
-    if (n > size) throw new ClusterError('PEER_OBJECT_BAD', `more bytes than the announced ${size}`);
-    h.update(c);
-    yield c;
-  }
-  if (n !== size) throw new ClusterError('PEER_OBJECT_BAD', `${n} bytes instead of the announced ${size}`);
-  if (h.digest('hex') !== sha256) throw new ClusterError('PEER_OBJECT_BAD', 'SHA-256 of the bytes does not match the announced one');
-  onVerified?.();
 }
 
 function splitAddress(address: string): { host: string; port: number } {
@@ -405,39 +313,4 @@ export class PeerChannel implements PeerTransport {
       release();
     }
   }
-}
-
-/**
- * The stream of a served pull: the slot is given back when it ends, fails or is closed — also
- * when it is closed before it ever started (a generator's `finally` would not run then, and a
- * caller that gave up before the first chunk leaked the slot for good). Closing it also closes
- * the source (an open file).
- */
-function slotHeldUntilDone(inner: AsyncGenerator<Uint8Array>, source: AsyncIterable<Uint8Array>, release: () => void): AsyncIterable<Uint8Array> {
-  let done = false;
-  const finish = () => {
-    if (done) return;
-    done = true;
-    release();
-  };
-  const it: AsyncIterator<Uint8Array> = {
-    async next() {
-      try {
-        const r = await inner.next();
-        if (r.done) finish();
-        return r;
-      } catch (e) {
-        finish();
-        throw e;
-      }
-    },
-    async return() {
-      finish();
-      await inner.return(undefined).catch(() => undefined);
-      const s = source as { destroy?: () => void; return?: () => unknown };
-      if (typeof s.destroy === 'function') s.destroy();
-      return { done: true, value: undefined };
-    },
-  };
-  return { [Symbol.asyncIterator]: () => it };
 }

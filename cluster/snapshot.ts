@@ -40,7 +40,7 @@ import type { Storage } from '../storage/server/storage.js';
 import { SnapshotPool } from '../storage/backup/snapshot-pool.js';
 import { CAPTURE_TABLE, installCapture, pendingCapture, readPosition, STATE_TABLE, type ReplicaPosition } from './capture.js';
 import { readEntries, readHead } from './club-log.js';
-import { ClusterError, type ClusterLogger } from './errors.js';
+import { ClusterError, reasonOf, type ClusterLogger } from './errors.js';
 import type { EtcdGateway } from './etcd-gateway.js';
 import type { PeerPayload, PeerTransport } from './peer-types.js';
 
@@ -278,9 +278,7 @@ function checkImage(db: Db, club: string, meta: SnapshotMeta, auditVerifier: Aud
   if (pos.seq !== meta.seq || pos.digest !== meta.digest) throw new ClusterError('SNAPSHOT_INVALID', `snapshot holds position ${pos.seq}, declared ${meta.seq}`);
   installCapture(db);
   if (pendingCapture(db) > 0) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot holds changes that are not in the log');
-  // Signed heads are checked with the cluster's identity keys: a change log with signed heads
-  // never verifies without them (every store past SIGN_EVERY entries or SIGN_MAX_AGE_MS has some).
-  const audit = verifyAuditLog(db, club, auditVerifier);
+  const audit = verifyAuditLog(db, club, auditVerifier); // signed heads need the identity keys (most stores have some)
   if (!audit.ok) throw new ClusterError('SNAPSHOT_INVALID', `snapshot's change log does not verify (${audit.firstBad?.reason ?? 'unknown'})`);
   if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'`).get()) return [];
   return (db.prepare('SELECT DISTINCT file FROM documents').all() as Array<{ file: unknown }>).map((r) => r.file).filter((f): f is string => typeof f === 'string');
@@ -338,10 +336,7 @@ export interface InstallOptions extends SnapshotLimits {
    * installed (the files are not part of a snapshot). @throws when one could not be fetched.
    */
   documents?: (files: string[]) => Promise<void>;
-  /**
-   * Checks the signatures of the snapshot's signed change-log heads (the cluster's shared identity
-   * keys). Without it a snapshot whose change log has signed heads is refused (SNAPSHOT_INVALID).
-   */
+  /** Checks the snapshot's signed change-log heads (the shared identity keys); without it, signed heads are refused. */
   auditVerifier?: AuditVerifier | undefined;
 }
 
@@ -381,11 +376,6 @@ export async function installSnapshot(o: InstallOptions, payload: PeerPayload): 
   }
   o.logger.info('replica installed from a snapshot', { event: 'cluster.snapshot.installed', clubId: club, seq: meta.seq });
   return meta;
-}
-
-/** An error's own message (ours: ids and numbers) for the operator log, bounded. */
-export function reasonOf(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).slice(0, 200);
 }
 
 /**

@@ -18,15 +18,13 @@
  * Every step is crash-safe: a crash leaves the old or the new phase (a switch interrupted after
  * linking the previous key but before the rename is repaired by loadIdentityKeySet).
  */
-import { existsSync, linkSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
+import { existsSync, linkSync, renameSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { atomicWriteFileSync, fsyncDir } from './atomic-file.js';
+import { fsyncDir } from './atomic-file.js';
 import {
   ensurePublicKeyFile,
   fingerprintOf,
   generateIdentity,
-  IDENTITY_SIGNATURE_LEN,
-  IDENTITY_SPKI_LEN,
   identityPublicPath,
   IdentityKeyError,
   loadIdentity,
@@ -35,18 +33,12 @@ import {
   verifyTranscript,
   type IdentityKey,
 } from './identity.js';
-import { signRotation, verifyRotation, type RotationStatement } from './identity-rotation.js';
+import { signRotation, verifyRotation } from './identity-rotation.js';
+import { IdentityRotationError, readRotationLog, writeRotationLog, type RotationRecord } from './rotation-log.js';
+
+export { IdentityRotationError, MAX_ROTATION_LOG, readRotationLog, type RotationRecord } from './rotation-log.js';
 
 export type RotationPhase = 'single' | 'announce' | 'switched';
-
-/** Kept in the log: at most this many rotations (older ones are dropped from the file, oldest first). */
-export const MAX_ROTATION_LOG = 64;
-
-export interface RotationRecord extends RotationStatement {
-  /** ISO time of the switch to `new`, and of the retirement of `old`. */
-  switchedAt?: string;
-  retiredAt?: string;
-}
 
 export interface IdentityFiles {
   current: string;
@@ -59,79 +51,6 @@ export interface IdentityFiles {
 export function identityFiles(privatePath: string): IdentityFiles {
   const dir = dirname(privatePath);
   return { current: privatePath, next: join(dir, 'identity-next.pem'), previous: join(dir, 'identity-previous.pem'), log: join(dir, 'identity-rotations.json') };
-}
-
-/** A rollover step refused: out of order (WRONG_PHASE, ROTATION_IN_PROGRESS) or a damaged rotation log. */
-export class IdentityRotationError extends Error {
-  constructor(
-    readonly code: 'ROTATION_IN_PROGRESS' | 'NO_ROTATION' | 'WRONG_PHASE' | 'ROTATION_LOG_INVALID',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'IdentityRotationError';
-  }
-}
-
-interface LogFile {
-  version: 1;
-  rotations: Array<{ old: string; new: string; time: number; oldSignature: string; newSignature: string; switchedAt?: string; retiredAt?: string }>;
-}
-
-const b64 = (s: unknown, len: number, what: string): Buffer => {
-  const b = typeof s === 'string' && /^[A-Za-z0-9+/]+={0,2}$/.test(s) ? Buffer.from(s, 'base64') : undefined;
-  if (!b || b.length !== len) throw new IdentityRotationError('ROTATION_LOG_INVALID', `identity-rotations.json: ${what} is not ${len} bytes of base64`);
-  return b;
-};
-const isoOrUndef = (s: unknown, what: string): string | undefined => {
-  if (s === undefined) return undefined;
-  if (typeof s !== 'string' || s.length > 40 || Number.isNaN(Date.parse(s))) throw new IdentityRotationError('ROTATION_LOG_INVALID', `identity-rotations.json: ${what} is not an ISO time`);
-  return s;
-};
-
-/** Reads the rotation log (an empty list when there is none). Checks shapes, not signatures. */
-export function readRotationLog(path: string): RotationRecord[] {
-  if (!existsSync(path)) return [];
-  let doc: LogFile;
-  try {
-    doc = JSON.parse(readFileSync(path, 'utf8')) as LogFile;
-  } catch {
-    throw new IdentityRotationError('ROTATION_LOG_INVALID', `${path} is not JSON`);
-  }
-  if (!doc || doc.version !== 1 || !Array.isArray(doc.rotations) || doc.rotations.length > MAX_ROTATION_LOG) {
-    throw new IdentityRotationError('ROTATION_LOG_INVALID', `${path} is not a rotation log (version 1, at most ${MAX_ROTATION_LOG} rotations)`);
-  }
-  return doc.rotations.map((r, i) => {
-    const time = r?.time;
-    if (!Number.isSafeInteger(time) || time < 0) throw new IdentityRotationError('ROTATION_LOG_INVALID', `identity-rotations.json: rotation ${i + 1} has no valid time`);
-    const switchedAt = isoOrUndef(r.switchedAt, `rotation ${i + 1} switchedAt`);
-    const retiredAt = isoOrUndef(r.retiredAt, `rotation ${i + 1} retiredAt`);
-    return {
-      old: b64(r.old, IDENTITY_SPKI_LEN, `rotation ${i + 1} old`),
-      new: b64(r.new, IDENTITY_SPKI_LEN, `rotation ${i + 1} new`),
-      time,
-      oldSignature: b64(r.oldSignature, IDENTITY_SIGNATURE_LEN, `rotation ${i + 1} oldSignature`),
-      newSignature: b64(r.newSignature, IDENTITY_SIGNATURE_LEN, `rotation ${i + 1} newSignature`),
-      ...(switchedAt ? { switchedAt } : {}),
-      ...(retiredAt ? { retiredAt } : {}),
-    };
-  });
-}
-
-function writeRotationLog(path: string, rotations: readonly RotationRecord[]): void {
-  const doc: LogFile = {
-    version: 1,
-    rotations: rotations.slice(-MAX_ROTATION_LOG).map((r) => ({
-      old: r.old.toString('base64'),
-      new: r.new.toString('base64'),
-      time: r.time,
-      oldSignature: r.oldSignature.toString('base64'),
-      newSignature: r.newSignature.toString('base64'),
-      ...(r.switchedAt ? { switchedAt: r.switchedAt } : {}),
-      ...(r.retiredAt ? { retiredAt: r.retiredAt } : {}),
-    })),
-  };
-  // Public keys and signatures only: readable like identity.pub.
-  atomicWriteFileSync(path, Buffer.from(`${JSON.stringify(doc, null, 2)}\n`), 0o644);
 }
 
 export interface IdentityKeySet {

@@ -9,7 +9,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { ClusterNode } from '../cluster/node.js';
+import { registerBackupCommands } from '../daemon/backup/backup-commands.js';
 import { installClusterGate } from '../daemon/cluster/gate.js';
+import { clubBackupSettings } from '../storage/backup/backup-archive.js';
 import { ensureRequestKeys } from '../storage/club/request-keys.js';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
 
@@ -21,6 +23,7 @@ let commits = 0;
 before(async () => {
   env = await clubEnv();
   club = await env.newClub();
+  registerBackupCommands(env.dispatcher, env.services, { passphraseLog2N: 10 });
   // A cluster node that serves every club and whose output gate always succeeds.
   const node = { route: () => ({ kind: 'serve' }), commit: async () => void commits++, registerClub: async () => undefined } as unknown as ClusterNode;
   installClusterGate(env.dispatcher, () => node, env.storage);
@@ -102,4 +105,54 @@ test('a keyed read stores its answer in a transaction of its own and replays it'
   const again = await admin.call('persons.list', { rk });
   assert.deepEqual(again.payload, first.payload);
   assert.ok(commits > 0);
+});
+
+/**
+ * Refuses stored answers in server.db as well (the table of answers to row commands); where
+ * there is none (the old code kept every answer in the club's store), only the club's store.
+ */
+function refuseRowAnswers(on: boolean): void {
+  refuseAnswers(on);
+  const server = env.storage.server.db;
+  if (!server.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'club_request_keys'`).get()) return;
+  if (on) server.exec(`CREATE TEMP TRIGGER IF NOT EXISTS refuse_row_answers BEFORE INSERT ON main.club_request_keys BEGIN SELECT RAISE(ABORT, 'injected failure'); END`);
+  else server.exec('DROP TRIGGER IF EXISTS temp.refuse_row_answers');
+}
+
+test('backup.setPassphrase: the club row change in server.db and its stored answer commit together', async () => {
+  const setAt = () => clubBackupSettings(env.storage, club).passphrase?.setAt;
+  const rk = newKey();
+  const payload = { passphrase: 'the atomic backup passphrase', emails: ['board@atom.example.test'], rk };
+  refuseRowAnswers(true);
+  try {
+    await assert.rejects(admin.call('backup.setPassphrase', payload), 'the injected failure did not reach the command');
+  } finally {
+    refuseRowAnswers(false);
+  }
+  // Before: the passphrase was set in its own transaction and only the answer failed, so the
+  // retry below ran again and was refused (a set passphrase needs the current one to replace it).
+  assert.equal(setAt(), undefined, 'the passphrase was set without its stored answer');
+  const first = await admin.call('backup.setPassphrase', payload);
+  const at = setAt();
+  assert.equal(first.payload.setAt, at);
+  const again = await admin.call('backup.setPassphrase', payload);
+  assert.deepEqual(again.payload, first.payload, 'the retry got another answer');
+  assert.equal(setAt(), at, 'the retry set the passphrase again');
+  assert.equal(storedKeys(rk), 0, "kept in server.db, beside the row's change, not in the club's store");
+  await assert.rejects(admin.call('persons.create', { firstName: 'Key', lastName: 'Reuse', rk }), (e: { code?: string }) => e.code === 'CONFLICT', 'the key reused for another command');
+});
+
+test('session commands (auth.*) act on their connection each time: no stored answer, no ticket kept', async () => {
+  const s = env.session();
+  await s.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+  const rk = newKey();
+  const t1 = (await s.call('auth.ticket', { rk })).payload.ticket as string;
+  const t2 = (await s.call('auth.ticket', { rk })).payload.ticket as string;
+  assert.notEqual(t2, t1, 'a second ticket request got the stored answer');
+  assert.equal(storedKeys(rk), 0, 'a session ticket (a secret the daemon keeps only hashed) was stored with its request key');
+  const lk = newKey();
+  await s.call('auth.logout', { rk: lk });
+  await s.call('auth.login', { club, user: 'admin', password: ADMIN_PASSWORD });
+  await s.call('auth.logout', { rk: lk });
+  assert.equal(await s.code('auth.whoami'), 'UNAUTHENTICATED', 'a logout answered from a stored answer left the session open');
 });

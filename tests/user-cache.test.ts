@@ -90,3 +90,25 @@ test('the cache answers from memory until a commit, and sees writes of its own c
     await env.close();
   }
 });
+
+test('a user row read inside a transaction that rolls back does not outlive the rollback', async () => {
+  const { env, clubId, person, userId, reader } = await setup();
+  try {
+    const db = env.storage.openClub(clubId).db;
+    const before = currentUser(db, userId)!;
+    assert.equal(before.disabled, false);
+    // A write counts in total_changes() even when it is rolled back; a user read after it inside
+    // the transaction and kept in the cache would be the rolled-back row until the next write.
+    assert.throws(() =>
+      db.transaction(() => {
+        setDisabled(db, userId, true);
+        assert.equal(currentUser(db, userId)!.disabled, true, 'inside the transaction: as the transaction sees it');
+        throw new Error('rolled back');
+      })(),
+    /rolled back/);
+    assert.equal(currentUser(db, userId)!.disabled, false, 'after the rollback: the committed row');
+    assert.equal(await reader.code('persons.get', { id: person }), 'ok', 'the session of the user goes on');
+  } finally {
+    await env.close();
+  }
+});

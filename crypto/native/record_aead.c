@@ -3,14 +3,8 @@
  * pays a fresh EVP_CIPHER_CTX and OpenSSL 3's cipher lookup by name (a hash table, a string
  * compare and a lock): about 7.5 us for sealing and opening one 64-byte record, against 0.8 us here.
  *
- * Contexts: a keyed AES-256-GCM context costs about 1.4 KiB of native memory (key schedule, GHASH
- * table, provider state), 2.7 KiB per connection if every direction kept one, against an 8 KiB
- * budget per idle connection (issue 13 point 3). So each direction keeps only its key, IV and
- * counter (a few dozen bytes), and each thread keeps a small pool of POOL_SIZE keyed contexts. A
- * direction holds a pool slot until another direction needs one (round robin); while it holds it,
- * each record only sets its nonce (key schedule once). Taking a slot runs the key schedule again,
- * about 0.2 us. Active connections up to POOL_SIZE / 2 therefore never re-key; 5,000 idle
- * connections cost no contexts at all.
+ * Contexts: each direction keeps its key, IV and counter, and each thread a pool of keyed contexts
+ * that directions take in turn (record_pool.h says why and how; record_pool.c their lifetime).
  *
  * The nonce is the direction's IV XOR the record's sequence number (64-bit big-endian,
  * right-aligned; docs/PROTOCOL.md "Records"). The counter lives here, beside the key: every seal
@@ -26,94 +20,16 @@
  */
 #include <node_api.h>
 #include "napi_util.h" /* throw_error (clears OpenSSL's error queue), bytes_of */
+#include "record_pool.h" /* direction_t, the per-thread pool, context_for */
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <stdint.h>
 #include <string.h>
 
-#define KEY_LEN 32
-#define IV_LEN 12
 #define TAG_LEN 16
 /* 2^40 records per key: the protocol rekeys after 2^20 (REKEY_AFTER_RECORDS). */
 #define MAX_RECORDS ((uint64_t)1 << 40)
-
-#define POOL_SIZE 64
-
-struct pool;
-
-typedef struct direction {
-  struct pool *pool;
-  int slot; /* index into pool->slots, -1 when none */
-  int live; /* 0 once destroyed */
-  int encrypt;
-  uint8_t key[KEY_LEN];
-  uint8_t iv[IV_LEN];
-  uint64_t seq;
-} direction_t;
-
-/* One per Node environment (main thread, each worker): contexts are never shared across threads. */
-typedef struct pool {
-  EVP_CIPHER_CTX *ctx[POOL_SIZE];
-  direction_t *owner[POOL_SIZE];
-  int next; /* round-robin victim */
-  size_t refs; /* the environment plus each direction not yet finalized: whichever goes last frees */
-} pool_t;
-
-static void unref_pool(pool_t *p) {
-  if (--p->refs > 0) return;
-  for (int i = 0; i < POOL_SIZE; i++) EVP_CIPHER_CTX_free(p->ctx[i]); /* cleanses the key schedule */
-  OPENSSL_free(p);
-}
-
-static const uint8_t ZERO_KEY[KEY_LEN] = {0};
-
-/* Overwrites a slot's key schedule with that of the zero key, so no key outlives its direction. */
-static void scrub_slot(pool_t *p, int i) {
-  p->owner[i] = NULL;
-  if (p->ctx[i] != NULL) EVP_CipherInit_ex(p->ctx[i], NULL, NULL, ZERO_KEY, NULL, -1);
-}
-
-/* The keyed context for d: its own slot when it still holds it, else a new slot keyed for it. */
-static EVP_CIPHER_CTX *context_for(direction_t *d) {
-  pool_t *p = d->pool;
-  if (d->slot >= 0 && p->owner[d->slot] == d) return p->ctx[d->slot];
-  int i = p->next;
-  p->next = (i + 1) % POOL_SIZE;
-  if (p->ctx[i] == NULL) {
-    p->ctx[i] = EVP_CIPHER_CTX_new();
-    /* The cipher is looked up here, once per slot; records only set their nonce. */
-    if (p->ctx[i] == NULL || EVP_CipherInit_ex(p->ctx[i], EVP_aes_256_gcm(), NULL, NULL, NULL, d->encrypt) != 1) {
-      EVP_CIPHER_CTX_free(p->ctx[i]);
-      p->ctx[i] = NULL;
-      return NULL;
-    }
-  }
-  if (p->owner[i] != NULL) p->owner[i]->slot = -1;
-  p->owner[i] = NULL;
-  if (EVP_CipherInit_ex(p->ctx[i], NULL, NULL, d->key, NULL, d->encrypt) != 1) return NULL;
-  p->owner[i] = d;
-  d->slot = i;
-  return p->ctx[i];
-}
-
-static void wipe_direction(direction_t *d) {
-  if (d->slot >= 0 && d->pool->owner[d->slot] == d) scrub_slot(d->pool, d->slot);
-  d->slot = -1;
-  d->live = 0;
-  OPENSSL_cleanse(d->key, KEY_LEN);
-  OPENSSL_cleanse(d->iv, IV_LEN);
-}
-
-static void finalize_direction(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  direction_t *d = (direction_t *)data;
-  pool_t *p = d->pool;
-  wipe_direction(d);
-  OPENSSL_free(d);
-  unref_pool(p);
-}
 
 /*
  * The type tag of this addon's contexts (napi_type_tag_object, N-API 8): an External made by
@@ -172,21 +88,13 @@ static napi_value create(napi_env env, napi_callback_info info) {
   if (napi_get_value_bool(env, argv[2], &encrypt) != napi_ok) return throw_error(env, "ERR_AEAD_ARGS", "encrypt must be a boolean");
   pool_t *pool = NULL;
   if (napi_get_instance_data(env, (void **)&pool) != napi_ok || pool == NULL) return throw_error(env, "ERR_AEAD_STATE", "no context pool");
-  direction_t *d = (direction_t *)OPENSSL_zalloc(sizeof(direction_t));
+  direction_t *d = direction_new(pool, key, iv, encrypt ? 1 : 0);
   if (d == NULL) return throw_error(env, "ERR_AEAD_MEMORY", "out of memory");
-  d->pool = pool;
-  d->slot = -1;
-  d->live = 1;
-  d->encrypt = encrypt ? 1 : 0;
-  memcpy(d->key, key, KEY_LEN);
-  memcpy(d->iv, iv, IV_LEN);
   napi_value out;
   if (napi_create_external(env, d, finalize_direction, NULL, &out) != napi_ok) {
-    wipe_direction(d);
-    OPENSSL_free(d);
+    finalize_direction(env, d, NULL); /* never wrapped: wiped, freed, its pool reference dropped */
     return throw_error(env, "ERR_AEAD_MEMORY", "cannot wrap the context");
   }
-  pool->refs++;
   /* Untagged, the context would be refused by every call: wipe it (its finalizer frees it). */
   if (napi_type_tag_object(env, out, &DIRECTION_TAG) != napi_ok) {
     wipe_direction(d);
@@ -400,23 +308,11 @@ static napi_value destroy(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static void finalize_pool(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  pool_t *p = (pool_t *)data;
-  for (int i = 0; i < POOL_SIZE; i++) {
-    if (p->owner[i] != NULL) p->owner[i]->slot = -1;
-    scrub_slot(p, i);
-  }
-  unref_pool(p);
-}
-
 /* crypto/native/handshake_keys.c: the handshake's key exchange, signatures and hashes. */
 int register_handshake_functions(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
-  pool_t *pool = (pool_t *)OPENSSL_zalloc(sizeof(pool_t));
-  if (pool != NULL) pool->refs = 1;
+  pool_t *pool = pool_new();
   if (pool == NULL || napi_set_instance_data(env, pool, finalize_pool, NULL) != napi_ok) {
     OPENSSL_free(pool);
     napi_throw_error(env, "ERR_AEAD_MEMORY", "cannot allocate the context pool");

@@ -14,6 +14,7 @@ import type { SnapshotPool } from '../../storage/backup/snapshot-pool.js';
 import { BackupError } from '../../storage/backup/backup-errors.js';
 import { appendAudit, requirePrincipal, revocable, type ClubServices, type Principal } from '../club/auth.js';
 import { CommandError } from '../edge/command-errors.js';
+import { keepRowAnswer } from '../edge/keyed-answer.js';
 import type { CommandContext, Dispatcher } from '../edge/dispatcher.js';
 import { effectiveScope, type Action } from '../club/rights.js';
 
@@ -57,9 +58,15 @@ export function registerBackupCommands(d: Dispatcher, services: ClubServices, o:
       }
       const record = await newClubBackupKey(a.passphrase, o.passphraseLog2N !== undefined ? { log2N: o.passphraseLog2N } : {});
       p = requirePrincipal(services, ctx);
-      setClubBackupSettings(st, p.clubId, { passphrase: record, ...(a.emails ? { emails: a.emails } : {}) });
+      const clubId = p.clubId;
+      // The row's change and a keyed request's answer commit in one server.db transaction.
+      const server = st.server.db;
+      const result = server.transaction(() => {
+        setClubBackupSettings(st, clubId, { passphrase: record, ...(a.emails ? { emails: a.emails } : {}) });
+        return keepRowAnswer(server, clubId, { payload: { set: true, setAt: record.setAt } });
+      }).immediate();
       appendAudit(services, p.store, { user: p.actor.user, ip: p.actor.ip, session: p.actor.session, action: 'backup.setPassphrase', entity: null, recordId: null, changes: { replaced: Boolean(current), ...(a.emails ? { emails: a.emails } : {}) } });
-      return { payload: { set: true, setAt: record.setAt } };
+      return result;
     },
   });
   d.register({

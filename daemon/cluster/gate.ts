@@ -13,9 +13,12 @@
  * of the payload before the schema check). When a command with a key succeeds, its answer (without
  * one-time passwords) is stored with the user's id in the club's `request_keys` table in the same
  * transaction as the command's change (daemon/edge/keyed-answer.ts; replicated like the change,
- * shipped before the answer, so no takeover can find the one without the other); a retry with the same key by the
+ * shipped before the answer, so no takeover can find the one without the other); a command that
+ * changes the club's row instead stores it in server.db in the transaction of the row's change,
+ * and the answer travels with the row in its registry record. A retry with the same key by the
  * same user, on this or any later primary, gets the stored answer and the command is not run
- * again; another user gets CONFLICT.
+ * again; another user gets CONFLICT. Session commands (auth.*) ignore a key: their effect is the
+ * connection's session.
  *
  * A command whose write comes after the club moved away (it waited on a password hash, an upload,
  * a grouped write) is refused inside its transaction (cluster/capture.ts guardWrites) and answered
@@ -27,8 +30,8 @@ import { isNotServedWrite } from '../../cluster/capture.js';
 import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { Storage } from '../../storage/server/storage.js';
-import type { Db } from '../../storage/engine/sqlcipher.js';
 import { lookupAnswer, putAnswer } from '../../storage/club/request-keys.js';
+import { lookupRowAnswer } from '../../storage/server/row-answers.js';
 
 /** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
 export { MAX_REQUEST_KEYS, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../../storage/club/request-keys.js';
@@ -39,6 +42,13 @@ import { requestKeyOf, type CommandContext, type CommandResult, type CommandSpec
 
 const LOGIN_COMMANDS = new Set(['auth.login', 'auth.resume']);
 /**
+ * Commands whose effect is the connection's session (login, logout, tickets kept in memory), not
+ * a club's data: a request key is not honoured for them. A stored answer would hand a retry on
+ * a new session the old session's result (a logout that logs nothing out), and `auth.ticket`'s
+ * answer is a secret the daemon keeps only hashed.
+ */
+const isSessionCommand = (name: string) => name.startsWith('auth.');
+/**
  * Club commands that change the club's row in server.db (not its store, so not its log): the
  * row is published to every member through the registry record before the answer, or a
  * takeover would lose the change (the backup passphrase's public key, the mail addresses).
@@ -47,12 +57,15 @@ const ROW_COMMANDS = new Set(['backup.setPassphrase']);
 
 /**
  * The stored answer of a request key, if this club has one for the same command made by the same
- * user (storage/club/request-keys.ts); another user or command gets CONFLICT.
+ * user: in its store (storage/club/request-keys.ts) or, for a command that changed the club's
+ * row, in server.db (storage/server/row-answers.ts); another user or command gets CONFLICT.
  */
-function storedAnswer(db: Db, rk: string, command: string, userId: number | undefined): CommandResult | undefined {
-  const found = lookupAnswer(db, rk, command, userId);
-  if (found.kind === 'conflict') throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
-  return found.kind === 'answer' ? { payload: found.payload } : undefined;
+function storedAnswer(storage: Storage, club: string, rk: string, command: string, userId: number | undefined): CommandResult | undefined {
+  for (const found of [lookupAnswer(storage.openClub(club).db, rk, command, userId), lookupRowAnswer(storage.server.db, club, rk, command, userId)]) {
+    if (found.kind === 'conflict') throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
+    if (found.kind === 'answer') return { payload: found.payload };
+  }
+  return undefined;
 }
 
 /** A ClusterError from the output gate as the client's error. */
@@ -99,9 +112,9 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
-    const k: KeyedRequest | undefined = rk !== undefined && !LOGIN_COMMANDS.has(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
+    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
     if (k) {
-      const stored = storedAnswer(storage.openClub(club).db, k.rk, spec.name, userId);
+      const stored = storedAnswer(storage, club, k.rk, spec.name, userId);
       if (stored !== undefined) return stored;
     }
     let result: CommandResult;

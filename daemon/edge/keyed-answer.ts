@@ -7,8 +7,10 @@
  * `keepAnswer(db, result)` there: with a request key in force the answer is written beside the
  * change and commits (or rolls back) with it; without one `keepAnswer` only returns the result.
  * Grouped writes (daemon/club/command-guard.ts `grouped`) do this for their work's result.
- * The gate stores the answer afterwards, in a transaction of its own, only for a keyed command
- * that kept none (it changed nothing in the club's store).
+ * A command whose change is the club's row in server.db (`backup.setPassphrase`) passes its
+ * answer through `keepRowAnswer(server, club, result)` inside the server.db transaction of that
+ * change (storage/server/row-answers.ts). The gate stores the answer afterwards, in a transaction
+ * of its own, only for a keyed command that kept none (it changed nothing).
  *
  * The request is found through AsyncLocalStorage: a handler's own code runs in its request's
  * context. Code that runs later for several requests (a write group's commit) takes the context
@@ -17,6 +19,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Db } from '../../storage/engine/sqlcipher.js';
 import { putAnswer } from '../../storage/club/request-keys.js';
+import { putRowAnswer } from '../../storage/server/row-answers.js';
 import { CommandError } from './command-errors.js';
 import type { CommandResult } from './dispatcher.js';
 
@@ -58,4 +61,18 @@ export function keepAnswerFor<T extends CommandResult>(k: KeyedRequest | undefin
 /** keepAnswerFor for the request whose code is running now. */
 export function keepAnswer<T extends CommandResult>(db: Db, result: T): T {
   return keepAnswerFor(currentKeyed(), db, result);
+}
+
+/**
+ * keepAnswer for a change of the club's row in server.db: inside the server.db transaction that
+ * holds it, store `result` as the answer of the running request's key (if any) in server.db
+ * (storage/server/row-answers.ts), and return `result`. A failed write throws, so the change
+ * fails with it.
+ */
+export function keepRowAnswer<T extends CommandResult>(server: Db, club: string, result: T): T {
+  const k = currentKeyed();
+  if (!k || result.download) return result;
+  if (!server.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
+  if (putRowAnswer(server, club, k.rk, k.command, k.userId, result.payload, k.now())) k.kept = true;
+  return result;
 }

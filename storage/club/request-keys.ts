@@ -46,10 +46,31 @@ export type StoredAnswer = { kind: 'none' } | { kind: 'answer'; payload: unknown
 export function lookupAnswer(db: Db, rk: string, command: string, userId: number | undefined): StoredAnswer {
   ensureRequestKeys(db);
   const row = db.prepare('SELECT command, answer FROM request_keys WHERE rk = ?').get(rk) as { command: string; answer: Buffer } | undefined;
-  if (!row) return { kind: 'none' };
+  return row ? storedAnswerOf(row, command, userId) : { kind: 'none' };
+}
+
+/** A stored row read back for `command` by `userId`: the answer, or a conflict (lookupAnswer's rule). */
+export function storedAnswerOf(row: { command: string; answer: Uint8Array }, command: string, userId: number | undefined): StoredAnswer {
   const stored = decode(row.answer) as { u?: unknown; p?: unknown } | null;
   if (row.command !== command || stored === null || typeof stored !== 'object' || stored.u !== (userId ?? null)) return { kind: 'conflict' };
   return { kind: 'answer', payload: stored.p };
+}
+
+/**
+ * The bytes stored for an answer: the user's id and the payload less one-time passwords, CBOR.
+ * Undefined when it cannot be encoded or is larger than `maxBytes`.
+ */
+export function encodeAnswer(userId: number | undefined, payload: unknown, maxBytes = MAX_STORED_ANSWER_BYTES): Buffer | undefined {
+  let bytes: Uint8Array;
+  try {
+    const kept = payload !== null && typeof payload === 'object' && !Array.isArray(payload)
+      ? Object.fromEntries(Object.entries(payload as Record<string, unknown>).filter(([k]) => !SECRET_ANSWER_FIELDS.includes(k)))
+      : payload;
+    bytes = encode({ u: userId ?? null, p: kept ?? null });
+  } catch {
+    return undefined;
+  }
+  return bytes.length > maxBytes ? undefined : Buffer.from(bytes);
 }
 
 /**
@@ -61,18 +82,10 @@ export function lookupAnswer(db: Db, rk: string, command: string, userId: number
  * @param now milliseconds since the epoch
  */
 export function putAnswer(db: Db, rk: string, command: string, userId: number | undefined, payload: unknown, now: number): boolean {
-  let bytes: Uint8Array;
-  try {
-    const kept = payload !== null && typeof payload === 'object' && !Array.isArray(payload)
-      ? Object.fromEntries(Object.entries(payload as Record<string, unknown>).filter(([k]) => !SECRET_ANSWER_FIELDS.includes(k)))
-      : payload;
-    bytes = encode({ u: userId ?? null, p: kept ?? null });
-  } catch {
-    return false;
-  }
-  if (bytes.length > MAX_STORED_ANSWER_BYTES) return false;
+  const bytes = encodeAnswer(userId, payload);
+  if (!bytes) return false;
   ensureRequestKeys(db);
-  db.prepare('INSERT OR REPLACE INTO request_keys (rk, command, answer, at) VALUES (?, ?, ?, ?)').run(rk, command, Buffer.from(bytes), now);
+  db.prepare('INSERT OR REPLACE INTO request_keys (rk, command, answer, at) VALUES (?, ?, ?, ?)').run(rk, command, bytes, now);
   db.prepare('DELETE FROM request_keys WHERE at < ?').run(now - REQUEST_KEY_TTL_MS);
   const n = (db.prepare('SELECT count(*) AS n FROM request_keys').get() as { n: number }).n;
   if (n > MAX_REQUEST_KEYS) db.prepare('DELETE FROM request_keys WHERE rk IN (SELECT rk FROM request_keys ORDER BY at LIMIT ?)').run(n - MAX_REQUEST_KEYS);

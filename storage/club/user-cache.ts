@@ -14,6 +14,13 @@
  * together cheaper than the join and the JSON parse of the user row they replace. A reopened store (eviction, restore,
  * key rotation) is a new Db and starts empty. The cached records are shared: callers must not
  * change them.
+ *
+ * Inside an open transaction of the connection the cache is neither read nor filled: the row is
+ * read as that transaction sees it. `total_changes()` counts a write that is later rolled back,
+ * and a rollback does not undo the count; a row read after such a write and kept would outlive
+ * the rollback (a user disabled or made administrator by a change that never committed) until
+ * the next write. No caller looks a user up inside a transaction today (the session checks run
+ * before a command's transaction and between the chunks of a stream); this keeps it so.
  */
 import type { Db } from '../engine/sqlcipher.js';
 import { getUserById, type UserRecord } from './users.js';
@@ -59,6 +66,7 @@ function versionStatements(db: Db): { dataVersion: PluckStatement; changes: Pluc
  * commit since the last lookup may have changed it (see the invalidation rule above).
  */
 export function currentUser(db: Db, id: number): UserRecord | undefined {
+  if (db.inTransaction) return getUserById(db, id);
   const v = versionStatements(db);
   const dataVersion = v.dataVersion.get() as number;
   const changes = v.changes.get() as number;

@@ -94,6 +94,21 @@ const SERVER_MIGRATIONS = [
       ) STRICT`,
     ],
   },
+  {
+    // Stored answers of request keys for club commands whose change is the club's row here
+    // (storage/server/row-answers.ts), written in the transaction of that change.
+    version: 4,
+    statements: [
+      `CREATE TABLE club_request_keys (
+        club_id TEXT NOT NULL,
+        rk TEXT NOT NULL CHECK (length(rk) BETWEEN 16 AND 64),
+        command TEXT NOT NULL CHECK (length(command) <= 64),
+        answer BLOB NOT NULL CHECK (length(answer) <= 4096),
+        at INTEGER NOT NULL,
+        PRIMARY KEY (club_id, rk)
+      ) STRICT`,
+    ],
+  },
 ];
 
 interface RawClub {
@@ -274,8 +289,12 @@ export class ServerDb implements AnchorStore {
     }));
   }
 
+  /** Remove the club's row and the stored answers of its row commands. */
   deleteClubRow(id: string): void {
-    this.db.prepare('DELETE FROM clubs WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM clubs WHERE id = ?').run(id);
+      this.db.prepare('DELETE FROM club_request_keys WHERE club_id = ?').run(id);
+    })();
   }
 
   markStoreCreated(id: string): void {

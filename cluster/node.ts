@@ -36,7 +36,8 @@ import type { MemberLease } from './member-lease.js';
 import { joinCluster, rejoinUntilJoined } from './node-join.js';
 import { checkAddress, setDrain, type Membership } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
-import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
+import { allPlacements, clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
+import { holdColdMoves } from './warm-moves.js';
 import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
 import { commitClub } from './output-gate.js';
 import type { PeerTransport } from './peer-types.js';
@@ -332,7 +333,10 @@ export class ClusterNode extends EventEmitter {
   private async plan(): Promise<void> {
     const opts = { standbys: this.opts.standbys ?? 1, maxMoves: this.opts.movesPerRound ?? 1 };
     const changed = placementChanges({ members: this.members, drains: this.drains, registry: this.registry, placement: this.placement, storage: this.storage, ...opts });
-    if (Object.keys(changed).length > 0) await this.leader.write(changed);
+    if (Object.keys(changed).length === 0) return;
+    // Planned moves wait until their target has caught up (warm-moves.ts).
+    const held = await holdColdMoves({ gw: this.gw, current: allPlacements(this.placement), changed, alive: new Set(this.ctx.memberIds()), keepEntries: this.ctx.upkeep.logKeepEntries, logger: this.logger });
+    if (Object.keys(held).length > 0) await this.leader.write(held);
   }
 
   // ---- registry -----------------------------------------------------------------------------

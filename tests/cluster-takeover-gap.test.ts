@@ -35,11 +35,10 @@ const EVENTS = Math.max(1, Math.min(50, Number(process.env.TAKEOVER_GAP_EVENTS ?
 const BURN = process.env.TAKEOVER_GAP_EVENTS !== undefined || process.env.TAKEOVER_GAP_BURN === '1';
 /**
  * Every other event follows a restart at once, while clubs still move to the restarted member
- * (reproduction runs, or TAKEOVER_GAP_AT_ONCE=1). Known and not fixed yet: a rebalancing move
- * makes the restarted member a club's standby in place of the warm one and then its primary,
- * before it caught up; when the old primary dies in that window and the log was trimmed past
- * both replicas, the club waits until the old primary returns (docs/CLUSTER.md "Not yet
- * built"). A plain `npm test` lets the standbys catch up between events.
+ * (reproduction runs, or TAKEOVER_GAP_AT_ONCE=1). This found the rebalancing move onto a member
+ * that had not caught up (cluster/warm-moves.ts): with the old primary killed in that window
+ * and the log trimmed past both remaining replicas, the club waited for the old primary's
+ * return. A plain `npm test` lets the standbys catch up between events (a shorter run).
  */
 const AT_ONCE = process.env.TAKEOVER_GAP_EVENTS !== undefined || process.env.TAKEOVER_GAP_AT_ONCE === '1';
 

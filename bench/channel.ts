@@ -143,13 +143,13 @@ class ServerChild {
 // ---------------------------------------------------------------------------------------------
 // Clients: ours through the SDK, TLS with the same length-prefixed framing the child echoes
 
-interface EchoClient {
+export interface EchoClient {
   /** Sends `body` and resolves when it has come back whole. */
   echo(body: Buffer): Promise<void>;
   close(): Promise<void>;
 }
 
-class OursClient implements EchoClient {
+export class OursClient implements EchoClient {
   constructor(private readonly conn: Connection) {}
 
   static async open(port: number, fingerprint: string): Promise<OursClient> {
@@ -175,7 +175,7 @@ class OursClient implements EchoClient {
 }
 
 /** Length-prefixed echo over TLS; answers come back in order, so pending requests form a queue. */
-class TlsClient implements EchoClient {
+export class TlsClient implements EchoClient {
   private readonly queue: { left: number; resolve: () => void }[] = [];
   private headerBytes = 0;
   private header = 0;

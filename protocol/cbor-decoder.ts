@@ -35,6 +35,17 @@ let dpos = 0;
 const VIEW_MIN = 4096;
 const VIEW_SHARE = 2;
 let viewFrom = Infinity;
+/** How many views of an input buffer the decoder has returned so far (madeViews()). */
+let viewsMade = 0;
+
+/**
+ * How many byte strings the decoder has returned as views of its input so far (a running
+ * count): a session compares it before and after decoding a record to learn whether anything
+ * it hands out still points into the record's buffer (protocol/read-buffers.ts).
+ */
+export function madeViews(): number {
+  return viewsMade;
+}
 
 function readArg(b: Uint8Array, ai: number): number {
   if (ai < 24) return ai;
@@ -157,6 +168,7 @@ function fastItem(b: Uint8Array): unknown {
       if (arg >= viewFrom && arg * VIEW_SHARE >= b.buffer.byteLength) {
         const view = new Uint8Array(b.buffer, b.byteOffset + dpos, arg);
         dpos += arg;
+        viewsMade++;
         return view;
       }
       // A copy, so a small value never pins its record (or the socket read it was opened in).

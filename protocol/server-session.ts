@@ -88,9 +88,10 @@ export class ServerSession extends SessionCore<ServerState, Input, ServerEvent> 
 
   /**
    * Buffers bytes; all work happens in nextEvent(). `owned`: the caller hands `data` over (a
-   * socket's freshly read buffer that nothing else references): records are decrypted in place
-   * in it. Without it, bytes of records are copied before they are opened, and `data` is never
-   * changed.
+   * socket's freshly read buffer that nothing else references, or whole records in a read
+   * buffer of protocol/read-buffers.ts, which learns through the decoder which views of it are
+   * handed out): records are decrypted in place in it. Without it, bytes of records are copied
+   * before they are opened, and `data` is never changed.
    */
   receive(data: Buffer, owned = false): void {
     if (this.terminal) return;
@@ -99,6 +100,14 @@ export class ServerSession extends SessionCore<ServerState, Input, ServerEvent> 
       this.helloBuf.push(data);
       this.helloLen += data.length;
     }
+  }
+
+  /**
+   * Whether received bytes are records now (the ClientHello has been answered): the daemon then
+   * hands over whole records it owns (protocol/read-buffers.ts), before that copies.
+   */
+  get readingRecords(): boolean {
+    return this.reader !== undefined;
   }
 
   /** Bytes not yet processed (for the daemon's back-pressure decision). */

@@ -1,8 +1,10 @@
 import { CLOSE_BODY_LEN, MAX_MESSAGES_PER_RECORD, PROTOCOL_VERSION_2 } from './constants.js';
 import { ProtocolError } from './errors.js';
 import { batchBounds } from './batch.js';
+import { madeViews } from './cbor-decoder.js';
 import { decodeMessage, decodeMessageAt, type Message } from './messages.js';
 import { OutputQueue } from './output-queue.js';
+import { lendChunk, pinBuffer } from './read-buffers.js';
 import type { RecordReader, RecordSealer } from './record-layer.js';
 
 /**
@@ -10,6 +12,18 @@ import type { RecordReader, RecordSealer } from './record-layer.js';
  * openData() fills and reads it synchronously.
  */
 const BATCH_BOUNDS = new Uint32Array(2 * MAX_MESSAGES_PER_RECORD);
+
+/**
+ * The one message of a DATA record, after decoding made `views` views of the record's buffer
+ * (protocol/read-buffers.ts): a CHUNK whose data is the one view is lent to its consumer (it
+ * may give it back with releaseChunk), any other view pins the buffer (never reused).
+ */
+function lent(plaintext: Buffer, m: Message, views: number): Message {
+  if (views === 0) return m;
+  if (views === 1 && m.kind === 'chunk' && m.data.buffer === plaintext.buffer) lendChunk(m.data);
+  else pinBuffer(plaintext.buffer);
+  return m;
+}
 
 /** The states both sides' tables share (docs/PROTOCOL.md 5.1). */
 type CommonState = 'ESTABLISHED' | 'CLOSED';
@@ -127,12 +141,15 @@ export abstract class SessionCore<State extends string, Input extends string, Ev
    * are all decoded before the first is returned, so a malformed one refuses the whole record.
    */
   protected openData(plaintext: Buffer): Message {
-    if (this.version < PROTOCOL_VERSION_2) return decodeMessage(plaintext, true);
+    const views = madeViews();
+    if (this.version < PROTOCOL_VERSION_2) return lent(plaintext, decodeMessage(plaintext, true), madeViews() - views);
     // Each message decoded where it lies in the record (no view or array of views per record).
     const n = batchBounds(plaintext, BATCH_BOUNDS);
-    if (n === 1) return decodeMessageAt(plaintext, BATCH_BOUNDS[0]!, BATCH_BOUNDS[1]!, true);
+    if (n === 1) return lent(plaintext, decodeMessageAt(plaintext, BATCH_BOUNDS[0]!, BATCH_BOUNDS[1]!, true), madeViews() - views);
     const messages: Message[] = new Array<Message>(n);
     for (let i = 0; i < n; i++) messages[i] = decodeMessageAt(plaintext, BATCH_BOUNDS[2 * i]!, BATCH_BOUNDS[2 * i + 1]!, true);
+    // Views of a record of several messages are never given back one by one.
+    if (madeViews() !== views) pinBuffer(plaintext.buffer);
     this.inbox = messages;
     this.inboxAt = 1;
     return messages[0]!;

@@ -8,8 +8,8 @@ import type { ConnectionInfo, Dispatcher } from './dispatcher.js';
 import type { Limits } from '../main/config.js';
 import type { Logger } from '../common/log.js';
 import type { ConnectionEvents } from './requests.js';
-import { SessionOutput } from './session-output.js';
-import { attachSocket, normalizeIp, onHandshakeTimer, onRecordTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
+import { ConnectionInput } from './connection-input.js';
+import { attachSocket, normalizeIp, onHandshakeTimer, onTerminateTimer, type ConnectionIO } from './socket-events.js';
 
 export type { ConnectionEvents } from './requests.js';
 export { normalizeIp } from './socket-events.js';
@@ -25,17 +25,11 @@ const TERMINATE_GRACE_MS = 1000;
  * its output is SessionOutput's (session-output.ts), and the requests on it (in flight,
  * deadlines, downloads) are RequestLifecycle's (requests.ts).
  */
-export class Connection extends SessionOutput implements ConnectionIO {
+export class Connection extends ConnectionInput implements ConnectionIO {
   readonly info: ConnectionInfo;
   /** When the socket was accepted, ms since the epoch. */
   readonly acceptedAt = Date.now();
   private sessionState: Map<string, unknown> | undefined;
-  /**
-   * The record deadline: when the record now partly received started (0: none), and one timer
-   * per connection that checks it (re-armed for the rest, never per byte or per record).
-   */
-  private recordStart = 0;
-  private recordTimer: NodeJS.Timeout | undefined;
   /** Armed from the end of the handshake until a login: the whole deadline for logging in. */
   /**
    * The login deadline (ms since the epoch, 0: none) and the last socket activity, checked by the
@@ -45,7 +39,6 @@ export class Connection extends SessionOutput implements ConnectionIO {
   private loggedIn = false;
   /** Resources freed and socket destroyed (see destroy()). */
   private released = false;
-  private bytesIn = 0;
   private faulted = false;
 
   constructor(
@@ -61,17 +54,12 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.info = { id, ip: normalizeIp(socket.remoteAddress ?? ''), port: socket.remotePort ?? 0 };
     socket.setNoDelay(true);
     this.handshakeTimer = setTimeout(onHandshakeTimer, limits.handshakeTimeoutMs, this);
-    attachSocket(socket, this);
+    if (!attachSocket(socket, this, true)) this.input = undefined;
   }
 
   /** The per-connection state handlers share (ctx.session), created on first use. */
   override sessionMap(): Map<string, unknown> {
     return (this.sessionState ??= new Map());
-  }
-
-  /** Bytes received so far (0: the peer has sent nothing). */
-  get receivedBytes(): number {
-    return this.bytesIn;
   }
 
   /**
@@ -163,64 +151,16 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.finishHandshake(false);
     clearTimeout(this.sweepTimer);
     this.sweepTimer = undefined;
-    clearTimeout(this.recordTimer);
+    this.stopRecordTimer();
     this.loginDeadline = 0;
     if (this.inflight) {
       for (const f of [...this.inflight.values()]) this.abortInFlight(f, new CommandError('CANCELLED', 'connection closed'));
       this.inflight.clear();
     }
     this.session.wipe();
+    this.input?.close();
     if (this.sessionState) this.dispatcher.connectionClosed(this.info, this.sessionState);
     this.socket.destroy();
-  }
-
-  /** @internal socket listener */
-  onData(data: Buffer): void {
-    if (this.closed) return;
-    this.bytesIn += data.length;
-    this.lastActive = Date.now();
-    // The socket's read buffer is ours alone: records are opened in place in it.
-    this.session.receive(data, true);
-    this.pumping = true;
-    try {
-      this.pump();
-    } finally {
-      this.pumping = false;
-    }
-    // pump() flushes on its ways out; this writes whatever an early return (closed) left.
-    this.flush();
-    this.watchRecord();
-  }
-
-  /**
-   * A record started must be finished within recordTimeoutMs of its first byte, however the
-   * bytes trickle in (nginx client_body_timeout is a deadline for the whole read in the same
-   * way); the handshake has its own whole deadline.
-   */
-  private watchRecord(): void {
-    if (this.closed || this.handshakeOpen) return;
-    if (this.session.bufferedBytes === 0) {
-      this.recordStart = 0;
-    } else if (this.recordStart === 0) {
-      this.recordStart = Date.now();
-      this.recordTimer ??= setTimeout(onRecordTimer, this.limits.recordTimeoutMs, this);
-    }
-  }
-
-  /** @internal */
-  onRecordTimeout(): void {
-    this.recordTimer = undefined;
-    if (this.closed || this.recordStart === 0) return;
-    const left = this.recordStart + this.limits.recordTimeoutMs - Date.now();
-    if (left > 0) {
-      // An earlier record finished in time; this one has the rest of its own deadline.
-      this.recordTimer = setTimeout(onRecordTimer, left, this);
-      return;
-    }
-    this.log.debug('record deadline', { conn: this.info.id, ip: this.info.ip, buffered: this.session.bufferedBytes });
-    this.closed = true; // see onHandshakeTimeout
-    this.events.violation('slow', 'record not completed in time');
-    this.destroy();
   }
 
   /** @internal The session's exporter value (a copy), once the handshake is done. */
@@ -245,7 +185,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
     this.closeWith(CLOSE_IDLE);
   }
 
-  private pump(): void {
+  protected pump(): void {
     for (;;) {
       if (this.closed) return;
       const ev = this.session.nextEvent();
@@ -333,8 +273,8 @@ export class Connection extends SessionOutput implements ConnectionIO {
   /** @internal */
   onHandshakeTimeout(): void {
     if (!this.handshakeOpen || this.closed) return;
-    const silent = this.bytesIn === 0;
-    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.bytesIn });
+    const silent = this.receivedBytes === 0;
+    this.log.debug('handshake timeout', { conn: this.info.id, ip: this.info.ip, bytes: this.receivedBytes });
     // Closed first: the ban this violation may trigger must not terminate (and count) it again.
     this.closed = true;
     this.events.violation(silent ? 'silent' : 'handshake', silent ? 'sent nothing' : 'handshake not completed in time');
@@ -367,7 +307,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
     if (this.closed) return;
     // Classified by the stage reached (PROTOCOL.md): a ClientHello cut short ("CM", 40 of 75
     // bytes) is a broken handshake, counted, not a record-layer attack banned at once.
-    if (this.handshakeOpen && this.bytesIn > 0) {
+    if (this.handshakeOpen && this.receivedBytes > 0) {
       // A client with a stale pin that drops right after the ServerHello (the pre-rollover rule,
       // or a third-party client): during a rollover's switch and grace period no violation, so a
       // key switch never bans whole NATs (PROTOCOL.md 11). Logged and counted all the same.
@@ -380,7 +320,7 @@ export class Connection extends SessionOutput implements ConnectionIO {
       this.protocolFailure(new ProtocolError('BAD_HANDSHAKE_MESSAGE', 'connection ended inside the handshake'));
       return;
     }
-    if (this.session.bufferedBytes > 0) {
+    if (this.pendingBytes > 0) {
       this.protocolFailure(new ProtocolError('TRUNCATED', 'connection ended inside a record'));
       return;
     }

@@ -9,6 +9,7 @@ import { MAX_CHUNK_LEN, MAX_INFLIGHT_REQUESTS } from '../../protocol/constants.j
 import { ProtocolError } from '../../protocol/errors.js';
 import { InboundStream, OutboundCredit } from '../../protocol/flow.js';
 import type { Message } from '../../protocol/messages.js';
+import { releaseChunk } from '../../protocol/read-buffers.js';
 import { boundedText, CommandError } from './command-errors.js';
 import type { CommandContext, ConnectionInfo, Dispatcher } from './dispatcher.js';
 import type { Limits } from '../main/config.js';
@@ -205,6 +206,7 @@ export abstract class RequestLifecycle {
         discardDownload(download);
         throw e;
       }
+      const echoed = download instanceof InboundStream;
       for await (const piece of download) {
         // Each CHUNK is cut to the credit held (at most MAX_CHUNK_LEN): any grant moves it on.
         for (let off = 0; off < piece.length; ) {
@@ -216,6 +218,10 @@ export abstract class RequestLifecycle {
           if (this.closed || this.socket.writableLength > this.limits.writeHighWaterBytes) await this.writable(f);
           this.send({ kind: 'chunk', id, data });
         }
+        // An upload echoed back: each piece is a chunk the peer sent, just sealed into the
+        // download (send() copies it), so nothing reads it any more; its read buffer may be
+        // reused (protocol/read-buffers.ts). Nothing happens for a chunk that was not lent.
+        if (echoed) releaseChunk(piece);
       }
       this.send({ kind: 'end', id });
       this.events.counted('request', f.command, 'ok');

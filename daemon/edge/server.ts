@@ -15,6 +15,7 @@ import { Dispatcher } from './dispatcher.js';
 import { nullLogger, type Logger } from '../common/log.js';
 import { ViolationBus, type ViolationKind } from '../bans/violations.js';
 import { CredentialIssuer } from './credentials.js';
+import { probeUserReads, userReadsBackend } from './user-reads.js';
 
 /**
  * The TCP listener: admission happens on accept, before any crypto work: the ban check (a banned
@@ -113,7 +114,8 @@ export class Daemon {
       fingerprint: opts.identity.fingerprint,
     }), Date.now, opts.config.diag);
     this.admission = new Admission(opts.config.limits, opts.random);
-    this.server = createServer({ pauseOnConnect: false, noDelay: true }, (s) => {
+    // Paused until the connection has set up how it reads (socket-events.ts attachSocket).
+    this.server = createServer({ pauseOnConnect: true, noDelay: true }, (s) => {
       // The accept path is guarded like each connection's (Connection.fault): a failure here
       // loses this socket, never the listener.
       try {
@@ -133,6 +135,7 @@ export class Daemon {
 
   static async start(opts: DaemonOptions): Promise<Daemon> {
     const d = new Daemon(opts);
+    await probeUserReads();
     const { host, port } = splitHostPort(opts.config.listen);
     await new Promise<void>((resolve, reject) => {
       d.server.once('error', reject);
@@ -151,6 +154,10 @@ export class Daemon {
     const hs = handshakeKeysBackend();
     if (hs.impl === 'native') d.log.info('handshake keys', { impl: hs.impl });
     else d.log.warn('handshake key addon not loaded: using node:crypto (same handshakes, more CPU per handshake); run npm ci to build it', { impl: hs.impl, reason: hs.reason });
+    // user-reads.ts: the same bytes either way, only more garbage collection per MiB read.
+    const reads = userReadsBackend();
+    if (reads.impl === 'user-buffer') d.log.info('socket reads', { impl: reads.impl });
+    else d.log.warn('socket reads into reused buffers not available: a buffer per read (same bytes, more garbage collection)', { impl: reads.impl, reason: reads.reason });
     const l = opts.config.limits;
     const sweepMs = Math.max(25, Math.min(1000, Math.floor(Math.min(l.loginTimeoutMs, l.idleTimeoutMs) / 4)));
     d.deadlineTimer = setInterval(() => d.sweepDeadlines(), sweepMs).unref();

@@ -4,10 +4,14 @@
  * connection's guard (fault()), and the peer address as the daemon reports it.
  */
 import type { Socket } from 'node:net';
+import { readIntoUserBuffers, type ReadDone } from './user-reads.js';
 
 /** What the listeners and timers call on a connection (Connection implements it). */
 export interface ConnectionIO {
   onData(data: Buffer): void;
+  /** With reads into the daemon's buffers (user-reads.ts): where the next read lands, and how much landed. */
+  readTarget(): Uint8Array;
+  onRead(n: number): void;
   onEnd(): void;
   destroy(): void;
   onSocketClose(): void;
@@ -30,6 +34,14 @@ function onSocketData(this: OwnedSocket, d: Buffer): void {
   const c = this[CONN];
   try {
     c.onData(d);
+  } catch (e) {
+    c.fault('data', e);
+  }
+}
+function onSocketRead(this: OwnedSocket, n: number): void {
+  const c = this[CONN];
+  try {
+    c.onRead(n);
   } catch (e) {
     c.fault('data', e);
   }
@@ -74,7 +86,7 @@ function onSocketTimeout(this: OwnedSocket): void {
     c.fault('idle', e);
   }
 }
-export function onRecordTimer(c: ConnectionIO): void {
+export function onRecordTimer(c: Pick<ConnectionIO, 'onRecordTimeout' | 'fault'>): void {
   try {
     c.onRecordTimeout();
   } catch (e) {
@@ -89,15 +101,25 @@ export function onLoginTimer(c: ConnectionIO): void {
   }
 }
 
-/** Makes `owner` the target of the socket's data, end, error, close, drain and timeout events. */
-export function attachSocket(socket: Socket, owner: ConnectionIO): void {
+/**
+ * Makes `owner` the target of the socket's data, end, error, close, drain and timeout events,
+ * and starts reading (the daemon accepts with pauseOnConnect). `userReads`: reads land in the
+ * owner's buffers (readTarget/onRead, user-reads.ts) where that is available; the return value
+ * says whether they do (otherwise the socket emits 'data' as usual).
+ */
+export function attachSocket(socket: Socket, owner: ConnectionIO, userReads = false): boolean {
   (socket as OwnedSocket)[CONN] = owner;
-  socket.on('data', onSocketData);
+  // Node calls the buffer function without the socket: one closure per connection. It runs
+  // right after onSocketRead (or at set-up) and cannot fail but by a bug.
+  const own = userReads && readIntoUserBuffers(socket, () => owner.readTarget(), onSocketRead as unknown as ReadDone);
+  if (!own) socket.on('data', onSocketData);
   socket.on('end', onSocketEnd);
   socket.on('error', onSocketError);
   socket.on('close', onSocketClose);
   socket.on('drain', onSocketDrain);
   socket.on('timeout', onSocketTimeout);
+  socket.resume();
+  return own;
 }
 
 export function onHandshakeTimer(c: ConnectionIO): void {

@@ -6,7 +6,14 @@ interface Status {
   self: string;
   leader: string | null;
   members: Array<{ id: string; address: string; state: string }>;
-  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null }>;
+  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null; served?: boolean; waitingMs?: number | null }>;
+}
+
+/** This member's part in a club: serving it, or named its primary and taking it over (for how long). */
+function hereOf(c: Status['clubs'][number]): string {
+  if (c.served) return 'serves';
+  if (typeof c.waitingMs === 'number') return `taking over (${Math.round(c.waitingMs / 1000)} s)`;
+  return '-';
 }
 
 /** `commusicctl cluster ...` (docs/CLUSTER.md): on the running daemon of a cluster member. */
@@ -15,8 +22,8 @@ export function registerClusterCommands(program: Command, dataDir: () => string,
   const cluster = program.command('cluster').description('several servers: members, placement, drain (on a running cluster member)');
   cluster
     .command('status')
-    .description("members with their state, and each club's primary, standbys and replication lag (entries)")
-    .option('--json', 'print JSON: {members: [{id, address, state}], clubs: [{id, primary, standbys, lag}]}')
+    .description("members with their state, and each club's primary, standbys, replication lag (entries) and whether this member serves it")
+    .option('--json', 'print JSON: {members: [{id, address, state}], clubs: [{id, primary, standbys, lag, served, waitingMs}]}')
     .action(async (o: { json?: boolean }) => {
       const { result } = await run('cluster.status', {});
       const s = result as Status;
@@ -26,7 +33,7 @@ export function registerClusterCommands(program: Command, dataDir: () => string,
           '',
           table(['member', 'address', 'state'], r.members.map((m) => [m.id, m.address, m.state])),
           '',
-          table(['club', 'primary', 'standbys', 'lag'], r.clubs.map((c) => [c.id, c.primary ?? '-', c.standbys.join(',') || '-', c.lag === null ? '?' : String(c.lag)])),
+          table(['club', 'primary', 'standbys', 'lag', 'here'], r.clubs.map((c) => [c.id, c.primary ?? '-', c.standbys.join(',') || '-', c.lag === null ? '?' : String(c.lag), hereOf(c)])),
         ].join('\n'),
       );
     });

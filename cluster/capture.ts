@@ -171,9 +171,20 @@ export function drainCapture(db: Db, after = 0): { changeset: Changeset; upto: n
       }
     }
   }
-  const ddl = newTables.flatMap((t) => schemaObjectsOf(db, t));
+  // The schema objects of every table this connection ships rows of for the first time go along
+  // (applied only where missing). Tying them to "tables whose triggers this drain installed" lost
+  // them whenever another caller of installCapture (a snapshot served, a role change) saw a table
+  // made on first use before the drain did: replicas then refused every later entry naming it.
+  const shipped = ddlShipped.get(db) ?? new Set<string>();
+  ddlShipped.set(db, shipped);
+  const fresh = [...new Set([...newTables, ...ops.map((o) => o.table)])].filter((t) => !shipped.has(t));
+  const ddl = fresh.flatMap((t) => schemaObjectsOf(db, t));
+  for (const t of fresh) shipped.add(t);
   return { changeset: { schema: db.pragma('user_version', { simple: true }) as number, ...(ddl.length ? { ddl } : {}), ops }, upto };
 }
+
+/** Per connection, the tables whose schema objects a changeset has carried (drainCapture). */
+const ddlShipped = new WeakMap<Db, Set<string>>();
 
 /** Forget captured rows up to `upto` (they are in the log). */
 export function ackCapture(db: Db, upto: number): void {

@@ -166,7 +166,7 @@ export class ClubLog {
    * key if it still carries this log's token.
    */
   async release(): Promise<void> {
-    while (this.busy || this.queue.length > 0) await new Promise((r) => setImmediate(r));
+    while (this.busy || this.queue.length > 0) await new Promise((r) => setTimeout(r, 5));
     this.close();
     const ok = ownerKey(this.clubId);
     await this.opts.gw.read('release club', () => this.opts.gw.kv.if(ok, 'Create', '==', this.token).then(this.opts.gw.kv.delete().key(ok)).commit());

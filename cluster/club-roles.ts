@@ -14,6 +14,9 @@ import { PositionPublisher } from './log-trim.js';
 import { ensureReachable } from './maintenance.js';
 import type { ClubState, NodeContext } from './node-types.js';
 
+/** How often a takeover that keeps meeting another owner says so in the operator log (ms). */
+export const TAKEOVER_REPORT_MS = 10_000;
+
 export function logKeyOf(storage: Storage, club: string): Buffer {
   const row = storage.server.mustGetClub(club);
   const keys = storage.clubKeys(row);
@@ -28,7 +31,10 @@ export function logKeyOf(storage: Storage, club: string): Buffer {
  * the applied position is published for the primary's trim rounds (log-trim.ts).
  */
 export async function follow(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
-  if (st.follower) return;
+  if (st.follower && !st.follower.isStopped) return;
+  // A follower that stopped (a takeover that stopped it and then failed, or one that failed
+  // before its error reached us) applies nothing more: it is replaced, never waited on.
+  st.follower = undefined;
   const logKey = logKeyOf(ctx.storage, club);
   await ensureReachable(ctx, club, logKey);
   const db = ctx.storage.openClub(club, { allowSuspended: true }).db;
@@ -97,21 +103,29 @@ export async function rebuildIfAhead(ctx: NodeContext, club: string, st: ClubSta
 
 export async function becomePrimary(ctx: NodeContext, club: string, st: ClubState): Promise<void> {
   await rebuildIfAhead(ctx, club, st);
-  await follow(ctx, club, st);
-  const follower = st.follower!;
   const logKey = logKeyOf(ctx.storage, club);
   const schema = ctx.storage.openClub(club, { allowSuspended: true }).db.pragma('user_version', { simple: true }) as number;
-  const opts = { gw: ctx.gw, lease: ctx.lease, nodeId: ctx.nodeId, clubId: club, logKey, schema };
   let taken: { log: ClubLog } | undefined;
+  const since = Date.now();
+  let reported = since;
   for (let delay = 20; !taken; delay = Math.min(delay * 2, 200)) {
     if (ctx.stopped || !ctx.lease.isValid() || ctx.placementOf(club)?.primary !== ctx.nodeId) {
       return;
     }
+    // Each round re-reads the state it acts on: the current lease (a rejoin replaces it) and a
+    // live follower (one that failed while we waited is replaced, not reused).
+    await follow(ctx, club, st);
+    const follower = st.follower!;
     try {
-      taken = await takeOver(follower, opts);
+      taken = await takeOver(follower, { gw: ctx.gw, lease: ctx.lease, nodeId: ctx.nodeId, clubId: club, logKey, schema });
     } catch (e) {
       if (!(e instanceof ClusterError) || e.code !== 'NOT_OWNER') throw e;
       // The previous owner still holds the key: its lease has not ended or it is handing over.
+      // Either ends within a few lease TTLs; past that the operator log names the holder.
+      if (Date.now() - reported >= TAKEOVER_REPORT_MS) {
+        reported = Date.now();
+        ctx.logger.warn('takeover waits for the previous owner to give the club up', { event: 'cluster.takeover.waiting', clubId: club, owner: e.owner ?? null, waitedMs: reported - since });
+      }
       await new Promise((r) => setTimeout(r, delay));
     }
   }
@@ -135,19 +149,36 @@ export async function becomePrimary(ctx: NodeContext, club: string, st: ClubStat
   st.log = taken.log;
   st.role = 'primary';
   st.serving = true;
+  st.namedPrimaryAt = undefined;
   ctx.logger.info('serving club as primary', { event: 'cluster.primary', clubId: club, seq: taken.log.head.seq });
 }
 
-/** Planned handover: wait for appends in flight, record the position, release the owner key. */
-export async function handBack(storage: Storage, club: string, st: ClubState): Promise<void> {
+/** Longest a handover waits for commits in flight before it closes the log under them (ms). */
+export const HANDBACK_WAIT_MS = 30_000;
+
+/**
+ * Planned handover: wait for appends in flight (each is bounded by the append budget and the
+ * document push deadline; past HANDBACK_WAIT_MS the log is closed under them, they fail and the
+ * client retries), record the position, release the owner key.
+ */
+export async function handBack(storage: Storage, club: string, st: ClubState, logger?: ClusterLogger): Promise<void> {
   const log = st.log;
   if (!log) return;
-  while (st.inflight > 0) await new Promise((r) => setImmediate(r));
+  const until = Date.now() + HANDBACK_WAIT_MS;
+  while (st.inflight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  if (st.inflight > 0) {
+    logger?.warn('handover did not wait longer for commits in flight; they fail', { event: 'cluster.handback.forced', clubId: club, inflight: st.inflight });
+    log.close(new ClusterError('CLOSED', `club ${club} handed over`));
+  }
   try {
     if (log.state === 'open') {
       const db = storage.openClub(club, { allowSuspended: true }).db;
       writePosition(db, { seq: log.head.seq, digest: log.head.digest });
       await log.release();
+    } else {
+      // Closed under commits in flight (or by a failure): the key goes back all the same, if it
+      // is still ours, so the new primary need not wait for this server's lease to end.
+      await log.release().catch(() => undefined);
     }
   } finally {
     st.log = undefined;
@@ -194,7 +225,7 @@ export async function reconcileRole(ctx: NodeContext, club: string, st: ClubStat
   }
   if (st.log) {
     st.serving = false;
-    await handBack(ctx.storage, club, st);
+    await handBack(ctx.storage, club, st, ctx.logger);
     ctx.clubMoved(club);
   }
   if (want === 'standby') {

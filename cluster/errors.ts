@@ -57,3 +57,8 @@ export interface ClusterLogger {
 }
 
 export const silentClusterLogger: ClusterLogger = { warn() {}, info() {} };
+
+/** An error's own message (ours: ids and numbers, no secrets) for the operator log's `reason`, bounded. */
+export function reasonOf(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).slice(0, 200);
+}

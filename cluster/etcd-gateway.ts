@@ -15,7 +15,7 @@
  * for five seconds, so retries land on the members that are up.
  */
 import { ExponentialBackoff, noop, isBrokenCircuitError, type IBackoff } from 'cockatiel';
-import { Etcd3, EtcdLeaseInvalidError, isRecoverableError, type IOptions, type Namespace, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, isRecoverableError, type IOptions, type Namespace, type WatchBuilder, type Watcher } from 'etcd3';
 import { ClusterError } from './errors.js';
 
 export interface EtcdTls {
@@ -82,6 +82,29 @@ export async function cancelWatcher(w: Watcher, ms = 1000): Promise<void> {
     }),
   ]);
   if (timer) clearTimeout(timer);
+}
+
+/**
+ * Create a watch, each attempt bounded: etcd3's `create()` waits for the watch stream to confirm
+ * without any deadline (streams get none), so a watch on a stream that never comes up would hold
+ * its caller (a follower's start, a club's role change) for as long. An attempt past
+ * max(4 x call timeout, 1 s) fails as transient and is retried within the read budget; a watcher
+ * that connects after its attempt gave up is cancelled.
+ * @throws ClusterError ETCD_UNAVAILABLE when no attempt connected within the read budget.
+ */
+export function createWatch(gw: EtcdGateway, what: string, build: () => WatchBuilder): Promise<Watcher> {
+  const attemptMs = Math.max(4 * gw.callTimeoutMs, 1000);
+  return gw.read(what, () => {
+    const pending = build().create();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        pending.then((w) => cancelWatcher(w), () => undefined);
+        reject(new Error(`watch "${what}" timed out`));
+      }, attemptMs);
+    });
+    return Promise.race([pending, late]).finally(() => clearTimeout(timer));
+  });
 }
 
 export class EtcdGateway {

@@ -18,7 +18,7 @@ import { EventEmitter } from 'node:events';
 import type { Watcher } from 'etcd3';
 import { ClubLog, readEntries, readHead, type ClubLogOptions, type LogEntry, type LogHead } from './club-log.js';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
-import { cancelWatcher, type EtcdGateway } from './etcd-gateway.js';
+import { cancelWatcher, createWatch, type EtcdGateway } from './etcd-gateway.js';
 import { headKey } from './keys.js';
 
 export interface FollowerPosition {
@@ -60,6 +60,11 @@ export class LogFollower extends EventEmitter {
     return { ...this.pos };
   }
 
+  /** Whether the follower stopped (stop(), or it failed): it applies nothing more and must be replaced. */
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
   /** Entries the replica is behind the last head it saw. */
   get lag(): number {
     return Math.max(0, this.lastHeadSeq - this.pos.seq);
@@ -72,7 +77,7 @@ export class LogFollower extends EventEmitter {
     await this.catchUp();
     const from = head.modRevision === '0' ? undefined : String(BigInt(head.modRevision) + 1n);
     const b = this.opts.gw.kv.watch().key(headKey(this.opts.clubId));
-    const w = await this.opts.gw.read('watch log head', () => (from ? b.startRevision(from) : b).create());
+    const w = await createWatch(this.opts.gw, 'watch log head', () => (from ? b.startRevision(from) : b));
     if (this.stopped) {
       await cancelWatcher(w);
       return;

@@ -73,6 +73,7 @@ export async function ensureReachable(ctx: NodeContext, club: string, logKey: Ui
       peers,
       sources,
       ...ctx.upkeep.snapshot,
+      auditVerifier: ctx.auditVerifier(),
       // The files the snapshot's rows name, before it is installed: a takeover by this replica
       // must find every document its rows promise (RPO 0 for documents, as for rows).
       documents: (files) => pullMissingFiles({ peers, storage: ctx.storage, club, files, sources, logger: ctx.logger }),

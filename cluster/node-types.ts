@@ -1,4 +1,5 @@
 /** The types cluster/node.ts and its helper modules share: options, routes, status and a club's state. */
+import type { AuditVerifier } from '../storage/club/audit-log.js';
 import type { Storage } from '../storage/server/storage.js';
 import type { SnapshotPool } from '../storage/backup/snapshot-pool.js';
 import type { ClubLog } from './club-log.js';
@@ -48,6 +49,12 @@ export interface ClusterNodeOptions {
   snapshot?: SnapshotLimits;
   /** The storage worker threads snapshots are copied on (the daemon's one pool); default a pool of the process. */
   workers?: SnapshotPool;
+  /**
+   * Verifies the signed heads of a received snapshot's change log: the cluster's shared identity
+   * keys (current and those of a rollover; daemon/cluster/setup.ts). Asked at each snapshot, so a
+   * rollover is seen. Without it a snapshot whose change log has signed heads is refused.
+   */
+  auditVerifier?: () => AuditVerifier | undefined;
 }
 
 export type Route = { kind: 'serve' } | { kind: 'redirect'; node: string; address: string } | { kind: 'unavailable'; reason: string };
@@ -66,13 +73,19 @@ export interface ClubState {
   shipping?: Promise<void> | undefined;
   /** The local store may hold changes the log lacks (an append failed): rebuild before use. */
   needsRebuild: boolean;
+  /** Local time (ms) this member first saw itself named the club's primary while not serving it (status `waitingMs`). */
+  namedPrimaryAt?: number | undefined;
 }
 
 export interface ClusterStatus {
   self: string;
   leader: string | undefined;
   members: Array<{ id: string; address: string; state: string; drained: boolean }>;
-  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null; epoch: number }>;
+  /**
+   * `served`: this member answers the club's requests now (route = serve). A member named primary
+   * with `served` false is taking the club over; `waitingMs` says for how long (null otherwise).
+   */
+  clubs: Array<{ id: string; primary: string | null; standbys: string[]; lag: number | null; epoch: number; served: boolean; waitingMs: number | null }>;
 }
 
 /**
@@ -90,6 +103,8 @@ export interface NodeContext {
   readonly peers: PeerTransport | undefined;
   readonly upkeep: UpkeepSettings;
   placementOf(club: string): Placement | undefined;
+  /** The verifier of snapshots' signed change-log heads (ClusterNodeOptions.auditVerifier), if any. */
+  auditVerifier(): AuditVerifier | undefined;
   /** Node ids of the live members (from `members/`). */
   memberIds(): string[];
   /** Schedules a role change of `club` on its chain (retried on failure). */

@@ -67,6 +67,9 @@ export function clusterStatus(a: {
   drains: PrefixMirror;
   registry: PrefixMirror;
   clubs: ReadonlyMap<string, ClubState>;
+  /** Whether this member serves `club` now (ClusterNode.route). */
+  served(club: string): boolean;
+  now: number;
 }): ClusterStatus {
   const drained = new Set(a.drains.entries().map(([k]) => k));
   const placements = allPlacements(a.placement);
@@ -76,7 +79,9 @@ export function clusterStatus(a: {
     const st = a.clubs.get(club);
     // lag is known for the clubs this server follows (its replica) or serves (0); others: null
     const lag = st?.follower ? st.follower.lag : st?.serving ? 0 : null;
-    clubs.push({ id: club, primary: p?.primary ?? null, standbys: p?.standbys ?? [], lag, epoch: p?.epoch ?? 0 });
+    const served = a.served(club);
+    const waiting = !served && p?.primary === a.self && st?.namedPrimaryAt !== undefined ? Math.max(0, a.now - st.namedPrimaryAt) : null;
+    clubs.push({ id: club, primary: p?.primary ?? null, standbys: p?.standbys ?? [], lag, epoch: p?.epoch ?? 0, served, waitingMs: waiting });
   }
   return {
     self: a.self,

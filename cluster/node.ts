@@ -23,26 +23,27 @@
  */
 import { EventEmitter } from 'node:events';
 import { deriveClusterRecordKey } from '../crypto/cluster-seal.js';
-import { importRowAnswers, listRowAnswers } from '../storage/server/row-answers.js';
+import { listRowAnswers } from '../storage/server/row-answers.js';
 import type { Storage } from '../storage/server/storage.js';
 import { BanBoard } from './ban-board.js';
-import { backupClubKey } from './backup-board.js';
 import { guardWrites } from './capture.js';
 import { dropClub, handBack, reconcileRole } from './club-roles.js';
-import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
+import { ClusterError, reasonOf, silentClusterLogger, type ClusterLogger } from './errors.js';
 import { EtcdGateway } from './etcd-gateway.js';
-import { checkNodeId, CLUBS_PREFIX, DRAIN_PREFIX, MEMBERS_PREFIX, placementKey, PLACEMENT_PREFIX } from './keys.js';
+import { checkNodeId, DRAIN_PREFIX, MEMBERS_PREFIX, PLACEMENT_PREFIX } from './keys.js';
 import { ClusterMaintenance, upkeepSettings } from './maintenance.js';
-import { MemberLease } from './member-lease.js';
-import { checkAddress, Membership, setDrain } from './membership.js';
+import type { MemberLease } from './member-lease.js';
+import { joinCluster, rejoinUntilJoined } from './node-join.js';
+import { checkAddress, setDrain, type Membership } from './membership.js';
 import type { ClubState, ClusterNodeOptions, ClusterStatus, NodeContext, Route } from './node-types.js';
-import { clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
+import { allPlacements, clusterStatus, memberInfo, placementChanges, placementOf } from './node-views.js';
+import { holdColdMoves } from './warm-moves.js';
 import { registerDocumentPeers, replicateFiles } from './doc-replica.js';
 import { commitClub } from './output-gate.js';
 import type { PeerTransport } from './peer-types.js';
-import { PlacementLeader, type Placement } from './placement.js';
+import type { PlacementLeader, Placement } from './placement.js';
 import { PrefixMirror } from './prefix-mirror.js';
-import { applyClubRowUpdate, openClubRow, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
+import { forgetClubRecords, importClubRecord, REGISTRY_PREFIX, registryKey, sealClubRow } from './registry.js';
 import { registerSnapshotProvider } from './snapshot.js';
 
 export type { ClusterNodeOptions, ClusterStatus, Route } from './node-types.js';
@@ -103,6 +104,7 @@ export class ClusterNode extends EventEmitter {
       logger: this.logger,
       peers: this.peers,
       memberIds: () => this.members.entries().map(([id]) => id),
+      auditVerifier: () => opts.auditVerifier?.(),
       get lease() {
         return node.lease;
       },
@@ -148,18 +150,19 @@ export class ClusterNode extends EventEmitter {
     }
   }
 
-  private async join(): Promise<void> {
-    this.lease = await MemberLease.grant(this.gw, { ttlSec: this.opts.ttlSec ?? 2 });
-    this.lease.once('expired', () => this.onLeaseExpired());
-    this.membership = new Membership(this.gw, this.lease, { id: this.nodeId, address: this.address, state: 'active' });
-    await this.membership.register();
-    this.leader = new PlacementLeader(this.gw, this.lease, this.nodeId, this.logger);
-    this.leader.on('elected', () => this.schedulePlan());
-    await this.leader.start();
+  /** Take a seat (node-join.ts joinCluster); only a complete join replaces the node's lease. */
+  private async join(): Promise<MemberLease> {
+    const seat = await joinCluster({ gw: this.gw, nodeId: this.nodeId, address: this.address, ttlSec: this.opts.ttlSec ?? 2, logger: this.logger, onElected: () => this.schedulePlan(), onExpired: (l) => this.lease === l && this.onLeaseExpired(), stopped: () => this.stopped });
+    ({ lease: this.lease, membership: this.membership, leader: this.leader } = seat);
+    // Expired while joining (a long pause): its listener saw a lease that was not yet current.
+    if (!seat.lease.isValid() && !this.rejoining) this.onLeaseExpired();
+    return seat.lease;
   }
 
+  private rejoining = false;
   private onLeaseExpired(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.rejoining) return;
+    this.rejoining = true;
     this.logger.warn('cluster lease expired by our own clock: stopping to serve every club and joining again', { event: 'cluster.lease.expired', node: this.nodeId });
     for (const [club, st] of this.clubs) {
       if (st.serving) {
@@ -171,16 +174,17 @@ export class ClusterNode extends EventEmitter {
       st.role = 'none';
     }
     this.emit('lease-lost');
-    const retry = (delay: number): void => {
-      if (this.stopped) return;
-      void this.leader
-        .stop()
-        .catch(() => undefined)
-        .then(() => this.join())
-        .then(() => this.reconcileAll())
-        .catch(() => setTimeout(() => retry(Math.min(delay * 2, 2000)), delay).unref?.());
-    };
-    retry(100);
+    rejoinUntilJoined({
+      nodeId: this.nodeId,
+      logger: this.logger,
+      stopped: () => this.stopped,
+      leave: () => this.leader.stop(),
+      join: () => this.join(),
+      done: (joined) => {
+        this.rejoining = false;
+        if (joined) this.reconcileAll();
+      },
+    });
   }
 
   // ---- the daemon's questions -------------------------------------------------------------
@@ -229,19 +233,9 @@ export class ClusterNode extends EventEmitter {
     this.schedulePlan();
   }
 
-  /**
-   * Remove a deleted club from etcd: registry record, placement, owner, log, backup record, then compact the
-   * history so the wrapped key and the sealed entries are gone from etcd as well (SECURITY.md).
-   */
+  /** Remove a deleted club's records from etcd and compact its history (registry.ts forgetClubRecords). */
   async forgetClub(club: string): Promise<void> {
-    await this.gw.read('forget club', () =>
-      this.gw.kv
-        .if(registryKey(club), 'Create', '>', 0)
-        .then(this.gw.kv.delete().key(registryKey(club)), this.gw.kv.delete().key(placementKey(club)), this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
-        .else(this.gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), this.gw.kv.delete().key(backupClubKey(club)))
-        .commit(),
-    );
-    await this.gw.compact(await this.gw.revision());
+    await forgetClubRecords(this.gw, club);
   }
 
   /** Mark a member drained (its clubs move away at the planned rate) or clear the mark. */
@@ -252,7 +246,7 @@ export class ClusterNode extends EventEmitter {
   /** Members, leader and every club's primary, standbys and (for clubs followed here) lag. */
   async status(): Promise<ClusterStatus> {
     const leader = await this.leader.currentLeader().catch(() => undefined);
-    return clusterStatus({ self: this.nodeId, leader, members: this.members, placement: this.placement, drains: this.drains, registry: this.registry, clubs: this.clubs });
+    return clusterStatus({ self: this.nodeId, leader, members: this.members, placement: this.placement, drains: this.drains, registry: this.registry, clubs: this.clubs, served: (club) => this.route(club).kind === 'serve', now: Date.now() });
   }
 
   /** A current member's advertised HOST:PORT (the peer channel's directory), or undefined. */
@@ -286,7 +280,7 @@ export class ClusterNode extends EventEmitter {
       await st.follower?.stop();
       if (st.log && st.log.state === 'open') {
         st.serving = false;
-        await handBack(this.storage, club, st).catch(() => undefined);
+        await handBack(this.storage, club, st, this.logger).catch(() => undefined);
       }
     }
     await Promise.all([this.members.stop(), this.placement.stop(), this.drains.stop(), this.registry.stop(), this.bans.stop()]);
@@ -294,6 +288,15 @@ export class ClusterNode extends EventEmitter {
     if (this.membership) await this.membership.leave().catch(() => undefined);
     if (this.lease) await this.lease.revoke();
     this.gw.close();
+  }
+
+  /**
+   * Stop renewing the current lease without telling etcd, as a partition or a long pause would
+   * (tests, drills): the lease runs out by this server's clock, the server stops serving every
+   * club and joins again with a new lease.
+   */
+  suspendLeaseKeepalive(): void {
+    this.lease.suspendKeepalive();
   }
 
   /** Stop as a crash would (tests, drills): no handover, no revoke; etcd expires the lease. */
@@ -330,7 +333,10 @@ export class ClusterNode extends EventEmitter {
   private async plan(): Promise<void> {
     const opts = { standbys: this.opts.standbys ?? 1, maxMoves: this.opts.movesPerRound ?? 1 };
     const changed = placementChanges({ members: this.members, drains: this.drains, registry: this.registry, placement: this.placement, storage: this.storage, ...opts });
-    if (Object.keys(changed).length > 0) await this.leader.write(changed);
+    if (Object.keys(changed).length === 0) return;
+    // Planned moves wait until their target has caught up (warm-moves.ts).
+    const held = await holdColdMoves({ gw: this.gw, current: allPlacements(this.placement), changed, alive: new Set(this.ctx.memberIds()), keepEntries: this.ctx.upkeep.logKeepEntries, logger: this.logger });
+    if (Object.keys(held).length > 0) await this.leader.write(held);
   }
 
   // ---- registry -----------------------------------------------------------------------------
@@ -340,18 +346,7 @@ export class ClusterNode extends EventEmitter {
       void dropClub(this.storage, this.logger, this.clubs, club);
       return;
     }
-    try {
-      const { row, answers } = openClubRow(this.recordKey, club, value);
-      // The store is created on first use here too; the administrator row the primary ships in
-      // its first entries overwrites the one made locally (same row id).
-      const have = this.storage.server.getClub(club);
-      if (!have) this.storage.server.insertClub({ ...row, storeState: 'pending' });
-      else applyClubRowUpdate(this.storage, have, row); // an operator's change made on any member
-      importRowAnswers(this.storage.server.db, club, answers, Date.now()); // a keyed change's answer, beside it
-      this.reconcileSoon(club);
-    } catch (e) {
-      this.logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
-    }
+    if (importClubRecord(this.storage, this.recordKey, this.logger, club, value)) this.reconcileSoon(club);
   }
 
   // ---- roles --------------------------------------------------------------------------------
@@ -372,10 +367,12 @@ export class ClusterNode extends EventEmitter {
   private reconcileSoon(club: string): void {
     if (this.stopped) return;
     const st = this.state(club);
+    if (this.placementOf(club)?.primary !== this.nodeId || st.serving) st.namedPrimaryAt = undefined;
+    else st.namedPrimaryAt ??= Date.now();
     st.chain = st.chain
       .then(() => reconcileRole(this.ctx, club, st))
       .catch((e) => {
-        this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
+        this.logger.warn('club role change failed; retrying', { event: 'cluster.role.failed', clubId: club, code: (e as ClusterError).code ?? (e as Error).name, reason: reasonOf(e) });
         setTimeout(() => this.reconcileSoon(club), 250).unref?.();
       });
   }

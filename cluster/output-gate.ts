@@ -91,14 +91,22 @@ export async function commitClub(ctx: NodeContext, club: string, st: ClubState, 
   }
 }
 
-/** A failed append: stop serving at once, rebuild the store before next use, let the placement decide again. */
+/**
+ * A failed append: stop serving at once, rebuild the store before next use, give the owner key
+ * back (if it is still ours: after a refused document push or an append whose outcome stayed
+ * unclear, the key lives on with this server's lease, and a new primary would wait for it for as
+ * long as this server lives), and let the placement decide again. The release runs on the
+ * club's role chain, so a takeover here again starts after it.
+ */
 export function loseClub(ctx: NodeContext, club: string, st: ClubState, e: unknown): void {
   if (!st.serving) return;
+  const log = st.log;
   st.serving = false;
   st.log = undefined;
   st.role = 'none';
   st.needsRebuild = true;
   ctx.logger.warn('club no longer served here', { event: 'cluster.club.lost', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
+  if (log) st.chain = st.chain.then(() => log.release()).catch(() => undefined);
   ctx.clubMoved(club);
   setTimeout(() => ctx.reconcileSoon(club), 250).unref?.();
 }

@@ -10,7 +10,7 @@
 import { EventEmitter } from 'node:events';
 import type { Watcher } from 'etcd3';
 import { ClusterError, silentClusterLogger, type ClusterLogger } from './errors.js';
-import { cancelWatcher, type EtcdGateway } from './etcd-gateway.js';
+import { cancelWatcher, createWatch, type EtcdGateway } from './etcd-gateway.js';
 import { checkClubId, LEADER_KEY, placementKey, PLACEMENT_PREFIX } from './keys.js';
 import type { MemberLease } from './member-lease.js';
 import type { MemberInfo } from './membership.js';
@@ -205,7 +205,7 @@ export class PlacementLeader extends EventEmitter {
   /** Try to become leader now, then keep watching the key to try again when it is freed. */
   async start(): Promise<void> {
     await this.campaign();
-    const w = await this.gw.read('watch leader', () => this.gw.kv.watch().key(LEADER_KEY).create());
+    const w = await createWatch(this.gw, 'watch leader', () => this.gw.kv.watch().key(LEADER_KEY));
     if (this.stopped) {
       await cancelWatcher(w);
       return;
@@ -213,7 +213,7 @@ export class PlacementLeader extends EventEmitter {
     this.watcher = w;
     w.on('delete', () => {
       if (this.leading) this.depose();
-      void this.campaign().catch((e) => this.logger.warn('placement campaign failed', { event: 'cluster.leader.campaign', code: (e as ClusterError).code }));
+      this.campaignUntilSettled(250);
     });
     w.on('error', () => {
       // etcd cancelled the watch (compaction): watch again and campaign in case the key is free.
@@ -280,6 +280,20 @@ export class PlacementLeader extends EventEmitter {
     if (!this.leading) return;
     this.leading = false;
     this.emit('deposed');
+  }
+
+  /**
+   * Campaign after the leader key vanished, again after each failure (250 ms doubling to 2 s)
+   * until a campaign got an answer: won, or another member leads. A single failed attempt (etcd
+   * electing its own leader at that moment) left the cluster without a placement leader when
+   * every member's attempt failed, and a dead member's clubs were never given to their standbys.
+   */
+  private campaignUntilSettled(delay: number): void {
+    if (this.stopped) return;
+    this.campaign().catch((e) => {
+      this.logger.warn('placement campaign failed; retrying', { event: 'cluster.leader.campaign', code: (e as ClusterError).code });
+      setTimeout(() => this.campaignUntilSettled(Math.min(delay * 2, 2000)), delay).unref?.();
+    });
   }
 
   private async campaign(): Promise<void> {

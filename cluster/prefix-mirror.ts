@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Watcher } from 'etcd3';
-import { cancelWatcher, type EtcdGateway } from './etcd-gateway.js';
+import { cancelWatcher, createWatch, type EtcdGateway } from './etcd-gateway.js';
 
 /** Events: 'change' (key relative to the prefix, value or undefined when deleted), 'resync'. */
 export class PrefixMirror extends EventEmitter {
@@ -84,7 +84,7 @@ export class PrefixMirror extends EventEmitter {
     }
     for (const k of [...this.map.keys()]) if (!seen.has(k)) this.set(k, undefined);
     const from = String(BigInt(res.header.revision) + 1n);
-    const w = await this.gw.read(`watch ${this.prefix}`, () => this.gw.kv.watch().prefix(this.prefix).startRevision(from).create());
+    const w = await createWatch(this.gw, `watch ${this.prefix}`, () => this.gw.kv.watch().prefix(this.prefix).startRevision(from));
     if (this.stopped) {
       await cancelWatcher(w);
       return;

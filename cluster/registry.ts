@@ -7,10 +7,12 @@
  */
 import { openRecord, sealRecord } from '../crypto/cluster-seal.js';
 import type { ClubRow } from '../storage/server/server-db.js';
-import type { RowAnswer } from '../storage/server/row-answers.js';
+import { importRowAnswers, type RowAnswer } from '../storage/server/row-answers.js';
 import type { Storage } from '../storage/server/storage.js';
-import { ClusterError } from './errors.js';
-import { checkClubId } from './keys.js';
+import { ClusterError, type ClusterLogger } from './errors.js';
+import { backupClubKey } from './backup-board.js';
+import type { EtcdGateway } from './etcd-gateway.js';
+import { checkClubId, CLUBS_PREFIX, placementKey } from './keys.js';
 
 export const REGISTRY_PREFIX = 'registry/';
 export const registryKey = (club: string) => `${REGISTRY_PREFIX}${checkClubId(club)}`;
@@ -90,4 +92,40 @@ export function applyClubRowUpdate(storage: Storage, have: ClubRow, row: ClubRow
     changed = true;
   }
   return changed;
+}
+
+/**
+ * Remove a deleted club from etcd: registry record, placement, owner, log, backup record, then
+ * compact the history so the wrapped key and the sealed entries are gone from etcd as well
+ * (SECURITY.md).
+ */
+export async function forgetClubRecords(gw: EtcdGateway, club: string): Promise<void> {
+  await gw.read('forget club', () =>
+    gw.kv
+      .if(registryKey(club), 'Create', '>', 0)
+      .then(gw.kv.delete().key(registryKey(club)), gw.kv.delete().key(placementKey(club)), gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), gw.kv.delete().key(backupClubKey(club)))
+      .else(gw.kv.delete().prefix(`${CLUBS_PREFIX}${club}/`), gw.kv.delete().key(backupClubKey(club)))
+      .commit(),
+  );
+  await gw.compact(await gw.revision());
+}
+
+/**
+ * Import a club's registry record into this member's server database: a new club is inserted
+ * (its store is created on first use; the administrator row the primary ships in its first
+ * entries overwrites the one made locally, same row id), a known one takes the operator's change
+ * made on any member, and the stored answers of the row's keyed commands come along. Returns false (logged `cluster.registry.bad`) when the record does not open.
+ */
+export function importClubRecord(storage: Storage, recordKey: Uint8Array, logger: ClusterLogger, club: string, value: Buffer): boolean {
+  try {
+    const { row, answers } = openClubRow(recordKey, club, value);
+    const have = storage.server.getClub(club);
+    if (!have) storage.server.insertClub({ ...row, storeState: 'pending' });
+    else applyClubRowUpdate(storage, have, row);
+    importRowAnswers(storage.server.db, club, answers, Date.now()); // a keyed change's answer, beside it
+    return true;
+  } catch (e) {
+    logger.warn('registry record not imported', { event: 'cluster.registry.bad', clubId: club, code: (e as ClusterError).code ?? (e as Error).name });
+    return false;
+  }
 }

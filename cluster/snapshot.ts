@@ -30,7 +30,7 @@ import { chmodSync, createReadStream, readdirSync, rmSync, statSync } from 'node
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { clubPageKey } from '../crypto/wrap.js';
-import { verifyAuditLog } from '../storage/club/audit-log.js';
+import { verifyAuditLog, type AuditVerifier } from '../storage/club/audit-log.js';
 import { clubDbPath, clubDir } from '../storage/club/club-store.js';
 import { MIGRATIONS } from '../storage/club/schema.js';
 import { StorageError } from '../storage/engine/errors.js';
@@ -40,7 +40,7 @@ import type { Storage } from '../storage/server/storage.js';
 import { SnapshotPool } from '../storage/backup/snapshot-pool.js';
 import { CAPTURE_TABLE, installCapture, pendingCapture, readPosition, STATE_TABLE, type ReplicaPosition } from './capture.js';
 import { readEntries, readHead } from './club-log.js';
-import { ClusterError, type ClusterLogger } from './errors.js';
+import { ClusterError, reasonOf, type ClusterLogger } from './errors.js';
 import type { EtcdGateway } from './etcd-gateway.js';
 import type { PeerPayload, PeerTransport } from './peer-types.js';
 
@@ -268,7 +268,7 @@ async function receive(payload: PeerPayload, path: string, limits: SnapshotLimit
  * The checks on the image itself: schema, integrity, position, nothing pending, change log.
  * Returns the document file names its rows name.
  */
-function checkImage(db: Db, club: string, meta: SnapshotMeta): string[] {
+function checkImage(db: Db, club: string, meta: SnapshotMeta, auditVerifier: AuditVerifier | undefined): string[] {
   const top = MIGRATIONS.length ? MIGRATIONS[MIGRATIONS.length - 1]!.version : 0;
   const schema = db.pragma('user_version', { simple: true }) as number;
   if (schema !== meta.schema || schema > top) throw new ClusterError('SNAPSHOT_INVALID', `snapshot schema ${schema} (declared ${meta.schema}, this server knows up to ${top})`);
@@ -279,13 +279,14 @@ function checkImage(db: Db, club: string, meta: SnapshotMeta): string[] {
   if (pos.seq !== meta.seq || pos.digest !== meta.digest) throw new ClusterError('SNAPSHOT_INVALID', `snapshot holds position ${pos.seq}, declared ${meta.seq}`);
   installCapture(db);
   if (pendingCapture(db) > 0) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot holds changes that are not in the log');
-  if (!verifyAuditLog(db, club, undefined).ok) throw new ClusterError('SNAPSHOT_INVALID', "snapshot's change log does not verify");
+  const audit = verifyAuditLog(db, club, auditVerifier); // signed heads need the identity keys (most stores have some)
+  if (!audit.ok) throw new ClusterError('SNAPSHOT_INVALID', `snapshot's change log does not verify (${audit.firstBad?.reason ?? 'unknown'})`);
   if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'`).get()) return [];
   return (db.prepare('SELECT DISTINCT file FROM documents').all() as Array<{ file: unknown }>).map((r) => r.file).filter((f): f is string => typeof f === 'string');
 }
 
 /** Check a received snapshot file against its declared position and the club's log. */
-async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: Buffer[], gw: EtcdGateway, logKey: Uint8Array): Promise<string[]> {
+async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: Buffer[], gw: EtcdGateway, logKey: Uint8Array, auditVerifier: AuditVerifier | undefined): Promise<string[]> {
   let db: Db | undefined;
   for (const k of dataKeys) {
     const pageKey = clubPageKey(k);
@@ -301,7 +302,7 @@ async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: 
   if (!db) throw new ClusterError('SNAPSHOT_INVALID', "the club's data key does not open the snapshot");
   let files: string[];
   try {
-    files = checkImage(db, club, meta);
+    files = checkImage(db, club, meta, auditVerifier);
   } catch (e) {
     // A damaged page fails its HMAC inside SQLite: that is a refusal too.
     if (e instanceof ClusterError) throw e;
@@ -336,6 +337,8 @@ export interface InstallOptions extends SnapshotLimits {
    * installed (the files are not part of a snapshot). @throws when one could not be fetched.
    */
   documents?: (files: string[]) => Promise<void>;
+  /** Checks the snapshot's signed change-log heads (the shared identity keys); without it, signed heads are refused. */
+  auditVerifier?: AuditVerifier | undefined;
 }
 
 /**
@@ -357,7 +360,7 @@ export async function installSnapshot(o: InstallOptions, payload: PeerPayload): 
     const keys = storage.clubKeys(row);
     let files: string[];
     try {
-      files = await verify(tmp, club, meta, keys.map((k) => k.key), o.gw, o.logKey);
+      files = await verify(tmp, club, meta, keys.map((k) => k.key), o.gw, o.logKey, o.auditVerifier);
     } finally {
       for (const k of keys) k.key.fill(0);
     }
@@ -390,7 +393,7 @@ export async function obtainSnapshot(o: InstallOptions & { peers: PeerTransport;
       return await installSnapshot(o, payload);
     } catch (e) {
       last = e;
-      o.logger.warn('snapshot from a member refused or failed', { event: 'cluster.snapshot.failed', clubId: o.club, from: node, code: (e as { code?: string }).code ?? (e as Error).name });
+      o.logger.warn('snapshot from a member refused or failed', { event: 'cluster.snapshot.failed', clubId: o.club, from: node, code: (e as { code?: string }).code ?? (e as Error).name, reason: reasonOf(e) });
     }
   }
   throw new ClusterError('SNAPSHOT_UNAVAILABLE', `no member gave a usable snapshot of club ${o.club}`, last === undefined ? undefined : { cause: last });

@@ -101,3 +101,36 @@ test('a write left unacknowledged after a crash is visible as pending capture', 
     t.cleanup();
   }
 });
+
+test('a table made on first use reaches the replica even when another caller installed its triggers before the drain', () => {
+  const t = tmpDir('commusic-capture-ddl-');
+  const key = randomBytes(32);
+  const open = (dir: string): ClubStore => {
+    mkdirSync(dir, { recursive: true });
+    return openClubStore({ dataDir: dir, clubId: 'club-d', keys: [{ key, version: 2 }], create: true });
+  };
+  const primary = open(join(t.dir, 'p'));
+  const replica = open(join(t.dir, 'r'));
+  try {
+    installCapture(primary.db);
+    installCapture(replica.db);
+    // A first write ships (the connection's first changeset), then a table is made on first use
+    // (as audit_heads, request_keys, user_grants are) and written in the same turn.
+    createRecord(primary.db, 'persons', { firstName: 'Anna', lastName: 'Muster' }, { scope: { kind: 'all' }, audit: new AuditLog(primary.db, 'club-d'), actor: { user: 'anna', ip: '127.0.0.1', session: 's1' } });
+    const d1 = drainCapture(primary.db, 0)!;
+    assert.equal(applyEntry(replica.db, { seq: 1, digest: 'd1', items: [encodeChangeset(d1.changeset)] }), true);
+    ackCapture(primary.db, d1.upto);
+    primary.db.exec('CREATE TABLE IF NOT EXISTS first_use (id INTEGER PRIMARY KEY, note TEXT NOT NULL)');
+    // ... and before the output gate drains it, another path installs the capture triggers (a
+    // snapshot served to a standby, a role change): the table's creation must still ship.
+    installCapture(primary.db);
+    primary.db.prepare('INSERT INTO first_use (note) VALUES (?)').run('made on first use');
+    const d2 = drainCapture(primary.db, d1.upto)!;
+    assert.equal(applyEntry(replica.db, { seq: 2, digest: 'd2', items: [encodeChangeset(d2.changeset)] }), true, 'the replica refused the entry');
+    assert.deepEqual(replica.db.prepare('SELECT note FROM first_use').all(), [{ note: 'made on first use' }]);
+  } finally {
+    primary.close();
+    replica.close();
+    t.cleanup();
+  }
+});

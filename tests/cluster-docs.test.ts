@@ -28,6 +28,7 @@ import { createRecord } from '../storage/club/club-data.js';
 import { deleteDocument, putDocument, readDocumentBuffer } from '../storage/club/documents.js';
 import { createClub } from '../storage/server/provisioning.js';
 import { openStorage, type Storage } from '../storage/server/storage.js';
+import { placementKey } from '../cluster/keys.js';
 import { etcdMissing, type EtcdCluster } from './helpers/etcd.js';
 import { makeTemplate, newMemberFolder, useEtcdAndFolder } from './helpers/cluster-nodes.js';
 import { testIdentity } from './helpers/pair.js';
@@ -187,8 +188,14 @@ describe('documents on the standbys', { skip: missing }, () => {
     const info = await putDocument(primary.storage, club, Readable.from([randomBytes(10_000)]), { kind: 'other', name: 'x.pdf' });
     await assert.rejects(primary.node.commit(club), (e: unknown) => e instanceof ClusterError && (e.code === 'PEER_UNAVAILABLE' || e.code === 'PEER_REFUSED'));
     assert.notEqual(primary.node.route(club).kind, 'serve', 'the club is not served on with a row one server alone holds');
-    // Served again after the store was rebuilt from the log: the row that was never acknowledged is not there.
-    await until(`club ${club} served again`, () => primaryOf(club, live), 30_000);
+    // The club moves away at once (the placement written as the leader would, in the same turn,
+    // before the failed primary's own retry): the failed primary gave its owner key back, so the
+    // standby takes over now, not when the failed primary's (live) lease ends, i.e. never.
+    const placed = JSON.parse((await primary.node.gw.kv.get(placementKey(club)).string())!) as { epoch: number };
+    await primary.node.gw.kv.put(placementKey(club)).value(JSON.stringify({ primary: standby.id, standbys: [primary.id], epoch: placed.epoch + 1 })).exec();
+    await until(`club ${club} served by its standby`, () => (standby.node.route(club).kind === 'serve' ? true : undefined), 30_000);
+    // Back as a standby (or primary again), its store rebuilt from the log: the row that was never acknowledged is not there.
+    await until(`${primary.id} holds ${club} again`, () => (primary.node.lagOf(club) === 0 || primary.node.route(club).kind === 'serve' ? true : undefined), 30_000);
     assert.equal(docFile(primary, club, info.id), undefined);
   });
 });

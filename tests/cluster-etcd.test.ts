@@ -14,7 +14,9 @@ import { EtcdGateway } from '../cluster/etcd-gateway.js';
 import { LogFollower, takeOver } from '../cluster/log-follower.js';
 import { MemberLease } from '../cluster/member-lease.js';
 import { listMembers, Membership } from '../cluster/membership.js';
-import { PlacementLeader } from '../cluster/placement.js';
+import { PlacementLeader, type Placement } from '../cluster/placement.js';
+import { holdColdMoves } from '../cluster/warm-moves.js';
+import { headKey, posKey } from '../cluster/keys.js';
 import { deriveLogKey } from '../crypto/cluster-seal.js';
 import { etcdMissing, startEtcdCluster, type EtcdCluster } from './helpers/etcd.js';
 import { until } from './helpers/until.js';
@@ -255,5 +257,47 @@ describe('cluster on a real 3-member etcd', { skip: missing }, () => {
     await p2.write({ 'club-a': { primary: 'node-2', standbys: [], epoch: 2 } });
     await p1.stop();
     await p2.stop();
+  });
+  test('a campaign that fails when the leader key vanishes is tried again until a member leads', async () => {
+    const g1 = gw(undefined, 'lead2/');
+    const g2 = gw(undefined, 'lead2/');
+    const p1 = new PlacementLeader(g1, await lease(g1, 2), 'node-1');
+    const p2 = new PlacementLeader(g2, await lease(g2, 2), 'node-2');
+    await p1.start();
+    await p2.start();
+    assert.equal(p1.isLeader(), true);
+    // node-2's next campaigns fail (etcd electing its own leader at that moment, injected here).
+    let failures = 2;
+    const read = g2.read.bind(g2);
+    g2.read = (<T>(what: string, fn: () => Promise<T>, budgetMs?: number): Promise<T> =>
+      what === 'campaign' && failures-- > 0 ? Promise.reject(new ClusterError('ETCD_UNAVAILABLE', 'injected: etcd did not answer "campaign"')) : read(what, fn, budgetMs)) as typeof g2.read;
+    await p1.stop(); // resigns: the key is deleted, node-2's watch sees it
+    await until('node-2 leads after its failed campaigns', () => (p2.isLeader() ? true : undefined), 20_000);
+    assert.ok(failures < 0, 'the injected failures were not hit');
+    await p2.stop();
+  });
+  test('planned moves wait until their target has caught up; moves away from a dead member do not', async () => {
+    const g = gw(undefined, 'warm/');
+    const club = 'warm-club';
+    await g.kv.put(headKey(club)).value(JSON.stringify({ seq: 500, digest: 'a'.repeat(64) })).exec();
+    const pos = (node: string, seq: number) => g.kv.put(posKey(club, node)).value(JSON.stringify({ seq })).exec();
+    const cur = { [club]: { primary: 'node-p', standbys: ['node-s'], epoch: 3 } };
+    const hold = (changed: Record<string, Placement>, alive = ['node-p', 'node-s', 'node-q']) =>
+      holdColdMoves({ gw: g, current: cur, changed, alive: new Set(alive), keepEntries: 100, logger: { info: () => undefined, warn: () => undefined } });
+    // A rebalancing move onto node-q, which has published no position (it returned, needs a snapshot):
+    // held; node-q rides as an extra standby and the warm standby stays.
+    const move = { [club]: { primary: 'node-q', standbys: ['node-p'], epoch: 4 } };
+    assert.deepEqual(await hold(move), { [club]: { primary: 'node-p', standbys: ['node-q', 'node-s'], epoch: 3 } });
+    // node-q far behind: still held. Within keepEntries of the head: the move goes ahead.
+    await pos('node-q', 300);
+    assert.equal((await hold(move))[club]!.primary, 'node-p');
+    await pos('node-q', 450);
+    assert.deepEqual(await hold(move), move);
+    // The primary is dead: its club goes to the standby the plan chose, caught up or not.
+    await g.kv.delete().key(posKey(club, 'node-q')).exec();
+    assert.deepEqual(await hold(move, ['node-s', 'node-q']), move);
+    // A standby swap onto a cold member keeps the warm standby too.
+    const swap = { [club]: { primary: 'node-p', standbys: ['node-q'], epoch: 3 } };
+    assert.deepEqual(await hold(swap), { [club]: { primary: 'node-p', standbys: ['node-q', 'node-s'], epoch: 3 } });
   });
 });

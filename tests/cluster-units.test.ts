@@ -7,7 +7,9 @@ import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { openEntry } from '../cluster/club-log.js';
 import { ClusterError } from '../cluster/errors.js';
-import { parseEndpoints } from '../cluster/etcd-gateway.js';
+import { createWatch, EtcdGateway, parseEndpoints } from '../cluster/etcd-gateway.js';
+import type { WatchBuilder } from 'etcd3';
+import { until } from './helpers/until.js';
 import { logKey, seqOfLogKey } from '../cluster/keys.js';
 import { planPlacement, type Placement } from '../cluster/placement.js';
 import { deriveLogKey, openRecord, sealRecord } from '../crypto/cluster-seal.js';
@@ -102,6 +104,24 @@ describe('sealing and layout', () => {
     assert.deepEqual(parseEndpoints('http://127.0.0.1:2379, https://etcd-2.example:2379'), ['http://127.0.0.1:2379', 'https://etcd-2.example:2379']);
     for (const bad of ['', '127.0.0.1:2379', 'http://h:0', 'ftp://h:1', 'http://h:1/path']) {
       assert.throws(() => parseEndpoints(bad), (e: unknown) => e instanceof ClusterError && e.code === 'INVALID_ARGUMENT', bad);
+    }
+  });
+  test('a watch whose stream never confirms fails within the read budget, and a late one is cancelled', async () => {
+    // No etcd behind this gateway: the builder is a stand-in whose create() never settles, as
+    // etcd3's waits without a deadline for a stream that does not come up.
+    const gw = new EtcdGateway({ endpoints: ['http://127.0.0.1:9'], callTimeoutMs: 100, readBudgetMs: 2500 });
+    try {
+      let attempts = 0;
+      let cancelled = 0;
+      const late: Array<(w: unknown) => void> = [];
+      const builder = { create: () => new Promise((resolve) => (attempts++, late.push(resolve))) } as unknown as WatchBuilder;
+      await assert.rejects(createWatch(gw, 'watch test', () => builder), (e: unknown) => e instanceof ClusterError && e.code === 'ETCD_UNAVAILABLE');
+      assert.ok(attempts >= 2, `retried within the budget (${attempts} attempts)`);
+      // A watcher that connects after its attempt gave up is cancelled, not left running.
+      for (const r of late) r({ cancel: async () => void cancelled++ });
+      await until('late watchers cancelled', () => (cancelled === attempts ? true : undefined), 5000);
+    } finally {
+      gw.close();
     }
   });
 });

@@ -17,7 +17,8 @@ import type { ViolationSink } from '../bans/violations.js';
 import { CommandError } from '../edge/command-errors.js';
 import { installClusterGate } from './gate.js';
 import { registerPeerCommands } from './peer-commands.js';
-import type { Config } from '../main/config.js';
+import { dataPaths, type Config } from '../main/config.js';
+import { keyRingVerifier, trustedIdentityKeys } from '../../crypto/identity-keyring.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
 import type { ClubServices } from '../club/session.js';
 import type { Logger } from '../common/log.js';
@@ -113,6 +114,11 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
       compactAfterMs: c.compactAfterSec * 1000,
       logger: d.logger,
       ...(d.workers ? { workers: d.workers } : {}),
+      // Snapshots' signed change-log heads, checked with the shared identity's public keys.
+      auditVerifier: () => {
+        const keys = trustedIdentityKeys(dataPaths(d.storage.dataDir).identityKey);
+        return keys.length > 0 ? keyRingVerifier(keys) : undefined;
+      },
     });
     const n = node;
     // Bans made here go to every server; bans made elsewhere enter the local table.

@@ -66,9 +66,10 @@ const ROW_COMMANDS = new Set(['backup.setPassphrase']);
  * server.db (storage/server/row-answers.ts). When there is one, the handler's own session check
  * runs first (requirePrincipal, with its errors: the idle timeout, a deleted, disabled or reset
  * user end the session as the handler would; a suspended club lets the handler refuse). A key of
- * another user or command is CONFLICT. An answer goes out only when the user's rights fingerprint is the one
- * it was made under (every right check, section scopes included, decides as it did) and the
- * user need not change their password first; otherwise undefined: the handler runs and decides.
+ * another user or command is CONFLICT. An answer goes out only when the user's rights
+ * fingerprint is the one it was made under (every right check, section scopes included, decides
+ * as it did), the payload is the one it answered, and the user need not change their password
+ * first; otherwise undefined: the handler runs and decides.
  */
 function storedAnswer(services: ClubServices, club: string, ctx: CommandContext, k: KeyedRequest): CommandResult | undefined {
   let db: Db;

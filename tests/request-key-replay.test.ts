@@ -12,6 +12,9 @@ import { installClusterGate } from '../daemon/cluster/gate.js';
 import { rightsFingerprint } from '../daemon/club/session.js';
 import { ensureRequestKeys, MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS_PER_USER, putAnswer } from '../storage/club/request-keys.js';
 import { getUserById, setPasswordHash } from '../storage/club/users.js';
+import { openImage } from '../storage/backup/archive-format.js';
+import { withoutReplicationObjects } from '../storage/backup/archive-writer.js';
+import { openDatabase } from '../storage/engine/sqlcipher.js';
 import { resumeClub, suspendClub } from '../storage/server/provisioning.js';
 import { ADMIN_PASSWORD, clubEnv, type ClubTestEnv, type InProcessSession } from './helpers/club-server.js';
 
@@ -182,4 +185,22 @@ test('stored answers are bounded per user: count and bytes, the oldest dropped f
   assert.ok(bytes <= MAX_ANSWER_BYTES_PER_USER, `user 9007 keeps ${bytes} bytes`);
   assert.equal(storedOf(key(7, 1099)), 1, 'the newest stayed');
   assert.equal(count(9008), 1, "another user's answers were dropped");
+});
+
+test('a snapshot image leaves the stored answers out (not club data; an archive holding them would not restore)', () => {
+  const mem = openDatabase(':memory:');
+  try {
+    mem.exec('CREATE TABLE persons (id INTEGER PRIMARY KEY, lastName TEXT) STRICT');
+    ensureRequestKeys(mem);
+    mem.exec('CREATE TABLE request_keys (rk TEXT PRIMARY KEY, command TEXT NOT NULL, answer BLOB NOT NULL, at INTEGER NOT NULL) STRICT');
+    const img = openImage(withoutReplicationObjects(mem.serialize()));
+    try {
+      const names = (img.prepare(`SELECT name FROM sqlite_master ORDER BY name`).all() as Array<{ name: string }>).map((r) => r.name);
+      assert.deepEqual(names, ['persons']);
+    } finally {
+      img.close();
+    }
+  } finally {
+    mem.close();
+  }
 });

@@ -11,7 +11,7 @@ import { MAX_ERROR_CODE_LEN, MAX_ERROR_MESSAGE_LEN } from '../protocol/messages.
 import { MAX_WIRE_ERROR_TEXT, WIRE_ERROR_CODES } from '../daemon/edge/command-errors.js';
 import { COMMAND_DOCS } from '../daemon/edge/api-schema.js';
 import { PEER_PROOF_LEN } from '../cluster/peer-auth.js';
-import { MAX_REQUEST_KEYS, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../daemon/cluster/gate.js';
+import { MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS, MAX_REQUEST_KEYS_PER_USER, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../daemon/cluster/gate.js';
 import { configSchema } from '../daemon/main/config.js';
 import { fullRegistry } from '../tools/gen-api.js';
 import { ENTITY_NAMES, MODEL } from '../storage/club/model.js';
@@ -87,6 +87,8 @@ const CODE: Record<string, unknown> = {
   MAX_STORED_ANSWER_BYTES,
   REQUEST_KEY_TTL_MS,
   MAX_REQUEST_KEYS,
+  MAX_REQUEST_KEYS_PER_USER,
+  MAX_ANSWER_BYTES_PER_USER,
 };
 
 const comparable = (v: unknown): unknown => (Buffer.isBuffer(v) ? v.toString('hex') : Array.isArray(v) ? [...v] : v);

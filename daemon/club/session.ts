@@ -3,7 +3,7 @@
  * Principal a request runs as (requirePrincipal), revocation on a rights change, and the change-log
  * append with the request's source.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { signTranscript, type IdentityKey } from '../../crypto/identity.js';
 import { hashPassword } from '../../crypto/password.js';
 import { AuditLog, type AuditInput } from '../../storage/club/audit-log.js';
@@ -17,6 +17,7 @@ import { CommandError } from '../edge/command-errors.js';
 import type { CommandContext, ConnectionInfo } from '../edge/dispatcher.js';
 import { roleTemplate, rightsSchema, type Grant } from './rights.js';
 import { TicketStore } from '../edge/tickets.js';
+import { currentKeyed } from '../edge/keyed-answer.js';
 import type { ViolationSink } from '../bans/violations.js';
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30 * 60_000;
@@ -132,6 +133,19 @@ export function grantsOf(u: UserRecord): Grant[] {
   return effectiveGrants(u);
 }
 
+/**
+ * A fingerprint of what every right check of `u` reads: the effective grants (with their
+ * orchestra-section scopes), administrator, linked person, and the user's identity (id and
+ * creation time: a later user with a reused id differs). Equal fingerprints mean every right
+ * check decides the same. A stored request-key answer is replayed only while its user's
+ * fingerprint is the one it was made under (daemon/cluster/gate.ts; PROTOCOL.md "Request keys").
+ * 22 characters of base64url (SHA-256, 128 bits kept).
+ */
+export function rightsFingerprint(u: UserRecord): string {
+  const facts = JSON.stringify([u.id, u.createdAt, u.isAdmin, u.personId, effectiveGrants(u)]);
+  return createHash('sha256').update(facts).digest('base64url').slice(0, 22);
+}
+
 export function getSession(ctx: CommandContext): SessionState | undefined {
   return ctx.session.get(SESSION_KEY) as SessionState | undefined;
 }
@@ -204,6 +218,9 @@ export function requirePrincipal(services: ClubServices, ctx: CommandContext, o:
   }
   if (u.mustChangePassword && !o.allowMustChange) throw new CommandError('FORBIDDEN', 'change your password first (users.changeOwnPassword)');
   s.lastActive = now;
+  // A keyed request's answer is stored with the rights this check saw (daemon/edge/keyed-answer.ts).
+  const keyed = currentKeyed();
+  if (keyed) keyed.rights = rightsFingerprint(u);
   let g = s.grantsCache;
   if (!g || g.version !== u.rightsVersion || g.isAdmin !== u.isAdmin || g.personId !== u.personId) {
     g = { version: u.rightsVersion, isAdmin: u.isAdmin, personId: u.personId, grants: effectiveGrants(u) };

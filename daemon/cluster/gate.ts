@@ -11,15 +11,18 @@
  *
  * Request keys: a request may carry `rk` (PROTOCOL.md "Request keys"; the dispatcher takes it out
  * of the payload before the schema check). When a command with a key succeeds, its answer (without
- * one-time passwords) is stored with the user's id in the club's `request_keys` table in the same
+ * one-time passwords) is stored with the user's id in the club's `request_answers` table in the same
  * transaction as the command's change (daemon/edge/keyed-answer.ts; replicated like the change,
  * shipped before the answer, so no takeover can find the one without the other); a command that
  * changes the club's row instead stores it in server.db in the transaction of the row's change,
  * and the answer travels with the row in its registry record. A retry with the same key by the
  * same user, on this or any later primary, gets the stored answer and the command is not run
- * again; another user gets CONFLICT. A stored answer goes only to a session whose user is still
- * valid (sessionStillValid). Session commands (auth.*) ignore a key: their effect is the
- * connection's session.
+ * again; another user gets CONFLICT. A stored answer goes out only after the handler's own
+ * session check (requirePrincipal: idle timeout, suspended club, deleted, disabled or reset user)
+ * passed, and only while the user's rights are those it was made under (rightsFingerprint);
+ * otherwise the command runs again and its handler decides (FORBIDDEN for a withdrawn right). A
+ * command that stored no answer in a transaction of its own changed nothing (a read): its retry
+ * runs it again. Session commands (auth.*) ignore a key: their effect is the connection's session.
  *
  * A command whose write comes after the club moved away (it waited on a password hash, an upload,
  * a grouped write) is refused inside its transaction (cluster/capture.ts guardWrites) and answered
@@ -30,15 +33,15 @@
 import { isNotServedWrite } from '../../cluster/capture.js';
 import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
+import type { Db } from '../../storage/engine/sqlcipher.js';
 import type { Storage } from '../../storage/server/storage.js';
-import { lookupAnswer, putAnswer } from '../../storage/club/request-keys.js';
-import { lookupRowAnswer } from '../../storage/server/row-answers.js';
-import { currentUser } from '../../storage/club/user-cache.js';
+import { answerRow, requestFingerprint, storedAnswerOf, type AnswerRow } from '../../storage/club/request-keys.js';
+import { rowAnswerRow } from '../../storage/server/row-answers.js';
 
 /** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
-export { MAX_REQUEST_KEYS, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../../storage/club/request-keys.js';
+export { MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS, MAX_REQUEST_KEYS_PER_USER, MAX_STORED_ANSWER_BYTES, REQUEST_KEY_TTL_MS } from '../../storage/club/request-keys.js';
 import { runKeyed, type KeyedRequest } from '../edge/keyed-answer.js';
-import { currentClub, getSession } from '../club/session.js';
+import { currentClub, getSession, requirePrincipal, rightsFingerprint, type ClubServices } from '../club/session.js';
 import { CommandError } from '../edge/command-errors.js';
 import { requestKeyOf, type CommandContext, type CommandResult, type CommandSpec, type Dispatcher } from '../edge/dispatcher.js';
 
@@ -58,30 +61,35 @@ const isSessionCommand = (name: string) => name.startsWith('auth.');
 const ROW_COMMANDS = new Set(['backup.setPassphrase']);
 
 /**
- * The stored answer of a request key, if this club has one for the same command made by the same
- * user: in its store (storage/club/request-keys.ts) or, for a command that changed the club's
- * row, in server.db (storage/server/row-answers.ts); another user or command gets CONFLICT.
+ * The stored answer of a request key, if this club has one that may go to this request: in its
+ * store (storage/club/request-keys.ts) or, for a command that changed the club's row, in
+ * server.db (storage/server/row-answers.ts). When there is one, the handler's own session check
+ * runs first (requirePrincipal, with its errors: the idle timeout, a deleted, disabled or reset
+ * user end the session as the handler would; a suspended club lets the handler refuse). A key of
+ * another user or command is CONFLICT. An answer goes out only when the user's rights
+ * fingerprint is the one it was made under (every right check, section scopes included, decides
+ * as it did), the payload is the one it answered, and the user need not change their password
+ * first; otherwise undefined: the handler runs and decides.
  */
-function storedAnswer(storage: Storage, club: string, rk: string, command: string, userId: number | undefined): CommandResult | undefined {
-  for (const found of [lookupAnswer(storage.openClub(club).db, rk, command, userId), lookupRowAnswer(storage.server.db, club, rk, command, userId)]) {
+function storedAnswer(services: ClubServices, club: string, ctx: CommandContext, k: KeyedRequest): CommandResult | undefined {
+  let db: Db;
+  try {
+    db = services.storage.openClub(club).db;
+  } catch {
+    return undefined; // a suspended or deleted club: the handler refuses as it does (openClubFor)
+  }
+  const rows = [answerRow(db, k.rk), rowAnswerRow(services.storage.server.db, club, k.rk)].filter((r): r is AnswerRow => r !== undefined);
+  if (rows.length === 0) return undefined;
+  const p = requirePrincipal(services, ctx, { allowMustChange: true });
+  // The payload's fingerprint too: a stored answer goes only to the request it answered (a
+  // `club` field or any other field the handler checks is the one it checked).
+  const b = { userId: p.user.id, rights: rightsFingerprint(p.user), request: k.request };
+  for (const row of rows) {
+    const found = storedAnswerOf(row, k.command, b);
     if (found.kind === 'conflict') throw new CommandError('CONFLICT', 'this request key was used for another command or by another user');
-    if (found.kind === 'answer') return { payload: found.payload };
+    if (found.kind === 'answer' && !p.user.mustChangePassword) return { payload: found.payload };
   }
   return undefined;
-}
-
-/**
- * Whether the connection's session may still be answered from a stored answer: its user exists,
- * is enabled, and has the credentials the session logged in with (the rule of
- * daemon/club/session.ts requirePrincipal, which runs inside the handler). Otherwise the handler
- * runs as for a request without a key, and its session check ends the session (UNAUTHENTICATED):
- * a disabled user, a reset password or a deleted user takes effect at once on keyed retries too.
- */
-function sessionStillValid(storage: Storage, club: string, ctx: CommandContext): boolean {
-  const s = getSession(ctx);
-  if (!s) return false;
-  const u = currentUser(storage.openClub(club).db, s.userId);
-  return u !== undefined && !u.disabled && u.credVersion === s.credVersion;
 }
 
 /** A ClusterError from the output gate as the client's error. */
@@ -113,7 +121,8 @@ export function checkRoute(node: ClusterNode, club: string): void {
  * until `nodeRef` returns the node (it joins after the listener is up), club requests get
  * UNAVAILABLE.
  */
-export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | undefined, storage: Storage, now: () => number = Date.now): void {
+export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | undefined, services: ClubServices, now: () => number = services.now ?? Date.now): void {
+  const storage = services.storage;
   d.wrapAll((spec: CommandSpec) => async (payload: unknown, ctx: CommandContext): Promise<CommandResult> => {
     const club = LOGIN_COMMANDS.has(spec.name) ? (payload as { club?: unknown }).club : currentClub(ctx);
     if (typeof club !== 'string') return spec.handler(payload, ctx);
@@ -128,9 +137,9 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
     checkRoute(node, club);
     const rk = requestKeyOf(payload);
     const userId = getSession(ctx)?.userId;
-    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, now, kept: false } : undefined;
-    if (k && sessionStillValid(storage, club, ctx)) {
-      const stored = storedAnswer(storage, club, k.rk, spec.name, userId);
+    const k: KeyedRequest | undefined = rk !== undefined && !isSessionCommand(spec.name) ? { rk, command: spec.name, userId, rights: '', request: requestFingerprint(payload), now, kept: false } : undefined;
+    if (k) {
+      const stored = storedAnswer(services, club, ctx, k);
       if (stored !== undefined) return stored;
     }
     let result: CommandResult;
@@ -142,12 +151,8 @@ export function installClusterGate(d: Dispatcher, nodeRef: () => ClusterNode | u
       throw isNotServedWrite(e) ? wireError(node, club, e) : e;
     }
     try {
-      // A keyed command that kept no answer in a transaction of its own changed nothing in the
-      // club's store (a read, or a change elsewhere): its answer gets a transaction here.
-      if (k && !k.kept && !result.download) {
-        const db = storage.openClub(club).db;
-        db.transaction(() => putAnswer(db, k.rk, k.command, k.userId, result.payload, now())).immediate();
-      }
+      // A keyed command that kept no answer in a transaction of its own changed nothing (a read):
+      // nothing is stored, and its retry runs it again with every check of its handler.
       await node.commit(club);
       if (ROW_COMMANDS.has(spec.name)) await node.registerClub(club);
     } catch (e) {

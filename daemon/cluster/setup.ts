@@ -20,6 +20,7 @@ import { registerPeerCommands } from './peer-commands.js';
 import { dataPaths, type Config } from '../main/config.js';
 import { keyRingVerifier, trustedIdentityKeys } from '../../crypto/identity-keyring.js';
 import type { Dispatcher } from '../edge/dispatcher.js';
+import type { ClubServices } from '../club/session.js';
 import type { Logger } from '../common/log.js';
 
 export interface ClusterSetup {
@@ -33,6 +34,8 @@ export interface ClusterSetup {
 
 export interface ClusterDeps {
   storage: Storage;
+  /** The club services the handlers use: the gate runs their session check before a stored answer. */
+  services: ClubServices;
   /** The daemon's storage worker threads (shared with backups and key rotation): cluster snapshots are copied there. */
   workers?: SnapshotPool;
   dispatcher: Dispatcher;
@@ -70,7 +73,7 @@ export function prepareCluster(config: Config, d: ClusterDeps): ClusterSetup {
   // peer sessions and club sessions apart, then the cluster's own gates around everything.
   let channel: PeerChannel | undefined;
   registerPeerCommands(d.dispatcher, () => (node ? channel : undefined), d.violations);
-  installClusterGate(d.dispatcher, () => node, d.storage);
+  installClusterGate(d.dispatcher, () => node, d.services);
   setup.replicateDocument = async (club, file) => {
     const n = node;
     if (!n) throw new CommandError('UNAVAILABLE', 'this server is joining the cluster; retry shortly');

@@ -9,8 +9,8 @@
  * Grouped writes (daemon/club/command-guard.ts `grouped`) do this for their work's result.
  * A command whose change is the club's row in server.db (`backup.setPassphrase`) passes its
  * answer through `keepRowAnswer(server, club, result)` inside the server.db transaction of that
- * change (storage/server/row-answers.ts). The gate stores the answer afterwards, in a transaction
- * of its own, only for a keyed command that kept none (it changed nothing).
+ * change (storage/server/row-answers.ts). A keyed command that kept none (it changed nothing: a
+ * read) has no stored answer: its retry runs it again, with every check of its handler.
  *
  * The request is found through AsyncLocalStorage: a handler's own code runs in its request's
  * context. Code that runs later for several requests (a write group's commit) takes the context
@@ -18,7 +18,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Db } from '../../storage/engine/sqlcipher.js';
-import { putAnswer } from '../../storage/club/request-keys.js';
+import { putAnswer, type AnswerBinding } from '../../storage/club/request-keys.js';
 import { putRowAnswer } from '../../storage/server/row-answers.js';
 import { CommandError } from './command-errors.js';
 import type { CommandResult } from './dispatcher.js';
@@ -28,10 +28,23 @@ export interface KeyedRequest {
   readonly rk: string;
   readonly command: string;
   readonly userId: number | undefined;
+  /**
+   * The rights fingerprint of the user as the handler's last session check saw them
+   * (daemon/club/session.ts requirePrincipal sets it, rightsFingerprint), stored with the
+   * answer; '' until a check ran (such an answer is never replayed).
+   */
+  rights: string;
+  /** The fingerprint of the request's payload (storage/club/request-keys.ts requestFingerprint). */
+  readonly request: string;
   /** Milliseconds since the epoch, the stored row's time. */
   readonly now: () => number;
   /** Set once the answer was written inside a transaction of the command. */
   kept: boolean;
+}
+
+/** What the answer of `k` is bound to when it is stored. */
+function bindingOf(k: KeyedRequest): AnswerBinding {
+  return { userId: k.userId, rights: k.rights, request: k.request };
 }
 
 const keyed = new AsyncLocalStorage<KeyedRequest | undefined>();
@@ -54,7 +67,7 @@ export function currentKeyed(): KeyedRequest | undefined {
 export function keepAnswerFor<T extends CommandResult>(k: KeyedRequest | undefined, db: Db, result: T): T {
   if (!k || result.download) return result;
   if (!db.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
-  if (putAnswer(db, k.rk, k.command, k.userId, result.payload, k.now())) k.kept = true;
+  if (putAnswer(db, k.rk, k.command, bindingOf(k), result.payload, k.now())) k.kept = true;
   return result;
 }
 
@@ -73,6 +86,6 @@ export function keepRowAnswer<T extends CommandResult>(server: Db, club: string,
   const k = currentKeyed();
   if (!k || result.download) return result;
   if (!server.inTransaction) throw new CommandError('INTERNAL', 'internal error: an answer kept outside its transaction');
-  if (putRowAnswer(server, club, k.rk, k.command, k.userId, result.payload, k.now())) k.kept = true;
+  if (putRowAnswer(server, club, k.rk, k.command, bindingOf(k), result.payload, k.now())) k.kept = true;
   return result;
 }

@@ -165,6 +165,7 @@ export async function startServer(config: Config, opts: StartOptions): Promise<R
     let daemonRef: Daemon | undefined;
     const cluster = prepareCluster(config, {
       storage,
+      services: clubServices,
       workers: backups.snapshots,
       dispatcher,
       table,

@@ -94,13 +94,17 @@ export function snapshotStore(store: ClubStore): TakenStore {
   return { image, docs, staging };
 }
 
-/** The replication's own tables and triggers in a club store (cluster/capture.ts names them `_cluster_*`). */
-const REPLICATION_OBJECTS = `SELECT type, name FROM sqlite_master WHERE name LIKE '\\_cluster\\_%' ESCAPE '\\' AND type IN ('trigger', 'table') ORDER BY type = 'table'`;
+/**
+ * The replication's own tables and triggers in a club store (cluster/capture.ts names them
+ * `_cluster_*`), and the stored answers of request keys (storage/club/request-keys.ts: made on
+ * first use in a cluster, answers for retries within a day, not club data to restore).
+ */
+const REPLICATION_OBJECTS = `SELECT type, name FROM sqlite_master WHERE (name LIKE '\\_cluster\\_%' ESCAPE '\\' OR name IN ('request_answers', 'request_keys')) AND type IN ('trigger', 'table') ORDER BY type = 'table'`;
 
 /**
  * A club store on a cluster member also holds the replication's own tables and triggers (names
- * beginning `_cluster_`, cluster/capture.ts): bookkeeping, not club data, and not part of the club
- * schema an archive is checked against. They are dropped from the snapshot image (in memory),
+ * beginning `_cluster_`, cluster/capture.ts) and the stored answers of request keys: bookkeeping,
+ * not club data, and not part of the club schema an archive is checked against. They are dropped from the snapshot image (in memory),
  * so an archive made on any member restores anywhere. Images without them are returned as they are.
  */
 export function withoutReplicationObjects(image: Buffer): Buffer {

@@ -14,6 +14,7 @@ import { parseLegacySha512, wrapLegacySha512 } from '../../crypto/legacy-passwor
 import type { Db } from '../engine/sqlcipher.js';
 import { StorageError } from '../engine/errors.js';
 import { cachedStatement } from '../engine/statements.js';
+import { deleteAnswersOf } from './request-keys.js';
 
 export interface UserRecord {
   id: number;
@@ -201,8 +202,13 @@ export function setLastLogin(db: Db, id: number, time: string): void {
   stmt(db, 'UPDATE users SET lastLogin = ? WHERE id = ?').run(time, id);
 }
 
+/**
+ * Delete user `id`, their grants and their stored request-key answers (a later user may get the
+ * same id: the table reuses the id of a deleted newest row), in the caller's transaction.
+ */
 export function deleteUser(db: Db, id: number): void {
   ensureUserTablesOnce(db);
+  deleteAnswersOf(db, id);
   stmt(db, 'DELETE FROM user_grants WHERE userId = ?').run(id);
   stmt(db, 'DELETE FROM users WHERE id = ?').run(id);
 }

@@ -3,16 +3,20 @@
  * the club's row in server.db, not its store: `backup.setPassphrase` (the passphrase's public
  * key, the mail addresses). The answer goes into server.db's `club_request_keys` in the same
  * transaction as the row's change, so the two commit together or not at all (the club store's
- * `request_keys`, storage/club/request-keys.ts, cannot share a transaction with server.db).
+ * `request_answers`, storage/club/request-keys.ts, cannot share a transaction with server.db).
  *
  * In a cluster the row reaches the other members in its registry record (cluster/registry.ts),
  * and these answers travel in the same record, so a retry on the club's next primary finds the
  * answer beside the change. Bounds: answers up to MAX_ROW_ANSWER_BYTES, at most MAX_ROW_ANSWERS
  * per club (the newest), kept REQUEST_KEY_TTL_MS; one-time passwords are never stored.
+ *
+ * The answer carries the rights fingerprint of its user (storage/club/request-keys.ts), which
+ * includes the user's creation time: a new user who got a deleted user's id finds the deleted
+ * user's answer stale, and the command runs again under the new user's own rights.
  */
 import type { Db } from '../engine/sqlcipher.js';
 import { cachedStatement } from '../engine/statements.js';
-import { encodeAnswer, REQUEST_KEY_TTL_MS, storedAnswerOf, type StoredAnswer } from '../club/request-keys.js';
+import { encodeAnswer, REQUEST_KEY_TTL_MS, storedAnswerOf, type AnswerBinding, type AnswerRow, type StoredAnswer } from '../club/request-keys.js';
 
 /** Largest stored answer of a row command (bytes): they travel in every registry record of the club. */
 export const MAX_ROW_ANSWER_BYTES = 4096;
@@ -42,18 +46,23 @@ function prune(server: Db, club: string, now: number): void {
  * MAX_ROW_ANSWER_BYTES. A failing statement throws, and the caller's transaction fails with it.
  * @param now milliseconds since the epoch
  */
-export function putRowAnswer(server: Db, club: string, rk: string, command: string, userId: number | undefined, payload: unknown, now: number): boolean {
-  const bytes = encodeAnswer(userId, payload, MAX_ROW_ANSWER_BYTES);
+export function putRowAnswer(server: Db, club: string, rk: string, command: string, b: AnswerBinding, payload: unknown, now: number): boolean {
+  const bytes = encodeAnswer(b, payload, MAX_ROW_ANSWER_BYTES);
   if (!bytes) return false;
   server.prepare('INSERT OR REPLACE INTO club_request_keys (club_id, rk, command, answer, at) VALUES (?, ?, ?, ?, ?)').run(club, rk, command, bytes, now);
   prune(server, club, now);
   return true;
 }
 
-/** The stored answer of `rk` for `club`, by storage/club/request-keys.ts lookupAnswer's rule. */
-export function lookupRowAnswer(server: Db, club: string, rk: string, command: string, userId: number | undefined): StoredAnswer {
-  const row = cachedStatement(server, 'SELECT command, answer FROM club_request_keys WHERE club_id = ? AND rk = ?').get(club, rk) as { command: string; answer: Buffer } | undefined;
-  return row ? storedAnswerOf(row, command, userId) : { kind: 'none' };
+/** The stored row of `rk` for `club`, if any (read by storage/club/request-keys.ts storedAnswerOf). */
+export function rowAnswerRow(server: Db, club: string, rk: string): AnswerRow | undefined {
+  return cachedStatement(server, 'SELECT command, answer FROM club_request_keys WHERE club_id = ? AND rk = ?').get(club, rk) as AnswerRow | undefined;
+}
+
+/** The stored answer of `rk` for `club`, by storage/club/request-keys.ts storedAnswerOf's rule. */
+export function lookupRowAnswer(server: Db, club: string, rk: string, command: string, b: AnswerBinding): StoredAnswer {
+  const row = rowAnswerRow(server, club, rk);
+  return row ? storedAnswerOf(row, command, b) : { kind: 'none' };
 }
 
 /** The club's stored answers, newest first (what its registry record carries). */

@@ -126,6 +126,38 @@ describe('archive origin and restore history', { timeout: 120_000 }, () => {
     st.close();
   });
 
+  it("an archive from a cluster member of the first release (its request_keys table inside) restores; the table's rows are left behind, a changed definition is refused", async () => {
+    const st = await newStorage(join(tmp.dir, 'legacy-rk'));
+    const [club] = await makeClubs(st, 1);
+    addPerson(st, club!, 1);
+    const key = { ...serverOpenKey(st), trust: archiveTrust(st) };
+    const legacyTable = `CREATE TABLE IF NOT EXISTS request_keys (
+    rk TEXT PRIMARY KEY CHECK (length(rk) BETWEEN 16 AND 64),
+    command TEXT NOT NULL CHECK (length(command) <= 64),
+    answer BLOB NOT NULL CHECK (length(answer) <= 65536),
+    at INTEGER NOT NULL
+  ) STRICT`;
+    const row = `INSERT INTO request_keys (rk, command, answer, at) VALUES ('rk-legacy-0000000001', 'persons.create', x'a0', 1)`;
+    const write = async (ddl: string): Promise<string> => {
+      const snap = takeClubSnapshot(st, club!);
+      const image = viaSql(snap.image, `${ddl}; ${row}`);
+      const manifest = { ...snap.manifest, tables: { ...snap.manifest.tables, request_keys: 1 }, sqlite: { bytes: image.length, sha256: createHash('sha256').update(image).digest('hex') } };
+      const file = join(tmp.dir, `legacy-rk-${Math.random().toString(36).slice(2)}.cmbk`);
+      await writeFileAtomic(archiveStream({ ...snap, image, manifest, release: () => snap.release() }, { kind: 'server', key: key.serverKey }, { signer: archiveSigner(st) }), file);
+      return file;
+    };
+    const changed = await write(legacyTable.replace('at INTEGER NOT NULL', 'at INTEGER NOT NULL, extra TEXT'));
+    await assert.rejects(verifyArchive(fileSource(changed), key), { code: 'SCHEMA_MISMATCH' });
+    const file = await write(legacyTable);
+    await verifyArchive(fileSource(file), key);
+    addPerson(st, club!, 2);
+    await restoreClubArchive(st, club!, fileSource(file), key, { yes: true, actor: 'ops-test', source: file });
+    const db = st.openClub(club!).db;
+    assert.equal((db.prepare('SELECT count(*) AS n FROM persons').get() as { n: number }).n, 1, 'the archive state is back');
+    assert.equal(db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'request_keys'").get(), undefined, 'the bookkeeping table is not restored');
+    st.close();
+  });
+
   it("the change log's signed heads inside an archive are checked: a bad head signature is refused", async () => {
     const st = await newStorage(join(tmp.dir, 'heads'));
     const id = generateIdentity();

@@ -20,6 +20,35 @@ interface SchemaObject {
   sql: string | null;
 }
 
+/**
+ * Objects an archive made by an earlier release may hold that are not club data: the first
+ * release's table of stored request-key answers (`request_keys`, made on first use on cluster
+ * members; archives made since leave such tables out, storage/backup/archive-writer.ts). Tolerated
+ * only with exactly this SQL, and their rows are never copied: a retry's stored answer is
+ * bookkeeping for one day, not something to restore. Anything else outside the model is refused.
+ */
+const LEGACY_BOOKKEEPING = `CREATE TABLE request_keys (
+    rk TEXT PRIMARY KEY CHECK (length(rk) BETWEEN 16 AND 64),
+    command TEXT NOT NULL CHECK (length(command) <= 64),
+    answer BLOB NOT NULL CHECK (length(answer) <= 65536),
+    at INTEGER NOT NULL
+  ) STRICT;`;
+
+let legacyCache: Map<string, SchemaObject> | undefined;
+
+/** The legacy bookkeeping objects as SQLite records them, keyed by type:name (autoindexes included). */
+function legacyObjects(): Map<string, SchemaObject> {
+  if (legacyCache) return legacyCache;
+  const db = openDatabase(':memory:');
+  try {
+    db.exec(LEGACY_BOOKKEEPING);
+    legacyCache = new Map(schemaObjects(db).map((o) => [`${o.type}:${o.name}`, o]));
+  } finally {
+    db.close();
+  }
+  return legacyCache;
+}
+
 /** Tables the code creates on first use outside the numbered migrations (each call idempotent). */
 const LAZY_SCHEMA: ReadonlyArray<(db: Db) => void> = [ensureAuditTables, ensureUserTables];
 
@@ -55,7 +84,8 @@ function referenceSchema(version: number): Map<string, SchemaObject> {
 }
 
 /**
- * Check an image's schema against the model. Returns the image's schema version and its tables.
+ * Check an image's schema against the model. Returns the image's schema version and its tables
+ * (the legacy bookkeeping tables above left out, so their rows are not copied).
  * Throws BackupError SCHEMA_MISMATCH naming the first object that differs, or SCHEMA_TOO_NEW.
  */
 export function checkImageSchema(img: Db): { version: number; tables: string[] } {
@@ -65,6 +95,8 @@ export function checkImageSchema(img: Db): { version: number; tables: string[] }
   const ref = referenceSchema(version);
   const tables: string[] = [];
   for (const o of schemaObjects(img)) {
+    const legacy = legacyObjects().get(`${o.type}:${o.name}`);
+    if (legacy && !ref.has(`${o.type}:${o.name}`) && legacy.sql === o.sql && legacy.tbl_name === o.tbl_name) continue;
     const want = ref.get(`${o.type}:${o.name}`);
     if (!want || want.sql !== o.sql || want.tbl_name !== o.tbl_name) {
       throw new BackupError('SCHEMA_MISMATCH', `store image holds ${o.type} ${JSON.stringify(o.name.slice(0, 80))} ${want ? 'with SQL that differs from' : 'which is not part of'} this server's schema version ${version}; an archive supplies rows only, so it is refused`);

@@ -26,13 +26,12 @@
  * Tables created later (a migration, a table made on first use) are picked up when the schema
  * version changes: triggers are added and the new table's rows go out in full once. A replica
  * creates a shipped schema object only when it is exactly (type, name, SQL text) one this release
- * makes itself (`modelObjects`): a changeset never runs SQL of a member's choosing.
+ * makes itself (cluster/store-schema.ts `modelObjects`): a changeset never runs SQL of a member's choosing.
  */
 import { decode, encode } from 'cborg';
-import { applyModelSchema, LEGACY_BOOKKEEPING } from '../storage/backup/restore-schema.js';
-import { ensureRequestKeys } from '../storage/club/request-keys.js';
 import { SCHEMA_VERSION } from '../storage/club/schema.js';
-import { openDatabase, type Db } from '../storage/engine/sqlcipher.js';
+import type { Db } from '../storage/engine/sqlcipher.js';
+import { modelObjects } from './store-schema.js';
 import { ClusterError } from './errors.js';
 
 export const CAPTURE_TABLE = '_cluster_capture';
@@ -64,29 +63,6 @@ function schemaObjectsOf(db: Db, table: string): SchemaObject[] {
     .prepare(`SELECT type, name, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL AND name NOT LIKE '\\_cluster\\_%' ESCAPE '\\' ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, name`)
     .all(table) as SchemaObject[];
   return rows.filter((r) => DDL.test(r.sql));
-}
-
-let modelCache: Map<string, string> | undefined;
-
-/**
- * The schema objects this release makes in a club store, as SQLite records them, keyed
- * `type:name` to their SQL text: the migrations, the tables made on first use (audit, users,
- * request-key answers) and the first release's `request_keys` table a store may still hold.
- * A shipped schema object is created on a replica only when it is one of these, text for text.
- */
-function modelObjects(): Map<string, string> {
-  if (modelCache) return modelCache;
-  const db = openDatabase(':memory:');
-  try {
-    applyModelSchema(db, SCHEMA_VERSION);
-    ensureRequestKeys(db);
-    db.exec(LEGACY_BOOKKEEPING);
-    const rows = db.prepare(`SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL`).all() as SchemaObject[];
-    modelCache = new Map(rows.map((o) => [`${o.type}:${o.name}`, o.sql]));
-  } finally {
-    db.close();
-  }
-  return modelCache;
 }
 
 const q = (ident: string) => '"' + ident.replace(/"/g, '""') + '"';
@@ -302,7 +278,7 @@ function applyInTransaction(db: Db, entry: { seq: number; digest: string }, chan
         const exists = db.prepare(`SELECT 1 FROM sqlite_master WHERE name = ?`).get(d.name);
         if (exists) continue;
         // Only this release's own objects, exact text: db.exec would run any statement appended.
-        if (modelObjects().get(`${d.type}:${d.name}`) !== d.sql) throw new ClusterError('LOG_CORRUPT', `changeset ships ${d.type} ${d.name}, which is not part of this server's club schema`);
+        if (modelObjects(SCHEMA_VERSION).get(`${d.type}:${d.name}`) !== d.sql) throw new ClusterError('LOG_CORRUPT', `changeset ships ${d.type} ${d.name}, which is not part of this server's club schema`);
         db.exec(d.sql);
       }
       if (cs.ddl?.length) installCapture(db);

@@ -17,12 +17,11 @@
  *
  * Installing (`obtainSnapshot`): a standby whose position is below the log's trim point pulls a
  * snapshot from the club's other members (standbys first, then the primary), writes it to a
- * temporary file while counting and hashing (bounded size and time), and refuses it unless: size
- * and SHA-256 match the declared ones; the club's data key opens it; its schema is not newer than
- * this server's and every object is exactly this release's (store-schema.ts); `_cluster_state`
- * names the declared position; nothing is pending in `_cluster_capture`; the change log verifies;
- * the position continues in etcd (the head, or entry seq+1 names its digest as `prev`). Then it is
- * renamed over the replica (store closed and locked) and followed from seq+1 (log-follower.ts).
+ * temporary file (bounded size and time), and refuses it unless: size and SHA-256 match; the
+ * club's data key opens it; its schema is not newer than ours, every object exactly this release's
+ * (store-schema.ts); `_cluster_state` names the declared position; nothing is pending capture; the
+ * change log verifies; the position continues in etcd (the head, or entry seq+1 names its digest as
+ * `prev`). Then it replaces the replica (store closed, locked) and is followed (log-follower.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, createReadStream, readdirSync, rmSync, statSync } from 'node:fs';

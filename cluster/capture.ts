@@ -24,10 +24,14 @@
  * reused number would hide a later change from a drain that resumes after it.
  *
  * Tables created later (a migration, a table made on first use) are picked up when the schema
- * version changes: triggers are added and the new table's rows go out in full once.
+ * version changes: triggers are added and the new table's rows go out in full once. A replica
+ * creates a shipped schema object only when it is exactly (type, name, SQL text) one this release
+ * makes itself (cluster/store-schema.ts `modelObjects`): a changeset never runs SQL of a member's choosing.
  */
 import { decode, encode } from 'cborg';
+import { SCHEMA_VERSION } from '../storage/club/schema.js';
 import type { Db } from '../storage/engine/sqlcipher.js';
+import { modelObjects } from './store-schema.js';
 import { ClusterError } from './errors.js';
 
 export const CAPTURE_TABLE = '_cluster_capture';
@@ -272,7 +276,10 @@ function applyInTransaction(db: Db, entry: { seq: number; digest: string }, chan
       if (cs.schema > schema) throw new ClusterError('LOG_CORRUPT', `changeset of schema ${cs.schema} reached a replica at schema ${schema}: upgrade the standbys first`);
       for (const d of cs.ddl ?? []) {
         const exists = db.prepare(`SELECT 1 FROM sqlite_master WHERE name = ?`).get(d.name);
-        if (!exists) db.exec(d.sql);
+        if (exists) continue;
+        // Only this release's own objects, exact text: db.exec would run any statement appended.
+        if (modelObjects(SCHEMA_VERSION).get(`${d.type}:${d.name}`) !== d.sql) throw new ClusterError('LOG_CORRUPT', `changeset ships ${d.type} ${d.name}, which is not part of this server's club schema`);
+        db.exec(d.sql);
       }
       if (cs.ddl?.length) installCapture(db);
       for (const o of cs.ops) {

@@ -17,13 +17,11 @@
  *
  * Installing (`obtainSnapshot`): a standby whose position is below the log's trim point pulls a
  * snapshot from the club's other members (standbys first, then the primary), writes it to a
- * temporary file while counting and hashing (bounded size and time), and refuses it unless:
- * size and SHA-256 match what the sender declared; the club's data key opens it; its schema is
- * not newer than this server's; `_cluster_state` names the position declared in `meta`; nothing
- * is pending in `_cluster_capture`; the change log (audit chain) verifies; and the position
- * continues in etcd (it is the head, or entry seq+1 exists and names its digest as `prev`). Only
- * then is it renamed over the replica (the store closed and locked meanwhile) and followed from
- * seq+1 (log-follower.ts).
+ * temporary file (bounded size and time), and refuses it unless: size and SHA-256 match; the
+ * club's data key opens it; its schema is not newer than ours, every object exactly this release's
+ * (store-schema.ts); `_cluster_state` names the declared position; nothing is pending capture; the
+ * change log verifies; the position continues in etcd (the head, or entry seq+1 names its digest as
+ * `prev`). Then it replaces the replica (store closed, locked) and is followed (log-follower.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, createReadStream, readdirSync, rmSync, statSync } from 'node:fs';
@@ -41,6 +39,7 @@ import { SnapshotPool } from '../storage/backup/snapshot-pool.js';
 import { CAPTURE_TABLE, installCapture, pendingCapture, readPosition, STATE_TABLE, type ReplicaPosition } from './capture.js';
 import { readEntries, readHead } from './club-log.js';
 import { ClusterError, reasonOf, type ClusterLogger } from './errors.js';
+import { foreignObject, modelObjects } from './store-schema.js';
 import type { EtcdGateway } from './etcd-gateway.js';
 import type { PeerPayload, PeerTransport } from './peer-types.js';
 
@@ -274,6 +273,8 @@ function checkImage(db: Db, club: string, meta: SnapshotMeta, auditVerifier: Aud
   if (schema !== meta.schema || schema > top) throw new ClusterError('SNAPSHOT_INVALID', `snapshot schema ${schema} (declared ${meta.schema}, this server knows up to ${top})`);
   const ok = db.pragma('quick_check', { simple: true });
   if (ok !== 'ok') throw new ClusterError('SNAPSHOT_INVALID', 'snapshot fails SQLite quick_check');
+  const odd = foreignObject(db, modelObjects(schema, 'capture', installCapture)); // no trigger, view or SQL of the sender's own
+  if (odd) throw new ClusterError('SNAPSHOT_INVALID', `snapshot holds ${odd.type} ${JSON.stringify(odd.name.slice(0, 80))}, which is not part of this server's club schema ${schema}`);
   if (!db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?`).get(STATE_TABLE)) throw new ClusterError('SNAPSHOT_INVALID', 'snapshot has no log position');
   const pos = readPosition(db);
   if (pos.seq !== meta.seq || pos.digest !== meta.digest) throw new ClusterError('SNAPSHOT_INVALID', `snapshot holds position ${pos.seq}, declared ${meta.seq}`);
@@ -310,7 +311,6 @@ async function verify(path: string, club: string, meta: SnapshotMeta, dataKeys: 
   } finally {
     db.close();
   }
-
   const head = await readHead(gw, club);
   if (head.seq < meta.seq) throw new ClusterError('SNAPSHOT_INVALID', `snapshot position ${meta.seq} is beyond the log head ${head.seq}`);
   if (head.seq === meta.seq) {

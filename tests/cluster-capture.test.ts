@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { encode } from 'cborg';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -16,6 +17,7 @@ import { createRecord, deleteRecord, updateRecord, type MutationOptions } from '
 import { openClubStore, type ClubStore } from '../storage/club/club-store.js';
 import type { Db } from '../storage/engine/sqlcipher.js';
 import { insertUser } from '../storage/club/users.js';
+import { ensureRequestKeys } from '../storage/club/request-keys.js';
 import { tmpDir } from './store-helpers.js';
 
 function tables(db: Db): Record<string, unknown[]> {
@@ -120,16 +122,57 @@ test('a table made on first use reaches the replica even when another caller ins
     const d1 = drainCapture(primary.db, 0)!;
     assert.equal(applyEntry(replica.db, { seq: 1, digest: 'd1', items: [encodeChangeset(d1.changeset)] }), true);
     ackCapture(primary.db, d1.upto);
-    primary.db.exec('CREATE TABLE IF NOT EXISTS first_use (id INTEGER PRIMARY KEY, note TEXT NOT NULL)');
+    ensureRequestKeys(primary.db);
     // ... and before the output gate drains it, another path installs the capture triggers (a
     // snapshot served to a standby, a role change): the table's creation must still ship.
     installCapture(primary.db);
-    primary.db.prepare('INSERT INTO first_use (note) VALUES (?)').run('made on first use');
+    primary.db.prepare('INSERT INTO request_answers (rk, user_id, command, answer, at) VALUES (?, ?, ?, ?, ?)').run('k'.repeat(16), 1, 'x.y', Buffer.from('made on first use'), 1);
     const d2 = drainCapture(primary.db, d1.upto)!;
     assert.equal(applyEntry(replica.db, { seq: 2, digest: 'd2', items: [encodeChangeset(d2.changeset)] }), true, 'the replica refused the entry');
-    assert.deepEqual(replica.db.prepare('SELECT note FROM first_use').all(), [{ note: 'made on first use' }]);
+    assert.deepEqual(replica.db.prepare('SELECT command FROM request_answers').all(), [{ command: 'x.y' }]);
   } finally {
     primary.close();
+    replica.close();
+    t.cleanup();
+  }
+});
+
+test("a shipped schema object runs on a replica only when it is exactly one of this release's own (no SQL of a member's choosing)", () => {
+  const t = tmpDir('commusic-capture-ddl-evil-');
+  const key = randomBytes(32);
+  mkdirSync(join(t.dir, 'r'), { recursive: true });
+  const replica = openClubStore({ dataDir: join(t.dir, 'r'), clubId: 'club-e', keys: [{ key, version: 2 }], create: true });
+  try {
+    installCapture(replica.db);
+    const schema = replica.db.pragma('user_version', { simple: true }) as number;
+    const objectsBefore = replica.db.prepare('SELECT type, name, sql FROM sqlite_master ORDER BY name').all();
+    const evil: Array<[string, string, string]> = [
+      // A second statement after a permitted-looking CREATE (db.exec runs them all).
+      ['table', 'evil_one', `CREATE TABLE evil_one (a INTEGER); CREATE TRIGGER evil_wipe AFTER INSERT ON users BEGIN DELETE FROM users; END`],
+      ['table', 'evil_two', `CREATE TABLE evil_two (a INTEGER); ATTACH DATABASE '${join(t.dir, 'planted.db')}' AS planted`],
+      // A trigger of the member's own on a table the replica has.
+      ['trigger', 'evil_three', 'CREATE TRIGGER evil_three AFTER UPDATE ON users BEGIN UPDATE users SET is_admin = 1; END'],
+      // A table the model does not have, and a model table's name with other SQL.
+      ['table', 'evil_four', 'CREATE TABLE evil_four (a INTEGER)'],
+      ['table', 'request_answers', 'CREATE TABLE request_answers (rk TEXT, user_id INTEGER, command TEXT, answer BLOB, at INTEGER)'],
+    ];
+    evil.forEach((d, i) => {
+      const bytes = encode({ v: 1, schema, ddl: [d], ops: [] });
+      assert.throws(() => applyEntry(replica.db, { seq: i + 1, digest: 'e' + i, items: [bytes] }), (e: unknown) => e instanceof ClusterError && e.code === 'LOG_CORRUPT', d[1]);
+    });
+    assert.deepEqual(replica.db.prepare('SELECT type, name, sql FROM sqlite_master ORDER BY name').all(), objectsBefore, 'the replica\'s schema changed');
+    assert.equal((replica.db.pragma('database_list') as Array<{ name: string }>).some((r) => r.name === 'planted'), false, 'a database was attached');
+    // This release's own first-use table still goes through.
+    const ref = openClubStore({ dataDir: join(t.dir, 'r2'), clubId: 'club-e2', keys: [{ key, version: 2 }], create: true });
+    try {
+      ensureRequestKeys(ref.db);
+      const ddl = (ref.db.prepare(`SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'request_answers' AND sql IS NOT NULL ORDER BY type DESC`).all() as Array<{ type: string; name: string; sql: string }>).map((o) => [o.type, o.name, o.sql]);
+      assert.equal(applyEntry(replica.db, { seq: 10, digest: 'ok', items: [encode({ v: 1, schema, ddl, ops: [] })] }), true);
+      assert.ok(replica.db.prepare(`SELECT 1 FROM sqlite_master WHERE name = 'request_answers'`).get());
+    } finally {
+      ref.close();
+    }
+  } finally {
     replica.close();
     t.cleanup();
   }

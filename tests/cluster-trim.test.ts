@@ -251,7 +251,7 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     await stopAll();
   });
 
-  test('a tampered snapshot is refused (bytes, hash, position, another club) and changes nothing', async () => {
+  test('a tampered snapshot is refused (bytes, hash, position, another club, a trigger of its own) and changes nothing', async () => {
     const hub = createPeerHub();
     const tmpl = await template();
     const a = await start('tam-a', tmpl, 'tr3/', hub);
@@ -293,6 +293,15 @@ describe('log trimming, snapshots and compaction', { skip: missing }, () => {
     fdb.close();
     const fb = readFileSync(forged);
     await refused('a position that is not in the log', payloadOf(fb, fb.length, sha(fb), { ...meta, digest: fakeDigest }));
+    // a genuine store with a trigger of the sender's own added (it would run on this server's writes)
+    const planted = join(root, `planted-${randomBytes(4).toString('hex')}.db`);
+    writeFileSync(planted, bytes);
+    const pdb = openEncrypted(planted, clubPageKey(keys[0]!.key), { journalMode: 'keep' });
+    pdb.exec('CREATE TRIGGER planted AFTER INSERT ON audit_log BEGIN DELETE FROM users; END');
+    pdb.close();
+    const pb = readFileSync(planted);
+    // (with the change log's verifier, so the change log verifies and only the trigger is wrong)
+    await assert.rejects(installSnapshot({ ...o, auditVerifier: verifier }, payloadOf(pb, pb.length, sha(pb), meta)), (e: unknown) => e instanceof ClusterError && e.code === 'SNAPSHOT_INVALID' && /trigger "planted"/.test(e.message), "a trigger of the sender's own");
     // another club's snapshot does not open under this club's key
     const foreign = (await serveSnapshot(primaryOf(other, [a, b])!.storage, other))!;
     const fbytes = await payloadBytes(foreign);

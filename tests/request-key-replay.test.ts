@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import type { ClusterNode } from '../cluster/node.js';
 import { installClusterGate } from '../daemon/cluster/gate.js';
 import { rightsFingerprint } from '../daemon/club/session.js';
-import { ensureRequestKeys, MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS_PER_USER, putAnswer } from '../storage/club/request-keys.js';
+import { ensureRequestKeys, MAX_ANSWER_BYTES_PER_USER, MAX_REQUEST_KEYS_PER_USER, putAnswer, REQUEST_KEY_TTL_MS } from '../storage/club/request-keys.js';
 import { getUserById, setPasswordHash } from '../storage/club/users.js';
 import { openImage } from '../storage/backup/archive-format.js';
 import { withoutReplicationObjects } from '../storage/backup/archive-writer.js';
@@ -203,4 +203,18 @@ test('a snapshot image leaves the stored answers out (not club data; an archive 
   } finally {
     mem.close();
   }
+});
+
+test('a stored answer older than REQUEST_KEY_TTL_MS is not replayed though not yet pruned: the command runs again', async () => {
+  // Last in this file: the clock moves past a day.
+  const u = await userWith('secretary');
+  const rk = newKey();
+  await u.s.call('persons.create', { firstName: 'Uwe', lastName: 'Verjaehrt', rk });
+  assert.equal(persons('Verjaehrt'), 1);
+  clock += REQUEST_KEY_TTL_MS + 60_000;
+  const s = env.session();
+  await s.call('auth.login', { club, user: u.name, password: 'replay-password-123' });
+  assert.equal(storedOf(rk), 1, 'the answer is still in the table (pruned only when an answer is stored)');
+  await s.call('persons.create', { firstName: 'Uwe', lastName: 'Verjaehrt', rk });
+  assert.equal(persons('Verjaehrt'), 2, 'an answer past its day was replayed');
 });

@@ -35,7 +35,7 @@ import { ClusterError } from '../../cluster/errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { Db } from '../../storage/engine/sqlcipher.js';
 import type { Storage } from '../../storage/server/storage.js';
-import { answerRow, requestFingerprint, storedAnswerOf, type AnswerRow } from '../../storage/club/request-keys.js';
+import { answerRow, REQUEST_KEY_TTL_MS, requestFingerprint, storedAnswerOf, type AnswerRow } from '../../storage/club/request-keys.js';
 import { rowAnswerRow } from '../../storage/server/row-answers.js';
 
 /** The request-key bounds (PROTOCOL.md "Request keys"), kept with the table: storage/club/request-keys.ts. */
@@ -78,7 +78,9 @@ function storedAnswer(services: ClubServices, club: string, ctx: CommandContext,
   } catch {
     return undefined; // a suspended or deleted club: the handler refuses as it does (openClubFor)
   }
-  const rows = [answerRow(db, k.rk), rowAnswerRow(services.storage.server.db, club, k.rk)].filter((r): r is AnswerRow => r !== undefined);
+  // An answer past REQUEST_KEY_TTL_MS is gone, though not yet pruned (pruning runs when an answer is stored).
+  const oldest = k.now() - REQUEST_KEY_TTL_MS;
+  const rows = [answerRow(db, k.rk), rowAnswerRow(services.storage.server.db, club, k.rk)].filter((r): r is AnswerRow => r !== undefined && r.at >= oldest);
   if (rows.length === 0) return undefined;
   const p = requirePrincipal(services, ctx, { allowMustChange: true });
   // The payload's fingerprint too: a stored answer goes only to the request it answered (a

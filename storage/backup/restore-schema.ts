@@ -27,7 +27,7 @@ interface SchemaObject {
  * only with exactly this SQL, and their rows are never copied: a retry's stored answer is
  * bookkeeping for one day, not something to restore. Anything else outside the model is refused.
  */
-const LEGACY_BOOKKEEPING = `CREATE TABLE request_keys (
+export const LEGACY_BOOKKEEPING = `CREATE TABLE request_keys (
     rk TEXT PRIMARY KEY CHECK (length(rk) BETWEEN 16 AND 64),
     command TEXT NOT NULL CHECK (length(command) <= 64),
     answer BLOB NOT NULL CHECK (length(answer) <= 65536),

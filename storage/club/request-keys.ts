@@ -73,12 +73,14 @@ export interface AnswerBinding {
 export interface AnswerRow {
   command: string;
   answer: Uint8Array;
+  /** When it was stored (milliseconds since the epoch); older than REQUEST_KEY_TTL_MS: never replayed. */
+  at: number;
 }
 
 /** The stored row of `rk`, if any; storedAnswerOf tells what it is for a request. */
 export function answerRow(db: Db, rk: string): AnswerRow | undefined {
   ensureRequestKeys(db);
-  return db.prepare('SELECT command, answer FROM request_answers WHERE rk = ?').get(rk) as AnswerRow | undefined;
+  return db.prepare('SELECT command, answer, at FROM request_answers WHERE rk = ?').get(rk) as AnswerRow | undefined;
 }
 
 /**

@@ -56,7 +56,7 @@ export function putRowAnswer(server: Db, club: string, rk: string, command: stri
 
 /** The stored row of `rk` for `club`, if any (read by storage/club/request-keys.ts storedAnswerOf). */
 export function rowAnswerRow(server: Db, club: string, rk: string): AnswerRow | undefined {
-  return cachedStatement(server, 'SELECT command, answer FROM club_request_keys WHERE club_id = ? AND rk = ?').get(club, rk) as AnswerRow | undefined;
+  return cachedStatement(server, 'SELECT command, answer, at FROM club_request_keys WHERE club_id = ? AND rk = ?').get(club, rk) as AnswerRow | undefined;
 }
 
 /** The stored answer of `rk` for `club`, by storage/club/request-keys.ts storedAnswerOf's rule. */

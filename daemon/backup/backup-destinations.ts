@@ -77,9 +77,36 @@ function checkName(name: string): void {
   if (!parseArchiveName(name)) throw new BackupError('NOT_FOUND', `"${name}" is not an archive name (<club>/<club>-<time>.cmbk)`);
 }
 
-async function sha256Of(stream: AsyncIterable<Uint8Array>): Promise<string> {
+/** Bytes read and hashed per step by fileSha256: about 0.1 ms of SHA-256 on the event loop. */
+const VERIFY_CHUNK = 256 * 1024;
+/** Read buffers kept between read-backs (one per concurrent put; a run has `parallelism` of them). */
+const spareBuffers: Buffer[] = [];
+
+/**
+ * SHA-256 (hex) of a local file, read in VERIFY_CHUNK steps into one buffer kept for the next
+ * call: a read stream allocates a new 64 KiB buffer per chunk, and a nightly run reads back
+ * hundreds of MB on the daemon's event loop; those buffers made V8 run a full GC every ~0.2 s
+ * (external memory pressure), pausing requests for up to ~25 ms (docs/BENCHMARKS.md, "Request
+ * path and backups"). Errors: the file system's (ENOENT, EIO).
+ */
+async function fileSha256(file: string): Promise<string> {
   const h = createHash('sha256');
-  for await (const c of stream) h.update(c);
+  const buf = spareBuffers.pop() ?? Buffer.allocUnsafeSlow(VERIFY_CHUNK);
+  try {
+    const fh = await fsp.open(file, 'r');
+    try {
+      for (let pos = 0; ; ) {
+        const { bytesRead } = await fh.read(buf, 0, VERIFY_CHUNK, pos);
+        if (bytesRead === 0) break;
+        h.update(buf.subarray(0, bytesRead));
+        pos += bytesRead;
+      }
+    } finally {
+      await fh.close();
+    }
+  } finally {
+    if (spareBuffers.length < 4) spareBuffers.push(buf);
+  }
   return h.digest('hex');
 }
 
@@ -110,7 +137,7 @@ export class LocalDestination implements BackupDestination {
       await fsp.rm(tmp, { force: true });
       throw e;
     }
-    const back = await sha256Of(createReadStream(target));
+    const back = await fileSha256(target);
     if (back !== sha256) {
       await fsp.rm(target, { force: true });
       throw new BackupError('VERIFY_FAILED', `destination ${this.name}: ${name} reads back with another SHA-256; removed`);

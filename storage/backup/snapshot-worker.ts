@@ -227,9 +227,12 @@ async function run(job: SnapshotJob): Promise<void> {
  * On Linux a nice value belongs to one thread (setpriority(PRIO_PROCESS, 0) is the calling
  * thread: man 2 setpriority, "NOTES"), so this lowers the worker only: on a busy machine the
  * daemon's main thread, which answers requests, gets the CPU first. Elsewhere it would renice
- * the whole process, so it is left alone there.
+ * the whole process, so it is left alone there. 19 (the lowest priority), not 10: at 10 the
+ * request p99 during a nightly run was 1.68x the quiet p99 (median of ten runs), at 19 1.24x
+ * (seven runs, no longer run time; docs/BENCHMARKS.md "Request path and backups"). The price:
+ * a key rotation's copy (also on these workers) yields to the main thread more on a busy machine.
  */
-export const WORKER_NICE = 10;
+export const WORKER_NICE = 19;
 if (parentPort && process.platform === 'linux') {
   try {
     setPriority(WORKER_NICE);
